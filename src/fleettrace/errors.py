@@ -1,0 +1,71 @@
+"""The one exception tree of fleettrace.
+
+Callers mostly need a single decision: is it worth trying again? Errors of Redis,
+PostgreSQL and LangSmith are translated into this tree at the one place each is
+called, so that retry loops test for ``TransientError`` and nothing else::
+
+    FleettraceError
+    ├── TransientError          retry with backoff: the same call may succeed later
+    │   ├── RedisUnavailable
+    │   ├── DatabaseUnavailable
+    │   └── ForwardingDeferred  (LangSmith 429 / 5xx / timeout / connection)
+    └── PermanentError          retrying the same input cannot help
+        ├── ConfigurationError  (bad URL, bad setting)
+        ├── EmitterClosed
+        ├── EntryDecodeError    (a stream entry that is not a fleettrace batch)
+        ├── SchemaVersionError  (database schema the code does not know)
+        └── ForwardingRejected  (LangSmith 4xx other than 409/429)
+"""
+
+from __future__ import annotations
+
+
+class FleettraceError(Exception):
+    """Base of every error fleettrace raises on purpose."""
+
+
+class TransientError(FleettraceError):
+    """A failure of something outside fleettrace that may go away."""
+
+
+class PermanentError(FleettraceError):
+    """A failure that the same call with the same input will meet again."""
+
+
+class RedisUnavailable(TransientError):
+    """Redis did not answer, refused the connection or is loading."""
+
+
+class DatabaseUnavailable(TransientError):
+    """PostgreSQL refused, dropped or timed out the connection."""
+
+
+class ForwardingDeferred(TransientError):
+    """LangSmith asked us to come back later (429, 5xx, timeout, connection error).
+
+    ``retry_after_s`` carries the server's Retry-After when it sent one.
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ConfigurationError(PermanentError):
+    """A setting or URL that cannot work; the message says which and why."""
+
+
+class EmitterClosed(PermanentError):
+    """A record was given to an emitter after ``close()``."""
+
+
+class EntryDecodeError(PermanentError):
+    """A stream entry whose envelope is not a fleettrace batch of a known version."""
+
+
+class SchemaVersionError(PermanentError):
+    """The database holds a schema version this code was not written for."""
+
+
+class ForwardingRejected(PermanentError):
+    """LangSmith refused a run for good (4xx other than 409 and 429)."""

@@ -1,0 +1,178 @@
+"""The records fleettrace carries: ``LLMTrace`` and ``MetricSample``.
+
+Both are frozen pydantic models in strict mode with unknown fields forbidden: the
+same model validates a call made by agent code and an entry read back from the
+stream by the worker, so a bad value is refused with the field's name at either end.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+
+from fleettrace.metrics import MetricKey, MetricType
+from fleettrace.pricing import price_usd
+
+#: Bounds every producer and consumer agrees on; the docs' schema table quotes them.
+MAX_ID_CHARS: Final = 128
+MAX_NAME_CHARS: Final = 128
+MAX_ERROR_CHARS: Final = 4096
+MAX_TOOL_CALLS: Final = 256
+MAX_TOKENS: Final = 1_000_000_000
+MAX_RETRIES: Final = 10_000
+MAX_COST_USD: Final = 1_000_000.0
+MAX_LATENCY_MS: Final = 86_400_000.0
+MAX_LABEL_CHARS: Final = 128
+MAX_METRIC_VALUE: Final = 1e15
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("must be timezone-aware (UTC)")
+    return value.astimezone(UTC)
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number (no NaN or infinity)")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refusing it here keeps a row identical to its record.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Id = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_no_nul)
+]
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS), AfterValidator(_no_nul)
+]
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+FiniteNonNegative = Annotated[float, AfterValidator(_finite), Field(ge=0)]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LLMTrace(BaseModel):
+    """One LLM call of one agent.
+
+    ``cost_usd`` left out is priced from provider, model and tokens; when the model is
+    unknown to the price table it stays ``None`` and ``cost_known`` is false, so an
+    unpriced call is never mistaken for a free one.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    trace_id: uuid.UUID = Field(default_factory=uuid.uuid4, strict=False)
+    plan_id: Id | None = None
+    decision_id: Id | None = None
+    actor: Name | None = None
+    provider: Name
+    model: Name
+    prompt_tokens: Tokens = 0
+    completion_tokens: Tokens = 0
+    cost_usd: Annotated[FiniteNonNegative, Field(le=MAX_COST_USD)] | None = None
+    latency_ms: Annotated[FiniteNonNegative, Field(le=MAX_LATENCY_MS)] = 0.0
+    tool_calls: Annotated[list[Name], Field(max_length=MAX_TOOL_CALLS)] = Field(
+        default_factory=list
+    )
+    context_hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    streaming: bool = False
+    retry_count: Annotated[int, Field(ge=0, le=MAX_RETRIES)] = 0
+    error: (
+        Annotated[str, StringConstraints(max_length=MAX_ERROR_CHARS), AfterValidator(_no_nul)]
+        | None
+    ) = None
+    started_at: UtcDatetime = Field(default_factory=_now)
+
+    @field_validator("latency_ms", "cost_usd", mode="before")
+    @classmethod
+    def _int_is_a_number(cls, value: Any) -> Any:
+        # Strict mode refuses 12 for a float field; a whole number of ms is still a number.
+        if type(value) is int:
+            return float(value)
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        if "cost_usd" not in self.model_fields_set:
+            object.__setattr__(
+                self,
+                "cost_usd",
+                price_usd(self.provider, self.model, self.prompt_tokens, self.completion_tokens),
+            )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def cost_known(self) -> bool:
+        """False when the call could not be priced: its cost is unknown, not zero."""
+        return self.cost_usd is not None
+
+    @property
+    def error_type(self) -> str | None:
+        """The error's class: the text before the first ':' ("RateLimitError: slow down").
+
+        Counted by ``llm.errors_count`` under the label ``error_type``.
+        """
+        if self.error is None:
+            return None
+        return self.error.split(":", 1)[0].strip()[:MAX_NAME_CHARS] or "error"
+
+
+LabelValue = Annotated[str, StringConstraints(max_length=MAX_LABEL_CHARS), AfterValidator(_no_nul)]
+
+
+class MetricSample(BaseModel):
+    """One observation of one of the 14 metric keys, as stored in history."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    key: MetricKey = Field(strict=False)
+    labels: dict[str, LabelValue] = Field(default_factory=dict)
+    value: Annotated[
+        float, AfterValidator(_finite), Field(ge=-MAX_METRIC_VALUE, le=MAX_METRIC_VALUE)
+    ]
+    plan_id: Id | None = None
+    observed_at: UtcDatetime = Field(default_factory=_now)
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _int_is_a_number(cls, value: Any) -> Any:
+        if type(value) is int:
+            return float(value)
+        return value
+
+    def model_post_init(self, context: Any, /) -> None:
+        expected = set(self.key.spec.labels)
+        if set(self.labels) != expected:
+            raise ValueError(
+                f"labels of {self.key.value} must be exactly {sorted(expected)}, "
+                f"got {sorted(self.labels)}"
+            )
+        if self.key.spec.type is not MetricType.GAUGE and self.value < 0:
+            raise ValueError(f"value of {self.key.value} must not be negative")
+
+    @property
+    def label_pairs(self) -> tuple[tuple[str, str], ...]:
+        """Labels in the key's declared order, as the live counters are keyed."""
+        return tuple((name, self.labels[name]) for name in self.key.spec.labels)

@@ -1,0 +1,1 @@
+"""The fleettrace worker sidecar: stream to PostgreSQL and LangSmith, and the CLI."""
