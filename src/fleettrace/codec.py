@@ -67,9 +67,16 @@ class RecordError:
 
 @dataclass(frozen=True, slots=True)
 class DecodedBatch:
+    """The good records of an entry with their positions in it, and the bad ones.
+
+    ``(batch_id, position)`` names a record for good, which is what makes storing a
+    metric sample (which has no id of its own) idempotent.
+    """
+
     kind: Kind
     batch_id: str
     records: list[LLMTrace | MetricSample]
+    positions: list[int]
     errors: list[RecordError]
 
 
@@ -159,6 +166,7 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> DecodedBatch:
     kind, batch_id, lines = decode_envelope(fields)
     model = _MODELS[kind]
     records: list[LLMTrace | MetricSample] = []
+    positions: list[int] = []
     errors: list[RecordError] = []
     field_count = len(model.model_fields)
     for index, line in enumerate(lines):
@@ -174,4 +182,5 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> DecodedBatch:
             errors.append(RecordError(index, line, f"{missing}: Field missing from the record"))
             continue
         records.append(record)
-    return DecodedBatch(kind, batch_id, records, errors)
+        positions.append(index)
+    return DecodedBatch(kind, batch_id, records, positions, errors)

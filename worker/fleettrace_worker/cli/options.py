@@ -1,0 +1,56 @@
+"""Options several subcommands share: where Redis and PostgreSQL are, which namespace."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import redis
+
+from fleettrace.connection import DEFAULT_REDIS_URL, connect_redis, redis_url_from_env
+from fleettrace.errors import ConfigurationError
+from fleettrace.keys import DEFAULT_NAMESPACE, Keys
+from fleettrace_worker.settings import DEFAULT_DATABASE_URL, database_url_from_env
+
+NAMESPACE_VARIABLE = "FLEETTRACE_NAMESPACE"
+
+
+def add_redis_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help=f"Redis to use (default: $FLEETTRACE_REDIS_URL, $REDIS_URL, else {DEFAULT_REDIS_URL})",
+    )
+    parser.add_argument(
+        "--namespace",
+        metavar="NAME",
+        help=f"key namespace (default: ${NAMESPACE_VARIABLE}, else {DEFAULT_NAMESPACE})",
+    )
+
+
+def add_database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL to use (default: $FLEETTRACE_DATABASE_URL, $DATABASE_URL, "
+        f"else {DEFAULT_DATABASE_URL})",
+    )
+
+
+def redis_url(args: argparse.Namespace) -> str:
+    return str(args.redis_url or redis_url_from_env() or DEFAULT_REDIS_URL)
+
+
+def redis_client(args: argparse.Namespace) -> redis.Redis:
+    return connect_redis(redis_url(args))
+
+
+def keys(args: argparse.Namespace) -> Keys:
+    try:
+        return Keys(args.namespace or os.environ.get(NAMESPACE_VARIABLE) or DEFAULT_NAMESPACE)
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
+
+
+def database_url(args: argparse.Namespace) -> str:
+    return str(args.database_url or database_url_from_env() or DEFAULT_DATABASE_URL)
