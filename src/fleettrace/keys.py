@@ -41,6 +41,18 @@ FIELD_BATCH_ID: Final = b"b"
 FIELD_COUNT: Final = b"n"
 FIELD_DATA: Final = b"d"
 
+# Fields of a dead-letter entry (see fleettrace_worker/deadletter.py). An entry-level
+# dead letter keeps every original field under DEAD_ORIGINAL_PREFIX + its name.
+DEAD_REASON: Final = b"reason"
+DEAD_STREAM: Final = b"stream"
+DEAD_ENTRY_ID: Final = b"entry"
+DEAD_CONSUMER: Final = b"consumer"
+DEAD_BATCH_ID: Final = b"batch"
+DEAD_KIND: Final = b"kind"
+DEAD_POSITION: Final = b"position"
+DEAD_RECORD: Final = b"record"
+DEAD_ORIGINAL_PREFIX: Final = b"f:"
+
 # Fields of the emitter's figures hash.
 EMITTER_DROPPED: Final = "dropped"
 EMITTER_BATCHES: Final = "batches"
