@@ -88,8 +88,10 @@ def coverage_report(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    session.run("asv", "machine", "--yes", external=True)
+    session.run(PY, "-m", "asv", "machine", "--yes")
     session.run(
+        PY,
+        "-m",
         "asv",
         "run",
         "--python=same",
@@ -97,5 +99,4 @@ def bench(session: nox.Session) -> None:
         "--show-stderr",
         "--set-commit-hash",
         os.popen("git rev-parse HEAD").read().strip(),
-        external=True,
     )

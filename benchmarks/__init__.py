@@ -1,0 +1,1 @@
+"""Benchmarks: ASV stages (llm_trace_bench) and the load harness."""
