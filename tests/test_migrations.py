@@ -1,0 +1,186 @@
+"""Schema migrations against the machine's PostgreSQL: applied once however often and
+from however many hosts they run, and a schema the code does not know is refused."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from fleettrace.errors import SchemaVersionError
+from fleettrace_worker import database, migrations
+
+
+@pytest.fixture
+def pool(database_url: str) -> Iterator[ConnectionPool]:
+    with database.create_pool(database_url, min_size=1, max_size=2) as made:
+        yield made
+
+
+def _tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def _versions(url: str) -> list[tuple[int, str]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            f"SELECT version, name FROM {migrations.VERSION_TABLE} ORDER BY version"
+        ).fetchall()
+    return [(row[0], row[1]) for row in rows]
+
+
+def test_shipped_migrations_are_numbered_from_one() -> None:
+    shipped = migrations.available()
+    assert [m.version for m in shipped] == list(range(1, len(shipped) + 1))
+    assert shipped[0].name == "initial"
+    assert migrations.latest_version() == shipped[-1].version
+
+
+def test_migrate_creates_the_tables_and_records_the_version(
+    pool: ConnectionPool, database_url: str
+) -> None:
+    result = migrations.migrate(pool)
+
+    latest = migrations.latest_version()
+    assert result.from_version == 0
+    assert result.to_version == latest
+    assert result.applied[0] == "0001_initial"
+    assert len(result.applied) == latest
+    assert {"llm_traces", "metric_samples", migrations.VERSION_TABLE} <= _tables(database_url)
+    assert [v for v, _ in _versions(database_url)] == list(range(1, latest + 1))
+    assert migrations.check_schema(pool) == latest
+
+
+def test_migrate_twice_applies_nothing_the_second_time(
+    pool: ConnectionPool, database_url: str
+) -> None:
+    migrations.migrate(pool)
+    again = migrations.migrate(pool)
+
+    assert again.from_version == again.to_version == migrations.latest_version()
+    assert again.applied == ()
+    assert len(_versions(database_url)) == migrations.latest_version()
+
+
+def test_migrate_accepts_a_plain_connection(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        result = migrations.migrate(conn)
+        assert migrations.check_schema(conn) == result.to_version
+
+
+def test_concurrent_migrations_from_threads_apply_each_file_once(database_url: str) -> None:
+    results: list[migrations.MigrationResult] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def run() -> None:
+        try:
+            with psycopg.connect(database_url) as conn:
+                start.wait(timeout=10)
+                results.append(migrations.migrate(conn))
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    applied = [r for r in results if r.applied]
+    assert len(applied) == 1
+    assert all(r.to_version == migrations.latest_version() for r in results)
+    assert len(_versions(database_url)) == migrations.latest_version()
+
+
+def _migrate_in_process(url: str, queue: multiprocessing.Queue[int]) -> None:
+    with psycopg.connect(url) as conn:
+        queue.put(len(migrations.migrate(conn).applied))
+
+
+def test_concurrent_migrations_from_processes_apply_each_file_once(database_url: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue[int] = context.Queue()
+    processes = [
+        context.Process(target=_migrate_in_process, args=(database_url, queue)) for _ in range(2)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+    assert [p.exitcode for p in processes] == [0, 0]
+    counts = sorted(queue.get(timeout=5) for _ in processes)
+    assert counts == [0, migrations.latest_version()]
+    assert len(_versions(database_url)) == migrations.latest_version()
+
+
+def test_check_schema_refuses_an_unmigrated_database(pool: ConnectionPool) -> None:
+    with pytest.raises(SchemaVersionError, match=r"no fleettrace schema.*fleettrace migrate"):
+        migrations.check_schema(pool)
+
+
+def test_check_schema_refuses_an_empty_version_table(
+    pool: ConnectionPool, database_url: str
+) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute(f"CREATE TABLE {migrations.VERSION_TABLE} (version integer, name text)")
+    with pytest.raises(SchemaVersionError, match="no fleettrace schema"):
+        migrations.check_schema(pool)
+
+
+def test_a_newer_schema_is_refused_naming_its_version(
+    pool: ConnectionPool, database_url: str
+) -> None:
+    migrations.migrate(pool)
+    future = migrations.latest_version() + 7
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            f"INSERT INTO {migrations.VERSION_TABLE} (version, name) VALUES (%s, 'future')",
+            (future,),
+        )
+
+    with pytest.raises(SchemaVersionError, match=f"version {future}, newer than this code"):
+        migrations.check_schema(pool)
+    with pytest.raises(SchemaVersionError, match=f"version {future}, newer than this code"):
+        migrations.migrate(pool)
+    assert _versions(database_url)[-1] == (future, "future")
+
+
+def test_an_older_schema_asks_for_migrate(
+    pool: ConnectionPool, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    migrations.migrate(pool)
+    shipped = migrations.available()
+    later = migrations.Migration(shipped[-1].version + 1, "later", "CREATE TABLE later (x int)")
+    monkeypatch.setattr(migrations, "available", lambda: (*shipped, later))
+
+    with pytest.raises(
+        SchemaVersionError, match=f"version {later.version - 1}, this code needs version "
+    ):
+        migrations.check_schema(pool)
+    result = migrations.migrate(pool)
+    assert result.applied == (f"{later.version:04d}_later",)
+    assert "later" in _tables(database_url)
+    assert migrations.check_schema(pool) == later.version
+
+
+def test_a_failing_migration_leaves_the_version_unchanged(
+    pool: ConnectionPool, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = migrations.available()
+    broken = migrations.Migration(shipped[-1].version + 1, "broken", "CREATE TABLE (")
+    monkeypatch.setattr(migrations, "available", lambda: (*shipped, broken))
+
+    with pytest.raises(psycopg.errors.SyntaxError):
+        migrations.migrate(pool)
+    # All-or-nothing: not even the shipped versions were recorded.
+    assert migrations.VERSION_TABLE not in _tables(database_url)

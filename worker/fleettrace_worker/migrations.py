@@ -1,0 +1,148 @@
+"""Versioned schema changes, and the check that the worker runs on a schema it knows.
+
+Each ``migrations/NNNN_name.sql`` file is one version; they apply in order, each
+recorded in ``fleettrace_schema_version``. :func:`migrate` takes a transaction-level
+advisory lock first, so two hosts migrating at once apply every file exactly once
+(the second waits, then finds nothing left to do), and a failing file leaves the
+database at the version it had.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Final
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from fleettrace.errors import SchemaVersionError
+from fleettrace_worker import database
+
+VERSION_TABLE: Final = "fleettrace_schema_version"
+#: Key of the advisory lock that serialises migrations (any bigint the project owns;
+#: these are the bytes of "fleettra").
+MIGRATION_LOCK_KEY: Final = 0x666C656574747261
+_FILE_RE: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+Database = ConnectionPool | psycopg.Connection[tuple[object, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationResult:
+    from_version: int
+    to_version: int
+    applied: tuple[str, ...]
+
+
+@cache
+def available() -> tuple[Migration, ...]:
+    """The migrations shipped with this code, in order; numbered 1, 2, 3... without gaps."""
+    folder = resources.files("fleettrace_worker").joinpath("migrations")
+    found: list[Migration] = []
+    for entry in folder.iterdir():
+        match = _FILE_RE.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migration files are not numbered 1..n without gaps: {versions}")
+    return tuple(found)
+
+
+def latest_version() -> int:
+    return available()[-1].version
+
+
+def current_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:
+    """The version recorded in the database; ``None`` when it was never migrated."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VERSION_TABLE,)).fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute(
+        sql.SQL("SELECT max(version) FROM {}").format(sql.Identifier(VERSION_TABLE))
+    ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0  # type: ignore[call-overload]
+
+
+def migrate(db: Database) -> MigrationResult:
+    """Apply what is missing, all in one transaction; refuse a database that is newer."""
+    with _session(db) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, "
+                "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(sql.Identifier(VERSION_TABLE))
+        )
+        found = current_version(conn) or 0
+        if found > latest_version():
+            raise _newer(found)
+        applied: list[str] = []
+        for migration in available()[found:]:
+            conn.execute(migration.sql.encode())
+            conn.execute(
+                sql.SQL("INSERT INTO {} (version, name) VALUES (%s, %s)").format(
+                    sql.Identifier(VERSION_TABLE)
+                ),
+                (migration.version, migration.name),
+            )
+            applied.append(f"{migration.version:04d}_{migration.name}")
+        return MigrationResult(found, latest_version(), tuple(applied))
+
+
+def check_schema(db: Database) -> int:
+    """The schema version, when it is exactly the one this code was written for.
+
+    Raises :class:`SchemaVersionError` naming the version found otherwise: the worker
+    must not write rows into tables whose meaning it does not know.
+    """
+    with _session(db) as conn:
+        found = current_version(conn)
+        conn.rollback()
+    expected = latest_version()
+    if found is None or found == 0:
+        raise SchemaVersionError(
+            f"the database has no fleettrace schema (found no version, expected {expected}); "
+            "run `fleettrace migrate`"
+        )
+    if found > expected:
+        raise _newer(found)
+    if found < expected:
+        raise SchemaVersionError(
+            f"the database schema is version {found}, this code needs version {expected}; "
+            "run `fleettrace migrate`"
+        )
+    return found
+
+
+def _newer(found: int) -> SchemaVersionError:
+    return SchemaVersionError(
+        f"the database schema is version {found}, newer than this code knows "
+        f"(latest {latest_version()}); upgrade fleettrace"
+    )
+
+
+@contextmanager
+def _session(db: Database) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    if isinstance(db, ConnectionPool):
+        with database.connection(db) as conn:
+            yield conn
+        return
+    try:
+        yield db
+    except psycopg.OperationalError as error:
+        raise database.translate(error, db.info.dsn) from None
