@@ -4,9 +4,12 @@ Every benchmark handles one batch of ``BATCH_RECORDS`` records, so a stage's
 throughput is ``BATCH_RECORDS / time`` records per second; the stages are the ones a
 record passes through on its way from agent code to a row:
 
-    validation  LLMTrace(...)                 model.py
-    encoding    encode_batch                  codec.py
-    decoding    decode_entry (with validation) codec.py, as the worker calls it
+    validation  LLMTrace(...)                     model.py
+    encoding    encode_batch                      codec.py
+    record()    Emitter.record, sender running    emitter.py
+    sending     one batch script call per batch   emitter.py, batch_script.py
+    decoding    decode_entry (with validation)    codec.py, as the worker calls it
+    storing     LLMTraceRepository.store          repository.py (COPY, commit)
 
 Benchmarks that need Redis or PostgreSQL make a fresh namespace or database in
 ``setup`` and remove it in ``teardown``, so they can run next to the test suites.
@@ -14,14 +17,32 @@ Benchmarks that need Redis or PostgreSQL make a fresh namespace or database in
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+import redis
+
+from fleettrace.batch_script import BatchCall
 from fleettrace.codec import Kind, decode_entry, encode_batch, new_batch_id
+from fleettrace.emitter import Emitter, EmitterSettings
+from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
+from fleettrace_worker.database import create_pool
+from fleettrace_worker.migrations import migrate
+from fleettrace_worker.repository import LLMTraceRepository
 
 BATCH_RECORDS = 1000
+REDIS_URL = os.environ.get("FLEETTRACE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+#: An admin URL: the benchmarks create and drop a database of their own there.
+PG_ADMIN_URL = os.environ.get(
+    "FLEETTRACE_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+#: Stages that write keep to one call per timing so that every call writes new data:
+#: a batch id or trace id applied twice would be skipped and time nothing.
+ONE_SHOT = {"number": 1, "repeat": (1, 20, 30.0), "warmup_time": 0.0}
 
 
 def trace_fields(index: int) -> dict[str, Any]:
@@ -81,6 +102,58 @@ class TraceEncoding:
         encode_batch(Kind.TRACE, self.records, self.batch_id)
 
 
+def fresh_keys() -> Keys:
+    return Keys(f"bench-{uuid.uuid4().hex[:12]}")
+
+
+def delete_namespace(keys: Keys) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(match=f"{keys.prefix}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+class EmitterRecord:
+    """``record()`` on the agent's hot path while the sender thread drains to Redis."""
+
+    def setup(self) -> None:
+        self.keys = fresh_keys()
+        self.emitter = Emitter(EmitterSettings(redis_url=REDIS_URL, namespace=self.keys.namespace))
+        self.records = trace_batch()
+
+    def teardown(self) -> None:
+        self.emitter.close()
+        delete_namespace(self.keys)
+
+    def time_record_batch(self) -> None:
+        record = self.emitter.record
+        for trace in self.records:
+            record(trace)
+
+
+class RedisSending:
+    """One batch applied to Redis: its stream entry and summed counter deltas in one
+    script call, as the emitter's sender thread sends it."""
+
+    number = ONE_SHOT["number"]
+    repeat = ONE_SHOT["repeat"]
+    warmup_time = ONE_SHOT["warmup_time"]
+
+    def setup(self) -> None:
+        self.keys = fresh_keys()
+        self.emitter = Emitter(EmitterSettings(redis_url=REDIS_URL, namespace=self.keys.namespace))
+        records: list[Any] = trace_batch()
+        # Each call needs a batch id of its own: an applied batch is skipped when re-sent.
+        self.calls: list[BatchCall] = [self.emitter._encode(records, 0) for _ in range(25)]
+
+    def teardown(self) -> None:
+        self.emitter.close()
+        delete_namespace(self.keys)
+
+    def time_send_batch(self) -> None:
+        self.emitter._send(self.calls.pop())
+
+
 class WorkerDecoding:
     """Checking an entry's envelope and validating each of its records in the worker."""
 
@@ -89,3 +162,30 @@ class WorkerDecoding:
 
     def time_decode_and_validate_batch(self) -> None:
         decode_entry(self.fields)
+
+
+class RepositoryWrite:
+    """A batch of new rows written and committed to ``llm_traces``, as the worker's
+    persist step does before it acknowledges the batch."""
+
+    number = ONE_SHOT["number"]
+    repeat = ONE_SHOT["repeat"]
+    warmup_time = ONE_SHOT["warmup_time"]
+
+    def setup(self) -> None:
+        self.database = f"fleettrace_bench_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{self.database}"')
+        self.pool = create_pool(f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{self.database}")
+        migrate(self.pool)
+        self.repository = LLMTraceRepository(self.pool)
+        # New trace ids for every call: a row already stored is skipped, not written.
+        self.batches = [trace_batch() for _ in range(25)]
+
+    def teardown(self) -> None:
+        self.pool.close()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+    def time_store_batch(self) -> None:
+        self.repository.store(self.batches.pop())
