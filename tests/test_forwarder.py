@@ -1,0 +1,415 @@
+"""The ``langsmith`` group against the real Redis and the LangSmith-compatible server,
+through the real ``langsmith`` client."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+import requests
+from langsmith import utils as ls_utils
+
+from fleettrace.codec import Kind, encode_batch, encode_lines, encode_record, new_batch_id
+from fleettrace.errors import ConfigurationError, ForwardingDeferred, ForwardingRejected
+from fleettrace.keys import LANGSMITH_GROUP, Keys
+from fleettrace.metrics import MetricKey
+from fleettrace.model import LLMTrace, MetricSample
+from fleettrace_worker import forwarder as forwarder_module
+from fleettrace_worker.consumer import Consumer
+from fleettrace_worker.deadletter import list_dead_letters, replay_dead_letters
+from fleettrace_worker.delivery import RunSender, classify, parse_retry_after
+from fleettrace_worker.forwarder import ForwardLoop, loop_settings
+from fleettrace_worker.langsmith_settings import LangSmithSettings
+from fleettrace_worker.runs import llm_run, plan_root_id
+from tests.langsmith_server import Fault, LangSmithServer
+
+API_KEY = "lsv2_pt_0123456789abcdef0123456789abcdef_0123456789"
+
+
+@pytest.fixture
+def server() -> Iterator[LangSmithServer]:
+    with LangSmithServer(api_key=API_KEY) as srv:
+        yield srv
+
+
+def settings_for(server: LangSmithServer, **overrides: object) -> LangSmithSettings:
+    values: dict[str, object] = {
+        "enabled": True,
+        "endpoint": server.url,
+        "api_key": API_KEY,
+        "project": "fleet",
+        "retry_for_s": 60.0,
+        "backoff_initial_s": 0.05,
+        "backoff_max_s": 0.2,
+        "request_timeout_s": 2.0,
+    }
+    values.update(overrides)
+    return LangSmithSettings(**values)  # type: ignore[arg-type]
+
+
+def make_loop(
+    client: redis.Redis, keys: Keys, settings: LangSmithSettings, *, name: str = "fwd-1"
+) -> ForwardLoop:
+    consumer = Consumer(client, keys, LANGSMITH_GROUP, name, claim_idle_ms=60_000)
+    return ForwardLoop(consumer, settings, loop=loop_settings(settings, burst=True))
+
+
+def trace(plan_id: str | None = "plan-a", **overrides: object) -> LLMTrace:
+    values: dict[str, object] = {
+        "plan_id": plan_id,
+        "provider": "openai",
+        "model": "gpt-4o",
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "latency_ms": 20.0,
+        "started_at": datetime.now(UTC) - timedelta(seconds=1),
+    }
+    values.update(overrides)
+    return LLMTrace(**values)  # type: ignore[arg-type]
+
+
+def send_traces(client: redis.Redis, keys: Keys, records: list[LLMTrace]) -> None:
+    client.xadd(keys.traces, encode_batch(Kind.TRACE, records, new_batch_id()))  # type: ignore[arg-type]
+
+
+def pending(client: redis.Redis, keys: Keys) -> int:
+    total = 0
+    for stream in keys.streams:
+        if client.exists(stream):
+            total += int(client.xpending(stream, LANGSMITH_GROUP)["pending"])  # type: ignore[index]
+    return total
+
+
+def expected_ids(records: list[LLMTrace]) -> set[str]:
+    ids = {str(r.trace_id) for r in records}
+    ids |= {str(plan_root_id(r.plan_id, r.started_at.date())) for r in records if r.plan_id}
+    return ids
+
+
+def test_every_trace_arrives_once_as_runs_and_entries_are_acknowledged(
+    server: LangSmithServer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    records = [trace("plan-a") for _ in range(4)] + [trace("plan-b"), trace(None)]
+    send_traces(redis_client, keys, records[:3])
+    send_traces(redis_client, keys, records[3:])
+    # Entries the persist group dead-letters: this group acknowledges them untouched.
+    redis_client.xadd(keys.traces, {b"v": b"9", b"d": b"x"})
+    bad_record = encode_lines(Kind.TRACE, [b'{"provider": 1}'], new_batch_id())
+    redis_client.xadd(keys.traces, bad_record)  # type: ignore[arg-type]
+
+    loop = make_loop(redis_client, keys, settings_for(server))
+    assert API_KEY not in repr(loop)
+    assert "api_key='***'" in repr(loop)
+    loop.run(threading.Event())
+
+    assert server.run_ids() == expected_ids(records)
+    assert server.duplicates() == 0
+    # Each plan root is posted once, however many calls hang under it.
+    assert sum(server.recorded.conflicts.values()) == 0
+    run = server.recorded.runs[str(records[0].trace_id)]
+    assert run["trace_id"] == str(plan_root_id("plan-a", records[0].started_at.date()))
+    assert run["session_name"] == "fleet"
+    assert run["extra"]["metadata"]["usage_metadata"]["total_tokens"] == 15
+    assert server.recorded.api_keys == {API_KEY}
+    assert pending(redis_client, keys) == 0
+    assert list_dead_letters(redis_client, keys, LANGSMITH_GROUP) == []
+    assert loop.stats.records == len(records)
+
+
+def test_metric_entries_are_acknowledged_without_a_request(
+    server: LangSmithServer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    samples = [
+        MetricSample(key=key, labels=dict.fromkeys(key.spec.labels, "x"), value=1.0)
+        for key in list(MetricKey)[:2]
+    ]
+    redis_client.xadd(keys.metrics, encode_batch(Kind.METRIC, samples, new_batch_id()))  # type: ignore[arg-type]
+    make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
+    assert server.run_ids() == set()
+    assert [m for m, _ in server.recorded.requests if m == "POST"] == []
+    assert pending(redis_client, keys) == 0
+
+
+def test_a_record_sent_twice_is_the_same_run(
+    server: LangSmithServer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    records = [trace("plan-a"), trace(None)]
+    send_traces(redis_client, keys, records)
+    make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
+    # The same records again (an emitter retry, a replay): LangSmith answers 409,
+    # which counts as delivered, and keeps one run per id.
+    send_traces(redis_client, keys, records)
+    make_loop(redis_client, keys, settings_for(server), name="fwd-2").run(threading.Event())
+    assert server.run_ids() == expected_ids(records)
+    assert server.duplicates() == 0
+    assert sum(server.recorded.conflicts.values()) == 3
+    assert pending(redis_client, keys) == 0
+    assert list_dead_letters(redis_client, keys, LANGSMITH_GROUP) == []
+
+
+def test_outage_answers_are_retried_until_langsmith_takes_the_runs(
+    server: LangSmithServer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    records = [trace("plan-a"), trace(None), trace("plan-b")]
+    send_traces(redis_client, keys, records)
+    server.inject(
+        Fault("status", status=503, count=2),
+        Fault("status", status=500, count=1),
+        Fault("status", status=429, retry_after="0.3", count=1),
+        Fault("status", status=429, count=1),
+        Fault("close", count=1),
+        Fault("sleep", sleep_s=1.5, count=1),
+        Fault("status", status=502, count=1),
+    )
+    loop = make_loop(redis_client, keys, settings_for(server, request_timeout_s=0.5))
+    loop.run(threading.Event())
+    assert server.run_ids() == expected_ids(records)
+    assert server.duplicates() == 0
+    assert loop.stats.retries == 8
+    assert pending(redis_client, keys) == 0
+    assert list_dead_letters(redis_client, keys, LANGSMITH_GROUP) == []
+
+
+def test_a_refused_run_is_a_dead_letter_with_the_answer_and_replays(
+    server: LangSmithServer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    refused, accepted = trace(None), trace(None)
+    send_traces(redis_client, keys, [refused, accepted])
+    server.inject(Fault("status", status=422, count=1))
+    make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
+
+    assert server.run_ids() == {str(accepted.trace_id)}
+    [(_, letter)] = list_dead_letters(redis_client, keys, LANGSMITH_GROUP)
+    assert "LangSmith answered 422" in letter.reason
+    assert "injected" in letter.reason
+    assert letter.record == encode_record(refused)
+    assert letter.position == 0
+    assert pending(redis_client, keys) == 0
+
+    report = replay_dead_letters(redis_client, keys, LANGSMITH_GROUP)
+    assert len(report.replayed) == 1
+    make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
+    assert server.run_ids() == {str(accepted.trace_id), str(refused.trace_id)}
+    assert list_dead_letters(redis_client, keys, LANGSMITH_GROUP) == []
+    assert pending(redis_client, keys) == 0
+
+
+def test_a_refused_root_keeps_its_calls_back(
+    server: LangSmithServer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    record = trace("plan-z")
+    send_traces(redis_client, keys, [record])
+    server.inject(Fault("status", status=403, count=1))
+    make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
+    assert server.run_ids() == set()
+    [(_, letter)] = list_dead_letters(redis_client, keys, LANGSMITH_GROUP)
+    assert "403" in letter.reason
+
+
+def test_after_retry_for_s_the_batch_becomes_dead_letters(
+    server: LangSmithServer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    records = [trace(None), trace(None)]
+    send_traces(redis_client, keys, records)
+    server.inject(Fault("status", status=503, duration_s=600))
+    loop = make_loop(redis_client, keys, settings_for(server, retry_for_s=0.5))
+    loop.run(threading.Event())
+    letters = list_dead_letters(redis_client, keys, LANGSMITH_GROUP)
+    assert len(letters) == 1
+    assert "gave up after 0.5 s" in letters[0][1].reason
+    assert "503" in letters[0][1].reason
+    assert pending(redis_client, keys) == 0
+    assert server.run_ids() == set()
+
+    server.clear_faults()
+    assert len(replay_dead_letters(redis_client, keys, LANGSMITH_GROUP).replayed) == 1
+    make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
+    assert server.run_ids() == expected_ids(records)
+
+
+def test_stopping_while_langsmith_is_down_leaves_the_entry_pending(
+    server: LangSmithServer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    send_traces(redis_client, keys, [trace(None)])
+    server.inject(Fault("status", status=503, duration_s=600))
+    settings = settings_for(server)
+    consumer = Consumer(redis_client, keys, LANGSMITH_GROUP, "fwd-stop", claim_idle_ms=60_000)
+    loop = ForwardLoop(consumer, settings, loop=loop_settings(settings))
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 20
+    while loop.stats.retries < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(20)
+    assert not thread.is_alive()
+    assert loop.stats.retries >= 2
+    assert loop.stats.ready is False
+    assert pending(redis_client, keys) == 1
+    assert list_dead_letters(redis_client, keys, LANGSMITH_GROUP) == []
+
+
+def test_plan_roots_are_forgotten_beyond_the_cache_size(
+    server: LangSmithServer,
+    redis_client: redis.Redis,
+    keys: Keys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(forwarder_module, "ROOT_CACHE_SIZE", 1)
+    records = [trace("plan-a"), trace("plan-b"), trace("plan-a")]
+    send_traces(redis_client, keys, records)
+    make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
+    assert server.run_ids() == expected_ids(records)
+    # plan-a's root was pushed out by plan-b's and posted again: 409, still one run.
+    assert sum(server.recorded.conflicts.values()) == 1
+    assert server.duplicates() == 0
+
+
+def test_the_sender_uses_post_runs_and_raises_on_failure(server: LangSmithServer) -> None:
+    sender = RunSender(settings_for(server))
+    assert "***" in repr(sender)
+    assert API_KEY not in repr(sender)
+    record = trace(None)
+    sender.send(llm_run(record, "fleet"))
+    assert ("POST", "/runs") in server.recorded.requests
+    server.inject(Fault("status", status=503, retry_after="2", count=1))
+    with pytest.raises(ForwardingDeferred) as deferred:
+        sender.send(llm_run(trace(None), "fleet"))
+    assert deferred.value.retry_after_s == 2.0
+    server.api_key = "another-key"
+    with pytest.raises(ForwardingRejected, match="401"):
+        sender.send(llm_run(trace(None), "fleet"))
+    sender.close()
+
+
+def test_an_unreachable_langsmith_is_deferred() -> None:
+    settings = LangSmithSettings(
+        enabled=True, endpoint="http://127.0.0.1:9", api_key=API_KEY, request_timeout_s=1.0
+    )
+    with pytest.raises(ForwardingDeferred, match="cannot connect") as error:
+        RunSender(settings).send(
+            {"id": uuid.uuid4(), "name": "x", "inputs": {}, "run_type": "llm", "session_name": "p"}
+        )
+    assert API_KEY[:8] not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "text"),
+    [
+        (requests.ReadTimeout("slow"), ForwardingDeferred, "did not answer in time"),
+        (requests.ConnectionError("refused"), ForwardingDeferred, "cannot connect"),
+        (ls_utils.LangSmithConnectionError("x"), ForwardingDeferred, "cannot connect"),
+        (requests.TooManyRedirects("loop"), ForwardingDeferred, "request to LangSmith failed"),
+        (ls_utils.LangSmithError("odd"), ForwardingDeferred, "LangSmithError"),
+    ],
+)
+def test_errors_without_an_answer_are_deferred(
+    error: Exception, kind: type[Exception], text: str
+) -> None:
+    classified = classify(error, run_id="r1")
+    assert isinstance(classified, kind)
+    assert text in str(classified)
+
+
+def _http_error(status: int, headers: dict[str, str] | None = None) -> Exception:
+    response = requests.Response()
+    response.status_code = status
+    response._content = b"  the\n answer  "
+    response.headers.update(headers or {})
+    try:
+        raise requests.HTTPError("boom", response=response)
+    except requests.HTTPError:
+        try:
+            raise ls_utils.LangSmithError("wrapped")
+        except ls_utils.LangSmithError as wrapped:
+            return wrapped
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, ForwardingRejected),
+        (404, ForwardingRejected),
+        (408, ForwardingDeferred),
+        (425, ForwardingDeferred),
+        (429, ForwardingDeferred),
+        (500, ForwardingDeferred),
+        (504, ForwardingDeferred),
+    ],
+)
+def test_answers_are_classified_by_status(status: int, kind: type[Exception]) -> None:
+    classified = classify(_http_error(status, {"Retry-After": "5"}), run_id="r1")
+    assert isinstance(classified, kind)
+    assert str(classified) == f"LangSmith answered {status} for run r1: the answer"
+    if isinstance(classified, ForwardingDeferred):
+        assert classified.retry_after_s == 5.0
+
+
+def test_retry_after_forms() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("  ") is None
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after("inf") is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:30 GMT", now=now) == 30.0
+    assert parse_retry_after("Thu, 01 Jan 2026 11:00:00 GMT", now=now) == 0.0
+    assert parse_retry_after("2026-01-01T12:00:30", now=now) is None
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:10 -0000", now=now) == 10.0
+
+
+def test_settings_from_the_langsmith_variables() -> None:
+    env = {
+        "LANGCHAIN_TRACING_V2": "true",
+        "LANGCHAIN_ENDPOINT": "http://127.0.0.1:1984/",
+        "LANGCHAIN_API_KEY": "old-key",
+        "LANGSMITH_API_KEY": "new-key",
+        "LANGCHAIN_PROJECT": "agents",
+        "FLEETTRACE_LANGSMITH_RETRY_FOR_S": "120",
+        "FLEETTRACE_LANGSMITH_BACKOFF_MAX_S": "2.5",
+    }
+    settings = LangSmithSettings.from_env(env)
+    assert settings.enabled is True
+    assert settings.endpoint == "http://127.0.0.1:1984"
+    assert settings.api_key == "new-key"
+    assert settings.project == "agents"
+    assert settings.retry_for_s == 120.0
+    assert settings.backoff_max_s == 2.5
+    assert "new-key" not in repr(settings)
+    assert "new-key" not in str(settings)
+    assert "api_key='***'" in repr(settings)
+
+
+def test_settings_defaults_and_switches() -> None:
+    off = LangSmithSettings.from_env({})
+    assert off.enabled is False
+    assert off.endpoint == "https://api.smith.langchain.com"
+    assert off.project == "default"
+    assert off.retry_for_s == 3600.0
+    assert "api_key=None" in repr(off)
+    assert LangSmithSettings.from_env({"LANGSMITH_TRACING": "true"}).enabled is True
+    assert LangSmithSettings.from_env({"LANGSMITH_TRACING": "false"}).enabled is False
+    assert LangSmithSettings.from_env({"LANGSMITH_TRACING_V2": "TRUE"}).enabled is True
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FLEETTRACE_LANGSMITH_RETRY_FOR_S": "an hour"}, "must be a number of seconds"),
+        ({"FLEETTRACE_LANGSMITH_TIMEOUT_S": "0"}, "positive number"),
+        ({"FLEETTRACE_LANGSMITH_BACKOFF_INITIAL_S": "nan"}, "positive number"),
+        ({"LANGSMITH_ENDPOINT": "ftp://example.com"}, "http:// or https://"),
+        ({"LANGSMITH_ENDPOINT": "http://user:pw@example.com"}, "must not carry credentials"),
+    ],
+)
+def test_bad_settings_say_which(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message) as error:
+        LangSmithSettings.from_env(env)
+    assert "pw@" not in str(error.value)

@@ -1,0 +1,165 @@
+"""The ``langsmith`` consumer group: every ``LLMTrace`` of the trace stream to LangSmith.
+
+A group of its own on the same streams as ``persist``, run by the same
+:class:`~fleettrace_worker.loop.GroupLoop` on a thread of its own, so a slow or
+absent LangSmith never holds back persistence, and the other way round.
+
+1. read      (``GroupLoop.take``)
+2. map       (:meth:`ForwardLoop.prepare`: ``codec.decode_entry``, then
+             :func:`~fleettrace_worker.runs.runs_for`)
+3. send      (:meth:`ForwardLoop.deliver`: one ``POST /runs`` per run, through
+             :class:`~fleettrace_worker.delivery.RunSender`, which raises unless
+             LangSmith took the run: 2xx, or 409 for a run it already holds)
+4. acknowledge (``GroupLoop.handle``, with this group's dead letters)
+
+While LangSmith answers 429 or 5xx, times out or cannot be reached, ``deliver``
+raises :class:`ForwardingDeferred` and the loop tries the batch again with capped
+exponential backoff and jitter, never sooner than the server's Retry-After, keeping
+the entries pending and in hand. A batch that still fails after ``retry_for_s``
+becomes dead letters with the last reason (``fleettrace dlq replay --group
+langsmith`` sends them again). A run refused with another 4xx makes its record a
+dead letter at once, with LangSmith's answer.
+
+Entries that do not decode and records that do not validate are dead letters of the
+``persist`` group; this group acknowledges them without a copy of its own, so a bad
+record is replayed from one place. Metric entries are acknowledged untouched.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from fleettrace.codec import Kind, decode_entry, decode_envelope
+from fleettrace.errors import EntryDecodeError, ForwardingRejected
+from fleettrace.model import LLMTrace
+from fleettrace_worker.consumer import Consumer, Entry
+from fleettrace_worker.deadletter import DeadLetter
+from fleettrace_worker.delivery import RunSender
+from fleettrace_worker.langsmith_settings import LangSmithSettings
+from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
+from fleettrace_worker.runs import PLAN_RUN_TYPE, Run, runs_for
+
+#: Plan root runs LangSmith already took, remembered so each is posted about once.
+ROOT_CACHE_SIZE: Final = 10_000
+#: Records per batch: one HTTP request per run, so smaller batches than ``persist``
+#: keep the entries in hand few and a batch short.
+FORWARD_BATCH_RECORDS: Final = 200
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One record on its way, and how far it got: a retried batch does not post
+    again what LangSmith already took, nor loses a refusal it already heard."""
+
+    entry: Entry
+    batch_id: str
+    position: int
+    raw: bytes
+    runs: list[Run]
+    sent: int = 0
+    refusal: str | None = None
+    done: bool = False
+
+
+@dataclass(slots=True)
+class Outbox:
+    items: list[Outgoing] = field(default_factory=list)
+
+
+def loop_settings(settings: LangSmithSettings, *, burst: bool = False) -> LoopSettings:
+    """The group loop's settings for forwarding: retry as long as ``retry_for_s``."""
+    return LoopSettings(
+        batch_records=FORWARD_BATCH_RECORDS,
+        retry_initial_s=settings.backoff_initial_s,
+        retry_max_s=settings.backoff_max_s,
+        give_up_after_s=settings.retry_for_s,
+        burst=burst,
+    )
+
+
+class ForwardLoop(GroupLoop[Outbox]):
+    """One consumer of the ``langsmith`` group."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        settings: LangSmithSettings,
+        sender: RunSender | None = None,
+        loop: LoopSettings | None = None,
+    ) -> None:
+        super().__init__(consumer, loop or loop_settings(settings))
+        self.langsmith = settings
+        self.sender = sender if sender is not None else RunSender(settings)
+        self._roots: OrderedDict[object, None] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"ForwardLoop({self.consumer!r}, {self.langsmith!r})"
+
+    def prepare(self, entries: Sequence[Entry]) -> Prepared[Outbox]:
+        outbox = Outbox()
+        for entry in entries:
+            try:
+                lines = decode_envelope(entry.fields)[2]
+                batch = decode_entry(entry.fields)
+            except EntryDecodeError:
+                continue
+            if batch.kind is not Kind.TRACE:
+                continue
+            for record, position in zip(batch.records, batch.positions, strict=True):
+                assert isinstance(record, LLMTrace)
+                outbox.items.append(
+                    Outgoing(
+                        entry,
+                        batch.batch_id,
+                        position,
+                        lines[position],
+                        runs_for(record, self.langsmith.project),
+                    )
+                )
+        return Prepared(outbox, len(outbox.items), [])
+
+    def deliver(self, payload: Outbox) -> list[DeadLetter]:
+        """Send what is still unsent; ``ForwardingDeferred`` leaves the rest for the
+        next try. Returns the dead letters of records LangSmith refused."""
+        for item in payload.items:
+            while not item.done:
+                if item.sent == len(item.runs):
+                    item.done = True
+                    continue
+                run = item.runs[item.sent]
+                if not self._known_root(run):
+                    try:
+                        self.sender.send(run)
+                    except ForwardingRejected as error:
+                        # A child without its root would have nothing to hang under.
+                        item.refusal = str(error)
+                        item.done = True
+                        continue
+                    self._remember_root(run)
+                item.sent += 1
+        return [self._dead_letter(item) for item in payload.items if item.refusal is not None]
+
+    def _dead_letter(self, item: Outgoing) -> DeadLetter:
+        return DeadLetter.for_record(
+            item.entry.stream,
+            item.entry.entry_id,
+            self.consumer.name,
+            batch_id=item.batch_id,
+            kind=Kind.TRACE,
+            position=item.position,
+            record=item.raw,
+            reason=f"LangSmith refused the record: {item.refusal}",
+        )
+
+    def _known_root(self, run: Run) -> bool:
+        return run["run_type"] == PLAN_RUN_TYPE and run["id"] in self._roots
+
+    def _remember_root(self, run: Run) -> None:
+        if run["run_type"] != PLAN_RUN_TYPE:
+            return
+        self._roots[run["id"]] = None
+        if len(self._roots) > ROOT_CACHE_SIZE:
+            self._roots.popitem(last=False)
