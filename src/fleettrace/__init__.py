@@ -5,6 +5,8 @@ or an ``Emitter``; they travel through Redis Streams to the worker sidecar, whic
 stores them in PostgreSQL and forwards them to LangSmith.
 """
 
+from fleettrace import hooks
+from fleettrace.emitter import Emitter, EmitterSettings, EmitterStats, configure, get_emitter
 from fleettrace.errors import (
     ConfigurationError,
     EmitterClosed,
@@ -13,7 +15,21 @@ from fleettrace.errors import (
     PermanentError,
     TransientError,
 )
+from fleettrace.hooks import (
+    actor,
+    context_build,
+    decision,
+    index_query,
+    llm_call,
+    phase,
+    plan,
+    record_llm_call,
+    sandbox,
+    set_hot_context_tokens,
+    tool,
+)
 from fleettrace.keys import Keys
+from fleettrace.live import LiveSeries, is_over_budget, plan_cost_usd, read_live
 from fleettrace.metrics import MetricKey, MetricSpec, MetricType
 from fleettrace.model import LLMTrace, MetricSample
 
@@ -21,11 +37,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigurationError",
+    "Emitter",
     "EmitterClosed",
+    "EmitterSettings",
+    "EmitterStats",
     "EntryDecodeError",
     "FleettraceError",
     "Keys",
     "LLMTrace",
+    "LiveSeries",
     "MetricKey",
     "MetricSample",
     "MetricSpec",
@@ -33,4 +53,21 @@ __all__ = [
     "PermanentError",
     "TransientError",
     "__version__",
+    "actor",
+    "configure",
+    "context_build",
+    "decision",
+    "get_emitter",
+    "hooks",
+    "index_query",
+    "is_over_budget",
+    "llm_call",
+    "phase",
+    "plan",
+    "plan_cost_usd",
+    "read_live",
+    "record_llm_call",
+    "sandbox",
+    "set_hot_context_tokens",
+    "tool",
 ]

@@ -17,7 +17,7 @@ from typing import Final
 from fleettrace.errors import ConfigurationError, FleettraceError
 
 #: Subcommand modules under fleettrace_worker.cli, in the order --help lists them.
-COMMANDS: Final[tuple[str, ...]] = ()
+COMMANDS: Final[tuple[str, ...]] = ("metrics",)
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1

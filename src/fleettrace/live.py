@@ -1,0 +1,149 @@
+"""Reads the live counters back: what the fleet has recorded so far, per key and label set.
+
+The counters are summed in Redis by every emitter of the namespace, so these reads
+are fleet-wide: a budget check made by one agent sees the cost recorded by all of
+them. Percentiles are estimated from the histogram buckets the way Prometheus'
+``histogram_quantile`` does it (linear interpolation inside the bucket that holds
+the rank), so they agree with what a dashboard shows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import redis
+
+from fleettrace.errors import ConfigurationError, RedisUnavailable
+from fleettrace.keys import (
+    STAT_BUCKET_PREFIX,
+    STAT_COUNT,
+    STAT_SUM,
+    STAT_VALUE,
+    Keys,
+    decode_labels,
+    encode_labels,
+    live_field,
+    split_live_field,
+)
+from fleettrace.metrics import MetricKey, MetricType
+
+QUANTILES = (0.5, 0.95, 0.99)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSeries:
+    """The live figures of one metric key and one label set.
+
+    ``buckets`` (histograms only) pairs each upper bound with the number of
+    observations in that bucket alone (not cumulative), ascending, ``inf`` last.
+    """
+
+    key: MetricKey
+    labels: tuple[tuple[str, str], ...]
+    count: int
+    sum: float
+    value: float | None = None
+    buckets: tuple[tuple[float, int], ...] = ()
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+
+@contextmanager
+def translate_redis_errors(action: str) -> Iterator[None]:
+    """redis-py errors as fleettrace errors with a one-line message: a refused login or
+    missing ACL right is a ``ConfigurationError``, anything else ``RedisUnavailable``."""
+    try:
+        yield
+    except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as error:
+        raise ConfigurationError(f"Redis refused {action}: {error}") from None
+    except redis.RedisError as error:
+        raise RedisUnavailable(f"{action}: {error}") from None
+
+
+def histogram_quantile(q: float, buckets: tuple[tuple[float, int], ...]) -> float | None:
+    """The q-quantile estimated from non-cumulative buckets; None without observations.
+
+    A rank that falls in the overflow bucket is reported as the last finite bound,
+    as Prometheus does: nothing more is known about it.
+    """
+    total = sum(count for _, count in buckets)
+    if total == 0:
+        return None
+    rank = q * total
+    cumulative = 0
+    lower = 0.0
+    for bound, count in buckets:
+        if count and cumulative + count >= rank:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * (rank - cumulative) / count
+        cumulative += count
+        if not math.isinf(bound):
+            lower = bound
+    return lower  # pragma: no cover (rank <= total always lands in a bucket)
+
+
+def _series(key: MetricKey, labels: str, stats: dict[str, str]) -> LiveSeries:
+    spec = key.spec
+    value = stats.get(STAT_VALUE)
+    buckets: tuple[tuple[float, int], ...] = ()
+    quantiles: list[float | None] = [None, None, None]
+    if spec.type is MetricType.HISTOGRAM:
+        counts = {
+            float(stat[len(STAT_BUCKET_PREFIX) :].replace("+Inf", "inf")): int(amount)
+            for stat, amount in stats.items()
+            if stat.startswith(STAT_BUCKET_PREFIX)
+        }
+        bounds = sorted({*spec.buckets, math.inf, *counts})
+        buckets = tuple((bound, counts.get(bound, 0)) for bound in bounds)
+        quantiles = [histogram_quantile(q, buckets) for q in QUANTILES]
+    return LiveSeries(
+        key=key,
+        labels=decode_labels(labels),
+        count=int(stats.get(STAT_COUNT, 0)),
+        sum=float(stats.get(STAT_SUM, 0.0)),
+        value=float(value) if value is not None else None,
+        buckets=buckets,
+        p50=quantiles[0],
+        p95=quantiles[1],
+        p99=quantiles[2],
+    )
+
+
+def read_live(
+    client: redis.Redis, keys: Keys, metric_key: MetricKey | str | None = None
+) -> list[LiveSeries]:
+    """Every live series of the namespace (or of one metric key), in the order of
+    ``MetricKey`` and then of the label sets. One round trip."""
+    wanted = list(MetricKey) if metric_key is None else [MetricKey(metric_key)]
+    with translate_redis_errors("reading the live counters"):
+        pipe = client.pipeline(transaction=False)
+        for key in wanted:
+            pipe.hgetall(keys.live(key.value))
+        hashes = pipe.execute()
+    series: list[LiveSeries] = []
+    for key, fields in zip(wanted, hashes, strict=True):
+        by_labels: dict[str, dict[str, str]] = {}
+        for raw_field, raw_amount in fields.items():
+            labels, stat = split_live_field(raw_field.decode())
+            by_labels.setdefault(labels, {})[stat] = raw_amount.decode()
+        series.extend(_series(key, labels, by_labels[labels]) for labels in sorted(by_labels))
+    return series
+
+
+def plan_cost_usd(client: redis.Redis, keys: Keys, plan_id: str) -> float:
+    """The priced LLM cost the whole fleet has recorded for a plan so far."""
+    field = live_field(encode_labels((("plan", plan_id),)), STAT_SUM)
+    with translate_redis_errors("reading a plan's cost"):
+        raw = client.hget(keys.live(MetricKey.PLAN_COST_USD.value), field)
+    return float(raw) if raw is not None else 0.0
+
+
+def is_over_budget(client: redis.Redis, keys: Keys, plan_id: str, budget_usd: float) -> bool:
+    """Whether the plan has cost more than ``budget_usd``, counted across every process
+    and host of the namespace. Unpriced calls (unknown models) add nothing."""
+    return plan_cost_usd(client, keys, plan_id) > budget_usd
