@@ -1,0 +1,160 @@
+"""End-to-end freshness: how long after a record is made its row is committed, with
+a producer offering a steady rate while a worker runs, and the highest steady rate
+at which the backlog does not grow.
+
+Offered load: :func:`benchmarks.load.drivers.offer` (one producer process); the
+worker runs as its own process, as deployed. Freshness is ``ingested_at -
+started_at`` of every row (see :mod:`benchmarks.load.rows`). A rate counts as
+sustained when the producer achieved it, the backlog (records sent but not yet
+stored, sampled twice a second) shows no upward trend over the second half of the
+window, and the worker catches up within a second once the producer stops.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+import redis
+
+from benchmarks.load import baseline, drivers, isolated, rows
+from benchmarks.load.context import Deadline, RunContext
+from benchmarks.load.processes import WorkerProcess
+from benchmarks.load.stats import slope_per_s
+
+SAMPLE_INTERVAL_S: Final = 0.5
+ACHIEVED_FRACTION: Final = 0.95
+#: Backlog growth tolerated over the second half of a window, as a share of the rate.
+GROWTH_FRACTION: Final = 0.03
+CATCH_UP_LIMIT_S: Final = 1.0
+LADDER_BUDGET_S: Final = 240.0
+
+
+def _stream(name: str, namespace: str) -> str:
+    from fleettrace.keys import Keys
+
+    keys = Keys(namespace)
+    return keys.traces if name == drivers.FLEETTRACE else baseline.stream(keys)
+
+
+def _wait_for_group(redis_url: str, stream: str, group: str, worker: WorkerProcess) -> bool:
+    client = redis.Redis.from_url(redis_url)
+    deadline = Deadline(30)
+    try:
+        while not deadline.expired() and worker.running:
+            try:
+                groups = client.xinfo_groups(stream)
+            except redis.ResponseError:
+                groups = []
+            if any(g["name"] in (group, group.encode()) for g in groups):
+                time.sleep(0.5)  # the worker's first XREADGROUP is on its way
+                return True
+            time.sleep(0.05)
+        return False
+    finally:
+        client.close()
+
+
+def trial(ctx: RunContext, name: str, offered: int, duration_s: float) -> dict[str, Any]:
+    pipeline = drivers.pipeline(name)
+    with ctx.scratch(f"fresh-{name}-{offered}") as (keys, database_url):
+        drivers.prepare_database(name, database_url)
+        worker = WorkerProcess(
+            drivers.worker_argv(name, ctx.redis_url, keys.namespace, database_url, burst=False),
+            label=f"{name} worker",
+        )
+        try:
+            if not _wait_for_group(
+                ctx.redis_url, _stream(name, keys.namespace), pipeline.group, worker
+            ):
+                raise RuntimeError(f"{name} worker did not join its group: {worker.output_tail()}")
+            produced = isolated.shared_counter()
+            proc, conn = isolated.start(
+                drivers.offer, name, ctx.redis_url, keys.namespace, offered, duration_s, produced
+            )
+            started = time.monotonic()
+            backlog: list[tuple[float, float]] = []
+            deadline = Deadline(duration_s + 120)
+            while not conn.poll(0) and proc.is_alive() and not deadline.expired():
+                time.sleep(SAMPLE_INTERVAL_S)
+                stored = rows.count(database_url, pipeline.table)
+                backlog.append((time.monotonic() - started, produced.value - stored))
+            sent = isolated.finish(proc, conn, timeout_s=max(deadline.left_s, 1))
+            producer_done = time.monotonic()
+            catch_up = Deadline(120)
+            stored = rows.count(database_url, pipeline.table)
+            while stored < sent["sent"] and not catch_up.expired() and worker.running:
+                time.sleep(0.05)
+                stored = rows.count(database_url, pipeline.table)
+            catch_up_s = time.monotonic() - producer_done
+        finally:
+            code = worker.stop()
+        fresh = rows.freshness_ms(database_url, pipeline.table)
+        peak_rss = worker.peak_rss
+        worker.discard_log()
+    achieved = sent["sent"] / sent["seconds"] if sent["seconds"] else 0.0
+    second_half = [p for p in backlog if p[0] >= duration_s / 2]
+    growth = slope_per_s(second_half)
+    sustained = (
+        achieved >= ACHIEVED_FRACTION * offered
+        and growth <= GROWTH_FRACTION * offered
+        and catch_up_s <= CATCH_UP_LIMIT_S
+        and stored >= sent["sent"]
+    )
+    return {
+        "offered_per_s": offered,
+        "achieved_per_s": round(achieved, 1),
+        "seconds": round(sent["seconds"], 2),
+        "sent": sent["sent"],
+        "dropped": sent["dropped"],
+        "rows_stored": stored,
+        **fresh,
+        "backlog_end": backlog[-1][1] if backlog else None,
+        "backlog_growth_per_s": round(growth, 1),
+        "catch_up_s": round(catch_up_s, 3),
+        "sustained": sustained,
+        "worker_exit_code": code,
+        "worker_peak_rss_mb": round(peak_rss / 2**20, 1),
+    }
+
+
+def ladder(ctx: RunContext, name: str) -> dict[str, Any]:
+    """Raise the offered rate step by step until the pipeline stops keeping up."""
+    sizes = ctx.sizes
+    offered = sizes.ladder_start if name == drivers.FLEETTRACE else sizes.baseline_ladder_start
+    budget = Deadline(LADDER_BUDGET_S)
+    trials: list[dict[str, Any]] = []
+    best: int | None = None
+    while offered <= sizes.ladder_max and not budget.expired():
+        result = trial(ctx, name, offered, sizes.ladder_s)
+        trials.append(
+            {
+                k: result[k]
+                for k in (
+                    "offered_per_s",
+                    "achieved_per_s",
+                    "p99_ms",
+                    "backlog_growth_per_s",
+                    "catch_up_s",
+                    "sustained",
+                )
+            }
+        )
+        if not result["sustained"]:
+            break
+        best = offered
+        offered = int(offered * sizes.ladder_step)
+    return {"max_steady_per_s": best, "trials": trials}
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name in ctx.pipelines():
+        result[name] = {
+            "rates": {
+                str(offered): trial(ctx, name, offered, ctx.sizes.freshness_s)
+                for offered in ctx.sizes.freshness_rates
+            },
+            "ladder": ladder(ctx, name),
+        }
+    return result

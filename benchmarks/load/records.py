@@ -1,0 +1,72 @@
+"""Trace records that look like a fleet's: a few providers and models, plans, actors,
+tool calls, some errors and retries.
+
+A record costs a dict copy, a random id and a clock read: the harness must be able
+to offer tens of thousands of records per second from one process without being the
+bottleneck it is measuring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final
+
+MODELS: Final = (
+    ("openai", "gpt-4o"),
+    ("openai", "gpt-4o-mini"),
+    ("anthropic", "claude-3-5-sonnet-20241022"),
+    ("anthropic", "claude-3-5-haiku-20241022"),
+    ("google", "gemini-1.5-pro"),
+)
+ACTORS: Final = tuple(f"actor-{i}" for i in range(20))
+TOOLS: Final = ("search", "read_file", "write_file", "shell", "fetch", "sql")
+PLANS: Final = 1000
+TEMPLATES: Final = 2000
+
+
+class TraceFactory:
+    """Makes the keyword arguments of one ``LLMTrace`` per call, every field given.
+
+    The shape of the records follows ``seed``; ids are unique across processes."""
+
+    def __init__(self, seed: int = 7) -> None:
+        rng = random.Random(seed)
+        hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(64)]
+        self._templates = [self._template(rng, hashes) for _ in range(TEMPLATES)]
+        self._ids = random.Random(random.SystemRandom().getrandbits(64))
+        self._next = 0
+
+    @staticmethod
+    def _template(rng: random.Random, hashes: list[str]) -> dict[str, Any]:
+        provider, model = MODELS[rng.randrange(len(MODELS))]
+        failed = rng.random() < 0.05
+        return {
+            "trace_id": None,
+            "plan_id": f"plan-{rng.randrange(PLANS)}",
+            "decision_id": f"decision-{rng.randrange(10_000)}",
+            "actor": ACTORS[rng.randrange(len(ACTORS))],
+            "provider": provider,
+            "model": model,
+            "prompt_tokens": rng.randrange(50, 8000),
+            "completion_tokens": rng.randrange(10, 2000),
+            "cost_usd": round(rng.random() / 50, 6),
+            "latency_ms": round(rng.uniform(80, 9000), 3),
+            "tool_calls": rng.sample(TOOLS, rng.randrange(0, 3)),
+            "context_hash": hashes[rng.randrange(len(hashes))],
+            "streaming": rng.random() < 0.3,
+            "retry_count": 1 if failed else 0,
+            "error": "RateLimitError: slow down" if failed else None,
+            "started_at": None,
+        }
+
+    def fields(self) -> dict[str, Any]:
+        template = self._templates[self._next % TEMPLATES]
+        self._next += 1
+        fields = dict(template)
+        fields["tool_calls"] = list(template["tool_calls"])
+        fields["trace_id"] = uuid.UUID(int=self._ids.getrandbits(128), version=4)
+        fields["started_at"] = datetime.now(UTC)
+        return fields

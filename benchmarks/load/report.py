@@ -1,0 +1,429 @@
+"""The run's figures against the issue's targets and against the baseline: one row
+per figure, as a table for people and as JSON for scripts.
+
+``gain`` is how many times better fleettrace is than the baseline on that figure
+(throughput: fleettrace / baseline; latency, time and memory: baseline / fleettrace),
+so above 1 is better whatever the unit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Better = Literal["higher", "lower"]
+
+
+@dataclass(frozen=True)
+class Row:
+    section: str
+    figure: str
+    unit: str
+    fleettrace: float | None
+    baseline: float | None
+    better: Better
+    target: str | None = None
+    met: bool | None = None
+    note: str | None = None
+
+    @property
+    def gain(self) -> float | None:
+        ours, theirs = self.fleettrace, self.baseline
+        if ours is None or theirs is None or ours == 0 or theirs == 0:
+            return None
+        return theirs / ours if self.better == "lower" else ours / theirs
+
+    @property
+    def status(self) -> str:
+        if self.met is None:
+            return "" if self.target is None else "n/a"
+        return "PASS" if self.met else "MISS"
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["gain_vs_baseline"] = None if self.gain is None else round(self.gain, 2)
+        data["ratio_vs_baseline"] = (
+            None
+            if self.fleettrace is None or not self.baseline
+            else round(self.fleettrace / self.baseline, 4)
+        )
+        data["status"] = self.status
+        return data
+
+
+def _get(data: dict[str, Any], *path: str) -> Any:
+    for part in path:
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def _check(value: float | None, test: Callable[[float], bool]) -> bool | None:
+    return None if value is None else bool(test(value))
+
+
+def build(sections: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    hot = sections.get("hotpath", {})
+    if hot:
+        traceable_p50 = _get(hot, "traceable", "p50_us")
+        otel_p50 = _get(hot, "otel_span", "p50_us")
+        traceable_p99 = _get(hot, "traceable", "p99_us")
+        otel_p99 = _get(hot, "otel_span", "p99_us")
+        p50 = _get(hot, "record", "p50_us")
+        p99 = _get(hot, "record", "p99_us")
+        rows += [
+            Row(
+                "hot path",
+                "record() p50",
+                "µs",
+                p50,
+                _get(hot, "baseline_record", "p50_us"),
+                "lower",
+                "<= 10",
+                _check(p50, lambda v: v <= 10),
+            ),
+            Row(
+                "hot path",
+                "record() p99",
+                "µs",
+                p99,
+                _get(hot, "baseline_record", "p99_us"),
+                "lower",
+                "<= 50",
+                _check(p99, lambda v: v <= 50),
+            ),
+            Row(
+                "hot path",
+                "record() mean",
+                "µs",
+                _get(hot, "record", "mean_us"),
+                _get(hot, "baseline_record", "mean_us"),
+                "lower",
+            ),
+            Row(
+                "hot path",
+                "LLMTrace(...) + record() p50",
+                "µs",
+                _get(hot, "build_and_record", "p50_us"),
+                None,
+                "lower",
+            ),
+            Row(
+                "hot path",
+                "@traceable no-op p50 / p99",
+                "µs",
+                traceable_p50,
+                None,
+                "lower",
+                note=f"p99 {traceable_p99}",
+            ),
+            Row(
+                "hot path",
+                "OpenTelemetry span p50 / p99",
+                "µs",
+                otel_p50,
+                None,
+                "lower",
+                note=f"p99 {otel_p99}",
+            ),
+            Row(
+                "hot path",
+                "dict copy + deque.append p50 (floor)",
+                "µs",
+                _get(hot, "dict_deque", "p50_us"),
+                None,
+                "lower",
+            ),
+        ]
+        if p50 is not None and traceable_p50:
+            rows.append(
+                Row(
+                    "hot path",
+                    "record() p50 x 20 vs @traceable p50",
+                    "µs",
+                    round(p50 * 20, 2),
+                    None,
+                    "lower",
+                    f"<= {traceable_p50}",
+                    p50 * 20 <= traceable_p50,
+                )
+            )
+        if p99 is not None and traceable_p99:
+            rows.append(
+                Row(
+                    "hot path",
+                    "record() p99 x 20 vs @traceable p99",
+                    "µs",
+                    round(p99 * 20, 2),
+                    None,
+                    "lower",
+                    f"<= {traceable_p99}",
+                    p99 * 20 <= traceable_p99,
+                )
+            )
+        if p50 is not None and otel_p50:
+            rows.append(
+                Row(
+                    "hot path",
+                    "record() p50 x 4 vs OTel span p50",
+                    "µs",
+                    round(p50 * 4, 2),
+                    None,
+                    "lower",
+                    f"<= {otel_p50}",
+                    p50 * 4 <= otel_p50,
+                )
+            )
+        if p99 is not None and otel_p99:
+            rows.append(
+                Row(
+                    "hot path",
+                    "record() p99 x 4 vs OTel span p99",
+                    "µs",
+                    round(p99 * 4, 2),
+                    None,
+                    "lower",
+                    f"<= {otel_p99}",
+                    p99 * 4 <= otel_p99,
+                )
+            )
+    producer = sections.get("producer", {})
+    if producer:
+        ours = _get(producer, "fleettrace", "records_per_s")
+        rows.append(
+            Row(
+                "producer",
+                "records/s, one process, with live counters",
+                "1/s",
+                ours,
+                _get(producer, "baseline", "records_per_s"),
+                "higher",
+                ">= 100000",
+                _check(ours, lambda v: v >= 100_000),
+                _counters_note(producer),
+            )
+        )
+    worker = sections.get("worker", {})
+    if worker:
+        one = _get(worker, "fleettrace", "1_workers", "rows_per_s")
+        two = _get(worker, "fleettrace", "2_workers", "rows_per_s")
+        base_one = _get(worker, "baseline", "1_workers", "rows_per_s")
+        rows += [
+            Row(
+                "worker",
+                "rows/s, 1 worker",
+                "1/s",
+                one,
+                base_one,
+                "higher",
+                ">= 40000",
+                _check(one, lambda v: v >= 40_000),
+            ),
+            Row(
+                "worker",
+                "rows/s, 1 worker, vs baseline",
+                "x",
+                None if one is None or not base_one else round(one / base_one, 2),
+                None,
+                "higher",
+                ">= 3.5",
+                None if one is None or not base_one else one / base_one >= 3.5,
+            ),
+            Row(
+                "worker",
+                "rows/s, 2 workers",
+                "1/s",
+                two,
+                _get(worker, "baseline", "2_workers", "rows_per_s"),
+                "higher",
+                "> 1 worker",
+                None if one is None or two is None else two > one,
+            ),
+        ]
+    fresh = sections.get("freshness", {})
+    if fresh:
+        for rate_key in sorted(
+            _get(fresh, "fleettrace", "rates") or _get(fresh, "baseline", "rates") or {}, key=int
+        ):
+            ours = _get(fresh, "fleettrace", "rates", rate_key, "p99_ms")
+            theirs = _get(fresh, "baseline", "rates", rate_key, "p99_ms")
+            target, met = None, None
+            if rate_key == "10000":
+                target, met = "<= 100", _check(ours, lambda v: v <= 100)
+            elif rate_key == "5000" and theirs is not None:
+                target, met = (
+                    f"<= baseline {theirs}",
+                    _check(ours, lambda v, bound=theirs: v <= bound),
+                )
+            rows.append(
+                Row(
+                    "freshness",
+                    f"p50 at {int(rate_key):,}/s",
+                    "ms",
+                    _get(fresh, "fleettrace", "rates", rate_key, "p50_ms"),
+                    _get(fresh, "baseline", "rates", rate_key, "p50_ms"),
+                    "lower",
+                )
+            )
+            rows.append(
+                Row(
+                    "freshness",
+                    f"p99 at {int(rate_key):,}/s",
+                    "ms",
+                    ours,
+                    theirs,
+                    "lower",
+                    target,
+                    met,
+                    _sustained_note(fresh, rate_key),
+                )
+            )
+        ours = _get(fresh, "fleettrace", "ladder", "max_steady_per_s")
+        rows.append(
+            Row(
+                "freshness",
+                "highest steady rate (backlog not growing)",
+                "1/s",
+                ours,
+                _get(fresh, "baseline", "ladder", "max_steady_per_s"),
+                "higher",
+                ">= 10000",
+                _check(ours, lambda v: v >= 10_000),
+            )
+        )
+    drain = sections.get("drain", {})
+    if drain:
+        ours = _get(drain, "fleettrace", "drain_s")
+        records = _get(drain, "fleettrace", "records")
+        theirs = _get(drain, "baseline", "projected_drain_s") or _get(drain, "baseline", "drain_s")
+        rows.append(
+            Row(
+                "drain",
+                f"drain {records or 0:,} records, 1 worker",
+                "s",
+                ours,
+                theirs,
+                "lower",
+                "<= 25" if records == 1_000_000 else None,
+                _check(ours, lambda v: v <= 25) if records == 1_000_000 else None,
+                "baseline projected from its drain rate"
+                if _get(drain, "baseline", "projected_drain_s")
+                else None,
+            )
+        )
+    memory = sections.get("memory", {})
+    if memory:
+        peaks = memory.get("worker_peak_rss_mb", {})
+        ours = peaks.get("fleettrace")
+        rows.append(
+            Row(
+                "memory",
+                "worker peak RSS",
+                "MB",
+                ours,
+                peaks.get("baseline"),
+                "lower",
+                "<= 150",
+                _check(ours, lambda v: v <= 150),
+            )
+        )
+        emitter = memory.get("emitter")
+        if emitter:
+            bounded = emitter["buffered_after_3x"] <= emitter["buffer_records"] and emitter[
+                "growth_past_bound_mb"
+            ] <= max(2.0, 0.05 * emitter["emitter_mb_at_bound"])
+            rows.append(
+                Row(
+                    "memory",
+                    f"emitter at its bound ({emitter['buffer_records']:,} records)",
+                    "MB",
+                    emitter["emitter_mb_at_bound"],
+                    None,
+                    "lower",
+                    "no growth past the bound",
+                    bounded,
+                    f"{emitter['growth_past_bound_mb']} MB more after 2x the bound recorded",
+                )
+            )
+    return rows
+
+
+def _counters_note(producer: dict[str, Any]) -> str | None:
+    ours = producer.get("fleettrace")
+    if not ours:
+        return None
+    ok = ours["counters_match"] and ours["records_in_redis"] == ours["records"]
+    return (
+        "stream and counters hold every record"
+        if ok
+        else (
+            f"MISMATCH: {ours['records_in_redis']} of {ours['records']} in Redis, "
+            f"counters match: {ours['counters_match']}"
+        )
+    )
+
+
+def _sustained_note(fresh: dict[str, Any], rate_key: str) -> str:
+    parts = []
+    for name in ("fleettrace", "baseline"):
+        trial = _get(fresh, name, "rates", rate_key)
+        if trial:
+            parts.append(f"{name} {'kept up' if trial['sustained'] else 'fell behind'}")
+    return ", ".join(parts)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def render(rows: list[Row]) -> str:
+    header = ("section", "figure", "unit", "fleettrace", "baseline", "gain", "target", "status")
+    table = [header] + [
+        (
+            r.section,
+            r.figure,
+            r.unit,
+            _fmt(r.fleettrace),
+            _fmt(r.baseline),
+            "-" if r.gain is None else f"{r.gain:.1f}x",
+            r.target or "",
+            r.status,
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]
+    lines = []
+    for index, line in enumerate(table):
+        lines.append("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(line)).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    notes = [f"  {r.figure}: {r.note}" for r in rows if r.note]
+    if notes:
+        lines += ["", "notes:", *notes]
+    return "\n".join(lines)
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = [
+        "| section | figure | unit | fleettrace | baseline | gain | target | status |",
+        "|---|---|---|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        gain = "-" if r.gain is None else f"{r.gain:.1f}x"
+        lines.append(
+            f"| {r.section} | {r.figure} | {r.unit} | {_fmt(r.fleettrace)} | {_fmt(r.baseline)} "
+            f"| {gain} | {r.target or ''} | {r.status} |"
+        )
+    return "\n".join(lines)

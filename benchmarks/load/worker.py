@@ -1,0 +1,60 @@
+"""Worker throughput: rows per second worker processes persist from a backlog (read,
+decode, validate, write, commit, acknowledge), with one worker and with two in the
+same consumer group. The rate is taken from the rows' commit times, so process
+start-up is not in it; the wall time from start to exit is reported beside it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.load import backlog, drivers, rows
+from benchmarks.load.context import Deadline, RunContext
+from benchmarks.load.processes import WorkerProcess
+from benchmarks.load.stats import rate
+
+WORKER_COUNTS = (1, 2)
+
+
+def measure(ctx: RunContext, name: str, workers: int, records: int) -> dict[str, Any]:
+    pipeline = drivers.pipeline(name)
+    with ctx.scratch(f"worker-{name}-{workers}") as (keys, database_url):
+        drivers.prepare_database(name, database_url)
+        prefill_s = backlog.prefill(name, ctx.redis_url, keys.namespace, records)
+        argv = drivers.worker_argv(name, ctx.redis_url, keys.namespace, database_url, burst=True)
+        procs = [WorkerProcess(argv, label=f"{name} worker {i}") for i in range(workers)]
+        deadline = Deadline(600)
+        codes = [p.wait(deadline.left_s) for p in procs]
+        wall_s = max(p.elapsed_s for p in procs)
+        stored = rows.count(database_url, pipeline.table)
+        figures = rows.steady_rate(database_url, pipeline.table)
+        failed = [p.output_tail() for p, code in zip(procs, codes, strict=True) if code != 0]
+        for proc in procs:
+            proc.discard_log()
+        return {
+            "workers": workers,
+            "records": records,
+            "rows_stored": stored,
+            "duplicates": rows.duplicates(database_url, pipeline.table),
+            "exit_codes": codes,
+            "rows_per_s": figures["rows_per_s"],
+            "rows_per_transaction": figures.get("rows_per_transaction"),
+            "wall_s": round(wall_s, 3),
+            "wall_rows_per_s": rate(stored, wall_s),
+            "peak_rss_mb": round(max(p.peak_rss for p in procs) / 2**20, 1),
+            "prefill_s": round(prefill_s, 2),
+            **({"errors": failed} if failed else {}),
+        }
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name in ctx.pipelines():
+        records = (
+            ctx.sizes.worker_records
+            if name == drivers.FLEETTRACE
+            else ctx.sizes.baseline_worker_records
+        )
+        result[name] = {
+            f"{workers}_workers": measure(ctx, name, workers, records) for workers in WORKER_COUNTS
+        }
+    return result
