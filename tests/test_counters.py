@@ -1,0 +1,114 @@
+"""Counter deltas of a batch: one entry per distinct field, summed."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleettrace import LLMTrace, MetricKey, MetricSample
+from fleettrace.counters import aggregate
+
+
+def trace(**fields: object) -> LLMTrace:
+    values: dict[str, object] = {"provider": "openai", "model": "gpt-4o", "cost_usd": 0.5}
+    values.update(fields)
+    return LLMTrace(**values)  # type: ignore[arg-type]
+
+
+TOKENS = "actor.token_usage"
+PM = "provider=openai,model=gpt-4o"
+
+
+def test_traces_sum_tokens_per_provider_model_and_token_type() -> None:
+    deltas = aggregate(
+        [
+            trace(prompt_tokens=10, completion_tokens=1),
+            trace(prompt_tokens=20, completion_tokens=2),
+            trace(model="o1", prompt_tokens=5),
+        ],
+        [],
+    )
+    assert deltas.increments == {
+        (TOKENS, f"{PM},token_type=prompt|count"): 2,
+        (TOKENS, f"{PM},token_type=completion|count"): 2,
+        (TOKENS, "provider=openai,model=o1,token_type=prompt|count"): 1,
+        (TOKENS, "provider=openai,model=o1,token_type=completion|count"): 1,
+    }
+    assert deltas.float_increments == {
+        (TOKENS, f"{PM},token_type=prompt|sum"): 30,
+        (TOKENS, f"{PM},token_type=completion|sum"): 3,
+        (TOKENS, "provider=openai,model=o1,token_type=prompt|sum"): 5,
+        (TOKENS, "provider=openai,model=o1,token_type=completion|sum"): 0,
+    }
+    assert deltas.values == {}
+    assert deltas.metric_keys() == [TOKENS]
+    assert len(deltas) == 8
+
+
+def test_retries_errors_and_plan_cost() -> None:
+    deltas = aggregate(
+        [
+            trace(retry_count=2, error="RateLimitError: slow", plan_id="p1", cost_usd=0.25),
+            trace(retry_count=0, error="RateLimitError: again", plan_id="p1", cost_usd=0.5),
+            trace(retry_count=3, error="Timeout", plan_id="p,2"),
+            trace(plan_id="p3", provider="acme", model="unknown-model", cost_usd=None),
+        ],
+        [],
+    )
+    inc, flt = deltas.increments, deltas.float_increments
+    assert inc[("llm.retries_count", f"{PM}|count")] == 2
+    assert flt[("llm.retries_count", f"{PM}|sum")] == 5
+    assert inc[("llm.errors_count", f"{PM},error_type=RateLimitError|count")] == 2
+    assert flt[("llm.errors_count", f"{PM},error_type=RateLimitError|sum")] == 2
+    assert inc[("llm.errors_count", f"{PM},error_type=Timeout|count")] == 1
+    assert inc[("plan.cost_usd", "plan=p1|count")] == 2
+    assert flt[("plan.cost_usd", "plan=p1|sum")] == pytest.approx(0.75)
+    assert flt[("plan.cost_usd", "plan=p%2C2|sum")] == 0.5  # label value escaped
+    # An unpriced call adds nothing to its plan's cost (unknown is not zero).
+    assert not any(field.startswith("plan=p3") for _, field in inc)
+    assert ("llm.retries_count", "provider=acme,model=unknown-model|count") not in inc
+
+
+def test_trace_outside_a_plan_adds_no_cost() -> None:
+    deltas = aggregate([trace()], [])
+    assert deltas.metric_keys() == [TOKENS]
+
+
+def test_samples_update_their_own_key_by_type() -> None:
+    deltas = aggregate(
+        [],
+        [
+            MetricSample(
+                key=MetricKey.TOOL_ERROR_RATE, value=1, labels={"tool": "t", "outcome": "ok"}
+            ),
+            MetricSample(
+                key=MetricKey.TOOL_ERROR_RATE, value=1, labels={"tool": "t", "outcome": "ok"}
+            ),
+            MetricSample(key=MetricKey.TOOL_INVOCATION_DURATION_MS, value=3, labels={"tool": "t"}),
+            MetricSample(key=MetricKey.TOOL_INVOCATION_DURATION_MS, value=4, labels={"tool": "t"}),
+            MetricSample(
+                key=MetricKey.TOOL_INVOCATION_DURATION_MS, value=1e9, labels={"tool": "t"}
+            ),
+            MetricSample(key=MetricKey.CONTEXT_TOKENS_USED, value=100),
+            MetricSample(key=MetricKey.CONTEXT_TOKENS_USED, value=70),
+        ],
+    )
+    tool = "tool.invocation_duration_ms"
+    assert deltas.increments == {
+        ("tool.error_rate", "tool=t,outcome=ok|count"): 2,
+        (tool, "tool=t|count"): 3,
+        (tool, "tool=t|le=5.0"): 2,
+        (tool, "tool=t|le=+Inf"): 1,
+        ("context.tokens_used", "|count"): 2,
+    }
+    assert deltas.float_increments == {
+        ("tool.error_rate", "tool=t,outcome=ok|sum"): 2,
+        (tool, "tool=t|sum"): 1e9 + 7,
+    }
+    assert deltas.values == {("context.tokens_used", "|value"): 70}
+    assert deltas.metric_keys() == ["tool.error_rate", tool, "context.tokens_used"]
+
+
+def test_empty_batch_has_no_deltas() -> None:
+    deltas = aggregate([], [])
+    assert len(deltas) == 0
+    assert deltas.metric_keys() == []

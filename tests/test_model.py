@@ -1,0 +1,205 @@
+"""LLMTrace and MetricSample refuse what a user would call wrong, naming the field."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from fleettrace import LLMTrace, MetricKey, MetricSample
+from fleettrace.model import (
+    MAX_COST_USD,
+    MAX_ERROR_CHARS,
+    MAX_ID_CHARS,
+    MAX_LATENCY_MS,
+    MAX_NAME_CHARS,
+    MAX_RETRIES,
+    MAX_TOKENS,
+    MAX_TOOL_CALLS,
+)
+from fleettrace.pricing import price_usd
+
+BASE: dict[str, Any] = {"provider": "openai", "model": "gpt-4o"}
+
+
+def failing_fields(**fields: Any) -> list[str]:
+    with pytest.raises(ValidationError) as caught:
+        LLMTrace(**{**BASE, **fields})
+    return [str(error["loc"][0]) for error in caught.value.errors()]
+
+
+def test_llm_trace_has_exactly_the_fields_of_the_issue() -> None:
+    assert list(LLMTrace.model_fields) == [
+        "trace_id",
+        "plan_id",
+        "decision_id",
+        "actor",
+        "provider",
+        "model",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "latency_ms",
+        "tool_calls",
+        "context_hash",
+        "streaming",
+        "retry_count",
+        "error",
+        "started_at",
+    ]
+
+
+def test_defaults_new_uuid_utc_start_and_derived_total() -> None:
+    first = LLMTrace(**BASE, prompt_tokens=10, completion_tokens=5)
+    second = LLMTrace(**BASE)
+    assert isinstance(first.trace_id, uuid.UUID)
+    assert first.trace_id != second.trace_id
+    assert first.started_at.tzinfo is not None
+    assert first.started_at.utcoffset() == timedelta(0)
+    assert first.total_tokens == 15
+    assert "total_tokens" not in first.model_dump()
+
+
+def test_trace_id_accepts_its_string_form() -> None:
+    trace_id = uuid.uuid4()
+    assert LLMTrace(**BASE, trace_id=str(trace_id)).trace_id == trace_id
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("prompt_tokens", -1),
+        ("completion_tokens", -1),
+        ("prompt_tokens", MAX_TOKENS + 1),
+        ("prompt_tokens", 1.5),
+        ("prompt_tokens", "10"),
+        ("retry_count", -1),
+        ("retry_count", MAX_RETRIES + 1),
+        ("cost_usd", -0.01),
+        ("cost_usd", math.nan),
+        ("cost_usd", math.inf),
+        ("cost_usd", MAX_COST_USD * 2),
+        ("latency_ms", -1.0),
+        ("latency_ms", math.nan),
+        ("latency_ms", -math.inf),
+        ("latency_ms", MAX_LATENCY_MS + 1),
+        ("context_hash", "ABCDEF" + "0" * 58),
+        ("context_hash", "0" * 63),
+        ("context_hash", "g" * 64),
+        ("tool_calls", ["x"] * (MAX_TOOL_CALLS + 1)),
+        ("tool_calls", [""]),
+        ("tool_calls", ["t" * (MAX_NAME_CHARS + 1)]),
+        ("plan_id", ""),
+        ("plan_id", "p" * (MAX_ID_CHARS + 1)),
+        ("decision_id", "d" * (MAX_ID_CHARS + 1)),
+        ("actor", "a" * (MAX_NAME_CHARS + 1)),
+        ("provider", "x" * (MAX_NAME_CHARS + 1)),
+        ("model", ""),
+        ("error", "e" * (MAX_ERROR_CHARS + 1)),
+        ("error", "bad\x00byte"),
+        ("streaming", "yes"),
+        ("started_at", datetime(2026, 1, 1)),
+        ("started_at", "2026-01-01T00:00:00Z"),
+    ],
+)
+def test_every_bound_names_its_field(field: str, value: Any) -> None:
+    assert failing_fields(**{field: value}) == [field]
+
+
+def test_unknown_fields_and_mutation_are_refused() -> None:
+    assert failing_fields(total_tokens=3) == ["total_tokens"]
+    trace = LLMTrace(**BASE)
+    with pytest.raises(ValidationError):
+        trace.prompt_tokens = 3  # type: ignore[misc]
+
+
+def test_values_at_the_bounds_are_accepted() -> None:
+    trace = LLMTrace(
+        **BASE,
+        prompt_tokens=MAX_TOKENS,
+        retry_count=MAX_RETRIES,
+        cost_usd=0,
+        latency_ms=12,
+        tool_calls=["t"] * MAX_TOOL_CALLS,
+        context_hash="ab" * 32,
+        error="e" * MAX_ERROR_CHARS,
+        plan_id="p" * MAX_ID_CHARS,
+    )
+    assert trace.cost_usd == 0.0
+    assert trace.latency_ms == 12.0
+    assert isinstance(trace.latency_ms, float)
+
+
+def test_start_time_in_another_zone_is_kept_as_utc() -> None:
+    paris = timezone(timedelta(hours=1))
+    trace = LLMTrace(**BASE, started_at=datetime(2026, 3, 1, 13, 0, tzinfo=paris))
+    assert trace.started_at == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    assert trace.started_at.tzinfo is UTC
+
+
+def test_cost_is_priced_with_genai_prices_when_not_given() -> None:
+    trace = LLMTrace(**BASE, prompt_tokens=1000, completion_tokens=500)
+    assert trace.cost_usd == pytest.approx(0.0075)
+    assert trace.cost_known
+    assert price_usd("openai", "gpt-4o", 1000, 500) == pytest.approx(0.0075)
+
+
+def test_given_cost_wins_over_the_price_table() -> None:
+    assert LLMTrace(**BASE, prompt_tokens=1000, cost_usd=1.25).cost_usd == 1.25
+
+
+def test_unknown_model_leaves_cost_unset_and_says_so() -> None:
+    trace = LLMTrace(provider="acme", model="acme-unreleased-9", prompt_tokens=1000)
+    assert trace.cost_usd is None
+    assert trace.cost_known is False
+
+
+@pytest.mark.parametrize(
+    ("error", "error_type"),
+    [
+        (None, None),
+        ("RateLimitError: slow down", "RateLimitError"),
+        ("timeout", "timeout"),
+        (": no type", "error"),
+    ],
+)
+def test_error_type_is_the_text_before_the_colon(error: str | None, error_type: str | None) -> None:
+    assert LLMTrace(**BASE, error=error).error_type == error_type
+
+
+def test_metric_sample_checks_labels_against_the_key() -> None:
+    sample = MetricSample(key="tool.invocation_duration_ms", value=3, labels={"tool": "grep"})
+    assert sample.key is MetricKey.TOOL_INVOCATION_DURATION_MS
+    assert sample.value == 3.0
+    assert sample.label_pairs == (("tool", "grep"),)
+    with pytest.raises(ValidationError, match=r"labels of tool.invocation_duration_ms must be"):
+        MetricSample(key=MetricKey.TOOL_INVOCATION_DURATION_MS, value=1, labels={"x": "y"})
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"key": "no.such_key", "value": 1.0}, "key"),
+        ({"key": "context.tokens_used", "value": math.nan}, "value"),
+        ({"key": "context.tokens_used", "value": math.inf}, "value"),
+        (
+            {"key": "context.tokens_used", "value": 1.0, "observed_at": datetime(2026, 1, 1)},
+            "observed_at",
+        ),
+        ({"key": "context.tokens_used", "value": 1.0, "extra": 1}, "extra"),
+    ],
+)
+def test_metric_sample_bounds_name_the_field(fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        MetricSample(**fields)
+    assert caught.value.errors()[0]["loc"][0] == field
+
+
+def test_only_gauges_may_go_negative() -> None:
+    assert MetricSample(key=MetricKey.CONTEXT_TOKENS_USED, value=-1.0).value == -1.0
+    with pytest.raises(ValidationError, match="must not be negative"):
+        MetricSample(key=MetricKey.PLAN_COST_USD, value=-1.0, labels={"plan": "p"})
