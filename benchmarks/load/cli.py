@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     availability = drivers.available()
     if args.pipeline:
         availability = {
-            name: (why if name in args.pipeline else "not selected")
+            name: (why if name.split("-")[0] in args.pipeline else "not selected")
             for name, why in availability.items()
         }
     ctx = RunContext(args.redis_url, args.pg_url, sizes, args.quick, availability=availability)
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "command": " ".join(["python -m benchmarks.load", *sys.argv[1:]]),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "run_id": ctx.run_id,
         "quick": args.quick,
         "machine": machine.describe(args.redis_url, args.pg_url),
         "pipelines": availability,

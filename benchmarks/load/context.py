@@ -57,7 +57,7 @@ QUICK: Final = replace(
     freshness_s=2.0,
     ladder_start=2_000,
     ladder_step=2.0,
-    ladder_max=4_000,
+    ladder_max=2_000,
     ladder_s=1.5,
     baseline_ladder_start=2_000,
     drain_records=10_000,
@@ -80,13 +80,16 @@ class RunContext:
 
     @property
     def fleettrace_ready(self) -> bool:
-        return self.availability.get("fleettrace", "unknown") is None
+        """Whether the agent side (the emitter) can be measured."""
+        return self.availability.get("fleettrace-emitter", "unknown") is None
 
-    def pipelines(self) -> list[str]:
-        """The pipelines this run can measure, fleettrace first."""
-        return [
-            name for name in ("fleettrace", "baseline") if self.availability.get(name, "") is None
-        ]
+    def pipelines(self, *, worker: bool = True) -> list[str]:
+        """The pipelines this run can measure, fleettrace first; with ``worker=False``,
+        fleettrace counts as ready when its agent side is."""
+        ready = [name for name in ("fleettrace", "baseline") if self.availability.get(name) is None]
+        if not worker and "fleettrace" not in ready and self.fleettrace_ready:
+            ready.insert(0, "fleettrace")
+        return ready
 
     def namespace(self, purpose: str) -> Keys:
         """A namespace no one else uses, deleted by :meth:`cleanup`."""

@@ -21,6 +21,7 @@ from benchmarks.load import baseline
 from benchmarks.load.records import TraceFactory
 
 FLEETTRACE: Final = "fleettrace"
+EMITTER: Final = "fleettrace-emitter"
 BASELINE: Final = "baseline"
 PIPELINES: Final = (FLEETTRACE, BASELINE)
 #: Distinct records a producer measurement cycles through, so that building them is
@@ -45,16 +46,26 @@ def pipeline(name: str) -> Pipeline:
 
 
 def available() -> dict[str, str | None]:
-    """Which pipelines can run: ``None``, or why not (a piece that is missing)."""
+    """Which pipelines can run: ``None``, or why not (a piece that is missing).
+
+    ``fleettrace-emitter`` is the agent side alone (hot path, producer, emitter memory);
+    ``fleettrace`` needs the worker command too."""
     found: dict[str, str | None] = {BASELINE: None}
     try:
         from fleettrace.emitter import Emitter, EmitterSettings  # noqa: F401
+
+        found[EMITTER] = None
+    except ImportError as error:
+        found[EMITTER] = f"ImportError: {error}"
+    try:
         from fleettrace_worker import migrations, repository  # noqa: F401
         from fleettrace_worker.cli import COMMANDS
 
-        found[FLEETTRACE] = None if "worker" in COMMANDS else "no `fleettrace worker` command"
-    except Exception as error:
-        found[FLEETTRACE] = f"{type(error).__name__}: {error}"
+        found[FLEETTRACE] = None if "worker" in COMMANDS else "no `fleettrace worker` command yet"
+    except ImportError as error:
+        found[FLEETTRACE] = f"ImportError: {error}"
+    if found[EMITTER] is not None:
+        found[FLEETTRACE] = found[EMITTER]
     return found
 
 
@@ -74,10 +85,12 @@ def prepare_database(name: str, database_url: str) -> None:
 
 
 def worker_argv(
-    name: str, redis_url: str, namespace: str, database_url: str, *, burst: bool
+    name: str, redis_url: str, namespace: str, database_url: str, *, burst: bool, index: int = 0
 ) -> list[str]:
+    """The command line of worker number ``index`` (each gets its own consumer name)."""
     if name == FLEETTRACE:
-        argv = ["-m", "fleettrace_worker.cli", "worker"]
+        argv = ["-m", "fleettrace_worker.cli", "worker", "--only", "persist"]
+        argv += ["--consumer", f"bench-{index}"]
     else:
         argv = ["-m", "benchmarks.load.baseline"]
     argv += ["--redis-url", redis_url, "--namespace", namespace, "--database-url", database_url]
@@ -107,7 +120,9 @@ def produce(name: str, redis_url: str, namespace: str, records: int) -> dict[str
         return _produce_baseline(redis_url, namespace, records)
     made = traces(min(records, DISTINCT_RECORDS))
     gc.collect()
-    emitter = _emitter(redis_url, namespace)
+    # A loop that only records outruns any sender; "block" makes it wait for room
+    # instead of dropping, so what is counted is what reached Redis.
+    emitter = _emitter(redis_url, namespace, overflow="block", block_timeout_s=10.0)
     record = emitter.record
     started = time.perf_counter()
     for trace in itertools.islice(itertools.cycle(made), records):

@@ -10,6 +10,7 @@ taken from the worker and drain sections (the largest any worker process reached
 from __future__ import annotations
 
 import gc
+import logging
 import socket
 from typing import Any
 
@@ -36,6 +37,8 @@ def measure_emitter(buffer_records: int) -> dict[str, Any]:
     the buffer holds (the records and the deque) is what the RSS shows."""
     from fleettrace.model import LLMTrace
 
+    # The emitter warns (as it should) that Redis is unreachable; here that is the point.
+    logging.getLogger("fleettrace.emitter").setLevel(logging.CRITICAL)
     factory = TraceFactory()
     emitter = drivers._emitter(
         f"redis://127.0.0.1:{_closed_port()}/0",

@@ -29,7 +29,7 @@ def _records_in_redis(client: redis.Redis, name: str, keys: Keys) -> int:
 
 def run(ctx: RunContext) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    for name in ctx.pipelines():
+    for name in ctx.pipelines(worker=False):
         records = (
             ctx.sizes.producer_records
             if name == drivers.FLEETTRACE
@@ -52,7 +52,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         result[name] = {
             "records": records,
             "seconds": round(measured["seconds"], 3),
-            "records_per_s": rate(records, measured["seconds"]),
+            "records_per_s": rate(in_redis, measured["seconds"]),
             "records_in_redis": in_redis,
             "stream_entries": entries,
             "dropped": measured["dropped"],

@@ -20,8 +20,15 @@ def measure(ctx: RunContext, name: str, workers: int, records: int) -> dict[str,
     with ctx.scratch(f"worker-{name}-{workers}") as (keys, database_url):
         drivers.prepare_database(name, database_url)
         prefill_s = backlog.prefill(name, ctx.redis_url, keys.namespace, records)
-        argv = drivers.worker_argv(name, ctx.redis_url, keys.namespace, database_url, burst=True)
-        procs = [WorkerProcess(argv, label=f"{name} worker {i}") for i in range(workers)]
+        procs = [
+            WorkerProcess(
+                drivers.worker_argv(
+                    name, ctx.redis_url, keys.namespace, database_url, burst=True, index=i
+                ),
+                label=f"{name} worker {i}",
+            )
+            for i in range(workers)
+        ]
         deadline = Deadline(600)
         codes = [p.wait(deadline.left_s) for p in procs]
         wall_s = max(p.elapsed_s for p in procs)
