@@ -425,3 +425,15 @@ def test_cost_summary_of_nothing_is_empty(repo: LLMTraceRepository) -> None:
 def test_cost_summary_refuses_unknown_groups(repo: LLMTraceRepository, group_by: list[str]) -> None:
     with pytest.raises(ValueError, match="group by must be distinct names among provider"):
         repo.cost_summary(group_by)
+
+
+def test_tool_calls_round_trip_in_order_however_many(repo: LLMTraceRepository) -> None:
+    many = [f"tool-{i}-ünïcødé-✓" for i in range(256)]
+    stored = [full_trace(tool_calls=many), full_trace(tool_calls=["x" * 128, "y"])]
+    repo.store(stored)
+    for trace in stored:
+        assert repo.get(trace.trace_id) == trace
+    # The merge path writes the same bytes through the staging table.
+    again = full_trace(tool_calls=list(reversed(many)))
+    assert repo.store([*stored, again]) == StoreResult(1, 2, 0, 0)
+    assert repo.get(again.trace_id) == again

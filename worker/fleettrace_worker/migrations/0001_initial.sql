@@ -22,15 +22,14 @@ CREATE TABLE llm_traces (
     ingested_at       timestamptz      NOT NULL DEFAULT now()
 );
 
--- Listing and paging newest first, and retention (started_at < cutoff).
+-- Indexes cost write throughput (each one is a second btree insert per row), so
+-- only the queries that must stay fast at any table size get one; see docs/storage.md.
+-- Listing and paging newest first, time-range filters, and retention (started_at < cutoff).
 CREATE INDEX llm_traces_started_at_idx ON llm_traces (started_at, trace_id);
 -- The traces of one plan in order.
 CREATE INDEX llm_traces_plan_idx ON llm_traces (plan_id, started_at, trace_id)
     WHERE plan_id IS NOT NULL;
--- Filters on provider/model and on actor.
-CREATE INDEX llm_traces_provider_model_idx ON llm_traces (provider, model, started_at);
-CREATE INDEX llm_traces_actor_idx ON llm_traces (actor, started_at) WHERE actor IS NOT NULL;
--- Errors only: a small slice of the table.
+-- Errors only: a small slice of the table, so a small index.
 CREATE INDEX llm_traces_errors_idx ON llm_traces (started_at, trace_id) WHERE error IS NOT NULL;
 
 -- A metric sample has no id of its own: the batch it came in and its position in
