@@ -66,6 +66,8 @@ NAMESPACE_VARIABLE: Final = "FLEETTRACE_NAMESPACE"
 #: At most one warning about dropped records or a failing Redis per this many seconds.
 WARNING_INTERVAL_S: Final = 10.0
 
+_BUFFER_FULL: Final = "buffer full: Redis is unreachable or slower than the records come"
+
 Overflow = Literal["drop_oldest", "block"]
 _OVERFLOW_POLICIES: Final = ("drop_oldest", "block")
 
@@ -247,19 +249,22 @@ class Emitter:
         self._count_dropped(1)
         return False
 
-    def _count_dropped(self, count: int) -> None:
+    def _count_dropped(self, count: int, why: str = _BUFFER_FULL, *, report: bool = True) -> None:
+        """Count dropped records (lock held); ``report`` queues them for the emitter hash."""
         self._dropped += count
-        self._dropped_unreported += count
+        if report:
+            self._dropped_unreported += count
         now = time.monotonic()
         if now - self._last_warning_at >= WARNING_INTERVAL_S:
             self._last_warning_at = now
             logger.warning(
-                "fleettrace buffer full (%d records): %d records dropped so far; "
-                "Redis at %s is slower than the records come or unreachable (%s)",
-                self.settings.max_buffer_records,
+                "fleettrace dropped %d records (%s); %d dropped so far; Redis at %s, "
+                "last error: %s",
+                count,
+                why,
                 self._dropped,
                 redact_url(self.settings.redis_url),
-                self._last_error or "no error reported",
+                self._last_error or "none",
             )
 
     # -- lifecycle --------------------------------------------------------------------
@@ -313,7 +318,7 @@ class Emitter:
             self._buffer.clear()
             if left:
                 self._done += left
-                self._count_dropped(left)
+                self._count_dropped(left, "closed before Redis took them")
         self._stop.set()
         self._wake.set()
         sender = self._sender
@@ -389,7 +394,7 @@ class Emitter:
             bad = len(taken) - len(traces) - len(samples)
             with self._lock:
                 self._done += bad
-                self._count_dropped(bad)
+                self._count_dropped(bad, "strings JSON cannot carry", report=False)
                 dropped += bad
             return self._encode([*traces, *samples], dropped)
         return build_call(
@@ -429,7 +434,7 @@ class Emitter:
     def _give_up(self, call: BatchCall) -> None:
         with self._lock:
             self._done += call.records
-            self._count_dropped(call.records)
+            self._count_dropped(call.records, "closed before Redis took them")
             self._dropped_unreported += call.dropped
             self._done_changed.notify_all()
 

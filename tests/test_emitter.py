@@ -1,0 +1,270 @@
+"""The emitter against the machine's Redis: batches, counters, lifecycle, settings, fork."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from pydantic import ValidationError
+
+import fleettrace
+from fleettrace import ConfigurationError, EmitterClosed, LLMTrace, MetricKey, MetricSample
+from fleettrace.batch_script import APPLY_BATCH_LUA
+from fleettrace.emitter import Emitter, EmitterSettings
+from fleettrace.keys import Keys
+from tests.emitting import emitter_figures, live_hash, make_emitter, stream_records
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def trace(i: int = 0, **fields: object) -> LLMTrace:
+    values: dict[str, object] = {
+        "provider": "openai",
+        "model": "gpt-4o",
+        "prompt_tokens": 100 + i,
+        "completion_tokens": 10,
+        "plan_id": "plan-a",
+    }
+    values.update(fields)
+    return LLMTrace(**values)  # type: ignore[arg-type]
+
+
+def test_records_reach_the_stream_with_their_counters(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    emitter = make_emitter(redis_url, keys, max_batch_records=7)
+    sent = [trace(i) for i in range(30)]
+    for record in sent:
+        emitter.record(record)
+    emitter.observe(MetricKey.SANDBOX_OPERATION_DURATION_MS, 12.5, {"operation": "commit"})
+    assert emitter.flush(10)
+
+    got = stream_records(redis_client, keys.traces)
+    assert sorted(r.trace_id for r in got) == sorted(r.trace_id for r in sent)  # type: ignore[union-attr]
+    assert all(int(f[b"n"]) <= 7 for _, f in redis_client.xrange(keys.traces))
+    [sample] = stream_records(redis_client, keys.metrics)
+    assert sample.key is MetricKey.SANDBOX_OPERATION_DURATION_MS  # type: ignore[union-attr]
+
+    tokens = live_hash(redis_client, keys, "actor.token_usage")
+    prompt = "provider=openai,model=gpt-4o,token_type=prompt"
+    assert tokens[(prompt, "count")] == "30"
+    assert float(tokens[(prompt, "sum")]) == sum(r.prompt_tokens for r in sent)
+    cost = live_hash(redis_client, keys, "plan.cost_usd")
+    assert float(cost[("plan=plan-a", "sum")]) == pytest.approx(sum(r.cost_usd or 0 for r in sent))
+    sandbox = live_hash(redis_client, keys, "sandbox.operation_duration_ms")
+    assert sandbox[("operation=commit", "le=25.0")] == "1"
+
+    stats = emitter.stats
+    figures = emitter_figures(redis_client, keys)
+    assert figures["records"] == stats.sent == stats.accepted == 31
+    assert figures["batches"] == stats.batches >= 5
+    assert "dropped" not in figures
+    assert stats.dropped == stats.buffered == stats.send_failures == 0
+    assert emitter.close()
+
+
+def test_a_batch_sent_twice_is_applied_once(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    emitter = make_emitter(redis_url, keys)
+    call = emitter._encode([trace(1), trace(2)], 0)
+    script = redis_client.register_script(APPLY_BATCH_LUA)
+    assert script(keys=call.keys, args=call.args) == 1
+    assert script(keys=call.keys, args=call.args) == 0
+    assert redis_client.xlen(keys.traces) == 1
+    assert len(stream_records(redis_client, keys.traces)) == 2
+    tokens = live_hash(redis_client, keys, "actor.token_usage")
+    assert tokens[("provider=openai,model=gpt-4o,token_type=prompt", "count")] == "2"
+    assert emitter_figures(redis_client, keys) == {"records": 2, "batches": 1}
+    emitter.close()
+
+
+def test_gauge_keeps_the_last_value(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
+    emitter = make_emitter(redis_url, keys)
+    for tokens in (10, 30, 20):
+        emitter.observe("context.tokens_used", tokens)
+    assert emitter.close()
+    assert live_hash(redis_client, keys, "context.tokens_used") == {
+        ("", "count"): "3",
+        ("", "value"): "20.0",
+    }
+
+
+def test_invalid_observation_raises_at_the_call(redis_url: str, keys: Keys) -> None:
+    emitter = make_emitter(redis_url, keys)
+    with pytest.raises(ValidationError, match=r"labels of tool\.invocation_duration_ms"):
+        emitter.observe(MetricKey.TOOL_INVOCATION_DURATION_MS, 1.0, {"tol": "typo"})
+    with pytest.raises(ValidationError):
+        emitter.observe("no.such_key", 1.0)
+    with pytest.raises(ValidationError, match="must not be negative"):
+        emitter.observe(MetricKey.PLAN_COST_USD, -1.0, {"plan": "p"})
+    assert emitter.stats.accepted == 0
+    emitter.close()
+
+
+def test_closed_emitter_says_so_and_close_is_idempotent(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    with make_emitter(redis_url, keys) as emitter:
+        emitter.record(trace())
+        assert "open" in repr(emitter)
+    assert emitter.closed
+    assert "closed" in repr(emitter)
+    assert emitter.close() is True
+    with pytest.raises(EmitterClosed, match="this emitter is closed"):
+        emitter.record(trace())
+    with pytest.raises(EmitterClosed):
+        emitter.observe(MetricKey.CONTEXT_TOKENS_USED, 1)
+    assert redis_client.xlen(keys.traces) == 1
+
+
+def test_flush_of_an_idle_emitter_returns_at_once(redis_url: str, keys: Keys) -> None:
+    emitter = make_emitter(redis_url, keys)
+    assert emitter.flush(0.01)
+    assert emitter.close(0.01)
+
+
+def test_settings_repr_hides_the_password() -> None:
+    settings = EmitterSettings(redis_url="rediss://agent:s3cret@redis.example:6380/0")
+    shown = repr(settings)
+    assert "s3cret" not in shown
+    assert "rediss://agent:***@redis.example:6380/0" in shown
+    assert "max_batch_records=1000" in shown
+    emitter = Emitter(settings)
+    assert "s3cret" not in repr(emitter)
+    emitter.close()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"namespace": "a b"}, "namespace 'a b'"),
+        ({"overflow": "spill"}, "overflow must be 'drop_oldest' or 'block'"),
+        ({"max_batch_records": 0}, "max_batch_records must be a positive integer"),
+        ({"max_buffer_records": 1.5}, "max_buffer_records must be a positive integer"),
+        ({"flush_interval_s": 0}, "flush_interval_s must be a positive number"),
+        ({"retry_max_s": float("nan")}, "retry_max_s must be a positive number"),
+        ({"block_timeout_s": "1"}, "block_timeout_s must be a positive number"),
+    ],
+)
+def test_bad_settings_say_which_and_why(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        EmitterSettings(**overrides)  # type: ignore[arg-type]
+
+
+def test_bad_url_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="must start with redis://"):
+        Emitter(EmitterSettings(redis_url="http://user:pw@host/"))
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETTRACE_REDIS_URL", "redis://u:pw@10.0.0.1:6379/2")
+    monkeypatch.setenv("REDIS_URL", "redis://other:6379/0")
+    monkeypatch.setenv("FLEETTRACE_NAMESPACE", "fleet-a")
+    settings = EmitterSettings.from_env(max_batch_records=5)
+    assert settings.redis_url == "redis://u:pw@10.0.0.1:6379/2"
+    assert settings.namespace == "fleet-a"
+    assert settings.max_batch_records == 5
+    monkeypatch.delenv("FLEETTRACE_REDIS_URL")
+    assert EmitterSettings.from_env().redis_url == "redis://other:6379/0"
+    assert EmitterSettings.from_env(namespace="x").namespace == "x"
+    with pytest.raises(ConfigurationError, match="unknown emitter setting"):
+        EmitterSettings.from_env(batch_size=3)
+
+
+def test_configure_and_get_emitter(
+    redis_url: str, keys: Keys, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEETTRACE_REDIS_URL", redis_url)
+    monkeypatch.setenv("FLEETTRACE_NAMESPACE", keys.namespace)
+    monkeypatch.setattr("fleettrace.emitter._default", None)
+    made = fleettrace.get_emitter()
+    assert fleettrace.get_emitter() is made
+    assert made.keys == keys
+    made.record(trace())
+    configured = fleettrace.configure(flush_interval_s=0.01)
+    assert made.closed  # the previous default was flushed and closed
+    assert redis_client.xlen(keys.traces) == 1
+    assert fleettrace.get_emitter() is configured
+    configured.close()
+    replacement = fleettrace.get_emitter()
+    assert replacement is not configured
+    assert not replacement.closed
+    replacement.close()
+
+
+def test_drains_at_interpreter_exit(redis_url: str, keys: Keys, redis_client: redis.Redis) -> None:
+    script = textwrap.dedent(
+        f"""
+        import fleettrace
+        emitter = fleettrace.configure({redis_url!r}, {keys.namespace!r}, flush_interval_s=30)
+        for i in range(500):
+            emitter.record(fleettrace.LLMTrace(provider="openai", model="gpt-4o"))
+        print(emitter.stats.buffered)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == 500  # nothing was sent before exit...
+    assert len(stream_records(redis_client, keys.traces)) == 500  # ...and all of it at exit
+
+
+def test_fork_child_starts_empty_and_parent_keeps_its_records(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    emitter = make_emitter(redis_url, keys, flush_interval_s=30, max_batch_records=1000)
+    parent_ids = {uuid.uuid4() for _ in range(3)}
+    for trace_id in parent_ids:
+        emitter.record(trace(trace_id=trace_id))
+    child_ids = {uuid.uuid4() for _ in range(2)}
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child reports through its exit code)
+        code = 1
+        try:
+            stats = emitter.stats
+            if stats.buffered == 0 and stats.accepted == 0:
+                for trace_id in child_ids:
+                    emitter.record(trace(trace_id=trace_id))
+                code = 0 if emitter.close(10) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert emitter.stats.buffered == 3
+    assert emitter.close(10)
+    got = [r.trace_id for r in stream_records(redis_client, keys.traces)]  # type: ignore[union-attr]
+    assert sorted(got) == sorted(parent_ids | child_ids)
+
+
+def test_an_unvalidated_record_json_cannot_carry_is_dropped_and_counted(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    # model_construct() skips validation (agents may use it on the hot path); a lone
+    # surrogate then reaches the encoder, which cannot write it as UTF-8 JSON.
+    emitter = make_emitter(redis_url, keys)
+    emitter.record(trace(1))
+    emitter.record(LLMTrace.model_construct(**{**trace(2).__dict__, "error": "a \ud800 b"}))
+    bad = MetricSample(
+        key=MetricKey.TOOL_ERROR_RATE, value=1, labels={"tool": "t", "outcome": "ok"}
+    )
+    emitter.record(MetricSample.model_construct(**{**bad.__dict__, "plan_id": "\udfff"}))  # type: ignore[arg-type]
+    emitter.observe(MetricKey.TOOL_ERROR_RATE, 1, {"tool": "t", "outcome": "ok"})
+    assert emitter.flush(10)
+    assert emitter.stats.dropped == 2
+    assert [r.prompt_tokens for r in stream_records(redis_client, keys.traces)] == [101]  # type: ignore[union-attr]
+    assert len(stream_records(redis_client, keys.metrics)) == 1
+    assert emitter_figures(redis_client, keys) == {"records": 2, "batches": 1, "dropped": 2}
+    emitter.close()
