@@ -4,6 +4,11 @@ tool calls, some errors and retries.
 A record costs a dict copy, a random id and a clock read: the harness must be able
 to offer tens of thousands of records per second from one process without being the
 bottleneck it is measuring.
+
+Plans: one agent process works on a handful of plans at a time, each making a run of
+LLM calls, so consecutive records share plan ids: here 8 plans are interleaved at any
+moment and each makes 25 calls (about 40 distinct plans per 1,000 records), and 80
+plans in all. Fleet-wide there are more; per process, per second, not many.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ MODELS: Final = (
 )
 ACTORS: Final = tuple(f"actor-{i}" for i in range(20))
 TOOLS: Final = ("search", "read_file", "write_file", "shell", "fetch", "sql")
-PLANS: Final = 1000
 TEMPLATES: Final = 2000
+CONCURRENT_PLANS: Final = 8
+CALLS_PER_PLAN: Final = 25
 
 
 class TraceFactory:
@@ -35,17 +41,19 @@ class TraceFactory:
     def __init__(self, seed: int = 7) -> None:
         rng = random.Random(seed)
         hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(64)]
-        self._templates = [self._template(rng, hashes) for _ in range(TEMPLATES)]
+        self._templates = [self._template(rng, hashes, i) for i in range(TEMPLATES)]
         self._ids = random.Random(random.SystemRandom().getrandbits(64))
         self._next = 0
 
     @staticmethod
-    def _template(rng: random.Random, hashes: list[str]) -> dict[str, Any]:
+    def _template(rng: random.Random, hashes: list[str], index: int) -> dict[str, Any]:
+        window = CONCURRENT_PLANS * CALLS_PER_PLAN
+        plan = (index // window) * CONCURRENT_PLANS + index % CONCURRENT_PLANS
         provider, model = MODELS[rng.randrange(len(MODELS))]
         failed = rng.random() < 0.05
         return {
             "trace_id": None,
-            "plan_id": f"plan-{rng.randrange(PLANS)}",
+            "plan_id": f"plan-{plan}",
             "decision_id": f"decision-{rng.randrange(10_000)}",
             "actor": ACTORS[rng.randrange(len(ACTORS))],
             "provider": provider,
