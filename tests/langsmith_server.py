@@ -57,6 +57,8 @@ class LangSmithServer:
         self.api_key = api_key
         self.recorded = Recorded()
         self.faults: list[Fault] = []
+        #: When the last queued fault was spent (monotonic), to time a catch-up.
+        self.healthy_since: float | None = None
         self.lock = threading.Lock()
         server = self
 
@@ -124,6 +126,8 @@ class LangSmithServer:
                     self.faults.pop(0)
                     if self.faults:
                         self.faults[0].started_at = now
+                    else:
+                        self.healthy_since = now
                     continue
                 fault.used += 1
                 return fault
@@ -220,8 +224,10 @@ class LangSmithServer:
         handler.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             handler.send_header(name, value)
-        handler.end_headers()
-        handler.wfile.write(data)
+        # Headers and body in one write: two small writes meet Nagle's algorithm and
+        # the client's delayed ACK, and every answer would take 40 ms.
+        handler._headers_buffer.append(b"\r\n" + data)  # type: ignore[attr-defined]
+        handler.flush_headers()
 
     # -- what arrived -----------------------------------------------------------------
 

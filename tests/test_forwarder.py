@@ -47,6 +47,7 @@ def settings_for(server: LangSmithServer, **overrides: object) -> LangSmithSetti
         "backoff_initial_s": 0.05,
         "backoff_max_s": 0.2,
         "request_timeout_s": 2.0,
+        "concurrency": 4,
     }
     values.update(overrides)
     return LangSmithSettings(**values)  # type: ignore[arg-type]
@@ -166,7 +167,9 @@ def test_outage_answers_are_retried_until_langsmith_takes_the_runs(
         Fault("sleep", sleep_s=1.5, count=1),
         Fault("status", status=502, count=1),
     )
-    loop = make_loop(redis_client, keys, settings_for(server, request_timeout_s=0.5))
+    # One request at a time, so that each fault meets exactly one attempt.
+    settings = settings_for(server, request_timeout_s=0.5, concurrency=1)
+    loop = make_loop(redis_client, keys, settings)
     loop.run(threading.Event())
     assert server.run_ids() == expected_ids(records)
     assert server.duplicates() == 0
@@ -181,7 +184,7 @@ def test_a_refused_run_is_a_dead_letter_with_the_answer_and_replays(
     refused, accepted = trace(None), trace(None)
     send_traces(redis_client, keys, [refused, accepted])
     server.inject(Fault("status", status=422, count=1))
-    make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
+    make_loop(redis_client, keys, settings_for(server, concurrency=1)).run(threading.Event())
 
     assert server.run_ids() == {str(accepted.trace_id)}
     [(_, letter)] = list_dead_letters(redis_client, keys, LANGSMITH_GROUP)
@@ -199,16 +202,38 @@ def test_a_refused_run_is_a_dead_letter_with_the_answer_and_replays(
     assert pending(redis_client, keys) == 0
 
 
+def test_many_records_in_parallel_with_faults_arrive_once(
+    server: LangSmithServer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    records = [trace(f"plan-{i % 5}") for i in range(150)] + [trace(None) for _ in range(50)]
+    for start in range(0, len(records), 40):
+        send_traces(redis_client, keys, records[start : start + 40])
+    server.inject(
+        Fault("status", status=503, count=30),
+        Fault("status", status=429, retry_after="0.2", count=10),
+        Fault("close", count=5),
+    )
+    loop = make_loop(redis_client, keys, settings_for(server, concurrency=8))
+    loop.run(threading.Event())
+    assert server.run_ids() == expected_ids(records)
+    assert server.duplicates() == 0
+    assert loop.stats.retries >= 1
+    assert pending(redis_client, keys) == 0
+    assert list_dead_letters(redis_client, keys, LANGSMITH_GROUP) == []
+    loop.close()
+
+
 def test_a_refused_root_keeps_its_calls_back(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    record = trace("plan-z")
-    send_traces(redis_client, keys, [record])
+    records = [trace("plan-z"), trace("plan-z")]
+    send_traces(redis_client, keys, records)
     server.inject(Fault("status", status=403, count=1))
     make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
     assert server.run_ids() == set()
-    [(_, letter)] = list_dead_letters(redis_client, keys, LANGSMITH_GROUP)
-    assert "403" in letter.reason
+    letters = list_dead_letters(redis_client, keys, LANGSMITH_GROUP)
+    assert [letter.position for _, letter in letters] == [0, 1]
+    assert all("LangSmith answered 403" in letter.reason for _, letter in letters)
 
 
 def test_after_retry_for_s_the_batch_becomes_dead_letters(
@@ -264,10 +289,10 @@ def test_plan_roots_are_forgotten_beyond_the_cache_size(
     monkeypatch.setattr(forwarder_module, "ROOT_CACHE_SIZE", 1)
     records = [trace("plan-a"), trace("plan-b"), trace("plan-a")]
     send_traces(redis_client, keys, records)
-    make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
+    make_loop(redis_client, keys, settings_for(server, concurrency=1)).run(threading.Event())
     assert server.run_ids() == expected_ids(records)
-    # plan-a's root was pushed out by plan-b's and posted again: 409, still one run.
-    assert sum(server.recorded.conflicts.values()) == 1
+    # Each root pushes the other out, so each call posts its root again: 409, one run.
+    assert sum(server.recorded.conflicts.values()) == 3
     assert server.duplicates() == 0
 
 
@@ -374,6 +399,7 @@ def test_settings_from_the_langsmith_variables() -> None:
         "LANGCHAIN_PROJECT": "agents",
         "FLEETTRACE_LANGSMITH_RETRY_FOR_S": "120",
         "FLEETTRACE_LANGSMITH_BACKOFF_MAX_S": "2.5",
+        "FLEETTRACE_LANGSMITH_CONCURRENCY": "3",
     }
     settings = LangSmithSettings.from_env(env)
     assert settings.enabled is True
@@ -382,6 +408,7 @@ def test_settings_from_the_langsmith_variables() -> None:
     assert settings.project == "agents"
     assert settings.retry_for_s == 120.0
     assert settings.backoff_max_s == 2.5
+    assert settings.concurrency == 3
     assert "new-key" not in repr(settings)
     assert "new-key" not in str(settings)
     assert "api_key='***'" in repr(settings)
@@ -407,6 +434,8 @@ def test_settings_defaults_and_switches() -> None:
         ({"FLEETTRACE_LANGSMITH_BACKOFF_INITIAL_S": "nan"}, "positive number"),
         ({"LANGSMITH_ENDPOINT": "ftp://example.com"}, "http:// or https://"),
         ({"LANGSMITH_ENDPOINT": "http://user:pw@example.com"}, "must not carry credentials"),
+        ({"FLEETTRACE_LANGSMITH_CONCURRENCY": "many"}, "whole number"),
+        ({"FLEETTRACE_LANGSMITH_CONCURRENCY": "0"}, "between 1 and 32"),
     ],
 )
 def test_bad_settings_say_which(env: dict[str, str], message: str) -> None:

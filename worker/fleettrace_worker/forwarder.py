@@ -27,13 +27,15 @@ record is replayed from one place. Metric entries are acknowledged untouched.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
 
 from fleettrace.codec import Kind, decode_entry, decode_envelope
-from fleettrace.errors import EntryDecodeError, ForwardingRejected
+from fleettrace.errors import EntryDecodeError, ForwardingDeferred, ForwardingRejected
 from fleettrace.model import LLMTrace
 from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.deadletter import DeadLetter
@@ -47,6 +49,8 @@ ROOT_CACHE_SIZE: Final = 10_000
 #: Records per batch: one HTTP request per run, so smaller batches than ``persist``
 #: keep the entries in hand few and a batch short.
 FORWARD_BATCH_RECORDS: Final = 200
+
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -94,6 +98,10 @@ class ForwardLoop(GroupLoop[Outbox]):
         self.langsmith = settings
         self.sender = sender if sender is not None else RunSender(settings)
         self._roots: OrderedDict[object, None] = OrderedDict()
+        self._roots_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.concurrency, thread_name_prefix="fleettrace-langsmith"
+        )
 
     def __repr__(self) -> str:
         return f"ForwardLoop({self.consumer!r}, {self.langsmith!r})"
@@ -122,25 +130,81 @@ class ForwardLoop(GroupLoop[Outbox]):
         return Prepared(outbox, len(outbox.items), [])
 
     def deliver(self, payload: Outbox) -> list[DeadLetter]:
-        """Send what is still unsent; ``ForwardingDeferred`` leaves the rest for the
-        next try. Returns the dead letters of records LangSmith refused."""
-        for item in payload.items:
-            while not item.done:
-                if item.sent == len(item.runs):
-                    item.done = True
-                    continue
-                run = item.runs[item.sent]
-                if not self._known_root(run):
-                    try:
-                        self.sender.send(run)
-                    except ForwardingRejected as error:
-                        # A child without its root would have nothing to hang under.
-                        item.refusal = str(error)
-                        item.done = True
-                        continue
-                    self._remember_root(run)
-                item.sent += 1
+        """Send what is still unsent, ``concurrency`` records at a time (plan roots
+        first, so no call is posted before the run it hangs under). A
+        ``ForwardingDeferred`` leaves the rest for the next try. Returns the dead
+        letters of records LangSmith refused."""
+        waiting = [item for item in payload.items if not item.done]
+        deferred = self._in_parallel(self._send_roots, self._roots_of(waiting))
+        if deferred is None:
+            deferred = self._in_parallel(self._send_item, waiting)
+        if deferred is not None:
+            raise deferred
         return [self._dead_letter(item) for item in payload.items if item.refusal is not None]
+
+    def _in_parallel(
+        self, send: Callable[[_T], None], work: Sequence[_T]
+    ) -> ForwardingDeferred | None:
+        """Run ``send`` over ``work``, ``concurrency`` at a time. After the first
+        deferral no new request starts (LangSmith is busy or away; a batch's worth of
+        failing requests would not help); the deferral asking for the longest wait is
+        returned."""
+        deferrals: list[ForwardingDeferred] = []
+        lock = threading.Lock()
+
+        def attempt(one: _T) -> None:
+            if deferrals:
+                return
+            try:
+                send(one)
+            except ForwardingDeferred as deferred:
+                with lock:
+                    deferrals.append(deferred)
+
+        if len(work) <= 1 or self.langsmith.concurrency == 1:
+            for one in work:
+                attempt(one)
+        else:
+            list(self._pool.map(attempt, work))
+        if not deferrals:
+            return None
+        return max(deferrals, key=lambda d: d.retry_after_s or 0.0)
+
+    def _roots_of(self, items: Sequence[Outgoing]) -> list[list[Outgoing]]:
+        """The waiting items grouped by the plan root they need and LangSmith lacks."""
+        by_root: dict[object, list[Outgoing]] = {}
+        for item in items:
+            if item.sent == 0 and len(item.runs) > 1 and not self._known_root(item.runs[0]):
+                by_root.setdefault(item.runs[0]["id"], []).append(item)
+        return list(by_root.values())
+
+    def _send_roots(self, items: list[Outgoing]) -> None:
+        root = items[0].runs[0]
+        try:
+            self.sender.send(root)
+        except ForwardingRejected as error:
+            # A call without its root would have nothing to hang under.
+            for item in items:
+                item.refusal = str(error)
+                item.done = True
+            return
+        self._remember_root(root)
+
+    def _send_item(self, item: Outgoing) -> None:
+        if item.done:
+            return
+        for index in range(item.sent, len(item.runs)):
+            run = item.runs[index]
+            if not self._known_root(run):
+                try:
+                    self.sender.send(run)
+                except ForwardingRejected as error:
+                    item.refusal = str(error)
+                    item.done = True
+                    return
+                self._remember_root(run)
+            item.sent = index + 1
+        item.done = True
 
     def _dead_letter(self, item: Outgoing) -> DeadLetter:
         return DeadLetter.for_record(
@@ -155,11 +219,17 @@ class ForwardLoop(GroupLoop[Outbox]):
         )
 
     def _known_root(self, run: Run) -> bool:
-        return run["run_type"] == PLAN_RUN_TYPE and run["id"] in self._roots
+        with self._roots_lock:
+            return run["run_type"] == PLAN_RUN_TYPE and run["id"] in self._roots
 
     def _remember_root(self, run: Run) -> None:
         if run["run_type"] != PLAN_RUN_TYPE:
             return
-        self._roots[run["id"]] = None
-        if len(self._roots) > ROOT_CACHE_SIZE:
-            self._roots.popitem(last=False)
+        with self._roots_lock:
+            self._roots[run["id"]] = None
+            if len(self._roots) > ROOT_CACHE_SIZE:
+                self._roots.popitem(last=False)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.sender.close()

@@ -23,6 +23,7 @@ DEFAULT_RETRY_FOR_S: Final = 3600.0
 DEFAULT_BACKOFF_INITIAL_S: Final = 1.0
 DEFAULT_BACKOFF_MAX_S: Final = 60.0
 DEFAULT_REQUEST_TIMEOUT_S: Final = 10.0
+DEFAULT_CONCURRENCY: Final = 8
 
 _PREFIXES: Final = ("LANGSMITH_", "LANGCHAIN_")
 _TRUE: Final = "true"
@@ -30,6 +31,8 @@ RETRY_FOR_VARIABLE: Final = "FLEETTRACE_LANGSMITH_RETRY_FOR_S"
 BACKOFF_MAX_VARIABLE: Final = "FLEETTRACE_LANGSMITH_BACKOFF_MAX_S"
 BACKOFF_INITIAL_VARIABLE: Final = "FLEETTRACE_LANGSMITH_BACKOFF_INITIAL_S"
 REQUEST_TIMEOUT_VARIABLE: Final = "FLEETTRACE_LANGSMITH_TIMEOUT_S"
+CONCURRENCY_VARIABLE: Final = "FLEETTRACE_LANGSMITH_CONCURRENCY"
+_MAX_CONCURRENCY: Final = 32
 
 
 def _lookup(env: Mapping[str, str], name: str) -> str | None:
@@ -53,6 +56,15 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}")
+    return int(raw)
+
+
 @dataclass(frozen=True, slots=True)
 class LangSmithSettings:
     """Settings of the ``langsmith`` consumer group.
@@ -70,8 +82,15 @@ class LangSmithSettings:
     backoff_initial_s: float = DEFAULT_BACKOFF_INITIAL_S
     backoff_max_s: float = DEFAULT_BACKOFF_MAX_S
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    #: Requests in flight at once: one run is one request, and LangSmith is far away.
+    concurrency: int = DEFAULT_CONCURRENCY
 
     def __post_init__(self) -> None:
+        if not 1 <= self.concurrency <= _MAX_CONCURRENCY:
+            raise ConfigurationError(
+                f"{CONCURRENCY_VARIABLE} must be between 1 and {_MAX_CONCURRENCY}, "
+                f"got {self.concurrency!r}"
+            )
         parts = urlsplit(self.endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(
@@ -89,7 +108,7 @@ class LangSmithSettings:
             f"api_key={key}, project={self.project!r}, retry_for_s={self.retry_for_s!r}, "
             f"backoff_initial_s={self.backoff_initial_s!r}, "
             f"backoff_max_s={self.backoff_max_s!r}, "
-            f"request_timeout_s={self.request_timeout_s!r})"
+            f"request_timeout_s={self.request_timeout_s!r}, concurrency={self.concurrency!r})"
         )
 
     __str__ = __repr__
@@ -110,4 +129,5 @@ class LangSmithSettings:
             backoff_initial_s=_seconds(env, BACKOFF_INITIAL_VARIABLE, DEFAULT_BACKOFF_INITIAL_S),
             backoff_max_s=_seconds(env, BACKOFF_MAX_VARIABLE, DEFAULT_BACKOFF_MAX_S),
             request_timeout_s=_seconds(env, REQUEST_TIMEOUT_VARIABLE, DEFAULT_REQUEST_TIMEOUT_S),
+            concurrency=_count(env, CONCURRENCY_VARIABLE, DEFAULT_CONCURRENCY),
         )
