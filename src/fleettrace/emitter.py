@@ -192,7 +192,8 @@ class Emitter:
         self._batches = 0
         self._send_failures = 0
         self._last_error: str | None = None
-        self._last_warning_at = -math.inf
+        self._last_drop_warning_at = -math.inf
+        self._last_failure_warning_at = -math.inf
         self._stopping = False
         self._sender: threading.Thread | None = None
         self._client: redis.Redis = connect_redis(
@@ -255,8 +256,8 @@ class Emitter:
         if report:
             self._dropped_unreported += count
         now = time.monotonic()
-        if now - self._last_warning_at >= WARNING_INTERVAL_S:
-            self._last_warning_at = now
+        if now - self._last_drop_warning_at >= WARNING_INTERVAL_S:
+            self._last_drop_warning_at = now
             logger.warning(
                 "fleettrace dropped %d records (%s); %d dropped so far; Redis at %s, "
                 "last error: %s",
@@ -444,9 +445,9 @@ class Emitter:
             self._send_failures += 1
             self._last_error = message
             now = time.monotonic()
-            warn = now - self._last_warning_at >= WARNING_INTERVAL_S
+            warn = now - self._last_failure_warning_at >= WARNING_INTERVAL_S
             if warn:
-                self._last_warning_at = now
+                self._last_failure_warning_at = now
         if warn:
             logger.warning(
                 "fleettrace cannot write to Redis at %s (%s); retrying with backoff, "

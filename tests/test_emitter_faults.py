@@ -1,0 +1,199 @@
+"""The emitter when Redis goes away, comes back, or loses a reply (private servers)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from fleettrace import LLMTrace
+from fleettrace.emitter import Emitter
+from fleettrace.keys import Keys
+from tests.emitting import emitter_figures, live_hash, make_emitter, stream_records
+from tests.servers import PrivateRedis, free_port
+
+KEYS = Keys("faults")
+DEADLINE_S = 30.0
+
+
+def trace(i: int) -> LLMTrace:
+    return LLMTrace(
+        trace_id=uuid.UUID(int=i + 1),
+        provider="openai",
+        model="gpt-4o",
+        prompt_tokens=i,
+        completion_tokens=1,
+    )
+
+
+def wait_until(condition: object, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def trace_ids(client: redis.Redis) -> list[uuid.UUID]:
+    return [r.trace_id for r in stream_records(client, KEYS.traces)]  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def fast_retry() -> dict[str, float | int]:
+    return {"retry_initial_s": 0.01, "retry_max_s": 0.05, "socket_timeout_s": 2.0}
+
+
+def hold_a_batch_while_down(
+    private_redis: PrivateRedis, emitter: Emitter, first: list[LLMTrace]
+) -> None:
+    """Stop Redis and let the sender take ``first`` as the batch in hand that it retries."""
+    private_redis.stop()
+    for record in first:
+        emitter.record(record)
+    wait_until(lambda: emitter.stats.buffered == 0, "the sender to take its batch")
+    wait_until(lambda: emitter.stats.send_failures >= 1, "a failed send")
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "block"])
+def test_dropped_count_is_exact_when_the_buffer_overflows(
+    private_redis: PrivateRedis,
+    fast_retry: dict[str, float | int],
+    overflow: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    emitter = make_emitter(
+        private_redis.url,
+        KEYS,
+        max_batch_records=5,
+        max_buffer_records=10,
+        overflow=overflow,
+        block_timeout_s=0.01,
+        **fast_retry,
+    )
+    records = [trace(i) for i in range(30)]
+    hold_a_batch_while_down(private_redis, emitter, records[:5])
+    with caplog.at_level(logging.WARNING, logger="fleettrace.emitter"):
+        for record in records[5:]:
+            emitter.record(record)  # never raises, never waits longer than block_timeout_s
+    stats = emitter.stats
+    assert stats.dropped == 15
+    assert stats.buffered == 10
+    assert stats.accepted == (30 if overflow == "drop_oldest" else 15)
+    assert "fleettrace dropped 1 records (buffer full" in caplog.text
+    assert "Connection refused" in (stats.last_error or "")
+
+    private_redis.start()
+    assert emitter.flush(DEADLINE_S)
+    client = redis.Redis.from_url(private_redis.url)
+    kept = records[:5] + (records[-10:] if overflow == "drop_oldest" else records[5:15])
+    assert trace_ids(client) == [r.trace_id for r in kept]
+    assert emitter_figures(client, KEYS) == {"records": 15, "batches": 3, "dropped": 15}
+    tokens = live_hash(client, KEYS, "actor.token_usage")
+    prompt = "provider=openai,model=gpt-4o,token_type=prompt"
+    assert tokens[(prompt, "count")] == "15"
+    assert float(tokens[(prompt, "sum")]) == sum(r.prompt_tokens for r in kept)
+    assert emitter.close()
+    client.close()
+
+
+def test_close_while_redis_is_down_counts_what_is_left(
+    private_redis: PrivateRedis, fast_retry: dict[str, float | int]
+) -> None:
+    emitter = make_emitter(private_redis.url, KEYS, max_batch_records=5, **fast_retry)
+    hold_a_batch_while_down(private_redis, emitter, [trace(i) for i in range(5)])
+    for i in range(5, 12):
+        emitter.record(trace(i))
+    assert emitter.flush(0.05) is False
+    assert emitter.close(0.05) is False
+    wait_until(lambda: emitter.stats.dropped == 12, "the batch in hand to be given up")
+    assert emitter.stats.sent == 0
+
+
+def test_nothing_lost_or_doubled_across_a_restart(
+    private_redis: PrivateRedis, fast_retry: dict[str, float | int]
+) -> None:
+    emitter = make_emitter(private_redis.url, KEYS, max_batch_records=50, **fast_retry)
+    total = 6000
+    stopped = threading.Event()
+
+    def bounce() -> None:
+        time.sleep(0.05)
+        private_redis.stop()
+        stopped.set()
+        time.sleep(0.3)
+        private_redis.start()
+
+    bouncer = threading.Thread(target=bounce)
+    bouncer.start()
+    for i in range(total):
+        emitter.record(trace(i))
+        if i % 100 == 0:
+            time.sleep(0.005)  # spread the records over the outage
+    bouncer.join(DEADLINE_S)
+    assert stopped.is_set()
+    assert emitter.flush(DEADLINE_S)
+    stats = emitter.stats
+    assert stats.send_failures >= 1
+    assert stats.dropped == 0
+    client = redis.Redis.from_url(private_redis.url)
+    ids = trace_ids(client)
+    assert len(ids) == len(set(ids)) == total
+    assert set(ids) == {uuid.UUID(int=i + 1) for i in range(total)}
+    tokens = live_hash(client, KEYS, "actor.token_usage")
+    prompt = "provider=openai,model=gpt-4o,token_type=prompt"
+    assert tokens[(prompt, "count")] == str(total)
+    assert float(tokens[(prompt, "sum")]) == sum(range(total))
+    assert emitter_figures(client, KEYS)["records"] == total
+    emitter.close()
+    client.close()
+
+
+@pytest.fixture
+def debug_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis(appendonly=False, extra_args=("--enable-debug-command", "yes"))
+    server.start()
+    yield server
+    server.close()
+
+
+def test_a_batch_whose_reply_was_lost_is_applied_once(debug_redis: PrivateRedis) -> None:
+    """The server stalls (DEBUG SLEEP) after reading the script call: the emitter times
+    out, reconnects and re-sends the same batch; when the server wakes it runs both
+    calls, and the second finds the batch's marker."""
+    emitter = make_emitter(
+        debug_redis.url, KEYS, socket_timeout_s=0.3, retry_initial_s=0.01, retry_max_s=0.05
+    )
+    emitter.record(trace(0))
+    assert emitter.flush(DEADLINE_S)  # the script is loaded; the next call is EVALSHA only
+    admin = redis.Redis.from_url(debug_redis.url)
+    calls_before = admin.info("commandstats")["cmdstat_evalsha"]["calls"]
+    sleeper = threading.Thread(
+        target=lambda: redis.Redis.from_url(debug_redis.url).execute_command("DEBUG", "SLEEP", 2)
+    )
+    sleeper.start()
+    time.sleep(0.2)
+    emitter.record(trace(1))
+    assert emitter.flush(DEADLINE_S)
+    sleeper.join(DEADLINE_S)
+    assert emitter.stats.send_failures >= 1
+    assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] - calls_before >= 2
+    assert trace_ids(admin) == [uuid.UUID(int=1), uuid.UUID(int=2)]
+    assert emitter_figures(admin, KEYS)["records"] == 2
+    emitter.close()
+    admin.close()
+
+
+def test_unreachable_port_never_raises_into_the_caller(fast_retry: dict[str, float | int]) -> None:
+    emitter = make_emitter(
+        f"redis://127.0.0.1:{free_port()}/0", KEYS, max_buffer_records=3, **fast_retry
+    )
+    for i in range(10):
+        emitter.record(trace(i))
+    assert emitter.flush(0.05) is False
+    emitter.close(0.05)
+    wait_until(lambda: emitter.stats.dropped == 10, "every record to be counted as dropped")
