@@ -1,0 +1,260 @@
+"""Hooks: nesting, contextvars across threads and tasks, decorators, exceptions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+import fleettrace
+from fleettrace import LLMTrace, MetricKey, MetricSample, hooks
+from fleettrace.emitter import Emitter
+from fleettrace.keys import Keys
+from tests.emitting import make_emitter, stream_records
+
+
+@pytest.fixture
+def emitter(redis_url: str, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emitter]:
+    """An emitter that is also the process default, so hooks given none use it."""
+    made = make_emitter(redis_url, keys)
+    monkeypatch.setattr("fleettrace.emitter._default", made)
+    yield made
+    made.close()
+
+
+def recorded(emitter: Emitter, client: redis.Redis) -> tuple[list[LLMTrace], list[MetricSample]]:
+    assert emitter.flush(10)
+    traces = stream_records(client, emitter.keys.traces)
+    samples = stream_records(client, emitter.keys.metrics)
+    return traces, samples  # type: ignore[return-value]
+
+
+def of(samples: list[MetricSample], key: MetricKey) -> list[MetricSample]:
+    return [s for s in samples if s.key is key]
+
+
+def test_nested_hooks_stamp_plan_decision_and_actor(
+    emitter: Emitter, redis_client: redis.Redis
+) -> None:
+    with hooks.plan("plan-1") as outer:
+        assert hooks.current_plan_id() == "plan-1"
+        with hooks.phase("retrieve"):
+            time.sleep(0.01)
+        with hooks.decision("d-1") as chosen, hooks.actor("planner") as planner:
+            assert (chosen.decision_id, hooks.current_actor()) == ("d-1", "planner")
+            with planner.llm("openai", "gpt-4o", streaming=True) as call:
+                call.update(prompt_tokens=1000, completion_tokens=500, retry_count=2)
+        with hooks.plan() as child:
+            assert child.parent == "plan-1"
+            assert hooks.current_decision_id() is None
+            hooks.record_llm_call("anthropic", "claude-3-5-sonnet-latest", prompt_tokens=3)
+        assert hooks.current_plan_id() == "plan-1"
+    assert hooks.current_plan_id() is None
+    assert outer.plan_id == "plan-1"
+    assert call.trace is not None
+
+    traces, samples = recorded(emitter, redis_client)
+    first, second = traces
+    assert first == call.trace
+    assert (first.plan_id, first.decision_id, first.actor) == ("plan-1", "d-1", "planner")
+    assert (first.prompt_tokens, first.retry_count, first.streaming) == (1000, 2, True)
+    assert first.cost_usd == pytest.approx(0.0075)
+    assert first.latency_ms > 0
+    assert (second.plan_id, second.decision_id, second.actor) == (child.plan_id, None, None)
+    assert len(child.plan_id) == 32
+
+    durations = {s.labels["phase"]: s for s in of(samples, MetricKey.PLAN_DURATION_SECONDS)}
+    assert durations["retrieve"].value >= 0.01
+    assert durations["retrieve"].plan_id == "plan-1"
+    totals = [
+        s for s in of(samples, MetricKey.PLAN_DURATION_SECONDS) if s.labels["phase"] == "total"
+    ]
+    assert sorted(s.plan_id for s in totals) == sorted(["plan-1", child.plan_id])  # type: ignore[type-var]
+    assert [s.labels for s in of(samples, MetricKey.PLAN_DECISIONS_COUNT)] == [{"plan": "plan-1"}]
+    assert [s.labels for s in of(samples, MetricKey.PLAN_CHILD_PLANS_COUNT)] == [{"plan": "plan-1"}]
+    [invocation] = of(samples, MetricKey.ACTOR_INVOCATION_DURATION_MS)
+    assert invocation.labels == {"actor": "planner"}
+
+
+def test_explicit_parent_and_decision_outside_a_plan(
+    emitter: Emitter, redis_client: redis.Redis
+) -> None:
+    with hooks.decision() as loose:
+        assert hooks.current_decision_id() == loose.decision_id
+    with hooks.plan("p-2", parent="remote-plan"):
+        pass
+    _, samples = recorded(emitter, redis_client)
+    assert of(samples, MetricKey.PLAN_DECISIONS_COUNT) == []  # no plan to count it on
+    assert [s.labels for s in of(samples, MetricKey.PLAN_CHILD_PLANS_COUNT)] == [
+        {"plan": "remote-plan"}
+    ]
+
+
+def test_context_follows_asyncio_tasks_and_threads(
+    emitter: Emitter, redis_client: redis.Redis
+) -> None:
+    async def agent(plan_id: str) -> None:
+        with hooks.plan(plan_id):
+            await asyncio.sleep(0.01)  # let the other task interleave
+            async with hooks.actor(f"actor-{plan_id}"):
+                await asyncio.to_thread(hooks.record_llm_call, "openai", "gpt-4o")
+                await asyncio.sleep(0)
+                hooks.record_llm_call("openai", "gpt-4o")
+
+    async def fleet() -> None:
+        await asyncio.gather(agent("a"), agent("b"), agent("c"))
+
+    asyncio.run(fleet())
+
+    with hooks.plan("threaded"):
+        context = contextvars.copy_context()
+        inherited = threading.Thread(target=context.run, args=(hooks.record_llm_call, "x", "y"))
+        bare = threading.Thread(target=hooks.record_llm_call, args=("x", "y"))
+        inherited.start()
+        inherited.join()
+        bare.start()
+        bare.join()
+
+    traces, _ = recorded(emitter, redis_client)
+    pairs = sorted((t.plan_id or "-", t.actor or "-") for t in traces)
+    assert pairs == [
+        ("-", "-"),  # a plain thread starts with an empty context
+        ("a", "actor-a"),
+        ("a", "actor-a"),
+        ("b", "actor-b"),
+        ("b", "actor-b"),
+        ("c", "actor-c"),
+        ("c", "actor-c"),
+        ("threaded", "-"),
+    ]
+
+
+class Boom(Exception):
+    pass
+
+
+def test_tool_decorators_count_outcomes_and_reraise_unchanged(
+    emitter: Emitter, redis_client: redis.Redis
+) -> None:
+    error = Boom("no such file")
+
+    @hooks.tool("grep")
+    def grep(fail: bool) -> str:
+        if fail:
+            raise error
+        return "found"
+
+    @hooks.tool("fetch", emitter=emitter)
+    async def fetch(n: int) -> int:
+        await asyncio.sleep(0)
+        if n < 0:
+            raise error
+        return n * 2
+
+    assert grep.__name__ == "grep"
+    assert grep(False) == "found"
+    with pytest.raises(Boom) as caught:
+        grep(True)
+    assert caught.value is error
+
+    async def run() -> list[int | BaseException]:
+        return await asyncio.gather(fetch(1), fetch(2), fetch(-1), return_exceptions=True)
+
+    assert asyncio.run(run()) == [2, 4, error]
+
+    _, samples = recorded(emitter, redis_client)
+    outcomes = sorted(
+        (s.labels["tool"], s.labels["outcome"]) for s in of(samples, MetricKey.TOOL_ERROR_RATE)
+    )
+    assert outcomes == [
+        ("fetch", "error"),
+        ("fetch", "ok"),
+        ("fetch", "ok"),
+        ("grep", "error"),
+        ("grep", "ok"),
+    ]
+    durations = of(samples, MetricKey.TOOL_INVOCATION_DURATION_MS)
+    assert sorted(s.labels["tool"] for s in durations) == ["fetch"] * 3 + ["grep"] * 2
+
+
+def test_llm_call_records_errors_and_reraises(emitter: Emitter, redis_client: redis.Redis) -> None:
+    error = TimeoutError("upstream took too long")
+    with (
+        pytest.raises(TimeoutError) as caught,
+        fleettrace.llm_call("openai", "gpt-4o", prompt_tokens=10, retry_count=3) as call,
+    ):
+        raise error
+    assert caught.value is error
+
+    @fleettrace.llm_call("openai", "gpt-4o-mini", latency_ms=5.0)
+    async def ask() -> str:
+        return "ok"
+
+    assert asyncio.run(ask()) == "ok"
+
+    traces, _ = recorded(emitter, redis_client)
+    failed, decorated = traces
+    assert failed == call.trace
+    assert failed.error == "TimeoutError: upstream took too long"
+    assert failed.error_type == "TimeoutError"
+    assert failed.retry_count == 3
+    assert (decorated.model, decorated.latency_ms, decorated.error) == ("gpt-4o-mini", 5.0, None)
+
+
+def test_context_index_sandbox_and_hot_tokens(emitter: Emitter, redis_client: redis.Redis) -> None:
+    with hooks.context_build("warm"), hooks.index_query("vector"), hooks.sandbox("rollback"):
+        pass
+    hooks.set_hot_context_tokens(1200)
+    hooks.set_hot_context_tokens(900, emitter=emitter)
+    _, samples = recorded(emitter, redis_client)
+    assert [s.labels for s in of(samples, MetricKey.CONTEXT_BUILD_DURATION_MS)] == [
+        {"tier": "warm"}
+    ]
+    assert [s.labels for s in of(samples, MetricKey.INDEX_QUERY_DURATION_MS)] == [
+        {"backend": "vector"}
+    ]
+    assert [s.labels for s in of(samples, MetricKey.SANDBOX_OPERATION_DURATION_MS)] == [
+        {"operation": "rollback"}
+    ]
+    assert [s.value for s in of(samples, MetricKey.CONTEXT_TOKENS_USED)] == [1200.0, 900.0]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: hooks.context_build("lukewarm"),
+            "tier must be one of cold, hot, warm; got 'lukewarm'",
+        ),
+        (lambda: hooks.index_query("sql"), "backend must be one of graph, text, vector; got 'sql'"),
+        (lambda: hooks.sandbox("delete"), "operation must be one of commit, create, rollback"),
+        (lambda: hooks.set_hot_context_tokens(-1), "tokens must be a non-negative integer"),
+        (lambda: hooks.set_hot_context_tokens(1.5), "tokens must be a non-negative integer"),  # type: ignore[arg-type]
+    ],
+)
+def test_unknown_label_values_raise_at_the_call(call: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()  # type: ignore[operator]
+
+
+def test_exported_names() -> None:
+    for name in (
+        "plan",
+        "phase",
+        "decision",
+        "actor",
+        "llm_call",
+        "tool",
+        "context_build",
+        "index_query",
+        "sandbox",
+        "set_hot_context_tokens",
+        "record_llm_call",
+    ):
+        assert getattr(fleettrace, name) is getattr(hooks, name)
+        assert name in fleettrace.__all__
