@@ -225,3 +225,16 @@ def test_the_last_log_line_of_a_missing_or_empty_log_is_empty(tmp_path: Path) ->
     assert embedded._last_log_line(tmp_path / "absent") == ""
     (tmp_path / "empty").write_text("\n\n")
     assert embedded._last_log_line(tmp_path / "empty") == ""
+
+
+def test_only_the_servers_without_a_url_are_started(tmp_path: Path) -> None:
+    given_redis = "redis://127.0.0.1:6379/0"
+    with embedded_servers(tmp_path, redis_url=given_redis) as urls:
+        assert urls.redis_url == given_redis
+        assert urls.database_url.startswith("postgresql://postgres:@/postgres?host=")
+    assert not (tmp_path / "redis").exists()
+    given_database = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with embedded_servers(tmp_path, database_url=given_database) as urls:
+        assert urls.database_url == given_database
+        assert urls.redis_url.startswith("unix://")
+        assert redis.Redis.from_url(urls.redis_url).ping()

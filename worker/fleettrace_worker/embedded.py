@@ -207,14 +207,17 @@ class ServerUrls:
 
 
 @contextlib.contextmanager
-def embedded_servers(data_dir: Path) -> Iterator[ServerUrls]:
-    """Run an embedded Redis and PostgreSQL under ``data_dir`` for the ``with`` block."""
-    redis_server = EmbeddedRedis(data_dir)
-    try:
-        postgres_server = EmbeddedPostgres(data_dir)
-        try:
-            yield ServerUrls(redis_server.url, postgres_server.url)
-        finally:
-            postgres_server.stop()
-    finally:
-        redis_server.stop()
+def embedded_servers(
+    data_dir: Path, *, redis_url: str | None = None, database_url: str | None = None
+) -> Iterator[ServerUrls]:
+    """For the ``with`` block, an embedded server under ``data_dir`` for each URL not given."""
+    with contextlib.ExitStack() as stack:
+        if redis_url is None:
+            redis_server = EmbeddedRedis(data_dir)
+            stack.callback(redis_server.stop)
+            redis_url = redis_server.url
+        if database_url is None:
+            postgres_server = EmbeddedPostgres(data_dir)
+            stack.callback(postgres_server.stop)
+            database_url = postgres_server.url
+        yield ServerUrls(redis_url, database_url)
