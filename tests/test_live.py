@@ -1,0 +1,141 @@
+"""Live reads: series from the hashes, percentiles from buckets, fleet-wide plan budgets."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+import fleettrace
+from fleettrace import ConfigurationError, LLMTrace, MetricKey
+from fleettrace.errors import RedisUnavailable
+from fleettrace.keys import Keys
+from fleettrace.live import histogram_quantile, is_over_budget, plan_cost_usd, read_live
+from tests.emitting import make_emitter
+from tests.servers import PrivateRedis, free_port
+
+INF = math.inf
+
+
+def test_percentiles_interpolate_inside_the_bucket() -> None:
+    buckets = ((1.0, 0), (2.0, 10), (4.0, 10), (INF, 0))
+    assert histogram_quantile(0.5, buckets) == pytest.approx(2.0)
+    assert histogram_quantile(0.95, buckets) == pytest.approx(3.8)
+    assert histogram_quantile(0.99, buckets) == pytest.approx(3.96)
+    assert histogram_quantile(0.25, buckets) == pytest.approx(1.5)
+
+
+def test_first_bucket_starts_at_zero_and_overflow_reports_the_last_bound() -> None:
+    assert histogram_quantile(0.5, ((10.0, 4), (INF, 0))) == pytest.approx(5.0)
+    assert histogram_quantile(0.99, ((10.0, 1), (20.0, 0), (INF, 99))) == 20.0
+    assert histogram_quantile(0.5, ((10.0, 0), (INF, 0))) is None
+
+
+def test_read_live_returns_every_series(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    emitter = make_emitter(redis_url, keys)
+    for value in (3.0, 7.0, 7.5, 40.0, 1e6):
+        emitter.observe(MetricKey.INDEX_QUERY_DURATION_MS, value, {"backend": "text"})
+    emitter.observe(MetricKey.INDEX_QUERY_DURATION_MS, 1.0, {"backend": "graph"})
+    emitter.observe(MetricKey.CONTEXT_TOKENS_USED, 500)
+    emitter.observe(MetricKey.CONTEXT_TOKENS_USED, 450)
+    emitter.record(LLMTrace(provider="openai", model="gpt-4o", prompt_tokens=7, plan_id="p"))
+    assert emitter.close()
+
+    series = read_live(redis_client, keys)
+    assert [(s.key.value, s.labels) for s in series] == [
+        ("plan.cost_usd", (("plan", "p"),)),
+        (
+            "actor.token_usage",
+            (("provider", "openai"), ("model", "gpt-4o"), ("token_type", "completion")),
+        ),
+        (
+            "actor.token_usage",
+            (("provider", "openai"), ("model", "gpt-4o"), ("token_type", "prompt")),
+        ),
+        ("context.tokens_used", ()),
+        ("index.query_duration_ms", (("backend", "graph"),)),
+        ("index.query_duration_ms", (("backend", "text"),)),
+    ]
+    gauge = series[3]
+    assert (gauge.count, gauge.value, gauge.buckets, gauge.p50) == (2, 450.0, (), None)
+    prompt = series[2]
+    assert (prompt.count, prompt.sum, prompt.value, prompt.p99) == (1, 7.0, None, None)
+    text = series[5]
+    assert text.count == 5
+    assert text.sum == pytest.approx(1e6 + 57.5)
+    counts = dict(text.buckets)
+    assert [bound for bound, _ in text.buckets] == [
+        *MetricKey.INDEX_QUERY_DURATION_MS.spec.buckets,
+        INF,
+    ]
+    assert (counts[5.0], counts[10.0], counts[50.0], counts[INF]) == (1, 2, 1, 1)
+    assert sum(counts.values()) == 5
+    assert text.p50 == pytest.approx(5.0 + 5.0 * (2.5 - 1) / 2)
+    assert text.p95 == text.p99 == 60000.0  # in the overflow bucket: the last bound
+
+    only = read_live(redis_client, keys, "context.tokens_used")
+    assert only == [gauge]
+    with pytest.raises(ValueError, match=r"no\.such_key"):
+        read_live(redis_client, keys, "no.such_key")
+    assert read_live(redis_client, Keys("never-written-" + keys.namespace)) == []
+
+
+def spend(redis_url: str, namespace: str, plan_id: str, calls: int) -> None:
+    emitter = fleettrace.configure(redis_url, namespace)
+    for _ in range(calls):
+        emitter.record(LLMTrace(provider="openai", model="gpt-4o", plan_id=plan_id, cost_usd=0.1))
+        emitter.record(LLMTrace(provider="acme", model="unpriced-model", plan_id=plan_id))
+    emitter.close()
+
+
+def test_budget_check_sees_the_cost_of_every_process(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    context = multiprocessing.get_context("spawn")
+    spenders = [
+        context.Process(target=spend, args=(redis_url, keys.namespace, "shared", calls))
+        for calls in (3, 4)
+    ]
+    for process in spenders:
+        process.start()
+    for process in spenders:
+        process.join(120)
+        assert process.exitcode == 0
+    assert plan_cost_usd(redis_client, keys, "shared") == pytest.approx(0.7)
+    assert is_over_budget(redis_client, keys, "shared", 0.5)
+    assert not is_over_budget(redis_client, keys, "shared", 1.0)
+    assert plan_cost_usd(redis_client, keys, "other") == 0.0
+    assert not is_over_budget(redis_client, keys, "other", 0.0)
+
+
+def test_unreachable_redis_is_one_clear_error(keys: Keys) -> None:
+    client = redis.Redis(port=free_port(), socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+    with pytest.raises(RedisUnavailable, match="reading the live counters: Error 111"):
+        read_live(client, keys)
+    with pytest.raises(RedisUnavailable, match="reading a plan's cost"):
+        plan_cost_usd(client, keys, "p")
+
+
+def test_acl_users_connect_by_url_and_wrong_password_is_a_configuration_error() -> None:
+    server = PrivateRedis(appendonly=False)
+    server.start()
+    try:
+        admin = redis.Redis(port=server.port)
+        admin.execute_command("ACL", "SETUSER", "agent", "on", ">s3cret", "~{acl}:*", "+@all")
+        url = f"redis://agent:s3cret@127.0.0.1:{server.port}/0"
+        emitter = fleettrace.Emitter(fleettrace.EmitterSettings(redis_url=url, namespace="acl"))
+        emitter.record(LLMTrace(provider="openai", model="gpt-4o", plan_id="p", cost_usd=0.5))
+        assert emitter.close(10)
+        assert plan_cost_usd(admin, Keys("acl"), "p") == 0.5
+        wrong = redis.Redis.from_url(f"redis://agent:nope@127.0.0.1:{server.port}/0")
+        with pytest.raises(ConfigurationError, match="Redis refused reading the live counters"):
+            read_live(wrong, Keys("acl"))
+        admin.close()
+    finally:
+        server.close()
