@@ -14,7 +14,6 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
-from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import conninfo
@@ -50,7 +49,7 @@ def describe_target(url: str) -> str:
 def parse_url(url: str) -> dict[str, str]:
     """The connection parameters of a ``postgresql://`` URL or a libpq ``key=value``
     string; :class:`ConfigurationError` when it is neither."""
-    scheme = urlsplit(url).scheme if "://" in url else ""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme and scheme not in _SCHEMES:
         raise ConfigurationError(
             f"database URL must start with postgresql:// or postgres://, got {scheme}://"
@@ -93,6 +92,13 @@ def create_pool(
     return pool
 
 
+def create_checked_pool(url: str, *, min_size: int = 1, max_size: int = 1) -> ConnectionPool:
+    """A pool for a short command: the database is reached once first, so a wrong URL
+    or a server that is down is reported at once rather than after the pool's wait."""
+    connect(url).close()
+    return create_pool(url, min_size=min_size, max_size=max_size)
+
+
 @contextmanager
 def connection(pool: ConnectionPool) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A pooled connection; psycopg's connection failures leave as fleettrace errors.
@@ -104,7 +110,7 @@ def connection(pool: ConnectionPool) -> Iterator[psycopg.Connection[tuple[object
         with pool.connection() as conn:
             yield conn
     except PoolTimeout:
-        raise _diagnose(_url(pool)) from None
+        raise _diagnose(_url(pool), pool.timeout) from None
     except psycopg.OperationalError as error:
         raise translate(error, _url(pool)) from None
 
@@ -137,7 +143,7 @@ def _url(pool: ConnectionPool) -> str:
     return pool.conninfo if isinstance(pool.conninfo, str) else ""
 
 
-def _diagnose(url: str) -> ConfigurationError | DatabaseUnavailable:
+def _diagnose(url: str, waited_s: float) -> ConfigurationError | DatabaseUnavailable:
     try:
         probe = connect(url)
     except (ConfigurationError, DatabaseUnavailable) as error:
@@ -145,18 +151,20 @@ def _diagnose(url: str) -> ConfigurationError | DatabaseUnavailable:
     probe.close()
     return DatabaseUnavailable(
         f"PostgreSQL at {describe_target(url)} accepts connections, but none was free "
-        f"within {POOL_TIMEOUT_S:g} s"
+        f"within {waited_s:g} s"
     )
 
 
 def _reason(error: psycopg.Error) -> str:
-    """libpq's message without its prefixes: after ``FATAL:`` when the server spoke."""
-    text = " ".join(str(error).split())
+    """libpq's message without its prefixes and hints: what the server said after
+    ``FATAL:``, else the first line."""
+    text = str(error).strip()
     if "FATAL:" in text:
-        return text.rsplit("FATAL:", 1)[1].strip()
+        return " ".join(text.rsplit("FATAL:", 1)[1].split())
+    first = text.splitlines()[0] if text else ""
     for prefix in ("connection failed:", "connection is bad:"):
-        text = text.removeprefix(prefix).strip()
-    return text or type(error).__name__
+        first = first.removeprefix(prefix).strip()
+    return first or type(error).__name__
 
 
 def _first_line(text: str) -> str:

@@ -164,6 +164,16 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidCursor(f"cursor {cursor[:64]!r} is not one this command returned") from None
 
 
+def check_group_by(group_by: Sequence[str]) -> None:
+    """ValueError unless ``group_by`` holds distinct names among GROUP_BY_FIELDS."""
+    unknown = [name for name in group_by if name not in _GROUP_EXPRESSIONS]
+    if unknown or len(set(group_by)) != len(group_by):
+        raise ValueError(
+            f"group by must be distinct names among {', '.join(GROUP_BY_FIELDS)}; "
+            f"got {', '.join(group_by) or 'nothing'}"
+        )
+
+
 class LLMTraceRepository:
     """LLM calls and metric samples in PostgreSQL, over a psycopg connection pool."""
 
@@ -236,12 +246,7 @@ class LLMTraceRepository:
     ) -> list[CostRow]:
         """Calls, tokens, cost, error rate and latency percentiles per group, the most
         expensive group first. With no ``group_by``: one row for everything selected."""
-        unknown = [name for name in group_by if name not in _GROUP_EXPRESSIONS]
-        if unknown or len(set(group_by)) != len(group_by):
-            raise ValueError(
-                f"group by must be distinct names among {', '.join(GROUP_BY_FIELDS)}; "
-                f"got {', '.join(group_by)}"
-            )
+        check_group_by(group_by)
         conditions, params = _conditions(where or TraceFilter())
         groups = [_GROUP_EXPRESSIONS[name] for name in group_by]
         aggregates = sql.SQL(

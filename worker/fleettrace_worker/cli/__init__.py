@@ -17,7 +17,7 @@ from typing import Final
 from fleettrace.errors import ConfigurationError, FleettraceError
 
 #: Subcommand modules under fleettrace_worker.cli, in the order --help lists them.
-COMMANDS: Final[tuple[str, ...]] = ("metrics",)
+COMMANDS: Final[tuple[str, ...]] = ("metrics", "migrate", "prune", "traces")
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1

@@ -1,0 +1,176 @@
+"""Figures for docs/storage.md: how fast ``LLMTraceRepository.store`` writes, and how
+retention by batched deletes behaves, on a fresh database of the machine's PostgreSQL.
+
+    python -m benchmarks.storage [--rows 200000] [--batch 1000] [--prune-rows 500000]
+
+Prints one line per figure. Each run makes its own database and drops it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from fleettrace.metrics import MetricKey
+from fleettrace.model import LLMTrace, MetricSample
+from fleettrace_worker import database, migrations, retention
+from fleettrace_worker.repository import LLMTraceRepository
+
+ADMIN_URL = os.environ.get(
+    "FLEETTRACE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    name = f"fleettrace_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_traces(n: int, rng: random.Random, start: datetime) -> list[LLMTrace]:
+    hashes = [f"{rng.getrandbits(256):064x}" for _ in range(32)]
+    return [
+        LLMTrace(
+            trace_id=uuid.UUID(int=rng.getrandbits(128), version=4),
+            plan_id=f"plan-{rng.randrange(1000)}",
+            decision_id=f"d-{i}",
+            actor=rng.choice(["planner", "coder", "reviewer"]),
+            provider="openai",
+            model=rng.choice(["gpt-4o", "gpt-4o-mini"]),
+            prompt_tokens=rng.randrange(100, 4000),
+            completion_tokens=rng.randrange(10, 800),
+            cost_usd=rng.random() / 100,
+            latency_ms=rng.random() * 2000,
+            tool_calls=rng.sample(["search", "read", "write", "run"], k=rng.randrange(0, 3)),
+            context_hash=rng.choice(hashes),
+            streaming=rng.random() < 0.5,
+            retry_count=0,
+            error=None if rng.random() < 0.95 else "Timeout: upstream",
+            started_at=start + timedelta(microseconds=i * 1000),
+        )
+        for i in range(n)
+    ]
+
+
+def timed(label: str, rows: int, runs: int, action: Callable[[int], None]) -> None:
+    rates = []
+    for run in range(runs):
+        began = time.perf_counter()
+        action(run)
+        rates.append(rows / (time.perf_counter() - began))
+    print(
+        f"{label:<58} median {statistics.median(rates):>9,.0f} rows/s "
+        f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})"
+    )
+
+
+def bench_store(rows: int, batch: int, runs: int) -> None:
+    rng = random.Random(1)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    data = [make_traces(rows, rng, start) for _ in range(runs)]
+    sample_batches = [
+        [
+            (
+                uuid.uuid4().hex,
+                p,
+                MetricSample(
+                    key=MetricKey.LLM_RETRIES_COUNT,
+                    labels={"provider": "openai", "model": "gpt-4o"},
+                    value=1.0,
+                    observed_at=start,
+                ),
+            )
+            for p in range(batch // 10)
+        ]
+        for _ in range(rows // batch)
+    ]
+    with fresh_database() as url, database.create_pool(url, min_size=1, max_size=1) as pool:
+        migrations.migrate(pool)
+        repo = LLMTraceRepository(pool)
+
+        def new_rows(run: int) -> None:
+            traces = data[run]
+            for i in range(0, rows, batch):
+                repo.store(traces[i : i + batch])
+
+        def redelivered(run: int) -> None:
+            traces = data[run]
+            for i in range(0, rows, batch):
+                result = repo.store(traces[i : i + batch])
+                assert result.traces_inserted == 0
+
+        def half_new(run: int) -> None:
+            traces = make_traces(rows // 2, random.Random(100 + run), start)
+            old = data[run]
+            for i in range(0, rows // 2, batch // 2):
+                repo.store([*traces[i : i + batch // 2], *old[i : i + batch // 2]])
+
+        timed(f"store() new traces, batches of {batch}", rows, runs, new_rows)
+        timed(
+            f"store() redelivered traces (all duplicates), batches of {batch}",
+            rows,
+            runs,
+            redelivered,
+        )
+        timed(f"store() half new, half duplicates, batches of {batch}", rows, runs, half_new)
+
+        def with_samples(run: int) -> None:
+            traces = make_traces(rows, random.Random(200 + run), start)
+            for n, i in enumerate(range(0, rows, batch)):
+                repo.store(traces[i : i + batch], sample_batches[n] if run == 0 else [])
+
+        timed(f"store() new traces + 10% metric samples, batches of {batch}", rows, 1, with_samples)
+
+
+def bench_prune(rows: int, batch_rows: int) -> None:
+    rng = random.Random(2)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    with fresh_database() as url, database.create_pool(url, min_size=1, max_size=2) as pool:
+        migrations.migrate(pool)
+        repo = LLMTraceRepository(pool)
+        traces = make_traces(rows, rng, start)
+        for i in range(0, rows, 5000):
+            repo.store(traces[i : i + 5000])
+        cutoff = traces[rows // 2].started_at
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE llm_traces")
+        began = time.perf_counter()
+        report = retention.prune(pool, cutoff, batch_rows=batch_rows)
+        took = time.perf_counter() - began
+        longest_ms = report.longest_batch_s * 1000
+        print(
+            f"prune: {report.traces:,} of {rows:,} rows in batches of {batch_rows}: "
+            f"{took:.2f} s, {report.traces / took:,.0f} rows/s, longest batch {longest_ms:.0f} ms"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--prune-rows", type=int, default=500_000)
+    parser.add_argument("--prune-batch", type=int, default=5000)
+    args = parser.parse_args()
+    bench_store(args.rows, args.batch, args.runs)
+    if args.prune_rows:
+        bench_prune(args.prune_rows, args.prune_batch)
+
+
+if __name__ == "__main__":
+    main()

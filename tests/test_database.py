@@ -1,0 +1,129 @@
+"""Connection failures become fleettrace errors that say what to do: retry (the server
+is away) or fix the settings (wrong URL, login refused). Real servers only."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from fleettrace.errors import ConfigurationError, DatabaseUnavailable
+from fleettrace_worker import database
+from tests.conftest import PG_ADMIN_URL
+from tests.servers import free_port
+
+
+def test_a_pooled_connection_runs_queries(database_url: str) -> None:
+    with database.create_pool(database_url) as pool, database.connection(pool) as conn:
+        assert conn.execute("SELECT 41 + 1").fetchone() == (42,)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://127.0.0.1:6379/0", "must start with postgresql:// or postgres://, got redis://"),
+        ("postgresql://user:hunter2@[::1", "database URL is not valid"),
+        ("postgresql://user:hunter2@127.0.0.1/db?bogus=1", 'invalid URI query parameter: "bogus"'),
+        ("no equals sign here", "database URL is not valid"),
+    ],
+)
+def test_a_bad_url_is_a_configuration_error_without_the_password(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message) as caught:
+        database.create_pool(url)
+    assert "hunter2" not in str(caught.value)
+    with pytest.raises(ConfigurationError, match=message):
+        database.connect(url)
+
+
+def test_key_value_settings_are_accepted(database_url: str) -> None:
+    name = database_url.rsplit("/", 1)[1]
+    with database.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={name}") as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (name,)
+
+
+def test_describe_target_never_shows_the_password() -> None:
+    described = database.describe_target("postgresql://app:s3cret@db.example:6543/traces")
+    assert described == "app@db.example:6543/traces"
+    assert database.describe_target("dbname=x") == "localhost/x"
+
+
+def test_a_server_that_is_not_there_is_unavailable() -> None:
+    url = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/postgres"
+    with pytest.raises(
+        DatabaseUnavailable, match=r"is unavailable: .*Connection refused"
+    ) as caught:
+        database.connect(url)
+    assert "hunter2" not in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_pool_that_cannot_connect_reports_why() -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    # A down server does not stop the pool from being made; using it says why.
+    with (
+        database.create_pool(url, timeout_s=0.5) as pool,
+        pytest.raises(DatabaseUnavailable, match="Connection refused"),
+        database.connection(pool),
+    ):
+        pass  # pragma: no cover - never entered
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://nobody@127.0.0.1:5432/postgres", 'role "nobody" does not exist'),
+        ("postgresql://postgres@127.0.0.1:5432/no_such_db_x", 'database "no_such_db_x" does not'),
+        ("postgresql://postgres@127.0.0.1:5432/postgres?sslmode=require", "SSL was required"),
+        ("postgresql://postgres@127.0.0.1:5432/postgres?sslmode=bogus", "invalid sslmode value"),
+    ],
+)
+def test_a_refused_login_is_a_configuration_error(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"refused the connection: .*{message}"):
+        database.connect(url)
+
+
+def test_a_pool_whose_login_is_refused_says_so() -> None:
+    url = "postgresql://nobody@127.0.0.1:5432/postgres"
+    with (
+        database.create_pool(url, timeout_s=0.5) as pool,
+        pytest.raises(ConfigurationError, match='role "nobody" does not exist'),
+        database.connection(pool),
+    ):
+        pass  # pragma: no cover - never entered
+
+
+def test_a_database_refusing_connections_is_unavailable(database_url: str) -> None:
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            with pytest.raises(DatabaseUnavailable, match="not currently accepting connections"):
+                database.connect(database_url)
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+def test_a_connection_lost_mid_statement_is_unavailable(database_url: str) -> None:
+    with database.create_pool(database_url) as pool:
+        with (
+            pytest.raises(DatabaseUnavailable, match="unavailable"),
+            database.connection(pool) as conn,
+        ):
+            conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        # The pool replaces the dead connection: the next block works.
+        with database.connection(pool) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_an_exhausted_pool_says_the_server_is_up_but_busy(database_url: str) -> None:
+    with (
+        database.create_pool(database_url, min_size=1, max_size=1, timeout_s=0.3) as pool,
+        database.connection(pool),
+        pytest.raises(DatabaseUnavailable, match="accepts connections, but none was"),
+        database.connection(pool),
+    ):
+        pass  # pragma: no cover - never entered
+
+
+def test_a_checked_pool_fails_at_once_when_the_server_is_away() -> None:
+    with pytest.raises(DatabaseUnavailable, match="Connection refused"):
+        database.create_checked_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")

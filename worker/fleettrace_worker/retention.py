@@ -1,0 +1,85 @@
+"""Retention: removing rows older than a cutoff without holding long locks.
+
+Rows go in batches of ``batch_rows``, each its own short transaction that locks only
+the rows it deletes, so the worker keeps writing while a prune runs and a prune
+stopped half-way leaves nothing half-done. Why batched deletes rather than time
+partitions: docs/storage.md (a partitioned table cannot keep ``trace_id`` alone
+unique, and idempotent writes depend on that).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from fleettrace_worker import database
+from fleettrace_worker.repository import SAMPLES_TABLE, TRACES_TABLE
+
+DEFAULT_BATCH_ROWS: Final = 5000
+#: Each table with the column that says how old a row is (when it happened, not when
+#: it was stored, so a backlog drained late is kept as long as its neighbours).
+AGE_COLUMNS: Final = ((TRACES_TABLE, "started_at"), (SAMPLES_TABLE, "observed_at"))
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    """Rows removed (or, on a dry run, that would be) from each table."""
+
+    cutoff: datetime
+    traces: int
+    samples: int
+    batches: int
+    longest_batch_s: float
+    dry_run: bool
+
+
+def prune(
+    pool: ConnectionPool,
+    cutoff: datetime,
+    *,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    dry_run: bool = False,
+) -> PruneReport:
+    """Remove traces that started and samples observed before ``cutoff``."""
+    if batch_rows < 1:
+        raise ValueError("batch_rows must be at least 1")
+    if cutoff.tzinfo is None:
+        raise ValueError("cutoff must be timezone-aware")
+    removed: list[int] = []
+    batches = 0
+    longest_s = 0.0
+    with database.connection(pool) as conn:
+        for table, column in AGE_COLUMNS:
+            if dry_run:
+                row = conn.execute(
+                    sql.SQL("SELECT count(*) FROM {} WHERE {} < %s").format(
+                        sql.Identifier(table), sql.Identifier(column)
+                    ),
+                    (cutoff,),
+                ).fetchone()
+                conn.rollback()
+                removed.append(int(row[0]) if row else 0)  # type: ignore[call-overload]
+                continue
+            # ctid = ANY(ARRAY(...)) is a TID scan: the batch is found through the age
+            # index and deleted without a second pass over the table.
+            statement = sql.SQL(
+                "DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+                "SELECT ctid FROM {table} WHERE {column} < %s LIMIT %s))"
+            ).format(table=sql.Identifier(table), column=sql.Identifier(column))
+            total = 0
+            while True:
+                began = time.perf_counter()
+                with conn.transaction():
+                    deleted = conn.execute(statement, (cutoff, batch_rows)).rowcount
+                longest_s = max(longest_s, time.perf_counter() - began)
+                batches += 1
+                total += deleted
+                if deleted < batch_rows:
+                    break
+            removed.append(total)
+    return PruneReport(cutoff, removed[0], removed[1], batches, longest_s, dry_run)
