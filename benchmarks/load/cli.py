@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         ctx.cleanup()
     results["duration_s"] = round(time.monotonic() - started, 1)
+    results["machine"]["load_average_1m_at_end"] = machine.load_average()
     rows = report.build(results["sections"])
     results["rows"] = [row.as_json() for row in rows]
     results["table"] = report.render(rows)
@@ -154,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{machine_info['cpus']} x {machine_info['cpu_model']}, "
             f"Python {machine_info['python']}, "
             f"Redis {machine_info['redis']}, PostgreSQL {machine_info['postgresql']}, "
-            f"commit {machine_info['commit']}"
+            f"commit {machine_info['commit']}, load average {machine_info['load_average_1m']} "
+            f"at start, {machine_info['load_average_1m_at_end']} at end"
         )
         print()
         print(results["table"])

@@ -37,6 +37,11 @@ def _commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def load_average() -> float:
+    """Other work on the machine skews every figure: recorded at start and end."""
+    return round(os.getloadavg()[0], 2)
+
+
 def describe(redis_url: str, pg_admin_url: str) -> dict[str, Any]:
     client = redis.Redis.from_url(redis_url)
     try:
@@ -53,4 +58,5 @@ def describe(redis_url: str, pg_admin_url: str) -> dict[str, Any]:
         "redis": redis_version,
         "postgresql": row[0] if row else None,
         "commit": _commit(),
+        "load_average_1m": load_average(),
     }
