@@ -44,7 +44,9 @@ from typing import Any, Final, Literal
 
 import orjson
 import redis
+from redis.backoff import NoBackoff
 from redis.commands.core import Script
+from redis.retry import Retry
 
 from fleettrace.batch_script import APPLY_BATCH_LUA, BatchCall, build_call
 from fleettrace.codec import Kind, encode_batch, encode_record, new_batch_id
@@ -199,6 +201,9 @@ class Emitter:
         self._client: redis.Redis = connect_redis(
             self.settings.redis_url, socket_timeout_s=self.settings.socket_timeout_s
         )
+        # One attempt per call: the sender's own backoff (retry_initial_s..retry_max_s)
+        # decides when to try again, not redis-py's built-in retries stacked under it.
+        self._client.set_retry(Retry(NoBackoff(), 0))
         self._script: Script = self._client.register_script(APPLY_BATCH_LUA)
 
     # -- hot path -------------------------------------------------------------------
