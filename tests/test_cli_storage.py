@@ -501,3 +501,17 @@ def test_the_console_script_reports_a_refused_connection_without_a_traceback() -
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("fleettrace traces: PostgreSQL at postgres@127.0.0.1:")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_traces_list_shortens_a_long_error_to_its_column(
+    capsys: pytest.CaptureFixture[str], migrated: str
+) -> None:
+    long_error = "ContextWindowExceeded: " + "x" * 200
+    trace = _trace(error=long_error)
+    _store(migrated, [trace])
+    code, out, _ = run(capsys, "traces", "list", "--database-url", migrated)
+    assert code == 0
+    row = out.strip().splitlines()[1]
+    assert row.endswith("ContextWindowExceeded: " + "x" * 16 + "…")
+    code, out, _ = run(capsys, "traces", "show", str(trace.trace_id), "--database-url", migrated)
+    assert long_error in out

@@ -127,3 +127,13 @@ def test_an_exhausted_pool_says_the_server_is_up_but_busy(database_url: str) -> 
 def test_a_checked_pool_fails_at_once_when_the_server_is_away() -> None:
     with pytest.raises(DatabaseUnavailable, match="Connection refused"):
         database.create_checked_pool(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
+
+
+def test_a_connect_timeout_in_the_url_is_kept(database_url: str) -> None:
+    url = f"{database_url}?connect_timeout=3&application_name=fleettrace-test"
+    with database.connect(url) as conn:
+        assert conn.info.get_parameters()["connect_timeout"] == "3"
+    with database.create_pool(url) as pool, database.connection(pool) as conn:
+        assert conn.info.get_parameters()["connect_timeout"] == "3"
+        row = conn.execute("SHOW application_name").fetchone()
+        assert row == ("fleettrace-test",)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from fleettrace.errors import SchemaVersionError
+from fleettrace.errors import DatabaseUnavailable, SchemaVersionError
 from fleettrace_worker import database, migrations
 
 
@@ -184,3 +185,31 @@ def test_a_failing_migration_leaves_the_version_unchanged(
         migrations.migrate(pool)
     # All-or-nothing: not even the shipped versions were recorded.
     assert migrations.VERSION_TABLE not in _tables(database_url)
+
+
+def test_a_gap_in_the_migration_files_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "0001_first.sql").write_text("SELECT 1;")
+    (folder / "0003_third.sql").write_text("SELECT 3;")
+    (folder / "README.md").write_text("not a migration")
+    monkeypatch.setattr(migrations.resources, "files", lambda _package: tmp_path)
+    migrations.available.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match=r"without gaps: \[1, 3\]"):
+            migrations.available()
+    finally:
+        monkeypatch.undo()
+        migrations.available.cache_clear()
+    assert migrations.available()[0].name == "initial"
+
+
+def test_a_connection_lost_while_checking_is_unavailable(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        pid = conn.info.backend_pid
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(DatabaseUnavailable, match="is unavailable"):
+            migrations.check_schema(conn)

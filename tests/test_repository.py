@@ -181,15 +181,21 @@ def test_duplicates_inside_one_batch_are_stored_once(
 
 
 def test_redelivery_after_a_merge_uses_the_staging_tables_again(
-    repo: LLMTraceRepository, database_url: str
+    pool: ConnectionPool, database_url: str
 ) -> None:
     # The temporary staging tables outlive one call on a pooled connection and are
     # emptied at commit: a second merge on the same connection sees only its own rows.
+    single = database.create_pool(database_url, min_size=1, max_size=1)
+    repo = LLMTraceRepository(single)
     first = [full_trace() for _ in range(3)]
     repo.store(first)
     assert repo.store([*first, full_trace()]) == StoreResult(1, 3, 0, 0)
     assert repo.store([*first, full_trace(), full_trace()]) == StoreResult(2, 3, 0, 0)
     assert count(database_url, "llm_traces") == 6
+    with database.connection(single) as conn:
+        staged = conn.execute("SELECT count(*) FROM fleettrace_traces_staging").fetchone()
+    assert staged == (0,)
+    single.close()
 
 
 def test_samples_round_trip_with_their_labels(repo: LLMTraceRepository, database_url: str) -> None:
