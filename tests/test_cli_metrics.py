@@ -153,3 +153,27 @@ def test_watch_refreshes_until_interrupted(recorded: Keys, redis_url: str) -> No
     assert headers == 2
     assert process.returncode == 130
     assert "Traceback" not in err
+
+
+def test_watch_on_a_terminal_clears_the_screen_between_tables(
+    recorded: Keys,
+    redis_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("fleettrace_worker.cli.metrics.time.sleep", sleep)
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    code, out, _ = run(
+        capsys, "--redis-url", redis_url, "--namespace", recorded.namespace, "--watch"
+    )
+    assert code == 130
+    assert sleeps == [2.0, 2.0]
+    assert out.count("\x1b[H\x1b[2J") == 2
+    assert out.count("tool.invocation_duration_ms") == 2

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import redis
 from pydantic import ValidationError
 
 import fleettrace
+import fleettrace.emitter as module
 from fleettrace import ConfigurationError, EmitterClosed, LLMTrace, MetricKey, MetricSample
 from fleettrace.batch_script import APPLY_BATCH_LUA
 from fleettrace.emitter import Emitter, EmitterSettings
@@ -268,3 +270,48 @@ def test_an_unvalidated_record_json_cannot_carry_is_dropped_and_counted(
     assert len(stream_records(redis_client, keys.metrics)) == 1
     assert emitter_figures(redis_client, keys) == {"records": 2, "batches": 1, "dropped": 2}
     emitter.close()
+
+
+def test_block_policy_waits_for_room_instead_of_dropping(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    emitter = make_emitter(
+        redis_url,
+        keys,
+        max_buffer_records=1,
+        max_batch_records=1,
+        overflow="block",
+        block_timeout_s=30,
+        flush_interval_s=30,  # only a full buffer wakes the sender
+    )
+    for i in range(20):
+        emitter.record(trace(i))
+    assert emitter.close(10)
+    assert emitter.stats.dropped == 0
+    assert len(stream_records(redis_client, keys.traces)) == 20
+
+
+def test_sender_starts_once(redis_url: str, keys: Keys) -> None:
+    emitter = make_emitter(redis_url, keys)
+    emitter._start_sender()
+    first = emitter._sender
+    emitter._start_sender()
+    assert emitter._sender is first
+    emitter.close()
+
+
+def test_get_emitter_made_by_two_threads_at_once_is_one(
+    redis_url: str, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(module, "_default", None)
+    winner = make_emitter(redis_url, keys)
+    got: list[Emitter] = []
+    with module._default_lock:
+        # The thread finds no default, then waits for the lock another maker holds.
+        racer = threading.Thread(target=lambda: got.append(fleettrace.get_emitter()))
+        racer.start()
+        racer.join(0.2)
+        module._default = winner
+    racer.join(10)
+    assert got == [winner]
+    winner.close()

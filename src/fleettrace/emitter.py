@@ -301,8 +301,6 @@ class Emitter:
             target = self._accepted
             if self._done >= target and not self._dropped_unreported:
                 return True
-        if self._sender is None:
-            self._start_sender()
         self._wake.set()
         with self._lock:
             return self._done_changed.wait_for(
@@ -432,8 +430,7 @@ class Emitter:
             with self._lock:
                 self._done += call.records
                 self._sent += call.records
-                if call.records:
-                    self._batches += 1
+                self._batches += call.records > 0  # a batch may carry only drop counts
                 self._done_changed.notify_all()
             return True
 

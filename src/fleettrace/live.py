@@ -82,8 +82,7 @@ def histogram_quantile(q: float, buckets: tuple[tuple[float, int], ...]) -> floa
                 return lower
             return lower + (bound - lower) * (rank - cumulative) / count
         cumulative += count
-        if not math.isinf(bound):
-            lower = bound
+        lower = bound
     return lower  # pragma: no cover (rank <= total always lands in a bucket)
 
 
