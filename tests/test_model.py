@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -203,3 +204,37 @@ def test_only_gauges_may_go_negative() -> None:
     assert MetricSample(key=MetricKey.CONTEXT_TOKENS_USED, value=-1.0).value == -1.0
     with pytest.raises(ValidationError, match="must not be negative"):
         MetricSample(key=MetricKey.PLAN_COST_USD, value=-1.0, labels={"plan": "p"})
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "reference" / "observability.md"
+
+
+def doc_rows(heading: str) -> dict[str, list[str]]:
+    """The rows of the first table under ``heading``, keyed by their first cell."""
+    section = DOC.read_text().split(heading, 1)[1]
+    rows: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            rows[cells[0].strip("`")] = cells[1:]
+        elif rows and not line.startswith("|"):
+            break
+    return rows
+
+
+def test_docs_schema_table_lists_every_field() -> None:
+    assert list(doc_rows("## The trace schema")) == list(LLMTrace.model_fields)
+
+
+def test_docs_metric_table_matches_the_specs() -> None:
+    rows = doc_rows("## The 14 metrics")
+    assert list(rows) == [key.value for key in MetricKey]
+    for key in MetricKey:
+        spec = key.spec
+        kind, unit, labels, buckets = rows[key.value][:4]
+        assert (kind, unit) == (spec.type.value, spec.unit)
+        assert labels == (", ".join(spec.labels) or "—")
+        if buckets.startswith("as "):
+            buckets = rows[buckets.split("`")[1]][3]
+        shown = [float(b) for b in buckets.split(" (")[0].split(", ")] if spec.buckets else []
+        assert shown == pytest.approx(list(spec.buckets)), key
