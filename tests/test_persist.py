@@ -1,0 +1,237 @@
+"""The persist loop against the machine's Redis and a fresh PostgreSQL database:
+rows committed before acknowledgement, bad input to dead letters, good input stored."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+import psycopg
+import pytest
+
+from fleettrace.codec import Kind, encode_batch, encode_record, new_batch_id
+from fleettrace.errors import ForwardingDeferred, SchemaVersionError
+from fleettrace.keys import PERSIST_GROUP
+from fleettrace_worker.consumer import Consumer, Entry
+from fleettrace_worker.database import create_pool
+from fleettrace_worker.deadletter import DeadLetter, list_dead_letters, replay_dead_letters
+from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
+from fleettrace_worker.persist import PersistLoop
+from fleettrace_worker.repository import LLMTraceRepository
+from tests.worker_helpers import (
+    add_samples,
+    add_traces,
+    make_sample,
+    make_trace,
+    migrated,
+    pending,
+    sample_rows,
+    scalar,
+    trace_rows,
+)
+
+BURST = LoopSettings(burst=True, retry_initial_s=0.01, retry_max_s=0.05)
+
+
+@pytest.fixture
+def db(database_url) -> str:
+    return migrated(database_url)
+
+
+@pytest.fixture
+def pool(db) -> Iterator[object]:
+    pool = create_pool(db, min_size=1, max_size=2)
+    yield pool
+    pool.close()
+
+
+def _loop(redis_client, keys, pool, *, name="w1", settings=BURST, claim_idle_ms=30_000):
+    consumer = Consumer(redis_client, keys, PERSIST_GROUP, name, claim_idle_ms=claim_idle_ms)
+    return PersistLoop(consumer, LLMTraceRepository(pool), settings, pool=pool)
+
+
+def test_good_entries_become_rows_and_are_acknowledged(redis_client, keys, db, pool) -> None:
+    traces = [make_trace(i) for i in range(30)]
+    for start in range(0, 30, 10):
+        add_traces(redis_client, keys, traces[start : start + 10])
+    add_samples(redis_client, keys, [make_sample(i) for i in range(5)])
+    loop = _loop(redis_client, keys, pool)
+    loop.run(threading.Event())
+    assert trace_rows(db) == 30
+    assert sample_rows(db) == 5
+    assert pending(redis_client, keys) == 0
+    assert loop.stats.records == 35
+    assert loop.stats.ready is True
+    assert loop.stats.dead_letters == 0
+    with psycopg.connect(db) as conn:
+        row = conn.execute(
+            "SELECT model, prompt_tokens FROM llm_traces WHERE trace_id = %s",
+            (traces[7].trace_id,),
+        ).fetchone()
+    assert row == ("gpt-4o", traces[7].prompt_tokens)
+
+
+def test_bad_entries_and_records_are_dead_letters_and_the_good_ones_stored(
+    redis_client, keys, db, pool
+) -> None:
+    good = [make_trace(i) for i in range(4)]
+    lines = [encode_record(t) for t in good]
+    lines.insert(2, b'{"provider": "openai", "model": 5}')
+    batch_id = new_batch_id()
+    mixed = {b"v": b"1", b"k": b"t", b"b": batch_id.encode(), b"n": b"5", b"d": b"\n".join(lines)}
+    redis_client.xadd(keys.traces, mixed)
+    redis_client.xadd(keys.traces, {b"v": b"9", b"junk": b"\xff\xfe"})
+    redis_client.xadd(keys.metrics, {b"hello": b"world"})
+    loop = _loop(redis_client, keys, pool)
+    loop.run(threading.Event())
+    assert trace_rows(db) == 4
+    assert pending(redis_client, keys) == 0
+    letters = [d for _, d in list_dead_letters(redis_client, keys, PERSIST_GROUP)]
+    assert len(letters) == 3
+    by_reason = {d.reason: d for d in letters}
+    record = next(d for d in letters if d.record is not None)
+    assert record.reason.startswith("model:")
+    assert (record.batch_id, record.position, record.kind) == (batch_id, 2, "t")
+    assert record.record == lines[2]
+    assert record.consumer == "w1"
+    envelope = by_reason["unknown format version '9'; this code reads version 1"]
+    assert envelope.original == {b"v": b"9", b"junk": b"\xff\xfe"}
+    assert any("no field 'v'" in reason for reason in by_reason)
+    assert loop.stats.dead_letters == 3
+
+
+def test_an_entry_delivered_too_often_is_a_dead_letter(redis_client, keys, db, pool) -> None:
+    entry_id = add_traces(redis_client, keys, [make_trace(1)])
+    for name in ("a", "b"):  # two consumers read it and die without acknowledging
+        Consumer(redis_client, keys, PERSIST_GROUP, name, claim_idle_ms=0).ensure_groups()
+    Consumer(redis_client, keys, PERSIST_GROUP, "a").read(count=10, block_ms=None)
+    Consumer(redis_client, keys, PERSIST_GROUP, "b", claim_idle_ms=0).claim(count=10)
+    settings = LoopSettings(burst=True, max_deliveries=2, claim_interval_s=0)
+    loop = _loop(redis_client, keys, pool, name="c", settings=settings, claim_idle_ms=0)
+    loop.run(threading.Event())
+    assert trace_rows(db) == 0
+    [(dead_id, letter)] = list_dead_letters(redis_client, keys, PERSIST_GROUP)
+    assert letter.reason == "delivered 3 times, more than max_deliveries=2"
+    assert letter.entry_id == entry_id
+    assert pending(redis_client, keys) == 0
+    # The cause is gone: replayed, it is stored exactly once, however often replayed.
+    assert replay_dead_letters(redis_client, keys, PERSIST_GROUP).replayed == [dead_id]
+    redis_client.xadd(keys.traces, letter.original)  # a replay repeated after a crash
+    _loop(redis_client, keys, pool).run(threading.Event())
+    assert trace_rows(db) == 1
+
+
+def test_rows_postgres_refuses_are_narrowed_to_their_entry(redis_client, keys, db, pool) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE llm_traces ADD CONSTRAINT no_poison CHECK (model <> 'poison')")
+    add_traces(redis_client, keys, [make_trace(1), make_trace(2)])
+    poison = add_traces(redis_client, keys, [make_trace(3, model="poison")])
+    add_traces(redis_client, keys, [make_trace(4)])
+    loop = _loop(redis_client, keys, pool, settings=LoopSettings(burst=True, batch_records=100))
+    loop._read_count = 10
+    loop.run(threading.Event())
+    assert trace_rows(db) == 3
+    [(dead_id, letter)] = list_dead_letters(redis_client, keys, PERSIST_GROUP)
+    assert letter.entry_id == poison
+    assert "refused: PostgreSQL refused the rows" in letter.reason
+    assert "no_poison" in letter.reason
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE llm_traces DROP CONSTRAINT no_poison")
+    assert replay_dead_letters(redis_client, keys, PERSIST_GROUP, [dead_id]).replayed == [dead_id]
+    _loop(redis_client, keys, pool).run(threading.Event())
+    assert scalar(db, "SELECT count(*) FROM llm_traces WHERE model = 'poison'") == 1
+
+
+def test_a_redelivered_batch_adds_no_rows(redis_client, keys, db, pool) -> None:
+    traces = [make_trace(i) for i in range(5)]
+    fields = encode_batch(Kind.TRACE, traces, new_batch_id())
+    samples = encode_batch(Kind.METRIC, [make_sample(1), make_sample(2)], new_batch_id())
+    for _ in range(2):
+        redis_client.xadd(keys.traces, fields)
+        redis_client.xadd(keys.metrics, samples)
+    _loop(redis_client, keys, pool).run(threading.Event())
+    assert trace_rows(db) == 5
+    assert sample_rows(db) == 2
+
+
+def test_a_database_without_the_schema_is_refused(redis_client, keys, database_url) -> None:
+    pool = create_pool(database_url, min_size=1, max_size=1)
+    try:
+        with pytest.raises(SchemaVersionError, match="no fleettrace schema"):
+            _loop(redis_client, keys, pool).run(threading.Event())
+    finally:
+        pool.close()
+
+
+def test_postgres_away_keeps_entries_in_hand_until_it_returns(
+    redis_client, keys, private_postgres
+) -> None:
+    db = migrated(private_postgres.url)
+    pool = create_pool(db, min_size=1, max_size=1, timeout_s=1)
+    try:
+        add_traces(redis_client, keys, [make_trace(i) for i in range(10)])
+        loop = _loop(redis_client, keys, pool, settings=LoopSettings(burst=True, retry_max_s=0.2))
+        loop.setup()
+        private_postgres.stop()
+        stop = threading.Event()
+        thread = threading.Thread(target=loop.run, args=(stop,))
+        thread.start()
+        deadline = 30
+        while loop.stats.retries < 2 and deadline > 0:
+            threading.Event().wait(0.1)
+            deadline -= 0.1
+        assert loop.stats.ready is False
+        assert "unavailable" in (loop.stats.last_error or "")
+        assert pending(redis_client, keys) == 1
+        private_postgres.start()
+        thread.join(60)
+        assert not thread.is_alive()
+        assert trace_rows(db) == 10
+        assert pending(redis_client, keys) == 0
+        assert loop.stats.ready is True
+    finally:
+        pool.close()
+
+
+def test_told_to_stop_while_waiting_leaves_the_batch_pending(
+    redis_client, keys, private_postgres
+) -> None:
+    db = migrated(private_postgres.url)
+    pool = create_pool(db, min_size=1, max_size=1, timeout_s=1)
+    try:
+        add_traces(redis_client, keys, [make_trace(1)])
+        loop = _loop(redis_client, keys, pool, settings=LoopSettings(retry_initial_s=5))
+        loop.setup()
+        private_postgres.stop()
+        stop = threading.Event()
+        thread = threading.Thread(target=loop.run, args=(stop,))
+        thread.start()
+        while loop.stats.retries < 1 and thread.is_alive():
+            threading.Event().wait(0.05)
+        stop.set()
+        thread.join(30)
+        assert not thread.is_alive()
+        assert pending(redis_client, keys) == 1
+    finally:
+        pool.close()
+
+
+class _Flaky(GroupLoop[list[Entry]]):
+    """A group whose far side defers every delivery, honouring a Retry-After."""
+
+    def prepare(self, entries: Sequence[Entry]) -> Prepared[list[Entry]]:
+        return Prepared(list(entries), len(entries), [])
+
+    def deliver(self, payload: list[Entry]) -> list[DeadLetter]:
+        raise ForwardingDeferred("429 slow down", retry_after_s=0.01)
+
+
+def test_a_loop_that_gives_up_dead_letters_the_batch(redis_client, keys) -> None:
+    add_traces(redis_client, keys, [make_trace(1)])
+    settings = LoopSettings(burst=True, give_up_after_s=0.05, retry_initial_s=0.01)
+    loop = _Flaky(Consumer(redis_client, keys, "langsmith", "f1"), settings)
+    loop.run(threading.Event())
+    [(_, letter)] = list_dead_letters(redis_client, keys, "langsmith")
+    assert letter.reason == "gave up after 0.05 s: 429 slow down"
+    assert loop.stats.retries >= 1
+    assert pending(redis_client, keys, "langsmith") == 0
