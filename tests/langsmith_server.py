@@ -53,8 +53,10 @@ class Recorded:
 
 
 class LangSmithServer:
-    def __init__(self, *, api_key: str | None = "test-key") -> None:
+    def __init__(self, *, api_key: str | None = "test-key", delay_s: float = 0.0) -> None:
         self.api_key = api_key
+        #: Every answer about runs waits this long, as a far-away server would.
+        self.delay_s = delay_s
         self.recorded = Recorded()
         self.faults: list[Fault] = []
         #: When the last queued fault was spent (monotonic), to time a catch-up.
@@ -145,6 +147,8 @@ class LangSmithServer:
         if method == "GET" and path == "/info":
             self._answer(handler, 200, {})
             return
+        if self.delay_s:
+            time.sleep(self.delay_s)
         fault = self._current_fault()
         if fault is not None:
             if fault.kind == "close":

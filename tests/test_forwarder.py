@@ -23,7 +23,7 @@ from fleettrace_worker import forwarder as forwarder_module
 from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.deadletter import list_dead_letters, replay_dead_letters
 from fleettrace_worker.delivery import RunSender, classify, parse_retry_after
-from fleettrace_worker.forwarder import ForwardLoop, loop_settings
+from fleettrace_worker.forwarder import ForwardLoop, langsmith_loop, loop_settings
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.runs import llm_run, plan_root_id
 from tests.langsmith_server import Fault, LangSmithServer
@@ -442,3 +442,40 @@ def test_bad_settings_say_which(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message) as error:
         LangSmithSettings.from_env(env)
     assert "pw@" not in str(error.value)
+
+
+def test_the_worker_builds_the_group_from_the_environment(
+    server: LangSmithServer, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleettrace_worker.runner import WorkerContext, WorkerSettings
+
+    for name in ("LANGCHAIN_TRACING_V2", "LANGSMITH_TRACING_V2", "LANGCHAIN_TRACING"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANGSMITH_TRACING", "true")
+    monkeypatch.setenv("LANGSMITH_ENDPOINT", server.url)
+    monkeypatch.setenv("LANGSMITH_API_KEY", API_KEY)
+    monkeypatch.setenv("FLEETTRACE_LANGSMITH_RETRY_FOR_S", "42")
+    context = WorkerContext(
+        WorkerSettings(
+            "redis://127.0.0.1:6379/0",
+            "postgresql://postgres@127.0.0.1:5432/postgres",
+            namespace=keys.namespace,
+            consumer="ctx",
+            block_ms=250,
+            burst=True,
+        )
+    )
+    loop = langsmith_loop(context)
+    assert isinstance(loop, ForwardLoop)
+    assert loop.group == LANGSMITH_GROUP
+    assert loop.consumer.name == "ctx"
+    assert loop.langsmith.endpoint == server.url
+    assert loop.settings.give_up_after_s == 42.0
+    assert loop.settings.batch_records == 200
+    assert loop.settings.block_ms == 250
+    assert loop.settings.burst is True
+    loop.close()
+
+    monkeypatch.setenv("LANGSMITH_TRACING", "false")
+    with pytest.raises(ConfigurationError, match="LANGSMITH_TRACING=true"):
+        langsmith_loop(context)

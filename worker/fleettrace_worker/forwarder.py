@@ -31,11 +31,17 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Final, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from fleettrace.codec import Kind, decode_entry, decode_envelope
-from fleettrace.errors import EntryDecodeError, ForwardingDeferred, ForwardingRejected
+from fleettrace.errors import (
+    ConfigurationError,
+    EntryDecodeError,
+    ForwardingDeferred,
+    ForwardingRejected,
+)
+from fleettrace.keys import LANGSMITH_GROUP
 from fleettrace.model import LLMTrace
 from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.deadletter import DeadLetter
@@ -43,6 +49,9 @@ from fleettrace_worker.delivery import RunSender
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
 from fleettrace_worker.runs import PLAN_RUN_TYPE, Run, runs_for
+
+if TYPE_CHECKING:
+    from fleettrace_worker.runner import WorkerContext
 
 #: Plan root runs LangSmith already took, remembered so each is posted about once.
 ROOT_CACHE_SIZE: Final = 10_000
@@ -73,14 +82,34 @@ class Outbox:
     items: list[Outgoing] = field(default_factory=list)
 
 
-def loop_settings(settings: LangSmithSettings, *, burst: bool = False) -> LoopSettings:
-    """The group loop's settings for forwarding: retry as long as ``retry_for_s``."""
-    return LoopSettings(
-        batch_records=FORWARD_BATCH_RECORDS,
+def loop_settings(
+    settings: LangSmithSettings, base: LoopSettings | None = None, *, burst: bool = False
+) -> LoopSettings:
+    """The group loop's settings for forwarding: those of ``base`` (the worker's), with
+    LangSmith's backoff, and batches given up on after ``retry_for_s``."""
+    base = base if base is not None else LoopSettings(burst=burst)
+    return replace(
+        base,
+        batch_records=min(base.batch_records, FORWARD_BATCH_RECORDS),
         retry_initial_s=settings.backoff_initial_s,
         retry_max_s=settings.backoff_max_s,
         give_up_after_s=settings.retry_for_s,
-        burst=burst,
+    )
+
+
+def langsmith_loop(context: WorkerContext) -> GroupLoop[Any]:
+    """The ``langsmith`` group of a worker process, set up from the ``LANGSMITH_*`` /
+    ``LANGCHAIN_*`` environment."""
+    settings = LangSmithSettings.from_env()
+    if not settings.enabled:
+        raise ConfigurationError(
+            "the langsmith group forwards only with LANGSMITH_TRACING=true "
+            "or LANGCHAIN_TRACING_V2=true"
+        )
+    return ForwardLoop(
+        context.consumer(LANGSMITH_GROUP),
+        settings,
+        loop=loop_settings(settings, context.settings.loop_settings()),
     )
 
 
