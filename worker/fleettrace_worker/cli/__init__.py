@@ -17,7 +17,15 @@ from typing import Final
 from fleettrace.errors import ConfigurationError, FleettraceError
 
 #: Subcommand modules under fleettrace_worker.cli, in the order --help lists them.
-COMMANDS: Final[tuple[str, ...]] = ("metrics", "migrate", "prune", "traces")
+COMMANDS: Final[tuple[str, ...]] = (
+    "metrics",
+    "demo",
+    "migrate",
+    "prune",
+    "traces",
+    "worker",
+    "dlq",
+)
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1

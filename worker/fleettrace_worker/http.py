@@ -1,0 +1,225 @@
+"""The worker's HTTP endpoint: ``/healthz``, ``/readyz`` and ``/metrics``.
+
+``/healthz`` answers 200 while the process serves at all; ``/readyz`` answers 503
+while a group loop cannot reach Redis or PostgreSQL (a load balancer or an
+orchestrator should wait), 200 otherwise. ``/metrics`` is Prometheus text made at
+scrape time by one collector: the worker's own figures (records, batches, batch
+latency, dead letters, retries, pending entries and lag of every group) and the
+fleet's live metrics read from the Redis hashes, one metric family per metric key
+(``tool.invocation_duration_ms`` becomes ``fleettrace_tool_invocation_duration_ms``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Final, Protocol
+
+import redis
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from fleettrace.errors import ConfigurationError, FleettraceError
+from fleettrace.keys import Keys
+from fleettrace.live import read_live
+from fleettrace.metrics import MetricKey, MetricType
+from fleettrace_worker.consumer import group_states
+from fleettrace_worker.loop import BATCH_LATENCY_BUCKETS_S, GroupLoop
+
+log = logging.getLogger(__name__)
+
+METRIC_PREFIX: Final = "fleettrace_"
+_INF: Final = float("inf")
+
+
+class WorkerStatus(Protocol):
+    """What the endpoint needs to know about the worker it serves."""
+
+    keys: Keys
+
+    @property
+    def loops(self) -> list[GroupLoop[object]]: ...
+
+    def ready(self) -> bool: ...
+
+
+def metric_name(key: MetricKey) -> str:
+    """``tool.invocation_duration_ms`` -> ``fleettrace_tool_invocation_duration_ms``."""
+    return METRIC_PREFIX + key.value.replace(".", "_")
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == _INF else repr(float(value))
+
+
+class WorkerCollector(Collector):
+    """Builds every metric family at scrape time; nothing is cached between scrapes."""
+
+    def __init__(self, worker: WorkerStatus, client: redis.Redis) -> None:
+        self.worker = worker
+        self.client = client
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._own()
+        try:
+            yield from self._groups()
+            yield from self._live()
+        except (FleettraceError, redis.RedisError) as error:
+            log.debug("live metrics left out of this scrape: %s", error)
+
+    def _own(self) -> Iterator[Metric]:
+        loops = self.worker.loops
+        ready = GaugeMetricFamily(
+            "fleettrace_worker_ready", "1 when every group loop reaches its servers."
+        )
+        ready.add_metric([], 1.0 if self.worker.ready() else 0.0)
+        yield ready
+        counters = (
+            ("records", "Records handled (stored or forwarded), by group."),
+            ("batches", "Batches handled, by group."),
+            ("dead_letters", "Records and entries sent to the dead-letter stream, by group."),
+            ("retries", "Attempts that met an unavailable server, by group."),
+        )
+        for name, doc in counters:
+            family = CounterMetricFamily(f"fleettrace_worker_{name}", doc, labels=["group"])
+            for loop in loops:
+                family.add_metric([loop.group], float(getattr(loop.stats, name)))
+            yield family
+        latency = HistogramMetricFamily(
+            "fleettrace_worker_batch_latency_seconds",
+            "Time from a batch read to its acknowledgement, by group.",
+            labels=["group"],
+        )
+        for loop in loops:
+            stats = loop.stats
+            with stats.lock:
+                counts = list(stats.latency_buckets)
+                total, latency_sum = stats.latency_count, stats.latency_sum_s
+            cumulative, buckets = 0, []
+            for bound, count in zip(BATCH_LATENCY_BUCKETS_S, counts, strict=True):
+                cumulative += count
+                buckets.append((_bound(bound), float(cumulative)))
+            buckets.append(("+Inf", float(total)))
+            latency.add_metric([loop.group], buckets, latency_sum)
+        yield latency
+
+    def _groups(self) -> Iterator[Metric]:
+        pending = GaugeMetricFamily(
+            "fleettrace_worker_pending",
+            "Entries delivered to a group and not yet acknowledged.",
+            labels=["group", "stream"],
+        )
+        lag = GaugeMetricFamily(
+            "fleettrace_worker_lag",
+            "Entries of a stream not yet delivered to a group.",
+            labels=["group", "stream"],
+        )
+        for state in group_states(self.client, self.worker.keys):
+            pending.add_metric([state.group, state.stream], float(state.pending))
+            if state.lag is not None:
+                lag.add_metric([state.group, state.stream], float(state.lag))
+        yield pending
+        yield lag
+
+    def _live(self) -> Iterator[Metric]:
+        families: dict[MetricKey, Metric] = {}
+        for series in read_live(self.client, self.worker.keys):
+            key = series.key
+            spec = key.spec
+            family = families.get(key)
+            if family is None:
+                family = _family(key, spec.type, spec.labels, spec.description)
+                families[key] = family
+            labels = dict(series.labels)
+            values = [labels.get(name, "") for name in spec.labels]
+            if spec.type is MetricType.HISTOGRAM:
+                cumulative, buckets = 0.0, []
+                for bound, count in series.buckets:
+                    cumulative += count
+                    buckets.append((_bound(bound), cumulative))
+                if not buckets or buckets[-1][0] != "+Inf":
+                    buckets.append(("+Inf", float(series.count)))
+                family.add_metric(values, buckets, float(series.sum))  # type: ignore[attr-defined]
+            elif spec.type is MetricType.GAUGE:
+                family.add_metric(values, float(series.value or 0.0))  # type: ignore[attr-defined]
+            else:
+                family.add_metric(values, float(series.sum))  # type: ignore[attr-defined]
+        yield from families.values()
+
+
+def _family(key: MetricKey, kind: MetricType, labels: Sequence[str], doc: str) -> Metric:
+    name = metric_name(key)
+    if kind is MetricType.HISTOGRAM:
+        return HistogramMetricFamily(name, doc, labels=list(labels))
+    if kind is MetricType.GAUGE:
+        return GaugeMetricFamily(name, doc, labels=list(labels))
+    return CounterMetricFamily(name, doc, labels=list(labels))
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``127.0.0.1:9464`` -> (host, port); ``:9464`` listens on every interface."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigurationError(f"--http must be HOST:PORT, got {address!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 (asked for by ':PORT')
+
+
+class MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], worker: WorkerStatus, registry: CollectorRegistry
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.worker = worker
+        self.registry = registry
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: MetricsServer
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            self._send(200, b"ok\n")
+        elif path == "/readyz":
+            if self.server.worker.ready():
+                self._send(200, b"ready\n")
+            else:
+                errors = [loop.stats.last_error for loop in self.server.worker.loops]
+                reason = "; ".join(e for e in errors if e) or "starting or stopping"
+                self._send(503, f"not ready: {reason}\n".encode())
+        elif path == "/metrics":
+            self._send(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
+        else:
+            self._send(404, b"not found: try /healthz, /readyz or /metrics\n")
+
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("http: " + format, *args)
+
+
+def serve(address: str, worker: WorkerStatus, client: redis.Redis) -> MetricsServer:
+    """Start serving in a daemon thread; ``shutdown()`` the result to stop."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WorkerCollector(worker, client))
+    try:
+        server = MetricsServer(parse_address(address), worker, registry)
+    except OSError as error:
+        raise ConfigurationError(f"cannot listen on {address}: {error.strerror}") from None
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server

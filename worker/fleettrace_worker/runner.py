@@ -1,0 +1,358 @@
+"""The worker process: one thread per consumer group, and the housekeeping around them.
+
+Each group loop (``persist``; ``langsmith`` when tracing is on) runs in a thread of
+its own with its own Redis connection, so a slow LangSmith never holds back
+persistence and the other way round. The main thread handles signals, writes the
+health key, trims the streams and serves HTTP, and waits for the loops to finish.
+
+Shutdown follows rq's warm and cold shutdown: the first SIGTERM or SIGINT stops
+reading, lets each loop finish and acknowledge the batch in hand, and exits 0; a
+second one exits at once without acknowledging anything (what was in hand stays
+pending and is taken over later by XAUTOCLAIM, so nothing is lost).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final
+
+import redis
+from psycopg_pool import ConnectionPool
+
+from fleettrace.connection import connect_redis, redact_url
+from fleettrace.errors import ConfigurationError, FleettraceError, TransientError
+from fleettrace.keys import GROUPS, LANGSMITH_GROUP, PERSIST_GROUP, WORKER_HEALTH_TTL_S, Keys
+from fleettrace_worker.consumer import Consumer
+from fleettrace_worker.database import create_pool
+from fleettrace_worker.forwarder import langsmith_loop
+from fleettrace_worker.loop import GroupLoop, LoopSettings
+from fleettrace_worker.persist import PersistLoop
+from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.trim import trim_streams
+
+if TYPE_CHECKING:
+    from fleettrace_worker.http import MetricsServer
+
+log = logging.getLogger(__name__)
+
+#: Exit code of a second signal: stopped at once, nothing acknowledged.
+EXIT_KILLED: Final = 130
+#: Seconds a Redis call may take beyond a blocking read's own wait.
+REDIS_MARGIN_S: Final = 5.0
+ENV_PREFIX: Final = "FLEETTRACE_WORKER_"
+
+
+def default_consumer_name() -> str:
+    """The host name: stable across restarts of a sidecar container, so a restarted
+    worker's health key and pending entries keep their name."""
+    return socket.gethostname() or "worker"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker process is told; built at the edge (the CLI) from
+    arguments and ``FLEETTRACE_WORKER_*`` variables."""
+
+    redis_url: str
+    database_url: str
+    namespace: str = "fleettrace"
+    consumer: str = field(default_factory=default_consumer_name)
+    groups: tuple[str, ...] = (PERSIST_GROUP,)
+    batch_records: int = 2_000
+    block_ms: int = 1_000
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 5
+    retry_max_s: float = 5.0
+    trim_interval_s: float = 5.0
+    health_interval_s: float = 2.0
+    burst: bool = False
+    http: str | None = None
+
+    def __post_init__(self) -> None:
+        positive = {
+            "batch_records": self.batch_records,
+            "claim_idle_ms": self.claim_idle_ms,
+            "max_deliveries": self.max_deliveries,
+            "retry_max_s": self.retry_max_s,
+            "trim_interval_s": self.trim_interval_s,
+            "health_interval_s": self.health_interval_s,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigurationError(f"{name} must be positive, got {value}")
+        if self.block_ms < 0:
+            raise ConfigurationError(f"block_ms must not be negative, got {self.block_ms}")
+        if not self.consumer or len(self.consumer) > 200:
+            raise ConfigurationError("consumer name must be 1-200 characters")
+        unknown = [g for g in self.groups if g not in GROUPS]
+        if unknown or not self.groups:
+            raise ConfigurationError(
+                f"groups must be among {', '.join(GROUPS)}, got {', '.join(self.groups) or 'none'}"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"WorkerSettings(redis_url={redact_url(self.redis_url)!r}, "
+            f"database_url={redact_url(self.database_url)!r}, namespace={self.namespace!r}, "
+            f"consumer={self.consumer!r}, groups={self.groups!r}, "
+            f"batch_records={self.batch_records}, block_ms={self.block_ms}, burst={self.burst})"
+        )
+
+    @classmethod
+    def from_env(
+        cls,
+        redis_url: str,
+        database_url: str,
+        environ: Mapping[str, str] | None = None,
+        **given: object,
+    ) -> WorkerSettings:
+        """Settings from ``FLEETTRACE_WORKER_<NAME>`` variables (``..._BATCH_RECORDS=5000``),
+        overridden by ``given`` values that are not None."""
+        env = os.environ if environ is None else environ
+        defaults = cls(redis_url, database_url)
+        values: dict[str, object] = {}
+        for name in ("batch_records", "block_ms", "claim_idle_ms", "max_deliveries"):
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw:
+                try:
+                    values[name] = int(raw)
+                except ValueError:
+                    raise ConfigurationError(
+                        f"{ENV_PREFIX}{name.upper()} must be a whole number, got {raw!r}"
+                    ) from None
+        consumer = env.get(ENV_PREFIX + "CONSUMER")
+        if consumer:
+            values["consumer"] = consumer
+        values.update({name: value for name, value in given.items() if value is not None})
+        return replace(defaults, **values)  # type: ignore[arg-type]
+
+    def loop_settings(self) -> LoopSettings:
+        return LoopSettings(
+            batch_records=self.batch_records,
+            block_ms=self.block_ms,
+            max_deliveries=self.max_deliveries,
+            retry_max_s=self.retry_max_s,
+            burst=self.burst,
+        )
+
+
+class WorkerContext:
+    """What group loops are built from: settings, keys, Redis clients, the pool."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self._pool: ConnectionPool | None = None
+
+    def redis(self) -> redis.Redis:
+        """A client of its own (a loop's blocking reads must not hold up the others)."""
+        return connect_redis(
+            self.settings.redis_url,
+            socket_timeout_s=self.settings.block_ms / 1000 + REDIS_MARGIN_S,
+        )
+
+    def consumer(self, group: str) -> Consumer:
+        return Consumer(
+            self.redis(),
+            self.keys,
+            group,
+            self.settings.consumer,
+            claim_idle_ms=self.settings.claim_idle_ms,
+        )
+
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            self._pool = create_pool(self.settings.database_url, min_size=1, max_size=2)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+
+GroupLoopFactory = Callable[[WorkerContext], GroupLoop[Any]]
+
+
+def persist_loop(context: WorkerContext) -> GroupLoop[Any]:
+    pool = context.pool()
+    return PersistLoop(
+        context.consumer(PERSIST_GROUP),
+        LLMTraceRepository(pool),
+        context.settings.loop_settings(),
+        pool=pool,
+    )
+
+
+#: The group loops a worker can run, by group name. A group is added with one line.
+GROUP_LOOPS: dict[str, GroupLoopFactory] = {
+    PERSIST_GROUP: persist_loop,
+    LANGSMITH_GROUP: langsmith_loop,
+}
+
+
+@dataclass
+class _Thread:
+    loop: GroupLoop[Any]
+    thread: threading.Thread
+    error: BaseException | None = None
+
+
+class Worker:
+    """One worker process; ``run()`` returns the exit code."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.context = WorkerContext(settings)
+        self.keys = self.context.keys
+        self.stop = threading.Event()
+        self.started_at = time.time()
+        self._threads: list[_Thread] = []
+        self._signals = 0
+        self._client: redis.Redis | None = None
+
+    # -- status, read by the health key, --check and HTTP -------------------------
+
+    @property
+    def loops(self) -> list[GroupLoop[Any]]:
+        return [t.loop for t in self._threads]
+
+    def ready(self) -> bool:
+        """Every loop reached its servers on its last try, and none has stopped."""
+        return (
+            bool(self._threads)
+            and not self.stop.is_set()
+            and all(t.thread.is_alive() and t.loop.stats.ready for t in self._threads)
+        )
+
+    def health(self) -> dict[str, object]:
+        return {
+            "consumer": self.settings.consumer,
+            "pid": os.getpid(),
+            "ready": self.ready(),
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            "groups": [loop.stats.snapshot() for loop in self.loops],
+        }
+
+    # -- the process ---------------------------------------------------------------
+
+    def run(self) -> int:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            for group in self.settings.groups:
+                factory = GROUP_LOOPS.get(group)
+                if factory is None:
+                    raise ConfigurationError(f"group {group!r} is not available in this build")
+                self._start(factory(self.context))
+            server = self._serve_http()
+            # Everything made so far lives as long as the process: keep the cyclic
+            # collector from walking it again and again under large batches.
+            gc.freeze()
+            try:
+                self._supervise()
+            finally:
+                if server is not None:
+                    server.shutdown()
+        finally:
+            self.stop.set()
+            for item in self._threads:
+                item.thread.join()
+            self._write_health()
+            self.context.close()
+        for item in self._threads:
+            if isinstance(item.error, FleettraceError):
+                raise item.error
+            if item.error is not None:
+                return 1
+        return 0
+
+    def _start(self, loop: GroupLoop[Any]) -> None:
+        item = _Thread(loop, threading.Thread())
+
+        def target() -> None:
+            try:
+                loop.run(self.stop)
+            except BaseException as error:
+                item.error = error
+                if not isinstance(error, FleettraceError):
+                    log.exception("group %s failed", loop.group)
+                self.stop.set()
+
+        item.thread = threading.Thread(target=target, name=f"group-{loop.group}", daemon=True)
+        self._threads.append(item)
+        item.thread.start()
+
+    def _supervise(self) -> None:
+        """Housekeeping until every loop has finished (stop, burst, or an error)."""
+        next_trim = time.monotonic() + self.settings.trim_interval_s
+        while any(t.thread.is_alive() for t in self._threads):
+            self._write_health()
+            if time.monotonic() >= next_trim:
+                next_trim = time.monotonic() + self.settings.trim_interval_s
+                self._trim()
+            for item in self._threads:
+                item.thread.join(self.settings.health_interval_s / len(self._threads))
+
+    def _redis(self) -> redis.Redis:
+        if self._client is None:
+            self._client = connect_redis(self.settings.redis_url)
+        return self._client
+
+    def _write_health(self) -> None:
+        try:
+            self._redis().set(
+                self.keys.worker_health(self.settings.consumer),
+                json.dumps(self.health()),
+                ex=WORKER_HEALTH_TTL_S,
+            )
+        except redis.RedisError as error:
+            log.debug("health key not written: %s", error)
+
+    def _trim(self) -> None:
+        try:
+            trim_streams(self._redis(), self.keys)
+        except TransientError as error:
+            log.debug("streams not trimmed: %s", error)
+
+    def _serve_http(self) -> MetricsServer | None:
+        if self.settings.http is None:
+            return None
+        # Imported here: prometheus_client and the live reader only when HTTP is asked for.
+        from fleettrace_worker.http import serve  # noqa: PLC0415
+
+        return serve(self.settings.http, self, self.context.redis())
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal: exiting without acknowledging the batch in hand")
+            os._exit(EXIT_KILLED)
+        log.info("signal %d: finishing the batch in hand, then exiting", signum)
+        self.stop.set()
+
+
+def check_health(client: redis.Redis, keys: Keys, consumer: str) -> bool:
+    """``--check``: the named worker wrote a health key lately and said it was ready."""
+    try:
+        raw = client.get(keys.worker_health(consumer))
+    except redis.RedisError:
+        return False
+    if raw is None:
+        return False
+    try:
+        health = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(health, dict) and health.get("ready") is True
