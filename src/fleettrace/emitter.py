@@ -68,6 +68,7 @@ NAMESPACE_VARIABLE: Final = "FLEETTRACE_NAMESPACE"
 #: At most one warning about dropped records or a failing Redis per this many seconds.
 WARNING_INTERVAL_S: Final = 10.0
 
+_RECORD_TYPES: Final = (LLMTrace, MetricSample)
 _BUFFER_FULL: Final = "buffer full: Redis is unreachable or slower than the records come"
 
 Overflow = Literal["drop_oldest", "block"]
@@ -208,8 +209,13 @@ class Emitter:
 
     # -- hot path -------------------------------------------------------------------
 
-    def record(self, trace: LLMTrace) -> None:
-        """Queue one trace for sending. Costs a lock and a deque append."""
+    def record(self, trace: LLMTrace | MetricSample) -> None:
+        """Queue one trace (or a prebuilt metric sample) for sending. Costs a type check,
+        a lock and a deque append."""
+        if not isinstance(trace, _RECORD_TYPES):
+            raise TypeError(
+                f"record() takes an LLMTrace or a MetricSample, not {type(trace).__name__}"
+            )
         if self._sender is None:
             self._start_sender()
         with self._lock:
@@ -238,7 +244,7 @@ class Emitter:
         sample = MetricSample(
             key=key, value=value, labels=dict(labels) if labels else {}, plan_id=plan_id
         )
-        self.record(sample)  # type: ignore[arg-type]
+        self.record(sample)
 
     def _make_room(self) -> bool:
         """Called with the lock held and the buffer full: apply the overflow policy.
@@ -382,11 +388,22 @@ class Emitter:
             dropped = self._dropped_unreported
             self._dropped_unreported = 0
             self._room.notify_all()
-        return self._encode(taken, dropped)
+        try:
+            return self._encode(taken, dropped)
+        except Exception:  # a bug here must not stop the sender for good
+            with self._lock:
+                self._done += len(taken)
+                self._count_dropped(len(taken), "could not be encoded")
+                self._dropped_unreported += dropped
+                self._done_changed.notify_all()
+                warn = self._failure_warning_due()
+            if warn:
+                logger.exception("fleettrace could not encode a batch of %d records", len(taken))
+            return None
 
     def _encode(self, taken: list[LLMTrace | MetricSample], dropped: int) -> BatchCall:
-        traces = [r for r in taken if type(r) is LLMTrace]
-        samples = [r for r in taken if type(r) is MetricSample]
+        traces = [r for r in taken if isinstance(r, LLMTrace)]
+        samples = [r for r in taken if not isinstance(r, LLMTrace)]
         batch_id = new_batch_id()
         try:
             trace_entry = encode_batch(Kind.TRACE, traces, batch_id) if traces else None
@@ -446,10 +463,7 @@ class Emitter:
         with self._lock:
             self._send_failures += 1
             self._last_error = message
-            now = time.monotonic()
-            warn = now - self._last_failure_warning_at >= WARNING_INTERVAL_S
-            if warn:
-                self._last_failure_warning_at = now
+            warn = self._failure_warning_due()
         if warn:
             logger.warning(
                 "fleettrace cannot write to Redis at %s (%s); retrying with backoff, "
@@ -458,6 +472,14 @@ class Emitter:
                 message,
                 len(self._buffer),
             )
+
+    def _failure_warning_due(self) -> bool:
+        """Rate limit of the warnings about failures (lock held)."""
+        now = time.monotonic()
+        if now - self._last_failure_warning_at < WARNING_INTERVAL_S:
+            return False
+        self._last_failure_warning_at = now
+        return True
 
     # -- fork -------------------------------------------------------------------------
 
