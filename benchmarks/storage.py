@@ -2,6 +2,7 @@
 retention by batched deletes behaves, on a fresh database of the machine's PostgreSQL.
 
     python -m benchmarks.storage [--rows 200000] [--batch 1000] [--prune-rows 500000]
+                                 [--partition-rows 400000]
 
 Prints one line per figure. Each run makes its own database and drops it afterwards.
 """
@@ -159,6 +160,60 @@ def bench_prune(rows: int, batch_rows: int) -> None:
         )
 
 
+PARTITIONED_DDL = """
+CREATE TABLE llm_traces_by_day (LIKE llm_traces INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
+    PRIMARY KEY (trace_id, started_at)) PARTITION BY RANGE (started_at);
+CREATE INDEX ON llm_traces_by_day (started_at, trace_id);
+CREATE INDEX ON llm_traces_by_day (plan_id, started_at, trace_id) WHERE plan_id IS NOT NULL;
+CREATE INDEX ON llm_traces_by_day (started_at, trace_id) WHERE error IS NOT NULL;
+"""
+
+
+def bench_partitions(rows: int, batch: int) -> None:
+    """The alternative not chosen: daily range partitions. Insert rate through the
+    partitioned parent, and dropping a day against deleting it in batches."""
+    from fleettrace_worker.repository import TRACE_COLUMNS, _copy, _trace_row
+
+    rng = random.Random(3)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    # Spread over 4 days so that each day is a partition of rows // 4.
+    traces = [
+        t.model_copy(update={"started_at": start + timedelta(days=4 * i / rows)})
+        for i, t in enumerate(make_traces(rows, rng, start))
+    ]
+    prepared = [_trace_row(t) for t in traces]
+    with fresh_database() as url, psycopg.connect(url, autocommit=True) as conn:
+        migrations.migrate(conn)
+        conn.execute(PARTITIONED_DDL.encode())
+        for day in range(4):
+            low, high = start + timedelta(days=day), start + timedelta(days=day + 1)
+            conn.execute(
+                f"CREATE TABLE llm_traces_d{day} PARTITION OF llm_traces_by_day "
+                f"FOR VALUES FROM ('{low.isoformat()}') TO ('{high.isoformat()}')"
+            )
+        for table in ("llm_traces", "llm_traces_by_day"):
+            began = time.perf_counter()
+            for i in range(0, rows, batch):
+                with conn.transaction():
+                    _copy(conn, table, TRACE_COLUMNS, prepared[i : i + batch])
+            took = time.perf_counter() - began
+            print(f"COPY into {table:<18} batches of {batch}: {rows / took:>9,.0f} rows/s")
+        conn.execute("VACUUM ANALYZE llm_traces")
+        began = time.perf_counter()
+        conn.execute("ALTER TABLE llm_traces_by_day DETACH PARTITION llm_traces_d0")
+        conn.execute("DROP TABLE llm_traces_d0")
+        dropped_s = time.perf_counter() - began
+        with database.create_pool(url, min_size=1, max_size=1) as pool:
+            began = time.perf_counter()
+            report = retention.prune(pool, start + timedelta(days=1))
+            deleted_s = time.perf_counter() - began
+        print(
+            f"one day of {rows // 4:,} rows: DETACH + DROP PARTITION {dropped_s * 1000:.0f} ms; "
+            f"batched DELETE {report.traces:,} rows {deleted_s * 1000:.0f} ms "
+            f"(longest batch {report.longest_batch_s * 1000:.0f} ms)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=200_000)
@@ -166,10 +221,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--prune-rows", type=int, default=500_000)
     parser.add_argument("--prune-batch", type=int, default=5000)
+    parser.add_argument("--partition-rows", type=int, default=400_000)
     args = parser.parse_args()
-    bench_store(args.rows, args.batch, args.runs)
+    if args.rows:
+        bench_store(args.rows, args.batch, args.runs)
     if args.prune_rows:
         bench_prune(args.prune_rows, args.prune_batch)
+    if args.partition_rows:
+        bench_partitions(args.partition_rows, args.batch)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@ is away) or fix the settings (wrong URL, login refused). Real servers only."""
 
 from __future__ import annotations
 
+import threading
+
 import psycopg
 import pytest
+from psycopg_pool import ConnectionPool
 
 from fleettrace.errors import ConfigurationError, DatabaseUnavailable
 from fleettrace_worker import database
@@ -137,3 +140,38 @@ def test_a_connect_timeout_in_the_url_is_kept(database_url: str) -> None:
         assert conn.info.get_parameters()["connect_timeout"] == "3"
         row = conn.execute("SHOW application_name").fetchone()
         assert row == ("fleettrace-test",)
+
+
+def test_a_deadlock_is_a_transient_error(database_url: str) -> None:
+    # Two transactions locking two rows in opposite orders: PostgreSQL rolls one back,
+    # and retrying it is the right answer, so it must arrive as DatabaseUnavailable.
+    with psycopg.connect(database_url, autocommit=True) as setup:
+        setup.execute("CREATE TABLE pair (id int PRIMARY KEY)")
+        setup.execute("INSERT INTO pair VALUES (1), (2)")
+        setup.execute(
+            f"ALTER DATABASE \"{database_url.rsplit('/', 1)[1]}\" SET deadlock_timeout = '100ms'"
+        )
+    failures: list[BaseException] = []
+    first_locked = threading.Barrier(2, timeout=10)
+
+    def lock(pool: ConnectionPool, first: int, second: int) -> None:
+        try:
+            with database.connection(pool) as conn, conn.transaction():
+                conn.execute("SELECT id FROM pair WHERE id = %s FOR UPDATE", (first,))
+                first_locked.wait()
+                conn.execute("SELECT id FROM pair WHERE id = %s FOR UPDATE", (second,))
+        except DatabaseUnavailable as error:
+            failures.append(error)
+
+    with database.create_pool(database_url, min_size=2, max_size=2) as pool:
+        threads = [
+            threading.Thread(target=lock, args=(pool, 1, 2)),
+            threading.Thread(target=lock, args=(pool, 2, 1)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(failures) == 1
+    assert "rolled the transaction back: deadlock detected" in str(failures[0])

@@ -130,9 +130,15 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[tuple[o
 def translate(
     error: psycopg.OperationalError, url: str
 ) -> ConfigurationError | DatabaseUnavailable:
-    """The fleettrace error for a psycopg connection failure, in one line."""
+    """The fleettrace error for a psycopg connection failure, in one line.
+
+    A deadlock or serialization failure is an ``OperationalError`` too: the server
+    rolled the transaction back and the same transaction may succeed when retried.
+    """
     reason = _reason(error)
     where = describe_target(url)
+    if (error.sqlstate or "").startswith("40"):  # class 40: transaction rollback
+        return DatabaseUnavailable(f"PostgreSQL at {where} rolled the transaction back: {reason}")
     if _PERMANENT_CONNECT_FAILURE.search(reason):
         return ConfigurationError(f"PostgreSQL at {where} refused the connection: {reason}")
     return DatabaseUnavailable(f"PostgreSQL at {where} is unavailable: {reason}")
