@@ -47,7 +47,7 @@ class Row:
         data["ratio_vs_baseline"] = (
             None
             if self.fleettrace is None or not self.baseline
-            else round(self.fleettrace / self.baseline, 4)
+            else float(f"{self.fleettrace / self.baseline:.6g}")
         )
         data["status"] = self.status
         return data

@@ -1,0 +1,172 @@
+"""The load harness's machinery, run with ``--quick`` (tiny sizes) against the real
+Redis and PostgreSQL: every section reports, the figures are internally consistent
+(every record sent is in Redis or a row, no duplicates), and the run leaves no
+namespace or database behind. No figure is compared with a speed: that is what the
+harness itself is for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from tests.conftest import PG_ADMIN_URL, REDIS_URL
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = {"hotpath", "producer", "worker", "freshness", "drain", "memory"}
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.load",
+            "--quick",
+            "--json",
+            "--redis-url",
+            REDIS_URL,
+            "--pg-url",
+            PG_ADMIN_URL,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def _measured(report: dict) -> list[str]:
+    """Pipelines the run could measure end to end."""
+    return [name for name, why in report["pipelines"].items() if why is None and "-" not in name]
+
+
+def test_every_section_reports_without_errors(report):
+    assert report["errors"] == {}
+    assert set(report["sections"]) == SECTIONS
+    assert report["quick"] is True
+    machine = report["machine"]
+    assert machine["cpus"] >= 1
+    assert machine["redis"].startswith(("6.", "7."))
+    assert machine["postgresql"]
+
+
+def test_both_pipelines_are_measured(report):
+    assert report["pipelines"]["baseline"] is None
+    assert report["pipelines"]["fleettrace-emitter"] is None
+    assert report["pipelines"]["fleettrace"] is None, report["pipelines"]["fleettrace"]
+
+
+def test_hot_path_times_every_call(report):
+    hot = report["sections"]["hotpath"]
+    sizes = report["sizes"]
+    assert hot["record"]["calls"] == sizes["hotpath_calls"]
+    assert hot["baseline_record"]["calls"] == sizes["hotpath_calls"]
+    assert hot["traceable"]["calls"] == sizes["traceable_calls"]
+    assert hot["otel_span"]["calls"] == sizes["otel_calls"]
+    for figures in (hot["record"], hot["traceable"], hot["otel_span"], hot["dict_deque"]):
+        assert 0 < figures["p50_us"] <= figures["p99_us"] <= figures["max_us"]
+    # Tracing was really on: the local LangSmith endpoint received the runs.
+    assert hot["traceable"]["posts_received"] > 0
+    assert hot["dropped"] == 0
+    assert hot["sent"] == sizes["hotpath_calls"] + 2_000 + sizes["hotpath_calls"] // 5
+
+
+def test_producers_put_every_record_and_counter_in_redis(report):
+    for name, figures in report["sections"]["producer"].items():
+        assert figures["records_in_redis"] == figures["records"], name
+        assert figures["dropped"] == 0, name
+        assert figures["counters_match"] is True, name
+        assert figures["records_per_s"] > 0
+    # fleettrace packs a batch per entry; the baseline writes one entry per record.
+    producer = report["sections"]["producer"]
+    assert producer["fleettrace"]["stream_entries"] < producer["fleettrace"]["records"]
+    assert producer["baseline"]["stream_entries"] == producer["baseline"]["records"]
+
+
+def test_workers_store_every_record_once(report):
+    worker = report["sections"]["worker"]
+    assert set(worker) == set(_measured(report))
+    for name, runs in worker.items():
+        assert set(runs) == {"1_workers", "2_workers"}
+        for figures in runs.values():
+            assert figures["exit_codes"] == [0] * figures["workers"], (name, figures)
+            assert figures["rows_stored"] == figures["records"], (name, figures)
+            assert figures["duplicates"] == 0
+            assert figures["rows_per_s"] is None or figures["rows_per_s"] > 0
+            assert figures["peak_rss_mb"] > 0
+
+
+def test_freshness_trials_store_what_was_sent(report):
+    fresh = report["sections"]["freshness"]
+    assert set(fresh) == set(_measured(report))
+    for name, figures in fresh.items():
+        for offered, trial in figures["rates"].items():
+            assert trial["offered_per_s"] == int(offered)
+            assert trial["rows_stored"] == trial["sent"] > 0, (name, trial)
+            assert trial["rows"] == trial["sent"]
+            assert trial["p50_ms"] <= trial["p99_ms"] <= trial["max_ms"]
+            assert trial["worker_exit_code"] == 0
+        ladder = figures["ladder"]
+        assert ladder["trials"]
+        sustained = [t["offered_per_s"] for t in ladder["trials"] if t["sustained"]]
+        assert ladder["max_steady_per_s"] == (max(sustained) if sustained else None)
+
+
+def test_drain_stores_the_whole_backlog(report):
+    drain = report["sections"]["drain"]
+    assert set(drain) == set(_measured(report))
+    for figures in drain.values():
+        assert figures["exit_code"] == 0
+        assert figures["rows_stored"] == figures["records"]
+        assert figures["duplicates"] == 0
+        assert figures["drain_s"] > 0
+
+
+def test_memory_section(report):
+    memory = report["sections"]["memory"]
+    emitter = memory["emitter"]
+    assert emitter["buffered_at_bound"] <= emitter["buffer_records"]
+    assert emitter["buffered_after_3x"] <= emitter["buffer_records"]
+    # Three times the bound recorded with nothing sent: the rest was dropped and counted.
+    assert emitter["dropped"] >= 2 * emitter["buffer_records"] - 1_000
+    assert set(memory["worker_peak_rss_mb"]) == set(_measured(report))
+
+
+def test_report_rows_carry_targets_and_ratios(report):
+    rows = {row["figure"]: row for row in report["rows"]}
+    assert {"record() p50", "record() p99", "rows/s, 1 worker", "worker peak RSS"} <= set(rows)
+    for row in report["rows"]:
+        assert row["status"] in {"PASS", "MISS", "n/a", ""}
+        if row["target"] is not None and row["fleettrace"] is not None:
+            assert row["status"] in {"PASS", "MISS"}, row
+        if row["fleettrace"] and row["baseline"]:
+            assert row["ratio_vs_baseline"] == pytest.approx(
+                row["fleettrace"] / row["baseline"], rel=1e-3
+            )
+    assert "record() p50" in report["table"]
+    assert report["markdown"].startswith("| section |")
+
+
+def test_the_run_leaves_nothing_behind(report):
+    run_id = report["run_id"]
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        assert list(client.scan_iter(match=f"{{bench-{run_id}-*", count=1000)) == []
+    finally:
+        client.close()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s",
+            (f"fleettrace_bench_{run_id}_%",),
+        ).fetchall()
+    assert left == []
