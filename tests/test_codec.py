@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from fleettrace import EntryDecodeError, LLMTrace, MetricKey, MetricSample
 from fleettrace.codec import (
     FORMAT_VERSION,
     Kind,
     decode_entry,
+    decode_record,
     encode_batch,
     encode_lines,
     encode_record,
@@ -134,3 +136,10 @@ def test_fields_hold_only_bytes() -> None:
     fields = entry()
     assert set(fields) == {FIELD_VERSION, FIELD_KIND, FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA}
     assert all(isinstance(v, bytes) for v in fields.values())
+
+
+def test_decode_record_validates_one_line() -> None:
+    record = traces(1)[0]
+    assert decode_record(Kind.TRACE, encode_record(record)) == record
+    with pytest.raises(ValidationError):
+        decode_record(Kind.METRIC, encode_record(record))

@@ -369,14 +369,14 @@ def test_a_batch_that_fails_to_encode_is_counted_and_the_sender_goes_on(
     real_aggregate = module.aggregate
     calls: list[int] = []
 
-    def broken_once(*args: Any) -> Any:
+    def broken_twice(*args: Any) -> Any:
         calls.append(1)
-        if len(calls) == 1:
+        if len(calls) <= 2:  # the batch, then the batch that reports its drops
             raise RuntimeError("bug in aggregation")
         return real_aggregate(*args)
 
     emitter = make_emitter(redis_url, keys)
-    monkeypatch.setattr(module, "aggregate", broken_once)
+    monkeypatch.setattr(module, "aggregate", broken_twice)
     emitter.record(trace(1))
     emitter.record(MetricSample(key=MetricKey.CONTEXT_TOKENS_USED, value=5.0))
     assert emitter.flush(10)
