@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from pydantic import ValidationError
 
 import fleettrace
 from fleettrace import LLMTrace, MetricKey, MetricSample, hooks
@@ -258,3 +259,24 @@ def test_exported_names() -> None:
     ):
         assert getattr(fleettrace, name) is getattr(hooks, name)
         assert name in fleettrace.__all__
+
+
+def test_a_failure_to_record_never_hides_the_blocks_own_exception(
+    emitter: Emitter, caplog: pytest.LogCaptureFixture
+) -> None:
+    error = Boom("the real problem")
+    with pytest.raises(Boom) as caught, hooks.llm_call("openai", "gpt-4o") as call:
+        call.update(prompt_tokens=-1)  # invalid: the trace cannot be built
+        raise error
+    assert caught.value is error
+    assert "fleettrace could not record" in caplog.text
+    with (
+        pytest.raises(ValidationError, match="prompt_tokens"),
+        hooks.llm_call("openai", "gpt-4o") as call,
+    ):
+        call.update(prompt_tokens=-1)
+    emitter.close()
+    with pytest.raises(Boom), hooks.tool("grep", emitter=emitter):
+        raise error
+    with pytest.raises(fleettrace.EmitterClosed), hooks.tool("grep", emitter=emitter):
+        pass

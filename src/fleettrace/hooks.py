@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,6 +37,8 @@ CONTEXT_TIERS: Final = frozenset({"hot", "warm", "cold"})
 INDEX_BACKENDS: Final = frozenset({"text", "vector", "graph"})
 SANDBOX_OPERATIONS: Final = frozenset({"create", "commit", "rollback"})
 TOTAL_PHASE: Final = "total"
+
+logger = logging.getLogger("fleettrace.hooks")
 
 _plan_id: ContextVar[str | None] = ContextVar("fleettrace_plan_id", default=None)
 _decision_id: ContextVar[str | None] = ContextVar("fleettrace_decision_id", default=None)
@@ -112,6 +115,11 @@ class Span:
         elapsed_s = time.perf_counter() - self._started_s
         try:
             self._exit(elapsed_s, exc)
+        except Exception:
+            if exc is None:
+                raise
+            # The block's own exception is what the caller must see, unchanged.
+            logger.warning("fleettrace could not record %r", self, exc_info=True)
         finally:
             while self._tokens:
                 var, token = self._tokens.pop()
