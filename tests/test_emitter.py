@@ -122,6 +122,11 @@ def test_closed_emitter_says_so_and_close_is_idempotent(
     assert emitter.close() is True
     with pytest.raises(EmitterClosed, match="this emitter is closed"):
         emitter.record(trace())
+    never_used = make_emitter(redis_url, keys)
+    never_used.close()
+    with pytest.raises(EmitterClosed):
+        never_used.record(trace())
+    assert never_used._sender is None  # no thread started for a closed emitter
     with pytest.raises(EmitterClosed):
         emitter.observe(MetricKey.CONTEXT_TOKENS_USED, 1)
     assert redis_client.xlen(keys.traces) == 1

@@ -345,7 +345,7 @@ class Emitter:
 
     def _start_sender(self) -> None:
         with self._lock:
-            if self._sender is not None:
+            if self._sender is not None or self._closed:
                 return
             self._sender = threading.Thread(
                 target=self._run, name="fleettrace-emitter", daemon=True
