@@ -250,22 +250,21 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+        server = None
         try:
+            server = self._serve_http()
             for group in self.settings.groups:
                 factory = GROUP_LOOPS.get(group)
                 if factory is None:
                     raise ConfigurationError(f"group {group!r} is not available in this build")
                 self._start(factory(self.context))
-            server = self._serve_http()
             # Everything made so far lives as long as the process: keep the cyclic
             # collector from walking it again and again under large batches.
             gc.freeze()
-            try:
-                self._supervise()
-            finally:
-                if server is not None:
-                    server.shutdown()
+            self._supervise()
         finally:
+            if server is not None:
+                server.shutdown()
             self.stop.set()
             for item in self._threads:
                 item.thread.join()
@@ -317,7 +316,7 @@ class Worker:
                 json.dumps(self.health()),
                 ex=WORKER_HEALTH_TTL_S,
             )
-        except redis.RedisError as error:
+        except (redis.RedisError, FleettraceError) as error:
             log.debug("health key not written: %s", error)
 
     def _trim(self) -> None:

@@ -1,0 +1,321 @@
+"""Worker processes started as a user starts them (``python -m fleettrace_worker.cli
+worker``), fed by producer processes through the real emitter, signalled with
+os.kill, against the machine's Redis and PostgreSQL (or a private PostgreSQL that the
+test stops and starts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+
+import psycopg
+import pytest
+import redis
+
+from fleettrace.keys import PERSIST_GROUP
+from tests.servers import free_port
+from tests.worker_helpers import (
+    ROOT,
+    add_traces,
+    fleettrace,
+    make_trace,
+    migrated,
+    pending,
+    sample_rows,
+    scalar,
+    start_worker,
+    trace_rows,
+    wait_for,
+    worker_env,
+)
+
+
+def _producers(redis_url, keys, *, count, samples, seconds, processes=4):
+    per = count // processes
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.producer",
+                keys.namespace,
+                redis_url,
+                str(p * per),
+                str(per),
+                str(samples // processes),
+                str(seconds),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for p in range(processes)
+    ]
+
+
+def _finish(procs, timeout_s=120) -> None:
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout_s)
+        assert proc.returncode == 0, (out, err)
+
+
+def _stop(worker, timeout_s=60) -> tuple[str, str]:
+    if worker.poll() is None:
+        os.kill(worker.pid, signal.SIGTERM)
+    out, err = worker.communicate(timeout=timeout_s)
+    return out, err
+
+
+def _distinct_decisions(db) -> int:
+    return scalar(db, "SELECT count(DISTINCT decision_id) FROM llm_traces")
+
+
+def _get(url) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except urllib.error.URLError:
+        return 0, ""
+
+
+@pytest.fixture
+def db(database_url) -> str:
+    return migrated(database_url)
+
+
+def test_four_producers_two_workers_store_every_record_once(redis_url, keys, db) -> None:
+    env = worker_env(redis_url, db, keys)
+    workers = [
+        start_worker("--consumer", name, "--block-ms", "200", env=env) for name in ("w1", "w2")
+    ]
+    try:
+        _finish(_producers(redis_url, keys, count=20_000, samples=2_000, seconds=2))
+        wait_for(lambda: trace_rows(db) >= 20_000 and sample_rows(db) >= 2_000, 120, "all rows")
+    finally:
+        results = [(w, *_stop(w)) for w in workers]
+    for worker, _, err in results:
+        assert worker.returncode == 0, err
+    assert trace_rows(db) == 20_000
+    assert _distinct_decisions(db) == 20_000
+    assert sample_rows(db) == 2_000
+    client = redis.Redis.from_url(redis_url)
+    assert pending(client, keys) == 0
+    client.close()
+
+
+def test_sigkill_mid_run_three_times_leaves_exactly_the_sent_rows(
+    redis_url, redis_client, keys, db
+) -> None:
+    env = worker_env(redis_url, db, keys)
+    producers = _producers(redis_url, keys, count=20_000, samples=2_000, seconds=6)
+    args = ("--block-ms", "100", "--batch", "300", "--claim-idle-ms", "500")
+    try:
+        for round_ in range(3):
+            worker = start_worker("--consumer", f"doomed-{round_}", *args, env=env)
+            floor = trace_rows(db)
+            wait_for(
+                lambda floor=floor: trace_rows(db) > floor or pending(redis_client, keys) > 0, 60
+            )
+            threading.Event().wait(0.3)
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.communicate(timeout=30)
+            assert worker.returncode == -signal.SIGKILL
+        _finish(producers)
+    finally:
+        for proc in producers:
+            if proc.poll() is None:
+                proc.kill()
+    last = start_worker("--consumer", "survivor", *args, env=env)
+    try:
+        wait_for(lambda: trace_rows(db) >= 20_000 and sample_rows(db) >= 2_000, 120, "all rows")
+        wait_for(lambda: pending(redis_client, keys) == 0, 60, "nothing pending")
+    finally:
+        _, err = _stop(last)
+    assert last.returncode == 0, err
+    assert trace_rows(db) == 20_000
+    assert _distinct_decisions(db) == 20_000
+    assert sample_rows(db) == 2_000
+    assert redis_client.xlen(keys.dead_letters(PERSIST_GROUP)) == 0
+
+
+def test_postgres_outage_makes_the_worker_not_ready_then_it_catches_up(
+    redis_url, redis_client, keys, private_postgres
+) -> None:
+    db = migrated(private_postgres.url)
+    env = worker_env(redis_url, db, keys)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    worker = start_worker(
+        "--consumer", "w1", "--block-ms", "100", "--http", f"127.0.0.1:{port}", env=env
+    )
+    try:
+        add_traces(redis_client, keys, [make_trace(i) for i in range(500)])
+        wait_for(lambda: trace_rows(db) == 500, 60, "first rows")
+        wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 30, "ready")
+        private_postgres.stop()
+        for start in range(500, 3_000, 500):
+            add_traces(redis_client, keys, [make_trace(i) for i in range(start, start + 500)])
+        wait_for(lambda: _get(f"{base}/readyz")[0] == 503, 60, "not ready")
+        _, body = _get(f"{base}/readyz")
+        assert "PostgreSQL" in body and "unavailable" in body
+        assert _get(f"{base}/healthz") == (200, "ok\n")
+        assert pending(redis_client, keys) > 0
+        private_postgres.start()
+        wait_for(lambda: trace_rows(db) == 3_000, 120, "catch up")
+        wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 30, "ready again")
+        metrics = _get(f"{base}/metrics")[1]
+        assert 'fleettrace_worker_records_total{group="persist"} 3000.0' in metrics
+        assert 'fleettrace_worker_retries_total{group="persist"}' in metrics
+    finally:
+        _, err = _stop(worker)
+    assert worker.returncode == 0, err
+    assert pending(redis_client, keys) == 0
+
+
+def _lock_traces(db) -> psycopg.Connection:
+    conn = psycopg.connect(db)
+    conn.execute("LOCK TABLE llm_traces IN ACCESS EXCLUSIVE MODE")
+    return conn
+
+
+def test_sigterm_finishes_and_acknowledges_the_batch_in_hand(
+    redis_url, redis_client, keys, db
+) -> None:
+    env = worker_env(redis_url, db, keys)
+    add_traces(redis_client, keys, [make_trace(i) for i in range(300)])
+    lock = _lock_traces(db)
+    worker = start_worker("--consumer", "w1", env=env)
+    try:
+        wait_for(lambda: pending(redis_client, keys) > 0, 60, "a batch in hand")
+        os.kill(worker.pid, signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            worker.wait(0.5)  # still storing: blocked by the lock
+    finally:
+        lock.rollback()
+        lock.close()
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert trace_rows(db) == 300
+    assert pending(redis_client, keys) == 0
+
+
+def test_a_second_signal_exits_at_once_and_the_batch_is_taken_over(
+    redis_url, redis_client, keys, db
+) -> None:
+    env = worker_env(redis_url, db, keys)
+    add_traces(redis_client, keys, [make_trace(i) for i in range(300)])
+    lock = _lock_traces(db)
+    worker = start_worker("--consumer", "w1", env=env)
+    try:
+        wait_for(lambda: pending(redis_client, keys) > 0, 60, "a batch in hand")
+        os.kill(worker.pid, signal.SIGTERM)
+        threading.Event().wait(0.2)
+        os.kill(worker.pid, signal.SIGINT)
+        worker.communicate(timeout=30)
+        assert worker.returncode == 130
+        assert pending(redis_client, keys) == 1
+    finally:
+        lock.rollback()
+        lock.close()
+    assert trace_rows(db) == 0
+    done = fleettrace("worker", "--burst", "--consumer", "heir", "--claim-idle-ms", "1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert trace_rows(db) == 300
+    assert pending(redis_client, keys) == 0
+
+
+def test_malformed_entries_end_as_dead_letters_and_replay_brings_fixed_ones_home(
+    redis_url, redis_client, keys, db
+) -> None:
+    env = worker_env(redis_url, db, keys)
+    add_traces(redis_client, keys, [make_trace(i) for i in range(10)])
+    redis_client.xadd(keys.traces, {b"v": b"1", b"k": b"x"})
+    redis_client.xadd(
+        keys.traces, {b"v": b"1", b"k": b"t", b"b": b"0" * 32, b"n": b"1", b"d": b"{"}
+    )
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE llm_traces ADD CONSTRAINT no_poison CHECK (model <> 'poison')")
+    add_traces(redis_client, keys, [make_trace(99, model="poison")])
+    done = fleettrace("worker", "--burst", "--consumer", "w1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert trace_rows(db) == 10
+    listed = fleettrace("dlq", "list", "--json", env=env)
+    assert listed.returncode == 0
+    letters = [json.loads(line) for line in listed.stdout.splitlines()]
+    reasons = sorted(letter["reason"] for letter in letters)
+    assert len(reasons) == 3
+    assert reasons[0].startswith("field 'k' must be 't' or 'm'")
+    assert reasons[1].startswith("record: Invalid JSON") or "JSON" in reasons[1]
+    assert "no_poison" in reasons[2]
+    text = fleettrace("dlq", "list", env=env)
+    assert "3 dead letter(s) in group persist" in text.stdout
+    assert "reason: " in text.stdout
+    # The constraint was the cause: once it is gone, replay brings the poison row home.
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE llm_traces DROP CONSTRAINT no_poison")
+    replay = fleettrace("dlq", "replay", "--all", env=env)
+    assert replay.returncode == 1  # the two malformed entries stay
+    assert "replayed 1 dead letter(s); kept 2; not found 0" in replay.stdout
+    done = fleettrace("worker", "--burst", "--consumer", "w1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert trace_rows(db) == 11
+    again = fleettrace("dlq", "replay", "--id", "1-1", env=env)
+    assert again.returncode == 1
+    assert "1-1: no such dead letter" in again.stdout
+    assert fleettrace("dlq", "list", "--group", "langsmith", env=env).stdout.startswith(
+        "no dead letters in group langsmith"
+    )
+
+
+def test_check_reports_a_ready_worker_only(redis_url, redis_client, keys, db) -> None:
+    env = worker_env(redis_url, db, keys)
+    assert fleettrace("worker", "--check", "--consumer", "w1", env=env).returncode == 1
+    worker = start_worker("--consumer", "w1", "--block-ms", "100", env=env)
+    try:
+
+        def ready() -> bool:
+            raw = redis_client.get(keys.worker_health("w1"))
+            return raw is not None and json.loads(raw)["ready"] is True
+
+        wait_for(ready, 60, "ready")
+        assert fleettrace("worker", "--check", "--consumer", "w1", env=env).returncode == 0
+        health = json.loads(redis_client.get(keys.worker_health("w1")))
+        assert health["ready"] is True
+        assert health["groups"][0]["group"] == "persist"
+    finally:
+        _, err = _stop(worker)
+    assert worker.returncode == 0, err
+    assert fleettrace("worker", "--check", "--consumer", "w1", env=env).returncode == 1
+    redis_client.set(keys.worker_health("w1"), b"not json")
+    assert fleettrace("worker", "--check", "--consumer", "w1", env=env).returncode == 1
+
+
+def test_worker_refuses_a_database_without_the_schema(redis_url, keys, database_url) -> None:
+    done = fleettrace("worker", "--burst", env=worker_env(redis_url, database_url, keys))
+    assert done.returncode == 1
+    assert "fleettrace worker: the database has no fleettrace schema" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--http", "nowhere"), "--http must be HOST:PORT"),
+        (("--batch", "0"), "batch_records must be positive"),
+        (("--block-ms", "-1"), "block_ms must not be negative"),
+    ],
+)
+def test_bad_settings_are_one_line(redis_url, keys, db, args, message) -> None:
+    done = fleettrace("worker", "--burst", *args, env=worker_env(redis_url, db, keys))
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
