@@ -46,5 +46,5 @@ CREATE TABLE metric_samples (
     PRIMARY KEY (batch_id, position)
 );
 
+-- Retention and time-range reads; a reader of one key's history filters this range.
 CREATE INDEX metric_samples_observed_at_idx ON metric_samples (observed_at);
-CREATE INDEX metric_samples_key_idx ON metric_samples (key, observed_at);
