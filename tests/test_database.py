@@ -175,3 +175,9 @@ def test_a_deadlock_is_a_transient_error(database_url: str) -> None:
     assert not any(thread.is_alive() for thread in threads)
     assert len(failures) == 1
     assert "rolled the transaction back: deadlock detected" in str(failures[0])
+
+
+def test_a_key_value_string_holding_a_scheme_like_password_is_not_shown() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        database.create_pool("host=127.0.0.1 password=hunter2://x bogus")
+    assert "hunter2" not in str(caught.value)

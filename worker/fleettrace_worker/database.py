@@ -26,6 +26,7 @@ CONNECT_TIMEOUT_S: Final = 5
 #: Seconds a caller waits for a pooled connection before the pool is declared unreachable.
 POOL_TIMEOUT_S: Final = 10.0
 _SCHEMES: Final = ("postgresql", "postgres")
+_SCHEME_RE: Final = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+.\-]*)://")
 #: libpq messages that mean the settings are wrong, not that the server is away.
 _PERMANENT_CONNECT_FAILURE: Final = re.compile(
     r"password authentication failed|no password supplied|role \".*\" does not exist|"
@@ -49,7 +50,8 @@ def describe_target(url: str) -> str:
 def parse_url(url: str) -> dict[str, str]:
     """The connection parameters of a ``postgresql://`` URL or a libpq ``key=value``
     string; :class:`ConfigurationError` when it is neither."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    match = _SCHEME_RE.match(url)
+    scheme = match[1].lower() if match else ""
     if scheme and scheme not in _SCHEMES:
         raise ConfigurationError(
             f"database URL must start with postgresql:// or postgres://, got {scheme}://"
