@@ -1,0 +1,129 @@
+"""Each scenario gets its own Redis namespace and its own PostgreSQL database, both
+removed afterwards, so the features can run next to the other suites on the same
+servers. The worker and the migrations run as real ``fleettrace`` processes.
+
+Servers: ``FLEETTRACE_TEST_REDIS_URL`` (default redis://127.0.0.1:6379/0) and
+``FLEETTRACE_TEST_PG_URL`` (an admin URL, default postgresql://postgres@127.0.0.1:5432/postgres).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+
+import psycopg
+import redis
+from psycopg_pool import ConnectionPool
+
+from fleettrace.emitter import Emitter
+from fleettrace.keys import Keys
+
+REDIS_URL = os.environ.get("FLEETTRACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_ADMIN_URL = os.environ.get(
+    "FLEETTRACE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+#: A command of the CLI that takes longer than this is a failure, not a wait.
+COMMAND_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Fleet:
+    """The servers one scenario uses and the ``fleettrace`` command pointed at them."""
+
+    keys: Keys
+    database_url: str
+    redis: redis.Redis
+    redis_url: str = REDIS_URL
+    background: list[subprocess.Popen[str]] = field(default_factory=list)
+    emitters: list[Emitter] = field(default_factory=list)
+    pools: list[ConnectionPool] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("LANGCHAIN_", "LANGSMITH_"))
+        }
+        env.update(
+            FLEETTRACE_REDIS_URL=REDIS_URL,
+            FLEETTRACE_DATABASE_URL=self.database_url,
+            FLEETTRACE_NAMESPACE=self.keys.namespace,
+        )
+        return env
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "fleettrace_worker.cli", *args]
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``fleettrace ARGS`` to completion; its exit code is for the step to judge."""
+        return subprocess.run(
+            self.command(*args),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+            check=False,
+        )
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            self.command(*args),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.background.append(proc)
+        return proc
+
+    def connect_db(self) -> psycopg.Connection:
+        return psycopg.connect(self.database_url, autocommit=True)
+
+    def close(self) -> None:
+        for emitter in self.emitters:
+            emitter.close()
+        for pool in self.pools:
+            pool.close()
+        self.stop_background()
+
+    def stop_background(self) -> None:
+        for proc in self.background:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+        self.background.clear()
+
+
+def _admin() -> psycopg.Connection:
+    return psycopg.connect(PG_ADMIN_URL, autocommit=True)
+
+
+def before_scenario(context, scenario):
+    name = f"fleettrace_behave_{uuid.uuid4().hex[:12]}"
+    with _admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    context.fleet = Fleet(
+        keys=Keys(f"behave-{uuid.uuid4().hex[:12]}"),
+        database_url=f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}",
+        redis=redis.Redis.from_url(REDIS_URL),
+    )
+    context.database_name = name
+
+
+def after_scenario(context, scenario):
+    fleet: Fleet = context.fleet
+    fleet.close()
+    for key in fleet.redis.scan_iter(match=f"{fleet.keys.prefix}*", count=1000):
+        fleet.redis.delete(key)
+    fleet.redis.close()
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{context.database_name}" WITH (FORCE)')

@@ -1,0 +1,107 @@
+"""Keywords that give a smoke-test run servers of its own and speak the CLI's JSON.
+
+Suite setup points ``FLEETTRACE_REDIS_URL``, ``FLEETTRACE_DATABASE_URL`` and
+``FLEETTRACE_NAMESPACE`` at a fresh namespace and database, the way a user points
+the CLI at theirs; every ``fleettrace`` process the suite starts inherits them.
+Suite teardown removes both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+from robot.api.deco import keyword, library
+
+from fleettrace.keys import Keys
+
+REDIS_URL = os.environ.get("FLEETTRACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_ADMIN_URL = os.environ.get(
+    "FLEETTRACE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@library(scope="SUITE")
+class fleet:  # noqa: N801 (Robot imports a library by its module name)
+    def __init__(self) -> None:
+        self.keys: Keys | None = None
+        self.database: str | None = None
+
+    @keyword
+    def use_a_fresh_namespace_and_database(self) -> None:
+        self.keys = Keys(f"robot-{uuid.uuid4().hex[:12]}")
+        self.database = f"fleettrace_robot_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{self.database}"')
+        os.environ["FLEETTRACE_REDIS_URL"] = REDIS_URL
+        os.environ["FLEETTRACE_DATABASE_URL"] = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{self.database}"
+        os.environ["FLEETTRACE_NAMESPACE"] = self.keys.namespace
+        for name in list(os.environ):
+            if name.startswith(("LANGCHAIN_", "LANGSMITH_")):
+                del os.environ[name]
+
+    @keyword
+    def remove_the_namespace_and_database(self) -> None:
+        if self.keys is not None:
+            client = redis.Redis.from_url(REDIS_URL)
+            for key in client.scan_iter(match=f"{self.keys.prefix}*", count=1000):
+                client.delete(key)
+            client.close()
+        if self.database is not None:
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+    @keyword
+    def fleettrace_command(self) -> str:
+        """The ``fleettrace`` script installed next to this Python, as a user runs it."""
+        script = Path(sys.executable).parent / "fleettrace"
+        if not script.exists():
+            raise AssertionError(f"no fleettrace command at {script}; install the package")
+        return str(script)
+
+    @keyword
+    def python_command(self) -> str:
+        return sys.executable
+
+    @keyword
+    def parse_json(self, text: str) -> Any:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise AssertionError(f"not JSON ({error}): {text[:500]!r}") from None
+
+    @keyword
+    def token_usage_should_add_up_to(
+        self, figures: list[dict[str, Any]], token_type: str, expected: int
+    ) -> None:
+        """The ``actor.token_usage`` sums of one token type, over every provider and
+        model, must equal what the agent recorded."""
+        series = [
+            s
+            for s in figures
+            if s["key"] == "actor.token_usage" and s["labels"].get("token_type") == token_type
+        ]
+        if not series:
+            raise AssertionError(f"fleettrace metrics shows no {token_type} token usage")
+        total = sum(s["sum"] for s in series)
+        if total != int(expected):
+            raise AssertionError(
+                f"{token_type} tokens: metrics show {total}, the agent recorded {expected}"
+            )
+
+    @keyword
+    def llm_errors_should_add_up_to(self, figures: list[dict[str, Any]], expected: int) -> None:
+        total = sum(s["sum"] for s in figures if s["key"] == "llm.errors_count")
+        if total != int(expected):
+            raise AssertionError(f"metrics show {total} failed calls, agent recorded {expected}")
+
+    @keyword
+    def trace_ids_of(self, listing: dict[str, Any]) -> list[str]:
+        """The trace ids of one page of ``fleettrace traces list --json``."""
+        return [item["trace_id"] for item in listing["items"]]
