@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -225,6 +227,8 @@ def bench_partitions(rows: int, batch: int) -> None:
 
 
 def main() -> None:
+    # A terminated run still drops its database (the finally of fresh_database).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=1000)
