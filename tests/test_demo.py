@@ -1,0 +1,388 @@
+"""The demo for real: agent processes, a worker, the embedded servers or the machine's,
+and the count that proves every record sent is a row or a dead letter."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from rich.console import Console
+
+from fleettrace.codec import Kind
+from fleettrace.errors import FleettraceError, SchemaVersionError
+from fleettrace.keys import EMITTER_RECORDS, FIELD_COUNT, PERSIST_GROUP, Keys
+from fleettrace_worker import database
+from fleettrace_worker.cli import demo as demo_cli
+from fleettrace_worker.cli import main
+from fleettrace_worker.deadletter import DeadLetter
+from fleettrace_worker.demo import (
+    DeadLetterCounter,
+    DemoSettings,
+    LiveFigures,
+    Progress,
+    _Counters,
+    _run_fleet,
+    _worker,
+    count_rows,
+    dead_letter_records,
+    new_run_id,
+    run_demo,
+)
+from fleettrace_worker.embedded import EmbeddedPostgres
+from fleettrace_worker.migrations import migrate
+from fleettrace_worker.runner import Worker, WorkerSettings
+
+pytestmark = pytest.mark.timeout(300)
+
+URL_VARIABLES = ("FLEETTRACE_REDIS_URL", "REDIS_URL", "FLEETTRACE_DATABASE_URL", "DATABASE_URL")
+VERDICT = re.compile(
+    r"records sent = rows stored \+ dead letters: (\d+) = (\d+) \+ (\d+) \(nothing lost"
+)
+STORED = re.compile(r"rows stored: (\d+) \((\d+) llm_traces \+ (\d+) metric_samples\)")
+SENT = re.compile(r"records sent: (\d+) \((\d+) by \d+ agent processes in \d+ plans, (\d+) written")
+RUN = re.compile(r"Run (demo-[0-9a-f]+):")
+
+
+def _demo(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleettrace_worker.cli", "demo", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def _figures(stdout: str, malformed: int) -> tuple[str, int, int, int]:
+    """(run id, records the emitters sent, traces stored, samples stored) from the
+    demo's output, after checking its sums."""
+    verdict = VERDICT.search(stdout)
+    stored = STORED.search(stdout)
+    sent_line = SENT.search(stdout)
+    run = RUN.search(stdout)
+    assert verdict and stored and sent_line and run, stdout
+    sent, rows, dead = map(int, verdict.groups())
+    assert rows + dead == sent
+    assert dead == (malformed + 1) // 2  # every other handwritten record is invalid
+    assert int(stored.group(1)) == rows
+    assert int(stored.group(2)) + int(stored.group(3)) == rows
+    total, by_agents, handwritten = map(int, sent_line.groups())
+    assert (total, handwritten) == (sent, malformed)
+    assert by_agents + handwritten == sent
+    return run.group(1), by_agents, int(stored.group(2)), int(stored.group(3))
+
+
+def test_the_demo_runs_on_the_embedded_servers_when_no_url_is_set(tmp_path: Path) -> None:
+    env = {name: value for name, value in os.environ.items() if name not in URL_VARIABLES}
+    env["FLEETTRACE_DATA_DIR"] = str(tmp_path / "data")
+    result = _demo(["--agents", "2", "--plans", "3"], env)
+    assert result.returncode == 0, result.stderr
+    assert "Starting embedded servers under" in result.stdout
+    assert "Traceback" not in result.stderr
+    run_id, sent, traces, samples = _figures(result.stdout, malformed=2)
+    assert sent + 1 == traces + samples  # one handwritten record stored, one dead
+    assert traces >= 2 * 3  # every plan makes at least one LLM call
+    assert "dead letter: prompt_tokens: Input should be greater than or equal to 0" in (
+        result.stdout
+    )
+    assert "Cost by model (stored in PostgreSQL)" in result.stdout
+    assert "acme-reasoner-2" in result.stdout or "unpriced" not in result.stdout
+
+    # The rows outlive the demo: start the embedded PostgreSQL again and count them.
+    server = EmbeddedPostgres(tmp_path / "data")
+    try:
+        with psycopg.connect(server.url) as conn:
+            row = conn.execute(
+                "SELECT count(*), count(DISTINCT plan_id) FROM llm_traces WHERE plan_id LIKE %s",
+                (f"{run_id}-%",),
+            ).fetchone()
+    finally:
+        server.stop()
+    assert row is not None
+    assert row[0] == traces
+    assert row[1] >= 2 * 3
+
+
+def test_the_demo_uses_the_servers_the_urls_name(
+    redis_url: str, database_url: str, keys: Keys, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    env = {name: value for name, value in os.environ.items() if name not in URL_VARIABLES}
+    env["FLEETTRACE_REDIS_URL"] = redis_url
+    env["DATABASE_URL"] = database_url
+    env["FLEETTRACE_DATA_DIR"] = str(tmp_path / "unused")
+    result = _demo(
+        ["--agents", "2", "--seconds", "1", "--malformed", "5", "--namespace", keys.namespace],
+        env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Starting embedded servers" not in result.stdout
+    assert not (tmp_path / "unused").exists()
+    run_id, sent, traces, samples = _figures(result.stdout, malformed=5)
+    letters = redis_client.xrange(keys.dead_letters(PERSIST_GROUP))
+    assert len(letters) == 3
+    assert all(b"prompt_tokens" in fields[b"reason"] for _, fields in letters)
+    with psycopg.connect(database_url) as conn:
+        stored_traces = conn.execute(
+            "SELECT count(*) FROM llm_traces WHERE plan_id LIKE %s", (f"{run_id}-%",)
+        ).fetchone()
+        stored_samples = conn.execute("SELECT count(*) FROM metric_samples").fetchone()
+        unpriced = conn.execute(
+            "SELECT count(*) FROM llm_traces WHERE cost_usd IS NULL AND model = 'acme-reasoner-2'"
+        ).fetchone()
+        failed = conn.execute(
+            "SELECT count(*) FROM llm_traces WHERE error LIKE 'RateLimitError: %'"
+        ).fetchone()
+        retried = conn.execute("SELECT count(*) FROM llm_traces WHERE retry_count > 0").fetchone()
+    assert stored_traces == (traces,)
+    assert stored_samples == (samples,)
+    assert unpriced is not None and unpriced[0] > 0
+    assert failed is not None and failed[0] > 0
+    assert retried is not None and retried[0] > 0
+    # What the emitters put into this namespace is exactly what the demo calls sent.
+    assert int(redis_client.hget(keys.emitter, EMITTER_RECORDS) or 0) == sent
+
+
+def test_run_demo_with_a_worker_sidecar_stores_everything(
+    redis_url: str, database_url: str, keys: Keys
+) -> None:
+    settings = DemoSettings(
+        redis_url, database_url, keys.namespace, agents=1, plans=2, run_worker=False
+    )
+    with psycopg.connect(database_url) as conn:
+        migrate(conn)
+        conn.commit()
+    sidecar = Worker(
+        WorkerSettings(redis_url, database_url, namespace=keys.namespace, block_ms=100)
+    )
+    thread = threading.Thread(target=sidecar.run, daemon=True)
+    thread.start()
+    shown: list[Progress] = []
+    try:
+        result = run_demo(settings, shown.append)
+    finally:
+        sidecar.stop.set()
+        thread.join(30)
+    assert result.nothing_lost
+    assert result.handwritten == 2
+    assert result.dead_letters == 1
+    assert result.dead_letter_reasons == (
+        "prompt_tokens: Input should be greater than or equal to 0",
+    )
+    assert result.sent == result.stored + 1 > 1
+    assert result.dropped == 0
+    assert [agent.plans for agent in result.agents] == [2]
+    assert shown[-1].in_flight == 0
+    assert shown[-1].sent == result.sent
+    assert {row.group["model"] for row in result.costs} <= {
+        "gpt-4o",
+        "gpt-4o-mini",
+        "claude-3-5-sonnet-latest",
+        "claude-3-5-haiku-latest",
+        "acme-reasoner-2",
+    }
+    assert sum(row.calls for row in result.costs) == result.traces_stored
+
+
+def test_records_nobody_stores_make_the_demo_fail(
+    redis_url: str, database_url: str, keys: Keys
+) -> None:
+    env = {name: value for name, value in os.environ.items() if name not in URL_VARIABLES}
+    env.update(REDIS_URL=redis_url, FLEETTRACE_DATABASE_URL=database_url)
+    result = _demo(
+        [
+            "--agents",
+            "1",
+            "--plans",
+            "1",
+            "--no-worker",
+            "--malformed",
+            "0",
+            "--drain-timeout",
+            "0.5",
+            "--namespace",
+            keys.namespace,
+        ],
+        env,
+    )
+    assert result.returncode == 1
+    assert re.search(r"records sent = rows stored \+ dead letters: (\d+) != 0 \+ 0", result.stdout)
+    assert re.search(r"\d+ records are neither rows nor dead letters", result.stdout)
+    assert re.search(
+        r"records sent: (\d+) \(\1 by 1 agent processes in 1 plans, 0 written", result.stdout
+    )
+
+
+def test_an_agent_that_dies_without_reporting_is_an_error(
+    redis_url: str, database_url: str, keys: Keys
+) -> None:
+    settings = DemoSettings("http://not-redis", database_url, keys.namespace, agents=2, plans=1)
+    client = redis.Redis.from_url(redis_url)
+    pool = database.create_pool(database_url)
+    try:
+        migrate(pool)
+        counters = _Counters(
+            pool,
+            settings.run_id,
+            LiveFigures(client, keys, settings.run_id),
+            DeadLetterCounter(client, keys),
+        )
+        with pytest.raises(FleettraceError, match="ended without a report: agent-0, agent-1"):
+            _run_fleet(settings, counters, lambda progress: None, lambda: None)
+    finally:
+        pool.close()
+        client.close()
+
+
+def test_a_worker_that_fails_is_reported_not_waited_for(
+    redis_url: str, database_url: str, keys: Keys
+) -> None:
+    settings = DemoSettings(redis_url, database_url, keys.namespace)  # schema never migrated
+    seen: list[BaseException] = []
+    with pytest.raises(SchemaVersionError), _worker(settings) as check:
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            try:
+                check()
+            except SchemaVersionError as error:
+                seen.append(error)
+            time.sleep(0.05)
+    assert seen, "the worker's failure never reached the demo"
+    assert "run `fleettrace migrate`" in str(seen[0])
+
+
+def test_a_worker_that_stopped_early_is_an_error(
+    redis_url: str, database_url: str, keys: Keys
+) -> None:
+    with psycopg.connect(database_url) as conn:
+        migrate(conn)
+        conn.commit()
+    settings = DemoSettings(redis_url, database_url, keys.namespace)
+    with _worker(settings) as check:
+        check()  # running
+    with pytest.raises(FleettraceError, match="the worker stopped"):
+        check()
+
+
+def test_rows_and_dead_letters_are_counted_for_this_run_only(
+    redis_client: redis.Redis, database_url: str, keys: Keys
+) -> None:
+    stream = keys.dead_letters(PERSIST_GROUP)
+    before = DeadLetter.for_entry(keys.traces, "1-0", {FIELD_COUNT: b"7"}, "c", "old")
+    redis_client.xadd(stream, before.to_fields())
+    counter = DeadLetterCounter(redis_client, keys)
+    assert counter.records() == 0
+    whole = DeadLetter.for_entry(keys.traces, "2-0", {FIELD_COUNT: b"5"}, "c", "bad envelope")
+    one = DeadLetter.for_record(
+        keys.traces,
+        "3-0",
+        "c",
+        batch_id="b",
+        kind=Kind.TRACE,
+        position=0,
+        record=b"{}",
+        reason="prompt_tokens: must be >= 0",
+    )
+    redis_client.xadd(stream, whole.to_fields())
+    redis_client.xadd(stream, one.to_fields())
+    assert counter.records() == 6
+
+    pool = database.create_pool(database_url)
+    try:
+        migrate(pool)
+        assert count_rows(pool, new_run_id()) == (0, 0)
+    finally:
+        pool.close()
+
+
+def test_a_dead_letter_stands_for_one_record_or_its_entry_count() -> None:
+    assert (
+        dead_letter_records(DeadLetter.for_entry("s", "1-0", {FIELD_COUNT: b"12"}, "c", "r")) == 12
+    )
+    assert dead_letter_records(DeadLetter.for_entry("s", "1-0", {b"x": b"y"}, "c", "r")) == 1
+    assert dead_letter_records(DeadLetter("r", "s", "1-0", "c")) == 1
+    record = DeadLetter.for_record(
+        "s", "1-0", "c", batch_id="b", kind=Kind.TRACE, position=3, record=b"{}", reason="r"
+    )
+    assert dead_letter_records(record) == 1
+
+
+def test_the_live_figures_count_from_the_start_of_the_run(
+    redis_client: redis.Redis, keys: Keys
+) -> None:
+    redis_client.hset(keys.emitter, EMITTER_RECORDS, 40)
+    figures = LiveFigures(redis_client, keys, "demo-x")
+    redis_client.hincrby(keys.emitter, EMITTER_RECORDS, 2)
+    assert figures.read() == (2, 0.0, 0, 0)
+
+
+def test_the_progress_shows_as_a_live_table_on_a_terminal() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100)
+    with demo_cli._display(console) as show:
+        show(Progress(2, 120, 30, 80, 1, 0.25, 3, 4))
+    text = out.getvalue()
+    assert "records sent" in text
+    assert "120" in text
+    assert "110 (30 traces, 80 metric samples)" in text
+    assert "in flight" in text
+    assert "$0.2500" in text
+
+
+def test_the_progress_is_a_plain_line_elsewhere() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=200)
+    with demo_cli._display(console) as show:
+        show(Progress(1, 10, 4, 5, 0, 0.5, 0, 0))
+        show(Progress(1, 11, 4, 5, 0, 0.5, 0, 0))  # within the interval: not printed
+    assert out.getvalue().splitlines() == [
+        "agents running 1, sent 10, stored 9, dead letters 0, in flight 1, cost $0.5000"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--agents", "0"], "must be between 1 and 64, got 0"),
+        (["--agents", "x"], "not a whole number: 'x'"),
+        (["--plans", "0"], "must be at least 1, got 0"),
+        (["--seconds", "0"], "must be more than 0 and at most 3600, got 0"),
+        (["--seconds", "soon"], "not a number of seconds: 'soon'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_the_reason(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", *args])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_bad_namespace_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_url: str, database_url: str
+) -> None:
+    code = main(
+        ["demo", "--redis-url", redis_url, "--database-url", database_url, "--namespace", "a b"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fleettrace demo: namespace 'a b' must be")
+    assert err.count("\n") == 1
+
+
+def test_run_ids_are_unique_namespaces() -> None:
+    ids = {new_run_id() for _ in range(100)}
+    assert len(ids) == 100
+    for run_id in ids:
+        Keys(run_id)
+    assert DemoSettings("r", "d", "n").run_id != DemoSettings("r", "d", "n").run_id

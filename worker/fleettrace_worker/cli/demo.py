@@ -1,0 +1,259 @@
+"""``fleettrace demo``: a simulated fleet on the configured servers, else embedded ones.
+
+Without ``FLEETTRACE_REDIS_URL``/``REDIS_URL`` (or ``--redis-url``) an embedded Redis
+is started, without ``FLEETTRACE_DATABASE_URL``/``DATABASE_URL`` (or
+``--database-url``) an embedded PostgreSQL, both under the data directory. The exit
+code says whether every record sent is a row or a dead letter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from fleettrace.connection import redis_url_from_env
+from fleettrace.errors import ConfigurationError
+from fleettrace.keys import Keys
+from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
+from fleettrace_worker.demo import (
+    DRAIN_TIMEOUT_S,
+    DemoResult,
+    DemoSettings,
+    Progress,
+    new_run_id,
+    run_demo,
+)
+from fleettrace_worker.embedded import DATA_DIR_VARIABLE, data_dir_from_env, embedded_servers
+from fleettrace_worker.settings import database_url_from_env
+
+#: Without a terminal, one progress line per this many seconds.
+PLAIN_PROGRESS_INTERVAL_S: Final = 1.0
+MAX_AGENTS: Final = 64
+#: Width of the output when it goes to a file or a pipe (rich would assume 80).
+WIDE_OUTPUT_COLUMNS: Final = 120
+MAX_REASONS_SHOWN: Final = 5
+
+
+def _count(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600, got {text}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run a simulated fleet and a worker, and prove nothing was lost",
+        description="Run several agent processes that record plans, actors, LLM calls and "
+        "tools through the hooks, a worker that stores them, a live progress display, and "
+        "the cost summary by model. With no Redis or PostgreSQL URL configured, embedded "
+        "servers run under the data directory. Exits 0 only if records sent = rows stored "
+        "+ dead letters.",
+    )
+    options.add_redis_options(parser)
+    options.add_database_options(parser)
+    parser.add_argument(
+        "--agents",
+        type=_count(1, MAX_AGENTS),
+        default=4,
+        metavar="N",
+        help="agent processes (default: 4)",
+    )
+    parser.add_argument(
+        "--plans", type=_count(1), default=25, metavar="N", help="plans per agent (default: 25)"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=_seconds,
+        metavar="S",
+        help="let each agent run plans for S seconds instead of --plans",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"where embedded servers keep their data (default: ${DATA_DIR_VARIABLE}, "
+        "else ./.fleettrace)",
+    )
+    parser.add_argument(
+        "--malformed",
+        type=_count(0, 1000),
+        default=2,
+        metavar="N",
+        help="records to write past the emitter, every other one invalid, to show the "
+        "dead-letter path (default: 2)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        default=DRAIN_TIMEOUT_S,
+        metavar="S",
+        help=f"how long to wait for the last records to be stored (default: {DRAIN_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="store nothing here: a worker sidecar on the same namespace does it",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    redis_url = args.redis_url or redis_url_from_env()
+    database_url = args.database_url or database_url_from_env()
+    data_dir = args.data_dir or data_dir_from_env()
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else WIDE_OUTPUT_COLUMNS)
+    if redis_url is None or database_url is None:
+        console.print(f"Starting embedded servers under {data_dir} ...")
+    with embedded_servers(data_dir, redis_url=redis_url, database_url=database_url) as urls:
+        run_id = new_run_id()
+        namespace = args.namespace or os.environ.get(options.NAMESPACE_VARIABLE) or run_id
+        try:
+            Keys(namespace)
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
+        settings = DemoSettings(
+            redis_url=urls.redis_url,
+            database_url=urls.database_url,
+            namespace=namespace,
+            agents=args.agents,
+            plans=args.plans,
+            seconds=args.seconds,
+            run_worker=not args.no_worker,
+            run_id=run_id,
+            drain_timeout_s=args.drain_timeout,
+            malformed=args.malformed,
+        )
+        what = (
+            f"{settings.plans} plans each"
+            if settings.seconds is None
+            else (f"{settings.seconds:g} s each")
+        )
+        console.print(
+            f"Run {settings.run_id}: {settings.agents} agent processes, {what}, "
+            f"namespace {namespace!r}"
+        )
+        with _display(console) as show:
+            result = run_demo(settings, show)
+    _report(console, result)
+    if result.nothing_lost:
+        return EXIT_OK
+    missing = result.sent - result.stored - result.dead_letters
+    console.print(
+        f"[bold red]{missing} records are neither rows nor dead letters[/] "
+        f"(after waiting {settings.drain_timeout_s:g} s)"
+    )
+    return EXIT_FAILURE
+
+
+def _progress_table(progress: Progress) -> Table:
+    table = Table(title="fleettrace demo: live", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("agents running", f"{progress.agents_running}")
+    table.add_row("records sent", f"{progress.sent:,}")
+    table.add_row(
+        "rows stored",
+        f"{progress.stored:,} ({progress.traces_stored:,} traces, "
+        f"{progress.samples_stored:,} metric samples)",
+    )
+    table.add_row("dead letters", f"{progress.dead_letters:,}")
+    table.add_row("in flight", f"{progress.in_flight:,}")
+    table.add_row("cost so far", f"${progress.cost_usd:,.4f}")
+    table.add_row("LLM errors / retries", f"{progress.llm_errors:,} / {progress.llm_retries:,}")
+    return table
+
+
+def _plain_line(progress: Progress) -> str:
+    return (
+        f"agents running {progress.agents_running}, sent {progress.sent}, "
+        f"stored {progress.stored}, dead letters {progress.dead_letters}, "
+        f"in flight {progress.in_flight}, cost ${progress.cost_usd:.4f}"
+    )
+
+
+@contextmanager
+def _display(console: Console) -> Iterator[Callable[[Progress], None]]:
+    """A live table on a terminal; elsewhere (logs, CI) a plain line now and then."""
+    if console.is_terminal:
+        with Live(console=console, refresh_per_second=4, transient=False) as live:
+            yield lambda progress: live.update(_progress_table(progress))
+        return
+    last = [0.0]
+
+    def show(progress: Progress) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PLAIN_PROGRESS_INTERVAL_S:
+            last[0] = now
+            console.print(_plain_line(progress))
+
+    yield show
+
+
+def _report(console: Console, result: DemoResult) -> None:
+    costs = Table(title="Cost by model (stored in PostgreSQL)")
+    for name in ("model", "calls", "prompt tokens", "completion tokens", "cost USD"):
+        costs.add_column(name, justify="left" if name == "model" else "right")
+    for name in ("error rate", "p50 ms", "p95 ms"):
+        costs.add_column(name, justify="right")
+    for row in result.costs:
+        priced = row.calls - row.unpriced_calls
+        cost = f"{row.cost_usd:.4f}" if priced else "unpriced"
+        costs.add_row(
+            row.group.get("model") or "-",
+            f"{row.calls:,}",
+            f"{row.prompt_tokens:,}",
+            f"{row.completion_tokens:,}",
+            cost,
+            f"{row.error_rate:.1%}",
+            f"{row.latency_p50_ms:,.0f}",
+            f"{row.latency_p95_ms:,.0f}",
+        )
+    console.print(costs)
+    console.print(
+        f"records sent: {result.sent} ({result.sent - result.handwritten} by "
+        f"{len(result.agents)} agent processes in {sum(a.plans for a in result.agents)} plans, "
+        f"{result.handwritten} written past the emitter; dropped by the emitters: "
+        f"{result.dropped})"
+    )
+    console.print(
+        f"rows stored: {result.stored} ({result.traces_stored} llm_traces + "
+        f"{result.samples_stored} metric_samples)"
+    )
+    console.print(f"dead letters: {result.dead_letters}")
+    for reason in result.dead_letter_reasons[:MAX_REASONS_SHOWN]:
+        console.print(f"  dead letter: {reason}")
+    verdict = "nothing lost" if result.nothing_lost else "RECORDS MISSING"
+    console.print(
+        f"records sent = rows stored + dead letters: {result.sent} "
+        f"{'=' if result.nothing_lost else '!='} {result.stored} + {result.dead_letters} "
+        f"({verdict}, {result.elapsed_s:.1f} s)"
+    )
