@@ -515,3 +515,22 @@ def test_traces_list_shortens_a_long_error_to_its_column(
     assert row.endswith("ContextWindowExceeded: " + "x" * 16 + "…")
     code, out, _ = run(capsys, "traces", "show", str(trace.trace_id), "--database-url", migrated)
     assert long_error in out
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["prune", "--older-than", "30d"],
+        ["traces", "list"],
+        ["traces", "show", str(uuid.UUID(int=1))],
+        ["traces", "cost"],
+    ],
+)
+def test_commands_on_an_unmigrated_database_ask_for_migrate(
+    capsys: pytest.CaptureFixture[str], database_url: str, command: list[str]
+) -> None:
+    code, out, err = run(capsys, *command, "--database-url", database_url)
+    assert code == 1 and out == ""
+    line = _one_clean_line(err)
+    assert line.startswith(f"fleettrace {command[0]}: the database has no fleettrace schema")
+    assert line.endswith("run `fleettrace migrate`")

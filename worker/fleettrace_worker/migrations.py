@@ -129,6 +129,19 @@ def check_schema(db: Database) -> int:
     return found
 
 
+def pool_for_current_schema(url: str) -> ConnectionPool:
+    """A small pool for a short command, on a database whose schema is this code's:
+    a wrong URL, a server that is away or a schema to migrate is reported up front, in
+    one line, rather than as a missing table halfway through."""
+    pool = database.create_checked_pool(url)
+    try:
+        check_schema(pool)
+    except BaseException:
+        pool.close()
+        raise
+    return pool
+
+
 def _newer(found: int) -> SchemaVersionError:
     return SchemaVersionError(
         f"the database schema is version {found}, newer than this code knows "

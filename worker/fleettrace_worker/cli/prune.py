@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from fleettrace_worker import database, retention
+from fleettrace_worker import migrations, retention
 from fleettrace_worker.cli import EXIT_OK, options
 from fleettrace_worker.durations import parse_duration
 
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     age = parse_duration(args.older_than)
     cutoff = datetime.now(UTC) - age
-    with database.create_checked_pool(options.database_url(args)) as pool:
+    with migrations.pool_for_current_schema(options.database_url(args)) as pool:
         report = retention.prune(pool, cutoff, batch_rows=args.batch_rows, dry_run=args.dry_run)
     verb = "would remove" if report.dry_run else "removed"
     print(

@@ -16,7 +16,7 @@ from psycopg_pool import ConnectionPool
 
 from fleettrace.errors import ConfigurationError
 from fleettrace.model import LLMTrace
-from fleettrace_worker import database
+from fleettrace_worker import migrations
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
 from fleettrace_worker.cli.tables import format_table
 from fleettrace_worker.durations import parse_time
@@ -148,7 +148,7 @@ def _where(args: argparse.Namespace) -> TraceFilter:
 
 
 def _pool(args: argparse.Namespace) -> ConnectionPool:
-    return database.create_checked_pool(options.database_url(args))
+    return migrations.pool_for_current_schema(options.database_url(args))
 
 
 def run_list(args: argparse.Namespace) -> int:
