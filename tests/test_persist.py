@@ -28,6 +28,7 @@ from tests.worker_helpers import (
     sample_rows,
     scalar,
     trace_rows,
+    wait_for,
 )
 
 BURST = LoopSettings(burst=True, retry_initial_s=0.01, retry_max_s=0.05)
@@ -235,3 +236,47 @@ def test_a_loop_that_gives_up_dead_letters_the_batch(redis_client, keys) -> None
     assert letter.reason == "gave up after 0.05 s: 429 slow down"
     assert loop.stats.retries >= 1
     assert pending(redis_client, keys, "langsmith") == 0
+
+
+def test_pipelined_loop_stores_everything_and_dead_letters_the_bad(
+    redis_client, keys, db, pool
+) -> None:
+    for start in range(0, 50, 5):
+        add_traces(redis_client, keys, [make_trace(i) for i in range(start, start + 5)])
+    redis_client.xadd(keys.traces, {b"v": b"2"})
+    settings = LoopSettings(burst=True, pipeline=True, batch_records=10)
+    loop = _loop(redis_client, keys, pool, settings=settings)
+    loop.run(threading.Event())
+    assert trace_rows(db) == 50
+    assert redis_client.xlen(keys.dead_letters(PERSIST_GROUP)) == 1
+    assert pending(redis_client, keys) == 0
+    assert loop.stats.batches > 1
+
+
+class _Broken(_Flaky):
+    def deliver(self, payload: list[Entry]) -> list[DeadLetter]:
+        raise RuntimeError("a bug")
+
+
+def test_a_bug_in_the_delivering_thread_reaches_the_caller(redis_client, keys) -> None:
+    add_traces(redis_client, keys, [make_trace(1)])
+    settings = LoopSettings(burst=True, pipeline=True)
+    loop = _Broken(Consumer(redis_client, keys, "langsmith", "f1"), settings)
+    with pytest.raises(RuntimeError, match="a bug"):
+        loop.run(threading.Event())
+    assert pending(redis_client, keys, "langsmith") == 1
+
+
+def test_stopping_a_pipelined_loop_while_it_retries(redis_client, keys) -> None:
+    add_traces(redis_client, keys, [make_trace(1)])
+    add_traces(redis_client, keys, [make_trace(2)])
+    settings = LoopSettings(pipeline=True, retry_initial_s=0.05, block_ms=50)
+    loop = _Flaky(Consumer(redis_client, keys, "langsmith", "f1"), settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    wait_for(lambda: loop.stats.retries >= 2, 30, "retries")
+    stop.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert pending(redis_client, keys, "langsmith") == 2

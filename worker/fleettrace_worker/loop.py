@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 #: Upper bounds (seconds) of the batch latency histogram the worker reports.
 BATCH_LATENCY_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+#: Seconds between checks that the delivering thread is still there.
+_HANDOVER_WAIT_S: Final = 0.5
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -56,6 +60,8 @@ class LoopSettings:
     give_up_after_s: float | None = None
     #: Stop when the streams hold nothing new for this group (tests, the demo).
     burst: bool = False
+    #: Prepare the next batch while the previous one is delivered (see _run_pipelined).
+    pipeline: bool = False
 
 
 @dataclass
@@ -112,6 +118,17 @@ class Prepared(Generic[P]):
     dead_letters: list[DeadLetter]
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch(Generic[P]):
+    """A batch between reading and acknowledging."""
+
+    entries: list[Entry]
+    live: list[Entry]
+    dead: list[DeadLetter]
+    prepared: Prepared[P] | None
+    started: float
+
+
 class Stopped(Exception):
     """The loop was told to stop while it waited to retry."""
 
@@ -149,6 +166,9 @@ class GroupLoop(ABC, Generic[P]):
         is nothing left). Entries in hand when ``stop`` is set are finished first."""
         try:
             self._retry(self.setup, stop, ())
+            if self.settings.pipeline:
+                self._run_pipelined(stop)
+                return
             while not stop.is_set():
                 entries = self._retry(self.take, stop, ())
                 if not entries:
@@ -158,6 +178,54 @@ class GroupLoop(ABC, Generic[P]):
                 self.handle(entries, stop)
         except Stopped:
             log.info("group %s stopped with a batch unfinished; it stays pending", self.group)
+
+    def _run_pipelined(self, stop: threading.Event) -> None:
+        """Read and prepare the next batch while the previous one is being delivered.
+
+        Preparing is Python work and delivering mostly waits on a server, so the two
+        overlap well. At most one prepared batch waits in the queue: memory stays
+        bounded at about three batches.
+        """
+        batches: queue.Queue[_Batch[P] | None] = queue.Queue(maxsize=1)
+        failure: list[BaseException] = []
+
+        def deliver_all() -> None:
+            try:
+                while (batch := batches.get()) is not None:
+                    self._finish(batch, stop)
+            except BaseException as error:  # noqa: BLE001 (raised again by the reader)
+                failure.append(error)
+
+        deliverer = threading.Thread(target=deliver_all, name=f"deliver-{self.group}", daemon=True)
+        deliverer.start()
+        try:
+            while not stop.is_set() and deliverer.is_alive():
+                entries = self._retry(self.take, stop, ())
+                if not entries:
+                    if self.settings.burst:
+                        break
+                    continue
+                batch = self._start(entries)
+                while deliverer.is_alive():
+                    try:
+                        batches.put(batch, timeout=_HANDOVER_WAIT_S)
+                        break
+                    except queue.Full:
+                        continue
+        finally:
+            while deliverer.is_alive():
+                try:
+                    batches.put(None, timeout=_HANDOVER_WAIT_S)
+                    break
+                except queue.Full:
+                    continue
+            deliverer.join()
+        if failure:
+            raise failure[0]
+
+    def handle(self, entries: list[Entry], stop: threading.Event) -> None:
+        """Prepare, deliver and acknowledge one batch."""
+        self._finish(self._start(entries), stop)
 
     def take(self) -> list[Entry]:
         """Entries others left behind first (once per ``claim_interval_s``), else new."""
@@ -170,7 +238,7 @@ class GroupLoop(ABC, Generic[P]):
         block_ms = None if self.settings.burst else self.settings.block_ms
         return self.consumer.read(count=self._read_count, block_ms=block_ms)
 
-    def handle(self, entries: list[Entry], stop: threading.Event) -> None:
+    def _start(self, entries: list[Entry]) -> _Batch[P]:
         started = time.perf_counter()
         limit = self.settings.max_deliveries
         dead = [
@@ -185,18 +253,27 @@ class GroupLoop(ABC, Generic[P]):
             if e.deliveries > limit
         ]
         live = [e for e in entries if e.deliveries <= limit]
+        prepared = self.prepare(live) if live else None
+        return _Batch(entries, live, dead, prepared, started)
+
+    def _finish(self, batch: _Batch[P], stop: threading.Event) -> None:
         records = 0
-        if live:
-            records, more_dead = self._deliver_batch(live, stop)
-            dead.extend(more_dead)
+        dead = batch.dead
+        if batch.prepared is not None:
+            records, more_dead = self._deliver_batch(batch.live, stop, batch.prepared)
+            dead = dead + more_dead
+        entries = batch.entries
         self._retry(lambda: self.consumer.acknowledge(entries, dead), stop, entries)
-        self.stats.observe_batch(len(entries), records, len(dead), time.perf_counter() - started)
+        self.stats.observe_batch(
+            len(entries), records, len(dead), time.perf_counter() - batch.started
+        )
         self._adapt_read_count(len(entries), records + len(dead))
 
     def _deliver_batch(
-        self, entries: list[Entry], stop: threading.Event
+        self, entries: list[Entry], stop: threading.Event, prepared: Prepared[P] | None = None
     ) -> tuple[int, list[DeadLetter]]:
-        prepared = self.prepare(entries)
+        if prepared is None:
+            prepared = self.prepare(entries)
         try:
             refused = self._deliver_with_retry(prepared, entries, stop)
         except PermanentError as error:

@@ -188,7 +188,7 @@ def persist_loop(context: WorkerContext) -> GroupLoop[Any]:
     return PersistLoop(
         context.consumer(PERSIST_GROUP),
         LLMTraceRepository(pool),
-        context.settings.loop_settings(),
+        replace(context.settings.loop_settings(), pipeline=True),
         pool=pool,
     )
 
