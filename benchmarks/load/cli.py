@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pipelines": availability,
         "sizes": sizes.__dict__,
         "sections": {},
+        "section_s": {},
         "errors": {},
     }
     for name, why in availability.items():
@@ -125,7 +126,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _log(f"{section} failed: {type(error).__name__}: {str(error)[:2000]}")
                 continue
             results["sections"][section] = figures
-            _log(f"{section} done in {time.monotonic() - began:.1f} s")
+            results["section_s"][section] = round(time.monotonic() - began, 1)
+            _log(f"{section} done in {results['section_s'][section]} s")
     finally:
         ctx.cleanup()
     results["duration_s"] = round(time.monotonic() - started, 1)

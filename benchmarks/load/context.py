@@ -28,9 +28,9 @@ class Sizes:
     traceable_calls: int = 5_000
     otel_calls: int = 50_000
     producer_records: int = 300_000
-    baseline_producer_records: int = 100_000
-    worker_records: int = 300_000
-    baseline_worker_records: int = 120_000
+    baseline_producer_records: int = 60_000
+    worker_records: int = 200_000
+    baseline_worker_records: int = 60_000
     freshness_rates: tuple[int, ...] = (5_000, 10_000)
     freshness_s: float = 20.0
     ladder_start: int = 10_000
@@ -39,7 +39,7 @@ class Sizes:
     ladder_s: float = 6.0
     baseline_ladder_start: int = 5_000
     drain_records: int = 1_000_000
-    baseline_drain_records: int = 300_000
+    baseline_drain_records: int = 150_000
     emitter_buffer_records: int = 100_000
 
 

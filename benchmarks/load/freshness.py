@@ -27,7 +27,17 @@ ACHIEVED_FRACTION: Final = 0.95
 #: Backlog growth tolerated over the second half of a window, as a share of the rate.
 GROWTH_FRACTION: Final = 0.03
 CATCH_UP_LIMIT_S: Final = 1.0
-LADDER_BUDGET_S: Final = 240.0
+LADDER_BUDGET_S: Final = 150.0
+LADDER_MIN_RATE: Final = 1_000
+_LADDER_FIELDS: Final = (
+    "offered_per_s",
+    "achieved_per_s",
+    "p50_ms",
+    "p99_ms",
+    "backlog_growth_per_s",
+    "catch_up_s",
+    "sustained",
+)
 
 
 def _stream(name: str, namespace: str) -> str:
@@ -119,31 +129,28 @@ def trial(ctx: RunContext, name: str, offered: int, duration_s: float) -> dict[s
 
 
 def ladder(ctx: RunContext, name: str) -> dict[str, Any]:
-    """Raise the offered rate step by step until the pipeline stops keeping up."""
+    """Raise the offered rate step by step until the pipeline stops keeping up; when
+    it cannot keep up with the first step, lower the rate step by step instead."""
     sizes = ctx.sizes
     offered = sizes.ladder_start if name == drivers.FLEETTRACE else sizes.baseline_ladder_start
     budget = Deadline(LADDER_BUDGET_S)
     trials: list[dict[str, Any]] = []
     best: int | None = None
-    while offered <= sizes.ladder_max and not budget.expired():
+    direction = 0  # +1 going up, -1 going down, 0 before the first trial
+    while LADDER_MIN_RATE <= offered <= sizes.ladder_max and not budget.expired():
         result = trial(ctx, name, offered, sizes.ladder_s)
-        trials.append(
-            {
-                k: result[k]
-                for k in (
-                    "offered_per_s",
-                    "achieved_per_s",
-                    "p99_ms",
-                    "backlog_growth_per_s",
-                    "catch_up_s",
-                    "sustained",
-                )
-            }
-        )
-        if not result["sustained"]:
-            break
-        best = offered
-        offered = int(offered * sizes.ladder_step)
+        trials.append({key: result[key] for key in _LADDER_FIELDS})
+        if direction == 0:
+            direction = 1 if result["sustained"] else -1
+        if result["sustained"]:
+            best = offered
+            if direction < 0:
+                break
+            offered = int(offered * sizes.ladder_step)
+        else:
+            if direction > 0:
+                break
+            offered = int(offered / sizes.ladder_step)
     return {"max_steady_per_s": best, "trials": trials}
 
 
