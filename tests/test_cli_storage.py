@@ -534,3 +534,14 @@ def test_commands_on_an_unmigrated_database_ask_for_migrate(
     line = _one_clean_line(err)
     assert line.startswith(f"fleettrace {command[0]}: the database has no fleettrace schema")
     assert line.endswith("run `fleettrace migrate`")
+
+
+def test_traces_cost_table_shows_a_wholly_unpriced_group_as_unknown(
+    capsys: pytest.CaptureFixture[str], fleet: list[LLMTrace], migrated: str
+) -> None:
+    code, out, _ = run(capsys, "traces", "cost", "--by", "provider", "--database-url", migrated)
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.strip().splitlines()[1:]}
+    # PROVIDER CALLS PROMPT COMPLETION TOTAL COST UNPRICED ...
+    assert rows["openai"][5:7] == ["2.000000", "0"]
+    assert rows["anthropic"][5:7] == ["unknown", "1"]

@@ -256,7 +256,8 @@ def _cost_cells(row: CostRow, group_by: list[str]) -> tuple[str, ...]:
         str(row.prompt_tokens),
         str(row.completion_tokens),
         str(row.total_tokens),
-        _cost(row.cost_usd),
+        # No priced call in the group: its cost is unknown, and 0.000000 would say free.
+        _cost(None if row.unpriced_calls == row.calls else row.cost_usd),
         str(row.unpriced_calls),
         f"{row.error_rate:.1%}",
         f"{row.latency_p50_ms:.1f}",
