@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -66,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="measure only this pipeline (repeatable; default both)",
     )
+    parser.add_argument(
+        "--emitter-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an EmitterSettings field for every emitter made (e.g. flush_interval_s=0.005)",
+    )
+    parser.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra argument for every `fleettrace worker` (e.g. --worker-arg=--batch=4000)",
+    )
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument(
         "--pg-url", default=DEFAULT_PG_ADMIN_URL, help="PostgreSQL to create databases on"
@@ -84,8 +100,24 @@ def _log(message: str) -> None:
     print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
 
+def _tunings(args: argparse.Namespace) -> dict[str, Any]:
+    """Put ``--emitter-setting`` and ``--worker-arg`` where measurement processes and
+    worker commands find them; returns them for the report."""
+    settings: dict[str, Any] = {}
+    for item in args.emitter_setting:
+        name, _, value = item.partition("=")
+        try:
+            settings[name] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[name] = value
+    os.environ[drivers.EMITTER_SETTINGS_VARIABLE] = json.dumps(settings)
+    os.environ[drivers.WORKER_ARGS_VARIABLE] = shlex.join(args.worker_arg)
+    return {"emitter_settings": settings, "worker_args": args.worker_arg}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = QUICK if args.quick else FULL
+    tunings = _tunings(args)
     if args.baseline_drain_records:
         sizes = replace(sizes, baseline_drain_records=args.baseline_drain_records)
     availability = drivers.available()
@@ -103,6 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "quick": args.quick,
         "machine": machine.describe(args.redis_url, args.pg_url),
         "pipelines": availability,
+        "tunings": tunings,
         "sizes": sizes.__dict__,
         "sections": {},
         "section_s": {},

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import gc
 import itertools
+import json
+import os
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +27,11 @@ FLEETTRACE: Final = "fleettrace"
 EMITTER: Final = "fleettrace-emitter"
 BASELINE: Final = "baseline"
 PIPELINES: Final = (FLEETTRACE, BASELINE)
+#: Settings (JSON) every emitter the harness makes gets, and extra arguments of every
+#: ``fleettrace worker`` it starts: set by ``--emitter-setting`` and ``--worker-arg``
+#: to try a tuning; measurement processes inherit them.
+EMITTER_SETTINGS_VARIABLE: Final = "FLEETTRACE_BENCH_EMITTER_SETTINGS"
+WORKER_ARGS_VARIABLE: Final = "FLEETTRACE_BENCH_WORKER_ARGS"
 #: Distinct records a producer measurement cycles through, so that building them is
 #: not part of what is measured and memory stays flat however many are sent.
 DISTINCT_RECORDS: Final = 20_000
@@ -91,6 +99,7 @@ def worker_argv(
     if name == FLEETTRACE:
         argv = ["-m", "fleettrace_worker.cli", "worker", "--only", "persist"]
         argv += ["--consumer", f"bench-{index}"]
+        argv += shlex.split(os.environ.get(WORKER_ARGS_VARIABLE, ""))
     else:
         argv = ["-m", "benchmarks.load.baseline"]
     argv += ["--redis-url", redis_url, "--namespace", namespace, "--database-url", database_url]
@@ -103,7 +112,8 @@ def worker_argv(
 def _emitter(redis_url: str, namespace: str, **settings: Any) -> Any:
     from fleettrace.emitter import Emitter, EmitterSettings
 
-    return Emitter(EmitterSettings(redis_url=redis_url, namespace=namespace, **settings))
+    tuned = {**json.loads(os.environ.get(EMITTER_SETTINGS_VARIABLE) or "{}"), **settings}
+    return Emitter(EmitterSettings(redis_url=redis_url, namespace=namespace, **tuned))
 
 
 def traces(count: int, seed: int = 7) -> list[Any]:
