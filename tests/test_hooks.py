@@ -235,6 +235,11 @@ def test_context_index_sandbox_and_hot_tokens(emitter: Emitter, redis_client: re
         (lambda: hooks.index_query("sql"), "backend must be one of graph, text, vector; got 'sql'"),
         (lambda: hooks.sandbox("delete"), "operation must be one of commit, create, rollback"),
         (lambda: hooks.set_hot_context_tokens(-1), "tokens must be a non-negative integer"),
+        (lambda: hooks.tool(""), "tool must be a string of 1-128 characters"),
+        (lambda: hooks.phase("p" * 129), "phase must be a string of 1-128 characters"),
+        (lambda: hooks.actor("a\x00"), "actor must be a string"),
+        (lambda: hooks.plan(123), "plan_id must be a string"),
+        (lambda: hooks.plan(parent=""), "parent must be a string"),
         (lambda: hooks.set_hot_context_tokens(1.5), "tokens must be a non-negative integer"),  # type: ignore[arg-type]
     ],
 )

@@ -31,7 +31,7 @@ from typing import Any, Final, ParamSpec, TypeVar, cast
 
 from fleettrace.emitter import Emitter, get_emitter
 from fleettrace.metrics import MetricKey
-from fleettrace.model import MAX_ERROR_CHARS, LLMTrace
+from fleettrace.model import MAX_ERROR_CHARS, MAX_LABEL_CHARS, LLMTrace
 
 CONTEXT_TIERS: Final = frozenset({"hot", "warm", "cold"})
 INDEX_BACKENDS: Final = frozenset({"text", "vector", "graph"})
@@ -59,6 +59,15 @@ def current_decision_id() -> str | None:
 
 def current_actor() -> str | None:
     return _actor.get()
+
+
+def _name(kind: str, value: str) -> str:
+    """A name used as a label value, checked at the call rather than when the block ends."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_LABEL_CHARS or "\x00" in value:
+        raise ValueError(
+            f"{kind} must be a string of 1-{MAX_LABEL_CHARS} characters without NUL, got {value!r}"
+        )
+    return value
 
 
 def _check(kind: str, value: str, allowed: frozenset[str]) -> str:
@@ -295,12 +304,17 @@ def plan(
     plan_id: str | None = None, *, parent: str | None = None, emitter: Emitter | None = None
 ) -> PlanSpan:
     """A plan; ``plan_id`` defaults to a new id, ``parent`` to the current plan."""
-    return PlanSpan(plan_id, parent, emitter)
+    return PlanSpan(
+        None if plan_id is None else _name("plan_id", plan_id),
+        None if parent is None else _name("parent", parent),
+        emitter,
+    )
 
 
 def phase(name: str, *, emitter: Emitter | None = None) -> TimedSpan:
     """A phase of the current plan (``plan.duration_seconds{phase=name}``)."""
-    return TimedSpan(MetricKey.PLAN_DURATION_SECONDS, {"phase": name}, unit_s=1.0, emitter=emitter)
+    labels = {"phase": _name("phase", name)}
+    return TimedSpan(MetricKey.PLAN_DURATION_SECONDS, labels, unit_s=1.0, emitter=emitter)
 
 
 def decision(decision_id: str | None = None, *, emitter: Emitter | None = None) -> DecisionSpan:
@@ -310,7 +324,7 @@ def decision(decision_id: str | None = None, *, emitter: Emitter | None = None) 
 
 def actor(name: str, *, emitter: Emitter | None = None) -> ActorSpan:
     """An actor invocation (``actor.invocation_duration_ms{actor}``)."""
-    return ActorSpan(name, emitter)
+    return ActorSpan(_name("actor", name), emitter)
 
 
 def llm_call(
@@ -345,7 +359,7 @@ def tool(name: str, *, emitter: Emitter | None = None) -> TimedSpan:
     """A tool execution: its duration and its outcome (``tool.error_rate{tool,outcome}``)."""
     return TimedSpan(
         MetricKey.TOOL_INVOCATION_DURATION_MS,
-        {"tool": name},
+        {"tool": _name("tool", name)},
         unit_s=_MS,
         outcome_key=MetricKey.TOOL_ERROR_RATE,
         emitter=emitter,
