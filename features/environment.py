@@ -9,7 +9,6 @@ Servers: ``FLEETTRACE_TEST_REDIS_URL`` (default redis://127.0.0.1:6379/0) and
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -38,7 +37,6 @@ class Fleet:
     database_url: str
     redis: redis.Redis
     redis_url: str = REDIS_URL
-    background: list[subprocess.Popen[str]] = field(default_factory=list)
     emitters: list[Emitter] = field(default_factory=list)
     pools: list[ConnectionPool] = field(default_factory=list)
 
@@ -70,17 +68,6 @@ class Fleet:
             check=False,
         )
 
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            self.command(*args),
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.background.append(proc)
-        return proc
-
     def connect_db(self) -> psycopg.Connection:
         return psycopg.connect(self.database_url, autocommit=True)
 
@@ -89,18 +76,6 @@ class Fleet:
             emitter.close()
         for pool in self.pools:
             pool.close()
-        self.stop_background()
-
-    def stop_background(self) -> None:
-        for proc in self.background:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-        self.background.clear()
 
 
 def _admin() -> psycopg.Connection:
