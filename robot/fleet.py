@@ -102,6 +102,23 @@ class fleet:  # noqa: N801 (Robot imports a library by its module name)
             raise AssertionError(f"metrics show {total} failed calls, agent recorded {expected}")
 
     @keyword
+    def cost_summary_should_add_up_to(
+        self, rows: list[dict[str, Any]], recorded: dict[str, Any]
+    ) -> None:
+        """``fleettrace traces cost --json`` rows, summed over the groups, must count
+        every call and token the agent recorded."""
+        for name, expected in (
+            ("calls", len(recorded["trace_ids"])),
+            ("prompt_tokens", recorded["prompt_tokens"]),
+            ("completion_tokens", recorded["completion_tokens"]),
+        ):
+            total = sum(row[name] for row in rows)
+            if total != expected:
+                raise AssertionError(f"cost summary: {name} {total}, the agent recorded {expected}")
+        if sum(row["cost_usd"] for row in rows) <= 0:
+            raise AssertionError(f"cost summary prices nothing: {rows}")
+
+    @keyword
     def trace_ids_of(self, listing: dict[str, Any]) -> list[str]:
         """The trace ids of one page of ``fleettrace traces list --json``."""
         return [item["trace_id"] for item in listing["items"]]

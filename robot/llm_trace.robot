@@ -35,12 +35,26 @@ A Worker In The Background Stores What An Agent Records
     Set Suite Variable    ${RECORDED}    ${recorded}
     Wait Until Keyword Succeeds    60s    500ms    Traces Of The Plan Are Listed    ${recorded}
 
+One Call Can Be Shown And The Plan's Cost Adds Up
+    ${first}=    Set Variable    ${RECORDED}[trace_ids][0]
+    ${shown}=    Run Fleettrace    traces    show    ${first}    --json
+    ${trace}=    Parse Json    ${shown.stdout}
+    Should Be Equal    ${trace}[trace_id]    ${first}
+    Should Be Equal    ${trace}[plan_id]    ${PLAN}
+    ${summary}=    Run Fleettrace    traces    cost    --plan    ${PLAN}    --by    model    --json
+    ${rows}=    Parse Json    ${summary.stdout}
+    Cost Summary Should Add Up To    ${rows}    ${RECORDED}
+
 The Live Metrics Show The Recorded Calls
     ${metrics}=    Run Fleettrace    metrics    --json
     ${figures}=    Parse Json    ${metrics.stdout}
     Token Usage Should Add Up To    ${figures}    prompt    ${RECORDED}[prompt_tokens]
     Token Usage Should Add Up To    ${figures}    completion    ${RECORDED}[completion_tokens]
     LLM Errors Should Add Up To    ${figures}    ${RECORDED}[errors]
+
+The Worker Reports Itself Ready To A Health Probe
+    Process Should Be Running    worker
+    Wait Until Keyword Succeeds    30s    500ms    Run Fleettrace    worker    --check
 
 The Worker Stops Cleanly On SIGTERM
     Process Should Be Running    worker
