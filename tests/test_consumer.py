@@ -189,3 +189,26 @@ def test_embedded_redis_62_claims_deleted_entries_and_has_no_lag(tmp_path) -> No
         client.close()
     finally:
         server.shutdown()
+
+
+def test_recover_returns_own_unfinished_entries_once_each(redis_client, keys) -> None:
+    before = Consumer(redis_client, keys, PERSIST_GROUP, "host-a")
+    before.ensure_groups()
+    ids = [add_traces(redis_client, keys, [make_trace(i)]) for i in range(3)]
+    add_samples(redis_client, keys, [make_sample(1)])
+    assert len(before.read(count=10, block_ms=None)) == 4
+    redis_client.xdel(keys.traces, ids[1])
+    after = Consumer(redis_client, keys, PERSIST_GROUP, "host-a")  # the same name, restarted
+    first = after.recover(count=1)
+    assert len(first) == 2
+    assert [e.entry_id for e in first if e.stream == keys.traces] == [ids[0]]
+    assert all(e.deliveries == 2 for e in first)
+    rest = after.recover(count=10)
+    assert [e.entry_id for e in rest] == [ids[2]]  # the deleted one is acknowledged
+    assert after.recover(count=10) == []
+    pending_ids = {
+        p["message_id"].decode()
+        for p in redis_client.xpending_range(keys.traces, PERSIST_GROUP, "-", "+", 10)
+    }
+    assert pending_ids == {ids[0], ids[2]}
+    assert Consumer(redis_client, keys, PERSIST_GROUP, "host-b").recover(count=10) == []

@@ -142,6 +142,7 @@ class GroupLoop(ABC, Generic[P]):
         self.stats = LoopStats(consumer.group)
         self._read_count = 1
         self._last_claim = 0.0
+        self._recovering = True
 
     @property
     def group(self) -> str:
@@ -228,7 +229,13 @@ class GroupLoop(ABC, Generic[P]):
         self._finish(self._start(entries), stop)
 
     def take(self) -> list[Entry]:
-        """Entries others left behind first (once per ``claim_interval_s``), else new."""
+        """This consumer's own unfinished entries after a restart first, then entries
+        others left behind (once per ``claim_interval_s``), else new ones."""
+        if self._recovering:
+            own = self.consumer.recover(count=self._read_count)
+            if own:
+                return own
+            self._recovering = False
         now = time.monotonic()
         if now - self._last_claim >= self.settings.claim_interval_s:
             self._last_claim = now
