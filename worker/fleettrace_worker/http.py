@@ -143,10 +143,11 @@ class WorkerCollector(Collector):
             if spec.type is MetricType.HISTOGRAM:
                 cumulative, buckets = 0.0, []
                 for bound, count in series.buckets:
-                    cumulative += count
-                    buckets.append((_bound(bound), cumulative))
-                if not buckets or buckets[-1][0] != "+Inf":
-                    buckets.append(("+Inf", float(series.count)))
+                    if bound != _INF:
+                        cumulative += count
+                        buckets.append((_bound(bound), cumulative))
+                # Prometheus wants the +Inf bucket to equal the count, always present.
+                buckets.append(("+Inf", float(series.count)))
                 family.add_metric(values, buckets, float(series.sum))  # type: ignore[attr-defined]
             elif spec.type is MetricType.GAUGE:
                 family.add_metric(values, float(series.value or 0.0))  # type: ignore[attr-defined]
