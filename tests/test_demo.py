@@ -225,7 +225,7 @@ def test_records_nobody_stores_make_the_demo_fail(
 def test_an_agent_that_dies_without_reporting_is_an_error(
     redis_url: str, database_url: str, keys: Keys
 ) -> None:
-    settings = DemoSettings("http://not-redis", database_url, keys.namespace, agents=2, plans=1)
+    settings = DemoSettings("http://not-redis", database_url, keys.namespace, agents=1, plans=1)
     client = redis.Redis.from_url(redis_url)
     pool = database.create_pool(database_url)
     try:
@@ -236,7 +236,7 @@ def test_an_agent_that_dies_without_reporting_is_an_error(
             LiveFigures(client, keys, settings.run_id),
             DeadLetterCounter(client, keys),
         )
-        with pytest.raises(FleettraceError, match="ended without a report: agent-0, agent-1"):
+        with pytest.raises(FleettraceError, match="ended without a report: agent-0$"):
             _run_fleet(settings, counters, lambda progress: None, lambda: None)
     finally:
         pool.close()
