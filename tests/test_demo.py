@@ -236,7 +236,7 @@ def test_an_agent_that_dies_without_reporting_is_an_error(
             LiveFigures(client, keys, settings.run_id),
             DeadLetterCounter(client, keys),
         )
-        with pytest.raises(FleettraceError, match="ended without a report: agent-0$"):
+        with pytest.raises(FleettraceError, match=r"ended without a report: agent-0$"):
             _run_fleet(settings, counters, lambda progress: None, lambda: None)
     finally:
         pool.close()
