@@ -9,7 +9,7 @@ from typing import Any
 
 from benchmarks.load import backlog, drivers, rows
 from benchmarks.load.context import RunContext
-from benchmarks.load.processes import WorkerProcess
+from benchmarks.load.processes import WorkerProcess, children_cpu_s
 from benchmarks.load.stats import rate
 
 
@@ -18,12 +18,14 @@ def measure(ctx: RunContext, name: str, records: int) -> dict[str, Any]:
     with ctx.scratch(f"drain-{name}") as (keys, database_url):
         drivers.prepare_database(name, database_url)
         prefill_s = backlog.prefill(name, ctx.redis_url, keys.namespace, records)
+        cpu_before = children_cpu_s()
         worker = WorkerProcess(
             drivers.worker_argv(name, ctx.redis_url, keys.namespace, database_url, burst=True),
             label=f"{name} worker",
         )
         code = worker.wait(900)
         drain_s = worker.elapsed_s
+        cpu_s = children_cpu_s() - cpu_before
         stored = rows.count(database_url, pipeline.table)
         figures = {
             "records": records,
@@ -32,6 +34,8 @@ def measure(ctx: RunContext, name: str, records: int) -> dict[str, Any]:
             "rows_stored": stored,
             "duplicates": rows.duplicates(database_url, pipeline.table),
             "exit_code": code,
+            "worker_cpu_s": round(cpu_s, 2),
+            "rows_per_cpu_s": rate(stored, cpu_s),
             "peak_rss_mb": round(worker.peak_rss / 2**20, 1),
             "prefill_s": round(prefill_s, 2),
         }

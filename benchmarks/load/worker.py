@@ -9,7 +9,7 @@ from typing import Any
 
 from benchmarks.load import backlog, drivers, rows
 from benchmarks.load.context import Deadline, RunContext
-from benchmarks.load.processes import WorkerProcess
+from benchmarks.load.processes import WorkerProcess, children_cpu_s
 from benchmarks.load.stats import rate
 
 WORKER_COUNTS = (1, 2)
@@ -20,6 +20,7 @@ def measure(ctx: RunContext, name: str, workers: int, records: int) -> dict[str,
     with ctx.scratch(f"worker-{name}-{workers}") as (keys, database_url):
         drivers.prepare_database(name, database_url)
         prefill_s = backlog.prefill(name, ctx.redis_url, keys.namespace, records)
+        cpu_before = children_cpu_s()
         procs = [
             WorkerProcess(
                 drivers.worker_argv(
@@ -31,6 +32,7 @@ def measure(ctx: RunContext, name: str, workers: int, records: int) -> dict[str,
         ]
         deadline = Deadline(600)
         codes = [p.wait(deadline.left_s) for p in procs]
+        cpu_s = children_cpu_s() - cpu_before
         wall_s = max(p.elapsed_s for p in procs)
         stored = rows.count(database_url, pipeline.table)
         figures = rows.steady_rate(database_url, pipeline.table)
@@ -47,6 +49,8 @@ def measure(ctx: RunContext, name: str, workers: int, records: int) -> dict[str,
             "rows_per_transaction": figures.get("rows_per_transaction"),
             "wall_s": round(wall_s, 3),
             "wall_rows_per_s": rate(stored, wall_s),
+            "worker_cpu_s": round(cpu_s, 2),
+            "rows_per_cpu_s": rate(stored, cpu_s),
             "peak_rss_mb": round(max(p.peak_rss for p in procs) / 2**20, 1),
             "prefill_s": round(prefill_s, 2),
             **({"errors": failed} if failed else {}),
