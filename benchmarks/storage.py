@@ -2,7 +2,7 @@
 retention by batched deletes behaves, on a fresh database of the machine's PostgreSQL.
 
     python -m benchmarks.storage [--rows 200000] [--batch 1000] [--prune-rows 500000]
-                                 [--partition-rows 400000]
+                                 [--index-rows 200000] [--partition-rows 400000]
 
 Prints one line per figure. Each run makes its own database and drops it afterwards.
 """
@@ -93,10 +93,13 @@ FILTER_INDEXES = (
 )
 
 
-def bench_store(rows: int, batch: int, runs: int, filter_indexes: bool = False) -> None:
+def bench_store(rows: int, batch: int, runs: int) -> None:
     rng = random.Random(1)
     start = datetime(2026, 1, 1, tzinfo=UTC)
+    # Every record is made before the clock starts: store() is what is measured.
     data = [make_traces(rows, rng, start) for _ in range(runs)]
+    fresh_halves = [make_traces(rows // 2, random.Random(100 + run), start) for run in range(runs)]
+    more = [make_traces(rows, random.Random(200 + run), start) for run in range(runs)]
     samples_per_batch = batch // 10
     sample = MetricSample(
         key=MetricKey.LLM_RETRIES_COUNT,
@@ -106,12 +109,6 @@ def bench_store(rows: int, batch: int, runs: int, filter_indexes: bool = False) 
     )
     with fresh_database() as url, database.create_pool(url, min_size=1, max_size=1) as pool:
         migrations.migrate(pool)
-        if filter_indexes:
-            # The indexes left out of the schema, to measure what they would cost.
-            with database.connection(pool) as conn:
-                for statement in FILTER_INDEXES:
-                    conn.execute(statement)
-            print("with indexes on (provider, model, started_at) and (actor, started_at):")
         repo = LLMTraceRepository(pool)
 
         def new_rows(run: int) -> None:
@@ -126,7 +123,7 @@ def bench_store(rows: int, batch: int, runs: int, filter_indexes: bool = False) 
                 assert result.traces_inserted == 0
 
         def half_new(run: int) -> None:
-            traces = make_traces(rows // 2, random.Random(100 + run), start)
+            traces = fresh_halves[run]
             old = data[run]
             for i in range(0, rows // 2, batch // 2):
                 repo.store([*traces[i : i + batch // 2], *old[i : i + batch // 2]])
@@ -141,7 +138,7 @@ def bench_store(rows: int, batch: int, runs: int, filter_indexes: bool = False) 
         timed(f"store() half new, half duplicates, batches of {batch}", rows, runs, half_new)
 
         def with_samples(run: int) -> None:
-            traces = make_traces(rows, random.Random(200 + run), start)
+            traces = more[run]
             for i in range(0, rows, batch):
                 batch_id = uuid.uuid4().hex
                 samples = [(batch_id, p, sample) for p in range(samples_per_batch)]
@@ -186,9 +183,68 @@ CREATE INDEX ON llm_traces_by_day (started_at, trace_id) WHERE error IS NOT NULL
 """
 
 
+def interleaved(
+    label_a: str,
+    write_a: Callable[[int], None],
+    label_b: str,
+    write_b: Callable[[int], None],
+    *,
+    batches: int,
+    rows_per_batch: int,
+) -> None:
+    """A/B on a busy machine: batches alternate between the two sides, so whatever else
+    runs meanwhile slows both alike and the ratio stays meaningful."""
+    spent = {label_a: 0.0, label_b: 0.0}
+    for i in range(batches):
+        order = [(label_a, write_a), (label_b, write_b)]
+        for label, write in order if i % 2 == 0 else reversed(order):
+            began = time.perf_counter()
+            write(i)
+            spent[label] += time.perf_counter() - began
+    rates = {label: batches * rows_per_batch / took for label, took in spent.items()}
+    for label, rate in rates.items():
+        print(f"{label:<76} {rate:>9,.0f} rows/s")
+    print(f"{'ratio':<76} {rates[label_b] / rates[label_a]:>9.2f}")
+
+
+def bench_indexes(rows: int, batch: int) -> None:
+    """What the indexes deliberately left out of the schema would cost store()."""
+    traces = make_traces(rows, random.Random(4), datetime(2026, 1, 1, tzinfo=UTC))
+    with (
+        fresh_database() as url_a,
+        fresh_database() as url_b,
+        database.create_pool(url_a, min_size=1, max_size=1) as pool_a,
+        database.create_pool(url_b, min_size=1, max_size=1) as pool_b,
+    ):
+        migrations.migrate(pool_a)
+        migrations.migrate(pool_b)
+        with database.connection(pool_b) as conn:
+            for statement in FILTER_INDEXES:
+                conn.execute(statement)
+        repo_a, repo_b = LLMTraceRepository(pool_a), LLMTraceRepository(pool_b)
+        interleaved(
+            "store(), the schema's indexes",
+            lambda i: repo_a.store(traces[i * batch : (i + 1) * batch]),
+            "store(), plus (provider, model, started_at), (actor, started_at)",
+            lambda i: repo_b.store(traces[i * batch : (i + 1) * batch]),
+            batches=rows // batch,
+            rows_per_batch=batch,
+        )
+
+
+PARTITIONED_DDL = """
+CREATE TABLE llm_traces_by_day (LIKE llm_traces INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
+    PRIMARY KEY (trace_id, started_at)) PARTITION BY RANGE (started_at);
+CREATE INDEX ON llm_traces_by_day (started_at, trace_id);
+CREATE INDEX ON llm_traces_by_day (plan_id, started_at, trace_id) WHERE plan_id IS NOT NULL;
+CREATE INDEX ON llm_traces_by_day (started_at, trace_id) WHERE error IS NOT NULL;
+"""
+
+
 def bench_partitions(rows: int, batch: int) -> None:
     """The alternative not chosen: daily range partitions. Insert rate through the
-    partitioned parent, and dropping a day against deleting it in batches."""
+    partitioned parent against the plain table, and dropping a day against deleting it
+    in batches."""
     from fleettrace_worker.repository import TRACE_COLUMNS, _copy, _trace_row
 
     rng = random.Random(3)
@@ -208,13 +264,22 @@ def bench_partitions(rows: int, batch: int) -> None:
                 f"CREATE TABLE llm_traces_d{day} PARTITION OF llm_traces_by_day "
                 f"FOR VALUES FROM ('{low.isoformat()}') TO ('{high.isoformat()}')"
             )
-        for table in ("llm_traces", "llm_traces_by_day"):
-            began = time.perf_counter()
-            for i in range(0, rows, batch):
+
+        def write(table: str) -> Callable[[int], None]:
+            def run(i: int) -> None:
                 with conn.transaction():
-                    _copy(conn, table, TRACE_COLUMNS, prepared[i : i + batch])
-            took = time.perf_counter() - began
-            print(f"COPY into {table:<18} batches of {batch}: {rows / took:>9,.0f} rows/s")
+                    _copy(conn, table, TRACE_COLUMNS, prepared[i * batch : (i + 1) * batch])
+
+            return run
+
+        interleaved(
+            f"binary COPY into llm_traces, batches of {batch}",
+            write("llm_traces"),
+            f"binary COPY into llm_traces_by_day (daily partitions), batches of {batch}",
+            write("llm_traces_by_day"),
+            batches=rows // batch,
+            rows_per_batch=batch,
+        )
         conn.execute("VACUUM ANALYZE llm_traces")
         began = time.perf_counter()
         conn.execute("ALTER TABLE llm_traces_by_day DETACH PARTITION llm_traces_d0")
@@ -242,13 +307,16 @@ def main() -> None:
     parser.add_argument("--prune-batch", type=int, default=5000)
     parser.add_argument("--partition-rows", type=int, default=400_000)
     parser.add_argument(
-        "--filter-indexes",
-        action="store_true",
-        help="also index provider/model and actor, as the schema deliberately does not",
+        "--index-rows",
+        type=int,
+        default=200_000,
+        help="rows for the A/B of the indexes the schema leaves out (0: skip)",
     )
     args = parser.parse_args()
     if args.rows:
-        bench_store(args.rows, args.batch, args.runs, args.filter_indexes)
+        bench_store(args.rows, args.batch, args.runs)
+    if args.index_rows:
+        bench_indexes(args.index_rows, args.batch)
     if args.prune_rows:
         bench_prune(args.prune_rows, args.prune_batch)
     if args.partition_rows:
