@@ -4,8 +4,10 @@ and the count that proves every record sent is a row or a dead letter."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +23,7 @@ from fleettrace.codec import Kind
 from fleettrace.errors import FleettraceError, SchemaVersionError
 from fleettrace.keys import EMITTER_RECORDS, FIELD_COUNT, PERSIST_GROUP, Keys
 from fleettrace_worker import database
+from fleettrace_worker import demo as demo_module
 from fleettrace_worker.cli import demo as demo_cli
 from fleettrace_worker.cli import main
 from fleettrace_worker.deadletter import DeadLetter
@@ -386,3 +389,49 @@ def test_run_ids_are_unique_namespaces() -> None:
     for run_id in ids:
         Keys(run_id)
     assert DemoSettings("r", "d", "n").run_id != DemoSettings("r", "d", "n").run_id
+
+
+def test_ctrl_c_stops_the_fleet_and_the_servers_without_a_traceback(tmp_path: Path) -> None:
+    env = {name: value for name, value in os.environ.items() if name not in URL_VARIABLES}
+    env["FLEETTRACE_DATA_DIR"] = str(tmp_path / "data")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleettrace_worker.cli", "demo", "--seconds", "120"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal would make it
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # bounded by the test's timeout
+            if line.startswith("agents running"):
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
+    assert "KeyboardInterrupt" not in stderr
+    settings = json.loads((tmp_path / "data" / "redis" / "redis.db.settings").read_text())
+    assert not Path(settings["pidfile"]).exists()
+    assert not (tmp_path / "data" / "postgres" / "postmaster.pid").exists()
+
+
+def test_sigint_is_left_alone_outside_the_main_thread() -> None:
+    seen: list[object] = []
+
+    def probe() -> None:
+        with demo_module._children_ignore_sigint():
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join(10)
+    assert seen == [signal.getsignal(signal.SIGINT)]
+    with demo_module._children_ignore_sigint():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is seen[0]

@@ -20,6 +20,7 @@ import multiprocessing
 import multiprocessing.queues
 import queue
 import random
+import signal
 import threading
 import time
 import uuid
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 import redis
@@ -232,14 +233,20 @@ def run_plan(rng: random.Random, plan_id: str) -> None:
 
 
 def run_agent(
-    settings: DemoSettings, agent: int, reports: multiprocessing.queues.Queue[AgentReport]
+    settings: DemoSettings,
+    agent: int,
+    reports: multiprocessing.queues.Queue[AgentReport],
+    stop: EventLike,
 ) -> None:
-    """The body of one agent process: run plans, flush, report what the emitter did."""
+    """The body of one agent process: run plans until done or told to stop, flush,
+    report what the emitter did."""
     emitter = configure(redis_url=settings.redis_url, namespace=settings.namespace)
     rng = random.Random(f"{settings.run_id}-{agent}")
     deadline = None if settings.seconds is None else time.monotonic() + settings.seconds
     plans = 0
-    while (plans < settings.plans) if deadline is None else (time.monotonic() < deadline):
+    while not stop.is_set() and (
+        plans < settings.plans if deadline is None else time.monotonic() < deadline
+    ):
         run_plan(rng, f"{settings.run_id}-a{agent}-p{plans}")
         plans += 1
     emitter.close(AGENT_CLOSE_TIMEOUT_S)
@@ -471,6 +478,27 @@ class _Counters:
         )
 
 
+class EventLike(Protocol):
+    """What an agent needs of its stop event (a ``multiprocessing`` Event)."""
+
+    def is_set(self) -> bool: ...
+
+
+@contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Processes started in the block ignore SIGINT from birth (an ignored signal stays
+    ignored across exec): Ctrl-C reaches the whole process group, and an agent still
+    importing would print a traceback. This process stops them through their event."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _run_fleet(
     settings: DemoSettings,
     counters: _Counters,
@@ -481,12 +509,16 @@ def _run_fleet(
     # connections and worker thread.
     context = multiprocessing.get_context("spawn")
     reports: multiprocessing.queues.Queue[AgentReport] = context.Queue()
+    stop = context.Event()
     processes = [
-        context.Process(target=run_agent, args=(settings, agent, reports), name=f"agent-{agent}")
+        context.Process(
+            target=run_agent, args=(settings, agent, reports, stop), name=f"agent-{agent}"
+        )
         for agent in range(settings.agents)
     ]
-    for process in processes:
-        process.start()
+    with _children_ignore_sigint():
+        for process in processes:
+            process.start()
     received: list[AgentReport] = []
     try:
         while len(received) < len(processes):
@@ -505,6 +537,7 @@ def _run_fleet(
             worker_check()
             show(counters.progress(running))
     finally:
+        stop.set()  # a no-op when all reported; after Ctrl-C, the agents finish a plan
         for process in processes:
             process.join(AGENT_CLOSE_TIMEOUT_S)
             if process.is_alive():  # pragma: no cover - an agent hung after reporting
