@@ -39,6 +39,8 @@ from fleettrace.model import LLMTrace, MetricSample
 FORMAT_VERSION: Final = b"1"
 RECORD_SEPARATOR: Final = b"\n"
 _BATCH_ID_RE: Final = re.compile(rb"^[0-9a-f]{32}$")
+_JSON_COLUMN_RE: Final = re.compile(r"line 1 column (\d+)")
+_JSON_KEY_RE: Final = re.compile(rb'(?<!\\)"([A-Za-z_][A-Za-z0-9_]*)"\s*:')
 _JSON_OPTIONS: Final = orjson.OPT_UTC_Z
 _ENCODE_CHUNK: Final = 128
 _ENVELOPE_FIELDS: Final = frozenset(
@@ -161,12 +163,24 @@ def decode_envelope(fields: Mapping[bytes, bytes]) -> tuple[Kind, str, list[byte
     return kind, batch_id.decode("ascii"), lines
 
 
-def describe_validation_error(error: ValidationError) -> str:
+def _field_at_json_error(line: bytes, message: str) -> str | None:
+    """The key whose value holds the byte where a JSON parse failed (invalid UTF-8,
+    a bad escape), so the reason names a field even when the line is not JSON."""
+    column = _JSON_COLUMN_RE.search(message)
+    if column is None:
+        return None
+    names = _JSON_KEY_RE.findall(line[: int(column.group(1))])
+    return names[-1].decode("ascii") if names else None
+
+
+def describe_validation_error(error: ValidationError, line: bytes | None = None) -> str:
     """One line naming each failing field: ``prompt_tokens: Input should be ...``."""
     parts = []
     for item in error.errors(include_url=False, include_input=False):
-        location = ".".join(str(p) for p in item["loc"]) or "record"
-        parts.append(f"{location}: {item['msg']}")
+        location = ".".join(str(p) for p in item["loc"])
+        if not location and item["type"] == "json_invalid" and line is not None:
+            location = _field_at_json_error(line, item["msg"]) or ""
+        parts.append(f"{location or 'record'}: {item['msg']}")
     return "; ".join(parts)
 
 
@@ -187,7 +201,7 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> DecodedBatch:
         try:
             record = model.model_validate_json(line)
         except ValidationError as error:
-            errors.append(RecordError(index, line, describe_validation_error(error)))
+            errors.append(RecordError(index, line, describe_validation_error(error, line)))
             continue
         if len(record.model_fields_set) != field_count:
             # The encoder writes every field; a record missing one was not made by it,
