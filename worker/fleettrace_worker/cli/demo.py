@@ -130,16 +130,21 @@ def run(args: argparse.Namespace) -> int:
     redis_url = args.redis_url or redis_url_from_env()
     database_url = args.database_url or database_url_from_env()
     data_dir = args.data_dir or data_dir_from_env()
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else WIDE_OUTPUT_COLUMNS)
+    run_id = new_run_id()
+    namespace = args.namespace or os.environ.get(options.NAMESPACE_VARIABLE) or run_id
+    try:
+        Keys(namespace)
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
+    # No markup: dead-letter reasons and URLs may hold square brackets.
+    console = Console(
+        highlight=False,
+        markup=False,
+        width=None if sys.stdout.isatty() else WIDE_OUTPUT_COLUMNS,
+    )
     if redis_url is None or database_url is None:
         console.print(f"Starting embedded servers under {data_dir} ...")
     with embedded_servers(data_dir, redis_url=redis_url, database_url=database_url) as urls:
-        run_id = new_run_id()
-        namespace = args.namespace or os.environ.get(options.NAMESPACE_VARIABLE) or run_id
-        try:
-            Keys(namespace)
-        except ValueError as error:
-            raise ConfigurationError(str(error)) from None
         settings = DemoSettings(
             redis_url=urls.redis_url,
             database_url=urls.database_url,
@@ -168,8 +173,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     missing = result.sent - result.stored - result.dead_letters
     console.print(
-        f"[bold red]{missing} records are neither rows nor dead letters[/] "
-        f"(after waiting {settings.drain_timeout_s:g} s)"
+        f"{missing} records are neither rows nor dead letters "
+        f"(after waiting {settings.drain_timeout_s:g} s)",
+        style="bold red",
     )
     return EXIT_FAILURE
 
