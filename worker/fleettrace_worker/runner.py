@@ -68,7 +68,7 @@ class WorkerSettings:
     namespace: str = "fleettrace"
     consumer: str = field(default_factory=default_consumer_name)
     groups: tuple[str, ...] = (PERSIST_GROUP,)
-    batch_records: int = 2_000
+    batch_records: int = 4_000
     block_ms: int = 1_000
     claim_idle_ms: int = 30_000
     max_deliveries: int = 5

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--batch",
         type=int,
         metavar="N",
-        help="records to read and store per batch (default: 2000)",
+        help="records to read and store per batch (default: 4000)",
     )
     parser.add_argument(
         "--block-ms",
