@@ -23,6 +23,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client killed mid-request (the SIGKILL tests) is expected, not news."""
+
+
 @dataclass
 class Fault:
     """One misbehaviour: ``status`` (with ``retry_after``), ``sleep`` or ``close``.
@@ -79,7 +84,7 @@ class LangSmithServer:
             def do_PATCH(self) -> None:
                 server._handle(self, "PATCH")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
