@@ -8,10 +8,11 @@ from collections.abc import Iterator, Sequence
 
 import psycopg
 import pytest
+import redis
 
 from fleettrace.codec import Kind, encode_batch, encode_record, new_batch_id
 from fleettrace.errors import ForwardingDeferred, SchemaVersionError
-from fleettrace.keys import PERSIST_GROUP
+from fleettrace.keys import PERSIST_GROUP, Keys
 from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.deadletter import DeadLetter, list_dead_letters, replay_dead_letters
@@ -280,3 +281,28 @@ def test_stopping_a_pipelined_loop_while_it_retries(redis_client, keys) -> None:
     thread.join(30)
     assert not thread.is_alive()
     assert pending(redis_client, keys, "langsmith") == 2
+
+
+def test_redis_away_is_waited_for_and_nothing_is_lost(private_redis, db, pool) -> None:
+    client = redis.Redis.from_url(private_redis.url, socket_timeout=2, socket_connect_timeout=2)
+    keys = Keys("outage")
+    add_traces(client, keys, [make_trace(i) for i in range(10)])
+    settings = LoopSettings(block_ms=100, retry_initial_s=0.05, retry_max_s=0.2, pipeline=True)
+    loop = _loop(client, keys, pool, settings=settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: trace_rows(db) == 10, 60, "first rows")
+        private_redis.stop()
+        wait_for(lambda: loop.stats.ready is False, 60, "not ready")
+        assert (loop.stats.last_error or "").startswith("reading the streams: ")
+        private_redis.start()  # AOF: the stream and the group come back
+        add_traces(client, keys, [make_trace(i) for i in range(10, 30)])
+        wait_for(lambda: trace_rows(db) == 30, 60, "catch up")
+        wait_for(lambda: loop.stats.ready is True, 30, "ready again")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert pending(client, keys) == 0
+    client.close()
