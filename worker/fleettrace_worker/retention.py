@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Final
+from datetime import UTC, datetime
+from typing import Final, cast
 
 from psycopg import sql
 from psycopg_pool import ConnectionPool
@@ -66,20 +66,28 @@ def prune(
                 removed.append(int(row[0]) if row else 0)  # type: ignore[call-overload]
                 continue
             # ctid = ANY(ARRAY(...)) is a TID scan: the batch is found through the age
-            # index and deleted without a second pass over the table.
+            # index and deleted without a second pass over the table. Each batch starts
+            # where the last one ended (the oldest age still there), so it does not walk
+            # again over the index entries of rows already deleted and not yet vacuumed.
             statement = sql.SQL(
-                "DELETE FROM {table} WHERE ctid = ANY(ARRAY("
-                "SELECT ctid FROM {table} WHERE {column} < %s LIMIT %s))"
+                "WITH gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+                "SELECT ctid FROM {table} WHERE {column} >= %s AND {column} < %s "
+                "ORDER BY {column} LIMIT %s)) RETURNING {column}) "
+                "SELECT count(*), max({column}) FROM gone"
             ).format(table=sql.Identifier(table), column=sql.Identifier(column))
             total = 0
+            oldest = datetime.min.replace(tzinfo=UTC)
             while True:
                 began = time.perf_counter()
                 with conn.transaction():
-                    deleted = conn.execute(statement, (cutoff, batch_rows)).rowcount
+                    found = conn.execute(statement, (oldest, cutoff, batch_rows)).fetchone()
                 longest_s = max(longest_s, time.perf_counter() - began)
                 batches += 1
+                # An aggregate always returns its one row: (count, newest age deleted).
+                deleted, newest = cast(tuple[int, datetime], found)
                 total += deleted
                 if deleted < batch_rows:
                     break
+                oldest = newest
             removed.append(total)
     return PruneReport(cutoff, removed[0], removed[1], batches, longest_s, dry_run)
