@@ -108,16 +108,7 @@ FAILURES = [
         ("demo", "--redis-url", "redis://127.0.0.1:6379/0", "--database-url", REFUSED_LOGIN),
         "no_such_role_ft",
     ),
-    pytest.param(
-        ("worker", "--burst", "--database-url", REFUSED_LOGIN),
-        "no_such_role_ft",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="the worker's connection pool logs a warning per failed attempt before "
-            "the one-line error",
-        ),
-        id="worker --burst --database-url <refused login>",
-    ),
+    (("worker", "--burst", "--database-url", REFUSED_LOGIN), "no_such_role_ft"),
     # A URL that is not a PostgreSQL URL.
     (("migrate", "--database-url", BAD_DATABASE_URL), "postgresql://"),
     (("traces", "list", "--database-url", BAD_DATABASE_URL), "postgresql://"),

@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         level=os.environ.get("FLEETTRACE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The pool warns at every failed connection attempt; the group loop already says
+    # once per distinct error that it is waiting, and a refused login is one line.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     keys = options.keys(args)
     settings = WorkerSettings.from_env(
         options.redis_url(args),
