@@ -10,13 +10,10 @@ the rank), so they agree with what a dashboard shows.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
 
-from fleettrace.errors import ConfigurationError, RedisUnavailable
 from fleettrace.keys import (
     STAT_BUCKET_PREFIX,
     STAT_COUNT,
@@ -29,6 +26,7 @@ from fleettrace.keys import (
     split_live_field,
 )
 from fleettrace.metrics import MetricKey, MetricType
+from fleettrace.redis_errors import translate_redis_errors
 
 QUANTILES = (0.5, 0.95, 0.99)
 
@@ -50,18 +48,6 @@ class LiveSeries:
     p50: float | None = None
     p95: float | None = None
     p99: float | None = None
-
-
-@contextmanager
-def translate_redis_errors(action: str) -> Iterator[None]:
-    """redis-py errors as fleettrace errors with a one-line message: a refused login or
-    missing ACL right is a ``ConfigurationError``, anything else ``RedisUnavailable``."""
-    try:
-        yield
-    except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as error:
-        raise ConfigurationError(f"Redis refused {action}: {error}") from None
-    except redis.RedisError as error:
-        raise RedisUnavailable(f"{action}: {error}") from None
 
 
 def histogram_quantile(q: float, buckets: tuple[tuple[float, int], ...]) -> float | None:

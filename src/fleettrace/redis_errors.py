@@ -1,7 +1,8 @@
-"""The one place where the worker turns redis-py errors into fleettrace errors.
+"""The one place where redis-py errors become fleettrace errors, for every reader of
+Redis (the live reader, the worker's consumer groups, dead letters, trimming).
 
 A refused login or a missing ACL right cannot heal by waiting, so it is a
-``ConfigurationError``; everything else Redis can throw at a worker (connection
+``ConfigurationError``; everything else Redis can throw at a reader (connection
 refused or dropped, timeouts, loading, out of memory) may pass and is
 ``RedisUnavailable``, which the group loops retry with backoff.
 """

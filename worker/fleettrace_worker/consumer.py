@@ -21,8 +21,8 @@ from typing import Any, Final
 import redis
 
 from fleettrace.keys import Keys
+from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker.deadletter import DeadLetter
-from fleettrace_worker.redis_errors import translate_redis_errors
 
 #: The id a group starts from when it is created: the whole stream, so records sent
 #: before the first worker ever started are stored too.

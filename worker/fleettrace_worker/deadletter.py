@@ -38,7 +38,7 @@ from fleettrace.keys import (
     DEAD_STREAM,
     Keys,
 )
-from fleettrace_worker.redis_errors import translate_redis_errors
+from fleettrace.redis_errors import translate_redis_errors
 
 _ENTRY_ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 

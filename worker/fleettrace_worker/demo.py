@@ -44,10 +44,10 @@ from fleettrace.keys import EMITTER_RECORDS, FIELD_COUNT, PERSIST_GROUP, Keys
 from fleettrace.live import read_live
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace
+from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker import database
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.migrations import migrate
-from fleettrace_worker.redis_errors import translate_redis_errors
 from fleettrace_worker.repository import (
     SAMPLES_TABLE,
     TRACES_TABLE,
@@ -67,9 +67,10 @@ MODELS: Final = (
 )
 ACTORS: Final = ("planner", "researcher", "coder", "reviewer")
 TOOLS: Final = ("search", "read_file", "run_tests", "http_get")
-#: Share of LLM calls that fail for good, of calls retried first, of tool runs that fail.
-LLM_FAILURE_RATE: Final = 0.06
-LLM_RETRY_RATE: Final = 0.12
+#: Every RETRY_EVERY-th LLM call of an agent was retried, every FAIL_EVERY-th failed (by
+#: count, not chance: even a short run shows both); a share of tool runs fail.
+RETRY_EVERY: Final = 8
+FAIL_EVERY: Final = 16
 TOOL_FAILURE_RATE: Final = 0.1
 #: How long the demo waits for the last records to become rows.
 DRAIN_TIMEOUT_S: Final = 60.0
@@ -179,16 +180,32 @@ class DemoResult:
 # -- one agent process ------------------------------------------------------------------
 
 
-def _llm_calls(rng: random.Random, act: hooks.ActorSpan) -> None:
+@dataclass
+class Simulation:
+    """One agent's dice: random choices, and the count of its LLM calls."""
+
+    rng: random.Random
+    llm_calls: int = 0
+
+    def next_llm_call(self) -> tuple[int, bool]:
+        """(retries before this call succeeded or failed, whether it fails)."""
+        number = self.llm_calls
+        self.llm_calls += 1
+        retries = self.rng.randint(1, 3) if number % RETRY_EVERY == 1 else 0
+        return retries, number % FAIL_EVERY == 2
+
+
+def _llm_calls(sim: Simulation, act: hooks.ActorSpan) -> None:
+    rng = sim.rng
     for _ in range(rng.randint(1, 3)):
         provider, model = rng.choice(MODELS)
-        retries = rng.randint(1, 3) if rng.random() < LLM_RETRY_RATE else 0
+        retries, fails = sim.next_llm_call()
         try:
             streaming = rng.random() < 0.3
             with act.llm(provider, model, retry_count=retries, streaming=streaming) as call:
                 time.sleep(rng.uniform(0.0005, 0.002))
                 call.update(latency_ms=round(rng.lognormvariate(6.5, 0.6), 1))
-                if rng.random() < LLM_FAILURE_RATE:
+                if fails:
                     raise RateLimitError(f"{provider} rate limit reached for {model}")
                 call.update(
                     prompt_tokens=rng.randint(200, 4000),
@@ -209,8 +226,9 @@ def _use_tool(rng: random.Random) -> None:
         pass
 
 
-def run_plan(rng: random.Random, plan_id: str) -> None:
+def run_plan(sim: Simulation, plan_id: str) -> None:
     """One plan as an agent would run it, recorded through the hooks."""
+    rng = sim.rng
     with hooks.plan(plan_id):
         with hooks.phase("prepare"):
             with hooks.context_build(rng.choice(("hot", "warm", "cold"))):
@@ -221,7 +239,7 @@ def run_plan(rng: random.Random, plan_id: str) -> None:
         with hooks.phase("execute"):
             for _ in range(rng.randint(1, 3)):
                 with hooks.decision(), hooks.actor(rng.choice(ACTORS)) as act:
-                    _llm_calls(rng, act)
+                    _llm_calls(sim, act)
                     _use_tool(rng)
             with hooks.sandbox("create"):
                 pass
@@ -229,7 +247,7 @@ def run_plan(rng: random.Random, plan_id: str) -> None:
                 pass
         if rng.random() < 0.2:
             with hooks.plan(f"{plan_id}.child"), hooks.actor("reviewer") as act:
-                _llm_calls(rng, act)
+                _llm_calls(sim, act)
 
 
 def run_agent(
@@ -241,13 +259,13 @@ def run_agent(
     """The body of one agent process: run plans until done or told to stop, flush,
     report what the emitter did."""
     emitter = configure(redis_url=settings.redis_url, namespace=settings.namespace)
-    rng = random.Random(f"{settings.run_id}-{agent}")
+    sim = Simulation(random.Random(f"{settings.run_id}-{agent}"))
     deadline = None if settings.seconds is None else time.monotonic() + settings.seconds
     plans = 0
     while not stop.is_set() and (
         plans < settings.plans if deadline is None else time.monotonic() < deadline
     ):
-        run_plan(rng, f"{settings.run_id}-a{agent}-p{plans}")
+        run_plan(sim, f"{settings.run_id}-a{agent}-p{plans}")
         plans += 1
     emitter.close(AGENT_CLOSE_TIMEOUT_S)
     stats = emitter.stats

@@ -19,8 +19,8 @@ from __future__ import annotations
 import redis
 
 from fleettrace.keys import Keys
+from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker.consumer import GroupState, group_states
-from fleettrace_worker.redis_errors import translate_redis_errors
 
 
 def _parse(entry_id: str) -> tuple[int, int]:
