@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -118,3 +120,18 @@ def test_housekeeping_survives_an_unreachable_redis(monkeypatch) -> None:
     worker._trim()
     assert worker.health()["ready"] is False
     assert check_health(redis.Redis.from_url(url), worker.keys, "t1") is False
+
+
+def test_check_wants_a_fresh_ready_snapshot(redis_client, keys) -> None:
+    key = keys.worker_health("w1")
+    now = time.time()
+    cases = [
+        ({"ready": True, "updated_at": now}, True),
+        ({"ready": True, "updated_at": now - runner.HEALTH_FRESH_S - 1}, False),
+        ({"ready": True}, False),
+        ({"ready": False, "updated_at": now}, False),
+        (["ready"], False),
+    ]
+    for health, expected in cases:
+        redis_client.set(key, json.dumps(health))
+        assert check_health(redis_client, keys, "w1") is expected, health

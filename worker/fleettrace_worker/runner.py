@@ -50,6 +50,8 @@ EXIT_KILLED: Final = 130
 #: Seconds a Redis call may take beyond a blocking read's own wait.
 REDIS_MARGIN_S: Final = 5.0
 ENV_PREFIX: Final = "FLEETTRACE_WORKER_"
+#: ``--check`` takes a health snapshot older than this (several missed writes) as dead.
+HEALTH_FRESH_S: Final = 15.0
 
 
 def default_consumer_name() -> str:
@@ -343,7 +345,8 @@ class Worker:
 
 
 def check_health(client: redis.Redis, keys: Keys, consumer: str) -> bool:
-    """``--check``: the named worker wrote a health key lately and said it was ready."""
+    """``--check``: the named worker wrote its health in the last ``HEALTH_FRESH_S``
+    seconds and said it was ready."""
     try:
         raw = client.get(keys.worker_health(consumer))
     except redis.RedisError:
@@ -354,4 +357,8 @@ def check_health(client: redis.Redis, keys: Keys, consumer: str) -> bool:
         health = json.loads(raw)
     except ValueError:
         return False
-    return isinstance(health, dict) and health.get("ready") is True
+    if not isinstance(health, dict) or health.get("ready") is not True:
+        return False
+    # The key outlives a killed worker by its TTL; a stale snapshot is not a ready worker.
+    updated_at = health.get("updated_at")
+    return isinstance(updated_at, int | float) and time.time() - updated_at <= HEALTH_FRESH_S
