@@ -246,8 +246,11 @@ def test_after_retry_for_s_the_batch_becomes_dead_letters(
     loop.run(threading.Event())
     letters = list_dead_letters(redis_client, keys, LANGSMITH_GROUP)
     assert len(letters) == 1
-    assert "gave up after 0.5 s" in letters[0][1].reason
-    assert "503" in letters[0][1].reason
+    reason = letters[0][1].reason
+    assert "LangSmith kept failing for" in reason
+    assert "(retry_for_s=0.5)" in reason
+    assert "LangSmith answered 503" in reason
+    assert letters[0][1].original is not None
     assert pending(redis_client, keys) == 0
     assert server.run_ids() == set()
 
@@ -255,6 +258,54 @@ def test_after_retry_for_s_the_batch_becomes_dead_letters(
     assert len(replay_dead_letters(redis_client, keys, LANGSMITH_GROUP).replayed) == 1
     make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
     assert server.run_ids() == expected_ids(records)
+
+
+class Ticks:
+    """A clock that moves one second each time it is read."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_the_retry_window_spans_batches_so_a_long_outage_drains_quickly(
+    server: LangSmithServer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    for _ in range(3):
+        send_traces(redis_client, keys, [trace(None)])
+    server.inject(Fault("status", status=503, duration_s=600))
+    loop = make_loop(redis_client, keys, settings_for(server, retry_for_s=1.5, concurrency=1))
+    loop.clock = Ticks()
+    loop.run(threading.Event())
+    letters = list_dead_letters(redis_client, keys, LANGSMITH_GROUP)
+    assert len(letters) == 3
+    # The first batch (one entry) waited out the window: tries 0, 1 and 2 s into the
+    # outage. The next batch (the other two entries) met the same outage: one try for
+    # the batch, then one for each entry alone, and no waiting.
+    assert server.recorded.answers[503] == 3 + 1 + 2
+    assert loop.stats.retries == 2
+    assert pending(redis_client, keys) == 0
+
+
+def test_the_retry_window_starts_again_once_langsmith_takes_a_run(
+    server: LangSmithServer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    records = [trace(None) for _ in range(3)]
+    for record in records:
+        send_traces(redis_client, keys, [record])
+    loop = make_loop(redis_client, keys, settings_for(server, retry_for_s=1.5, concurrency=1))
+    loop.clock = Ticks()
+    for _ in range(3):
+        # One failure before each record: never two in a row, so never past the window.
+        server.clear_faults()
+        server.inject(Fault("status", status=503, count=1))
+        loop.run(threading.Event())
+    assert list_dead_letters(redis_client, keys, LANGSMITH_GROUP) == []
+    assert server.run_ids() == expected_ids(records)
+    assert server.recorded.answers[503] == 1
 
 
 def test_stopping_while_langsmith_is_down_leaves_the_entry_pending(
@@ -470,7 +521,8 @@ def test_the_worker_builds_the_group_from_the_environment(
     assert loop.group == LANGSMITH_GROUP
     assert loop.consumer.name == "ctx"
     assert loop.langsmith.endpoint == server.url
-    assert loop.settings.give_up_after_s == 42.0
+    assert loop.langsmith.retry_for_s == 42.0
+    assert loop.settings.give_up_after_s is None
     assert loop.settings.batch_records == 200
     assert loop.settings.block_ms == 250
     assert loop.settings.burst is True

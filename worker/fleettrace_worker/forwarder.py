@@ -15,10 +15,13 @@ absent LangSmith never holds back persistence, and the other way round.
 While LangSmith answers 429 or 5xx, times out or cannot be reached, ``deliver``
 raises :class:`ForwardingDeferred` and the loop tries the batch again with capped
 exponential backoff and jitter, never sooner than the server's Retry-After, keeping
-the entries pending and in hand. A batch that still fails after ``retry_for_s``
-becomes dead letters with the last reason (``fleettrace dlq replay --group
-langsmith`` sends them again). A run refused with another 4xx makes its record a
-dead letter at once, with LangSmith's answer.
+the entries pending and in hand. Once LangSmith has failed without a break for
+``retry_for_s`` (counted across batches, from the first failure after it last took
+a run), each batch that still fails becomes dead letters at once, with the last
+reason, so a long outage drains into the dead-letter stream instead of holding the
+trace stream (``fleettrace dlq replay --group langsmith`` sends them again). A run
+refused with another 4xx makes its record a dead letter at once, with LangSmith's
+answer.
 
 Entries that do not decode and records that do not validate are dead letters of the
 ``persist`` group; this group acknowledges them without a copy of its own, so a bad
@@ -28,11 +31,12 @@ record is replayed from one place. Metric entries are acknowledged untouched.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 from fleettrace.codec import Kind, decode_entry, decode_envelope
 from fleettrace.errors import (
@@ -40,6 +44,7 @@ from fleettrace.errors import (
     EntryDecodeError,
     ForwardingDeferred,
     ForwardingRejected,
+    PermanentError,
 )
 from fleettrace.keys import LANGSMITH_GROUP
 from fleettrace.model import LLMTrace
@@ -86,14 +91,15 @@ def loop_settings(
     settings: LangSmithSettings, base: LoopSettings | None = None, *, burst: bool = False
 ) -> LoopSettings:
     """The group loop's settings for forwarding: those of ``base`` (the worker's), with
-    LangSmith's backoff, and batches given up on after ``retry_for_s``."""
+    LangSmith's backoff."""
     base = base if base is not None else LoopSettings(burst=burst)
     return replace(
         base,
         batch_records=min(base.batch_records, FORWARD_BATCH_RECORDS),
         retry_initial_s=settings.backoff_initial_s,
         retry_max_s=settings.backoff_max_s,
-        give_up_after_s=settings.retry_for_s,
+        # The group counts its retry window itself, across batches (ForwardLoop._fail).
+        give_up_after_s=None,
     )
 
 
@@ -113,6 +119,14 @@ def langsmith_loop(context: WorkerContext) -> GroupLoop[Any]:
     )
 
 
+class RetryWindowOver(PermanentError):
+    """LangSmith kept failing for longer than ``retry_for_s``: the batch is given up."""
+
+
+def _progress(payload: Outbox) -> int:
+    return sum(item.sent + item.done for item in payload.items)
+
+
 class ForwardLoop(GroupLoop[Outbox]):
     """One consumer of the ``langsmith`` group."""
 
@@ -128,6 +142,8 @@ class ForwardLoop(GroupLoop[Outbox]):
         self.sender = sender if sender is not None else RunSender(settings)
         self._roots: OrderedDict[object, None] = OrderedDict()
         self._roots_lock = threading.Lock()
+        self._failing_since: float | None = None
+        self.clock: Callable[[], float] = time.monotonic
         self._pool = ThreadPoolExecutor(
             max_workers=settings.concurrency, thread_name_prefix="fleettrace-langsmith"
         )
@@ -161,15 +177,33 @@ class ForwardLoop(GroupLoop[Outbox]):
     def deliver(self, payload: Outbox) -> list[DeadLetter]:
         """Send what is still unsent, ``concurrency`` records at a time (plan roots
         first, so no call is posted before the run it hangs under). A
-        ``ForwardingDeferred`` leaves the rest for the next try. Returns the dead
-        letters of records LangSmith refused."""
+        ``ForwardingDeferred`` leaves the rest for the next try, until LangSmith has
+        failed without a break for ``retry_for_s``. Returns the dead letters of
+        records LangSmith refused."""
+        before = _progress(payload)
         waiting = [item for item in payload.items if not item.done]
         deferred = self._in_parallel(self._send_roots, self._roots_of(waiting))
         if deferred is None:
             deferred = self._in_parallel(self._send_item, waiting)
         if deferred is not None:
-            raise deferred
+            self._fail(deferred, answered=_progress(payload) > before)
+        self._failing_since = None
         return [self._dead_letter(item) for item in payload.items if item.refusal is not None]
+
+    def _fail(self, deferred: ForwardingDeferred, *, answered: bool) -> NoReturn:
+        """Count the outage from the first failure after LangSmith last took a run;
+        past ``retry_for_s`` the batch is given up at once, so a long outage drains
+        into dead letters rather than holding the stream one batch per window."""
+        now = self.clock()
+        if answered or self._failing_since is None:
+            self._failing_since = now
+        failing_for_s = now - self._failing_since
+        if failing_for_s >= self.langsmith.retry_for_s:
+            raise RetryWindowOver(
+                f"LangSmith kept failing for {failing_for_s:.1f} s "
+                f"(retry_for_s={self.langsmith.retry_for_s:g}); last: {deferred}"
+            )
+        raise deferred
 
     def _in_parallel(
         self, send: Callable[[_T], None], work: Sequence[_T]
