@@ -32,7 +32,6 @@ from fleettrace_worker.langsmith_settings import LangSmithSettings
 #: Answers worth another try: rate limited, request timeout, too early, server errors.
 _RETRYABLE_4XX: Final = frozenset((408, 425, 429))
 _SERVER_ERROR: Final = 500
-_CONFLICT: Final = 409
 _ANSWER_CHARS: Final = 300
 
 
