@@ -426,4 +426,5 @@ def markdown(rows: list[Row]) -> str:
             f"| {r.section} | {r.figure} | {r.unit} | {_fmt(r.fleettrace)} | {_fmt(r.baseline)} "
             f"| {gain} | {r.target or ''} | {r.status} |"
         )
-    return "\n".join(lines)
+    notes = [f"- {r.figure}: {r.note}" for r in rows if r.note]
+    return "\n".join([*lines, *(["", *notes] if notes else [])])
