@@ -7,7 +7,7 @@ and settings as arguments.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,14 +20,20 @@ DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 
 
-def redis_url_from_env(environ: Mapping[str, str] | None = None) -> str | None:
-    """``FLEETTRACE_REDIS_URL``, else ``REDIS_URL``, else ``None``."""
+def first_set(names: Sequence[str], environ: Mapping[str, str] | None = None) -> str | None:
+    """The value of the first of ``names`` that is set and not blank, else ``None``:
+    fleettrace's own variable wins over the conventional one it falls back to."""
     env = os.environ if environ is None else environ
-    for name in REDIS_URL_VARIABLES:
+    for name in names:
         value = env.get(name, "").strip()
         if value:
             return value
     return None
+
+
+def redis_url_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """``FLEETTRACE_REDIS_URL``, else ``REDIS_URL``, else ``None``."""
+    return first_set(REDIS_URL_VARIABLES, environ)
 
 
 def redact_url(url: str) -> str:

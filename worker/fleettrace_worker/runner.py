@@ -31,7 +31,14 @@ from psycopg_pool import ConnectionPool
 
 from fleettrace.connection import connect_redis, redact_url
 from fleettrace.errors import ConfigurationError, FleettraceError, TransientError
-from fleettrace.keys import GROUPS, LANGSMITH_GROUP, PERSIST_GROUP, WORKER_HEALTH_TTL_S, Keys
+from fleettrace.keys import (
+    DEFAULT_NAMESPACE,
+    GROUPS,
+    LANGSMITH_GROUP,
+    PERSIST_GROUP,
+    WORKER_HEALTH_TTL_S,
+    Keys,
+)
 from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.forwarder import langsmith_loop
@@ -67,7 +74,7 @@ class WorkerSettings:
 
     redis_url: str
     database_url: str
-    namespace: str = "fleettrace"
+    namespace: str = DEFAULT_NAMESPACE
     consumer: str = field(default_factory=default_consumer_name)
     groups: tuple[str, ...] = (PERSIST_GROUP,)
     batch_records: int = 4_000

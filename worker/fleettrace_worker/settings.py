@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Final
+
+from fleettrace.connection import first_set
 
 DATABASE_URL_VARIABLES: Final = ("FLEETTRACE_DATABASE_URL", "DATABASE_URL")
 DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -12,9 +13,4 @@ DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 def database_url_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     """``FLEETTRACE_DATABASE_URL``, else ``DATABASE_URL``, else ``None``."""
-    env = os.environ if environ is None else environ
-    for name in DATABASE_URL_VARIABLES:
-        value = env.get(name, "").strip()
-        if value:
-            return value
-    return None
+    return first_set(DATABASE_URL_VARIABLES, environ)
