@@ -30,8 +30,6 @@ from benchmarks.load import (
 )
 from benchmarks.load.context import DEFAULT_PG_ADMIN_URL, DEFAULT_REDIS_URL, FULL, QUICK, RunContext
 
-#: In this order: the drain runs before the freshness section, whose hundreds of
-#: thousands of small transactions leave PostgreSQL checkpointing for a while after.
 SECTIONS: Final[dict[str, Callable[[RunContext], dict[str, Any]]]] = {
     "hotpath": hotpath.run,
     "producer": producer.run,
