@@ -38,13 +38,13 @@ def redis_url_from_env(environ: Mapping[str, str] | None = None) -> str | None:
 
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ``***``, fit for logs and errors."""
+    # Split the netloc by hand: urllib's ``port`` raises on a malformed port, and a
+    # URL that is being reported as bad must still be redacted.
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    user = userinfo.split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
