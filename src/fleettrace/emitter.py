@@ -189,6 +189,7 @@ class Emitter:
         self._room = threading.Condition(self._lock)
         self._done_changed = threading.Condition(self._lock)
         self._wake = threading.Event()
+        self._arrived = threading.Event()
         self._buffer: deque[LLMTrace | MetricSample] = deque()
         self._accepted = 0
         self._done = 0
@@ -231,8 +232,13 @@ class Emitter:
                 return
             buffer.append(trace)
             self._accepted += 1
-            if len(buffer) == self._max_batch:
-                self._wake.set()
+            size = len(buffer)
+            if size == 1:
+                # An idle sender sleeps without a timeout; the first record starts its
+                # flush interval.
+                self._arrived.set()
+            elif size == self._max_batch:
+                self._wake_sender()
 
     def observe(
         self,
@@ -257,7 +263,7 @@ class Emitter:
             self._done += 1
             self._count_dropped(1)
             return True
-        self._wake.set()
+        self._wake_sender()
         limit = self.settings.max_buffer_records
         if self._room.wait_for(lambda: len(self._buffer) < limit, self.settings.block_timeout_s):
             return True
@@ -310,7 +316,7 @@ class Emitter:
             target = self._accepted
             if self._done >= target and not self._dropped_unreported:
                 return True
-        self._wake.set()
+        self._wake_sender()
         with self._lock:
             return self._done_changed.wait_for(
                 lambda: self._done >= target and not self._dropped_unreported, timeout_s
@@ -333,7 +339,7 @@ class Emitter:
                 self._done += left
                 self._count_dropped(left, "closed before Redis took them")
         self._stop.set()
-        self._wake.set()
+        self._wake_sender()
         sender = self._sender
         if sender is not None and sender is not threading.current_thread():
             sender.join(max(timeout_s, 0.1))
@@ -364,6 +370,11 @@ class Emitter:
 
     def _run(self) -> None:
         while not self._stopping:
+            if self._idle():
+                # Nothing to send: sleep until a record, flush() or close() wakes us,
+                # rather than waking every flush interval for nothing.
+                self._arrived.wait()
+            self._arrived.clear()
             self._wake.wait(self.settings.flush_interval_s)
             self._wake.clear()
             # The first batch after a wake-up may be partial (the interval ran out or
@@ -374,6 +385,15 @@ class Emitter:
                 partial = False
                 if not self._send(call):
                     return
+
+    def _wake_sender(self) -> None:
+        """Send now: a full batch, a flush, a close, or a caller blocked for room."""
+        self._wake.set()
+        self._arrived.set()
+
+    def _idle(self) -> bool:
+        with self._lock:
+            return not self._buffer and not self._dropped_unreported
 
     def _take_batch(self, partial: bool) -> BatchCall | None:
         limit = self._max_batch
