@@ -107,10 +107,14 @@ def test_stop_is_safe_to_call_twice(tmp_path: Path) -> None:
     assert redis_server.pid == postgres_server.pid == 0
 
 
-def test_a_server_left_by_a_killed_process_is_taken_over_and_stopped(tmp_path: Path) -> None:
+def _postgres_started_by_another_process(
+    tmp_path: Path,
+) -> tuple[subprocess.Popen[str], int]:
+    """A child process that starts the embedded PostgreSQL and holds it for a minute;
+    returns the child and the server's pid."""
     script = textwrap.dedent(
         f"""
-        import sys, time
+        import time
         from pathlib import Path
         from fleettrace_worker.embedded import EmbeddedPostgres
         server = EmbeddedPostgres(Path({str(tmp_path)!r}))
@@ -120,7 +124,11 @@ def test_a_server_left_by_a_killed_process_is_taken_over_and_stopped(tmp_path: P
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    orphan_pid = int(proc.stdout.readline())
+    return proc, int(proc.stdout.readline())
+
+
+def test_a_server_left_by_a_killed_process_is_taken_over_and_stopped(tmp_path: Path) -> None:
+    proc, orphan_pid = _postgres_started_by_another_process(tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     assert _alive(orphan_pid)  # pgserver's own clean-up never ran
@@ -138,19 +146,7 @@ def test_a_server_left_by_a_killed_process_is_taken_over_and_stopped(tmp_path: P
 
 
 def test_postgres_keeps_running_while_another_live_process_holds_it(tmp_path: Path) -> None:
-    script = textwrap.dedent(
-        f"""
-        import time
-        from pathlib import Path
-        from fleettrace_worker.embedded import EmbeddedPostgres
-        server = EmbeddedPostgres(Path({str(tmp_path)!r}))
-        print(server.pid, flush=True)
-        time.sleep(60)
-        """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    other_pid = int(proc.stdout.readline())
+    proc, other_pid = _postgres_started_by_another_process(tmp_path)
     server = EmbeddedPostgres(tmp_path)
     assert server.pid == other_pid
     server.stop()

@@ -181,21 +181,30 @@ def test_postgres_outage_makes_the_worker_not_ready_then_it_catches_up(
     assert pending(redis_client, keys) == 0
 
 
-def _lock_traces(db) -> psycopg.Connection:
-    conn = psycopg.connect(db)
-    conn.execute("LOCK TABLE llm_traces IN ACCESS EXCLUSIVE MODE")
-    return conn
+def _worker_with_a_batch_in_hand(redis_url, redis_client, keys, db):
+    """300 traces, llm_traces locked, and a worker (consumer w1) that has read a batch
+    and is blocked storing it. Returns the worker, its environment and the lock's
+    connection (roll it back to let the worker go on)."""
+    env = worker_env(redis_url, db, keys)
+    add_traces(redis_client, keys, [make_trace(i) for i in range(300)])
+    lock = psycopg.connect(db)
+    lock.execute("LOCK TABLE llm_traces IN ACCESS EXCLUSIVE MODE")
+    worker = start_worker("--consumer", "w1", env=env)
+    try:
+        wait_for(lambda: pending(redis_client, keys) > 0, 60, "a batch in hand")
+    except BaseException:
+        worker.kill()
+        worker.wait(10)
+        lock.close()
+        raise
+    return worker, env, lock
 
 
 def test_sigterm_finishes_and_acknowledges_the_batch_in_hand(
     redis_url, redis_client, keys, db
 ) -> None:
-    env = worker_env(redis_url, db, keys)
-    add_traces(redis_client, keys, [make_trace(i) for i in range(300)])
-    lock = _lock_traces(db)
-    worker = start_worker("--consumer", "w1", env=env)
+    worker, _, lock = _worker_with_a_batch_in_hand(redis_url, redis_client, keys, db)
     try:
-        wait_for(lambda: pending(redis_client, keys) > 0, 60, "a batch in hand")
         os.kill(worker.pid, signal.SIGTERM)
         with pytest.raises(subprocess.TimeoutExpired):
             worker.wait(0.5)  # still storing: blocked by the lock
@@ -211,12 +220,8 @@ def test_sigterm_finishes_and_acknowledges_the_batch_in_hand(
 def test_a_second_signal_exits_at_once_and_the_batch_is_taken_over(
     redis_url, redis_client, keys, db
 ) -> None:
-    env = worker_env(redis_url, db, keys)
-    add_traces(redis_client, keys, [make_trace(i) for i in range(300)])
-    lock = _lock_traces(db)
-    worker = start_worker("--consumer", "w1", env=env)
+    worker, env, lock = _worker_with_a_batch_in_hand(redis_url, redis_client, keys, db)
     try:
-        wait_for(lambda: pending(redis_client, keys) > 0, 60, "a batch in hand")
         os.kill(worker.pid, signal.SIGTERM)
         threading.Event().wait(0.2)
         os.kill(worker.pid, signal.SIGINT)
