@@ -58,13 +58,12 @@ from fleettrace.connection import (
 )
 from fleettrace.counters import aggregate
 from fleettrace.errors import ConfigurationError, EmitterClosed
-from fleettrace.keys import DEFAULT_NAMESPACE, Keys
+from fleettrace.keys import DEFAULT_NAMESPACE, NAMESPACE_VARIABLE, Keys
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace, MetricSample
 
 logger = logging.getLogger("fleettrace.emitter")
 
-NAMESPACE_VARIABLE: Final = "FLEETTRACE_NAMESPACE"
 #: At most one warning about dropped records or a failing Redis per this many seconds.
 WARNING_INTERVAL_S: Final = 10.0
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Final
 
 DEFAULT_NAMESPACE: Final = "fleettrace"
+#: The environment variable that names the namespace (read at the edges only).
+NAMESPACE_VARIABLE: Final = "FLEETTRACE_NAMESPACE"
 
 PERSIST_GROUP: Final = "persist"
 LANGSMITH_GROUP: Final = "langsmith"

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from fleettrace.connection import redis_url_from_env
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import Keys
+from fleettrace.keys import NAMESPACE_VARIABLE, Keys
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
 from fleettrace_worker.demo import (
     DRAIN_TIMEOUT_S,
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     database_url = args.database_url or database_url_from_env()
     data_dir = args.data_dir or data_dir_from_env()
     run_id = new_run_id()
-    namespace = args.namespace or os.environ.get(options.NAMESPACE_VARIABLE) or run_id
+    namespace = args.namespace or os.environ.get(NAMESPACE_VARIABLE) or run_id
     try:
         Keys(namespace)
     except ValueError as error:

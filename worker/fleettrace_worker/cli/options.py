@@ -9,10 +9,8 @@ import redis
 
 from fleettrace.connection import DEFAULT_REDIS_URL, connect_redis, redis_url_from_env
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import DEFAULT_NAMESPACE, Keys
+from fleettrace.keys import DEFAULT_NAMESPACE, NAMESPACE_VARIABLE, Keys
 from fleettrace_worker.settings import DEFAULT_DATABASE_URL, database_url_from_env
-
-NAMESPACE_VARIABLE = "FLEETTRACE_NAMESPACE"
 
 
 def add_redis_options(parser: argparse.ArgumentParser) -> None:
