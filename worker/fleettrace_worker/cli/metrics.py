@@ -149,7 +149,8 @@ def _plans_summary(client: redis.Redis, keys: Keys) -> str:
     legacy = legacy_plan_fields(client, keys)
     if not plans and not legacy:
         return ""
-    text = f"{plans}{'' if complete else '+'} live plans; use --plan ID or --top N"
+    noun = "plan" if plans == 1 and complete else "plans"
+    text = f"{plans}{'' if complete else '+'} live {noun}; use --plan ID or --top N"
     if legacy:
         text += (
             f"\n{legacy} per-plan fields in the old layout ({keys.live('plan.*')}); "
