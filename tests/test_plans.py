@@ -3,6 +3,9 @@ read back one plan at a time or by bounded SCAN, and the move out of the old lay
 
 from __future__ import annotations
 
+import time
+import urllib.request
+
 import pytest
 import redis
 
@@ -17,7 +20,11 @@ from fleettrace.plans import (
     top_plans,
     total_cost_usd,
 )
+from fleettrace_worker.cli import main
+from fleettrace_worker.http import serve
+from fleettrace_worker.runner import Worker, WorkerSettings
 from tests.emitting import make_emitter
+from tests.servers import free_port
 
 COST = "plan.cost_usd"
 
@@ -171,3 +178,84 @@ def test_old_layout_fields_count_for_budgets_and_move_into_plan_hashes(
     assert 0 < redis_client.ttl(keys.plan("old-only")) <= 500
     # The new emitter's own write set the plan's TTL; the move refreshed it.
     assert 0 < redis_client.ttl(keys.plan("shared")) <= 500
+
+
+PLANS_AT_SCALE = 50_000
+
+
+@pytest.mark.slow
+def test_fifty_thousand_plans_stay_bounded_everywhere(
+    redis_url: str,
+    keys: Keys,
+    redis_client: redis.Redis,
+    database_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The figures in docs/reference/observability.md and docs/worker.md come from here
+    (run with -s to see them); the assertions are the behaviour, not the timings."""
+    emitter = make_emitter(redis_url, keys)
+    try:
+        for i in range(PLANS_AT_SCALE):
+            emitter.record(spend(f"plan-{i:05d}", (i + 1) / 1000))
+            emitter.observe(MetricKey.PLAN_DECISIONS_COUNT, 1, {"plan": f"plan-{i:05d}"})
+            if i % 10_000 == 9_999:
+                assert emitter.flush(60)
+        assert emitter.close(60)
+        assert emitter.stats.sent == 2 * PLANS_AT_SCALE
+
+        plan_keys = [k for k in redis_client.scan_iter(match=keys.plan_pattern, count=1000)]
+        assert len(set(plan_keys)) == PLANS_AT_SCALE
+        pipe = redis_client.pipeline(transaction=False)
+        for key in plan_keys:
+            pipe.ttl(key)
+            pipe.memory_usage(key, samples=0)
+        answers = pipe.execute()
+        ttls, sizes = answers[::2], answers[1::2]
+        assert all(0 < ttl <= PLAN_TTL_S for ttl in ttls)  # every plan key expires
+        plan_bytes = sum(sizes)
+
+        port = free_port()
+        worker = Worker(WorkerSettings(redis_url, database_url, namespace=keys.namespace))
+        server = serve(f"127.0.0.1:{port}", worker, redis_client)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as got:
+                scrape = got.read()
+        finally:
+            server.shutdown()
+        assert b"plan=" not in scrape
+
+        where = ["--redis-url", redis_url, "--namespace", keys.namespace]
+        started = time.perf_counter()
+        assert main(["metrics", *where]) == 0
+        default_s = time.perf_counter() - started
+        out = capsys.readouterr().out
+        assert out.splitlines()[-1] == f"{PLANS_AT_SCALE} live plans; use --plan ID or --top N"
+        assert len(out.splitlines()) < 10
+        assert main(["metrics", *where, "--json"]) == 0
+        json_bytes = len(capsys.readouterr().out)
+
+        started = time.perf_counter()
+        assert main(["metrics", *where, "--top", "5"]) == 0
+        top_s = time.perf_counter() - started
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split()[:2] for line in lines[1:]] == [
+            [f"plan-{i:05d}", f"{(i + 1) / 1000:.6g}"]
+            for i in range(PLANS_AT_SCALE - 1, 49_994, -1)
+        ]
+        started = time.perf_counter()
+        assert main(["metrics", *where, "--plan", "plan-12345"]) == 0
+        plan_s = time.perf_counter() - started
+        assert "plan=plan-12345" in capsys.readouterr().out
+
+        with capsys.disabled():
+            print(
+                f"\n{PLANS_AT_SCALE} plans: plan hashes {plan_bytes / 1e6:.2f} MB "
+                f"({plan_bytes / PLANS_AT_SCALE:.0f} B each, all expiring); "
+                f"/metrics {len(scrape) / 1e3:.1f} kB; metrics --json {json_bytes} B; "
+                f"CLI in-process: default {default_s:.2f} s, --top 5 {top_s:.2f} s, "
+                f"--plan {plan_s * 1000:.1f} ms"
+            )
+    finally:
+        doomed = list(redis_client.scan_iter(match=keys.plan_pattern, count=5000))
+        for start in range(0, len(doomed), 5000):
+            redis_client.unlink(*doomed[start : start + 5000])

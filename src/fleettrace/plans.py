@@ -144,19 +144,31 @@ def count_plans(
     return min(total, cap), total <= cap
 
 
+#: The cost field of each plan hash of a SCAN step, in one call: a pipeline of one
+#: HGET per plan spent most of its time in redis-py packing commands (50,000 plans:
+#: 0.8 s against 0.2 s). ARGV[i] is the field of KEYS[i]; '' stands for none.
+STEP_COSTS_LUA: Final = """
+local costs = {}
+for i = 1, #KEYS do
+  costs[i] = redis.call('HGET', KEYS[i], ARGV[i]) or ''
+end
+return costs
+"""
+
+
 def _costs(
     client: redis.Redis, keys: Keys, prefix: str, cap: int, count: int
 ) -> Iterator[list[tuple[str, float, bytes | str]]]:
-    """(plan id, cost, key) of the plan hashes, a SCAN step at a time: one HGET of the
-    cost field per plan, pipelined, so a step is two round trips."""
+    """(plan id, cost, key) of the plan hashes, a SCAN step at a time, each step two
+    round trips (the SCAN, then one script call reading every cost of the step)."""
+    script = client.register_script(STEP_COSTS_LUA)
     for step in _walk(client, keys, prefix, cap, count):
         suffixes = [_suffix(keys, key) for key in step]
-        pipe = client.pipeline(transaction=False)
-        for key, suffix in zip(step, suffixes, strict=True):
-            pipe.hget(key, plan_field(_COST, f"{PLAN_LABEL}={suffix}", STAT_SUM))
+        fields = [plan_field(_COST, f"{PLAN_LABEL}={suffix}", STAT_SUM) for suffix in suffixes]
+        costs = script(keys=step, args=fields, client=client)
         yield [
             (unescape_value(suffix), float(raw or 0.0), key)
-            for key, suffix, raw in zip(step, suffixes, pipe.execute(), strict=True)
+            for key, suffix, raw in zip(step, suffixes, costs, strict=True)
         ]
 
 
@@ -185,8 +197,8 @@ def top_plans(
 ) -> PlanScan:
     """The ``limit`` plans with the highest cost, costliest first (ties by plan id).
 
-    Each SCAN step costs one more round trip, an HGET of each plan's cost; only the
-    winners are read whole at the end. ``prefix`` keeps the plans whose id starts with it.
+    Each SCAN step costs one more round trip, a script reading each plan's cost; only
+    the winners are read whole at the end. ``prefix`` keeps the plans whose id starts with it.
     """
     if limit < 1:
         raise ValueError(f"limit must be positive, got {limit}")
