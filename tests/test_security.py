@@ -22,8 +22,8 @@ from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.errors import ConfigurationError, DatabaseUnavailable
 from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP, Keys
 from fleettrace.live import read_live
-from fleettrace.plans import count_plans, top_plans
 from fleettrace.model import LLMTrace
+from fleettrace.plans import count_plans, top_plans
 from fleettrace_worker.cli import COMMANDS
 from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.database import connect, create_pool
