@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.errors import ConfigurationError
 from fleettrace.metrics import MetricKey
+from fleettrace_worker.cli import main
 from fleettrace_worker.http import metric_name, parse_address, serve
 from fleettrace_worker.runner import Worker, WorkerSettings
 from tests.servers import free_port
@@ -192,3 +193,14 @@ def test_metrics_plans_is_capped(redis_url, database_url, plans) -> None:
         WorkerSettings(redis_url, database_url, metrics_plans=plans)
     with pytest.raises(ConfigurationError, match="--metrics-plans must be 0-1000"):
         serve("127.0.0.1:0", Worker(WorkerSettings(redis_url, database_url)), None, plans=plans)  # type: ignore[arg-type]
+
+
+def test_the_worker_command_takes_and_checks_metrics_plans(
+    redis_url, database_url, capsys, monkeypatch
+) -> None:
+    where = ["--redis-url", redis_url, "--database-url", database_url]
+    assert main(["worker", *where, "--metrics-plans", "5000"]) == 2
+    assert capsys.readouterr().err == "fleettrace worker: metrics_plans must be 0-1000, got 5000\n"
+    monkeypatch.setenv("FLEETTRACE_WORKER_METRICS_PLANS", "many")
+    assert main(["worker", *where]) == 2
+    assert "FLEETTRACE_WORKER_METRICS_PLANS must be a whole number" in capsys.readouterr().err
