@@ -259,3 +259,20 @@ def test_old_layout_is_reported_and_moved(
     assert out.splitlines()[1].split() == ["old", "0.5", "1", "0", "0"]
     code, out, _ = run(capsys, *where)
     assert out.splitlines()[-1] == "1 live plan; use --plan ID or --top N"
+
+
+@pytest.mark.parametrize(
+    ("argv", "doing"),
+    [
+        (["--top", "3"], "reading the live plans"),
+        (["--plan", "p"], "reading a plan's counters"),
+        (["--migrate-plans"], "moving the per-plan counters"),
+    ],
+)
+def test_plan_reads_without_redis_are_one_line_and_exit_1(
+    argv: list[str], doing: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "--redis-url", f"redis://127.0.0.1:{free_port()}/0", *argv)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"fleettrace metrics: {doing}: ")
+    assert err.count("\n") == 1

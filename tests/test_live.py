@@ -15,6 +15,7 @@ from fleettrace import ConfigurationError, LLMTrace, MetricKey
 from fleettrace.errors import RedisUnavailable
 from fleettrace.keys import Keys
 from fleettrace.live import histogram_quantile, is_over_budget, plan_cost_usd, read_live
+from fleettrace.plans import count_plans, migrate_legacy_plan_fields, read_plan, top_plans
 from tests.emitting import make_emitter
 from tests.servers import PrivateRedis, free_port
 
@@ -122,6 +123,14 @@ def test_unreachable_redis_is_one_clear_error(keys: Keys) -> None:
         read_live(client, keys)
     with pytest.raises(RedisUnavailable, match="reading a plan's cost"):
         plan_cost_usd(client, keys, "p")
+    with pytest.raises(RedisUnavailable, match="reading a plan's counters"):
+        read_plan(client, keys, "p")
+    with pytest.raises(RedisUnavailable, match="reading the live plans"):
+        top_plans(client, keys, 5)
+    with pytest.raises(RedisUnavailable, match="counting the live plans"):
+        count_plans(client, keys)
+    with pytest.raises(RedisUnavailable, match="moving the per-plan counters"):
+        migrate_legacy_plan_fields(client, keys)
 
 
 def test_acl_users_connect_by_url_and_wrong_password_is_a_configuration_error() -> None:

@@ -198,20 +198,23 @@ def top_plans(
     """The ``limit`` plans with the highest cost, costliest first (ties by plan id).
 
     Each SCAN step costs one more round trip, a script reading each plan's cost; only
-    the winners are read whole at the end. ``prefix`` keeps the plans whose id starts with it.
+    the winners are read whole at the end. ``prefix`` keeps the plans whose id starts
+    with it. Past ``cap`` plans the ranking is of the first ``cap`` the walk met.
     """
     if limit < 1:
         raise ValueError(f"limit must be positive, got {limit}")
     best: dict[str, tuple[float, bytes | str]] = {}
-    examined = 0
+    examined, complete = 0, True
 
     def ranking(item: tuple[str, tuple[float, bytes | str]]) -> tuple[float, str]:
         return (-item[1][0], item[0])
 
     with translate_redis_errors("reading the live plans"):
         for step in _costs(client, keys, prefix, cap + 1, count):
-            examined += len(step)
-            best.update((plan_id, (cost, key)) for plan_id, cost, key in step)
+            kept = step[: cap - examined]
+            complete = complete and len(kept) == len(step)  # one plan past the cap
+            examined += len(kept)
+            best.update((plan_id, (cost, key)) for plan_id, cost, key in kept)
             if len(best) > limit:
                 best = dict(sorted(best.items(), key=ranking)[:limit])
         ranked = sorted(best.items(), key=ranking)[:limit]
@@ -224,7 +227,7 @@ def top_plans(
         for (plan_id, _), fields in zip(ranked, whole, strict=True)
         if fields  # expired between the two reads
     ]
-    return PlanScan(plans=plans, examined=min(examined, cap), complete=examined <= cap)
+    return PlanScan(plans=plans, examined=examined, complete=complete)
 
 
 # -- the key layout before per-plan hashes ----------------------------------------------
