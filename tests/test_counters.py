@@ -64,11 +64,11 @@ def test_retries_errors_and_plan_cost() -> None:
     assert not any(key.startswith("plan.") for key, _ in (*inc, *flt))
     p_inc, p_flt = deltas.plan_increments, deltas.plan_float_increments
     assert p_inc == {
-        ("p1", "plan.cost_usd|plan=p1|count"): 2,
-        ("p,2", "plan.cost_usd|plan=p%2C2|count"): 1,
+        ("p1", "plan.cost_usd||count"): 2,
+        ("p,2", "plan.cost_usd||count"): 1,
     }
-    assert p_flt[("p1", "plan.cost_usd|plan=p1|sum")] == pytest.approx(0.75)
-    assert p_flt[("p,2", "plan.cost_usd|plan=p%2C2|sum")] == 0.5  # label value escaped
+    assert p_flt[("p1", "plan.cost_usd||sum")] == pytest.approx(0.75)
+    assert p_flt[("p,2", "plan.cost_usd||sum")] == 0.5  # the plan is the key, not a field
     assert deltas.plan_ids() == ["p1", "p,2"]
     # An unpriced call adds nothing to its plan's cost (unknown is not zero).
     assert "p3" not in deltas.plan_ids()
@@ -92,12 +92,12 @@ def test_samples_labelled_with_a_plan_go_to_the_plans_hash() -> None:
         ],
     )
     assert deltas.plan_increments == {
-        ("a|b", "plan.decisions_count|plan=a%7Cb|count"): 2,
-        ("c", "plan.child_plans_count|plan=c|count"): 1,
+        ("a|b", "plan.decisions_count||count"): 2,
+        ("c", "plan.child_plans_count||count"): 1,
     }
     assert deltas.plan_float_increments == {
-        ("a|b", "plan.decisions_count|plan=a%7Cb|sum"): 2,
-        ("c", "plan.child_plans_count|plan=c|sum"): 1,
+        ("a|b", "plan.decisions_count||sum"): 2,
+        ("c", "plan.child_plans_count||sum"): 1,
     }
     assert deltas.plan_ids() == ["a|b", "c"]
     # plan.duration_seconds is labelled by phase, not plan: it stays fleet-wide.

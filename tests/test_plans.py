@@ -48,12 +48,12 @@ def test_a_plans_counters_are_one_hash_that_expires_after_its_last_write(
     key = keys.plan("p|1")
     assert key == f"{keys.prefix}:plan:p%7C1"
     assert {f.decode(): v.decode() for f, v in redis_client.hgetall(key).items()} == {
-        "plan.cost_usd|plan=p%7C1|count": "2",
-        "plan.cost_usd|plan=p%7C1|sum": "0.75",
-        "plan.decisions_count|plan=p%7C1|count": "1",
-        "plan.decisions_count|plan=p%7C1|sum": "1",
-        "plan.child_plans_count|plan=p%7C1|count": "1",
-        "plan.child_plans_count|plan=p%7C1|sum": "1",
+        "plan.cost_usd||count": "2",
+        "plan.cost_usd||sum": "0.75",
+        "plan.decisions_count||count": "1",
+        "plan.decisions_count||sum": "1",
+        "plan.child_plans_count||count": "1",
+        "plan.child_plans_count||sum": "1",
     }
     assert 0 < redis_client.ttl(key) <= 1000
     assert 0 < redis_client.ttl(keys.plan("child")) <= 1000
@@ -136,7 +136,9 @@ def test_top_plans_ranks_by_cost_in_bounded_scan_steps(
         top_plans(redis_client, keys, 0)
 
 
-def write_like_an_old_emitter(client: redis.Redis, keys: Keys, plan_id: str, cost: float) -> None:
+def write_like_an_old_emitter(
+    client: redis.Redis | redis.client.Pipeline, keys: Keys, plan_id: str, cost: float
+) -> None:
     """The fields an emitter before the per-plan hashes wrote, as its script wrote them."""
     client.hincrby(keys.live(COST), f"plan={plan_id}|count", 1)
     client.hincrbyfloat(keys.live(COST), f"plan={plan_id}|sum", cost)
@@ -247,9 +249,25 @@ def test_fifty_thousand_plans_stay_bounded_everywhere(
         plan_s = time.perf_counter() - started
         assert "plan=plan-12345" in capsys.readouterr().out
 
+        # The same counters as the old layout held them, then moved by the migration.
+        pipe = redis_client.pipeline(transaction=False)
+        for i in range(PLANS_AT_SCALE):
+            write_like_an_old_emitter(pipe, keys, f"plan-{i:05d}", (i + 1) / 1000)
+        pipe.execute()
+        old_bytes = sum(
+            redis_client.memory_usage(keys.live(name), samples=0) or 0
+            for name in (COST, "plan.decisions_count")
+        )
+        started = time.perf_counter()
+        assert migrate_legacy_plan_fields(redis_client, keys) == 4 * PLANS_AT_SCALE
+        migrate_s = time.perf_counter() - started
+        assert legacy_plan_fields(redis_client, keys) == 0
+        assert plan_cost_usd(redis_client, keys, "plan-49999") == pytest.approx(2 * 50.0)
+
         with capsys.disabled():
             print(
-                f"\n{PLANS_AT_SCALE} plans: plan hashes {plan_bytes / 1e6:.2f} MB "
+                f"\nold layout {old_bytes / 1e6:.2f} MB, moved in {migrate_s:.2f} s; "
+                f"{PLANS_AT_SCALE} plans: plan hashes {plan_bytes / 1e6:.2f} MB "
                 f"({plan_bytes / PLANS_AT_SCALE:.0f} B each, all expiring); "
                 f"/metrics {len(scrape) / 1e3:.1f} kB; metrics --json {json_bytes} B; "
                 f"CLI in-process: default {default_s:.2f} s, --top 5 {top_s:.2f} s, "

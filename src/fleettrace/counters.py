@@ -19,8 +19,9 @@ Sums go through ``HINCRBYFLOAT`` (a counter may be fed fractions), counts and
 buckets through ``HINCRBY``.
 
 Series of a per-plan metric (its labels include ``plan``) go to that plan's own hash
-instead of the metric key's live hash (``plan_*`` mappings, keyed by plan id), so they
-can expire with the plan; see "Per-plan counters" in :mod:`fleettrace.keys`.
+instead of the metric key's live hash (``plan_*`` mappings, keyed by plan id, fields
+without the plan label), so they can expire with the plan; see
+:meth:`fleettrace.keys.Keys.plan`.
 """
 
 from __future__ import annotations
@@ -170,21 +171,24 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
         )
         deltas._observe(_ERRORS, labels, failed, failed)
     for plan_id, (priced, cost) in plan_cost.items():
-        labels = encode_labels(((PLAN_LABEL, plan_id),))
-        deltas._observe(_PLAN_COST, labels, int(priced), cost, plan_id)
+        # In the plan's own hash, whose name says the plan: no other label.
+        deltas._observe(_PLAN_COST, "", int(priced), cost, plan_id)
 
 
 def _add_samples(deltas: CounterDeltas, samples: Iterable[MetricSample]) -> None:
     rendered: dict[tuple[MetricKey, tuple[tuple[str, str], ...]], str] = {}
     for sample in samples:
         key = sample.key
+        spec = key.spec
+        metric_key = key.value
         pairs = sample.label_pairs
+        plan = None
+        if spec.per_plan:  # the plan names the hash; the field keeps the other labels
+            plan = sample.labels[PLAN_LABEL]
+            pairs = tuple(pair for pair in pairs if pair[0] != PLAN_LABEL)
         labels = rendered.get((key, pairs))
         if labels is None:
             labels = rendered[(key, pairs)] = encode_labels(pairs)
-        spec = key.spec
-        metric_key = key.value
-        plan = sample.labels[PLAN_LABEL] if spec.per_plan else None
         if spec.type is MetricType.GAUGE:
             deltas._add(metric_key, labels, STAT_COUNT, 1, plan)
             deltas._set(metric_key, labels, sample.value, plan)

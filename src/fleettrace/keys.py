@@ -13,7 +13,7 @@ Layout for namespace ``fleettrace``::
     {fleettrace}:live:<metric key>   hash     live counters of one of the 14 metric keys,
                                               except the per-plan ones (next line)
     {fleettrace}:plan:<plan id>      hash     one plan's live counters (expires; see
-                                              "Per-plan counters" below)
+                                              Keys.plan)
     {fleettrace}:applied:<batch id>  string   marks a batch as applied (expires)
     {fleettrace}:emitter             hash     emitter figures (dropped records, batches)
     {fleettrace}:worker:<consumer>   string   a worker's health snapshot (expires)
@@ -120,7 +120,24 @@ class Keys:
         return f"{self.prefix}:worker:*"
 
     def plan(self, plan_id: str) -> str:
-        """The hash of one plan's live counters (see "Per-plan counters")."""
+        """The hash of one plan's live counters, ``{ns}:plan:<plan id>``.
+
+        Every metric whose labels include ``plan`` (plan.cost_usd, plan.decisions_count,
+        plan.child_plans_count) is counted in a hash of its own per plan, the id escaped
+        like a label value (``%``, ``,``, ``=``, ``|`` as ``%25``, ``%2C``, ``%3D``,
+        ``%7C``), rather than as fields of the ``{ns}:live:<metric key>`` hashes: Redis
+        7.0 has no per-field expiry, and a field per plan in a shared hash never went
+        away (50,000 plans left 14.9 MB for good). Each batch that writes a plan's hash
+        also sets its EXPIRE to the emitter setting ``plan_ttl_s`` (default
+        PLAN_TTL_S), so a plan's counters vanish that long after its last record.
+
+        Fields: ``<metric key>|<label set>|<stat>``, label set and stat as in the live
+        hashes but without the plan label, which the key already names (it would repeat
+        the plan id in every field): ``plan.cost_usd||sum`` in the hash of plan p-42.
+        Readers find the plans with ``SCAN MATCH {ns}:plan:*`` in steps of
+        PLAN_SCAN_COUNT, examining at most PLAN_SCAN_CAP keys per read; one plan is one
+        HGETALL (or one HGET for its cost).
+        """
         return f"{self.prefix}:{PLAN_KEY_PART}:{escape_value(plan_id)}"
 
     @property
@@ -183,20 +200,7 @@ def split_live_field(field: str) -> tuple[str, str]:
     return labels, stat
 
 
-# -- Per-plan counters ------------------------------------------------------------------
-#
-# Every metric whose labels include ``plan`` (plan.cost_usd, plan.decisions_count,
-# plan.child_plans_count) is counted in a hash of its own per plan,
-# ``{ns}:plan:<plan id>`` (the id escaped like a label value), rather than as fields of
-# the ``{ns}:live:<metric key>`` hashes: Redis 7.0 has no per-field expiry, and a field
-# per plan in a shared hash never went away (50,000 plans left 14.9 MB for good). Each
-# batch that writes a plan's hash also sets its EXPIRE to PLAN_TTL_S (the emitter
-# setting ``plan_ttl_s``), so a plan's counters vanish that long after its last record.
-#
-# Fields: "<metric key>|<label set>|<stat>", label set and stat as in the live hashes,
-# e.g. "plan.cost_usd|plan=p-42|sum". Readers find the plans with SCAN MATCH
-# ``{ns}:plan:*`` in steps of PLAN_SCAN_COUNT, examining at most PLAN_SCAN_CAP keys
-# per read; one plan is one HGETALL (or one HGET for its cost).
+# -- Per-plan counters (layout: the docstring of Keys.plan) ------------------------------
 
 PLAN_KEY_PART: Final = "plan"
 #: Default lifetime of a plan's counters after the last batch that wrote them.
@@ -205,13 +209,19 @@ PLAN_TTL_S: Final = 7 * 24 * 3600
 PLAN_SCAN_COUNT: Final = 1000
 #: Most plan hashes one read examines; past it the read says it stopped early.
 PLAN_SCAN_CAP: Final = 1_000_000
+#: Fields of the old layout moved per script call by ``--migrate-plans``: each costs
+#: Redis about 30 us, so a step blocks it for a few milliseconds.
+LEGACY_MOVE_STEP: Final = 200
 #: Most plans the worker's /metrics may export with a ``plan`` label (``--metrics-plans``).
 METRICS_PLANS_MAX: Final = 1000
 
 
+_ESCAPE_TABLE: Final = str.maketrans(_ESCAPES)
+
+
 def escape_value(value: str) -> str:
     """A label value (or plan id) with '%', ',', '=' and '|' percent-escaped."""
-    return "".join(_ESCAPES.get(ch, ch) for ch in value)
+    return value.translate(_ESCAPE_TABLE)
 
 
 def unescape_value(text: str) -> str:
@@ -228,7 +238,7 @@ def glob_escape(text: str) -> str:
 
 
 def plan_field(metric_key: str, labels: str, stat: str) -> str:
-    """The field of a plan hash: metric key, encoded label set and stat."""
+    """The field of a plan hash: metric key, encoded label set (without ``plan``), stat."""
     return f"{metric_key}{STAT_SEPARATOR}{labels}{STAT_SEPARATOR}{stat}"
 
 

@@ -150,11 +150,11 @@ def plan_cost_usd(client: redis.Redis, keys: Keys, plan_id: str) -> float:
     counters expired (``plan_ttl_s`` after its last record) costs 0.
     """
     key = MetricKey.PLAN_COST_USD.value
-    labels = encode_labels(((PLAN_LABEL, plan_id),))
+    legacy_labels = encode_labels(((PLAN_LABEL, plan_id),))
     with translate_redis_errors("reading a plan's cost"):
         pipe = client.pipeline(transaction=False)
-        pipe.hget(keys.plan(plan_id), plan_field(key, labels, STAT_SUM))
-        pipe.hget(keys.live(key), live_field(labels, STAT_SUM))
+        pipe.hget(keys.plan(plan_id), plan_field(key, "", STAT_SUM))
+        pipe.hget(keys.live(key), live_field(legacy_labels, STAT_SUM))
         current, legacy = pipe.execute()
     return float(current or 0.0) + float(legacy or 0.0)
 

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Final
 
 #: The label that ties a series to one plan. A metric with it is counted per plan, in
-#: that plan's own expiring hash (see "Per-plan counters" in :mod:`fleettrace.keys`).
+#: that plan's own expiring hash (see :meth:`fleettrace.keys.Keys.plan`).
 PLAN_LABEL: Final = "plan"
 
 

@@ -1,7 +1,7 @@
 """Reads the per-plan live counters: one plan, the costliest plans, how many there are.
 
-Each plan's counters are one expiring hash (``{ns}:plan:<plan id>``, see "Per-plan
-counters" in :mod:`fleettrace.keys`), so a fleet that has run a million plans holds
+Each plan's counters are one expiring hash (``{ns}:plan:<plan id>``, see
+:meth:`fleettrace.keys.Keys.plan`), so a fleet that has run a million plans holds
 only the plans of the last ``plan_ttl_s``. Reading one plan is one HGETALL. Reading
 many walks the keyspace with ``SCAN MATCH {ns}:plan:*`` in steps of
 ``PLAN_SCAN_COUNT`` (never ``KEYS``, which blocks Redis for the whole walk) and
@@ -24,6 +24,7 @@ from typing import Final
 import redis
 
 from fleettrace.keys import (
+    LEGACY_MOVE_STEP,
     PLAN_SCAN_CAP,
     PLAN_SCAN_COUNT,
     PLAN_TTL_S,
@@ -32,6 +33,7 @@ from fleettrace.keys import (
     STAT_VALUE,
     Keys,
     decode_labels,
+    encode_labels,
     plan_field,
     split_live_field,
     split_plan_field,
@@ -82,13 +84,20 @@ def figures(plan_id: str, fields: Mapping[bytes | str, bytes | str]) -> PlanFigu
     for raw_field, raw_amount in fields.items():
         metric_key, labels, stat = split_plan_field(_text(raw_field))
         stats.setdefault((metric_key, labels), {})[stat] = _text(raw_amount)
+    plan_pair = (PLAN_LABEL, plan_id)
     series: list[LiveSeries] = []
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     order = {key.value: i for i, key in enumerate(MetricKey)}
     known = sorted((k for k in stats if k[0] in order), key=lambda k: (order[k[0]], k[1]))
     for metric_key, labels in known:
-        one = series_from_stats(MetricKey(metric_key), labels, stats[(metric_key, labels)])
+        key = MetricKey(metric_key)
+        others = dict(decode_labels(labels))
+        full = tuple(
+            plan_pair if name == PLAN_LABEL else (name, others.get(name, ""))
+            for name in key.spec.labels
+        )
+        one = series_from_stats(key, encode_labels(full), stats[(metric_key, labels)])
         series.append(one)
         sums[metric_key] = sums.get(metric_key, 0.0) + one.sum
         counts[metric_key] = counts.get(metric_key, 0) + one.count
@@ -144,16 +153,17 @@ def count_plans(
     return min(total, cap), total <= cap
 
 
-#: The cost field of each plan hash of a SCAN step, in one call: a pipeline of one
-#: HGET per plan spent most of its time in redis-py packing commands (50,000 plans:
-#: 0.8 s against 0.2 s). ARGV[i] is the field of KEYS[i]; '' stands for none.
+#: The cost field (ARGV[1]) of each plan hash of a SCAN step, in one call: a pipeline
+#: of one HGET per plan spent most of its time in redis-py packing commands (50,000
+#: plans: 0.8 s against 0.2 s). '' stands for none.
 STEP_COSTS_LUA: Final = """
 local costs = {}
 for i = 1, #KEYS do
-  costs[i] = redis.call('HGET', KEYS[i], ARGV[i]) or ''
+  costs[i] = redis.call('HGET', KEYS[i], ARGV[1]) or ''
 end
 return costs
 """
+_COST_FIELD: Final = plan_field(_COST, "", STAT_SUM)
 
 
 def _costs(
@@ -163,12 +173,10 @@ def _costs(
     round trips (the SCAN, then one script call reading every cost of the step)."""
     script = client.register_script(STEP_COSTS_LUA)
     for step in _walk(client, keys, prefix, cap, count):
-        suffixes = [_suffix(keys, key) for key in step]
-        fields = [plan_field(_COST, f"{PLAN_LABEL}={suffix}", STAT_SUM) for suffix in suffixes]
-        costs = script(keys=step, args=fields, client=client)
+        costs = script(keys=step, args=[_COST_FIELD], client=client)
         yield [
-            (unescape_value(suffix), float(raw or 0.0), key)
-            for key, suffix, raw in zip(step, suffixes, costs, strict=True)
+            (unescape_value(_suffix(keys, key)), float(raw or 0.0), key)
+            for key, raw in zip(step, costs, strict=True)
         ]
 
 
@@ -250,10 +258,12 @@ for i = 2, #ARGV, 4 do
     else
       redis.call('HSET', key, ARGV[i + 2], amount)
     end
-    redis.call('EXPIRE', key, ARGV[1])
     redis.call('HDEL', KEYS[1], ARGV[i])
     moved = moved + 1
   end
+end
+for k = 2, #KEYS do
+  redis.call('EXPIRE', KEYS[k], ARGV[1])
 end
 return moved
 """
@@ -275,7 +285,7 @@ def migrate_legacy_plan_fields(
     keys: Keys,
     *,
     ttl_s: int = PLAN_TTL_S,
-    count: int = PLAN_SCAN_COUNT,
+    count: int = LEGACY_MOVE_STEP,
 ) -> int:
     """Move every per-plan field of the ``{ns}:live:plan.*`` hashes into the plans' own
     hashes (adding to what new emitters counted there) and return how many moved.
@@ -314,13 +324,15 @@ def _move(
     for raw in fields:
         old = _text(raw)
         labels, stat = split_live_field(old)
-        plan_id = dict(decode_labels(labels)).get(PLAN_LABEL)
+        pairs = decode_labels(labels)
+        plan_id = dict(pairs).get(PLAN_LABEL)
         op = "i" if stat.startswith("le=") else _OPS.get(stat)
         if plan_id is None or op is None:
             continue  # not a field this code wrote: leave it
         key = keys.plan(plan_id)
         index = plan_keys.setdefault(key, len(plan_keys) + 2)
-        args += (old, index, plan_field(metric_key, labels, stat), op)
+        others = encode_labels(tuple(pair for pair in pairs if pair[0] != PLAN_LABEL))
+        args += (old, index, plan_field(metric_key, others, stat), op)
     if not plan_keys:
         return 0
     return int(script(keys=[legacy, *plan_keys], args=args))
