@@ -39,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "metrics",
         help="print the live counters",
         description="Print the live counters of the namespace: per metric key and label set "
-        "the count, the sum (or a gauge's value) and, for histograms, estimated percentiles.",
+        "the count, the sum (or a gauge's value) and, for histograms, estimated percentiles. "
+        "Per-plan counters (plan.cost_usd, plan.decisions_count, plan.child_plans_count) are "
+        "summed up in one line; --plan ID or --top N prints them.",
     )
     options.add_redis_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
