@@ -90,6 +90,9 @@ def test_empty_namespace(keys: Keys, redis_url: str, capsys: pytest.CaptureFixtu
     assert (code, out) == (0, "no live counters yet\n")
     code, out, _ = run(capsys, "--redis-url", redis_url, "--namespace", keys.namespace, "--json")
     assert (code, out) == (0, "[]\n")
+    where = ("--redis-url", redis_url, "--namespace", keys.namespace)
+    assert run(capsys, *where, "--key", "plan.cost_usd")[:2] == (0, "no live plans\n")
+    assert run(capsys, *where, "--top", "3")[:2] == (0, "no live plans\n")
 
 
 def test_unreachable_redis_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
@@ -235,6 +238,10 @@ def test_one_plan_and_the_top_plans(
     assert (code, out) == (0, "7 live plans; use --plan ID or --top N\n")
     code, out, _ = run(capsys, *where, "--json")
     assert [s["key"] for s in json.loads(out)] == ["actor.token_usage", "actor.token_usage"]
+    code, out, _ = run(capsys, *where, "--key", "context.tokens_used")
+    assert (code, out) == (0, "no live counters yet\n")
+    code, out, _ = run(capsys, *where, "--key", "plan.decisions_count", "--json")
+    assert (code, out) == (0, "[]\n")
 
 
 def test_old_layout_is_reported_and_moved(

@@ -136,13 +136,14 @@ def _render(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> str:
                 file=sys.stderr,
             )
         return render_plans_json(scan.plans) if args.json else render_plans(scan.plans)
-    series = [] if key is not None and key.spec.per_plan else read_live(client, keys, key)
+    if key is not None and key.spec.per_plan:  # no fleet-wide series: only the summary
+        return "[]" if args.json else _plans_summary(client, keys) or "no live plans"
+    series = read_live(client, keys, key)
     if args.json:
         return render_json(series)
-    lines = [render_table(series)] if series or key is None else []
-    if key is None or key.spec.per_plan:
-        lines.append(_plans_summary(client, keys))
-    return "\n".join(line for line in lines if line)
+    if key is not None:
+        return render_table(series)
+    return "\n".join(line for line in (render_table(series), _plans_summary(client, keys)) if line)
 
 
 def _plans_summary(client: redis.Redis, keys: Keys) -> str:
