@@ -204,3 +204,29 @@ def test_the_worker_command_takes_and_checks_metrics_plans(
     monkeypatch.setenv("FLEETTRACE_WORKER_METRICS_PLANS", "many")
     assert main(["worker", *where]) == 2
     assert "FLEETTRACE_WORKER_METRICS_PLANS must be a whole number" in capsys.readouterr().err
+
+
+def test_plans_that_cannot_be_read_leave_the_fleet_families_in(
+    redis_url, keys, database_url, caplog
+) -> None:
+    emitter = Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace))
+    emitter.record(make_trace(1, plan="p-1"))
+    emitter.observe(MetricKey.CONTEXT_TOKENS_USED, 77.0)
+    assert emitter.close()
+    client = redis.Redis.from_url(redis_url)
+    client.set(keys.plan("broken"), "not a hash")  # the plan read fails with WRONGTYPE
+    port = free_port()
+    worker = Worker(WorkerSettings(redis_url, database_url, namespace=keys.namespace))
+    server = serve(f"127.0.0.1:{port}", worker, client, plans=5)
+    try:
+        with caplog.at_level("WARNING", logger="fleettrace_worker.http"):
+            texts = [_get(f"http://127.0.0.1:{port}/metrics")[2] for _ in range(2)]
+    finally:
+        server.shutdown()
+        client.close()
+    for text in texts:
+        assert _samples(text)[("fleettrace_context_tokens_used", ())] == 77.0
+        assert "plan=" not in text
+    warnings = [r.getMessage() for r in caplog.records if "plans left out" in r.getMessage()]
+    assert len(warnings) == 1  # once per distinct error, not once per scrape
+    assert "WRONGTYPE" in warnings[0]

@@ -76,6 +76,7 @@ class WorkerCollector(Collector):
         self.worker = worker
         self.client = client
         self.plans = plans
+        self._plans_error = ""
 
     def collect(self) -> Iterator[Metric]:
         yield from self._own()
@@ -121,6 +122,19 @@ class WorkerCollector(Collector):
             latency.add_metric([loop.group], buckets, latency_sum)
         yield latency
 
+    def _top_plans(self) -> list[LiveSeries]:
+        """The series of the costliest plans; none (and one warning per distinct error)
+        when they cannot be read, so the fleet's families are still exported."""
+        try:
+            top = top_plans(self.client, self.worker.keys, self.plans)
+        except (FleettraceError, redis.RedisError) as error:
+            if str(error) != self._plans_error:
+                self._plans_error = str(error)
+                log.warning("plans left out of /metrics: %s", error)
+            return []
+        self._plans_error = ""
+        return [series for plan in top.plans for series in plan.series]
+
     def _groups(self) -> Iterator[Metric]:
         pending = GaugeMetricFamily(
             "fleettrace_worker_pending",
@@ -142,8 +156,7 @@ class WorkerCollector(Collector):
     def _live(self) -> Iterator[Metric]:
         everything: list[LiveSeries] = read_live(self.client, self.worker.keys)
         if self.plans:
-            top = top_plans(self.client, self.worker.keys, self.plans)
-            everything += [series for plan in top.plans for series in plan.series]
+            everything += self._top_plans()
         families: dict[MetricKey, Metric] = {}
         for series in everything:
             key = series.key
