@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from fleettrace import LLMTrace, MetricKey
 from fleettrace.keys import Keys
@@ -43,8 +44,10 @@ def test_table(recorded: Keys, redis_url: str, capsys: pytest.CaptureFixture[str
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[0].split() == ["key", "labels", "count", "sum/value", "p50", "p95", "p99"]
-    rows = {tuple(line.split()[:2]): line.split()[2:] for line in lines[1:]}
-    assert rows[("plan.cost_usd", "plan=p1")] == ["1", "0.0025", "-", "-", "-"]
+    # No line per plan: one summary line instead.
+    assert lines[-1] == "1 live plan; use --plan ID or --top N"
+    assert not any(line.startswith("plan.cost_usd") for line in lines)
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in lines[1:-1]}
     assert rows[("context.tokens_used", "-")] == ["1", "321", "-", "-", "-"]
     assert rows[("tool.invocation_duration_ms", "tool=web,search")] == [
         "4",
@@ -87,6 +90,9 @@ def test_empty_namespace(keys: Keys, redis_url: str, capsys: pytest.CaptureFixtu
     assert (code, out) == (0, "no live counters yet\n")
     code, out, _ = run(capsys, "--redis-url", redis_url, "--namespace", keys.namespace, "--json")
     assert (code, out) == (0, "[]\n")
+    where = ("--redis-url", redis_url, "--namespace", keys.namespace)
+    assert run(capsys, *where, "--key", "plan.cost_usd")[:2] == (0, "no live plans\n")
+    assert run(capsys, *where, "--top", "3")[:2] == (0, "no live plans\n")
 
 
 def test_unreachable_redis_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,6 +110,9 @@ def test_unreachable_redis_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[
         (["--watch", "0"], "must be a positive number of seconds"),
         (["--watch", "soon"], "not a number of seconds"),
         (["--key", "nope"], "invalid choice: 'nope'"),
+        (["--top", "0"], "must be positive: '0'"),
+        (["--top", "many"], "not a whole number: 'many'"),
+        (["--top", "3", "--plan", "p"], "not allowed with argument"),
     ],
 )
 def test_bad_arguments_exit_2(
@@ -177,3 +186,100 @@ def test_watch_on_a_terminal_clears_the_screen_between_tables(
     assert sleeps == [2.0, 2.0]
     assert out.count("\x1b[H\x1b[2J") == 2
     assert out.count("tool.invocation_duration_ms") == 2
+
+
+def test_one_plan_and_the_top_plans(
+    redis_url: str, keys: Keys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emitter = make_emitter(redis_url, keys)
+    for i, cost in enumerate((0.5, 3.0, 0.25, 2.0, 1.0, 4.0, 0.75)):
+        emitter.record(
+            LLMTrace(provider="openai", model="gpt-4o", plan_id=f"plan-{i}", cost_usd=cost)
+        )
+    emitter.observe(MetricKey.PLAN_DECISIONS_COUNT, 1, {"plan": "plan-5"})
+    emitter.observe(MetricKey.PLAN_CHILD_PLANS_COUNT, 1, {"plan": "plan-5"})
+    assert emitter.close()
+    where = ("--redis-url", redis_url, "--namespace", keys.namespace)
+
+    code, out, err = run(capsys, *where, "--top", "5")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == ["plan", "cost_usd", "priced_calls", "decisions", "child_plans"]
+    assert [line.split() for line in lines[1:]] == [
+        ["plan-5", "4", "1", "1", "1"],
+        ["plan-1", "3", "1", "0", "0"],
+        ["plan-3", "2", "1", "0", "0"],
+        ["plan-4", "1", "1", "0", "0"],
+        ["plan-6", "0.75", "1", "0", "0"],
+    ]
+    code, out, _ = run(capsys, *where, "--top", "2", "--json")
+    assert json.loads(out) == [
+        {"plan": "plan-5", "cost_usd": 4.0, "priced_calls": 1, "decisions": 1, "child_plans": 1},
+        {"plan": "plan-1", "cost_usd": 3.0, "priced_calls": 1, "decisions": 0, "child_plans": 0},
+    ]
+
+    code, out, _ = run(capsys, *where, "--plan", "plan-5")
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert rows == [
+        ["plan.cost_usd", "plan=plan-5", "1", "4", "-", "-", "-"],
+        ["plan.decisions_count", "plan=plan-5", "1", "1", "-", "-", "-"],
+        ["plan.child_plans_count", "plan=plan-5", "1", "1", "-", "-", "-"],
+    ]
+    code, out, _ = run(capsys, *where, "--plan", "plan-5", "--key", "plan.cost_usd", "--json")
+    [series] = json.loads(out)
+    assert (series["key"], series["labels"], series["sum"]) == (
+        "plan.cost_usd",
+        {"plan": "plan-5"},
+        4.0,
+    )
+    code, out, _ = run(capsys, *where, "--plan", "nope")
+    assert (code, out) == (0, "no live counters for plan 'nope' (never recorded, or expired)\n")
+    code, out, _ = run(capsys, *where, "--key", "plan.cost_usd")
+    assert (code, out) == (0, "7 live plans; use --plan ID or --top N\n")
+    code, out, _ = run(capsys, *where, "--json")
+    assert [s["key"] for s in json.loads(out)] == ["actor.token_usage", "actor.token_usage"]
+    code, out, _ = run(capsys, *where, "--key", "context.tokens_used")
+    assert (code, out) == (0, "no live counters yet\n")
+    code, out, _ = run(capsys, *where, "--key", "plan.decisions_count", "--json")
+    assert (code, out) == (0, "[]\n")
+
+
+def test_old_layout_is_reported_and_moved(
+    keys: Keys, redis_url: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    redis_client.hincrby(keys.live("plan.cost_usd"), "plan=old|count", 1)
+    redis_client.hincrbyfloat(keys.live("plan.cost_usd"), "plan=old|sum", 0.5)
+    where = ("--redis-url", redis_url, "--namespace", keys.namespace)
+    code, out, _ = run(capsys, *where)
+    assert out.splitlines() == [
+        "no live counters yet",
+        "0 live plans; use --plan ID or --top N",
+        f"2 per-plan fields in the old layout ({keys.prefix}:live:plan.*); "
+        "move them with --migrate-plans",
+    ]
+    code, out, _ = run(capsys, *where, "--migrate-plans")
+    assert (code, out) == (
+        0,
+        f"moved 2 per-plan fields from {keys.prefix}:live:plan.* into plan hashes\n",
+    )
+    code, out, _ = run(capsys, *where, "--top", "1")
+    assert out.splitlines()[1].split() == ["old", "0.5", "1", "0", "0"]
+    code, out, _ = run(capsys, *where)
+    assert out.splitlines()[-1] == "1 live plan; use --plan ID or --top N"
+
+
+@pytest.mark.parametrize(
+    ("argv", "doing"),
+    [
+        (["--top", "3"], "reading the live plans"),
+        (["--plan", "p"], "reading a plan's counters"),
+        (["--migrate-plans"], "moving the per-plan counters"),
+    ],
+)
+def test_plan_reads_without_redis_are_one_line_and_exit_1(
+    argv: list[str], doing: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "--redis-url", f"redis://127.0.0.1:{free_port()}/0", *argv)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"fleettrace metrics: {doing}: ")
+    assert err.count("\n") == 1

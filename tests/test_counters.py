@@ -60,17 +60,49 @@ def test_retries_errors_and_plan_cost() -> None:
     assert inc[("llm.errors_count", f"{PM},error_type=RateLimitError|count")] == 2
     assert flt[("llm.errors_count", f"{PM},error_type=RateLimitError|sum")] == 2
     assert inc[("llm.errors_count", f"{PM},error_type=Timeout|count")] == 1
-    assert inc[("plan.cost_usd", "plan=p1|count")] == 2
-    assert flt[("plan.cost_usd", "plan=p1|sum")] == pytest.approx(0.75)
-    assert flt[("plan.cost_usd", "plan=p%2C2|sum")] == 0.5  # label value escaped
+    # A plan's cost goes to the plan's own hash, keyed by plan id, never to a live hash.
+    assert not any(key.startswith("plan.") for key, _ in (*inc, *flt))
+    p_inc, p_flt = deltas.plan_increments, deltas.plan_float_increments
+    assert p_inc == {
+        ("p1", "plan.cost_usd||count"): 2,
+        ("p,2", "plan.cost_usd||count"): 1,
+    }
+    assert p_flt[("p1", "plan.cost_usd||sum")] == pytest.approx(0.75)
+    assert p_flt[("p,2", "plan.cost_usd||sum")] == 0.5  # the plan is the key, not a field
+    assert deltas.plan_ids() == ["p1", "p,2"]
     # An unpriced call adds nothing to its plan's cost (unknown is not zero).
-    assert not any(field.startswith("plan=p3") for _, field in inc)
+    assert "p3" not in deltas.plan_ids()
     assert ("llm.retries_count", "provider=acme,model=unknown-model|count") not in inc
 
 
 def test_trace_outside_a_plan_adds_no_cost() -> None:
     deltas = aggregate([trace()], [])
     assert deltas.metric_keys() == [TOKENS]
+    assert deltas.plan_ids() == []
+
+
+def test_samples_labelled_with_a_plan_go_to_the_plans_hash() -> None:
+    deltas = aggregate(
+        [],
+        [
+            MetricSample(key=MetricKey.PLAN_DECISIONS_COUNT, value=1, labels={"plan": "a|b"}),
+            MetricSample(key=MetricKey.PLAN_DECISIONS_COUNT, value=1, labels={"plan": "a|b"}),
+            MetricSample(key=MetricKey.PLAN_CHILD_PLANS_COUNT, value=1, labels={"plan": "c"}),
+            MetricSample(key=MetricKey.PLAN_DURATION_SECONDS, value=2, labels={"phase": "x"}),
+        ],
+    )
+    assert deltas.plan_increments == {
+        ("a|b", "plan.decisions_count||count"): 2,
+        ("c", "plan.child_plans_count||count"): 1,
+    }
+    assert deltas.plan_float_increments == {
+        ("a|b", "plan.decisions_count||sum"): 2,
+        ("c", "plan.child_plans_count||sum"): 1,
+    }
+    assert deltas.plan_ids() == ["a|b", "c"]
+    # plan.duration_seconds is labelled by phase, not plan: it stays fleet-wide.
+    assert deltas.metric_keys() == ["plan.duration_seconds"]
+    assert len(deltas) == 4 + 3
 
 
 def test_samples_update_their_own_key_by_type() -> None:
@@ -112,3 +144,4 @@ def test_empty_batch_has_no_deltas() -> None:
     deltas = aggregate([], [])
     assert len(deltas) == 0
     assert deltas.metric_keys() == []
+    assert deltas.plan_ids() == []

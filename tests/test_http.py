@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.errors import ConfigurationError
 from fleettrace.metrics import MetricKey
+from fleettrace_worker.cli import main
 from fleettrace_worker.http import metric_name, parse_address, serve
 from fleettrace_worker.runner import Worker, WorkerSettings
 from tests.servers import free_port
@@ -104,6 +105,10 @@ def test_endpoints_report_the_worker_and_the_fleet(running, redis_url, keys) -> 
     ]
     assert sum(tokens) == sum(make_trace(i).prompt_tokens for i in range(20))
     assert "# TYPE fleettrace_tool_invocation_duration_ms histogram" in text
+    # The 7 plans of those traces are counted, but never exported by default.
+    assert redis.Redis.from_url(redis_url).exists(keys.plan("plan-3"))
+    assert "plan=" not in text
+    assert "fleettrace_plan_cost_usd" not in text
 
 
 def test_not_ready_and_metrics_without_redis_figures(redis_url, keys, database_url) -> None:
@@ -142,3 +147,86 @@ def test_a_busy_port_is_one_clear_error(redis_url, keys, database_url) -> None:
             serve(f"127.0.0.1:{port}", worker, redis.Redis.from_url(redis_url))
     finally:
         server.shutdown()
+
+
+def test_metrics_plans_exports_the_costliest_plans_only(redis_url, keys, database_url) -> None:
+    emitter = Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace))
+    for i, cost in enumerate((0.5, 3.0, 0.25, 2.0)):
+        emitter.record(make_trace(i, plan=f"p-{i}").model_copy(update={"cost_usd": cost}))
+    emitter.observe(MetricKey.PLAN_DECISIONS_COUNT, 1, {"plan": "p-1"})
+    emitter.observe(MetricKey.PLAN_DECISIONS_COUNT, 1, {"plan": "p-0"})
+    assert emitter.close()
+    settings = WorkerSettings.from_env(
+        redis_url,
+        database_url,
+        {"FLEETTRACE_WORKER_METRICS_PLANS": "2"},
+        namespace=keys.namespace,
+    )
+    assert settings.metrics_plans == 2
+    worker = Worker(settings)
+    port = free_port()
+    client = redis.Redis.from_url(redis_url)
+    server = serve(f"127.0.0.1:{port}", worker, client, plans=settings.metrics_plans)
+    try:
+        _, _, text = _get(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        server.shutdown()
+        client.close()
+    found = _samples(text)
+    cost = {
+        labels: value
+        for (name, labels), value in found.items()
+        if name == "fleettrace_plan_cost_usd_total"
+    }
+    assert cost == {(("plan", "p-1"),): 3.0, (("plan", "p-3"),): 2.0}
+    decisions = {
+        labels: value
+        for (name, labels), value in found.items()
+        if name == "fleettrace_plan_decisions_count_total"
+    }
+    assert decisions == {(("plan", "p-1"),): 1.0}  # p-0 is not among the top 2
+
+
+@pytest.mark.parametrize("plans", [-1, 1001])
+def test_metrics_plans_is_capped(redis_url, database_url, plans) -> None:
+    with pytest.raises(ConfigurationError, match="metrics_plans must be 0-1000"):
+        WorkerSettings(redis_url, database_url, metrics_plans=plans)
+    with pytest.raises(ConfigurationError, match="--metrics-plans must be 0-1000"):
+        serve("127.0.0.1:0", Worker(WorkerSettings(redis_url, database_url)), None, plans=plans)  # type: ignore[arg-type]
+
+
+def test_the_worker_command_takes_and_checks_metrics_plans(
+    redis_url, database_url, capsys, monkeypatch
+) -> None:
+    where = ["--redis-url", redis_url, "--database-url", database_url]
+    assert main(["worker", *where, "--metrics-plans", "5000"]) == 2
+    assert capsys.readouterr().err == "fleettrace worker: metrics_plans must be 0-1000, got 5000\n"
+    monkeypatch.setenv("FLEETTRACE_WORKER_METRICS_PLANS", "many")
+    assert main(["worker", *where]) == 2
+    assert "FLEETTRACE_WORKER_METRICS_PLANS must be a whole number" in capsys.readouterr().err
+
+
+def test_plans_that_cannot_be_read_leave_the_fleet_families_in(
+    redis_url, keys, database_url, caplog
+) -> None:
+    emitter = Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace))
+    emitter.record(make_trace(1, plan="p-1"))
+    emitter.observe(MetricKey.CONTEXT_TOKENS_USED, 77.0)
+    assert emitter.close()
+    client = redis.Redis.from_url(redis_url)
+    client.set(keys.plan("broken"), "not a hash")  # the plan read fails with WRONGTYPE
+    port = free_port()
+    worker = Worker(WorkerSettings(redis_url, database_url, namespace=keys.namespace))
+    server = serve(f"127.0.0.1:{port}", worker, client, plans=5)
+    try:
+        with caplog.at_level("WARNING", logger="fleettrace_worker.http"):
+            texts = [_get(f"http://127.0.0.1:{port}/metrics")[2] for _ in range(2)]
+    finally:
+        server.shutdown()
+        client.close()
+    for text in texts:
+        assert _samples(text)[("fleettrace_context_tokens_used", ())] == 77.0
+        assert "plan=" not in text
+    warnings = [r.getMessage() for r in caplog.records if "plans left out" in r.getMessage()]
+    assert len(warnings) == 1  # once per distinct error, not once per scrape
+    assert "WRONGTYPE" in warnings[0]

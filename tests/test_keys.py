@@ -79,9 +79,10 @@ def test_one_trace_touches_exactly_these_keys(
         keys.live("actor.token_usage"),
         keys.live("llm.retries_count"),
         keys.live("llm.errors_count"),
-        keys.live("plan.cost_usd"),
+        keys.plan("p1"),
     }
     assert 0 < redis_client.ttl(applied.pop()) <= 24 * 3600
+    assert 0 < redis_client.ttl(keys.plan("p1")) <= 7 * 24 * 3600
 
 
 def test_one_sample_touches_exactly_these_keys(

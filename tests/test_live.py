@@ -15,6 +15,7 @@ from fleettrace import ConfigurationError, LLMTrace, MetricKey
 from fleettrace.errors import RedisUnavailable
 from fleettrace.keys import Keys
 from fleettrace.live import histogram_quantile, is_over_budget, plan_cost_usd, read_live
+from fleettrace.plans import count_plans, migrate_legacy_plan_fields, read_plan, top_plans
 from tests.emitting import make_emitter
 from tests.servers import PrivateRedis, free_port
 
@@ -48,8 +49,8 @@ def test_read_live_returns_every_series(
     assert emitter.close()
 
     series = read_live(redis_client, keys)
+    # Per-plan series are not fleet-wide: they live in the plan's hash (tests below).
     assert [(s.key.value, s.labels) for s in series] == [
-        ("plan.cost_usd", (("plan", "p"),)),
         (
             "actor.token_usage",
             (("provider", "openai"), ("model", "gpt-4o"), ("token_type", "completion")),
@@ -62,11 +63,11 @@ def test_read_live_returns_every_series(
         ("index.query_duration_ms", (("backend", "graph"),)),
         ("index.query_duration_ms", (("backend", "text"),)),
     ]
-    gauge = series[3]
+    gauge = series[2]
     assert (gauge.count, gauge.value, gauge.buckets, gauge.p50) == (2, 450.0, (), None)
-    prompt = series[2]
+    prompt = series[1]
     assert (prompt.count, prompt.sum, prompt.value, prompt.p99) == (1, 7.0, None, None)
-    text = series[5]
+    text = series[4]
     assert text.count == 5
     assert text.sum == pytest.approx(1e6 + 57.5)
     counts = dict(text.buckets)
@@ -83,6 +84,8 @@ def test_read_live_returns_every_series(
     assert only == [gauge]
     with pytest.raises(ValueError, match=r"no\.such_key"):
         read_live(redis_client, keys, "no.such_key")
+    with pytest.raises(ValueError, match=r"plan\.cost_usd is counted per plan"):
+        read_live(redis_client, keys, MetricKey.PLAN_COST_USD)
     assert read_live(redis_client, Keys("never-written-" + keys.namespace)) == []
 
 
@@ -120,6 +123,14 @@ def test_unreachable_redis_is_one_clear_error(keys: Keys) -> None:
         read_live(client, keys)
     with pytest.raises(RedisUnavailable, match="reading a plan's cost"):
         plan_cost_usd(client, keys, "p")
+    with pytest.raises(RedisUnavailable, match="reading a plan's counters"):
+        read_plan(client, keys, "p")
+    with pytest.raises(RedisUnavailable, match="reading the live plans"):
+        top_plans(client, keys, 5)
+    with pytest.raises(RedisUnavailable, match="counting the live plans"):
+        count_plans(client, keys)
+    with pytest.raises(RedisUnavailable, match="moving the per-plan counters"):
+        migrate_legacy_plan_fields(client, keys)
 
 
 def test_acl_users_connect_by_url_and_wrong_password_is_a_configuration_error() -> None:

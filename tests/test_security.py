@@ -23,6 +23,7 @@ from fleettrace.errors import ConfigurationError, DatabaseUnavailable
 from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP, Keys
 from fleettrace.live import read_live
 from fleettrace.model import LLMTrace
+from fleettrace.plans import count_plans, top_plans
 from fleettrace_worker.cli import COMMANDS
 from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.database import connect, create_pool
@@ -176,6 +177,12 @@ def test_the_worker_user_consumes_stores_forwards_dead_letters_and_trims(
 
         trim_streams(worker, keys)
         assert read_live(worker, keys)
+        assert {p.plan_id for p in top_plans(worker, keys, 5).plans} == {
+            "plan-0",
+            "plan-1",
+            "plan-2",
+        }
+        assert count_plans(worker, keys) == (3, True)
         worker.set(keys.worker_health("w1"), "{}", ex=10)
         assert worker.get(keys.worker_health("w1")) == b"{}"
         # Even the worker cannot touch another namespace or administer the server.

@@ -16,7 +16,9 @@ from fleettrace.codec import Kind, encode_lines, encode_record, new_batch_id
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import DEAD_POSITION, DEAD_REASON, DEAD_RECORD, PERSIST_GROUP
 from fleettrace.live import is_over_budget, plan_cost_usd, read_live
+from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace
+from fleettrace.plans import read_plan
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.repository import LLMTraceRepository
 
@@ -292,6 +294,9 @@ def step_live_counters(context):
             tuple(part.strip().split("=", 1)) for part in line["labels"].split(",") if part.strip()
         )
         found = series.get((line["metric"], labels))
+        if MetricKey(line["metric"]).spec.per_plan:  # counted in the plan's own hash
+            plan = read_plan(context.fleet.redis, context.fleet.keys, dict(labels)["plan"])
+            found = next((s for s in plan.series if s.key.value == line["metric"]), None)
         assert found is not None, f"no live series {line['metric']} {line['labels']}"
         assert found.count == int(line["count"]), (
             f"{line['metric']} {line['labels']}: count {found.count}"

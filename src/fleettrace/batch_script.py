@@ -17,8 +17,12 @@ Arguments::
     ARGV  1 marker TTL (s), 2 number of trace entry args, 3 number of metric entry args,
           4 records, 5 batches, 6 dropped (emitter figures to add),
           then the trace entry's field/value pairs, the metric entry's pairs,
-          then ops of four: kind ("i" HINCRBY, "f" HINCRBYFLOAT, "s" HSET), key index,
-          field, amount
+          then ops of four: kind ("i" HINCRBY, "f" HINCRBYFLOAT, "s" HSET, "e" EXPIRE
+          with amount as seconds and field unused), key index, field, amount
+
+The live hashes come first among KEYS 5.., then the hash of each plan the batch
+counts on; every plan hash gets an "e" op after its increments, so a plan's counters
+expire ``plan_ttl_s`` after the last batch that wrote them.
 
 Returns 1 when the batch was applied, 0 when it had been applied before.
 """
@@ -34,6 +38,7 @@ from fleettrace.keys import (
     EMITTER_BATCHES,
     EMITTER_DROPPED,
     EMITTER_RECORDS,
+    PLAN_TTL_S,
     Keys,
 )
 
@@ -71,6 +76,8 @@ while i <= last do
     redis.call('HINCRBY', key, ARGV[i + 2], ARGV[i + 3])
   elseif op == 'f' then
     redis.call('HINCRBYFLOAT', key, ARGV[i + 2], ARGV[i + 3])
+  elseif op == 'e' then
+    redis.call('EXPIRE', key, ARGV[i + 3])
   else
     redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
   end
@@ -113,10 +120,13 @@ def build_call(
     deltas: CounterDeltas,
     records: int,
     dropped: int,
+    plan_ttl_s: int = PLAN_TTL_S,
 ) -> BatchCall:
     """The call that applies a batch: its entries, its counter deltas, its figures."""
     metric_keys = deltas.metric_keys()
     index = {name: _FIXED_KEYS + 1 + i for i, name in enumerate(metric_keys)}
+    plan_ids = deltas.plan_ids()
+    plan_index = {plan: _FIXED_KEYS + 1 + len(metric_keys) + i for i, plan in enumerate(plan_ids)}
     trace_args = _flatten(trace_entry)
     metric_args = _flatten(metric_entry)
     args: list[Arg] = [
@@ -136,6 +146,15 @@ def build_call(
     ):
         for (metric_key, field_name), amount in mapping.items():
             args += (op, index[metric_key], field_name, amount)
+    for op, plan_mapping in (
+        ("i", deltas.plan_increments),
+        ("f", deltas.plan_float_increments),
+        ("s", deltas.plan_values),
+    ):
+        for (plan_id, field_name), amount in plan_mapping.items():
+            args += (op, plan_index[plan_id], field_name, amount)
+    for plan_id in plan_ids:
+        args += ("e", plan_index[plan_id], "", plan_ttl_s)
     return BatchCall(
         batch_id=batch_id,
         records=records,
@@ -146,6 +165,7 @@ def build_call(
             keys.metrics,
             keys.emitter,
             *(keys.live(name) for name in metric_keys),
+            *(keys.plan(plan_id) for plan_id in plan_ids),
         ],
         args=args,
     )

@@ -17,6 +17,11 @@ What a record adds (hash layout in :mod:`fleettrace.keys`):
 
 Sums go through ``HINCRBYFLOAT`` (a counter may be fed fractions), counts and
 buckets through ``HINCRBY``.
+
+Series of a per-plan metric (its labels include ``plan``) go to that plan's own hash
+instead of the metric key's live hash (``plan_*`` mappings, keyed by plan id, fields
+without the plan label), so they can expire with the plan; see
+:meth:`fleettrace.keys.Keys.plan`.
 """
 
 from __future__ import annotations
@@ -31,11 +36,13 @@ from fleettrace.keys import (
     bucket_stat,
     encode_labels,
     live_field,
+    plan_field,
 )
-from fleettrace.metrics import MetricKey, MetricType
+from fleettrace.metrics import PLAN_LABEL, MetricKey, MetricType
 from fleettrace.model import LLMTrace, MetricSample
 
-#: (metric key, hash field) of one statistic of one label set.
+#: (metric key, hash field) of one statistic of one label set; for the ``plan_*``
+#: mappings (plan id, plan hash field).
 FieldRef = tuple[str, str]
 
 _TOKENS = MetricKey.ACTOR_TOKEN_USAGE.value
@@ -51,9 +58,19 @@ class CounterDeltas:
     increments: dict[FieldRef, int] = field(default_factory=dict)
     float_increments: dict[FieldRef, float] = field(default_factory=dict)
     values: dict[FieldRef, float] = field(default_factory=dict)
+    plan_increments: dict[FieldRef, int] = field(default_factory=dict)
+    plan_float_increments: dict[FieldRef, float] = field(default_factory=dict)
+    plan_values: dict[FieldRef, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.increments) + len(self.float_increments) + len(self.values)
+        return (
+            len(self.increments)
+            + len(self.float_increments)
+            + len(self.values)
+            + len(self.plan_increments)
+            + len(self.plan_float_increments)
+            + len(self.plan_values)
+        )
 
     def metric_keys(self) -> list[str]:
         """The metric keys touched, each once, in a stable order."""
@@ -63,11 +80,41 @@ class CounterDeltas:
                 seen[metric_key] = None
         return list(seen)
 
-    def _observe(self, metric_key: str, labels: str, count: int, total: float) -> None:
-        count_ref = (metric_key, live_field(labels, STAT_COUNT))
-        sum_ref = (metric_key, live_field(labels, STAT_SUM))
-        self.increments[count_ref] = self.increments.get(count_ref, 0) + count
-        self.float_increments[sum_ref] = self.float_increments.get(sum_ref, 0.0) + total
+    def plan_ids(self) -> list[str]:
+        """The plans touched, each once, in a stable order."""
+        seen: dict[str, None] = {}
+        for mapping in (self.plan_increments, self.plan_float_increments, self.plan_values):
+            for plan_id, _ in mapping:
+                seen[plan_id] = None
+        return list(seen)
+
+    def _observe(
+        self, metric_key: str, labels: str, count: int, total: float, plan: str | None = None
+    ) -> None:
+        self._add(metric_key, labels, STAT_COUNT, count, plan)
+        if plan is None:
+            sum_ref = (metric_key, live_field(labels, STAT_SUM))
+            floats = self.float_increments
+        else:
+            sum_ref = (plan, plan_field(metric_key, labels, STAT_SUM))
+            floats = self.plan_float_increments
+        floats[sum_ref] = floats.get(sum_ref, 0.0) + total
+
+    def _add(self, metric_key: str, labels: str, stat: str, amount: int, plan: str | None) -> None:
+        """An integer increment of one stat, in the live hash or in the plan's hash."""
+        if plan is None:
+            ref = (metric_key, live_field(labels, stat))
+            ints = self.increments
+        else:
+            ref = (plan, plan_field(metric_key, labels, stat))
+            ints = self.plan_increments
+        ints[ref] = ints.get(ref, 0) + amount
+
+    def _set(self, metric_key: str, labels: str, value: float, plan: str | None) -> None:
+        if plan is None:
+            self.values[(metric_key, live_field(labels, STAT_VALUE))] = value
+        else:
+            self.plan_values[(plan, plan_field(metric_key, labels, STAT_VALUE))] = value
 
 
 def aggregate(traces: Iterable[LLMTrace], samples: Iterable[MetricSample]) -> CounterDeltas:
@@ -124,28 +171,29 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
         )
         deltas._observe(_ERRORS, labels, failed, failed)
     for plan_id, (priced, cost) in plan_cost.items():
-        deltas._observe(_PLAN_COST, encode_labels((("plan", plan_id),)), int(priced), cost)
+        # In the plan's own hash, whose name says the plan: no other label.
+        deltas._observe(_PLAN_COST, "", int(priced), cost, plan_id)
 
 
 def _add_samples(deltas: CounterDeltas, samples: Iterable[MetricSample]) -> None:
     rendered: dict[tuple[MetricKey, tuple[tuple[str, str], ...]], str] = {}
     for sample in samples:
         key = sample.key
+        spec = key.spec
+        metric_key = key.value
         pairs = sample.label_pairs
+        plan = None
+        if spec.per_plan:  # the plan names the hash; the field keeps the other labels
+            plan = sample.labels[PLAN_LABEL]
+            pairs = tuple(pair for pair in pairs if pair[0] != PLAN_LABEL)
         labels = rendered.get((key, pairs))
         if labels is None:
             labels = rendered[(key, pairs)] = encode_labels(pairs)
-        spec = key.spec
-        metric_key = key.value
         if spec.type is MetricType.GAUGE:
-            count_ref = (metric_key, live_field(labels, STAT_COUNT))
-            deltas.increments[count_ref] = deltas.increments.get(count_ref, 0) + 1
-            deltas.values[(metric_key, live_field(labels, STAT_VALUE))] = sample.value
+            deltas._add(metric_key, labels, STAT_COUNT, 1, plan)
+            deltas._set(metric_key, labels, sample.value, plan)
             continue
-        deltas._observe(metric_key, labels, 1, sample.value)
+        deltas._observe(metric_key, labels, 1, sample.value, plan)
         if spec.type is MetricType.HISTOGRAM:
-            bucket_ref = (
-                metric_key,
-                live_field(labels, bucket_stat(spec.bucket_bound(sample.value))),
-            )
-            deltas.increments[bucket_ref] = deltas.increments.get(bucket_ref, 0) + 1
+            stat = bucket_stat(spec.bucket_bound(sample.value))
+            deltas._add(metric_key, labels, stat, 1, plan)

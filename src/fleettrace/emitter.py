@@ -58,7 +58,7 @@ from fleettrace.connection import (
 )
 from fleettrace.counters import aggregate
 from fleettrace.errors import ConfigurationError, EmitterClosed
-from fleettrace.keys import DEFAULT_NAMESPACE, NAMESPACE_VARIABLE, Keys
+from fleettrace.keys import DEFAULT_NAMESPACE, NAMESPACE_VARIABLE, PLAN_TTL_S, Keys
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace, MetricSample
 
@@ -100,6 +100,9 @@ class EmitterSettings:
     socket_timeout_s: float = 5.0
     #: How long interpreter exit may wait for the buffer to drain.
     exit_timeout_s: float = 5.0
+    #: A plan's live counters expire this many seconds after the last batch that
+    #: wrote them (whole seconds: Redis EXPIRE).
+    plan_ttl_s: int = PLAN_TTL_S
 
     def __post_init__(self) -> None:
         try:
@@ -110,7 +113,7 @@ class EmitterSettings:
             raise ConfigurationError(
                 f"overflow must be 'drop_oldest' or 'block', got {self.overflow!r}"
             )
-        for name in ("max_batch_records", "max_buffer_records"):
+        for name in ("max_batch_records", "max_buffer_records", "plan_ttl_s"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
@@ -452,6 +455,7 @@ class Emitter:
             deltas=aggregate(traces, samples),
             records=len(traces) + len(samples),
             dropped=dropped,
+            plan_ttl_s=self.settings.plan_ttl_s,
         )
 
     def _send(self, call: BatchCall) -> bool:

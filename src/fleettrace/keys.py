@@ -10,7 +10,10 @@ Layout for namespace ``fleettrace``::
     {fleettrace}:metrics             stream   batches of metric samples
     {fleettrace}:dlq:persist         stream   dead letters of the persist group
     {fleettrace}:dlq:langsmith       stream   dead letters of the langsmith group
-    {fleettrace}:live:<metric key>   hash     live counters of one of the 14 metric keys
+    {fleettrace}:live:<metric key>   hash     live counters of one of the 14 metric keys,
+                                              except the per-plan ones (next line)
+    {fleettrace}:plan:<plan id>      hash     one plan's live counters (expires; see
+                                              Keys.plan)
     {fleettrace}:applied:<batch id>  string   marks a batch as applied (expires)
     {fleettrace}:emitter             hash     emitter figures (dropped records, batches)
     {fleettrace}:worker:<consumer>   string   a worker's health snapshot (expires)
@@ -116,6 +119,36 @@ class Keys:
     def worker_health_pattern(self) -> str:
         return f"{self.prefix}:worker:*"
 
+    def plan(self, plan_id: str) -> str:
+        """The hash of one plan's live counters, ``{ns}:plan:<plan id>``.
+
+        Every metric whose labels include ``plan`` (plan.cost_usd, plan.decisions_count,
+        plan.child_plans_count) is counted in a hash of its own per plan, the id escaped
+        like a label value (``%``, ``,``, ``=``, ``|`` as ``%25``, ``%2C``, ``%3D``,
+        ``%7C``), rather than as fields of the ``{ns}:live:<metric key>`` hashes: Redis
+        7.0 has no per-field expiry, and a field per plan in a shared hash never went
+        away (50,000 plans left 14.9 MB for good). Each batch that writes a plan's hash
+        also sets its EXPIRE to the emitter setting ``plan_ttl_s`` (default
+        PLAN_TTL_S), so a plan's counters vanish that long after its last record.
+
+        Fields: ``<metric key>|<label set>|<stat>``, label set and stat as in the live
+        hashes but without the plan label, which the key already names (it would repeat
+        the plan id in every field): ``plan.cost_usd||sum`` in the hash of plan p-42.
+        Readers find the plans with ``SCAN MATCH {ns}:plan:*`` in steps of
+        PLAN_SCAN_COUNT, examining at most PLAN_SCAN_CAP keys per read; one plan is one
+        HGETALL (or one HGET for its cost).
+        """
+        return f"{self.prefix}:{PLAN_KEY_PART}:{escape_value(plan_id)}"
+
+    @property
+    def plan_pattern(self) -> str:
+        """SCAN MATCH pattern of every plan hash of the namespace."""
+        return f"{self.prefix}:{PLAN_KEY_PART}:*"
+
+    def plan_prefix_pattern(self, plan_prefix: str) -> str:
+        """SCAN MATCH pattern of the plan hashes whose plan id starts with ``plan_prefix``."""
+        return f"{self.prefix}:{PLAN_KEY_PART}:{glob_escape(escape_value(plan_prefix))}*"
+
 
 # Fields of a live counter hash: "<label set>|<stat>", where the label set is
 # "name=value,name=value" in the metric's declared label order, with '%', ',', '='
@@ -165,3 +198,52 @@ def split_live_field(field: str) -> tuple[str, str]:
     """Split a hash field into (encoded label set, stat)."""
     labels, _, stat = field.rpartition(STAT_SEPARATOR)
     return labels, stat
+
+
+# -- Per-plan counters (layout: the docstring of Keys.plan) ------------------------------
+
+PLAN_KEY_PART: Final = "plan"
+#: Default lifetime of a plan's counters after the last batch that wrote them.
+PLAN_TTL_S: Final = 7 * 24 * 3600
+#: COUNT of each SCAN step over the plan hashes (keys examined per round trip).
+PLAN_SCAN_COUNT: Final = 1000
+#: Most plan hashes one read examines; past it the read says it stopped early.
+PLAN_SCAN_CAP: Final = 1_000_000
+#: Fields of the old layout moved per script call by ``--migrate-plans``: each costs
+#: Redis about 30 us, so a step blocks it for a few milliseconds.
+LEGACY_MOVE_STEP: Final = 200
+#: Most plans the worker's /metrics may export with a ``plan`` label (``--metrics-plans``).
+METRICS_PLANS_MAX: Final = 1000
+
+
+_ESCAPE_TABLE: Final = str.maketrans(_ESCAPES)
+
+
+def escape_value(value: str) -> str:
+    """A label value (or plan id) with '%', ',', '=' and '|' percent-escaped."""
+    return value.translate(_ESCAPE_TABLE)
+
+
+def unescape_value(text: str) -> str:
+    """Inverse of :func:`escape_value`: the plan id of a plan hash's name suffix."""
+    return _UNESCAPE_RE.sub(lambda m: _UNESCAPES[m.group(1)], text)
+
+
+_GLOB_SPECIAL_RE: Final = re.compile(r"([*?\[\]\\])")
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal inside a SCAN MATCH pattern."""
+    return _GLOB_SPECIAL_RE.sub(r"\\\1", text)
+
+
+def plan_field(metric_key: str, labels: str, stat: str) -> str:
+    """The field of a plan hash: metric key, encoded label set (without ``plan``), stat."""
+    return f"{metric_key}{STAT_SEPARATOR}{labels}{STAT_SEPARATOR}{stat}"
+
+
+def split_plan_field(field: str) -> tuple[str, str, str]:
+    """Split a plan hash field into (metric key, encoded label set, stat)."""
+    metric_key, _, rest = field.partition(STAT_SEPARATOR)
+    labels, stat = split_live_field(rest)
+    return metric_key, labels, stat

@@ -2,9 +2,11 @@
 
 The counters are summed in Redis by every emitter of the namespace, so these reads
 are fleet-wide: a budget check made by one agent sees the cost recorded by all of
-them. Percentiles are estimated from the histogram buckets the way Prometheus'
-``histogram_quantile`` does it (linear interpolation inside the bucket that holds
-the rank), so they agree with what a dashboard shows.
+them. Per-plan series (``plan.cost_usd`` and the other keys labelled ``plan``) live in
+one expiring hash per plan; :func:`plan_cost_usd` reads one of them directly, and
+:mod:`fleettrace.plans` finds and ranks them. Percentiles are estimated from the
+histogram buckets the way Prometheus' ``histogram_quantile`` does it (linear
+interpolation inside the bucket that holds the rank), so they agree with what a dashboard shows.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from fleettrace.keys import (
     decode_labels,
     encode_labels,
     live_field,
+    plan_field,
     split_live_field,
 )
-from fleettrace.metrics import MetricKey, MetricType
+from fleettrace.metrics import PLAN_LABEL, MetricKey, MetricType
 from fleettrace.redis_errors import translate_redis_errors
 
 QUANTILES = (0.5, 0.95, 0.99)
@@ -72,7 +75,8 @@ def histogram_quantile(q: float, buckets: tuple[tuple[float, int], ...]) -> floa
     return lower  # pragma: no cover (rank <= total always lands in a bucket)
 
 
-def _series(key: MetricKey, labels: str, stats: dict[str, str]) -> LiveSeries:
+def series_from_stats(key: MetricKey, labels: str, stats: dict[str, str]) -> LiveSeries:
+    """One series from its encoded label set and its stats (stat name -> amount)."""
     spec = key.spec
     value = stats.get(STAT_VALUE)
     buckets: tuple[tuple[float, int], ...] = ()
@@ -103,8 +107,23 @@ def read_live(
     client: redis.Redis, keys: Keys, metric_key: MetricKey | str | None = None
 ) -> list[LiveSeries]:
     """Every live series of the namespace (or of one metric key), in the order of
-    ``MetricKey`` and then of the label sets. One round trip."""
-    wanted = list(MetricKey) if metric_key is None else [MetricKey(metric_key)]
+    ``MetricKey`` and then of the label sets. One round trip.
+
+    Fleet-wide series only: the per-plan keys (``MetricSpec.per_plan``) are left out,
+    since there is a series per plan; asking for one of them is a ``ValueError``.
+    Read plans with :func:`plan_cost_usd` or :mod:`fleettrace.plans`. Fields that
+    emitters before the per-plan hashes left in ``{ns}:live:plan.*`` are not read
+    (``fleettrace metrics --migrate-plans`` moves them).
+    """
+    if metric_key is None:
+        wanted = [key for key in MetricKey if not key.spec.per_plan]
+    else:
+        wanted = [MetricKey(metric_key)]
+        if wanted[0].spec.per_plan:
+            raise ValueError(
+                f"{wanted[0].value} is counted per plan: read it with "
+                "fleettrace.plans.read_plan() or top_plans()"
+            )
     with translate_redis_errors("reading the live counters"):
         pipe = client.pipeline(transaction=False)
         for key in wanted:
@@ -116,16 +135,28 @@ def read_live(
         for raw_field, raw_amount in fields.items():
             labels, stat = split_live_field(raw_field.decode())
             by_labels.setdefault(labels, {})[stat] = raw_amount.decode()
-        series.extend(_series(key, labels, by_labels[labels]) for labels in sorted(by_labels))
+        series.extend(
+            series_from_stats(key, labels, by_labels[labels]) for labels in sorted(by_labels)
+        )
     return series
 
 
 def plan_cost_usd(client: redis.Redis, keys: Keys, plan_id: str) -> float:
-    """The priced LLM cost the whole fleet has recorded for a plan so far."""
-    field = live_field(encode_labels((("plan", plan_id),)), STAT_SUM)
+    """The priced LLM cost the whole fleet has recorded for a plan so far.
+
+    One round trip, whatever the number of plans: an HGET of the plan's own hash, plus
+    one of the field an emitter older than the per-plan hashes would have written, so
+    the answer is whole while old and new emitters run side by side. A plan whose
+    counters expired (``plan_ttl_s`` after its last record) costs 0.
+    """
+    key = MetricKey.PLAN_COST_USD.value
+    legacy_labels = encode_labels(((PLAN_LABEL, plan_id),))
     with translate_redis_errors("reading a plan's cost"):
-        raw = client.hget(keys.live(MetricKey.PLAN_COST_USD.value), field)
-    return float(raw) if raw is not None else 0.0
+        pipe = client.pipeline(transaction=False)
+        pipe.hget(keys.plan(plan_id), plan_field(key, "", STAT_SUM))
+        pipe.hget(keys.live(key), live_field(legacy_labels, STAT_SUM))
+        current, legacy = pipe.execute()
+    return float(current or 0.0) + float(legacy or 0.0)
 
 
 def is_over_budget(client: redis.Redis, keys: Keys, plan_id: str, budget_usd: float) -> bool:

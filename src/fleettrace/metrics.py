@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+#: The label that ties a series to one plan. A metric with it is counted per plan, in
+#: that plan's own expiring hash (see :meth:`fleettrace.keys.Keys.plan`).
+PLAN_LABEL: Final = "plan"
+
 
 class MetricType(StrEnum):
     COUNTER = "counter"
@@ -55,6 +59,11 @@ class MetricSpec:
     labels: tuple[str, ...]
     description: str
     buckets: tuple[float, ...] = ()
+
+    @property
+    def per_plan(self) -> bool:
+        """Whether each plan gets series of its own (the labels include ``plan``)."""
+        return PLAN_LABEL in self.labels
 
     def bucket_bound(self, value: float) -> float:
         """The upper bound of the bucket ``value`` falls into (``inf`` past the last)."""
@@ -192,3 +201,6 @@ SPECS: Final[dict[MetricKey, MetricSpec]] = {
         ),
     )
 }
+
+#: The metric keys counted per plan, in table order.
+PER_PLAN_KEYS: Final = tuple(key for key, spec in SPECS.items() if spec.per_plan)

@@ -44,6 +44,7 @@ from fleettrace.keys import EMITTER_RECORDS, FIELD_COUNT, PERSIST_GROUP, Keys
 from fleettrace.live import read_live
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace
+from fleettrace.plans import total_cost_usd
 from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker import database
 from fleettrace_worker.deadletter import DeadLetter
@@ -365,11 +366,7 @@ class LiveFigures:
     def read(self) -> tuple[int, float, int, int]:
         """(records sent, cost in USD, LLM errors, LLM retries) since the run started."""
         sent, errors, retries = self._read()
-        cost = sum(
-            series.sum
-            for series in read_live(self._client, self._keys, MetricKey.PLAN_COST_USD)
-            if dict(series.labels).get("plan", "").startswith(self._plan_prefix)
-        )
+        cost = total_cost_usd(self._client, self._keys, prefix=self._plan_prefix)
         base_sent, base_errors, base_retries = self._baseline
         return sent - base_sent, cost, errors - base_errors, retries - base_retries
 

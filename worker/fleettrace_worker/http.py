@@ -7,6 +7,12 @@ scrape time by one collector: the worker's own figures (records, batches, batch
 latency, dead letters, retries, pending entries and lag of every group) and the
 fleet's live metrics read from the Redis hashes, one metric family per metric key
 (``tool.invocation_duration_ms`` becomes ``fleettrace_tool_invocation_duration_ms``).
+
+Series labelled with a plan are left out by default: a plan is a short-lived,
+unbounded label value, and 50,000 plans made every scrape 2.5 MB with 50,000 series.
+``plans=N`` (``fleettrace worker --metrics-plans N``, at most ``METRICS_PLANS_MAX``)
+exports the N plans with the highest cost, found by a SCAN over every plan hash at
+each scrape.
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from fleettrace.errors import ConfigurationError, FleettraceError
-from fleettrace.keys import Keys
-from fleettrace.live import read_live
+from fleettrace.keys import METRICS_PLANS_MAX, Keys
+from fleettrace.live import LiveSeries, read_live
 from fleettrace.metrics import MetricKey, MetricType
+from fleettrace.plans import top_plans
 from fleettrace_worker.consumer import group_states
 from fleettrace_worker.loop import BATCH_LATENCY_BUCKETS_S, GroupLoop
 
@@ -63,9 +70,13 @@ def _bound(value: float) -> str:
 class WorkerCollector(Collector):
     """Builds every metric family at scrape time; nothing is cached between scrapes."""
 
-    def __init__(self, worker: WorkerStatus, client: redis.Redis) -> None:
+    def __init__(self, worker: WorkerStatus, client: redis.Redis, plans: int = 0) -> None:
+        if not 0 <= plans <= METRICS_PLANS_MAX:
+            raise ConfigurationError(f"--metrics-plans must be 0-{METRICS_PLANS_MAX}, got {plans}")
         self.worker = worker
         self.client = client
+        self.plans = plans
+        self._plans_error = ""
 
     def collect(self) -> Iterator[Metric]:
         yield from self._own()
@@ -111,6 +122,19 @@ class WorkerCollector(Collector):
             latency.add_metric([loop.group], buckets, latency_sum)
         yield latency
 
+    def _top_plans(self) -> list[LiveSeries]:
+        """The series of the costliest plans; none (and one warning per distinct error)
+        when they cannot be read, so the fleet's families are still exported."""
+        try:
+            top = top_plans(self.client, self.worker.keys, self.plans)
+        except (FleettraceError, redis.RedisError) as error:
+            if str(error) != self._plans_error:
+                self._plans_error = str(error)
+                log.warning("plans left out of /metrics: %s", error)
+            return []
+        self._plans_error = ""
+        return [series for plan in top.plans for series in plan.series]
+
     def _groups(self) -> Iterator[Metric]:
         pending = GaugeMetricFamily(
             "fleettrace_worker_pending",
@@ -130,8 +154,11 @@ class WorkerCollector(Collector):
         yield lag
 
     def _live(self) -> Iterator[Metric]:
+        everything: list[LiveSeries] = read_live(self.client, self.worker.keys)
+        if self.plans:
+            everything += self._top_plans()
         families: dict[MetricKey, Metric] = {}
-        for series in read_live(self.client, self.worker.keys):
+        for series in everything:
             key = series.key
             spec = key.spec
             family = families.get(key)
@@ -214,10 +241,13 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http: " + format, *args)
 
 
-def serve(address: str, worker: WorkerStatus, client: redis.Redis) -> MetricsServer:
-    """Start serving in a daemon thread; ``shutdown()`` the result to stop."""
+def serve(
+    address: str, worker: WorkerStatus, client: redis.Redis, *, plans: int = 0
+) -> MetricsServer:
+    """Start serving in a daemon thread; ``shutdown()`` the result to stop. ``plans``:
+    how many plans (the costliest) /metrics exports with a ``plan`` label."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(WorkerCollector(worker, client))
+    registry.register(WorkerCollector(worker, client, plans))
     try:
         server = MetricsServer(parse_address(address), worker, registry)
     except OSError as error:

@@ -35,6 +35,7 @@ from fleettrace.keys import (
     DEFAULT_NAMESPACE,
     GROUPS,
     LANGSMITH_GROUP,
+    METRICS_PLANS_MAX,
     PERSIST_GROUP,
     WORKER_HEALTH_TTL_S,
     Keys,
@@ -86,6 +87,8 @@ class WorkerSettings:
     health_interval_s: float = 2.0
     burst: bool = False
     http: str | None = None
+    #: Plans /metrics exports with a ``plan`` label (the costliest); 0 exports none.
+    metrics_plans: int = 0
 
     def __post_init__(self) -> None:
         positive = {
@@ -99,6 +102,10 @@ class WorkerSettings:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigurationError(f"{name} must be positive, got {value}")
+        if not 0 <= self.metrics_plans <= METRICS_PLANS_MAX:
+            raise ConfigurationError(
+                f"metrics_plans must be 0-{METRICS_PLANS_MAX}, got {self.metrics_plans}"
+            )
         if self.block_ms < 0:
             raise ConfigurationError(f"block_ms must not be negative, got {self.block_ms}")
         if not self.consumer or len(self.consumer) > 200:
@@ -130,7 +137,13 @@ class WorkerSettings:
         env = os.environ if environ is None else environ
         defaults = cls(redis_url, database_url)
         values: dict[str, object] = {}
-        for name in ("batch_records", "block_ms", "claim_idle_ms", "max_deliveries"):
+        for name in (
+            "batch_records",
+            "block_ms",
+            "claim_idle_ms",
+            "max_deliveries",
+            "metrics_plans",
+        ):
             raw = env.get(ENV_PREFIX + name.upper())
             if raw:
                 try:
@@ -340,7 +353,9 @@ class Worker:
         # Imported here: prometheus_client and the live reader only when HTTP is asked for.
         from fleettrace_worker.http import serve  # noqa: PLC0415
 
-        return serve(self.settings.http, self, self.context.redis())
+        return serve(
+            self.settings.http, self, self.context.redis(), plans=self.settings.metrics_plans
+        )
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1

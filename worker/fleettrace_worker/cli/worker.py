@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from fleettrace.keys import GROUPS, LANGSMITH_GROUP, PERSIST_GROUP
+from fleettrace.keys import GROUPS, LANGSMITH_GROUP, METRICS_PLANS_MAX, PERSIST_GROUP
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.runner import Worker, WorkerSettings, check_health
@@ -61,6 +61,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="serve /healthz, /readyz and /metrics there (e.g. 127.0.0.1:9464)",
     )
     parser.add_argument(
+        "--metrics-plans",
+        type=int,
+        metavar="N",
+        help="export the N costliest plans on /metrics with a plan label (default: "
+        f"$FLEETTRACE_WORKER_METRICS_PLANS, else 0, at most {METRICS_PLANS_MAX})",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="exit 0 when the worker named --consumer reports itself ready, else 1 "
@@ -101,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         max_deliveries=args.max_deliveries,
         burst=args.burst or None,
         http=args.http,
+        metrics_plans=args.metrics_plans,
     )
     if args.check:
         client = options.redis_client(args)
