@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from fleettrace.errors import ConfigurationError, RedisUnavailable
 from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP
 from fleettrace_worker import runner
 from fleettrace_worker.cli.worker import selected_groups
-from fleettrace_worker.consumer import Entry
+from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.loop import GroupLoop, LoopStats, Prepared
 from fleettrace_worker.runner import Worker, WorkerSettings, check_health
@@ -135,3 +136,37 @@ def test_check_wants_a_fresh_ready_snapshot(redis_client, keys) -> None:
     for health, expected in cases:
         redis_client.set(key, json.dumps(health))
         assert check_health(redis_client, keys, "w1") is expected, health
+
+
+class _Reading(_Loop):
+    """A loop that really reads once through its consumer's own client."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        super().__init__(None)
+        self.consumer = consumer
+
+    def run(self, stop: threading.Event) -> None:
+        self.consumer.ensure_groups()
+        self.consumer.read(count=1, block_ms=None)
+
+
+def test_the_worker_closes_every_connection_it_opened(monkeypatch, private_redis) -> None:
+    monkeypatch.setitem(
+        runner.GROUP_LOOPS,
+        PERSIST_GROUP,
+        lambda context: _Reading(context.consumer(PERSIST_GROUP)),
+    )
+    port = free_port()
+    settings = WorkerSettings(
+        private_redis.url, "postgresql://x", consumer="t1", http=f"127.0.0.1:{port}"
+    )
+    assert Worker(settings).run() == 0
+    probe = redis.Redis.from_url(private_redis.url)
+    try:
+        # The probe itself is the only client left: the loop's, the HTTP endpoint's and
+        # the health writer's connections are all closed.
+        assert probe.info("clients")["connected_clients"] == 1
+    finally:
+        probe.close()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        pass

@@ -326,3 +326,20 @@ def test_bad_settings_are_one_line(redis_url, keys, db, args, message) -> None:
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_forwarding_on_without_a_key_refuses_to_start_in_one_line(
+    redis_url, redis_client, keys, db
+) -> None:
+    add_traces(redis_client, keys, [make_trace(i) for i in range(5)])
+    env = worker_env(redis_url, db, keys)
+    env["LANGSMITH_TRACING"] = "true"
+    done = fleettrace("worker", "--burst", "--consumer", "w1", env=env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("fleettrace worker: LangSmith forwarding is on")
+    assert "LANGSMITH_API_KEY" in lines[0]
+    # Refused before it read anything: no group read an entry, no row stored.
+    assert trace_rows(db) == 0
+    assert pending(redis_client, keys) == 0

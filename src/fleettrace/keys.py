@@ -98,10 +98,6 @@ class Keys:
     def live(self, metric_key: str) -> str:
         return f"{self.prefix}:live:{metric_key}"
 
-    @property
-    def live_pattern(self) -> str:
-        return f"{self.prefix}:live:*"
-
     def applied(self, batch_id: str) -> str:
         return f"{self.prefix}:applied:{batch_id}"
 
@@ -111,10 +107,6 @@ class Keys:
 
     def worker_health(self, consumer: str) -> str:
         return f"{self.prefix}:worker:{consumer}"
-
-    @property
-    def worker_health_pattern(self) -> str:
-        return f"{self.prefix}:worker:*"
 
 
 # Fields of a live counter hash: "<label set>|<stat>", where the label set is

@@ -162,13 +162,17 @@ class WorkerContext:
         self.settings = settings
         self.keys = Keys(settings.namespace)
         self._pool: ConnectionPool | None = None
+        self._clients: list[redis.Redis] = []
 
     def redis(self) -> redis.Redis:
-        """A client of its own (a loop's blocking reads must not hold up the others)."""
-        return connect_redis(
+        """A client of its own (a loop's blocking reads must not hold up the others),
+        closed by :meth:`close`."""
+        client = connect_redis(
             self.settings.redis_url,
             socket_timeout_s=self.settings.block_ms / 1000 + REDIS_MARGIN_S,
         )
+        self._clients.append(client)
+        return client
 
     def consumer(self, group: str) -> Consumer:
         return Consumer(
@@ -185,8 +189,12 @@ class WorkerContext:
         return self._pool
 
     def close(self) -> None:
+        """Close the pool and every client made here; safe to call twice."""
         if self._pool is not None:
             self._pool.close()
+            self._pool = None
+        while self._clients:
+            self._clients.pop().close()
 
 
 GroupLoopFactory = Callable[[WorkerContext], GroupLoop[Any]]
@@ -260,13 +268,18 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         server = None
+        loops: list[GroupLoop[Any]] = []
         try:
-            server = self._serve_http()
+            # Every loop is built before any starts: a setting that cannot work (no
+            # LANGSMITH_API_KEY) stops the worker before it reads a single entry.
             for group in self.settings.groups:
                 factory = GROUP_LOOPS.get(group)
                 if factory is None:
                     raise ConfigurationError(f"group {group!r} is not available in this build")
-                self._start(factory(self.context))
+                loops.append(factory(self.context))
+            server = self._serve_http()
+            for loop in loops:
+                self._start(loop)
             # Everything made so far lives as long as the process: keep the cyclic
             # collector from walking it again and again under large batches.
             gc.freeze()
@@ -274,10 +287,16 @@ class Worker:
         finally:
             if server is not None:
                 server.shutdown()
+                server.server_close()
             self.stop.set()
             for item in self._threads:
                 item.thread.join()
             self._write_health()
+            for loop in loops:
+                _close(loop)
+            if self._client is not None:
+                self._client.close()
+                self._client = None
             self.context.close()
         for item in self._threads:
             if isinstance(item.error, FleettraceError):
@@ -349,6 +368,16 @@ class Worker:
             os._exit(EXIT_KILLED)
         log.info("signal %d: finishing the batch in hand, then exiting", signum)
         self.stop.set()
+
+
+def _close(loop: GroupLoop[Any]) -> None:
+    """Release what a loop opened (ForwardLoop: its request threads and HTTP session)."""
+    close = getattr(loop, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            log.exception("group %s did not close cleanly", loop.group)
 
 
 def check_health(client: redis.Redis, keys: Keys, consumer: str) -> bool:
