@@ -25,8 +25,9 @@ from fleettrace.keys import LANGSMITH_GROUP, Keys
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace, MetricSample
 from fleettrace_worker import forwarder as forwarder_module
+from fleettrace_worker import loop as loop_module
 from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.deadletter import list_dead_letters, replay_dead_letters
+from fleettrace_worker.deadletter import DeadLetterLog, list_dead_letters, replay_dead_letters
 from fleettrace_worker.delivery import RunSender, classify, parse_retry_after
 from fleettrace_worker.forwarder import ForwardLoop, langsmith_loop, loop_settings
 from fleettrace_worker.langsmith_settings import LangSmithSettings
@@ -184,12 +185,21 @@ def test_outage_answers_are_retried_until_langsmith_takes_the_runs(
 
 
 def test_a_refused_run_is_a_dead_letter_with_the_answer_and_replays(
-    server: LangSmithServer, redis_client: redis.Redis, keys: Keys
+    server: LangSmithServer,
+    redis_client: redis.Redis,
+    keys: Keys,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(loop_module, "DEAD_LETTER_LOG", DeadLetterLog())
     refused, accepted = trace(None), trace(None)
     send_traces(redis_client, keys, [refused, accepted])
     server.inject(Fault("status", status=422, count=1))
     make_loop(redis_client, keys, settings_for(server, concurrency=1)).run(threading.Event())
+    said = [r for r in caplog.records if "dead-lettered" in r.getMessage()]
+    assert [r.levelname for r in said] == ["WARNING"]
+    assert said[0].getMessage().startswith("group langsmith dead-lettered 1 record(s)")
+    assert "LangSmith answered 422" in said[0].getMessage()
 
     assert server.run_ids() == {str(accepted.trace_id)}
     [(_, letter)] = list_dead_letters(redis_client, keys, LANGSMITH_GROUP)

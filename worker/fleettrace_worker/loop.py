@@ -32,7 +32,7 @@ from typing import Final, Generic, TypeVar
 from fleettrace.errors import ForwardingDeferred, PermanentError, TransientError
 from fleettrace_worker.backoff import backoff_delay_s
 from fleettrace_worker.consumer import Consumer, Entry
-from fleettrace_worker.deadletter import DeadLetter
+from fleettrace_worker.deadletter import DEAD_LETTER_LOG, DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +269,7 @@ class GroupLoop(ABC, Generic[P]):
             dead = dead + more_dead
         entries = batch.entries
         self._retry(lambda: self.consumer.acknowledge(entries, dead), stop, entries)
+        DEAD_LETTER_LOG.note(self.group, dead)
         self.stats.observe_batch(
             len(entries), records, len(dead), time.perf_counter() - batch.started
         )

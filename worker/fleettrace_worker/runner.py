@@ -41,6 +41,7 @@ from fleettrace.keys import (
 )
 from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.database import create_pool
+from fleettrace_worker.deadletter import DEAD_LETTER_LOG
 from fleettrace_worker.forwarder import langsmith_loop
 from fleettrace_worker.loop import GroupLoop, LoopSettings
 from fleettrace_worker.persist import PersistLoop
@@ -294,6 +295,7 @@ class Worker:
             self._write_health()
             for loop in loops:
                 _close(loop)
+            DEAD_LETTER_LOG.flush()
             if self._client is not None:
                 self._client.close()
                 self._client = None
