@@ -43,6 +43,13 @@ from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.deadletter import DEAD_LETTER_LOG
 from fleettrace_worker.forwarder import langsmith_loop
+from fleettrace_worker.groups import (
+    DEFAULT_MAX_AGE_S,
+    DEFAULT_MAX_LAG,
+    GroupLimits,
+    GroupWatch,
+    inspect_groups,
+)
 from fleettrace_worker.loop import GroupLoop, LoopSettings
 from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.repository import LLMTraceRepository
@@ -87,6 +94,9 @@ class WorkerSettings:
     health_interval_s: float = 2.0
     burst: bool = False
     http: str | None = None
+    #: A group past either limit is reported behind (log and /metrics); 0: no limit.
+    group_max_lag: int = DEFAULT_MAX_LAG
+    group_max_age_s: float = DEFAULT_MAX_AGE_S
 
     def __post_init__(self) -> None:
         positive = {
@@ -102,6 +112,8 @@ class WorkerSettings:
                 raise ConfigurationError(f"{name} must be positive, got {value}")
         if self.block_ms < 0:
             raise ConfigurationError(f"block_ms must not be negative, got {self.block_ms}")
+        if self.group_max_lag < 0 or self.group_max_age_s < 0:
+            raise ConfigurationError("group_max_lag and group_max_age_s must not be negative")
         if not self.consumer or len(self.consumer) > 200:
             raise ConfigurationError("consumer name must be 1-200 characters")
         unknown = [g for g in self.groups if g not in GROUPS]
@@ -140,11 +152,23 @@ class WorkerSettings:
                     raise ConfigurationError(
                         f"{ENV_PREFIX}{name.upper()} must be a whole number, got {raw!r}"
                     ) from None
+        for name in ("group_max_lag", "group_max_age_s"):
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw:
+                try:
+                    values[name] = int(raw) if name == "group_max_lag" else float(raw)
+                except ValueError:
+                    raise ConfigurationError(
+                        f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}"
+                    ) from None
         consumer = env.get(ENV_PREFIX + "CONSUMER")
         if consumer:
             values["consumer"] = consumer
         values.update({name: value for name, value in given.items() if value is not None})
         return replace(defaults, **values)  # type: ignore[arg-type]
+
+    def group_limits(self) -> GroupLimits:
+        return GroupLimits(max_lag=self.group_max_lag, max_age_s=self.group_max_age_s)
 
     def loop_settings(self) -> LoopSettings:
         return LoopSettings(
@@ -237,6 +261,8 @@ class Worker:
         self._threads: list[_Thread] = []
         self._signals = 0
         self._client: redis.Redis | None = None
+        self.group_limits = settings.group_limits()
+        self.group_watch = GroupWatch(self.group_limits)
 
     # -- status, read by the health key, --check and HTTP -------------------------
 
@@ -331,6 +357,7 @@ class Worker:
             if time.monotonic() >= next_trim:
                 next_trim = time.monotonic() + self.settings.trim_interval_s
                 self._trim()
+                self._watch_groups()
             for item in self._threads:
                 item.thread.join(self.settings.health_interval_s / len(self._threads))
 
@@ -354,6 +381,13 @@ class Worker:
             trim_streams(self._redis(), self.keys)
         except TransientError as error:
             log.debug("streams not trimmed: %s", error)
+
+    def _watch_groups(self) -> None:
+        """Warn (rate-limited) about groups holding the trim floor for too long."""
+        try:
+            self.group_watch.check(inspect_groups(self._redis(), self.keys))
+        except TransientError as error:
+            log.debug("consumer groups not inspected: %s", error)
 
     def _serve_http(self) -> MetricsServer | None:
         if self.settings.http is None:

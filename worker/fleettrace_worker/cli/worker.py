@@ -56,6 +56,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--burst", action="store_true", help="exit once the streams hold nothing new"
     )
     parser.add_argument(
+        "--group-max-lag",
+        type=int,
+        metavar="N",
+        help="warn when a consumer group has more undelivered entries than this "
+        "(default: $FLEETTRACE_WORKER_GROUP_MAX_LAG, else 100000; 0: never)",
+    )
+    parser.add_argument(
+        "--group-max-age-s",
+        type=float,
+        metavar="S",
+        help="warn when the oldest entry a group still needs is older than this "
+        "(default: $FLEETTRACE_WORKER_GROUP_MAX_AGE_S, else 3600; 0: never)",
+    )
+    parser.add_argument(
         "--http",
         metavar="HOST:PORT",
         help="serve /healthz, /readyz and /metrics there (e.g. 127.0.0.1:9464)",
@@ -99,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         block_ms=args.block_ms,
         claim_idle_ms=args.claim_idle_ms,
         max_deliveries=args.max_deliveries,
+        group_max_lag=args.group_max_lag,
+        group_max_age_s=args.group_max_age_s,
         burst=args.burst or None,
         http=args.http,
     )
