@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -434,3 +435,69 @@ def test_an_abandoned_langsmith_group_holds_the_stream_until_dropped_then_it_sta
         _stop(worker)
     assert worker.returncode == 0, log_file.read_text()
     assert trace_rows(db) == 601
+
+
+def _consumers(client, keys) -> set[str]:
+    return {c["name"].decode() for c in client.xinfo_consumers(keys.traces, PERSIST_GROUP)}
+
+
+def _ready(client, keys, name) -> bool:
+    raw = client.get(keys.worker_health(name))
+    return raw is not None and json.loads(raw)["ready"] is True
+
+
+@pytest.mark.slow
+def test_two_workers_on_one_host_get_their_own_names_and_the_probe_finds_them(
+    redis_url, redis_client, keys, db, tmp_path
+) -> None:
+    env = worker_env(redis_url, db, keys)
+    env.pop("FLEETTRACE_WORKER_CONSUMER", None)
+    env["FLEETTRACE_RUNTIME_DIR"] = str(tmp_path / "run")
+    probe = ("worker", "--check")
+    assert fleettrace(*probe, env=env).returncode == 1  # nothing runs yet
+    workers = [start_worker("--block-ms", "100", env=env) for _ in range(2)]
+    host = socket.gethostname()
+    names = {f"{host}-{worker.pid}" for worker in workers}
+    try:
+        for start in range(0, 400, 20):
+            add_traces(redis_client, keys, [make_trace(i) for i in range(start, start + 20)])
+        wait_for(lambda: trace_rows(db) == 400, 60, "all rows")
+        wait_for(lambda: all(_ready(redis_client, keys, n) for n in names), 60, "both ready")
+        assert _consumers(redis_client, keys) == names
+        assert _distinct_decisions(db) == 400
+        checked = fleettrace(*probe, env=env)
+        assert checked.returncode == 0, checked.stderr
+        # One killed: its runtime file stays, but names a process that is gone.
+        os.kill(workers[0].pid, signal.SIGKILL)
+        workers[0].communicate(timeout=30)
+        assert fleettrace(*probe, env=env).returncode == 0
+    finally:
+        _, err = _stop(workers[1])
+        if workers[0].poll() is None:
+            workers[0].kill()
+            workers[0].communicate(timeout=30)
+    assert workers[1].returncode == 0, err
+    gone = fleettrace(*probe, env=env)
+    assert gone.returncode == 1
+    assert "no worker runs here" in gone.stderr
+
+    # A worker that cannot reach its database is running but not ready: the probe fails.
+    broken = start_worker(
+        "--block-ms", "100", env={**env, "FLEETTRACE_DATABASE_URL": _unreachable_database()}
+    )
+    try:
+        wait_for(lambda: any((tmp_path / "run").glob("worker-*.json")), 60, "runtime file")
+        wait_for(
+            lambda: redis_client.exists(keys.worker_health(f"{host}-{broken.pid}")) == 1,
+            60,
+            "health written",
+        )
+        failed = fleettrace(*probe, env=env)
+        assert failed.returncode == 1
+        assert f"{host}-{broken.pid} is not ready" in failed.stderr
+    finally:
+        _stop(broken)
+
+
+def _unreachable_database() -> str:
+    return f"postgresql://postgres@127.0.0.1:{free_port()}/postgres?connect_timeout=1"

@@ -18,11 +18,11 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -52,6 +52,7 @@ from fleettrace_worker.groups import (
 )
 from fleettrace_worker.loop import GroupLoop, LoopSettings
 from fleettrace_worker.persist import PersistLoop
+from fleettrace_worker.presence import PresenceFile, default_consumer_name
 from fleettrace_worker.repository import LLMTraceRepository
 from fleettrace_worker.trim import trim_streams
 
@@ -67,12 +68,6 @@ REDIS_MARGIN_S: Final = 5.0
 ENV_PREFIX: Final = "FLEETTRACE_WORKER_"
 #: ``--check`` takes a health snapshot older than this (several missed writes) as dead.
 HEALTH_FRESH_S: Final = 15.0
-
-
-def default_consumer_name() -> str:
-    """The host name: stable across restarts of a sidecar container, so a restarted
-    worker's health key and pending entries keep their name."""
-    return socket.gethostname() or "worker"
 
 
 @dataclass(frozen=True)
@@ -97,6 +92,8 @@ class WorkerSettings:
     #: A group past either limit is reported behind (log and /metrics); 0: no limit.
     group_max_lag: int = DEFAULT_MAX_LAG
     group_max_age_s: float = DEFAULT_MAX_AGE_S
+    #: Where the worker leaves its runtime file for ``--check`` (None: nowhere).
+    runtime_dir: str | None = None
 
     def __post_init__(self) -> None:
         positive = {
@@ -296,6 +293,11 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
         server = None
         loops: list[GroupLoop[Any]] = []
+        presence = None
+        if self.settings.runtime_dir is not None:
+            presence = PresenceFile(
+                Path(self.settings.runtime_dir), self.settings.consumer, self.settings.namespace
+            )
         try:
             # Every loop is built before any starts: a setting that cannot work (no
             # LANGSMITH_API_KEY) stops the worker before it reads a single entry.
@@ -305,6 +307,8 @@ class Worker:
                     raise ConfigurationError(f"group {group!r} is not available in this build")
                 loops.append(factory(self.context))
             server = self._serve_http()
+            if presence is not None:
+                presence.write()
             for loop in loops:
                 self._start(loop)
             # Everything made so far lives as long as the process: keep the cyclic
@@ -322,6 +326,8 @@ class Worker:
             for loop in loops:
                 _close(loop)
             DEAD_LETTER_LOG.flush()
+            if presence is not None:
+                presence.remove()
             if self._client is not None:
                 self._client.close()
                 self._client = None
