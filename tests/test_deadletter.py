@@ -285,6 +285,9 @@ def test_the_dlq_command_deletes_and_purges_only_when_confirmed(
     assert purged.returncode == 0, purged.stderr
     assert "purged 1 dead letter(s) of group persist" in purged.stdout
     assert [d for d, _ in list_dead_letters(redis_client, keys, PERSIST_GROUP)] == [second]
+    typo = _dlq("delete", "--id", "17000", env=env)
+    assert typo.returncode == 2
+    assert "not a stream entry id: '17000'" in typo.stderr and "[y/N]" not in typo.stderr
     bad = _dlq("purge", "--older-than", "soon", "--yes", env=env)
     assert bad.returncode == 2
     assert "'soon' is not a duration" in bad.stderr

@@ -634,25 +634,19 @@ def test_forwarding_on_without_a_key_does_not_build_the_group(
 def test_closing_the_loop_ends_its_request_threads_and_http_session(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    def request_threads() -> list[threading.Thread]:
-        return [
-            t
-            for t in threading.enumerate()
-            if t.name.startswith(forwarder_module.REQUEST_THREAD_PREFIX)
-        ]
-
-    assert request_threads() == []
     records = [trace(None) for _ in range(12)]
     send_traces(redis_client, keys, records)
     loop = make_loop(redis_client, keys, settings_for(server, concurrency=4))
     loop.run(threading.Event())
     assert server.run_ids() == expected_ids(records)
-    assert request_threads() != []
+    prefix = forwarder_module.REQUEST_THREAD_PREFIX
+    threads = [t for t in loop._pool._threads if t.name.startswith(prefix)]  # type: ignore[attr-defined]
+    assert threads and all(t.is_alive() for t in threads)
     session = loop.sender.client.session
     assert any(adapter.poolmanager.pools for adapter in session.adapters.values())
     loop.close()
     loop.close()  # twice is harmless
-    assert request_threads() == []
+    assert not any(t.is_alive() for t in threads)
     assert all(not adapter.poolmanager.pools for adapter in session.adapters.values())
     # The client no longer pins its session until the process ends.
     assert loop.sender.client._atexit_handler is None

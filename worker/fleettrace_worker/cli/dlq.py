@@ -11,6 +11,7 @@ from fleettrace.keys import GROUPS, PERSIST_GROUP
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
 from fleettrace_worker.deadletter import (
     DeadLetter,
+    check_ids,
     delete_dead_letters,
     iter_dead_letters,
     purge_dead_letters,
@@ -167,6 +168,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def run_delete(args: argparse.Namespace) -> int:
+    check_ids(args.id)  # a typo is one line before any question
     client, keys = options.redis_client(args), options.keys(args)
     question = f"Delete {len(args.id)} dead letter(s) of group {args.group} for good?"
     if not options.confirm(question, yes=args.yes):
