@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import time
 
@@ -157,3 +159,37 @@ def test_a_group_behind_is_warned_about_once_per_interval(caplog) -> None:
     assert lines[0].startswith("consumer group langsmith on {ns}:traces is behind: lag 500")
     assert "has no consumer" in lines[0]
     assert "fleettrace groups drop langsmith" in lines[0]
+
+
+def test_the_groups_command_lists_with_the_workers_limits_and_drops(
+    redis_url, redis_client, keys, monkeypatch, capsys
+) -> None:
+    from fleettrace_worker.cli import main
+
+    common = ["--redis-url", redis_url, "--namespace", keys.namespace]
+    assert main(["groups", "list", *common]) == 0
+    assert capsys.readouterr().out == f"no consumer groups in namespace {keys.namespace}\n"
+    for i in range(3):
+        add_traces(redis_client, keys, [make_trace(i)])
+    Consumer(redis_client, keys, LANGSMITH_GROUP, "gone").ensure_groups()
+    monkeypatch.setenv("FLEETTRACE_WORKER_GROUP_MAX_LAG", "2")
+    assert main(["groups", "list", *common]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == [
+        "STREAM", "GROUP", "LAG", "PENDING", "CONSUMERS", "LAST", "SEEN", "OLDEST", "NEEDED",
+    ]  # fmt: skip
+    row = next(line for line in out if keys.traces in line)
+    assert row.split()[1:6] == [LANGSMITH_GROUP, "3", "0", "0", "never"]
+    assert row.endswith("BEHIND")
+    assert main(["groups", "list", "--json", "--max-lag", "5", *common]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    traces = next(r for r in rows if r["stream"] == keys.traces)
+    assert (traces["lag"], traces["behind"], traces["consumers"]) == (3, False, [])
+    assert main(["groups", "drop", "nope", "--yes", *common]) == 1
+    assert "no consumer group 'nope'" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
+    assert main(["groups", "drop", LANGSMITH_GROUP, *common]) == 1
+    assert "nothing dropped" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    assert main(["groups", "drop", LANGSMITH_GROUP, *common]) == 0
+    assert redis_client.xinfo_groups(keys.traces) == []

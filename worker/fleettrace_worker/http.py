@@ -4,7 +4,9 @@
 while a group loop cannot reach Redis or PostgreSQL (a load balancer or an
 orchestrator should wait), 200 otherwise. ``/metrics`` is Prometheus text made at
 scrape time by one collector: the worker's own figures (records, batches, batch
-latency, dead letters, retries, pending entries and lag of every group) and the
+latency, dead letters, retries; per group and stream the pending entries, the lag,
+the age of the oldest entry still needed, the idle time and whether the group is
+behind its limits) and the
 fleet's live metrics read from the Redis hashes, one metric family per metric key
 (``tool.invocation_duration_ms`` becomes ``fleettrace_tool_invocation_duration_ms``).
 """

@@ -17,6 +17,7 @@ from fleettrace_worker.groups import (
     drop_group,
     inspect_groups,
 )
+from fleettrace_worker.runner import WorkerSettings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,17 +37,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument(
         "--max-lag",
         type=int,
-        default=DEFAULT_MAX_LAG,
         metavar="N",
-        help=f"mark a group BEHIND past this lag (default: {DEFAULT_MAX_LAG})",
+        help="mark a group BEHIND past this lag (default: $FLEETTRACE_WORKER_GROUP_MAX_LAG, "
+        f"else {DEFAULT_MAX_LAG}, as the worker)",
     )
     listing.add_argument(
         "--max-age-s",
         type=float,
-        default=DEFAULT_MAX_AGE_S,
         metavar="S",
         help="mark a group BEHIND when the oldest entry it needs is older "
-        f"(default: {DEFAULT_MAX_AGE_S:g})",
+        f"(default: $FLEETTRACE_WORKER_GROUP_MAX_AGE_S, else {DEFAULT_MAX_AGE_S:g})",
     )
     listing.set_defaults(handler=run_list)
 
@@ -96,8 +96,17 @@ def _as_json(report: GroupReport, limits: GroupLimits) -> dict[str, object]:
     }
 
 
+def _limits(args: argparse.Namespace) -> GroupLimits:
+    """The worker's limits (its variables), unless given here."""
+    worker = WorkerSettings.from_env("redis://unused", "postgresql://unused")
+    return GroupLimits(
+        max_lag=worker.group_max_lag if args.max_lag is None else args.max_lag,
+        max_age_s=worker.group_max_age_s if args.max_age_s is None else args.max_age_s,
+    )
+
+
 def run_list(args: argparse.Namespace) -> int:
-    limits = GroupLimits(max_lag=args.max_lag, max_age_s=args.max_age_s)
+    limits = _limits(args)
     keys = options.keys(args)
     reports = inspect_groups(options.redis_client(args), keys)
     if args.json:
