@@ -210,3 +210,20 @@ def test_the_worker_migrates_before_it_starts(services: dict[str, dict[str, Any]
     assert commands[:2] == ["migrate", "worker"]
     assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_the_worker_probe_finds_its_own_worker_without_a_fixed_name(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    worker = services["worker"]
+    # The probe names no consumer: the worker leaves its name in its runtime directory.
+    assert worker["healthcheck"]["test"] == ["CMD", "fleettrace", "worker", "--check"]
+    # Nothing pins one consumer name, so replicas (--scale worker=2) get their own.
+    commands = [argv for argv in _service_commands(worker) if argv[:2] == ["fleettrace", "worker"]]
+    assert all("--consumer" not in argv for argv in commands)
+    assert "FLEETTRACE_WORKER_CONSUMER" not in worker.get("environment", {})
+    assert "FLEETTRACE_WORKER_CONSUMER" not in COMPOSE_FILE.read_text()
+    dockerfile = (REPO / "worker" / "Dockerfile").read_text()
+    assert 'CMD ["fleettrace", "worker", "--check"]' in dockerfile
+    parsed = build_parser().parse_args(["worker", "--check"])
+    assert parsed.check is True and parsed.consumer is None

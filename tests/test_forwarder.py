@@ -15,13 +15,19 @@ import requests
 from langsmith import utils as ls_utils
 
 from fleettrace.codec import Kind, encode_batch, encode_lines, encode_record, new_batch_id
-from fleettrace.errors import ConfigurationError, ForwardingDeferred, ForwardingRejected
+from fleettrace.errors import (
+    ConfigurationError,
+    ForwardingDeferred,
+    ForwardingRejected,
+    ForwardingUnauthorized,
+)
 from fleettrace.keys import LANGSMITH_GROUP, Keys
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace, MetricSample
 from fleettrace_worker import forwarder as forwarder_module
+from fleettrace_worker import loop as loop_module
 from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.deadletter import list_dead_letters, replay_dead_letters
+from fleettrace_worker.deadletter import DeadLetterLog, list_dead_letters, replay_dead_letters
 from fleettrace_worker.delivery import RunSender, classify, parse_retry_after
 from fleettrace_worker.forwarder import ForwardLoop, langsmith_loop, loop_settings
 from fleettrace_worker.langsmith_settings import LangSmithSettings
@@ -179,12 +185,21 @@ def test_outage_answers_are_retried_until_langsmith_takes_the_runs(
 
 
 def test_a_refused_run_is_a_dead_letter_with_the_answer_and_replays(
-    server: LangSmithServer, redis_client: redis.Redis, keys: Keys
+    server: LangSmithServer,
+    redis_client: redis.Redis,
+    keys: Keys,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(loop_module, "DEAD_LETTER_LOG", DeadLetterLog())
     refused, accepted = trace(None), trace(None)
     send_traces(redis_client, keys, [refused, accepted])
     server.inject(Fault("status", status=422, count=1))
     make_loop(redis_client, keys, settings_for(server, concurrency=1)).run(threading.Event())
+    said = [r for r in caplog.records if "dead-lettered" in r.getMessage()]
+    assert [r.levelname for r in said] == ["WARNING"]
+    assert said[0].getMessage().startswith("group langsmith dead-lettered 1 record(s)")
+    assert "LangSmith answered 422" in said[0].getMessage()
 
     assert server.run_ids() == {str(accepted.trace_id)}
     [(_, letter)] = list_dead_letters(redis_client, keys, LANGSMITH_GROUP)
@@ -228,12 +243,12 @@ def test_a_refused_root_keeps_its_calls_back(
 ) -> None:
     records = [trace("plan-z"), trace("plan-z")]
     send_traces(redis_client, keys, records)
-    server.inject(Fault("status", status=403, count=1))
+    server.inject(Fault("status", status=422, count=1))
     make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
     assert server.run_ids() == set()
     letters = list_dead_letters(redis_client, keys, LANGSMITH_GROUP)
     assert [letter.position for _, letter in letters] == [0, 1]
-    assert all("LangSmith answered 403" in letter.reason for _, letter in letters)
+    assert all("LangSmith answered 422" in letter.reason for _, letter in letters)
 
 
 def test_after_retry_for_s_the_batch_becomes_dead_letters(
@@ -359,8 +374,9 @@ def test_the_sender_uses_post_runs_and_raises_on_failure(server: LangSmithServer
         sender.send(llm_run(trace(None), "fleet"))
     assert deferred.value.retry_after_s == 2.0
     server.api_key = "another-key"
-    with pytest.raises(ForwardingRejected, match="401"):
+    with pytest.raises(ForwardingUnauthorized, match=r"HTTP 401.*LANGSMITH_API_KEY") as refused:
         sender.send(llm_run(trace(None), "fleet"))
+    assert API_KEY not in str(refused.value) and "another-key" not in str(refused.value)
     sender.close()
 
 
@@ -425,6 +441,16 @@ def test_answers_are_classified_by_status(status: int, kind: type[Exception]) ->
     assert str(classified) == f"LangSmith answered {status} for run r1: the answer"
     if isinstance(classified, ForwardingDeferred):
         assert classified.retry_after_s == 5.0
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_key_refusals_are_one_message_naming_the_variable(status: int) -> None:
+    first = classify(_http_error(status), run_id="r1")
+    second = classify(_http_error(status), run_id="r2")
+    assert isinstance(first, ForwardingUnauthorized)
+    assert isinstance(first, ForwardingDeferred)  # retried, never a dead letter
+    assert str(first) == str(second)  # the loop logs a new message only
+    assert f"HTTP {status}" in str(first) and "LANGSMITH_API_KEY" in str(first)
 
 
 def test_retry_after_forms() -> None:
@@ -522,7 +548,6 @@ def test_the_worker_builds_the_group_from_the_environment(
     assert loop.consumer.name == "ctx"
     assert loop.langsmith.endpoint == server.url
     assert loop.langsmith.retry_for_s == 42.0
-    assert loop.settings.give_up_after_s is None
     assert loop.settings.batch_records == 200
     assert loop.settings.block_ms == 250
     assert loop.settings.burst is True
@@ -531,3 +556,97 @@ def test_the_worker_builds_the_group_from_the_environment(
     monkeypatch.setenv("LANGSMITH_TRACING", "false")
     with pytest.raises(ConfigurationError, match="LANGSMITH_TRACING=true"):
         langsmith_loop(context)
+
+
+def _wait(condition, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_dead_letters_nothing_and_everything_arrives_once_after_the_fix(
+    server: LangSmithServer,
+    redis_client: redis.Redis,
+    keys: Keys,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+) -> None:
+    records = [trace("plan-k"), trace("plan-k"), trace(None), trace("plan-l")]
+    send_traces(redis_client, keys, records)
+    if status == 401:
+        server.api_key = "the-key-langsmith-knows"  # ours is wrong
+    else:
+        server.inject(Fault("status", status=403, duration_s=600))  # ours lacks rights
+    # A window of half a second on a clock that moves a second per reading: any
+    # failure counted towards retry_for_s would dead-letter the batch at once.
+    loop = make_loop(redis_client, keys, settings_for(server, retry_for_s=0.5))
+    loop.clock = Ticks()
+    thread = threading.Thread(target=loop.run, args=(threading.Event(),))
+    thread.start()
+    try:
+        _wait(lambda: server.recorded.answers[status] >= 5, f"five {status} answers")
+        assert loop.stats.ready is False
+        assert "LANGSMITH_API_KEY" in (loop.stats.last_error or "")
+        assert pending(redis_client, keys) == 1  # the entry, in hand and unacknowledged
+        assert list_dead_letters(redis_client, keys, LANGSMITH_GROUP) == []
+        assert server.run_ids() == set()
+    finally:
+        if status == 401:
+            server.api_key = API_KEY  # the key is fixed
+        else:
+            server.clear_faults()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert server.run_ids() == expected_ids(records)
+    assert server.duplicates() == 0
+    assert pending(redis_client, keys) == 0
+    assert list_dead_letters(redis_client, keys, LANGSMITH_GROUP) == []
+    assert loop.stats.ready is True
+    said = [r for r in caplog.records if "LANGSMITH_API_KEY" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]
+    assert said[0].levelname == "WARNING"
+    assert API_KEY not in caplog.text
+    loop.close()
+
+
+def test_forwarding_on_without_a_key_does_not_build_the_group(
+    keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleettrace_worker.runner import WorkerContext, WorkerSettings
+
+    for prefix in ("LANGSMITH_", "LANGCHAIN_"):
+        for name in ("TRACING_V2", "TRACING", "API_KEY"):
+            monkeypatch.delenv(prefix + name, raising=False)
+    monkeypatch.setenv("LANGSMITH_TRACING", "true")
+    context = WorkerContext(
+        WorkerSettings("redis://127.0.0.1:6379/0", "postgresql://x", namespace=keys.namespace)
+    )
+    with pytest.raises(ConfigurationError) as error:
+        langsmith_loop(context)
+    assert str(error.value) == forwarder_module.MISSING_KEY_MESSAGE
+    assert "LANGSMITH_API_KEY" in str(error.value)
+    context.close()
+
+
+def test_closing_the_loop_ends_its_request_threads_and_http_session(
+    server: LangSmithServer, redis_client: redis.Redis, keys: Keys
+) -> None:
+    records = [trace(None) for _ in range(12)]
+    send_traces(redis_client, keys, records)
+    loop = make_loop(redis_client, keys, settings_for(server, concurrency=4))
+    loop.run(threading.Event())
+    assert server.run_ids() == expected_ids(records)
+    prefix = forwarder_module.REQUEST_THREAD_PREFIX
+    threads = [t for t in loop._pool._threads if t.name.startswith(prefix)]  # type: ignore[attr-defined]
+    assert threads and all(t.is_alive() for t in threads)
+    session = loop.sender.client.session
+    assert any(adapter.poolmanager.pools for adapter in session.adapters.values())
+    loop.close()
+    loop.close()  # twice is harmless
+    assert not any(t.is_alive() for t in threads)
+    assert all(not adapter.poolmanager.pools for adapter in session.adapters.values())
+    # The client no longer pins its session until the process ends.
+    assert loop.sender.client._atexit_handler is None

@@ -25,7 +25,6 @@ def test_every_key_shares_the_namespace_hash_tag() -> None:
     assert keys.metrics == "{prod}:metrics"
     assert keys.streams == ("{prod}:traces", "{prod}:metrics")
     assert keys.live("plan.cost_usd") == "{prod}:live:plan.cost_usd"
-    assert keys.live_pattern == "{prod}:live:*"
     assert keys.applied("ab") == "{prod}:applied:ab"
     assert keys.emitter == "{prod}:emitter"
     assert keys.dead_letters("persist") == "{prod}:dlq:persist"

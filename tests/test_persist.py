@@ -228,17 +228,6 @@ class _Flaky(GroupLoop[list[Entry]]):
         raise ForwardingDeferred("429 slow down", retry_after_s=0.01)
 
 
-def test_a_loop_that_gives_up_dead_letters_the_batch(redis_client, keys) -> None:
-    add_traces(redis_client, keys, [make_trace(1)])
-    settings = LoopSettings(burst=True, give_up_after_s=0.05, retry_initial_s=0.01)
-    loop = _Flaky(Consumer(redis_client, keys, "langsmith", "f1"), settings)
-    loop.run(threading.Event())
-    [(_, letter)] = list_dead_letters(redis_client, keys, "langsmith")
-    assert letter.reason == "gave up after 0.05 s: 429 slow down"
-    assert loop.stats.retries >= 1
-    assert pending(redis_client, keys, "langsmith") == 0
-
-
 def test_pipelined_loop_stores_everything_and_dead_letters_the_bad(
     redis_client, keys, db, pool
 ) -> None:

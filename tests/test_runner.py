@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import redis
 
 from fleettrace.errors import ConfigurationError, RedisUnavailable
 from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP
-from fleettrace_worker import runner
+from fleettrace_worker import presence, runner
 from fleettrace_worker.cli.worker import selected_groups
-from fleettrace_worker.consumer import Entry
+from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.loop import GroupLoop, LoopStats, Prepared
 from fleettrace_worker.runner import Worker, WorkerSettings, check_health
@@ -135,3 +140,82 @@ def test_check_wants_a_fresh_ready_snapshot(redis_client, keys) -> None:
     for health, expected in cases:
         redis_client.set(key, json.dumps(health))
         assert check_health(redis_client, keys, "w1") is expected, health
+
+
+class _Reading(_Loop):
+    """A loop that really reads once through its consumer's own client."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        super().__init__(None)
+        self.consumer = consumer
+
+    def run(self, stop: threading.Event) -> None:
+        self.consumer.ensure_groups()
+        self.consumer.read(count=1, block_ms=None)
+
+
+def test_the_worker_closes_every_connection_it_opened(monkeypatch, private_redis) -> None:
+    monkeypatch.setitem(
+        runner.GROUP_LOOPS,
+        PERSIST_GROUP,
+        lambda context: _Reading(context.consumer(PERSIST_GROUP)),
+    )
+    port = free_port()
+    settings = WorkerSettings(
+        private_redis.url, "postgresql://x", consumer="t1", http=f"127.0.0.1:{port}"
+    )
+    assert Worker(settings).run() == 0
+    probe = redis.Redis.from_url(private_redis.url)
+    try:
+        # The probe itself is the only client left: the loop's, the HTTP endpoint's and
+        # the health writer's connections are all closed.
+        assert probe.info("clients")["connected_clients"] == 1
+    finally:
+        probe.close()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        pass
+
+
+def test_the_default_consumer_name_is_the_host_and_the_pid() -> None:
+    assert runner.default_consumer_name() == f"{socket.gethostname()}-{os.getpid()}"
+    assert WorkerSettings("redis://x", "postgresql://x").consumer.endswith(f"-{os.getpid()}")
+
+
+def test_the_runtime_directory_follows_the_environment(tmp_path) -> None:
+    assert presence.runtime_dir({"FLEETTRACE_RUNTIME_DIR": "/x/y", "XDG_RUNTIME_DIR": "/r"}) == (
+        Path("/x/y")
+    )
+    assert presence.runtime_dir({"XDG_RUNTIME_DIR": "/r"}) == Path("/r/fleettrace")
+    assert presence.runtime_dir({}).name == f"fleettrace-{os.getuid()}"
+
+
+def test_runtime_files_name_live_workers_only(tmp_path) -> None:
+    directory = tmp_path / "run"
+    mine = presence.PresenceFile(directory, "host-1", "ns")
+    assert mine.write()
+    assert oct(directory.stat().st_mode & 0o777) == "0o700"
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    stale = directory / f"worker-{int(gone.stdout)}.json"
+    stale.write_text(json.dumps({"pid": int(gone.stdout), "consumer": "old", "namespace": "ns"}))
+    (directory / "worker-junk.json").write_text("{not json")
+    assert presence.local_workers(directory) == [presence.LocalWorker(os.getpid(), "host-1", "ns")]
+    assert not stale.exists()
+    mine.remove()
+    mine.remove()
+    assert presence.local_workers(directory) == []
+    assert presence.local_workers(tmp_path / "never-made") == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs to hand a directory to another user")
+def test_a_runtime_directory_of_another_user_is_refused(tmp_path) -> None:
+    directory = tmp_path / "theirs"
+    directory.mkdir()
+    os.chown(directory, 65534, 65534)
+    with pytest.raises(ConfigurationError, match="not a directory of this user"):
+        presence.local_workers(directory)
+    assert presence.PresenceFile(directory, "w", "ns").write() is False

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
+import time
+
 import pytest
 
 from fleettrace.errors import RedisUnavailable
 from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP
 from fleettrace_worker.consumer import Consumer, GroupState
+from fleettrace_worker.groups import (
+    GroupLimits,
+    GroupReport,
+    GroupWatch,
+    drop_group,
+    inspect_groups,
+)
 from fleettrace_worker.trim import group_floor, next_entry_id, trim_floors, trim_streams
 from tests.worker_helpers import add_traces, make_trace
 
@@ -89,3 +101,95 @@ def test_trim_errors_are_unavailable(redis_client, keys) -> None:
     redis_client.set(keys.metrics, "x")
     with pytest.raises(RedisUnavailable):
         trim_streams(redis_client, keys)
+
+
+def test_groups_report_lag_pending_consumers_and_the_age_of_what_they_need(
+    redis_client, keys
+) -> None:
+    now_ms = int(time.time() * 1000)
+    old = now_ms - 7_200_000  # two hours ago
+    ids = [redis_client.xadd(keys.traces, {b"x": b"1"}, id=f"{old}-{n}").decode() for n in range(3)]
+    persist = Consumer(redis_client, keys, PERSIST_GROUP, "w1")
+    persist.ensure_groups()
+    # Forwarding was on once: the group exists, nobody reads it any more.
+    Consumer(redis_client, keys, LANGSMITH_GROUP, "gone").ensure_groups()
+    taken = persist.read(count=10, block_ms=None)
+    persist.acknowledge(taken[:2])  # the third stays pending
+    reports = {
+        (r.stream, r.group): r for r in inspect_groups(redis_client, keys, now_s=now_ms / 1000)
+    }
+    mine = reports[(keys.traces, PERSIST_GROUP)]
+    assert (mine.lag, mine.pending, mine.oldest_needed_id) == (0, 1, ids[2])
+    assert [(c.name, c.pending) for c in mine.consumers] == [("w1", 1)]
+    assert mine.idle_s is not None and mine.idle_s < 60
+    assert mine.age_s == pytest.approx(7200, abs=1)
+    abandoned = reports[(keys.traces, LANGSMITH_GROUP)]
+    assert (abandoned.lag, abandoned.pending, abandoned.consumers) == (3, 0, ())
+    assert abandoned.idle_s is None
+    assert abandoned.oldest_needed_id == ids[0]
+    assert abandoned.behind(GroupLimits(max_lag=2, max_age_s=0))
+    assert abandoned.behind(GroupLimits(max_lag=0, max_age_s=3600))
+    assert not abandoned.behind(GroupLimits(max_lag=3, max_age_s=7300))
+    caught_up = reports[(keys.metrics, PERSIST_GROUP)]
+    assert (caught_up.lag, caught_up.oldest_needed_id, caught_up.age_s) == (0, None, 0.0)
+
+    # Dropped, the abandoned group no longer holds the floor: only the pending entry stays.
+    persist.acknowledge(taken[2:])
+    assert drop_group(redis_client, keys, LANGSMITH_GROUP) == [keys.traces, keys.metrics]
+    assert drop_group(redis_client, keys, LANGSMITH_GROUP) == []
+    trim_streams(redis_client, keys, approximate=False)
+    assert redis_client.xlen(keys.traces) == 0
+
+
+def test_a_group_behind_is_warned_about_once_per_interval(caplog) -> None:
+    behind = GroupReport("{ns}:traces", "langsmith", 500, 0, (), "0-0", "1-0", 9_000.0)
+    fine = GroupReport("{ns}:traces", "persist", 0, 0, (), "5-0", None, 0.0)
+    now = [0.0]
+    watch = GroupWatch(
+        GroupLimits(max_lag=100, max_age_s=3600), interval_s=300, clock=lambda: now[0]
+    )
+    with caplog.at_level(logging.WARNING, logger="fleettrace_worker.groups"):
+        assert watch.check([behind, fine]) == [behind]
+        now[0] = 299.0
+        assert watch.check([behind, fine]) == [behind]
+        now[0] = 300.0
+        watch.check([behind])
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("consumer group langsmith on {ns}:traces is behind: lag 500")
+    assert "has no consumer" in lines[0]
+    assert "fleettrace groups drop langsmith" in lines[0]
+
+
+def test_the_groups_command_lists_with_the_workers_limits_and_drops(
+    redis_url, redis_client, keys, monkeypatch, capsys
+) -> None:
+    from fleettrace_worker.cli import main
+
+    common = ["--redis-url", redis_url, "--namespace", keys.namespace]
+    assert main(["groups", "list", *common]) == 0
+    assert capsys.readouterr().out == f"no consumer groups in namespace {keys.namespace}\n"
+    for i in range(3):
+        add_traces(redis_client, keys, [make_trace(i)])
+    Consumer(redis_client, keys, LANGSMITH_GROUP, "gone").ensure_groups()
+    monkeypatch.setenv("FLEETTRACE_WORKER_GROUP_MAX_LAG", "2")
+    assert main(["groups", "list", *common]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == [
+        "STREAM", "GROUP", "LAG", "PENDING", "CONSUMERS", "LAST", "SEEN", "OLDEST", "NEEDED",
+    ]  # fmt: skip
+    row = next(line for line in out if keys.traces in line)
+    assert row.split()[1:6] == [LANGSMITH_GROUP, "3", "0", "0", "never"]
+    assert row.endswith("BEHIND")
+    assert main(["groups", "list", "--json", "--max-lag", "5", *common]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    traces = next(r for r in rows if r["stream"] == keys.traces)
+    assert (traces["lag"], traces["behind"], traces["consumers"]) == (3, False, [])
+    assert main(["groups", "drop", "nope", "--yes", *common]) == 1
+    assert "no consumer group 'nope'" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
+    assert main(["groups", "drop", LANGSMITH_GROUP, *common]) == 1
+    assert "nothing dropped" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    assert main(["groups", "drop", LANGSMITH_GROUP, *common]) == 0
+    assert redis_client.xinfo_groups(keys.traces) == []

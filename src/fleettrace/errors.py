@@ -9,6 +9,7 @@ called, so that retry loops test for ``TransientError`` and nothing else::
     │   ├── RedisUnavailable
     │   ├── DatabaseUnavailable
     │   └── ForwardingDeferred  (LangSmith 429 / 5xx / timeout / connection)
+    │       └── ForwardingUnauthorized  (LangSmith 401 / 403: the API key)
     └── PermanentError          retrying the same input cannot help
         ├── ConfigurationError  (bad URL, bad setting)
         ├── EmitterClosed
@@ -49,6 +50,16 @@ class ForwardingDeferred(TransientError):
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class ForwardingUnauthorized(ForwardingDeferred):
+    """LangSmith refused the API key (401) or what it may do (403).
+
+    A configuration problem, not a bad record: every run would meet the same answer,
+    so nothing is dead-lettered for it. The group waits with backoff, reports itself
+    not ready and keeps its entries pending until the key is fixed. The message names
+    ``LANGSMITH_API_KEY`` and never carries the key.
+    """
 
 
 class ConfigurationError(PermanentError):

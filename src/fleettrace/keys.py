@@ -101,10 +101,6 @@ class Keys:
     def live(self, metric_key: str) -> str:
         return f"{self.prefix}:live:{metric_key}"
 
-    @property
-    def live_pattern(self) -> str:
-        return f"{self.prefix}:live:*"
-
     def applied(self, batch_id: str) -> str:
         return f"{self.prefix}:applied:{batch_id}"
 
@@ -114,10 +110,6 @@ class Keys:
 
     def worker_health(self, consumer: str) -> str:
         return f"{self.prefix}:worker:{consumer}"
-
-    @property
-    def worker_health_pattern(self) -> str:
-        return f"{self.prefix}:worker:*"
 
     def plan(self, plan_id: str) -> str:
         """The hash of one plan's live counters, ``{ns}:plan:<plan id>``.

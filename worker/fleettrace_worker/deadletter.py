@@ -17,10 +17,15 @@ batch id, position), so a replay repeated after a crash stores the record once.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, Final
 
 import redis
 
@@ -40,7 +45,17 @@ from fleettrace.keys import (
 )
 from fleettrace.redis_errors import translate_redis_errors
 
+log = logging.getLogger(__name__)
+
 _ENTRY_ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+#: Dead letters read per XRANGE: a dead-letter stream of millions is read in pages,
+#: never into memory at once.
+PAGE_SIZE: Final = 500
+#: At most one log line per group this often; the letters in between are summed.
+LOG_INTERVAL_S: Final = 10.0
+#: Reasons named in one log line (the most frequent), and characters of each.
+_LOG_REASONS: Final = 3
+_LOG_REASON_CHARS: Final = 160
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,13 +143,189 @@ def replay_batch_id(batch_id: str, position: int) -> str:
     return hashlib.blake2b(f"{batch_id}:{position}".encode(), digest_size=16).hexdigest()
 
 
+def check_ids(ids: Sequence[str]) -> None:
+    bad = [wanted for wanted in ids if not _ENTRY_ID_RE.match(wanted)]
+    if bad:
+        raise ConfigurationError(
+            f"not a stream entry id: {bad[0]!r} (expected like 1700000000000-0)"
+        )
+
+
+def iter_dead_letters(
+    client: redis.Redis,
+    keys: Keys,
+    group: str,
+    *,
+    reason: str | None = None,
+    before_id: str | None = None,
+    page_size: int = PAGE_SIZE,
+) -> Iterator[tuple[str, DeadLetter]]:
+    """Dead letters of ``group``, oldest first, read ``page_size`` at a time (XRANGE
+    with COUNT from after the last id seen), so memory does not grow with the stream.
+
+    ``reason`` keeps those whose reason contains it (case-sensitive substring);
+    ``before_id`` stops at the first id not lower than it. Entries deleted while the
+    iteration runs are simply not seen again.
+    """
+    dlq = keys.dead_letters(group)
+    start = "-"
+    end = "+" if before_id is None else f"({before_id}"
+    while True:
+        with translate_redis_errors("reading dead letters"):
+            rows: Any = client.xrange(dlq, min=start, max=end, count=page_size)
+        for raw_id, fields in rows:
+            letter = DeadLetter.from_fields(fields)
+            if reason is None or reason in letter.reason:
+                yield raw_id.decode(), letter
+        if len(rows) < page_size:
+            return
+        start = f"({rows[-1][0].decode()}"
+
+
 def list_dead_letters(
-    client: redis.Redis, keys: Keys, group: str, *, count: int | None = None
+    client: redis.Redis,
+    keys: Keys,
+    group: str,
+    *,
+    count: int | None = None,
+    reason: str | None = None,
 ) -> list[tuple[str, DeadLetter]]:
-    """Dead letters of ``group``, oldest first, with their ids in the dead-letter stream."""
-    with translate_redis_errors("reading dead letters"):
-        rows: Any = client.xrange(keys.dead_letters(group), count=count)
-    return [(entry_id.decode(), DeadLetter.from_fields(fields)) for entry_id, fields in rows]
+    """Dead letters of ``group``, oldest first, with their ids in the dead-letter stream
+    (the first ``count`` only, when given)."""
+    found: list[tuple[str, DeadLetter]] = []
+    if count is not None and count <= 0:
+        return found
+    for item in iter_dead_letters(client, keys, group, reason=reason):
+        found.append(item)
+        if count is not None and len(found) >= count:
+            break
+    return found
+
+
+@dataclass(slots=True)
+class DeleteReport:
+    deleted: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def delete_dead_letters(
+    client: redis.Redis, keys: Keys, group: str, ids: Sequence[str]
+) -> DeleteReport:
+    """Delete dead letters by id (once reviewed); says which ids were not there."""
+    check_ids(ids)
+    report = DeleteReport()
+    dlq = keys.dead_letters(group)
+    with translate_redis_errors("deleting dead letters"):
+        pipe = client.pipeline(transaction=False)
+        for wanted in ids:
+            pipe.xdel(dlq, wanted)
+        for wanted, removed in zip(ids, pipe.execute(), strict=True):
+            (report.deleted if removed else report.missing).append(wanted)
+    return report
+
+
+def entry_id_at(moment: datetime) -> str:
+    """The first stream id at ``moment``: ids are milliseconds since the epoch."""
+    return f"{max(0, int(moment.timestamp() * 1000))}-0"
+
+
+def purge_dead_letters(
+    client: redis.Redis,
+    keys: Keys,
+    group: str,
+    *,
+    before: datetime,
+    reason: str | None = None,
+) -> int:
+    """Delete the dead letters of ``group`` made before ``before`` (a dead letter's id
+    is the time it was made); with ``reason``, only those whose reason contains it.
+    Returns how many were deleted."""
+    cutoff = entry_id_at(before)
+    dlq = keys.dead_letters(group)
+    if reason is None:
+        # Everything older goes: one exact XTRIM, nothing read.
+        with translate_redis_errors("purging dead letters"):
+            return int(client.xtrim(dlq, minid=cutoff, approximate=False))
+    deleted = 0
+    page: list[str] = []
+    for dead_id, _ in iter_dead_letters(client, keys, group, reason=reason, before_id=cutoff):
+        page.append(dead_id)
+        if len(page) >= PAGE_SIZE:
+            deleted += _xdel(client, dlq, page)
+            page = []
+    if page:
+        deleted += _xdel(client, dlq, page)
+    return deleted
+
+
+def _xdel(client: redis.Redis, stream: str, ids: list[str]) -> int:
+    with translate_redis_errors("purging dead letters"):
+        return int(client.xdel(stream, *ids))
+
+
+class DeadLetterLog:
+    """Says at WARNING that a group made dead letters: the group, how many and why.
+
+    At most one line per group per ``interval_s``; letters made in between are summed
+    into the next line (or into :meth:`flush` at exit), so a flood of bad input is a
+    line every few seconds, not a line per record.
+    """
+
+    def __init__(
+        self,
+        interval_s: float = LOG_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger = log,
+    ) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self.logger = logger
+        self._lock = threading.Lock()
+        self._held: dict[str, Counter[str]] = {}
+        self._last: dict[str, float] = {}
+
+    def note(self, group: str, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        with self._lock:
+            held = self._held.setdefault(group, Counter())
+            held.update(_short(letter.reason) for letter in letters)
+            now = self.clock()
+            last = self._last.get(group)
+            if last is not None and now - last < self.interval_s:
+                return
+            self._last[group] = now
+            self._emit(group, self._held.pop(group))
+
+    def flush(self) -> None:
+        """Say what is still held back (at the end of a run)."""
+        with self._lock:
+            held, self._held = self._held, {}
+            for group, reasons in held.items():
+                self._emit(group, reasons)
+
+    def _emit(self, group: str, reasons: Counter[str]) -> None:
+        top = reasons.most_common(_LOG_REASONS)
+        named = "; ".join(f"{count} x {reason!r}" for reason, count in top)
+        others = len(reasons) - len(top)
+        if others > 0:
+            named += f"; and {others} other reason(s)"
+        self.logger.warning(
+            "group %s dead-lettered %d record(s) or entries: %s "
+            "(see: fleettrace dlq list --group %s)",
+            group,
+            sum(reasons.values()),
+            named,
+            group,
+        )
+
+
+def _short(reason: str) -> str:
+    return reason if len(reason) <= _LOG_REASON_CHARS else reason[:_LOG_REASON_CHARS] + "..."
+
+
+#: The worker's one dead-letter log (group loops of one process share it).
+DEAD_LETTER_LOG: Final = DeadLetterLog()
 
 
 @dataclass(slots=True)
@@ -178,29 +369,44 @@ def replay_fields(keys: Keys, letter: DeadLetter) -> tuple[str, dict[bytes, byte
 
 
 def replay_dead_letters(
-    client: redis.Redis, keys: Keys, group: str, ids: Sequence[str] | None = None
+    client: redis.Redis,
+    keys: Keys,
+    group: str,
+    ids: Sequence[str] | None = None,
+    *,
+    reason: str | None = None,
 ) -> ReplayReport:
     """Put dead letters of ``group`` back on their streams (all of them when ``ids`` is
-    None). Each is deleted from the dead-letter stream only after its XADD succeeded;
-    a crash in between replays it again under the same batch id, which stores once."""
+    None, read in pages; only those whose reason contains ``reason`` when given). Each
+    is deleted from the dead-letter stream only after its XADD succeeded; a crash in
+    between replays it again under the same batch id, which stores once."""
     dlq = keys.dead_letters(group)
     report = ReplayReport()
+    letters: Iterator[tuple[str, DeadLetter]]
     if ids is None:
-        letters = list_dead_letters(client, keys, group)
+        # Up to the last dead letter now: one that a worker makes again from a replayed
+        # record (its cause not fixed after all) waits for the next replay.
+        with translate_redis_errors("reading dead letters"):
+            last: Any = client.xrevrange(dlq, count=1)
+        if not last:
+            return report
+        ms, _, seq = last[0][0].decode().partition("-")
+        letters = iter_dead_letters(
+            client, keys, group, reason=reason, before_id=f"{ms}-{int(seq) + 1}"
+        )
     else:
-        bad = [wanted for wanted in ids if not _ENTRY_ID_RE.match(wanted)]
-        if bad:
-            raise ConfigurationError(
-                f"not a stream entry id: {bad[0]!r} (expected like 1700000000000-0)"
-            )
-        letters = []
+        check_ids(ids)
+        chosen = []
         with translate_redis_errors("reading dead letters"):
             for wanted in ids:
                 rows: Any = client.xrange(dlq, min=wanted, max=wanted)
-                if rows:
-                    letters.append((wanted, DeadLetter.from_fields(rows[0][1])))
-                else:
+                if not rows:
                     report.missing.append(wanted)
+                    continue
+                letter = DeadLetter.from_fields(rows[0][1])
+                if reason is None or reason in letter.reason:
+                    chosen.append((wanted, letter))
+        letters = iter(chosen)
     for dead_id, letter in letters:
         try:
             stream, fields = replay_fields(keys, letter)

@@ -7,7 +7,9 @@ a Retry-After of any length inside one call; it is given no retries here, so the
 forwarder's loop decides when to try again and for how long.
 
 This module is the one place where ``langsmith`` and ``requests`` errors are
-translated into :class:`ForwardingDeferred` (try again later) and
+translated into :class:`ForwardingDeferred` (try again later),
+:class:`ForwardingUnauthorized` (401/403: the API key is wrong or missing; a
+configuration problem, retried, never a dead letter) and
 :class:`ForwardingRejected` (LangSmith refused the run for good). Messages are
 built from the status and the answer's text; the client's own messages carry part
 of the API key and are never passed on.
@@ -26,11 +28,13 @@ from langsmith import Client
 from langsmith import utils as ls_utils
 from urllib3.util.retry import Retry
 
-from fleettrace.errors import ForwardingDeferred, ForwardingRejected
+from fleettrace.errors import ForwardingDeferred, ForwardingRejected, ForwardingUnauthorized
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 
 #: Answers worth another try: rate limited, request timeout, too early, server errors.
 _RETRYABLE_4XX: Final = frozenset((408, 425, 429))
+#: Answers about the API key, not the run: wrong or missing key, or not allowed.
+_AUTH_4XX: Final = frozenset((401, 403))
 _SERVER_ERROR: Final = 500
 _ANSWER_CHARS: Final = 300
 
@@ -89,12 +93,22 @@ def _answer_text(response: requests.Response) -> str:
     return text[:_ANSWER_CHARS]
 
 
+def unauthorized_message(status: int) -> str:
+    return (
+        f"LangSmith refused the API key (HTTP {status}): check LANGSMITH_API_KEY; "
+        "runs stay pending until it is accepted"
+    )
+
+
 def classify(error: BaseException, *, run_id: object) -> ForwardingDeferred | ForwardingRejected:
     """Turn whatever sending one run raised into a fleettrace error."""
     response = _response_of(error)
     if response is not None:
         status = response.status_code
         answer = _answer_text(response)
+        if status in _AUTH_4XX:
+            # The same words for every run, so the loop says it once, not once a run.
+            return ForwardingUnauthorized(unauthorized_message(status))
         if status in _RETRYABLE_4XX or status >= _SERVER_ERROR:
             retry_after_s = parse_retry_after(response.headers.get("Retry-After"))
             return ForwardingDeferred(
@@ -133,4 +147,6 @@ class RunSender:
             raise classify(error, run_id=run["id"]) from None
 
     def close(self) -> None:
-        self.client.session.close()
+        """Close the HTTP session and drop the client's exit hook (which would keep the
+        session alive until the process ends). Nothing is buffered: ``timeout=0``."""
+        self.client.close(timeout=0)

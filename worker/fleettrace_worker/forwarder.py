@@ -19,9 +19,12 @@ the entries pending and in hand. Once LangSmith has failed without a break for
 ``retry_for_s`` (counted across batches, from the first failure after it last took
 a run), each batch that still fails becomes dead letters at once, with the last
 reason, so a long outage drains into the dead-letter stream instead of holding the
-trace stream (``fleettrace dlq replay --group langsmith`` sends them again). A run
-refused with another 4xx makes its record a dead letter at once, with LangSmith's
-answer.
+trace stream (``fleettrace dlq replay --group langsmith`` sends them again). 401
+and 403 are about the API key, not the record: they are retried the same way but
+never count towards ``retry_for_s`` and never make a dead letter, so a wrong key
+holds the entries pending (the group says why, once, naming ``LANGSMITH_API_KEY``,
+and reports not ready) until the key is fixed. A run refused with another 4xx makes
+its record a dead letter at once, with LangSmith's answer.
 
 Entries that do not decode and records that do not validate are dead letters of the
 ``persist`` group; this group acknowledges them without a copy of its own, so a bad
@@ -44,6 +47,7 @@ from fleettrace.errors import (
     EntryDecodeError,
     ForwardingDeferred,
     ForwardingRejected,
+    ForwardingUnauthorized,
     PermanentError,
 )
 from fleettrace.keys import LANGSMITH_GROUP
@@ -63,6 +67,15 @@ ROOT_CACHE_SIZE: Final = 10_000
 #: Records per batch: one HTTP request per run, so smaller batches than ``persist``
 #: keep the entries in hand few and a batch short.
 FORWARD_BATCH_RECORDS: Final = 200
+#: Names of the threads that post runs (``close()`` ends them).
+REQUEST_THREAD_PREFIX: Final = "fleettrace-langsmith"
+
+#: Why a worker with forwarding on and no key does not start: every run would be
+#: refused, and refusing them one by one would teach nothing.
+MISSING_KEY_MESSAGE: Final = (
+    "LangSmith forwarding is on but LANGSMITH_API_KEY is not set: set it, "
+    "or turn forwarding off (LANGSMITH_TRACING=false)"
+)
 
 _T = TypeVar("_T")
 
@@ -98,8 +111,6 @@ def loop_settings(
         batch_records=min(base.batch_records, FORWARD_BATCH_RECORDS),
         retry_initial_s=settings.backoff_initial_s,
         retry_max_s=settings.backoff_max_s,
-        # The group counts its retry window itself, across batches (ForwardLoop._fail).
-        give_up_after_s=None,
     )
 
 
@@ -112,6 +123,8 @@ def langsmith_loop(context: WorkerContext) -> GroupLoop[Any]:
             "the langsmith group forwards only with LANGSMITH_TRACING=true "
             "or LANGCHAIN_TRACING_V2=true"
         )
+    if settings.api_key is None:
+        raise ConfigurationError(MISSING_KEY_MESSAGE)
     return ForwardLoop(
         context.consumer(LANGSMITH_GROUP),
         settings,
@@ -145,8 +158,9 @@ class ForwardLoop(GroupLoop[Outbox]):
         self._failing_since: float | None = None
         self.clock: Callable[[], float] = time.monotonic
         self._pool = ThreadPoolExecutor(
-            max_workers=settings.concurrency, thread_name_prefix="fleettrace-langsmith"
+            max_workers=settings.concurrency, thread_name_prefix=REQUEST_THREAD_PREFIX
         )
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"ForwardLoop({self.consumer!r}, {self.langsmith!r})"
@@ -194,6 +208,11 @@ class ForwardLoop(GroupLoop[Outbox]):
         """Count the outage from the first failure after LangSmith last took a run;
         past ``retry_for_s`` the batch is given up at once, so a long outage drains
         into dead letters rather than holding the stream one batch per window."""
+        if isinstance(deferred, ForwardingUnauthorized):
+            # The key, not LangSmith's health: wait for it as long as it takes, and
+            # count an outage afresh once the key is accepted.
+            self._failing_since = None
+            raise deferred
         now = self.clock()
         if answered or self._failing_since is None:
             self._failing_since = now
@@ -231,7 +250,12 @@ class ForwardLoop(GroupLoop[Outbox]):
             list(self._pool.map(attempt, work))
         if not deferrals:
             return None
-        return max(deferrals, key=lambda d: d.retry_after_s or 0.0)
+        # A refused key says the most (nothing will pass until it is fixed), then the
+        # longest wait a server asked for.
+        return max(
+            deferrals,
+            key=lambda d: (isinstance(d, ForwardingUnauthorized), d.retry_after_s or 0.0),
+        )
 
     def _roots_of(self, items: Sequence[Outgoing]) -> list[list[Outgoing]]:
         """The waiting items grouped by the plan root they need and LangSmith lacks."""
@@ -294,5 +318,9 @@ class ForwardLoop(GroupLoop[Outbox]):
                 self._roots.popitem(last=False)
 
     def close(self) -> None:
+        """Stop the request threads and close LangSmith's HTTP session; safe twice."""
+        if self._closed:
+            return
+        self._closed = True
         self._pool.shutdown(wait=True)
         self.sender.close()

@@ -4,7 +4,9 @@
 while a group loop cannot reach Redis or PostgreSQL (a load balancer or an
 orchestrator should wait), 200 otherwise. ``/metrics`` is Prometheus text made at
 scrape time by one collector: the worker's own figures (records, batches, batch
-latency, dead letters, retries, pending entries and lag of every group) and the
+latency, dead letters, retries; per group and stream the pending entries, the lag,
+the age of the oldest entry still needed, the idle time and whether the group is
+behind its limits) and the
 fleet's live metrics read from the Redis hashes, one metric family per metric key
 (``tool.invocation_duration_ms`` becomes ``fleettrace_tool_invocation_duration_ms``).
 
@@ -38,7 +40,7 @@ from fleettrace.keys import METRICS_PLANS_MAX, Keys
 from fleettrace.live import LiveSeries, read_live
 from fleettrace.metrics import MetricKey, MetricType
 from fleettrace.plans import top_plans
-from fleettrace_worker.consumer import group_states
+from fleettrace_worker.groups import GroupLimits, inspect_groups
 from fleettrace_worker.loop import BATCH_LATENCY_BUCKETS_S, GroupLoop
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class WorkerStatus(Protocol):
     """What the endpoint needs to know about the worker it serves."""
 
     keys: Keys
+    group_limits: GroupLimits
 
     @property
     def loops(self) -> list[GroupLoop[object]]: ...
@@ -136,22 +139,43 @@ class WorkerCollector(Collector):
         return [series for plan in top.plans for series in plan.series]
 
     def _groups(self) -> Iterator[Metric]:
+        labels = ["group", "stream"]
         pending = GaugeMetricFamily(
             "fleettrace_worker_pending",
             "Entries delivered to a group and not yet acknowledged.",
-            labels=["group", "stream"],
+            labels=labels,
         )
         lag = GaugeMetricFamily(
             "fleettrace_worker_lag",
             "Entries of a stream not yet delivered to a group.",
-            labels=["group", "stream"],
+            labels=labels,
         )
-        for state in group_states(self.client, self.worker.keys):
-            pending.add_metric([state.group, state.stream], float(state.pending))
-            if state.lag is not None:
-                lag.add_metric([state.group, state.stream], float(state.lag))
-        yield pending
-        yield lag
+        age = GaugeMetricFamily(
+            "fleettrace_worker_group_age_seconds",
+            "Age of the oldest entry a group still needs (0 when it has everything).",
+            labels=labels,
+        )
+        idle = GaugeMetricFamily(
+            "fleettrace_worker_group_idle_seconds",
+            "Seconds since any consumer of a group last read or acknowledged.",
+            labels=labels,
+        )
+        behind = GaugeMetricFamily(
+            "fleettrace_worker_group_behind",
+            "1 when a group is past its lag or age limit: it holds the stream's trim floor.",
+            labels=labels,
+        )
+        limits = self.worker.group_limits
+        for report in inspect_groups(self.client, self.worker.keys):
+            values = [report.group, report.stream]
+            pending.add_metric(values, float(report.pending))
+            if report.lag is not None:
+                lag.add_metric(values, float(report.lag))
+            age.add_metric(values, report.age_s)
+            if report.idle_s is not None:
+                idle.add_metric(values, report.idle_s)
+            behind.add_metric(values, 1.0 if report.behind(limits) else 0.0)
+        yield from (pending, lag, age, idle, behind)
 
     def _live(self) -> Iterator[Metric]:
         everything: list[LiveSeries] = read_live(self.client, self.worker.keys)

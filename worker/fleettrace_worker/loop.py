@@ -32,7 +32,7 @@ from typing import Final, Generic, TypeVar
 from fleettrace.errors import ForwardingDeferred, PermanentError, TransientError
 from fleettrace_worker.backoff import backoff_delay_s
 from fleettrace_worker.consumer import Consumer, Entry
-from fleettrace_worker.deadletter import DeadLetter
+from fleettrace_worker.deadletter import DEAD_LETTER_LOG, DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,6 @@ class LoopSettings:
     claim_interval_s: float = 1.0
     retry_initial_s: float = 0.1
     retry_max_s: float = 5.0
-    #: Give up delivering a batch after this long and dead-letter it (None: never).
-    give_up_after_s: float | None = None
     #: Stop when the streams hold nothing new for this group (tests, the demo).
     burst: bool = False
     #: Prepare the next batch while the previous one is delivered (see _run_pipelined).
@@ -271,6 +269,7 @@ class GroupLoop(ABC, Generic[P]):
             dead = dead + more_dead
         entries = batch.entries
         self._retry(lambda: self.consumer.acknowledge(entries, dead), stop, entries)
+        DEAD_LETTER_LOG.note(self.group, dead)
         self.stats.observe_batch(
             len(entries), records, len(dead), time.perf_counter() - batch.started
         )
@@ -304,25 +303,7 @@ class GroupLoop(ABC, Generic[P]):
     def _deliver_with_retry(
         self, prepared: Prepared[P], entries: list[Entry], stop: threading.Event
     ) -> list[DeadLetter]:
-        started = time.monotonic()
-        give_up = self.settings.give_up_after_s
-
-        def attempt() -> list[DeadLetter]:
-            try:
-                return self.deliver(prepared.payload)
-            except TransientError as error:
-                if give_up is not None and time.monotonic() - started >= give_up:
-                    raise _GaveUp(str(error)) from None
-                raise
-
-        try:
-            return self._retry(attempt, stop, entries)
-        except _GaveUp as error:
-            reason = f"gave up after {give_up:g} s: {error}"
-            return [
-                DeadLetter.for_entry(e.stream, e.entry_id, e.fields, self.consumer.name, reason)
-                for e in entries
-            ]
+        return self._retry(lambda: self.deliver(prepared.payload), stop, entries)
 
     def _retry(self, call: Callable[[], R], stop: threading.Event, in_hand: Sequence[Entry]) -> R:
         """``call()`` until it succeeds; between attempts the loop reports not ready and
@@ -373,7 +354,3 @@ class GroupLoop(ABC, Generic[P]):
         self._read_count = max(
             1, min(self.settings.batch_records, round(self.settings.batch_records / per_entry))
         )
-
-
-class _GaveUp(PermanentError):
-    pass

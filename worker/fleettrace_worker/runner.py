@@ -18,11 +18,11 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -42,9 +42,18 @@ from fleettrace.keys import (
 )
 from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.database import create_pool
+from fleettrace_worker.deadletter import DEAD_LETTER_LOG
 from fleettrace_worker.forwarder import langsmith_loop
+from fleettrace_worker.groups import (
+    DEFAULT_MAX_AGE_S,
+    DEFAULT_MAX_LAG,
+    GroupLimits,
+    GroupWatch,
+    inspect_groups,
+)
 from fleettrace_worker.loop import GroupLoop, LoopSettings
 from fleettrace_worker.persist import PersistLoop
+from fleettrace_worker.presence import PresenceFile, default_consumer_name
 from fleettrace_worker.repository import LLMTraceRepository
 from fleettrace_worker.trim import trim_streams
 
@@ -60,12 +69,6 @@ REDIS_MARGIN_S: Final = 5.0
 ENV_PREFIX: Final = "FLEETTRACE_WORKER_"
 #: ``--check`` takes a health snapshot older than this (several missed writes) as dead.
 HEALTH_FRESH_S: Final = 15.0
-
-
-def default_consumer_name() -> str:
-    """The host name: stable across restarts of a sidecar container, so a restarted
-    worker's health key and pending entries keep their name."""
-    return socket.gethostname() or "worker"
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,11 @@ class WorkerSettings:
     http: str | None = None
     #: Plans /metrics exports with a ``plan`` label (the costliest); 0 exports none.
     metrics_plans: int = 0
+    #: A group past either limit is reported behind (log and /metrics); 0: no limit.
+    group_max_lag: int = DEFAULT_MAX_LAG
+    group_max_age_s: float = DEFAULT_MAX_AGE_S
+    #: Where the worker leaves its runtime file for ``--check`` (None: nowhere).
+    runtime_dir: str | None = None
 
     def __post_init__(self) -> None:
         positive = {
@@ -108,6 +116,8 @@ class WorkerSettings:
             )
         if self.block_ms < 0:
             raise ConfigurationError(f"block_ms must not be negative, got {self.block_ms}")
+        if self.group_max_lag < 0 or self.group_max_age_s < 0:
+            raise ConfigurationError("group_max_lag and group_max_age_s must not be negative")
         if not self.consumer or len(self.consumer) > 200:
             raise ConfigurationError("consumer name must be 1-200 characters")
         unknown = [g for g in self.groups if g not in GROUPS]
@@ -152,11 +162,23 @@ class WorkerSettings:
                     raise ConfigurationError(
                         f"{ENV_PREFIX}{name.upper()} must be a whole number, got {raw!r}"
                     ) from None
+        for name in ("group_max_lag", "group_max_age_s"):
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw:
+                try:
+                    values[name] = int(raw) if name == "group_max_lag" else float(raw)
+                except ValueError:
+                    raise ConfigurationError(
+                        f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}"
+                    ) from None
         consumer = env.get(ENV_PREFIX + "CONSUMER")
         if consumer:
             values["consumer"] = consumer
         values.update({name: value for name, value in given.items() if value is not None})
         return replace(defaults, **values)  # type: ignore[arg-type]
+
+    def group_limits(self) -> GroupLimits:
+        return GroupLimits(max_lag=self.group_max_lag, max_age_s=self.group_max_age_s)
 
     def loop_settings(self) -> LoopSettings:
         return LoopSettings(
@@ -175,13 +197,17 @@ class WorkerContext:
         self.settings = settings
         self.keys = Keys(settings.namespace)
         self._pool: ConnectionPool | None = None
+        self._clients: list[redis.Redis] = []
 
     def redis(self) -> redis.Redis:
-        """A client of its own (a loop's blocking reads must not hold up the others)."""
-        return connect_redis(
+        """A client of its own (a loop's blocking reads must not hold up the others),
+        closed by :meth:`close`."""
+        client = connect_redis(
             self.settings.redis_url,
             socket_timeout_s=self.settings.block_ms / 1000 + REDIS_MARGIN_S,
         )
+        self._clients.append(client)
+        return client
 
     def consumer(self, group: str) -> Consumer:
         return Consumer(
@@ -198,8 +224,12 @@ class WorkerContext:
         return self._pool
 
     def close(self) -> None:
+        """Close the pool and every client made here; safe to call twice."""
         if self._pool is not None:
             self._pool.close()
+            self._pool = None
+        while self._clients:
+            self._clients.pop().close()
 
 
 GroupLoopFactory = Callable[[WorkerContext], GroupLoop[Any]]
@@ -241,6 +271,8 @@ class Worker:
         self._threads: list[_Thread] = []
         self._signals = 0
         self._client: redis.Redis | None = None
+        self.group_limits = settings.group_limits()
+        self.group_watch = GroupWatch(self.group_limits)
 
     # -- status, read by the health key, --check and HTTP -------------------------
 
@@ -273,13 +305,25 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         server = None
+        loops: list[GroupLoop[Any]] = []
+        presence = None
+        if self.settings.runtime_dir is not None:
+            presence = PresenceFile(
+                Path(self.settings.runtime_dir), self.settings.consumer, self.settings.namespace
+            )
         try:
-            server = self._serve_http()
+            # Every loop is built before any starts: a setting that cannot work (no
+            # LANGSMITH_API_KEY) stops the worker before it reads a single entry.
             for group in self.settings.groups:
                 factory = GROUP_LOOPS.get(group)
                 if factory is None:
                     raise ConfigurationError(f"group {group!r} is not available in this build")
-                self._start(factory(self.context))
+                loops.append(factory(self.context))
+            server = self._serve_http()
+            if presence is not None:
+                presence.write()
+            for loop in loops:
+                self._start(loop)
             # Everything made so far lives as long as the process: keep the cyclic
             # collector from walking it again and again under large batches.
             gc.freeze()
@@ -287,10 +331,19 @@ class Worker:
         finally:
             if server is not None:
                 server.shutdown()
+                server.server_close()
             self.stop.set()
             for item in self._threads:
                 item.thread.join()
             self._write_health()
+            for loop in loops:
+                _close(loop)
+            DEAD_LETTER_LOG.flush()
+            if presence is not None:
+                presence.remove()
+            if self._client is not None:
+                self._client.close()
+                self._client = None
             self.context.close()
         for item in self._threads:
             if isinstance(item.error, FleettraceError):
@@ -323,6 +376,7 @@ class Worker:
             if time.monotonic() >= next_trim:
                 next_trim = time.monotonic() + self.settings.trim_interval_s
                 self._trim()
+                self._watch_groups()
             for item in self._threads:
                 item.thread.join(self.settings.health_interval_s / len(self._threads))
 
@@ -347,6 +401,13 @@ class Worker:
         except TransientError as error:
             log.debug("streams not trimmed: %s", error)
 
+    def _watch_groups(self) -> None:
+        """Warn (rate-limited) about groups holding the trim floor for too long."""
+        try:
+            self.group_watch.check(inspect_groups(self._redis(), self.keys))
+        except TransientError as error:
+            log.debug("consumer groups not inspected: %s", error)
+
     def _serve_http(self) -> MetricsServer | None:
         if self.settings.http is None:
             return None
@@ -364,6 +425,16 @@ class Worker:
             os._exit(EXIT_KILLED)
         log.info("signal %d: finishing the batch in hand, then exiting", signum)
         self.stop.set()
+
+
+def _close(loop: GroupLoop[Any]) -> None:
+    """Release what a loop opened (ForwardLoop: its request threads and HTTP session)."""
+    close = getattr(loop, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:
+            log.exception("group %s did not close cleanly", loop.group)
 
 
 def check_health(client: redis.Redis, keys: Keys, consumer: str) -> bool:

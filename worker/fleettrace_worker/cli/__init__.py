@@ -25,6 +25,7 @@ COMMANDS: Final[tuple[str, ...]] = (
     "traces",
     "worker",
     "dlq",
+    "groups",
 )
 
 EXIT_OK: Final = 0

@@ -1,13 +1,23 @@
-"""``fleettrace dlq``: look at dead letters, and put them back once their cause is fixed."""
+"""``fleettrace dlq``: look at dead letters, put them back once their cause is fixed,
+or delete them once reviewed. Dead-letter streams are read in pages, never whole."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from datetime import UTC, datetime
 
 from fleettrace.keys import GROUPS, PERSIST_GROUP
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
-from fleettrace_worker.deadletter import DeadLetter, list_dead_letters, replay_dead_letters
+from fleettrace_worker.deadletter import (
+    DeadLetter,
+    check_ids,
+    delete_dead_letters,
+    iter_dead_letters,
+    purge_dead_letters,
+    replay_dead_letters,
+)
+from fleettrace_worker.durations import parse_duration
 
 _RECORD_CHARS = 120
 
@@ -15,7 +25,7 @@ _RECORD_CHARS = 120
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "dlq",
-        help="list or replay dead letters",
+        help="list, replay or delete dead letters",
         description="Dead letters are records or entries a consumer group could not handle, "
         "kept with the reason.",
     )
@@ -23,8 +33,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     listing = actions.add_parser("list", help="show dead letters with their reasons")
     _common(listing)
+    _reason(listing)
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    listing.add_argument("--limit", type=int, metavar="N", help="show the oldest N only")
+    listing.add_argument(
+        "--limit", type=options.positive_int, metavar="N", help="show the oldest N only"
+    )
     listing.set_defaults(handler=run_list)
 
     replay = actions.add_parser(
@@ -37,7 +50,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", nargs="+", metavar="ID", help="dead-letter ids to replay")
     which.add_argument("--all", action="store_true", help="replay every dead letter")
+    _reason(replay)
     replay.set_defaults(handler=run_replay)
+
+    delete = actions.add_parser(
+        "delete", help="delete dead letters by id", description="Delete reviewed dead letters."
+    )
+    _common(delete)
+    delete.add_argument("--id", nargs="+", required=True, metavar="ID", help="dead-letter ids")
+    options.add_yes_option(delete)
+    delete.set_defaults(handler=run_delete)
+
+    purge = actions.add_parser(
+        "purge",
+        help="delete dead letters older than a duration",
+        description="Delete the dead letters made more than DURATION ago (30d, 12h, 90m), "
+        "optionally only those whose reason contains --reason.",
+    )
+    _common(purge)
+    purge.add_argument(
+        "--older-than", required=True, metavar="DURATION", help="for example 30d or 12h"
+    )
+    _reason(purge)
+    options.add_yes_option(purge)
+    purge.set_defaults(handler=run_purge)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +83,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         choices=GROUPS,
         default=PERSIST_GROUP,
         help=f"whose dead letters (default: {PERSIST_GROUP})",
+    )
+
+
+def _reason(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reason", metavar="TEXT", help="only dead letters whose reason contains TEXT"
     )
 
 
@@ -71,27 +113,38 @@ def _as_json(dead_id: str, letter: DeadLetter) -> dict[str, object]:
     return data
 
 
+def _print_text(dead_id: str, letter: DeadLetter) -> None:
+    where = f"{letter.stream} {letter.entry_id}"
+    if letter.position is not None:
+        where += f" record {letter.position}"
+    print(f"{dead_id}  {where}  (seen by {letter.consumer})")
+    print(f"    reason: {letter.reason}")
+    if letter.record is not None:
+        shown = letter.record[:_RECORD_CHARS].decode("utf-8", "backslashreplace")
+        print(f"    record: {shown}{'...' if len(letter.record) > _RECORD_CHARS else ''}")
+
+
 def run_list(args: argparse.Namespace) -> int:
-    letters = list_dead_letters(
-        options.redis_client(args), options.keys(args), args.group, count=args.limit
+    """Printed page by page as read: memory stays flat however long the stream."""
+    shown = 0
+    letters = iter_dead_letters(
+        options.redis_client(args), options.keys(args), args.group, reason=args.reason
     )
-    if args.json:
-        for dead_id, letter in letters:
-            print(json.dumps(_as_json(dead_id, letter)))
-        return EXIT_OK
-    if not letters:
-        print(f"no dead letters in group {args.group}")
-        return EXIT_OK
     for dead_id, letter in letters:
-        where = f"{letter.stream} {letter.entry_id}"
-        if letter.position is not None:
-            where += f" record {letter.position}"
-        print(f"{dead_id}  {where}  (seen by {letter.consumer})")
-        print(f"    reason: {letter.reason}")
-        if letter.record is not None:
-            shown = letter.record[:_RECORD_CHARS].decode("utf-8", "backslashreplace")
-            print(f"    record: {shown}{'...' if len(letter.record) > _RECORD_CHARS else ''}")
-    print(f"{len(letters)} dead letter(s) in group {args.group}")
+        if args.limit is not None and shown >= args.limit:
+            break
+        shown += 1
+        if args.json:
+            print(json.dumps(_as_json(dead_id, letter)))
+        else:
+            _print_text(dead_id, letter)
+    if args.json:
+        return EXIT_OK
+    matching = "" if args.reason is None else f" with a reason containing {args.reason!r}"
+    if not shown:
+        print(f"no dead letters{matching} in group {args.group}")
+    else:
+        print(f"{shown} dead letter(s){matching} in group {args.group}")
     return EXIT_OK
 
 
@@ -101,6 +154,7 @@ def run_replay(args: argparse.Namespace) -> int:
         options.keys(args),
         args.group,
         None if args.all else args.id,
+        reason=args.reason,
     )
     for dead_id in report.missing:
         print(f"{dead_id}: no such dead letter")
@@ -111,3 +165,33 @@ def run_replay(args: argparse.Namespace) -> int:
         f"kept {len(report.refused)}; not found {len(report.missing)}"
     )
     return EXIT_FAILURE if report.refused or report.missing else EXIT_OK
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    check_ids(args.id)  # a typo is one line before any question
+    client, keys = options.redis_client(args), options.keys(args)
+    question = f"Delete {len(args.id)} dead letter(s) of group {args.group} for good?"
+    if not options.confirm(question, yes=args.yes):
+        print("nothing deleted")
+        return EXIT_FAILURE
+    report = delete_dead_letters(client, keys, args.group, args.id)
+    for dead_id in report.missing:
+        print(f"{dead_id}: no such dead letter")
+    print(f"deleted {len(report.deleted)} dead letter(s); not found {len(report.missing)}")
+    return EXIT_FAILURE if report.missing else EXIT_OK
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    before = datetime.now(UTC) - parse_duration(args.older_than)
+    client, keys = options.redis_client(args), options.keys(args)
+    matching = "" if args.reason is None else f" with a reason containing {args.reason!r}"
+    question = (
+        f"Delete every dead letter{matching} of group {args.group} made before "
+        f"{before.isoformat(timespec='seconds')} for good?"
+    )
+    if not options.confirm(question, yes=args.yes):
+        print("nothing deleted")
+        return EXIT_FAILURE
+    deleted = purge_dead_letters(client, keys, args.group, before=before, reason=args.reason)
+    print(f"purged {deleted} dead letter(s){matching} of group {args.group}")
+    return EXIT_OK

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import redis
 
@@ -52,3 +53,29 @@ def keys(args: argparse.Namespace) -> Keys:
 
 def database_url(args: argparse.Namespace) -> str:
     return str(args.database_url or database_url_from_env() or DEFAULT_DATABASE_URL)
+
+
+def add_yes_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--yes", action="store_true", help="do it without asking")
+
+
+def confirm(question: str, *, yes: bool) -> bool:
+    """``--yes``, or a ``y`` typed on stdin, for an action that cannot be undone.
+    Anything else (a closed stdin included) is a no: a script that forgot ``--yes``
+    deletes nothing."""
+    if yes:
+        return True
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value

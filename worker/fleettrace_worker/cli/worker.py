@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
-from fleettrace.keys import GROUPS, LANGSMITH_GROUP, METRICS_PLANS_MAX, PERSIST_GROUP
+from fleettrace.keys import GROUPS, LANGSMITH_GROUP, METRICS_PLANS_MAX, PERSIST_GROUP, Keys
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
 from fleettrace_worker.langsmith_settings import LangSmithSettings
-from fleettrace_worker.runner import Worker, WorkerSettings, check_health
+from fleettrace_worker.presence import local_workers, runtime_dir
+from fleettrace_worker.runner import ENV_PREFIX, Worker, WorkerSettings, check_health
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--consumer",
         metavar="NAME",
         help="consumer name, unique per worker process (default: $FLEETTRACE_WORKER_CONSUMER, "
-        "else the host name)",
+        "else <host name>-<pid>)",
     )
     parser.add_argument(
         "--batch",
@@ -56,6 +58,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--burst", action="store_true", help="exit once the streams hold nothing new"
     )
     parser.add_argument(
+        "--group-max-lag",
+        type=int,
+        metavar="N",
+        help="warn when a consumer group has more undelivered entries than this "
+        "(default: $FLEETTRACE_WORKER_GROUP_MAX_LAG, else 100000; 0: never)",
+    )
+    parser.add_argument(
+        "--group-max-age-s",
+        type=float,
+        metavar="S",
+        help="warn when the oldest entry a group still needs is older than this "
+        "(default: $FLEETTRACE_WORKER_GROUP_MAX_AGE_S, else 3600; 0: never)",
+    )
+    parser.add_argument(
         "--http",
         metavar="HOST:PORT",
         help="serve /healthz, /readyz and /metrics there (e.g. 127.0.0.1:9464)",
@@ -70,8 +86,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--check",
         action="store_true",
-        help="exit 0 when the worker named --consumer reports itself ready, else 1 "
-        "(a container health probe)",
+        help="exit 0 when the workers running on this host (or the one named --consumer) "
+        "report themselves ready, else 1 (a container health probe)",
     )
     parser.add_argument(
         "--only", choices=GROUPS, help="run this consumer group only (default: all enabled)"
@@ -106,11 +122,31 @@ def run(args: argparse.Namespace) -> int:
         block_ms=args.block_ms,
         claim_idle_ms=args.claim_idle_ms,
         max_deliveries=args.max_deliveries,
+        group_max_lag=args.group_max_lag,
+        group_max_age_s=args.group_max_age_s,
         burst=args.burst or None,
         http=args.http,
         metrics_plans=args.metrics_plans,
+        runtime_dir=str(runtime_dir()),
     )
     if args.check:
-        client = options.redis_client(args)
-        return EXIT_OK if check_health(client, keys, settings.consumer) else EXIT_FAILURE
+        return _check(args, settings)
     return Worker(settings).run()
+
+
+def _check(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    """The named worker, else every worker of this host (their runtime files): all of
+    them ready, and at least one."""
+    client = options.redis_client(args)
+    if args.consumer or os.environ.get(ENV_PREFIX + "CONSUMER"):
+        named = check_health(client, Keys(settings.namespace), settings.consumer)
+        return EXIT_OK if named else EXIT_FAILURE
+    directory = runtime_dir()
+    workers = local_workers(directory)
+    if not workers:
+        print(f"fleettrace worker: no worker runs here (nothing in {directory})", file=sys.stderr)
+        return EXIT_FAILURE
+    not_ready = [w for w in workers if not check_health(client, Keys(w.namespace), w.consumer)]
+    for worker in not_ready:
+        print(f"fleettrace worker: {worker.consumer} is not ready", file=sys.stderr)
+    return EXIT_FAILURE if not_ready else EXIT_OK
