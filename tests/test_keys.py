@@ -8,8 +8,11 @@ import pytest
 import redis
 
 from fleettrace import LLMTrace, MetricKey
+from fleettrace.emitter import EmitterSettings
 from fleettrace.keys import (
+    MAX_ENTRY_BYTES,
     Keys,
+    configured_namespace,
     bucket_stat,
     decode_labels,
     encode_labels,
@@ -19,17 +22,35 @@ from fleettrace.keys import (
 from tests.emitting import make_emitter
 
 
-def test_every_key_shares_the_namespace_hash_tag() -> None:
+def test_every_key_shares_the_namespace_hash_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLEETTRACE_NAMESPACE", raising=False)
     keys = Keys("prod")
     assert keys.traces == "{prod}:traces"
     assert keys.metrics == "{prod}:metrics"
     assert keys.streams == ("{prod}:traces", "{prod}:metrics")
     assert keys.live("plan.cost_usd") == "{prod}:live:plan.cost_usd"
     assert keys.live_pattern == "{prod}:live:*"
-    assert keys.applied("ab") == "{prod}:applied:ab"
+    assert keys.emitter_seq("ab") == "{prod}:emitters:ab"
+    assert keys.emitter_seq_pattern == "{prod}:emitters:*"
     assert keys.emitter == "{prod}:emitter"
     assert keys.dead_letters("persist") == "{prod}:dlq:persist"
     assert Keys().prefix == "{fleettrace}"
+    assert MAX_ENTRY_BYTES == 4 * 1024 * 1024
+
+
+def test_keys_without_a_namespace_take_the_configured_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLEETTRACE_NAMESPACE", "fleet-b")
+    assert Keys() == Keys("fleet-b")
+    assert configured_namespace() == "fleet-b"
+    assert EmitterSettings().namespace == "fleet-b"
+    assert Keys("other").namespace == "other"
+    monkeypatch.setenv("FLEETTRACE_NAMESPACE", "  ")
+    assert Keys().namespace == "fleettrace"
+    monkeypatch.setenv("FLEETTRACE_NAMESPACE", "a b")
+    with pytest.raises(ValueError, match="namespace 'a b'"):
+        Keys()
 
 
 @pytest.mark.parametrize("namespace", ["", "a b", "x" * 65, "{tag}", "a:b"])
@@ -71,9 +92,8 @@ def test_one_trace_touches_exactly_these_keys(
     )
     assert emitter.close()
     touched = {k.decode() for k in redis_client.scan_iter(match=f"{keys.prefix}*")}
-    applied = {k for k in touched if k.startswith(keys.applied(""))}
-    assert len(applied) == 1
-    assert touched - applied == {
+    assert touched == {
+        keys.emitter_seq(emitter.emitter_id),
         keys.traces,
         keys.emitter,
         keys.live("actor.token_usage"),
@@ -81,7 +101,7 @@ def test_one_trace_touches_exactly_these_keys(
         keys.live("llm.errors_count"),
         keys.live("plan.cost_usd"),
     }
-    assert 0 < redis_client.ttl(applied.pop()) <= 24 * 3600
+    assert 0 < redis_client.ttl(keys.emitter_seq(emitter.emitter_id)) <= 24 * 3600
 
 
 def test_one_sample_touches_exactly_these_keys(
@@ -91,7 +111,8 @@ def test_one_sample_touches_exactly_these_keys(
     emitter.observe(MetricKey.INDEX_QUERY_DURATION_MS, 4.0, {"backend": "vector"})
     assert emitter.close()
     touched = {k.decode() for k in redis_client.scan_iter(match=f"{keys.prefix}*")}
-    assert {k for k in touched if ":applied:" not in k} == {
+    assert touched == {
+        keys.emitter_seq(emitter.emitter_id),
         keys.metrics,
         keys.emitter,
         keys.live("index.query_duration_ms"),
