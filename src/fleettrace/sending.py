@@ -198,9 +198,7 @@ class BatchSender:
         self._seq += 1
         return self._seq
 
-    def _encode(
-        self, records: list[LLMTrace | MetricSample], dropped: int = 0
-    ) -> list[BatchCall]:
+    def _encode(self, records: list[LLMTrace | MetricSample], dropped: int = 0) -> list[BatchCall]:
         """The calls for ``records`` under this emitter's next numbers (for tests and
         benchmarks that apply calls themselves)."""
         return encode_calls(self.keys, self._emitter_id, self._next_seq, records, dropped).calls
