@@ -7,6 +7,7 @@ import math
 import pytest
 import redis
 
+import fleettrace
 from fleettrace import LLMTrace, MetricKey
 from fleettrace.emitter import EmitterSettings
 from fleettrace.keys import (
@@ -117,3 +118,32 @@ def test_one_sample_touches_exactly_these_keys(
         keys.emitter,
         keys.live("index.query_duration_ms"),
     }
+
+
+def test_budget_checks_read_the_configured_namespace_without_being_given_keys(
+    redis_url: str, keys: Keys, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's budget check, in an agent whose namespace comes from
+    FLEETTRACE_NAMESPACE: it reads the namespace the emitter writes."""
+    monkeypatch.setenv("FLEETTRACE_NAMESPACE", keys.namespace)
+    monkeypatch.setenv("FLEETTRACE_REDIS_URL", redis_url)
+    emitter = fleettrace.Emitter(EmitterSettings.from_env(flush_interval_s=0.01))
+    emitter.record(LLMTrace(provider="openai", model="gpt-4o", plan_id="plan-42", cost_usd=6.0))
+    assert emitter.close()
+    # As the README writes it, and without any Keys at all.
+    assert fleettrace.is_over_budget(redis_client, fleettrace.Keys(), "plan-42", budget_usd=5.0)
+    assert fleettrace.is_over_budget(redis_client, "plan-42", budget_usd=5.0)
+    assert fleettrace.is_over_budget(redis_client, "plan-42", 5.0)
+    assert not fleettrace.is_over_budget(redis_client, "plan-42", budget_usd=7.0)
+    assert fleettrace.plan_cost_usd(redis_client, "plan-42") == 6.0
+    assert fleettrace.plan_cost_usd(redis_client, fleettrace.Keys(), "plan-42") == 6.0
+    [series] = fleettrace.read_live(redis_client, metric_key="plan.cost_usd")
+    assert series.sum == 6.0
+    # An explicit namespace still wins over the configured one.
+    other = Keys(f"{keys.namespace}-x")
+    assert fleettrace.plan_cost_usd(redis_client, "plan-42", keys=other) == 0.0
+    assert fleettrace.plan_cost_usd(redis_client, other, "plan-42") == 0.0
+    assert not fleettrace.is_over_budget(redis_client, "plan-42", budget_usd=5.0, keys=other)
+    assert fleettrace.read_live(redis_client, other) == []
+    with pytest.raises(TypeError, match="plan_id"):
+        fleettrace.plan_cost_usd(redis_client)  # type: ignore[call-overload]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, overload
 
 import redis
 
@@ -100,10 +101,12 @@ def _series(key: MetricKey, labels: str, stats: dict[str, str]) -> LiveSeries:
 
 
 def read_live(
-    client: redis.Redis, keys: Keys, metric_key: MetricKey | str | None = None
+    client: redis.Redis, keys: Keys | None = None, metric_key: MetricKey | str | None = None
 ) -> list[LiveSeries]:
     """Every live series of the namespace (or of one metric key), in the order of
-    ``MetricKey`` and then of the label sets. One round trip."""
+    ``MetricKey`` and then of the label sets. One round trip. Without ``keys``, the
+    configured namespace (``FLEETTRACE_NAMESPACE``, as the emitter uses)."""
+    keys = keys if keys is not None else Keys()
     wanted = list(MetricKey) if metric_key is None else [MetricKey(metric_key)]
     with translate_redis_errors("reading the live counters"):
         pipe = client.pipeline(transaction=False)
@@ -120,15 +123,55 @@ def read_live(
     return series
 
 
-def plan_cost_usd(client: redis.Redis, keys: Keys, plan_id: str) -> float:
-    """The priced LLM cost the whole fleet has recorded for a plan so far."""
-    field = live_field(encode_labels((("plan", plan_id),)), STAT_SUM)
+def _keys_first(args: tuple[Any, ...], keys: Keys | None) -> tuple[Keys, tuple[Any, ...]]:
+    """Accept both ``f(client, keys, plan_id, ...)`` and ``f(client, plan_id, ...,
+    keys=None)``; without keys, the configured namespace."""
+    if args and isinstance(args[0], Keys):
+        if keys is not None:
+            raise TypeError("keys given twice")
+        return args[0], args[1:]
+    return (keys if keys is not None else Keys()), args
+
+
+@overload
+def plan_cost_usd(client: redis.Redis, plan_id: str, /, *, keys: Keys | None = None) -> float: ...
+@overload
+def plan_cost_usd(client: redis.Redis, keys: Keys, plan_id: str, /) -> float: ...
+def plan_cost_usd(client: redis.Redis, *args: Any, keys: Keys | None = None) -> float:
+    """The priced LLM cost the whole fleet has recorded for a plan so far.
+
+    ``plan_cost_usd(client, "plan-42")`` reads the configured namespace;
+    ``keys=Keys("other")`` (or ``Keys`` as the second argument) another one.
+    """
+    keys, rest = _keys_first(args, keys)
+    if len(rest) != 1 or not isinstance(rest[0], str):
+        raise TypeError("plan_cost_usd() takes the client and a plan_id (and optionally keys)")
+    field = live_field(encode_labels((("plan", rest[0]),)), STAT_SUM)
     with translate_redis_errors("reading a plan's cost"):
         raw = client.hget(keys.live(MetricKey.PLAN_COST_USD.value), field)
     return float(raw) if raw is not None else 0.0
 
 
-def is_over_budget(client: redis.Redis, keys: Keys, plan_id: str, budget_usd: float) -> bool:
+@overload
+def is_over_budget(
+    client: redis.Redis, plan_id: str, /, budget_usd: float, *, keys: Keys | None = None
+) -> bool: ...
+@overload
+def is_over_budget(client: redis.Redis, keys: Keys, plan_id: str, /, budget_usd: float) -> bool: ...
+def is_over_budget(
+    client: redis.Redis, *args: Any, budget_usd: float | None = None, keys: Keys | None = None
+) -> bool:
     """Whether the plan has cost more than ``budget_usd``, counted across every process
-    and host of the namespace. Unpriced calls (unknown models) add nothing."""
-    return plan_cost_usd(client, keys, plan_id) > budget_usd
+    and host of the namespace. Unpriced calls (unknown models) add nothing.
+
+    ``is_over_budget(client, "plan-42", budget_usd=5.0)`` reads the configured
+    namespace (``FLEETTRACE_NAMESPACE``); ``keys=`` or ``Keys`` as the second
+    argument reads another one.
+    """
+    keys, rest = _keys_first(args, keys)
+    given = list(rest)
+    if budget_usd is None and len(given) == 2:
+        budget_usd = given.pop()
+    if len(given) != 1 or budget_usd is None:
+        raise TypeError("is_over_budget() takes the client, a plan_id and budget_usd")
+    return plan_cost_usd(client, given[0], keys=keys) > budget_usd
