@@ -227,6 +227,8 @@ class Emitter(BatchSender):
 
     def _after_fork_in_child(self) -> None:
         self._reset_state()
+        # A multiprocessing child starts with no finalizers: register the drain again.
+        self._finalizer_registered = False
 
 
 def _close_at_exit(ref: weakref.ref[Emitter]) -> None:
