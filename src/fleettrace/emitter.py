@@ -93,10 +93,10 @@ class Emitter(BatchSender):
                     "this emitter is closed; create a new one or use fleettrace.get_emitter()"
                 )
             buffer = self._buffer
-            self._accepted += 1
             if len(buffer) >= self._max_buffer and not self._make_room():
                 return
             buffer.append(trace)
+            self._accepted += 1
             size = len(buffer)
             if size == 1 and self._sender_idle:
                 # An idle sender sleeps without a timeout; the first record starts its
@@ -122,7 +122,8 @@ class Emitter(BatchSender):
 
     def _make_room(self) -> bool:
         """Called with the lock held and the buffer full: apply the overflow policy.
-        False means the new record (already counted as accepted) is dropped."""
+        False means the new record was dropped (and counted as accepted and dropped at
+        once, so the figures add up whenever the lock is free: the wait releases it)."""
         if self.settings.overflow == "drop_oldest":
             self._buffer.popleft()
             self._done += 1
@@ -132,6 +133,7 @@ class Emitter(BatchSender):
         limit = self.settings.max_buffer_records
         if self._room.wait_for(lambda: len(self._buffer) < limit, self.settings.block_timeout_s):
             return True
+        self._accepted += 1
         self._done += 1
         self._count_dropped(1)
         return False
