@@ -161,3 +161,34 @@ def test_every_accepted_record_is_sent_dropped_or_buffered_through_an_outage(
     assert emitter_figures(client, keys)["dropped"] == 100 - in_hand - 50
     assert emitter.close()
     client.close()
+
+
+def test_the_figures_add_up_while_a_caller_waits_for_room(private_redis: PrivateRedis) -> None:
+    keys = Keys("block")
+    emitter = make_emitter(
+        private_redis.url,
+        keys,
+        max_batch_records=2,
+        max_buffer_records=2,
+        overflow="block",
+        block_timeout_s=1.0,
+        **FAST,
+    )
+    private_redis.stop()
+    for i in range(4):  # two in hand, two in the buffer
+        emitter.record(trace(i))
+        if i == 1:
+            wait_until(lambda: emitter._in_hand == 2, "the sender to take two")
+    blocked = threading.Thread(target=emitter.record, args=(trace(4),))
+    blocked.start()
+    polls = 0
+    while blocked.is_alive():  # the caller waits up to block_timeout_s for room
+        assert accounted(emitter)
+        polls += 1
+        time.sleep(0.01)
+    assert polls > 1
+    stats = emitter.stats
+    assert (stats.accepted, stats.sent, stats.dropped, stats.buffered) == (5, 0, 1, 4)
+    assert emitter.close(0.05) is False
+    assert accounted(emitter)
+    assert emitter.stats.dropped == 5
