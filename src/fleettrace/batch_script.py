@@ -71,16 +71,19 @@ local OPS = {i = {'HINCRBY', 'hash'}, f = {'HINCRBYFLOAT', 'hash'}, s = {'HSET',
 local FIRST_OP = 8 + tonumber(ARGV[3]) + tonumber(ARGV[4])
 local checked = {}
 local function refusal(command, key, want, ...)
-  local seen = command .. ' ' .. key
-  if checked[seen] then
+  local done = checked[key]
+  if done == nil then
+    done = {}
+    checked[key] = done
+    local have = redis.call('TYPE', key)['ok']
+    if have ~= 'none' and have ~= want then
+      return 'WRONGTYPE fleettrace cannot apply the batch: ' .. key .. ' is a ' .. have ..
+        ', not a ' .. want .. ' (nothing was written)'
+    end
+  elseif done[command] then
     return nil
   end
-  checked[seen] = true
-  local have = redis.call('TYPE', key)['ok']
-  if have ~= 'none' and have ~= want then
-    return 'WRONGTYPE fleettrace cannot apply the batch: ' .. key .. ' is a ' .. have ..
-      ', not a ' .. want .. ' (nothing was written)'
-  end
+  done[command] = true
   if redis.acl_check_cmd and not redis.acl_check_cmd(command, key, ...) then
     return 'NOPERM fleettrace cannot apply the batch: this user may not run ' .. command ..
       ' on ' .. key .. ' (nothing was written)'
@@ -99,13 +102,23 @@ for f = 1, 5, 2 do
     problem = refusal('HINCRBY', KEYS[4], 'hash', figures[f], '1')
   end
 end
+local seen_ops = {}
 local i = FIRST_OP
 while not problem and i <= #ARGV do
-  local op = OPS[ARGV[i]]
-  if not op then
-    problem = 'ERR fleettrace batch script: unknown op ' .. ARGV[i] .. ' (nothing was written)'
-  else
-    problem = refusal(op[1], KEYS[tonumber(ARGV[i + 1])], op[2], ARGV[i + 2], ARGV[i + 3])
+  local kind, index = ARGV[i], ARGV[i + 1]
+  local seen = seen_ops[kind]
+  if seen == nil then
+    seen = {}
+    seen_ops[kind] = seen
+  end
+  if not seen[index] then
+    seen[index] = true
+    local op = OPS[kind]
+    if not op then
+      problem = 'ERR fleettrace batch script: unknown op ' .. kind .. ' (nothing was written)'
+    else
+      problem = refusal(op[1], KEYS[tonumber(index)], op[2], ARGV[i + 2], ARGV[i + 3])
+    end
   end
   i = i + 4
 end
