@@ -206,3 +206,23 @@ def test_idempotency_state_is_one_small_key_per_emitter_whatever_the_batch_count
     assert len(stream_records(redis_client, keys.traces)) == 3000
     for emitter in emitters:
         assert emitter.close()
+
+
+def test_an_unknown_op_or_a_sequence_key_without_a_number_is_refused_before_any_write(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    """A new op kind must be declared in the script's OPS table; until it is, a call
+    using it writes nothing. A sequence key holding something else is refused too."""
+    emitter = make_emitter(redis_url, keys)
+    [call] = emitter._encode([trace(0)])
+    script = redis_client.register_script(APPLY_BATCH_LUA)
+    with pytest.raises(redis.ResponseError, match="unknown op x"):
+        script(keys=call.keys, args=[*call.args, "x", 5, "field", 1])
+    assert list(redis_client.scan_iter(f"{keys.prefix}*")) == []
+    redis_client.set(keys.emitter_seq(emitter.emitter_id), "not a number")
+    with pytest.raises(redis.ResponseError, match="holds no batch number"):
+        script(keys=call.keys, args=call.args)
+    assert [k.decode() for k in redis_client.scan_iter(f"{keys.prefix}*")] == [
+        keys.emitter_seq(emitter.emitter_id)
+    ]
+    emitter.close()

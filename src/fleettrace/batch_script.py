@@ -63,8 +63,15 @@ _FIGURES_LUA: Final = (
 
 APPLY_BATCH_LUA: Final = """
 local stored = redis.call('GET', KEYS[1])
-if stored and tonumber(stored) >= tonumber(ARGV[2]) then
-  return 0
+if stored then
+  local last = tonumber(stored)
+  if not last then
+    return redis.error_reply('WRONGTYPE fleettrace cannot apply the batch: ' .. KEYS[1] ..
+      ' holds no batch number (nothing was written)')
+  end
+  if last >= tonumber(ARGV[2]) then
+    return 0
+  end
 end
 @FIGURES@
 local OPS = {i = {'HINCRBY', 'hash'}, f = {'HINCRBYFLOAT', 'hash'}, s = {'HSET', 'hash'}}
