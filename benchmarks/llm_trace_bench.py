@@ -143,8 +143,12 @@ class RedisSending:
         self.keys = fresh_keys()
         self.emitter = Emitter(EmitterSettings(redis_url=REDIS_URL, namespace=self.keys.namespace))
         records: list[Any] = trace_batch()
-        # Each call needs a batch id of its own: an applied batch is skipped when re-sent.
-        self.calls: list[BatchCall] = [self.emitter._encode(records, 0) for _ in range(25)]
+        # Each call needs a batch number of its own, sent in increasing order: a batch
+        # whose number is not above the last applied one is skipped. pop() takes the last.
+        self.calls: list[BatchCall] = [
+            call for _ in range(25) for call in self.emitter._encode(records, 0)
+        ]
+        self.calls.reverse()
 
     def teardown(self) -> None:
         self.emitter.close()

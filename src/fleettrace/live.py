@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, overload
 
 import redis
 
@@ -104,10 +105,11 @@ def series_from_stats(key: MetricKey, labels: str, stats: dict[str, str]) -> Liv
 
 
 def read_live(
-    client: redis.Redis, keys: Keys, metric_key: MetricKey | str | None = None
+    client: redis.Redis, keys: Keys | None = None, metric_key: MetricKey | str | None = None
 ) -> list[LiveSeries]:
     """Every live series of the namespace (or of one metric key), in the order of
-    ``MetricKey`` and then of the label sets. One round trip.
+    ``MetricKey`` and then of the label sets. One round trip. Without ``keys``, the
+    configured namespace (``FLEETTRACE_NAMESPACE``, as the emitter uses).
 
     Fleet-wide series only: the per-plan keys (``MetricSpec.per_plan``) are left out,
     since there is a series per plan; asking for one of them is a ``ValueError``.
@@ -115,6 +117,7 @@ def read_live(
     emitters before the per-plan hashes left in ``{ns}:live:plan.*`` are not read
     (``fleettrace metrics --migrate-plans`` moves them).
     """
+    keys = keys if keys is not None else Keys()
     if metric_key is None:
         wanted = [key for key in MetricKey if not key.spec.per_plan]
     else:
@@ -141,14 +144,35 @@ def read_live(
     return series
 
 
-def plan_cost_usd(client: redis.Redis, keys: Keys, plan_id: str) -> float:
+def _keys_first(args: tuple[Any, ...], keys: Keys | None) -> tuple[Keys, tuple[Any, ...]]:
+    """Accept both ``f(client, keys, plan_id, ...)`` and ``f(client, plan_id, ...,
+    keys=None)``; without keys, the configured namespace."""
+    if args and isinstance(args[0], Keys):
+        if keys is not None:
+            raise TypeError("keys given twice")
+        return args[0], args[1:]
+    return (keys if keys is not None else Keys()), args
+
+
+@overload
+def plan_cost_usd(client: redis.Redis, plan_id: str, /, *, keys: Keys | None = None) -> float: ...
+@overload
+def plan_cost_usd(client: redis.Redis, keys: Keys, plan_id: str, /) -> float: ...
+def plan_cost_usd(client: redis.Redis, *args: Any, keys: Keys | None = None) -> float:
     """The priced LLM cost the whole fleet has recorded for a plan so far.
+
+    ``plan_cost_usd(client, "plan-42")`` reads the configured namespace;
+    ``keys=Keys("other")`` (or ``Keys`` as the second argument) another one.
 
     One round trip, whatever the number of plans: an HGET of the plan's own hash, plus
     one of the field an emitter older than the per-plan hashes would have written, so
     the answer is whole while old and new emitters run side by side. A plan whose
     counters expired (``plan_ttl_s`` after its last record) costs 0.
     """
+    keys, rest = _keys_first(args, keys)
+    if len(rest) != 1 or not isinstance(rest[0], str):
+        raise TypeError("plan_cost_usd() takes the client and a plan_id (and optionally keys)")
+    plan_id = rest[0]
     key = MetricKey.PLAN_COST_USD.value
     legacy_labels = encode_labels(((PLAN_LABEL, plan_id),))
     with translate_redis_errors("reading a plan's cost"):
@@ -159,7 +183,26 @@ def plan_cost_usd(client: redis.Redis, keys: Keys, plan_id: str) -> float:
     return float(current or 0.0) + float(legacy or 0.0)
 
 
-def is_over_budget(client: redis.Redis, keys: Keys, plan_id: str, budget_usd: float) -> bool:
+@overload
+def is_over_budget(
+    client: redis.Redis, plan_id: str, /, budget_usd: float, *, keys: Keys | None = None
+) -> bool: ...
+@overload
+def is_over_budget(client: redis.Redis, keys: Keys, plan_id: str, /, budget_usd: float) -> bool: ...
+def is_over_budget(
+    client: redis.Redis, *args: Any, budget_usd: float | None = None, keys: Keys | None = None
+) -> bool:
     """Whether the plan has cost more than ``budget_usd``, counted across every process
-    and host of the namespace. Unpriced calls (unknown models) add nothing."""
-    return plan_cost_usd(client, keys, plan_id) > budget_usd
+    and host of the namespace. Unpriced calls (unknown models) add nothing.
+
+    ``is_over_budget(client, "plan-42", budget_usd=5.0)`` reads the configured
+    namespace (``FLEETTRACE_NAMESPACE``); ``keys=`` or ``Keys`` as the second
+    argument reads another one.
+    """
+    keys, rest = _keys_first(args, keys)
+    given = list(rest)
+    if budget_usd is None and len(given) == 2:
+        budget_usd = given.pop()
+    if len(given) != 1 or budget_usd is None:
+        raise TypeError("is_over_budget() takes the client, a plan_id and budget_usd")
+    return plan_cost_usd(client, given[0], keys=keys) > budget_usd

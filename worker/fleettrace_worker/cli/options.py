@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import redis
 
 from fleettrace.connection import DEFAULT_REDIS_URL, connect_redis, redis_url_from_env
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import DEFAULT_NAMESPACE, NAMESPACE_VARIABLE, Keys
+from fleettrace.keys import DEFAULT_NAMESPACE, NAMESPACE_VARIABLE, Keys, configured_namespace
 from fleettrace_worker.settings import DEFAULT_DATABASE_URL, database_url_from_env
 
 
@@ -46,7 +45,7 @@ def redis_client(args: argparse.Namespace) -> redis.Redis:
 
 def keys(args: argparse.Namespace) -> Keys:
     try:
-        return Keys(args.namespace or os.environ.get(NAMESPACE_VARIABLE) or DEFAULT_NAMESPACE)
+        return Keys(args.namespace or configured_namespace())
     except ValueError as error:
         raise ConfigurationError(str(error)) from None
 

@@ -1,0 +1,118 @@
+"""How an emitter is configured (:class:`EmitterSettings`) and what it reports
+(:class:`EmitterStats`); kept apart from the sender so each module stays readable."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Literal
+
+from fleettrace.connection import DEFAULT_REDIS_URL, redact_url, redis_url_from_env
+from fleettrace.errors import ConfigurationError
+from fleettrace.keys import PLAN_TTL_S, Keys, configured_namespace
+
+Overflow = Literal["drop_oldest", "block"]
+_OVERFLOW_POLICIES: Final = ("drop_oldest", "block")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class EmitterSettings:
+    """How an emitter connects, batches, buffers and retries.
+
+    The repr hides the password of ``redis_url``, so settings can be logged.
+    """
+
+    redis_url: str = DEFAULT_REDIS_URL
+    #: Defaults to ``FLEETTRACE_NAMESPACE`` (else ``fleettrace``), as ``Keys()`` does.
+    namespace: str = field(default_factory=configured_namespace)
+    #: Largest batch (one script call, at most one stream entry per kind). A batch
+    #: whose encoded records would make an entry over ``keys.MAX_ENTRY_BYTES`` is sent
+    #: as several calls, each under it.
+    max_batch_records: int = 1000
+    #: A partial batch is sent after at most this long. Short, because it is the floor
+    #: of every record's freshness; under load batches fill to ``max_batch_records``
+    #: before it runs out (docs/performance.md: 5 ms instead of 50 ms took the p50 of
+    #: row committed - record created at 5,000 records/s from about 40 to 8 ms).
+    flush_interval_s: float = 0.005
+    #: Records held in memory while Redis is slow or away; beyond it ``overflow`` applies.
+    max_buffer_records: int = 100_000
+    overflow: Overflow = "drop_oldest"
+    #: With ``overflow="block"``: how long a caller waits for room before its record drops.
+    block_timeout_s: float = 0.1
+    retry_initial_s: float = 0.05
+    retry_max_s: float = 5.0
+    socket_timeout_s: float = 5.0
+    #: How long interpreter exit may wait for the buffer to drain.
+    exit_timeout_s: float = 5.0
+    #: A plan's live counters expire this many seconds after the last batch that
+    #: wrote them (whole seconds: Redis EXPIRE).
+    plan_ttl_s: int = PLAN_TTL_S
+
+    def __post_init__(self) -> None:
+        try:
+            Keys(self.namespace)
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
+        if self.overflow not in _OVERFLOW_POLICIES:
+            raise ConfigurationError(
+                f"overflow must be 'drop_oldest' or 'block', got {self.overflow!r}"
+            )
+        for name in ("max_batch_records", "max_buffer_records", "plan_ttl_s"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        for name in (
+            "flush_interval_s",
+            "block_timeout_s",
+            "retry_initial_s",
+            "retry_max_s",
+            "socket_timeout_s",
+            "exit_timeout_s",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds, got {value!r}"
+                )
+
+    def __repr__(self) -> str:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["redis_url"] = redact_url(self.redis_url)
+        shown = ", ".join(f"{name}={value!r}" for name, value in values.items())
+        return f"EmitterSettings({shown})"
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> EmitterSettings:
+        """Settings whose URL and namespace default to ``FLEETTRACE_REDIS_URL`` (then
+        ``REDIS_URL``) and ``FLEETTRACE_NAMESPACE``."""
+        if overrides.get("redis_url") is None:
+            overrides["redis_url"] = redis_url_from_env() or DEFAULT_REDIS_URL
+        if overrides.get("namespace") is None:
+            overrides["namespace"] = configured_namespace()
+        try:
+            return cls(**overrides)
+        except TypeError as error:
+            raise ConfigurationError(f"unknown emitter setting: {error}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class EmitterStats:
+    """A snapshot of what an emitter has done in this process.
+
+    Every accepted record is in exactly one of ``sent`` (applied in Redis),
+    ``dropped`` (given up, counted and logged) and ``buffered`` (waiting in the
+    buffer or in the batch the sender has in hand), so at any moment
+    ``accepted == sent + dropped + buffered``. ``accepted`` counts every record
+    handed to ``record()`` or ``observe()`` that was valid, including one the block
+    policy refused at the door for want of room (it is also in ``dropped``).
+    ``send_failures`` counts failed script calls (Redis away, a refusal such as
+    WRONGTYPE or NOPERM, an unexpected error), ``last_error`` says the last one.
+    """
+
+    accepted: int
+    sent: int
+    dropped: int
+    batches: int
+    buffered: int
+    send_failures: int
+    last_error: str | None

@@ -1,0 +1,328 @@
+"""The sender half of an emitter: the state it shares with the hot path and the
+background thread that turns buffered records into script calls and applies them.
+
+:class:`BatchSender` holds the buffer, the batch in hand and the figures;
+:class:`fleettrace.emitter.Emitter` adds the hot path (``record()``) and the
+lifecycle (``flush()``, ``close()``, fork and exit) on top of it.
+
+The batch in hand is the records the sender took from the buffer, then the calls
+they became (:mod:`fleettrace.batching`); it is sent in order, each call retried
+until it is applied or the emitter closes, and it counts as buffered meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import secrets
+import threading
+import time
+from collections import deque
+from typing import Final
+
+import redis
+from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.retry import Retry
+
+from fleettrace.batch_script import APPLY_BATCH_LUA, BatchCall
+from fleettrace.batching import encode_calls
+from fleettrace.connection import connect_redis, redact_url
+from fleettrace.emitter_settings import EmitterSettings
+from fleettrace.keys import Keys
+from fleettrace.model import LLMTrace, MetricSample
+
+logger = logging.getLogger("fleettrace.emitter")
+
+#: At most one warning about dropped records or a failing Redis per this many seconds.
+WARNING_INTERVAL_S: Final = 10.0
+
+BUFFER_FULL: Final = "buffer full: Redis is unreachable or slower than the records come"
+
+
+class BatchSender:
+    """Buffer, batch in hand, figures and the sender thread's loop of an emitter."""
+
+    settings: EmitterSettings
+    keys: Keys
+
+    def _reset_state(self) -> None:
+        """Fresh lock, buffer, figures, connection, id and no thread (init and after
+        fork: a forked child numbers its batches under an id of its own)."""
+        self._max_buffer = self.settings.max_buffer_records
+        self._max_batch = self.settings.max_batch_records
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._room = threading.Condition(self._lock)
+        self._done_changed = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._arrived = threading.Event()
+        self._sender_idle = False
+        self._sender_running = False
+        self._buffer: deque[LLMTrace | MetricSample] = deque()
+        # The batch in hand: records taken from the buffer and not yet encoded, then
+        # the calls they became, sent in order; ``_in_hand`` counts their records.
+        self._hand: list[LLMTrace | MetricSample] = []
+        self._hand_dropped = 0
+        self._calls: deque[BatchCall] = deque()
+        self._in_hand = 0
+        self._emitter_id = secrets.token_hex(8)
+        self._seq = 0
+        self._accepted = 0
+        self._done = 0
+        self._sent = 0
+        self._dropped = 0
+        self._dropped_unreported = 0
+        self._batches = 0
+        self._send_failures = 0
+        self._last_error: str | None = None
+        self._last_drop_warning_at = -math.inf
+        self._last_failure_warning_at = -math.inf
+        self._last_unexpected_warning_at = -math.inf
+        self._stopping = False
+        self._sender: threading.Thread | None = None
+        self._client: redis.Redis = connect_redis(
+            self.settings.redis_url, socket_timeout_s=self.settings.socket_timeout_s
+        )
+        # One attempt per call: the sender's own backoff (retry_initial_s..retry_max_s)
+        # decides when to try again, not redis-py's built-in retries stacked under it.
+        self._client.set_retry(Retry(NoBackoff(), 0))
+        self._script: Script = self._client.register_script(APPLY_BATCH_LUA)
+
+    def _count_dropped(self, count: int, why: str = BUFFER_FULL, *, report: bool = True) -> None:
+        """Count dropped records (lock held); ``report`` queues them for the emitter hash."""
+        self._dropped += count
+        if report:
+            self._dropped_unreported += count
+        now = time.monotonic()
+        if now - self._last_drop_warning_at >= WARNING_INTERVAL_S:
+            self._last_drop_warning_at = now
+            logger.warning(
+                "fleettrace dropped %d records (%s); %d dropped so far; Redis at %s, "
+                "last error: %s",
+                count,
+                why,
+                self._dropped,
+                redact_url(self.settings.redis_url),
+                self._last_error or "none",
+            )
+
+    # -- sender thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        """The sender: one guarded cycle after another until close().
+
+        Any exception of a cycle is logged (rate-limited) and the loop goes on with the
+        batch in hand: a thread that sends telemetry must outlive a bug in one batch.
+        Should the thread end anyway (a BaseException), it says so and the next
+        ``record()`` or ``flush()`` starts another, which picks up the batch in hand.
+        """
+        try:
+            while not self._stopping:
+                try:
+                    if not self._cycle():
+                        return
+                except Exception as error:  # noqa: BLE001 (the sender must not die)
+                    self._note_unexpected(error)
+                    self._stop.wait(self.settings.retry_initial_s)
+        finally:
+            with self._lock:
+                self._sender_running = False
+            if self._stopping:
+                self._give_up_in_hand()
+
+    def _cycle(self) -> bool:
+        """Wait for work, then send the batch in hand and batches from the buffer.
+        False when told to stop."""
+        if not self._holding() and self._idle():
+            # Nothing to send: sleep until a record, flush() or close() wakes us,
+            # rather than waking every flush interval for nothing.
+            self._arrived.wait()
+            self._sender_idle = False
+        self._arrived.clear()
+        if not self._holding():
+            self._wake.wait(self.settings.flush_interval_s)
+        self._wake.clear()
+        # The first batch after a wake-up may be partial (the interval ran out or
+        # flush() asked); further ones only full, so a steady trickle of records is
+        # not sent as a stream of tiny batches.
+        partial = True
+        while True:
+            if not self._calls:
+                if not self._hand and not self._take(partial):
+                    return True
+                partial = False
+                self._encode_hand()
+                continue
+            if not self._send(self._calls[0]):
+                return False
+
+    def _holding(self) -> bool:
+        """Whether a batch is in hand (read by the sender thread, which alone sets it)."""
+        return bool(self._calls or self._hand)
+
+    def _wake_sender(self) -> None:
+        """Send now: a full batch, a flush, a close, or a caller blocked for room."""
+        self._wake.set()
+        self._arrived.set()
+
+    def _idle(self) -> bool:
+        """Whether there is nothing to send; if so, record() will wake the sender."""
+        with self._lock:
+            self._sender_idle = not self._buffer and not self._dropped_unreported
+            return self._sender_idle
+
+    def _take(self, partial: bool) -> bool:
+        """Move the next batch from the buffer into the hand. False: nothing to take."""
+        limit = self._max_batch
+        with self._lock:
+            if self._stopping or (not self._buffer and not self._dropped_unreported):
+                return False
+            if not partial and len(self._buffer) < limit:
+                return False
+            if len(self._buffer) <= limit:
+                taken = list(self._buffer)
+                self._buffer.clear()
+            else:
+                popleft = self._buffer.popleft
+                taken = [popleft() for _ in range(limit)]
+            self._hand = taken
+            self._hand_dropped = self._dropped_unreported
+            self._in_hand += len(taken)
+            self._dropped_unreported = 0
+            self._room.notify_all()
+        return True
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _encode(self, records: list[LLMTrace | MetricSample], dropped: int = 0) -> list[BatchCall]:
+        """The calls for ``records`` under this emitter's next numbers (for tests and
+        benchmarks that apply calls themselves)."""
+        return encode_calls(
+            self.keys,
+            self._emitter_id,
+            self._next_seq,
+            records,
+            dropped,
+            plan_ttl_s=self.settings.plan_ttl_s,
+        ).calls
+
+    def _encode_hand(self) -> None:
+        """Turn the records in hand into calls. A batch that cannot be encoded (a bug)
+        is dropped, counted, and the sender goes on."""
+        taken, dropped = self._hand, self._hand_dropped
+        try:
+            encoded = encode_calls(
+                self.keys,
+                self._emitter_id,
+                self._next_seq,
+                taken,
+                dropped,
+                plan_ttl_s=self.settings.plan_ttl_s,
+            )
+        except Exception:  # a bug here must not stop the sender for good
+            with self._lock:
+                self._hand, self._hand_dropped = [], 0
+                self._in_hand -= len(taken)
+                self._done += len(taken)
+                self._count_dropped(len(taken), "could not be encoded")
+                self._dropped_unreported += dropped
+                self._done_changed.notify_all()
+                warn = self._failure_warning_due()
+            if warn:
+                logger.exception("fleettrace could not encode a batch of %d records", len(taken))
+            return
+        with self._lock:
+            self._hand, self._hand_dropped = [], 0
+            self._calls.extend(encoded.calls)
+            if encoded.unencodable:
+                # Strings pydantic accepts but JSON cannot carry (a lone surrogate):
+                # those records are dropped, the rest sent; the first call reports them.
+                self._in_hand -= encoded.unencodable
+                self._done += encoded.unencodable
+                self._count_dropped(encoded.unencodable, "strings JSON cannot carry", report=False)
+                self._done_changed.notify_all()
+
+    def _send(self, call: BatchCall) -> bool:
+        """Apply the first call in hand, retrying until it is applied. False when told
+        to stop. Every failure (Redis away, a refusal, anything unexpected) is counted
+        with its reason and retried with backoff; the buffer's policy decides what
+        happens to the records that arrive meanwhile."""
+        attempt = 0
+        while True:
+            try:
+                self._script(keys=call.keys, args=call.args, client=self._client)
+            except Exception as error:  # noqa: BLE001 (each failure is counted and retried)
+                attempt += 1
+                self._note_failure(error)
+                delay = min(
+                    self.settings.retry_max_s, self.settings.retry_initial_s * 2 ** min(attempt, 30)
+                )
+                if self._stop.wait(random.uniform(delay / 2, delay)):
+                    return False
+                continue
+            with self._lock:
+                self._calls.popleft()
+                self._in_hand -= call.records
+                self._done += call.records
+                self._sent += call.records
+                self._batches += call.records > 0  # a batch may carry only drop counts
+                self._done_changed.notify_all()
+            return True
+
+    def _give_up_in_hand(self) -> None:
+        """Count the batch in hand as dropped (closing, or no sender left to send it)."""
+        with self._lock:
+            left = self._in_hand
+            for call in self._calls:
+                self._dropped_unreported += call.dropped
+            self._dropped_unreported += self._hand_dropped
+            self._calls.clear()
+            self._hand, self._hand_dropped, self._in_hand = [], 0, 0
+            if left:
+                self._done += left
+                self._count_dropped(left, "closed before Redis took them", report=False)
+            self._done_changed.notify_all()
+
+    def _note_failure(self, error: BaseException) -> None:
+        message = f"{type(error).__name__}: {error}"
+        with self._lock:
+            self._send_failures += 1
+            self._last_error = message
+            warn = self._failure_warning_due()
+            waiting = len(self._buffer) + self._in_hand
+        if warn:
+            logger.warning(
+                "fleettrace cannot write to Redis at %s (%s); retrying with backoff, "
+                "%d records buffered",
+                redact_url(self.settings.redis_url),
+                message,
+                waiting,
+            )
+
+    def _note_unexpected(self, error: Exception) -> None:
+        """An error the sender did not expect: remembered, logged with its traceback at
+        most once per ``WARNING_INTERVAL_S``."""
+        with self._lock:
+            self._last_error = f"{type(error).__name__}: {error}"
+            now = time.monotonic()
+            warn = now - self._last_unexpected_warning_at >= WARNING_INTERVAL_S
+            if warn:
+                self._last_unexpected_warning_at = now
+        if warn:
+            logger.error(
+                "fleettrace's sender hit an unexpected error and carries on: %s",
+                self._last_error,
+                exc_info=error,
+            )
+
+    def _failure_warning_due(self) -> bool:
+        """Rate limit of the warnings about failures (lock held)."""
+        now = time.monotonic()
+        if now - self._last_failure_warning_at < WARNING_INTERVAL_S:
+            return False
+        self._last_failure_warning_at = now
+        return True
