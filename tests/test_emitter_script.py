@@ -14,9 +14,9 @@ import redis
 
 from fleettrace.batch_script import APPLY_BATCH_LUA
 from fleettrace.emitter import Emitter
-from fleettrace.keys import EMITTER_SEQ_TTL_S, Keys
+from fleettrace.keys import EMITTER_SEQ_TTL_S, Keys, plan_field
 from fleettrace.model import LLMTrace
-from tests.emitting import emitter_figures, live_hash, make_emitter, stream_records
+from tests.emitting import emitter_figures, make_emitter, stream_records
 from tests.servers import PrivateRedis
 
 SECURITY_DOC = Path(__file__).resolve().parent.parent / "docs" / "security.md"
@@ -114,9 +114,9 @@ def test_a_user_missing_one_command_of_the_script_writes_nothing_then_arrives_on
     assert [r.trace_id for r in stream_records(admin, keys.traces)] == [
         uuid.UUID(int=i + 1) for i in range(10)
     ]
-    cost = live_hash(admin, keys, "plan.cost_usd")
-    assert cost[("plan=plan-a", "count")] == "10"
-    assert float(cost[("plan=plan-a", "sum")]) == 5.0
+    cost = admin.hgetall(keys.plan("plan-a"))
+    assert cost[plan_field("plan.cost_usd", "", "count").encode()] == b"10"
+    assert float(cost[plan_field("plan.cost_usd", "", "sum").encode()]) == 5.0
     assert emitter_figures(admin, keys) == {"records": 10, "batches": 1}
     assert emitter.close()
     admin.close()

@@ -287,9 +287,9 @@ def test_the_api_key_is_in_no_log_dead_letter_or_repr(
         )
         consumer = Consumer(redis_client, keys, LANGSMITH_GROUP, "w-key")
         loop = ForwardLoop(consumer, settings, loop=loop_settings(settings, burst=True))
-        # Refused for good (401), then unavailable in every way until given up.
+        # Refused for good (422), then unavailable in every way until given up.
         for faults in (
-            (Fault("status", status=401, count=1),),
+            (Fault("status", status=422, count=1),),
             (
                 Fault("close", count=2),
                 Fault("sleep", sleep_s=1.0, count=1),
@@ -318,7 +318,7 @@ def test_the_api_key_is_in_no_log_dead_letter_or_repr(
 
     letters = list_dead_letters(redis_client, keys, LANGSMITH_GROUP)
     reasons = " ".join(letter.reason for _, letter in letters)
-    assert "401" in reasons
+    assert "422" in reasons
     assert "did not answer in time" in reasons or "503" in reasons
     assert "cannot connect" in reasons
     texts = [caplog.text, reasons, repr(settings), str(settings), repr(loop), repr(loop.sender)]
