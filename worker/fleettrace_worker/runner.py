@@ -57,6 +57,16 @@ EXIT_KILLED: Final = 130
 #: Seconds a Redis call may take beyond a blocking read's own wait.
 REDIS_MARGIN_S: Final = 5.0
 ENV_PREFIX: Final = "FLEETTRACE_WORKER_"
+#: The settings read from ``FLEETTRACE_WORKER_<NAME>`` variables (and CONSUMER).
+ENV_SETTINGS: Final = (
+    "batch_records",
+    "block_ms",
+    "claim_idle_ms",
+    "max_deliveries",
+    "statement_timeout_ms",
+    "lock_timeout_ms",
+    "progress_limit_s",
+)
 #: ``--check`` takes a health snapshot older than this (several missed writes) as dead.
 HEALTH_FRESH_S: Final = 15.0
 
@@ -84,6 +94,11 @@ class WorkerSettings:
     retry_max_s: float = 5.0
     trim_interval_s: float = 5.0
     health_interval_s: float = 2.0
+    #: PostgreSQL statement_timeout and lock_timeout of the worker's connections (0: off).
+    statement_timeout_ms: int = 60_000
+    lock_timeout_ms: int = 10_000
+    #: Not ready once a group holds work this long without finishing a batch.
+    progress_limit_s: float = 120.0
     burst: bool = False
     http: str | None = None
 
@@ -95,12 +110,18 @@ class WorkerSettings:
             "retry_max_s": self.retry_max_s,
             "trim_interval_s": self.trim_interval_s,
             "health_interval_s": self.health_interval_s,
+            "progress_limit_s": self.progress_limit_s,
         }
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigurationError(f"{name} must be positive, got {value}")
-        if self.block_ms < 0:
-            raise ConfigurationError(f"block_ms must not be negative, got {self.block_ms}")
+        for name, number in (
+            ("block_ms", self.block_ms),
+            ("statement_timeout_ms", self.statement_timeout_ms),
+            ("lock_timeout_ms", self.lock_timeout_ms),
+        ):
+            if number < 0:
+                raise ConfigurationError(f"{name} must not be negative, got {number}")
         if not self.consumer or len(self.consumer) > 200:
             raise ConfigurationError("consumer name must be 1-200 characters")
         unknown = [g for g in self.groups if g not in GROUPS]
@@ -130,14 +151,16 @@ class WorkerSettings:
         env = os.environ if environ is None else environ
         defaults = cls(redis_url, database_url)
         values: dict[str, object] = {}
-        for name in ("batch_records", "block_ms", "claim_idle_ms", "max_deliveries"):
+        for name in ENV_SETTINGS:
             raw = env.get(ENV_PREFIX + name.upper())
             if raw:
+                kind = int if name.endswith(("_ms", "_records", "_deliveries")) else float
                 try:
-                    values[name] = int(raw)
+                    values[name] = kind(raw)
                 except ValueError:
+                    what = "a whole number" if kind is int else "a number"
                     raise ConfigurationError(
-                        f"{ENV_PREFIX}{name.upper()} must be a whole number, got {raw!r}"
+                        f"{ENV_PREFIX}{name.upper()} must be {what}, got {raw!r}"
                     ) from None
         consumer = env.get(ENV_PREFIX + "CONSUMER")
         if consumer:
@@ -151,6 +174,7 @@ class WorkerSettings:
             block_ms=self.block_ms,
             max_deliveries=self.max_deliveries,
             retry_max_s=self.retry_max_s,
+            progress_limit_s=self.progress_limit_s,
             burst=self.burst,
         )
 
@@ -181,7 +205,13 @@ class WorkerContext:
 
     def pool(self) -> ConnectionPool:
         if self._pool is None:
-            self._pool = create_pool(self.settings.database_url, min_size=1, max_size=2)
+            self._pool = create_pool(
+                self.settings.database_url,
+                min_size=1,
+                max_size=2,
+                statement_timeout_ms=self.settings.statement_timeout_ms,
+                lock_timeout_ms=self.settings.lock_timeout_ms,
+            )
         return self._pool
 
     def close(self) -> None:
@@ -236,11 +266,15 @@ class Worker:
         return [t.loop for t in self._threads]
 
     def ready(self) -> bool:
-        """Every loop reached its servers on its last try, and none has stopped."""
+        """Every loop reached its servers on its last try, none has stopped, none is
+        stalled with work in hand, and none met entries it needs an upgrade to read."""
         return (
             bool(self._threads)
             and not self.stop.is_set()
-            and all(t.thread.is_alive() and t.loop.stats.ready for t in self._threads)
+            and all(
+                t.thread.is_alive() and t.loop.stats.not_ready_reason() is None
+                for t in self._threads
+            )
         )
 
     def health(self) -> dict[str, object]:
