@@ -331,3 +331,30 @@ def test_redis_away_is_waited_for_and_nothing_is_lost(private_redis, db, pool) -
         thread.join(30)
     assert pending(client, keys) == 0
     client.close()
+
+
+def test_an_error_the_table_does_not_list_keeps_the_batch_until_it_is_fixed(
+    redis_client, keys, db, pool
+) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE metric_samples RENAME COLUMN labels TO labels_gone")
+    add_traces(redis_client, keys, [make_trace(i) for i in range(3)])
+    add_samples(redis_client, keys, [make_sample(i) for i in range(3)])
+    settings = LoopSettings(retry_initial_s=0.01, retry_max_s=0.05, block_ms=50)
+    loop = _loop(redis_client, keys, pool, settings=settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: loop.stats.retries >= 3, 60, "retries")
+        assert "failed the statement" in (loop.stats.last_error or "")
+        assert "(SQLSTATE 42703)" in (loop.stats.last_error or "")
+        assert loop.stats.not_ready_reason() == loop.stats.last_error
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("ALTER TABLE metric_samples RENAME COLUMN labels_gone TO labels")
+        wait_for(lambda: pending(redis_client, keys) == 0, 60, "stored")
+    finally:
+        stop.set()
+        thread.join(60)
+    assert (trace_rows(db), sample_rows(db)) == (3, 3)
+    assert redis_client.xlen(keys.dead_letters(PERSIST_GROUP)) == 0

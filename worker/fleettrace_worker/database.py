@@ -86,6 +86,11 @@ SQLSTATE_VERDICTS: Final[dict[str, Verdict]] = {
 }
 
 
+def known(sqlstate: str) -> bool:
+    """Whether :data:`SQLSTATE_VERDICTS` lists ``sqlstate`` or its class."""
+    return sqlstate in SQLSTATE_VERDICTS or sqlstate[:2] in SQLSTATE_VERDICTS
+
+
 def verdict(error: psycopg.Error) -> Verdict:
     """What ``error`` says about the batch: by SQLSTATE code, then class; without a
     SQLSTATE by exception class (``DataError`` and ``IntegrityError`` raised by psycopg
@@ -190,10 +195,13 @@ def create_checked_pool(url: str, *, min_size: int = 1, max_size: int = 1) -> Co
 def connection(pool: ConnectionPool) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A pooled connection; psycopg's errors leave as fleettrace errors.
 
-    A failure while the block runs is translated by :func:`verdict`: a server that
-    went away mid-statement, a read-only or timed-out transaction is
+    A failure while the block runs is translated when :data:`SQLSTATE_VERDICTS` (or,
+    without a SQLSTATE, the exception class) says what it means: a server that went
+    away mid-statement, a read-only or timed-out transaction is
     ``DatabaseUnavailable`` (callers retry), rows the server refused are
-    :class:`StoreRefused`.
+    :class:`StoreRefused`. An error with a SQLSTATE the table does not list (a
+    syntax error, a missing table) leaves as psycopg raised it: for a command it is
+    a bug to report; the worker's store turns it into a retry (``persist.py``).
     """
     try:
         with pool.connection() as conn:
@@ -201,6 +209,8 @@ def connection(pool: ConnectionPool) -> Iterator[psycopg.Connection[tuple[object
     except PoolTimeout:
         raise _diagnose(_url(pool), pool.timeout) from None
     except psycopg.Error as error:
+        if error.sqlstate and not known(error.sqlstate):
+            raise
         raise translate(error, _url(pool)) from None
 
 
@@ -234,7 +244,14 @@ def translate(
         return DatabaseUnavailable(
             f"PostgreSQL at {where} rolled the transaction back: {reason}{state}"
         )
+    if error.sqlstate and not known(error.sqlstate):
+        return DatabaseUnavailable(f"PostgreSQL at {where} failed the statement: {reason}{state}")
     return DatabaseUnavailable(f"PostgreSQL at {where} is unavailable: {reason}{state}")
+
+
+def url_of(pool: ConnectionPool) -> str:
+    """The URL a pool connects to (for messages: pass it to :func:`describe_target`)."""
+    return _url(pool)
 
 
 def _url(pool: ConnectionPool) -> str:

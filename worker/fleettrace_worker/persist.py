@@ -25,12 +25,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from fleettrace.codec import RECORD_SEPARATOR, Kind, decode_entry
 from fleettrace.errors import EntryDecodeError
 from fleettrace.keys import FIELD_DATA
 from fleettrace.model import LLMTrace
+from fleettrace_worker import database
 from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.database import StoreRefused
 from fleettrace_worker.deadletter import DeadLetter
@@ -172,6 +174,10 @@ class PersistLoop(GroupLoop[Rows]):
             return []
         try:
             self.repository.store(payload.traces, payload.samples)
+        except psycopg.Error as error:
+            # A SQLSTATE database.SQLSTATE_VERDICTS does not list: not the records'
+            # fault as far as anyone knows, so the batch is kept and retried.
+            raise database.translate(error, database.url_of(self.pool)) from None
         except StoreRefused as error:
             if len(payload) == 1:
                 origin = payload.only_origin()
