@@ -154,7 +154,9 @@ class GroupLoop(ABC, Generic[P]):
                     if self.settings.burst:
                         return
                     continue
-                for entries, token in parts:
+                for index, (entries, token) in enumerate(parts):
+                    if index and stop.is_set():
+                        break  # the rest of the read stays pending, recovered on restart
                     self._finish(self._start(entries, token), stop)
         except Stopped:
             log.info("group %s stopped with a batch unfinished; it stays pending", self.group)
@@ -188,7 +190,9 @@ class GroupLoop(ABC, Generic[P]):
                     if self.settings.burst:
                         break
                     continue
-                for entries, token in parts:
+                for index, (entries, token) in enumerate(parts):
+                    if index and stop.is_set():
+                        break  # the rest of the read stays pending, recovered on restart
                     batch = self._start(entries, token)
                     while deliverer.is_alive():
                         try:

@@ -94,9 +94,10 @@ class WorkerSettings:
     retry_max_s: float = 5.0
     trim_interval_s: float = 5.0
     health_interval_s: float = 2.0
-    #: PostgreSQL statement_timeout and lock_timeout of the worker's connections (0: off).
-    statement_timeout_ms: int = 60_000
-    lock_timeout_ms: int = 10_000
+    #: PostgreSQL statement_timeout and lock_timeout of the worker's connections (0: off);
+    #: a stop waits for at most about two statements (docker-compose's 30 s grace).
+    statement_timeout_ms: int = 10_000
+    lock_timeout_ms: int = 5_000
     #: Not ready once a group holds work this long without finishing a batch.
     progress_limit_s: float = 120.0
     burst: bool = False
