@@ -155,7 +155,7 @@ class WorkerSettings:
         for name in ENV_SETTINGS:
             raw = env.get(ENV_PREFIX + name.upper())
             if raw:
-                kind = int if name.endswith(("_ms", "_records", "_deliveries")) else float
+                kind = float if name.endswith("_s") else int
                 try:
                     values[name] = kind(raw)
                 except ValueError:
