@@ -6,6 +6,8 @@ gone every record is stored once and nothing is dead-lettered."""
 from __future__ import annotations
 
 import threading
+import urllib.error
+import urllib.request
 
 import psycopg
 import pytest
@@ -16,6 +18,8 @@ from fleettrace_worker.database import create_pool
 from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.repository import LLMTraceRepository, _trace_row
+from fleettrace_worker.runner import Worker, WorkerSettings
+from tests.servers import free_port
 from tests.worker_helpers import add_traces, make_trace, migrated, pending, scalar, wait_for
 
 CLAIM_IDLE_MS = 2_000
@@ -99,3 +103,58 @@ def test_a_blocked_copy_times_out_is_kept_from_others_and_stored_once(
     assert redis_client.xlen(keys.dead_letters(PERSIST_GROUP)) == 0
     assert loop.stats.dead_letters == 0
     assert loop.stats.records == 50
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except urllib.error.URLError:
+        return 0, ""  # not listening yet
+
+
+@pytest.mark.slow
+def test_a_worker_stalled_on_a_lock_answers_readyz_503_until_it_gets_through(
+    redis_url, redis_client, keys, database_url
+) -> None:
+    db = migrated(database_url)
+    traces = [make_trace(i) for i in range(20)]
+    holder = _hold_row_lock(db, traces[3])
+    port = free_port()
+    settings = WorkerSettings(
+        redis_url, db, namespace=keys.namespace, consumer="s1", block_ms=100,
+        lock_timeout_ms=300, progress_limit_s=1.0, http=f"127.0.0.1:{port}",
+    )  # fmt: skip
+    worker = Worker(settings)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(worker.run()))
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 60, "ready")
+        add_traces(redis_client, keys, traces)
+        wait_for(lambda: "made no progress" in _get(f"{base}/readyz")[1], 60, "stalled")
+        status, body = _get(f"{base}/readyz")
+        assert status == 503
+        assert body.startswith("not ready: group persist made no progress for ")
+        assert "(SQLSTATE 55P03)" in body
+        metrics = _get(f"{base}/metrics")[1]
+        [since] = [
+            line for line in metrics.splitlines()
+            if line.startswith('fleettrace_worker_seconds_since_progress{group="persist"}')
+        ]  # fmt: skip
+        assert float(since.rsplit(" ", 1)[1]) > 1.0
+        [group] = worker.health()["groups"]  # type: ignore[misc]
+        assert group["stalled"] is True and group["in_hand_entries"] == 1
+        holder.rollback()
+        wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 60, "ready again")
+    finally:
+        worker.stop.set()
+        thread.join(60)
+        holder.close()
+    assert result == [0]
+    assert scalar(db, "SELECT count(*) FROM llm_traces") == 20
+    assert redis_client.xlen(keys.dead_letters(PERSIST_GROUP)) == 0
+    assert pending(redis_client, keys) == 0
