@@ -181,3 +181,136 @@ def test_a_key_value_string_holding_a_scheme_like_password_is_not_shown() -> Non
     with pytest.raises(ConfigurationError) as caught:
         database.create_pool("host=127.0.0.1 password=hunter2://x bogus")
     assert "hunter2" not in str(caught.value)
+
+
+# -- what each PostgreSQL error means for a batch (database.SQLSTATE_VERDICTS) ---------
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ("22003", database.Verdict.REFUSED),  # a number out of range
+        ("22P05", database.Verdict.REFUSED),  # untranslatable character
+        ("23514", database.Verdict.REFUSED),  # CHECK
+        ("23502", database.Verdict.REFUSED),  # NOT NULL
+        ("54000", database.Verdict.REFUSED),  # an index row too large
+        ("08006", database.Verdict.RETRY),  # connection failure
+        ("25006", database.Verdict.RETRY),  # read-only transaction: a failover
+        ("40001", database.Verdict.RETRY),  # serialization failure
+        ("40P01", database.Verdict.RETRY),  # deadlock
+        ("53300", database.Verdict.RETRY),  # too many connections
+        ("53100", database.Verdict.RETRY),  # disk full
+        ("55P03", database.Verdict.RETRY),  # lock_timeout
+        ("57014", database.Verdict.RETRY),  # statement_timeout
+        ("57P01", database.Verdict.RETRY),  # admin shutdown
+        ("57P02", database.Verdict.RETRY),  # crash shutdown
+        ("57P03", database.Verdict.RETRY),  # cannot connect now
+        ("58030", database.Verdict.RETRY),  # I/O error
+        ("42P01", database.Verdict.RETRY),  # a missing table is not the record's fault
+        ("XX000", database.Verdict.RETRY),  # internal error: not the record's fault either
+        ("28P01", database.Verdict.CONFIGURATION),  # password authentication failed
+        ("3D000", database.Verdict.CONFIGURATION),  # no such database
+    ],
+)
+def test_a_sqlstate_decides_whether_the_rows_are_at_fault(
+    state: str, expected: database.Verdict
+) -> None:
+    error_class = psycopg.errors.lookup(state)
+    assert database.verdict(error_class("x")) is expected  # type: ignore[call-arg]
+
+
+def test_without_a_sqlstate_only_psycopg_refusing_a_value_blames_the_rows() -> None:
+    assert database.verdict(psycopg.InterfaceError("the connection is lost")) is (
+        database.Verdict.RETRY
+    )
+    assert database.verdict(psycopg.OperationalError("consuming input failed")) is (
+        database.Verdict.RETRY
+    )
+    assert database.verdict(psycopg.InternalError("?")) is database.Verdict.RETRY
+    assert database.verdict(psycopg.DataError("NUL byte")) is database.Verdict.REFUSED
+    assert database.verdict(psycopg.IntegrityError("?")) is database.Verdict.REFUSED
+
+
+def _table(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL CHECK (v >= 0))")
+
+
+def test_rows_the_server_refuses_are_store_refused_with_their_sqlstate(database_url: str) -> None:
+    _table(database_url)
+    with database.create_pool(database_url) as pool:
+        with (
+            pytest.raises(database.StoreRefused, match=r"t_v_check.*\(SQLSTATE 23514\)"),
+            database.connection(pool) as conn,
+            conn.cursor().copy("COPY t FROM STDIN") as cp,
+        ):
+            cp.write_row((1, -1))
+        with (
+            pytest.raises(database.StoreRefused, match=r"out of range.*\(SQLSTATE 22003\)"),
+            database.connection(pool) as conn,
+        ):
+            conn.execute("INSERT INTO t VALUES (2, 2147483647 + 1)")
+        with database.connection(pool) as conn:  # the connection is fine afterwards
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+def test_a_read_only_database_after_a_failover_is_unavailable_not_refused(
+    database_url: str,
+) -> None:
+    _table(database_url)
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    with (
+        database.create_pool(database_url) as pool,
+        pytest.raises(DatabaseUnavailable, match=r"read-only transaction \(SQLSTATE 25006\)"),
+        database.connection(pool) as conn,
+        conn.cursor().copy("COPY t FROM STDIN") as cp,
+    ):
+        cp.write_row((1, 1))
+
+
+def test_timeouts_are_set_on_every_pooled_connection_and_are_unavailable(
+    database_url: str,
+) -> None:
+    _table(database_url)
+    holder = psycopg.connect(database_url)
+    try:
+        holder.execute("INSERT INTO t VALUES (7, 7)")  # uncommitted: holds the key
+        with database.create_pool(
+            database_url, min_size=1, max_size=1, statement_timeout_ms=400, lock_timeout_ms=200
+        ) as pool:
+            with database.connection(pool) as conn:
+                assert conn.execute("SHOW statement_timeout").fetchone() == ("400ms",)
+                assert conn.execute("SHOW lock_timeout").fetchone() == ("200ms",)
+            with (
+                pytest.raises(DatabaseUnavailable, match=r"lock timeout \(SQLSTATE 55P03\)"),
+                database.connection(pool) as conn,
+            ):
+                conn.execute("INSERT INTO t VALUES (7, 8)")
+            with (
+                pytest.raises(DatabaseUnavailable, match=r"statement timeout \(SQLSTATE 57014\)"),
+                database.connection(pool) as conn,
+            ):
+                conn.execute("SELECT pg_sleep(5)")
+    finally:
+        holder.close()
+
+
+def test_a_connection_lost_mid_copy_is_unavailable(database_url: str) -> None:
+    _table(database_url)
+    with (
+        psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin,
+        database.create_pool(database_url, min_size=1, max_size=1) as pool,
+    ):
+        with (
+            pytest.raises(DatabaseUnavailable, match="unavailable"),
+            database.connection(pool) as conn,
+            conn.cursor().copy("COPY t FROM STDIN") as cp,
+        ):
+            cp.write_row((0, 0))
+            admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+            for i in range(1, 500_000):  # until libpq notices the connection is gone
+                cp.write_row((i, 0))
+        with database.connection(pool) as conn:
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)

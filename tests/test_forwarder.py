@@ -105,7 +105,7 @@ def test_every_trace_arrives_once_as_runs_and_entries_are_acknowledged(
     send_traces(redis_client, keys, records[:3])
     send_traces(redis_client, keys, records[3:])
     # Entries the persist group dead-letters: this group acknowledges them untouched.
-    redis_client.xadd(keys.traces, {b"v": b"9", b"d": b"x"})
+    redis_client.xadd(keys.traces, {b"v": b"0", b"d": b"x"})
     bad_record = encode_lines(Kind.TRACE, [b'{"provider": 1}'], new_batch_id())
     redis_client.xadd(keys.traces, bad_record)  # type: ignore[arg-type]
 

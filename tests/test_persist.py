@@ -82,7 +82,8 @@ def test_bad_entries_and_records_are_dead_letters_and_the_good_ones_stored(
     batch_id = new_batch_id()
     mixed = {b"v": b"1", b"k": b"t", b"b": batch_id.encode(), b"n": b"5", b"d": b"\n".join(lines)}
     redis_client.xadd(keys.traces, mixed)
-    redis_client.xadd(keys.traces, {b"v": b"9", b"junk": b"\xff\xfe"})
+    # Version 0 was never written: older than anything readable, it is bad input.
+    redis_client.xadd(keys.traces, {b"v": b"0", b"junk": b"\xff\xfe"})
     redis_client.xadd(keys.metrics, {b"hello": b"world"})
     loop = _loop(redis_client, keys, pool)
     loop.run(threading.Event())
@@ -96,8 +97,8 @@ def test_bad_entries_and_records_are_dead_letters_and_the_good_ones_stored(
     assert (record.batch_id, record.position, record.kind) == (batch_id, 2, "t")
     assert record.record == lines[2]
     assert record.consumer == "w1"
-    envelope = by_reason["unknown format version '9'; this code reads version 1"]
-    assert envelope.original == {b"v": b"9", b"junk": b"\xff\xfe"}
+    envelope = by_reason["unknown format version '0'; this code reads version 1"]
+    assert envelope.original == {b"v": b"0", b"junk": b"\xff\xfe"}
     assert any("no field 'v'" in reason for reason in by_reason)
     assert loop.stats.dead_letters == 3
 
@@ -123,25 +124,49 @@ def test_an_entry_delivered_too_often_is_a_dead_letter(redis_client, keys, db, p
     assert trace_rows(db) == 1
 
 
-def test_rows_postgres_refuses_are_narrowed_to_their_entry(redis_client, keys, db, pool) -> None:
+def _poison_check(db: str) -> None:
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("ALTER TABLE llm_traces ADD CONSTRAINT no_poison CHECK (model <> 'poison')")
-    add_traces(redis_client, keys, [make_trace(1), make_trace(2)])
-    poison = add_traces(redis_client, keys, [make_trace(3, model="poison")])
-    add_traces(redis_client, keys, [make_trace(4)])
+
+
+def test_a_record_postgres_refuses_is_the_only_dead_letter_of_its_batch(
+    redis_client, keys, db, pool
+) -> None:
+    _poison_check(db)
+    first = add_traces(redis_client, keys, [make_trace(i) for i in range(7)])
+    batch = [make_trace(i) for i in range(7, 20)]
+    batch[5] = make_trace(12, model="poison")
+    poison = add_traces(redis_client, keys, batch)
+    add_samples(redis_client, keys, [make_sample(i) for i in range(6)])
+    add_traces(redis_client, keys, [make_trace(i) for i in range(20, 23)])
     loop = _loop(redis_client, keys, pool, settings=LoopSettings(burst=True, batch_records=100))
-    loop._read_count = 10
     loop.run(threading.Event())
-    assert trace_rows(db) == 3
+    assert trace_rows(db) == 22
+    assert sample_rows(db) == 6
     [(dead_id, letter)] = list_dead_letters(redis_client, keys, PERSIST_GROUP)
-    assert letter.entry_id == poison
-    assert "refused: PostgreSQL refused the rows" in letter.reason
-    assert "no_poison" in letter.reason
+    assert (letter.entry_id, letter.position, letter.kind) == (poison, 5, "t")
+    assert letter.record == encode_record(batch[5])
+    assert letter.reason.startswith("refused: PostgreSQL refused the rows: new row for relation")
+    assert "no_poison" in letter.reason and "(SQLSTATE 23514)" in letter.reason
+    assert first != poison and pending(redis_client, keys) == 0
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("ALTER TABLE llm_traces DROP CONSTRAINT no_poison")
     assert replay_dead_letters(redis_client, keys, PERSIST_GROUP, [dead_id]).replayed == [dead_id]
     _loop(redis_client, keys, pool).run(threading.Event())
     assert scalar(db, "SELECT count(*) FROM llm_traces WHERE model = 'poison'") == 1
+    assert trace_rows(db) == 23
+
+
+def test_a_lone_refused_sample_among_traces_is_found_too(redis_client, keys, db, pool) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE metric_samples ADD CONSTRAINT small CHECK (value < 3)")
+    add_traces(redis_client, keys, [make_trace(i) for i in range(5)])
+    samples = add_samples(redis_client, keys, [make_sample(i) for i in range(4)])
+    _loop(redis_client, keys, pool).run(threading.Event())
+    assert trace_rows(db) == 5
+    assert sample_rows(db) == 3
+    [(_, letter)] = list_dead_letters(redis_client, keys, PERSIST_GROUP)
+    assert (letter.entry_id, letter.position, letter.kind) == (samples, 3, "m")
 
 
 def test_a_redelivered_batch_adds_no_rows(redis_client, keys, db, pool) -> None:
@@ -233,7 +258,7 @@ def test_pipelined_loop_stores_everything_and_dead_letters_the_bad(
 ) -> None:
     for start in range(0, 50, 5):
         add_traces(redis_client, keys, [make_trace(i) for i in range(start, start + 5)])
-    redis_client.xadd(keys.traces, {b"v": b"2"})
+    redis_client.xadd(keys.traces, {b"v": b"0"})
     settings = LoopSettings(burst=True, pipeline=True, batch_records=10)
     loop = _loop(redis_client, keys, pool, settings=settings)
     loop.run(threading.Event())
@@ -295,3 +320,30 @@ def test_redis_away_is_waited_for_and_nothing_is_lost(private_redis, db, pool) -
         thread.join(30)
     assert pending(client, keys) == 0
     client.close()
+
+
+def test_an_error_the_table_does_not_list_keeps_the_batch_until_it_is_fixed(
+    redis_client, keys, db, pool
+) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE metric_samples RENAME COLUMN labels TO labels_gone")
+    add_traces(redis_client, keys, [make_trace(i) for i in range(3)])
+    add_samples(redis_client, keys, [make_sample(i) for i in range(3)])
+    settings = LoopSettings(retry_initial_s=0.01, retry_max_s=0.05, block_ms=50)
+    loop = _loop(redis_client, keys, pool, settings=settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: loop.stats.retries >= 3, 60, "retries")
+        assert "failed the statement" in (loop.stats.last_error or "")
+        assert "(SQLSTATE 42703)" in (loop.stats.last_error or "")
+        assert loop.stats.not_ready_reason() == loop.stats.last_error
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("ALTER TABLE metric_samples RENAME COLUMN labels_gone TO labels")
+        wait_for(lambda: pending(redis_client, keys) == 0, 60, "stored")
+    finally:
+        stop.set()
+        thread.join(60)
+    assert (trace_rows(db), sample_rows(db)) == (3, 3)
+    assert redis_client.xlen(keys.dead_letters(PERSIST_GROUP)) == 0

@@ -22,7 +22,7 @@ from fleettrace_worker.cli.worker import selected_groups
 from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.loop import GroupLoop, LoopStats, Prepared
-from fleettrace_worker.runner import Worker, WorkerSettings, check_health
+from fleettrace_worker.runner import ENV_PREFIX, Worker, WorkerSettings, check_health
 from tests.servers import free_port
 
 SECRET_REDIS = "redis://user:s3cret@127.0.0.1:6379/0"
@@ -219,3 +219,23 @@ def test_a_runtime_directory_of_another_user_is_refused(tmp_path) -> None:
     with pytest.raises(ConfigurationError, match="not a directory of this user"):
         presence.local_workers(directory)
     assert presence.PresenceFile(directory, "w", "ns").write() is False
+
+
+def test_every_setting_variable_is_read_with_its_type() -> None:
+    env = {
+        "FLEETTRACE_WORKER_STATEMENT_TIMEOUT_MS": "2500",
+        "FLEETTRACE_WORKER_LOCK_TIMEOUT_MS": "0",
+        "FLEETTRACE_WORKER_PROGRESS_LIMIT_S": "7.5",
+    }
+    settings = WorkerSettings.from_env("redis://r", "postgresql://p", env)
+    assert (settings.statement_timeout_ms, settings.lock_timeout_ms) == (2500, 0)
+    assert settings.progress_limit_s == 7.5
+    assert settings.loop_settings().progress_limit_s == 7.5
+    with pytest.raises(ConfigurationError, match="LOCK_TIMEOUT_MS must be a whole number"):
+        WorkerSettings.from_env(
+            "redis://r", "postgresql://p", {ENV_PREFIX + "LOCK_TIMEOUT_MS": "1.5"}
+        )
+    with pytest.raises(ConfigurationError, match="lock_timeout_ms must not be negative"):
+        WorkerSettings("redis://r", "postgresql://p", lock_timeout_ms=-1)
+    with pytest.raises(ConfigurationError, match="progress_limit_s must be positive"):
+        WorkerSettings("redis://r", "postgresql://p", progress_limit_s=0)

@@ -18,6 +18,16 @@ Decoding checks the envelope first (a bad one raises :class:`EntryDecodeError` a
 the whole entry is a dead letter), then validates each record on its own: a bad
 record is returned as a :class:`RecordError` naming the field, and the good records
 of the same entry are still returned whole.
+
+Rolling upgrades: agents and workers are upgraded at different times, so a worker
+decodes every version in :data:`READABLE_VERSIONS` (its own and the one before it,
+each with the envelope fields of its time in :data:`_ENVELOPES`), and an entry of a
+*newer* version than it knows is not its to judge: :func:`newer_version` names it,
+and the worker leaves the entry pending for an upgraded worker instead of
+dead-lettering it. When the format changes, the new version is added here with
+what its envelope holds, ``FORMAT_VERSION`` moves to it, the version before stays
+readable for one release, and a frozen entry of each readable version is kept in
+``tests/fixtures/wire/`` (``tests/test_wire_versions.py`` decodes and stores them).
 """
 
 from __future__ import annotations
@@ -37,15 +47,22 @@ from fleettrace.keys import FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA, FIELD_KIND,
 from fleettrace.model import LLMTrace, MetricSample
 
 FORMAT_VERSION: Final = b"1"
+#: The version this code writes, as a number.
+CURRENT_VERSION: Final = int(FORMAT_VERSION)
 RECORD_SEPARATOR: Final = b"\n"
 _BATCH_ID_RE: Final = re.compile(rb"^[0-9a-f]{32}$")
 _JSON_COLUMN_RE: Final = re.compile(r"line 1 column (\d+)")
 _JSON_KEY_RE: Final = re.compile(rb'(?<!\\)"([A-Za-z_][A-Za-z0-9_]*)"\s*:')
 _JSON_OPTIONS: Final = orjson.OPT_UTC_Z
 _ENCODE_CHUNK: Final = 128
-_ENVELOPE_FIELDS: Final = frozenset(
-    (FIELD_VERSION, FIELD_KIND, FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA)
-)
+#: The envelope fields of each version this code decodes, by version.
+_ENVELOPES: Final[dict[bytes, frozenset[bytes]]] = {
+    b"1": frozenset((FIELD_VERSION, FIELD_KIND, FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA)),
+}
+#: Every version this code decodes: its own and (once there is one) the one before.
+READABLE_VERSIONS: Final = frozenset(int(version) for version in _ENVELOPES)
+#: A version field longer than this is not a version (it is a bad envelope).
+_VERSION_DIGITS: Final = 6
 
 
 class Kind(StrEnum):
@@ -132,15 +149,28 @@ def _field(fields: Mapping[bytes, bytes], name: bytes) -> bytes:
         raise EntryDecodeError(f"entry has no field {name.decode()!r}") from None
 
 
+def newer_version(fields: Mapping[bytes, bytes]) -> int | None:
+    """The format version of an entry written by a newer fleettrace than this code
+    (a decimal number above every readable version), else None. Such an entry is not
+    bad input: it waits for a worker that reads its version."""
+    version = fields.get(FIELD_VERSION)
+    if version is None or not version.isdigit() or len(version) > _VERSION_DIGITS:
+        return None
+    number = int(version)
+    return number if number > max(READABLE_VERSIONS) else None
+
+
 def decode_envelope(fields: Mapping[bytes, bytes]) -> tuple[Kind, str, list[bytes]]:
     """Check an entry's envelope and split its records, without validating them."""
     version = _field(fields, FIELD_VERSION)
-    if version != FORMAT_VERSION:
+    envelope = _ENVELOPES.get(version)
+    if envelope is None:
         shown = version[:32].decode("utf-8", "backslashreplace")
+        readable = ", ".join(str(v) for v in sorted(READABLE_VERSIONS))
         raise EntryDecodeError(
-            f"unknown format version {shown!r}; this code reads version {FORMAT_VERSION.decode()}"
+            f"unknown format version {shown!r}; this code reads version {readable}"
         )
-    extra = set(fields) - _ENVELOPE_FIELDS
+    extra = set(fields) - envelope
     if extra:
         names = ", ".join(sorted(repr(n.decode("utf-8", "backslashreplace")) for n in extra))
         raise EntryDecodeError(f"entry has unknown fields: {names}")

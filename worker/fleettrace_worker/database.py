@@ -6,6 +6,15 @@ when it gives up, :func:`connection` makes one direct attempt to learn the reaso
 reports that: a refused login or a missing database is a :class:`ConfigurationError`
 (retrying cannot help), a server that is down or not accepting connections is
 :class:`DatabaseUnavailable` (retry with backoff).
+
+Every other psycopg error is sorted by its SQLSTATE in one table,
+:data:`SQLSTATE_VERDICTS`, because psycopg's exception classes do not say whether the
+rows or the server are at fault: a failover's read-only transaction (25006) is an
+``InternalError``, a connection lost in the middle of a COPY an ``OperationalError``
+or ``InterfaceError`` without any SQLSTATE, and both once turned a failover into
+dead letters. Only what is wrong with the rows themselves is :class:`StoreRefused`
+(the caller narrows it down to the one record and dead-letters that); everything
+else keeps the batch and is retried.
 """
 
 from __future__ import annotations
@@ -13,13 +22,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from typing import Final
 
 import psycopg
 from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from fleettrace.errors import ConfigurationError, DatabaseUnavailable
+from fleettrace.errors import ConfigurationError, DatabaseUnavailable, PermanentError
 
 #: Seconds libpq waits for a server to answer a connection attempt, unless the URL says.
 CONNECT_TIMEOUT_S: Final = 5
@@ -34,6 +44,64 @@ _PERMANENT_CONNECT_FAILURE: Final = re.compile(
     r"invalid \w+ value|invalid connection option|SSL was required|certificate",
     re.IGNORECASE,
 )
+
+
+class StoreRefused(PermanentError):
+    """PostgreSQL refused the rows themselves (a value, a constraint), not the
+    connection: the same rows will be refused again, other rows may be taken."""
+
+
+class Verdict(StrEnum):
+    """What a PostgreSQL error says about the batch that met it."""
+
+    #: The server, the connection or the moment: keep the batch and try again.
+    RETRY = "retry"
+    #: Something in the rows: find the record and dead-letter it.
+    REFUSED = "refused"
+    #: A setting that cannot work (login, database name): stop and say so.
+    CONFIGURATION = "configuration"
+
+
+#: Verdicts by SQLSTATE: a five-character code wins over its two-character class.
+#: A code or class that is not listed, or an error without a SQLSTATE, keeps the batch
+#: (see :func:`verdict`): a record is dead-lettered only when the server said the
+#: record is wrong.
+SQLSTATE_VERDICTS: Final[dict[str, Verdict]] = {
+    "08": Verdict.RETRY,  # connection exception
+    "22": Verdict.REFUSED,  # data exception: a value out of range, a bad encoding
+    "23": Verdict.REFUSED,  # integrity constraint violation: CHECK, NOT NULL, foreign key
+    "25006": Verdict.RETRY,  # read-only transaction: a failover, a standby promoted late
+    "25P03": Verdict.RETRY,  # idle-in-transaction timeout
+    "28": Verdict.CONFIGURATION,  # invalid authorization
+    "3D": Verdict.CONFIGURATION,  # no such database
+    "40": Verdict.RETRY,  # transaction rollback: deadlock, serialization failure
+    "53": Verdict.RETRY,  # insufficient resources: disk full, too many connections
+    "54": Verdict.REFUSED,  # program limit exceeded by a value (an index row too large)
+    "55P03": Verdict.RETRY,  # lock not available (lock_timeout)
+    "57014": Verdict.RETRY,  # query canceled (statement_timeout)
+    "57P01": Verdict.RETRY,  # admin shutdown
+    "57P02": Verdict.RETRY,  # crash shutdown
+    "57P03": Verdict.RETRY,  # cannot connect now (starting up, shutting down)
+    "58": Verdict.RETRY,  # system error (I/O)
+}
+
+
+def known(sqlstate: str) -> bool:
+    """Whether :data:`SQLSTATE_VERDICTS` lists ``sqlstate`` or its class."""
+    return sqlstate in SQLSTATE_VERDICTS or sqlstate[:2] in SQLSTATE_VERDICTS
+
+
+def verdict(error: psycopg.Error) -> Verdict:
+    """What ``error`` says about the batch: by SQLSTATE code, then class; without a
+    SQLSTATE by exception class (``DataError`` and ``IntegrityError`` raised by psycopg
+    itself while sending a value are the rows' fault; a lost connection is not)."""
+    state = error.sqlstate
+    if state:
+        found = SQLSTATE_VERDICTS.get(state) or SQLSTATE_VERDICTS.get(state[:2])
+        return found or Verdict.RETRY
+    if isinstance(error, psycopg.DataError | psycopg.IntegrityError):
+        return Verdict.REFUSED
+    return Verdict.RETRY
 
 
 def describe_target(url: str) -> str:
@@ -70,14 +138,35 @@ def create_pool(
     min_size: int = 1,
     max_size: int = 4,
     timeout_s: float = POOL_TIMEOUT_S,
+    statement_timeout_ms: int | None = None,
+    lock_timeout_ms: int | None = None,
 ) -> ConnectionPool:
     """An open pool for ``url``; it connects in the background, so a database that is
     down now does not stop the caller from starting (the first :func:`connection`
-    reports it). Options such as ``sslmode`` travel in the URL untouched."""
+    reports it). Options such as ``sslmode`` travel in the URL untouched.
+
+    ``statement_timeout_ms`` and ``lock_timeout_ms`` (0 or None: the server's own
+    setting) are set on every connection the pool makes, so a statement blocked by a
+    lock or a stuck server ends with SQLSTATE 55P03 or 57014 (retried) instead of
+    holding a batch for ever."""
     params = parse_url(url)
     kwargs: dict[str, object] = {}
     if "connect_timeout" not in params:
         kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
+    timeouts = {
+        name: value
+        for name, value in (
+            ("statement_timeout", statement_timeout_ms),
+            ("lock_timeout", lock_timeout_ms),
+        )
+        if value
+    }
+
+    def configure(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        for name, value in timeouts.items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, f"{int(value)}ms"))
+        conn.commit()
+
     pool = ConnectionPool(
         url,
         min_size=min_size,
@@ -87,6 +176,7 @@ def create_pool(
         # A connection that died with its server is found and replaced before use,
         # instead of failing the first statement after a database restart.
         check=ConnectionPool.check_connection,
+        configure=configure if timeouts else None,
         name="fleettrace",
         open=False,
     )
@@ -103,17 +193,24 @@ def create_checked_pool(url: str, *, min_size: int = 1, max_size: int = 1) -> Co
 
 @contextmanager
 def connection(pool: ConnectionPool) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    """A pooled connection; psycopg's connection failures leave as fleettrace errors.
+    """A pooled connection; psycopg's errors leave as fleettrace errors.
 
-    A failure while the block runs (a server that went away mid-statement) is
-    translated too, so callers catch ``TransientError`` and nothing else.
+    A failure while the block runs is translated when :data:`SQLSTATE_VERDICTS` (or,
+    without a SQLSTATE, the exception class) says what it means: a server that went
+    away mid-statement, a read-only or timed-out transaction is
+    ``DatabaseUnavailable`` (callers retry), rows the server refused are
+    :class:`StoreRefused`. An error with a SQLSTATE the table does not list (a
+    syntax error, a missing table) leaves as psycopg raised it: for a command it is
+    a bug to report; the worker's store turns it into a retry (``persist.py``).
     """
     try:
         with pool.connection() as conn:
             yield conn
     except PoolTimeout:
         raise _diagnose(_url(pool), pool.timeout) from None
-    except psycopg.OperationalError as error:
+    except psycopg.Error as error:
+        if error.sqlstate and not known(error.sqlstate):
+            raise
         raise translate(error, _url(pool)) from None
 
 
@@ -130,20 +227,31 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[tuple[o
 
 
 def translate(
-    error: psycopg.OperationalError, url: str
-) -> ConfigurationError | DatabaseUnavailable:
-    """The fleettrace error for a psycopg connection failure, in one line.
-
-    A deadlock or serialization failure is an ``OperationalError`` too: the server
-    rolled the transaction back and the same transaction may succeed when retried.
-    """
+    error: psycopg.Error, url: str
+) -> ConfigurationError | DatabaseUnavailable | StoreRefused:
+    """The fleettrace error for a psycopg error, in one line with its SQLSTATE."""
     reason = _reason(error)
     where = describe_target(url)
-    if (error.sqlstate or "").startswith("40"):  # class 40: transaction rollback
-        return DatabaseUnavailable(f"PostgreSQL at {where} rolled the transaction back: {reason}")
-    if _PERMANENT_CONNECT_FAILURE.search(reason):
+    state = f" (SQLSTATE {error.sqlstate})" if error.sqlstate else ""
+    judged = verdict(error)
+    if judged is Verdict.REFUSED:
+        return StoreRefused(f"PostgreSQL refused the rows: {reason}{state}")
+    if judged is Verdict.CONFIGURATION or (
+        error.sqlstate is None and _PERMANENT_CONNECT_FAILURE.search(reason)
+    ):
         return ConfigurationError(f"PostgreSQL at {where} refused the connection: {reason}")
-    return DatabaseUnavailable(f"PostgreSQL at {where} is unavailable: {reason}")
+    if (error.sqlstate or "").startswith("40"):
+        return DatabaseUnavailable(
+            f"PostgreSQL at {where} rolled the transaction back: {reason}{state}"
+        )
+    if error.sqlstate and not known(error.sqlstate):
+        return DatabaseUnavailable(f"PostgreSQL at {where} failed the statement: {reason}{state}")
+    return DatabaseUnavailable(f"PostgreSQL at {where} is unavailable: {reason}{state}")
+
+
+def url_of(pool: ConnectionPool) -> str:
+    """The URL a pool connects to (for messages: pass it to :func:`describe_target`)."""
+    return _url(pool)
 
 
 def _url(pool: ConnectionPool) -> str:

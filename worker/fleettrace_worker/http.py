@@ -1,8 +1,9 @@
 """The worker's HTTP endpoint: ``/healthz``, ``/readyz`` and ``/metrics``.
 
 ``/healthz`` answers 200 while the process serves at all; ``/readyz`` answers 503
-while a group loop cannot reach Redis or PostgreSQL (a load balancer or an
-orchestrator should wait), 200 otherwise. ``/metrics`` is Prometheus text made at
+while a group loop cannot reach Redis or PostgreSQL, holds work without finishing a
+batch for longer than its progress limit, or met entries it needs an upgrade to
+read (the body says which), 200 otherwise. ``/metrics`` is Prometheus text made at
 scrape time by one collector: the worker's own figures (records, batches, batch
 latency, dead letters, retries; per group and stream the pending entries, the lag,
 the age of the oldest entry still needed, the idle time and whether the group is
@@ -107,6 +108,21 @@ class WorkerCollector(Collector):
             for loop in loops:
                 family.add_metric([loop.group], float(getattr(loop.stats, name)))
             yield family
+        since = GaugeMetricFamily(
+            "fleettrace_worker_seconds_since_progress",
+            "Seconds since the group last finished a batch or found nothing to do.",
+            labels=["group"],
+        )
+        upgrade = GaugeMetricFamily(
+            "fleettrace_worker_upgrade_needed",
+            "1 once the group met entries of a newer stream format than it reads.",
+            labels=["group"],
+        )
+        for loop in loops:
+            since.add_metric([loop.group], loop.stats.seconds_since_progress())
+            upgrade.add_metric([loop.group], 0.0 if loop.stats.upgrade_needed is None else 1.0)
+        yield since
+        yield upgrade
         latency = HistogramMetricFamily(
             "fleettrace_worker_batch_latency_seconds",
             "Time from a batch read to its acknowledgement, by group.",
@@ -246,8 +262,8 @@ class _Handler(BaseHTTPRequestHandler):
             if self.server.worker.ready():
                 self._send(200, b"ready\n")
             else:
-                errors = [loop.stats.last_error for loop in self.server.worker.loops]
-                reason = "; ".join(e for e in errors if e) or "starting or stopping"
+                reasons = [loop.stats.not_ready_reason() for loop in self.server.worker.loops]
+                reason = "; ".join(r for r in reasons if r) or "starting or stopping"
                 self._send(503, f"not ready: {reason}\n".encode())
         elif path == "/metrics":
             self._send(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)

@@ -15,95 +15,65 @@ The loop then acknowledges the entries together with their dead letters, and onl
 then: an entry is never acknowledged before its delivery succeeded. An entry
 delivered more than ``max_deliveries`` times is dead-lettered without another try,
 so one poisonous entry cannot crash every worker of the group in turn.
+
+While entries are in hand (read, not yet acknowledged) a keeper thread refreshes
+their idle time every ``keep_interval_s`` (a third of ``claim_idle_ms``), so no other
+consumer takes over a batch that is slow rather than abandoned; the loop counts
+the seconds since it last finished a batch and reports itself not ready when it
+holds work for longer than ``progress_limit_s`` without finishing any.
+
+An entry written in a newer stream format than this code reads is left pending:
+neither delivered, nor dead-lettered, nor acknowledged, and no longer refreshed, so
+an upgraded worker takes it over after ``claim_idle_ms``; the loop says "upgrade
+needed" in its log (at most every ``UPGRADE_LOG_INTERVAL_S``) and its health.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
-from fleettrace.errors import ForwardingDeferred, PermanentError, TransientError
+from fleettrace.codec import READABLE_VERSIONS, newer_version
+from fleettrace.errors import FleettraceError, ForwardingDeferred, PermanentError, TransientError
 from fleettrace_worker.backoff import backoff_delay_s
 from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.deadletter import DEAD_LETTER_LOG, DeadLetter
+from fleettrace_worker.loopstate import (
+    BATCH_LATENCY_BUCKETS_S,
+    LoopSettings,
+    LoopStats,
+    ReadSizer,
+    entry_records,
+    slices,
+)
+
+__all__ = [
+    "BATCH_LATENCY_BUCKETS_S",
+    "GroupLoop",
+    "LoopSettings",
+    "LoopStats",
+    "Prepared",
+    "Stopped",
+]
 
 log = logging.getLogger(__name__)
 
-#: Upper bounds (seconds) of the batch latency histogram the worker reports.
-BATCH_LATENCY_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
 #: Seconds between checks that the delivering thread is still there.
 _HANDOVER_WAIT_S: Final = 0.5
+#: Seconds between two "upgrade needed" warnings of one group.
+UPGRADE_LOG_INTERVAL_S: Final = 600.0
+#: Ids of entries left for a newer worker that a loop remembers (to tell, in burst
+#: mode, a read that brought only those again from one that brought new work).
+_DEFERRED_MEMORY: Final = 100_000
 
 P = TypeVar("P")
 R = TypeVar("R")
-
-
-@dataclass(frozen=True, slots=True)
-class LoopSettings:
-    """How a group loop reads and retries."""
-
-    batch_records: int = 2_000
-    block_ms: int = 1_000
-    max_deliveries: int = 5
-    claim_interval_s: float = 1.0
-    retry_initial_s: float = 0.1
-    retry_max_s: float = 5.0
-    #: Stop when the streams hold nothing new for this group (tests, the demo).
-    burst: bool = False
-    #: Prepare the next batch while the previous one is delivered (see _run_pipelined).
-    pipeline: bool = False
-
-
-@dataclass
-class LoopStats:
-    """A group loop's figures, read by the health key and /metrics from other threads."""
-
-    group: str
-    records: int = 0
-    entries: int = 0
-    batches: int = 0
-    dead_letters: int = 0
-    retries: int = 0
-    ready: bool = False
-    last_error: str | None = None
-    latency_buckets: list[int] = field(default_factory=lambda: [0] * len(BATCH_LATENCY_BUCKETS_S))
-    latency_count: int = 0
-    latency_sum_s: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def observe_batch(self, entries: int, records: int, dead: int, latency_s: float) -> None:
-        with self.lock:
-            self.entries += entries
-            self.records += records
-            self.dead_letters += dead
-            self.batches += 1
-            self.latency_count += 1
-            self.latency_sum_s += latency_s
-            for index, bound in enumerate(BATCH_LATENCY_BUCKETS_S):
-                if latency_s <= bound:
-                    self.latency_buckets[index] += 1
-                    break
-
-    def snapshot(self) -> dict[str, object]:
-        with self.lock:
-            return {
-                "group": self.group,
-                "records": self.records,
-                "entries": self.entries,
-                "batches": self.batches,
-                "dead_letters": self.dead_letters,
-                "retries": self.retries,
-                "ready": self.ready,
-                "last_error": self.last_error,
-            }
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +95,7 @@ class _Batch(Generic[P]):
     dead: list[DeadLetter]
     prepared: Prepared[P] | None
     started: float
+    token: int
 
 
 class Stopped(Exception):
@@ -137,10 +108,14 @@ class GroupLoop(ABC, Generic[P]):
     def __init__(self, consumer: Consumer, settings: LoopSettings) -> None:
         self.consumer = consumer
         self.settings = settings
-        self.stats = LoopStats(consumer.group)
-        self._read_count = 1
+        self.stats = LoopStats(consumer.group, progress_limit_s=settings.progress_limit_s)
+        self.sizer = ReadSizer(settings, consumer.streams)
         self._last_claim = 0.0
         self._recovering = True
+        self._in_hand: dict[int, tuple[list[Entry], int]] = {}
+        self._next_token = 0
+        self._deferred: set[tuple[str, str]] = set()
+        self._upgrade_logged_at: float | None = None
 
     @property
     def group(self) -> str:
@@ -163,20 +138,31 @@ class GroupLoop(ABC, Generic[P]):
     def run(self, stop: threading.Event) -> None:
         """Read and handle batches until ``stop`` is set (or, in burst mode, until there
         is nothing left). Entries in hand when ``stop`` is set are finished first."""
+        done = threading.Event()
+        keeper = threading.Thread(
+            target=self._keep_in_hand, args=(done,), name=f"keep-{self.group}", daemon=True
+        )
+        keeper.start()
         try:
             self._retry(self.setup, stop, ())
             if self.settings.pipeline:
                 self._run_pipelined(stop)
                 return
             while not stop.is_set():
-                entries = self._retry(self.take, stop, ())
-                if not entries:
+                parts = self._next(stop)
+                if parts is None:
                     if self.settings.burst:
                         return
                     continue
-                self.handle(entries, stop)
+                for index, (entries, token) in enumerate(parts):
+                    if index and stop.is_set():
+                        break  # the rest of the read stays pending, recovered on restart
+                    self._finish(self._start(entries, token), stop)
         except Stopped:
             log.info("group %s stopped with a batch unfinished; it stays pending", self.group)
+        finally:
+            done.set()
+            keeper.join()
 
     def _run_pipelined(self, stop: threading.Event) -> None:
         """Read and prepare the next batch while the previous one is being delivered.
@@ -199,18 +185,21 @@ class GroupLoop(ABC, Generic[P]):
         deliverer.start()
         try:
             while not stop.is_set() and deliverer.is_alive():
-                entries = self._retry(self.take, stop, ())
-                if not entries:
+                parts = self._next(stop)
+                if parts is None:
                     if self.settings.burst:
                         break
                     continue
-                batch = self._start(entries)
-                while deliverer.is_alive():
-                    try:
-                        batches.put(batch, timeout=_HANDOVER_WAIT_S)
-                        break
-                    except queue.Full:
-                        continue
+                for index, (entries, token) in enumerate(parts):
+                    if index and stop.is_set():
+                        break  # the rest of the read stays pending, recovered on restart
+                    batch = self._start(entries, token)
+                    while deliverer.is_alive():
+                        try:
+                            batches.put(batch, timeout=_HANDOVER_WAIT_S)
+                            break
+                        except queue.Full:
+                            continue
         finally:
             while deliverer.is_alive():
                 try:
@@ -224,26 +213,98 @@ class GroupLoop(ABC, Generic[P]):
 
     def handle(self, entries: list[Entry], stop: threading.Event) -> None:
         """Prepare, deliver and acknowledge one batch."""
-        self._finish(self._start(entries), stop)
+        self._finish(self._start(entries, self._hold(entries)), stop)
+
+    def _next(self, stop: threading.Event) -> list[tuple[list[Entry], int]] | None:
+        """The next read cut into batches of at most ``batch_records`` records, each
+        held (kept from other consumers) until acknowledged; None when the read brought
+        nothing new. Entries of a newer stream format are left out and left pending."""
+        entries = self._retry(self.take, stop, ())
+        sizes = [entry_records(e.fields) for e in entries]
+        self.sizer.observe([(e.stream, size) for e, size in zip(entries, sizes, strict=True)])
+        current, current_sizes, seen_before = [], [], 0
+        for entry, size in zip(entries, sizes, strict=True):
+            version = newer_version(entry.fields)
+            if version is None:
+                current.append(entry)
+                current_sizes.append(size)
+                continue
+            key = (entry.stream, entry.entry_id)
+            seen_before += key in self._deferred
+            if len(self._deferred) >= _DEFERRED_MEMORY:
+                self._deferred.clear()
+            self._deferred.add(key)
+            self._upgrade_needed(version)
+        if not current:
+            self.stats.idle()
+            return None if seen_before == len(entries) else []
+        return [
+            (
+                current[start:stop_at],
+                self._hold(current[start:stop_at], current_sizes[start:stop_at]),
+            )
+            for start, stop_at in slices(current_sizes, self.settings.batch_records)
+        ]
+
+    def _upgrade_needed(self, version: int) -> None:
+        readable = ", ".join(str(v) for v in sorted(READABLE_VERSIONS))
+        message = (
+            f"upgrade needed: entries of stream format version {version} found; this worker "
+            f"reads versions {readable}, and leaves them pending for an upgraded worker"
+        )
+        with self.stats.lock:
+            self.stats.upgrade_needed = message
+        now = time.monotonic()
+        if (
+            self._upgrade_logged_at is None
+            or now - self._upgrade_logged_at >= UPGRADE_LOG_INTERVAL_S
+        ):
+            self._upgrade_logged_at = now
+            log.warning("group %s: %s", self.group, message)
+
+    def _hold(self, entries: list[Entry], sizes: Sequence[int] | None = None) -> int:
+        """Count ``entries`` in hand (the keeper refreshes them) until ``_release``."""
+        records = sum(sizes) if sizes is not None else sum(entry_records(e.fields) for e in entries)
+        with self.stats.lock:
+            self._next_token += 1
+            token = self._next_token
+            self._in_hand[token] = (entries, records)
+            self.stats.in_hand_entries += len(entries)
+            self.stats.in_hand_records += records
+        return token
+
+    def _release(self, token: int) -> None:
+        with self.stats.lock:
+            entries, records = self._in_hand.pop(token, ([], 0))
+            self.stats.in_hand_entries -= len(entries)
+            self.stats.in_hand_records -= records
+
+    def _keep_in_hand(self, done: threading.Event) -> None:
+        """Refresh the idle time of every entry in hand until ``done``."""
+        interval_s = self.settings.keep_interval_s or self.consumer.claim_idle_ms / 3000
+        while not done.wait(interval_s):
+            with self.stats.lock:
+                held = [entry for entries, _ in self._in_hand.values() for entry in entries]
+            self._keep(held)
 
     def take(self) -> list[Entry]:
         """This consumer's own unfinished entries after a restart first, then entries
         others left behind (once per ``claim_interval_s``), else new ones."""
         if self._recovering:
-            own = self.consumer.recover(count=self._read_count)
+            own = self.consumer.recover(count=self.sizer.count)
             if own:
                 return own
             self._recovering = False
         now = time.monotonic()
         if now - self._last_claim >= self.settings.claim_interval_s:
             self._last_claim = now
-            claimed = self.consumer.claim(count=self._read_count)
+            claimed = self.consumer.claim(count=self.sizer.count)
             if claimed:
                 return claimed
         block_ms = None if self.settings.burst else self.settings.block_ms
-        return self.consumer.read(count=self._read_count, block_ms=block_ms)
+        return self.consumer.read(count=self.sizer.count, block_ms=block_ms)
 
-    def _start(self, entries: list[Entry]) -> _Batch[P]:
+    def _start(self, entries: list[Entry], token: int) -> _Batch[P]:
         started = time.perf_counter()
         limit = self.settings.max_deliveries
         dead = [
@@ -259,7 +320,7 @@ class GroupLoop(ABC, Generic[P]):
         ]
         live = [e for e in entries if e.deliveries <= limit]
         prepared = self.prepare(live) if live else None
-        return _Batch(entries, live, dead, prepared, started)
+        return _Batch(entries, live, dead, prepared, started, token)
 
     def _finish(self, batch: _Batch[P], stop: threading.Event) -> None:
         records = 0
@@ -270,10 +331,10 @@ class GroupLoop(ABC, Generic[P]):
         entries = batch.entries
         self._retry(lambda: self.consumer.acknowledge(entries, dead), stop, entries)
         DEAD_LETTER_LOG.note(self.group, dead)
+        self._release(batch.token)
         self.stats.observe_batch(
             len(entries), records, len(dead), time.perf_counter() - batch.started
         )
-        self._adapt_read_count(len(entries), records + len(dead))
 
     def _deliver_batch(
         self, entries: list[Entry], stop: threading.Event, prepared: Prepared[P] | None = None
@@ -344,13 +405,7 @@ class GroupLoop(ABC, Generic[P]):
         if not in_hand:
             return
         # When Redis is away too, the entries stay pending all the same.
-        with contextlib.suppress(TransientError):
+        try:
             self.consumer.touch(in_hand)
-
-    def _adapt_read_count(self, entries: int, records: int) -> None:
-        """Read as many entries as hold about ``batch_records`` records, whatever batch
-        size the producers chose."""
-        per_entry = max(1.0, records / entries)
-        self._read_count = max(
-            1, min(self.settings.batch_records, round(self.settings.batch_records / per_entry))
-        )
+        except FleettraceError as error:
+            log.debug("group %s: entries in hand not refreshed: %s", self.group, error)

@@ -13,6 +13,11 @@ One batch goes through four steps, each in one place:
 A crash between 3 and 4 leaves the entries pending; whoever takes them over stores
 them again, which adds no row (traces are keyed by ``trace_id``, samples by
 ``(batch_id, position)``).
+
+What PostgreSQL says about a failed store is sorted in ``database.verdict``: an
+outage, a failover's read-only transaction or a timeout keeps the batch (retried by
+the loop); only rows the server refused are split in halves, each stored on its
+own, down to the one record it refuses, which becomes a dead letter alone.
 """
 
 from __future__ import annotations
@@ -23,26 +28,72 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from fleettrace.codec import Kind, decode_entry
-from fleettrace.errors import EntryDecodeError, PermanentError
+from fleettrace.codec import RECORD_SEPARATOR, Kind, decode_entry
+from fleettrace.errors import EntryDecodeError
+from fleettrace.keys import FIELD_DATA
 from fleettrace.model import LLMTrace
+from fleettrace_worker import database
 from fleettrace_worker.consumer import Consumer, Entry
+from fleettrace_worker.database import StoreRefused
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
 from fleettrace_worker.migrations import check_schema
 from fleettrace_worker.repository import LLMTraceRepository, MetricRow
 
+__all__ = ["Origin", "PersistLoop", "Rows", "StoreRefused", "decode_entries", "refused_record"]
 
-class StoreRefused(PermanentError):
-    """PostgreSQL refused the rows themselves (not the connection)."""
+
+Origin = tuple[Entry, str, Kind, int]
+"""Where a record came from: its entry, batch id, kind and position (a plain tuple:
+one is made per record on the hot path)."""
+
+
+def refused_record(origin: Origin, consumer: str, reason: str) -> DeadLetter:
+    """The dead letter of one record PostgreSQL refused; its JSON line is cut from the
+    entry again only now, so a batch does not keep its lines twice."""
+    entry, batch_id, kind, position = origin
+    line = entry.fields[FIELD_DATA].split(RECORD_SEPARATOR)[position]
+    return DeadLetter.for_record(
+        entry.stream,
+        entry.entry_id,
+        consumer,
+        batch_id=batch_id,
+        kind=kind,
+        position=position,
+        record=line,
+        reason=reason,
+    )
 
 
 @dataclass(slots=True)
 class Rows:
-    """The good records of a batch, ready for one ``store`` call."""
+    """The good records of a batch, ready for one ``store`` call, with where each
+    came from (``trace_origins[i]`` is that of ``traces[i]``)."""
 
     traces: list[LLMTrace] = field(default_factory=list)
     samples: list[MetricRow] = field(default_factory=list)
+    trace_origins: list[Origin] = field(default_factory=list)
+    sample_origins: list[Origin] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.traces) + len(self.samples)
+
+    def halves(self) -> tuple[Rows, Rows]:
+        """The records split in two halves of (nearly) equal size."""
+        cut = len(self) // 2
+        first, second = Rows(), Rows()
+        traces_cut = min(cut, len(self.traces))
+        samples_cut = cut - traces_cut
+        first.traces, second.traces = self.traces[:traces_cut], self.traces[traces_cut:]
+        first.trace_origins = self.trace_origins[:traces_cut]
+        second.trace_origins = self.trace_origins[traces_cut:]
+        first.samples, second.samples = self.samples[:samples_cut], self.samples[samples_cut:]
+        first.sample_origins = self.sample_origins[:samples_cut]
+        second.sample_origins = self.sample_origins[samples_cut:]
+        return first, second
+
+    def only_origin(self) -> Origin:
+        return (self.trace_origins or self.sample_origins)[0]
 
 
 def decode_entries(entries: Sequence[Entry], consumer: str) -> Prepared[Rows]:
@@ -72,9 +123,12 @@ def decode_entries(entries: Sequence[Entry], consumer: str) -> Prepared[Rows]:
                     reason=bad.reason,
                 )
             )
+        origins = [(entry, batch.batch_id, batch.kind, p) for p in batch.positions]
         if batch.kind is Kind.TRACE:
             rows.traces.extend(batch.records)  # type: ignore[arg-type]
+            rows.trace_origins.extend(origins)
         else:
+            rows.sample_origins.extend(origins)
             rows.samples.extend(
                 (batch.batch_id, position, sample)  # type: ignore[misc]
                 for position, sample in zip(batch.positions, batch.records, strict=True)
@@ -109,12 +163,25 @@ class PersistLoop(GroupLoop[Rows]):
         return decode_entries(entries, self.consumer.name)
 
     def deliver(self, payload: Rows) -> list[DeadLetter]:
-        if not payload.traces and not payload.samples:
+        """Store the rows; when PostgreSQL refuses them, store each half on its own,
+        down to the single record it refuses, which is returned as a dead letter.
+
+        A ``DatabaseUnavailable`` (an outage, a failover, a timeout) leaves as it
+        came, at any depth: the loop retries the whole batch, and the halves already
+        committed are merged as duplicates then.
+        """
+        if not payload:
             return []
         try:
             self.repository.store(payload.traces, payload.samples)
         except psycopg.Error as error:
-            # Connection failures arrive translated (database.connection); what is left
-            # is PostgreSQL refusing a value, which no retry will change.
-            raise StoreRefused(f"PostgreSQL refused the rows: {error}") from None
+            # A SQLSTATE database.SQLSTATE_VERDICTS does not list: not the records'
+            # fault as far as anyone knows, so the batch is kept and retried.
+            raise database.translate(error, database.url_of(self.pool)) from None
+        except StoreRefused as error:
+            if len(payload) == 1:
+                origin = payload.only_origin()
+                return [refused_record(origin, self.consumer.name, f"refused: {error}")]
+            first, second = payload.halves()
+            return self.deliver(first) + self.deliver(second)
         return []

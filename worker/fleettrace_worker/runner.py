@@ -67,6 +67,19 @@ EXIT_KILLED: Final = 130
 #: Seconds a Redis call may take beyond a blocking read's own wait.
 REDIS_MARGIN_S: Final = 5.0
 ENV_PREFIX: Final = "FLEETTRACE_WORKER_"
+#: The settings read from ``FLEETTRACE_WORKER_<NAME>`` variables (and CONSUMER).
+ENV_SETTINGS: Final = (
+    "batch_records",
+    "block_ms",
+    "claim_idle_ms",
+    "max_deliveries",
+    "statement_timeout_ms",
+    "lock_timeout_ms",
+    "progress_limit_s",
+    "metrics_plans",
+    "group_max_lag",
+    "group_max_age_s",
+)
 #: ``--check`` takes a health snapshot older than this (several missed writes) as dead.
 HEALTH_FRESH_S: Final = 15.0
 
@@ -88,6 +101,12 @@ class WorkerSettings:
     retry_max_s: float = 5.0
     trim_interval_s: float = 5.0
     health_interval_s: float = 2.0
+    #: PostgreSQL statement_timeout and lock_timeout of the worker's connections (0: off);
+    #: a stop waits for at most about two statements (docker-compose's 30 s grace).
+    statement_timeout_ms: int = 10_000
+    lock_timeout_ms: int = 5_000
+    #: Not ready once a group holds work this long without finishing a batch.
+    progress_limit_s: float = 120.0
     burst: bool = False
     http: str | None = None
     #: Plans /metrics exports with a ``plan`` label (the costliest); 0 exports none.
@@ -106,6 +125,7 @@ class WorkerSettings:
             "retry_max_s": self.retry_max_s,
             "trim_interval_s": self.trim_interval_s,
             "health_interval_s": self.health_interval_s,
+            "progress_limit_s": self.progress_limit_s,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -114,10 +134,15 @@ class WorkerSettings:
             raise ConfigurationError(
                 f"metrics_plans must be 0-{METRICS_PLANS_MAX}, got {self.metrics_plans}"
             )
-        if self.block_ms < 0:
-            raise ConfigurationError(f"block_ms must not be negative, got {self.block_ms}")
         if self.group_max_lag < 0 or self.group_max_age_s < 0:
             raise ConfigurationError("group_max_lag and group_max_age_s must not be negative")
+        for name, number in (
+            ("block_ms", self.block_ms),
+            ("statement_timeout_ms", self.statement_timeout_ms),
+            ("lock_timeout_ms", self.lock_timeout_ms),
+        ):
+            if number < 0:
+                raise ConfigurationError(f"{name} must not be negative, got {number}")
         if not self.consumer or len(self.consumer) > 200:
             raise ConfigurationError("consumer name must be 1-200 characters")
         unknown = [g for g in self.groups if g not in GROUPS]
@@ -147,29 +172,16 @@ class WorkerSettings:
         env = os.environ if environ is None else environ
         defaults = cls(redis_url, database_url)
         values: dict[str, object] = {}
-        for name in (
-            "batch_records",
-            "block_ms",
-            "claim_idle_ms",
-            "max_deliveries",
-            "metrics_plans",
-        ):
+        for name in ENV_SETTINGS:
             raw = env.get(ENV_PREFIX + name.upper())
             if raw:
+                kind = float if name.endswith("_s") else int
                 try:
-                    values[name] = int(raw)
+                    values[name] = kind(raw)
                 except ValueError:
+                    what = "a whole number" if kind is int else "a number"
                     raise ConfigurationError(
-                        f"{ENV_PREFIX}{name.upper()} must be a whole number, got {raw!r}"
-                    ) from None
-        for name in ("group_max_lag", "group_max_age_s"):
-            raw = env.get(ENV_PREFIX + name.upper())
-            if raw:
-                try:
-                    values[name] = int(raw) if name == "group_max_lag" else float(raw)
-                except ValueError:
-                    raise ConfigurationError(
-                        f"{ENV_PREFIX}{name.upper()} must be a number, got {raw!r}"
+                        f"{ENV_PREFIX}{name.upper()} must be {what}, got {raw!r}"
                     ) from None
         consumer = env.get(ENV_PREFIX + "CONSUMER")
         if consumer:
@@ -186,6 +198,7 @@ class WorkerSettings:
             block_ms=self.block_ms,
             max_deliveries=self.max_deliveries,
             retry_max_s=self.retry_max_s,
+            progress_limit_s=self.progress_limit_s,
             burst=self.burst,
         )
 
@@ -220,7 +233,13 @@ class WorkerContext:
 
     def pool(self) -> ConnectionPool:
         if self._pool is None:
-            self._pool = create_pool(self.settings.database_url, min_size=1, max_size=2)
+            self._pool = create_pool(
+                self.settings.database_url,
+                min_size=1,
+                max_size=2,
+                statement_timeout_ms=self.settings.statement_timeout_ms,
+                lock_timeout_ms=self.settings.lock_timeout_ms,
+            )
         return self._pool
 
     def close(self) -> None:
@@ -281,11 +300,15 @@ class Worker:
         return [t.loop for t in self._threads]
 
     def ready(self) -> bool:
-        """Every loop reached its servers on its last try, and none has stopped."""
+        """Every loop reached its servers on its last try, none has stopped, none is
+        stalled with work in hand, and none met entries it needs an upgrade to read."""
         return (
             bool(self._threads)
             and not self.stop.is_set()
-            and all(t.thread.is_alive() and t.loop.stats.ready for t in self._threads)
+            and all(
+                t.thread.is_alive() and t.loop.stats.not_ready_reason() is None
+                for t in self._threads
+            )
         )
 
     def health(self) -> dict[str, object]:

@@ -1,0 +1,180 @@
+"""Rolling upgrades of the stream format, against the machine's Redis and PostgreSQL.
+
+An entry of every version this worker reads (frozen, byte for byte, in
+``tests/fixtures/wire/v<N>-*.json``: an older producer's output) is stored; an entry
+of a newer version than it reads (a newer producer's output) is left pending, never
+dead-lettered, however often it is delivered, and the worker says "upgrade needed"
+in its log (once), its health and ``/readyz``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fleettrace.codec import (
+    CURRENT_VERSION,
+    READABLE_VERSIONS,
+    decode_entry,
+    encode_batch,
+    newer_version,
+)
+from fleettrace.keys import PERSIST_GROUP
+from fleettrace_worker.consumer import Consumer
+from fleettrace_worker.database import create_pool
+from fleettrace_worker.loop import LoopSettings
+from fleettrace_worker.persist import PersistLoop
+from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.runner import Worker, WorkerSettings
+from tests.servers import free_port
+from tests.worker_helpers import (
+    add_traces,
+    make_trace,
+    migrated,
+    pending,
+    sample_rows,
+    scalar,
+    trace_rows,
+    wait_for,
+)
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "wire"
+
+
+def _fixture(version: int, kind: str) -> dict[bytes, bytes]:
+    doc = json.loads((FIXTURES / f"v{version}-{kind}.json").read_text())
+    return {name.encode(): value.encode() for name, value in doc.items()}
+
+
+def _newer_entry() -> dict[bytes, bytes]:
+    """What a producer one version ahead might write: this version's envelope with a
+    field this code has never heard of."""
+    fields = _fixture(CURRENT_VERSION, "traces")
+    fields[b"v"] = str(CURRENT_VERSION + 1).encode()
+    fields[b"x"] = b"a field of the next version"
+    return fields
+
+
+def test_this_version_and_the_one_before_are_readable_and_frozen() -> None:
+    assert CURRENT_VERSION in READABLE_VERSIONS
+    if CURRENT_VERSION > 1:  # the previous version stays readable for one release
+        assert CURRENT_VERSION - 1 in READABLE_VERSIONS
+    for version in READABLE_VERSIONS:
+        for kind in ("traces", "metrics"):
+            batch = decode_entry(_fixture(version, kind))
+            assert batch.errors == []
+            assert batch.records
+            assert newer_version(_fixture(version, kind)) is None
+    assert newer_version(_newer_entry()) == CURRENT_VERSION + 1
+    assert newer_version({b"v": b"0"}) is None  # older than readable: bad input
+    assert newer_version({b"v": b"9" * 7}) is None  # not a version: bad input
+
+
+def test_entries_of_every_readable_version_are_stored(redis_client, keys, database_url) -> None:
+    db = migrated(database_url)
+    for version in sorted(READABLE_VERSIONS):
+        redis_client.xadd(keys.traces, _fixture(version, "traces"))  # type: ignore[arg-type]
+        redis_client.xadd(keys.metrics, _fixture(version, "metrics"))  # type: ignore[arg-type]
+    with create_pool(db, min_size=1, max_size=1) as pool:
+        consumer = Consumer(redis_client, keys, PERSIST_GROUP, "w1")
+        loop = PersistLoop(consumer, LLMTraceRepository(pool), LoopSettings(burst=True), pool=pool)
+        loop.run(threading.Event())
+    assert trace_rows(db) == 3  # the same records in every version: stored once
+    assert sample_rows(db) == 1
+    assert scalar(db, "SELECT sum(prompt_tokens) FROM llm_traces") == 100 + 101 + 102
+    assert redis_client.xlen(keys.dead_letters(PERSIST_GROUP)) == 0
+    assert pending(redis_client, keys) == 0
+    assert loop.stats.upgrade_needed is None
+
+
+def test_an_entry_of_a_newer_version_stays_pending_and_asks_for_an_upgrade(
+    redis_client, keys, database_url, caplog
+) -> None:
+    db = migrated(database_url)
+    add_traces(redis_client, keys, [make_trace(i) for i in range(5)])
+    newer = [redis_client.xadd(keys.traces, _newer_entry()) for _ in range(2)]  # type: ignore[arg-type]
+    add_traces(redis_client, keys, [make_trace(i) for i in range(5, 9)])
+    caplog.set_level(logging.WARNING, logger="fleettrace_worker.loop")
+    with create_pool(db, min_size=1, max_size=1) as pool:
+        # Run again and again under one name: each run delivers the entries once more
+        # (recovering its own pending ones), well past max_deliveries.
+        for _ in range(4):
+            consumer = Consumer(redis_client, keys, PERSIST_GROUP, "w1")
+            settings = LoopSettings(burst=True, max_deliveries=1, batch_records=4)
+            loop = PersistLoop(consumer, LLMTraceRepository(pool), settings, pool=pool)
+            loop.run(threading.Event())
+            expected = (
+                f"upgrade needed: entries of stream format version {CURRENT_VERSION + 1} found"
+            )
+            assert (loop.stats.upgrade_needed or "").startswith(expected)
+            assert loop.stats.not_ready_reason() == loop.stats.upgrade_needed
+            assert loop.stats.snapshot()["upgrade_needed"] == loop.stats.upgrade_needed
+    assert trace_rows(db) == 9
+    assert redis_client.xlen(keys.dead_letters(PERSIST_GROUP)) == 0
+    assert pending(redis_client, keys) == 2
+    details = redis_client.xpending_range(keys.traces, PERSIST_GROUP, "-", "+", 10)
+    assert [d["message_id"] for d in details] == newer
+    assert all(d["times_delivered"] >= 4 for d in details)
+    warnings = [r for r in caplog.records if "upgrade needed" in r.getMessage()]
+    assert len(warnings) == 4  # once per run (per process), not once per entry
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except urllib.error.URLError:
+        return 0, ""  # not listening yet
+
+
+def test_the_worker_reports_upgrade_needed_in_health_readyz_and_metrics(
+    redis_url, redis_client, keys, database_url
+) -> None:
+    db = migrated(database_url)
+    add_traces(redis_client, keys, [make_trace(1)])
+    port = free_port()
+    settings = WorkerSettings(
+        redis_url, db, namespace=keys.namespace, consumer="u1", block_ms=100,
+        http=f"127.0.0.1:{port}",
+    )  # fmt: skip
+    worker = Worker(settings)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(worker.run()))
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 60, "ready")
+        redis_client.xadd(keys.traces, _newer_entry())  # type: ignore[arg-type]
+        wait_for(lambda: _get(f"{base}/readyz")[0] == 503, 60, "not ready")
+        body = _get(f"{base}/readyz")[1]
+        assert body.startswith("not ready: upgrade needed: entries of stream format version")
+        metrics = _get(f"{base}/metrics")[1]
+        assert 'fleettrace_worker_upgrade_needed{group="persist"} 1.0' in metrics
+        assert 'fleettrace_worker_seconds_since_progress{group="persist"}' in metrics
+        [group] = worker.health()["groups"]  # type: ignore[misc]
+        assert str(group["upgrade_needed"]).startswith("upgrade needed")
+        assert group["stalled"] is False
+    finally:
+        worker.stop.set()
+        thread.join(30)
+    assert result == [0]
+    assert trace_rows(db) == 1
+    assert pending(redis_client, keys) == 1
+    assert redis_client.xlen(keys.dead_letters(PERSIST_GROUP)) == 0
+
+
+@pytest.mark.parametrize("kind", ["traces", "metrics"])
+def test_fixtures_are_what_this_version_writes(kind: str) -> None:
+    """The frozen entries of the current version are exactly what the encoder writes
+    today, so they stay valid "older producer" input once the format moves on."""
+    fields = _fixture(CURRENT_VERSION, kind)
+    batch = decode_entry(fields)
+    again = encode_batch(batch.kind, batch.records, batch.batch_id)
+    assert again == fields
