@@ -14,6 +14,7 @@ rows read back from ``llm_traces``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections import deque
@@ -81,10 +82,9 @@ class LLMServer:
                 with server._lock:
                     server.requests.append((self.path, body))
                     fault = server.faults.popleft() if server.faults else Fault()
-                try:
+                # A caller that abandons a stream closes the connection under us.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     server._answer(self, body, fault)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the caller abandoned a stream
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
@@ -329,7 +329,11 @@ def _response_events(model: str, tools: list[str], malformed: bool) -> Iterator[
             "logprobs": [],
         }
         yield _data(delta, "response.output_text.delta")
-    done = {"type": "response.completed", "sequence_number": 99, "response": _response(model, tools)}
+    done = {
+        "type": "response.completed",
+        "sequence_number": 99,
+        "response": _response(model, tools),
+    }
     yield _data(done, "response.completed")
 
 
@@ -364,13 +368,19 @@ def _message_events(model: str, tools: list[str], malformed: bool) -> Iterator[s
     start = {**_message(model, []), "content": [], "stop_reason": None}
     start["usage"] = _anthropic_usage(1)
     yield _data({"type": "message_start", "message": start}, "message_start")
-    block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    block = {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
     yield _data(block, "content_block_start")
     for i, word in enumerate(WORDS):
         if malformed and i == 2:
             yield "event: content_block_delta\ndata: {not json\n\n"
         delta = {"type": "text_delta", "text": word}
-        yield _data({"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta")
+        yield _data(
+            {"type": "content_block_delta", "index": 0, "delta": delta}, "content_block_delta"
+        )
     yield _data({"type": "content_block_stop", "index": 0}, "content_block_stop")
     for i, name in enumerate(tools, start=1):
         tool_block = {"type": "tool_use", "id": f"toolu_{i}", "name": name, "input": {}}

@@ -100,7 +100,7 @@ def test_the_retries_the_client_made_are_counted(server, pipeline) -> None:
     ("status", "times", "error_type", "retries"),
     [(500, 3, openai.InternalServerError, 2), (400, 1, openai.BadRequestError, 0)],
 )
-def test_a_failed_call_raises_what_the_client_raises_and_is_stored_with_its_error(
+def test_a_failed_call_raises_what_the_client_raises_and_is_stored_with_its_error(  # noqa: PLR0917
     server, pipeline, status, times, error_type, retries
 ) -> None:
     server.fail(status, times=times, retry_after_ms="1")
@@ -117,7 +117,9 @@ def test_a_failed_call_raises_what_the_client_raises_and_is_stored_with_its_erro
 def test_a_stream_looks_as_unwrapped_and_is_stored_with_the_usage_asked_for(
     server, pipeline
 ) -> None:
-    bare = dumps(client(server).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+    bare = dumps(
+        client(server).chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+    )
     calls: list[Call] = []
     wrapped = wrap_openai(client(server), on_call=calls.append)
     with fleettrace.plan("plan-s"):

@@ -24,7 +24,7 @@ from typing import Any
 from fleettrace import hooks
 from fleettrace.emitter import Emitter
 from fleettrace.hooks import LLMCallSpan
-from fleettrace.model import MAX_ERROR_CHARS, MAX_NAME_CHARS, MAX_TOOL_CALLS, MAX_TOKENS
+from fleettrace.model import MAX_ERROR_CHARS, MAX_NAME_CHARS, MAX_TOKENS, MAX_TOOL_CALLS
 
 logger = logging.getLogger("fleettrace.integrations")
 

@@ -20,6 +20,7 @@ when the stream is exhausted, fails, is closed or is garbage collected.
 from __future__ import annotations
 
 import functools
+import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextvars import ContextVar
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
 from fleettrace.emitter import Emitter
-from fleettrace.integrations._calls import Call, CallObserver, guarded, logger
+from fleettrace.integrations._calls import Call, CallObserver, guarded
 
 #: The attribute that marks a wrapped client and holds how it was wrapped.
 MARK: Final = "_fleettrace_wrapping"
@@ -37,6 +38,8 @@ RAW_RESPONSE_HEADER: Final = "X-Stainless-Raw-Response"
 _current: ContextVar[Call | None] = ContextVar("fleettrace_integration_call", default=None)
 
 C = TypeVar("C")
+
+logger = logging.getLogger("fleettrace.integrations")
 
 
 class Adapter(Protocol):
