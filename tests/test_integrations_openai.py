@@ -244,6 +244,20 @@ def test_the_responses_api_plain_and_streamed(server, pipeline) -> None:
     ] * 3
 
 
+def test_the_parse_and_stream_helpers_are_recorded(server, pipeline) -> None:
+    wrapped = wrap_openai(client(server))
+    parsed = wrapped.chat.completions.parse(model="gpt-4o", messages=MESSAGES)
+    assert parsed.choices[0].message.content == "Hello from the local server"
+    with wrapped.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES) as stream:
+        kinds = [event.type for event in stream]
+    assert "chunk" in kinds
+    rows = pipeline.rows()
+    assert [(r["model"], r["streaming"], r["prompt_tokens"]) for r in rows] == [
+        ("gpt-4o-2024-08-06", False, PROMPT_TOKENS),
+        ("gpt-4o-mini-2024-07-18", True, PROMPT_TOKENS),
+    ]
+
+
 def test_wrapping_twice_records_once_and_unwrap_restores(server, pipeline) -> None:
     made = client(server)
     wrapped = wrap_openai(wrap_openai(made))

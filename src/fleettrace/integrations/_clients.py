@@ -203,8 +203,9 @@ def _follow(stream: Any, inner: Any, call: Call, adapter: Adapter) -> None:
 
         stream.close = close_stream
     # A stream dropped without being read to its end or closed is recorded when it is
-    # collected. The finalizer holds the call, never the stream.
-    weakref.finalize(stream, call.finish)
+    # collected. The finalizer holds the call, never the stream; at interpreter exit
+    # the emitter is closing, so a stream still alive then is not recorded.
+    weakref.finalize(stream, call.finish).atexit = False
 
 
 def _seen(event: Any, call: Call, adapter: Adapter) -> bool:
