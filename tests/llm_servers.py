@@ -451,3 +451,18 @@ class Pipeline:
 
     def close(self) -> None:
         self.emitter.close()
+
+
+def main() -> None:
+    """``python -m tests.llm_servers``: serve until SIGTERM; print the OpenAI base URL."""
+    import signal
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with LLMServer() as server:
+        print(server.openai_url, flush=True)
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()
