@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from behave import given, then, when
-
 from tests.llm_servers import COMPLETION_TOKENS, PROMPT_TOKENS, LLMServer
 
 AGENT = Path(__file__).resolve().parents[2] / "robot" / "openai_agent.py"
