@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from langchain_core.agents import AgentAction
 from langchain_core.messages import HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
@@ -126,6 +127,29 @@ def test_streaming_tool_calls_and_errors(server, pipeline) -> None:
         (False, [], type(raised.value).__name__),  # what the chain raised to its caller
     ]
     assert rows[0]["prompt_tokens"] == PROMPT_TOKENS
+
+
+def test_an_agent_action_starts_a_decision_for_the_runs_after_it(server, pipeline) -> None:
+    handler = FleettraceCallbackHandler()
+    model = chat(server)
+
+    def agent(question: str, run_manager) -> str:
+        # What an agent executor does: announce the action, then run under the agent's run.
+        run_manager.on_agent_action(AgentAction("search", {"query": question}, "thinking"))
+        return model.invoke(question, config={"callbacks": run_manager.get_child()}).content
+
+    runnable = RunnableLambda(agent).with_config(metadata={"fleettrace_actor": "researcher"})
+    assert (
+        runnable.invoke("what?", config={"callbacks": [handler]}) == "Hello from the local server"
+    )
+    [row] = pipeline.rows()
+    assert len(row["decision_id"]) == 32
+    assert row["actor"] == "researcher"
+    with psycopg.connect(pipeline.database_url) as conn:
+        [(labels, plan_id)] = conn.execute(
+            "SELECT labels::text, plan_id FROM metric_samples WHERE key = 'plan.decisions_count'"
+        ).fetchall()
+    assert (labels, plan_id) == (f'{{"plan": "{row["plan_id"]}"}}', row["plan_id"])
 
 
 def test_tool_runs_are_tool_invocations_with_their_outcome(server, pipeline) -> None:

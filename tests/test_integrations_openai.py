@@ -258,6 +258,34 @@ def test_the_parse_and_stream_helpers_are_recorded(server, pipeline) -> None:
     ]
 
 
+def test_raw_responses_and_other_endpoints_pass_through_unrecorded(server, pipeline) -> None:
+    wrapped = wrap_openai(client(server))
+    raw = wrapped.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES)
+    assert raw.parse().usage.prompt_tokens == PROMPT_TOKENS
+    with pytest.raises(openai.NotFoundError):
+        wrapped.embeddings.create(model="text-embedding-3-small", input="hi")
+    assert pipeline.rows() == []
+
+
+def test_an_async_stream_that_fails_midway_is_stored_with_its_error(server, pipeline) -> None:
+    async def agent() -> type[BaseException]:
+        wrapped = wrap_openai(aclient(server))
+        server.malformed_next()
+        stream = await wrapped.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True
+        )
+        try:
+            async for _ in stream:
+                pass
+        except Exception as error:
+            return type(error)
+        raise AssertionError("the malformed chunk raised nothing")
+
+    raised = asyncio.run(agent())
+    [row] = pipeline.rows()
+    assert row["error"].startswith(f"{raised.__name__}: ")
+
+
 def test_wrapping_twice_records_once_and_unwrap_restores(server, pipeline) -> None:
     made = client(server)
     wrapped = wrap_openai(wrap_openai(made))
