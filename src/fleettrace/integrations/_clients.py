@@ -75,15 +75,17 @@ def wrap_client(client: C, wrapping: Wrapping, *, is_async: bool) -> C:
     if is_wrapped(client):
         return client
     state = vars(client)
-    request, build = client.request, client._build_request  # type: ignore[attr-defined]
+    request = client.request  # type: ignore[attr-defined]
+    build = getattr(client, "_build_request", None)
+    if build is not None:  # an SDK without it: calls are recorded with retry_count 0
 
-    def build_request(options: Any, *, retries_taken: int = 0) -> Any:
-        call = _current.get()
-        if call is not None:
-            call.retries = retries_taken
-        return build(options, retries_taken=retries_taken)
+        def build_request(options: Any, *, retries_taken: int = 0) -> Any:
+            call = _current.get()
+            if call is not None:
+                call.retries = retries_taken
+            return build(options, retries_taken=retries_taken)
 
-    state["_build_request"] = build_request
+        state["_build_request"] = build_request
     state["request"] = (_async_request if is_async else _sync_request)(request, wrapping)
     for name in ("copy", "with_options"):
         state[name] = _wrap_copies(getattr(client, name), wrapping, is_async)
