@@ -4,6 +4,7 @@ ChatOpenAI talking to the local OpenAI-compatible server; rows read from Postgre
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 
 import psycopg
@@ -11,6 +12,7 @@ import pytest
 from langchain_core.agents import AgentAction
 from langchain_core.messages import HumanMessage
 from langchain_core.output_parsers import StrOutputParser
+from langchain_core.outputs import Generation, LLMResult
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
@@ -188,3 +190,43 @@ def test_async_chains_record_through_the_handler(server, pipeline) -> None:
         (True, PROMPT_TOKENS),
     ]
     assert rows[0]["plan_id"] != rows[1]["plan_id"]
+
+
+def test_unusual_runs_and_a_closed_emitter_never_raise_into_the_chain(server, pipeline) -> None:
+    handler = FleettraceCallbackHandler(provider="local")
+    failing = RunnableLambda(lambda _: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.invoke(1, config={"callbacks": [handler]})
+    # An LLM (not chat) run whose usage comes in llm_output, as older integrations send it.
+    run_id = uuid.uuid4()
+    serialized = {"id": ["langchain", "llms", "LegacyLLM"]}
+    handler.on_llm_start(serialized, ["hi"], run_id=run_id, invocation_params={"model": "m-1"})
+    result = LLMResult(
+        generations=[[Generation(text="x")]],
+        llm_output={"token_usage": {"prompt_tokens": 7, "completion_tokens": 3}},
+    )
+    handler.on_llm_end(result, run_id=run_id)
+    # Callbacks for runs never started, and a decision inside the caller's own.
+    handler.on_llm_end(result, run_id=uuid.uuid4())
+    handler.on_llm_error(RuntimeError("x"), run_id=uuid.uuid4())
+    handler.on_agent_action(AgentAction("t", {}, ""), run_id=uuid.uuid4())
+    with fleettrace.decision("mine"):
+        handler.on_agent_action(AgentAction("t", {}, ""), run_id=run_id)
+    rows = pipeline.rows()
+    assert [
+        (r["provider"], r["model"], r["prompt_tokens"], r["completion_tokens"]) for r in rows
+    ] == [("local", "m-1", 7, 3)]
+    with psycopg.connect(pipeline.database_url) as conn:
+        plans = conn.execute(
+            "SELECT count(*) FROM metric_samples WHERE key = 'plan.duration_seconds'"
+        ).fetchone()
+    assert plans == (1,)  # the failed root run still ended its plan
+
+    pipeline.emitter.close()  # records now fail inside fleettrace, never in the chain
+    closed = FleettraceCallbackHandler(emitter=pipeline.emitter)
+    assert chain(server).invoke({"name": "Fy"}, config={"callbacks": [closed]})
+    assert search.invoke({"query": "y"}, config={"callbacks": [closed]}) == "found y"
+    agent_run = uuid.uuid4()
+    closed.on_chain_start({}, {}, run_id=agent_run)
+    closed.on_agent_action(AgentAction("t", {}, ""), run_id=agent_run)
+    closed.on_chain_end({}, run_id=agent_run)

@@ -204,6 +204,11 @@ def test_async_calls_and_streams_are_stored(server, pipeline) -> None:
             )
             await abandoned.__anext__()
             await abandoned.close()
+            server.fail(400)
+            with pytest.raises(openai.BadRequestError):
+                await wrapped.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+            with pytest.raises(openai.NotFoundError):  # not an LLM call: passed through
+                await wrapped.models.list()
         return chunks
 
     chunks = asyncio.run(agent())
@@ -214,7 +219,9 @@ def test_async_calls_and_streams_are_stored(server, pipeline) -> None:
         (True, 0, []),
         (False, 1, []),
         (True, 0, []),
+        (False, 0, []),
     ]
+    assert rows[4]["error"].startswith("BadRequestError: Error code: 400")
     assert {r["actor"] for r in rows} == {"async-agent"}
     assert rows[1]["prompt_tokens"] == PROMPT_TOKENS
 

@@ -119,3 +119,26 @@ def test_inside_an_open_llm_span_the_genai_span_fills_it(tracer, pipeline) -> No
     [row] = pipeline.rows()
     assert row["trace_id"] == call.trace.trace_id
     assert (row["model"], row["prompt_tokens"]) == ("gpt-4o-2024-08-06", 1000)
+
+
+def test_odd_attributes_are_recorded_as_far_as_they_are_valid(pipeline) -> None:
+    provider = TracerProvider()
+    processor = FleettraceSpanProcessor(emitter=pipeline.emitter)
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("odd")
+    attributes = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.usage.input_tokens": -5,
+        "gen_ai.usage.output_tokens": 3,
+    }
+    with tracer.start_as_current_span("chat", attributes=attributes):
+        pass
+    assert processor.force_flush(10_000)
+    provider.shutdown()
+    [row] = pipeline.rows()
+    assert (row["provider"], row["model"], row["prompt_tokens"], row["completion_tokens"]) == (
+        "unknown",
+        "unknown",
+        0,
+        3,
+    )
