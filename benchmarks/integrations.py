@@ -112,6 +112,7 @@ def own_work(server: LLMServer, emitter: Emitter, rounds: int) -> dict[str, floa
         for chunk in chunks:
             call.first_token()
             adapter.event(chunk, call)
+            adapter.hidden(chunk, call)
 
     own = [_timed(bookkeeping) for _ in range(rounds)]
     plain = [_timed(plain_call) for _ in range(rounds)]

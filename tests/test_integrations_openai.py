@@ -13,7 +13,10 @@ import openai
 import pytest
 
 import fleettrace
+import fleettrace.integrations
 from fleettrace.integrations import Call, is_wrapped, unwrap, wrap_openai
+from fleettrace.integrations._clients import Wrapping, wrap_client
+from fleettrace.integrations.openai import OpenAIAdapter
 from tests.llm_servers import (
     CACHED_TOKENS,
     COMPLETION_TOKENS,
@@ -330,6 +333,48 @@ def test_a_closed_emitter_never_raises_into_the_agent(server, pipeline) -> None:
     stream = wrapped.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
     assert len(list(stream)) == 7  # role, five words, finish: no usage chunk
     assert pipeline.rows() == []
+
+
+class BrokenAdapter(OpenAIAdapter):
+    """An adapter whose every reading fails, as one could on an answer of a new shape."""
+
+    def __init__(self, fail_prepare: bool) -> None:
+        self.fail_prepare = fail_prepare
+
+    def prepare(self, options, call):
+        if self.fail_prepare:
+            raise KeyError("prepare")
+        return super().prepare(options, call)
+
+    def read(self, result, call):
+        raise ValueError("read")
+
+    def event(self, event, call):
+        raise ValueError("event")
+
+
+def test_bookkeeping_that_fails_never_reaches_the_caller(server, pipeline) -> None:
+    for fail_prepare in (True, False):
+        made = client(server)
+        wrap_client(
+            made, Wrapping("openai", BrokenAdapter(fail_prepare), None, None), is_async=False
+        )
+        answer = made.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        assert answer.usage.prompt_tokens == PROMPT_TOKENS
+        chunks = list(made.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+        assert len(chunks) == 7
+    rows = pipeline.rows()
+    # A request the wrapper could not prepare is sent as it was and not recorded; answers
+    # it could not read are recorded with what is known: the requested model, no usage.
+    assert [(r["model"], r["prompt_tokens"], r["streaming"]) for r in rows] == [
+        ("gpt-4o", 0, False),
+        ("gpt-4o", 0, True),
+    ]
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="wrap_cohere"):
+        _ = fleettrace.integrations.wrap_cohere
 
 
 def test_importing_fleettrace_imports_no_integration_library() -> None:

@@ -54,8 +54,12 @@ class Adapter(Protocol):
     def read(self, result: Any, call: Call) -> None:
         """Take model, usage and tool calls from a complete answer."""
 
-    def event(self, event: Any, call: Call) -> bool:
-        """Take what a stream event says; True hides the event from the caller."""
+    def event(self, event: Any, call: Call) -> None:
+        """Take what a stream event says."""
+
+    def hidden(self, event: Any, call: Call) -> bool:
+        """True for an event the caller did not ask for (kept apart from ``event``, so
+        that a failure to read an event never shows the caller one it should not see)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,9 +218,13 @@ def _seen(event: Any, call: Call, adapter: Adapter) -> bool:
     """Note one event; True hides it. Bookkeeping errors never reach the caller."""
     call.first_token()
     try:
-        return adapter.event(event, call)
+        adapter.event(event, call)
     except Exception:
         logger.debug("fleettrace integration: cannot read a stream event", exc_info=True)
+    try:
+        return adapter.hidden(event, call)
+    except Exception:
+        logger.debug("fleettrace integration: cannot judge a stream event", exc_info=True)
         return False
 
 

@@ -50,7 +50,7 @@ class AnthropicAdapter:
             if getattr(block, "type", None) in _TOOL_BLOCKS:
                 call.add_tool_call(getattr(block, "name", None))
 
-    def event(self, event: Any, call: Call) -> bool:
+    def event(self, event: Any, call: Call) -> None:
         kind = getattr(event, "type", None)
         if kind == "message_start":
             message = event.message
@@ -62,7 +62,9 @@ class AnthropicAdapter:
             block = event.content_block
             if getattr(block, "type", None) in _TOOL_BLOCKS:
                 call.add_tool_call(getattr(block, "name", None))
-        return False
+
+    def hidden(self, event: Any, call: Call) -> bool:
+        return False  # nothing is asked for beyond what the caller asked
 
 
 def _read_usage(usage: Any, call: Call) -> None:

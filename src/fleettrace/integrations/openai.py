@@ -69,23 +69,27 @@ class OpenAIAdapter:
             for tool_call in getattr(message, "tool_calls", None) or ():
                 call.add_tool_call(_tool_name(tool_call))
 
-    def event(self, event: Any, call: Call) -> bool:
+    def event(self, event: Any, call: Call) -> None:
         kind = getattr(event, "type", None)
         if isinstance(kind, str):  # a Responses stream event
             if kind in _FINAL_EVENTS:
                 self.read(event.response, call)
-            return False
+            return
         call.set_model(getattr(event, "model", None))
-        choices = getattr(event, "choices", None)
-        for choice in choices or ():
+        for choice in getattr(event, "choices", None) or ():
             delta = getattr(choice, "delta", None)
             for tool_call in getattr(delta, "tool_calls", None) or ():
                 call.add_tool_call(_tool_name(tool_call))
-        usage = getattr(event, "usage", None)
-        if usage is not None:
-            _read_chat_usage(usage, call)
-            return call.hide_usage_chunk and not choices
-        return False
+        _read_chat_usage(getattr(event, "usage", None), call)
+
+    def hidden(self, event: Any, call: Call) -> bool:
+        """The usage-only chunk (no choices) of a stream whose usage only fleettrace
+        asked for."""
+        return (
+            call.hide_usage_chunk
+            and getattr(event, "usage", None) is not None
+            and not getattr(event, "choices", None)
+        )
 
 
 def _tool_name(tool_call: Any) -> object:
