@@ -60,6 +60,8 @@ class Fault:
     status: int = 200
     malformed: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    #: Only a request for this model gets the fault (any request when None).
+    model: str | None = None
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -96,7 +98,7 @@ class LLMServer:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with server._lock:
                     server.requests.append((self.path, body))
-                    fault = server.faults.popleft() if server.faults else Fault()
+                    fault = server._take_fault(body.get("model"))
                 # A caller that abandons a stream closes the connection under us.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     server._answer(self, body, fault)
@@ -125,9 +127,17 @@ class LLMServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def fail(self, status: int, times: int = 1, **headers: str) -> None:
+    def fail(self, status: int, times: int = 1, model: str | None = None, **headers: str) -> None:
         for _ in range(times):
-            self.faults.append(Fault(status=status, headers=headers))
+            self.faults.append(Fault(status=status, headers=headers, model=model))
+
+    def _take_fault(self, model: object) -> Fault:
+        """The first queued fault for this request's model, or the normal answer."""
+        for fault in self.faults:
+            if fault.model is None or fault.model == model:
+                self.faults.remove(fault)
+                return fault
+        return Fault()
 
     def malformed_next(self) -> None:
         self.faults.append(Fault(malformed=True))

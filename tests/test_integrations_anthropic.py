@@ -93,6 +93,20 @@ def test_a_raw_stream_looks_as_unwrapped_and_takes_usage_from_start_and_delta(
     }
 
 
+def test_a_stream_closed_after_message_start_keeps_the_usage_it_had(server, pipeline) -> None:
+    wrapped = wrap_anthropic(client(server))
+    with create(wrapped, stream=True) as stream:
+        assert next(iter(stream)).type == "message_start"
+    [row] = pipeline.rows()
+    # message_start states the whole input and the output so far (1); message_delta,
+    # with the final output count, never came.
+    assert (row["prompt_tokens"], row["completion_tokens"], row["streaming"]) == (
+        WHOLE_INPUT,
+        1,
+        True,
+    )
+
+
 def test_retries_errors_and_malformed_events_are_stored(server, pipeline) -> None:
     wrapped = wrap_anthropic(client(server, max_retries=2))
     server.fail(429, times=1, retry_after_ms="5")

@@ -4,9 +4,11 @@ every test reads the rows the worker stored in PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import openai
@@ -227,6 +229,34 @@ def test_async_calls_and_streams_are_stored(server, pipeline) -> None:
     assert rows[4]["error"].startswith("BadRequestError: Error code: 400")
     assert {r["actor"] for r in rows} == {"async-agent"}
     assert rows[1]["prompt_tokens"] == PROMPT_TOKENS
+
+
+def test_threads_sharing_a_client_each_record_their_own_retries_and_scopes(
+    server, pipeline
+) -> None:
+    wrapped = wrap_openai(client(server, max_retries=5))
+    models = ["gpt-4o", "gpt-4o-mini", "m-2", "m-3"]
+    for retries, model in enumerate(models):
+        server.fail(429, times=retries, model=model, retry_after_ms="20")
+    ready = threading.Barrier(len(models))
+
+    def agent(model: str) -> None:
+        with fleettrace.plan(f"plan-{model}"):
+            ready.wait(10)
+            wrapped.chat.completions.create(model=model, messages=MESSAGES)
+
+    threads = [
+        threading.Thread(target=contextvars.copy_context().run, args=(agent, m)) for m in models
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    rows = pipeline.rows()
+    assert sorted((r["plan_id"], r["retry_count"]) for r in rows) == [
+        (f"plan-{model}", retries)
+        for retries, model in sorted(enumerate(models), key=lambda x: x[1])
+    ]
 
 
 def test_the_responses_api_plain_and_streamed(server, pipeline) -> None:
