@@ -402,7 +402,19 @@ def test_bookkeeping_that_fails_never_reaches_the_caller(server, pipeline) -> No
     ]
 
 
-def test_an_unknown_name_is_an_attribute_error() -> None:
+def test_the_public_names_and_an_unknown_one() -> None:
+    assert sorted(fleettrace.integrations.__all__) == [
+        "Call",
+        "CallObserver",
+        "FleettraceCallbackHandler",
+        "FleettraceSpanProcessor",
+        "is_wrapped",
+        "unwrap",
+        "wrap_anthropic",
+        "wrap_openai",
+    ]
+    for name in fleettrace.integrations.__all__:
+        assert getattr(fleettrace.integrations, name) is not None
     with pytest.raises(AttributeError, match="wrap_cohere"):
         _ = fleettrace.integrations.wrap_cohere
 

@@ -14,7 +14,6 @@ call is dropped, never the caller's answer.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,7 +80,7 @@ class Call:
     finished: bool = False
     #: Where the call went: ``"span"`` (filled an open span), ``"record"``, or None.
     outcome: str | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _once: list[bool] = field(default_factory=lambda: [True])
 
     def first_token(self) -> None:
         if self.ttft_ms is None:
@@ -97,10 +96,14 @@ class Call:
 
     def finish(self, error: BaseException | None = None) -> None:
         """Record the call once; later calls do nothing. Never raises."""
-        with self._lock:
-            if self.finished:
-                return
-            self.finished = True
+        try:
+            # list.pop is atomic: of two threads, or of a garbage-collection finalizer
+            # running inside this very call, exactly one gets the token. (A lock could
+            # deadlock when the finalizer runs in the thread that holds it.)
+            self._once.pop()
+        except IndexError:
+            return
+        self.finished = True
         try:
             if error is not None:
                 self.error = error_text(error)
