@@ -94,6 +94,21 @@ def test_a_chain_in_a_runnable_config_is_a_plan_with_its_llm_call(server, pipeli
     assert handler._runs == {}
 
 
+def test_two_handlers_on_one_chain_record_it_once(server, pipeline) -> None:
+    first, second = FleettraceCallbackHandler(), FleettraceCallbackHandler()
+    chain(server).invoke({"name": "Gil"}, config={"callbacks": [first, second]})
+    assert search.invoke({"query": "z"}, config={"callbacks": [first, second]}) == "found z"
+    [row] = pipeline.rows()
+    assert row["prompt_tokens"] == PROMPT_TOKENS
+    with psycopg.connect(pipeline.database_url) as conn:
+        keys = conn.execute("SELECT key FROM metric_samples ORDER BY key").fetchall()
+    assert keys == [
+        ("plan.duration_seconds",),
+        ("tool.error_rate",),
+        ("tool.invocation_duration_ms",),
+    ]
+
+
 def test_inside_fleettrace_scopes_the_handler_joins_them(server, pipeline) -> None:
     handler = FleettraceCallbackHandler()
     model = chat(server)

@@ -70,6 +70,16 @@ def test_a_genai_chat_span_is_stored_as_an_llm_call_in_its_scopes(tracer, calls,
     assert (call.cache_read_tokens, call.reasoning_tokens, call.ttft_ms) == (800, 50, 250.0)
 
 
+def test_a_processor_installed_twice_records_once(pipeline) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(FleettraceSpanProcessor())
+    provider.add_span_processor(FleettraceSpanProcessor())
+    chat_span(provider.get_tracer("twice"))
+    provider.shutdown()
+    [row] = pipeline.rows()
+    assert row["completion_tokens"] == 500
+
+
 def test_older_attribute_names_and_a_failed_span(tracer, pipeline) -> None:
     attributes = {
         "gen_ai.operation.name": "text_completion",

@@ -14,11 +14,13 @@ call is dropped, never the caller's answer.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from fleettrace import hooks
 from fleettrace.emitter import Emitter
@@ -146,6 +148,27 @@ class Call:
             **self._fields(),
         )
         self.outcome = "record"
+
+
+#: How many recently recorded keys ``first_claim`` remembers.
+RECENT_KEYS: Final = 4096
+_recent: OrderedDict[Hashable, None] = OrderedDict()
+_recent_lock = threading.Lock()
+
+
+def first_claim(key: Hashable) -> bool:
+    """True the first time ``key`` (a LangChain run id, an OTel span id) is claimed.
+
+    Two handlers or span processors installed side by side see the same run or span;
+    only the first records it. The memory is bounded: the oldest keys are forgotten.
+    """
+    with _recent_lock:
+        if key in _recent:
+            return False
+        _recent[key] = None
+        if len(_recent) > RECENT_KEYS:
+            _recent.popitem(last=False)
+        return True
 
 
 def guarded(what: str, func: Callable[..., Any], *args: Any) -> Any:

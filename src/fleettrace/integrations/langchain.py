@@ -36,7 +36,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 
 from fleettrace import hooks
 from fleettrace.emitter import Emitter, get_emitter
-from fleettrace.integrations._calls import Call, CallObserver, tokens
+from fleettrace.integrations._calls import Call, CallObserver, first_claim, tokens
 from fleettrace.metrics import MetricKey
 from fleettrace.model import MAX_NAME_CHARS
 
@@ -119,6 +119,8 @@ class FleettraceCallbackHandler(BaseCallbackHandler):
     def on_chain_start(
         self, serialized: Any, inputs: Any, *, run_id: uuid.UUID, **kwargs: Any
     ) -> None:
+        if not first_claim(run_id):
+            return
         try:
             self._start(
                 run_id,
@@ -179,6 +181,8 @@ class FleettraceCallbackHandler(BaseCallbackHandler):
         self._llm_start(serialized, run_id, kwargs)
 
     def _llm_start(self, serialized: Any, run_id: uuid.UUID, kwargs: dict[str, Any]) -> None:
+        if not first_claim(run_id):
+            return  # another fleettrace handler on the same run records it
         try:
             metadata = kwargs.get("metadata") or {}
             params = kwargs.get("invocation_params") or {}
@@ -226,6 +230,8 @@ class FleettraceCallbackHandler(BaseCallbackHandler):
     def on_tool_start(
         self, serialized: Any, input_str: Any, *, run_id: uuid.UUID, **kwargs: Any
     ) -> None:
+        if not first_claim(run_id):
+            return
         try:
             name = _name(serialized, kwargs)
             run = self._start(run_id, kwargs.get("parent_run_id"), name, kwargs.get("metadata"))

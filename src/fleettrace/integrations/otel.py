@@ -30,7 +30,7 @@ from opentelemetry.trace import StatusCode
 
 from fleettrace import hooks
 from fleettrace.emitter import Emitter, get_emitter
-from fleettrace.integrations._calls import Call, CallObserver, tokens
+from fleettrace.integrations._calls import Call, CallObserver, first_claim, tokens
 from fleettrace.metrics import MetricKey
 from fleettrace.model import MAX_ERROR_CHARS, MAX_NAME_CHARS
 
@@ -73,6 +73,9 @@ class FleettraceSpanProcessor(SpanProcessor):
         operation = attributes.get(OPERATION)
         if operation is None:
             return
+        context = span.context
+        if context is not None and not first_claim((context.trace_id, context.span_id)):
+            return  # a second processor installed beside this one
         try:
             if operation in INFERENCE_OPERATIONS:
                 self._record_call(span, attributes)
