@@ -337,6 +337,12 @@ def test_wrapping_twice_records_once_and_unwrap_restores(server, pipeline) -> No
     assert len(pipeline.rows()) == 1
 
 
+def test_wrapping_something_else_says_what_it_takes(pipeline) -> None:
+    with pytest.raises(TypeError, match="can wrap an OpenAI or Anthropic SDK client, not dict"):
+        wrap_openai({})
+    assert pipeline.rows() == []
+
+
 def test_a_client_made_by_with_options_records_too(server, pipeline) -> None:
     wrapped = wrap_openai(client(server), provider="local-vllm")
     wrapped.with_options(max_retries=0).chat.completions.create(model="m-1", messages=MESSAGES)

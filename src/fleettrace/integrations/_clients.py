@@ -20,6 +20,7 @@ when the stream is exhausted, fails, is closed or is garbage collected.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -74,12 +75,22 @@ def is_wrapped(client: object) -> bool:
     return MARK in vars(client)
 
 
-def wrap_client(client: C, wrapping: Wrapping, *, is_async: bool) -> C:
-    """Instrument ``client`` in place and return it; a wrapped client is left as it is."""
+def wrap_client(client: C, wrapping: Wrapping, *, is_async: bool | None = None) -> C:
+    """Instrument ``client`` in place and return it; a wrapped client is left as it is.
+
+    Raises ``TypeError`` for an object that is not an SDK client (a setup mistake, made
+    once where the client is built, not on an agent's call).
+    """
+    request = getattr(client, "request", None)
+    if not callable(request) or not hasattr(client, "__dict__"):
+        raise TypeError(
+            f"fleettrace can wrap an OpenAI or Anthropic SDK client, not {type(client).__name__}"
+        )
     if is_wrapped(client):
         return client
+    if is_async is None:
+        is_async = inspect.iscoroutinefunction(request)
     state = vars(client)
-    request = client.request  # type: ignore[attr-defined]
     build = getattr(client, "_build_request", None)
     if build is not None:  # an SDK without it: calls are recorded with retry_count 0
 

@@ -103,6 +103,5 @@ def wrap_anthropic(
 ) -> C:
     """Record the messages calls ``client`` (``Anthropic`` or ``AsyncAnthropic``) makes;
     returns it. Arguments as for :func:`~fleettrace.integrations.wrap_openai`."""
-    is_async = type(client).__name__.startswith("Async")
     wrapping = Wrapping(provider, AnthropicAdapter(), emitter, on_call)
-    return wrap_client(client, wrapping, is_async=is_async)
+    return wrap_client(client, wrapping)

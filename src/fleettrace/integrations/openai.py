@@ -132,8 +132,8 @@ def wrap_openai(
     ``"azure"``...). ``emitter`` defaults to the process's default emitter.
     ``on_call`` is called with each finished :class:`~fleettrace.integrations.Call`,
     which also holds what the record cannot carry yet (cache and reasoning tokens,
-    time to first token). Wrapping a wrapped client changes nothing.
+    time to first token). Wrapping a wrapped client changes nothing; an object that is
+    not an SDK client raises ``TypeError`` here, at setup.
     """
-    is_async = type(client).__name__.startswith("Async")
     wrapping = Wrapping(provider, OpenAIAdapter(), emitter, on_call)
-    return wrap_client(client, wrapping, is_async=is_async)
+    return wrap_client(client, wrapping)
