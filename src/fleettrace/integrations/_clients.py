@@ -187,10 +187,11 @@ def _async_request(request: Callable[..., Any], wrapping: Wrapping) -> Callable[
 
 def _after(result: Any, call: Call, adapter: Adapter) -> Any:
     """Read a complete answer and record it, or follow a stream; return ``result``."""
-    inner = getattr(result, "_iterator", None)
-    if call.streaming and inner is not None and hasattr(result, "response"):
-        guarded("following a stream", _follow, result, inner, call, adapter)
-        return result
+    if call.streaming:
+        inner = getattr(result, "_iterator", None)
+        if inner is not None and hasattr(result, "response"):
+            guarded("following a stream", _follow, result, inner, call, adapter)
+            return result
     guarded("reading an answer", adapter.read, result, call)
     call.finish()
     return result
