@@ -132,8 +132,11 @@ def test_inside_an_open_llm_span_the_genai_span_fills_it(tracer, pipeline) -> No
 
 
 def test_odd_attributes_are_recorded_as_far_as_they_are_valid(pipeline) -> None:
+    def failing_observer(call: Call) -> None:
+        raise RuntimeError("an observer's own bug")
+
     provider = TracerProvider()
-    processor = FleettraceSpanProcessor(emitter=pipeline.emitter)
+    processor = FleettraceSpanProcessor(emitter=pipeline.emitter, on_call=failing_observer)
     provider.add_span_processor(processor)
     tracer = provider.get_tracer("odd")
     attributes = {

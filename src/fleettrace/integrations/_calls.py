@@ -112,10 +112,13 @@ class Call:
             if self.latency_ms is None:
                 self.latency_ms = (time.perf_counter() - self.started_s) * 1000
             self._deliver()
-            if self.observer is not None:
-                self.observer(self)
         except Exception:
             logger.warning("fleettrace could not record an LLM call", exc_info=True)
+        if self.observer is not None:
+            try:
+                self.observer(self)
+            except Exception:
+                logger.warning("an on_call observer of fleettrace failed", exc_info=True)
 
     def _fields(self) -> dict[str, Any]:
         return {
