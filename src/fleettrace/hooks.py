@@ -43,6 +43,9 @@ logger = logging.getLogger("fleettrace.hooks")
 _plan_id: ContextVar[str | None] = ContextVar("fleettrace_plan_id", default=None)
 _decision_id: ContextVar[str | None] = ContextVar("fleettrace_decision_id", default=None)
 _actor: ContextVar[str | None] = ContextVar("fleettrace_actor", default=None)
+# The LLM call span open in this context: a wrapped client fills it (fleettrace.integrations)
+# instead of recording a second call for the same request.
+_llm_call: ContextVar[LLMCallSpan | None] = ContextVar("fleettrace_llm_call", default=None)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,6 +62,11 @@ def current_decision_id() -> str | None:
 
 def current_actor() -> str | None:
     return _actor.get()
+
+
+def current_llm_call() -> LLMCallSpan | None:
+    """The ``llm_call`` / ``actor.llm`` span open in this context, if any."""
+    return _llm_call.get()
 
 
 def _name(kind: str, value: str) -> str:
@@ -90,7 +98,7 @@ class Span:
     def __init__(self, emitter: Emitter | None = None) -> None:
         self._emitter = emitter
         self._started_s = 0.0
-        self._tokens: list[tuple[ContextVar[str | None], Token[str | None]]] = []
+        self._tokens: list[tuple[ContextVar[Any], Token[Any]]] = []
 
     @property
     def emitter(self) -> Emitter:
@@ -103,7 +111,7 @@ class Span:
     def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
         """Called when the block ends, with its wall time and the exception if any."""
 
-    def _set(self, var: ContextVar[str | None], value: str | None) -> None:
+    def _set(self, var: ContextVar[Any], value: Any) -> None:
         self._tokens.append((var, var.set(value)))
 
     def _observe(self, key: MetricKey, value: float, labels: dict[str, str]) -> None:
@@ -271,6 +279,7 @@ class LLMCallSpan(Span):
     def _enter(self) -> None:
         # A decorated function's calls share the fields given at decoration time.
         self.fields = dict(self.fields)
+        self._set(_llm_call, self)
 
     def update(self, **fields: Any) -> None:
         """Set ``LLMTrace`` fields known once the call returned (tokens, retry_count...)."""

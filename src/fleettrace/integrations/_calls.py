@@ -1,0 +1,183 @@
+"""One LLM call as an integration sees it, from the request to the record.
+
+A :class:`Call` is made when a request starts: it takes the plan, decision and
+actor from the ``contextvars`` scopes there (a stream may end in another context)
+and notes an ``actor.llm(...)`` span open around it. The integration fills in what
+the client reports; :meth:`Call.finish` then either fills that open span or records
+an ``LLMTrace`` of its own, exactly once, however often it is called (a stream ends
+by exhaustion, ``close()`` and garbage collection, in any order).
+
+Nothing here raises into agent code: a value the record refuses is logged and the
+call is dropped, never the caller's answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from fleettrace import hooks
+from fleettrace.emitter import Emitter
+from fleettrace.hooks import LLMCallSpan
+from fleettrace.model import MAX_ERROR_CHARS, MAX_NAME_CHARS, MAX_TOKENS, MAX_TOOL_CALLS
+
+logger = logging.getLogger("fleettrace.integrations")
+
+#: What an integration calls with each finished call (see ``Call``), when given one.
+CallObserver = Callable[["Call"], None]
+
+
+def error_text(error: BaseException) -> str:
+    """``"<ExceptionType>: <message>"``, as the hooks record an exception."""
+    return f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
+
+
+def tokens(value: object) -> int | None:
+    """A token count from a provider's usage, or None when it is not a sane count."""
+    if type(value) is int and 0 <= value <= MAX_TOKENS:
+        return value
+    return None
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """What is known of one LLM call so far.
+
+    ``cache_read_tokens``, ``cache_write_tokens``, ``reasoning_tokens`` and
+    ``ttft_ms`` are captured but not yet recorded: ``LLMTrace`` has no fields for
+    them (issue 12 adds them). ``prompt_tokens`` is the whole input, cache reads and
+    writes included; ``completion_tokens`` the whole output, reasoning included.
+    """
+
+    provider: str
+    model: str
+    emitter: Emitter | None = None
+    observer: CallObserver | None = None
+    streaming: bool = False
+    retries: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    ttft_ms: float | None = None
+    tool_calls: list[str] = field(default_factory=list)
+    error: str | None = None
+    latency_ms: float | None = None
+    #: Set by the integration when it asked the API for a usage chunk the caller did
+    #: not ask for, so that chunk is hidden from the caller.
+    hide_usage_chunk: bool = False
+    plan_id: str | None = field(default_factory=hooks.current_plan_id)
+    decision_id: str | None = field(default_factory=hooks.current_decision_id)
+    actor: str | None = field(default_factory=hooks.current_actor)
+    span: LLMCallSpan | None = field(default_factory=hooks.current_llm_call)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started_s: float = field(default_factory=time.perf_counter)
+    finished: bool = False
+    #: Where the call went: ``"span"`` (filled an open span), ``"record"``, or None.
+    outcome: str | None = None
+    _once: list[bool] = field(default_factory=lambda: [True])
+
+    def first_token(self) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = (time.perf_counter() - self.started_s) * 1000
+
+    def add_tool_call(self, name: object) -> None:
+        if isinstance(name, str) and name and len(self.tool_calls) < MAX_TOOL_CALLS:
+            self.tool_calls.append(name[:MAX_NAME_CHARS])
+
+    def set_model(self, model: object) -> None:
+        if isinstance(model, str) and model:
+            self.model = model[:MAX_NAME_CHARS]
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Record the call once; later calls do nothing. Never raises."""
+        try:
+            # list.pop is atomic: of two threads, or of a garbage-collection finalizer
+            # running inside this very call, exactly one gets the token. (A lock could
+            # deadlock when the finalizer runs in the thread that holds it.)
+            self._once.pop()
+        except IndexError:
+            return
+        self.finished = True
+        try:
+            if error is not None:
+                self.error = error_text(error)
+            if self.latency_ms is None:
+                self.latency_ms = (time.perf_counter() - self.started_s) * 1000
+            self._deliver()
+        except Exception:
+            logger.warning("fleettrace could not record an LLM call", exc_info=True)
+        if self.observer is not None:
+            try:
+                self.observer(self)
+            except Exception:
+                logger.warning("an on_call observer of fleettrace failed", exc_info=True)
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens or 0,
+            "completion_tokens": self.completion_tokens or 0,
+            "streaming": self.streaming,
+            "retry_count": self.retries,
+            "tool_calls": list(self.tool_calls),
+            "error": self.error,
+        }
+
+    def _deliver(self) -> None:
+        span = self.span
+        if span is not None and span.trace is None:
+            # The caller's own span is still open: it records this call when it ends,
+            # with its own latency, so filling it is all there is to do.
+            span.model = self.model
+            span.update(**self._fields())
+            self.outcome = "span"
+            return
+        hooks.record_llm_call(
+            self.provider,
+            self.model,
+            emitter=self.emitter,
+            plan_id=self.plan_id,
+            decision_id=self.decision_id,
+            actor=self.actor,
+            latency_ms=min(self.latency_ms or 0.0, 86_400_000.0),
+            started_at=self.started_at,
+            **self._fields(),
+        )
+        self.outcome = "record"
+
+
+#: How many recently recorded keys ``first_claim`` remembers.
+RECENT_KEYS: Final = 4096
+_recent: OrderedDict[Hashable, None] = OrderedDict()
+_recent_lock = threading.Lock()
+
+
+def first_claim(key: Hashable) -> bool:
+    """True the first time ``key`` (a LangChain run id, an OTel span id) is claimed.
+
+    Two handlers or span processors installed side by side see the same run or span;
+    only the first records it. The memory is bounded: the oldest keys are forgotten.
+    """
+    with _recent_lock:
+        if key in _recent:
+            return False
+        _recent[key] = None
+        if len(_recent) > RECENT_KEYS:
+            _recent.popitem(last=False)
+        return True
+
+
+def guarded(what: str, func: Callable[..., Any], *args: Any) -> Any:
+    """Run a piece of integration bookkeeping; log (not raise) what goes wrong."""
+    try:
+        return func(*args)
+    except Exception:
+        logger.debug("fleettrace integration: %s failed", what, exc_info=True)
+        return None

@@ -1,0 +1,139 @@
+"""``wrap_openai``: record every chat completion and Responses call of an OpenAI client.
+
+    from openai import OpenAI
+    from fleettrace.integrations import wrap_openai
+
+    client = wrap_openai(OpenAI())
+
+Works for ``OpenAI`` and ``AsyncOpenAI``, plain and streamed calls, the ``stream()``
+and ``parse()`` helpers, and clients pointed at OpenAI-compatible servers
+(``base_url``; name the provider with ``provider=``). A streamed chat completion asks
+the API for usage (``stream_options={"include_usage": true}``) unless the caller set
+``stream_options``; the usage-only chunk that then arrives is hidden from the caller.
+
+This module imports nothing from ``openai``: it reads the client's objects by
+attribute, so importing it costs nothing and any 3.x client works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, TypeVar
+
+from fleettrace.emitter import Emitter
+from fleettrace.integrations._calls import Call, CallObserver, tokens
+from fleettrace.integrations._clients import Wrapping, wrap_client
+
+_CHAT: Final = "/chat/completions"
+_RESPONSES: Final = "/responses"
+#: Responses stream events that carry the finished response (and its usage).
+_FINAL_EVENTS: Final = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+C = TypeVar("C")
+
+
+class OpenAIAdapter:
+    """Chat completions and Responses, as the OpenAI SDK hands them over."""
+
+    def model_of(self, options: Any) -> str | None:
+        url = options.url
+        if options.method.lower() != "post" or not (url.endswith((_CHAT, _RESPONSES))):
+            return None
+        body = options.json_data
+        if not isinstance(body, Mapping):
+            return None
+        model = body.get("model")
+        return model if isinstance(model, str) and model else "unknown"
+
+    def prepare(self, options: Any, call: Call) -> Any:
+        body = options.json_data
+        call.streaming = body.get("stream") is True
+        if call.streaming and options.url.endswith(_CHAT) and body.get("stream_options") is None:
+            options = options.model_copy()
+            options.json_data = {**body, "stream_options": {"include_usage": True}}
+            call.hide_usage_chunk = True
+        return options
+
+    def read(self, result: Any, call: Call) -> None:
+        call.set_model(getattr(result, "model", None))
+        usage = getattr(result, "usage", None)
+        if getattr(result, "object", None) == "response" or hasattr(result, "output"):
+            _read_response_usage(usage, call)
+            for item in getattr(result, "output", None) or ():
+                if getattr(item, "type", None) in ("function_call", "custom_tool_call"):
+                    call.add_tool_call(getattr(item, "name", None))
+            return
+        _read_chat_usage(usage, call)
+        for choice in getattr(result, "choices", None) or ():
+            message = getattr(choice, "message", None)
+            for tool_call in getattr(message, "tool_calls", None) or ():
+                call.add_tool_call(_tool_name(tool_call))
+
+    def event(self, event: Any, call: Call) -> None:
+        kind = getattr(event, "type", None)
+        if isinstance(kind, str):  # a Responses stream event
+            if kind in _FINAL_EVENTS:
+                self.read(event.response, call)
+            return
+        call.set_model(getattr(event, "model", None))
+        for choice in getattr(event, "choices", None) or ():
+            delta = getattr(choice, "delta", None)
+            for tool_call in getattr(delta, "tool_calls", None) or ():
+                call.add_tool_call(_tool_name(tool_call))
+        _read_chat_usage(getattr(event, "usage", None), call)
+
+    def hidden(self, event: Any, call: Call) -> bool:
+        """The usage-only chunk (no choices) of a stream whose usage only fleettrace
+        asked for."""
+        return (
+            call.hide_usage_chunk
+            and getattr(event, "usage", None) is not None
+            and not getattr(event, "choices", None)
+        )
+
+
+def _tool_name(tool_call: Any) -> object:
+    function = getattr(tool_call, "function", None) or getattr(tool_call, "custom", None)
+    return getattr(function, "name", None)
+
+
+def _read_chat_usage(usage: Any, call: Call) -> None:
+    if usage is None:
+        return
+    call.prompt_tokens = tokens(getattr(usage, "prompt_tokens", None))
+    call.completion_tokens = tokens(getattr(usage, "completion_tokens", None))
+    prompt_details = getattr(usage, "prompt_tokens_details", None)
+    call.cache_read_tokens = tokens(getattr(prompt_details, "cached_tokens", None))
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    call.reasoning_tokens = tokens(getattr(completion_details, "reasoning_tokens", None))
+
+
+def _read_response_usage(usage: Any, call: Call) -> None:
+    if usage is None:
+        return
+    call.prompt_tokens = tokens(getattr(usage, "input_tokens", None))
+    call.completion_tokens = tokens(getattr(usage, "output_tokens", None))
+    input_details = getattr(usage, "input_tokens_details", None)
+    call.cache_read_tokens = tokens(getattr(input_details, "cached_tokens", None))
+    output_details = getattr(usage, "output_tokens_details", None)
+    call.reasoning_tokens = tokens(getattr(output_details, "reasoning_tokens", None))
+
+
+def wrap_openai(
+    client: C,
+    *,
+    provider: str = "openai",
+    emitter: Emitter | None = None,
+    on_call: CallObserver | None = None,
+) -> C:
+    """Record the LLM calls ``client`` (``OpenAI`` or ``AsyncOpenAI``) makes; returns it.
+
+    ``provider`` names the service for OpenAI-compatible servers (``"vllm"``,
+    ``"azure"``...). ``emitter`` defaults to the process's default emitter.
+    ``on_call`` is called with each finished :class:`~fleettrace.integrations.Call`,
+    which also holds what the record cannot carry yet (cache and reasoning tokens,
+    time to first token). Wrapping a wrapped client changes nothing; an object that is
+    not an SDK client raises ``TypeError`` here, at setup.
+    """
+    wrapping = Wrapping(provider, OpenAIAdapter(), emitter, on_call)
+    return wrap_client(client, wrapping)
