@@ -360,7 +360,8 @@ def test_the_progress_is_a_plain_line_elsewhere() -> None:
         (["--agents", "0"], "must be between 1 and 64, got 0"),
         (["--agents", "x"], "not a whole number: 'x'"),
         (["--plans", "0"], "must be at least 1, got 0"),
-        (["--seconds", "0"], "must be more than 0 and at most 3600, got 0"),
+        (["--seconds", "0"], "must be more than 0 and at most 3600 seconds, got 0"),
+        (["--seconds", "3601"], "must be more than 0 and at most 3600 seconds, got 3601"),
         (["--seconds", "soon"], "not a number of seconds: 'soon'"),
     ],
 )

@@ -317,8 +317,8 @@ def test_worker_refuses_a_database_without_the_schema(redis_url, keys, database_
     ("args", "message"),
     [
         (("--http", "nowhere"), "--http must be HOST:PORT"),
-        (("--batch", "0"), "batch_records must be positive"),
-        (("--block-ms", "-1"), "block_ms must not be negative"),
+        (("--batch", "0"), "argument --batch: must be at least 1, got 0"),
+        (("--block-ms", "-1"), "argument --block-ms: must be at least 0, got -1"),
     ],
 )
 def test_bad_settings_are_one_line(redis_url, keys, db, args, message) -> None:

@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing = actions.add_parser("list", help="show dead letters with their reasons")
     _common(listing)
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    listing.add_argument("--limit", type=int, metavar="N", help="show the oldest N only")
+    listing.add_argument(
+        "--limit", type=options.POSITIVE, metavar="N", help="show the oldest N only"
+    )
     listing.set_defaults(handler=run_list)
 
     replay = actions.add_parser(

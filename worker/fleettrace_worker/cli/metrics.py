@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--watch",
         nargs="?",
         const=DEFAULT_WATCH_S,
-        type=_positive_seconds,
+        type=options.Seconds(),
         metavar="SECONDS",
         help=f"refresh every SECONDS (default {DEFAULT_WATCH_S:g}) until Ctrl-C",
     )
@@ -41,16 +41,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="only this metric key (one of: " + ", ".join(k.value for k in MetricKey) + ")",
     )
     parser.set_defaults(handler=run)
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

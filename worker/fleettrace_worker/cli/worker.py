@@ -30,25 +30,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--batch",
-        type=int,
+        type=options.POSITIVE,
         metavar="N",
         help="records to read and store per batch (default: 4000)",
     )
     parser.add_argument(
         "--block-ms",
-        type=int,
+        type=options.WholeNumber(low=0),
         metavar="MS",
         help="how long one read waits for new entries (default: 1000)",
     )
     parser.add_argument(
         "--claim-idle-ms",
-        type=int,
+        type=options.POSITIVE,
         metavar="MS",
         help="take over entries another consumer left pending this long (default: 30000)",
     )
     parser.add_argument(
         "--max-deliveries",
-        type=int,
+        type=options.POSITIVE,
         metavar="N",
         help="dead-letter an entry delivered more often than this (default: 5)",
     )
