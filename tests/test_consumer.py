@@ -13,6 +13,7 @@ from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP, Keys
 from fleettrace_worker.consumer import Consumer, group_states
 from fleettrace_worker.deadletter import DeadLetter, list_dead_letters
 from tests.servers import free_port
+from tests.waiting import wait_until
 from tests.worker_helpers import add_samples, add_traces, make_sample, make_trace
 
 
@@ -81,19 +82,26 @@ def test_refused_login_is_a_configuration_error(redis_url, keys) -> None:
         consumer.ensure_groups()
 
 
+def _idle_ms(client: redis.Redis, keys: Keys) -> list[int]:
+    """How long each pending trace entry has been idle, as Redis counts it."""
+    pending = client.xpending_range(keys.traces, PERSIST_GROUP, "-", "+", 100)
+    return [int(p["time_since_delivered"]) for p in pending]
+
+
 def test_claim_takes_over_idle_entries_with_their_delivery_count(redis_client, keys) -> None:
     dead = Consumer(redis_client, keys, PERSIST_GROUP, "dead", claim_idle_ms=50)
     dead.ensure_groups()
     ids = [add_traces(redis_client, keys, [make_trace(i)]) for i in range(3)]
     assert len(dead.read(count=10, block_ms=None)) == 3
+    patient = Consumer(redis_client, keys, PERSIST_GROUP, "patient", claim_idle_ms=60_000)
+    assert patient.claim(count=10) == []  # not idle long enough yet
+    wait_until(lambda: min(_idle_ms(redis_client, keys)) >= 50, 30, "entries idle 50 ms")
     heir = Consumer(redis_client, keys, PERSIST_GROUP, "heir", claim_idle_ms=50)
-    assert heir.claim(count=10) == []  # not idle long enough yet
-    time.sleep(0.1)
     claimed = heir.claim(count=10)
     assert [e.entry_id for e in claimed] == ids
     assert [e.deliveries for e in claimed] == [2, 2, 2]
     assert claimed[0].fields[b"k"] == b"t"
-    time.sleep(0.1)
+    wait_until(lambda: min(_idle_ms(redis_client, keys)) >= 50, 30, "entries idle 50 ms again")
     again = Consumer(redis_client, keys, PERSIST_GROUP, "third", claim_idle_ms=50)
     assert [e.deliveries for e in again.claim(count=10)] == [3, 3, 3]
 
@@ -129,15 +137,18 @@ def test_acknowledge_adds_dead_letters_in_the_same_transaction(redis_client, key
 
 
 def test_touch_resets_idle_time_without_counting_a_delivery(redis_client, keys) -> None:
-    consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1", claim_idle_ms=100)
+    consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1", claim_idle_ms=300)
     consumer.ensure_groups()
     add_traces(redis_client, keys, [make_trace(1)])
     entries = consumer.read(count=10, block_ms=None)
-    time.sleep(0.15)
+    wait_until(lambda: _idle_ms(redis_client, keys)[0] >= 300, 30, "the entry idle 300 ms")
+    before_touch = time.monotonic()
     consumer.touch(entries)
-    other = Consumer(redis_client, keys, PERSIST_GROUP, "c2", claim_idle_ms=100)
+    other = Consumer(redis_client, keys, PERSIST_GROUP, "c2", claim_idle_ms=300)
     assert other.claim(count=10) == []
     [detail] = redis_client.xpending_range(keys.traces, PERSIST_GROUP, "-", "+", 10)
+    # Idle no longer than since the touch (1 ms for the clocks' rounding): it was reset.
+    assert detail["time_since_delivered"] <= (time.monotonic() - before_touch) * 1000 + 1
     assert detail["times_delivered"] == 1
     assert detail["consumer"] == b"c1"
 

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -44,6 +44,7 @@ from fleettrace_worker.demo import (
 from fleettrace_worker.embedded import EmbeddedPostgres
 from fleettrace_worker.migrations import migrate
 from fleettrace_worker.runner import Worker, WorkerSettings
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -253,14 +254,16 @@ def test_a_worker_that_fails_is_reported_not_waited_for(
 ) -> None:
     settings = DemoSettings(redis_url, database_url, keys.namespace)  # schema never migrated
     seen: list[BaseException] = []
+
+    def failed(check: Callable[[], None]) -> bool:
+        try:
+            check()
+        except SchemaVersionError as error:
+            seen.append(error)
+        return bool(seen)
+
     with pytest.raises(SchemaVersionError), _worker(settings) as check:
-        deadline = time.monotonic() + 30
-        while not seen and time.monotonic() < deadline:
-            try:
-                check()
-            except SchemaVersionError as error:
-                seen.append(error)
-            time.sleep(0.05)
+        wait_until(lambda: failed(check), 30, "the worker's failure to reach the demo")
     assert seen, "the worker's failure never reached the demo"
     assert "run `fleettrace migrate`" in str(seen[0])
 

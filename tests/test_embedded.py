@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psycopg
@@ -26,6 +25,7 @@ from fleettrace_worker.embedded import (
     data_dir_from_env,
     embedded_servers,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -139,10 +139,7 @@ def test_a_server_left_by_a_killed_process_is_taken_over_and_stopped(tmp_path: P
     assert server.pid == orphan_pid
     assert json.loads(handles.read_text()) == [os.getpid()]
     server.stop()
-    deadline = time.monotonic() + 20
-    while _alive(orphan_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(orphan_pid)
+    wait_until(lambda: not _alive(orphan_pid), 20, "the orphaned server to stop")
 
 
 def test_postgres_keeps_running_while_another_live_process_holds_it(tmp_path: Path) -> None:
@@ -154,10 +151,7 @@ def test_postgres_keeps_running_while_another_live_process_holds_it(tmp_path: Pa
         assert conn.execute("SELECT 1").fetchone() == (1,)
     proc.send_signal(signal.SIGINT)  # its exit handlers run: the last holder stops the server
     proc.wait(30)
-    deadline = time.monotonic() + 20
-    while _alive(other_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(other_pid)
+    wait_until(lambda: not _alive(other_pid), 20, "the server to stop with its last holder")
 
 
 def test_handles_of_dead_processes_are_dropped_and_odd_files_left_alone(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -16,6 +15,7 @@ from fleettrace.emitter import Emitter
 from fleettrace.keys import Keys
 from tests.emitting import emitter_figures, live_hash, make_emitter, stream_records
 from tests.servers import PrivateRedis, free_port
+from tests.waiting import wait_until
 
 KEYS = Keys("faults")
 DEADLINE_S = 30.0
@@ -29,14 +29,6 @@ def trace(i: int) -> LLMTrace:
         prompt_tokens=i,
         completion_tokens=1,
     )
-
-
-def wait_until(condition: object, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def trace_ids(client: redis.Redis) -> list[uuid.UUID]:
@@ -55,8 +47,8 @@ def hold_a_batch_while_down(
     private_redis.stop()
     for record in first:
         emitter.record(record)
-    wait_until(lambda: emitter.stats.buffered == 0, "the sender to take its batch")
-    wait_until(lambda: emitter.stats.send_failures >= 1, "a failed send")
+    wait_until(lambda: emitter.stats.buffered == 0, DEADLINE_S, "the sender to take its batch")
+    wait_until(lambda: emitter.stats.send_failures >= 1, DEADLINE_S, "a failed send")
 
 
 @pytest.mark.parametrize("overflow", ["drop_oldest", "block"])
@@ -110,7 +102,7 @@ def test_close_while_redis_is_down_counts_what_is_left(
         emitter.record(trace(i))
     assert emitter.flush(0.05) is False
     assert emitter.close(0.05) is False
-    wait_until(lambda: emitter.stats.dropped == 12, "the batch in hand to be given up")
+    wait_until(lambda: emitter.stats.dropped == 12, DEADLINE_S, "the batch in hand to be given up")
     assert emitter.stats.sent == 0
 
 
@@ -119,23 +111,19 @@ def test_nothing_lost_or_doubled_across_a_restart(
 ) -> None:
     emitter = make_emitter(private_redis.url, KEYS, max_batch_records=50, **fast_retry)
     total = 6000
-    stopped = threading.Event()
-
-    def bounce() -> None:
-        time.sleep(0.05)
-        private_redis.stop()
-        stopped.set()
-        time.sleep(0.3)
-        private_redis.start()
-
-    bouncer = threading.Thread(target=bounce)
-    bouncer.start()
-    for i in range(total):
+    before, during = total // 3, 2 * total // 3
+    for i in range(before):
         emitter.record(trace(i))
-        if i % 100 == 0:
-            time.sleep(0.005)  # spread the records over the outage
-    bouncer.join(DEADLINE_S)
-    assert stopped.is_set()
+    # Redis goes away once the first batches are in (the sender may hold one more)...
+    wait_until(lambda: emitter.stats.sent > 0, DEADLINE_S, "a first batch sent")
+    private_redis.stop()
+    for i in range(before, during):
+        emitter.record(trace(i))
+    # ...refuses at least one batch, and comes back while records keep arriving.
+    wait_until(lambda: emitter.stats.send_failures >= 1, DEADLINE_S, "a send refused")
+    private_redis.start()
+    for i in range(during, total):
+        emitter.record(trace(i))
     assert emitter.flush(DEADLINE_S)
     stats = emitter.stats
     assert stats.send_failures >= 1
@@ -161,6 +149,17 @@ def debug_redis() -> Iterator[PrivateRedis]:
     server.close()
 
 
+def _answers(url: str) -> bool:
+    """Whether the server replies to PING within 50 ms (not while it runs DEBUG SLEEP)."""
+    client = redis.Redis.from_url(url, socket_timeout=0.05)
+    try:
+        return bool(client.ping())
+    except redis.TimeoutError:
+        return False
+    finally:
+        client.close()
+
+
 def test_a_batch_whose_reply_was_lost_is_applied_once(debug_redis: PrivateRedis) -> None:
     """The server stalls (DEBUG SLEEP) after reading the script call: the emitter times
     out, reconnects and re-sends the same batch; when the server wakes it runs both
@@ -176,7 +175,7 @@ def test_a_batch_whose_reply_was_lost_is_applied_once(debug_redis: PrivateRedis)
         target=lambda: redis.Redis.from_url(debug_redis.url).execute_command("DEBUG", "SLEEP", 2)
     )
     sleeper.start()
-    time.sleep(0.2)
+    wait_until(lambda: not _answers(debug_redis.url), DEADLINE_S, "the server to sleep")
     emitter.record(trace(1))
     assert emitter.flush(DEADLINE_S)
     sleeper.join(DEADLINE_S)
@@ -196,4 +195,6 @@ def test_unreachable_port_never_raises_into_the_caller(fast_retry: dict[str, flo
         emitter.record(trace(i))
     assert emitter.flush(0.05) is False
     emitter.close(0.05)
-    wait_until(lambda: emitter.stats.dropped == 10, "every record to be counted as dropped")
+    wait_until(
+        lambda: emitter.stats.dropped == 10, DEADLINE_S, "every record to be counted as dropped"
+    )

@@ -25,8 +25,9 @@ from fleettrace_worker.forwarder import ForwardLoop, loop_settings
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.runs import plan_root_id
 from tests.langsmith_server import Fault, LangSmithServer
-from tests.reliability import report, wait_until
+from tests.reliability import report
 from tests.servers import PrivatePostgres, PrivateRedis
+from tests.waiting import wait_until
 from tests.worker_helpers import migrated, start_worker, worker_env
 
 pytestmark = pytest.mark.slow
@@ -109,11 +110,13 @@ def test_langsmith_503_then_429_then_healthy_every_run_arrives_once(
 
     expected = expected_run_ids(records)
     try:
-        wait_until(lambda: langsmith.healthy_since is not None, timeout_s=120, what="faults spent")
+        wait_until(
+            lambda: langsmith.healthy_since is not None, timeout_s=120, message="faults spent"
+        )
         wait_until(
             lambda: langsmith.run_ids() >= expected and langsmith_pending(redis_client, keys) == 0,
             timeout_s=120,
-            what="every run delivered",
+            message="every run delivered",
         )
         caught_up_s = time.monotonic() - (langsmith.healthy_since or 0.0)
     finally:
@@ -184,7 +187,7 @@ def test_worker_killed_while_forwarding_loses_no_run(
                         or len(server.run_ids()) >= f * len(expected)
                     ),
                     timeout_s=120,
-                    what=f"{fraction:.0%} of the runs forwarded",
+                    message=f"{fraction:.0%} of the runs forwarded",
                 )
                 assert worker.poll() is None, worker.communicate()[1][-2000:]
             finally:
@@ -294,7 +297,7 @@ def test_redis_restarted_under_load_every_record_stored_once(
     producers = Producers(private_redis.url, keys, threads=2, per_thread=4000)
     try:
         producers.start()
-        wait_until(lambda: _rows(db)[0] >= 1000, timeout_s=60, what="first rows")
+        wait_until(lambda: _rows(db)[0] >= 1000, timeout_s=60, message="first rows")
         private_redis.stop()
         down_at = time.monotonic()
         time.sleep(10)
@@ -303,7 +306,7 @@ def test_redis_restarted_under_load_every_record_stored_once(
         emitted = producers.finish()
         sent = len(producers.decisions)
         after_last_send_s = wait_until(
-            lambda: _rows(db)[0] >= sent, timeout_s=120, what="every record stored"
+            lambda: _rows(db)[0] >= sent, timeout_s=120, message="every record stored"
         )
         caught_up_s = time.monotonic() - restarted_at
         assert worker.poll() is None, "the worker must ride out the restart"
@@ -346,7 +349,7 @@ def test_postgres_away_for_20_s_under_load_persistence_catches_up(
     producers = Producers(redis_url, keys, threads=2, per_thread=4000)
     try:
         producers.start()
-        wait_until(lambda: _rows_or_zero(db) >= 1000, timeout_s=60, what="first rows")
+        wait_until(lambda: _rows_or_zero(db) >= 1000, timeout_s=60, message="first rows")
         private_postgres.stop()
         time.sleep(20)
         backlog = int(redis_client.xlen(keys.traces))
@@ -355,7 +358,7 @@ def test_postgres_away_for_20_s_under_load_persistence_catches_up(
         emitted = producers.finish()
         sent = len(producers.decisions)
         after_last_send_s = wait_until(
-            lambda: _rows_or_zero(db) >= sent, timeout_s=120, what="catch up"
+            lambda: _rows_or_zero(db) >= sent, timeout_s=120, message="catch up"
         )
         caught_up_s = time.monotonic() - restarted_at
         assert worker.poll() is None, "the worker must ride out the outage"

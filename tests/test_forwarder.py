@@ -4,7 +4,6 @@ through the real ``langsmith`` client."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -27,6 +26,7 @@ from fleettrace_worker.forwarder import ForwardLoop, langsmith_loop, loop_settin
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.runs import llm_run, plan_root_id
 from tests.langsmith_server import Fault, LangSmithServer
+from tests.waiting import wait_until
 
 API_KEY = "lsv2_pt_0123456789abcdef0123456789abcdef_0123456789"
 
@@ -319,10 +319,10 @@ def test_stopping_while_langsmith_is_down_leaves_the_entry_pending(
     stop = threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,))
     thread.start()
-    deadline = time.monotonic() + 20
-    while loop.stats.retries < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
+    try:
+        wait_until(lambda: loop.stats.retries >= 2, 20, "two retries")
+    finally:
+        stop.set()
     thread.join(20)
     assert not thread.is_alive()
     assert loop.stats.retries >= 2

@@ -18,7 +18,8 @@ from fleettrace.metrics import MetricKey
 from fleettrace_worker.http import metric_name, parse_address, serve
 from fleettrace_worker.runner import Worker, WorkerSettings
 from tests.servers import free_port
-from tests.worker_helpers import make_trace, migrated, trace_rows, wait_for
+from tests.waiting import wait_until
+from tests.worker_helpers import make_trace, migrated, trace_rows
 
 
 def _get(url: str) -> tuple[int, str, str]:
@@ -69,8 +70,8 @@ def test_endpoints_report_the_worker_and_the_fleet(running, redis_url, keys) -> 
     emitter.observe(MetricKey.CONTEXT_TOKENS_USED, 1234.0)
     assert emitter.flush(30)
     emitter.close()
-    wait_for(lambda: trace_rows(db) == 20, 60, "rows")
-    wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 30, "ready")
+    wait_until(lambda: trace_rows(db) == 20, 60, "rows")
+    wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 30, "ready")
     assert _get(f"{base}/healthz")[::2] == (200, "ok\n")
     assert _get(f"{base}/readyz")[::2] == (200, "ready\n")
     assert _get(f"{base}/nope")[0] == 404

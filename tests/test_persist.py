@@ -19,6 +19,7 @@ from fleettrace_worker.deadletter import DeadLetter, list_dead_letters, replay_d
 from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
 from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.repository import LLMTraceRepository
+from tests.waiting import wait_until
 from tests.worker_helpers import (
     add_samples,
     add_traces,
@@ -29,7 +30,6 @@ from tests.worker_helpers import (
     sample_rows,
     scalar,
     trace_rows,
-    wait_for,
 )
 
 BURST = LoopSettings(burst=True, retry_initial_s=0.01, retry_max_s=0.05)
@@ -178,10 +178,11 @@ def test_postgres_away_keeps_entries_in_hand_until_it_returns(
         stop = threading.Event()
         thread = threading.Thread(target=loop.run, args=(stop,))
         thread.start()
-        deadline = 30
-        while loop.stats.retries < 2 and deadline > 0:
-            threading.Event().wait(0.1)
-            deadline -= 0.1
+        try:
+            wait_until(lambda: loop.stats.retries >= 2, 30, "two retries")
+        except AssertionError:
+            stop.set()
+            raise
         assert loop.stats.ready is False
         assert "unavailable" in (loop.stats.last_error or "")
         assert pending(redis_client, keys) == 1
@@ -276,7 +277,7 @@ def test_stopping_a_pipelined_loop_while_it_retries(redis_client, keys) -> None:
     stop = threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,))
     thread.start()
-    wait_for(lambda: loop.stats.retries >= 2, 30, "retries")
+    wait_until(lambda: loop.stats.retries >= 2, 30, "retries")
     stop.set()
     thread.join(30)
     assert not thread.is_alive()
@@ -293,14 +294,14 @@ def test_redis_away_is_waited_for_and_nothing_is_lost(private_redis, db, pool) -
     thread = threading.Thread(target=loop.run, args=(stop,))
     thread.start()
     try:
-        wait_for(lambda: trace_rows(db) == 10, 60, "first rows")
+        wait_until(lambda: trace_rows(db) == 10, 60, "first rows")
         private_redis.stop()
-        wait_for(lambda: loop.stats.ready is False, 60, "not ready")
+        wait_until(lambda: loop.stats.ready is False, 60, "not ready")
         assert (loop.stats.last_error or "").startswith("reading the streams: ")
         private_redis.start()  # AOF: the stream and the group come back
         add_traces(client, keys, [make_trace(i) for i in range(10, 30)])
-        wait_for(lambda: trace_rows(db) == 30, 60, "catch up")
-        wait_for(lambda: loop.stats.ready is True, 30, "ready again")
+        wait_until(lambda: trace_rows(db) == 30, 60, "catch up")
+        wait_until(lambda: loop.stats.ready is True, 30, "ready again")
     finally:
         stop.set()
         thread.join(30)

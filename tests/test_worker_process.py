@@ -20,6 +20,7 @@ import redis
 
 from fleettrace.keys import PERSIST_GROUP
 from tests.servers import free_port
+from tests.waiting import wait_until
 from tests.worker_helpers import (
     ROOT,
     add_traces,
@@ -31,7 +32,6 @@ from tests.worker_helpers import (
     scalar,
     start_worker,
     trace_rows,
-    wait_for,
     worker_env,
 )
 
@@ -99,7 +99,7 @@ def test_four_producers_two_workers_store_every_record_once(redis_url, keys, db)
     ]
     try:
         _finish(_producers(redis_url, keys, count=20_000, samples=2_000, seconds=2))
-        wait_for(lambda: trace_rows(db) >= 20_000 and sample_rows(db) >= 2_000, 120, "all rows")
+        wait_until(lambda: trace_rows(db) >= 20_000 and sample_rows(db) >= 2_000, 120, "all rows")
     finally:
         results = [(w, *_stop(w)) for w in workers]
     for worker, _, err in results:
@@ -122,7 +122,7 @@ def test_sigkill_mid_run_three_times_leaves_exactly_the_sent_rows(
         for round_ in range(3):
             worker = start_worker("--consumer", f"doomed-{round_}", *args, env=env)
             floor = trace_rows(db)
-            wait_for(
+            wait_until(
                 lambda floor=floor: trace_rows(db) > floor or pending(redis_client, keys) > 0, 60
             )
             threading.Event().wait(0.3)
@@ -136,8 +136,8 @@ def test_sigkill_mid_run_three_times_leaves_exactly_the_sent_rows(
                 proc.kill()
     last = start_worker("--consumer", "survivor", *args, env=env)
     try:
-        wait_for(lambda: trace_rows(db) >= 20_000 and sample_rows(db) >= 2_000, 120, "all rows")
-        wait_for(lambda: pending(redis_client, keys) == 0, 60, "nothing pending")
+        wait_until(lambda: trace_rows(db) >= 20_000 and sample_rows(db) >= 2_000, 120, "all rows")
+        wait_until(lambda: pending(redis_client, keys) == 0, 60, "nothing pending")
     finally:
         _, err = _stop(last)
     assert last.returncode == 0, err
@@ -159,19 +159,19 @@ def test_postgres_outage_makes_the_worker_not_ready_then_it_catches_up(
     )
     try:
         add_traces(redis_client, keys, [make_trace(i) for i in range(500)])
-        wait_for(lambda: trace_rows(db) == 500, 60, "first rows")
-        wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 30, "ready")
+        wait_until(lambda: trace_rows(db) == 500, 60, "first rows")
+        wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 30, "ready")
         private_postgres.stop()
         for start in range(500, 3_000, 500):
             add_traces(redis_client, keys, [make_trace(i) for i in range(start, start + 500)])
-        wait_for(lambda: _get(f"{base}/readyz")[0] == 503, 60, "not ready")
+        wait_until(lambda: _get(f"{base}/readyz")[0] == 503, 60, "not ready")
         _, body = _get(f"{base}/readyz")
         assert "PostgreSQL" in body and "unavailable" in body
         assert _get(f"{base}/healthz") == (200, "ok\n")
         assert pending(redis_client, keys) > 0
         private_postgres.start()
-        wait_for(lambda: trace_rows(db) == 3_000, 120, "catch up")
-        wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 30, "ready again")
+        wait_until(lambda: trace_rows(db) == 3_000, 120, "catch up")
+        wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 30, "ready again")
         metrics = _get(f"{base}/metrics")[1]
         assert 'fleettrace_worker_records_total{group="persist"} 3000.0' in metrics
         assert 'fleettrace_worker_retries_total{group="persist"}' in metrics
@@ -191,7 +191,7 @@ def _worker_with_a_batch_in_hand(redis_url, redis_client, keys, db):
     lock.execute("LOCK TABLE llm_traces IN ACCESS EXCLUSIVE MODE")
     worker = start_worker("--consumer", "w1", env=env)
     try:
-        wait_for(lambda: pending(redis_client, keys) > 0, 60, "a batch in hand")
+        wait_until(lambda: pending(redis_client, keys) > 0, 60, "a batch in hand")
     except BaseException:
         worker.kill()
         worker.wait(10)
@@ -293,7 +293,7 @@ def test_check_reports_a_ready_worker_only(redis_url, redis_client, keys, db) ->
             raw = redis_client.get(keys.worker_health("w1"))
             return raw is not None and json.loads(raw)["ready"] is True
 
-        wait_for(ready, 60, "ready")
+        wait_until(ready, 60, "ready")
         assert fleettrace("worker", "--check", "--consumer", "w1", env=env).returncode == 0
         health = json.loads(redis_client.get(keys.worker_health("w1")))
         assert health["ready"] is True

@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
@@ -82,17 +81,6 @@ def pending(client: redis.Redis, keys: Keys, group: str = PERSIST_GROUP) -> int:
                 if info["name"].decode() == group:
                     total += int(info["pending"])
     return total
-
-
-def wait_for(
-    condition: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def worker_env(redis_url: str, database_url: str, keys: Keys) -> dict[str, str]:
