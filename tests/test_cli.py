@@ -122,7 +122,11 @@ FAILURES = [
         ("demo", "--redis-url", "redis://127.0.0.1:6379/0", "--database-url", REFUSED_LOGIN),
         "no_such_role_ft",
     ),
-    (("worker", "--burst", "--database-url", REFUSED_LOGIN), "no_such_role_ft"),
+    pytest.param(
+        ("worker", "--burst", "--database-url", REFUSED_LOGIN),
+        "no_such_role_ft",
+        marks=pytest.mark.slow,  # the worker retries the login before it gives up
+    ),
     # A URL that is not a PostgreSQL URL.
     (("migrate", "--database-url", BAD_DATABASE_URL), "postgresql://"),
     (("traces", "list", "--database-url", BAD_DATABASE_URL), "postgresql://"),

@@ -69,20 +69,26 @@ def _add_dead_letter(client: redis.Redis, keys: Keys) -> None:
 
 
 PIPED = [
-    (("--help",), EXIT_OK),  # argparse ignores a failed write of its help and exits 0
-    (("--version",), EXIT_OK),
     (("metrics",), EXIT_BROKEN_PIPE),
     (("metrics", "--json"), EXIT_BROKEN_PIPE),
-    (("metrics", "--watch", "0.05"), EXIT_BROKEN_PIPE),
-    (("dlq", "list"), EXIT_BROKEN_PIPE),
-    (("dlq", "list", "--json"), EXIT_BROKEN_PIPE),
-    (("dlq", "replay", "--all"), EXIT_BROKEN_PIPE),
-    (("migrate",), EXIT_BROKEN_PIPE),
-    (("migrate", "--check"), EXIT_BROKEN_PIPE),
-    (("traces", "list"), EXIT_BROKEN_PIPE),
-    (("traces", "cost"), EXIT_BROKEN_PIPE),
-    (("prune", "--older-than", "1d"), EXIT_BROKEN_PIPE),
-    (("worker", "--burst"), EXIT_OK),  # logs go to stderr; stdout is never written
+    *(
+        # Each is a command start (1-3 s here): one case above covers the fast loop.
+        pytest.param(args, code, marks=pytest.mark.slow)
+        for args, code in [
+            (("--help",), EXIT_OK),  # argparse ignores a failed write of its help
+            (("--version",), EXIT_OK),
+            (("metrics", "--watch", "0.05"), EXIT_BROKEN_PIPE),
+            (("dlq", "list"), EXIT_BROKEN_PIPE),
+            (("dlq", "list", "--json"), EXIT_BROKEN_PIPE),
+            (("dlq", "replay", "--all"), EXIT_BROKEN_PIPE),
+            (("migrate",), EXIT_BROKEN_PIPE),
+            (("migrate", "--check"), EXIT_BROKEN_PIPE),
+            (("traces", "list"), EXIT_BROKEN_PIPE),
+            (("traces", "cost"), EXIT_BROKEN_PIPE),
+            (("prune", "--older-than", "1d"), EXIT_BROKEN_PIPE),
+            (("worker", "--burst"), EXIT_OK),  # logs go to stderr; stdout is never written
+        ]
+    ),
 ]
 
 
@@ -140,14 +146,19 @@ def _without_extra(
 
 NEEDS_EXTRA = [
     (("demo",), "rich"),
-    (("demo", "--agents", "2", "--help"), "rich"),
-    (("migrate",), "psycopg"),
-    (("migrate", "--check"), "psycopg"),
-    (("prune", "--older-than", "30d"), "psycopg"),
     (("traces", "list"), "psycopg_pool"),
-    (("traces", "show", "0b6f0c1e-8a4e-4c1d-9f4e-1a2b3c4d5e6f"), "psycopg_pool"),
-    (("worker",), "psycopg_pool"),
-    (("worker", "--check"), "psycopg_pool"),
+    *(
+        pytest.param(args, module, marks=pytest.mark.slow)
+        for args, module in [
+            (("demo", "--agents", "2", "--help"), "rich"),
+            (("migrate",), "psycopg"),
+            (("migrate", "--check"), "psycopg"),
+            (("prune", "--older-than", "30d"), "psycopg"),
+            (("traces", "show", "0b6f0c1e-8a4e-4c1d-9f4e-1a2b3c4d5e6f"), "psycopg_pool"),
+            (("worker",), "psycopg_pool"),
+            (("worker", "--check"), "psycopg_pool"),
+        ]
+    ),
 ]
 
 

@@ -470,6 +470,7 @@ def _console_script() -> str:
     return str(script)
 
 
+@pytest.mark.slow
 def test_the_console_script_runs_end_to_end(database_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
     done = subprocess.run(

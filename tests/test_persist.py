@@ -165,6 +165,7 @@ def test_a_database_without_the_schema_is_refused(redis_client, keys, database_u
         pool.close()
 
 
+@pytest.mark.slow
 def test_postgres_away_keeps_entries_in_hand_until_it_returns(
     redis_client, keys, private_postgres
 ) -> None:

@@ -320,6 +320,7 @@ def test_the_api_key_is_in_no_log_dead_letter_or_repr(
             assert part not in text
 
 
+@pytest.mark.slow
 def test_the_api_key_is_not_in_help(keys: Keys) -> None:
     env = worker_env("redis://127.0.0.1:6379/0", PG_ADMIN, keys)
     env.update(LANGSMITH_API_KEY=API_KEY, LANGSMITH_TRACING="true")

@@ -92,6 +92,7 @@ def db(database_url) -> str:
     return migrated(database_url)
 
 
+@pytest.mark.slow
 def test_four_producers_two_workers_store_every_record_once(redis_url, keys, db) -> None:
     env = worker_env(redis_url, db, keys)
     workers = [
@@ -112,6 +113,7 @@ def test_four_producers_two_workers_store_every_record_once(redis_url, keys, db)
     client.close()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_three_times_leaves_exactly_the_sent_rows(
     redis_url, redis_client, keys, db
 ) -> None:
@@ -147,6 +149,7 @@ def test_sigkill_mid_run_three_times_leaves_exactly_the_sent_rows(
     assert redis_client.xlen(keys.dead_letters(PERSIST_GROUP)) == 0
 
 
+@pytest.mark.slow
 def test_postgres_outage_makes_the_worker_not_ready_then_it_catches_up(
     redis_url, redis_client, keys, private_postgres
 ) -> None:
@@ -200,6 +203,7 @@ def _worker_with_a_batch_in_hand(redis_url, redis_client, keys, db):
     return worker, env, lock
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_and_acknowledges_the_batch_in_hand(
     redis_url, redis_client, keys, db
 ) -> None:
@@ -217,6 +221,7 @@ def test_sigterm_finishes_and_acknowledges_the_batch_in_hand(
     assert pending(redis_client, keys) == 0
 
 
+@pytest.mark.slow
 def test_a_second_signal_exits_at_once_and_the_batch_is_taken_over(
     redis_url, redis_client, keys, db
 ) -> None:
@@ -240,6 +245,7 @@ def test_a_second_signal_exits_at_once_and_the_batch_is_taken_over(
     assert pending(redis_client, keys) == 0
 
 
+@pytest.mark.slow
 def test_malformed_entries_end_as_dead_letters_and_replay_brings_fixed_ones_home(
     redis_url, redis_client, keys, db
 ) -> None:
@@ -283,6 +289,7 @@ def test_malformed_entries_end_as_dead_letters_and_replay_brings_fixed_ones_home
     )
 
 
+@pytest.mark.slow
 def test_check_reports_a_ready_worker_only(redis_url, redis_client, keys, db) -> None:
     env = worker_env(redis_url, db, keys)
     assert fleettrace("worker", "--check", "--consumer", "w1", env=env).returncode == 1
@@ -306,6 +313,7 @@ def test_check_reports_a_ready_worker_only(redis_url, redis_client, keys, db) ->
     assert fleettrace("worker", "--check", "--consumer", "w1", env=env).returncode == 1
 
 
+@pytest.mark.slow
 def test_worker_refuses_a_database_without_the_schema(redis_url, keys, database_url) -> None:
     done = fleettrace("worker", "--burst", env=worker_env(redis_url, database_url, keys))
     assert done.returncode == 1
