@@ -1,22 +1,24 @@
 """The one place tests build records and stream entries.
 
-    llm_trace(**fields)           an LLM call: openai gpt-4o, every other field as given
-                                  (or LLMTrace's default)
-    numbered_trace(i, **fields)   the i-th of a varied run: plan, decision, tokens, latency
+    llm_trace(shape, **fields)    an LLM call: openai gpt-4o, every other field from
+                                  ``shape`` (a dict, optional) and ``fields``, else
+                                  LLMTrace's default
+    numbered_trace(i, shape, **fields)
+                                  the i-th of a varied run: plan, decision, tokens, latency
                                   and tool calls differ with i, the same for the same i
     metric_sample(**fields)       one tool.invocation_duration_ms observation
     numbered_sample(i, **fields)  the same with value float(i)
     trace_entry / sample_entry    the fields of one stream entry in the real format
     add_traces / add_samples      XADD such an entry; its id
 
-In every builder ``fields`` win over the defaults, so a test names exactly the values
-its assertions depend on. A module whose tests share more fields keeps them in a
-module-level dict: ``llm_trace(**CALL, prompt_tokens=i)``.
+In every builder ``fields`` win over ``shape`` and the defaults, so a test names exactly
+the values its assertions depend on. A module whose tests share more fields keeps them
+in a module-level dict passed as the shape: ``llm_trace(CALL, prompt_tokens=i)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -27,12 +29,12 @@ from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace, MetricSample
 
 
-def llm_trace(**fields: Any) -> LLMTrace:
-    """An LLM call of openai's gpt-4o unless ``fields`` say otherwise."""
-    return LLMTrace(**{"provider": "openai", "model": "gpt-4o", **fields})
+def llm_trace(shape: Mapping[str, Any] | None = None, /, **fields: Any) -> LLMTrace:
+    """An LLM call of openai's gpt-4o unless ``shape`` or ``fields`` say otherwise."""
+    return LLMTrace(**{"provider": "openai", "model": "gpt-4o", **(shape or {}), **fields})
 
 
-def numbered_trace(i: int, **fields: Any) -> LLMTrace:
+def numbered_trace(i: int, shape: Mapping[str, Any] | None = None, /, **fields: Any) -> LLMTrace:
     """The i-th call of a varied run (seven plans, a tool call every third call)."""
     varied: dict[str, Any] = {
         "plan_id": f"plan-{i % 7}",
@@ -43,18 +45,18 @@ def numbered_trace(i: int, **fields: Any) -> LLMTrace:
         "latency_ms": float(10 + i % 100),
         "tool_calls": ["search"] if i % 3 == 0 else [],
     }
-    return llm_trace(**{**varied, **fields})
+    return llm_trace({**varied, **(shape or {})}, **fields)
 
 
-def metric_sample(**fields: Any) -> MetricSample:
-    """A tool.invocation_duration_ms observation of tool "search" unless ``fields`` say
-    otherwise."""
+def metric_sample(shape: Mapping[str, Any] | None = None, /, **fields: Any) -> MetricSample:
+    """A tool.invocation_duration_ms observation of tool "search" unless ``shape`` or
+    ``fields`` say otherwise."""
     defaults: dict[str, Any] = {
         "key": MetricKey.TOOL_INVOCATION_DURATION_MS,
         "labels": {"tool": "search"},
         "value": 1.0,
     }
-    return MetricSample(**{**defaults, **fields})
+    return MetricSample(**{**defaults, **(shape or {}), **fields})
 
 
 def numbered_sample(i: int, **fields: Any) -> MetricSample:

@@ -24,6 +24,7 @@ from fleettrace_worker.deadletter import list_dead_letters
 from fleettrace_worker.forwarder import ForwardLoop, loop_settings
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.runs import plan_root_id
+from tests.factories import numbered_trace
 from tests.langsmith_server import Fault, LangSmithServer
 from tests.reliability import report
 from tests.servers import PrivatePostgres, PrivateRedis
@@ -35,18 +36,13 @@ pytestmark = pytest.mark.slow
 API_KEY = "lsv2_fault_test_key_0123456789"
 
 
-def make_trace(index: int) -> LLMTrace:
-    return LLMTrace(
-        plan_id=f"plan-{index % 7}",
-        decision_id=f"d-{index}",
-        actor=f"actor-{index % 3}",
-        provider="openai",
-        model="gpt-4o-mini",
-        prompt_tokens=100 + index,
-        completion_tokens=20,
-        latency_ms=15.0,
-        started_at=datetime.now(UTC),
-    )
+#: What the fault tests' calls share; plan and decision vary with the number.
+FAULT_CALL = {
+    "model": "gpt-4o-mini",
+    "completion_tokens": 20,
+    "latency_ms": 15.0,
+    "tool_calls": [],
+}
 
 
 def expected_run_ids(records: list[LLMTrace]) -> set[str]:
@@ -99,7 +95,14 @@ def test_langsmith_503_then_429_then_healthy_every_run_arrives_once(
         # Records keep coming during the whole outage: 30 per second for 35 s.
         for second in range(35):
             for i in range(30):
-                record = make_trace(second * 30 + i)
+                n = second * 30 + i
+                record = numbered_trace(
+                    n,
+                    FAULT_CALL,
+                    actor=f"actor-{n % 3}",
+                    prompt_tokens=100 + n,
+                    started_at=datetime.now(UTC),
+                )
                 records.append(record)
                 emitter.record(record)
             time.sleep(1.0)
@@ -167,7 +170,16 @@ def _langsmith_env(
 def test_worker_killed_while_forwarding_loses_no_run(
     redis_url: str, redis_client: redis.Redis, keys: Keys, database_url: str
 ) -> None:
-    records = [make_trace(i) for i in range(3000)]
+    records = [
+        numbered_trace(
+            n,
+            FAULT_CALL,
+            actor=f"actor-{n % 3}",
+            prompt_tokens=100 + n,
+            started_at=datetime.now(UTC),
+        )
+        for n in range(3000)
+    ]
     with Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace)) as emitter:
         for record in records:
             emitter.record(record)
@@ -248,7 +260,14 @@ class Producers:
         steps = 80
         for step in range(steps):
             for i in range(self.per_thread // steps):
-                record = make_trace(number * 1_000_000 + step * 10_000 + i)
+                n = number * 1_000_000 + step * 10_000 + i
+                record = numbered_trace(
+                    n,
+                    FAULT_CALL,
+                    actor=f"actor-{n % 3}",
+                    prompt_tokens=100 + n,
+                    started_at=datetime.now(UTC),
+                )
                 with self._lock:
                     self.decisions.append(str(record.decision_id))
                 emitter.record(record)

@@ -6,14 +6,14 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 import redis
 import requests
 from langsmith import utils as ls_utils
 
-from fleettrace.codec import Kind, encode_batch, encode_lines, encode_record, new_batch_id
+from fleettrace.codec import Kind, encode_lines, encode_record, new_batch_id
 from fleettrace.errors import ConfigurationError, ForwardingDeferred, ForwardingRejected
 from fleettrace.keys import LANGSMITH_GROUP, Keys
 from fleettrace.metrics import MetricKey
@@ -25,6 +25,7 @@ from fleettrace_worker.delivery import RunSender, classify, parse_retry_after
 from fleettrace_worker.forwarder import ForwardLoop, langsmith_loop, loop_settings
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.runs import llm_run, plan_root_id
+from tests.factories import add_samples, add_traces, llm_trace
 from tests.langsmith_server import Fault, LangSmithServer
 from tests.waiting import wait_until
 
@@ -60,22 +61,8 @@ def make_loop(
     return ForwardLoop(consumer, settings, loop=loop_settings(settings, burst=True))
 
 
-def trace(plan_id: str | None = "plan-a", **overrides: object) -> LLMTrace:
-    values: dict[str, object] = {
-        "plan_id": plan_id,
-        "provider": "openai",
-        "model": "gpt-4o",
-        "prompt_tokens": 10,
-        "completion_tokens": 5,
-        "latency_ms": 20.0,
-        "started_at": datetime.now(UTC) - timedelta(seconds=1),
-    }
-    values.update(overrides)
-    return LLMTrace(**values)  # type: ignore[arg-type]
-
-
-def send_traces(client: redis.Redis, keys: Keys, records: list[LLMTrace]) -> None:
-    client.xadd(keys.traces, encode_batch(Kind.TRACE, records, new_batch_id()))  # type: ignore[arg-type]
+#: The calls these tests forward; each names its plan (or None).
+RUN_CALL = {"prompt_tokens": 10, "completion_tokens": 5, "latency_ms": 20.0}
 
 
 def pending(client: redis.Redis, keys: Keys) -> int:
@@ -95,9 +82,12 @@ def expected_ids(records: list[LLMTrace]) -> set[str]:
 def test_every_trace_arrives_once_as_runs_and_entries_are_acknowledged(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [trace("plan-a") for _ in range(4)] + [trace("plan-b"), trace(None)]
-    send_traces(redis_client, keys, records[:3])
-    send_traces(redis_client, keys, records[3:])
+    records = [llm_trace(RUN_CALL, plan_id="plan-a") for _ in range(4)] + [
+        llm_trace(RUN_CALL, plan_id="plan-b"),
+        llm_trace(RUN_CALL, plan_id=None),
+    ]
+    add_traces(redis_client, keys, records[:3])
+    add_traces(redis_client, keys, records[3:])
     # Entries the persist group dead-letters: this group acknowledges them untouched.
     redis_client.xadd(keys.traces, {b"v": b"9", b"d": b"x"})
     bad_record = encode_lines(Kind.TRACE, [b'{"provider": 1}'], new_batch_id())
@@ -129,7 +119,7 @@ def test_metric_entries_are_acknowledged_without_a_request(
         MetricSample(key=key, labels=dict.fromkeys(key.spec.labels, "x"), value=1.0)
         for key in list(MetricKey)[:2]
     ]
-    redis_client.xadd(keys.metrics, encode_batch(Kind.METRIC, samples, new_batch_id()))  # type: ignore[arg-type]
+    add_samples(redis_client, keys, samples)
     make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
     assert server.run_ids() == set()
     assert [m for m, _ in server.recorded.requests if m == "POST"] == []
@@ -139,12 +129,12 @@ def test_metric_entries_are_acknowledged_without_a_request(
 def test_a_record_sent_twice_is_the_same_run(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [trace("plan-a"), trace(None)]
-    send_traces(redis_client, keys, records)
+    records = [llm_trace(RUN_CALL, plan_id="plan-a"), llm_trace(RUN_CALL, plan_id=None)]
+    add_traces(redis_client, keys, records)
     make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
     # The same records again (an emitter retry, a replay): LangSmith answers 409,
     # which counts as delivered, and keeps one run per id.
-    send_traces(redis_client, keys, records)
+    add_traces(redis_client, keys, records)
     make_loop(redis_client, keys, settings_for(server), name="fwd-2").run(threading.Event())
     assert server.run_ids() == expected_ids(records)
     assert server.duplicates() == 0
@@ -156,8 +146,12 @@ def test_a_record_sent_twice_is_the_same_run(
 def test_outage_answers_are_retried_until_langsmith_takes_the_runs(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [trace("plan-a"), trace(None), trace("plan-b")]
-    send_traces(redis_client, keys, records)
+    records = [
+        llm_trace(RUN_CALL, plan_id="plan-a"),
+        llm_trace(RUN_CALL, plan_id=None),
+        llm_trace(RUN_CALL, plan_id="plan-b"),
+    ]
+    add_traces(redis_client, keys, records)
     server.inject(
         Fault("status", status=503, count=2),
         Fault("status", status=500, count=1),
@@ -181,8 +175,8 @@ def test_outage_answers_are_retried_until_langsmith_takes_the_runs(
 def test_a_refused_run_is_a_dead_letter_with_the_answer_and_replays(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    refused, accepted = trace(None), trace(None)
-    send_traces(redis_client, keys, [refused, accepted])
+    refused, accepted = llm_trace(RUN_CALL, plan_id=None), llm_trace(RUN_CALL, plan_id=None)
+    add_traces(redis_client, keys, [refused, accepted])
     server.inject(Fault("status", status=422, count=1))
     make_loop(redis_client, keys, settings_for(server, concurrency=1)).run(threading.Event())
 
@@ -205,9 +199,11 @@ def test_a_refused_run_is_a_dead_letter_with_the_answer_and_replays(
 def test_many_records_in_parallel_with_faults_arrive_once(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [trace(f"plan-{i % 5}") for i in range(150)] + [trace(None) for _ in range(50)]
+    records = [llm_trace(RUN_CALL, plan_id=f"plan-{i % 5}") for i in range(150)] + [
+        llm_trace(RUN_CALL, plan_id=None) for _ in range(50)
+    ]
     for start in range(0, len(records), 40):
-        send_traces(redis_client, keys, records[start : start + 40])
+        add_traces(redis_client, keys, records[start : start + 40])
     server.inject(
         Fault("status", status=503, count=30),
         Fault("status", status=429, retry_after="0.2", count=10),
@@ -226,8 +222,8 @@ def test_many_records_in_parallel_with_faults_arrive_once(
 def test_a_refused_root_keeps_its_calls_back(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [trace("plan-z"), trace("plan-z")]
-    send_traces(redis_client, keys, records)
+    records = [llm_trace(RUN_CALL, plan_id="plan-z"), llm_trace(RUN_CALL, plan_id="plan-z")]
+    add_traces(redis_client, keys, records)
     server.inject(Fault("status", status=403, count=1))
     make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
     assert server.run_ids() == set()
@@ -239,8 +235,8 @@ def test_a_refused_root_keeps_its_calls_back(
 def test_after_retry_for_s_the_batch_becomes_dead_letters(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [trace(None), trace(None)]
-    send_traces(redis_client, keys, records)
+    records = [llm_trace(RUN_CALL, plan_id=None), llm_trace(RUN_CALL, plan_id=None)]
+    add_traces(redis_client, keys, records)
     server.inject(Fault("status", status=503, duration_s=600))
     loop = make_loop(redis_client, keys, settings_for(server, retry_for_s=0.5))
     loop.run(threading.Event())
@@ -275,7 +271,7 @@ def test_the_retry_window_spans_batches_so_a_long_outage_drains_quickly(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
     for _ in range(3):
-        send_traces(redis_client, keys, [trace(None)])
+        add_traces(redis_client, keys, [llm_trace(RUN_CALL, plan_id=None)])
     server.inject(Fault("status", status=503, duration_s=600))
     loop = make_loop(redis_client, keys, settings_for(server, retry_for_s=1.5, concurrency=1))
     loop.clock = Ticks()
@@ -293,9 +289,9 @@ def test_the_retry_window_spans_batches_so_a_long_outage_drains_quickly(
 def test_the_retry_window_starts_again_once_langsmith_takes_a_run(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [trace(None) for _ in range(3)]
+    records = [llm_trace(RUN_CALL, plan_id=None) for _ in range(3)]
     for record in records:
-        send_traces(redis_client, keys, [record])
+        add_traces(redis_client, keys, [record])
     loop = make_loop(redis_client, keys, settings_for(server, retry_for_s=1.5, concurrency=1))
     loop.clock = Ticks()
     for _ in range(3):
@@ -311,7 +307,7 @@ def test_the_retry_window_starts_again_once_langsmith_takes_a_run(
 def test_stopping_while_langsmith_is_down_leaves_the_entry_pending(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    send_traces(redis_client, keys, [trace(None)])
+    add_traces(redis_client, keys, [llm_trace(RUN_CALL, plan_id=None)])
     server.inject(Fault("status", status=503, duration_s=600))
     settings = settings_for(server)
     consumer = Consumer(redis_client, keys, LANGSMITH_GROUP, "fwd-stop", claim_idle_ms=60_000)
@@ -338,8 +334,12 @@ def test_plan_roots_are_forgotten_beyond_the_cache_size(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(forwarder_module, "ROOT_CACHE_SIZE", 1)
-    records = [trace("plan-a"), trace("plan-b"), trace("plan-a")]
-    send_traces(redis_client, keys, records)
+    records = [
+        llm_trace(RUN_CALL, plan_id="plan-a"),
+        llm_trace(RUN_CALL, plan_id="plan-b"),
+        llm_trace(RUN_CALL, plan_id="plan-a"),
+    ]
+    add_traces(redis_client, keys, records)
     make_loop(redis_client, keys, settings_for(server, concurrency=1)).run(threading.Event())
     assert server.run_ids() == expected_ids(records)
     # Each root pushes the other out, so each call posts its root again: 409, one run.
@@ -351,16 +351,16 @@ def test_the_sender_uses_post_runs_and_raises_on_failure(server: LangSmithServer
     sender = RunSender(settings_for(server))
     assert "***" in repr(sender)
     assert API_KEY not in repr(sender)
-    record = trace(None)
+    record = llm_trace(RUN_CALL, plan_id=None)
     sender.send(llm_run(record, "fleet"))
     assert ("POST", "/runs") in server.recorded.requests
     server.inject(Fault("status", status=503, retry_after="2", count=1))
     with pytest.raises(ForwardingDeferred) as deferred:
-        sender.send(llm_run(trace(None), "fleet"))
+        sender.send(llm_run(llm_trace(RUN_CALL, plan_id=None), "fleet"))
     assert deferred.value.retry_after_s == 2.0
     server.api_key = "another-key"
     with pytest.raises(ForwardingRejected, match="401"):
-        sender.send(llm_run(trace(None), "fleet"))
+        sender.send(llm_run(llm_trace(RUN_CALL, plan_id=None), "fleet"))
     sender.close()
 
 

@@ -17,9 +17,10 @@ from fleettrace.errors import ConfigurationError
 from fleettrace.metrics import MetricKey
 from fleettrace_worker.http import metric_name, parse_address, serve
 from fleettrace_worker.runner import Worker, WorkerSettings
+from tests.factories import numbered_trace
 from tests.servers import free_port
 from tests.waiting import wait_until
-from tests.worker_helpers import make_trace, migrated, trace_rows
+from tests.worker_helpers import migrated, trace_rows
 
 
 def _get(url: str) -> tuple[int, str, str]:
@@ -64,7 +65,7 @@ def test_endpoints_report_the_worker_and_the_fleet(running, redis_url, keys) -> 
     _, base, db = running
     emitter = Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace))
     for i in range(20):
-        emitter.record(make_trace(i))
+        emitter.record(numbered_trace(i))
     for value in (0.5, 3.0, 3.0, 100_000.0):
         emitter.observe(MetricKey.TOOL_INVOCATION_DURATION_MS, value, {"tool": "grep"})
     emitter.observe(MetricKey.CONTEXT_TOKENS_USED, 1234.0)
@@ -103,7 +104,7 @@ def test_endpoints_report_the_worker_and_the_fleet(running, redis_url, keys) -> 
         for (name, labels), value in found.items()
         if name == "fleettrace_actor_token_usage_total" and ("token_type", "prompt") in labels
     ]
-    assert sum(tokens) == sum(make_trace(i).prompt_tokens for i in range(20))
+    assert sum(tokens) == sum(numbered_trace(i).prompt_tokens for i in range(20))
     assert "# TYPE fleettrace_tool_invocation_duration_ms histogram" in text
 
 

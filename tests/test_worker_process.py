@@ -19,13 +19,12 @@ import pytest
 import redis
 
 from fleettrace.keys import PERSIST_GROUP
+from tests.factories import add_traces, numbered_trace
 from tests.servers import free_port
 from tests.waiting import wait_until
 from tests.worker_helpers import (
     ROOT,
-    add_traces,
     fleettrace,
-    make_trace,
     migrated,
     pending,
     sample_rows,
@@ -161,12 +160,12 @@ def test_postgres_outage_makes_the_worker_not_ready_then_it_catches_up(
         "--consumer", "w1", "--block-ms", "100", "--http", f"127.0.0.1:{port}", env=env
     )
     try:
-        add_traces(redis_client, keys, [make_trace(i) for i in range(500)])
+        add_traces(redis_client, keys, [numbered_trace(i) for i in range(500)])
         wait_until(lambda: trace_rows(db) == 500, 60, "first rows")
         wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 30, "ready")
         private_postgres.stop()
         for start in range(500, 3_000, 500):
-            add_traces(redis_client, keys, [make_trace(i) for i in range(start, start + 500)])
+            add_traces(redis_client, keys, [numbered_trace(i) for i in range(start, start + 500)])
         wait_until(lambda: _get(f"{base}/readyz")[0] == 503, 60, "not ready")
         _, body = _get(f"{base}/readyz")
         assert "PostgreSQL" in body and "unavailable" in body
@@ -189,7 +188,7 @@ def _worker_with_a_batch_in_hand(redis_url, redis_client, keys, db):
     and is blocked storing it. Returns the worker, its environment and the lock's
     connection (roll it back to let the worker go on)."""
     env = worker_env(redis_url, db, keys)
-    add_traces(redis_client, keys, [make_trace(i) for i in range(300)])
+    add_traces(redis_client, keys, [numbered_trace(i) for i in range(300)])
     lock = psycopg.connect(db)
     lock.execute("LOCK TABLE llm_traces IN ACCESS EXCLUSIVE MODE")
     worker = start_worker("--consumer", "w1", env=env)
@@ -250,14 +249,14 @@ def test_malformed_entries_end_as_dead_letters_and_replay_brings_fixed_ones_home
     redis_url, redis_client, keys, db
 ) -> None:
     env = worker_env(redis_url, db, keys)
-    add_traces(redis_client, keys, [make_trace(i) for i in range(10)])
+    add_traces(redis_client, keys, [numbered_trace(i) for i in range(10)])
     redis_client.xadd(keys.traces, {b"v": b"1", b"k": b"x"})
     redis_client.xadd(
         keys.traces, {b"v": b"1", b"k": b"t", b"b": b"0" * 32, b"n": b"1", b"d": b"{"}
     )
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("ALTER TABLE llm_traces ADD CONSTRAINT no_poison CHECK (model <> 'poison')")
-    add_traces(redis_client, keys, [make_trace(99, model="poison")])
+    add_traces(redis_client, keys, [numbered_trace(99, model="poison")])
     done = fleettrace("worker", "--burst", "--consumer", "w1", env=env)
     assert done.returncode == 0, done.stderr
     assert trace_rows(db) == 10
