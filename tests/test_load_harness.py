@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"hotpath", "producer", "worker", "freshness", "drain", "memory"}
 
 
+#: Every test here reads one run of the harness (about 2 minutes, in the fixture).
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def report() -> dict:
     done = subprocess.run(
@@ -50,7 +54,6 @@ def _measured(report: dict) -> list[str]:
     return [name for name, why in report["pipelines"].items() if why is None and "-" not in name]
 
 
-@pytest.mark.slow
 def test_every_section_reports_without_errors(report):
     assert report["errors"] == {}
     assert set(report["sections"]) == SECTIONS
