@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import redis
+
 from tests.waiting import wait_until
 
 PG_BIN = Path(os.environ.get("FLEETTRACE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -82,7 +84,17 @@ class PrivateRedis:
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for_port(self.port)
+        # Listening is not ready: while it loads its AOF, Redis answers LOADING.
+        wait_until(self._answers, 20, f"the private Redis on port {self.port} to answer PING")
+
+    def _answers(self) -> bool:
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
 
     def stop(self) -> None:
         """Stop by pid with SIGTERM (Redis flushes its AOF and exits)."""
