@@ -9,7 +9,7 @@ import time
 
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.metrics import MetricKey
-from tests.worker_helpers import make_trace
+from tests.factories import numbered_trace
 
 
 def main(argv: list[str]) -> int:
@@ -19,7 +19,7 @@ def main(argv: list[str]) -> int:
     emitter = Emitter(EmitterSettings(redis_url=url, namespace=namespace, max_batch_records=500))
     for step in range(10):
         for i in range(first + step * total // 10, first + (step + 1) * total // 10):
-            emitter.record(make_trace(i))
+            emitter.record(numbered_trace(i))
         for i in range(step * observations // 10, (step + 1) * observations // 10):
             emitter.observe(MetricKey.TOOL_INVOCATION_DURATION_MS, float(i), {"tool": "search"})
         time.sleep(pause_s)

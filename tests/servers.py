@@ -7,15 +7,17 @@ system user when the tests run as root.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+import redis
+
+from tests.waiting import wait_until
 
 PG_BIN = Path(os.environ.get("FLEETTRACE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -26,13 +28,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+    except OSError:
+        return False
+    return True
+
+
 def _wait_for_port(port: int, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+    wait_until(lambda: _accepts(port), timeout_s, f"a server listening on 127.0.0.1:{port}")
 
 
 def _wait_for_exit(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
@@ -79,7 +84,17 @@ class PrivateRedis:
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for_port(self.port)
+        # Listening is not ready: while it loads its AOF, Redis answers LOADING.
+        wait_until(self._answers, 20, f"the private Redis on port {self.port} to answer PING")
+
+    def _answers(self) -> bool:
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
 
     def stop(self) -> None:
         """Stop by pid with SIGTERM (Redis flushes its AOF and exits)."""
@@ -157,17 +172,15 @@ class PrivatePostgres:
             **_as_postgres_user(),  # type: ignore[call-overload]
         )
         _wait_for_port(self.port)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            ready = subprocess.run(
-                [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                stdout=subprocess.DEVNULL,
-                check=False,
-            )
-            if ready.returncode == 0:
-                return
-            time.sleep(0.1)
-        raise TimeoutError("private PostgreSQL did not become ready")
+        wait_until(self._ready, 20, "the private PostgreSQL to accept sessions", poll_s=0.1)
+
+    def _ready(self) -> bool:
+        ready = subprocess.run(
+            [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            check=False,
+        )
+        return ready.returncode == 0
 
     def stop(self) -> None:
         """Fast shutdown by pid (SIGINT): open connections are cut, as in an outage."""

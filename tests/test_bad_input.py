@@ -51,7 +51,8 @@ from fleettrace_worker.deadletter import list_dead_letters
 from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.repository import LLMTraceRepository
-from tests.reliability import report, wait_until
+from tests.reliability import report
+from tests.waiting import wait_until
 from tests.worker_helpers import migrated
 
 pytestmark = pytest.mark.slow
@@ -424,7 +425,7 @@ def test_malformed_input_is_dead_lettered_with_its_field_and_good_input_stored_e
         wait_until(
             lambda: stored_rows(db) >= len(sent.good) and dead_letters() >= expected_dead,
             timeout_s=120,
-            what="every entry handled",
+            message="every entry handled",
         )
     except AssertionError:
         figures = (stored_rows(db), len(sent.good), dead_letters(), expected_dead)
@@ -434,7 +435,7 @@ def test_malformed_input_is_dead_lettered_with_its_field_and_good_input_stored_e
         ) from None
     caught_up_s = time.monotonic() - started - sent_s
     assert thread.is_alive(), "the worker stopped"
-    wait_until(lambda: persist_pending(redis_client, keys) == 0, timeout_s=30, what="all acked")
+    wait_until(lambda: persist_pending(redis_client, keys) == 0, timeout_s=30, message="all acked")
 
     # Every bad entry and record: one dead letter, a reason naming the field, bytes kept.
     letters = list_dead_letters(redis_client, keys, PERSIST_GROUP)

@@ -130,6 +130,7 @@ def test_bad_namespace_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> N
     assert "namespace 'a b'" in err
 
 
+@pytest.mark.slow
 def test_watch_refreshes_until_interrupted(recorded: Keys, redis_url: str) -> None:
     process = subprocess.Popen(
         [

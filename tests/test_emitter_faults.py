@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -15,28 +14,12 @@ from fleettrace import LLMTrace
 from fleettrace.emitter import Emitter
 from fleettrace.keys import Keys
 from tests.emitting import emitter_figures, live_hash, make_emitter, stream_records
+from tests.factories import llm_trace
 from tests.servers import PrivateRedis, free_port
+from tests.waiting import wait_until
 
 KEYS = Keys("faults")
 DEADLINE_S = 30.0
-
-
-def trace(i: int) -> LLMTrace:
-    return LLMTrace(
-        trace_id=uuid.UUID(int=i + 1),
-        provider="openai",
-        model="gpt-4o",
-        prompt_tokens=i,
-        completion_tokens=1,
-    )
-
-
-def wait_until(condition: object, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def trace_ids(client: redis.Redis) -> list[uuid.UUID]:
@@ -55,8 +38,8 @@ def hold_a_batch_while_down(
     private_redis.stop()
     for record in first:
         emitter.record(record)
-    wait_until(lambda: emitter._in_hand == len(first), "the sender to take its batch")
-    wait_until(lambda: emitter.stats.send_failures >= 1, "a failed send")
+    wait_until(lambda: emitter._in_hand == len(first), DEADLINE_S, "the sender to take its batch")
+    wait_until(lambda: emitter.stats.send_failures >= 1, DEADLINE_S, "a failed send")
 
 
 @pytest.mark.parametrize("overflow", ["drop_oldest", "block"])
@@ -75,7 +58,10 @@ def test_dropped_count_is_exact_when_the_buffer_overflows(
         block_timeout_s=0.01,
         **fast_retry,
     )
-    records = [trace(i) for i in range(30)]
+    records = [
+        llm_trace(trace_id=uuid.UUID(int=i + 1), prompt_tokens=i, completion_tokens=1)
+        for i in range(30)
+    ]
     hold_a_batch_while_down(private_redis, emitter, records[:5])
     with caplog.at_level(logging.WARNING, logger="fleettrace.emitter"):
         for record in records[5:]:
@@ -106,12 +92,21 @@ def test_close_while_redis_is_down_counts_what_is_left(
     private_redis: PrivateRedis, fast_retry: dict[str, float | int]
 ) -> None:
     emitter = make_emitter(private_redis.url, KEYS, max_batch_records=5, **fast_retry)
-    hold_a_batch_while_down(private_redis, emitter, [trace(i) for i in range(5)])
+    hold_a_batch_while_down(
+        private_redis,
+        emitter,
+        [
+            llm_trace(trace_id=uuid.UUID(int=i + 1), prompt_tokens=i, completion_tokens=1)
+            for i in range(5)
+        ],
+    )
     for i in range(5, 12):
-        emitter.record(trace(i))
+        emitter.record(
+            llm_trace(trace_id=uuid.UUID(int=i + 1), prompt_tokens=i, completion_tokens=1)
+        )
     assert emitter.flush(0.05) is False
     assert emitter.close(0.05) is False
-    wait_until(lambda: emitter.stats.dropped == 12, "the batch in hand to be given up")
+    wait_until(lambda: emitter.stats.dropped == 12, DEADLINE_S, "the batch in hand to be given up")
     assert emitter.stats.sent == 0
 
 
@@ -120,23 +115,25 @@ def test_nothing_lost_or_doubled_across_a_restart(
 ) -> None:
     emitter = make_emitter(private_redis.url, KEYS, max_batch_records=50, **fast_retry)
     total = 6000
-    stopped = threading.Event()
-
-    def bounce() -> None:
-        time.sleep(0.05)
-        private_redis.stop()
-        stopped.set()
-        time.sleep(0.3)
-        private_redis.start()
-
-    bouncer = threading.Thread(target=bounce)
-    bouncer.start()
-    for i in range(total):
-        emitter.record(trace(i))
-        if i % 100 == 0:
-            time.sleep(0.005)  # spread the records over the outage
-    bouncer.join(DEADLINE_S)
-    assert stopped.is_set()
+    before, during = total // 3, 2 * total // 3
+    for i in range(before):
+        emitter.record(
+            llm_trace(trace_id=uuid.UUID(int=i + 1), prompt_tokens=i, completion_tokens=1)
+        )
+    # Redis goes away once the first batches are in (the sender may hold one more)...
+    wait_until(lambda: emitter.stats.sent > 0, DEADLINE_S, "a first batch sent")
+    private_redis.stop()
+    for i in range(before, during):
+        emitter.record(
+            llm_trace(trace_id=uuid.UUID(int=i + 1), prompt_tokens=i, completion_tokens=1)
+        )
+    # ...refuses at least one batch, and comes back while records keep arriving.
+    wait_until(lambda: emitter.stats.send_failures >= 1, DEADLINE_S, "a send refused")
+    private_redis.start()
+    for i in range(during, total):
+        emitter.record(
+            llm_trace(trace_id=uuid.UUID(int=i + 1), prompt_tokens=i, completion_tokens=1)
+        )
     assert emitter.flush(DEADLINE_S)
     stats = emitter.stats
     assert stats.send_failures >= 1
@@ -162,6 +159,17 @@ def debug_redis() -> Iterator[PrivateRedis]:
     server.close()
 
 
+def _answers(url: str) -> bool:
+    """Whether the server replies to PING within 50 ms (not while it runs DEBUG SLEEP)."""
+    client = redis.Redis.from_url(url, socket_timeout=0.05)
+    try:
+        return bool(client.ping())
+    except redis.TimeoutError:
+        return False
+    finally:
+        client.close()
+
+
 def test_a_batch_whose_reply_was_lost_is_applied_once(debug_redis: PrivateRedis) -> None:
     """The server stalls (DEBUG SLEEP) after reading the script call: the emitter times
     out, reconnects and re-sends the same batch; when the server wakes it runs both
@@ -169,7 +177,7 @@ def test_a_batch_whose_reply_was_lost_is_applied_once(debug_redis: PrivateRedis)
     emitter = make_emitter(
         debug_redis.url, KEYS, socket_timeout_s=0.3, retry_initial_s=0.01, retry_max_s=0.05
     )
-    emitter.record(trace(0))
+    emitter.record(llm_trace(trace_id=uuid.UUID(int=1), prompt_tokens=0, completion_tokens=1))
     assert emitter.flush(DEADLINE_S)  # the script is loaded; the next call is EVALSHA only
     admin = redis.Redis.from_url(debug_redis.url)
     calls_before = admin.info("commandstats")["cmdstat_evalsha"]["calls"]
@@ -177,8 +185,8 @@ def test_a_batch_whose_reply_was_lost_is_applied_once(debug_redis: PrivateRedis)
         target=lambda: redis.Redis.from_url(debug_redis.url).execute_command("DEBUG", "SLEEP", 2)
     )
     sleeper.start()
-    time.sleep(0.2)
-    emitter.record(trace(1))
+    wait_until(lambda: not _answers(debug_redis.url), DEADLINE_S, "the server to sleep")
+    emitter.record(llm_trace(trace_id=uuid.UUID(int=2), prompt_tokens=1, completion_tokens=1))
     assert emitter.flush(DEADLINE_S)
     sleeper.join(DEADLINE_S)
     assert emitter.stats.send_failures >= 1
@@ -194,7 +202,11 @@ def test_unreachable_port_never_raises_into_the_caller(fast_retry: dict[str, flo
         f"redis://127.0.0.1:{free_port()}/0", KEYS, max_buffer_records=3, **fast_retry
     )
     for i in range(10):
-        emitter.record(trace(i))
+        emitter.record(
+            llm_trace(trace_id=uuid.UUID(int=i + 1), prompt_tokens=i, completion_tokens=1)
+        )
     assert emitter.flush(0.05) is False
     emitter.close(0.05)
-    wait_until(lambda: emitter.stats.dropped == 10, "every record to be counted as dropped")
+    wait_until(
+        lambda: emitter.stats.dropped == 10, DEADLINE_S, "every record to be counted as dropped"
+    )

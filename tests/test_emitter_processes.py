@@ -7,6 +7,7 @@ import multiprocessing
 import threading
 import uuid
 
+import pytest
 import redis
 
 import fleettrace
@@ -50,6 +51,7 @@ def produce(redis_url: str, namespace: str, worker: int) -> None:
         thread.join()
 
 
+@pytest.mark.slow
 def test_forked_and_spawned_processes_record_exactly_once(
     redis_url: str, keys: Keys, redis_client: redis.Redis
 ) -> None:

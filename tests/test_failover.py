@@ -18,8 +18,10 @@ from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.repository import LLMTraceRepository
 from tests.conftest import PG_ADMIN_URL
+from tests.factories import add_traces, numbered_trace
 from tests.reliability import report
-from tests.worker_helpers import add_traces, make_trace, migrated, pending, scalar, wait_for
+from tests.waiting import wait_until
+from tests.worker_helpers import migrated, pending, scalar
 
 RECORDS = 3_000
 PER_ENTRY = 10
@@ -62,7 +64,7 @@ def test_a_failover_under_load_makes_no_dead_letter_and_loses_nothing(
     loop = PersistLoop(consumer, LLMTraceRepository(pool), settings, pool=pool)
     stop = threading.Event()
     sent = threading.Event()
-    traces = [make_trace(i) for i in range(RECORDS)]
+    traces = [numbered_trace(i) for i in range(RECORDS)]
 
     def produce() -> None:
         for start in range(0, RECORDS, PER_ENTRY):
@@ -77,7 +79,7 @@ def test_a_failover_under_load_makes_no_dead_letter_and_loses_nothing(
     try:
         worker.start()
         producer.start()
-        wait_for(lambda: loop.stats.records >= 300, 60, "the first rows")
+        wait_until(lambda: loop.stats.records >= 300, 60, "the first rows")
         # Sessions cut while batches are being stored: some in the middle of a COPY.
         while loop.stats.records < 900 and not sent.is_set():
             terminated += _terminate_sessions(name)
@@ -85,17 +87,17 @@ def test_a_failover_under_load_makes_no_dead_letter_and_loses_nothing(
         # The failover: every new session is read-only until it is over.
         _read_only(name, True)
         terminated += _terminate_sessions(name)
-        wait_for(lambda: "SQLSTATE 25006" in (loop.stats.last_error or ""), 60, "read-only")
+        wait_until(lambda: "SQLSTATE 25006" in (loop.stats.last_error or ""), 60, "read-only")
         assert loop.stats.ready is False
         read_only_retries = loop.stats.retries
-        wait_for(lambda: loop.stats.retries >= read_only_retries + 5, 60, "retries")
+        wait_until(lambda: loop.stats.retries >= read_only_retries + 5, 60, "retries")
         stored_during = scalar(db, "SELECT count(*) FROM llm_traces")
         _read_only(name, False)
         terminated += _terminate_sessions(name)
         producer.join(120)
         assert sent.is_set()
-        wait_for(lambda: scalar(db, "SELECT count(*) FROM llm_traces") == RECORDS, 120, "all")
-        wait_for(lambda: pending(redis_client, keys) == 0, 60, "all acknowledged")
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM llm_traces") == RECORDS, 120, "all")
+        wait_until(lambda: pending(redis_client, keys) == 0, 60, "all acknowledged")
     finally:
         stop.set()
         worker.join(60)

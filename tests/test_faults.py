@@ -24,9 +24,11 @@ from fleettrace_worker.deadletter import list_dead_letters
 from fleettrace_worker.forwarder import ForwardLoop, loop_settings
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.runs import plan_root_id
+from tests.factories import numbered_trace
 from tests.langsmith_server import Fault, LangSmithServer
-from tests.reliability import report, wait_until
+from tests.reliability import report
 from tests.servers import PrivatePostgres, PrivateRedis
+from tests.waiting import wait_until
 from tests.worker_helpers import migrated, start_worker, worker_env
 
 pytestmark = pytest.mark.slow
@@ -34,18 +36,13 @@ pytestmark = pytest.mark.slow
 API_KEY = "lsv2_fault_test_key_0123456789"
 
 
-def make_trace(index: int) -> LLMTrace:
-    return LLMTrace(
-        plan_id=f"plan-{index % 7}",
-        decision_id=f"d-{index}",
-        actor=f"actor-{index % 3}",
-        provider="openai",
-        model="gpt-4o-mini",
-        prompt_tokens=100 + index,
-        completion_tokens=20,
-        latency_ms=15.0,
-        started_at=datetime.now(UTC),
-    )
+#: What the fault tests' calls share; plan and decision vary with the number.
+FAULT_CALL = {
+    "model": "gpt-4o-mini",
+    "completion_tokens": 20,
+    "latency_ms": 15.0,
+    "tool_calls": [],
+}
 
 
 def expected_run_ids(records: list[LLMTrace]) -> set[str]:
@@ -98,7 +95,14 @@ def test_langsmith_503_then_429_then_healthy_every_run_arrives_once(
         # Records keep coming during the whole outage: 30 per second for 35 s.
         for second in range(35):
             for i in range(30):
-                record = make_trace(second * 30 + i)
+                n = second * 30 + i
+                record = numbered_trace(
+                    n,
+                    FAULT_CALL,
+                    actor=f"actor-{n % 3}",
+                    prompt_tokens=100 + n,
+                    started_at=datetime.now(UTC),
+                )
                 records.append(record)
                 emitter.record(record)
             time.sleep(1.0)
@@ -109,11 +113,13 @@ def test_langsmith_503_then_429_then_healthy_every_run_arrives_once(
 
     expected = expected_run_ids(records)
     try:
-        wait_until(lambda: langsmith.healthy_since is not None, timeout_s=120, what="faults spent")
+        wait_until(
+            lambda: langsmith.healthy_since is not None, timeout_s=120, message="faults spent"
+        )
         wait_until(
             lambda: langsmith.run_ids() >= expected and langsmith_pending(redis_client, keys) == 0,
             timeout_s=120,
-            what="every run delivered",
+            message="every run delivered",
         )
         caught_up_s = time.monotonic() - (langsmith.healthy_since or 0.0)
     finally:
@@ -164,7 +170,16 @@ def _langsmith_env(
 def test_worker_killed_while_forwarding_loses_no_run(
     redis_url: str, redis_client: redis.Redis, keys: Keys, database_url: str
 ) -> None:
-    records = [make_trace(i) for i in range(3000)]
+    records = [
+        numbered_trace(
+            n,
+            FAULT_CALL,
+            actor=f"actor-{n % 3}",
+            prompt_tokens=100 + n,
+            started_at=datetime.now(UTC),
+        )
+        for n in range(3000)
+    ]
     with Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace)) as emitter:
         for record in records:
             emitter.record(record)
@@ -184,7 +199,7 @@ def test_worker_killed_while_forwarding_loses_no_run(
                         or len(server.run_ids()) >= f * len(expected)
                     ),
                     timeout_s=120,
-                    what=f"{fraction:.0%} of the runs forwarded",
+                    message=f"{fraction:.0%} of the runs forwarded",
                 )
                 assert worker.poll() is None, worker.communicate()[1][-2000:]
             finally:
@@ -245,7 +260,14 @@ class Producers:
         steps = 80
         for step in range(steps):
             for i in range(self.per_thread // steps):
-                record = make_trace(number * 1_000_000 + step * 10_000 + i)
+                n = number * 1_000_000 + step * 10_000 + i
+                record = numbered_trace(
+                    n,
+                    FAULT_CALL,
+                    actor=f"actor-{n % 3}",
+                    prompt_tokens=100 + n,
+                    started_at=datetime.now(UTC),
+                )
                 with self._lock:
                     self.decisions.append(str(record.decision_id))
                 emitter.record(record)
@@ -294,7 +316,7 @@ def test_redis_restarted_under_load_every_record_stored_once(
     producers = Producers(private_redis.url, keys, threads=2, per_thread=4000)
     try:
         producers.start()
-        wait_until(lambda: _rows(db)[0] >= 1000, timeout_s=60, what="first rows")
+        wait_until(lambda: _rows(db)[0] >= 1000, timeout_s=60, message="first rows")
         private_redis.stop()
         down_at = time.monotonic()
         time.sleep(10)
@@ -303,7 +325,7 @@ def test_redis_restarted_under_load_every_record_stored_once(
         emitted = producers.finish()
         sent = len(producers.decisions)
         after_last_send_s = wait_until(
-            lambda: _rows(db)[0] >= sent, timeout_s=120, what="every record stored"
+            lambda: _rows(db)[0] >= sent, timeout_s=120, message="every record stored"
         )
         caught_up_s = time.monotonic() - restarted_at
         assert worker.poll() is None, "the worker must ride out the restart"
@@ -346,7 +368,7 @@ def test_postgres_away_for_20_s_under_load_persistence_catches_up(
     producers = Producers(redis_url, keys, threads=2, per_thread=4000)
     try:
         producers.start()
-        wait_until(lambda: _rows_or_zero(db) >= 1000, timeout_s=60, what="first rows")
+        wait_until(lambda: _rows_or_zero(db) >= 1000, timeout_s=60, message="first rows")
         private_postgres.stop()
         time.sleep(20)
         backlog = int(redis_client.xlen(keys.traces))
@@ -355,7 +377,7 @@ def test_postgres_away_for_20_s_under_load_persistence_catches_up(
         emitted = producers.finish()
         sent = len(producers.decisions)
         after_last_send_s = wait_until(
-            lambda: _rows_or_zero(db) >= sent, timeout_s=120, what="catch up"
+            lambda: _rows_or_zero(db) >= sent, timeout_s=120, message="catch up"
         )
         caught_up_s = time.monotonic() - restarted_at
         assert worker.poll() is None, "the worker must ride out the outage"

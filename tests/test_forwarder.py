@@ -4,17 +4,16 @@ through the real ``langsmith`` client."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 import redis
 import requests
 from langsmith import utils as ls_utils
 
-from fleettrace.codec import Kind, encode_batch, encode_lines, encode_record, new_batch_id
+from fleettrace.codec import Kind, encode_lines, encode_record, new_batch_id
 from fleettrace.errors import (
     ConfigurationError,
     ForwardingDeferred,
@@ -32,7 +31,9 @@ from fleettrace_worker.delivery import RunSender, classify, parse_retry_after
 from fleettrace_worker.forwarder import ForwardLoop, langsmith_loop, loop_settings
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.runs import llm_run, plan_root_id
+from tests.factories import add_samples, add_traces, llm_trace
 from tests.langsmith_server import Fault, LangSmithServer
+from tests.waiting import wait_until
 
 API_KEY = "lsv2_pt_0123456789abcdef0123456789abcdef_0123456789"
 
@@ -66,22 +67,8 @@ def make_loop(
     return ForwardLoop(consumer, settings, loop=loop_settings(settings, burst=True))
 
 
-def trace(plan_id: str | None = "plan-a", **overrides: object) -> LLMTrace:
-    values: dict[str, object] = {
-        "plan_id": plan_id,
-        "provider": "openai",
-        "model": "gpt-4o",
-        "prompt_tokens": 10,
-        "completion_tokens": 5,
-        "latency_ms": 20.0,
-        "started_at": datetime.now(UTC) - timedelta(seconds=1),
-    }
-    values.update(overrides)
-    return LLMTrace(**values)  # type: ignore[arg-type]
-
-
-def send_traces(client: redis.Redis, keys: Keys, records: list[LLMTrace]) -> None:
-    client.xadd(keys.traces, encode_batch(Kind.TRACE, records, new_batch_id()))  # type: ignore[arg-type]
+#: The calls these tests forward; each names its plan (or None).
+RUN_CALL = {"prompt_tokens": 10, "completion_tokens": 5, "latency_ms": 20.0}
 
 
 def pending(client: redis.Redis, keys: Keys) -> int:
@@ -101,9 +88,12 @@ def expected_ids(records: list[LLMTrace]) -> set[str]:
 def test_every_trace_arrives_once_as_runs_and_entries_are_acknowledged(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [trace("plan-a") for _ in range(4)] + [trace("plan-b"), trace(None)]
-    send_traces(redis_client, keys, records[:3])
-    send_traces(redis_client, keys, records[3:])
+    records = [llm_trace(RUN_CALL, plan_id="plan-a") for _ in range(4)] + [
+        llm_trace(RUN_CALL, plan_id="plan-b"),
+        llm_trace(RUN_CALL, plan_id=None),
+    ]
+    add_traces(redis_client, keys, records[:3])
+    add_traces(redis_client, keys, records[3:])
     # Entries the persist group dead-letters: this group acknowledges them untouched.
     redis_client.xadd(keys.traces, {b"v": b"0", b"d": b"x"})
     bad_record = encode_lines(Kind.TRACE, [b'{"provider": 1}'], new_batch_id())
@@ -135,7 +125,7 @@ def test_metric_entries_are_acknowledged_without_a_request(
         MetricSample(key=key, labels=dict.fromkeys(key.spec.labels, "x"), value=1.0)
         for key in list(MetricKey)[:2]
     ]
-    redis_client.xadd(keys.metrics, encode_batch(Kind.METRIC, samples, new_batch_id()))  # type: ignore[arg-type]
+    add_samples(redis_client, keys, samples)
     make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
     assert server.run_ids() == set()
     assert [m for m, _ in server.recorded.requests if m == "POST"] == []
@@ -145,12 +135,12 @@ def test_metric_entries_are_acknowledged_without_a_request(
 def test_a_record_sent_twice_is_the_same_run(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [trace("plan-a"), trace(None)]
-    send_traces(redis_client, keys, records)
+    records = [llm_trace(RUN_CALL, plan_id="plan-a"), llm_trace(RUN_CALL, plan_id=None)]
+    add_traces(redis_client, keys, records)
     make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
     # The same records again (an emitter retry, a replay): LangSmith answers 409,
     # which counts as delivered, and keeps one run per id.
-    send_traces(redis_client, keys, records)
+    add_traces(redis_client, keys, records)
     make_loop(redis_client, keys, settings_for(server), name="fwd-2").run(threading.Event())
     assert server.run_ids() == expected_ids(records)
     assert server.duplicates() == 0
@@ -162,8 +152,12 @@ def test_a_record_sent_twice_is_the_same_run(
 def test_outage_answers_are_retried_until_langsmith_takes_the_runs(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [trace("plan-a"), trace(None), trace("plan-b")]
-    send_traces(redis_client, keys, records)
+    records = [
+        llm_trace(RUN_CALL, plan_id="plan-a"),
+        llm_trace(RUN_CALL, plan_id=None),
+        llm_trace(RUN_CALL, plan_id="plan-b"),
+    ]
+    add_traces(redis_client, keys, records)
     server.inject(
         Fault("status", status=503, count=2),
         Fault("status", status=500, count=1),
@@ -192,8 +186,8 @@ def test_a_refused_run_is_a_dead_letter_with_the_answer_and_replays(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(loop_module, "DEAD_LETTER_LOG", DeadLetterLog())
-    refused, accepted = trace(None), trace(None)
-    send_traces(redis_client, keys, [refused, accepted])
+    refused, accepted = llm_trace(RUN_CALL, plan_id=None), llm_trace(RUN_CALL, plan_id=None)
+    add_traces(redis_client, keys, [refused, accepted])
     server.inject(Fault("status", status=422, count=1))
     make_loop(redis_client, keys, settings_for(server, concurrency=1)).run(threading.Event())
     said = [r for r in caplog.records if "dead-lettered" in r.getMessage()]
@@ -220,9 +214,11 @@ def test_a_refused_run_is_a_dead_letter_with_the_answer_and_replays(
 def test_many_records_in_parallel_with_faults_arrive_once(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [trace(f"plan-{i % 5}") for i in range(150)] + [trace(None) for _ in range(50)]
+    records = [llm_trace(RUN_CALL, plan_id=f"plan-{i % 5}") for i in range(150)] + [
+        llm_trace(RUN_CALL, plan_id=None) for _ in range(50)
+    ]
     for start in range(0, len(records), 40):
-        send_traces(redis_client, keys, records[start : start + 40])
+        add_traces(redis_client, keys, records[start : start + 40])
     server.inject(
         Fault("status", status=503, count=30),
         Fault("status", status=429, retry_after="0.2", count=10),
@@ -241,8 +237,8 @@ def test_many_records_in_parallel_with_faults_arrive_once(
 def test_a_refused_root_keeps_its_calls_back(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [trace("plan-z"), trace("plan-z")]
-    send_traces(redis_client, keys, records)
+    records = [llm_trace(RUN_CALL, plan_id="plan-z"), llm_trace(RUN_CALL, plan_id="plan-z")]
+    add_traces(redis_client, keys, records)
     server.inject(Fault("status", status=422, count=1))
     make_loop(redis_client, keys, settings_for(server)).run(threading.Event())
     assert server.run_ids() == set()
@@ -254,8 +250,8 @@ def test_a_refused_root_keeps_its_calls_back(
 def test_after_retry_for_s_the_batch_becomes_dead_letters(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [trace(None), trace(None)]
-    send_traces(redis_client, keys, records)
+    records = [llm_trace(RUN_CALL, plan_id=None), llm_trace(RUN_CALL, plan_id=None)]
+    add_traces(redis_client, keys, records)
     server.inject(Fault("status", status=503, duration_s=600))
     loop = make_loop(redis_client, keys, settings_for(server, retry_for_s=0.5))
     loop.run(threading.Event())
@@ -290,7 +286,7 @@ def test_the_retry_window_spans_batches_so_a_long_outage_drains_quickly(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
     for _ in range(3):
-        send_traces(redis_client, keys, [trace(None)])
+        add_traces(redis_client, keys, [llm_trace(RUN_CALL, plan_id=None)])
     server.inject(Fault("status", status=503, duration_s=600))
     loop = make_loop(redis_client, keys, settings_for(server, retry_for_s=1.5, concurrency=1))
     loop.clock = Ticks()
@@ -308,9 +304,9 @@ def test_the_retry_window_spans_batches_so_a_long_outage_drains_quickly(
 def test_the_retry_window_starts_again_once_langsmith_takes_a_run(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [trace(None) for _ in range(3)]
+    records = [llm_trace(RUN_CALL, plan_id=None) for _ in range(3)]
     for record in records:
-        send_traces(redis_client, keys, [record])
+        add_traces(redis_client, keys, [record])
     loop = make_loop(redis_client, keys, settings_for(server, retry_for_s=1.5, concurrency=1))
     loop.clock = Ticks()
     for _ in range(3):
@@ -326,7 +322,7 @@ def test_the_retry_window_starts_again_once_langsmith_takes_a_run(
 def test_stopping_while_langsmith_is_down_leaves_the_entry_pending(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    send_traces(redis_client, keys, [trace(None)])
+    add_traces(redis_client, keys, [llm_trace(RUN_CALL, plan_id=None)])
     server.inject(Fault("status", status=503, duration_s=600))
     settings = settings_for(server)
     consumer = Consumer(redis_client, keys, LANGSMITH_GROUP, "fwd-stop", claim_idle_ms=60_000)
@@ -334,10 +330,10 @@ def test_stopping_while_langsmith_is_down_leaves_the_entry_pending(
     stop = threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,))
     thread.start()
-    deadline = time.monotonic() + 20
-    while loop.stats.retries < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
+    try:
+        wait_until(lambda: loop.stats.retries >= 2, 20, "two retries")
+    finally:
+        stop.set()
     thread.join(20)
     assert not thread.is_alive()
     assert loop.stats.retries >= 2
@@ -353,8 +349,12 @@ def test_plan_roots_are_forgotten_beyond_the_cache_size(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(forwarder_module, "ROOT_CACHE_SIZE", 1)
-    records = [trace("plan-a"), trace("plan-b"), trace("plan-a")]
-    send_traces(redis_client, keys, records)
+    records = [
+        llm_trace(RUN_CALL, plan_id="plan-a"),
+        llm_trace(RUN_CALL, plan_id="plan-b"),
+        llm_trace(RUN_CALL, plan_id="plan-a"),
+    ]
+    add_traces(redis_client, keys, records)
     make_loop(redis_client, keys, settings_for(server, concurrency=1)).run(threading.Event())
     assert server.run_ids() == expected_ids(records)
     # Each root pushes the other out, so each call posts its root again: 409, one run.
@@ -366,16 +366,16 @@ def test_the_sender_uses_post_runs_and_raises_on_failure(server: LangSmithServer
     sender = RunSender(settings_for(server))
     assert "***" in repr(sender)
     assert API_KEY not in repr(sender)
-    record = trace(None)
+    record = llm_trace(RUN_CALL, plan_id=None)
     sender.send(llm_run(record, "fleet"))
     assert ("POST", "/runs") in server.recorded.requests
     server.inject(Fault("status", status=503, retry_after="2", count=1))
     with pytest.raises(ForwardingDeferred) as deferred:
-        sender.send(llm_run(trace(None), "fleet"))
+        sender.send(llm_run(llm_trace(RUN_CALL, plan_id=None), "fleet"))
     assert deferred.value.retry_after_s == 2.0
     server.api_key = "another-key"
     with pytest.raises(ForwardingUnauthorized, match=r"HTTP 401.*LANGSMITH_API_KEY") as refused:
-        sender.send(llm_run(trace(None), "fleet"))
+        sender.send(llm_run(llm_trace(RUN_CALL, plan_id=None), "fleet"))
     assert API_KEY not in str(refused.value) and "another-key" not in str(refused.value)
     sender.close()
 
@@ -558,14 +558,6 @@ def test_the_worker_builds_the_group_from_the_environment(
         langsmith_loop(context)
 
 
-def _wait(condition, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("status", [401, 403])
 def test_a_refused_key_dead_letters_nothing_and_everything_arrives_once_after_the_fix(
     server: LangSmithServer,
@@ -574,8 +566,13 @@ def test_a_refused_key_dead_letters_nothing_and_everything_arrives_once_after_th
     caplog: pytest.LogCaptureFixture,
     status: int,
 ) -> None:
-    records = [trace("plan-k"), trace("plan-k"), trace(None), trace("plan-l")]
-    send_traces(redis_client, keys, records)
+    records = [
+        llm_trace(RUN_CALL, plan_id="plan-k"),
+        llm_trace(RUN_CALL, plan_id="plan-k"),
+        llm_trace(RUN_CALL, plan_id=None),
+        llm_trace(RUN_CALL, plan_id="plan-l"),
+    ]
+    add_traces(redis_client, keys, records)
     if status == 401:
         server.api_key = "the-key-langsmith-knows"  # ours is wrong
     else:
@@ -587,7 +584,7 @@ def test_a_refused_key_dead_letters_nothing_and_everything_arrives_once_after_th
     thread = threading.Thread(target=loop.run, args=(threading.Event(),))
     thread.start()
     try:
-        _wait(lambda: server.recorded.answers[status] >= 5, f"five {status} answers")
+        wait_until(lambda: server.recorded.answers[status] >= 5, 30, f"five {status} answers")
         assert loop.stats.ready is False
         assert "LANGSMITH_API_KEY" in (loop.stats.last_error or "")
         assert pending(redis_client, keys) == 1  # the entry, in hand and unacknowledged
@@ -634,8 +631,8 @@ def test_forwarding_on_without_a_key_does_not_build_the_group(
 def test_closing_the_loop_ends_its_request_threads_and_http_session(
     server: LangSmithServer, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [trace(None) for _ in range(12)]
-    send_traces(redis_client, keys, records)
+    records = [llm_trace(RUN_CALL, plan_id=None) for _ in range(12)]
+    add_traces(redis_client, keys, records)
     loop = make_loop(redis_client, keys, settings_for(server, concurrency=4))
     loop.run(threading.Event())
     assert server.run_ids() == expected_ids(records)

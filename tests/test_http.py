@@ -18,8 +18,10 @@ from fleettrace.metrics import MetricKey
 from fleettrace_worker.cli import main
 from fleettrace_worker.http import metric_name, parse_address, serve
 from fleettrace_worker.runner import Worker, WorkerSettings
+from tests.factories import numbered_trace
 from tests.servers import free_port
-from tests.worker_helpers import make_trace, migrated, trace_rows, wait_for
+from tests.waiting import wait_until
+from tests.worker_helpers import migrated, trace_rows
 
 
 def _get(url: str) -> tuple[int, str, str]:
@@ -64,14 +66,14 @@ def test_endpoints_report_the_worker_and_the_fleet(running, redis_url, keys) -> 
     _, base, db = running
     emitter = Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace))
     for i in range(20):
-        emitter.record(make_trace(i))
+        emitter.record(numbered_trace(i))
     for value in (0.5, 3.0, 3.0, 100_000.0):
         emitter.observe(MetricKey.TOOL_INVOCATION_DURATION_MS, value, {"tool": "grep"})
     emitter.observe(MetricKey.CONTEXT_TOKENS_USED, 1234.0)
     assert emitter.flush(30)
     emitter.close()
-    wait_for(lambda: trace_rows(db) == 20, 60, "rows")
-    wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 30, "ready")
+    wait_until(lambda: trace_rows(db) == 20, 60, "rows")
+    wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 30, "ready")
     assert _get(f"{base}/healthz")[::2] == (200, "ok\n")
     assert _get(f"{base}/readyz")[::2] == (200, "ready\n")
     assert _get(f"{base}/nope")[0] == 404
@@ -103,7 +105,7 @@ def test_endpoints_report_the_worker_and_the_fleet(running, redis_url, keys) -> 
         for (name, labels), value in found.items()
         if name == "fleettrace_actor_token_usage_total" and ("token_type", "prompt") in labels
     ]
-    assert sum(tokens) == sum(make_trace(i).prompt_tokens for i in range(20))
+    assert sum(tokens) == sum(numbered_trace(i).prompt_tokens for i in range(20))
     assert "# TYPE fleettrace_tool_invocation_duration_ms histogram" in text
     # The 7 plans of those traces are counted, but never exported by default.
     assert redis.Redis.from_url(redis_url).exists(keys.plan("plan-3"))
@@ -152,7 +154,7 @@ def test_a_busy_port_is_one_clear_error(redis_url, keys, database_url) -> None:
 def test_metrics_plans_exports_the_costliest_plans_only(redis_url, keys, database_url) -> None:
     emitter = Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace))
     for i, cost in enumerate((0.5, 3.0, 0.25, 2.0)):
-        emitter.record(make_trace(i, plan=f"p-{i}").model_copy(update={"cost_usd": cost}))
+        emitter.record(numbered_trace(i, plan_id=f"p-{i}").model_copy(update={"cost_usd": cost}))
     emitter.observe(MetricKey.PLAN_DECISIONS_COUNT, 1, {"plan": "p-1"})
     emitter.observe(MetricKey.PLAN_DECISIONS_COUNT, 1, {"plan": "p-0"})
     assert emitter.close()
@@ -210,7 +212,7 @@ def test_plans_that_cannot_be_read_leave_the_fleet_families_in(
     redis_url, keys, database_url, caplog
 ) -> None:
     emitter = Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace))
-    emitter.record(make_trace(1, plan="p-1"))
+    emitter.record(numbered_trace(1, plan_id="p-1"))
     emitter.observe(MetricKey.CONTEXT_TOKENS_USED, 77.0)
     assert emitter.close()
     client = redis.Redis.from_url(redis_url)

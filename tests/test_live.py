@@ -97,6 +97,7 @@ def spend(redis_url: str, namespace: str, plan_id: str, calls: int) -> None:
     emitter.close()
 
 
+@pytest.mark.slow
 def test_budget_check_sees_the_cost_of_every_process(
     redis_url: str, keys: Keys, redis_client: redis.Redis
 ) -> None:

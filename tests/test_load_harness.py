@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"hotpath", "producer", "worker", "freshness", "drain", "memory"}
 
 
+#: Every test here reads one run of the harness (about 2 minutes, in the fixture).
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def report() -> dict:
     done = subprocess.run(

@@ -108,6 +108,7 @@ def _migrate_in_process(url: str, queue: multiprocessing.Queue[int]) -> None:
         queue.put(len(migrations.migrate(conn).applied))
 
 
+@pytest.mark.slow
 def test_concurrent_migrations_from_processes_apply_each_file_once(database_url: str) -> None:
     context = multiprocessing.get_context("spawn")
     queue: multiprocessing.Queue[int] = context.Queue()

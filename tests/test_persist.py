@@ -10,7 +10,7 @@ import psycopg
 import pytest
 import redis
 
-from fleettrace.codec import Kind, encode_batch, encode_record, new_batch_id
+from fleettrace.codec import encode_record, new_batch_id
 from fleettrace.errors import ForwardingDeferred, SchemaVersionError
 from fleettrace.keys import PERSIST_GROUP, Keys
 from fleettrace_worker.consumer import Consumer, Entry
@@ -19,18 +19,16 @@ from fleettrace_worker.deadletter import DeadLetter, list_dead_letters, replay_d
 from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
 from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.repository import LLMTraceRepository
-from tests.worker_helpers import (
+from tests.factories import (
     add_samples,
     add_traces,
-    make_sample,
-    make_trace,
-    migrated,
-    pending,
-    sample_rows,
-    scalar,
-    trace_rows,
-    wait_for,
+    numbered_sample,
+    numbered_trace,
+    sample_entry,
+    trace_entry,
 )
+from tests.waiting import wait_until
+from tests.worker_helpers import migrated, pending, sample_rows, scalar, trace_rows
 
 BURST = LoopSettings(burst=True, retry_initial_s=0.01, retry_max_s=0.05)
 
@@ -53,10 +51,10 @@ def _loop(redis_client, keys, pool, *, name="w1", settings=BURST, claim_idle_ms=
 
 
 def test_good_entries_become_rows_and_are_acknowledged(redis_client, keys, db, pool) -> None:
-    traces = [make_trace(i) for i in range(30)]
+    traces = [numbered_trace(i) for i in range(30)]
     for start in range(0, 30, 10):
         add_traces(redis_client, keys, traces[start : start + 10])
-    add_samples(redis_client, keys, [make_sample(i) for i in range(5)])
+    add_samples(redis_client, keys, [numbered_sample(i) for i in range(5)])
     loop = _loop(redis_client, keys, pool)
     loop.run(threading.Event())
     assert trace_rows(db) == 30
@@ -76,7 +74,7 @@ def test_good_entries_become_rows_and_are_acknowledged(redis_client, keys, db, p
 def test_bad_entries_and_records_are_dead_letters_and_the_good_ones_stored(
     redis_client, keys, db, pool
 ) -> None:
-    good = [make_trace(i) for i in range(4)]
+    good = [numbered_trace(i) for i in range(4)]
     lines = [encode_record(t) for t in good]
     lines.insert(2, b'{"provider": "openai", "model": 5}')
     batch_id = new_batch_id()
@@ -104,7 +102,7 @@ def test_bad_entries_and_records_are_dead_letters_and_the_good_ones_stored(
 
 
 def test_an_entry_delivered_too_often_is_a_dead_letter(redis_client, keys, db, pool) -> None:
-    entry_id = add_traces(redis_client, keys, [make_trace(1)])
+    entry_id = add_traces(redis_client, keys, [numbered_trace(1)])
     for name in ("a", "b"):  # two consumers read it and die without acknowledging
         Consumer(redis_client, keys, PERSIST_GROUP, name, claim_idle_ms=0).ensure_groups()
     Consumer(redis_client, keys, PERSIST_GROUP, "a").read(count=10, block_ms=None)
@@ -133,12 +131,12 @@ def test_a_record_postgres_refuses_is_the_only_dead_letter_of_its_batch(
     redis_client, keys, db, pool
 ) -> None:
     _poison_check(db)
-    first = add_traces(redis_client, keys, [make_trace(i) for i in range(7)])
-    batch = [make_trace(i) for i in range(7, 20)]
-    batch[5] = make_trace(12, model="poison")
+    first = add_traces(redis_client, keys, [numbered_trace(i) for i in range(7)])
+    batch = [numbered_trace(i) for i in range(7, 20)]
+    batch[5] = numbered_trace(12, model="poison")
     poison = add_traces(redis_client, keys, batch)
-    add_samples(redis_client, keys, [make_sample(i) for i in range(6)])
-    add_traces(redis_client, keys, [make_trace(i) for i in range(20, 23)])
+    add_samples(redis_client, keys, [numbered_sample(i) for i in range(6)])
+    add_traces(redis_client, keys, [numbered_trace(i) for i in range(20, 23)])
     loop = _loop(redis_client, keys, pool, settings=LoopSettings(burst=True, batch_records=100))
     loop.run(threading.Event())
     assert trace_rows(db) == 22
@@ -160,8 +158,8 @@ def test_a_record_postgres_refuses_is_the_only_dead_letter_of_its_batch(
 def test_a_lone_refused_sample_among_traces_is_found_too(redis_client, keys, db, pool) -> None:
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("ALTER TABLE metric_samples ADD CONSTRAINT small CHECK (value < 3)")
-    add_traces(redis_client, keys, [make_trace(i) for i in range(5)])
-    samples = add_samples(redis_client, keys, [make_sample(i) for i in range(4)])
+    add_traces(redis_client, keys, [numbered_trace(i) for i in range(5)])
+    samples = add_samples(redis_client, keys, [numbered_sample(i) for i in range(4)])
     _loop(redis_client, keys, pool).run(threading.Event())
     assert trace_rows(db) == 5
     assert sample_rows(db) == 3
@@ -170,9 +168,9 @@ def test_a_lone_refused_sample_among_traces_is_found_too(redis_client, keys, db,
 
 
 def test_a_redelivered_batch_adds_no_rows(redis_client, keys, db, pool) -> None:
-    traces = [make_trace(i) for i in range(5)]
-    fields = encode_batch(Kind.TRACE, traces, new_batch_id())
-    samples = encode_batch(Kind.METRIC, [make_sample(1), make_sample(2)], new_batch_id())
+    traces = [numbered_trace(i) for i in range(5)]
+    fields = trace_entry(traces)
+    samples = sample_entry([numbered_sample(1), numbered_sample(2)])
     for _ in range(2):
         redis_client.xadd(keys.traces, fields)
         redis_client.xadd(keys.metrics, samples)
@@ -190,23 +188,25 @@ def test_a_database_without_the_schema_is_refused(redis_client, keys, database_u
         pool.close()
 
 
+@pytest.mark.slow
 def test_postgres_away_keeps_entries_in_hand_until_it_returns(
     redis_client, keys, private_postgres
 ) -> None:
     db = migrated(private_postgres.url)
     pool = create_pool(db, min_size=1, max_size=1, timeout_s=1)
     try:
-        add_traces(redis_client, keys, [make_trace(i) for i in range(10)])
+        add_traces(redis_client, keys, [numbered_trace(i) for i in range(10)])
         loop = _loop(redis_client, keys, pool, settings=LoopSettings(burst=True, retry_max_s=0.2))
         loop.setup()
         private_postgres.stop()
         stop = threading.Event()
         thread = threading.Thread(target=loop.run, args=(stop,))
         thread.start()
-        deadline = 30
-        while loop.stats.retries < 2 and deadline > 0:
-            threading.Event().wait(0.1)
-            deadline -= 0.1
+        try:
+            wait_until(lambda: loop.stats.retries >= 2, 30, "two retries")
+        except AssertionError:
+            stop.set()
+            raise
         assert loop.stats.ready is False
         assert "unavailable" in (loop.stats.last_error or "")
         assert pending(redis_client, keys) == 1
@@ -226,7 +226,7 @@ def test_told_to_stop_while_waiting_leaves_the_batch_pending(
     db = migrated(private_postgres.url)
     pool = create_pool(db, min_size=1, max_size=1, timeout_s=1)
     try:
-        add_traces(redis_client, keys, [make_trace(1)])
+        add_traces(redis_client, keys, [numbered_trace(1)])
         loop = _loop(redis_client, keys, pool, settings=LoopSettings(retry_initial_s=5))
         loop.setup()
         private_postgres.stop()
@@ -257,7 +257,7 @@ def test_pipelined_loop_stores_everything_and_dead_letters_the_bad(
     redis_client, keys, db, pool
 ) -> None:
     for start in range(0, 50, 5):
-        add_traces(redis_client, keys, [make_trace(i) for i in range(start, start + 5)])
+        add_traces(redis_client, keys, [numbered_trace(i) for i in range(start, start + 5)])
     redis_client.xadd(keys.traces, {b"v": b"0"})
     settings = LoopSettings(burst=True, pipeline=True, batch_records=10)
     loop = _loop(redis_client, keys, pool, settings=settings)
@@ -274,7 +274,7 @@ class _Broken(_Flaky):
 
 
 def test_a_bug_in_the_delivering_thread_reaches_the_caller(redis_client, keys) -> None:
-    add_traces(redis_client, keys, [make_trace(1)])
+    add_traces(redis_client, keys, [numbered_trace(1)])
     settings = LoopSettings(burst=True, pipeline=True)
     loop = _Broken(Consumer(redis_client, keys, "langsmith", "f1"), settings)
     with pytest.raises(RuntimeError, match="a bug"):
@@ -283,14 +283,14 @@ def test_a_bug_in_the_delivering_thread_reaches_the_caller(redis_client, keys) -
 
 
 def test_stopping_a_pipelined_loop_while_it_retries(redis_client, keys) -> None:
-    add_traces(redis_client, keys, [make_trace(1)])
-    add_traces(redis_client, keys, [make_trace(2)])
+    add_traces(redis_client, keys, [numbered_trace(1)])
+    add_traces(redis_client, keys, [numbered_trace(2)])
     settings = LoopSettings(pipeline=True, retry_initial_s=0.05, block_ms=50)
     loop = _Flaky(Consumer(redis_client, keys, "langsmith", "f1"), settings)
     stop = threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,))
     thread.start()
-    wait_for(lambda: loop.stats.retries >= 2, 30, "retries")
+    wait_until(lambda: loop.stats.retries >= 2, 30, "retries")
     stop.set()
     thread.join(30)
     assert not thread.is_alive()
@@ -300,21 +300,21 @@ def test_stopping_a_pipelined_loop_while_it_retries(redis_client, keys) -> None:
 def test_redis_away_is_waited_for_and_nothing_is_lost(private_redis, db, pool) -> None:
     client = redis.Redis.from_url(private_redis.url, socket_timeout=2, socket_connect_timeout=2)
     keys = Keys("outage")
-    add_traces(client, keys, [make_trace(i) for i in range(10)])
+    add_traces(client, keys, [numbered_trace(i) for i in range(10)])
     settings = LoopSettings(block_ms=100, retry_initial_s=0.05, retry_max_s=0.2, pipeline=True)
     loop = _loop(client, keys, pool, settings=settings)
     stop = threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,))
     thread.start()
     try:
-        wait_for(lambda: trace_rows(db) == 10, 60, "first rows")
+        wait_until(lambda: trace_rows(db) == 10, 60, "first rows")
         private_redis.stop()
-        wait_for(lambda: loop.stats.ready is False, 60, "not ready")
+        wait_until(lambda: loop.stats.ready is False, 60, "not ready")
         assert (loop.stats.last_error or "").startswith("reading the streams: ")
         private_redis.start()  # AOF: the stream and the group come back
-        add_traces(client, keys, [make_trace(i) for i in range(10, 30)])
-        wait_for(lambda: trace_rows(db) == 30, 60, "catch up")
-        wait_for(lambda: loop.stats.ready is True, 30, "ready again")
+        add_traces(client, keys, [numbered_trace(i) for i in range(10, 30)])
+        wait_until(lambda: trace_rows(db) == 30, 60, "catch up")
+        wait_until(lambda: loop.stats.ready is True, 30, "ready again")
     finally:
         stop.set()
         thread.join(30)
@@ -327,21 +327,21 @@ def test_an_error_the_table_does_not_list_keeps_the_batch_until_it_is_fixed(
 ) -> None:
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("ALTER TABLE metric_samples RENAME COLUMN labels TO labels_gone")
-    add_traces(redis_client, keys, [make_trace(i) for i in range(3)])
-    add_samples(redis_client, keys, [make_sample(i) for i in range(3)])
+    add_traces(redis_client, keys, [numbered_trace(i) for i in range(3)])
+    add_samples(redis_client, keys, [numbered_sample(i) for i in range(3)])
     settings = LoopSettings(retry_initial_s=0.01, retry_max_s=0.05, block_ms=50)
     loop = _loop(redis_client, keys, pool, settings=settings)
     stop = threading.Event()
     thread = threading.Thread(target=loop.run, args=(stop,))
     thread.start()
     try:
-        wait_for(lambda: loop.stats.retries >= 3, 60, "retries")
+        wait_until(lambda: loop.stats.retries >= 3, 60, "retries")
         assert "failed the statement" in (loop.stats.last_error or "")
         assert "(SQLSTATE 42703)" in (loop.stats.last_error or "")
         assert loop.stats.not_ready_reason() == loop.stats.last_error
         with psycopg.connect(db, autocommit=True) as conn:
             conn.execute("ALTER TABLE metric_samples RENAME COLUMN labels_gone TO labels")
-        wait_for(lambda: pending(redis_client, keys) == 0, 60, "stored")
+        wait_until(lambda: pending(redis_client, keys) == 0, 60, "stored")
     finally:
         stop.set()
         thread.join(60)

@@ -14,7 +14,8 @@ from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
 from fleettrace_worker.loopstate import ReadSizer, entry_records, slices
-from tests.worker_helpers import add_traces, make_trace, pending
+from tests.factories import add_traces, numbered_trace
+from tests.worker_helpers import pending
 
 BATCH = 100
 
@@ -40,7 +41,7 @@ class _Counting(GroupLoop[int]):
 def _entries(client, keys, count: int, size: int, start: int) -> int:
     for i in range(count):
         base = start + i * size
-        add_traces(client, keys, [make_trace(base + j) for j in range(size)])
+        add_traces(client, keys, [numbered_trace(base + j) for j in range(size)])
     return start + count * size
 
 

@@ -13,6 +13,7 @@ import pytest
 from fleettrace.model import LLMTrace
 from fleettrace_worker.migrations import migrate
 from fleettrace_worker.runs import PLAN_ROOT_NAMESPACE, llm_run
+from tests.factories import llm_trace
 from tests.test_model import DOC, doc_rows
 
 #: The doc writes PostgreSQL's short names.
@@ -76,16 +77,12 @@ def test_every_secondary_index_of_every_table_is_named_in_the_docs(migrated) -> 
         assert f"`{name}" in text, name
 
 
-def _trace(plan_id: str | None) -> LLMTrace:
-    return LLMTrace(
-        provider="openai",
-        model="gpt-4o",
-        plan_id=plan_id,
-        actor="planner",
-        prompt_tokens=10,
-        completion_tokens=5,
-        started_at=datetime(2026, 11, 27, 9, 30, tzinfo=UTC),
-    )
+DOC_CALL = {
+    "actor": "planner",
+    "prompt_tokens": 10,
+    "completion_tokens": 5,
+    "started_at": datetime(2026, 11, 27, 9, 30, tzinfo=UTC),
+}
 
 
 def _flat_keys(run: dict) -> set[str]:
@@ -96,14 +93,20 @@ def _flat_keys(run: dict) -> set[str]:
 def test_the_run_table_lists_every_field_of_an_llm_run() -> None:
     documented = set(doc_rows("### The run of one LLM call"))
     placement = {"trace_id", "parent_run_id", "dotted_order"}
-    assert documented | placement == _flat_keys(llm_run(_trace("plan-a"), "project"))
-    assert documented | {"trace_id", "dotted_order"} == _flat_keys(llm_run(_trace(None), "p"))
+    assert documented | placement == _flat_keys(
+        llm_run(llm_trace(DOC_CALL, plan_id="plan-a"), "project")
+    )
+    assert documented | {"trace_id", "dotted_order"} == _flat_keys(
+        llm_run(llm_trace(DOC_CALL, plan_id=None), "p")
+    )
 
 
 def test_the_documented_metadata_is_the_metadata_sent() -> None:
     cell = doc_rows("### The run of one LLM call")["extra.metadata"][0]
     documented = set(re.findall(r"`(\w+)`(?: = `\w+`)?", cell))
-    assert documented == set(llm_run(_trace("plan-a"), "p")["extra"]["metadata"])
+    assert documented == set(
+        llm_run(llm_trace(DOC_CALL, plan_id="plan-a"), "p")["extra"]["metadata"]
+    )
 
 
 def test_the_plan_root_namespace_in_the_docs_is_the_one_in_the_code() -> None:

@@ -14,7 +14,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from fleettrace.metrics import MetricKey
-from fleettrace.model import LLMTrace, MetricSample
+from fleettrace.model import LLMTrace
 from fleettrace_worker import database, migrations
 from fleettrace_worker.repository import (
     InvalidCursor,
@@ -23,6 +23,7 @@ from fleettrace_worker.repository import (
     TraceFilter,
     decode_cursor,
 )
+from tests.factories import llm_trace, metric_sample
 
 BASE = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -39,41 +40,37 @@ def repo(pool: ConnectionPool) -> LLMTraceRepository:
     return LLMTraceRepository(pool)
 
 
-def full_trace(**changes: object) -> LLMTrace:
-    """A trace with every field set to a value that is easy to get subtly wrong."""
-    fields: dict[str, object] = {
-        "trace_id": uuid.uuid4(),
-        "plan_id": "plan-ü-1",
-        "decision_id": "decision 7",
-        "actor": "planner",
-        "provider": "openai",
-        "model": "gpt-4o",
-        "prompt_tokens": 1_000_000_000,
-        "completion_tokens": 17,
-        "cost_usd": 0.1 + 0.2,
-        "latency_ms": 1234.5678901234567,
-        "tool_calls": ["search", "read 'file'", 'quote"d', "{braces}", "back\\slash"],
-        "context_hash": "0123456789abcdef" * 4,
-        "streaming": True,
-        "retry_count": 3,
-        "error": "RateLimitError: slow down\nsecond line\ttab",
-        "started_at": BASE,
-    }
-    fields.update(changes)
-    return LLMTrace(**fields)  # type: ignore[arg-type]
+#: Every field of a call set to a value that is easy to get subtly wrong (each call
+#: still gets its own trace id).
+AWKWARD_CALL = {
+    "plan_id": "plan-ü-1",
+    "decision_id": "decision 7",
+    "actor": "planner",
+    "prompt_tokens": 1_000_000_000,
+    "completion_tokens": 17,
+    "cost_usd": 0.1 + 0.2,
+    "latency_ms": 1234.5678901234567,
+    "tool_calls": ["search", "read 'file'", 'quote"d', "{braces}", "back\\slash"],
+    "context_hash": "0123456789abcdef" * 4,
+    "streaming": True,
+    "retry_count": 3,
+    "error": "RateLimitError: slow down\nsecond line\ttab",
+    "started_at": BASE,
+}
 
 
-def sample(key: MetricKey = MetricKey.LLM_RETRIES_COUNT, **changes: object) -> MetricSample:
-    labels = {name: f"{name}-value" for name in key.spec.labels}
-    fields: dict[str, object] = {
-        "key": key,
-        "labels": labels,
-        "value": 2.5,
-        "plan_id": "plan-1",
-        "observed_at": BASE,
-    }
-    fields.update(changes)
-    return MetricSample(**fields)  # type: ignore[arg-type]
+def _labels(key: MetricKey) -> dict[str, str]:
+    return {name: f"{name}-value" for name in key.spec.labels}
+
+
+#: A sample of llm.retries_count with every field set.
+SAMPLE = {
+    "key": MetricKey.LLM_RETRIES_COUNT,
+    "labels": _labels(MetricKey.LLM_RETRIES_COUNT),
+    "value": 2.5,
+    "plan_id": "plan-1",
+    "observed_at": BASE,
+}
 
 
 def count(url: str, table: str) -> int:
@@ -85,8 +82,9 @@ def count(url: str, table: str) -> int:
 
 def test_every_field_round_trips_exactly(repo: LLMTraceRepository) -> None:
     stored = [
-        full_trace(),
-        full_trace(
+        llm_trace(AWKWARD_CALL),
+        llm_trace(
+            AWKWARD_CALL,
             plan_id=None,
             decision_id=None,
             actor=None,
@@ -101,7 +99,7 @@ def test_every_field_round_trips_exactly(repo: LLMTraceRepository) -> None:
             latency_ms=5e-324,
             started_at=datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
         ),
-        full_trace(cost_usd=0.0, latency_ms=86_400_000.0, error=""),
+        llm_trace(AWKWARD_CALL, cost_usd=0.0, latency_ms=86_400_000.0, error=""),
     ]
     assert repo.store(stored) == StoreResult(3, 0, 0, 0)
 
@@ -136,9 +134,11 @@ def test_get_of_an_unknown_id_is_none(repo: LLMTraceRepository) -> None:
 def test_storing_the_same_batch_twice_keeps_one_row_each(
     repo: LLMTraceRepository, database_url: str
 ) -> None:
-    traces = [full_trace() for _ in range(50)]
+    traces = [llm_trace(AWKWARD_CALL) for _ in range(50)]
     batch_id = uuid.uuid4().hex
-    samples = [(batch_id, position, sample(value=float(position))) for position in range(20)]
+    samples = [
+        (batch_id, position, metric_sample(SAMPLE, value=float(position))) for position in range(20)
+    ]
 
     assert repo.store(traces, samples) == StoreResult(50, 0, 20, 0)
     assert repo.store(traces, samples) == StoreResult(0, 50, 0, 20)
@@ -150,13 +150,16 @@ def test_storing_the_same_batch_twice_keeps_one_row_each(
 def test_a_batch_mixing_new_and_stored_rows_adds_only_the_new(
     repo: LLMTraceRepository, database_url: str
 ) -> None:
-    old = [full_trace() for _ in range(10)]
-    new = [full_trace(plan_id="fresh") for _ in range(7)]
+    old = [llm_trace(AWKWARD_CALL) for _ in range(10)]
+    new = [llm_trace(AWKWARD_CALL, plan_id="fresh") for _ in range(7)]
     batch_id = uuid.uuid4().hex
-    repo.store(old, [(batch_id, 0, sample())])
+    repo.store(old, [(batch_id, 0, metric_sample(SAMPLE))])
 
     mixed = old[:4] + new + old[4:]
-    result = repo.store(mixed, [(batch_id, 0, sample()), (batch_id, 1, sample(value=9.0))])
+    result = repo.store(
+        mixed,
+        [(batch_id, 0, metric_sample(SAMPLE)), (batch_id, 1, metric_sample(SAMPLE, value=9.0))],
+    )
 
     assert result == StoreResult(7, 10, 1, 1)
     assert count(database_url, "llm_traces") == 17
@@ -172,9 +175,11 @@ def test_a_batch_mixing_new_and_stored_rows_adds_only_the_new(
 def test_duplicates_inside_one_batch_are_stored_once(
     repo: LLMTraceRepository, database_url: str
 ) -> None:
-    trace = full_trace()
+    trace = llm_trace(AWKWARD_CALL)
     batch_id = uuid.uuid4().hex
-    result = repo.store([trace, trace], [(batch_id, 3, sample()), (batch_id, 3, sample())])
+    result = repo.store(
+        [trace, trace], [(batch_id, 3, metric_sample(SAMPLE)), (batch_id, 3, metric_sample(SAMPLE))]
+    )
     assert result == StoreResult(1, 1, 1, 1)
     assert count(database_url, "llm_traces") == 1
     assert repo.get(trace.trace_id) == trace
@@ -187,10 +192,12 @@ def test_redelivery_after_a_merge_uses_the_staging_tables_again(
     # emptied at commit: a second merge on the same connection sees only its own rows.
     single = database.create_pool(database_url, min_size=1, max_size=1)
     repo = LLMTraceRepository(single)
-    first = [full_trace() for _ in range(3)]
+    first = [llm_trace(AWKWARD_CALL) for _ in range(3)]
     repo.store(first)
-    assert repo.store([*first, full_trace()]) == StoreResult(1, 3, 0, 0)
-    assert repo.store([*first, full_trace(), full_trace()]) == StoreResult(2, 3, 0, 0)
+    assert repo.store([*first, llm_trace(AWKWARD_CALL)]) == StoreResult(1, 3, 0, 0)
+    assert repo.store([*first, llm_trace(AWKWARD_CALL), llm_trace(AWKWARD_CALL)]) == StoreResult(
+        2, 3, 0, 0
+    )
     assert count(database_url, "llm_traces") == 6
     with database.connection(single) as conn:
         staged = conn.execute("SELECT count(*) FROM fleettrace_traces_staging").fetchone()
@@ -201,8 +208,27 @@ def test_redelivery_after_a_merge_uses_the_staging_tables_again(
 def test_samples_round_trip_with_their_labels(repo: LLMTraceRepository, database_url: str) -> None:
     batch_id = uuid.uuid4().hex
     stored = [
-        (batch_id, 0, sample(MetricKey.TOOL_INVOCATION_DURATION_MS, value=0.1 + 0.2)),
-        (batch_id, 5, sample(MetricKey.PLAN_COST_USD, plan_id=None, value=-0.0)),
+        (
+            batch_id,
+            0,
+            metric_sample(
+                SAMPLE,
+                key=MetricKey.TOOL_INVOCATION_DURATION_MS,
+                labels=_labels(MetricKey.TOOL_INVOCATION_DURATION_MS),
+                value=0.1 + 0.2,
+            ),
+        ),
+        (
+            batch_id,
+            5,
+            metric_sample(
+                SAMPLE,
+                key=MetricKey.PLAN_COST_USD,
+                labels=_labels(MetricKey.PLAN_COST_USD),
+                plan_id=None,
+                value=-0.0,
+            ),
+        ),
     ]
     assert repo.store([], stored) == StoreResult(0, 0, 2, 0)
 
@@ -224,9 +250,9 @@ def test_an_empty_store_writes_nothing(repo: LLMTraceRepository, database_url: s
 
 
 def test_by_plan_orders_by_start_then_id(repo: LLMTraceRepository) -> None:
-    same_time = [full_trace(plan_id="p", started_at=BASE) for _ in range(5)]
-    earlier = full_trace(plan_id="p", started_at=BASE - timedelta(microseconds=1))
-    other = full_trace(plan_id="q")
+    same_time = [llm_trace(AWKWARD_CALL, plan_id="p", started_at=BASE) for _ in range(5)]
+    earlier = llm_trace(AWKWARD_CALL, plan_id="p", started_at=BASE - timedelta(microseconds=1))
+    other = llm_trace(AWKWARD_CALL, plan_id="q")
     repo.store([*same_time, other, earlier])
 
     expected = [earlier, *sorted(same_time, key=lambda t: t.trace_id)]
@@ -242,7 +268,8 @@ def _fleet(n: int, seed: int = 7) -> list[LLMTrace]:
             [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-x")]
         )
         traces.append(
-            full_trace(
+            llm_trace(
+                AWKWARD_CALL,
                 trace_id=uuid.UUID(int=rng.getrandbits(128)),
                 provider=provider,
                 model=model,
@@ -435,11 +462,14 @@ def test_cost_summary_refuses_unknown_groups(repo: LLMTraceRepository, group_by:
 
 def test_tool_calls_round_trip_in_order_however_many(repo: LLMTraceRepository) -> None:
     many = [f"tool-{i}-ünïcødé-✓" for i in range(256)]
-    stored = [full_trace(tool_calls=many), full_trace(tool_calls=["x" * 128, "y"])]
+    stored = [
+        llm_trace(AWKWARD_CALL, tool_calls=many),
+        llm_trace(AWKWARD_CALL, tool_calls=["x" * 128, "y"]),
+    ]
     repo.store(stored)
     for trace in stored:
         assert repo.get(trace.trace_id) == trace
     # The merge path writes the same bytes through the staging table.
-    again = full_trace(tool_calls=list(reversed(many)))
+    again = llm_trace(AWKWARD_CALL, tool_calls=list(reversed(many)))
     assert repo.store([*stored, again]) == StoreResult(1, 2, 0, 0)
     assert repo.get(again.trace_id) == again

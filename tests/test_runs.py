@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, date, datetime, timedelta, timezone
 
-from fleettrace.model import LLMTrace
 from fleettrace_worker.runs import (
     LLM_RUN_TYPE,
     PLAN_RUN_TYPE,
@@ -15,33 +14,30 @@ from fleettrace_worker.runs import (
     plan_root_run,
     runs_for,
 )
+from tests.factories import llm_trace
 
 STARTED = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
 
 
-def _trace(**overrides: object) -> LLMTrace:
-    values: dict[str, object] = {
-        "trace_id": uuid.UUID("0b6f0c1e-8a4e-4c1d-9f4e-1a2b3c4d5e6f"),
-        "plan_id": "plan-7",
-        "decision_id": "d-3",
-        "actor": "researcher",
-        "provider": "openai",
-        "model": "gpt-4o",
-        "prompt_tokens": 1000,
-        "completion_tokens": 500,
-        "latency_ms": 1234.5,
-        "tool_calls": ["search", "fetch"],
-        "context_hash": "ab" * 32,
-        "streaming": True,
-        "retry_count": 2,
-        "started_at": STARTED,
-    }
-    values.update(overrides)
-    return LLMTrace(**values)  # type: ignore[arg-type]
+#: One call with every field LangSmith shows set.
+CALL = {
+    "trace_id": uuid.UUID("0b6f0c1e-8a4e-4c1d-9f4e-1a2b3c4d5e6f"),
+    "plan_id": "plan-7",
+    "decision_id": "d-3",
+    "actor": "researcher",
+    "prompt_tokens": 1000,
+    "completion_tokens": 500,
+    "latency_ms": 1234.5,
+    "tool_calls": ["search", "fetch"],
+    "context_hash": "ab" * 32,
+    "streaming": True,
+    "retry_count": 2,
+    "started_at": STARTED,
+}
 
 
 def test_llm_run_id_is_the_trace_id_and_carries_usage_cost_latency_and_metadata() -> None:
-    trace = _trace()
+    trace = llm_trace(CALL)
     run = llm_run(trace, "fleet")
     assert run["id"] == trace.trace_id
     assert run["run_type"] == LLM_RUN_TYPE
@@ -74,7 +70,7 @@ def test_llm_run_id_is_the_trace_id_and_carries_usage_cost_latency_and_metadata(
 
 
 def test_unknown_cost_is_left_out_rather_than_given_as_zero() -> None:
-    trace = _trace(provider="acme", model="unheard-of-model", actor=None)
+    trace = llm_trace(CALL, provider="acme", model="unheard-of-model", actor=None)
     assert trace.cost_usd is None
     run = llm_run(trace, "fleet")
     assert "total_cost" not in run["outputs"]["usage_metadata"]
@@ -82,13 +78,13 @@ def test_unknown_cost_is_left_out_rather_than_given_as_zero() -> None:
 
 
 def test_error_is_passed_on() -> None:
-    run = llm_run(_trace(error="RateLimitError: slow down"), "fleet")
+    run = llm_run(llm_trace(CALL, error="RateLimitError: slow down"), "fleet")
     assert run["error"] == "RateLimitError: slow down"
 
 
 def test_a_plan_is_one_trace_under_a_deterministic_root() -> None:
-    first = _trace()
-    second = _trace(trace_id=uuid.uuid4(), started_at=STARTED + timedelta(hours=3))
+    first = llm_trace(CALL)
+    second = llm_trace(CALL, trace_id=uuid.uuid4(), started_at=STARTED + timedelta(hours=3))
     root_id = plan_root_id("plan-7", date(2026, 3, 4))
     runs_a = runs_for(first, "fleet")
     runs_b = runs_for(second, "fleet")
@@ -111,7 +107,7 @@ def test_a_plan_is_one_trace_under_a_deterministic_root() -> None:
 
 
 def test_the_mapping_is_the_same_every_time() -> None:
-    trace = _trace()
+    trace = llm_trace(CALL)
     assert runs_for(trace, "fleet") == runs_for(trace, "fleet")
 
 
@@ -123,7 +119,7 @@ def test_plans_of_another_day_or_name_have_other_roots() -> None:
 
 
 def test_a_call_without_a_plan_is_a_trace_of_its_own() -> None:
-    trace = _trace(plan_id=None)
+    trace = llm_trace(CALL, plan_id=None)
     (run,) = runs_for(trace, "fleet")
     assert run["trace_id"] == run["id"] == trace.trace_id
     assert "parent_run_id" not in run

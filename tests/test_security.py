@@ -16,13 +16,11 @@ import psycopg
 import pytest
 import redis
 
-from fleettrace.codec import Kind, encode_batch, new_batch_id
 from fleettrace.connection import connect_redis
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.errors import ConfigurationError, DatabaseUnavailable
 from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP, Keys
 from fleettrace.live import read_live
-from fleettrace.model import LLMTrace
 from fleettrace.plans import count_plans, top_plans
 from fleettrace_worker.cli import COMMANDS
 from fleettrace_worker.consumer import Consumer
@@ -34,6 +32,7 @@ from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.repository import LLMTraceRepository
 from fleettrace_worker.trim import trim_streams
+from tests.factories import llm_trace, trace_entry
 from tests.langsmith_server import Fault, LangSmithServer
 from tests.worker_helpers import ROOT, fleettrace, migrated, trace_rows, worker_env
 
@@ -74,16 +73,10 @@ def acl_users(redis_client: redis.Redis, keys: Keys) -> Iterator[dict[str, str]]
             redis_client.execute_command("ACL", "DELUSER", user)
 
 
-def _trace(i: int) -> LLMTrace:
-    return LLMTrace(
-        plan_id=f"plan-{i % 3}", actor="a", provider="openai", model="gpt-4o", prompt_tokens=i
-    )
-
-
 def test_the_agent_user_records_and_can_neither_read_nor_delete(
     acl_users: dict[str, str], redis_client: redis.Redis, keys: Keys
 ) -> None:
-    records = [_trace(i) for i in range(20)]
+    records = [llm_trace(plan_id=f"plan-{i % 3}", actor="a", prompt_tokens=i) for i in range(20)]
     with Emitter(EmitterSettings(redis_url=acl_users["agent"], namespace=keys.namespace)) as em:
         for record in records:
             em.record(record)
@@ -136,7 +129,7 @@ def test_the_agent_user_records_and_can_neither_read_nor_delete(
 def test_the_worker_user_consumes_stores_forwards_dead_letters_and_trims(
     acl_users: dict[str, str], redis_client: redis.Redis, keys: Keys, database_url: str
 ) -> None:
-    records = [_trace(i) for i in range(30)]
+    records = [llm_trace(plan_id=f"plan-{i % 3}", actor="a", prompt_tokens=i) for i in range(30)]
     with Emitter(EmitterSettings(redis_url=acl_users["agent"], namespace=keys.namespace)) as em:
         for record in records:
             em.record(record)
@@ -273,7 +266,9 @@ def test_the_api_key_is_in_no_log_dead_letter_or_repr(
     redis_client: redis.Redis, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    entry = encode_batch(Kind.TRACE, [_trace(i) for i in range(4)], new_batch_id())
+    entry = trace_entry(
+        [llm_trace(plan_id=f"plan-{i % 3}", actor="a", prompt_tokens=i) for i in range(4)]
+    )
     with LangSmithServer(api_key=API_KEY) as server:
         settings = LangSmithSettings(
             enabled=True,
@@ -327,6 +322,7 @@ def test_the_api_key_is_in_no_log_dead_letter_or_repr(
             assert part not in text
 
 
+@pytest.mark.slow
 def test_the_api_key_is_not_in_help(keys: Keys) -> None:
     env = worker_env("redis://127.0.0.1:6379/0", PG_ADMIN, keys)
     env.update(LANGSMITH_API_KEY=API_KEY, LANGSMITH_TRACING="true")

@@ -19,6 +19,7 @@ def test_private_redis_keeps_entries_across_restart(private_redis: PrivateRedis)
     assert client.xlen("s") == 1
 
 
+@pytest.mark.slow
 def test_private_postgres_refuses_while_stopped(private_postgres: PrivatePostgres) -> None:
     with psycopg.connect(private_postgres.url) as conn:
         assert conn.execute("select 1").fetchone() == (1,)

@@ -19,8 +19,10 @@ from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.repository import LLMTraceRepository, _trace_row
 from fleettrace_worker.runner import Worker, WorkerSettings
+from tests.factories import add_traces, numbered_trace
 from tests.servers import free_port
-from tests.worker_helpers import add_traces, make_trace, migrated, pending, scalar, wait_for
+from tests.waiting import wait_until
+from tests.worker_helpers import migrated, pending, scalar
 
 CLAIM_IDLE_MS = 2_000
 
@@ -50,7 +52,7 @@ def test_a_blocked_copy_times_out_is_kept_from_others_and_stored_once(
     redis_client, keys, database_url
 ) -> None:
     db = migrated(database_url)
-    traces = [make_trace(i) for i in range(50)]
+    traces = [numbered_trace(i) for i in range(50)]
     add_traces(redis_client, keys, traces)
     holder = _hold_row_lock(db, traces[17])
     pool = create_pool(db, min_size=1, max_size=1, lock_timeout_ms=300)
@@ -69,11 +71,11 @@ def test_a_blocked_copy_times_out_is_kept_from_others_and_stored_once(
     thread = threading.Thread(target=loop.run, args=(stop,))
     thread.start()
     try:
-        wait_for(lambda: loop.stats.retries >= 3, 60, "timed-out attempts")
+        wait_until(lambda: loop.stats.retries >= 3, 60, "timed-out attempts")
         assert "canceling statement due to lock timeout (SQLSTATE 55P03)" in (
             loop.stats.last_error or ""
         )
-        wait_for(loop.stats.stalled, 60, "reported stalled")
+        wait_until(loop.stats.stalled, 60, "reported stalled")
         reason = loop.stats.not_ready_reason() or ""
         assert reason.startswith("group persist made no progress for ")
         assert "with 1 entries in hand" in reason
@@ -82,7 +84,7 @@ def test_a_blocked_copy_times_out_is_kept_from_others_and_stored_once(
         assert snapshot["in_hand_entries"] == 1
         assert snapshot["in_hand_records"] == 50
         # Longer than claim_idle_ms in hand: kept fresh, so nobody else takes it over.
-        wait_for(
+        wait_until(
             lambda: loop.stats.seconds_since_progress() > 2 * CLAIM_IDLE_MS / 1000,
             60,
             "held past claim_idle_ms",
@@ -90,7 +92,7 @@ def test_a_blocked_copy_times_out_is_kept_from_others_and_stored_once(
         assert other.claim(count=100) == []
         assert pending(redis_client, keys) == 1
         holder.commit()  # the other session's row is stored; the worker's COPY can go on
-        wait_for(lambda: pending(redis_client, keys) == 0, 60, "stored and acknowledged")
+        wait_until(lambda: pending(redis_client, keys) == 0, 60, "stored and acknowledged")
         assert loop.stats.not_ready_reason() is None
     finally:
         stop.set()
@@ -120,7 +122,7 @@ def test_a_worker_stalled_on_a_lock_answers_readyz_503_until_it_gets_through(
     redis_url, redis_client, keys, database_url
 ) -> None:
     db = migrated(database_url)
-    traces = [make_trace(i) for i in range(20)]
+    traces = [numbered_trace(i) for i in range(20)]
     holder = _hold_row_lock(db, traces[3])
     port = free_port()
     settings = WorkerSettings(
@@ -133,9 +135,9 @@ def test_a_worker_stalled_on_a_lock_answers_readyz_503_until_it_gets_through(
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 60, "ready")
+        wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 60, "ready")
         add_traces(redis_client, keys, traces)
-        wait_for(lambda: "made no progress" in _get(f"{base}/readyz")[1], 60, "stalled")
+        wait_until(lambda: "made no progress" in _get(f"{base}/readyz")[1], 60, "stalled")
         status, body = _get(f"{base}/readyz")
         assert status == 503
         assert body.startswith("not ready: group persist made no progress for ")
@@ -149,7 +151,7 @@ def test_a_worker_stalled_on_a_lock_answers_readyz_503_until_it_gets_through(
         [group] = worker.health()["groups"]  # type: ignore[misc]
         assert group["stalled"] is True and group["in_hand_entries"] == 1
         holder.rollback()
-        wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 60, "ready again")
+        wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 60, "ready again")
     finally:
         worker.stop.set()
         thread.join(60)

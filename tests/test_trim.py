@@ -20,7 +20,7 @@ from fleettrace_worker.groups import (
     inspect_groups,
 )
 from fleettrace_worker.trim import group_floor, next_entry_id, trim_floors, trim_streams
-from tests.worker_helpers import add_traces, make_trace
+from tests.factories import add_traces, numbered_trace
 
 
 def _ids(client, stream) -> list[str]:
@@ -46,7 +46,7 @@ def test_floor_is_the_oldest_pending_or_the_entry_after_the_last_delivered() -> 
 
 def test_a_stream_without_groups_is_not_trimmed(redis_client, keys) -> None:
     for i in range(3):
-        add_traces(redis_client, keys, [make_trace(i)])
+        add_traces(redis_client, keys, [numbered_trace(i)])
     assert trim_streams(redis_client, keys, approximate=False) == {}
     assert redis_client.xlen(keys.traces) == 3
 
@@ -54,7 +54,7 @@ def test_a_stream_without_groups_is_not_trimmed(redis_client, keys) -> None:
 def test_trim_keeps_pending_and_undelivered_entries(redis_client, keys) -> None:
     consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
     consumer.ensure_groups()
-    ids = [add_traces(redis_client, keys, [make_trace(i)]) for i in range(6)]
+    ids = [add_traces(redis_client, keys, [numbered_trace(i)]) for i in range(6)]
     first = consumer.read(count=2, block_ms=None)  # ids 0, 1
     second = consumer.read(count=2, block_ms=None)  # ids 2, 3
     consumer.acknowledge(first)
@@ -70,7 +70,7 @@ def test_trim_keeps_pending_and_undelivered_entries(redis_client, keys) -> None:
 def test_the_slowest_existing_group_sets_the_floor(redis_client, keys) -> None:
     persist = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
     persist.ensure_groups()
-    ids = [add_traces(redis_client, keys, [make_trace(i)]) for i in range(4)]
+    ids = [add_traces(redis_client, keys, [numbered_trace(i)]) for i in range(4)]
     persist.acknowledge(persist.read(count=10, block_ms=None))
     # Without a langsmith group, persist alone decides.
     langsmith = Consumer(redis_client, keys, LANGSMITH_GROUP, "c1")
@@ -87,7 +87,7 @@ def test_the_slowest_existing_group_sets_the_floor(redis_client, keys) -> None:
 def test_approximate_trim_never_removes_more(redis_client, keys) -> None:
     consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
     consumer.ensure_groups()
-    ids = [add_traces(redis_client, keys, [make_trace(i)]) for i in range(250)]
+    ids = [add_traces(redis_client, keys, [numbered_trace(i)]) for i in range(250)]
     consumer.acknowledge(consumer.read(count=150, block_ms=None))
     trim_streams(redis_client, keys)
     remaining = _ids(redis_client, keys.traces)
@@ -170,7 +170,7 @@ def test_the_groups_command_lists_with_the_workers_limits_and_drops(
     assert main(["groups", "list", *common]) == 0
     assert capsys.readouterr().out == f"no consumer groups in namespace {keys.namespace}\n"
     for i in range(3):
-        add_traces(redis_client, keys, [make_trace(i)])
+        add_traces(redis_client, keys, [numbered_trace(i)])
     Consumer(redis_client, keys, LANGSMITH_GROUP, "gone").ensure_groups()
     monkeypatch.setenv("FLEETTRACE_WORKER_GROUP_MAX_LAG", "2")
     assert main(["groups", "list", *common]) == 0

@@ -31,17 +31,10 @@ from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.repository import LLMTraceRepository
 from fleettrace_worker.runner import Worker, WorkerSettings
+from tests.factories import add_traces, numbered_trace
 from tests.servers import free_port
-from tests.worker_helpers import (
-    add_traces,
-    make_trace,
-    migrated,
-    pending,
-    sample_rows,
-    scalar,
-    trace_rows,
-    wait_for,
-)
+from tests.waiting import wait_until
+from tests.worker_helpers import migrated, pending, sample_rows, scalar, trace_rows
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "wire"
 
@@ -96,9 +89,9 @@ def test_an_entry_of_a_newer_version_stays_pending_and_asks_for_an_upgrade(
     redis_client, keys, database_url, caplog
 ) -> None:
     db = migrated(database_url)
-    add_traces(redis_client, keys, [make_trace(i) for i in range(5)])
+    add_traces(redis_client, keys, [numbered_trace(i) for i in range(5)])
     newer = [redis_client.xadd(keys.traces, _newer_entry()) for _ in range(2)]  # type: ignore[arg-type]
-    add_traces(redis_client, keys, [make_trace(i) for i in range(5, 9)])
+    add_traces(redis_client, keys, [numbered_trace(i) for i in range(5, 9)])
     caplog.set_level(logging.WARNING, logger="fleettrace_worker.loop")
     with create_pool(db, min_size=1, max_size=1) as pool:
         # Run again and again under one name: each run delivers the entries once more
@@ -138,7 +131,7 @@ def test_the_worker_reports_upgrade_needed_in_health_readyz_and_metrics(
     redis_url, redis_client, keys, database_url
 ) -> None:
     db = migrated(database_url)
-    add_traces(redis_client, keys, [make_trace(1)])
+    add_traces(redis_client, keys, [numbered_trace(1)])
     port = free_port()
     settings = WorkerSettings(
         redis_url, db, namespace=keys.namespace, consumer="u1", block_ms=100,
@@ -150,9 +143,9 @@ def test_the_worker_reports_upgrade_needed_in_health_readyz_and_metrics(
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _get(f"{base}/readyz")[0] == 200, 60, "ready")
+        wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 60, "ready")
         redis_client.xadd(keys.traces, _newer_entry())  # type: ignore[arg-type]
-        wait_for(lambda: _get(f"{base}/readyz")[0] == 503, 60, "not ready")
+        wait_until(lambda: _get(f"{base}/readyz")[0] == 503, 60, "not ready")
         body = _get(f"{base}/readyz")[1]
         assert body.startswith("not ready: upgrade needed: entries of stream format version")
         metrics = _get(f"{base}/metrics")[1]

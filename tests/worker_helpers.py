@@ -6,51 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psycopg
 import redis
 
-from fleettrace.codec import Kind, encode_batch, new_batch_id
 from fleettrace.keys import PERSIST_GROUP, Keys
-from fleettrace.metrics import MetricKey
-from fleettrace.model import LLMTrace, MetricSample
 from fleettrace_worker.migrations import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def make_trace(i: int, *, model: str = "gpt-4o", plan: str | None = None) -> LLMTrace:
-    return LLMTrace(
-        plan_id=plan or f"plan-{i % 7}",
-        decision_id=f"d-{i}",
-        actor="planner",
-        provider="openai",
-        model=model,
-        prompt_tokens=100 + i % 50,
-        completion_tokens=20 + i % 9,
-        latency_ms=float(10 + i % 100),
-        tool_calls=["search"] if i % 3 == 0 else [],
-    )
-
-
-def make_sample(i: int) -> MetricSample:
-    return MetricSample(
-        key=MetricKey.TOOL_INVOCATION_DURATION_MS, labels={"tool": "search"}, value=float(i)
-    )
-
-
-def add_traces(client: redis.Redis, keys: Keys, traces: Sequence[LLMTrace]) -> str:
-    """XADD one entry holding ``traces``; returns its entry id."""
-    entry_id = client.xadd(keys.traces, encode_batch(Kind.TRACE, traces, new_batch_id()))  # type: ignore[arg-type]
-    return entry_id.decode()
-
-
-def add_samples(client: redis.Redis, keys: Keys, samples: Sequence[MetricSample]) -> str:
-    entry_id = client.xadd(keys.metrics, encode_batch(Kind.METRIC, samples, new_batch_id()))  # type: ignore[arg-type]
-    return entry_id.decode()
 
 
 def migrated(database_url: str) -> str:
@@ -82,17 +46,6 @@ def pending(client: redis.Redis, keys: Keys, group: str = PERSIST_GROUP) -> int:
                 if info["name"].decode() == group:
                     total += int(info["pending"])
     return total
-
-
-def wait_for(
-    condition: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def worker_env(redis_url: str, database_url: str, keys: Keys) -> dict[str, str]:

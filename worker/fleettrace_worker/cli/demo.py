@@ -42,30 +42,15 @@ MAX_AGENTS: Final = 64
 #: Width of the output when it goes to a file or a pipe (rich would assume 80).
 WIDE_OUTPUT_COLUMNS: Final = 120
 MAX_REASONS_SHOWN: Final = 5
+#: Upper bound of --seconds and --drain-timeout: a demo, not a soak test.
+MAX_SECONDS: Final = 3600.0
 
 
-def _count(low: int, high: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if value < low or (high is not None and value > high):
-            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
-        return value
-
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600, got {text}")
-    return value
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """A closed reader ends the demo as it ends every command (``cli.main``: exit 141);
+        rich's own handling would exit 1, which reads as "records missing"."""
+        raise BrokenPipeError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -82,17 +67,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     options.add_database_options(parser)
     parser.add_argument(
         "--agents",
-        type=_count(1, MAX_AGENTS),
+        type=options.WholeNumber(1, MAX_AGENTS),
         default=4,
         metavar="N",
         help="agent processes (default: 4)",
     )
     parser.add_argument(
-        "--plans", type=_count(1), default=25, metavar="N", help="plans per agent (default: 25)"
+        "--plans",
+        type=options.POSITIVE,
+        default=25,
+        metavar="N",
+        help="plans per agent (default: 25)",
     )
     parser.add_argument(
         "--seconds",
-        type=_seconds,
+        type=options.Seconds(MAX_SECONDS),
         metavar="S",
         help="let each agent run plans for S seconds instead of --plans",
     )
@@ -105,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--malformed",
-        type=_count(0, 1000),
+        type=options.WholeNumber(0, 1000),
         default=2,
         metavar="N",
         help="records to write past the emitter, every other one invalid, to show the "
@@ -113,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--drain-timeout",
-        type=_seconds,
+        type=options.Seconds(MAX_SECONDS),
         default=DRAIN_TIMEOUT_S,
         metavar="S",
         help=f"how long to wait for the last records to be stored (default: {DRAIN_TIMEOUT_S:g})",
@@ -137,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise ConfigurationError(str(error)) from None
     # No markup: dead-letter reasons and URLs may hold square brackets.
-    console = Console(
+    console = _Console(
         highlight=False,
         markup=False,
         width=None if sys.stdout.isatty() else WIDE_OUTPUT_COLUMNS,

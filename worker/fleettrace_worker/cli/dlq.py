@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _reason(listing)
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.add_argument(
-        "--limit", type=options.positive_int, metavar="N", help="show the oldest N only"
+        "--limit", type=options.POSITIVE, metavar="N", help="show the oldest N only"
     )
     listing.set_defaults(handler=run_list)
 

@@ -36,14 +36,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.add_argument(
         "--max-lag",
-        type=int,
+        type=options.WholeNumber(low=0),
         metavar="N",
         help="mark a group BEHIND past this lag (default: $FLEETTRACE_WORKER_GROUP_MAX_LAG, "
         f"else {DEFAULT_MAX_LAG}, as the worker)",
     )
     listing.add_argument(
         "--max-age-s",
-        type=float,
+        type=options.Seconds(zero_ok=True),
         metavar="S",
         help="mark a group BEHIND when the oldest entry it needs is older "
         f"(default: $FLEETTRACE_WORKER_GROUP_MAX_AGE_S, else {DEFAULT_MAX_AGE_S:g})",

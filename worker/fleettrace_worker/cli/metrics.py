@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--watch",
         nargs="?",
         const=DEFAULT_WATCH_S,
-        type=_positive_seconds,
+        type=options.Seconds(),
         metavar="SECONDS",
         help=f"refresh every SECONDS (default {DEFAULT_WATCH_S:g}) until Ctrl-C",
     )
@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     per_plan.add_argument(
         "--top",
-        type=_positive_count,
+        type=options.POSITIVE,
         metavar="N",
         help="print the N plans with the highest cost, costliest first, one line each",
     )
@@ -76,26 +76,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "{ns}:live:plan.* hashes into per-plan hashes, then exit",
     )
     parser.set_defaults(handler=run)
-
-
-def _positive_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

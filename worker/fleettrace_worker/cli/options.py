@@ -1,9 +1,17 @@
-"""Options several subcommands share: where Redis and PostgreSQL are, which namespace."""
+"""Options several subcommands share, and the argument types every subcommand uses.
+
+Where Redis and PostgreSQL are, which namespace; and the number types (``WholeNumber``,
+``Seconds``) that make argparse refuse a bad value with the flag's name
+(``argument --batch: must be at least 1, got 0``) before anything runs, so a setting
+never reaches the code that would name it by its field (``batch_records``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from dataclasses import dataclass
 
 import redis
 
@@ -11,6 +19,61 @@ from fleettrace.connection import DEFAULT_REDIS_URL, connect_redis, redis_url_fr
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import DEFAULT_NAMESPACE, NAMESPACE_VARIABLE, Keys, configured_namespace
 from fleettrace_worker.settings import DEFAULT_DATABASE_URL, database_url_from_env
+
+
+@dataclass(frozen=True)
+class WholeNumber:
+    """An argparse type: a whole number from ``low`` to ``high`` (no upper bound if None)."""
+
+    low: int = 1
+    high: int | None = None
+
+    def __call__(self, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < self.low or (self.high is not None and value > self.high):
+            bounds = (
+                f"between {self.low} and {self.high}"
+                if self.high is not None
+                else f"at least {self.low}"
+            )
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class Seconds:
+    """An argparse type: a finite number of seconds above 0 (or 0 itself with
+    ``zero_ok``, for limits where 0 means "none"), at most ``high`` if given."""
+
+    high: float | None = None
+    zero_ok: bool = False
+
+    def __call__(self, text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        too_low = value < 0 if self.zero_ok else value <= 0
+        if not math.isfinite(value) or too_low or (self.high is not None and value > self.high):
+            floor = "0 or more" if self.zero_ok else "more than 0"
+            wanted = (
+                (
+                    "a number of seconds, 0 or more"
+                    if self.zero_ok
+                    else "a positive number of seconds"
+                )
+                if self.high is None
+                else f"{floor} and at most {self.high:g} seconds"
+            )
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+
+#: A count of things the command handles or shows: 0 would mean "do nothing".
+POSITIVE = WholeNumber(low=1)
 
 
 def add_redis_options(parser: argparse.ArgumentParser) -> None:
@@ -67,14 +130,3 @@ def confirm(question: str, *, yes: bool) -> bool:
     print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
     answer = sys.stdin.readline()
     return answer.strip().lower() in ("y", "yes")
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number above zero."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value

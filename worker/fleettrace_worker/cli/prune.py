@@ -10,16 +10,6 @@ from fleettrace_worker.cli import EXIT_OK, options
 from fleettrace_worker.durations import parse_duration
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "prune",
@@ -40,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--batch-rows",
-        type=_positive,
+        type=options.POSITIVE,
         default=retention.DEFAULT_BATCH_ROWS,
         metavar="N",
         help=f"rows per transaction (default {retention.DEFAULT_BATCH_ROWS})",

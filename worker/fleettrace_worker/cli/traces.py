@@ -58,16 +58,6 @@ _COST_FIGURES: Final = (
 )
 
 
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_LIMIT}: {text!r}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "traces",
@@ -86,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _filters(listing)
     listing.add_argument(
         "--limit",
-        type=_limit,
+        type=options.WholeNumber(1, MAX_LIMIT),
         default=DEFAULT_LIMIT,
         metavar="N",
         help=f"calls per page (default {DEFAULT_LIMIT})",

@@ -32,25 +32,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--batch",
-        type=int,
+        type=options.POSITIVE,
         metavar="N",
         help="records to read and store per batch (default: 4000)",
     )
     parser.add_argument(
         "--block-ms",
-        type=int,
+        type=options.WholeNumber(low=0),
         metavar="MS",
         help="how long one read waits for new entries (default: 1000)",
     )
     parser.add_argument(
         "--claim-idle-ms",
-        type=int,
+        type=options.POSITIVE,
         metavar="MS",
         help="take over entries another consumer left pending this long (default: 30000)",
     )
     parser.add_argument(
         "--max-deliveries",
-        type=int,
+        type=options.POSITIVE,
         metavar="N",
         help="dead-letter an entry delivered more often than this (default: 5)",
     )
@@ -59,14 +59,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--group-max-lag",
-        type=int,
+        type=options.WholeNumber(low=0),
         metavar="N",
         help="warn when a consumer group has more undelivered entries than this "
         "(default: $FLEETTRACE_WORKER_GROUP_MAX_LAG, else 100000; 0: never)",
     )
     parser.add_argument(
         "--group-max-age-s",
-        type=float,
+        type=options.Seconds(zero_ok=True),
         metavar="S",
         help="warn when the oldest entry a group still needs is older than this "
         "(default: $FLEETTRACE_WORKER_GROUP_MAX_AGE_S, else 3600; 0: never)",
@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--metrics-plans",
-        type=int,
+        type=options.WholeNumber(low=0, high=METRICS_PLANS_MAX),
         metavar="N",
         help="export the N costliest plans on /metrics with a plan label (default: "
         f"$FLEETTRACE_WORKER_METRICS_PLANS, else 0, at most {METRICS_PLANS_MAX})",
