@@ -42,6 +42,9 @@ FIELD_KIND: Final = b"k"
 FIELD_BATCH_ID: Final = b"b"
 FIELD_COUNT: Final = b"n"
 FIELD_DATA: Final = b"d"
+#: Largest data field (``d``) of one stream entry, in bytes. The worker dead-letters a
+#: larger entry by its size before decoding it, so one entry cannot take its memory.
+MAX_ENTRY_BYTES: Final = 4 * 1024 * 1024
 
 # Fields of a dead-letter entry (see fleettrace_worker/deadletter.py). An entry-level
 # dead letter keeps every original field under DEAD_ORIGINAL_PREFIX + its name.

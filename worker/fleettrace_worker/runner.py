@@ -35,6 +35,7 @@ from fleettrace.keys import (
     DEFAULT_NAMESPACE,
     GROUPS,
     LANGSMITH_GROUP,
+    MAX_ENTRY_BYTES,
     PERSIST_GROUP,
     WORKER_HEALTH_TTL_S,
     Keys,
@@ -86,6 +87,7 @@ class WorkerSettings:
     health_interval_s: float = 2.0
     burst: bool = False
     http: str | None = None
+    max_entry_bytes: int = MAX_ENTRY_BYTES
 
     def __post_init__(self) -> None:
         positive = {
@@ -95,6 +97,7 @@ class WorkerSettings:
             "retry_max_s": self.retry_max_s,
             "trim_interval_s": self.trim_interval_s,
             "health_interval_s": self.health_interval_s,
+            "max_entry_bytes": self.max_entry_bytes,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -130,7 +133,13 @@ class WorkerSettings:
         env = os.environ if environ is None else environ
         defaults = cls(redis_url, database_url)
         values: dict[str, object] = {}
-        for name in ("batch_records", "block_ms", "claim_idle_ms", "max_deliveries"):
+        for name in (
+            "batch_records",
+            "block_ms",
+            "claim_idle_ms",
+            "max_deliveries",
+            "max_entry_bytes",
+        ):
             raw = env.get(ENV_PREFIX + name.upper())
             if raw:
                 try:
@@ -152,6 +161,7 @@ class WorkerSettings:
             max_deliveries=self.max_deliveries,
             retry_max_s=self.retry_max_s,
             burst=self.burst,
+            max_entry_bytes=self.max_entry_bytes,
         )
 
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from fleettrace.keys import GROUPS, LANGSMITH_GROUP, PERSIST_GROUP
+from fleettrace.keys import GROUPS, LANGSMITH_GROUP, MAX_ENTRY_BYTES, PERSIST_GROUP
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.runner import Worker, WorkerSettings, check_health
@@ -51,6 +51,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         metavar="N",
         help="dead-letter an entry delivered more often than this (default: 5)",
+    )
+    parser.add_argument(
+        "--max-entry-bytes",
+        type=int,
+        metavar="N",
+        help="dead-letter, undecoded, an entry whose data is larger than this "
+        f"(default: {MAX_ENTRY_BYTES}, 4 MiB)",
     )
     parser.add_argument(
         "--burst", action="store_true", help="exit once the streams hold nothing new"
@@ -99,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         block_ms=args.block_ms,
         claim_idle_ms=args.claim_idle_ms,
         max_deliveries=args.max_deliveries,
+        max_entry_bytes=args.max_entry_bytes,
         burst=args.burst or None,
         http=args.http,
     )
