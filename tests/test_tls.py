@@ -33,13 +33,14 @@ from tests.worker_helpers import fleettrace, make_trace, start_worker, worker_en
 
 pytestmark = pytest.mark.timeout(300)
 
-#: Only TLS connections from the loopback address; the client certificate user
-#: (``cert``) must present a certificate whose common name is its role name.
+#: Only TLS connections from the loopback address, with a password, or (role
+#: ``fleettrace``) a client certificate whose common name is the role name.
 PG_HBA = (
     "local all all trust",
     "hostssl all fleettrace 127.0.0.1/32 cert",
-    "hostssl all all 127.0.0.1/32 trust",
+    "hostssl all all 127.0.0.1/32 scram-sha-256",
 )
+PG_PASSWORD = "tls-test-password"
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +71,25 @@ def tls_postgres(certs: Certificates) -> Iterator[PrivatePostgres]:
     server.options.update(install_pg_certificates(server, certs))
     server.write_hba(PG_HBA)
     server.start()
+    with _local_admin(server) as admin:
+        admin.execute(f"ALTER ROLE postgres PASSWORD '{PG_PASSWORD}'")
     yield server
     server.close()
 
 
-def _one_line_refusal(result: subprocess.CompletedProcess[str], *expected: str) -> str:
-    """The command failed with one line on stderr, no traceback, naming ``expected``."""
-    assert result.returncode != 0, result.stdout
+def _local_admin(server: PrivatePostgres) -> psycopg.Connection:
+    """The superuser over the server's Unix socket (``local ... trust``)."""
+    return psycopg.connect(
+        f"postgresql://postgres@/postgres?host={server.dir}&port={server.port}", autocommit=True
+    )
+
+
+def _one_line_refusal(
+    result: subprocess.CompletedProcess[str], *expected: str, code: int = 2
+) -> str:
+    """The command failed with exit ``code`` and one line on stderr, no traceback,
+    naming ``expected``."""
+    assert result.returncode == code, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -110,7 +123,7 @@ def test_emitter_worker_and_cli_over_tls_redis_and_tls_postgres(
 ) -> None:
     keys = Keys("tls")
     redis_url = tls_redis.url
-    db_url = pg_tls_url(tls_postgres, certs.ca.cert)
+    db_url = pg_tls_url(tls_postgres, certs.ca.cert, password=PG_PASSWORD)
     assert redis_url.startswith("rediss://") and "ssl_cert_reqs=required" in redis_url
     assert "sslmode=verify-full" in db_url
     traces = [make_trace(i, plan="tls-plan") for i in range(50)]
@@ -141,8 +154,11 @@ def test_emitter_worker_and_cli_over_tls_redis_and_tls_postgres(
     assert dead.returncode == 0, dead.stderr
     # Neither server speaks anything but TLS: the same calls without it are refused.
     plain_redis = f"redis://127.0.0.1:{tls_redis.port}/0"
-    _one_line_refusal(fleettrace("metrics", env=worker_env(plain_redis, db_url, keys)))
-    plain_db = f"postgresql://postgres@127.0.0.1:{tls_postgres.port}/postgres?sslmode=disable"
+    _one_line_refusal(fleettrace("metrics", env=worker_env(plain_redis, db_url, keys)), code=1)
+    plain_db = (
+        f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{tls_postgres.port}/postgres"
+        "?sslmode=disable"
+    )
     _one_line_refusal(
         fleettrace("traces", "list", env=worker_env(redis_url, plain_db, keys)),
         "no pg_hba.conf entry",
@@ -159,6 +175,12 @@ def test_a_wrong_redis_ca_is_refused_in_one_line_by_cli_worker_and_emitter(
 
     for args in (("metrics",), ("dlq", "list"), ("worker", "--burst")):
         _one_line_refusal(fleettrace(*args, env=env), "CERTIFICATE_VERIFY_FAILED")
+
+    # The name is checked too: the certificate is for 127.0.0.1, not localhost.
+    by_name = tls_redis.tls_url().replace("127.0.0.1", "localhost")
+    _one_line_refusal(
+        fleettrace("metrics", env=worker_env(by_name, database_url, keys)), "Hostname mismatch"
+    )
 
     # A running worker (not --burst) says it once and stops, like a refused login.
     worker = start_worker("--consumer", "w-wrong-ca", env=env)
@@ -194,7 +216,11 @@ def test_a_server_that_demands_a_client_certificate(
     assert emitter.stats.send_failures >= 1
     assert emitter.close(0.5) is False
     assert _entries(mtls_redis, keys) == 0
-    _one_line_refusal(fleettrace("metrics", env=worker_env(without, database_url, keys)))
+    _one_line_refusal(
+        fleettrace("metrics", env=worker_env(without, database_url, keys)),
+        "EOF occurred in violation of protocol",
+        code=1,
+    )
 
     traces = [make_trace(i, plan="mtls") for i in range(20)]
     with _record(with_cert, keys, traces) as emitter:
@@ -215,12 +241,14 @@ def test_a_server_that_demands_a_client_certificate(
 def test_a_wrong_postgres_ca_is_refused_in_one_line(
     tls_postgres: PrivatePostgres, certs: Certificates, redis_url: str, keys: Keys
 ) -> None:
-    wrong = pg_tls_url(tls_postgres, certs.wrong_ca.cert)
+    wrong = pg_tls_url(tls_postgres, certs.wrong_ca.cert, password=PG_PASSWORD)
     env = worker_env(redis_url, wrong, keys)
     for args in (("migrate",), ("traces", "list"), ("worker", "--burst")):
         _one_line_refusal(fleettrace(*args, env=env), "certificate verify failed")
     # verify-full checks the name too: the certificate is for 127.0.0.1, not localhost.
-    by_name = pg_tls_url(tls_postgres, certs.ca.cert).replace("127.0.0.1", "localhost")
+    by_name = pg_tls_url(tls_postgres, certs.ca.cert, password=PG_PASSWORD).replace(
+        "127.0.0.1", "localhost"
+    )
     _one_line_refusal(fleettrace("migrate", env=worker_env(redis_url, by_name, keys)), "localhost")
 
 
@@ -228,10 +256,7 @@ def test_a_wrong_postgres_ca_is_refused_in_one_line(
 def test_postgres_client_certificate_login(
     tls_postgres: PrivatePostgres, certs: Certificates, redis_url: str, keys: Keys
 ) -> None:
-    with psycopg.connect(
-        f"postgresql://postgres@127.0.0.1:{tls_postgres.port}/postgres?sslmode=require",
-        autocommit=True,
-    ) as admin:
+    with _local_admin(tls_postgres) as admin:
         admin.execute(f'CREATE ROLE "{certs.client_name}" LOGIN')
         admin.execute(f'CREATE DATABASE ft_cert OWNER "{certs.client_name}"')
     user = certs.client_name
