@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import redis
@@ -121,9 +122,15 @@ def _as_postgres_user() -> dict[str, str]:
 
 
 class PrivatePostgres:
-    """A PostgreSQL cluster of its own, on a free port, that a test may stop and start."""
+    """A PostgreSQL cluster of its own, on a free port, that a test may stop and start.
 
-    def __init__(self) -> None:
+    ``options`` are server settings passed as ``-c name=value`` at every start (a test
+    may add to them before starting, e.g. TLS files copied under ``dir``);
+    :meth:`write_hba` replaces the client authentication rules.
+    """
+
+    def __init__(self, *, options: Mapping[str, str] | None = None) -> None:
+        self.options: dict[str, str] = dict(options or {})
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="fleettrace-pg-"))
         self.data = self.dir / "data"
@@ -166,6 +173,7 @@ class PrivatePostgres:
                 f"unix_socket_directories={self.dir}",
                 "-c",
                 "fsync=off",
+                *(arg for name, value in self.options.items() for arg in ("-c", f"{name}={value}")),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -181,6 +189,13 @@ class PrivatePostgres:
             check=False,
         )
         return ready.returncode == 0
+
+    def write_hba(self, lines: Sequence[str]) -> None:
+        """Replace ``pg_hba.conf`` (read at the next start) with ``lines``."""
+        path = self.data / "pg_hba.conf"
+        path.write_text("".join(f"{line}\n" for line in lines))
+        if os.geteuid() == 0:
+            shutil.chown(path, "postgres", "postgres")
 
     def stop(self) -> None:
         """Fast shutdown by pid (SIGINT): open connections are cut, as in an outage."""

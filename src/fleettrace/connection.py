@@ -7,9 +7,10 @@ and settings as arguments.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 
@@ -18,6 +19,13 @@ from fleettrace.errors import ConfigurationError
 REDIS_URL_VARIABLES: Final = ("FLEETTRACE_REDIS_URL", "REDIS_URL")
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+#: Names of settings that hold secrets: password, ssl_password, sslpassword, and any
+#: other *password*, *secret* or *token*.
+_SECRET_NAME: Final = r"[A-Za-z_]*(?:password|secret|token)[A-Za-z_]*"  # noqa: S105
+_QUERY_SECRET_RE: Final = re.compile(rf"(^|[&;])({_SECRET_NAME})=[^&;]*", re.IGNORECASE)
+_DSN_SECRET_RE: Final = re.compile(
+    rf"\b({_SECRET_NAME})\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE
+)
 
 
 def first_set(names: Sequence[str], environ: Mapping[str, str] | None = None) -> str | None:
@@ -37,15 +45,39 @@ def redis_url_from_env(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, fit for logs and errors."""
-    # Split the netloc by hand: urllib's ``port`` raises on a malformed port, and a
-    # URL that is being reported as bad must still be redacted.
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The URL with every secret in it replaced by ``***``, fit for logs and errors.
+
+    Secrets hide in three places: the password of the user info
+    (``redis://user:pw@host``); query parameters, since redis-py reads ``password``
+    and ``ssl_password`` (a client key's passphrase) from the query and libpq reads
+    ``password`` and ``sslpassword`` there; and libpq's ``key=value`` strings
+    (``host=db password=pw``), which are not URLs at all.
+    """
+    if "://" not in url:
+        return _DSN_SECRET_RE.sub(r"\1=***", url)
+    # Split by hand, not with urllib: it raises on a malformed port or IPv6 address,
+    # and a URL that is being reported as bad must still be redacted; rebuilding it
+    # would also turn unix:///path into unix:/path.
+    start = url.index("://") + 3
+    stop = len(url)
+    for mark in "?#":
+        found = url.find(mark, start)
+        if found != -1:
+            stop = min(stop, found)
+    # The user info ends at the last '@' before the query, so that a password holding
+    # an unescaped '/' is still hidden whole.
+    at = url.rfind("@", start, stop)
+    head = url[:start]
+    if at != -1 and ":" in url[start:at]:
+        head += url[start:at].split(":", 1)[0] + ":***"
+    elif at != -1:
+        head += url[start:at]
+    where = url[at:stop] if at != -1 else url[start:stop]
+    rest = url[stop:]
+    if rest.startswith("?"):
+        query, hash_mark, fragment = rest[1:].partition("#")
+        rest = "?" + _QUERY_SECRET_RE.sub(r"\1\2=***", query) + hash_mark + fragment
+    return head + where + rest
 
 
 def connect_redis(url: str, *, socket_timeout_s: float = 5.0) -> redis.Redis:

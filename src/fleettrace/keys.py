@@ -45,8 +45,8 @@ GROUPS: Final = (PERSIST_GROUP, LANGSMITH_GROUP)
 EMITTER_SEQ_TTL_S: Final = 24 * 3600
 #: Largest stream entry the emitter writes, in bytes (field names and values). The
 #: emitter splits a batch by encoded size as well as by count to stay under it; the
-#: worker dead-letters an entry above it unread, so one entry cannot cost the worker
-#: more memory than this.
+#: worker dead-letters an entry whose data field (``d``) is above it, before decoding
+#: it, so one entry cannot cost the worker more memory than this.
 MAX_ENTRY_BYTES: Final = 4 * 1024 * 1024
 #: How long a worker's health snapshot outlives the worker's last heartbeat.
 WORKER_HEALTH_TTL_S: Final = 60

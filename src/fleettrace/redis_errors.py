@@ -1,14 +1,17 @@
 """The one place where redis-py errors become fleettrace errors, for every reader of
 Redis (the live reader, the worker's consumer groups, dead letters, trimming).
 
-A refused login or a missing ACL right cannot heal by waiting, so it is a
-``ConfigurationError``; everything else Redis can throw at a reader (connection
-refused or dropped, timeouts, loading, out of memory) may pass and is
-``RedisUnavailable``, which the group loops retry with backoff.
+A refused login, a missing ACL right or a server certificate the client does not
+trust (a wrong CA, a name the certificate is not for) cannot heal by waiting, so it
+is a ``ConfigurationError``, as libpq's certificate errors are for PostgreSQL;
+everything else Redis can throw at a reader (connection refused or dropped,
+timeouts, loading, out of memory) may pass and is ``RedisUnavailable``, which the
+group loops retry with backoff.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,5 +26,24 @@ def translate_redis_errors(action: str) -> Iterator[None]:
         yield
     except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as error:
         raise ConfigurationError(f"Redis refused {action}: {error}") from None
+    except redis.ConnectionError as error:
+        if _certificate_refused(error):
+            raise ConfigurationError(
+                f"{action}: the Redis server's TLS certificate is not trusted: {error}"
+            ) from None
+        raise RedisUnavailable(f"{action}: {error}") from None
     except redis.RedisError as error:
         raise RedisUnavailable(f"{action}: {error}") from None
+
+
+def _certificate_refused(error: BaseException) -> bool:
+    """Whether the TLS handshake failed on the server's certificate. redis-py keeps
+    ssl's error only as the context of its ConnectionError (retries may nest it)."""
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -29,6 +29,7 @@ import psycopg
 from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from fleettrace.connection import redact_url
 from fleettrace.errors import ConfigurationError, DatabaseUnavailable, PermanentError
 
 #: Seconds libpq waits for a server to answer a connection attempt, unless the URL says.
@@ -37,6 +38,7 @@ CONNECT_TIMEOUT_S: Final = 5
 POOL_TIMEOUT_S: Final = 10.0
 _SCHEMES: Final = ("postgresql", "postgres")
 _SCHEME_RE: Final = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+.\-]*)://")
+_QUOTED_RE: Final = re.compile(r'"([^"]*)"')
 #: libpq messages that mean the settings are wrong, not that the server is away.
 _PERMANENT_CONNECT_FAILURE: Final = re.compile(
     r"password authentication failed|no password supplied|role \".*\" does not exist|"
@@ -127,7 +129,7 @@ def parse_url(url: str) -> dict[str, str]:
     try:
         params = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as error:
-        reason = _first_line(str(error)).replace(url, "<url>")
+        reason = _hide_quoted_secrets(_first_line(str(error)).replace(url, "<url>"), url)
         raise ConfigurationError(f"database URL is not valid: {reason}") from None
     return {name: str(value) for name, value in params.items() if value is not None}
 
@@ -281,6 +283,14 @@ def _reason(error: psycopg.Error) -> str:
     for prefix in ("connection failed:", "connection is bad:"):
         first = first.removeprefix(prefix).strip()
     return first or type(error).__name__
+
+
+def _hide_quoted_secrets(reason: str, url: str) -> str:
+    """libpq quotes the piece of the URL it choked on, which may be the password
+    (``unexpected spaces found in "pa ss"``): a quoted piece is kept only when it is
+    also in the redacted URL."""
+    shown = redact_url(url)
+    return _QUOTED_RE.sub(lambda m: m[0] if m[1] in shown else '"***"', reason)
 
 
 def _first_line(text: str) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from fleettrace.keys import FIELD_COUNT
+from fleettrace.keys import FIELD_COUNT, MAX_ENTRY_BYTES
 
 #: Upper bounds (seconds) of the batch latency histogram the worker reports.
 BATCH_LATENCY_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -38,6 +38,8 @@ class LoopSettings:
     burst: bool = False
     #: Prepare the next batch while the previous one is delivered (see _run_pipelined).
     pipeline: bool = False
+    #: Dead-letter an entry whose data field is larger than this, without decoding it.
+    max_entry_bytes: int = MAX_ENTRY_BYTES
     #: Report the group not ready once it has held work this long without finishing a batch.
     progress_limit_s: float = DEFAULT_PROGRESS_LIMIT_S
     #: Records read and not yet acknowledged, at most (None: BATCHES_IN_HAND batches).

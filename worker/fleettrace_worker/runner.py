@@ -35,6 +35,7 @@ from fleettrace.keys import (
     DEFAULT_NAMESPACE,
     GROUPS,
     LANGSMITH_GROUP,
+    MAX_ENTRY_BYTES,
     METRICS_PLANS_MAX,
     PERSIST_GROUP,
     WORKER_HEALTH_TTL_S,
@@ -79,6 +80,7 @@ ENV_SETTINGS: Final = (
     "metrics_plans",
     "group_max_lag",
     "group_max_age_s",
+    "max_entry_bytes",
 )
 #: ``--check`` takes a health snapshot older than this (several missed writes) as dead.
 HEALTH_FRESH_S: Final = 15.0
@@ -116,6 +118,8 @@ class WorkerSettings:
     group_max_age_s: float = DEFAULT_MAX_AGE_S
     #: Where the worker leaves its runtime file for ``--check`` (None: nowhere).
     runtime_dir: str | None = None
+    #: Dead-letter an entry whose data field is larger than this, without decoding it.
+    max_entry_bytes: int = MAX_ENTRY_BYTES
 
     def __post_init__(self) -> None:
         positive = {
@@ -126,6 +130,7 @@ class WorkerSettings:
             "trim_interval_s": self.trim_interval_s,
             "health_interval_s": self.health_interval_s,
             "progress_limit_s": self.progress_limit_s,
+            "max_entry_bytes": self.max_entry_bytes,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -200,6 +205,7 @@ class WorkerSettings:
             retry_max_s=self.retry_max_s,
             progress_limit_s=self.progress_limit_s,
             burst=self.burst,
+            max_entry_bytes=self.max_entry_bytes,
         )
 
 

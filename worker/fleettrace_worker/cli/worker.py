@@ -7,7 +7,14 @@ import logging
 import os
 import sys
 
-from fleettrace.keys import GROUPS, LANGSMITH_GROUP, METRICS_PLANS_MAX, PERSIST_GROUP, Keys
+from fleettrace.keys import (
+    GROUPS,
+    LANGSMITH_GROUP,
+    MAX_ENTRY_BYTES,
+    METRICS_PLANS_MAX,
+    PERSIST_GROUP,
+    Keys,
+)
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.presence import local_workers, runtime_dir
@@ -53,6 +60,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=options.POSITIVE,
         metavar="N",
         help="dead-letter an entry delivered more often than this (default: 5)",
+    )
+    parser.add_argument(
+        "--max-entry-bytes",
+        type=int,
+        metavar="N",
+        help="dead-letter, undecoded, an entry whose data is larger than this "
+        f"(default: {MAX_ENTRY_BYTES}, 4 MiB)",
     )
     parser.add_argument(
         "--burst", action="store_true", help="exit once the streams hold nothing new"
@@ -124,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         max_deliveries=args.max_deliveries,
         group_max_lag=args.group_max_lag,
         group_max_age_s=args.group_max_age_s,
+        max_entry_bytes=args.max_entry_bytes,
         burst=args.burst or None,
         http=args.http,
         metrics_plans=args.metrics_plans,
