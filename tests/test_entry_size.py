@@ -34,18 +34,10 @@ from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.repository import LLMTraceRepository
 from fleettrace_worker.runner import WorkerSettings
+from tests.factories import add_traces, numbered_trace
 from tests.langsmith_server import LangSmithServer
-from tests.worker_helpers import (
-    add_traces,
-    make_trace,
-    migrated,
-    pending,
-    scalar,
-    start_worker,
-    trace_rows,
-    wait_for,
-    worker_env,
-)
+from tests.waiting import wait_until
+from tests.worker_helpers import migrated, pending, scalar, start_worker, trace_rows, worker_env
 
 #: What a worker process may reach with a 20 MB entry in its stream. It starts at about
 #: 76 MB here and reading the entry costs about twice its size (118 MB measured);
@@ -59,7 +51,7 @@ def oversized_entry(target_bytes: int) -> dict[bytes, bytes]:
     records = []
     size = 0
     while size <= target_bytes:
-        records.append(make_trace(len(records)))
+        records.append(numbered_trace(len(records)))
         size += len(encode_record(records[-1])) + 1
     return encode_batch(Kind.TRACE, records, new_batch_id())
 
@@ -91,14 +83,14 @@ def test_a_20_mb_entry_is_dead_lettered_by_size_with_the_worker_rss_bounded(
     size = len(huge[FIELD_DATA])
     batch_id = huge[FIELD_BATCH_ID]
     assert size > 20 * 1024 * 1024
-    before = add_traces(redis_client, keys, [make_trace(1, plan="before")])
+    before = add_traces(redis_client, keys, [numbered_trace(1, plan_id="before")])
     huge_id = redis_client.xadd(keys.traces, huge).decode()  # type: ignore[arg-type]
-    after = add_traces(redis_client, keys, [make_trace(2, plan="after")])
+    after = add_traces(redis_client, keys, [numbered_trace(2, plan_id="after")])
     del huge
     env = worker_env(redis_url, db, keys)
     worker = start_worker("--consumer", "w-size", "--block-ms", "200", env=env)
     try:
-        wait_for(lambda: _all_handled(redis_client, keys), 120, "every entry handled")
+        wait_until(lambda: _all_handled(redis_client, keys), 120, "every entry handled")
         peak_mb = _peak_rss_mb(worker.pid)
     finally:
         if worker.poll() is None:
@@ -149,10 +141,10 @@ def test_an_entry_at_the_limit_is_stored_one_byte_over_is_dead_lettered(
     """The edge: the limit is the largest data field accepted. Every group checks it
     (the langsmith group reads the same entries)."""
     db = migrated(database_url)
-    entry = encode_batch(Kind.TRACE, [make_trace(i) for i in range(5)], new_batch_id())
+    entry = encode_batch(Kind.TRACE, [numbered_trace(i) for i in range(5)], new_batch_id())
     limit = len(entry[FIELD_DATA])
     at_limit_id = redis_client.xadd(keys.traces, entry).decode()  # type: ignore[arg-type]
-    over = encode_batch(Kind.TRACE, [make_trace(i) for i in range(5, 10)], new_batch_id())
+    over = encode_batch(Kind.TRACE, [numbered_trace(i) for i in range(5, 10)], new_batch_id())
     # One byte more than the limit: a longer plan id in one record.
     first = orjson.loads(over[FIELD_DATA].split(b"\n")[0])
     lines = over[FIELD_DATA].split(b"\n")

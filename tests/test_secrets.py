@@ -33,9 +33,11 @@ from fleettrace_worker.deadletter import list_dead_letters
 from fleettrace_worker.forwarder import ForwardLoop
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.runner import WorkerSettings
+from tests.factories import numbered_trace
 from tests.langsmith_server import Fault, LangSmithServer
 from tests.servers import PrivatePostgres, PrivateRedis, free_port
-from tests.worker_helpers import fleettrace, make_trace, start_worker, wait_for, worker_env
+from tests.waiting import wait_until
+from tests.worker_helpers import fleettrace, start_worker, worker_env
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -132,7 +134,7 @@ def _emit(url: str, keys: Keys, start: int, count: int) -> Emitter:
         )
     )
     for i in range(start, start + count):
-        emitter.record(make_trace(i))
+        emitter.record(numbered_trace(i))
     return emitter
 
 
@@ -189,8 +191,8 @@ def test_no_secret_in_any_log_error_dead_letter_metrics_help_or_repr(
             "--consumer", "w-secrets", "--block-ms", "200", "--http", http, env=env
         )
         try:
-            wait_for(lambda: _rows(db) == 30, 120, "the first rows")
-            wait_for(
+            wait_until(lambda: _rows(db) == 30, 120, "the first rows")
+            wait_until(
                 lambda: admin.xlen(keys.dead_letters(LANGSMITH_GROUP)) > 0,
                 120,
                 "a LangSmith dead letter",
@@ -200,20 +202,20 @@ def test_no_secret_in_any_log_error_dead_letter_metrics_help_or_repr(
 
             # Redis restarts: the worker waits, not ready, and carries on.
             secure_redis.stop()
-            wait_for(lambda: _get(f"http://{http}/readyz")[0] == 503, 60, "not ready")
+            wait_until(lambda: _get(f"http://{http}/readyz")[0] == 503, 60, "not ready")
             texts["readyz without Redis"] = _get(f"http://{http}/readyz")[1]
             secure_redis.start()
-            wait_for(lambda: _get(f"http://{http}/readyz")[0] == 200, 60, "ready again")
+            wait_until(lambda: _get(f"http://{http}/readyz")[0] == 200, 60, "ready again")
 
             # PostgreSQL restarts while records wait.
             secure_postgres.stop()
             with _emit(agent_url, keys, 200, 10) as emitter:
                 assert emitter.flush(10)
-            wait_for(lambda: _get(f"http://{http}/readyz")[0] == 503, 60, "not ready")
+            wait_until(lambda: _get(f"http://{http}/readyz")[0] == 503, 60, "not ready")
             texts["readyz without PostgreSQL"] = _get(f"http://{http}/readyz")[1]
             texts["GET /metrics, PostgreSQL down"] = _get(f"http://{http}/metrics")[1]
             secure_postgres.start()
-            wait_for(lambda: _rows(db) == 40, 120, "the rows after the restarts")
+            wait_until(lambda: _rows(db) == 40, 120, "the rows after the restarts")
             texts["GET /metrics at the end"] = _get(f"http://{http}/metrics")[1]
         finally:
             if worker.poll() is None:
@@ -358,7 +360,7 @@ def test_passwords_in_url_queries_and_key_value_strings_are_hidden(
     base = f"redis://agent@127.0.0.1:{secure_redis.port}/0"
     # The form works: redis-py logs in with the password from the query.
     with Emitter(EmitterSettings(redis_url=f"{base}?password={AGENT_PASSWORD}")) as emitter:
-        emitter.record(make_trace(1))
+        emitter.record(numbered_trace(1))
         assert emitter.flush(10)
         assert emitter.stats.send_failures == 0
         texts = [repr(emitter), repr(emitter.settings)]

@@ -21,6 +21,7 @@ import redis
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
+from tests.factories import numbered_trace
 from tests.servers import PrivatePostgres
 from tests.tls import (
     Certificates,
@@ -29,7 +30,7 @@ from tests.tls import (
     make_certificates,
     pg_tls_url,
 )
-from tests.worker_helpers import fleettrace, make_trace, start_worker, worker_env
+from tests.worker_helpers import fleettrace, start_worker, worker_env
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -126,7 +127,7 @@ def test_emitter_worker_and_cli_over_tls_redis_and_tls_postgres(
     db_url = pg_tls_url(tls_postgres, certs.ca.cert, password=PG_PASSWORD)
     assert redis_url.startswith("rediss://") and "ssl_cert_reqs=required" in redis_url
     assert "sslmode=verify-full" in db_url
-    traces = [make_trace(i, plan="tls-plan") for i in range(50)]
+    traces = [numbered_trace(i, plan_id="tls-plan") for i in range(50)]
     with _record(redis_url, keys, traces) as emitter:
         assert emitter.flush(10)
         assert emitter.stats.send_failures == 0
@@ -193,7 +194,7 @@ def test_a_wrong_redis_ca_is_refused_in_one_line_by_cli_worker_and_emitter(
     _one_line_refusal(subprocess.CompletedProcess([], worker.returncode, out, err))
 
     # The emitter: no exception into agent code, every attempt counted.
-    emitter = _record(wrong, keys, [make_trace(i) for i in range(5)])
+    emitter = _record(wrong, keys, [numbered_trace(i) for i in range(5)])
     assert emitter.flush(0.5) is False
     stats = emitter.stats
     assert stats.send_failures >= 1
@@ -211,7 +212,7 @@ def test_a_server_that_demands_a_client_certificate(
     without = mtls_redis.tls_url()
     with_cert = mtls_redis.tls_url(client=certs.client)
 
-    emitter = _record(without, keys, [make_trace(i) for i in range(5)])
+    emitter = _record(without, keys, [numbered_trace(i) for i in range(5)])
     assert emitter.flush(0.5) is False
     assert emitter.stats.send_failures >= 1
     assert emitter.close(0.5) is False
@@ -222,7 +223,7 @@ def test_a_server_that_demands_a_client_certificate(
         code=1,
     )
 
-    traces = [make_trace(i, plan="mtls") for i in range(20)]
+    traces = [numbered_trace(i, plan_id="mtls") for i in range(20)]
     with _record(with_cert, keys, traces) as emitter:
         assert emitter.flush(10)
         assert emitter.stats.send_failures == 0
