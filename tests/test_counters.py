@@ -125,17 +125,19 @@ def test_samples_update_their_own_key_by_type() -> None:
         ],
     )
     tool = "tool.invocation_duration_ms"
+    # Sums as exact integers (whole units; no billionths here), histograms as one
+    # fine sketch bucket per value, each carrying its classic bucket.
     assert deltas.increments == {
         ("tool.error_rate", "tool=t,outcome=ok|count"): 2,
+        ("tool.error_rate", "tool=t,outcome=ok|sum.whole"): 2,
         (tool, "tool=t|count"): 3,
-        (tool, "tool=t|le=5.0"): 2,
-        (tool, "tool=t|le=+Inf"): 1,
+        (tool, "tool=t|sum.whole"): 1_000_000_007,
+        (tool, "tool=t|d=p29/5.0"): 1,
+        (tool, "tool=t|d=p37/5.0"): 1,
+        (tool, "tool=t|d=p546/+Inf"): 1,
         ("context.tokens_used", "|count"): 2,
     }
-    assert deltas.float_increments == {
-        ("tool.error_rate", "tool=t,outcome=ok|sum"): 2,
-        (tool, "tool=t|sum"): 1e9 + 7,
-    }
+    assert deltas.float_increments == {}
     assert deltas.values == {("context.tokens_used", "|value"): 70}
     assert deltas.metric_keys() == ["tool.error_rate", tool, "context.tokens_used"]
 

@@ -12,11 +12,13 @@ What a record adds (hash layout in :mod:`fleettrace.keys`):
   count and sum +1 when it failed; ``plan.cost_usd{plan}`` count +1 and sum +cost
   when it belongs to a plan and was priced.
 - a ``MetricSample``: its own key and labels. Counters and histograms: count +1,
-  sum +value, and for histograms the bucket the value falls into +1. Gauges: count
-  +1 and ``value`` set to the batch's last value.
+  the value added to the exact sum (``sum.whole`` and ``sum.nanos``, integers, see
+  :func:`fleettrace.sketch.sum_parts`), and for histograms the fine sketch bucket the
+  value falls into +1 (:func:`fleettrace.sketch.fine_stat`). Gauges: count +1 and
+  ``value`` set to the batch's last value.
 
-Sums go through ``HINCRBYFLOAT`` (a counter may be fed fractions), counts and
-buckets through ``HINCRBY``.
+The trace-derived sums and the sums of per-plan series go through ``HINCRBYFLOAT``
+into ``sum``; everything else through ``HINCRBY``.
 
 Series of a per-plan metric (its labels include ``plan``) go to that plan's own hash
 instead of the metric key's live hash (``plan_*`` mappings, keyed by plan id, fields
@@ -32,14 +34,16 @@ from dataclasses import dataclass, field
 from fleettrace.keys import (
     STAT_COUNT,
     STAT_SUM,
+    STAT_SUM_NANOS,
+    STAT_SUM_WHOLE,
     STAT_VALUE,
-    bucket_stat,
     encode_labels,
     live_field,
     plan_field,
 )
 from fleettrace.metrics import PLAN_LABEL, MetricKey, MetricType
 from fleettrace.model import LLMTrace, MetricSample
+from fleettrace.sketch import fine_stat, sum_parts
 
 #: (metric key, hash field) of one statistic of one label set; for the ``plan_*``
 #: mappings (plan id, plan hash field).
@@ -193,7 +197,14 @@ def _add_samples(deltas: CounterDeltas, samples: Iterable[MetricSample]) -> None
             deltas._add(metric_key, labels, STAT_COUNT, 1, plan)
             deltas._set(metric_key, labels, sample.value, plan)
             continue
-        deltas._observe(metric_key, labels, 1, sample.value, plan)
+        if plan is not None:  # per-plan counters: the plan's float sum, as readers expect
+            deltas._observe(metric_key, labels, 1, sample.value, plan)
+        else:
+            whole, nanos = sum_parts(sample.value)
+            deltas._add(metric_key, labels, STAT_COUNT, 1, None)
+            if whole:  # a zero part would add a field that says nothing
+                deltas._add(metric_key, labels, STAT_SUM_WHOLE, whole, None)
+            if nanos:
+                deltas._add(metric_key, labels, STAT_SUM_NANOS, nanos, None)
         if spec.type is MetricType.HISTOGRAM:
-            stat = bucket_stat(spec.bucket_bound(sample.value))
-            deltas._add(metric_key, labels, stat, 1, plan)
+            deltas._add(metric_key, labels, fine_stat(sample.value, spec.buckets), 1, plan)

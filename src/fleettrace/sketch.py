@@ -1,0 +1,215 @@
+"""Relative-error histograms (sketches) and exact sums for the live counters.
+
+Why: fixed buckets put most observations of a fast operation into one wide bucket, and
+interpolating inside it showed "p50 5 ms" for an actor that takes 0.2 ms. A sketch in
+the manner of DDSketch keeps log-spaced buckets instead, so every quantile it reports
+is within a stated *relative* error of the true one, at any scale.
+
+The mapping (the same for every writer, so merging is adding counts, without loss):
+
+- A positive value ``v`` falls into bucket ``i = ceil(log(v) / log(GAMMA))``, which
+  covers ``(GAMMA**(i-1), GAMMA**i]``; ``GAMMA = (1 + RELATIVE_ACCURACY) /
+  (1 - RELATIVE_ACCURACY)``. Reporting the bucket's harmonic midpoint
+  ``2 * GAMMA**i / (GAMMA + 1)`` is within ``RELATIVE_ACCURACY`` of any value in it.
+- Zero has a bucket of its own; a negative value uses the bucket of ``-v``, mirrored.
+- Magnitudes below ``MIN_MAGNITUDE`` collapse into the lowest bucket (the collapse
+  rule: their quantile reads as about ``MIN_MAGNITUDE``, an absolute error under it);
+  no valid value exceeds ``MAX_METRIC_VALUE`` (1e15), which caps the index from above.
+  So one series holds at most ``MAX_BUCKETS_PER_SIGN`` buckets per sign, plus zero,
+  plus one extra piece per classic bound (next point), whatever is recorded.
+- Each fine bucket also carries the classic Prometheus bucket (``le``) its values fall
+  into, decided by an exact ``value <= bound`` test when the value is recorded. A log
+  bucket that a classic bound cuts is thus two fine buckets, and the classic ``le``
+  counts are sums of fine counts, exactly.
+
+Quantiles are nearest-rank (PostgreSQL's ``percentile_disc``): the value at rank
+``ceil(q * n)`` of the sorted observations. The fine bucket that holds that rank holds
+that value, so the reported quantile is within ``RELATIVE_ACCURACY`` of it.
+
+Field layout (stat part of a live hash field, see :mod:`fleettrace.keys`):
+``d=p<i>/<le>`` positive bucket ``i``, ``d=n<i>/<le>`` negative, ``d=z/<le>`` zero;
+``<le>`` is the classic bound as ``repr(float)`` or ``+Inf``.
+
+Sums: ``HINCRBYFLOAT`` rounds to binary on every increment (a million increments of
+0.1 do not make 100000.0). A sample's value is split into whole units and billionths
+(:func:`sum_parts`), each summed with ``HINCRBY`` as an integer, and read back with
+one correctly rounded division (:func:`exact_sum`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from fleettrace.keys import STAT_FINE_PREFIX
+from fleettrace.model import MAX_METRIC_VALUE
+
+#: Promised bound of the relative error of every live quantile: 2 %.
+PROMISED_RELATIVE_ERROR: Final = 0.02
+#: What the mapping guarantees; below the promise so that float rounding at bucket
+#: edges and in the harmonic midpoint cannot reach it.
+RELATIVE_ACCURACY: Final = 0.019
+GAMMA: Final = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
+_LOG_GAMMA: Final = math.log(GAMMA)
+#: Magnitudes below this collapse into the lowest bucket (1 ns in milliseconds).
+MIN_MAGNITUDE: Final = 1e-9
+MIN_INDEX: Final = math.ceil(math.log(MIN_MAGNITUDE) / _LOG_GAMMA)
+MAX_INDEX: Final = math.ceil(math.log(MAX_METRIC_VALUE) / _LOG_GAMMA)
+#: The most log buckets of one sign a series can hold (about 60 per factor of ten).
+MAX_BUCKETS_PER_SIGN: Final = MAX_INDEX - MIN_INDEX + 1
+#: Billionths in one unit: the resolution of exact sums.
+SUM_SCALE: Final = 10**9
+
+_INF_TEXT: Final = "+Inf"
+
+
+def bucket_index(magnitude: float) -> int:
+    """The log bucket of a positive magnitude, collapsed into [MIN_INDEX, MAX_INDEX]."""
+    if magnitude < MIN_MAGNITUDE:
+        return MIN_INDEX
+    return min(max(math.ceil(math.log(magnitude) / _LOG_GAMMA), MIN_INDEX), MAX_INDEX)
+
+
+def classic_bound(value: float, bounds: tuple[float, ...]) -> float:
+    """The upper bound of the classic bucket ``value`` falls into (``inf`` past the last)."""
+    for bound in bounds:
+        if value <= bound:
+            return bound
+    return math.inf
+
+
+def _bound_text(bound: float) -> str:
+    return _INF_TEXT if bound == math.inf else repr(float(bound))
+
+
+def fine_stat(value: float, bounds: tuple[float, ...]) -> str:
+    """The stat name of the fine bucket ``value`` is counted in."""
+    le = _bound_text(classic_bound(value, bounds))
+    if value > 0:
+        return f"{STAT_FINE_PREFIX}p{bucket_index(value)}/{le}"
+    if value < 0:
+        return f"{STAT_FINE_PREFIX}n{bucket_index(-value)}/{le}"
+    return f"{STAT_FINE_PREFIX}z/{le}"
+
+
+@dataclass(frozen=True, slots=True)
+class FineBucket:
+    """One populated fine bucket: its place in value order, estimate and count."""
+
+    sign: int  # -1, 0 or 1
+    index: int
+    le: float
+    count: int
+
+    @property
+    def order(self) -> tuple[int, int, float]:
+        """Sort key in ascending value order (negatives: larger magnitude first)."""
+        return (self.sign, self.sign * self.index, self.le)
+
+
+def parse_fine_stat(stat: str, count: str | int) -> FineBucket | None:
+    """A fine bucket from its stat name and count; None if the name is not one."""
+    if not stat.startswith(STAT_FINE_PREFIX):
+        return None
+    body, _, le_text = stat[len(STAT_FINE_PREFIX) :].partition("/")
+    try:
+        le = math.inf if le_text == _INF_TEXT else float(le_text)
+        amount = int(count)
+        if body == "z":
+            return FineBucket(0, 0, le, amount)
+        sign = {"p": 1, "n": -1}[body[:1]]
+        return FineBucket(sign, int(body[1:]), le, amount)
+    except (KeyError, ValueError):
+        return None
+
+
+def _lower_classic(le: float, bounds: tuple[float, ...]) -> float:
+    """The classic bound just below ``le`` (0 for the first bucket)."""
+    below = [bound for bound in bounds if bound < le]
+    return max(below) if below else 0.0
+
+
+def estimate(bucket: FineBucket, bounds: tuple[float, ...]) -> float:
+    """The value reported for a fine bucket: the harmonic midpoint of its interval,
+    the log bucket narrowed to its classic interval when a classic bound cuts it."""
+    if bucket.sign == 0:
+        return 0.0
+    low = GAMMA ** (bucket.index - 1)
+    high = GAMMA**bucket.index
+    if bucket.sign > 0:
+        low = max(low, _lower_classic(bucket.le, bounds))
+        high = min(high, bucket.le)
+        if low > high:  # a value at a bucket edge placed by a rounded log
+            low, high = high, low
+    midpoint = 2 * low * high / (low + high)
+    return midpoint * bucket.sign
+
+
+@dataclass(frozen=True, slots=True)
+class Sketch:
+    """The populated fine buckets of one series, ascending, and what they tell."""
+
+    buckets: tuple[FineBucket, ...]
+    bounds: tuple[float, ...]
+
+    @classmethod
+    def from_stats(cls, stats: Mapping[str, str], bounds: tuple[float, ...]) -> Sketch:
+        """The sketch in a series' stats (stat name -> count); other stats ignored."""
+        merged: dict[tuple[int, int, float], int] = {}
+        for stat, amount in stats.items():
+            bucket = parse_fine_stat(stat, amount)
+            if bucket is not None and bucket.count > 0:
+                ident = (bucket.sign, bucket.index, bucket.le)
+                merged[ident] = merged.get(ident, 0) + bucket.count
+        buckets = sorted(
+            (FineBucket(*ident, count) for ident, count in merged.items()), key=lambda b: b.order
+        )
+        return cls(tuple(buckets), bounds)
+
+    @property
+    def total(self) -> int:
+        return sum(bucket.count for bucket in self.buckets)
+
+    def quantile(self, q: float) -> float | None:
+        """The nearest-rank q-quantile (as ``percentile_disc``); None when empty."""
+        total = self.total
+        if total == 0:
+            return None
+        rank = max(1, math.ceil(q * total))
+        cumulative = 0
+        for bucket in self.buckets:
+            cumulative += bucket.count
+            if cumulative >= rank:
+                return estimate(bucket, self.bounds)
+        return estimate(self.buckets[-1], self.bounds)  # pragma: no cover
+
+    def classic(self) -> dict[float, int]:
+        """Observations per classic bucket (not cumulative), keyed by upper bound."""
+        counts: dict[float, int] = {}
+        for bucket in self.buckets:
+            counts[bucket.le] = counts.get(bucket.le, 0) + bucket.count
+        return counts
+
+
+def sum_parts(value: float) -> tuple[int, int]:
+    """``value`` as (whole units, billionths), both integers, billionths in [0, 1e9)."""
+    whole = math.floor(value)
+    nanos = round((value - whole) * SUM_SCALE)
+    if nanos == SUM_SCALE:
+        whole, nanos = whole + 1, 0
+    return whole, nanos
+
+
+def exact_sum(whole: int, nanos: int) -> float:
+    """The float nearest to ``whole + nanos / 1e9`` (one correctly rounded division)."""
+    return (whole * SUM_SCALE + nanos) / SUM_SCALE
+
+
+def nearest_rank(values: Iterable[float], q: float) -> float:
+    """The exact nearest-rank q-quantile of ``values`` (PostgreSQL ``percentile_disc``)."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
