@@ -41,7 +41,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from functools import lru_cache
+from typing import Final, NamedTuple
 
 from fleettrace.keys import STAT_FINE_PREFIX
 from fleettrace.model import MAX_METRIC_VALUE
@@ -94,35 +95,44 @@ def fine_stat(value: float, bounds: tuple[float, ...]) -> str:
     return f"{STAT_FINE_PREFIX}z/{le}"
 
 
-@dataclass(frozen=True, slots=True)
-class FineBucket:
-    """One populated fine bucket: its place in value order, estimate and count."""
+class FineBucket(NamedTuple):
+    """One populated fine bucket: which one (sign, log index, classic bound), and its
+    count. A named tuple: a read makes one per populated bucket of every series."""
 
     sign: int  # -1, 0 or 1
     index: int
     le: float
     count: int
 
-    @property
-    def order(self) -> tuple[int, int, float]:
-        """Sort key in ascending value order (negatives: larger magnitude first)."""
-        return (self.sign, self.sign * self.index, self.le)
+
+#: (sign, sign * index, le): sorts fine buckets in ascending value order.
+_Order = tuple[int, int, float]
 
 
-def parse_fine_stat(stat: str, count: str | int) -> FineBucket | None:
-    """A fine bucket from its stat name and count; None if the name is not one."""
+@lru_cache(maxsize=16384)
+def _order_of(stat: str) -> _Order | None:
+    """Where a fine bucket's stat name sorts; None if the name is not one. Cached: the
+    same bucket names recur in every label set of a key."""
     if not stat.startswith(STAT_FINE_PREFIX):
         return None
     body, _, le_text = stat[len(STAT_FINE_PREFIX) :].partition("/")
     try:
         le = math.inf if le_text == _INF_TEXT else float(le_text)
-        amount = int(count)
         if body == "z":
-            return FineBucket(0, 0, le, amount)
+            return (0, 0, le)
         sign = {"p": 1, "n": -1}[body[:1]]
-        return FineBucket(sign, int(body[1:]), le, amount)
+        return (sign, sign * int(body[1:]), le)
     except (KeyError, ValueError):
         return None
+
+
+def parse_fine_stat(stat: str, count: str | int) -> FineBucket | None:
+    """A fine bucket from its stat name and count; None if the name is not one."""
+    order = _order_of(stat)
+    if order is None:
+        return None
+    sign, signed_index, le = order
+    return FineBucket(sign, signed_index * sign, le, int(count))
 
 
 def _lower_classic(le: float, bounds: tuple[float, ...]) -> float:
@@ -156,17 +166,24 @@ class Sketch:
 
     @classmethod
     def from_stats(cls, stats: Mapping[str, str], bounds: tuple[float, ...]) -> Sketch:
-        """The sketch in a series' stats (stat name -> count); other stats ignored."""
-        merged: dict[tuple[int, int, float], int] = {}
+        """The sketch in a series' stats (stat name -> count); other stats, malformed
+        names and counts that are not positive integers are ignored."""
+        merged: dict[_Order, int] = {}
         for stat, amount in stats.items():
-            bucket = parse_fine_stat(stat, amount)
-            if bucket is not None and bucket.count > 0:
-                ident = (bucket.sign, bucket.index, bucket.le)
-                merged[ident] = merged.get(ident, 0) + bucket.count
-        buckets = sorted(
-            (FineBucket(*ident, count) for ident, count in merged.items()), key=lambda b: b.order
+            order = _order_of(stat)
+            if order is None:
+                continue
+            try:
+                count = int(amount)
+            except ValueError:
+                continue
+            if count > 0:
+                merged[order] = merged.get(order, 0) + count
+        buckets = tuple(
+            FineBucket(sign, signed_index * sign, le, merged[(sign, signed_index, le)])
+            for sign, signed_index, le in sorted(merged)
         )
-        return cls(tuple(buckets), bounds)
+        return cls(buckets, bounds)
 
     @property
     def total(self) -> int:
