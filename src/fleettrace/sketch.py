@@ -100,9 +100,9 @@ class FineBucket(NamedTuple):
     count. A named tuple: a read makes one per populated bucket of every series."""
 
     sign: int  # -1, 0 or 1
-    index: int
+    log_index: int
     le: float
-    count: int
+    observations: int
 
 
 #: (sign, sign * index, le): sorts fine buckets in ascending value order.
@@ -146,8 +146,8 @@ def estimate(bucket: FineBucket, bounds: tuple[float, ...]) -> float:
     the log bucket narrowed to its classic interval when a classic bound cuts it."""
     if bucket.sign == 0:
         return 0.0
-    low = GAMMA ** (bucket.index - 1)
-    high = GAMMA**bucket.index
+    low = GAMMA ** (bucket.log_index - 1)
+    high = GAMMA**bucket.log_index
     if bucket.sign > 0:
         low = max(low, _lower_classic(bucket.le, bounds))
         high = min(high, bucket.le)
@@ -187,7 +187,7 @@ class Sketch:
 
     @property
     def total(self) -> int:
-        return sum(bucket.count for bucket in self.buckets)
+        return sum(bucket.observations for bucket in self.buckets)
 
     def quantile(self, q: float) -> float | None:
         """The nearest-rank q-quantile (as ``percentile_disc``); None when empty."""
@@ -197,7 +197,7 @@ class Sketch:
         rank = max(1, math.ceil(q * total))
         cumulative = 0
         for bucket in self.buckets:
-            cumulative += bucket.count
+            cumulative += bucket.observations
             if cumulative >= rank:
                 return estimate(bucket, self.bounds)
         return estimate(self.buckets[-1], self.bounds)  # pragma: no cover
@@ -206,7 +206,7 @@ class Sketch:
         """Observations per classic bucket (not cumulative), keyed by upper bound."""
         counts: dict[float, int] = {}
         for bucket in self.buckets:
-            counts[bucket.le] = counts.get(bucket.le, 0) + bucket.count
+            counts[bucket.le] = counts.get(bucket.le, 0) + bucket.observations
         return counts
 
 
