@@ -262,8 +262,22 @@ def test_classic_le_buckets_are_the_fine_buckets_summed(running, redis_url, keys
             fine[le] = fine.get(le, 0) + int(amount)
     assert len(fine) == len(bounds) + 1
 
+    # A series an emitter before the sketches left: classic buckets only.
+    redis.Redis.from_url(redis_url).hset(
+        keys.live(key.value),
+        mapping={
+            "actor=old|count": 3,
+            "actor=old|sum": 4.5,
+            "actor=old|le=10.0": 2,
+            "actor=old|le=+Inf": 1,
+        },
+    )
+
     found = _samples(_get(f"{base}/metrics")[2])
     name = f"{metric_name(key)}_bucket"
+    old = [found[(name, (("actor", "old"), ("le", le)))] for le in ("10.0", "81920.0", "+Inf")]
+    assert old == [2.0, 2.0, 3.0]
+    assert found[(f"{metric_name(key)}_sum", (("actor", "old"),))] == 4.5
     for bound in (*bounds, math.inf):
         le = "+Inf" if bound == math.inf else repr(float(bound))
         exported = found[(name, (("actor", "coder"), ("le", le)))]

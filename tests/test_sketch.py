@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 import redis
@@ -16,9 +17,11 @@ from fleettrace.live import read_live
 from fleettrace.metrics import SPECS, MetricKey, MetricType
 from fleettrace.model import MAX_METRIC_VALUE, MetricSample
 from fleettrace.sketch import (
+    GAMMA,
     MAX_BUCKETS_PER_SIGN,
     MIN_INDEX,
     MIN_MAGNITUDE,
+    PROMISED_RELATIVE_ERROR,
     RELATIVE_ACCURACY,
     Sketch,
     classic_bound,
@@ -207,3 +210,16 @@ def test_le_fields_of_older_emitters_count_in_classic_buckets_not_in_quantiles(
     # Quantiles from the three sketched values only: 0.2, 0.3, 7.0.
     assert series.p50 == pytest.approx(0.3, rel=RELATIVE_ACCURACY)
     assert series.p99 == pytest.approx(7.0, rel=RELATIVE_ACCURACY)
+
+
+def test_the_reference_states_the_bound_and_the_memory_of_the_code() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs/reference/observability.md").read_text()
+    section = text.split("### Live quantiles (sketches)")[1].split("\n### ")[0]
+    assert PROMISED_RELATIVE_ERROR == 0.02 and "within **2 %**" in section
+    assert f"`a = {RELATIVE_ACCURACY}`" in section
+    assert f"`MAX_BUCKETS_PER_SIGN` = {MAX_BUCKETS_PER_SIGN:,}" in section
+    assert MIN_MAGNITUDE == 1e-9 and "`MIN_MAGNITUDE` = 1e-9" in section
+    # log buckets + one piece per classic bound + zero + count, sum.whole, sum.nanos
+    cap = MAX_BUCKETS_PER_SIGN + len(TOOL.spec.buckets) + 1 + 3
+    assert f"at most {cap:,} fields" in section
+    assert f"about {round(math.log(10) / math.log(GAMMA))} buckets per factor of ten" in section
