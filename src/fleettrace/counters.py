@@ -180,11 +180,13 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
 
 
 def _add_samples(deltas: CounterDeltas, samples: Iterable[MetricSample]) -> None:
+    # Per sample: a few updates of one small list per series; field names are
+    # rendered once per distinct series and stat at the end.
     rendered: dict[tuple[MetricKey, tuple[tuple[str, str], ...]], str] = {}
+    series: dict[tuple[MetricKey, str, str | None], _Series] = {}
     for sample in samples:
         key = sample.key
         spec = key.spec
-        metric_key = key.value
         pairs = sample.label_pairs
         plan = None
         if spec.per_plan:  # the plan names the hash; the field keeps the other labels
@@ -193,18 +195,50 @@ def _add_samples(deltas: CounterDeltas, samples: Iterable[MetricSample]) -> None
         labels = rendered.get((key, pairs))
         if labels is None:
             labels = rendered[(key, pairs)] = encode_labels(pairs)
+        acc = series.get((key, labels, plan))
+        if acc is None:
+            acc = series[(key, labels, plan)] = _Series()
+        value = sample.value
+        acc.count += 1
         if spec.type is MetricType.GAUGE:
-            deltas._add(metric_key, labels, STAT_COUNT, 1, plan)
-            deltas._set(metric_key, labels, sample.value, plan)
+            acc.last = value
             continue
         if plan is not None:  # per-plan counters: the plan's float sum, as readers expect
-            deltas._observe(metric_key, labels, 1, sample.value, plan)
+            acc.float_sum += value
         else:
-            whole, nanos = sum_parts(sample.value)
-            deltas._add(metric_key, labels, STAT_COUNT, 1, None)
-            if whole:  # a zero part would add a field that says nothing
-                deltas._add(metric_key, labels, STAT_SUM_WHOLE, whole, None)
-            if nanos:
-                deltas._add(metric_key, labels, STAT_SUM_NANOS, nanos, None)
+            whole, nanos = sum_parts(value)
+            acc.whole += whole
+            acc.nanos += nanos
         if spec.type is MetricType.HISTOGRAM:
-            deltas._add(metric_key, labels, fine_stat(sample.value, spec.buckets), 1, plan)
+            stat = fine_stat(value, spec.buckets)
+            acc.fine[stat] = acc.fine.get(stat, 0) + 1
+
+    for (key, labels, plan), acc in series.items():
+        metric_key = key.value
+        deltas._add(metric_key, labels, STAT_COUNT, acc.count, plan)
+        if acc.last is not None:
+            deltas._set(metric_key, labels, acc.last, plan)
+            continue
+        if plan is not None:
+            floats = deltas.plan_float_increments
+            ref = (plan, plan_field(metric_key, labels, STAT_SUM))
+            floats[ref] = floats.get(ref, 0.0) + acc.float_sum
+        # A zero part would add a field that says nothing.
+        if acc.whole:
+            deltas._add(metric_key, labels, STAT_SUM_WHOLE, acc.whole, plan)
+        if acc.nanos:
+            deltas._add(metric_key, labels, STAT_SUM_NANOS, acc.nanos, plan)
+        for stat, count in acc.fine.items():
+            deltas._add(metric_key, labels, stat, count, plan)
+
+
+@dataclass(slots=True)
+class _Series:
+    """What one batch's samples add to one series."""
+
+    count: int = 0
+    whole: int = 0
+    nanos: int = 0
+    float_sum: float = 0.0
+    last: float | None = None
+    fine: dict[str, int] = field(default_factory=dict)

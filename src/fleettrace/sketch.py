@@ -39,6 +39,7 @@ one correctly rounded division (:func:`exact_sum`).
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -74,20 +75,21 @@ def bucket_index(magnitude: float) -> int:
 
 
 def classic_bound(value: float, bounds: tuple[float, ...]) -> float:
-    """The upper bound of the classic bucket ``value`` falls into (``inf`` past the last)."""
-    for bound in bounds:
-        if value <= bound:
-            return bound
-    return math.inf
+    """The upper bound of the classic bucket ``value`` falls into (``inf`` past the last):
+    the first bound with ``value <= bound``; ``bounds`` ascending."""
+    position = bisect_left(bounds, value)
+    return bounds[position] if position < len(bounds) else math.inf
 
 
-def _bound_text(bound: float) -> str:
-    return _INF_TEXT if bound == math.inf else repr(float(bound))
+@lru_cache(maxsize=64)
+def _bound_texts(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """How each classic bound, then the overflow, is written in a fine bucket's name."""
+    return (*(repr(float(bound)) for bound in bounds), _INF_TEXT)
 
 
 def fine_stat(value: float, bounds: tuple[float, ...]) -> str:
-    """The stat name of the fine bucket ``value`` is counted in."""
-    le = _bound_text(classic_bound(value, bounds))
+    """The stat name of the fine bucket ``value`` is counted in (``bounds`` ascending)."""
+    le = _bound_texts(bounds)[bisect_left(bounds, value)]
     if value > 0:
         return f"{STAT_FINE_PREFIX}p{bucket_index(value)}/{le}"
     if value < 0:
