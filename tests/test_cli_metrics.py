@@ -282,3 +282,25 @@ def test_plan_reads_without_redis_are_one_line_and_exit_1(
     assert (code, out) == (1, "")
     assert err.startswith(f"fleettrace metrics: {doing}: ")
     assert err.count("\n") == 1
+
+
+def test_observations_of_older_emitters_are_named_outside_the_percentiles(
+    recorded: Keys, redis_url: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = "tool.invocation_duration_ms"
+    # What an emitter before the sketches wrote for the same series: le= buckets.
+    redis_client.hincrby(recorded.live(key), "tool=web%2Csearch|le=5.0", 2)
+    redis_client.hincrby(recorded.live(key), "tool=web%2Csearch|count", 2)
+    where = ("--redis-url", redis_url, "--namespace", recorded.namespace, "--key", key)
+    code, out, _ = run(capsys, *where)
+    assert code == 0
+    assert out.splitlines()[-1] == (
+        "percentiles leave out 2 observations that emitters older than the sketches "
+        "recorded (counted in count and sum)"
+    )
+    code, out, _ = run(capsys, *where, "--json")
+    [series] = json.loads(out)
+    assert (series["count"], series["unsketched"]) == (6, 2)
+    counts = {b["le"]: b["count"] for b in series["buckets"]}
+    assert counts[5.0] == 3
+    assert [series["p50"], series["p99"]] == pytest.approx([4.0, 70.0], rel=0.02)
