@@ -223,3 +223,12 @@ def test_the_reference_states_the_bound_and_the_memory_of_the_code() -> None:
     cap = MAX_BUCKETS_PER_SIGN + len(TOOL.spec.buckets) + 1 + 3
     assert f"at most {cap:,} fields" in section
     assert f"about {round(math.log(10) / math.log(GAMMA))} buckets per factor of ten" in section
+
+
+def test_fine_buckets_of_bounds_a_key_no_longer_has_still_report_their_values() -> None:
+    # Written when the key's classic bounds were (2.5, 7.0); read with (5.0, 10.0).
+    values = [3.0, 6.5, 8.0]
+    stats = {fine_stat(v, (2.5, 7.0)): "1" for v in values}
+    sketch = Sketch.from_stats(stats, (5.0, 10.0))
+    for q, exact in ((0.3, 3.0), (0.6, 6.5), (1.0, 8.0)):
+        assert sketch.quantile(q) == pytest.approx(exact, rel=RELATIVE_ACCURACY)

@@ -151,10 +151,13 @@ def estimate(bucket: FineBucket, bounds: tuple[float, ...]) -> float:
     low = GAMMA ** (bucket.log_index - 1)
     high = GAMMA**bucket.log_index
     if bucket.sign > 0:
-        low = max(low, _lower_classic(bucket.le, bounds))
-        high = min(high, bucket.le)
-        if low > high:  # a value at a bucket edge placed by a rounded log
-            low, high = high, low
+        # Narrowed only by a classic bound that cuts the log bucket: a bound at its
+        # edge (a rounded log) or one the key no longer has says nothing more.
+        lower = _lower_classic(bucket.le, bounds)
+        if low < lower < high:
+            low = lower
+        if low < bucket.le < high:
+            high = bucket.le
     midpoint = 2 * low * high / (low + high)
     return midpoint * bucket.sign
 
