@@ -2,8 +2,9 @@
 
 Each key declares its type, unit and label names; histograms declare their classic
 bucket bounds (Prometheus ``le``; the live quantiles come from finer sketch buckets
-that respect these bounds, see :mod:`fleettrace.sketch`). The emitter, the live reader, the Prometheus exporter and the docs all read
-this table, so a key is described exactly once.
+that respect these bounds, see :mod:`fleettrace.sketch`). The emitter, the live
+reader, the Prometheus exporter and the docs all read this table, so a key is
+described exactly once.
 """
 
 from __future__ import annotations
