@@ -6,8 +6,9 @@ when each series is a sketch, on the machine's Redis.
 For each spread ``sigma`` it records ``--values`` log-normal durations (median 200 ms)
 into each of ``--series`` label sets of ``tool.invocation_duration_ms``, then prints
 the populated fields per series, the memory of the hash (MEMORY USAGE) per series,
-and the median of 5 ``read_live`` calls. Each run uses its own namespace and deletes
-its keys afterwards.
+and the fastest and the median of 5 ``read_live`` calls; then the same for the
+classic layout of emitters before the sketches (``le=`` fields, a float sum), for
+comparison. Each run uses its own namespace and deletes its keys afterwards.
 """
 
 from __future__ import annotations
@@ -21,16 +22,19 @@ import uuid
 
 import redis
 
-from fleettrace.keys import Keys, live_field
+from fleettrace.keys import Keys, bucket_stat, live_field
 from fleettrace.live import read_live
 from fleettrace.metrics import MetricKey
-from fleettrace.sketch import fine_stat, sum_parts
+from fleettrace.sketch import classic_bound, fine_stat, sum_parts
 
 KEY = MetricKey.TOOL_INVOCATION_DURATION_MS
 
 
-def fill(client: redis.Redis, keys: Keys, series: int, values: int, sigma: float) -> int:
-    """Write the hash the emitter would write; the number of fields."""
+def fill(
+    client: redis.Redis, keys: Keys, series: int, values: int, sigma: float, *, classic: bool
+) -> int:
+    """Write the hash an emitter would write (one before the sketches with
+    ``classic``); the number of fields."""
     rng = random.Random(1)
     fields: dict[str, int] = {}
     for index in range(series):
@@ -38,7 +42,10 @@ def fill(client: redis.Redis, keys: Keys, series: int, values: int, sigma: float
         whole = nanos = 0
         for _ in range(values):
             value = rng.lognormvariate(5.3, sigma)
-            stat = live_field(labels, fine_stat(value, KEY.spec.buckets))
+            if classic:
+                stat = live_field(labels, bucket_stat(classic_bound(value, KEY.spec.buckets)))
+            else:
+                stat = live_field(labels, fine_stat(value, KEY.spec.buckets))
             fields[stat] = fields.get(stat, 0) + 1
             w, n = sum_parts(value)
             whole, nanos = whole + w, nanos + n
@@ -60,10 +67,11 @@ def main() -> None:
     client = redis.Redis.from_url(
         os.environ.get("FLEETTRACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
-    for sigma in args.sigma:
+    runs = [(sigma, False) for sigma in args.sigma] + [(args.sigma[0], True)]
+    for sigma, classic in runs:
         keys = Keys(f"bench-{uuid.uuid4().hex[:10]}")
         try:
-            fields = fill(client, keys, args.series, args.values, sigma)
+            fields = fill(client, keys, args.series, args.values, sigma, classic=classic)
             memory = client.memory_usage(keys.live(KEY.value), samples=0) or 0
             times = []
             for _ in range(5):
@@ -71,11 +79,13 @@ def main() -> None:
                 read = read_live(client, keys, KEY)
                 times.append(time.perf_counter() - started)
             assert len(read) == args.series
+            layout = "classic le= layout" if classic else "sketch"
             print(
-                f"sigma={sigma} series={args.series} values={args.values}: "
+                f"{layout} sigma={sigma} series={args.series} values={args.values}: "
                 f"{fields / args.series:.1f} fields/series, "
                 f"{memory / args.series:.0f} bytes/series, "
-                f"read_live {statistics.median(times) * 1000:.0f} ms"
+                f"read_live fastest {min(times) * 1000:.0f} ms, "
+                f"median {statistics.median(times) * 1000:.0f} ms"
             )
         finally:
             client.delete(keys.live(KEY.value))

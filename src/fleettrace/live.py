@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, Final, overload
 
 import redis
 
@@ -73,6 +73,10 @@ def series_sum(stats: Mapping[str, str]) -> float:
     return exact if legacy is None else float(legacy) + exact
 
 
+#: Stats of a series other than its fine buckets that carry no classic bucket.
+_PLAIN_STATS: Final = (STAT_COUNT, STAT_SUM, STAT_SUM_WHOLE, STAT_SUM_NANOS, STAT_VALUE)
+
+
 def _legacy_buckets(stats: Mapping[str, str]) -> dict[float, int]:
     """Classic bucket counts of ``le=`` fields (emitters before the sketches)."""
     counts: dict[float, int] = {}
@@ -95,13 +99,14 @@ def series_from_stats(key: MetricKey, labels: str, stats: dict[str, str]) -> Liv
         sketch = Sketch.from_stats(stats, spec.buckets)
         fine = sketch.buckets
         counts = sketch.classic()
-        legacy = _legacy_buckets(stats)
-        unsketched = sum(legacy.values())
-        for bound, amount in legacy.items():
-            counts[bound] = counts.get(bound, 0) + amount
+        if len(stats) - sketch.fields > sum(1 for stat in _PLAIN_STATS if stat in stats):
+            legacy = _legacy_buckets(stats)  # only when there is more than the usual
+            unsketched = sum(legacy.values())
+            for bound, amount in legacy.items():
+                counts[bound] = counts.get(bound, 0) + amount
         bounds = sorted({*spec.buckets, math.inf, *counts})
         buckets = tuple((bound, counts.get(bound, 0)) for bound in bounds)
-        quantiles = [sketch.quantile(q) for q in QUANTILES]
+        quantiles = sketch.quantiles(QUANTILES)
     return LiveSeries(
         key=key,
         labels=decode_labels(labels),

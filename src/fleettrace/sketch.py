@@ -162,22 +162,32 @@ def estimate(bucket: FineBucket, bounds: tuple[float, ...]) -> float:
     return midpoint * bucket.sign
 
 
+_new_bucket = tuple.__new__  # a FineBucket without the Python-level __new__ of NamedTuple
+
+
 @dataclass(frozen=True, slots=True)
 class Sketch:
-    """The populated fine buckets of one series, ascending, and what they tell."""
+    """The populated fine buckets of one series, ascending, and what they tell.
+
+    ``fields`` is how many stats were fine buckets (a reader learns from it whether a
+    series holds anything else worth looking for)."""
 
     buckets: tuple[FineBucket, ...]
     bounds: tuple[float, ...]
+    total: int = 0
+    fields: int = 0
 
     @classmethod
     def from_stats(cls, stats: Mapping[str, str], bounds: tuple[float, ...]) -> Sketch:
         """The sketch in a series' stats (stat name -> count); other stats, malformed
         names and counts that are not positive integers are ignored."""
         merged: dict[_Order, int] = {}
+        fields = 0
         for stat, amount in stats.items():
             order = _order_of(stat)
             if order is None:
                 continue
+            fields += 1
             try:
                 count = int(amount)
             except ValueError:
@@ -185,27 +195,31 @@ class Sketch:
             if count > 0:
                 merged[order] = merged.get(order, 0) + count
         buckets = tuple(
-            FineBucket(sign, signed_index * sign, le, merged[(sign, signed_index, le)])
-            for sign, signed_index, le in sorted(merged)
+            _new_bucket(FineBucket, (order[0], order[1] * order[0], order[2], merged[order]))
+            for order in sorted(merged)
         )
-        return cls(buckets, bounds)
-
-    @property
-    def total(self) -> int:
-        return sum(bucket.observations for bucket in self.buckets)
+        return cls(buckets, bounds, sum(merged.values()), fields)
 
     def quantile(self, q: float) -> float | None:
         """The nearest-rank q-quantile (as ``percentile_disc``); None when empty."""
-        total = self.total
-        if total == 0:
-            return None
-        rank = max(1, math.ceil(q * total))
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs: tuple[float, ...]) -> list[float | None]:
+        """Nearest-rank quantiles for ascending ``qs`` in one walk over the buckets."""
+        if self.total == 0:
+            return [None] * len(qs)
+        ranks = [max(1, math.ceil(q * self.total)) for q in qs]
+        found: list[float | None] = []
         cumulative = 0
-        for bucket in self.buckets:
-            cumulative += bucket.observations
-            if cumulative >= rank:
-                return estimate(bucket, self.bounds)
-        return estimate(self.buckets[-1], self.bounds)  # pragma: no cover
+        buckets = iter(self.buckets)
+        bucket = None
+        for rank in ranks:
+            while cumulative < rank:
+                bucket = next(buckets)
+                cumulative += bucket.observations
+            assert bucket is not None  # rank >= 1, so the loop ran
+            found.append(estimate(bucket, self.bounds))
+        return found
 
     def classic(self) -> dict[float, int]:
         """Observations per classic bucket (not cumulative), keyed by upper bound."""
