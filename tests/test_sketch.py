@@ -145,6 +145,8 @@ def test_a_million_increments_of_a_tenth_read_back_as_exactly_100000(
     for _ in range(1000):  # one batch of 1,000 samples applied a thousand times
         for (metric_key, field), amount in deltas.increments.items():
             pipe.hincrby(keys.live(metric_key), field, amount)
+        for (metric_key, field), amount in deltas.float_increments.items():
+            pipe.hincrbyfloat(keys.live(metric_key), field, amount)
     pipe.execute()
     # For contrast, the float sum before: each batch summed in a float (as the
     # aggregation did) and added with HINCRBYFLOAT.
@@ -169,12 +171,15 @@ def test_emitter_writes_fine_buckets_and_exact_sums(
         emitter.observe(TOOL, 0.1, {"tool": "t"})
     emitter.observe(TOOL, 0.0, {"tool": "t"})
     assert emitter.close()
-    assert live_hash(redis_client, keys, TOOL.value) == {
-        ("tool=t", "count"): "11",
-        ("tool=t", "sum.nanos"): "1000000000",
-        ("tool=t", fine_stat(0.1, TOOL.spec.buckets)): "10",
-        ("tool=t", "d=z/1.0"): "1",
+    fields = live_hash(redis_client, keys, TOOL.value)
+    assert {stat: v for (_, stat), v in fields.items() if stat.startswith("d=")} == {
+        fine_stat(0.1, TOOL.spec.buckets): "10",
+        "d=z/1.0": "1",
     }
+    assert fields[("tool=t", "count")] == "11"
+    # Whole units and billionths, as integers, however the emitter cut its batches.
+    whole, nanos = (int(fields.get(("tool=t", stat), "0")) for stat in ("sum.whole", "sum.nanos"))
+    assert whole * 10**9 + nanos == 10**9
     [series] = read_live(redis_client, keys, TOOL)
     assert series.sum == 1.0
     assert series.p50 == pytest.approx(0.1, rel=RELATIVE_ACCURACY)
@@ -232,3 +237,22 @@ def test_fine_buckets_of_bounds_a_key_no_longer_has_still_report_their_values() 
     sketch = Sketch.from_stats(stats, (5.0, 10.0))
     for q, exact in ((0.3, 3.0), (0.6, 6.5), (1.0, 8.0)):
         assert sketch.quantile(q) == pytest.approx(exact, rel=RELATIVE_ACCURACY)
+
+
+def test_sums_past_the_range_of_hincrby_stay_exact_and_fail_nothing(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    # 10,000 of the largest value a sample may take: 1e19, past HINCRBY's 9.2e18.
+    emitter = make_emitter(redis_url, keys)
+    for _ in range(10_000):
+        emitter.observe(TOOL, MAX_METRIC_VALUE, {"tool": "huge"})
+    assert emitter.close()
+    assert emitter.stats.dropped == 0
+    assert live_hash(redis_client, keys, TOOL.value)[("tool=huge", "sum.whole")] == str(10**19)
+    [series] = read_live(redis_client, keys, TOOL)
+    assert (series.count, series.sum) == (10_000, 1e19)
+    assert series.p50 == pytest.approx(MAX_METRIC_VALUE, rel=RELATIVE_ACCURACY)
+    # A whole number written with an exponent is still read exactly.
+    redis_client.hset(keys.live(TOOL.value), "tool=huge|sum.whole", "1.5E+3")
+    [series] = read_live(redis_client, keys, TOOL)
+    assert series.sum == 1500.0

@@ -17,8 +17,11 @@ What a record adds (hash layout in :mod:`fleettrace.keys`):
   value falls into +1 (:func:`fleettrace.sketch.fine_stat`). Gauges: count +1 and
   ``value`` set to the batch's last value.
 
-The trace-derived sums and the sums of per-plan series go through ``HINCRBYFLOAT``
-into ``sum``; everything else through ``HINCRBY``.
+Counts and buckets go through ``HINCRBY``. Sums go through ``HINCRBYFLOAT``: the
+trace-derived sums and those of per-plan series as floats into ``sum``; the exact
+sums of samples as whole numbers into ``sum.whole`` and ``sum.nanos`` (Redis adds
+them in a long double, exact for integers up to 2**64 on x86-64, and, unlike
+``HINCRBY``, never fails the batch with an overflow).
 
 Series of a per-plan metric (its labels include ``plan``) go to that plan's own hash
 instead of the metric key's live hash (``plan_*`` mappings, keyed by plan id, fields
@@ -43,7 +46,7 @@ from fleettrace.keys import (
 )
 from fleettrace.metrics import PLAN_LABEL, MetricKey, MetricType
 from fleettrace.model import LLMTrace, MetricSample
-from fleettrace.sketch import fine_stat, sum_parts
+from fleettrace.sketch import SUM_SCALE, fine_stat, sum_parts
 
 #: (metric key, hash field) of one statistic of one label set; for the ``plan_*``
 #: mappings (plan id, plan hash field).
@@ -223,11 +226,14 @@ def _add_samples(deltas: CounterDeltas, samples: Iterable[MetricSample]) -> None
             floats = deltas.plan_float_increments
             ref = (plan, plan_field(metric_key, labels, STAT_SUM))
             floats[ref] = floats.get(ref, 0.0) + acc.float_sum
-        # A zero part would add a field that says nothing.
-        if acc.whole:
-            deltas._add(metric_key, labels, STAT_SUM_WHOLE, acc.whole, plan)
-        if acc.nanos:
-            deltas._add(metric_key, labels, STAT_SUM_NANOS, acc.nanos, plan)
+        # Whole billionths carried into units, so each increment of sum.nanos is under
+        # 1e9; a zero part would add a field that says nothing.
+        carry, nanos = divmod(acc.nanos, SUM_SCALE)
+        for stat, amount in ((STAT_SUM_WHOLE, acc.whole + carry), (STAT_SUM_NANOS, nanos)):
+            if amount:
+                ref = (metric_key, live_field(labels, stat))
+                exact = deltas.float_increments
+                exact[ref] = exact.get(ref, 0) + amount
         for stat, count in acc.fine.items():
             deltas._add(metric_key, labels, stat, count, plan)
 

@@ -177,7 +177,8 @@ class Keys:
 # and '|' in values percent-escaped. Stats: "count"; "sum" (a float, HINCRBYFLOAT: the
 # trace-derived sums and what emitters before exact sums wrote); "sum.whole" and
 # "sum.nanos" (a metric sample's exact sum as whole units and billionths, both
-# HINCRBY; the sum is sum + sum.whole + sum.nanos / 1e9); "value" (gauges); for
+# integers added with HINCRBYFLOAT; the sum is sum + sum.whole + sum.nanos / 1e9);
+# "value" (gauges); for
 # histograms "d=<bucket>/<le>", one field per populated fine bucket of the sketch (see
 # fleettrace.sketch). "le=<bound>" fields (classic buckets, non-cumulative, "le=+Inf"
 # the overflow) are what emitters before the sketches wrote: readers still add them to

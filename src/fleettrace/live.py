@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Final, overload
 
 import redis
@@ -66,9 +67,20 @@ class LiveSeries:
     unsketched: int = 0
 
 
+def _whole(text: str | None) -> int:
+    """An integer Redis kept with HINCRBYFLOAT (digits, exactly; a form with an
+    exponent read exactly too)."""
+    if text is None:
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        return int(Decimal(text))
+
+
 def series_sum(stats: Mapping[str, str]) -> float:
     """A series' sum: the float ``sum`` plus the exact whole units and billionths."""
-    exact = exact_sum(int(stats.get(STAT_SUM_WHOLE, 0)), int(stats.get(STAT_SUM_NANOS, 0)))
+    exact = exact_sum(_whole(stats.get(STAT_SUM_WHOLE)), _whole(stats.get(STAT_SUM_NANOS)))
     legacy = stats.get(STAT_SUM)
     return exact if legacy is None else float(legacy) + exact
 

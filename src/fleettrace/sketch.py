@@ -32,8 +32,10 @@ Field layout (stat part of a live hash field, see :mod:`fleettrace.keys`):
 
 Sums: ``HINCRBYFLOAT`` rounds to binary on every increment (a million increments of
 0.1 do not make 100000.0). A sample's value is split into whole units and billionths
-(:func:`sum_parts`), each summed with ``HINCRBY`` as an integer, and read back with
-one correctly rounded division (:func:`exact_sum`).
+(:func:`sum_parts`), each summed as an integer (``HINCRBYFLOAT`` with whole-number
+amounts: Redis adds in a long double, exact for integers up to 2**64 on x86-64, and
+it cannot fail a batch with an overflow as ``HINCRBY`` would), and read back with one
+correctly rounded division (:func:`exact_sum`).
 """
 
 from __future__ import annotations
