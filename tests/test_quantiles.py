@@ -15,16 +15,19 @@ import psycopg
 import pytest
 import redis
 
+from fleettrace import hooks
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import PERSIST_GROUP, Keys
 from fleettrace.live import QUANTILES, read_live
 from fleettrace.metrics import MetricKey
+from fleettrace.model import MetricSample
 from fleettrace.sketch import PROMISED_RELATIVE_ERROR, nearest_rank
 from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.repository import LLMTraceRepository
+from tests.emitting import make_emitter, stream_records
 from tests.worker_helpers import migrated
 
 PROCESSES = 3
@@ -140,3 +143,32 @@ def test_live_quantiles_are_within_two_percent_of_the_exact_ones(
             if not (within(estimate, exact) and within(estimate, stored[(name, q)])):
                 misses.append((name, q, estimate, exact))
     assert misses == []
+
+
+def test_fast_actors_and_tools_timed_by_the_hooks_read_their_true_percentiles(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    """The case the coarse buckets got wrong: sub-millisecond actors and tools read
+    "p50 5 ms" and "p50 0.5 ms". Now the live percentiles are those of the durations
+    the hooks recorded (read back from the metrics stream), within 2 %."""
+    emitter = make_emitter(redis_url, keys)
+    for i in range(300):
+        with hooks.actor("coder", emitter=emitter):
+            sum(range(i % 50))
+        with hooks.tool("fetch", emitter=emitter):
+            pass
+    assert emitter.close()
+    recorded: dict[str, list[float]] = {}
+    for sample in stream_records(redis_client, keys.metrics):
+        assert isinstance(sample, MetricSample)
+        if sample.key in (MetricKey.ACTOR_INVOCATION_DURATION_MS, KEY):
+            recorded.setdefault(sample.key.value, []).append(sample.value)
+    assert {key: len(values) for key, values in recorded.items()} == {
+        MetricKey.ACTOR_INVOCATION_DURATION_MS.value: 300,
+        KEY.value: 300,
+    }
+    for key, values in recorded.items():
+        [series] = read_live(redis_client, keys, key)
+        assert max(values) < 10.0  # all in the first classic bucket of the actor key
+        for q, estimate in zip(QUANTILES, (series.p50, series.p95, series.p99), strict=True):
+            assert within(estimate, nearest_rank(values, q)), (key, q, estimate)
