@@ -49,13 +49,10 @@ def test_table(recorded: Keys, redis_url: str, capsys: pytest.CaptureFixture[str
     assert not any(line.startswith("plan.cost_usd") for line in lines)
     rows = {tuple(line.split()[:2]): line.split()[2:] for line in lines[1:-1]}
     assert rows[("context.tokens_used", "-")] == ["1", "321", "-", "-", "-"]
-    assert rows[("tool.invocation_duration_ms", "tool=web,search")] == [
-        "4",
-        "106",
-        "5",
-        "90",
-        "98",
-    ]
+    count, total, *quantiles = rows[("tool.invocation_duration_ms", "tool=web,search")]
+    assert (count, total) == ("4", "106")
+    # Nearest rank of 2, 4, 30, 70: p50 is the 2nd value, p95 and p99 the 4th (2 %).
+    assert [float(q) for q in quantiles] == pytest.approx([4.0, 70.0, 70.0], rel=0.02)
     assert rows[("actor.token_usage", "provider=openai,model=gpt-4o,token_type=prompt")][:2] == [
         "1",
         "1000",
@@ -81,8 +78,10 @@ def test_json_and_key_filter(
     assert series["buckets"][-1] == {"le": "+Inf", "count": 0}
     counts = {b["le"]: b["count"] for b in series["buckets"]}
     assert (counts[2.5], counts[5.0], counts[10.0], counts[50.0], counts[100.0]) == (1, 1, 0, 1, 1)
-    # ranks 2, 3.8 and 3.96 of 4, interpolated in (2.5, 5] and (50, 100]
-    assert (series["p50"], series["p95"], series["p99"]) == pytest.approx((5.0, 90.0, 98.0))
+    # Nearest ranks 2, 4 and 4 of 4, within 2 %.
+    assert [series["p50"], series["p95"], series["p99"]] == pytest.approx(
+        [4.0, 70.0, 70.0], rel=0.02
+    )
 
 
 def test_empty_namespace(keys: Keys, redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -284,3 +283,25 @@ def test_plan_reads_without_redis_are_one_line_and_exit_1(
     assert (code, out) == (1, "")
     assert err.startswith(f"fleettrace metrics: {doing}: ")
     assert err.count("\n") == 1
+
+
+def test_observations_of_older_emitters_are_named_outside_the_percentiles(
+    recorded: Keys, redis_url: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = "tool.invocation_duration_ms"
+    # What an emitter before the sketches wrote for the same series: le= buckets.
+    redis_client.hincrby(recorded.live(key), "tool=web%2Csearch|le=5.0", 2)
+    redis_client.hincrby(recorded.live(key), "tool=web%2Csearch|count", 2)
+    where = ("--redis-url", redis_url, "--namespace", recorded.namespace, "--key", key)
+    code, out, _ = run(capsys, *where)
+    assert code == 0
+    assert out.splitlines()[-1] == (
+        "percentiles leave out 2 observations that emitters older than the sketches "
+        "recorded (counted in count and sum)"
+    )
+    code, out, _ = run(capsys, *where, "--json")
+    [series] = json.loads(out)
+    assert (series["count"], series["unsketched"]) == (6, 2)
+    counts = {b["le"]: b["count"] for b in series["buckets"]}
+    assert counts[5.0] == 3
+    assert [series["p50"], series["p99"]] == pytest.approx([4.0, 70.0], rel=0.02)

@@ -124,17 +124,21 @@ def test_samples_update_their_own_key_by_type() -> None:
         ],
     )
     tool = "tool.invocation_duration_ms"
+    # Histograms as one fine sketch bucket per value, each carrying its classic bucket;
+    # sums as exact integers (whole units; no billionths here).
     assert deltas.increments == {
         ("tool.error_rate", "tool=t,outcome=ok|count"): 2,
         (tool, "tool=t|count"): 3,
-        (tool, "tool=t|le=5.0"): 2,
-        (tool, "tool=t|le=+Inf"): 1,
+        (tool, "tool=t|d=p29/5.0"): 1,
+        (tool, "tool=t|d=p37/5.0"): 1,
+        (tool, "tool=t|d=p546/+Inf"): 1,
         ("context.tokens_used", "|count"): 2,
     }
     assert deltas.float_increments == {
-        ("tool.error_rate", "tool=t,outcome=ok|sum"): 2,
-        (tool, "tool=t|sum"): 1e9 + 7,
+        ("tool.error_rate", "tool=t,outcome=ok|sum.whole"): 2,
+        (tool, "tool=t|sum.whole"): 1_000_000_007,
     }
+    assert all(type(amount) is int for amount in deltas.float_increments.values())
     assert deltas.values == {("context.tokens_used", "|value"): 70}
     assert deltas.metric_keys() == ["tool.error_rate", tool, "context.tokens_used"]
 
@@ -144,3 +148,16 @@ def test_empty_batch_has_no_deltas() -> None:
     assert len(deltas) == 0
     assert deltas.metric_keys() == []
     assert deltas.plan_ids() == []
+
+
+def test_billionths_of_a_batch_carry_into_whole_units() -> None:
+    samples = [
+        MetricSample(key=MetricKey.TOOL_INVOCATION_DURATION_MS, value=v, labels={"tool": "t"})
+        for v in (0.75, 0.5, 2.25, 0.000000001)
+    ]
+    deltas = aggregate([], samples)
+    tool = "tool.invocation_duration_ms"
+    assert deltas.float_increments == {
+        (tool, "tool=t|sum.whole"): 3,
+        (tool, "tool=t|sum.nanos"): 500_000_001,
+    }

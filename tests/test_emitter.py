@@ -59,7 +59,12 @@ def test_records_reach_the_stream_with_their_counters(
     cost = redis_client.hget(keys.plan("plan-a"), "plan.cost_usd||sum")
     assert float(cost or 0) == pytest.approx(sum(r.cost_usd or 0 for r in sent))
     sandbox = live_hash(redis_client, keys, "sandbox.operation_duration_ms")
-    assert sandbox[("operation=commit", "le=25.0")] == "1"
+    assert sandbox == {
+        ("operation=commit", "count"): "1",
+        ("operation=commit", "sum.whole"): "12",
+        ("operation=commit", "sum.nanos"): "500000000",
+        ("operation=commit", "d=p67/25.0"): "1",  # log bucket 67, classic le=25
+    }
 
     stats = emitter.stats
     figures = emitter_figures(redis_client, keys)

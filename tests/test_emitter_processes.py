@@ -95,7 +95,7 @@ def test_forked_and_spawned_processes_record_exactly_once(
     tool = live_hash(redis_client, keys, "tool.invocation_duration_ms")
     assert int(tool[("tool=grep", "count")]) == len(workers) * per_process
     assert (
-        sum(int(v) for (_, stat), v in tool.items() if stat.startswith("le="))
+        sum(int(v) for (_, stat), v in tool.items() if stat.startswith("d="))
         == len(workers) * per_process
     )
 

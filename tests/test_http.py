@@ -3,6 +3,8 @@ machine's Redis and a fresh database; live metrics come from a real emitter."""
 
 from __future__ import annotations
 
+import math
+import random
 import threading
 import urllib.error
 import urllib.request
@@ -14,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.errors import ConfigurationError
+from fleettrace.keys import STAT_FINE_PREFIX
 from fleettrace.metrics import MetricKey
 from fleettrace_worker.cli import main
 from fleettrace_worker.http import metric_name, parse_address, serve
@@ -232,3 +235,53 @@ def test_plans_that_cannot_be_read_leave_the_fleet_families_in(
     warnings = [r.getMessage() for r in caplog.records if "plans left out" in r.getMessage()]
     assert len(warnings) == 1  # once per distinct error, not once per scrape
     assert "WRONGTYPE" in warnings[0]
+
+
+def test_classic_le_buckets_are_the_fine_buckets_summed(running, redis_url, keys) -> None:
+    """Values at, just under and just over every classic bound (and a few far away):
+    each exported ``le`` count is the number of values <= le, and equals the fine
+    buckets of the live hash summed by the classic bound they carry."""
+    _, base, _ = running
+    key = MetricKey.ACTOR_INVOCATION_DURATION_MS
+    bounds = key.spec.buckets
+    values = [0.0, 2e-4, 1e9]
+    for bound in bounds:
+        values += [math.nextafter(bound, 0), bound, math.nextafter(bound, math.inf)]
+    rng = random.Random(3)
+    values += [rng.lognormvariate(5, 3) for _ in range(300)]
+    emitter = Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace))
+    for value in values:
+        emitter.observe(key, value, {"actor": "coder"})
+    assert emitter.flush(30)
+    emitter.close()
+
+    fine: dict[float, int] = {}
+    for raw_field, amount in redis.Redis.from_url(redis_url).hgetall(keys.live(key.value)).items():
+        stat = raw_field.decode().rpartition("|")[2]
+        if stat.startswith(STAT_FINE_PREFIX):
+            le_text = stat.rpartition("/")[2]
+            le = math.inf if le_text == "+Inf" else float(le_text)
+            fine[le] = fine.get(le, 0) + int(amount)
+    assert len(fine) == len(bounds) + 1
+
+    # A series an emitter before the sketches left: classic buckets only.
+    redis.Redis.from_url(redis_url).hset(
+        keys.live(key.value),
+        mapping={
+            "actor=old|count": 3,
+            "actor=old|sum": 4.5,
+            "actor=old|le=10.0": 2,
+            "actor=old|le=+Inf": 1,
+        },
+    )
+
+    found = _samples(_get(f"{base}/metrics")[2])
+    name = f"{metric_name(key)}_bucket"
+    old = [found[(name, (("actor", "old"), ("le", le)))] for le in ("10.0", "81920.0", "+Inf")]
+    assert old == [2.0, 2.0, 3.0]
+    assert found[(f"{metric_name(key)}_sum", (("actor", "old"),))] == 4.5
+    for bound in (*bounds, math.inf):
+        le = "+Inf" if bound == math.inf else repr(float(bound))
+        exported = found[(name, (("actor", "coder"), ("le", le)))]
+        assert exported == sum(1 for v in values if v <= bound)
+        assert exported == sum(n for b, n in fine.items() if b <= bound)

@@ -1,4 +1,4 @@
-"""Live reads: series from the hashes, percentiles from buckets, fleet-wide plan budgets."""
+"""Live reads: series from the hashes, percentiles from sketches, fleet-wide plan budgets."""
 
 from __future__ import annotations
 
@@ -14,26 +14,12 @@ import fleettrace
 from fleettrace import ConfigurationError, LLMTrace, MetricKey
 from fleettrace.errors import RedisUnavailable
 from fleettrace.keys import Keys
-from fleettrace.live import histogram_quantile, is_over_budget, plan_cost_usd, read_live
+from fleettrace.live import is_over_budget, plan_cost_usd, read_live
 from fleettrace.plans import count_plans, migrate_legacy_plan_fields, read_plan, top_plans
 from tests.emitting import make_emitter
 from tests.servers import PrivateRedis, free_port
 
 INF = math.inf
-
-
-def test_percentiles_interpolate_inside_the_bucket() -> None:
-    buckets = ((1.0, 0), (2.0, 10), (4.0, 10), (INF, 0))
-    assert histogram_quantile(0.5, buckets) == pytest.approx(2.0)
-    assert histogram_quantile(0.95, buckets) == pytest.approx(3.8)
-    assert histogram_quantile(0.99, buckets) == pytest.approx(3.96)
-    assert histogram_quantile(0.25, buckets) == pytest.approx(1.5)
-
-
-def test_first_bucket_starts_at_zero_and_overflow_reports_the_last_bound() -> None:
-    assert histogram_quantile(0.5, ((10.0, 4), (INF, 0))) == pytest.approx(5.0)
-    assert histogram_quantile(0.99, ((10.0, 1), (20.0, 0), (INF, 99))) == 20.0
-    assert histogram_quantile(0.5, ((10.0, 0), (INF, 0))) is None
 
 
 def test_read_live_returns_every_series(
@@ -77,8 +63,11 @@ def test_read_live_returns_every_series(
     ]
     assert (counts[5.0], counts[10.0], counts[50.0], counts[INF]) == (1, 2, 1, 1)
     assert sum(counts.values()) == 5
-    assert text.p50 == pytest.approx(5.0 + 5.0 * (2.5 - 1) / 2)
-    assert text.p95 == text.p99 == 60000.0  # in the overflow bucket: the last bound
+    # Nearest rank of 3, 7, 7.5, 40, 1e6: p50 is the 3rd value, p95 and p99 the 5th.
+    assert text.p50 == pytest.approx(7.5, rel=0.02)
+    assert text.p95 == pytest.approx(1e6, rel=0.02)
+    assert text.p99 == pytest.approx(1e6, rel=0.02)
+    assert text.sum == 1e6 + 57.5
 
     only = read_live(redis_client, keys, "context.tokens_used")
     assert only == [gauge]

@@ -12,11 +12,16 @@ What a record adds (hash layout in :mod:`fleettrace.keys`):
   count and sum +1 when it failed; ``plan.cost_usd{plan}`` count +1 and sum +cost
   when it belongs to a plan and was priced.
 - a ``MetricSample``: its own key and labels. Counters and histograms: count +1,
-  sum +value, and for histograms the bucket the value falls into +1. Gauges: count
-  +1 and ``value`` set to the batch's last value.
+  the value added to the exact sum (``sum.whole`` and ``sum.nanos``, integers, see
+  :func:`fleettrace.sketch.sum_parts`), and for histograms the fine sketch bucket the
+  value falls into +1 (:func:`fleettrace.sketch.fine_stat`). Gauges: count +1 and
+  ``value`` set to the batch's last value.
 
-Sums go through ``HINCRBYFLOAT`` (a counter may be fed fractions), counts and
-buckets through ``HINCRBY``.
+Counts and buckets go through ``HINCRBY``. Sums go through ``HINCRBYFLOAT``: the
+trace-derived sums and those of per-plan series as floats into ``sum``; the exact
+sums of samples as whole numbers into ``sum.whole`` and ``sum.nanos`` (Redis adds
+them in a long double, exact for integers up to 2**64 on x86-64, and, unlike
+``HINCRBY``, never fails the batch with an overflow).
 
 Series of a per-plan metric (its labels include ``plan``) go to that plan's own hash
 instead of the metric key's live hash (``plan_*`` mappings, keyed by plan id, fields
@@ -32,14 +37,16 @@ from dataclasses import dataclass, field
 from fleettrace.keys import (
     STAT_COUNT,
     STAT_SUM,
+    STAT_SUM_NANOS,
+    STAT_SUM_WHOLE,
     STAT_VALUE,
-    bucket_stat,
     encode_labels,
     live_field,
     plan_field,
 )
 from fleettrace.metrics import PLAN_LABEL, MetricKey, MetricType
 from fleettrace.model import LLMTrace, MetricSample
+from fleettrace.sketch import SUM_SCALE, fine_stat, sum_parts
 
 #: (metric key, hash field) of one statistic of one label set; for the ``plan_*``
 #: mappings (plan id, plan hash field).
@@ -176,11 +183,13 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
 
 
 def _add_samples(deltas: CounterDeltas, samples: Iterable[MetricSample]) -> None:
+    # Per sample: a few updates of one small list per series; field names are
+    # rendered once per distinct series and stat at the end.
     rendered: dict[tuple[MetricKey, tuple[tuple[str, str], ...]], str] = {}
+    series: dict[tuple[MetricKey, str, str | None], _Series] = {}
     for sample in samples:
         key = sample.key
         spec = key.spec
-        metric_key = key.value
         pairs = sample.label_pairs
         plan = None
         if spec.per_plan:  # the plan names the hash; the field keeps the other labels
@@ -189,11 +198,53 @@ def _add_samples(deltas: CounterDeltas, samples: Iterable[MetricSample]) -> None
         labels = rendered.get((key, pairs))
         if labels is None:
             labels = rendered[(key, pairs)] = encode_labels(pairs)
+        acc = series.get((key, labels, plan))
+        if acc is None:
+            acc = series[(key, labels, plan)] = _Series()
+        value = sample.value
+        acc.count += 1
         if spec.type is MetricType.GAUGE:
-            deltas._add(metric_key, labels, STAT_COUNT, 1, plan)
-            deltas._set(metric_key, labels, sample.value, plan)
+            acc.last = value
             continue
-        deltas._observe(metric_key, labels, 1, sample.value, plan)
+        if plan is not None:  # per-plan counters: the plan's float sum, as readers expect
+            acc.float_sum += value
+        else:
+            whole, nanos = sum_parts(value)
+            acc.whole += whole
+            acc.nanos += nanos
         if spec.type is MetricType.HISTOGRAM:
-            stat = bucket_stat(spec.bucket_bound(sample.value))
-            deltas._add(metric_key, labels, stat, 1, plan)
+            stat = fine_stat(value, spec.buckets)
+            acc.fine[stat] = acc.fine.get(stat, 0) + 1
+
+    for (key, labels, plan), acc in series.items():
+        metric_key = key.value
+        deltas._add(metric_key, labels, STAT_COUNT, acc.count, plan)
+        if acc.last is not None:
+            deltas._set(metric_key, labels, acc.last, plan)
+            continue
+        if plan is not None:
+            floats = deltas.plan_float_increments
+            ref = (plan, plan_field(metric_key, labels, STAT_SUM))
+            floats[ref] = floats.get(ref, 0.0) + acc.float_sum
+        # Whole billionths carried into units, so each increment of sum.nanos is under
+        # 1e9; a zero part would add a field that says nothing.
+        carry, nanos = divmod(acc.nanos, SUM_SCALE)
+        for stat, amount in ((STAT_SUM_WHOLE, acc.whole + carry), (STAT_SUM_NANOS, nanos)):
+            if amount:
+                ref = (metric_key, live_field(labels, stat))
+                exact = deltas.float_increments
+                exact[ref] = exact.get(ref, 0) + amount
+        for stat, count in acc.fine.items():
+            deltas._add(metric_key, labels, stat, count, plan)
+
+
+@dataclass(slots=True)
+class _Series:
+    """What one batch's samples add to one series."""
+
+    count: int = 0
+    whole: int = 0
+    nanos: int = 0
+    float_sum: float = 0.0
+    last: float | None = None
+    fine: dict[str, int] = field(default_factory=dict)

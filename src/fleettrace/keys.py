@@ -174,12 +174,22 @@ class Keys:
 
 # Fields of a live counter hash: "<label set>|<stat>", where the label set is
 # "name=value,name=value" in the metric's declared label order, with '%', ',', '='
-# and '|' in values percent-escaped. Stats: "count", "sum", "value" (gauges), and
-# "le=<bound>" for histogram buckets (non-cumulative; "le=+Inf" is the overflow).
+# and '|' in values percent-escaped. Stats: "count"; "sum" (a float, HINCRBYFLOAT: the
+# trace-derived sums and what emitters before exact sums wrote); "sum.whole" and
+# "sum.nanos" (a metric sample's exact sum as whole units and billionths, both
+# integers added with HINCRBYFLOAT; the sum is sum + sum.whole + sum.nanos / 1e9);
+# "value" (gauges); for
+# histograms "d=<bucket>/<le>", one field per populated fine bucket of the sketch (see
+# fleettrace.sketch). "le=<bound>" fields (classic buckets, non-cumulative, "le=+Inf"
+# the overflow) are what emitters before the sketches wrote: readers still add them to
+# the classic buckets and the count, but not to the quantiles.
 STAT_COUNT: Final = "count"
 STAT_SUM: Final = "sum"
+STAT_SUM_WHOLE: Final = "sum.whole"
+STAT_SUM_NANOS: Final = "sum.nanos"
 STAT_VALUE: Final = "value"
 STAT_BUCKET_PREFIX: Final = "le="
+STAT_FINE_PREFIX: Final = "d="
 LABEL_SEPARATOR: Final = ","
 STAT_SEPARATOR: Final = "|"
 

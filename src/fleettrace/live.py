@@ -4,16 +4,18 @@ The counters are summed in Redis by every emitter of the namespace, so these rea
 are fleet-wide: a budget check made by one agent sees the cost recorded by all of
 them. Per-plan series (``plan.cost_usd`` and the other keys labelled ``plan``) live in
 one expiring hash per plan; :func:`plan_cost_usd` reads one of them directly, and
-:mod:`fleettrace.plans` finds and ranks them. Percentiles are estimated from the
-histogram buckets the way Prometheus' ``histogram_quantile`` does it (linear
-interpolation inside the bucket that holds the rank), so they agree with what a dashboard shows.
+:mod:`fleettrace.plans` finds and ranks them. Percentiles come from each histogram's
+sketch (:mod:`fleettrace.sketch`): nearest-rank, within 2 % of the exact percentile
+of the recorded values, whatever their scale.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, overload
+from decimal import Decimal
+from typing import Any, Final, overload
 
 import redis
 
@@ -21,6 +23,8 @@ from fleettrace.keys import (
     STAT_BUCKET_PREFIX,
     STAT_COUNT,
     STAT_SUM,
+    STAT_SUM_NANOS,
+    STAT_SUM_WHOLE,
     STAT_VALUE,
     Keys,
     decode_labels,
@@ -31,6 +35,7 @@ from fleettrace.keys import (
 )
 from fleettrace.metrics import PLAN_LABEL, MetricKey, MetricType
 from fleettrace.redis_errors import translate_redis_errors
+from fleettrace.sketch import FineBucket, Sketch, exact_sum
 
 QUANTILES = (0.5, 0.95, 0.99)
 
@@ -39,8 +44,14 @@ QUANTILES = (0.5, 0.95, 0.99)
 class LiveSeries:
     """The live figures of one metric key and one label set.
 
-    ``buckets`` (histograms only) pairs each upper bound with the number of
-    observations in that bucket alone (not cumulative), ascending, ``inf`` last.
+    ``buckets`` (histograms only) pairs each classic upper bound (the key's
+    ``MetricSpec.buckets``, then ``inf``) with the number of observations in that
+    bucket alone (not cumulative), summed exactly from the fine buckets (and from the
+    ``le=`` fields of emitters older than the sketches). ``fine`` is the sketch;
+    ``p50``/``p95``/``p99`` are its nearest-rank quantiles, within
+    :data:`fleettrace.sketch.PROMISED_RELATIVE_ERROR` of the exact ones of the values
+    it holds. ``unsketched`` counts observations in ``le=`` fields only, which the
+    quantiles cannot see.
     """
 
     key: MetricKey
@@ -52,28 +63,40 @@ class LiveSeries:
     p50: float | None = None
     p95: float | None = None
     p99: float | None = None
+    fine: tuple[FineBucket, ...] = ()
+    unsketched: int = 0
 
 
-def histogram_quantile(q: float, buckets: tuple[tuple[float, int], ...]) -> float | None:
-    """The q-quantile estimated from non-cumulative buckets; None without observations.
+def _whole(text: str | None) -> int:
+    """An integer Redis kept with HINCRBYFLOAT (digits, exactly; a form with an
+    exponent read exactly too)."""
+    if text is None:
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        return int(Decimal(text))
 
-    A rank that falls in the overflow bucket is reported as the last finite bound,
-    as Prometheus does: nothing more is known about it.
-    """
-    total = sum(count for _, count in buckets)
-    if total == 0:
-        return None
-    rank = q * total
-    cumulative = 0
-    lower = 0.0
-    for bound, count in buckets:
-        if count and cumulative + count >= rank:
-            if math.isinf(bound):
-                return lower
-            return lower + (bound - lower) * (rank - cumulative) / count
-        cumulative += count
-        lower = bound
-    return lower  # pragma: no cover (rank <= total always lands in a bucket)
+
+def series_sum(stats: Mapping[str, str]) -> float:
+    """A series' sum: the float ``sum`` plus the exact whole units and billionths."""
+    exact = exact_sum(_whole(stats.get(STAT_SUM_WHOLE)), _whole(stats.get(STAT_SUM_NANOS)))
+    legacy = stats.get(STAT_SUM)
+    return exact if legacy is None else float(legacy) + exact
+
+
+#: Stats of a series other than its fine buckets that carry no classic bucket.
+_PLAIN_STATS: Final = (STAT_COUNT, STAT_SUM, STAT_SUM_WHOLE, STAT_SUM_NANOS, STAT_VALUE)
+
+
+def _legacy_buckets(stats: Mapping[str, str]) -> dict[float, int]:
+    """Classic bucket counts of ``le=`` fields (emitters before the sketches)."""
+    counts: dict[float, int] = {}
+    for stat, amount in stats.items():
+        if stat.startswith(STAT_BUCKET_PREFIX):
+            bound = float(stat[len(STAT_BUCKET_PREFIX) :].replace("+Inf", "inf"))
+            counts[bound] = counts.get(bound, 0) + int(amount)
+    return counts
 
 
 def series_from_stats(key: MetricKey, labels: str, stats: dict[str, str]) -> LiveSeries:
@@ -81,26 +104,33 @@ def series_from_stats(key: MetricKey, labels: str, stats: dict[str, str]) -> Liv
     spec = key.spec
     value = stats.get(STAT_VALUE)
     buckets: tuple[tuple[float, int], ...] = ()
+    fine: tuple[FineBucket, ...] = ()
     quantiles: list[float | None] = [None, None, None]
+    unsketched = 0
     if spec.type is MetricType.HISTOGRAM:
-        counts = {
-            float(stat[len(STAT_BUCKET_PREFIX) :].replace("+Inf", "inf")): int(amount)
-            for stat, amount in stats.items()
-            if stat.startswith(STAT_BUCKET_PREFIX)
-        }
+        sketch = Sketch.from_stats(stats, spec.buckets)
+        fine = sketch.buckets
+        counts = sketch.classic()
+        if len(stats) - sketch.fields > sum(1 for stat in _PLAIN_STATS if stat in stats):
+            legacy = _legacy_buckets(stats)  # only when there is more than the usual
+            unsketched = sum(legacy.values())
+            for bound, amount in legacy.items():
+                counts[bound] = counts.get(bound, 0) + amount
         bounds = sorted({*spec.buckets, math.inf, *counts})
         buckets = tuple((bound, counts.get(bound, 0)) for bound in bounds)
-        quantiles = [histogram_quantile(q, buckets) for q in QUANTILES]
+        quantiles = sketch.quantiles(QUANTILES)
     return LiveSeries(
         key=key,
         labels=decode_labels(labels),
         count=int(stats.get(STAT_COUNT, 0)),
-        sum=float(stats.get(STAT_SUM, 0.0)),
+        sum=series_sum(stats),
         value=float(value) if value is not None else None,
         buckets=buckets,
         p50=quantiles[0],
         p95=quantiles[1],
         p99=quantiles[2],
+        fine=fine,
+        unsketched=unsketched,
     )
 
 

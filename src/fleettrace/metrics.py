@@ -1,8 +1,10 @@
 """The 14 operational metric keys and everything known about each, in one table.
 
-Each key declares its type, unit and label names; histograms declare their bucket
-bounds. The emitter, the live reader, the Prometheus exporter and the docs all read
-this table, so a key is described exactly once.
+Each key declares its type, unit and label names; histograms declare their classic
+bucket bounds (Prometheus ``le``; the live quantiles come from finer sketch buckets
+that respect these bounds, see :mod:`fleettrace.sketch`). The emitter, the live
+reader, the Prometheus exporter and the docs all read this table, so a key is
+described exactly once.
 """
 
 from __future__ import annotations

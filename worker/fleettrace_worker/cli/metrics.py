@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "metrics",
         help="print the live counters",
         description="Print the live counters of the namespace: per metric key and label set "
-        "the count, the sum (or a gauge's value) and, for histograms, estimated percentiles. "
+        "the count, the sum (or a gauge's value) and, for histograms, the nearest-rank "
+        "percentiles p50/p95/p99, each within 2 % of the exact one. "
         "Per-plan counters (plan.cost_usd, plan.decisions_count, plan.child_plans_count) are "
         "summed up in one line; --plan ID or --top N prints them.",
     )
@@ -172,6 +173,12 @@ def render_table(series: list[LiveSeries]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in (_COLUMNS, *rows)
     ]
+    unsketched = sum(s.unsketched for s in series)
+    if unsketched:
+        lines.append(
+            f"percentiles leave out {unsketched} observations that emitters older than "
+            "the sketches recorded (counted in count and sum)"
+        )
     return "\n".join(lines)
 
 
@@ -191,6 +198,8 @@ def _as_json(series: LiveSeries) -> dict[str, Any]:
         "p50": series.p50,
         "p95": series.p95,
         "p99": series.p99,
+        # Observations in the le= fields of older emitters, outside the percentiles.
+        "unsketched": series.unsketched,
     }
 
 
