@@ -109,7 +109,7 @@ def test_unreachable_redis_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[
         (["--watch", "0"], "must be a positive number of seconds"),
         (["--watch", "soon"], "not a number of seconds"),
         (["--key", "nope"], "invalid choice: 'nope'"),
-        (["--top", "0"], "must be positive: '0'"),
+        (["--top", "0"], "argument --top: must be at least 1, got 0"),
         (["--top", "many"], "not a whole number: 'many'"),
         (["--top", "3", "--plan", "p"], "not allowed with argument"),
     ],

@@ -204,8 +204,12 @@ def test_the_worker_command_takes_and_checks_metrics_plans(
     redis_url, database_url, capsys, monkeypatch
 ) -> None:
     where = ["--redis-url", redis_url, "--database-url", database_url]
-    assert main(["worker", *where, "--metrics-plans", "5000"]) == 2
-    assert capsys.readouterr().err == "fleettrace worker: metrics_plans must be 0-1000, got 5000\n"
+    with pytest.raises(SystemExit) as refused:
+        main(["worker", *where, "--metrics-plans", "5000"])
+    assert refused.value.code == 2
+    assert (
+        "argument --metrics-plans: must be between 0 and 1000, got 5000" in capsys.readouterr().err
+    )
     monkeypatch.setenv("FLEETTRACE_WORKER_METRICS_PLANS", "many")
     assert main(["worker", *where]) == 2
     assert "FLEETTRACE_WORKER_METRICS_PLANS must be a whole number" in capsys.readouterr().err
