@@ -92,6 +92,11 @@ class PrivateRedis:
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
         try:
             return bool(client.ping())
+        except (redis.AuthenticationError, redis.exceptions.NoPermissionError):
+            return True  # it answers, and it has loaded: it wants a login (ACL tests)
+        except redis.ResponseError as error:
+            # NOAUTH (a server whose default user is off) is an answer too; LOADING is not.
+            return str(error).startswith(("NOAUTH", "Authentication"))
         except redis.RedisError:
             return False
         finally:

@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--max-entry-bytes",
-        type=int,
+        type=options.POSITIVE,
         metavar="N",
         help="dead-letter, undecoded, an entry whose data is larger than this "
         f"(default: {MAX_ENTRY_BYTES}, 4 MiB)",
