@@ -49,9 +49,7 @@ def settings_for(receiver: OtlpReceiver, **overrides: object) -> OtlpSettings:
 def make_loop(client: redis.Redis, keys: Keys, settings: OtlpSettings) -> OtlpLoop:
     consumer = Consumer(client, keys, OTLP_GROUP, "otlp-1", claim_idle_ms=60_000)
     base = loop_settings(settings)
-    return OtlpLoop(
-        consumer, settings, namespace=keys.namespace, loop=replace(base, burst=True)
-    )
+    return OtlpLoop(consumer, settings, namespace=keys.namespace, loop=replace(base, burst=True))
 
 
 def trace(plan_id: str | None = "plan-a", **overrides: object) -> LLMTrace:
@@ -129,9 +127,7 @@ def test_every_genai_attribute_name_is_defined_by_the_conventions() -> None:
     records = [trace(), trace(None, actor=None, decision_id=None, cost_usd=None, error="E: x")]
     request = export_request(records, service_name="svc", namespace="ns")
     names = {
-        kv.key
-        for span in request.resource_spans[0].scope_spans[0].spans
-        for kv in span.attributes
+        kv.key for span in request.resource_spans[0].scope_spans[0].spans for kv in span.attributes
     }
     genai = {n for n in names if n.startswith("gen_ai.")}
     assert genai >= {"gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.agent.name"}
@@ -274,9 +270,7 @@ def test_503_429_and_timeouts_are_retried_and_nothing_is_sent_twice(
     loop.close()
     assert receiver.received.statuses[503] == 1 and receiver.received.statuses[429] == 1
     assert loop.stats.retries == 3
-    assert sorted(s.span_id for s in llm_spans(receiver)) == sorted(
-        llm_span_id(r) for r in records
-    )
+    assert sorted(s.span_id for s in llm_spans(receiver)) == sorted(llm_span_id(r) for r in records)
     assert pending(redis_client, keys) == 0
     assert list_dead_letters(redis_client, keys, OTLP_GROUP) == []
 
