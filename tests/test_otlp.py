@@ -405,3 +405,20 @@ def test_gzip_off_sends_plain_protobuf(
     loop.close()
     assert "Content-Encoding" not in receiver.received.headers[0]
     assert len(llm_spans(receiver)) == 1
+
+
+def test_a_refused_connection_is_retried_then_dead_lettered_past_the_window(
+    redis_client: redis.Redis, keys: Keys
+) -> None:
+    with OtlpReceiver() as gone:
+        settings = settings_for(gone, retry_for_s=0.3)
+    # The receiver is closed: its port refuses connections.
+    send_traces(redis_client, keys, [trace()])
+    loop = make_loop(redis_client, keys, settings)
+    loop.run(threading.Event())
+    loop.close()
+    dead = [d for _, d in list_dead_letters(redis_client, keys, OTLP_GROUP)]
+    assert len(dead) == 1
+    assert "cannot connect to the OTLP endpoint" in dead[0].reason
+    assert loop.stats.retries >= 1
+    assert pending(redis_client, keys) == 0
