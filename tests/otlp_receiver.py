@@ -24,13 +24,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
 from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes
+from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
 
 #: Every attribute name the GenAI conventions define.
 GENAI_NAMES: Final = frozenset(
@@ -38,7 +44,14 @@ GENAI_NAMES: Final = frozenset(
     for value in vars(gen_ai_attributes).values()
     if isinstance(value, str) and value.startswith("gen_ai.")
 )
+#: Every metric name the GenAI conventions define.
+GENAI_METRICS: Final = frozenset(
+    value
+    for value in vars(gen_ai_metrics).values()
+    if isinstance(value, str) and value.startswith("gen_ai.")
+)
 PATH: Final = "/v1/traces"
+METRICS_PATH: Final = "/v1/metrics"
 
 
 @dataclass
@@ -61,6 +74,7 @@ class Received:
     requests: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     headers: list[dict[str, str]] = field(default_factory=list)
+    metrics: list[Metric] = field(default_factory=list)
 
 
 def check_request(request: ExportTraceServiceRequest) -> str | None:
@@ -82,6 +96,24 @@ def check_request(request: ExportTraceServiceRequest) -> str | None:
                 for kv in span.attributes:
                     if kv.key.startswith("gen_ai.") and kv.key not in GENAI_NAMES:
                         return f"unknown GenAI attribute {kv.key}"
+    return None
+
+
+def check_metrics(request: ExportMetricsServiceRequest) -> str | None:
+    """Why this metrics request would be refused: unknown GenAI names, bad buckets."""
+    for resource_metrics in request.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                if metric.name.startswith("gen_ai.") and metric.name not in GENAI_METRICS:
+                    return f"unknown GenAI metric {metric.name}"
+                for point in metric.histogram.data_points:
+                    if len(point.bucket_counts) != len(point.explicit_bounds) + 1:
+                        return f"{metric.name}: bucket counts do not match the bounds"
+                    if sum(point.bucket_counts) != point.count:
+                        return f"{metric.name}: bucket counts do not add up to the count"
+                    for kv in point.attributes:
+                        if kv.key.startswith("gen_ai.") and kv.key not in GENAI_NAMES:
+                            return f"unknown GenAI attribute {kv.key}"
     return None
 
 
@@ -144,7 +176,7 @@ class OtlpReceiver:
         if self.down.is_set():
             self._answer(handler, 503, b"down")
             return
-        if handler.path != PATH:
+        if handler.path not in (PATH, METRICS_PATH):
             self._answer(handler, 404, b"not found")
             return
         if handler.headers.get("Content-Type") != "application/x-protobuf":
@@ -156,6 +188,9 @@ class OtlpReceiver:
             except (OSError, EOFError):
                 self._answer(handler, 400, b"bad gzip")
                 return
+        if handler.path == METRICS_PATH:
+            self._metrics(handler, body, fault)
+            return
         request = ExportTraceServiceRequest()
         try:
             request.ParseFromString(body)
@@ -191,6 +226,35 @@ class OtlpReceiver:
         self._answer(
             handler, 200, answer.SerializeToString(), content_type="application/x-protobuf"
         )
+
+    def _metrics(self, handler: BaseHTTPRequestHandler, body: bytes, fault: Fault | None) -> None:
+        request = ExportMetricsServiceRequest()
+        try:
+            request.ParseFromString(body)
+        except DecodeError:
+            self._answer(handler, 400, b"malformed protobuf")
+            return
+        problem = check_metrics(request)
+        if problem is not None:
+            self._answer(handler, 400, problem.encode())
+            return
+        if fault is not None:
+            self._answer(handler, fault.status, b"injected", **fault.headers)
+            return
+        with self.lock:
+            self.received.metrics.extend(
+                m for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+            )
+        self._answer(
+            handler,
+            200,
+            ExportMetricsServiceResponse().SerializeToString(),
+            content_type="application/x-protobuf",
+        )
+
+    def metrics(self) -> list[Metric]:
+        with self.lock:
+            return list(self.received.metrics)
 
     def spans(self) -> list[Span]:
         with self.lock:

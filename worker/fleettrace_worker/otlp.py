@@ -30,7 +30,10 @@ span ids again).
 
 Entries that do not decode and records that do not validate are dead letters of the
 ``persist`` group; this group acknowledges them without a copy of its own. Metric
-entries are acknowledged untouched (OTLP metrics are not exported yet).
+entries are acknowledged untouched: with ``FLEETTRACE_OTLP_METRICS=true`` the GenAI
+client metrics are computed from the calls themselves
+(:mod:`~fleettrace_worker.otlp_metrics`) and sent after the batch's spans; a retry
+for the metrics does not send the spans again.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
 from fleettrace_worker.otlp_delivery import OtlpSender, PartialSuccess
+from fleettrace_worker.otlp_metrics import metrics_request
 from fleettrace_worker.otlp_settings import OtlpSettings
 from fleettrace_worker.otlp_spans import export_request, llm_span_id
 from fleettrace_worker.retrywindow import RetryWindow
@@ -77,6 +81,9 @@ class OtlpRecord:
 @dataclass(slots=True)
 class OtlpBatch:
     records: list[OtlpRecord] = field(default_factory=list)
+    #: The backend took the spans (and said what it rejected): a retry for the
+    #: metrics does not send them again.
+    spans_taken: list[DeadLetter] | None = None
 
 
 def loop_settings(settings: OtlpSettings, base: LoopSettings | None = None) -> LoopSettings:
@@ -144,21 +151,43 @@ class OtlpLoop(GroupLoop[OtlpBatch]):
         return Prepared(batch, len(batch.records), [])
 
     def deliver(self, payload: OtlpBatch) -> list[DeadLetter]:
-        """One export request for the batch; the dead letters of spans the backend
-        rejected in a ``partial_success``."""
+        """One export request for the batch's spans, then, when metrics are on, one
+        for its metrics; the dead letters of spans the backend rejected in a
+        ``partial_success``."""
         if not payload.records:
             return []
         records = [item.record for item in payload.records]
-        request = export_request(records, service_name=self.service_name, namespace=self.namespace)
         try:
-            partial = self.sender.send(request)
+            if payload.spans_taken is None:
+                payload.spans_taken = self._send_spans(payload, records)
+            if self.otlp.metrics_endpoint is not None:
+                self._send_metrics(records)
         except ForwardingDeferred as deferred:
             self.window.fail(deferred, answered=False)
         self.window.succeeded()
+        return payload.spans_taken
+
+    def _send_spans(self, payload: OtlpBatch, records: list[LLMTrace]) -> list[DeadLetter]:
+        request = export_request(records, service_name=self.service_name, namespace=self.namespace)
+        partial = self.sender.send(request)
         self.spans_sent += sum(len(s.spans) for s in request.resource_spans[0].scope_spans)
         if partial is None:
             return []
         return self._rejected(payload, partial)
+
+    def _send_metrics(self, records: list[LLMTrace]) -> None:
+        request = metrics_request(records, service_name=self.service_name, namespace=self.namespace)
+        if request is None:
+            return
+        partial = self.sender.send_metrics(request)
+        if partial is not None:
+            # Data points carry no record: there is nothing to dead-letter.
+            log.warning(
+                "group %s: the OTLP endpoint rejected %d metric data points: %s",
+                self.group,
+                partial.rejected_spans,
+                partial.message,
+            )
 
     def _rejected(self, payload: OtlpBatch, partial: PartialSuccess) -> list[DeadLetter]:
         if partial.rejected_spans == 0:

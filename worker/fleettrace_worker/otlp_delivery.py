@@ -22,7 +22,11 @@ from dataclasses import dataclass
 from typing import Final
 
 import requests
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -44,6 +48,7 @@ _ANSWER_CHARS: Final = 300
 class PartialSuccess:
     """What the backend said it did not take out of an accepted request."""
 
+    #: Spans (or metric data points) rejected.
     rejected_spans: int
     message: str
 
@@ -96,37 +101,44 @@ class OtlpSender:
         return f"OtlpSender({self.settings!r})"
 
     def send(self, request: ExportTraceServiceRequest) -> PartialSuccess | None:
+        """Export spans to the traces endpoint."""
+        return self._post(self.endpoint, request, ExportTraceServiceResponse())
+
+    def send_metrics(self, request: ExportMetricsServiceRequest) -> PartialSuccess | None:
+        """Export metrics to the metrics endpoint (the settings must name one)."""
+        if self.settings.metrics_endpoint is None:
+            raise ValueError("metrics are not configured")
+        return self._post(self.settings.metrics_endpoint, request, ExportMetricsServiceResponse())
+
+    def _post(self, endpoint: str, request: Message, answer: Message) -> PartialSuccess | None:
         body = request.SerializeToString()
         if self.settings.gzip:
             body = gzip.compress(body, compresslevel=1)
         try:
             response = self.session.post(
-                self.endpoint, data=body, timeout=self.settings.timeout_s, allow_redirects=False
+                endpoint, data=body, timeout=self.settings.timeout_s, allow_redirects=False
             )
         except requests.Timeout:
             raise ForwardingDeferred(
-                f"the OTLP endpoint {self.endpoint} did not answer in {self.settings.timeout_s:g} s"
+                f"the OTLP endpoint {endpoint} did not answer in {self.settings.timeout_s:g} s"
             ) from None
         except requests.ConnectionError:
-            raise ForwardingDeferred(
-                f"cannot connect to the OTLP endpoint {self.endpoint}"
-            ) from None
+            raise ForwardingDeferred(f"cannot connect to the OTLP endpoint {endpoint}") from None
         except requests.RequestException as error:
             raise ForwardingDeferred(
-                f"request to the OTLP endpoint {self.endpoint} failed: {type(error).__name__}"
+                f"request to the OTLP endpoint {endpoint} failed: {type(error).__name__}"
             ) from None
         if not 200 <= response.status_code < 300:
-            raise classify(response, self.endpoint)
-        return _partial_success(response.content)
+            raise classify(response, endpoint)
+        return _partial_success(response.content, answer)
 
     def close(self) -> None:
         self.session.close()
 
 
-def _partial_success(body: bytes) -> PartialSuccess | None:
+def _partial_success(body: bytes, answer: Message) -> PartialSuccess | None:
     if not body:
         return None
-    answer = ExportTraceServiceResponse()
     try:
         answer.ParseFromString(body)
     except DecodeError:
@@ -134,7 +146,12 @@ def _partial_success(body: bytes) -> PartialSuccess | None:
         return None
     if not answer.HasField("partial_success"):
         return None
-    partial = answer.partial_success
-    if partial.rejected_spans == 0 and not partial.error_message:
+    partial = answer.partial_success  # type: ignore[attr-defined]
+    rejected = int(
+        partial.rejected_spans
+        if isinstance(answer, ExportTraceServiceResponse)
+        else partial.rejected_data_points
+    )
+    if rejected == 0 and not partial.error_message:
         return None
-    return PartialSuccess(partial.rejected_spans, partial.error_message)
+    return PartialSuccess(rejected, str(partial.error_message))

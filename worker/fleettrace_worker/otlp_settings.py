@@ -21,7 +21,9 @@ OpenTelemetry SDK would take (docs/otlp.md):
 
 fleettrace's own: ``FLEETTRACE_OTLP_RETRY_FOR_S`` (default 3,600),
 ``FLEETTRACE_OTLP_BACKOFF_INITIAL_S`` / ``_BACKOFF_MAX_S`` (1 / 60), and
-``FLEETTRACE_OTLP_BATCH_RECORDS`` (records per export request, default 500).
+``FLEETTRACE_OTLP_BATCH_RECORDS`` (records per export request, default 500), and
+``FLEETTRACE_OTLP_METRICS=true`` to send GenAI client metrics too, to
+``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` or the base endpoint with ``/v1/metrics``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from urllib.parse import unquote, urlsplit
 from fleettrace.errors import ConfigurationError
 
 TRACES_PATH: Final = "/v1/traces"
+METRICS_PATH: Final = "/v1/metrics"
 PROTOCOL: Final = "http/protobuf"
 DEFAULT_RETRY_FOR_S: Final = 3600.0
 DEFAULT_BACKOFF_INITIAL_S: Final = 1.0
@@ -46,6 +49,8 @@ _MAX_BATCH_RECORDS: Final = 10_000
 
 ENDPOINT_VARIABLE: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
 TRACES_ENDPOINT_VARIABLE: Final = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+METRICS_ENDPOINT_VARIABLE: Final = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+METRICS_VARIABLE: Final = "FLEETTRACE_OTLP_METRICS"
 HEADERS_VARIABLE: Final = "OTEL_EXPORTER_OTLP_HEADERS"
 SERVICE_NAME_VARIABLE: Final = "OTEL_SERVICE_NAME"
 RETRY_FOR_VARIABLE: Final = "FLEETTRACE_OTLP_RETRY_FOR_S"
@@ -98,14 +103,19 @@ def parse_headers(text: str, variable: str = HEADERS_VARIABLE) -> dict[str, str]
     return headers
 
 
-def traces_endpoint(env: Mapping[str, str]) -> str | None:
-    own = env.get(TRACES_ENDPOINT_VARIABLE, "").strip()
+def signal_endpoint(env: Mapping[str, str], own_variable: str, path: str) -> str | None:
+    """A signal's own endpoint as it is, else the base endpoint with ``path``."""
+    own = env.get(own_variable, "").strip()
     if own:
         return own
     base = env.get(ENDPOINT_VARIABLE, "").strip()
     if base:
-        return base.rstrip("/") + TRACES_PATH
+        return base.rstrip("/") + path
     return None
+
+
+def traces_endpoint(env: Mapping[str, str]) -> str | None:
+    return signal_endpoint(env, TRACES_ENDPOINT_VARIABLE, TRACES_PATH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +131,8 @@ class OtlpSettings:
     backoff_initial_s: float = DEFAULT_BACKOFF_INITIAL_S
     backoff_max_s: float = DEFAULT_BACKOFF_MAX_S
     batch_records: int = DEFAULT_BATCH_RECORDS
+    #: Where GenAI client metrics go; None: not sent (``FLEETTRACE_OTLP_METRICS``).
+    metrics_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_records <= _MAX_BATCH_RECORDS:
@@ -128,17 +140,18 @@ class OtlpSettings:
                 f"{BATCH_RECORDS_VARIABLE} must be between 1 and {_MAX_BATCH_RECORDS}, "
                 f"got {self.batch_records!r}"
             )
-        if self.endpoint is None:
-            return
-        parts = urlsplit(self.endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(
-                f"OTLP endpoint {self.endpoint!r} must be an http:// or https:// URL"
-            )
-        if parts.password is not None or parts.username is not None:
-            raise ConfigurationError(
-                f"OTLP endpoint must not carry credentials; put them in {HEADERS_VARIABLE}"
-            )
+        for endpoint in (self.endpoint, self.metrics_endpoint):
+            if endpoint is None:
+                continue
+            parts = urlsplit(endpoint)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigurationError(
+                    f"OTLP endpoint {endpoint!r} must be an http:// or https:// URL"
+                )
+            if parts.password is not None or parts.username is not None:
+                raise ConfigurationError(
+                    f"OTLP endpoint must not carry credentials; put them in {HEADERS_VARIABLE}"
+                )
 
     @property
     def enabled(self) -> bool:
@@ -152,7 +165,8 @@ class OtlpSettings:
             f"service_name={self.service_name!r}, timeout_s={self.timeout_s!r}, "
             f"gzip={self.gzip!r}, retry_for_s={self.retry_for_s!r}, "
             f"backoff_initial_s={self.backoff_initial_s!r}, "
-            f"backoff_max_s={self.backoff_max_s!r}, batch_records={self.batch_records!r})"
+            f"backoff_max_s={self.backoff_max_s!r}, batch_records={self.batch_records!r}, "
+            f"metrics_endpoint={self.metrics_endpoint!r})"
         )
 
     __str__ = __repr__
@@ -180,6 +194,17 @@ class OtlpSettings:
             if timeout is not None
             else DEFAULT_TIMEOUT_MS
         )
+        metrics = env.get(METRICS_VARIABLE, "").strip().lower()
+        if metrics not in ("", "true", "false"):
+            raise ConfigurationError(f"{METRICS_VARIABLE} must be true or false, got {metrics!r}")
+        metrics_endpoint = None
+        if metrics == "true":
+            metrics_endpoint = signal_endpoint(env, METRICS_ENDPOINT_VARIABLE, METRICS_PATH)
+            if metrics_endpoint is None:
+                raise ConfigurationError(
+                    f"{METRICS_VARIABLE}=true needs {ENDPOINT_VARIABLE} "
+                    f"or {METRICS_ENDPOINT_VARIABLE}"
+                )
         batch = env.get(BATCH_RECORDS_VARIABLE, "").strip()
         if batch and not batch.isdigit():
             raise ConfigurationError(f"{BATCH_RECORDS_VARIABLE} must be a whole number")
@@ -193,4 +218,5 @@ class OtlpSettings:
             backoff_initial_s=_positive(env, BACKOFF_INITIAL_VARIABLE, DEFAULT_BACKOFF_INITIAL_S),
             backoff_max_s=_positive(env, BACKOFF_MAX_VARIABLE, DEFAULT_BACKOFF_MAX_S),
             batch_records=int(batch) if batch else DEFAULT_BATCH_RECORDS,
+            metrics_endpoint=metrics_endpoint,
         )

@@ -101,12 +101,12 @@ def path_span_id(path: Sequence[tuple[str, str]]) -> bytes:
     return _valid(_digest("span", *(f"{kind}={value}" for kind, value in path))[:8])
 
 
-def _nanos(moment: datetime) -> int:
+def nanos(moment: datetime) -> int:
     return int(moment.timestamp()) * _NANOS + moment.microsecond * 1000
 
 
-def _end_nanos(record: LLMTrace) -> int:
-    return _nanos(record.started_at) + int(record.latency_ms * 1_000_000)
+def end_nanos(record: LLMTrace) -> int:
+    return nanos(record.started_at) + int(record.latency_ms * 1_000_000)
 
 
 def _value(value: str | int | float | bool | list[str]) -> AnyValue:
@@ -121,7 +121,7 @@ def _value(value: str | int | float | bool | list[str]) -> AnyValue:
     return AnyValue(string_value=value)
 
 
-def _attributes(pairs: Iterable[Attribute]) -> list[KeyValue]:
+def kv_list(pairs: Iterable[Attribute]) -> list[KeyValue]:
     return [KeyValue(key=key, value=_value(value)) for key, value in pairs]
 
 
@@ -165,9 +165,9 @@ def llm_span(record: LLMTrace) -> Span:
         parent_span_id=path_span_id(path) if path else b"",
         name=f"{OPERATION_CHAT} {record.model}",
         kind=Span.SpanKind.SPAN_KIND_CLIENT,
-        start_time_unix_nano=_nanos(record.started_at),
-        end_time_unix_nano=_end_nanos(record),
-        attributes=_attributes(llm_attributes(record)),
+        start_time_unix_nano=nanos(record.started_at),
+        end_time_unix_nano=end_nanos(record),
+        attributes=kv_list(llm_attributes(record)),
     )
     if record.error is not None:
         span.status.CopyFrom(Status(code=Status.STATUS_CODE_ERROR, message=record.error))
@@ -198,7 +198,7 @@ def parent_spans(records: Iterable[LLMTrace]) -> list[Span]:
     for record in records:
         path = parent_path(record)
         trace_id = trace_id_of(record)
-        start, end = _nanos(record.started_at), _end_nanos(record)
+        start, end = nanos(record.started_at), end_nanos(record)
         for depth in range(1, len(path) + 1):
             prefix = path[:depth]
             if prefix[-1][0] == "call":
@@ -223,7 +223,7 @@ def parent_spans(records: Iterable[LLMTrace]) -> list[Span]:
                 kind=Span.SpanKind.SPAN_KIND_INTERNAL,
                 start_time_unix_nano=parent.start,
                 end_time_unix_nano=parent.end,
-                attributes=_attributes(_parent_attributes(kind, value)),
+                attributes=kv_list(_parent_attributes(kind, value)),
             )
         )
     return spans
@@ -239,20 +239,24 @@ def _version() -> str:
 SCOPE_VERSION: Final = _version()
 
 
+def resource(service_name: str, namespace: str) -> Resource:
+    """The one resource of a namespace."""
+    return Resource(
+        attributes=kv_list([("service.name", service_name), ("fleettrace.namespace", namespace)])
+    )
+
+
 def export_request(
     records: Sequence[LLMTrace], *, service_name: str, namespace: str
 ) -> ExportTraceServiceRequest:
     """The request carrying ``records``: one resource (the namespace), one scope,
     the parent spans first, then one span per call."""
-    resource = Resource(
-        attributes=_attributes(
-            [("service.name", service_name), ("fleettrace.namespace", namespace)]
-        )
-    )
     scope = ScopeSpans(
         scope=InstrumentationScope(name=SCOPE_NAME, version=SCOPE_VERSION),
         spans=[*parent_spans(records), *(llm_span(r) for r in records)],
     )
     return ExportTraceServiceRequest(
-        resource_spans=[ResourceSpans(resource=resource, scope_spans=[scope])]
+        resource_spans=[
+            ResourceSpans(resource=resource(service_name, namespace), scope_spans=[scope])
+        ]
     )
