@@ -422,3 +422,27 @@ def test_a_refused_connection_is_retried_then_dead_lettered_past_the_window(
     assert "cannot connect to the OTLP endpoint" in dead[0].reason
     assert loop.stats.retries >= 1
     assert pending(redis_client, keys) == 0
+
+
+def test_a_parent_span_is_sent_again_only_when_a_batch_widens_it(
+    receiver: OtlpReceiver, redis_client: redis.Redis, keys: Keys
+) -> None:
+    t0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    loop = make_loop(redis_client, keys, settings_for(receiver))
+    batches = [
+        [trace(started_at=t0, latency_ms=20.0)],
+        [trace(started_at=t0 + timedelta(seconds=1), latency_ms=20.0)],
+        [trace(started_at=t0 + timedelta(milliseconds=500), latency_ms=10.0)],
+    ]
+    for batch in batches:
+        send_traces(redis_client, keys, batch)
+        loop.run(threading.Event())
+    loop.close()
+    plans = [s for s in receiver.spans() if s.name == "plan plan-a"]
+    start = int(t0.timestamp()) * 1_000_000_000
+    assert [(s.start_time_unix_nano - start, s.end_time_unix_nano - start) for s in plans] == [
+        (0, 20_000_000),
+        (0, 1_020_000_000),
+    ]
+    assert len({s.span_id for s in plans}) == 1
+    assert len(llm_spans(receiver)) == 3

@@ -44,6 +44,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
 from fleettrace.codec import Kind, decode_entry, decode_envelope
 from fleettrace.errors import ConfigurationError, EntryDecodeError, ForwardingDeferred
 from fleettrace.keys import OTLP_GROUP
@@ -54,7 +56,7 @@ from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
 from fleettrace_worker.otlp_delivery import OtlpSender, PartialSuccess
 from fleettrace_worker.otlp_metrics import metrics_request
 from fleettrace_worker.otlp_settings import OtlpSettings
-from fleettrace_worker.otlp_spans import export_request, llm_span_id
+from fleettrace_worker.otlp_spans import ParentRanges, export_request, llm_span_id
 from fleettrace_worker.retrywindow import RetryWindow
 
 if TYPE_CHECKING:
@@ -129,6 +131,7 @@ class OtlpLoop(GroupLoop[OtlpBatch]):
         self.sender = sender if sender is not None else OtlpSender(settings)
         self.window = RetryWindow("the OTLP endpoint", settings.retry_for_s)
         self.spans_sent = 0
+        self.parents = ParentRanges()
 
     def __repr__(self) -> str:
         return f"OtlpLoop({self.consumer!r}, {self.otlp!r})"
@@ -168,9 +171,13 @@ class OtlpLoop(GroupLoop[OtlpBatch]):
         return payload.spans_taken
 
     def _send_spans(self, payload: OtlpBatch, records: list[LLMTrace]) -> list[DeadLetter]:
-        request = export_request(records, service_name=self.service_name, namespace=self.namespace)
+        request = export_request(
+            records, service_name=self.service_name, namespace=self.namespace, parents=self.parents
+        )
         partial = self.sender.send(request)
-        self.spans_sent += sum(len(s.spans) for s in request.resource_spans[0].scope_spans)
+        spans = request.resource_spans[0].scope_spans[0].spans
+        self.spans_sent += len(spans)
+        self.parents.remember(s for s in spans if s.kind == Span.SpanKind.SPAN_KIND_INTERNAL)
         if partial is None:
             return []
         return self._rejected(payload, partial)

@@ -15,11 +15,12 @@ keeps one of each.
   span the same way, whatever record of it it sees first. The LLM call's span id is
   derived from its ``trace_id``. Child plans and tool spans need the plan tree
   (pending), so they are not emitted yet.
-- **Parent spans** are emitted with every request that carries one of their calls,
-  covering the calls that request knows (earliest start to latest end). A parent is
-  therefore sent once per request it appears in, with the same id and a time range
-  that may grow; backends that keep the last version of a span by id show the
-  latest range (docs/otlp.md).
+- **Parent spans** cover the calls a request knows (earliest start to latest end).
+  A loop remembers the range of each parent the backend took
+  (:class:`ParentRanges`) and sends a parent again only when a batch widens it,
+  then with the union of both ranges: the same id may arrive a few times with a
+  growing range, and backends that keep the last version of a span by id show the
+  widest (docs/otlp.md).
 - **One resource per namespace**: ``service.name`` (``OTEL_SERVICE_NAME``, by default
   the namespace) and ``fleettrace.namespace``.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,6 +60,8 @@ OPERATION_AGENT: Final = "invoke_agent"
 COST_ATTRIBUTE: Final = "fleettrace.cost_usd"
 _ID_PREFIX: Final = b"fleettrace/"
 _NANOS: Final = 1_000_000_000
+#: Parent spans whose last range a loop remembers (about 100 bytes each).
+PARENT_CACHE_SIZE: Final = 100_000
 
 Attribute = tuple[str, str | int | float | bool | list[str]]
 
@@ -246,14 +250,56 @@ def resource(service_name: str, namespace: str) -> Resource:
     )
 
 
+class ParentRanges:
+    """The time range of each parent span this worker last had taken, so a parent is
+    sent again only when a batch widens it (then with the union of both ranges).
+
+    Remembers ``size`` parents, the least recently used going first; a worker that
+    forgot one (or another worker) sends it again, with the same id.
+    """
+
+    def __init__(self, size: int = PARENT_CACHE_SIZE) -> None:
+        self.size = size
+        self._known: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
+
+    def widen(self, spans: list[Span]) -> list[Span]:
+        """The parents worth sending, each widened to what was sent before."""
+        kept = []
+        for span in spans:
+            known = self._known.get(span.trace_id + span.span_id)
+            if known is not None:
+                self._known.move_to_end(span.trace_id + span.span_id)
+                if known[0] <= span.start_time_unix_nano and span.end_time_unix_nano <= known[1]:
+                    continue
+                span.start_time_unix_nano = min(known[0], span.start_time_unix_nano)
+                span.end_time_unix_nano = max(known[1], span.end_time_unix_nano)
+            kept.append(span)
+        return kept
+
+    def remember(self, spans: Iterable[Span]) -> None:
+        """Called once the backend took ``spans``."""
+        for span in spans:
+            key = span.trace_id + span.span_id
+            self._known[key] = (span.start_time_unix_nano, span.end_time_unix_nano)
+            self._known.move_to_end(key)
+        while len(self._known) > self.size:
+            self._known.popitem(last=False)
+
+
 def export_request(
-    records: Sequence[LLMTrace], *, service_name: str, namespace: str
+    records: Sequence[LLMTrace],
+    *,
+    service_name: str,
+    namespace: str,
+    parents: ParentRanges | None = None,
 ) -> ExportTraceServiceRequest:
     """The request carrying ``records``: one resource (the namespace), one scope,
-    the parent spans first, then one span per call."""
+    the parent spans first (those ``parents`` says are worth sending), then one span
+    per call."""
+    above = parent_spans(records)
     scope = ScopeSpans(
         scope=InstrumentationScope(name=SCOPE_NAME, version=SCOPE_VERSION),
-        spans=[*parent_spans(records), *(llm_span(r) for r in records)],
+        spans=[*(parents.widen(above) if parents else above), *(llm_span(r) for r in records)],
     )
     return ExportTraceServiceRequest(
         resource_spans=[
