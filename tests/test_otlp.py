@@ -18,7 +18,7 @@ from fleettrace.errors import ConfigurationError
 from fleettrace.keys import OTLP_GROUP, Keys
 from fleettrace.model import LLMTrace
 from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.deadletter import list_dead_letters
+from fleettrace_worker.deadletter import list_dead_letters, replay_dead_letters
 from fleettrace_worker.otlp import OtlpLoop, loop_settings
 from fleettrace_worker.otlp_settings import OtlpSettings, parse_headers
 from fleettrace_worker.otlp_spans import COST_ATTRIBUTE, export_request, llm_span_id
@@ -446,3 +446,48 @@ def test_a_parent_span_is_sent_again_only_when_a_batch_widens_it(
     ]
     assert len({s.span_id for s in plans}) == 1
     assert len(llm_spans(receiver)) == 3
+
+
+def test_partial_success_naming_only_a_parent_span_dead_letters_no_record(
+    receiver: OtlpReceiver, redis_client: redis.Redis, keys: Keys
+) -> None:
+    records = [trace(), trace()]
+    send_traces(redis_client, keys, records)
+    receiver.faults.append(
+        Fault(
+            reject=lambda spans: [s for s in spans if s.name == "plan plan-a"],
+            message="",  # filled below from the span the receiver rejects
+        )
+    )
+    plan_span = next(
+        s
+        for s in export_request(records, service_name="s", namespace="n")
+        .resource_spans[0]
+        .scope_spans[0]
+        .spans
+        if s.name == "plan plan-a"
+    )
+    receiver.faults[0].message = f"span {plan_span.span_id.hex()}: end before start"
+    loop = make_loop(redis_client, keys, settings_for(receiver))
+    loop.run(threading.Event())
+    loop.close()
+    assert list_dead_letters(redis_client, keys, OTLP_GROUP) == []
+    assert len(llm_spans(receiver)) == 2
+    assert pending(redis_client, keys) == 0
+
+
+def test_a_replayed_dead_letter_arrives_with_the_same_span_id(
+    receiver: OtlpReceiver, redis_client: redis.Redis, keys: Keys
+) -> None:
+    record = trace()
+    send_traces(redis_client, keys, [record])
+    receiver.faults.append(Fault(400))
+    loop = make_loop(redis_client, keys, settings_for(receiver))
+    loop.run(threading.Event())
+    assert llm_spans(receiver) == []
+    report = replay_dead_letters(redis_client, keys, OTLP_GROUP)
+    assert len(report.replayed) == 1
+    loop.run(threading.Event())
+    loop.close()
+    assert [s.span_id for s in llm_spans(receiver)] == [llm_span_id(record)]
+    assert list_dead_letters(redis_client, keys, OTLP_GROUP) == []

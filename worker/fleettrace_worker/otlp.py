@@ -180,7 +180,7 @@ class OtlpLoop(GroupLoop[OtlpBatch]):
         self.parents.remember(s for s in spans if s.kind == Span.SpanKind.SPAN_KIND_INTERNAL)
         if partial is None:
             return []
-        return self._rejected(payload, partial)
+        return self._rejected(payload, partial, {s.span_id for s in spans})
 
     def _send_metrics(self, records: list[LLMTrace]) -> None:
         request = metrics_request(records, service_name=self.service_name, namespace=self.namespace)
@@ -196,13 +196,24 @@ class OtlpLoop(GroupLoop[OtlpBatch]):
                 partial.message,
             )
 
-    def _rejected(self, payload: OtlpBatch, partial: PartialSuccess) -> list[DeadLetter]:
+    def _rejected(
+        self, payload: OtlpBatch, partial: PartialSuccess, sent: set[bytes]
+    ) -> list[DeadLetter]:
+        """Dead letters for the spans a ``partial_success`` rejected (``sent``: the ids
+        of every span of the request)."""
         if partial.rejected_spans == 0:
             log.warning("group %s: the OTLP endpoint warned: %s", self.group, partial.message)
             return []
-        named = {match.lower() for match in _HEX_ID.findall(partial.message)}
-        rejected = [item for item in payload.records if llm_span_id(item.record).hex() in named]
-        if rejected:
+        named = {bytes.fromhex(match) for match in _HEX_ID.findall(partial.message)} & sent
+        if named:
+            rejected = [item for item in payload.records if llm_span_id(item.record) in named]
+            if len(rejected) < len(named):
+                # Parent spans: no record of their own; the calls under them were taken.
+                log.warning(
+                    "group %s: the OTLP endpoint rejected parent spans: %s",
+                    self.group,
+                    partial.message,
+                )
             reason = f"the OTLP endpoint rejected the span: {partial.message}"
         else:
             rejected = payload.records
