@@ -34,46 +34,61 @@ def _loop(client: redis.Redis, keys: Keys, receiver: OtlpReceiver, *, burst: boo
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("outage", ["503", "refused"])
 def test_backend_down_for_20_s_under_load_loses_nothing_and_sends_nothing_twice(
-    redis_url: str, redis_client: redis.Redis, keys: Keys
+    outage: str, redis_url: str, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    with OtlpReceiver() as receiver:
+    """The backend answers 503 (or refuses connections: nothing listens on its port)
+    for 20 s while an emitter keeps sending, then comes back."""
+    first = OtlpReceiver()
+    with first:
+        first.down.set()
+        loop = _loop(redis_client, keys, first, burst=False)
+    # ``first`` stopped: with "refused" a new receiver takes its port after the outage.
+    receiver = first
+    if outage == "503":
+        receiver = OtlpReceiver(first.server.server_address[1])
         receiver.down.set()
-        loop = _loop(redis_client, keys, receiver, burst=False)
-        stop = threading.Event()
-        worker = threading.Thread(target=loop.run, args=(stop,))
-        worker.start()
-        emitter = make_emitter(redis_url, keys)
-        sent: list[LLMTrace] = []
-        try:
-            began = time.monotonic()
-            # Load through the outage: the emitter keeps recording while every export
-            # is refused.
-            while time.monotonic() - began < OUTAGE_S:
-                for i in range(50):
-                    record = trace(f"plan-{len(sent) % 7}", actor=f"a-{i % 3}")
-                    emitter.record(record)
-                    sent.append(record)
-                stop.wait(0.05)
-            assert emitter.flush()
-            refused = receiver.received.statuses[503]
-            assert refused > 0
-            assert receiver.spans() == []
+        receiver.__enter__()
+    stop = threading.Event()
+    worker = threading.Thread(target=loop.run, args=(stop,))
+    worker.start()
+    emitter = make_emitter(redis_url, keys)
+    sent: list[LLMTrace] = []
+    try:
+        began = time.monotonic()
+        # Load through the outage: the emitter keeps recording while every export fails.
+        while time.monotonic() - began < OUTAGE_S:
+            for i in range(50):
+                record = trace(f"plan-{len(sent) % 7}", actor=f"a-{i % 3}")
+                emitter.record(record)
+                sent.append(record)
+            stop.wait(0.05)
+        assert emitter.flush()
+        assert loop.stats.retries > 0
+        assert receiver.spans() == []
+        if outage == "503":
+            assert receiver.received.statuses[503] > 0
             receiver.down.clear()
-            deadline = time.monotonic() + DRAIN_LIMIT_S
-            while len(llm_spans(receiver)) < len(sent) and time.monotonic() < deadline:
-                stop.wait(0.1)
-        finally:
-            stop.set()
-            worker.join()
-            loop.close()
-            emitter.close()
-        calls = llm_spans(receiver)
-        ids = [span.span_id for span in calls]
-        assert len(ids) == len(set(ids)) == len(sent)
-        assert set(ids) == {llm_span_id(r) for r in sent}
-        assert list_dead_letters(redis_client, keys, OTLP_GROUP) == []
-        assert pending(redis_client, keys) == 0
+        else:
+            assert "cannot connect to the OTLP endpoint" in (loop.stats.last_error or "")
+            receiver = OtlpReceiver(first.server.server_address[1]).__enter__()
+        deadline = time.monotonic() + DRAIN_LIMIT_S
+        while len(llm_spans(receiver)) < len(sent) and time.monotonic() < deadline:
+            stop.wait(0.1)
+    finally:
+        stop.set()
+        worker.join()
+        loop.close()
+        emitter.close()
+        if receiver is not first:
+            receiver.__exit__()
+    calls = llm_spans(receiver)
+    ids = [span.span_id for span in calls]
+    assert len(ids) == len(set(ids)) == len(sent)
+    assert set(ids) == {llm_span_id(r) for r in sent}
+    assert list_dead_letters(redis_client, keys, OTLP_GROUP) == []
+    assert pending(redis_client, keys) == 0
 
 
 @pytest.mark.slow
