@@ -30,8 +30,8 @@ it will not happen with SHA-256, but the rule keeps the mapping total.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -60,6 +60,8 @@ OPERATION_AGENT: Final = "invoke_agent"
 COST_ATTRIBUTE: Final = "fleettrace.cost_usd"
 _ID_PREFIX: Final = b"fleettrace/"
 _NANOS: Final = 1_000_000_000
+#: Plan trace ids and parent span ids kept computed (parents repeat across records).
+_ID_CACHE_SIZE: Final = 65_536
 #: Parent spans whose last range a loop remembers (about 100 bytes each).
 PARENT_CACHE_SIZE: Final = 100_000
 
@@ -67,18 +69,24 @@ Attribute = tuple[str, str | int | float | bool | list[str]]
 
 
 def _digest(*parts: str) -> bytes:
-    text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(_ID_PREFIX + text.encode()).digest()
+    # Every part is a validated id or name, which never holds NUL: joining on NUL is
+    # unambiguous.
+    return hashlib.sha256(_ID_PREFIX + "\x00".join(parts).encode()).digest()
 
 
 def _valid(raw: bytes) -> bytes:
     return raw if any(raw) else raw[:-1] + b"\x01"
 
 
+@functools.lru_cache(maxsize=_ID_CACHE_SIZE)
+def plan_trace_id(plan_id: str) -> bytes:
+    return _valid(_digest("trace", "plan", plan_id)[:16])
+
+
 def trace_id_of(record: LLMTrace) -> bytes:
     """16 bytes: the plan's trace, or the call's own when it has no plan."""
     if record.plan_id is not None:
-        return _valid(_digest("trace", "plan", record.plan_id)[:16])
+        return plan_trace_id(record.plan_id)
     return _valid(record.trace_id.bytes)
 
 
@@ -101,7 +109,8 @@ def parent_path(record: LLMTrace) -> tuple[tuple[str, str], ...]:
     return tuple(path)
 
 
-def path_span_id(path: Sequence[tuple[str, str]]) -> bytes:
+@functools.lru_cache(maxsize=_ID_CACHE_SIZE)
+def path_span_id(path: tuple[tuple[str, str], ...]) -> bytes:
     return _valid(_digest("span", *(f"{kind}={value}" for kind, value in path))[:8])
 
 
