@@ -42,7 +42,7 @@ def test_settings_repr_hides_passwords() -> None:
         ({"batch_records": 0}, "batch_records must be positive"),
         ({"block_ms": -5}, "block_ms must not be negative"),
         ({"consumer": ""}, "consumer name must be 1-200 characters"),
-        ({"groups": ("persist", "nope")}, "groups must be among persist, langsmith, got"),
+        ({"groups": ("persist", "nope")}, "groups must be among persist, langsmith, otlp, got"),
         ({"groups": ()}, "got none"),
     ],
 )

@@ -49,7 +49,11 @@ def pending(client: redis.Redis, keys: Keys, group: str = PERSIST_GROUP) -> int:
 
 
 def worker_env(redis_url: str, database_url: str, keys: Keys) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGCHAIN_", "LANGSMITH_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LANGCHAIN_", "LANGSMITH_", "OTEL_"))
+    }
     env.update(
         FLEETTRACE_REDIS_URL=redis_url,
         FLEETTRACE_DATABASE_URL=database_url,

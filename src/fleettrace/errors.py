@@ -42,7 +42,8 @@ class DatabaseUnavailable(TransientError):
 
 
 class ForwardingDeferred(TransientError):
-    """LangSmith asked us to come back later (429, 5xx, timeout, connection error).
+    """A forwarding backend (LangSmith, an OTLP endpoint) asked us to come back later
+    (429, 5xx, timeout, connection error).
 
     ``retry_after_s`` carries the server's Retry-After when it sent one.
     """
@@ -53,12 +54,14 @@ class ForwardingDeferred(TransientError):
 
 
 class ForwardingUnauthorized(ForwardingDeferred):
-    """LangSmith refused the API key (401) or what it may do (403).
+    """LangSmith refused the API key (401) or what it may do (403); an OTLP endpoint
+    answered 401, 403 or 404 (its headers or URL are wrong).
 
     A configuration problem, not a bad record: every run would meet the same answer,
     so nothing is dead-lettered for it. The group waits with backoff, reports itself
-    not ready and keeps its entries pending until the key is fixed. The message names
-    ``LANGSMITH_API_KEY`` and never carries the key.
+    not ready and keeps its entries pending until the configuration is fixed. The
+    message names the variables to fix (``LANGSMITH_API_KEY``,
+    ``OTEL_EXPORTER_OTLP_HEADERS``) and never carries a key.
     """
 
 
@@ -79,4 +82,5 @@ class SchemaVersionError(PermanentError):
 
 
 class ForwardingRejected(PermanentError):
-    """LangSmith refused a run for good (4xx other than 409 and 429)."""
+    """LangSmith refused a run, or an OTLP endpoint a request, for good (a 4xx that
+    is neither a retry nor a configuration answer)."""

@@ -10,6 +10,7 @@ Layout for namespace ``fleettrace``::
     {fleettrace}:metrics             stream   batches of metric samples
     {fleettrace}:dlq:persist         stream   dead letters of the persist group
     {fleettrace}:dlq:langsmith       stream   dead letters of the langsmith group
+    {fleettrace}:dlq:otlp            stream   dead letters of the otlp group
     {fleettrace}:live:<metric key>   hash     live counters of one of the 14 metric keys,
                                               except the per-plan ones (next line)
     {fleettrace}:plan:<plan id>      hash     one plan's live counters (expires; see
@@ -35,7 +36,8 @@ NAMESPACE_VARIABLE: Final = "FLEETTRACE_NAMESPACE"
 
 PERSIST_GROUP: Final = "persist"
 LANGSMITH_GROUP: Final = "langsmith"
-GROUPS: Final = (PERSIST_GROUP, LANGSMITH_GROUP)
+OTLP_GROUP: Final = "otlp"
+GROUPS: Final = (PERSIST_GROUP, LANGSMITH_GROUP, OTLP_GROUP)
 
 #: How long an emitter's idempotency key (its last applied batch number) outlives the
 #: emitter's last batch. A batch whose reply was lost and that is re-sent later than

@@ -17,10 +17,8 @@ of the API key and are never passed on.
 
 from __future__ import annotations
 
-import email.utils
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import requests
@@ -30,6 +28,9 @@ from urllib3.util.retry import Retry
 
 from fleettrace.errors import ForwardingDeferred, ForwardingRejected, ForwardingUnauthorized
 from fleettrace_worker.langsmith_settings import LangSmithSettings
+from fleettrace_worker.retrywindow import parse_retry_after
+
+__all__ = ["RunSender", "classify", "make_client", "parse_retry_after", "unauthorized_message"]
 
 #: Answers worth another try: rate limited, request timeout, too early, server errors.
 _RETRYABLE_4XX: Final = frozenset((408, 425, 429))
@@ -55,26 +56,6 @@ def make_client(settings: LangSmithSettings) -> Client:
         omit_traced_runtime_info=True,
         info={},
     )
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def _response_of(error: BaseException) -> requests.Response | None:

@@ -34,7 +34,6 @@ record is replayed from one place. Metric entries are acknowledged untouched.
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +47,6 @@ from fleettrace.errors import (
     ForwardingDeferred,
     ForwardingRejected,
     ForwardingUnauthorized,
-    PermanentError,
 )
 from fleettrace.keys import LANGSMITH_GROUP
 from fleettrace.model import LLMTrace
@@ -57,7 +55,10 @@ from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.delivery import RunSender
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
+from fleettrace_worker.retrywindow import RetryWindow, RetryWindowOver
 from fleettrace_worker.runs import PLAN_RUN_TYPE, Run, runs_for
+
+__all__ = ["ForwardLoop", "RetryWindowOver", "langsmith_loop", "loop_settings"]
 
 if TYPE_CHECKING:
     from fleettrace_worker.runner import WorkerContext
@@ -132,10 +133,6 @@ def langsmith_loop(context: WorkerContext) -> GroupLoop[Any]:
     )
 
 
-class RetryWindowOver(PermanentError):
-    """LangSmith kept failing for longer than ``retry_for_s``: the batch is given up."""
-
-
 def _progress(payload: Outbox) -> int:
     return sum(item.sent + item.done for item in payload.items)
 
@@ -155,8 +152,7 @@ class ForwardLoop(GroupLoop[Outbox]):
         self.sender = sender if sender is not None else RunSender(settings)
         self._roots: OrderedDict[object, None] = OrderedDict()
         self._roots_lock = threading.Lock()
-        self._failing_since: float | None = None
-        self.clock: Callable[[], float] = time.monotonic
+        self.window = RetryWindow("LangSmith", settings.retry_for_s)
         self._pool = ThreadPoolExecutor(
             max_workers=settings.concurrency, thread_name_prefix=REQUEST_THREAD_PREFIX
         )
@@ -201,28 +197,21 @@ class ForwardLoop(GroupLoop[Outbox]):
             deferred = self._in_parallel(self._send_item, waiting)
         if deferred is not None:
             self._fail(deferred, answered=_progress(payload) > before)
-        self._failing_since = None
+        self.window.succeeded()
         return [self._dead_letter(item) for item in payload.items if item.refusal is not None]
 
     def _fail(self, deferred: ForwardingDeferred, *, answered: bool) -> NoReturn:
-        """Count the outage from the first failure after LangSmith last took a run;
-        past ``retry_for_s`` the batch is given up at once, so a long outage drains
-        into dead letters rather than holding the stream one batch per window."""
-        if isinstance(deferred, ForwardingUnauthorized):
-            # The key, not LangSmith's health: wait for it as long as it takes, and
-            # count an outage afresh once the key is accepted.
-            self._failing_since = None
-            raise deferred
-        now = self.clock()
-        if answered or self._failing_since is None:
-            self._failing_since = now
-        failing_for_s = now - self._failing_since
-        if failing_for_s >= self.langsmith.retry_for_s:
-            raise RetryWindowOver(
-                f"LangSmith kept failing for {failing_for_s:.1f} s "
-                f"(retry_for_s={self.langsmith.retry_for_s:g}); last: {deferred}"
-            )
-        raise deferred
+        """Retry, or past ``retry_for_s`` give the batch up (the shared
+        :class:`~fleettrace_worker.retrywindow.RetryWindow`)."""
+        self.window.fail(deferred, answered=answered)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.window.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self.window.clock = clock
 
     def _in_parallel(
         self, send: Callable[[_T], None], work: Sequence[_T]

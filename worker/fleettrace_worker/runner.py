@@ -1,6 +1,7 @@
 """The worker process: one thread per consumer group, and the housekeeping around them.
 
-Each group loop (``persist``; ``langsmith`` when tracing is on) runs in a thread of
+Each group loop (``persist``; ``langsmith`` when tracing is on; ``otlp`` when an
+OTLP endpoint is set) runs in a thread of
 its own with its own Redis connection, so a slow LangSmith never holds back
 persistence and the other way round. The main thread handles signals, writes the
 health key, trims the streams and serves HTTP, and waits for the loops to finish.
@@ -37,6 +38,7 @@ from fleettrace.keys import (
     LANGSMITH_GROUP,
     MAX_ENTRY_BYTES,
     METRICS_PLANS_MAX,
+    OTLP_GROUP,
     PERSIST_GROUP,
     WORKER_HEALTH_TTL_S,
     Keys,
@@ -53,6 +55,7 @@ from fleettrace_worker.groups import (
     inspect_groups,
 )
 from fleettrace_worker.loop import GroupLoop, LoopSettings
+from fleettrace_worker.otlp import otlp_loop
 from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.presence import PresenceFile, default_consumer_name
 from fleettrace_worker.repository import LLMTraceRepository
@@ -274,6 +277,7 @@ def persist_loop(context: WorkerContext) -> GroupLoop[Any]:
 GROUP_LOOPS: dict[str, GroupLoopFactory] = {
     PERSIST_GROUP: persist_loop,
     LANGSMITH_GROUP: langsmith_loop,
+    OTLP_GROUP: otlp_loop,
 }
 
 

@@ -12,11 +12,13 @@ from fleettrace.keys import (
     LANGSMITH_GROUP,
     MAX_ENTRY_BYTES,
     METRICS_PLANS_MAX,
+    OTLP_GROUP,
     PERSIST_GROUP,
     Keys,
 )
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
 from fleettrace_worker.langsmith_settings import LangSmithSettings
+from fleettrace_worker.otlp_settings import OtlpSettings
 from fleettrace_worker.presence import local_workers, runtime_dir
 from fleettrace_worker.runner import ENV_PREFIX, Worker, WorkerSettings, check_health
 
@@ -26,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "worker",
         help="persist the streams to PostgreSQL (and forward to LangSmith)",
         description="Join the consumer groups and persist every record to PostgreSQL; with "
-        "LANGCHAIN_TRACING_V2=true (or LANGSMITH_TRACING=true) also forward them to LangSmith. "
+        "LANGCHAIN_TRACING_V2=true (or LANGSMITH_TRACING=true) also forward them to LangSmith; "
+        "with OTEL_EXPORTER_OTLP_ENDPOINT set, also export them as OTLP spans (docs/otlp.md). "
         "The first SIGTERM/SIGINT finishes the batch in hand and exits 0; a second exits at once.",
     )
     options.add_redis_options(parser)
@@ -112,9 +115,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def selected_groups(only: str | None) -> tuple[str, ...]:
     if only is not None:
         return (only,)
+    groups: tuple[str, ...] = (PERSIST_GROUP,)
     if LangSmithSettings.from_env().enabled:
-        return (PERSIST_GROUP, LANGSMITH_GROUP)
-    return (PERSIST_GROUP,)
+        groups += (LANGSMITH_GROUP,)
+    if OtlpSettings.from_env().enabled:
+        groups += (OTLP_GROUP,)
+    return groups
 
 
 def run(args: argparse.Namespace) -> int:
