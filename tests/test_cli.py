@@ -9,6 +9,7 @@ import importlib.metadata
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,9 @@ def _parser_of(
 
 def _fleettrace(*args: str) -> subprocess.CompletedProcess[str]:
     env = {name: value for name, value in os.environ.items() if name not in URL_VARIABLES}
+    # A namespace of its own: what other runs left in the default one (a group behind,
+    # say, which the worker warns about) must not add lines to the one checked here.
+    env["FLEETTRACE_NAMESPACE"] = f"cli-{uuid.uuid4().hex[:12]}"
     return subprocess.run(
         [sys.executable, "-m", "fleettrace_worker.cli", *args],
         env=env,
