@@ -35,6 +35,7 @@ def _trace(**overrides: object) -> LLMTrace:
         "streaming": True,
         "retry_count": 2,
         "started_at": STARTED,
+        "cost_usd": 0.0075,
     }
     values.update(overrides)
     return LLMTrace(**values)  # type: ignore[arg-type]
@@ -134,3 +135,30 @@ def test_dotted_segment_is_in_utc() -> None:
     run_id = uuid.UUID(int=1)
     local = datetime(2026, 3, 4, 7, 0, tzinfo=UTC).astimezone(timezone(timedelta(hours=2)))
     assert dotted_segment(local, run_id) == f"20260304T070000000000Z{run_id}"
+
+
+def test_usage_metadata_carries_reported_token_details_and_leaves_out_the_unknown() -> None:
+    trace = _trace(
+        prompt_tokens=10_000,
+        cache_read_tokens=9_000,
+        cache_write_tokens=500,
+        audio_input_tokens=0,
+        completion_tokens=300,
+        reasoning_tokens=200,
+    )
+    assert llm_run(trace, "fleet")["outputs"]["usage_metadata"] == {
+        "input_tokens": 10_000,
+        "output_tokens": 300,
+        "total_tokens": 10_300,
+        "input_token_details": {"cache_read": 9_000, "cache_creation": 500, "audio": 0},
+        "output_token_details": {"reasoning": 200},
+        "total_cost": 0.0075,
+    }
+    unknown = _trace(prompt_tokens=None, completion_tokens=None, cost_usd=None)
+    # No usage reported: nothing that would read as zero tokens or a free call.
+    assert llm_run(unknown, "fleet")["outputs"]["usage_metadata"] == {}
+    half = _trace(completion_tokens=None, reasoning_tokens=7, cost_usd=None)
+    assert llm_run(half, "fleet")["outputs"]["usage_metadata"] == {
+        "input_tokens": 1000,
+        "output_token_details": {"reasoning": 7},
+    }
