@@ -75,7 +75,7 @@ def test_llm_run_id_is_the_trace_id_and_carries_usage_cost_latency_and_metadata(
 
 
 def test_unknown_cost_is_left_out_rather_than_given_as_zero() -> None:
-    trace = _trace(provider="acme", model="unheard-of-model", actor=None)
+    trace = _trace(provider="acme", model="unheard-of-model", actor=None, cost_usd=None)
     assert trace.cost_usd is None
     run = llm_run(trace, "fleet")
     assert "total_cost" not in run["outputs"]["usage_metadata"]
