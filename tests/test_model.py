@@ -170,7 +170,10 @@ def test_token_details_are_parts_of_their_totals() -> None:
     assert (trace.cache_read_tokens, trace.reasoning_tokens) == (9_000, 300)
     assert LLMTrace(**BASE).cache_read_tokens is None  # not reported
     for fields, message in [
-        ({"prompt_tokens": 100, "cache_read_tokens": 60, "cache_write_tokens": 41}, "exceed prompt"),
+        (
+            {"prompt_tokens": 100, "cache_read_tokens": 60, "cache_write_tokens": 41},
+            "exceed prompt",
+        ),
         ({"prompt_tokens": 100, "audio_input_tokens": 101}, "audio_input_tokens must not"),
         ({"completion_tokens": 10, "reasoning_tokens": 11}, "reasoning_tokens must not"),
         ({"completion_tokens": 10, "audio_output_tokens": 11}, "audio_output_tokens must not"),

@@ -65,7 +65,11 @@ def test_claude_with_cache_reads_costs_what_genai_prices_says_not_the_uncached_p
 NAMED_CASES = [
     # (provider, model, fields): cached reads and writes, reasoning, audio, tiers.
     ("openai", "gpt-4o", {"prompt_tokens": 1000, "completion_tokens": 500}),
-    ("openai", "gpt-4o", {"prompt_tokens": 5000, "completion_tokens": 10, "cache_read_tokens": 4096}),
+    (
+        "openai",
+        "gpt-4o",
+        {"prompt_tokens": 5000, "completion_tokens": 10, "cache_read_tokens": 4096},
+    ),
     (
         "anthropic",
         "claude-3-5-sonnet-latest",
@@ -107,7 +111,11 @@ NAMED_CASES = [
     ("google", "gemini-1.5-pro", {"prompt_tokens": 128_000, "completion_tokens": 1000}),
     ("google", "gemini-1.5-pro", {"prompt_tokens": 128_001, "completion_tokens": 1000}),
     ("google", "gemini-1.5-pro", {"prompt_tokens": 300_000, "completion_tokens": 9_000}),
-    ("openai", "gpt-5.4", {"prompt_tokens": 400_000, "completion_tokens": 10, "cache_read_tokens": 1}),
+    (
+        "openai",
+        "gpt-5.4",
+        {"prompt_tokens": 400_000, "completion_tokens": 10, "cache_read_tokens": 1},
+    ),
     # Off-peak prices change within a day: priced by the call's own time.
     ("deepseek", "deepseek-chat", {"prompt_tokens": 9000, "completion_tokens": 900}),
     # Zero tokens, and a model genai-prices does not know.
@@ -208,9 +216,7 @@ def test_price_file_prices_custom_models_and_overrides_listed_ones(
 
         path.write_text(json.dumps(tomllib.loads(PRICES_TOML)))
     prices = load_prices(path)
-    assert prices[("openai", "gpt-4o")] == ModelPrice(
-        input_mtok=Decimal(1), output_mtok=Decimal(2)
-    )
+    assert prices[("openai", "gpt-4o")] == ModelPrice(input_mtok=Decimal(1), output_mtok=Decimal(2))
     assert prices[("acme", "long-context")] == ModelPrice(
         input_mtok=TieredPrices(Decimal("1.25"), [Tier(128_000, Decimal("2.5"))]),
         output_mtok=Decimal(5),
