@@ -66,6 +66,8 @@ _REQUESTS: Final = "requests"
 #: Always reported when a call is priced (a call with unknown tokens is not priced).
 _ALWAYS_REPORTED: Final = frozenset(("input_tokens", "output_tokens"))
 
+_ZERO: Final = Decimal(0)
+
 #: A custom price, keyed by (provider, model) in lower case (see price_overrides).
 Overrides = Mapping[tuple[str, str], ModelPrice]
 
@@ -102,24 +104,29 @@ class CompiledPrice:
         leaf_values: list[int] = []
         for key, parts in self.leaves:
             value = usage.get(key, 0)
-            for part in parts:
-                value -= leaf_values[part]
-            if value < 0:
-                return None
+            if parts:
+                for part in parts:
+                    value -= leaf_values[part]
+                if value < 0:
+                    return None
             leaf_values.append(value)
         input_tokens = usage.get("input_tokens", 0) if self.tiered else 0
-        total = Decimal(0)
+        total = _ZERO
         for position, price, per in self.terms:
             count = 1 if position < 0 else leaf_values[position]
-            if isinstance(price, TieredPrices):
+            if not count:
+                # The library adds an exact zero here: leaving it out changes no value.
+                continue
+            if type(price) is TieredPrices:
                 applicable = price.base
                 for tier in reversed(price.tiers):
                     if input_tokens > tier.start:
                         applicable = tier.price
                         break
-                total += applicable * Decimal(count) / per
+                # Decimal times int is Decimal(int) exactly: the library's product.
+                total += applicable * count / per
             else:
-                total += price * Decimal(count) / per
+                total += price * count / per  # type: ignore[operator]
         return total
 
 
