@@ -44,14 +44,15 @@ def varied_usage(rng: random.Random) -> dict[str, int]:
     return usage
 
 
-def measure(emitter: Emitter, calls: int, seed: int = 7) -> list[int]:
+def measure(emitter: Emitter, calls: int, seed: int = 7, totals_only: bool = False) -> list[int]:
     rng = random.Random(seed)
     plan = [(MODELS[i % len(MODELS)], varied_usage(rng)) for i in range(calls)]
+    if totals_only:  # what versions before the token details take
+        plan = [(m, {k: u[k] for k in ("prompt_tokens", "completion_tokens")}) for m, u in plan]
     durations = []
     clock = time.perf_counter_ns
     llm_call = fleettrace.llm_call
     for (provider, model), usage in plan:
-        # Older versions (before the token details) take only the two totals.
         started = clock()
         with llm_call(provider, model, emitter=emitter) as call:
             call.update(**usage)
@@ -73,17 +74,8 @@ def main() -> None:
     keys = Keys(f"bench-{uuid.uuid4().hex[:12]}")
     emitter = Emitter(EmitterSettings(redis_url=args.redis_url, namespace=keys.namespace))
     try:
-        global varied_usage
-        if args.totals_only:
-            full = varied_usage
-
-            def totals(rng: random.Random) -> dict[str, int]:
-                usage = full(rng)
-                return {k: usage[k] for k in ("prompt_tokens", "completion_tokens")}
-
-            varied_usage = totals
-        measure(emitter, 2000, seed=1)  # warm up: imports, first lookups
-        durations = measure(emitter, args.calls)
+        measure(emitter, 2000, seed=1, totals_only=args.totals_only)  # warm up
+        durations = measure(emitter, args.calls, totals_only=args.totals_only)
         emitter.flush(30)
     finally:
         emitter.close()

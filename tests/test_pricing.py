@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import tomllib
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -17,11 +18,12 @@ import pytest
 import redis
 from genai_prices import Usage, calc_price
 from genai_prices.types import ModelPrice, Tier, TieredPrices
+from pydantic import ValidationError
 
 from fleettrace import ConfigurationError, LLMTrace
 from fleettrace.keys import Keys
 from fleettrace.price_overrides import PRICES_ENV, load_prices
-from fleettrace.pricing import USAGE_KEYS, Pricer, price_trace
+from fleettrace.pricing import USAGE_KEYS, Pricer, price_trace, with_cost
 from tests.emitting import make_emitter, stream_records
 
 AT = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -212,8 +214,6 @@ def test_price_file_prices_custom_models_and_overrides_listed_ones(
     if suffix == ".toml":
         path.write_text(PRICES_TOML)
     else:
-        import tomllib  # noqa: PLC0415
-
         path.write_text(json.dumps(tomllib.loads(PRICES_TOML)))
     prices = load_prices(path)
     assert prices[("openai", "gpt-4o")] == ModelPrice(input_mtok=Decimal(1), output_mtok=Decimal(2))
@@ -337,3 +337,13 @@ def test_price_trace_prices_now_and_keeps_a_given_cost() -> None:
     trace = _call("openai", "gpt-4o", prompt_tokens=1000, completion_tokens=500)
     assert price_trace(trace) == _reference(trace)
     assert price_trace(trace.model_copy(update={"cost_usd": 9.0})) == 9.0
+
+
+def test_a_priced_copy_is_what_model_copy_makes() -> None:
+    trace = _call("openai", "gpt-4o", prompt_tokens=1000, completion_tokens=500, plan_id="p")
+    fast, slow = with_cost(trace, 0.25), trace.model_copy(update={"cost_usd": 0.25})
+    assert fast == slow and fast.model_fields_set == slow.model_fields_set
+    assert fast.model_dump() == slow.model_dump()
+    assert trace.cost_usd is None  # the original is untouched
+    with pytest.raises(ValidationError):  # still frozen
+        fast.cost_usd = 1.0  # type: ignore[misc]

@@ -10,9 +10,10 @@ What a record adds (hash layout in :mod:`fleettrace.keys`):
   sum +tokens for each token type it reports: ``prompt`` and ``completion``, and the
   details ``cache_read``, ``cache_write``, ``reasoning``, ``audio_input``,
   ``audio_output`` when not ``None``; a call whose prompt or completion tokens are
-  unknown adds count +1 (sum +0) to ``unknown`` instead of adding a guess; ``llm.retries_count{provider,model}`` count +1
-  and sum +retry_count when it retried; ``llm.errors_count{provider,model,error_type}``
-  count and sum +1 when it failed; ``plan.cost_usd{plan}`` count +1 and sum +cost
+  unknown adds count +1 (sum +0) to ``unknown`` instead of adding a guess;
+  ``llm.retries_count{provider,model}`` count +1 and sum +retry_count when it
+  retried; ``llm.errors_count{provider,model,error_type}`` count and sum +1 when it
+  failed; ``plan.cost_usd{plan}`` count +1 and sum +cost
   when it belongs to a plan and was priced.
 - a ``MetricSample``: its own key and labels. Counters and histograms: count +1,
   sum +value, and for histograms the bucket the value falls into +1. Gauges: count
@@ -62,7 +63,7 @@ TOKEN_TYPES = (
     ("audio_input", "audio_input_tokens"),
     ("audio_output", "audio_output_tokens"),
 )
-UNKNOWN_TOKEN_TYPE = "unknown"
+UNKNOWN_TOKEN_TYPE = "unknown"  # noqa: S105 (a label value, not a secret)
 
 
 @dataclass(slots=True)

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import Final
 
 from genai_prices import Usage, calc_price, data_snapshot
 from genai_prices.types import (
@@ -45,12 +45,11 @@ from genai_prices.types import (
 )
 from genai_prices.units import UnitDef, _get_registry
 
-if TYPE_CHECKING:
-    from fleettrace.model import LLMTrace
+from fleettrace.model import LLMTrace, MetricSample
 
 logger = logging.getLogger("fleettrace.pricing")
 
-R = TypeVar("R")
+Record = LLMTrace | MetricSample
 
 #: LLMTrace field -> genai-prices usage key.
 USAGE_KEYS: Final = {
@@ -98,7 +97,7 @@ class CompiledPrice:
         library would refuse the usage (a part larger than its whole)."""
         if not self.exact:
             try:
-                return self.model_price.calc_price(Usage(**usage))["total_price"]  # type: ignore[arg-type]
+                return self.model_price.calc_price(Usage(**usage))["total_price"]
             except ValueError:
                 return None
         leaf_values: list[int] = []
@@ -199,6 +198,24 @@ def usage_of(trace: LLMTrace) -> dict[str, int] | None:
     return usage
 
 
+_set = object.__setattr__
+
+
+def with_cost(trace: LLMTrace, cost: float) -> LLMTrace:
+    """``trace.model_copy(update={"cost_usd": cost})`` in a third of its time (the
+    sender does this for every priced call): the same values, the same set fields,
+    built the way pydantic's own copy builds a model (``__dict__`` and the three
+    ``__pydantic_*__`` slots), without validating again values already validated."""
+    values = trace.__dict__.copy()
+    values["cost_usd"] = cost
+    priced = LLMTrace.__new__(LLMTrace)
+    _set(priced, "__dict__", values)
+    _set(priced, "__pydantic_fields_set__", trace.__pydantic_fields_set__ | {"cost_usd"})
+    _set(priced, "__pydantic_extra__", None)
+    _set(priced, "__pydantic_private__", None)
+    return priced
+
+
 def _daily(model: ModelInfo) -> bool:
     """Whether the model's price can only change at a UTC day boundary."""
     if isinstance(model.prices, ModelPrice):
@@ -233,23 +250,21 @@ class Pricer:
         total = compiled.total(usage)
         return None if total is None else float(total)
 
-    def price_records(self, records: Sequence[R]) -> list[R]:
+    def price_records(self, records: Sequence[Record]) -> list[Record]:
         """The records with ``cost_usd`` filled in where the caller left it out."""
         return [self._priced(record) for record in records]
 
-    def _priced(self, record: R) -> R:
-        from fleettrace.model import LLMTrace  # noqa: PLC0415 (model imports nothing of ours)
-
-        if type(record) is not LLMTrace or "cost_usd" in record.model_fields_set:
+    def _priced(self, record: Record) -> Record:
+        if type(record) is not LLMTrace or "cost_usd" in record.__pydantic_fields_set__:
             return record
         try:
             cost = self.price(record)
-        except Exception:  # noqa: BLE001 (a pricing bug must not lose the record)
+        except Exception:
             logger.warning("fleettrace could not price a call of %s", record.model, exc_info=True)
             return record
         if cost is None:
             return record
-        return record.model_copy(update={"cost_usd": cost})  # type: ignore[return-value]
+        return with_cost(record, cost)
 
     def _price_for(self, provider: str, model: str, at: datetime) -> CompiledPrice | None:
         key = (provider.lower(), model.lower())
