@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from fleettrace import ConfigurationError, LLMTrace
 from fleettrace.keys import Keys
 from fleettrace.price_overrides import PRICES_ENV, load_prices
-from fleettrace.pricing import USAGE_KEYS, Pricer, price_trace, with_cost
+from fleettrace.pricing import MAX_CACHED, USAGE_KEYS, Pricer, price_trace, with_cost
 from tests.emitting import make_emitter, stream_records
 
 AT = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -347,3 +347,16 @@ def test_a_priced_copy_is_what_model_copy_makes() -> None:
     assert trace.cost_usd is None  # the original is untouched
     with pytest.raises(ValidationError):  # still frozen
         fast.cost_usd = 1.0  # type: ignore[misc]
+
+
+def test_the_caches_stay_bounded_over_many_models_and_days() -> None:
+    pricer = Pricer()
+    for i in range(MAX_CACHED * 2 + 10):
+        # Made-up model names, and one known model over years of days.
+        pricer.price(_call("acme", f"model-{i}", prompt_tokens=1))
+        at = AT + timedelta(days=i)
+        trace = _call("openai", "gpt-4o", prompt_tokens=i, completion_tokens=1, started_at=at)
+        assert pricer.price(trace) == _reference(trace)
+    assert len(pricer._models) <= MAX_CACHED
+    assert len(pricer._by_day) <= MAX_CACHED
+    assert len(pricer._compiled) <= 64  # one per distinct price object

@@ -227,9 +227,15 @@ def _daily(model: ModelInfo) -> bool:
     )
 
 
+#: Entries a cache of a Pricer holds before it starts over (one per model, or per
+#: model and UTC day of the calls): ample for any fleet, and a bound on memory for a
+#: process that runs for months or sees model names made up at random.
+MAX_CACHED: Final = 4096
+
+
 class Pricer:
     """Prices records; caches per (provider, model) and price period. Thread-safe:
-    the caches only grow, and a lost race computes the same entry twice."""
+    a lost race computes the same entry twice; each cache is bounded (MAX_CACHED)."""
 
     def __init__(self, overrides: Overrides | None = None) -> None:
         self._overrides = {key: compile_price(price) for key, price in (overrides or {}).items()}
@@ -285,6 +291,8 @@ class Pricer:
                 _, info = snapshot.find_provider_model(model, None, provider, None)
             except LookupError:
                 info = None
+            if len(self._models) >= MAX_CACHED:
+                self._models.clear()
             self._models[key] = info
         if info is None:
             return None
@@ -292,6 +300,8 @@ class Pricer:
             day_key = (*key, at.date())
             compiled = self._by_day.get(day_key)
             if compiled is None:
+                if len(self._by_day) >= MAX_CACHED:
+                    self._by_day.clear()
                 compiled = self._by_day[day_key] = self._compile(info.get_prices(at))
             return compiled
         return self._compile(info.get_prices(at))
