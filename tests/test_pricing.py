@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis
-from genai_prices import Usage, calc_price
+from genai_prices import Usage, calc_price, data_snapshot
 from genai_prices.types import ModelPrice, Tier, TieredPrices
 from pydantic import ValidationError
 
@@ -360,3 +360,31 @@ def test_the_caches_stay_bounded_over_many_models_and_days() -> None:
     assert len(pricer._models) <= MAX_CACHED
     assert len(pricer._by_day) <= MAX_CACHED
     assert len(pricer._compiled) <= 64  # one per distinct price object
+
+
+def test_every_model_genai_prices_knows_prices_as_calc_price_does() -> None:
+    """Each model of the bundled data, with cached, reasoning and audio tokens and
+    across the tier thresholds: the compiled price or the library's fallback, never
+    a different number."""
+    rng = random.Random(3)
+    pricer = Pricer()
+    compared = 0
+    for provider in data_snapshot.get_snapshot().providers:
+        for model in provider.models:
+            prompt = rng.choice([0, 1000, 130_000, 250_000])
+            completion = rng.randint(0, 5000)
+            fields: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
+            fields["cache_read_tokens"] = rng.randint(0, prompt // 2)
+            if rng.random() < 0.5:
+                fields["cache_write_tokens"] = rng.randint(0, prompt // 3)
+            if rng.random() < 0.5:
+                fields["reasoning_tokens"] = rng.randint(0, completion)
+            if rng.random() < 0.3:
+                fields["audio_input_tokens"] = rng.randint(0, prompt)
+                fields["audio_output_tokens"] = rng.randint(0, completion)
+            trace = _call(provider.id, model.id, **fields)
+            assert pricer.price(trace) == _reference(trace), trace
+            compared += 1
+    assert compared > 1000
+    assert any(not compiled.exact for compiled in pricer._compiled.values())
+    assert sum(c.exact for c in pricer._compiled.values()) > 0.9 * len(pricer._compiled)

@@ -44,6 +44,7 @@ from genai_prices.types import (
     TieredPrices,
 )
 from genai_prices.units import UnitDef, _get_registry
+from genai_prices.validation import validate_priced_units
 
 from fleettrace.model import LLMTrace, MetricSample
 
@@ -147,6 +148,11 @@ def compile_price(model_price: ModelPrice) -> CompiledPrice:
         elif not isinstance(value, TieredPrices):
             return inexact
         priced.append((unit, value))
+    try:
+        # The library checks the price's units at every call and refuses some sets.
+        validate_priced_units(tuple(unit for unit, _ in priced), registry)
+    except ValueError:
+        return inexact
     ours = [registry.units[key] for key in USAGE_KEYS.values()]
     token_units = [unit for unit, _ in priced if unit.usage_key != _REQUESTS]
     for unit in token_units:
