@@ -4,7 +4,9 @@ Every benchmark handles one batch of ``BATCH_RECORDS`` records, so a stage's
 throughput is ``BATCH_RECORDS / time`` records per second; the stages are the ones a
 record passes through on its way from agent code to a row:
 
+    hook        llm_call enter, update, exit      hooks.py (cost left to fleettrace)
     validation  LLMTrace(...)                     model.py
+    pricing     Pricer.price_records              pricing.py, on the sender thread
     encoding    encode_batch                      codec.py
     record()    Emitter.record, sender running    emitter.py
     sending     one batch script call per batch   emitter.py, batch_script.py
@@ -18,6 +20,7 @@ Benchmarks that need Redis or PostgreSQL make a fresh namespace or database in
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -28,8 +31,10 @@ import redis
 from fleettrace.batch_script import BatchCall
 from fleettrace.codec import Kind, decode_entry, encode_batch, new_batch_id
 from fleettrace.emitter import Emitter, EmitterSettings
+from fleettrace.hooks import llm_call
 from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
+from fleettrace.pricing import Pricer
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.migrations import migrate
 from fleettrace_worker.repository import LLMTraceRepository
@@ -45,6 +50,20 @@ PG_ADMIN_URL = os.environ.get(
 ONE_SHOT = {"number": 1, "repeat": (1, 20, 30.0), "warmup_time": 0.0}
 
 
+def varied_tokens(index: int) -> dict[str, int]:
+    """Token counts that vary call to call, as real calls do (a cache keyed by exact
+    counts would almost never hit): long-tailed prompts, some cached, some reasoning."""
+    rng = random.Random(index)
+    prompt = int(rng.lognormvariate(7.5, 1.2)) % 400_000 + 1
+    completion = int(rng.lognormvariate(5.5, 1.0)) % 30_000 + 1
+    tokens = {"prompt_tokens": prompt, "completion_tokens": completion}
+    if index % 5 < 2:
+        tokens["cache_read_tokens"] = rng.randint(0, prompt)
+    if index % 5 == 4:
+        tokens["reasoning_tokens"] = rng.randint(0, completion)
+    return tokens
+
+
 def trace_fields(index: int) -> dict[str, Any]:
     """The keyword arguments of one realistic LLM call, varied by ``index``."""
     return {
@@ -54,8 +73,7 @@ def trace_fields(index: int) -> dict[str, Any]:
         "actor": ("planner", "coder", "reviewer")[index % 3],
         "provider": "openai",
         "model": ("gpt-4o", "gpt-4o-mini")[index % 2],
-        "prompt_tokens": 800 + index % 400,
-        "completion_tokens": 120 + index % 80,
+        **varied_tokens(index),
         "latency_ms": 350.0 + index % 900,
         "tool_calls": ["search", "read_file"][: index % 3],
         "context_hash": f"{index:064x}",
@@ -71,11 +89,10 @@ def trace_batch(count: int = BATCH_RECORDS) -> list[LLMTrace]:
 
 
 class TraceValidation:
-    """Building and validating records, as ``record()`` does for every call.
+    """Building and validating records, as the hooks do for every call.
 
-    With ``cost_usd`` given the model only validates; without it the call is also
-    priced, which is a genai-prices lookup the first time a (provider, model, tokens)
-    shape is seen and a cache hit afterwards.
+    With ``cost_usd`` given or left out the model only validates: pricing is the
+    sender thread's (``TracePricing``), not the caller's.
     """
 
     def setup(self) -> None:
@@ -86,9 +103,45 @@ class TraceValidation:
         for fields in self.priced_fields:
             LLMTrace(**fields)
 
-    def time_validate_and_price_batch(self) -> None:
+    def time_validate_cost_left_out_batch(self) -> None:
         for fields in self.fields:
             LLMTrace(**fields)
+
+
+class TracePricing:
+    """Pricing a batch on the sender thread: one price lookup per (provider, model,
+    price period), then the compiled price applied to each call's varied tokens."""
+
+    def setup(self) -> None:
+        self.records = trace_batch()
+        self.pricer = Pricer()
+        self.pricer.price_records(self.records[:10])  # the per-model lookups, once
+
+    def time_price_batch(self) -> None:
+        self.pricer.price_records(self.records)
+
+
+class HookPath:
+    """What agent code pays per LLM call: enter ``llm_call``, ``update`` with varied
+    tokens, exit (the record built and handed to ``record()``), cost left to
+    fleettrace; the sender drains to Redis meanwhile. ``benchmarks/hook_latency.py``
+    gives the same path's p50/p99 per call."""
+
+    def setup(self) -> None:
+        self.keys = fresh_keys()
+        self.emitter = Emitter(EmitterSettings(redis_url=REDIS_URL, namespace=self.keys.namespace))
+        self.usages = [varied_tokens(i) for i in range(BATCH_RECORDS)]
+
+    def teardown(self) -> None:
+        self.emitter.close()
+        delete_namespace(self.keys)
+
+    def time_llm_hook_batch(self) -> None:
+        emitter = self.emitter
+        for index, usage in enumerate(self.usages):
+            model = ("gpt-4o", "gpt-4o-mini")[index % 2]
+            with llm_call("openai", model, emitter=emitter) as call:
+                call.update(**usage)
 
 
 class TraceEncoding:

@@ -115,7 +115,7 @@ class fleet:  # noqa: N801 (Robot imports a library by its module name)
             total = sum(row[name] for row in rows)
             if total != expected:
                 raise AssertionError(f"cost summary: {name} {total}, the agent recorded {expected}")
-        if sum(row["cost_usd"] for row in rows) <= 0:
+        if sum(row["cost_usd"] or 0 for row in rows) <= 0:
             raise AssertionError(f"cost summary prices nothing: {rows}")
 
     @keyword

@@ -43,6 +43,7 @@ from fleettrace.model import (
     MAX_NAME_CHARS,
     MAX_RETRIES,
     MAX_TOKENS,
+    TOKEN_DETAIL_FIELDS,
     LLMTrace,
 )
 from fleettrace_worker.consumer import Consumer
@@ -97,8 +98,8 @@ good_traces = st.builds(
     actor=st.none() | names(),
     provider=names(),
     model=names(),
-    prompt_tokens=st.integers(0, MAX_TOKENS),
-    completion_tokens=st.integers(0, MAX_TOKENS),
+    prompt_tokens=st.none() | st.integers(0, MAX_TOKENS),
+    completion_tokens=st.none() | st.integers(0, MAX_TOKENS),
     cost_usd=st.none() | st.floats(0, MAX_COST_USD, allow_nan=False),
     latency_ms=st.floats(0, MAX_LATENCY_MS, allow_nan=False),
     tool_calls=st.lists(names(), max_size=5),
@@ -109,14 +110,22 @@ good_traces = st.builds(
     started_at=st.datetimes(
         min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
     ),
+    # Parts of their totals: zero always fits, whatever the total drawn.
+    cache_read_tokens=st.none() | st.just(0),
+    cache_write_tokens=st.none() | st.just(0),
+    reasoning_tokens=st.none() | st.just(0),
+    audio_input_tokens=st.none() | st.just(0),
+    audio_output_tokens=st.none() | st.just(0),
 )
 
 # -- how a good record is broken: each returns the new JSON line and the field named ---
 
-INT_FIELDS = ("prompt_tokens", "completion_tokens", "retry_count")
+INT_FIELDS = ("prompt_tokens", "completion_tokens", "retry_count", *TOKEN_DETAIL_FIELDS)
 FLOAT_FIELDS = ("latency_ms", "cost_usd")
 TEXT_FIELDS = ("provider", "model", "plan_id", "decision_id", "actor", "error")
 ALL_FIELDS = tuple(LLMTrace.model_fields)
+#: Fields whose absence is refused (the token details may be absent: "not reported").
+REQUIRED_FIELDS = tuple(name for name in ALL_FIELDS if name not in TOKEN_DETAIL_FIELDS)
 _RAW = "\x01raw\x01"
 
 
@@ -129,7 +138,7 @@ Breaker = Callable[[dict[str, Any], st.DataObject], tuple[bytes, str]]
 
 
 def missing_field(record: dict[str, Any], data: st.DataObject) -> tuple[bytes, str]:
-    name = data.draw(st.sampled_from(ALL_FIELDS))
+    name = data.draw(st.sampled_from(REQUIRED_FIELDS))
     del record[name]
     return _dump(record), name
 
@@ -151,8 +160,8 @@ def wrong_type(record: dict[str, Any], data: st.DataObject) -> tuple[bytes, str]
         "plan_id": [7, [], ""],
         "decision_id": [False, {}],
         "actor": [3.0, [1]],
-        "prompt_tokens": ["12", 1.5, None, True, [1]],
-        "completion_tokens": ["0", {}, None],
+        "prompt_tokens": ["12", 1.5, True, [1]],
+        "completion_tokens": ["0", {}],
         "cost_usd": ["0.1", [], True],
         "latency_ms": ["fast", None, {}],
         "tool_calls": ["search", [1], [None], {}, None, [""]],
@@ -167,6 +176,11 @@ def wrong_type(record: dict[str, Any], data: st.DataObject) -> tuple[bytes, str]
             "2026-01-01T00:00:00",
             "2026-13-01T00:00:00Z",
         ],
+        "cache_read_tokens": ["1", 1.5, True],
+        "cache_write_tokens": [[], {}],
+        "reasoning_tokens": ["0", False],
+        "audio_input_tokens": [0.5],
+        "audio_output_tokens": ["many"],
     }
     record[name] = data.draw(st.sampled_from(wrong[name]))
     return _dump(record), name
@@ -552,4 +566,4 @@ def test_a_json_error_without_a_position_is_the_record() -> None:
     assert _field_at_json_error(b'{"a": 1', "no column here") is None
     assert _field_at_json_error(b'{"a": 1', "EOF at line 1 column 7") == "a"
     assert _field_at_json_error(b'{"a\\": 1', "EOF at line 1 column 8") is None
-    assert FORMAT_VERSION == b"1"
+    assert FORMAT_VERSION == b"2"

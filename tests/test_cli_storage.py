@@ -302,7 +302,7 @@ def test_traces_list_table_for_people(
     assert str(fleet[0].trace_id) in lines[1]
     assert "1.250000" in lines[1]
     assert "Timeout: upstream second line" in lines[2]
-    assert "unknown" in lines[3]  # the unpriced call's cost is unknown, not 0
+    assert "unpriced" in lines[3]  # the unpriced call's cost is unknown, not 0
     # Columns line up: every row starts its trace id where the header does.
     column = lines[0].index("TRACE ID")
     assert all(
@@ -416,6 +416,10 @@ def test_traces_cost_json(
             "prompt_tokens": 200,
             "completion_tokens": 40,
             "total_tokens": 240,
+            "cache_read_tokens": 0,
+            "cache_write_tokens": 0,
+            "reasoning_tokens": 0,
+            "unknown_token_calls": 0,
             "cost_usd": 2.0,
             "unpriced_calls": 0,
             "error_rate": 0.5,
@@ -428,7 +432,11 @@ def test_traces_cost_json(
             "prompt_tokens": 100,
             "completion_tokens": 20,
             "total_tokens": 120,
-            "cost_usd": 0.0,
+            "cache_read_tokens": 0,
+            "cache_write_tokens": 0,
+            "reasoning_tokens": 0,
+            "unknown_token_calls": 0,
+            "cost_usd": None,  # nothing priced: unknown, not 0.0
             "unpriced_calls": 1,
             "error_rate": 0.0,
             "latency_p50_ms": 50.0,
@@ -447,12 +455,12 @@ def test_traces_cost_table(
     header, *rows = out.strip().splitlines()
     assert header.split() == [
         "ACTOR", "DAY", "CALLS", "PROMPT", "COMPLETION", "TOTAL", "TOKENS", "COST", "USD",
-        "UNPRICED", "ERROR", "RATE", "P50", "MS", "P95", "MS",
+        "UNPRICED", "UNKNOWN", "TOKENS", "ERROR", "RATE", "P50", "MS", "P95", "MS",
     ]  # fmt: skip
     assert len(rows) == 1
     day = fleet[1].started_at.date().isoformat()
     assert rows[0].split() == [
-        "coder", day, "1", "100", "20", "120", "0.750000", "0", "100.0%", "300.0", "300.0"
+        "coder", day, "1", "100", "20", "120", "0.750000", "0", "0", "100.0%", "300.0", "300.0"
     ]  # fmt: skip
 
     code, out, _ = run(capsys, "traces", "cost", "--by", "", "--database-url", migrated)
@@ -536,7 +544,7 @@ def test_commands_on_an_unmigrated_database_ask_for_migrate(
     assert line.endswith("run `fleettrace migrate`")
 
 
-def test_traces_cost_table_shows_a_wholly_unpriced_group_as_unknown(
+def test_traces_cost_table_shows_a_wholly_unpriced_group_as_unpriced(
     capsys: pytest.CaptureFixture[str], fleet: list[LLMTrace], migrated: str
 ) -> None:
     code, out, _ = run(capsys, "traces", "cost", "--by", "provider", "--database-url", migrated)
@@ -544,4 +552,53 @@ def test_traces_cost_table_shows_a_wholly_unpriced_group_as_unknown(
     rows = {line.split()[0]: line.split() for line in out.strip().splitlines()[1:]}
     # PROVIDER CALLS PROMPT COMPLETION TOTAL COST UNPRICED ...
     assert rows["openai"][5:7] == ["2.000000", "0"]
-    assert rows["anthropic"][5:7] == ["unknown", "1"]
+    assert rows["anthropic"][5:7] == ["unpriced", "1"]
+
+
+def test_traces_cost_sums_token_details_and_counts_unknown_usage_beside_them(
+    capsys: pytest.CaptureFixture[str], migrated: str
+) -> None:
+    _store(
+        migrated,
+        [
+            llm_trace(
+                STORED_CALL, prompt_tokens=10_000, cache_read_tokens=9_000, completion_tokens=100
+            ),
+            llm_trace(
+                STORED_CALL,
+                prompt_tokens=2_000,
+                cache_write_tokens=1_500,
+                completion_tokens=300,
+                reasoning_tokens=200,
+            ),
+            # No usage reported: left out of the token sums, counted as unknown.
+            llm_trace(STORED_CALL, prompt_tokens=None, completion_tokens=None, cost_usd=None),
+            llm_trace(
+                STORED_CALL,
+                prompt_tokens=50,
+                completion_tokens=None,
+                cache_read_tokens=7,
+                cost_usd=None,
+            ),
+        ],
+    )
+    code, out, _ = run(capsys, "traces", "cost", "--json", "--database-url", migrated)
+    assert code == 0
+    [row] = json.loads(out)
+    assert {k: row[k] for k in ("calls", "prompt_tokens", "completion_tokens", "total_tokens")} == {
+        "calls": 4,
+        "prompt_tokens": 12_000,
+        "completion_tokens": 400,
+        "total_tokens": 12_400,
+    }
+    assert (row["cache_read_tokens"], row["cache_write_tokens"], row["reasoning_tokens"]) == (
+        9_000,
+        1_500,
+        200,
+    )
+    assert (row["unknown_token_calls"], row["unpriced_calls"], row["cost_usd"]) == (2, 2, 1.0)
+    code, out, _ = run(capsys, "traces", "list", "--database-url", migrated)
+    assert sum("unknown" in line and "unpriced" in line for line in out.splitlines()) == 2
+    code, out, _ = run(capsys, "traces", "list", "--json", "--database-url", migrated)
+    stored = {(t["prompt_tokens"], t["completion_tokens"]) for t in json.loads(out)["items"]}
+    assert stored == {(10_000, 100), (2_000, 300), (None, None), (50, None)}

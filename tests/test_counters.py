@@ -39,6 +39,55 @@ def test_traces_sum_tokens_per_provider_model_and_token_type() -> None:
     assert len(deltas) == 8
 
 
+def test_token_details_and_unknown_usage_get_token_types_of_their_own() -> None:
+    deltas = aggregate(
+        [
+            llm_trace(
+                CALL,
+                prompt_tokens=10_000,
+                completion_tokens=300,
+                cache_read_tokens=9_000,
+                cache_write_tokens=500,
+                reasoning_tokens=200,
+                audio_input_tokens=0,
+                audio_output_tokens=7,
+            ),
+            llm_trace(CALL, prompt_tokens=1_000, completion_tokens=10, cache_read_tokens=100),
+            llm_trace(CALL, prompt_tokens=None, completion_tokens=None),
+            llm_trace(CALL, prompt_tokens=40, completion_tokens=None, reasoning_tokens=3),
+        ],
+        [],
+    )
+    counts = {
+        ref[1].removeprefix(f"{PM},token_type=").removesuffix("|count"): n
+        for ref, n in deltas.increments.items()
+    }
+    sums = {
+        ref[1].removeprefix(f"{PM},token_type=").removesuffix("|sum"): total
+        for ref, total in deltas.float_increments.items()
+    }
+    assert counts == {
+        "prompt": 3,
+        "completion": 2,
+        "cache_read": 2,
+        "cache_write": 1,
+        "reasoning": 2,
+        "audio_input": 1,
+        "audio_output": 1,
+        "unknown": 2,  # the calls whose prompt or completion tokens are unknown
+    }
+    assert sums == {
+        "prompt": 11_040,
+        "completion": 310,
+        "cache_read": 9_100,
+        "cache_write": 500,
+        "reasoning": 203,
+        "audio_input": 0,
+        "audio_output": 7,
+        "unknown": 0,  # never a guess added to a sum
+    }
+
+
 def test_retries_errors_and_plan_cost() -> None:
     deltas = aggregate(
         [

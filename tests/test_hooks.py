@@ -16,7 +16,7 @@ import fleettrace
 from fleettrace import LLMTrace, MetricKey, MetricSample, hooks
 from fleettrace.emitter import Emitter
 from fleettrace.keys import Keys
-from tests.emitting import make_emitter, stream_records
+from tests.emitting import live_hash, make_emitter, stream_records
 
 
 @pytest.fixture
@@ -61,7 +61,9 @@ def test_nested_hooks_stamp_plan_decision_and_actor(
 
     traces, samples = recorded(emitter, redis_client)
     first, second = traces
-    assert first == call.trace
+    # Priced by the sender thread: the caller's record is otherwise the same.
+    assert call.trace.cost_usd is None
+    assert first == call.trace.model_copy(update={"cost_usd": first.cost_usd})
     assert (first.plan_id, first.decision_id, first.actor) == ("plan-1", "d-1", "planner")
     assert (first.prompt_tokens, first.retry_count, first.streaming) == (1000, 2, True)
     assert first.cost_usd == pytest.approx(0.0075)
@@ -200,7 +202,8 @@ def test_llm_call_records_errors_and_reraises(emitter: Emitter, redis_client: re
 
     traces, _ = recorded(emitter, redis_client)
     failed, decorated = traces
-    assert failed == call.trace
+    assert failed == call.trace.model_copy(update={"cost_usd": failed.cost_usd})
+    assert failed.cost_usd == fleettrace.price_trace(call.trace)
     assert failed.error == "TimeoutError: upstream took too long"
     assert failed.error_type == "TimeoutError"
     assert failed.retry_count == 3
@@ -285,3 +288,53 @@ def test_a_failure_to_record_never_hides_the_blocks_own_exception(
         raise error
     with pytest.raises(fleettrace.EmitterClosed), hooks.tool("grep", emitter=emitter):
         pass
+
+
+def test_a_call_without_usage_records_unknown_tokens_and_no_cost(
+    emitter: Emitter, redis_client: redis.Redis
+) -> None:
+    """A stream without usage, or an error before any usage: None does not raise into
+    agent code, and the record says unknown (not zero) and unpriced."""
+    with fleettrace.llm_call("openai", "gpt-4o", streaming=True) as streamed:
+        streamed.update(prompt_tokens=None, completion_tokens=None)
+    with pytest.raises(ConnectionError), fleettrace.llm_call("openai", "gpt-4o") as failed:
+        failed.update(prompt_tokens=None)
+        raise ConnectionError("reset by peer")
+    with fleettrace.llm_call("openai", "gpt-4o") as detailed:
+        detailed.update(
+            prompt_tokens=10_000,
+            cache_read_tokens=9_000,
+            completion_tokens=100,
+            reasoning_tokens=60,
+        )
+    traces, _ = recorded(emitter, redis_client)
+    by_id = {t.trace_id: t for t in traces}
+    unknown = by_id[streamed.trace.trace_id]  # type: ignore[union-attr]
+    assert (unknown.prompt_tokens, unknown.completion_tokens, unknown.cost_usd) == (
+        None,
+        None,
+        None,
+    )
+    assert (unknown.tokens_known, unknown.cost_known) == (False, False)
+    errored = by_id[failed.trace.trace_id]  # type: ignore[union-attr]
+    assert (errored.prompt_tokens, errored.completion_tokens, errored.cost_usd) == (None, 0, None)
+    assert errored.error == "ConnectionError: reset by peer"
+    priced = by_id[detailed.trace.trace_id]  # type: ignore[union-attr]
+    assert (priced.cache_read_tokens, priced.reasoning_tokens) == (9_000, 60)
+    assert priced.cost_usd == fleettrace.price_trace(detailed.trace)  # type: ignore[arg-type]
+    tokens = live_hash(redis_client, emitter.keys, "actor.token_usage")
+    labels = "provider=openai,model=gpt-4o,token_type="
+    assert tokens[(labels + "unknown", "count")] == "2"
+    assert tokens[(labels + "prompt", "count")] == "1"  # only the call that reported it
+    assert float(tokens[(labels + "prompt", "sum")]) == 10_000
+    assert tokens[(labels + "completion", "count")] == "2"  # 0 reported by the failed call
+    assert float(tokens[(labels + "cache_read", "sum")]) == 9_000
+    assert float(tokens[(labels + "reasoning", "sum")]) == 60
+    assert (labels + "cache_write", "count") not in tokens  # not reported: not counted
+
+
+def test_record_still_raises_for_a_hand_built_invalid_trace(emitter: Emitter) -> None:
+    with pytest.raises(ValidationError, match="reasoning_tokens must not exceed"):
+        emitter.record(
+            LLMTrace(provider="openai", model="gpt-4o", completion_tokens=1, reasoning_tokens=2)
+        )

@@ -22,7 +22,7 @@ from fleettrace.model import (
     MAX_TOKENS,
     MAX_TOOL_CALLS,
 )
-from fleettrace.pricing import price_usd
+from fleettrace.pricing import price_trace, price_usd
 
 BASE: dict[str, Any] = {"provider": "openai", "model": "gpt-4o"}
 
@@ -51,6 +51,12 @@ def test_llm_trace_has_exactly_the_fields_of_the_issue() -> None:
         "retry_count",
         "error",
         "started_at",
+        # Added beside the seed's fields (stream format version 2).
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "audio_input_tokens",
+        "audio_output_tokens",
     ]
 
 
@@ -142,11 +148,50 @@ def test_start_time_in_another_zone_is_kept_as_utc() -> None:
     assert trace.started_at.tzinfo is UTC
 
 
-def test_cost_is_priced_with_genai_prices_when_not_given() -> None:
+def test_cost_left_out_is_not_priced_on_the_callers_thread_but_can_be_asked_for() -> None:
     trace = LLMTrace(**BASE, prompt_tokens=1000, completion_tokens=500)
-    assert trace.cost_usd == pytest.approx(0.0075)
-    assert trace.cost_known
+    assert trace.cost_usd is None  # priced by the emitter's sender thread
+    assert price_trace(trace) == pytest.approx(0.0075)
     assert price_usd("openai", "gpt-4o", 1000, 500) == pytest.approx(0.0075)
+    assert price_trace(LLMTrace(**BASE, prompt_tokens=1000, cost_usd=1.25)) == 1.25
+
+
+def test_token_details_are_parts_of_their_totals() -> None:
+    trace = LLMTrace(
+        **BASE,
+        prompt_tokens=10_000,
+        completion_tokens=300,
+        cache_read_tokens=9_000,
+        cache_write_tokens=1_000,
+        reasoning_tokens=300,
+        audio_input_tokens=10_000,
+        audio_output_tokens=0,
+    )
+    assert (trace.cache_read_tokens, trace.reasoning_tokens) == (9_000, 300)
+    assert LLMTrace(**BASE).cache_read_tokens is None  # not reported
+    for fields, message in [
+        (
+            {"prompt_tokens": 100, "cache_read_tokens": 60, "cache_write_tokens": 41},
+            "exceed prompt",
+        ),
+        ({"prompt_tokens": 100, "audio_input_tokens": 101}, "audio_input_tokens must not"),
+        ({"completion_tokens": 10, "reasoning_tokens": 11}, "reasoning_tokens must not"),
+        ({"completion_tokens": 10, "audio_output_tokens": 11}, "audio_output_tokens must not"),
+        ({"cache_read_tokens": -1}, "greater than or equal to 0"),
+        ({"reasoning_tokens": MAX_TOKENS + 1}, "less than or equal"),
+        ({"cache_write_tokens": 1.0}, "valid integer"),
+    ]:
+        with pytest.raises(ValidationError, match=message):
+            LLMTrace(**BASE, **fields)
+
+
+def test_unknown_usage_is_none_not_zero() -> None:
+    trace = LLMTrace(**BASE, prompt_tokens=None, completion_tokens=None)
+    assert (trace.prompt_tokens, trace.total_tokens, trace.tokens_known) == (None, None, False)
+    assert price_trace(trace) is None  # unknown tokens: unpriced, never zero
+    half = LLMTrace(**BASE, prompt_tokens=10, completion_tokens=None, cache_read_tokens=5)
+    assert (half.total_tokens, half.tokens_known, price_trace(half)) == (None, False, None)
+    assert LLMTrace(**BASE, completion_tokens=None, reasoning_tokens=10**6).reasoning_tokens
 
 
 def test_given_cost_wins_over_the_price_table() -> None:

@@ -120,6 +120,8 @@ def test_the_opentelemetry_mapping_names_every_genai_name() -> None:
         "gen_ai.request.model",
         "gen_ai.usage.input_tokens",
         "gen_ai.usage.output_tokens",
+        "gen_ai.usage.cache_read.input_tokens",
+        "gen_ai.usage.cache_creation.input_tokens",
         "gen_ai.client.operation.duration",
         "gen_ai.client.token.usage",
     }

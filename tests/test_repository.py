@@ -395,7 +395,11 @@ def _expected_summary(traces: list[LLMTrace], group_by: list[str]) -> dict[tuple
             "calls": len(members),
             "prompt_tokens": sum(t.prompt_tokens for t in members),
             "completion_tokens": sum(t.completion_tokens for t in members),
-            "cost_usd": sum(t.cost_usd for t in members if t.cost_usd is not None),
+            "cost_usd": (
+                sum(t.cost_usd for t in members if t.cost_usd is not None)
+                if any(t.cost_usd is not None for t in members)
+                else None  # nothing priced: unknown, not 0
+            ),
             "unpriced_calls": sum(1 for t in members if t.cost_usd is None),
             "error_rate": sum(1 for t in members if t.error is not None) / len(members),
             "p50": _percentile([t.latency_ms for t in members], 0.5),
@@ -419,7 +423,10 @@ def test_cost_summary_matches_an_independent_computation(
     expected = _expected_summary(traces, group_by)
 
     assert len(rows) == len(expected)
-    assert [r.cost_usd for r in rows] == sorted((r.cost_usd for r in rows), reverse=True)
+    # The most expensive first; groups with nothing priced last.
+    costs = [r.cost_usd for r in rows]
+    priced = [c for c in costs if c is not None]
+    assert costs == sorted(priced, reverse=True) + [None] * (len(costs) - len(priced))
     for row in rows:
         assert list(row.group) == group_by
         want = expected[tuple(row.group[name] for name in group_by)]
@@ -430,7 +437,10 @@ def test_cost_summary_matches_an_independent_computation(
         assert row.unpriced_calls == want["unpriced_calls"]
         assert row.error_rate == pytest.approx(want["error_rate"], rel=1e-12)
         # Sums in a different order differ in the last bits only.
-        assert row.cost_usd == pytest.approx(want["cost_usd"], rel=1e-9)
+        if want["cost_usd"] is None:
+            assert row.cost_usd is None
+        else:
+            assert row.cost_usd == pytest.approx(want["cost_usd"], rel=1e-9)
         assert row.latency_p50_ms == pytest.approx(want["p50"], rel=1e-12)
         assert row.latency_p95_ms == pytest.approx(want["p95"], rel=1e-12)
 

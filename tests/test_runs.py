@@ -25,6 +25,8 @@ CALL = {
     "plan_id": "plan-7",
     "decision_id": "d-3",
     "actor": "researcher",
+    "provider": "openai",
+    "model": "gpt-4o",
     "prompt_tokens": 1000,
     "completion_tokens": 500,
     "latency_ms": 1234.5,
@@ -33,6 +35,7 @@ CALL = {
     "streaming": True,
     "retry_count": 2,
     "started_at": STARTED,
+    "cost_usd": 0.0075,
 }
 
 
@@ -70,7 +73,7 @@ def test_llm_run_id_is_the_trace_id_and_carries_usage_cost_latency_and_metadata(
 
 
 def test_unknown_cost_is_left_out_rather_than_given_as_zero() -> None:
-    trace = llm_trace(CALL, provider="acme", model="unheard-of-model", actor=None)
+    trace = llm_trace(CALL, provider="acme", model="unheard-of-model", actor=None, cost_usd=None)
     assert trace.cost_usd is None
     run = llm_run(trace, "fleet")
     assert "total_cost" not in run["outputs"]["usage_metadata"]
@@ -130,3 +133,31 @@ def test_dotted_segment_is_in_utc() -> None:
     run_id = uuid.UUID(int=1)
     local = datetime(2026, 3, 4, 7, 0, tzinfo=UTC).astimezone(timezone(timedelta(hours=2)))
     assert dotted_segment(local, run_id) == f"20260304T070000000000Z{run_id}"
+
+
+def test_usage_metadata_carries_reported_token_details_and_leaves_out_the_unknown() -> None:
+    trace = llm_trace(
+        CALL,
+        prompt_tokens=10_000,
+        cache_read_tokens=9_000,
+        cache_write_tokens=500,
+        audio_input_tokens=0,
+        completion_tokens=300,
+        reasoning_tokens=200,
+    )
+    assert llm_run(trace, "fleet")["outputs"]["usage_metadata"] == {
+        "input_tokens": 10_000,
+        "output_tokens": 300,
+        "total_tokens": 10_300,
+        "input_token_details": {"cache_read": 9_000, "cache_creation": 500, "audio": 0},
+        "output_token_details": {"reasoning": 200},
+        "total_cost": 0.0075,
+    }
+    unknown = llm_trace(CALL, prompt_tokens=None, completion_tokens=None, cost_usd=None)
+    # No usage reported: nothing that would read as zero tokens or a free call.
+    assert llm_run(unknown, "fleet")["outputs"]["usage_metadata"] == {}
+    half = llm_trace(CALL, completion_tokens=None, reasoning_tokens=7, cost_usd=None)
+    assert llm_run(half, "fleet")["outputs"]["usage_metadata"] == {
+        "input_tokens": 1000,
+        "output_token_details": {"reasoning": 7},
+    }

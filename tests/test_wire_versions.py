@@ -25,6 +25,7 @@ from fleettrace.codec import (
     newer_version,
 )
 from fleettrace.keys import PERSIST_GROUP
+from fleettrace.model import TOKEN_DETAIL_FIELDS
 from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.loop import LoopSettings
@@ -171,3 +172,37 @@ def test_fixtures_are_what_this_version_writes(kind: str) -> None:
     batch = decode_entry(fields)
     again = encode_batch(batch.kind, batch.records, batch.batch_id)
     assert again == fields
+
+
+def test_version_two_carries_token_details_and_version_one_reads_them_as_unreported(
+    redis_client, keys, database_url
+) -> None:
+    v1 = decode_entry(_fixture(1, "traces"))
+    assert all(getattr(r, name) is None for r in v1.records for name in TOKEN_DETAIL_FIELDS)
+    db = migrated(database_url)
+    redis_client.xadd(keys.traces, _fixture(2, "traces"))  # type: ignore[arg-type]
+    with create_pool(db, min_size=1, max_size=1) as pool:
+        consumer = Consumer(redis_client, keys, PERSIST_GROUP, "w1")
+        loop = PersistLoop(consumer, LLMTraceRepository(pool), LoopSettings(burst=True), pool=pool)
+        loop.run(threading.Event())
+    assert trace_rows(db) == 3
+    assert scalar(db, "SELECT sum(cache_read_tokens) FROM llm_traces") == 50
+    assert scalar(db, "SELECT sum(cache_write_tokens) FROM llm_traces") == 10
+    assert scalar(db, "SELECT sum(reasoning_tokens) FROM llm_traces") == 5
+    assert scalar(db, "SELECT count(*) FROM llm_traces WHERE audio_input_tokens IS NULL") == 3
+
+
+def test_a_record_may_leave_out_only_the_token_details() -> None:
+    fields = _fixture(2, "traces")
+    lines = fields[b"d"].split(b"\n")
+    record = json.loads(lines[0])
+    for name in TOKEN_DETAIL_FIELDS:
+        del record[name]
+    without_details = json.dumps(record).encode()
+    del record["prompt_tokens"]
+    without_tokens = json.dumps(record).encode()
+    fields[b"d"] = b"\n".join([without_details, without_tokens, lines[2]])
+    batch = decode_entry(fields)
+    assert [e.reason for e in batch.errors] == ["prompt_tokens: Field missing from the record"]
+    assert batch.positions == [0, 2]
+    assert batch.records[0].cache_read_tokens is None  # type: ignore[union-attr]

@@ -32,6 +32,7 @@ from fleettrace.keys import Keys
 from fleettrace.live import LiveSeries, is_over_budget, plan_cost_usd, read_live
 from fleettrace.metrics import MetricKey, MetricSpec, MetricType
 from fleettrace.model import LLMTrace, MetricSample
+from fleettrace.pricing import Pricer, price_trace
 
 __version__ = "0.1.0"
 
@@ -51,6 +52,7 @@ __all__ = [
     "MetricSpec",
     "MetricType",
     "PermanentError",
+    "Pricer",
     "TransientError",
     "__version__",
     "actor",
@@ -65,6 +67,7 @@ __all__ = [
     "phase",
     "plan",
     "plan_cost_usd",
+    "price_trace",
     "read_live",
     "record_llm_call",
     "sandbox",

@@ -1,17 +1,25 @@
 """The stream format: how a batch of records becomes one Redis stream entry and back.
 
-Version 1. One stream entry carries one batch of records of one kind, so Redis and
+Version 2. One stream entry carries one batch of records of one kind, so Redis and
 redis-py pay their per-entry cost once per batch rather than once per record::
 
     field  value
-    v      b"1"                      format version
+    v      b"2"                      format version
     k      b"t" | b"m"               kind: LLMTrace records or metric samples
     b      32 lowercase hex digits   batch id, unique per batch (idempotency key)
     n      decimal count             number of records in d
     d      JSON lines                one JSON object per record, joined by b"\\n"
 
 Each record is the JSON of the model (``LLMTrace`` or ``MetricSample``) with every
-field present, timestamps in RFC 3339 UTC with a ``Z``. JSON never holds a raw
+field present, timestamps in RFC 3339 UTC with a ``Z``.
+
+What each version's records hold: version 1, the 16 ``LLMTrace`` fields of the seed,
+tokens always numbers. Version 2 adds the token details (``cache_read_tokens``,
+``cache_write_tokens``, ``reasoning_tokens``, ``audio_input_tokens``,
+``audio_output_tokens``, each a number or ``null`` for "not reported") and lets
+``prompt_tokens``/``completion_tokens`` be ``null`` (usage unknown). A record may
+leave the token details out (a version 1 record, or one replayed from a dead letter
+written then): they mean "not reported", which is what ``null`` says. JSON never holds a raw
 newline inside a value, so splitting ``d`` on ``\\n`` is exact.
 
 Decoding checks the envelope first (a bad one raises :class:`EntryDecodeError` and
@@ -44,9 +52,9 @@ from pydantic import BaseModel, ValidationError
 
 from fleettrace.errors import EntryDecodeError
 from fleettrace.keys import FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA, FIELD_KIND, FIELD_VERSION
-from fleettrace.model import LLMTrace, MetricSample
+from fleettrace.model import TOKEN_DETAIL_FIELDS, LLMTrace, MetricSample
 
-FORMAT_VERSION: Final = b"1"
+FORMAT_VERSION: Final = b"2"
 #: The version this code writes, as a number.
 CURRENT_VERSION: Final = int(FORMAT_VERSION)
 RECORD_SEPARATOR: Final = b"\n"
@@ -58,7 +66,11 @@ _ENCODE_CHUNK: Final = 128
 #: The envelope fields of each version this code decodes, by version.
 _ENVELOPES: Final[dict[bytes, frozenset[bytes]]] = {
     b"1": frozenset((FIELD_VERSION, FIELD_KIND, FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA)),
+    b"2": frozenset((FIELD_VERSION, FIELD_KIND, FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA)),
 }
+#: Fields a record may leave out (they did not exist in version 1; missing means
+#: "not reported"). Every other field must be present.
+_MAY_BE_ABSENT: Final = frozenset(TOKEN_DETAIL_FIELDS)
 #: Every version this code decodes: its own and (once there is one) the one before.
 READABLE_VERSIONS: Final = frozenset(int(version) for version in _ENVELOPES)
 #: A version field longer than this is not a version (it is a bad envelope).
@@ -236,9 +248,11 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> DecodedBatch:
         if len(record.model_fields_set) != field_count:
             # The encoder writes every field; a record missing one was not made by it,
             # and a default must not silently stand in for a value that was lost.
-            missing = ", ".join(sorted(set(model.model_fields) - record.model_fields_set))
-            errors.append(RecordError(index, line, f"{missing}: Field missing from the record"))
-            continue
+            absent = set(model.model_fields) - record.model_fields_set
+            if absent - _MAY_BE_ABSENT:
+                missing = ", ".join(sorted(absent - _MAY_BE_ABSENT))
+                errors.append(RecordError(index, line, f"{missing}: Field missing from the record"))
+                continue
         records.append(record)
         positions.append(index)
     return DecodedBatch(kind, batch_id, records, positions, errors)

@@ -7,9 +7,13 @@ field, which is what lets one script call per batch carry the counters.
 What a record adds (hash layout in :mod:`fleettrace.keys`):
 
 - an ``LLMTrace``: ``actor.token_usage{provider,model,token_type}`` count +1 and
-  sum +tokens for both token types; ``llm.retries_count{provider,model}`` count +1
-  and sum +retry_count when it retried; ``llm.errors_count{provider,model,error_type}``
-  count and sum +1 when it failed; ``plan.cost_usd{plan}`` count +1 and sum +cost
+  sum +tokens for each token type it reports: ``prompt`` and ``completion``, and the
+  details ``cache_read``, ``cache_write``, ``reasoning``, ``audio_input``,
+  ``audio_output`` when not ``None``; a call whose prompt or completion tokens are
+  unknown adds count +1 (sum +0) to ``unknown`` instead of adding a guess;
+  ``llm.retries_count{provider,model}`` count +1 and sum +retry_count when it
+  retried; ``llm.errors_count{provider,model,error_type}`` count and sum +1 when it
+  failed; ``plan.cost_usd{plan}`` count +1 and sum +cost
   when it belongs to a plan and was priced.
 - a ``MetricSample``: its own key and labels. Counters and histograms: count +1,
   the value added to the exact sum (``sum.whole`` and ``sum.nanos``, integers, see
@@ -56,6 +60,17 @@ _TOKENS = MetricKey.ACTOR_TOKEN_USAGE.value
 _RETRIES = MetricKey.LLM_RETRIES_COUNT.value
 _ERRORS = MetricKey.LLM_ERRORS_COUNT.value
 _PLAN_COST = MetricKey.PLAN_COST_USD.value
+#: token_type label value per LLMTrace field, in the order they are counted.
+TOKEN_TYPES = (
+    ("prompt", "prompt_tokens"),
+    ("completion", "completion_tokens"),
+    ("cache_read", "cache_read_tokens"),
+    ("cache_write", "cache_write_tokens"),
+    ("reasoning", "reasoning_tokens"),
+    ("audio_input", "audio_input_tokens"),
+    ("audio_output", "audio_output_tokens"),
+)
+UNKNOWN_TOKEN_TYPE = "unknown"  # noqa: S105 (a label value, not a secret)
 
 
 @dataclass(slots=True)
@@ -136,6 +151,7 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
     # Per-record work stays at a few dict updates keyed by plain tuples; label sets are
     # rendered once per distinct key at the end.
     per_model: dict[tuple[str, str], list[int]] = {}
+    tokens: dict[tuple[str, str, str], list[int]] = {}
     errors: dict[tuple[str, str, str], int] = {}
     plan_cost: dict[str, list[float]] = {}
     for trace in traces:
@@ -143,14 +159,17 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
         model_key = (values["provider"], values["model"])
         acc = per_model.get(model_key)
         if acc is None:
-            acc = per_model[model_key] = [0, 0, 0, 0, 0]
-        acc[0] += 1
-        acc[1] += values["prompt_tokens"]
-        acc[2] += values["completion_tokens"]
+            acc = per_model[model_key] = [0, 0]
+        if values["prompt_tokens"] is None or values["completion_tokens"] is None:
+            _count_tokens(tokens, (*model_key, UNKNOWN_TOKEN_TYPE), 0)
+        for token_type, name in TOKEN_TYPES:
+            value = values[name]
+            if value is not None:
+                _count_tokens(tokens, (*model_key, token_type), value)
         retries = values["retry_count"]
         if retries:
-            acc[3] += 1
-            acc[4] += retries
+            acc[0] += 1
+            acc[1] += retries
         if values["error"] is not None:
             error_key = (*model_key, trace.error_type or "error")
             errors[error_key] = errors.get(error_key, 0) + 1
@@ -163,12 +182,12 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
             cost_acc[0] += 1
             cost_acc[1] += cost
 
-    for (provider, model), (calls, prompt, completion, retried, retries) in per_model.items():
-        for token_type, tokens in (("prompt", prompt), ("completion", completion)):
-            labels = encode_labels(
-                (("provider", provider), ("model", model), ("token_type", token_type))
-            )
-            deltas._observe(_TOKENS, labels, calls, tokens)
+    for (provider, model, token_type), (calls, total) in tokens.items():
+        labels = encode_labels(
+            (("provider", provider), ("model", model), ("token_type", token_type))
+        )
+        deltas._observe(_TOKENS, labels, calls, total)
+    for (provider, model), (retried, retries) in per_model.items():
         if retried:
             labels = encode_labels((("provider", provider), ("model", model)))
             deltas._observe(_RETRIES, labels, retried, retries)
@@ -180,6 +199,17 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
     for plan_id, (priced, cost) in plan_cost.items():
         # In the plan's own hash, whose name says the plan: no other label.
         deltas._observe(_PLAN_COST, "", int(priced), cost, plan_id)
+
+
+def _count_tokens(
+    tokens: dict[tuple[str, str, str], list[int]], key: tuple[str, str, str], value: int
+) -> None:
+    acc = tokens.get(key)
+    if acc is None:
+        tokens[key] = [1, value]
+    else:
+        acc[0] += 1
+        acc[1] += value
 
 
 def _add_samples(deltas: CounterDeltas, samples: Iterable[MetricSample]) -> None:

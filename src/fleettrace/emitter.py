@@ -2,7 +2,8 @@
 
 ``record()`` and ``observe()`` only put the record in a bounded in-memory buffer
 (a lock, a deque append and a counter): no encoding, no network, no pricing. A
-daemon thread takes batches from the buffer, encodes them (:mod:`fleettrace.codec`),
+daemon thread takes batches from the buffer, prices the calls whose cost the caller
+left out (:mod:`fleettrace.pricing`), encodes them (:mod:`fleettrace.codec`),
 sums their counter deltas (:mod:`fleettrace.counters`) and applies each batch with
 one script call (:mod:`fleettrace.batch_script`), which writes the stream entries
 and the counters atomically and applies a re-sent batch only once. A batch too
@@ -47,6 +48,8 @@ from fleettrace.errors import EmitterClosed
 from fleettrace.keys import Keys
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace, MetricSample
+from fleettrace.price_overrides import load_prices
+from fleettrace.pricing import Pricer
 from fleettrace.sending import BatchSender
 
 _RECORD_TYPES: Final = (LLMTrace, MetricSample)
@@ -64,6 +67,9 @@ class Emitter(BatchSender):
         self.keys = Keys(self.settings.namespace)
         self._closed = False
         self._finalizer_registered = False
+        # Read once: a price file that does not load is refused here, in one line.
+        path = self.settings.prices_file
+        self.pricer = Pricer(load_prices(path) if path else None)
         self._reset_state()
         _live_emitters.add(self)
 

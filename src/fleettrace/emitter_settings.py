@@ -10,6 +10,7 @@ from typing import Any, Final, Literal
 from fleettrace.connection import DEFAULT_REDIS_URL, redact_url, redis_url_from_env
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import PLAN_TTL_S, Keys, configured_namespace
+from fleettrace.price_overrides import prices_path_from_env
 
 Overflow = Literal["drop_oldest", "block"]
 _OVERFLOW_POLICIES: Final = ("drop_oldest", "block")
@@ -47,6 +48,9 @@ class EmitterSettings:
     #: A plan's live counters expire this many seconds after the last batch that
     #: wrote them (whole seconds: Redis EXPIRE).
     plan_ttl_s: int = PLAN_TTL_S
+    #: A TOML or JSON file of custom prices (:mod:`fleettrace.price_overrides`), read
+    #: once when the emitter is made; defaults to ``FLEETTRACE_PRICES``.
+    prices_file: str | None = field(default_factory=prices_path_from_env)
 
     def __post_init__(self) -> None:
         try:

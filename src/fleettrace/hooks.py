@@ -282,7 +282,10 @@ class LLMCallSpan(Span):
         self._set(_llm_call, self)
 
     def update(self, **fields: Any) -> None:
-        """Set ``LLMTrace`` fields known once the call returned (tokens, retry_count...)."""
+        """Set ``LLMTrace`` fields known once the call returned (tokens and their
+        details, retry_count...). ``prompt_tokens=None`` / ``completion_tokens=None``
+        say the provider returned no usage: the record's tokens are unknown and its
+        cost unpriced, never zero."""
         self.fields.update(fields)
 
     def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
@@ -343,12 +346,13 @@ def llm_call(
     emitter: Emitter | None = None,
     streaming: bool = False,
     retry_count: int = 0,
-    prompt_tokens: int = 0,
-    completion_tokens: int = 0,
+    prompt_tokens: int | None = 0,
+    completion_tokens: int | None = 0,
     tool_calls: Sequence[str] = (),
     **fields: Any,
 ) -> LLMCallSpan:
-    """An LLM call recorded as an ``LLMTrace`` at the end of the block."""
+    """An LLM call recorded as an ``LLMTrace`` at the end of the block; its cost, left
+    out, is priced by the emitter's sender thread, not here."""
     return LLMCallSpan(
         provider,
         model,

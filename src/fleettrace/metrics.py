@@ -139,7 +139,9 @@ SPECS: Final[dict[MetricKey, MetricSpec]] = {
             _C,
             "tokens",
             ("provider", "model", "token_type"),
-            "Tokens used by LLM calls; token_type is 'prompt' or 'completion'.",
+            "Tokens used by LLM calls; token_type is 'prompt', 'completion', a detail "
+            "('cache_read', 'cache_write', 'reasoning', 'audio_input', 'audio_output') "
+            "or 'unknown' (calls whose usage was not reported).",
         ),
         MetricSpec(
             "tool.invocation_duration_ms",

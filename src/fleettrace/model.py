@@ -17,10 +17,10 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    model_validator,
 )
 
 from fleettrace.metrics import MetricKey, MetricType
-from fleettrace.pricing import price_usd
 
 #: Bounds every producer and consumer agrees on; the docs' schema table quotes them.
 MAX_ID_CHARS: Final = 128
@@ -65,12 +65,28 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+#: The token detail fields, each a part of ``prompt_tokens`` (input) or of
+#: ``completion_tokens`` (output); ``None`` means the provider did not report it.
+INPUT_DETAIL_FIELDS: Final = ("cache_read_tokens", "cache_write_tokens", "audio_input_tokens")
+OUTPUT_DETAIL_FIELDS: Final = ("reasoning_tokens", "audio_output_tokens")
+TOKEN_DETAIL_FIELDS: Final = (*INPUT_DETAIL_FIELDS, *OUTPUT_DETAIL_FIELDS)
+
+
 class LLMTrace(BaseModel):
     """One LLM call of one agent.
 
-    ``cost_usd`` left out is priced from provider, model and tokens; when the model is
-    unknown to the price table it stays ``None`` and ``cost_known`` is false, so an
-    unpriced call is never mistaken for a free one.
+    Tokens count as OpenAI and genai-prices count them: ``prompt_tokens`` is the whole
+    input (cache reads and writes included) and ``completion_tokens`` the whole output
+    (reasoning included); the detail fields say how much of each was of which kind,
+    and ``None`` in any of them means "not reported". ``prompt_tokens=None`` or
+    ``completion_tokens=None`` is a call whose provider returned no usage (a stream
+    without usage, an error): its tokens are unknown, not zero, and it cannot be priced.
+
+    ``cost_usd`` left out is priced by the emitter's sender thread, off the caller's
+    thread (:mod:`fleettrace.pricing`), before the record is sent; the record the
+    caller holds keeps ``cost_usd=None`` (``fleettrace.price_trace(trace)`` prices it
+    now). A cost the caller set is kept. A model unknown to the price table stays
+    ``None`` and ``cost_known`` is false, so an unpriced call is never taken for a free one.
     """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
@@ -81,8 +97,8 @@ class LLMTrace(BaseModel):
     actor: Name | None = None
     provider: Name
     model: Name
-    prompt_tokens: Tokens = 0
-    completion_tokens: Tokens = 0
+    prompt_tokens: Tokens | None = 0
+    completion_tokens: Tokens | None = 0
     cost_usd: Annotated[FiniteNonNegative, Field(le=MAX_COST_USD)] | None = None
     latency_ms: Annotated[FiniteNonNegative, Field(le=MAX_LATENCY_MS)] = 0.0
     tool_calls: Annotated[list[Name], Field(max_length=MAX_TOOL_CALLS)] = Field(
@@ -96,17 +112,47 @@ class LLMTrace(BaseModel):
         | None
     ) = None
     started_at: UtcDatetime = Field(default_factory=_now)
+    # Added with stream format version 2: kept after the seed's fields, so the column
+    # order of llm_traces and every older reader stay as they were.
+    cache_read_tokens: Tokens | None = None
+    cache_write_tokens: Tokens | None = None
+    reasoning_tokens: Tokens | None = None
+    audio_input_tokens: Tokens | None = None
+    audio_output_tokens: Tokens | None = None
 
-    def model_post_init(self, context: Any, /) -> None:
-        if "cost_usd" not in self.model_fields_set:
-            object.__setattr__(
-                self,
-                "cost_usd",
-                price_usd(self.provider, self.model, self.prompt_tokens, self.completion_tokens),
-            )
+    @model_validator(mode="after")
+    def _details_within_totals(self) -> LLMTrace:
+        """A detail is a part of its total, never more; checked when both are known."""
+        prompt, completion = self.prompt_tokens, self.completion_tokens
+        cache_read, cache_write = self.cache_read_tokens, self.cache_write_tokens
+        if prompt is not None:
+            if (cache_read or 0) + (cache_write or 0) > prompt:
+                raise ValueError(
+                    "cache_read_tokens + cache_write_tokens must not exceed prompt_tokens "
+                    "(prompt_tokens is the whole input, cached part included)"
+                )
+            if (self.audio_input_tokens or 0) > prompt:
+                raise ValueError("audio_input_tokens must not exceed prompt_tokens")
+        if completion is not None:
+            if (self.reasoning_tokens or 0) > completion:
+                raise ValueError(
+                    "reasoning_tokens must not exceed completion_tokens "
+                    "(completion_tokens is the whole output, reasoning included)"
+                )
+            if (self.audio_output_tokens or 0) > completion:
+                raise ValueError("audio_output_tokens must not exceed completion_tokens")
+        return self
 
     @property
-    def total_tokens(self) -> int:
+    def tokens_known(self) -> bool:
+        """False when the provider reported no usage: the tokens are unknown, not zero."""
+        return self.prompt_tokens is not None and self.completion_tokens is not None
+
+    @property
+    def total_tokens(self) -> int | None:
+        """Input plus output tokens; ``None`` when either is unknown."""
+        if self.prompt_tokens is None or self.completion_tokens is None:
+            return None
         return self.prompt_tokens + self.completion_tokens
 
     @property

@@ -32,6 +32,7 @@ from fleettrace.connection import connect_redis, redact_url
 from fleettrace.emitter_settings import EmitterSettings
 from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace, MetricSample
+from fleettrace.pricing import Pricer
 
 logger = logging.getLogger("fleettrace.emitter")
 
@@ -46,6 +47,7 @@ class BatchSender:
 
     settings: EmitterSettings
     keys: Keys
+    pricer: Pricer
 
     def _reset_state(self) -> None:
         """Fresh lock, buffer, figures, connection, id and no thread (init and after
@@ -205,7 +207,7 @@ class BatchSender:
             self.keys,
             self._emitter_id,
             self._next_seq,
-            records,
+            self.pricer.price_records(records),
             dropped,
             plan_ttl_s=self.settings.plan_ttl_s,
         ).calls
@@ -215,11 +217,13 @@ class BatchSender:
         is dropped, counted, and the sender goes on."""
         taken, dropped = self._hand, self._hand_dropped
         try:
+            # Priced here, on the sender thread, before the counters are summed: the
+            # caller's thread only captured the tokens.
             encoded = encode_calls(
                 self.keys,
                 self._emitter_id,
                 self._next_seq,
-                taken,
+                self.pricer.price_records(taken),
                 dropped,
                 plan_ttl_s=self.settings.plan_ttl_s,
             )

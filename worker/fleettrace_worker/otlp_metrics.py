@@ -128,6 +128,8 @@ def metrics_request(
     for record in records:
         base = _base(record)
         for kind, value in (("input", record.prompt_tokens), ("output", record.completion_tokens)):
+            if value is None:  # not reported by the provider: no observation
+                continue
             key = (*base, ("gen_ai.token.type", kind))
             tokens.setdefault(key, _Series(TOKEN_BUCKETS)).add(float(value))
         error_type = record.error_type

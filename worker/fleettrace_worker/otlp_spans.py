@@ -146,9 +146,17 @@ def llm_attributes(record: LLMTrace) -> list[Attribute]:
         ("gen_ai.request.model", record.model),
         # fleettrace keeps the one model name the agent recorded.
         ("gen_ai.response.model", record.model),
+    ]
+    # Token counts the provider did not report are left out, never sent as zeros.
+    for name, tokens in (
         ("gen_ai.usage.input_tokens", record.prompt_tokens),
         ("gen_ai.usage.output_tokens", record.completion_tokens),
-    ]
+        ("gen_ai.usage.cache_read.input_tokens", record.cache_read_tokens),
+        ("gen_ai.usage.cache_creation.input_tokens", record.cache_write_tokens),
+        ("gen_ai.usage.reasoning.output_tokens", record.reasoning_tokens),
+    ):
+        if tokens is not None:
+            pairs.append((name, tokens))
     error_type = record.error_type
     if error_type is not None:
         pairs.append(("error.type", error_type))

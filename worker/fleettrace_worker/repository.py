@@ -52,6 +52,11 @@ TRACE_COLUMNS: Final = (
     ("retry_count", "int4"),
     ("error", "text"),
     ("started_at", "timestamptz"),
+    ("cache_read_tokens", "int4"),
+    ("cache_write_tokens", "int4"),
+    ("reasoning_tokens", "int4"),
+    ("audio_input_tokens", "int4"),
+    ("audio_output_tokens", "int4"),
 )
 SAMPLE_COLUMNS: Final = (
     ("batch_id", "uuid"),
@@ -125,18 +130,24 @@ class Page:
 
 @dataclass(frozen=True, slots=True)
 class CostRow:
-    """One group of a cost summary. ``cost_usd`` sums the priced calls only;
-    ``unpriced_calls`` says how many calls had no known price."""
+    """One group of a cost summary. ``cost_usd`` sums the priced calls only, and is
+    ``None`` when no call of the group was priced (unknown, not free);
+    ``unpriced_calls`` says how many calls had no known price. Token sums cover the
+    calls whose usage is known; ``unknown_token_calls`` counts the others."""
 
     group: dict[str, str | None]
     calls: int
     prompt_tokens: int
     completion_tokens: int
-    cost_usd: float
+    cost_usd: float | None
     unpriced_calls: int
     error_rate: float
     latency_p50_ms: float
     latency_p95_ms: float
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    unknown_token_calls: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -249,15 +260,24 @@ class LLMTraceRepository:
         check_group_by(group_by)
         conditions, params = _conditions(where or TraceFilter())
         groups = [_GROUP_EXPRESSIONS[name] for name in group_by]
+        # Token sums over the calls whose usage is known (a NULL is skipped by sum);
+        # the cost is NULL when nothing of the group was priced.
+        known = "prompt_tokens IS NOT NULL AND completion_tokens IS NOT NULL"
         aggregates = sql.SQL(
-            "count(*), sum(prompt_tokens), sum(completion_tokens), "
-            "coalesce(sum(cost_usd), 0), count(*) - count(cost_usd), "
+            "count(*), "
+            f"coalesce(sum(prompt_tokens) FILTER (WHERE {known}), 0), "
+            f"coalesce(sum(completion_tokens) FILTER (WHERE {known}), 0), "
+            "sum(cost_usd), count(*) - count(cost_usd), "
             "count(error)::float8 / count(*), "
             "percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms), "
-            "percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)"
+            "percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms), "
+            f"coalesce(sum(cache_read_tokens) FILTER (WHERE {known}), 0), "
+            f"coalesce(sum(cache_write_tokens) FILTER (WHERE {known}), 0), "
+            f"coalesce(sum(reasoning_tokens) FILTER (WHERE {known}), 0), "
+            f"count(*) FILTER (WHERE NOT ({known}))"
         )
         positions = [sql.Literal(i) for i in range(1, len(groups) + 1)]
-        order = [sql.SQL("{} DESC").format(sql.Literal(len(groups) + 4))]
+        order = [sql.SQL("{} DESC NULLS LAST").format(sql.Literal(len(groups) + 4))]
         order += [sql.SQL("{} NULLS LAST").format(p) for p in positions]
         query = sql.SQL("SELECT {} FROM {} {} {} HAVING count(*) > 0 ORDER BY {}").format(
             sql.SQL(", ").join([*groups, aggregates]),
@@ -275,11 +295,15 @@ class LLMTraceRepository:
                 calls=int(row[width]),  # type: ignore[call-overload]
                 prompt_tokens=int(row[width + 1]),  # type: ignore[call-overload]
                 completion_tokens=int(row[width + 2]),  # type: ignore[call-overload]
-                cost_usd=float(row[width + 3]),  # type: ignore[arg-type]
+                cost_usd=None if row[width + 3] is None else float(row[width + 3]),  # type: ignore[arg-type]
                 unpriced_calls=int(row[width + 4]),  # type: ignore[call-overload]
                 error_rate=float(row[width + 5]),  # type: ignore[arg-type]
                 latency_p50_ms=float(row[width + 6]),  # type: ignore[arg-type]
                 latency_p95_ms=float(row[width + 7]),  # type: ignore[arg-type]
+                cache_read_tokens=int(row[width + 8]),  # type: ignore[call-overload]
+                cache_write_tokens=int(row[width + 9]),  # type: ignore[call-overload]
+                reasoning_tokens=int(row[width + 10]),  # type: ignore[call-overload]
+                unknown_token_calls=int(row[width + 11]),  # type: ignore[call-overload]
             )
             for row in rows
         ]

@@ -65,14 +65,34 @@ def plan_root_run(plan_id: str, day: date, project: str) -> Run:
     }
 
 
+#: LangSmith's ``InputTokenDetails`` / ``OutputTokenDetails`` keys per LLMTrace field.
+INPUT_TOKEN_DETAILS: Final = (
+    ("cache_read", "cache_read_tokens"),
+    ("cache_creation", "cache_write_tokens"),
+    ("audio", "audio_input_tokens"),
+)
+OUTPUT_TOKEN_DETAILS: Final = (("reasoning", "reasoning_tokens"), ("audio", "audio_output_tokens"))
+
+
 def usage_metadata(trace: LLMTrace) -> dict[str, Any]:
-    """LangSmith's ``UsageMetadata``; a cost is only given when it is known, since an
-    unpriced call is not a free one."""
-    usage: dict[str, Any] = {
-        "input_tokens": trace.prompt_tokens,
-        "output_tokens": trace.completion_tokens,
-        "total_tokens": trace.total_tokens,
-    }
+    """LangSmith's ``UsageMetadata``. Only what is known is given: a cost only when
+    the call was priced (an unpriced call is not a free one), token counts only when
+    the provider reported them (unknown is not zero), a detail only when reported."""
+    usage: dict[str, Any] = {}
+    if trace.prompt_tokens is not None:
+        usage["input_tokens"] = trace.prompt_tokens
+    if trace.completion_tokens is not None:
+        usage["output_tokens"] = trace.completion_tokens
+    if trace.total_tokens is not None:
+        usage["total_tokens"] = trace.total_tokens
+    for key, details in (
+        ("input_token_details", INPUT_TOKEN_DETAILS),
+        ("output_token_details", OUTPUT_TOKEN_DETAILS),
+    ):
+        reported = {name: getattr(trace, field) for name, field in details}
+        reported = {name: value for name, value in reported.items() if value is not None}
+        if reported:
+            usage[key] = reported
     if trace.cost_usd is not None:
         usage["total_cost"] = trace.cost_usd
     return usage

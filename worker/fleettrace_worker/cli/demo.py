@@ -220,8 +220,7 @@ def _report(console: Console, result: DemoResult) -> None:
     for name in ("error rate", "p50 ms", "p95 ms"):
         costs.add_column(name, justify="right")
     for row in result.costs:
-        priced = row.calls - row.unpriced_calls
-        cost = f"{row.cost_usd:.4f}" if priced else "unpriced"
+        cost = "unpriced" if row.cost_usd is None else f"{row.cost_usd:.4f}"
         costs.add_row(
             row.group.get("model") or "-",
             f"{row.calls:,}",

@@ -33,6 +33,8 @@ from fleettrace_worker.repository import (
 DEFAULT_LIMIT: Final = 20
 MAX_LIMIT: Final = 10_000
 _ERROR_CHARS: Final = 40
+#: What a table shows for a cost nobody could price (never 0.000000, which says free).
+UNPRICED: Final = "unpriced"
 _LIST_HEADERS: Final = (
     "STARTED (UTC)",
     "TRACE ID",
@@ -52,6 +54,7 @@ _COST_FIGURES: Final = (
     "TOTAL TOKENS",
     "COST USD",
     "UNPRICED",
+    "UNKNOWN TOKENS",
     "ERROR RATE",
     "P50 MS",
     "P95 MS",
@@ -93,7 +96,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "cost",
         help="calls, tokens, cost, error rate and latency per group",
         description="Sum up the selected calls per group, the most expensive first. Cost "
-        "adds up the priced calls; UNPRICED counts calls whose model has no known price.",
+        "adds up the priced calls (unpriced when none was; null in --json); UNPRICED counts "
+        "calls whose model has no known price or whose usage is unknown; UNKNOWN TOKENS "
+        "counts calls whose provider reported no usage (left out of the token sums).",
     )
     _common(cost)
     _filters(cost)
@@ -228,7 +233,7 @@ def _list_row(trace: LLMTrace) -> tuple[str, ...]:
         trace.model,
         trace.actor or "-",
         trace.plan_id or "-",
-        str(trace.total_tokens),
+        "unknown" if trace.total_tokens is None else str(trace.total_tokens),
         _cost(trace.cost_usd),
         f"{trace.latency_ms:.1f}",
         error,
@@ -236,7 +241,7 @@ def _list_row(trace: LLMTrace) -> tuple[str, ...]:
 
 
 def _cost(value: float | None) -> str:
-    return "unknown" if value is None else f"{value:.6f}"
+    return UNPRICED if value is None else f"{value:.6f}"
 
 
 def _cost_cells(row: CostRow, group_by: list[str]) -> tuple[str, ...]:
@@ -247,8 +252,9 @@ def _cost_cells(row: CostRow, group_by: list[str]) -> tuple[str, ...]:
         str(row.completion_tokens),
         str(row.total_tokens),
         # No priced call in the group: its cost is unknown, and 0.000000 would say free.
-        _cost(None if row.unpriced_calls == row.calls else row.cost_usd),
+        _cost(row.cost_usd),
         str(row.unpriced_calls),
+        str(row.unknown_token_calls),
         f"{row.error_rate:.1%}",
         f"{row.latency_p50_ms:.1f}",
         f"{row.latency_p95_ms:.1f}",
@@ -262,6 +268,10 @@ def _cost_json(row: CostRow) -> dict[str, Any]:
         "prompt_tokens": row.prompt_tokens,
         "completion_tokens": row.completion_tokens,
         "total_tokens": row.total_tokens,
+        "cache_read_tokens": row.cache_read_tokens,
+        "cache_write_tokens": row.cache_write_tokens,
+        "reasoning_tokens": row.reasoning_tokens,
+        "unknown_token_calls": row.unknown_token_calls,
         "cost_usd": row.cost_usd,
         "unpriced_calls": row.unpriced_calls,
         "error_rate": row.error_rate,
