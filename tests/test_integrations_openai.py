@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+from genai_prices import Usage, calc_price
 
 import fleettrace
 import fleettrace.integrations
@@ -77,7 +78,20 @@ def test_a_chat_completion_is_stored_with_the_served_model_usage_and_scopes(
     assert (row["streaming"], row["retry_count"], row["error"]) == (False, 0, None)
     assert row["tool_calls"] == []
     assert row["latency_ms"] > 0
-    assert row["cost_usd"] == pytest.approx(1200 * 2.5e-6 + 300 * 10e-6)
+    # The cached part of the prompt is stored and priced at the cache-read rate, as
+    # genai-prices prices it (the whole prompt at the input rate would be 0.006).
+    assert row["cache_read_tokens"] == CACHED_TOKENS
+    expected = calc_price(
+        Usage(
+            input_tokens=PROMPT_TOKENS,
+            cache_read_tokens=CACHED_TOKENS,
+            output_tokens=COMPLETION_TOKENS,
+        ),
+        model_ref="gpt-4o-2024-08-06",
+        provider_id="openai",
+    ).total_price
+    assert row["cost_usd"] == pytest.approx(float(expected))
+    assert row["cost_usd"] < 1200 * 2.5e-6 + 300 * 10e-6
 
 
 def test_tool_calls_the_model_requested_are_stored_by_name(server, pipeline) -> None:
@@ -116,7 +130,10 @@ def test_a_failed_call_raises_what_the_client_raises_and_is_stored_with_its_erro
     [row] = pipeline.rows()
     assert row["error"].startswith(f"{error_type.__name__}: Error code: {status}")
     assert (row["retry_count"], row["actor"], row["model"]) == (retries, "coder", "gpt-4o")
-    assert (row["prompt_tokens"], row["completion_tokens"]) == (0, 0)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        None,
+        None,
+    )  # no usage: unknown, not zero
 
 
 def test_a_stream_looks_as_unwrapped_and_is_stored_with_the_usage_asked_for(
@@ -177,7 +194,10 @@ def test_a_stream_abandoned_halfway_is_stored_once(server, pipeline, how) -> Non
     [row] = pipeline.rows()
     assert (row["streaming"], row["error"], row["model"]) == (True, None, "gpt-4o-2024-08-06")
     # The usage chunk never arrived: the tokens are unknown (0 until issue 12's None).
-    assert (row["prompt_tokens"], row["completion_tokens"]) == (0, 0)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        None,
+        None,
+    )  # no usage: unknown, not zero
 
 
 def test_a_malformed_chunk_raises_as_unwrapped_and_is_stored_as_the_error(server, pipeline) -> None:
@@ -403,8 +423,8 @@ def test_bookkeeping_that_fails_never_reaches_the_caller(server, pipeline) -> No
     # A request the wrapper could not prepare is sent as it was and not recorded; answers
     # it could not read are recorded with what is known: the requested model, no usage.
     assert [(r["model"], r["prompt_tokens"], r["streaming"]) for r in rows] == [
-        ("gpt-4o", 0, False),
-        ("gpt-4o", 0, True),
+        ("gpt-4o", None, False),
+        ("gpt-4o", None, True),
     ]
 
 

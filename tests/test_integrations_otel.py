@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from genai_prices import Usage, calc_price
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Status, StatusCode
 
@@ -65,7 +66,14 @@ def test_a_genai_chat_span_is_stored_as_an_llm_call_in_its_scopes(tracer, calls,
         500,
     )
     assert (row["streaming"], row["error"]) == (True, None)
-    assert row["cost_usd"] == pytest.approx(0.0075)
+    assert (row["cache_read_tokens"], row["reasoning_tokens"]) == (800, 50)
+    expected = calc_price(
+        Usage(input_tokens=1000, cache_read_tokens=800, output_tokens=500),
+        model_ref="gpt-4o-2024-08-06",
+        provider_id="openai",
+    ).total_price
+    assert row["cost_usd"] == pytest.approx(float(expected))
+    assert row["cost_usd"] < 0.0075  # the cached part at the cache-read rate
     [call] = calls
     assert (call.cache_read_tokens, call.reasoning_tokens, call.ttft_ms) == (800, 50, 250.0)
 
@@ -152,6 +160,6 @@ def test_odd_attributes_are_recorded_as_far_as_they_are_valid(pipeline) -> None:
     assert (row["provider"], row["model"], row["prompt_tokens"], row["completion_tokens"]) == (
         "unknown",
         "unknown",
-        0,
+        None,  # the invalid count is dropped: unknown, not zero
         3,
     )

@@ -49,10 +49,11 @@ def tokens(value: object) -> int | None:
 class Call:
     """What is known of one LLM call so far.
 
-    ``cache_read_tokens``, ``cache_write_tokens``, ``reasoning_tokens`` and
-    ``ttft_ms`` are captured but not yet recorded: ``LLMTrace`` has no fields for
-    them (issue 12 adds them). ``prompt_tokens`` is the whole input, cache reads and
-    writes included; ``completion_tokens`` the whole output, reasoning included.
+    ``cache_read_tokens``, ``cache_write_tokens`` and ``reasoning_tokens`` are
+    recorded beside the totals they are part of; ``ttft_ms`` is captured but not yet
+    recorded (``LLMTrace`` has no field for it). ``prompt_tokens`` is the whole input,
+    cache reads and writes included; ``completion_tokens`` the whole output, reasoning
+    included.
     """
 
     provider: str
@@ -121,14 +122,25 @@ class Call:
                 logger.warning("an on_call observer of fleettrace failed", exc_info=True)
 
     def _fields(self) -> dict[str, Any]:
-        return {
-            "prompt_tokens": self.prompt_tokens or 0,
-            "completion_tokens": self.completion_tokens or 0,
+        # Usage the provider did not report stays None (unknown, unpriced), never 0.
+        fields: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
             "streaming": self.streaming,
             "retry_count": self.retries,
             "tool_calls": list(self.tool_calls),
             "error": self.error,
         }
+        # A detail is kept only beside a known total it fits in (the record refuses a
+        # detail larger than its total, and a refused record would lose the call).
+        for name, detail, total in (
+            ("cache_read_tokens", self.cache_read_tokens, self.prompt_tokens),
+            ("cache_write_tokens", self.cache_write_tokens, self.prompt_tokens),
+            ("reasoning_tokens", self.reasoning_tokens, self.completion_tokens),
+        ):
+            if detail is not None and total is not None and detail <= total:
+                fields[name] = detail
+        return fields
 
     def _deliver(self) -> None:
         span = self.span
