@@ -66,17 +66,27 @@ def _answers(host: str, port: int) -> bool:
     return False
 
 
+def _last_words(*logs: Path) -> str:
+    """The last lines a server wrote before it died (Redis writes configuration errors to
+    stderr, the rest to its log)."""
+    for log in logs:
+        with contextlib.suppress(OSError):
+            lines = [line.strip() for line in log.read_text(errors="replace").splitlines()]
+            if lines := [line for line in lines if line]:
+                return " ".join(lines[-2:])
+    return ""
+
+
 def _wait_for_port(
-    port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 20.0
+    port: int, proc: subprocess.Popen[bytes], *logs: Path, timeout_s: float = 20.0
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if _answers("127.0.0.1", port):
             return
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"{proc.args[0]} exited with {proc.returncode}: {embedded._last_log_line(log)}"  # type: ignore[index]
-            )
+            program = Path(str(proc.args[0]))  # type: ignore[index]
+            raise RuntimeError(f"{program} exited with {proc.returncode}: {_last_words(*logs)}")
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
 
@@ -140,9 +150,11 @@ class PrivateRedis:
             "--logfile", str(log),
             *self.extra_args,
         ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        output = self.dir / "redis.out"
+        with output.open("wb") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         try:
-            _wait_for_port(self.port, self.proc, log)
+            _wait_for_port(self.port, self.proc, output, log)
         except (RuntimeError, TimeoutError):
             self.kill()
             raise
