@@ -50,7 +50,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(
                 pytest.mark.skip(
                     reason=f"needs Redis {shown}+, this run has {'.'.join(map(str, have))}: "
-                    f"run a Redis {shown} on 127.0.0.1:6379 or put its redis-server on PATH"
+                    f"put a Redis {shown}+ redis-server on PATH (or in FLEETTRACE_REDIS_SERVER), "
+                    "or run one on 127.0.0.1:6379"
                 )
             )
 
