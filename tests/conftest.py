@@ -4,7 +4,7 @@ database on the run's PostgreSQL for every test that asks for one.
 The run's servers are the machine's (127.0.0.1:6379 and :5432, or the
 ``FLEETTRACE_TEST_*_URL`` variables), else servers the run starts for itself from the
 embedded packages' programs (``FLEETTRACE_TEST_SERVERS``; see tests/servers.py). They are
-chosen when this module is imported, before any test module reads ``REDIS_URL``.
+chosen at ``pytest_configure``, before any test module is imported and reads ``REDIS_URL``.
 """
 
 from __future__ import annotations
@@ -16,18 +16,32 @@ import psycopg
 import pytest
 import redis
 
+from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
 from tests.servers import PrivatePostgres, PrivateRedis, SuiteServers, redis_program
 
-SERVERS = SuiteServers()
-REDIS_URL = SERVERS.redis_url
-PG_ADMIN_URL = SERVERS.pg_admin_url
+#: Set by pytest_configure: the run's servers and their URLs.
+SERVERS: SuiteServers
+REDIS_URL: str
+PG_ADMIN_URL: str
 #: Marks a test that needs a Redis at least this new (e.g. ``FUNCTION``, Redis 7 options).
 REDIS_MARKER = "redis_version"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    global SERVERS, REDIS_URL, PG_ADMIN_URL  # noqa: PLW0603 (one place sets them, once)
+    try:
+        SERVERS = SuiteServers()
+    except (ValueError, RuntimeError, TimeoutError, OSError, ConfigurationError) as error:
+        raise pytest.UsageError(f"no servers for the tests: {error}") from None
+    REDIS_URL = SERVERS.redis_url
+    PG_ADMIN_URL = SERVERS.pg_admin_url
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
-    SERVERS.close()
+    servers = globals().get("SERVERS")
+    if servers is not None:
+        servers.close()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
