@@ -3,6 +3,10 @@ README's test command makes), so one install serves them all.
 
     nox                      lint, typecheck, tests, behave, robot, coverage_report
     nox -s bench             ASV benchmarks, quick, against the installed package
+
+The suites find their Redis and PostgreSQL themselves (tests/servers.py ``SuiteServers``):
+the machine's on 127.0.0.1:6379 and :5432, else servers of their own;
+``FLEETTRACE_TEST_SERVERS=embedded nox`` always uses servers of their own.
 """
 
 from __future__ import annotations

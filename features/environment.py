@@ -2,8 +2,10 @@
 removed afterwards, so the features can run next to the other suites on the same
 servers. The worker and the migrations run as real ``fleettrace`` processes.
 
-Servers: ``FLEETTRACE_TEST_REDIS_URL`` (default redis://127.0.0.1:6379/0) and
-``FLEETTRACE_TEST_PG_URL`` (an admin URL, default postgresql://postgres@127.0.0.1:5432/postgres).
+Servers: the same as the pytest suite's (tests/servers.py ``SuiteServers``):
+``FLEETTRACE_TEST_REDIS_URL`` (default redis://127.0.0.1:6379/0) and
+``FLEETTRACE_TEST_PG_URL`` (an admin URL, default postgresql://postgres@127.0.0.1:5432/postgres),
+or servers of the run's own when nothing answers there or ``FLEETTRACE_TEST_SERVERS=embedded``.
 """
 
 from __future__ import annotations
@@ -17,14 +19,11 @@ from dataclasses import dataclass, field
 import psycopg
 import redis
 from psycopg_pool import ConnectionPool
+from tests.servers import SuiteServers
 
 from fleettrace.emitter import Emitter
 from fleettrace.keys import Keys
 
-REDIS_URL = os.environ.get("FLEETTRACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_ADMIN_URL = os.environ.get(
-    "FLEETTRACE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 #: A command of the CLI that takes longer than this is a failure, not a wait.
 COMMAND_TIMEOUT_S = 120.0
 
@@ -36,7 +35,7 @@ class Fleet:
     keys: Keys
     database_url: str
     redis: redis.Redis
-    redis_url: str = REDIS_URL
+    redis_url: str
     emitters: list[Emitter] = field(default_factory=list)
     pools: list[ConnectionPool] = field(default_factory=list)
 
@@ -48,7 +47,7 @@ class Fleet:
             if not name.startswith(("LANGCHAIN_", "LANGSMITH_"))
         }
         env.update(
-            FLEETTRACE_REDIS_URL=REDIS_URL,
+            FLEETTRACE_REDIS_URL=self.redis_url,
             FLEETTRACE_DATABASE_URL=self.database_url,
             FLEETTRACE_NAMESPACE=self.keys.namespace,
         )
@@ -78,18 +77,28 @@ class Fleet:
             pool.close()
 
 
-def _admin() -> psycopg.Connection:
-    return psycopg.connect(PG_ADMIN_URL, autocommit=True)
+def _admin(context) -> psycopg.Connection:
+    return psycopg.connect(context.servers.pg_admin_url, autocommit=True)
+
+
+def before_all(context):
+    context.servers = SuiteServers()
+
+
+def after_all(context):
+    context.servers.close()
 
 
 def before_scenario(context, scenario):
     name = f"fleettrace_behave_{uuid.uuid4().hex[:12]}"
-    with _admin() as conn:
+    with _admin(context) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+    redis_url = context.servers.redis_url
     context.fleet = Fleet(
         keys=Keys(f"behave-{uuid.uuid4().hex[:12]}"),
-        database_url=f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}",
-        redis=redis.Redis.from_url(REDIS_URL),
+        database_url=f"{context.servers.pg_admin_url.rsplit('/', 1)[0]}/{name}",
+        redis=redis.Redis.from_url(redis_url),
+        redis_url=redis_url,
     )
     context.database_name = name
 
@@ -100,5 +109,5 @@ def after_scenario(context, scenario):
     for key in fleet.redis.scan_iter(match=f"{fleet.keys.prefix}*", count=1000):
         fleet.redis.delete(key)
     fleet.redis.close()
-    with _admin() as conn:
+    with _admin(context) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{context.database_name}" WITH (FORCE)')

@@ -3,7 +3,8 @@
 Suite setup points ``FLEETTRACE_REDIS_URL``, ``FLEETTRACE_DATABASE_URL`` and
 ``FLEETTRACE_NAMESPACE`` at a fresh namespace and database, the way a user points
 the CLI at theirs; every ``fleettrace`` process the suite starts inherits them.
-Suite teardown removes both.
+Suite teardown removes both. The servers are the pytest suite's (tests/servers.py
+``SuiteServers``): the machine's, else servers of the run's own.
 """
 
 from __future__ import annotations
@@ -18,13 +19,9 @@ from typing import Any
 import psycopg
 import redis
 from robot.api.deco import keyword, library
+from tests.servers import SuiteServers
 
 from fleettrace.keys import Keys
-
-REDIS_URL = os.environ.get("FLEETTRACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_ADMIN_URL = os.environ.get(
-    "FLEETTRACE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 
 
 @library(scope="SUITE")
@@ -32,15 +29,18 @@ class fleet:  # noqa: N801 (Robot imports a library by its module name)
     def __init__(self) -> None:
         self.keys: Keys | None = None
         self.database: str | None = None
+        self.servers: SuiteServers | None = None
 
     @keyword
     def use_a_fresh_namespace_and_database(self) -> None:
+        self.servers = SuiteServers()
         self.keys = Keys(f"robot-{uuid.uuid4().hex[:12]}")
         self.database = f"fleettrace_robot_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin_url = self.servers.pg_admin_url
+        with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{self.database}"')
-        os.environ["FLEETTRACE_REDIS_URL"] = REDIS_URL
-        os.environ["FLEETTRACE_DATABASE_URL"] = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{self.database}"
+        os.environ["FLEETTRACE_REDIS_URL"] = self.servers.redis_url
+        os.environ["FLEETTRACE_DATABASE_URL"] = f"{admin_url.rsplit('/', 1)[0]}/{self.database}"
         os.environ["FLEETTRACE_NAMESPACE"] = self.keys.namespace
         for name in list(os.environ):
             if name.startswith(("LANGCHAIN_", "LANGSMITH_")):
@@ -48,14 +48,20 @@ class fleet:  # noqa: N801 (Robot imports a library by its module name)
 
     @keyword
     def remove_the_namespace_and_database(self) -> None:
-        if self.keys is not None:
-            client = redis.Redis.from_url(REDIS_URL)
-            for key in client.scan_iter(match=f"{self.keys.prefix}*", count=1000):
-                client.delete(key)
-            client.close()
-        if self.database is not None:
-            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        if self.servers is None:
+            return
+        try:
+            if self.keys is not None:
+                client = redis.Redis.from_url(self.servers.redis_url)
+                for key in client.scan_iter(match=f"{self.keys.prefix}*", count=1000):
+                    client.delete(key)
+                client.close()
+            if self.database is not None:
+                with psycopg.connect(self.servers.pg_admin_url, autocommit=True) as admin:
+                    admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        finally:
+            self.servers.close()
+            self.servers = None
 
     @keyword
     def fleettrace_command(self) -> str:

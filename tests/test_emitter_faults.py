@@ -170,6 +170,7 @@ def _answers(url: str) -> bool:
         client.close()
 
 
+@pytest.mark.redis_version(7, 0)  # --enable-debug-command is a 7.0 option
 def test_a_batch_whose_reply_was_lost_is_applied_once(debug_redis: PrivateRedis) -> None:
     """The server stalls (DEBUG SLEEP) after reading the script call: the emitter times
     out, reconnects and re-sends the same batch; when the server wakes it runs both

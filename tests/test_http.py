@@ -65,6 +65,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return found
 
 
+@pytest.mark.redis_version(7, 0)  # the lag gauge needs XINFO GROUPS lag (7.0)
 def test_endpoints_report_the_worker_and_the_fleet(running, redis_url, keys) -> None:
     _, base, db = running
     emitter = Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace))

@@ -53,7 +53,7 @@ def create_user(admin: redis.Redis, template: str, user: str, password: str, key
 
 
 @pytest.fixture
-def acl_users(redis_client: redis.Redis, keys: Keys) -> Iterator[dict[str, str]]:
+def acl_users(redis_client: redis.Redis, keys: Keys, redis_url: str) -> Iterator[dict[str, str]]:
     """URLs of an agent user and a worker user made from the documented lines, for this
     test's namespace only; deleted afterwards."""
     templates = documented_acl_lines()
@@ -66,7 +66,8 @@ def acl_users(redis_client: redis.Redis, keys: Keys) -> Iterator[dict[str, str]]
             user, password = f"ft-{role}-{suffix}", uuid.uuid4().hex
             create_user(redis_client, templates[f"fleettrace-{role}"], user, password, keys)
             made.append(user)
-            urls[role] = f"redis://{user}:{password}@127.0.0.1:6379/0"
+            host_port = redis_url.split("//", 1)[1].split("/", 1)[0]  # the run's Redis
+            urls[role] = f"redis://{user}:{password}@{host_port}/0"
         yield urls
     finally:
         for user in made:

@@ -62,6 +62,8 @@ def measure_emitter(buffer_records: int) -> dict[str, Any]:
     emitter.close(timeout_s=0.5)
     return {
         "buffer_records": buffer_records,
+        # The sender holds at most one batch beside the buffer (counted as buffered).
+        "batch_records": emitter.settings.max_batch_records,
         "buffered_at_bound": buffered_at_bound,
         "buffered_after_3x": stats.buffered,
         "dropped": stats.dropped,

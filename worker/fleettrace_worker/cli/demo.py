@@ -134,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
     if redis_url is None or database_url is None:
         console.print(f"Starting embedded servers under {data_dir} ...")
     with embedded_servers(data_dir, redis_url=redis_url, database_url=database_url) as urls:
+        for line in urls.embedded:
+            console.print(f"  {line}")
         settings = DemoSettings(
             redis_url=urls.redis_url,
             database_url=urls.database_url,
