@@ -11,6 +11,7 @@ import psycopg
 import pytest
 import redis
 
+from fleettrace.batch_script import load_library
 from fleettrace.keys import Keys
 from tests.servers import PrivatePostgres, PrivateRedis
 
@@ -18,6 +19,20 @@ REDIS_URL = os.environ.get("FLEETTRACE_TEST_REDIS_URL", "redis://127.0.0.1:6379/
 PG_ADMIN_URL = os.environ.get(
     "FLEETTRACE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _batch_library() -> None:
+    """The batch function library on the machine's Redis, as ``fleettrace migrate`` or
+    a worker would load it, so emitters of tests that run neither can write. Loading
+    it is idempotent (REPLACE of the same versioned library)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        load_library(client)
+    except redis.ConnectionError:
+        pass  # tests that need Redis report it themselves
+    finally:
+        client.close()
 
 
 @pytest.fixture

@@ -46,7 +46,14 @@ def _wait_for_exit(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> No
 class PrivateRedis:
     """A redis-server with AOF (``appendfsync always``) so a restart keeps every entry."""
 
-    def __init__(self, *, appendonly: bool = True, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        appendonly: bool = True,
+        extra_args: tuple[str, ...] = (),
+        batch_library: bool = True,
+    ) -> None:
+        self.batch_library = batch_library
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="fleettrace-redis-"))
         self.appendonly = appendonly
@@ -80,6 +87,21 @@ class PrivateRedis:
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_port(self.port)
+        if self.batch_library:
+            # What `fleettrace migrate` or a worker does on a real deployment.
+            self.load_library()
+
+    def load_library(self) -> None:
+        """Load the batch function library (kept across restarts with AOF on)."""
+        import redis
+
+        from fleettrace.batch_script import load_library
+
+        client = redis.Redis(port=self.port)
+        try:
+            load_library(client)
+        finally:
+            client.close()
 
     def stop(self) -> None:
         """Stop by pid with SIGTERM (Redis flushes its AOF and exits)."""

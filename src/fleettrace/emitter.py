@@ -4,8 +4,10 @@
 (a lock, a deque append and a counter): no encoding, no network, no pricing. A
 daemon thread takes batches from the buffer, encodes them (:mod:`fleettrace.codec`),
 sums their counter deltas (:mod:`fleettrace.counters`) and applies each batch with
-one script call (:mod:`fleettrace.batch_script`), which writes the stream entries
-and the counters atomically and applies a re-sent batch only once. A batch too
+one function call (:mod:`fleettrace.batch_script`; a script on Redis 6.2), which
+writes the stream entries and the counters atomically and applies a re-sent batch
+only once. Every key it writes is under its producer's prefix ``{ns}:p:<producer>:``
+(the Redis user it connects as, or ``EmitterSettings.producer``). A batch too
 large for one stream entry goes as several calls (:mod:`fleettrace.batching`).
 
 When Redis is down, slow or refusing (WRONGTYPE, NOPERM, out of memory), the batch
@@ -61,7 +63,7 @@ class Emitter(BatchSender):
 
     def __init__(self, settings: EmitterSettings | None = None) -> None:
         self.settings = settings if settings is not None else EmitterSettings()
-        self.keys = Keys(self.settings.namespace)
+        self.keys = Keys(self.settings.namespace)  # its producer's, once known (_reset_state)
         self._closed = False
         self._finalizer_registered = False
         self._reset_state()

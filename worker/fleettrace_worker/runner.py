@@ -3,7 +3,10 @@
 Each group loop (``persist``; ``langsmith`` when tracing is on) runs in a thread of
 its own with its own Redis connection, so a slow LangSmith never holds back
 persistence and the other way round. The main thread handles signals, writes the
-health key, trims the streams and serves HTTP, and waits for the loops to finish.
+health key, loads the batch function library when the server lacks it (at start
+and at every health tick: a Redis restarted without persistence loses it, and
+emitters wait for it), trims the streams and serves HTTP, and waits for the loops
+to finish.
 
 Shutdown follows rq's warm and cold shutdown: the first SIGTERM or SIGINT stops
 reading, lets each loop finish and acknowledge the batch in hand, and exits 0; a
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 import redis
 from psycopg_pool import ConnectionPool
 
+from fleettrace.batch_script import library_loaded, load_library
 from fleettrace.connection import connect_redis, redact_url
 from fleettrace.errors import ConfigurationError, FleettraceError, TransientError
 from fleettrace.keys import (
@@ -342,6 +346,7 @@ class Worker:
                 if factory is None:
                     raise ConfigurationError(f"group {group!r} is not available in this build")
                 loops.append(factory(self.context))
+            self._ensure_library()
             server = self._serve_http()
             if presence is not None:
                 presence.write()
@@ -396,6 +401,7 @@ class Worker:
         next_trim = time.monotonic() + self.settings.trim_interval_s
         while any(t.thread.is_alive() for t in self._threads):
             self._write_health()
+            self._ensure_library()
             if time.monotonic() >= next_trim:
                 next_trim = time.monotonic() + self.settings.trim_interval_s
                 self._trim()
@@ -417,6 +423,16 @@ class Worker:
             )
         except (redis.RedisError, FleettraceError) as error:
             log.debug("health key not written: %s", error)
+
+    def _ensure_library(self) -> None:
+        """Load the batch function library when the server has functions and lacks it."""
+        try:
+            client = self._redis()
+            if library_loaded(client) is False:
+                load_library(client)
+                log.info("loaded the batch function library into Redis")
+        except (redis.RedisError, FleettraceError) as error:
+            log.debug("batch function library not checked: %s", error)
 
     def _trim(self) -> None:
         try:
