@@ -255,7 +255,7 @@ def test_fifty_thousand_plans_stay_bounded_everywhere(
             write_like_an_old_emitter(pipe, keys, f"plan-{i:05d}", (i + 1) / 1000)
         pipe.execute()
         old_bytes = sum(
-            redis_client.memory_usage(keys.live(name), samples=0) or 0
+            redis_client.memory_usage(keys.legacy_live(name), samples=0) or 0
             for name in (COST, "plan.decisions_count")
         )
         started = time.perf_counter()
