@@ -87,8 +87,9 @@ class PrivateRedis:
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_port(self.port)
-        if self.batch_library:
-            # What `fleettrace migrate` or a worker does on a real deployment.
+        if self.batch_library and "--tls-port" not in self.extra_args:
+            # What `fleettrace migrate` or a worker does on a real deployment (a TLS
+            # server's tests load it over their own TLS client: batch_script.load_library).
             self.load_library()
 
     def load_library(self) -> None:
