@@ -411,18 +411,27 @@ def test_a_missing_function_is_a_counted_failure_until_a_worker_loads_it(
         assert (stats.sent, stats.buffered, stats.dropped) == (0, 1, 0)
         assert "fleettrace_apply_v1 is not loaded" in (stats.last_error or "")
         assert secured.admin.keys("*") == []
-        # A worker loads the library at start (and at each health tick when missing).
+        # A worker loads the library at start, and at each health tick when missing.
         worker = Worker(
-            WorkerSettings(secured.urls["worker"], migrated(database_url), namespace=NS)
+            WorkerSettings(
+                secured.urls["worker"],
+                migrated(database_url),
+                namespace=NS,
+                block_ms=100,
+                health_interval_s=0.2,
+            )
         )
-        worker._ensure_library()
-        assert em.flush(10)
-        assert em.stats.sent == 1
-        em.close()
-        secured.admin.function_delete(LIBRARY_NAME)
-        worker._ensure_library()
-        assert library_loaded(secured.admin) is True
-        worker.context.close()
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            assert em.flush(20)
+            assert em.stats.sent == 1
+            em.close()
+            secured.admin.function_delete(LIBRARY_NAME)  # as a restart without persistence
+            wait_for(lambda: library_loaded(secured.admin) is True, 20, "the reload")
+        finally:
+            worker.stop.set()
+            thread.join(20)
         secured.admin.close()
     finally:
         server.close()
