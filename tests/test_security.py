@@ -9,6 +9,7 @@ import logging
 import re
 import ssl
 import threading
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from fleettrace.batch_script import BatchCall, library_loaded
 from fleettrace.batching import encode_calls
@@ -41,6 +43,7 @@ from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.database import connect, create_pool
 from fleettrace_worker.deadletter import list_dead_letters, replay_dead_letters
 from fleettrace_worker.forwarder import ForwardLoop, loop_settings
+from fleettrace_worker.http import serve
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
@@ -49,7 +52,7 @@ from fleettrace_worker.runner import Worker, WorkerSettings
 from fleettrace_worker.trim import trim_streams
 from tests.acl import AGENT, BUDGET_AGENT, WORKER, create_user, documented_acl_lines, rules
 from tests.langsmith_server import Fault, LangSmithServer
-from tests.servers import PrivateRedis
+from tests.servers import PrivateRedis, free_port
 from tests.worker_helpers import fleettrace, migrated, trace_rows, wait_for, worker_env
 
 API_KEY = "lsv2_sk_" + "7f3e9a1c5b2d4e6f8a0b1c2d3e4f5a6b" + "_9c8d7e6f5a"
@@ -284,6 +287,23 @@ def test_an_agent_can_only_spoil_its_own_keys_and_lower_no_figure(
     assert json.loads(top.stdout) == [
         {"plan": "shared", "cost_usd": 5.0, "priced_calls": 5, "decisions": 1, "child_plans": 0}
     ]
+    # And the worker's /metrics, with the costliest plans.
+    worker = Worker(WorkerSettings(url, migrated(database_url), namespace=NS))
+    port = free_port()
+    server = serve(f"127.0.0.1:{port}", worker, reader, plans=5)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            scrape = answer.read().decode()
+    finally:
+        server.shutdown()
+        worker.context.close()
+    samples = [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(scrape)
+        for sample in family.samples
+    ]
+    assert ("fleettrace_plan_cost_usd_total", {"plan": "shared"}, 5.0) in samples
+    assert all(value >= 0 for name, _, value in samples if name.startswith("fleettrace_"))
 
 
 def run_worker_once(secured: Secured, database_url: str) -> str:
