@@ -108,8 +108,11 @@ PRODUCER_KEY_PART: Final = "p"
 #: so an emitter never calls a function that means something else.
 LIBRARY_NAME: Final = "fleettrace"
 APPLY_FUNCTION: Final = "fleettrace_apply_v1"
-#: Seconds between two SCANs of the worker for producer streams.
-DISCOVER_INTERVAL_S: Final = 5.0
+#: Seconds between two steps of a running consumer's walk for producer streams...
+DISCOVER_INTERVAL_S: Final = 1.0
+#: ...and SCAN steps per go (each examines DISCOVER_SCAN_COUNT keys, about 1 ms of
+#: Redis time per 1,000 keys): a consumer spends at most about 10 ms a second on it.
+DISCOVER_STEPS: Final = 10
 #: COUNT of each step of the worker's SCAN for producer streams.
 DISCOVER_SCAN_COUNT: Final = 1000
 

@@ -2,8 +2,9 @@
 
 Nothing here knows what a group does with its entries (PostgreSQL, LangSmith): a
 group loop reads entries of every producer's streams (``{ns}:p:<producer>:traces``
-and ``:metrics``, found by :mod:`fleettrace_worker.discovery` every
-``discover_interval_s``, and on every read in burst mode), handles them, and
+and ``:metrics``, found by :mod:`fleettrace_worker.discovery`: a whole walk at start
+and on every read in burst mode, then a few steps every ``discover_interval_s``),
+handles them, and
 acknowledges them together with the dead letters it made, in one MULTI/EXEC. All
 keys of a namespace share one hash slot, so that transaction is valid on a cluster
 too, and a crash can never leave an entry acknowledged without its dead letter, or
@@ -28,7 +29,12 @@ import redis
 from fleettrace.keys import DISCOVER_INTERVAL_S, Keys
 from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker.deadletter import DeadLetter
-from fleettrace_worker.discovery import discover_streams
+from fleettrace_worker.discovery import (
+    StreamWalk,
+    discover_streams,
+    legacy_streams,
+    register_producers,
+)
 
 #: The id a group starts from when it is created: the whole stream, so records sent
 #: before the first worker ever started are stored too.
@@ -86,6 +92,7 @@ class Consumer:
         #: The streams this consumer reads, each with the group on it.
         self.streams: list[str] = []
         self._discovered_at: float | None = None
+        self._walk = StreamWalk(client, keys)
         self._claim_cursor: dict[str, str] = {}
         self._recover_cursor: dict[str, str] = {}
 
@@ -99,24 +106,39 @@ class Consumer:
         self.refresh(force=True)
 
     def refresh(self, *, force: bool = False) -> list[str]:
-        """Look for producer streams when ``discover_interval_s`` has passed since the
-        last look (or ``force``); create the group on each new one. Returns the new ones."""
+        """Look for producer streams and create the group on each new one; returns the
+        new ones. The first call and ``force`` walk the whole database; later calls
+        take the next few steps of a walk (:class:`StreamWalk`) once per
+        ``discover_interval_s``, so the cost stays bounded on a large database."""
         now = time.monotonic()
-        if (
-            not force
-            and self._discovered_at is not None
-            and now - self._discovered_at < self.discover_interval_s
-        ):
-            return []
-        found = discover_streams(self.client, self.keys)
-        self._discovered_at = now
         known = set(self.streams)
-        new = [stream for stream in found if stream not in known]
+        if force or self._discovered_at is None:
+            found = discover_streams(self.client, self.keys)
+            self._walk.restart()
+            create = found if force else [s for s in found if s not in known]
+        elif now - self._discovered_at < self.discover_interval_s:
+            return []
+        else:
+            with translate_redis_errors("looking for producer streams"):
+                complete = self._walk.advance()
+                seen = self._walk.found
+                fresh = sorted(s for s in seen if s not in known)
+                if complete:
+                    # A whole walk done: streams that went away leave the list.
+                    found = legacy_streams(self.client, self.keys) + sorted(seen)
+                    register_producers(self.client, self.keys, seen)
+                    self._walk.restart()
+                else:
+                    found = self.streams + fresh
+                    if fresh:
+                        register_producers(self.client, self.keys, set(fresh))
+            create = [s for s in found if s not in known]
+        self._discovered_at = now
         with translate_redis_errors(f"creating consumer group {self.group!r}"):
-            for stream in found if force else new:
+            for stream in create:
                 self._create_group(stream)
         self.streams = found
-        return new
+        return [s for s in found if s not in known]
 
     def _create_group(self, stream: str) -> None:
         try:

@@ -99,12 +99,18 @@ class GroupReport:
 
 
 def inspect_groups(
-    client: redis.Redis, keys: Keys, *, now_s: float | None = None
+    client: redis.Redis,
+    keys: Keys,
+    *,
+    now_s: float | None = None,
+    streams: Sequence[str] | None = None,
 ) -> list[GroupReport]:
-    """Every group on every stream of the namespace (every producer's, found by SCAN)."""
+    """Every group on every stream of the namespace (``streams``, else every
+    producer's, found by a SCAN walk)."""
     now_ms = (time.time() if now_s is None else now_s) * 1000
     reports = []
-    streams = discover_streams(client, keys, register=False)
+    if streams is None:
+        streams = discover_streams(client, keys, register=False)
     with translate_redis_errors("reading consumer groups"):
         for stream in streams:
             try:

@@ -3,10 +3,9 @@
 Each group loop (``persist``; ``langsmith`` when tracing is on) runs in a thread of
 its own with its own Redis connection, so a slow LangSmith never holds back
 persistence and the other way round. The main thread handles signals, writes the
-health key, loads the batch function library when the server lacks it (at start
-and at every health tick: a Redis restarted without persistence loses it, and
-emitters wait for it), trims the streams and serves HTTP, and waits for the loops
-to finish.
+health key, loads the batch function library when Redis lacks it (at start and each
+health tick: a restart without persistence loses it), trims the streams and serves
+HTTP, and waits for the loops to finish.
 
 Shutdown follows rq's warm and cold shutdown: the first SIGTERM or SIGINT stops
 reading, lets each loop finish and acknowledge the batch in hand, and exits 0; a
@@ -427,23 +426,28 @@ class Worker:
     def _ensure_library(self) -> None:
         """Load the batch function library when the server has functions and lacks it."""
         try:
-            client = self._redis()
-            if library_loaded(client) is False:
-                load_library(client)
+            if library_loaded(self._redis()) is False and load_library(self._redis()):
                 log.info("loaded the batch function library into Redis")
         except (redis.RedisError, FleettraceError) as error:
             log.debug("batch function library not checked: %s", error)
 
+    def _streams(self) -> list[str]:
+        """The streams the loops read: their walks found them, no walk of its own."""
+        consumers = [getattr(loop, "consumer", None) for loop in self.loops]
+        return sorted({s for c in consumers for s in getattr(c, "streams", ())})
+
     def _trim(self) -> None:
         try:
-            trim_streams(self._redis(), self.keys)
+            trim_streams(self._redis(), self.keys, streams=self._streams())
         except TransientError as error:
             log.debug("streams not trimmed: %s", error)
 
     def _watch_groups(self) -> None:
         """Warn (rate-limited) about groups holding the trim floor for too long."""
         try:
-            self.group_watch.check(inspect_groups(self._redis(), self.keys))
+            self.group_watch.check(
+                inspect_groups(self._redis(), self.keys, streams=self._streams())
+            )
         except TransientError as error:
             log.debug("consumer groups not inspected: %s", error)
 
