@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import redis
 
+from fleettrace.batch_script import load_library
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
 from tests.servers import PrivatePostgres, PrivateRedis, SuiteServers, redis_program
@@ -68,6 +69,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     "or run one on 127.0.0.1:6379"
                 )
             )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _batch_library() -> None:
+    """The batch function library on the machine's Redis, as ``fleettrace migrate`` or
+    a worker would load it, so emitters of tests that run neither can write. Loading
+    it is idempotent (REPLACE of the same versioned library)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        load_library(client)
+    except redis.ConnectionError:
+        pass  # tests that need Redis report it themselves
+    finally:
+        client.close()
 
 
 @pytest.fixture

@@ -125,7 +125,9 @@ class PrivateRedis:
         extra_args: tuple[str, ...] = (),
         port: int | None = None,
         program: RedisProgram | None = None,
+        batch_library: bool = True,
     ) -> None:
+        self.batch_library = batch_library
         self.port = port or free_port()
         self.program = program or redis_program()
         self.dir = Path(tempfile.mkdtemp(prefix="fleettrace-redis-"))
@@ -161,6 +163,9 @@ class PrivateRedis:
         except (RuntimeError, TimeoutError, AssertionError):
             self.kill()
             raise
+        if self.batch_library:
+            # What `fleettrace migrate` or a worker does on a real deployment.
+            self.load_library()
 
     def _answers(self) -> bool:
         # Through ``url``, so a subclass that serves TLS only is asked over TLS.
@@ -174,6 +179,20 @@ class PrivateRedis:
             return str(error).startswith(("NOAUTH", "Authentication"))
         except redis.RedisError:
             return False
+        finally:
+            client.close()
+
+    def load_library(self) -> None:
+        """Load the batch function library (kept across restarts with AOF on), through
+        ``url`` so a TLS-only subclass loads it over TLS. A server that wants a login
+        (its default user off) is left to the test, or the worker, to load it."""
+        from fleettrace.batch_script import load_library
+
+        client = redis.Redis.from_url(self.url)
+        try:
+            load_library(client)
+        except redis.AuthenticationError:
+            pass
         finally:
             client.close()
 

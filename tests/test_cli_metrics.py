@@ -247,8 +247,8 @@ def test_one_plan_and_the_top_plans(
 def test_old_layout_is_reported_and_moved(
     keys: Keys, redis_url: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    redis_client.hincrby(keys.live("plan.cost_usd"), "plan=old|count", 1)
-    redis_client.hincrbyfloat(keys.live("plan.cost_usd"), "plan=old|sum", 0.5)
+    redis_client.hincrby(keys.legacy_live("plan.cost_usd"), "plan=old|count", 1)
+    redis_client.hincrbyfloat(keys.legacy_live("plan.cost_usd"), "plan=old|sum", 0.5)
     where = ("--redis-url", redis_url, "--namespace", keys.namespace)
     code, out, _ = run(capsys, *where)
     assert out.splitlines() == [

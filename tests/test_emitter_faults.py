@@ -179,9 +179,9 @@ def test_a_batch_whose_reply_was_lost_is_applied_once(debug_redis: PrivateRedis)
         debug_redis.url, KEYS, socket_timeout_s=0.3, retry_initial_s=0.01, retry_max_s=0.05
     )
     emitter.record(llm_trace(trace_id=uuid.UUID(int=1), prompt_tokens=0, completion_tokens=1))
-    assert emitter.flush(DEADLINE_S)  # the script is loaded; the next call is EVALSHA only
+    assert emitter.flush(DEADLINE_S)  # the function is known; the next call is FCALL only
     admin = redis.Redis.from_url(debug_redis.url)
-    calls_before = admin.info("commandstats")["cmdstat_evalsha"]["calls"]
+    calls_before = admin.info("commandstats")["cmdstat_fcall"]["calls"]
     sleeper = threading.Thread(
         target=lambda: redis.Redis.from_url(debug_redis.url).execute_command("DEBUG", "SLEEP", 2)
     )
@@ -191,7 +191,7 @@ def test_a_batch_whose_reply_was_lost_is_applied_once(debug_redis: PrivateRedis)
     assert emitter.flush(DEADLINE_S)
     sleeper.join(DEADLINE_S)
     assert emitter.stats.send_failures >= 1
-    assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] - calls_before >= 2
+    assert admin.info("commandstats")["cmdstat_fcall"]["calls"] - calls_before >= 2
     assert trace_ids(admin) == [uuid.UUID(int=1), uuid.UUID(int=2)]
     assert emitter_figures(admin, KEYS)["records"] == 2
     emitter.close()

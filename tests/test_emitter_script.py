@@ -3,11 +3,9 @@ counts a failure with its reason, and the batch arrives once the cause is fixed.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import redis
@@ -16,10 +14,9 @@ from fleettrace.batch_script import APPLY_BATCH_LUA
 from fleettrace.emitter import Emitter
 from fleettrace.keys import EMITTER_SEQ_TTL_S, Keys, plan_field
 from fleettrace.model import LLMTrace
+from tests.acl import AGENT, create_user
 from tests.emitting import emitter_figures, make_emitter, stream_records
 from tests.servers import PrivateRedis
-
-SECURITY_DOC = Path(__file__).resolve().parent.parent / "docs" / "security.md"
 
 DEADLINE_S = 30.0
 FAST = {"retry_initial_s": 0.01, "retry_max_s": 0.05, "socket_timeout_s": 2.0}
@@ -76,26 +73,13 @@ def test_a_stream_key_of_the_wrong_type_is_a_counted_failure_then_arrives_once(
     assert emitter.close()
 
 
-def agent_rules(keys: Keys, password: str, *, without: str) -> list[str]:
-    """The documented agent line of docs/security.md for ``keys``, minus one right."""
-    line = re.search(
-        r"^ACL SETUSER fleettrace-agent (.+)$", SECURITY_DOC.read_text(), flags=re.MULTILINE
-    )
-    assert line is not None
-    rules = line.group(1).replace("{fleettrace}", keys.prefix).split()
-    assert without in rules
-    return [f">{password}" if r.startswith(">") else r for r in rules if r != without]
-
-
 def test_a_user_missing_one_command_of_the_script_writes_nothing_then_arrives_once(
     private_redis: PrivateRedis,
 ) -> None:
-    keys = Keys("acl")
+    keys = Keys("acl", "agent")  # the agent user's own keys
     admin = redis.Redis.from_url(private_redis.url)
     password = uuid.uuid4().hex
-    rules = agent_rules(keys, password, without="+hincrbyfloat")
-    admin.execute_command("ACL", "SETUSER", "agent", *rules)
-    url = f"redis://agent:{password}@127.0.0.1:{private_redis.port}/0"
+    url = create_user(admin, AGENT, keys, "agent", password, without="+hincrbyfloat")
     emitter = make_emitter(url, keys, **FAST)
     for i in range(10):
         emitter.record(trace(i))

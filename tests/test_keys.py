@@ -10,6 +10,7 @@ import redis
 import fleettrace
 from fleettrace import LLMTrace, MetricKey
 from fleettrace.emitter import EmitterSettings
+from fleettrace.errors import ConfigurationError
 from fleettrace.keys import (
     MAX_ENTRY_BYTES,
     Keys,
@@ -26,13 +27,21 @@ from tests.emitting import make_emitter
 def test_every_key_shares_the_namespace_hash_tag(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLEETTRACE_NAMESPACE", raising=False)
     keys = Keys("prod")
-    assert keys.traces == "{prod}:traces"
-    assert keys.metrics == "{prod}:metrics"
-    assert keys.streams == ("{prod}:traces", "{prod}:metrics")
-    assert keys.live("plan.cost_usd") == "{prod}:live:plan.cost_usd"
-    assert keys.emitter_seq("ab") == "{prod}:emitters:ab"
-    assert keys.emitter_seq_pattern == "{prod}:emitters:*"
-    assert keys.emitter == "{prod}:emitter"
+    assert keys.producer == "default"
+    assert keys.traces == "{prod}:p:default:traces"
+    assert keys.metrics == "{prod}:p:default:metrics"
+    assert keys.streams == ("{prod}:p:default:traces", "{prod}:p:default:metrics")
+    assert keys.live("plan.cost_usd") == "{prod}:p:default:live:plan.cost_usd"
+    assert keys.emitter_seq("ab") == "{prod}:p:default:emitters:ab"
+    assert keys.emitter_seq_pattern == "{prod}:p:default:emitters:*"
+    assert keys.emitter == "{prod}:p:default:emitter"
+    alice = keys.for_producer("alice")
+    assert alice.plan("p|1") == "{prod}:p:alice:plan:p%7C1"
+    assert alice.producer_prefix == "{prod}:p:alice"
+    assert keys.stream_patterns == ("{prod}:p:*:traces", "{prod}:p:*:metrics")
+    assert keys.legacy_streams == ("{prod}:traces", "{prod}:metrics")
+    assert keys.producers == "{prod}:producers"
+    assert keys.plan_pattern == "{prod}:p:*:plan:*"
     assert keys.dead_letters("persist") == "{prod}:dlq:persist"
     assert Keys().prefix == "{fleettrace}"
     assert MAX_ENTRY_BYTES == 4 * 1024 * 1024
@@ -147,3 +156,37 @@ def test_budget_checks_read_the_configured_namespace_without_being_given_keys(
     assert fleettrace.read_live(redis_client, other) == []
     with pytest.raises(TypeError, match="plan_id"):
         fleettrace.plan_cost_usd(redis_client)  # type: ignore[call-overload]
+
+
+def test_a_producer_is_named_by_its_stream_key_only() -> None:
+    keys = Keys("prod")
+    assert keys.producer_of("{prod}:p:alice:traces") == "alice"
+    assert keys.producer_of("{prod}:p:bob.2:metrics") == "bob.2"
+    for stream in (
+        "{prod}:traces",
+        "{prod}:p:alice:live:x",
+        "{prod}:p::traces",
+        "{other}:p:alice:traces",
+        "{prod}:p:a*b:traces",
+    ):
+        assert keys.producer_of(stream) is None
+    assert keys.is_stream("{prod}:traces") and keys.is_stream("{prod}:p:a:metrics")
+    assert keys.plan_of("{prod}:p:alice:plan:x:plan:y") == "x:plan:y"
+    assert keys.plan_of("{prod}:p:alice:live:plan.cost_usd") is None
+
+
+@pytest.mark.parametrize("producer", ["", "a b", "x" * 65, "a:b", "a*", "{a}", "é"])
+def test_a_producer_identity_outside_the_safe_characters_is_refused(producer: str) -> None:
+    with pytest.raises(ValueError, match="producer identity"):
+        Keys("prod", producer)
+    with pytest.raises(ConfigurationError, match="producer identity"):
+        EmitterSettings(producer=producer)
+
+
+def test_the_producer_comes_from_the_environment_when_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLEETTRACE_PRODUCER", "agent-7")
+    assert EmitterSettings.from_env().producer == "agent-7"
+    monkeypatch.setenv("FLEETTRACE_PRODUCER", " ")
+    assert EmitterSettings.from_env().producer is None

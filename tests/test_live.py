@@ -133,7 +133,7 @@ def test_acl_users_connect_by_url_and_wrong_password_is_a_configuration_error() 
         emitter = fleettrace.Emitter(fleettrace.EmitterSettings(redis_url=url, namespace="acl"))
         emitter.record(LLMTrace(provider="openai", model="gpt-4o", plan_id="p", cost_usd=0.5))
         assert emitter.close(10)
-        assert plan_cost_usd(admin, Keys("acl"), "p") == 0.5
+        assert plan_cost_usd(admin, Keys("acl", "agent"), "p") == 0.5
         wrong = redis.Redis.from_url(f"redis://agent:nope@127.0.0.1:{server.port}/0")
         with pytest.raises(ConfigurationError, match="Redis refused reading the live counters"):
             read_live(wrong, Keys("acl"))

@@ -214,3 +214,39 @@ def test_a_connection_lost_while_checking_is_unavailable(database_url: str) -> N
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         with pytest.raises(DatabaseUnavailable, match="is unavailable"):
             migrations.check_schema(conn)
+
+
+def test_the_producer_columns_arrive_on_a_database_holding_rows_of_version_1(
+    pool: ConnectionPool, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = migrations.available()
+    producer = next(m for m in shipped if m.name == "producer")
+    monkeypatch.setattr(migrations, "available", lambda: shipped[: producer.version - 1])
+    migrations.migrate(pool)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO llm_traces (trace_id, provider, model, prompt_tokens, "
+            "completion_tokens, latency_ms, tool_calls, streaming, retry_count, started_at) "
+            "VALUES (gen_random_uuid(), 'openai', 'gpt-4o', 1, 2, 3, '{}', false, 0, now())"
+        )
+        conn.execute(
+            "INSERT INTO metric_samples (batch_id, position, key, labels, value, observed_at) "
+            "VALUES (gen_random_uuid(), 0, 'k', '{}', 1, now())"
+        )
+    monkeypatch.setattr(migrations, "available", lambda: shipped)
+
+    # Twice, and from two threads at once: each applies the file once, rows stay.
+    threads = [threading.Thread(target=migrations.migrate, args=(pool,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert migrations.migrate(pool).applied == ()
+    # The file itself is harmless when run again.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(producer.sql.encode())
+        for table in ("llm_traces", "metric_samples"):
+            rows = conn.execute(f"SELECT producer, namespace FROM {table}").fetchall()
+            assert rows == [(None, None)]
+    assert [v for v, _ in _versions(database_url)].count(producer.version) == 1
+    assert migrations.check_schema(pool) == migrations.latest_version()

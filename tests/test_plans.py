@@ -46,7 +46,7 @@ def test_a_plans_counters_are_one_hash_that_expires_after_its_last_write(
     assert emitter.flush(10)
 
     key = keys.plan("p|1")
-    assert key == f"{keys.prefix}:plan:p%7C1"
+    assert key == f"{keys.prefix}:p:default:plan:p%7C1"
     assert {f.decode(): v.decode() for f, v in redis_client.hgetall(key).items()} == {
         "plan.cost_usd||count": "2",
         "plan.cost_usd||sum": "0.75",
@@ -140,10 +140,10 @@ def write_like_an_old_emitter(
     client: redis.Redis | redis.client.Pipeline, keys: Keys, plan_id: str, cost: float
 ) -> None:
     """The fields an emitter before the per-plan hashes wrote, as its script wrote them."""
-    client.hincrby(keys.live(COST), f"plan={plan_id}|count", 1)
-    client.hincrbyfloat(keys.live(COST), f"plan={plan_id}|sum", cost)
-    client.hincrby(keys.live("plan.decisions_count"), f"plan={plan_id}|count", 2)
-    client.hincrbyfloat(keys.live("plan.decisions_count"), f"plan={plan_id}|sum", 2)
+    client.hincrby(keys.legacy_live(COST), f"plan={plan_id}|count", 1)
+    client.hincrbyfloat(keys.legacy_live(COST), f"plan={plan_id}|sum", cost)
+    client.hincrby(keys.legacy_live("plan.decisions_count"), f"plan={plan_id}|count", 2)
+    client.hincrbyfloat(keys.legacy_live("plan.decisions_count"), f"plan={plan_id}|sum", 2)
 
 
 def test_old_layout_fields_count_for_budgets_and_move_into_plan_hashes(
@@ -156,7 +156,7 @@ def test_old_layout_fields_count_for_budgets_and_move_into_plan_hashes(
     emitter.record(spend("shared", 1.0))
     emitter.observe(MetricKey.TOOL_ERROR_RATE, 1, {"tool": "t", "outcome": "ok"})
     assert emitter.close()
-    redis_client.hset(keys.live(COST), "not-ours|sum", "9")  # a field this code never wrote
+    redis_client.hset(keys.legacy_live(COST), "not-ours|sum", "9")  # a field this code never wrote
 
     # Before the move: budgets see both layouts; fleet reads ignore the old fields.
     assert plan_cost_usd(redis_client, keys, "shared") == pytest.approx(1.5)
@@ -168,8 +168,8 @@ def test_old_layout_fields_count_for_budgets_and_move_into_plan_hashes(
     assert migrate_legacy_plan_fields(redis_client, keys, ttl_s=500, count=2) == 8
     assert migrate_legacy_plan_fields(redis_client, keys) == 0  # safe to run again
     assert legacy_plan_fields(redis_client, keys) == 1
-    assert redis_client.hgetall(keys.live(COST)) == {b"not-ours|sum": b"9"}
-    assert not redis_client.exists(keys.live("plan.decisions_count"))
+    assert redis_client.hgetall(keys.legacy_live(COST)) == {b"not-ours|sum": b"9"}
+    assert not redis_client.exists(keys.legacy_live("plan.decisions_count"))
 
     # After: the same answers, now from the plans' own expiring hashes.
     assert plan_cost_usd(redis_client, keys, "shared") == pytest.approx(1.5)
@@ -255,7 +255,7 @@ def test_fifty_thousand_plans_stay_bounded_everywhere(
             write_like_an_old_emitter(pipe, keys, f"plan-{i:05d}", (i + 1) / 1000)
         pipe.execute()
         old_bytes = sum(
-            redis_client.memory_usage(keys.live(name), samples=0) or 0
+            redis_client.memory_usage(keys.legacy_live(name), samples=0) or 0
             for name in (COST, "plan.decisions_count")
         )
         started = time.perf_counter()

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
 
@@ -23,7 +24,11 @@ from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.loop import GroupLoop, LoopStats, Prepared
 from fleettrace_worker.runner import ENV_PREFIX, Worker, WorkerSettings, check_health
+from tests.emitting import make_emitter
+from tests.factories import numbered_trace
 from tests.servers import free_port
+from tests.waiting import wait_until
+from tests.worker_helpers import migrated
 
 SECRET_REDIS = "redis://user:s3cret@127.0.0.1:6379/0"
 SECRET_PG = "postgresql://fleet:pa55word@127.0.0.1:5432/db"
@@ -239,3 +244,39 @@ def test_every_setting_variable_is_read_with_its_type() -> None:
         WorkerSettings("redis://r", "postgresql://p", lock_timeout_ms=-1)
     with pytest.raises(ConfigurationError, match="progress_limit_s must be positive"):
         WorkerSettings("redis://r", "postgresql://p", progress_limit_s=0)
+
+
+@pytest.mark.slow
+def test_a_running_worker_picks_up_a_new_producer_and_names_it_on_the_rows(
+    redis_url, keys, database_url
+) -> None:
+    """No restart, no registry: the second producer's stream appears while the worker
+    runs, and its rows say who recorded them (from the stream key)."""
+    db = migrated(database_url)
+    worker = Worker(
+        WorkerSettings(redis_url, db, namespace=keys.namespace, consumer="w-new", block_ms=100)
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+
+    def rows_by_producer() -> dict[str, int]:
+        with psycopg.connect(db) as conn:
+            found = conn.execute(
+                "SELECT producer, count(*) FROM llm_traces WHERE namespace = %s GROUP BY producer",
+                (keys.namespace,),
+            ).fetchall()
+        return {str(producer): int(count) for producer, count in found}
+
+    try:
+        for producer, count in (("first", 3), ("second", 2)):
+            with make_emitter(redis_url, keys, producer=producer) as emitter:
+                for i in range(count):
+                    emitter.record(numbered_trace(i))
+                assert emitter.flush(10)
+            wait_until(lambda p=producer, n=count: rows_by_producer().get(p) == n, 30, producer)
+        assert rows_by_producer() == {"first": 3, "second": 2}
+        assert redis.Redis.from_url(redis_url).smembers(keys.producers) == {b"first", b"second"}
+    finally:
+        worker.stop.set()
+        thread.join(30)
+    assert not thread.is_alive()

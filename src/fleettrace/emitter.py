@@ -5,8 +5,10 @@
 daemon thread takes batches from the buffer, prices the calls whose cost the caller
 left out (:mod:`fleettrace.pricing`), encodes them (:mod:`fleettrace.codec`),
 sums their counter deltas (:mod:`fleettrace.counters`) and applies each batch with
-one script call (:mod:`fleettrace.batch_script`), which writes the stream entries
-and the counters atomically and applies a re-sent batch only once. A batch too
+one function call (:mod:`fleettrace.batch_script`; a script on Redis 6.2), which
+writes the stream entries and the counters atomically and applies a re-sent batch
+only once. Every key it writes is under its producer's prefix ``{ns}:p:<producer>:``
+(the Redis user it connects as, or ``EmitterSettings.producer``). A batch too
 large for one stream entry goes as several calls (:mod:`fleettrace.batching`).
 
 When Redis is down, slow or refusing (WRONGTYPE, NOPERM, out of memory), the batch
@@ -64,7 +66,7 @@ class Emitter(BatchSender):
 
     def __init__(self, settings: EmitterSettings | None = None) -> None:
         self.settings = settings if settings is not None else EmitterSettings()
-        self.keys = Keys(self.settings.namespace)
+        self.keys = Keys(self.settings.namespace)  # its producer's, once known (_reset_state)
         self._closed = False
         self._finalizer_registered = False
         # Read once: a price file that does not load is refused here, in one line.

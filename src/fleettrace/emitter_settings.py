@@ -9,7 +9,13 @@ from typing import Any, Final, Literal
 
 from fleettrace.connection import DEFAULT_REDIS_URL, redact_url, redis_url_from_env
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import PLAN_TTL_S, Keys, configured_namespace
+from fleettrace.keys import (
+    PLAN_TTL_S,
+    Keys,
+    check_producer,
+    configured_namespace,
+    configured_producer,
+)
 from fleettrace.price_overrides import prices_path_from_env
 
 Overflow = Literal["drop_oldest", "block"]
@@ -51,10 +57,16 @@ class EmitterSettings:
     #: A TOML or JSON file of custom prices (:mod:`fleettrace.price_overrides`), read
     #: once when the emitter is made; defaults to ``FLEETTRACE_PRICES``.
     prices_file: str | None = field(default_factory=prices_path_from_env)
+    #: The producer identity whose keys this emitter writes (``{ns}:p:<producer>:*``).
+    #: None: the Redis user the emitter connects as (``ACL WHOAMI``), which is what the
+    #: documented agent ACL line expects; ``from_env`` reads ``FLEETTRACE_PRODUCER``.
+    producer: str | None = None
 
     def __post_init__(self) -> None:
         try:
             Keys(self.namespace)
+            if self.producer is not None:
+                check_producer(self.producer)
         except ValueError as error:
             raise ConfigurationError(str(error)) from None
         if self.overflow not in _OVERFLOW_POLICIES:
@@ -87,12 +99,14 @@ class EmitterSettings:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> EmitterSettings:
-        """Settings whose URL and namespace default to ``FLEETTRACE_REDIS_URL`` (then
-        ``REDIS_URL``) and ``FLEETTRACE_NAMESPACE``."""
+        """Settings whose URL, namespace and producer default to ``FLEETTRACE_REDIS_URL``
+        (then ``REDIS_URL``), ``FLEETTRACE_NAMESPACE`` and ``FLEETTRACE_PRODUCER``."""
         if overrides.get("redis_url") is None:
             overrides["redis_url"] = redis_url_from_env() or DEFAULT_REDIS_URL
         if overrides.get("namespace") is None:
             overrides["namespace"] = configured_namespace()
+        if overrides.get("producer") is None:
+            overrides["producer"] = configured_producer()
         try:
             return cls(**overrides)
         except TypeError as error:

@@ -2,23 +2,41 @@
 
 All keys of one namespace share the Redis Cluster hash tag ``{namespace}``, so the
 trace stream, the live counters and the idempotency state that one batch touches
-live in the same slot and one Lua script can update them atomically.
+live in the same slot and one function call can update them atomically.
 
-Layout for namespace ``fleettrace``::
+Each producer identity (the Redis user an emitter connects as, or a configured
+producer id) writes only keys under its own prefix ``{ns}:p:<producer>:``, so an ACL
+line ``~{ns}:p:<user>:*`` gives an agent nothing of anyone else's (docs/security.md).
+Readers sum each counter over the producers the worker has seen, clamping each
+producer's contribution at zero. Layout for namespace ``fleettrace``::
 
-    {fleettrace}:traces              stream   batches of LLMTrace records
-    {fleettrace}:metrics             stream   batches of metric samples
-    {fleettrace}:dlq:persist         stream   dead letters of the persist group
-    {fleettrace}:dlq:langsmith       stream   dead letters of the langsmith group
-    {fleettrace}:dlq:otlp            stream   dead letters of the otlp group
-    {fleettrace}:live:<metric key>   hash     live counters of one of the 14 metric keys,
-                                              except the per-plan ones (next line)
-    {fleettrace}:plan:<plan id>      hash     one plan's live counters (expires; see
-                                              Keys.plan)
-    {fleettrace}:emitter             hash     emitter figures (dropped records, batches)
-    {fleettrace}:emitters:<id>       string   last batch number applied for one emitter
-                                              (expires EMITTER_SEQ_TTL_S after its last)
-    {fleettrace}:worker:<consumer>   string   a worker's health snapshot (expires)
+    {fleettrace}:p:<producer>:traces            stream  batches of LLMTrace records
+    {fleettrace}:p:<producer>:metrics           stream  batches of metric samples
+    {fleettrace}:p:<producer>:live:<metric key> hash    live counters of one of the 14
+                                                        metric keys, except the
+                                                        per-plan ones (next line)
+    {fleettrace}:p:<producer>:plan:<plan id>    hash    one plan's live counters as
+                                                        this producer counted them
+                                                        (expires; see Keys.plan)
+    {fleettrace}:p:<producer>:emitter           hash    emitter figures (dropped
+                                                        records, batches)
+    {fleettrace}:p:<producer>:emitters:<id>     string  last batch number applied for
+                                                        one emitter (expires
+                                                        EMITTER_SEQ_TTL_S after its last)
+    {fleettrace}:producers                      set     producers the worker found
+                                                        (written by the worker only)
+    {fleettrace}:dlq:persist                    stream  dead letters of the persist group
+    {fleettrace}:dlq:langsmith                  stream  dead letters of the langsmith group
+    {fleettrace}:dlq:otlp                       stream  dead letters of the otlp group
+    {fleettrace}:worker:<consumer>              string  a worker's health snapshot (expires)
+    {fleettrace}:traces, {fleettrace}:metrics   stream  the layout before per-producer
+                                                        keys; the worker reads them
+                                                        while they exist (upgrades)
+    {fleettrace}:live:*, {fleettrace}:plan:*    hash    counters of that layout; readers
+                                                        add them (clamped) while they
+                                                        exist, agents cannot write them
+
+The batch function library is named LIBRARY_NAME, its function APPLY_FUNCTION.
 """
 
 from __future__ import annotations
@@ -79,6 +97,43 @@ EMITTER_RECORDS: Final = "records"
 
 _NAMESPACE_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
+#: The producer identity of an emitter connected as Redis's default user (no ACLs).
+DEFAULT_PRODUCER: Final = "default"
+#: The environment variable that overrides the producer identity.
+PRODUCER_VARIABLE: Final = "FLEETTRACE_PRODUCER"
+#: What a producer identity may hold: it is part of key names and of SCAN MATCH and
+#: ACL key patterns, so no glob character, no ':' and no brace.
+_PRODUCER_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+PRODUCER_KEY_PART: Final = "p"
+#: The Redis function library that applies a batch (Redis 7+), and its function. The
+#: version in the function's name changes whenever its arguments or meaning change,
+#: so an emitter never calls a function that means something else.
+LIBRARY_NAME: Final = "fleettrace"
+APPLY_FUNCTION: Final = "fleettrace_apply_v1"
+#: Seconds between two steps of a running consumer's walk for producer streams...
+DISCOVER_INTERVAL_S: Final = 1.0
+#: ...and SCAN steps per go (each examines DISCOVER_SCAN_COUNT keys, about 1 ms of
+#: Redis time per 1,000 keys): a consumer spends at most about 10 ms a second on it.
+DISCOVER_STEPS: Final = 10
+#: COUNT of each step of the worker's SCAN for producer streams.
+DISCOVER_SCAN_COUNT: Final = 1000
+
+
+def check_producer(producer: str) -> str:
+    """``producer`` when it is a valid producer identity; ``ValueError`` saying why not."""
+    if not isinstance(producer, str) or not _PRODUCER_RE.match(producer):
+        raise ValueError(
+            f"producer identity {producer!r} must be 1-64 characters of letters, digits, "
+            f"'_', '.' or '-'; set {PRODUCER_VARIABLE} (or EmitterSettings.producer) to one"
+        )
+    return producer
+
+
+def configured_producer(environ: Mapping[str, str] | None = None) -> str | None:
+    """``FLEETTRACE_PRODUCER`` when set and not blank, else None (the Redis user)."""
+    env = os.environ if environ is None else environ
+    return env.get(PRODUCER_VARIABLE, "").strip() or None
+
 
 def configured_namespace(environ: Mapping[str, str] | None = None) -> str:
     """The namespace this process is configured for: ``FLEETTRACE_NAMESPACE`` when it
@@ -90,13 +145,18 @@ def configured_namespace(environ: Mapping[str, str] | None = None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """The key layout of one namespace; build it once and pass it around.
+    """The key layout of one namespace, seen as one producer; build it once and pass it
+    around.
 
     ``Keys()`` without a namespace is the configured one (:func:`configured_namespace`),
-    so code that reads what the process's emitter writes finds the same keys.
+    so code that reads what the process's emitter writes finds the same keys. The
+    per-producer keys (streams, counters, idempotency keys, figures) are those of
+    ``producer`` (``default`` unless given): :meth:`for_producer` gives another one's.
+    Namespace-wide keys (dead letters, health, the producer set) do not depend on it.
     """
 
     namespace: str = dataclasses.field(default_factory=configured_namespace)
+    producer: str = DEFAULT_PRODUCER
 
     def __post_init__(self) -> None:
         if not _NAMESPACE_RE.match(self.namespace):
@@ -104,74 +164,140 @@ class Keys:
                 f"namespace {self.namespace!r} must be 1-64 characters of "
                 "letters, digits, '_', '.' or '-'"
             )
+        check_producer(self.producer)
+
+    def for_producer(self, producer: str) -> Keys:
+        """The same namespace as seen by ``producer``."""
+        return Keys(self.namespace, producer)
 
     @property
     def prefix(self) -> str:
         return "{" + self.namespace + "}"
 
     @property
+    def producer_prefix(self) -> str:
+        """``{ns}:p:<producer>``: every key this producer writes starts with it."""
+        return f"{self.prefix}:{PRODUCER_KEY_PART}:{self.producer}"
+
+    @property
     def traces(self) -> str:
-        return f"{self.prefix}:traces"
+        return f"{self.producer_prefix}:traces"
 
     @property
     def metrics(self) -> str:
-        return f"{self.prefix}:metrics"
+        return f"{self.producer_prefix}:metrics"
 
     @property
     def streams(self) -> tuple[str, str]:
+        """This producer's two streams."""
         return (self.traces, self.metrics)
+
+    @property
+    def stream_patterns(self) -> tuple[str, str]:
+        """SCAN MATCH patterns of every producer's trace and metric streams."""
+        base = f"{self.prefix}:{PRODUCER_KEY_PART}:*"
+        return (f"{base}:traces", f"{base}:metrics")
+
+    @property
+    def legacy_streams(self) -> tuple[str, str]:
+        """The streams of the layout before per-producer keys (read during upgrades)."""
+        return (f"{self.prefix}:traces", f"{self.prefix}:metrics")
+
+    def producer_of(self, stream: str) -> str | None:
+        """The producer whose stream ``stream`` is; None for a legacy stream or a key
+        of no producer. Taken from the key name only, never from what it holds."""
+        head = f"{self.prefix}:{PRODUCER_KEY_PART}:"
+        if not stream.startswith(head):
+            return None
+        producer, sep, rest = stream[len(head) :].partition(":")
+        if not sep or rest not in ("traces", "metrics") or not _PRODUCER_RE.match(producer):
+            return None
+        return producer
+
+    def is_stream(self, stream: str) -> bool:
+        """Whether ``stream`` is an input stream of this namespace (any producer's, or
+        a legacy one)."""
+        return stream in self.legacy_streams or self.producer_of(stream) is not None
+
+    @property
+    def producers(self) -> str:
+        """The set of producers the worker has found (only the worker writes it)."""
+        return f"{self.prefix}:producers"
 
     def dead_letters(self, group: str) -> str:
         return f"{self.prefix}:dlq:{group}"
 
     def live(self, metric_key: str) -> str:
+        return f"{self.producer_prefix}:live:{metric_key}"
+
+    def legacy_live(self, metric_key: str) -> str:
+        """A live hash of the layout before per-producer keys (``--migrate-plans``)."""
         return f"{self.prefix}:live:{metric_key}"
 
+    def legacy_plan(self, plan_id: str) -> str:
+        """A plan hash of the layout before per-producer keys, ``{ns}:plan:<plan id>``,
+        which readers still add while emitters of that release run (upgrades)."""
+        return f"{self.prefix}:{PLAN_KEY_PART}:{escape_value(plan_id)}"
+
     def emitter_seq(self, emitter_id: str) -> str:
-        """The idempotency key of one emitter (kept apart from shared keys so that a
-        per-producer prefix can take it over as a whole)."""
-        return f"{self.prefix}:emitters:{emitter_id}"
+        """The idempotency key of one emitter of this producer."""
+        return f"{self.producer_prefix}:emitters:{emitter_id}"
 
     @property
     def emitter_seq_pattern(self) -> str:
-        return f"{self.prefix}:emitters:*"
+        return f"{self.producer_prefix}:emitters:*"
 
     @property
     def emitter(self) -> str:
-        return f"{self.prefix}:emitter"
+        return f"{self.producer_prefix}:emitter"
 
     def worker_health(self, consumer: str) -> str:
         return f"{self.prefix}:worker:{consumer}"
 
     def plan(self, plan_id: str) -> str:
-        """The hash of one plan's live counters, ``{ns}:plan:<plan id>``.
+        """The hash of one plan's live counters as this producer counted them,
+        ``{ns}:p:<producer>:plan:<plan id>``.
 
         Every metric whose labels include ``plan`` (plan.cost_usd, plan.decisions_count,
         plan.child_plans_count) is counted in a hash of its own per plan, the id escaped
         like a label value (``%``, ``,``, ``=``, ``|`` as ``%25``, ``%2C``, ``%3D``,
-        ``%7C``), rather than as fields of the ``{ns}:live:<metric key>`` hashes: Redis
-        7.0 has no per-field expiry, and a field per plan in a shared hash never went
-        away (50,000 plans left 14.9 MB for good). Each batch that writes a plan's hash
-        also sets its EXPIRE to the emitter setting ``plan_ttl_s`` (default
-        PLAN_TTL_S), so a plan's counters vanish that long after its last record.
+        ``%7C``), rather than as fields of the live hashes: Redis 7.0 has no per-field
+        expiry, and a field per plan in a shared hash never went away (50,000 plans
+        left 14.9 MB for good). Each batch that writes a plan's hash also sets its
+        EXPIRE to the emitter setting ``plan_ttl_s`` (default PLAN_TTL_S), so a plan's
+        counters vanish that long after its last record.
 
         Fields: ``<metric key>|<label set>|<stat>``, label set and stat as in the live
         hashes but without the plan label, which the key already names (it would repeat
         the plan id in every field): ``plan.cost_usd||sum`` in the hash of plan p-42.
-        Readers find the plans with ``SCAN MATCH {ns}:plan:*`` in steps of
-        PLAN_SCAN_COUNT, examining at most PLAN_SCAN_CAP keys per read; one plan is one
-        HGETALL (or one HGET for its cost).
+        A plan's figures are the sum over producers of their hashes, each producer's
+        contribution clamped at zero. Readers find the plans with ``SCAN MATCH
+        {ns}:p:*:plan:*`` in steps of PLAN_SCAN_COUNT, examining at most PLAN_SCAN_CAP
+        keys per read; one plan is one HGETALL per known producer, pipelined.
         """
-        return f"{self.prefix}:{PLAN_KEY_PART}:{escape_value(plan_id)}"
+        return f"{self.producer_prefix}:{PLAN_KEY_PART}:{escape_value(plan_id)}"
 
     @property
     def plan_pattern(self) -> str:
-        """SCAN MATCH pattern of every plan hash of the namespace."""
-        return f"{self.prefix}:{PLAN_KEY_PART}:*"
+        """SCAN MATCH pattern of every plan hash of the namespace, all producers."""
+        return f"{self.prefix}:{PRODUCER_KEY_PART}:*:{PLAN_KEY_PART}:*"
 
     def plan_prefix_pattern(self, plan_prefix: str) -> str:
-        """SCAN MATCH pattern of the plan hashes whose plan id starts with ``plan_prefix``."""
-        return f"{self.prefix}:{PLAN_KEY_PART}:{glob_escape(escape_value(plan_prefix))}*"
+        """SCAN MATCH pattern of the plan hashes (all producers) whose plan id starts
+        with ``plan_prefix``."""
+        escaped = glob_escape(escape_value(plan_prefix))
+        return f"{self.prefix}:{PRODUCER_KEY_PART}:*:{PLAN_KEY_PART}:{escaped}*"
+
+    def plan_of(self, key: str) -> str | None:
+        """The (escaped) plan id of a plan hash's name, whichever its producer."""
+        head = f"{self.prefix}:{PRODUCER_KEY_PART}:"
+        if not key.startswith(head):
+            return None
+        producer, _, rest = key[len(head) :].partition(":")
+        part, sep, plan = rest.partition(":")
+        if not sep or part != PLAN_KEY_PART or not producer:
+            return None
+        return plan
 
 
 # Fields of a live counter hash: "<label set>|<stat>", where the label set is

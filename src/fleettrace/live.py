@@ -1,9 +1,12 @@
 """Reads the live counters back: what the fleet has recorded so far, per key and label set.
 
-The counters are summed in Redis by every emitter of the namespace, so these reads
-are fleet-wide: a budget check made by one agent sees the cost recorded by all of
-them. Per-plan series (``plan.cost_usd`` and the other keys labelled ``plan``) live in
-one expiring hash per plan; :func:`plan_cost_usd` reads one of them directly, and
+Every producer identity counts in hashes of its own (``{ns}:p:<producer>:live:*``);
+these reads sum them over the producers of the namespace, each producer's
+contribution clamped at zero (:mod:`fleettrace.producers`), so they are fleet-wide (a
+budget check made by one agent sees the cost recorded by all of them) and no agent
+can lower what the others counted. Per-plan series (``plan.cost_usd`` and the other
+keys labelled ``plan``) live in one expiring hash per plan and producer;
+:func:`plan_cost_usd` reads one plan directly, and
 :mod:`fleettrace.plans` finds and ranks them. Percentiles come from each histogram's
 sketch (:mod:`fleettrace.sketch`): nearest-rank, within 2 % of the exact percentile
 of the recorded values, whatever their scale.
@@ -34,6 +37,7 @@ from fleettrace.keys import (
     split_live_field,
 )
 from fleettrace.metrics import PLAN_LABEL, MetricKey, MetricType
+from fleettrace.producers import clamped, known_producers, merge_fields
 from fleettrace.redis_errors import translate_redis_errors
 from fleettrace.sketch import FineBucket, Sketch, exact_sum
 
@@ -138,14 +142,15 @@ def read_live(
     client: redis.Redis, keys: Keys | None = None, metric_key: MetricKey | str | None = None
 ) -> list[LiveSeries]:
     """Every live series of the namespace (or of one metric key), in the order of
-    ``MetricKey`` and then of the label sets. One round trip. Without ``keys``, the
-    configured namespace (``FLEETTRACE_NAMESPACE``, as the emitter uses).
+    ``MetricKey`` and then of the label sets, summed over the producers (clamped at
+    zero each). Two round trips: the producer set, then one pipelined HGETALL per
+    key and producer. Without ``keys``, the configured namespace
+    (``FLEETTRACE_NAMESPACE``, as the emitter uses).
 
     Fleet-wide series only: the per-plan keys (``MetricSpec.per_plan``) are left out,
     since there is a series per plan; asking for one of them is a ``ValueError``.
-    Read plans with :func:`plan_cost_usd` or :mod:`fleettrace.plans`. Fields that
-    emitters before the per-plan hashes left in ``{ns}:live:plan.*`` are not read
-    (``fleettrace metrics --migrate-plans`` moves them).
+    Read plans with :func:`plan_cost_usd` or :mod:`fleettrace.plans`. Hashes of the
+    layout before per-producer keys (``{ns}:live:*``) are added like one more producer.
     """
     keys = keys if keys is not None else Keys()
     if metric_key is None:
@@ -158,20 +163,29 @@ def read_live(
                 "fleettrace.plans.read_plan() or top_plans()"
             )
     with translate_redis_errors("reading the live counters"):
+        producers = known_producers(client, keys)
         pipe = client.pipeline(transaction=False)
         for key in wanted:
-            pipe.hgetall(keys.live(key.value))
+            for producer in producers:
+                pipe.hgetall(keys.for_producer(producer).live(key.value))
+            pipe.hgetall(keys.legacy_live(key.value))  # emitters of the previous layout
         hashes = pipe.execute()
     series: list[LiveSeries] = []
-    for key, fields in zip(wanted, hashes, strict=True):
+    step = len(producers) + 1
+    for index, key in enumerate(wanted):
+        fields = merge_fields(hashes[index * step : (index + 1) * step], _stat)
         by_labels: dict[str, dict[str, str]] = {}
-        for raw_field, raw_amount in fields.items():
-            labels, stat = split_live_field(raw_field.decode())
-            by_labels.setdefault(labels, {})[stat] = raw_amount.decode()
+        for name, amount in fields.items():
+            labels, stat = split_live_field(name)
+            by_labels.setdefault(labels, {})[stat] = amount
         series.extend(
             series_from_stats(key, labels, by_labels[labels]) for labels in sorted(by_labels)
         )
     return series
+
+
+def _stat(name: str) -> str:
+    return split_live_field(name)[1]
 
 
 def _keys_first(args: tuple[Any, ...], keys: Keys | None) -> tuple[Keys, tuple[Any, ...]]:
@@ -194,23 +208,31 @@ def plan_cost_usd(client: redis.Redis, *args: Any, keys: Keys | None = None) -> 
     ``plan_cost_usd(client, "plan-42")`` reads the configured namespace;
     ``keys=Keys("other")`` (or ``Keys`` as the second argument) another one.
 
-    One round trip, whatever the number of plans: an HGET of the plan's own hash, plus
-    one of the field an emitter older than the per-plan hashes would have written, so
-    the answer is whole while old and new emitters run side by side. A plan whose
-    counters expired (``plan_ttl_s`` after its last record) costs 0.
+    Two round trips, whatever the number of plans: the producer set, then one HGET
+    of the plan's hash per producer (pipelined), each clamped at zero, so no agent can
+    lower the cost others recorded; plus the fields emitters of the layouts before
+    per-producer keys wrote (``{ns}:plan:<id>``, ``{ns}:live:plan.cost_usd``), so the
+    answer is whole during an upgrade. A plan whose counters expired (``plan_ttl_s``
+    after its last record) costs 0.
     """
     keys, rest = _keys_first(args, keys)
     if len(rest) != 1 or not isinstance(rest[0], str):
         raise TypeError("plan_cost_usd() takes the client and a plan_id (and optionally keys)")
     plan_id = rest[0]
     key = MetricKey.PLAN_COST_USD.value
-    legacy_labels = encode_labels(((PLAN_LABEL, plan_id),))
+    field = plan_field(key, "", STAT_SUM)
     with translate_redis_errors("reading a plan's cost"):
+        producers = known_producers(client, keys)
         pipe = client.pipeline(transaction=False)
-        pipe.hget(keys.plan(plan_id), plan_field(key, "", STAT_SUM))
-        pipe.hget(keys.live(key), live_field(legacy_labels, STAT_SUM))
-        current, legacy = pipe.execute()
-    return float(current or 0.0) + float(legacy or 0.0)
+        for producer in producers:
+            pipe.hget(keys.for_producer(producer).plan(plan_id), field)
+        # What emitters of the two layouts before per-producer keys counted.
+        pipe.hget(keys.legacy_plan(plan_id), field)
+        pipe.hget(
+            keys.legacy_live(key), live_field(encode_labels(((PLAN_LABEL, plan_id),)), STAT_SUM)
+        )
+        costs = pipe.execute()
+    return sum(clamped(cost) for cost in costs)
 
 
 @overload

@@ -1,16 +1,21 @@
 """Reads the per-plan live counters: one plan, the costliest plans, how many there are.
 
-Each plan's counters are one expiring hash (``{ns}:plan:<plan id>``, see
-:meth:`fleettrace.keys.Keys.plan`), so a fleet that has run a million plans holds
-only the plans of the last ``plan_ttl_s``. Reading one plan is one HGETALL. Reading
-many walks the keyspace with ``SCAN MATCH {ns}:plan:*`` in steps of
+Each plan's counters are one expiring hash per producer that counted for it
+(``{ns}:p:<producer>:plan:<plan id>``, see :meth:`fleettrace.keys.Keys.plan`), so a
+fleet that has run a million plans holds only the plans of the last ``plan_ttl_s``.
+A plan's figures are the producers' hashes summed field by field, each producer's
+contribution clamped at zero (:mod:`fleettrace.producers`): no agent can lower what
+others counted. Reading one plan is one pipelined HGETALL per known producer.
+Reading many walks the keyspace with ``SCAN MATCH {ns}:p:*:plan:*`` in steps of
 ``PLAN_SCAN_COUNT`` (never ``KEYS``, which blocks Redis for the whole walk) and
-examines at most ``PLAN_SCAN_CAP`` plans; a result says whether it stopped early.
-``SCAN`` may return a key twice while Redis resizes its table: counts are then
-approximate, rankings are deduplicated.
+examines at most ``PLAN_SCAN_CAP`` plan hashes; a result says whether it stopped
+early. A ranking keeps one running cost per plan id met (memory grows with the plans,
+at most the cap). ``SCAN`` may return a key twice while Redis resizes its table:
+counts and costs are then approximate, rankings are deduplicated.
 
 This module also moves the per-plan fields that emitters older than the per-plan
-hashes left in the ``{ns}:live:plan.*`` hashes into per-plan hashes
+hashes left in the ``{ns}:live:plan.*`` hashes into the per-plan hashes of the
+given ``Keys``' producer
 (:func:`migrate_legacy_plan_fields`), atomically per step, so nothing is counted
 twice or lost even while old emitters still write.
 """
@@ -41,6 +46,7 @@ from fleettrace.keys import (
 )
 from fleettrace.live import LiveSeries, series_from_stats
 from fleettrace.metrics import PER_PLAN_KEYS, PLAN_LABEL, MetricKey
+from fleettrace.producers import clamped, known_producers, merge_fields
 from fleettrace.redis_errors import translate_redis_errors
 
 _COST: Final = MetricKey.PLAN_COST_USD.value
@@ -78,8 +84,9 @@ def _text(raw: bytes | str) -> str:
     return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
 
 
-def figures(plan_id: str, fields: Mapping[bytes | str, bytes | str]) -> PlanFigures:
-    """A plan's figures and series from the fields of its hash."""
+def figures(plan_id: str, fields: Mapping[bytes, bytes] | Mapping[str, str]) -> PlanFigures:
+    """A plan's figures and series from the fields of its hash (or of its producers'
+    hashes merged by :func:`fleettrace.producers.merge_fields`)."""
     stats: dict[tuple[str, str], dict[str, str]] = {}
     for raw_field, raw_amount in fields.items():
         metric_key, labels, stat = split_plan_field(_text(raw_field))
@@ -112,15 +119,22 @@ def figures(plan_id: str, fields: Mapping[bytes | str, bytes | str]) -> PlanFigu
 
 
 def read_plan(client: redis.Redis, keys: Keys, plan_id: str) -> PlanFigures | None:
-    """One plan's counters (one HGETALL); None when it has none (never seen, or expired)."""
+    """One plan's counters summed over the producers (clamped at zero each): the
+    producer set, then one pipelined HGETALL per producer. None when it has none
+    (never seen, or expired)."""
     with translate_redis_errors("reading a plan's counters"):
-        fields = client.hgetall(keys.plan(plan_id))
-    return figures(plan_id, fields) if fields else None
+        producers = known_producers(client, keys)
+        pipe = client.pipeline(transaction=False)
+        for producer in producers:
+            pipe.hgetall(keys.for_producer(producer).plan(plan_id))
+        pipe.hgetall(keys.legacy_plan(plan_id))  # emitters of the previous layout
+        hashes = pipe.execute()
+    merged = merge_fields(hashes, _stat)
+    return figures(plan_id, merged) if merged else None
 
 
-def _suffix(keys: Keys, raw_key: bytes | str) -> str:
-    """The escaped plan id of a plan hash's name, which is also its encoded label value."""
-    return _text(raw_key)[len(keys.plan_pattern) - 1 :]
+def _stat(name: str) -> str:
+    return split_plan_field(name)[2]
 
 
 def _walk(
@@ -147,10 +161,15 @@ def count_plans(
     cap: int = PLAN_SCAN_CAP,
     count: int = PLAN_SCAN_COUNT,
 ) -> tuple[int, bool]:
-    """(plans holding live counters, at most ``cap``; whether that is all of them)."""
+    """(plans holding live counters, at most ``cap``; whether that is all of them).
+    ``cap`` bounds the plan hashes examined (one per plan and producer)."""
     with translate_redis_errors("counting the live plans"):
-        total = sum(len(step) for step in _walk(client, keys, "", cap + 1, count))
-    return min(total, cap), total <= cap
+        plans: set[str] = set()
+        examined = 0
+        for step in _walk(client, keys, "", cap + 1, count):
+            examined += len(step)
+            plans.update(p for p in (keys.plan_of(_text(key)) for key in step) if p is not None)
+    return min(len(plans), cap), examined <= cap
 
 
 #: The cost field (ARGV[1]) of each plan hash of a SCAN step, in one call: a pipeline
@@ -168,16 +187,19 @@ _COST_FIELD: Final = plan_field(_COST, "", STAT_SUM)
 
 def _costs(
     client: redis.Redis, keys: Keys, prefix: str, cap: int, count: int
-) -> Iterator[list[tuple[str, float, bytes | str]]]:
-    """(plan id, cost, key) of the plan hashes, a SCAN step at a time, each step two
-    round trips (the SCAN, then one script call reading every cost of the step)."""
+) -> Iterator[list[tuple[str, float]]]:
+    """(plan id, one producer's clamped cost) of the plan hashes, a SCAN step at a
+    time, each step two round trips (the SCAN, then one script call reading every
+    cost of the step)."""
     script = client.register_script(STEP_COSTS_LUA)
     for step in _walk(client, keys, prefix, cap, count):
         costs = script(keys=step, args=[_COST_FIELD], client=client)
-        yield [
-            (unescape_value(_suffix(keys, key)), float(raw or 0.0), key)
-            for key, raw in zip(step, costs, strict=True)
-        ]
+        found = []
+        for key, raw in zip(step, costs, strict=True):
+            plan = keys.plan_of(_text(key))
+            if plan is not None:
+                found.append((unescape_value(plan), clamped(raw or None)))
+        yield found
 
 
 def total_cost_usd(
@@ -191,7 +213,7 @@ def total_cost_usd(
     """The summed cost of the live plans whose id starts with ``prefix`` (a bounded
     walk: at most ``cap`` plans)."""
     with translate_redis_errors("reading the live plans"):
-        return sum(cost for step in _costs(client, keys, prefix, cap, count) for _, cost, _ in step)
+        return sum(cost for step in _costs(client, keys, prefix, cap, count) for _, cost in step)
 
 
 def top_plans(
@@ -211,30 +233,28 @@ def top_plans(
     """
     if limit < 1:
         raise ValueError(f"limit must be positive, got {limit}")
-    best: dict[str, tuple[float, bytes | str]] = {}
+    costs: dict[str, float] = {}
     examined, complete = 0, True
-
-    def ranking(item: tuple[str, tuple[float, bytes | str]]) -> tuple[float, str]:
-        return (-item[1][0], item[0])
-
     with translate_redis_errors("reading the live plans"):
         for step in _costs(client, keys, prefix, cap + 1, count):
             kept = step[: cap - examined]
-            complete = complete and len(kept) == len(step)  # one plan past the cap
+            complete = complete and len(kept) == len(step)  # one plan hash past the cap
             examined += len(kept)
-            best.update((plan_id, (cost, key)) for plan_id, cost, key in kept)
-            if len(best) > limit:
-                best = dict(sorted(best.items(), key=ranking)[:limit])
-        ranked = sorted(best.items(), key=ranking)[:limit]
+            for plan_id, cost in kept:
+                costs[plan_id] = costs.get(plan_id, 0.0) + cost
+        ranked = sorted(costs.items(), key=lambda item: (-item[1], item[0]))[:limit]
+        producers = known_producers(client, keys)
         pipe = client.pipeline(transaction=False)
-        for _, (_, key) in ranked:
-            pipe.hgetall(key)
+        for plan_id, _ in ranked:
+            for producer in producers:
+                pipe.hgetall(keys.for_producer(producer).plan(plan_id))
         whole = pipe.execute()
-    plans = [
-        figures(plan_id, fields)
-        for (plan_id, _), fields in zip(ranked, whole, strict=True)
-        if fields  # expired between the two reads
-    ]
+    plans = []
+    step_size = len(producers)
+    for index, (plan_id, _) in enumerate(ranked):
+        merged = merge_fields(whole[index * step_size : (index + 1) * step_size], _stat)
+        if merged:  # not expired between the two reads
+            plans.append(figures(plan_id, merged))
     return PlanScan(plans=plans, examined=examined, complete=complete)
 
 
@@ -276,7 +296,7 @@ def legacy_plan_fields(client: redis.Redis, keys: Keys) -> int:
     with translate_redis_errors("reading the live counters"):
         pipe = client.pipeline(transaction=False)
         for key in PER_PLAN_KEYS:
-            pipe.hlen(keys.live(key.value))
+            pipe.hlen(keys.legacy_live(key.value))
         return sum(int(n) for n in pipe.execute())
 
 
@@ -297,7 +317,7 @@ def migrate_legacy_plan_fields(
     moved = 0
     with translate_redis_errors("moving the per-plan counters"):
         for metric_key in PER_PLAN_KEYS:
-            legacy = keys.live(metric_key.value)
+            legacy = keys.legacy_live(metric_key.value)
             cursor = 0
             while True:
                 cursor, fields = client.hscan(legacy, cursor, count=count)

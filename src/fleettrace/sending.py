@@ -19,6 +19,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 import redis
@@ -26,11 +27,11 @@ from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
-from fleettrace.batch_script import APPLY_BATCH_LUA, BatchCall
+from fleettrace.batch_script import APPLY_BATCH_LUA, FUNCTION_MISSING, BatchCall
 from fleettrace.batching import encode_calls
 from fleettrace.connection import connect_redis, redact_url
 from fleettrace.emitter_settings import EmitterSettings
-from fleettrace.keys import Keys
+from fleettrace.keys import APPLY_FUNCTION, DEFAULT_PRODUCER, Keys, check_producer
 from fleettrace.model import LLMTrace, MetricSample
 from fleettrace.pricing import Pricer
 
@@ -40,6 +41,20 @@ logger = logging.getLogger("fleettrace.emitter")
 WARNING_INTERVAL_S: Final = 10.0
 
 BUFFER_FULL: Final = "buffer full: Redis is unreachable or slower than the records come"
+
+
+class LibraryMissing(Exception):
+    """The server has functions but not the fleettrace library: nothing was written."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"the Redis function {APPLY_FUNCTION} is not loaded on this server; "
+            "`fleettrace migrate` and every worker load it (records wait in the buffer)"
+        )
+
+
+class BadProducer(Exception):
+    """The producer identity cannot name keys (an ACL user with unsafe characters)."""
 
 
 class BatchSender:
@@ -84,6 +99,14 @@ class BatchSender:
         self._last_unexpected_warning_at = -math.inf
         self._stopping = False
         self._sender: threading.Thread | None = None
+        # The producer identity names every key the emitter writes: the configured one,
+        # else the Redis user it connects as (ACL WHOAMI), learnt before the first batch.
+        producer = self.settings.producer
+        self.keys = Keys(self.settings.namespace, producer or DEFAULT_PRODUCER)
+        self._identified = producer is not None
+        # FCALL of the function library until the server says it has no functions
+        # (Redis 6.2), then the same body as an EVALSHA script.
+        self._use_script = False
         self._client: redis.Redis = connect_redis(
             self.settings.redis_url, socket_timeout_s=self.settings.socket_timeout_s
         )
@@ -155,6 +178,8 @@ class BatchSender:
                 if not self._hand and not self._take(partial):
                     return True
                 partial = False
+                if not self._identified and not self._retrying(self._identify):
+                    return False
                 self._encode_hand()
                 continue
             if not self._send(self._calls[0]):
@@ -200,9 +225,24 @@ class BatchSender:
         self._seq += 1
         return self._seq
 
+    def _identify(self) -> None:
+        """Learn the producer identity from the Redis user (``ACL WHOAMI``; ``default``
+        without ACLs). Raises when Redis is away or the user name cannot name keys
+        (:class:`BadProducer`): counted as a failed send and retried, records wait."""
+        user = self._client.acl_whoami()
+        name = user.decode(errors="replace") if isinstance(user, bytes) else str(user)
+        try:
+            check_producer(name)
+        except ValueError as error:
+            raise BadProducer(str(error)) from None
+        self.keys = Keys(self.settings.namespace, name)
+        self._identified = True
+
     def _encode(self, records: list[LLMTrace | MetricSample], dropped: int = 0) -> list[BatchCall]:
         """The calls for ``records`` under this emitter's next numbers (for tests and
         benchmarks that apply calls themselves)."""
+        if not self._identified:
+            self._identify()
         return encode_calls(
             self.keys,
             self._emitter_id,
@@ -250,15 +290,31 @@ class BatchSender:
                 self._count_dropped(encoded.unencodable, "strings JSON cannot carry", report=False)
                 self._done_changed.notify_all()
 
-    def _send(self, call: BatchCall) -> bool:
-        """Apply the first call in hand, retrying until it is applied. False when told
-        to stop. Every failure (Redis away, a refusal, anything unexpected) is counted
+    def _apply(self, call: BatchCall) -> None:
+        """One attempt at applying ``call``: FCALL of the library's function, or the
+        EVALSHA script where the server has no functions."""
+        if not self._use_script:
+            try:
+                self._client.fcall(APPLY_FUNCTION, len(call.keys), *call.keys, *call.args)
+                return
+            except redis.ResponseError as error:
+                text = str(error)
+                if FUNCTION_MISSING.lower() in text.lower():
+                    raise LibraryMissing from None
+                if "unknown command" not in text.lower():
+                    raise
+                self._use_script = True  # Redis before 7: no functions, no ACL isolation
+        self._script(keys=call.keys, args=call.args, client=self._client)
+
+    def _retrying(self, attempt_once: Callable[[], object]) -> bool:
+        """``attempt_once()`` until it succeeds. False when told to stop. Every failure
+        (Redis away, a refusal, the library missing, anything unexpected) is counted
         with its reason and retried with backoff; the buffer's policy decides what
         happens to the records that arrive meanwhile."""
         attempt = 0
         while True:
             try:
-                self._script(keys=call.keys, args=call.args, client=self._client)
+                attempt_once()
             except Exception as error:  # noqa: BLE001 (each failure is counted and retried)
                 attempt += 1
                 self._note_failure(error)
@@ -268,14 +324,21 @@ class BatchSender:
                 if self._stop.wait(random.uniform(delay / 2, delay)):
                     return False
                 continue
-            with self._lock:
-                self._calls.popleft()
-                self._in_hand -= call.records
-                self._done += call.records
-                self._sent += call.records
-                self._batches += call.records > 0  # a batch may carry only drop counts
-                self._done_changed.notify_all()
             return True
+
+    def _send(self, call: BatchCall) -> bool:
+        """Apply the first call in hand, retrying until it is applied. False when told
+        to stop."""
+        if not self._retrying(lambda: self._apply(call)):
+            return False
+        with self._lock:
+            self._calls.popleft()
+            self._in_hand -= call.records
+            self._done += call.records
+            self._sent += call.records
+            self._batches += call.records > 0  # a batch may carry only drop counts
+            self._done_changed.notify_all()
+        return True
 
     def _give_up_in_hand(self) -> None:
         """Count the batch in hand as dropped (closing, or no sender left to send it)."""

@@ -1,28 +1,40 @@
 """Consumer-group machinery every group shares: join, read, take over, acknowledge.
 
 Nothing here knows what a group does with its entries (PostgreSQL, LangSmith): a
-group loop reads entries of both streams (``{ns}:traces`` and ``{ns}:metrics``),
-handles them, and acknowledges them together with the dead letters it made, in one
-MULTI/EXEC. All keys of a namespace share one hash slot, so that transaction is
-valid on a cluster too, and a crash can never leave an entry acknowledged without
-its dead letter, or dead-lettered without being acknowledged.
+group loop reads entries of every producer's streams (``{ns}:p:<producer>:traces``
+and ``:metrics``, found by :mod:`fleettrace_worker.discovery`: a whole walk at start
+and on every read in burst mode, then a few steps every ``discover_interval_s``),
+handles them, and
+acknowledges them together with the dead letters it made, in one MULTI/EXEC. All
+keys of a namespace share one hash slot, so that transaction is valid on a cluster
+too, and a crash can never leave an entry acknowledged without its dead letter, or
+dead-lettered without being acknowledged.
 
 Entries left pending by a consumer that died are taken over with XAUTOCLAIM once
 they have been idle for ``claim_idle_ms``; each entry carries how often it has been
-delivered, so that a group can dead-letter one that keeps failing.
+delivered, so that a group can dead-letter one that keeps failing. A stream found
+for the first time gets the group (from its first entry) before it is read, so a
+new producer is picked up without a restart.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import redis
 
-from fleettrace.keys import Keys
+from fleettrace.keys import DISCOVER_INTERVAL_S, Keys
 from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker.deadletter import DeadLetter
+from fleettrace_worker.discovery import (
+    StreamWalk,
+    discover_streams,
+    legacy_streams,
+    register_producers,
+)
 
 #: The id a group starts from when it is created: the whole stream, so records sent
 #: before the first worker ever started are stored too.
@@ -69,15 +81,20 @@ class Consumer:
         name: str,
         *,
         claim_idle_ms: int = 30_000,
+        discover_interval_s: float = DISCOVER_INTERVAL_S,
     ) -> None:
         self.client = client
         self.keys = keys
         self.group = group
         self.name = name
         self.claim_idle_ms = claim_idle_ms
-        self.streams = keys.streams
-        self._claim_cursor = dict.fromkeys(self.streams, _CURSOR_START)
-        self._recover_cursor = dict.fromkeys(self.streams, _CURSOR_START)
+        self.discover_interval_s = discover_interval_s
+        #: The streams this consumer reads, each with the group on it.
+        self.streams: list[str] = []
+        self._discovered_at: float | None = None
+        self._walk = StreamWalk(client, keys)
+        self._claim_cursor: dict[str, str] = {}
+        self._recover_cursor: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return (
@@ -85,18 +102,60 @@ class Consumer:
         )
 
     def ensure_groups(self) -> None:
-        """Create the group on both streams (and the streams) where missing."""
+        """Find the namespace's streams now and create the group where it is missing."""
+        self.refresh(force=True)
+
+    def refresh(self, *, force: bool = False) -> list[str]:
+        """Look for producer streams and create the group on each new one; returns the
+        new ones. The first call and ``force`` walk the whole database; later calls
+        take the next few steps of a walk (:class:`StreamWalk`) once per
+        ``discover_interval_s``, so the cost stays bounded on a large database."""
+        now = time.monotonic()
+        known = set(self.streams)
+        if force or self._discovered_at is None:
+            found = discover_streams(self.client, self.keys)
+            self._walk.restart()
+            create = found if force else [s for s in found if s not in known]
+        elif now - self._discovered_at < self.discover_interval_s:
+            return []
+        else:
+            with translate_redis_errors("looking for producer streams"):
+                complete = self._walk.advance()
+                seen = self._walk.found
+                fresh = sorted(s for s in seen if s not in known)
+                if complete:
+                    # A whole walk done: streams that went away leave the list.
+                    found = legacy_streams(self.client, self.keys) + sorted(seen)
+                    register_producers(self.client, self.keys, seen)
+                    self._walk.restart()
+                else:
+                    found = self.streams + fresh
+                    if fresh:
+                        register_producers(self.client, self.keys, set(fresh))
+            create = [s for s in found if s not in known]
+        self._discovered_at = now
         with translate_redis_errors(f"creating consumer group {self.group!r}"):
-            for stream in self.streams:
-                try:
-                    self.client.xgroup_create(stream, self.group, id=GROUP_START_ID, mkstream=True)
-                except redis.ResponseError as error:
-                    if "BUSYGROUP" not in str(error):
-                        raise
+            for stream in create:
+                self._create_group(stream)
+        self.streams = found
+        return [s for s in found if s not in known]
+
+    def _create_group(self, stream: str) -> None:
+        try:
+            self.client.xgroup_create(stream, self.group, id=GROUP_START_ID, mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
 
     def read(self, *, count: int, block_ms: int | None) -> list[Entry]:
         """New entries (never delivered to any consumer of the group), up to ``count``
-        per stream, waiting up to ``block_ms`` for some when there are none."""
+        per stream, waiting up to ``block_ms`` for some when there are none. In burst
+        mode (``block_ms`` None) the streams are looked for before every read."""
+        self.refresh(force=block_ms is None)
+        if not self.streams:
+            if block_ms:
+                time.sleep(block_ms / 1000)  # nothing to block on yet
+            return []
         with translate_redis_errors("reading the streams"):
             try:
                 reply: Any = self.client.xreadgroup(
@@ -124,7 +183,10 @@ class Consumer:
         at once instead of after ``claim_idle_ms``. Empty when there are none left."""
         with translate_redis_errors("reading own pending entries"):
             # From a cursor: entries recovered earlier may still be in hand, unacknowledged.
-            cursors: Any = dict(self._recover_cursor)
+            self.refresh()
+            if not self.streams:
+                return []
+            cursors: Any = {s: self._recover_cursor.get(s, _CURSOR_START) for s in self.streams}
             reply: Any = self.client.xreadgroup(self.group, self.name, cursors, count=count)
             found: list[tuple[str, str, Mapping[bytes, bytes]]] = []
             gone: dict[str, list[str]] = {}
@@ -147,16 +209,29 @@ class Consumer:
         """Take over entries that other consumers left pending longer than
         ``claim_idle_ms``, with their delivery counts (this delivery included)."""
         claimed: list[tuple[str, str, Mapping[bytes, bytes]]] = []
+        self.refresh()
+        streams = list(self.streams)
+        if not streams:
+            return []
         with translate_redis_errors("claiming pending entries"):
-            for stream in self.streams:
-                reply: Any = self.client.xautoclaim(
+            # One round trip for every stream: there is a pair per producer.
+            pipe = self.client.pipeline(transaction=False)
+            for stream in streams:
+                pipe.xautoclaim(
                     stream,
                     self.group,
                     self.name,
                     min_idle_time=self.claim_idle_ms,
-                    start_id=self._claim_cursor[stream],
+                    start_id=self._claim_cursor.get(stream, _CURSOR_START),
                     count=count,
                 )
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            for stream, reply in zip(streams, replies, strict=True):
+                if isinstance(reply, redis.ResponseError):
+                    if "NOGROUP" in str(reply) or "no such key" in str(reply).lower():
+                        self._discovered_at = None  # gone or recreated: look again
+                        continue
+                    raise reply
                 self._claim_cursor[stream] = _text(reply[0])
                 rows = reply[1]
                 if any(entry_id is None for entry_id, _ in rows):
@@ -236,17 +311,23 @@ class Consumer:
     def states(self) -> list[GroupState]:
         """Where this group stands on each stream (empty for a stream without it)."""
         found = []
-        for state in group_states(self.client, self.keys):
+        for state in group_states(self.client, self.keys, self.streams):
             if state.group == self.group:
                 found.append(state)
         return found
 
 
-def group_states(client: redis.Redis, keys: Keys) -> list[GroupState]:
-    """Every group on every stream of the namespace, with its oldest pending entry."""
+def group_states(
+    client: redis.Redis, keys: Keys, streams: Sequence[str] | None = None
+) -> list[GroupState]:
+    """Every group on every stream of the namespace (``streams``, else those found
+    by :func:`~fleettrace_worker.discovery.discover_streams`), with its oldest
+    pending entry."""
     states = []
+    if streams is None:
+        streams = discover_streams(client, keys)
     with translate_redis_errors("reading consumer groups"):
-        for stream in keys.streams:
+        for stream in streams:
             try:
                 groups = client.xinfo_groups(stream)
             except redis.ResponseError as error:

@@ -343,7 +343,7 @@ def replay_fields(keys: Keys, letter: DeadLetter) -> tuple[str, dict[bytes, byte
     The current code must accept what is replayed, else replaying would only make
     the same dead letter again.
     """
-    if letter.stream not in keys.streams:
+    if not keys.is_stream(letter.stream):
         raise ValueError(f"came from {letter.stream!r}, not a stream of this namespace")
     if letter.record is not None:
         if letter.batch_id is None or letter.kind is None or letter.position is None:

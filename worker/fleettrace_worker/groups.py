@@ -24,6 +24,7 @@ import redis
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
 from fleettrace.redis_errors import translate_redis_errors
+from fleettrace_worker.discovery import discover_streams
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,20 @@ class GroupReport:
 
 
 def inspect_groups(
-    client: redis.Redis, keys: Keys, *, now_s: float | None = None
+    client: redis.Redis,
+    keys: Keys,
+    *,
+    now_s: float | None = None,
+    streams: Sequence[str] | None = None,
 ) -> list[GroupReport]:
-    """Every group on every stream of the namespace (streams that do not exist have none)."""
+    """Every group on every stream of the namespace (``streams``, else every
+    producer's, found by a SCAN walk)."""
     now_ms = (time.time() if now_s is None else now_s) * 1000
     reports = []
+    if streams is None:
+        streams = discover_streams(client, keys, register=False)
     with translate_redis_errors("reading consumer groups"):
-        for stream in keys.streams:
+        for stream in streams:
             try:
                 groups: Any = client.xinfo_groups(stream)
             except redis.ResponseError as error:
@@ -145,8 +153,9 @@ def drop_group(client: redis.Redis, keys: Keys, group: str) -> list[str]:
     """Destroy ``group`` on every stream of the namespace; returns the streams it was
     on. Its pending entries are forgotten with it (its dead letters stay)."""
     dropped = []
+    streams = discover_streams(client, keys, register=False)
     with translate_redis_errors(f"dropping consumer group {group!r}"):
-        for stream in keys.streams:
+        for stream in streams:
             if client.exists(stream) and client.xgroup_destroy(stream, group):
                 dropped.append(stream)
     return dropped

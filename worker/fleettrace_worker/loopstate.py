@@ -154,7 +154,8 @@ class ReadSizer:
     * The count grows at most twofold per batch (one batch of small entries cannot
       make the next read take thousands of large ones) and shrinks at once.
     * It is capped so that ``count`` entries of the largest size seen lately on each
-      stream stay within one batch's share of the records-in-hand limit. "Lately"
+      stream stay within one batch's share of the records-in-hand limit (with many
+      producers' streams, ``count`` per stream shrinks accordingly). "Lately"
       halves every read in which a stream's entries were smaller.
     """
 
@@ -172,6 +173,7 @@ class ReadSizer:
         seen: dict[str, int] = {}
         for stream, records in sizes:
             seen[stream] = max(seen.get(stream, 0), records)
+            self._largest.setdefault(stream, 1)  # a producer's stream met for the first time
         for stream in self._largest:
             self._largest[stream] = max(seen.get(stream, 0), self._largest[stream] // 2, 1)
         total = sum(records for _, records in sizes)

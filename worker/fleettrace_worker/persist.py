@@ -7,7 +7,8 @@ One batch goes through four steps, each in one place:
              a bad record becomes a dead letter with the reason, the good records
              of the same entry go on)
 3. store     (:meth:`PersistLoop.deliver`: one committed transaction,
-             ``LLMTraceRepository.store``, idempotent)
+             ``LLMTraceRepository.store``, idempotent; each row's ``producer`` and
+             ``namespace`` come from the stream key it was read from)
 4. acknowledge (``GroupLoop.handle``: XACK with the dead letters, after the commit)
 
 A crash between 3 and 4 leaves the entries pending; whoever takes them over stores
@@ -38,7 +39,7 @@ from fleettrace_worker.database import StoreRefused
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
 from fleettrace_worker.migrations import check_schema
-from fleettrace_worker.repository import LLMTraceRepository, MetricRow
+from fleettrace_worker.repository import LLMTraceRepository, MetricRow, Source
 
 __all__ = ["Origin", "PersistLoop", "Rows", "StoreRefused", "decode_entries", "refused_record"]
 
@@ -151,6 +152,21 @@ class PersistLoop(GroupLoop[Rows]):
         self.repository = repository
         self.pool = pool
         self.schema_version: int | None = None
+        self._source_of: dict[str, Source] = {}
+
+    def _sources(self, origins: Sequence[Origin]) -> list[Source]:
+        """(producer, namespace) of each record, from the name of the stream it was read
+        from (never from the record: an agent cannot pass for another producer)."""
+        found = self._source_of
+        sources = []
+        for origin in origins:
+            stream = origin[0].stream
+            source = found.get(stream)
+            if source is None:
+                keys = self.consumer.keys
+                source = found[stream] = (keys.producer_of(stream), keys.namespace)
+            sources.append(source)
+        return sources
 
     def setup(self) -> None:
         """Join the group, and refuse to write into a schema this code does not know
@@ -173,7 +189,12 @@ class PersistLoop(GroupLoop[Rows]):
         if not payload:
             return []
         try:
-            self.repository.store(payload.traces, payload.samples)
+            self.repository.store(
+                payload.traces,
+                payload.samples,
+                trace_sources=self._sources(payload.trace_origins),
+                sample_sources=self._sources(payload.sample_origins),
+            )
         except psycopg.Error as error:
             # A SQLSTATE database.SQLSTATE_VERDICTS does not list: not the records'
             # fault as far as anyone knows, so the batch is kept and retried.

@@ -67,6 +67,10 @@ SAMPLE_COLUMNS: Final = (
     ("plan_id", "text"),
     ("observed_at", "timestamptz"),
 )
+#: Who recorded a row (schema version 2): written by the worker from the stream key.
+SOURCE_COLUMNS: Final = (("producer", "text"), ("namespace", "text"))
+#: (producer, namespace) of one row; producer None for the layout before per-producer keys.
+Source = tuple[str | None, str | None]
 _TRACE_NAMES: Final = tuple(name for name, _ in TRACE_COLUMNS)
 _SAMPLE_NAMES: Final = tuple(name for name, _ in SAMPLE_COLUMNS)
 if tuple(LLMTrace.model_fields) != _TRACE_NAMES:  # pragma: no cover - guards a model change
@@ -191,29 +195,47 @@ class LLMTraceRepository:
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
 
-    def store(self, traces: Sequence[LLMTrace], samples: Sequence[MetricRow] = ()) -> StoreResult:
+    def store(
+        self,
+        traces: Sequence[LLMTrace],
+        samples: Sequence[MetricRow] = (),
+        *,
+        trace_sources: Sequence[Source] | None = None,
+        sample_sources: Sequence[Source] | None = None,
+    ) -> StoreResult:
         """Write a batch in one transaction, committed when this returns.
 
-        Rows already stored (same ``trace_id``, same ``(batch_id, position)``) are left
-        as they are and counted as duplicates: storing is idempotent.
+        ``trace_sources[i]`` (``sample_sources[i]``) says who recorded ``traces[i]``
+        (``samples[i]``): it fills the ``producer`` and ``namespace`` columns, NULL
+        without them. Rows already stored (same ``trace_id``, same ``(batch_id,
+        position)``) are left as they are and counted as duplicates: storing is
+        idempotent.
         """
         trace_rows = [_trace_row(t) for t in traces]
         sample_rows = [_sample_row(s) for s in samples]
+        trace_columns: tuple[tuple[str, str], ...] = TRACE_COLUMNS
+        sample_columns: tuple[tuple[str, str], ...] = SAMPLE_COLUMNS
+        if trace_sources is not None:
+            trace_rows = [(*r, *o) for r, o in zip(trace_rows, trace_sources, strict=True)]
+            trace_columns = TRACE_COLUMNS + SOURCE_COLUMNS
+        if sample_sources is not None:
+            sample_rows = [(*r, *o) for r, o in zip(sample_rows, sample_sources, strict=True)]
+            sample_columns = SAMPLE_COLUMNS + SOURCE_COLUMNS
         with database.connection(self._pool) as conn:
             try:
                 with conn.transaction():
-                    _copy(conn, TRACES_TABLE, TRACE_COLUMNS, trace_rows)
-                    _copy(conn, SAMPLES_TABLE, SAMPLE_COLUMNS, sample_rows)
+                    _copy(conn, TRACES_TABLE, trace_columns, trace_rows)
+                    _copy(conn, SAMPLES_TABLE, sample_columns, sample_rows)
                 return StoreResult(len(trace_rows), 0, len(sample_rows), 0)
             except psycopg.errors.UniqueViolation:
                 pass  # a redelivery: merge below, skipping what is there
             with conn.transaction():
                 _ensure_staging(conn)
                 traces_inserted = _merge(
-                    conn, TRACES_TABLE, _TRACES_STAGING, TRACE_COLUMNS, trace_rows
+                    conn, TRACES_TABLE, _TRACES_STAGING, trace_columns, trace_rows
                 )
                 samples_inserted = _merge(
-                    conn, SAMPLES_TABLE, _SAMPLES_STAGING, SAMPLE_COLUMNS, sample_rows
+                    conn, SAMPLES_TABLE, _SAMPLES_STAGING, sample_columns, sample_rows
                 )
         return StoreResult(
             traces_inserted,

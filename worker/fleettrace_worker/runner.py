@@ -4,7 +4,9 @@ Each group loop (``persist``; ``langsmith`` when tracing is on; ``otlp`` when an
 OTLP endpoint is set) runs in a thread of
 its own with its own Redis connection, so a slow LangSmith never holds back
 persistence and the other way round. The main thread handles signals, writes the
-health key, trims the streams and serves HTTP, and waits for the loops to finish.
+health key, loads the batch function library when Redis lacks it (at start and each
+health tick: a restart without persistence loses it), trims the streams and serves
+HTTP, and waits for the loops to finish.
 
 Shutdown follows rq's warm and cold shutdown: the first SIGTERM or SIGINT stops
 reading, lets each loop finish and acknowledge the batch in hand, and exits 0; a
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 import redis
 from psycopg_pool import ConnectionPool
 
+from fleettrace.batch_script import library_loaded, load_library
 from fleettrace.connection import connect_redis, redact_url
 from fleettrace.errors import ConfigurationError, FleettraceError, TransientError
 from fleettrace.keys import (
@@ -352,6 +355,7 @@ class Worker:
                 if factory is None:
                     raise ConfigurationError(f"group {group!r} is not available in this build")
                 loops.append(factory(self.context))
+            self._ensure_library()
             server = self._serve_http()
             if presence is not None:
                 presence.write()
@@ -406,6 +410,7 @@ class Worker:
         next_trim = time.monotonic() + self.settings.trim_interval_s
         while any(t.thread.is_alive() for t in self._threads):
             self._write_health()
+            self._ensure_library()
             if time.monotonic() >= next_trim:
                 next_trim = time.monotonic() + self.settings.trim_interval_s
                 self._trim()
@@ -428,16 +433,31 @@ class Worker:
         except (redis.RedisError, FleettraceError) as error:
             log.debug("health key not written: %s", error)
 
+    def _ensure_library(self) -> None:
+        """Load the batch function library when the server has functions and lacks it."""
+        try:
+            if library_loaded(self._redis()) is False and load_library(self._redis()):
+                log.info("loaded the batch function library into Redis")
+        except (redis.RedisError, FleettraceError) as error:
+            log.debug("batch function library not checked: %s", error)
+
+    def _streams(self) -> list[str]:
+        """The streams the loops read: their walks found them, no walk of its own."""
+        consumers = [getattr(loop, "consumer", None) for loop in self.loops]
+        return sorted({s for c in consumers for s in getattr(c, "streams", ())})
+
     def _trim(self) -> None:
         try:
-            trim_streams(self._redis(), self.keys)
+            trim_streams(self._redis(), self.keys, streams=self._streams())
         except TransientError as error:
             log.debug("streams not trimmed: %s", error)
 
     def _watch_groups(self) -> None:
         """Warn (rate-limited) about groups holding the trim floor for too long."""
         try:
-            self.group_watch.check(inspect_groups(self._redis(), self.keys))
+            self.group_watch.check(
+                inspect_groups(self._redis(), self.keys, streams=self._streams())
+            )
         except TransientError as error:
             log.debug("consumer groups not inspected: %s", error)
 

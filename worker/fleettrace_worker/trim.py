@@ -16,6 +16,8 @@ list), so the floor read before XTRIM is still safe when XTRIM runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import redis
 
 from fleettrace.keys import Keys
@@ -52,14 +54,21 @@ def trim_floors(states: list[GroupState]) -> dict[str, str]:
     return {stream: f"{ms}-{seq}" for stream, (ms, seq) in floors.items()}
 
 
-def trim_streams(client: redis.Redis, keys: Keys, *, approximate: bool = True) -> dict[str, int]:
-    """Trim each stream of the namespace to its floor; returns entries removed per stream.
+def trim_streams(
+    client: redis.Redis,
+    keys: Keys,
+    *,
+    approximate: bool = True,
+    streams: Sequence[str] | None = None,
+) -> dict[str, int]:
+    """Trim each stream of the namespace (``streams``, else every one a walk finds) to
+    its floor; returns entries removed per stream.
 
     ``approximate`` lets Redis trim whole macro nodes only (cheaper; it removes less,
     never more).
     """
     removed: dict[str, int] = {}
-    floors = trim_floors(group_states(client, keys))
+    floors = trim_floors(group_states(client, keys, streams))
     with translate_redis_errors("trimming the streams"):
         for stream, floor in floors.items():
             removed[stream] = int(client.xtrim(stream, minid=floor, approximate=approximate))

@@ -85,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.migrate_plans:
             moved = migrate_legacy_plan_fields(client, keys)
-            print(f"moved {moved} per-plan fields from {keys.live('plan.*')} into plan hashes")
+            print(
+                f"moved {moved} per-plan fields from {keys.legacy_live('plan.*')} into plan hashes"
+            )
             return 0
         while True:
             text = _render(client, keys, args)
@@ -137,7 +139,7 @@ def _plans_summary(client: redis.Redis, keys: Keys) -> str:
     text = f"{plans}{'' if complete else '+'} live {noun}; use --plan ID or --top N"
     if legacy:
         text += (
-            f"\n{legacy} per-plan fields in the old layout ({keys.live('plan.*')}); "
+            f"\n{legacy} per-plan fields in the old layout ({keys.legacy_live('plan.*')}); "
             "move them with --migrate-plans"
         )
     return text
