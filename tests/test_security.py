@@ -53,7 +53,8 @@ from fleettrace_worker.trim import trim_streams
 from tests.acl import AGENT, BUDGET_AGENT, WORKER, create_user, documented_acl_lines, rules
 from tests.langsmith_server import Fault, LangSmithServer
 from tests.servers import PrivateRedis, free_port
-from tests.worker_helpers import fleettrace, migrated, trace_rows, wait_for, worker_env
+from tests.waiting import wait_until
+from tests.worker_helpers import fleettrace, migrated, trace_rows, worker_env
 
 API_KEY = "lsv2_sk_" + "7f3e9a1c5b2d4e6f8a0b1c2d3e4f5a6b" + "_9c8d7e6f5a"
 NS = "fleet"
@@ -426,7 +427,7 @@ def test_a_missing_function_is_a_counted_failure_until_a_worker_loads_it(
         secured = _secure(server)
         em = secured.emitter("alice")
         em.record(_trace(0))
-        wait_for(lambda: em.stats.send_failures >= 2, what="the emitter to retry")
+        wait_until(lambda: em.stats.send_failures >= 2, message="the emitter to retry")
         stats = em.stats
         assert (stats.sent, stats.buffered, stats.dropped) == (0, 1, 0)
         assert "fleettrace_apply_v1 is not loaded" in (stats.last_error or "")
@@ -448,7 +449,7 @@ def test_a_missing_function_is_a_counted_failure_until_a_worker_loads_it(
             assert em.stats.sent == 1
             em.close()
             secured.admin.function_delete(LIBRARY_NAME)  # as a restart without persistence
-            wait_for(lambda: library_loaded(secured.admin) is True, 20, "the reload")
+            wait_until(lambda: library_loaded(secured.admin) is True, 20, "the reload")
         finally:
             worker.stop.set()
             thread.join(20)
@@ -610,7 +611,7 @@ def test_a_user_name_that_cannot_name_keys_is_a_counted_failure_until_overridden
     )
     em = Emitter(EmitterSettings(redis_url=url, namespace=NS, retry_initial_s=0.01))
     em.record(_trace(0))
-    wait_for(lambda: em.stats.send_failures >= 2, what="the emitter to retry")
+    wait_until(lambda: em.stats.send_failures >= 2, message="the emitter to retry")
     assert "producer identity 'ops@agent'" in (em.stats.last_error or "")
     assert em.stats.buffered == 1
     em.close(0.1)
