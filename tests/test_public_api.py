@@ -33,6 +33,9 @@ INTENDED = {
     "sandbox",
     "set_hot_context_tokens",
     "tool",
+    # Pricing a record now rather than on the sender thread.
+    "Pricer",
+    "price_trace",
     # Reading the live counters back.
     "LiveSeries",
     "read_live",
