@@ -22,6 +22,7 @@ import psycopg
 import pytest
 import redis
 
+from fleettrace.batch_script import load_library
 from fleettrace.connection import connect_redis, redact_url
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.errors import FleettraceError
@@ -79,6 +80,11 @@ def secure_redis() -> Iterator[PrivateRedis]:
         )
     )
     server.start()
+    # Its default user is off, so the function library is loaded as the admin, as
+    # `fleettrace migrate` would be run by an operator.
+    admin = redis.Redis(port=server.port, username="admin", password=ADMIN_PASSWORD)
+    load_library(admin)
+    admin.close()
     yield server
     server.close()
 
