@@ -17,7 +17,13 @@ from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
-from fleettrace_worker.repository import LLMTraceRepository, _trace_row
+from fleettrace_worker.repository import (
+    TRACE_COLUMNS,
+    TRACES_TABLE,
+    LLMTraceRepository,
+    _copy,
+    _trace_row,
+)
 from fleettrace_worker.runner import Worker, WorkerSettings
 from tests.factories import add_traces, numbered_trace
 from tests.servers import free_port
@@ -31,19 +37,8 @@ def _hold_row_lock(db: str, trace: object) -> psycopg.Connection:
     """Another session inserting the same trace_id and not committing: a COPY of that
     key waits for it (unique index check), holding no table lock of its own."""
     conn = psycopg.connect(db)
-    row = _trace_row(trace)  # type: ignore[arg-type]
-    with conn.cursor().copy(
-        "COPY llm_traces (trace_id, plan_id, decision_id, actor, provider, model, "
-        "prompt_tokens, completion_tokens, cost_usd, latency_ms, tool_calls, context_hash, "
-        "streaming, retry_count, error, started_at) FROM STDIN (FORMAT BINARY)"
-    ) as copy:
-        copy.set_types(
-            [
-                "uuid", "text", "text", "text", "text", "text", "int4", "int4", "float8",
-                "float8", "bytea", "text", "bool", "int4", "text", "timestamptz",
-            ]
-        )  # fmt: skip
-        copy.write_row(row)
+    # The worker's own COPY, so the row has every column the table has.
+    _copy(conn, TRACES_TABLE, TRACE_COLUMNS, [_trace_row(trace)])  # type: ignore[arg-type]
     return conn
 
 
