@@ -24,6 +24,7 @@ import inspect
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
@@ -240,29 +241,30 @@ def _seen(event: Any, call: Call, adapter: Adapter) -> bool:
         return False
 
 
-def _events(inner: Iterator[Any], call: Call, adapter: Adapter) -> Iterator[Any]:
+@contextmanager
+def _finishing(call: Call) -> Iterator[None]:
+    """End ``call`` however its stream ends: read to the end or closed early (the
+    caller stopped reading: not an error), or failed with the stream's error."""
     try:
+        yield
+    except GeneratorExit:
+        call.finish()
+        raise
+    except BaseException as error:
+        call.finish(error)
+        raise
+    call.finish()
+
+
+def _events(inner: Iterator[Any], call: Call, adapter: Adapter) -> Iterator[Any]:
+    with _finishing(call):
         for event in inner:
             if not _seen(event, call, adapter):
                 yield event
-    except GeneratorExit:
-        call.finish()
-        raise
-    except BaseException as error:
-        call.finish(error)
-        raise
-    call.finish()
 
 
 async def _async_events(inner: AsyncIterator[Any], call: Call, adapter: Adapter) -> Any:
-    try:
+    with _finishing(call):
         async for event in inner:
             if not _seen(event, call, adapter):
                 yield event
-    except GeneratorExit:
-        call.finish()
-        raise
-    except BaseException as error:
-        call.finish(error)
-        raise
-    call.finish()
