@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -28,6 +30,18 @@ def scalar(database_url: str, query: str) -> int:
         row = conn.execute(query).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """The status and body of a GET (an error status with its body too); 0 and no
+    body while nothing listens yet, so a test can wait on the answer it expects."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except urllib.error.URLError:
+        return 0, ""
 
 
 def trace_rows(database_url: str) -> int:
