@@ -3,6 +3,7 @@ database, and counts of what landed where."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -23,6 +24,28 @@ def migrated(database_url: str) -> str:
     with psycopg.connect(database_url, autocommit=True) as conn:
         migrate(conn)
     return database_url
+
+
+def _migrate_in_process(url: str, queue: multiprocessing.Queue[tuple[str, ...]]) -> None:
+    with psycopg.connect(url) as conn:
+        queue.put(migrate(conn).applied)
+
+
+def migrate_from_processes(database_url: str, count: int = 2) -> list[tuple[str, ...]]:
+    """Migrate ``database_url`` from ``count`` processes at once (as workers on several
+    hosts would): the migrations each applied, sorted. Each process must exit 0."""
+    context = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue[tuple[str, ...]] = context.Queue()
+    processes = [
+        context.Process(target=_migrate_in_process, args=(database_url, queue))
+        for _ in range(count)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+    assert [p.exitcode for p in processes] == [0] * count
+    return sorted(queue.get(timeout=5) for _ in processes)
 
 
 def scalar(database_url: str, query: str) -> int:
