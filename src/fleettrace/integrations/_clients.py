@@ -148,20 +148,28 @@ def _begin(wrapping: Wrapping, options: Any) -> tuple[Call | None, Any]:
         return None, options
 
 
+@contextmanager
+def _in_call(call: Call) -> Iterator[None]:
+    """Make ``call`` the current one while its request runs (the SDK's retries are
+    counted on it), and finish it with the error if the request raises."""
+    token = _current.set(call)
+    try:
+        yield
+    except BaseException as error:
+        call.finish(error)
+        raise
+    finally:
+        _current.reset(token)
+
+
 def _sync_request(request: Callable[..., Any], wrapping: Wrapping) -> Callable[..., Any]:
     @functools.wraps(request)
     def wrapped(cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         call, options = _begin(wrapping, options)
         if call is None:
             return request(cast_to, options, *args, **kwargs)
-        token = _current.set(call)
-        try:
+        with _in_call(call):
             result = request(cast_to, options, *args, **kwargs)
-        except BaseException as error:
-            call.finish(error)
-            raise
-        finally:
-            _current.reset(token)
         return _after(result, call, wrapping.adapter)
 
     return wrapped
@@ -173,14 +181,8 @@ def _async_request(request: Callable[..., Any], wrapping: Wrapping) -> Callable[
         call, options = _begin(wrapping, options)
         if call is None:
             return await request(cast_to, options, *args, **kwargs)
-        token = _current.set(call)
-        try:
+        with _in_call(call):
             result = await request(cast_to, options, *args, **kwargs)
-        except BaseException as error:
-            call.finish(error)
-            raise
-        finally:
-            _current.reset(token)
         return _after(result, call, wrapping.adapter)
 
     return wrapped
