@@ -6,8 +6,6 @@ gone every record is stored once and nothing is dead-lettered."""
 from __future__ import annotations
 
 import threading
-import urllib.error
-import urllib.request
 
 import psycopg
 import pytest
@@ -28,7 +26,7 @@ from fleettrace_worker.runner import Worker, WorkerSettings
 from tests.factories import add_traces, numbered_trace
 from tests.servers import free_port
 from tests.waiting import wait_until
-from tests.worker_helpers import migrated, pending, scalar
+from tests.worker_helpers import http_get, migrated, pending, scalar
 
 CLAIM_IDLE_MS = 2_000
 
@@ -102,16 +100,6 @@ def test_a_blocked_copy_times_out_is_kept_from_others_and_stored_once(
     assert loop.stats.records == 50
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except urllib.error.URLError:
-        return 0, ""  # not listening yet
-
-
 @pytest.mark.slow
 def test_a_worker_stalled_on_a_lock_answers_readyz_503_until_it_gets_through(
     redis_url, redis_client, keys, database_url
@@ -130,14 +118,14 @@ def test_a_worker_stalled_on_a_lock_answers_readyz_503_until_it_gets_through(
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 60, "ready")
+        wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "ready")
         add_traces(redis_client, keys, traces)
-        wait_until(lambda: "made no progress" in _get(f"{base}/readyz")[1], 60, "stalled")
-        status, body = _get(f"{base}/readyz")
+        wait_until(lambda: "made no progress" in http_get(f"{base}/readyz")[1], 60, "stalled")
+        status, body = http_get(f"{base}/readyz")
         assert status == 503
         assert body.startswith("not ready: group persist made no progress for ")
         assert "(SQLSTATE 55P03)" in body
-        metrics = _get(f"{base}/metrics")[1]
+        metrics = http_get(f"{base}/metrics")[1]
         [since] = [
             line for line in metrics.splitlines()
             if line.startswith('fleettrace_worker_seconds_since_progress{group="persist"}')
@@ -146,7 +134,7 @@ def test_a_worker_stalled_on_a_lock_answers_readyz_503_until_it_gets_through(
         [group] = worker.health()["groups"]  # type: ignore[misc]
         assert group["stalled"] is True and group["in_hand_entries"] == 1
         holder.rollback()
-        wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 60, "ready again")
+        wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "ready again")
     finally:
         worker.stop.set()
         thread.join(60)
