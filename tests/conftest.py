@@ -19,6 +19,7 @@ import redis
 from fleettrace.batch_script import load_library
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
+from tests.llm_servers import LLMServer, Pipeline
 from tests.servers import PrivatePostgres, PrivateRedis, SuiteServers, redis_program
 
 #: Set by pytest_configure: the run's servers and their URLs.
@@ -138,3 +139,22 @@ def private_postgres() -> Iterator[PrivatePostgres]:
     server.start()
     yield server
     server.close()
+
+
+@pytest.fixture
+def server() -> Iterator[LLMServer]:
+    """The fake OpenAI and Anthropic APIs the integration tests call."""
+    with LLMServer() as running:
+        yield running
+
+
+@pytest.fixture
+def pipeline(
+    redis_url: str, keys: Keys, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Pipeline]:
+    """An emitter and a worker on the test's namespace and database, the emitter the
+    process default, so an integration's records land as rows."""
+    made = Pipeline(redis_url, keys, database_url)
+    monkeypatch.setattr("fleettrace.emitter._default", made.emitter)
+    yield made
+    made.close()

@@ -3,9 +3,7 @@ counts a failure with its reason, and the batch arrives once the cause is fixed.
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 
 import pytest
 import redis
@@ -17,6 +15,7 @@ from fleettrace.model import LLMTrace
 from tests.acl import AGENT, create_user
 from tests.emitting import emitter_figures, make_emitter, stream_records
 from tests.servers import PrivateRedis
+from tests.waiting import wait_until
 
 DEADLINE_S = 30.0
 FAST = {"retry_initial_s": 0.01, "retry_max_s": 0.05, "socket_timeout_s": 2.0}
@@ -34,14 +33,6 @@ def trace(i: int) -> LLMTrace:
     )
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 def assert_accounted(emitter: Emitter) -> None:
     stats = emitter.stats
     assert stats.accepted == stats.sent + stats.dropped + stats.buffered, stats
@@ -54,7 +45,7 @@ def test_a_stream_key_of_the_wrong_type_is_a_counted_failure_then_arrives_once(
     emitter = make_emitter(redis_url, keys, **FAST)
     for i in range(40):
         emitter.record(trace(i))
-    wait_until(lambda: emitter.stats.send_failures >= 2, "the batch to be refused twice")
+    wait_until(lambda: emitter.stats.send_failures >= 2, message="the batch to be refused twice")
     stats = emitter.stats
     assert (stats.sent, stats.dropped, stats.buffered, stats.accepted) == (0, 0, 40, 40)
     assert "WRONGTYPE" in (stats.last_error or "")
@@ -83,7 +74,7 @@ def test_a_user_missing_one_command_of_the_script_writes_nothing_then_arrives_on
     emitter = make_emitter(url, keys, **FAST)
     for i in range(10):
         emitter.record(trace(i))
-    wait_until(lambda: emitter.stats.send_failures >= 2, "the batch to be refused twice")
+    wait_until(lambda: emitter.stats.send_failures >= 2, message="the batch to be refused twice")
     stats = emitter.stats
     assert (stats.sent, stats.dropped, stats.buffered, stats.accepted) == (0, 0, 10, 10)
     assert "NoPermissionError" in (stats.last_error or "")
@@ -119,7 +110,7 @@ def test_redis_out_of_memory_refuses_the_first_write_then_the_batch_arrives_once
     emitter = make_emitter(private_redis.url, keys, **FAST)
     for i in range(20):
         emitter.record(trace(i))
-    wait_until(lambda: emitter.stats.send_failures >= 2, "the batch to be refused twice")
+    wait_until(lambda: emitter.stats.send_failures >= 2, message="the batch to be refused twice")
     stats = emitter.stats
     assert (stats.sent, stats.dropped, stats.buffered, stats.accepted) == (0, 0, 20, 20)
     assert "OutOfMemoryError: command not allowed when used memory > 'maxmemory'" in (

@@ -7,7 +7,6 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
 from tests.emitting import emitter_figures, make_emitter, stream_records
 from tests.servers import PrivateRedis
+from tests.waiting import wait_until
 
 DEADLINE_S = 30.0
 FAST = {"retry_initial_s": 0.01, "retry_max_s": 0.05, "socket_timeout_s": 2.0}
@@ -28,14 +28,6 @@ def trace(i: int) -> LLMTrace:
     return LLMTrace(
         trace_id=uuid.UUID(int=i + 1), provider="openai", model="gpt-4o", prompt_tokens=i
     )
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def accounted(emitter: Emitter) -> bool:
@@ -140,8 +132,10 @@ def test_every_accepted_record_is_sent_dropped_or_buffered_through_an_outage(
         emitter.record(trace(i))
         assert accounted(emitter)
         if i == 5:
-            wait_until(lambda: accounted(emitter) and emitter._in_hand > 0, "a batch in hand")
-    wait_until(lambda: accounted(emitter) and emitter.stats.send_failures >= 2, "failures")
+            wait_until(
+                lambda: accounted(emitter) and emitter._in_hand > 0, message="a batch in hand"
+            )
+    wait_until(lambda: accounted(emitter) and emitter.stats.send_failures >= 2, message="failures")
     stats = emitter.stats
     # The batch in hand (the sender took 1 to 5 records) and a full buffer of 50 wait;
     # the oldest of the rest were dropped to make room.
@@ -151,7 +145,9 @@ def test_every_accepted_record_is_sent_dropped_or_buffered_through_an_outage(
     assert stats.dropped == 100 - in_hand - 50
 
     private_redis.start()
-    wait_until(lambda: accounted(emitter) and emitter.stats.buffered == 0, "the buffer to drain")
+    wait_until(
+        lambda: accounted(emitter) and emitter.stats.buffered == 0, message="the buffer to drain"
+    )
     assert emitter.flush(DEADLINE_S)
     assert accounted(emitter)
     stats = emitter.stats
@@ -178,7 +174,7 @@ def test_the_figures_add_up_while_a_caller_waits_for_room(private_redis: Private
     for i in range(4):  # two in hand, two in the buffer
         emitter.record(trace(i))
         if i == 1:
-            wait_until(lambda: emitter._in_hand == 2, "the sender to take two")
+            wait_until(lambda: emitter._in_hand == 2, message="the sender to take two")
     blocked = threading.Thread(target=emitter.record, args=(trace(4),))
     blocked.start()
     polls = 0

@@ -4,7 +4,6 @@ reads the rows the worker stored in PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import anthropic
 import pytest
@@ -17,7 +16,6 @@ from tests.llm_servers import (
     ANTHROPIC_INPUT,
     ANTHROPIC_OUTPUT,
     LLMServer,
-    Pipeline,
 )
 
 MODEL = "claude-3-5-sonnet-latest"
@@ -25,20 +23,6 @@ SERVED = "claude-3-5-sonnet-20241022"
 MESSAGES = [{"role": "user", "content": "hi"}]
 TOOLS = [{"name": "search", "input_schema": {"type": "object"}}]
 WHOLE_INPUT = ANTHROPIC_INPUT + ANTHROPIC_CACHE_READ + ANTHROPIC_CACHE_WRITE
-
-
-@pytest.fixture
-def server() -> Iterator[LLMServer]:
-    with LLMServer() as running:
-        yield running
-
-
-@pytest.fixture
-def pipeline(redis_url, keys, database_url, monkeypatch) -> Iterator[Pipeline]:
-    made = Pipeline(redis_url, keys, database_url)
-    monkeypatch.setattr("fleettrace.emitter._default", made.emitter)
-    yield made
-    made.close()
 
 
 def client(server: LLMServer, **kwargs) -> anthropic.Anthropic:

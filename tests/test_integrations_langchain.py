@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -26,22 +25,7 @@ from tests.llm_servers import (
     PROMPT_TOKENS,
     REASONING_TOKENS,
     LLMServer,
-    Pipeline,
 )
-
-
-@pytest.fixture
-def server() -> Iterator[LLMServer]:
-    with LLMServer() as running:
-        yield running
-
-
-@pytest.fixture
-def pipeline(redis_url, keys, database_url, monkeypatch) -> Iterator[Pipeline]:
-    made = Pipeline(redis_url, keys, database_url)
-    monkeypatch.setattr("fleettrace.emitter._default", made.emitter)
-    yield made
-    made.close()
 
 
 def chat(server: LLMServer, **kwargs) -> ChatOpenAI:

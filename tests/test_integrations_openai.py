@@ -9,7 +9,6 @@ import gc
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 
 import openai
 import pytest
@@ -26,7 +25,6 @@ from tests.llm_servers import (
     PROMPT_TOKENS,
     REASONING_TOKENS,
     LLMServer,
-    Pipeline,
 )
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -34,20 +32,6 @@ TOOLS = [
     {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
     for name in ("search", "read_file")
 ]
-
-
-@pytest.fixture
-def server() -> Iterator[LLMServer]:
-    with LLMServer() as running:
-        yield running
-
-
-@pytest.fixture
-def pipeline(redis_url, keys, database_url, monkeypatch) -> Iterator[Pipeline]:
-    made = Pipeline(redis_url, keys, database_url)
-    monkeypatch.setattr("fleettrace.emitter._default", made.emitter)
-    yield made
-    made.close()
 
 
 def client(server: LLMServer, **kwargs) -> openai.OpenAI:

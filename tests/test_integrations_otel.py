@@ -3,8 +3,6 @@ instrumentor makes them become rows in PostgreSQL; other spans leave nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import psycopg
 import pytest
 from genai_prices import Usage, calc_price
@@ -13,15 +11,6 @@ from opentelemetry.trace import Status, StatusCode
 
 import fleettrace
 from fleettrace.integrations import Call, FleettraceSpanProcessor
-from tests.llm_servers import Pipeline
-
-
-@pytest.fixture
-def pipeline(redis_url, keys, database_url, monkeypatch) -> Iterator[Pipeline]:
-    made = Pipeline(redis_url, keys, database_url)
-    monkeypatch.setattr("fleettrace.emitter._default", made.emitter)
-    yield made
-    made.close()
 
 
 @pytest.fixture

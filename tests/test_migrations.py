@@ -3,7 +3,6 @@ from however many hosts they run, and a schema the code does not know is refused
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from psycopg_pool import ConnectionPool
 
 from fleettrace.errors import DatabaseUnavailable, SchemaVersionError
 from fleettrace_worker import database, migrations
+from tests.worker_helpers import migrate_from_processes
 
 
 @pytest.fixture
@@ -103,24 +103,9 @@ def test_concurrent_migrations_from_threads_apply_each_file_once(database_url: s
     assert len(_versions(database_url)) == migrations.latest_version()
 
 
-def _migrate_in_process(url: str, queue: multiprocessing.Queue[int]) -> None:
-    with psycopg.connect(url) as conn:
-        queue.put(len(migrations.migrate(conn).applied))
-
-
 @pytest.mark.slow
 def test_concurrent_migrations_from_processes_apply_each_file_once(database_url: str) -> None:
-    context = multiprocessing.get_context("spawn")
-    queue: multiprocessing.Queue[int] = context.Queue()
-    processes = [
-        context.Process(target=_migrate_in_process, args=(database_url, queue)) for _ in range(2)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=60)
-    assert [p.exitcode for p in processes] == [0, 0]
-    counts = sorted(queue.get(timeout=5) for _ in processes)
+    counts = sorted(len(applied) for applied in migrate_from_processes(database_url))
     assert counts == [0, migrations.latest_version()]
     assert len(_versions(database_url)) == migrations.latest_version()
 

@@ -14,8 +14,6 @@ import logging
 import os
 import signal
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import psycopg
@@ -38,7 +36,7 @@ from tests.factories import numbered_trace
 from tests.langsmith_server import Fault, LangSmithServer
 from tests.servers import PrivatePostgres, PrivateRedis, free_port
 from tests.waiting import wait_until
-from tests.worker_helpers import fleettrace, start_worker, worker_env
+from tests.worker_helpers import fleettrace, http_get, start_worker, worker_env
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -111,16 +109,6 @@ def _redis_url(server: PrivateRedis, user: str, password: str) -> str:
 
 def _pg_url(server: PrivatePostgres, password: str = PG_PASSWORD) -> str:
     return f"postgresql://fleettrace:{password}@127.0.0.1:{server.port}/fleettrace"
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except urllib.error.URLError:
-        return 0, ""
 
 
 def _rows(db: str) -> int:
@@ -204,25 +192,25 @@ def test_no_secret_in_any_log_error_dead_letter_metrics_help_or_repr(
                 "a LangSmith dead letter",
             )
             for path in ("/metrics", "/readyz", "/healthz"):
-                texts[f"GET {path}"] = _get(f"http://{http}{path}")[1]
+                texts[f"GET {path}"] = http_get(f"http://{http}{path}")[1]
 
             # Redis restarts: the worker waits, not ready, and carries on.
             secure_redis.stop()
-            wait_until(lambda: _get(f"http://{http}/readyz")[0] == 503, 60, "not ready")
-            texts["readyz without Redis"] = _get(f"http://{http}/readyz")[1]
+            wait_until(lambda: http_get(f"http://{http}/readyz")[0] == 503, 60, "not ready")
+            texts["readyz without Redis"] = http_get(f"http://{http}/readyz")[1]
             secure_redis.start()
-            wait_until(lambda: _get(f"http://{http}/readyz")[0] == 200, 60, "ready again")
+            wait_until(lambda: http_get(f"http://{http}/readyz")[0] == 200, 60, "ready again")
 
             # PostgreSQL restarts while records wait.
             secure_postgres.stop()
             with _emit(agent_url, keys, 200, 10) as emitter:
                 assert emitter.flush(10)
-            wait_until(lambda: _get(f"http://{http}/readyz")[0] == 503, 60, "not ready")
-            texts["readyz without PostgreSQL"] = _get(f"http://{http}/readyz")[1]
-            texts["GET /metrics, PostgreSQL down"] = _get(f"http://{http}/metrics")[1]
+            wait_until(lambda: http_get(f"http://{http}/readyz")[0] == 503, 60, "not ready")
+            texts["readyz without PostgreSQL"] = http_get(f"http://{http}/readyz")[1]
+            texts["GET /metrics, PostgreSQL down"] = http_get(f"http://{http}/metrics")[1]
             secure_postgres.start()
             wait_until(lambda: _rows(db) == 40, 120, "the rows after the restarts")
-            texts["GET /metrics at the end"] = _get(f"http://{http}/metrics")[1]
+            texts["GET /metrics at the end"] = http_get(f"http://{http}/metrics")[1]
         finally:
             if worker.poll() is None:
                 os.kill(worker.pid, signal.SIGTERM)

@@ -6,8 +6,6 @@ gone every record is stored once and nothing is dead-lettered."""
 from __future__ import annotations
 
 import threading
-import urllib.error
-import urllib.request
 
 import psycopg
 import pytest
@@ -17,12 +15,18 @@ from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
-from fleettrace_worker.repository import LLMTraceRepository, _trace_row
+from fleettrace_worker.repository import (
+    TRACE_COLUMNS,
+    TRACES_TABLE,
+    LLMTraceRepository,
+    _copy,
+    _trace_row,
+)
 from fleettrace_worker.runner import Worker, WorkerSettings
 from tests.factories import add_traces, numbered_trace
 from tests.servers import free_port
 from tests.waiting import wait_until
-from tests.worker_helpers import migrated, pending, scalar
+from tests.worker_helpers import http_get, migrated, pending, scalar
 
 CLAIM_IDLE_MS = 2_000
 
@@ -31,19 +35,8 @@ def _hold_row_lock(db: str, trace: object) -> psycopg.Connection:
     """Another session inserting the same trace_id and not committing: a COPY of that
     key waits for it (unique index check), holding no table lock of its own."""
     conn = psycopg.connect(db)
-    row = _trace_row(trace)  # type: ignore[arg-type]
-    with conn.cursor().copy(
-        "COPY llm_traces (trace_id, plan_id, decision_id, actor, provider, model, "
-        "prompt_tokens, completion_tokens, cost_usd, latency_ms, tool_calls, context_hash, "
-        "streaming, retry_count, error, started_at) FROM STDIN (FORMAT BINARY)"
-    ) as copy:
-        copy.set_types(
-            [
-                "uuid", "text", "text", "text", "text", "text", "int4", "int4", "float8",
-                "float8", "bytea", "text", "bool", "int4", "text", "timestamptz",
-            ]
-        )  # fmt: skip
-        copy.write_row(row)
+    # The worker's own COPY, so the row has every column the table has.
+    _copy(conn, TRACES_TABLE, TRACE_COLUMNS, [_trace_row(trace)])  # type: ignore[arg-type]
     return conn
 
 
@@ -107,16 +100,6 @@ def test_a_blocked_copy_times_out_is_kept_from_others_and_stored_once(
     assert loop.stats.records == 50
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except urllib.error.URLError:
-        return 0, ""  # not listening yet
-
-
 @pytest.mark.slow
 def test_a_worker_stalled_on_a_lock_answers_readyz_503_until_it_gets_through(
     redis_url, redis_client, keys, database_url
@@ -135,14 +118,14 @@ def test_a_worker_stalled_on_a_lock_answers_readyz_503_until_it_gets_through(
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 60, "ready")
+        wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "ready")
         add_traces(redis_client, keys, traces)
-        wait_until(lambda: "made no progress" in _get(f"{base}/readyz")[1], 60, "stalled")
-        status, body = _get(f"{base}/readyz")
+        wait_until(lambda: "made no progress" in http_get(f"{base}/readyz")[1], 60, "stalled")
+        status, body = http_get(f"{base}/readyz")
         assert status == 503
         assert body.startswith("not ready: group persist made no progress for ")
         assert "(SQLSTATE 55P03)" in body
-        metrics = _get(f"{base}/metrics")[1]
+        metrics = http_get(f"{base}/metrics")[1]
         [since] = [
             line for line in metrics.splitlines()
             if line.startswith('fleettrace_worker_seconds_since_progress{group="persist"}')
@@ -151,7 +134,7 @@ def test_a_worker_stalled_on_a_lock_answers_readyz_503_until_it_gets_through(
         [group] = worker.health()["groups"]  # type: ignore[misc]
         assert group["stalled"] is True and group["in_hand_entries"] == 1
         holder.rollback()
-        wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 60, "ready again")
+        wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "ready again")
     finally:
         worker.stop.set()
         thread.join(60)

@@ -5,7 +5,6 @@ unknown; new rows carry details and unknown usage, and the checks hold for them.
 
 from __future__ import annotations
 
-import multiprocessing
 import uuid
 from datetime import UTC, datetime
 
@@ -16,6 +15,7 @@ from psycopg import sql
 from fleettrace.model import LLMTrace
 from fleettrace_worker import database, migrations
 from fleettrace_worker.repository import LLMTraceRepository
+from tests.worker_helpers import migrate_from_processes
 
 V1_COLUMNS = (
     "trace_id, plan_id, decision_id, actor, provider, model, prompt_tokens, "
@@ -52,26 +52,11 @@ def _at_version_one(url: str) -> list[uuid.UUID]:
     return ids
 
 
-def _migrate_in_process(url: str, queue: multiprocessing.Queue[tuple[str, ...]]) -> None:
-    with psycopg.connect(url) as conn:
-        queue.put(migrations.migrate(conn).applied)
-
-
 def test_version_two_applies_once_from_two_processes_over_rows_of_version_one(
     database_url: str,
 ) -> None:
     ids = _at_version_one(database_url)
-    context = multiprocessing.get_context("spawn")
-    queue: multiprocessing.Queue[tuple[str, ...]] = context.Queue()
-    processes = [
-        context.Process(target=_migrate_in_process, args=(database_url, queue)) for _ in range(2)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=60)
-    assert [p.exitcode for p in processes] == [0, 0]
-    applied = sorted(queue.get(timeout=5) for _ in processes)
+    applied = migrate_from_processes(database_url)
     assert applied == [(), ("0002_token_details", "0003_producer")]
     with psycopg.connect(database_url) as conn:
         again = migrations.migrate(conn)

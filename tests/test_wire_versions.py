@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -35,7 +33,7 @@ from fleettrace_worker.runner import Worker, WorkerSettings
 from tests.factories import add_traces, numbered_trace
 from tests.servers import free_port
 from tests.waiting import wait_until
-from tests.worker_helpers import migrated, pending, sample_rows, scalar, trace_rows
+from tests.worker_helpers import http_get, migrated, pending, sample_rows, scalar, trace_rows
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "wire"
 
@@ -118,16 +116,6 @@ def test_an_entry_of_a_newer_version_stays_pending_and_asks_for_an_upgrade(
     assert len(warnings) == 4  # once per run (per process), not once per entry
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except urllib.error.URLError:
-        return 0, ""  # not listening yet
-
-
 def test_the_worker_reports_upgrade_needed_in_health_readyz_and_metrics(
     redis_url, redis_client, keys, database_url
 ) -> None:
@@ -144,12 +132,12 @@ def test_the_worker_reports_upgrade_needed_in_health_readyz_and_metrics(
     thread.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 60, "ready")
+        wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "ready")
         redis_client.xadd(keys.traces, _newer_entry())  # type: ignore[arg-type]
-        wait_until(lambda: _get(f"{base}/readyz")[0] == 503, 60, "not ready")
-        body = _get(f"{base}/readyz")[1]
+        wait_until(lambda: http_get(f"{base}/readyz")[0] == 503, 60, "not ready")
+        body = http_get(f"{base}/readyz")[1]
         assert body.startswith("not ready: upgrade needed: entries of stream format version")
-        metrics = _get(f"{base}/metrics")[1]
+        metrics = http_get(f"{base}/metrics")[1]
         assert 'fleettrace_worker_upgrade_needed{group="persist"} 1.0' in metrics
         assert 'fleettrace_worker_seconds_since_progress{group="persist"}' in metrics
         [group] = worker.health()["groups"]  # type: ignore[misc]

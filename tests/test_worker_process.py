@@ -12,8 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 
 import psycopg
 import pytest
@@ -26,6 +24,7 @@ from tests.waiting import wait_until
 from tests.worker_helpers import (
     ROOT,
     fleettrace,
+    http_get,
     migrated,
     pending,
     sample_rows,
@@ -75,16 +74,6 @@ def _stop(worker, timeout_s=60) -> tuple[str, str]:
 
 def _distinct_decisions(db) -> int:
     return scalar(db, "SELECT count(DISTINCT decision_id) FROM llm_traces")
-
-
-def _get(url) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-    except urllib.error.URLError:
-        return 0, ""
 
 
 @pytest.fixture
@@ -163,19 +152,19 @@ def test_postgres_outage_makes_the_worker_not_ready_then_it_catches_up(
     try:
         add_traces(redis_client, keys, [numbered_trace(i) for i in range(500)])
         wait_until(lambda: trace_rows(db) == 500, 60, "first rows")
-        wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 30, "ready")
+        wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 30, "ready")
         private_postgres.stop()
         for start in range(500, 3_000, 500):
             add_traces(redis_client, keys, [numbered_trace(i) for i in range(start, start + 500)])
-        wait_until(lambda: _get(f"{base}/readyz")[0] == 503, 60, "not ready")
-        _, body = _get(f"{base}/readyz")
+        wait_until(lambda: http_get(f"{base}/readyz")[0] == 503, 60, "not ready")
+        _, body = http_get(f"{base}/readyz")
         assert "PostgreSQL" in body and "unavailable" in body
-        assert _get(f"{base}/healthz") == (200, "ok\n")
+        assert http_get(f"{base}/healthz") == (200, "ok\n")
         assert pending(redis_client, keys) > 0
         private_postgres.start()
         wait_until(lambda: trace_rows(db) == 3_000, 120, "catch up")
-        wait_until(lambda: _get(f"{base}/readyz")[0] == 200, 30, "ready again")
-        metrics = _get(f"{base}/metrics")[1]
+        wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 30, "ready again")
+        metrics = http_get(f"{base}/metrics")[1]
         assert 'fleettrace_worker_records_total{group="persist"} 3000.0' in metrics
         assert 'fleettrace_worker_retries_total{group="persist"}' in metrics
     finally:
@@ -404,7 +393,7 @@ def test_an_abandoned_langsmith_group_holds_the_stream_until_dropped_then_it_sta
         warning = log_file.read_text()
         assert f"consumer group langsmith on {keys.traces} is behind: lag 120" in warning
         assert "fleettrace groups drop langsmith" in warning
-        metrics = _get(f"http://127.0.0.1:{port}/metrics")[1]
+        metrics = http_get(f"http://127.0.0.1:{port}/metrics")[1]
         behind = f'fleettrace_worker_group_behind{{group="langsmith",stream="{keys.traces}"}}'
         assert f"{behind} 1.0" in metrics
         assert (
@@ -436,7 +425,7 @@ def test_an_abandoned_langsmith_group_holds_the_stream_until_dropped_then_it_sta
         # 480 more entries went through; the stream kept at most a trim's slack of them.
         assert sent == 601
         assert max(lengths) <= 150
-        metrics = _get(f"http://127.0.0.1:{port}/metrics")[1]
+        metrics = http_get(f"http://127.0.0.1:{port}/metrics")[1]
         assert behind not in metrics
     finally:
         _stop(worker)

@@ -3,9 +3,12 @@ database, and counts of what landed where."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -23,11 +26,45 @@ def migrated(database_url: str) -> str:
     return database_url
 
 
+def _migrate_in_process(url: str, queue: multiprocessing.Queue[tuple[str, ...]]) -> None:
+    with psycopg.connect(url) as conn:
+        queue.put(migrate(conn).applied)
+
+
+def migrate_from_processes(database_url: str, count: int = 2) -> list[tuple[str, ...]]:
+    """Migrate ``database_url`` from ``count`` processes at once (as workers on several
+    hosts would): the migrations each applied, sorted. Each process must exit 0."""
+    context = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue[tuple[str, ...]] = context.Queue()
+    processes = [
+        context.Process(target=_migrate_in_process, args=(database_url, queue))
+        for _ in range(count)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+    assert [p.exitcode for p in processes] == [0] * count
+    return sorted(queue.get(timeout=5) for _ in processes)
+
+
 def scalar(database_url: str, query: str) -> int:
     with psycopg.connect(database_url) as conn:
         row = conn.execute(query).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """The status and body of a GET (an error status with its body too); 0 and no
+    body while nothing listens yet, so a test can wait on the answer it expects."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except urllib.error.URLError:
+        return 0, ""
 
 
 def trace_rows(database_url: str) -> int:

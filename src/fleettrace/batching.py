@@ -112,23 +112,33 @@ def encode_calls(
             plan_ttl_s=plan_ttl_s,
         )
         return EncodedBatch(encoded.calls, encoded.unencodable + bad)
+
+    def call(
+        part_trace_entry: dict[bytes, bytes] | None,
+        part_metric_entry: dict[bytes, bytes] | None,
+        part_traces: list[LLMTrace],
+        part_samples: list[MetricSample],
+        part_dropped: int,
+    ) -> BatchCall:
+        """The next call of this emitter, for these entries and the records in them."""
+        return build_call(
+            keys,
+            emitter_id,
+            next_seq(),
+            trace_entry=part_trace_entry,
+            metric_entry=part_metric_entry,
+            deltas=aggregate(part_traces, part_samples),
+            records=len(part_traces) + len(part_samples),
+            dropped=part_dropped,
+            plan_ttl_s=plan_ttl_s,
+        )
+
     fits = all(
         entry is None or entry_bytes(entry) <= max_entry_bytes
         for entry in (trace_entry, metric_entry)
     )
     if fits:
-        call = build_call(
-            keys,
-            emitter_id,
-            next_seq(),
-            trace_entry=trace_entry,
-            metric_entry=metric_entry,
-            deltas=aggregate(traces, samples),
-            records=len(traces) + len(samples),
-            dropped=dropped,
-            plan_ttl_s=plan_ttl_s,
-        )
-        return EncodedBatch([call], 0)
+        return EncodedBatch([call(trace_entry, metric_entry, traces, samples, dropped)], 0)
     budget = max_entry_bytes - ENVELOPE_BYTES
     trace_lines = trace_entry[FIELD_DATA].split(RECORD_SEPARATOR) if trace_entry else []
     metric_lines = metric_entry[FIELD_DATA].split(RECORD_SEPARATOR) if metric_entry else []
@@ -149,16 +159,12 @@ def encode_calls(
             part_samples = samples[start:end]
             part_metric_entry = encode_lines(Kind.METRIC, metric_lines[start:end], part_id)
         calls.append(
-            build_call(
-                keys,
-                emitter_id,
-                next_seq(),
-                trace_entry=part_trace_entry,
-                metric_entry=part_metric_entry,
-                deltas=aggregate(part_traces, part_samples),
-                records=len(part_traces) + len(part_samples),
-                dropped=dropped if index == 0 else 0,
-                plan_ttl_s=plan_ttl_s,
+            call(
+                part_trace_entry,
+                part_metric_entry,
+                part_traces,
+                part_samples,
+                dropped if index == 0 else 0,
             )
         )
     return EncodedBatch(calls, 0)

@@ -37,22 +37,25 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
-from fleettrace.codec import Kind, decode_entry, decode_envelope
 from fleettrace.errors import (
     ConfigurationError,
-    EntryDecodeError,
     ForwardingDeferred,
     ForwardingRejected,
     ForwardingUnauthorized,
 )
 from fleettrace.keys import LANGSMITH_GROUP
-from fleettrace.model import LLMTrace
 from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.delivery import RunSender
+from fleettrace_worker.forwarding import (
+    TracePlace,
+    forwarding_loop_settings,
+    record_dead_letter,
+    trace_records,
+)
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
 from fleettrace_worker.retrywindow import RetryWindow, RetryWindowOver
@@ -82,14 +85,10 @@ _T = TypeVar("_T")
 
 
 @dataclass(slots=True)
-class Outgoing:
+class Outgoing(TracePlace):
     """One record on its way, and how far it got: a retried batch does not post
     again what LangSmith already took, nor loses a refusal it already heard."""
 
-    entry: Entry
-    batch_id: str
-    position: int
-    raw: bytes
     runs: list[Run]
     sent: int = 0
     refusal: str | None = None
@@ -106,12 +105,11 @@ def loop_settings(
 ) -> LoopSettings:
     """The group loop's settings for forwarding: those of ``base`` (the worker's), with
     LangSmith's backoff."""
-    base = base if base is not None else LoopSettings(burst=burst)
-    return replace(
-        base,
-        batch_records=min(base.batch_records, FORWARD_BATCH_RECORDS),
-        retry_initial_s=settings.backoff_initial_s,
-        retry_max_s=settings.backoff_max_s,
+    return forwarding_loop_settings(
+        base if base is not None else LoopSettings(burst=burst),
+        batch_records=FORWARD_BATCH_RECORDS,
+        backoff_initial_s=settings.backoff_initial_s,
+        backoff_max_s=settings.backoff_max_s,
     )
 
 
@@ -163,25 +161,16 @@ class ForwardLoop(GroupLoop[Outbox]):
 
     def prepare(self, entries: Sequence[Entry]) -> Prepared[Outbox]:
         outbox = Outbox()
-        for entry in entries:
-            try:
-                lines = decode_envelope(entry.fields)[2]
-                batch = decode_entry(entry.fields)
-            except EntryDecodeError:
-                continue
-            if batch.kind is not Kind.TRACE:
-                continue
-            for record, position in zip(batch.records, batch.positions, strict=True):
-                assert isinstance(record, LLMTrace)
-                outbox.items.append(
-                    Outgoing(
-                        entry,
-                        batch.batch_id,
-                        position,
-                        lines[position],
-                        runs_for(record, self.langsmith.project),
-                    )
+        for place, record in trace_records(entries):
+            outbox.items.append(
+                Outgoing(
+                    place.entry,
+                    place.batch_id,
+                    place.position,
+                    place.raw,
+                    runs_for(record, self.langsmith.project),
                 )
+            )
         return Prepared(outbox, len(outbox.items), [])
 
     def deliver(self, payload: Outbox) -> list[DeadLetter]:
@@ -283,15 +272,8 @@ class ForwardLoop(GroupLoop[Outbox]):
         item.done = True
 
     def _dead_letter(self, item: Outgoing) -> DeadLetter:
-        return DeadLetter.for_record(
-            item.entry.stream,
-            item.entry.entry_id,
-            self.consumer.name,
-            batch_id=item.batch_id,
-            kind=Kind.TRACE,
-            position=item.position,
-            record=item.raw,
-            reason=f"LangSmith refused the record: {item.refusal}",
+        return record_dead_letter(
+            item, self.consumer.name, f"LangSmith refused the record: {item.refusal}"
         )
 
     def _known_root(self, run: Run) -> bool:

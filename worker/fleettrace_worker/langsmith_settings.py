@@ -8,14 +8,13 @@ changed setting invisible. The API key is held out of ``repr`` and every message
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import urlsplit
 
 from fleettrace.errors import ConfigurationError
+from fleettrace_worker.backend_settings import check_between, check_endpoint, positive_number
 
 DEFAULT_ENDPOINT: Final = "https://api.smith.langchain.com"
 DEFAULT_PROJECT: Final = "default"
@@ -44,16 +43,7 @@ def _lookup(env: Mapping[str, str], name: str) -> str | None:
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive number of seconds, got {raw!r}")
-    return value
+    return positive_number(env, name, default, unit=" of seconds")
 
 
 def _count(env: Mapping[str, str], name: str, default: int) -> int:
@@ -86,20 +76,8 @@ class LangSmithSettings:
     concurrency: int = DEFAULT_CONCURRENCY
 
     def __post_init__(self) -> None:
-        if not 1 <= self.concurrency <= _MAX_CONCURRENCY:
-            raise ConfigurationError(
-                f"{CONCURRENCY_VARIABLE} must be between 1 and {_MAX_CONCURRENCY}, "
-                f"got {self.concurrency!r}"
-            )
-        parts = urlsplit(self.endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(
-                f"LangSmith endpoint {self.endpoint!r} must be an http:// or https:// URL"
-            )
-        if parts.password is not None or parts.username is not None:
-            raise ConfigurationError(
-                "LangSmith endpoint must not carry credentials; set LANGSMITH_API_KEY"
-            )
+        check_between(CONCURRENCY_VARIABLE, self.concurrency, 1, _MAX_CONCURRENCY)
+        check_endpoint("LangSmith", self.endpoint, "set LANGSMITH_API_KEY")
 
     def __repr__(self) -> str:
         key = "'***'" if self.api_key else "None"

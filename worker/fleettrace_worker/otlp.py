@@ -41,17 +41,22 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from fleettrace.codec import Kind, decode_entry, decode_envelope
-from fleettrace.errors import ConfigurationError, EntryDecodeError, ForwardingDeferred
+from fleettrace.errors import ConfigurationError, ForwardingDeferred
 from fleettrace.keys import OTLP_GROUP
 from fleettrace.model import LLMTrace
 from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.deadletter import DeadLetter
+from fleettrace_worker.forwarding import (
+    TracePlace,
+    forwarding_loop_settings,
+    record_dead_letter,
+    trace_records,
+)
 from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
 from fleettrace_worker.otlp_delivery import OtlpSender, PartialSuccess
 from fleettrace_worker.otlp_metrics import metrics_request
@@ -72,11 +77,7 @@ _HEX_ID: Final = re.compile(r"\b[0-9a-fA-F]{16}\b")
 
 
 @dataclass(slots=True)
-class OtlpRecord:
-    entry: Entry
-    batch_id: str
-    position: int
-    raw: bytes
+class OtlpRecord(TracePlace):
     record: LLMTrace
 
 
@@ -90,12 +91,11 @@ class OtlpBatch:
 
 def loop_settings(settings: OtlpSettings, base: LoopSettings | None = None) -> LoopSettings:
     """The worker's loop settings with the backend's backoff and batch size."""
-    base = base if base is not None else LoopSettings()
-    return replace(
-        base,
-        batch_records=min(base.batch_records, settings.batch_records),
-        retry_initial_s=settings.backoff_initial_s,
-        retry_max_s=settings.backoff_max_s,
+    return forwarding_loop_settings(
+        base if base is not None else LoopSettings(),
+        batch_records=settings.batch_records,
+        backoff_initial_s=settings.backoff_initial_s,
+        backoff_max_s=settings.backoff_max_s,
     )
 
 
@@ -138,19 +138,10 @@ class OtlpLoop(GroupLoop[OtlpBatch]):
 
     def prepare(self, entries: Sequence[Entry]) -> Prepared[OtlpBatch]:
         batch = OtlpBatch()
-        for entry in entries:
-            try:
-                lines = decode_envelope(entry.fields)[2]
-                decoded = decode_entry(entry.fields)
-            except EntryDecodeError:
-                continue
-            if decoded.kind is not Kind.TRACE:
-                continue
-            for record, position in zip(decoded.records, decoded.positions, strict=True):
-                assert isinstance(record, LLMTrace)
-                batch.records.append(
-                    OtlpRecord(entry, decoded.batch_id, position, lines[position], record)
-                )
+        for place, record in trace_records(entries):
+            batch.records.append(
+                OtlpRecord(place.entry, place.batch_id, place.position, place.raw, record)
+            )
         return Prepared(batch, len(batch.records), [])
 
     def deliver(self, payload: OtlpBatch) -> list[DeadLetter]:
@@ -221,19 +212,7 @@ class OtlpLoop(GroupLoop[OtlpBatch]):
                 f"the OTLP endpoint rejected {partial.rejected_spans} of the request's spans "
                 f"without naming them (this record's may have been taken): {partial.message}"
             )
-        return [self._dead_letter(item, reason) for item in rejected]
-
-    def _dead_letter(self, item: OtlpRecord, reason: str) -> DeadLetter:
-        return DeadLetter.for_record(
-            item.entry.stream,
-            item.entry.entry_id,
-            self.consumer.name,
-            batch_id=item.batch_id,
-            kind=Kind.TRACE,
-            position=item.position,
-            record=item.raw,
-            reason=reason,
-        )
+        return [record_dead_letter(item, self.consumer.name, reason) for item in rejected]
 
     def close(self) -> None:
         """Close the HTTP session; safe twice."""

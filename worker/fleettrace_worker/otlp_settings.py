@@ -28,14 +28,14 @@ fleettrace's own: ``FLEETTRACE_OTLP_RETRY_FOR_S`` (default 3,600),
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from fleettrace.errors import ConfigurationError
+from fleettrace_worker.backend_settings import check_between, check_endpoint, positive_number
 
 TRACES_PATH: Final = "/v1/traces"
 METRICS_PATH: Final = "/v1/metrics"
@@ -68,19 +68,6 @@ def _signal(env: Mapping[str, str], name: str) -> tuple[str, str] | None:
         if value:
             return variable, value
     return None
-
-
-def _positive(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive number, got {raw!r}")
-    return value
 
 
 def parse_headers(text: str, variable: str = HEADERS_VARIABLE) -> dict[str, str]:
@@ -135,23 +122,10 @@ class OtlpSettings:
     metrics_endpoint: str | None = None
 
     def __post_init__(self) -> None:
-        if not 1 <= self.batch_records <= _MAX_BATCH_RECORDS:
-            raise ConfigurationError(
-                f"{BATCH_RECORDS_VARIABLE} must be between 1 and {_MAX_BATCH_RECORDS}, "
-                f"got {self.batch_records!r}"
-            )
+        check_between(BATCH_RECORDS_VARIABLE, self.batch_records, 1, _MAX_BATCH_RECORDS)
         for endpoint in (self.endpoint, self.metrics_endpoint):
-            if endpoint is None:
-                continue
-            parts = urlsplit(endpoint)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigurationError(
-                    f"OTLP endpoint {endpoint!r} must be an http:// or https:// URL"
-                )
-            if parts.password is not None or parts.username is not None:
-                raise ConfigurationError(
-                    f"OTLP endpoint must not carry credentials; put them in {HEADERS_VARIABLE}"
-                )
+            if endpoint is not None:
+                check_endpoint("OTLP", endpoint, f"put them in {HEADERS_VARIABLE}")
 
     @property
     def enabled(self) -> bool:
@@ -190,7 +164,7 @@ class OtlpSettings:
         headers = _signal(env, "HEADERS")
         timeout = _signal(env, "TIMEOUT")
         timeout_ms = (
-            _positive({timeout[0]: timeout[1]}, timeout[0], DEFAULT_TIMEOUT_MS)
+            positive_number({timeout[0]: timeout[1]}, timeout[0], DEFAULT_TIMEOUT_MS)
             if timeout is not None
             else DEFAULT_TIMEOUT_MS
         )
@@ -214,9 +188,11 @@ class OtlpSettings:
             service_name=env.get(SERVICE_NAME_VARIABLE, "").strip() or None,
             timeout_s=timeout_ms / 1000,
             gzip=compression is None or compression[1] == "gzip",
-            retry_for_s=_positive(env, RETRY_FOR_VARIABLE, DEFAULT_RETRY_FOR_S),
-            backoff_initial_s=_positive(env, BACKOFF_INITIAL_VARIABLE, DEFAULT_BACKOFF_INITIAL_S),
-            backoff_max_s=_positive(env, BACKOFF_MAX_VARIABLE, DEFAULT_BACKOFF_MAX_S),
+            retry_for_s=positive_number(env, RETRY_FOR_VARIABLE, DEFAULT_RETRY_FOR_S),
+            backoff_initial_s=positive_number(
+                env, BACKOFF_INITIAL_VARIABLE, DEFAULT_BACKOFF_INITIAL_S
+            ),
+            backoff_max_s=positive_number(env, BACKOFF_MAX_VARIABLE, DEFAULT_BACKOFF_MAX_S),
             batch_records=int(batch) if batch else DEFAULT_BATCH_RECORDS,
             metrics_endpoint=metrics_endpoint,
         )

@@ -24,6 +24,7 @@ import inspect
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
@@ -147,20 +148,28 @@ def _begin(wrapping: Wrapping, options: Any) -> tuple[Call | None, Any]:
         return None, options
 
 
+@contextmanager
+def _in_call(call: Call) -> Iterator[None]:
+    """Make ``call`` the current one while its request runs (the SDK's retries are
+    counted on it), and finish it with the error if the request raises."""
+    token = _current.set(call)
+    try:
+        yield
+    except BaseException as error:
+        call.finish(error)
+        raise
+    finally:
+        _current.reset(token)
+
+
 def _sync_request(request: Callable[..., Any], wrapping: Wrapping) -> Callable[..., Any]:
     @functools.wraps(request)
     def wrapped(cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         call, options = _begin(wrapping, options)
         if call is None:
             return request(cast_to, options, *args, **kwargs)
-        token = _current.set(call)
-        try:
+        with _in_call(call):
             result = request(cast_to, options, *args, **kwargs)
-        except BaseException as error:
-            call.finish(error)
-            raise
-        finally:
-            _current.reset(token)
         return _after(result, call, wrapping.adapter)
 
     return wrapped
@@ -172,14 +181,8 @@ def _async_request(request: Callable[..., Any], wrapping: Wrapping) -> Callable[
         call, options = _begin(wrapping, options)
         if call is None:
             return await request(cast_to, options, *args, **kwargs)
-        token = _current.set(call)
-        try:
+        with _in_call(call):
             result = await request(cast_to, options, *args, **kwargs)
-        except BaseException as error:
-            call.finish(error)
-            raise
-        finally:
-            _current.reset(token)
         return _after(result, call, wrapping.adapter)
 
     return wrapped
@@ -240,29 +243,30 @@ def _seen(event: Any, call: Call, adapter: Adapter) -> bool:
         return False
 
 
-def _events(inner: Iterator[Any], call: Call, adapter: Adapter) -> Iterator[Any]:
+@contextmanager
+def _finishing(call: Call) -> Iterator[None]:
+    """End ``call`` however its stream ends: read to the end or closed early (the
+    caller stopped reading: not an error), or failed with the stream's error."""
     try:
+        yield
+    except GeneratorExit:
+        call.finish()
+        raise
+    except BaseException as error:
+        call.finish(error)
+        raise
+    call.finish()
+
+
+def _events(inner: Iterator[Any], call: Call, adapter: Adapter) -> Iterator[Any]:
+    with _finishing(call):
         for event in inner:
             if not _seen(event, call, adapter):
                 yield event
-    except GeneratorExit:
-        call.finish()
-        raise
-    except BaseException as error:
-        call.finish(error)
-        raise
-    call.finish()
 
 
 async def _async_events(inner: AsyncIterator[Any], call: Call, adapter: Adapter) -> Any:
-    try:
+    with _finishing(call):
         async for event in inner:
             if not _seen(event, call, adapter):
                 yield event
-    except GeneratorExit:
-        call.finish()
-        raise
-    except BaseException as error:
-        call.finish(error)
-        raise
-    call.finish()
