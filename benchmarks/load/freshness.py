@@ -47,6 +47,26 @@ def _stream(name: str, namespace: str) -> str:
     return keys.traces if name == drivers.FLEETTRACE else baseline.stream(keys)
 
 
+def _wait_for_health(redis_url: str, namespace: str, worker: WorkerProcess) -> bool:
+    """fleettrace's worker has no stream to join before a producer writes one (each
+    producer has streams of its own, found by the worker's discovery): wait for the
+    health snapshot its running loop writes instead."""
+    from fleettrace.keys import Keys
+
+    client = redis.Redis.from_url(redis_url)
+    pattern = Keys(namespace).worker_health("*")
+    deadline = Deadline(30)
+    try:
+        while not deadline.expired() and worker.running:
+            if next(iter(client.scan_iter(match=pattern, count=1000)), None) is not None:
+                time.sleep(0.5)  # the worker's first discovery and XREADGROUP are on their way
+                return True
+            time.sleep(0.05)
+        return False
+    finally:
+        client.close()
+
+
 def _wait_for_group(redis_url: str, stream: str, group: str, worker: WorkerProcess) -> bool:
     client = redis.Redis.from_url(redis_url)
     deadline = Deadline(30)
@@ -74,9 +94,14 @@ def trial(ctx: RunContext, name: str, offered: int, duration_s: float) -> dict[s
             label=f"{name} worker",
         )
         try:
-            if not _wait_for_group(
-                ctx.redis_url, _stream(name, keys.namespace), pipeline.group, worker
-            ):
+            joined = (
+                _wait_for_health(ctx.redis_url, keys.namespace, worker)
+                if name == drivers.FLEETTRACE
+                else _wait_for_group(
+                    ctx.redis_url, _stream(name, keys.namespace), pipeline.group, worker
+                )
+            )
+            if not joined:
                 raise RuntimeError(f"{name} worker did not join its group: {worker.output_tail()}")
             produced = isolated.shared_counter()
             proc, conn = isolated.start(
