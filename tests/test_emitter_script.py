@@ -14,6 +14,7 @@ from fleettrace.keys import EMITTER_SEQ_TTL_S, Keys, plan_field
 from fleettrace.model import LLMTrace
 from tests.acl import AGENT, create_user
 from tests.emitting import emitter_figures, make_emitter, stream_records
+from tests.factories import llm_trace
 from tests.servers import PrivateRedis
 from tests.waiting import wait_until
 
@@ -22,7 +23,7 @@ FAST = {"retry_initial_s": 0.01, "retry_max_s": 0.05, "socket_timeout_s": 2.0}
 
 
 def trace(i: int) -> LLMTrace:
-    return LLMTrace(
+    return llm_trace(
         trace_id=uuid.UUID(int=i + 1),
         plan_id="plan-a",
         provider="openai",

@@ -17,6 +17,7 @@ from fleettrace.emitter import Emitter
 from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
 from tests.emitting import emitter_figures, make_emitter, stream_records
+from tests.factories import llm_trace
 from tests.servers import PrivateRedis
 from tests.waiting import wait_until
 
@@ -25,7 +26,7 @@ FAST = {"retry_initial_s": 0.01, "retry_max_s": 0.05, "socket_timeout_s": 2.0}
 
 
 def trace(i: int) -> LLMTrace:
-    return LLMTrace(
+    return llm_trace(
         trace_id=uuid.UUID(int=i + 1), provider="openai", model="gpt-4o", prompt_tokens=i
     )
 

@@ -13,7 +13,7 @@ import requests
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from fleettrace.codec import Kind, encode_batch, encode_lines, new_batch_id
+from fleettrace.codec import Kind, encode_lines, new_batch_id
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import OTLP_GROUP, Keys
 from fleettrace.model import LLMTrace
@@ -22,6 +22,7 @@ from fleettrace_worker.deadletter import list_dead_letters, replay_dead_letters
 from fleettrace_worker.otlp import OtlpLoop, loop_settings
 from fleettrace_worker.otlp_settings import OtlpSettings, parse_headers
 from fleettrace_worker.otlp_spans import COST_ATTRIBUTE, export_request, llm_span_id
+from tests.factories import add_traces, llm_trace
 from tests.otlp_receiver import GENAI_NAMES, Fault, OtlpReceiver
 
 SECRET = "sk-lf-0123456789abcdef"
@@ -65,12 +66,7 @@ def trace(plan_id: str | None = "plan-a", **overrides: object) -> LLMTrace:
         "latency_ms": 20.0,
         "started_at": datetime.now(UTC) - timedelta(seconds=1),
     }
-    values.update(overrides)
-    return LLMTrace(**values)  # type: ignore[arg-type]
-
-
-def send_traces(client: redis.Redis, keys: Keys, records: list[LLMTrace]) -> None:
-    client.xadd(keys.traces, encode_batch(Kind.TRACE, records, new_batch_id()))  # type: ignore[arg-type]
+    return llm_trace(values, **overrides)
 
 
 def pending(client: redis.Redis, keys: Keys) -> int:
@@ -230,8 +226,8 @@ def test_every_record_arrives_once_and_entries_are_acknowledged(
     receiver: OtlpReceiver, redis_client: redis.Redis, keys: Keys
 ) -> None:
     records = [trace("plan-a") for _ in range(4)] + [trace("plan-b"), trace(None)]
-    send_traces(redis_client, keys, records[:3])
-    send_traces(redis_client, keys, records[3:])
+    add_traces(redis_client, keys, records[:3])
+    add_traces(redis_client, keys, records[3:])
     redis_client.xadd(keys.traces, {b"v": b"0", b"d": b"x"})
     bad = encode_lines(Kind.TRACE, [b'{"provider": 1}'], new_batch_id())
     redis_client.xadd(keys.traces, bad)  # type: ignore[arg-type]
@@ -257,7 +253,7 @@ def test_503_429_and_timeouts_are_retried_and_nothing_is_sent_twice(
     receiver: OtlpReceiver, redis_client: redis.Redis, keys: Keys
 ) -> None:
     records = [trace() for _ in range(5)]
-    send_traces(redis_client, keys, records)
+    add_traces(redis_client, keys, records)
     receiver.faults.extend(
         [
             Fault(503),
@@ -288,7 +284,7 @@ def test_429_retry_after_is_honoured_as_the_wait(
         return real(attempt, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(loop_module, "backoff_delay_s", spy)
-    send_traces(redis_client, keys, [trace()])
+    add_traces(redis_client, keys, [trace()])
     receiver.faults.append(Fault(429, {"Retry-After": "0.2"}))
     loop = make_loop(redis_client, keys, settings_for(receiver))
     loop.run(threading.Event())
@@ -300,7 +296,7 @@ def test_429_retry_after_is_honoured_as_the_wait(
 def test_past_the_retry_window_records_become_dead_letters_with_the_reason(
     receiver: OtlpReceiver, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    send_traces(redis_client, keys, [trace(), trace()])
+    add_traces(redis_client, keys, [trace(), trace()])
     receiver.down.set()
     loop = make_loop(redis_client, keys, settings_for(receiver, retry_for_s=0.3))
     loop.run(threading.Event())
@@ -317,7 +313,7 @@ def test_past_the_retry_window_records_become_dead_letters_with_the_reason(
 def test_configuration_answers_hold_entries_pending_without_dead_letters(
     status: int, receiver: OtlpReceiver, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    send_traces(redis_client, keys, [trace()])
+    add_traces(redis_client, keys, [trace()])
     stop = threading.Event()
     loop = make_loop(redis_client, keys, settings_for(receiver, retry_for_s=0.1))
     receiver.faults.extend([Fault(status)] * 1000)
@@ -347,7 +343,7 @@ def test_configuration_answers_hold_entries_pending_without_dead_letters(
 def test_another_4xx_dead_letters_the_entry_with_the_answer(
     receiver: OtlpReceiver, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    send_traces(redis_client, keys, [trace()])
+    add_traces(redis_client, keys, [trace()])
     receiver.faults.append(Fault(400))
     loop = make_loop(redis_client, keys, settings_for(receiver))
     loop.run(threading.Event())
@@ -361,7 +357,7 @@ def test_partial_success_dead_letters_each_named_span_with_the_message(
     receiver: OtlpReceiver, redis_client: redis.Redis, keys: Keys
 ) -> None:
     records = [trace() for _ in range(4)]
-    send_traces(redis_client, keys, records)
+    add_traces(redis_client, keys, records)
     bad = {llm_span_id(records[1]), llm_span_id(records[3])}
     receiver.faults.append(
         Fault(
@@ -385,7 +381,7 @@ def test_partial_success_without_names_dead_letters_the_whole_request(
     receiver: OtlpReceiver, redis_client: redis.Redis, keys: Keys
 ) -> None:
     records = [trace() for _ in range(3)]
-    send_traces(redis_client, keys, records)
+    add_traces(redis_client, keys, records)
     receiver.faults.append(Fault(reject=lambda spans: spans[-1:], message="quota exceeded"))
     loop = make_loop(redis_client, keys, settings_for(receiver))
     loop.run(threading.Event())
@@ -399,7 +395,7 @@ def test_partial_success_without_names_dead_letters_the_whole_request(
 def test_gzip_off_sends_plain_protobuf(
     receiver: OtlpReceiver, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    send_traces(redis_client, keys, [trace()])
+    add_traces(redis_client, keys, [trace()])
     loop = make_loop(redis_client, keys, settings_for(receiver, gzip=False))
     loop.run(threading.Event())
     loop.close()
@@ -413,7 +409,7 @@ def test_a_refused_connection_is_retried_then_dead_lettered_past_the_window(
     with OtlpReceiver() as gone:
         settings = settings_for(gone, retry_for_s=0.3)
     # The receiver is closed: its port refuses connections.
-    send_traces(redis_client, keys, [trace()])
+    add_traces(redis_client, keys, [trace()])
     loop = make_loop(redis_client, keys, settings)
     loop.run(threading.Event())
     loop.close()
@@ -435,7 +431,7 @@ def test_a_parent_span_is_sent_again_only_when_a_batch_widens_it(
         [trace(started_at=t0 + timedelta(milliseconds=500), latency_ms=10.0)],
     ]
     for batch in batches:
-        send_traces(redis_client, keys, batch)
+        add_traces(redis_client, keys, batch)
         loop.run(threading.Event())
     loop.close()
     plans = [s for s in receiver.spans() if s.name == "plan plan-a"]
@@ -452,7 +448,7 @@ def test_partial_success_naming_only_a_parent_span_dead_letters_no_record(
     receiver: OtlpReceiver, redis_client: redis.Redis, keys: Keys
 ) -> None:
     records = [trace(), trace()]
-    send_traces(redis_client, keys, records)
+    add_traces(redis_client, keys, records)
     receiver.faults.append(
         Fault(
             reject=lambda spans: [s for s in spans if s.name == "plan plan-a"],
@@ -480,7 +476,7 @@ def test_a_replayed_dead_letter_arrives_with_the_same_span_id(
     receiver: OtlpReceiver, redis_client: redis.Redis, keys: Keys
 ) -> None:
     record = trace()
-    send_traces(redis_client, keys, [record])
+    add_traces(redis_client, keys, [record])
     receiver.faults.append(Fault(400))
     loop = make_loop(redis_client, keys, settings_for(receiver))
     loop.run(threading.Event())

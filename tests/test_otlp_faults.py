@@ -18,8 +18,9 @@ from fleettrace_worker.deadletter import list_dead_letters
 from fleettrace_worker.otlp import OtlpLoop, loop_settings
 from fleettrace_worker.otlp_spans import llm_span_id
 from tests.emitting import make_emitter
+from tests.factories import add_traces
 from tests.otlp_receiver import OtlpReceiver
-from tests.test_otlp import llm_spans, pending, send_traces, settings_for, trace
+from tests.test_otlp import llm_spans, pending, settings_for, trace
 
 OUTAGE_S: Final = 20.0
 #: Upper bound on waiting for the backlog to drain; only a failing run reaches it.
@@ -104,7 +105,7 @@ def test_throughput_spans_per_second_to_the_local_receiver(
         for i in range(total)
     ]
     for start in range(0, total, 500):
-        send_traces(redis_client, keys, records[start : start + 500])
+        add_traces(redis_client, keys, records[start : start + 500])
     with OtlpReceiver() as receiver:
         loop = _loop(redis_client, keys, receiver, burst=True)
         began = time.perf_counter()

@@ -18,8 +18,9 @@ from fleettrace_worker.otlp_metrics import (
     metrics_request,
 )
 from fleettrace_worker.otlp_settings import OtlpSettings
+from tests.factories import add_traces
 from tests.otlp_receiver import GENAI_METRICS, GENAI_NAMES, Fault, OtlpReceiver, check_metrics
-from tests.test_otlp import llm_spans, make_loop, pending, send_traces, settings_for, trace
+from tests.test_otlp import llm_spans, make_loop, pending, settings_for, trace
 
 
 def points(metric: Metric) -> dict[tuple[tuple[str, str], ...], tuple[int, float, list[int]]]:
@@ -106,7 +107,7 @@ def test_a_failed_metrics_export_is_retried_without_sending_the_spans_again(
     redis_client: redis.Redis, keys: Keys
 ) -> None:
     records = [trace() for _ in range(3)]
-    send_traces(redis_client, keys, records)
+    add_traces(redis_client, keys, records)
     with OtlpReceiver() as receiver:
         settings = settings_for(receiver, metrics_endpoint=receiver.url + "/v1/metrics")
         # The spans' request passes (no fault for it); the metrics' first request fails.

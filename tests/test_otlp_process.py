@@ -8,8 +8,9 @@ import redis
 
 from fleettrace.keys import Keys
 from fleettrace_worker.otlp import NOT_CONFIGURED_MESSAGE
+from tests.factories import add_traces
 from tests.otlp_receiver import OtlpReceiver
-from tests.test_otlp import SECRET, llm_spans, send_traces, trace
+from tests.test_otlp import SECRET, llm_spans, trace
 from tests.worker_helpers import fleettrace, migrated, trace_rows, worker_env
 
 
@@ -18,7 +19,7 @@ def test_worker_only_otlp_exports_with_the_standard_variables(
     redis_url: str, redis_client: redis.Redis, keys: Keys, database_url: str
 ) -> None:
     records = [trace() for _ in range(3)]
-    send_traces(redis_client, keys, records)
+    add_traces(redis_client, keys, records)
     with OtlpReceiver() as receiver:
         env = worker_env(redis_url, database_url, keys)
         env.update(
@@ -39,7 +40,7 @@ def test_worker_only_otlp_exports_with_the_standard_variables(
 def test_worker_runs_otlp_beside_persist_when_an_endpoint_is_set(
     redis_url: str, redis_client: redis.Redis, keys: Keys, database_url: str
 ) -> None:
-    send_traces(redis_client, keys, [trace(), trace()])
+    add_traces(redis_client, keys, [trace(), trace()])
     with OtlpReceiver() as receiver:
         env = worker_env(redis_url, migrated(database_url), keys)
         env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = receiver.traces_url

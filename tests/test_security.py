@@ -51,6 +51,7 @@ from fleettrace_worker.repository import LLMTraceRepository
 from fleettrace_worker.runner import Worker, WorkerSettings
 from fleettrace_worker.trim import trim_streams
 from tests.acl import AGENT, BUDGET_AGENT, WORKER, create_user, documented_acl_lines, rules
+from tests.factories import llm_trace
 from tests.langsmith_server import Fault, LangSmithServer
 from tests.servers import PrivateRedis, free_port
 from tests.waiting import wait_until
@@ -118,7 +119,7 @@ def test_the_page_has_exactly_the_tested_lines() -> None:
 
 def _trace(i: int, plan: str = "", cost: float | None = None) -> LLMTrace:
     priced = {} if cost is None else {"cost_usd": cost}
-    return LLMTrace(
+    return llm_trace(
         plan_id=plan or f"plan-{i % 3}",
         actor="a",
         provider="openai",
