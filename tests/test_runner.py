@@ -23,7 +23,8 @@ from fleettrace_worker.cli.worker import selected_groups
 from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.loop import GroupLoop, LoopStats, Prepared
-from fleettrace_worker.runner import ENV_PREFIX, Worker, WorkerSettings, check_health
+from fleettrace_worker.presence import check_health
+from fleettrace_worker.runner import ENV_PREFIX, Worker, WorkerSettings
 from tests.emitting import make_emitter
 from tests.factories import numbered_trace
 from tests.servers import free_port
@@ -137,7 +138,7 @@ def test_check_wants_a_fresh_ready_snapshot(redis_client, keys) -> None:
     now = time.time()
     cases = [
         ({"ready": True, "updated_at": now}, True),
-        ({"ready": True, "updated_at": now - runner.HEALTH_FRESH_S - 1}, False),
+        ({"ready": True, "updated_at": now - presence.HEALTH_FRESH_S - 1}, False),
         ({"ready": True}, False),
         ({"ready": False, "updated_at": now}, False),
         (["ready"], False),

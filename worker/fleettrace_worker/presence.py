@@ -24,12 +24,16 @@ import os
 import socket
 import stat
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import redis
+
 from fleettrace.errors import ConfigurationError
+from fleettrace.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -146,3 +150,27 @@ def local_workers(directory: Path) -> list[LocalWorker]:
             with contextlib.suppress(OSError):
                 path.unlink()
     return found
+
+
+#: ``--check`` takes a health snapshot older than this (several missed writes) as dead.
+HEALTH_FRESH_S: Final = 15.0
+
+
+def check_health(client: redis.Redis, keys: Keys, consumer: str) -> bool:
+    """``--check``: the named worker wrote its health in the last ``HEALTH_FRESH_S``
+    seconds and said it was ready."""
+    try:
+        raw = client.get(keys.worker_health(consumer))
+    except redis.RedisError:
+        return False
+    if raw is None:
+        return False
+    try:
+        health = json.loads(raw)
+    except ValueError:
+        return False
+    if not isinstance(health, dict) or health.get("ready") is not True:
+        return False
+    # The key outlives a killed worker by its TTL; a stale snapshot is not a ready worker.
+    updated_at = health.get("updated_at")
+    return isinstance(updated_at, int | float) and time.time() - updated_at <= HEALTH_FRESH_S

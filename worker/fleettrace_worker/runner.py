@@ -88,8 +88,6 @@ ENV_SETTINGS: Final = (
     "group_max_age_s",
     "max_entry_bytes",
 )
-#: ``--check`` takes a health snapshot older than this (several missed writes) as dead.
-HEALTH_FRESH_S: Final = 15.0
 
 
 @dataclass(frozen=True)
@@ -488,23 +486,3 @@ def _close(loop: GroupLoop[Any]) -> None:
             close()
         except Exception:
             log.exception("group %s did not close cleanly", loop.group)
-
-
-def check_health(client: redis.Redis, keys: Keys, consumer: str) -> bool:
-    """``--check``: the named worker wrote its health in the last ``HEALTH_FRESH_S``
-    seconds and said it was ready."""
-    try:
-        raw = client.get(keys.worker_health(consumer))
-    except redis.RedisError:
-        return False
-    if raw is None:
-        return False
-    try:
-        health = json.loads(raw)
-    except ValueError:
-        return False
-    if not isinstance(health, dict) or health.get("ready") is not True:
-        return False
-    # The key outlives a killed worker by its TTL; a stale snapshot is not a ready worker.
-    updated_at = health.get("updated_at")
-    return isinstance(updated_at, int | float) and time.time() - updated_at <= HEALTH_FRESH_S

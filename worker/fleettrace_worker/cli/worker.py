@@ -19,8 +19,8 @@ from fleettrace.keys import (
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.otlp_settings import OtlpSettings
-from fleettrace_worker.presence import local_workers, runtime_dir
-from fleettrace_worker.runner import ENV_PREFIX, Worker, WorkerSettings, check_health
+from fleettrace_worker.presence import check_health, local_workers, runtime_dir
+from fleettrace_worker.runner import ENV_PREFIX, Worker, WorkerSettings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
