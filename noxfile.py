@@ -33,6 +33,13 @@ COVERAGE_ENV = {
 def lint(session: nox.Session) -> None:
     session.run(PY, "-m", "ruff", "check", ".")
     session.run(PY, "-m", "ruff", "format", "--check", "src", "worker")
+    # The import contracts of pyproject.toml ([tool.importlinter]; docs/architecture.md).
+    session.run(
+        PY,
+        "-c",
+        "import sys; from importlinter.cli import lint_imports_command; "
+        "sys.exit(lint_imports_command())",
+    )
 
 
 @nox.session

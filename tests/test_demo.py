@@ -26,6 +26,7 @@ from fleettrace_worker import database
 from fleettrace_worker import demo as demo_module
 from fleettrace_worker.cli import demo as demo_cli
 from fleettrace_worker.cli import main
+from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.demo import (
     DeadLetterCounter,
@@ -42,7 +43,7 @@ from fleettrace_worker.demo import (
 )
 from fleettrace_worker.embedded import EmbeddedPostgres
 from fleettrace_worker.migrations import migrate
-from fleettrace_worker.runner import Worker, WorkerSettings
+from fleettrace_worker.runner import Worker
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)

@@ -26,6 +26,7 @@ from fleettrace.keys import (
     Keys,
 )
 from fleettrace_worker.consumer import Consumer
+from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.deadletter import list_dead_letters
 from fleettrace_worker.forwarder import ForwardLoop, loop_settings
@@ -33,7 +34,6 @@ from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.repository import LLMTraceRepository
-from fleettrace_worker.runner import WorkerSettings
 from tests.factories import add_traces, numbered_trace
 from tests.langsmith_server import LangSmithServer
 from tests.waiting import wait_until

@@ -524,7 +524,7 @@ def test_bad_settings_say_which(env: dict[str, str], message: str) -> None:
 def test_the_worker_builds_the_group_from_the_environment(
     server: LangSmithServer, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fleettrace_worker.runner import WorkerContext, WorkerSettings
+    from fleettrace_worker.context import WorkerContext, WorkerSettings
 
     for name in ("LANGCHAIN_TRACING_V2", "LANGSMITH_TRACING_V2", "LANGCHAIN_TRACING"):
         monkeypatch.delenv(name, raising=False)
@@ -612,7 +612,7 @@ def test_a_refused_key_dead_letters_nothing_and_everything_arrives_once_after_th
 def test_forwarding_on_without_a_key_does_not_build_the_group(
     keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fleettrace_worker.runner import WorkerContext, WorkerSettings
+    from fleettrace_worker.context import WorkerContext, WorkerSettings
 
     for prefix in ("LANGSMITH_", "LANGCHAIN_"):
         for name in ("TRACING_V2", "TRACING", "API_KEY"):

@@ -19,8 +19,9 @@ from fleettrace.errors import ConfigurationError
 from fleettrace.keys import STAT_FINE_PREFIX
 from fleettrace.metrics import MetricKey
 from fleettrace_worker.cli import main
+from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.http import metric_name, parse_address, serve
-from fleettrace_worker.runner import Worker, WorkerSettings
+from fleettrace_worker.runner import Worker
 from tests.factories import numbered_trace
 from tests.servers import free_port
 from tests.waiting import wait_until

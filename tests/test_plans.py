@@ -21,8 +21,9 @@ from fleettrace.plans import (
     total_cost_usd,
 )
 from fleettrace_worker.cli import main
+from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.http import serve
-from fleettrace_worker.runner import Worker, WorkerSettings
+from fleettrace_worker.runner import Worker
 from tests.emitting import make_emitter
 from tests.servers import free_port
 

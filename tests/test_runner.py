@@ -21,10 +21,11 @@ from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP
 from fleettrace_worker import presence, runner
 from fleettrace_worker.cli.worker import selected_groups
 from fleettrace_worker.consumer import Consumer, Entry
+from fleettrace_worker.context import ENV_PREFIX, WorkerSettings
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.loop import GroupLoop, LoopStats, Prepared
 from fleettrace_worker.presence import check_health
-from fleettrace_worker.runner import ENV_PREFIX, Worker, WorkerSettings
+from fleettrace_worker.runner import Worker
 from tests.emitting import make_emitter
 from tests.factories import numbered_trace
 from tests.servers import free_port
@@ -68,7 +69,7 @@ def test_settings_from_env_then_given_values() -> None:
     assert settings.consumer == "from-env"
     assert settings.loop_settings().batch_records == 5000
     default = WorkerSettings.from_env("redis://x", "postgresql://x", {})
-    assert default.consumer == runner.default_consumer_name()
+    assert default.consumer == presence.default_consumer_name()
     with pytest.raises(ConfigurationError, match="FLEETTRACE_WORKER_BLOCK_MS must be a whole"):
         WorkerSettings.from_env("redis://x", "postgresql://x", {"FLEETTRACE_WORKER_BLOCK_MS": "x"})
 
@@ -183,7 +184,7 @@ def test_the_worker_closes_every_connection_it_opened(monkeypatch, private_redis
 
 
 def test_the_default_consumer_name_is_the_host_and_the_pid() -> None:
-    assert runner.default_consumer_name() == f"{socket.gethostname()}-{os.getpid()}"
+    assert presence.default_consumer_name() == f"{socket.gethostname()}-{os.getpid()}"
     assert WorkerSettings("redis://x", "postgresql://x").consumer.endswith(f"-{os.getpid()}")
 
 

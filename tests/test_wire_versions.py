@@ -25,11 +25,12 @@ from fleettrace.codec import (
 from fleettrace.keys import PERSIST_GROUP
 from fleettrace.model import TOKEN_DETAIL_FIELDS
 from fleettrace_worker.consumer import Consumer
+from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.repository import LLMTraceRepository
-from fleettrace_worker.runner import Worker, WorkerSettings
+from fleettrace_worker.runner import Worker
 from tests.factories import add_traces, numbered_trace
 from tests.servers import free_port
 from tests.waiting import wait_until

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from fleettrace_worker.context import ENV_PREFIX, ENV_SETTINGS
 from fleettrace_worker.database import SQLSTATE_VERDICTS
-from fleettrace_worker.runner import ENV_PREFIX, ENV_SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_DOC = (ROOT / "docs" / "worker.md").read_text()

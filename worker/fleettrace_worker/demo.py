@@ -47,6 +47,7 @@ from fleettrace.model import LLMTrace
 from fleettrace.plans import total_cost_usd
 from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker import database
+from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.migrations import migrate
 from fleettrace_worker.repository import (
@@ -56,7 +57,7 @@ from fleettrace_worker.repository import (
     LLMTraceRepository,
     TraceFilter,
 )
-from fleettrace_worker.runner import Worker, WorkerSettings
+from fleettrace_worker.runner import Worker
 
 #: (provider, model) pairs the agents call; the last is unknown to the price table.
 MODELS: Final = (

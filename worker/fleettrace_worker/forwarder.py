@@ -64,7 +64,7 @@ from fleettrace_worker.runs import PLAN_RUN_TYPE, Run, runs_for
 __all__ = ["ForwardLoop", "RetryWindowOver", "langsmith_loop", "loop_settings"]
 
 if TYPE_CHECKING:
-    from fleettrace_worker.runner import WorkerContext
+    from fleettrace_worker.context import WorkerContext
 
 #: Plan root runs LangSmith already took, remembered so each is posted about once.
 ROOT_CACHE_SIZE: Final = 10_000

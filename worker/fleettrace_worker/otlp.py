@@ -65,7 +65,7 @@ from fleettrace_worker.otlp_spans import ParentRanges, export_request, llm_span_
 from fleettrace_worker.retrywindow import RetryWindow
 
 if TYPE_CHECKING:
-    from fleettrace_worker.runner import WorkerContext
+    from fleettrace_worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ import argparse
 import json
 
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
+from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.groups import (
     ACTIVE_WITHIN_S,
     DEFAULT_MAX_AGE_S,
@@ -17,7 +18,6 @@ from fleettrace_worker.groups import (
     drop_group,
     inspect_groups,
 )
-from fleettrace_worker.runner import WorkerSettings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -17,10 +17,11 @@ from fleettrace.keys import (
     Keys,
 )
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
+from fleettrace_worker.context import ENV_PREFIX, WorkerSettings
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.otlp_settings import OtlpSettings
 from fleettrace_worker.presence import check_health, local_workers, runtime_dir
-from fleettrace_worker.runner import ENV_PREFIX, Worker, WorkerSettings
+from fleettrace_worker.runner import Worker
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,0 +1,224 @@
+"""What a worker is told and what its group loops are built from.
+
+:class:`WorkerSettings` is the worker side's settings, built at the edge (the CLI)
+from arguments and ``FLEETTRACE_WORKER_*`` variables; :class:`WorkerContext` hands
+each group loop its Redis clients and the PostgreSQL pool. They live apart from
+:mod:`fleettrace_worker.runner` so that the group loop factories (persist,
+LangSmith, OTLP) can take a context without importing the process that runs them:
+the runner imports the loops, never the other way round.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+import redis
+from psycopg_pool import ConnectionPool
+
+from fleettrace.connection import connect_redis, redact_url
+from fleettrace.errors import ConfigurationError
+from fleettrace.keys import (
+    DEFAULT_NAMESPACE,
+    GROUPS,
+    MAX_ENTRY_BYTES,
+    METRICS_PLANS_MAX,
+    PERSIST_GROUP,
+    Keys,
+)
+from fleettrace_worker.consumer import Consumer
+from fleettrace_worker.database import create_pool
+from fleettrace_worker.groups import DEFAULT_MAX_AGE_S, DEFAULT_MAX_LAG, GroupLimits
+from fleettrace_worker.loop import LoopSettings
+from fleettrace_worker.presence import default_consumer_name
+
+#: Seconds a Redis call may take beyond a blocking read's own wait.
+REDIS_MARGIN_S: Final = 5.0
+ENV_PREFIX: Final = "FLEETTRACE_WORKER_"
+#: The settings read from ``FLEETTRACE_WORKER_<NAME>`` variables (and CONSUMER).
+ENV_SETTINGS: Final = (
+    "batch_records",
+    "block_ms",
+    "claim_idle_ms",
+    "max_deliveries",
+    "statement_timeout_ms",
+    "lock_timeout_ms",
+    "progress_limit_s",
+    "metrics_plans",
+    "group_max_lag",
+    "group_max_age_s",
+    "max_entry_bytes",
+)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker process is told; built at the edge (the CLI) from
+    arguments and ``FLEETTRACE_WORKER_*`` variables."""
+
+    redis_url: str
+    database_url: str
+    namespace: str = DEFAULT_NAMESPACE
+    consumer: str = field(default_factory=default_consumer_name)
+    groups: tuple[str, ...] = (PERSIST_GROUP,)
+    batch_records: int = 4_000
+    block_ms: int = 1_000
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 5
+    retry_max_s: float = 5.0
+    trim_interval_s: float = 5.0
+    health_interval_s: float = 2.0
+    #: PostgreSQL statement_timeout and lock_timeout of the worker's connections (0: off);
+    #: a stop waits for at most about two statements (docker-compose's 30 s grace).
+    statement_timeout_ms: int = 10_000
+    lock_timeout_ms: int = 5_000
+    #: Not ready once a group holds work this long without finishing a batch.
+    progress_limit_s: float = 120.0
+    burst: bool = False
+    http: str | None = None
+    #: Plans /metrics exports with a ``plan`` label (the costliest); 0 exports none.
+    metrics_plans: int = 0
+    #: A group past either limit is reported behind (log and /metrics); 0: no limit.
+    group_max_lag: int = DEFAULT_MAX_LAG
+    group_max_age_s: float = DEFAULT_MAX_AGE_S
+    #: Where the worker leaves its runtime file for ``--check`` (None: nowhere).
+    runtime_dir: str | None = None
+    #: Dead-letter an entry whose data field is larger than this, without decoding it.
+    max_entry_bytes: int = MAX_ENTRY_BYTES
+
+    def __post_init__(self) -> None:
+        positive = {
+            "batch_records": self.batch_records,
+            "claim_idle_ms": self.claim_idle_ms,
+            "max_deliveries": self.max_deliveries,
+            "retry_max_s": self.retry_max_s,
+            "trim_interval_s": self.trim_interval_s,
+            "health_interval_s": self.health_interval_s,
+            "progress_limit_s": self.progress_limit_s,
+            "max_entry_bytes": self.max_entry_bytes,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigurationError(f"{name} must be positive, got {value}")
+        if not 0 <= self.metrics_plans <= METRICS_PLANS_MAX:
+            raise ConfigurationError(
+                f"metrics_plans must be 0-{METRICS_PLANS_MAX}, got {self.metrics_plans}"
+            )
+        if self.group_max_lag < 0 or self.group_max_age_s < 0:
+            raise ConfigurationError("group_max_lag and group_max_age_s must not be negative")
+        for name, number in (
+            ("block_ms", self.block_ms),
+            ("statement_timeout_ms", self.statement_timeout_ms),
+            ("lock_timeout_ms", self.lock_timeout_ms),
+        ):
+            if number < 0:
+                raise ConfigurationError(f"{name} must not be negative, got {number}")
+        if not self.consumer or len(self.consumer) > 200:
+            raise ConfigurationError("consumer name must be 1-200 characters")
+        unknown = [g for g in self.groups if g not in GROUPS]
+        if unknown or not self.groups:
+            raise ConfigurationError(
+                f"groups must be among {', '.join(GROUPS)}, got {', '.join(self.groups) or 'none'}"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"WorkerSettings(redis_url={redact_url(self.redis_url)!r}, "
+            f"database_url={redact_url(self.database_url)!r}, namespace={self.namespace!r}, "
+            f"consumer={self.consumer!r}, groups={self.groups!r}, "
+            f"batch_records={self.batch_records}, block_ms={self.block_ms}, burst={self.burst})"
+        )
+
+    @classmethod
+    def from_env(
+        cls,
+        redis_url: str,
+        database_url: str,
+        environ: Mapping[str, str] | None = None,
+        **given: object,
+    ) -> WorkerSettings:
+        """Settings from ``FLEETTRACE_WORKER_<NAME>`` variables (``..._BATCH_RECORDS=5000``),
+        overridden by ``given`` values that are not None."""
+        env = os.environ if environ is None else environ
+        defaults = cls(redis_url, database_url)
+        values: dict[str, object] = {}
+        for name in ENV_SETTINGS:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw:
+                kind = float if name.endswith("_s") else int
+                try:
+                    values[name] = kind(raw)
+                except ValueError:
+                    what = "a whole number" if kind is int else "a number"
+                    raise ConfigurationError(
+                        f"{ENV_PREFIX}{name.upper()} must be {what}, got {raw!r}"
+                    ) from None
+        consumer = env.get(ENV_PREFIX + "CONSUMER")
+        if consumer:
+            values["consumer"] = consumer
+        values.update({name: value for name, value in given.items() if value is not None})
+        return replace(defaults, **values)  # type: ignore[arg-type]
+
+    def group_limits(self) -> GroupLimits:
+        return GroupLimits(max_lag=self.group_max_lag, max_age_s=self.group_max_age_s)
+
+    def loop_settings(self) -> LoopSettings:
+        return LoopSettings(
+            batch_records=self.batch_records,
+            block_ms=self.block_ms,
+            max_deliveries=self.max_deliveries,
+            retry_max_s=self.retry_max_s,
+            progress_limit_s=self.progress_limit_s,
+            burst=self.burst,
+            max_entry_bytes=self.max_entry_bytes,
+        )
+
+
+class WorkerContext:
+    """What group loops are built from: settings, keys, Redis clients, the pool."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self._pool: ConnectionPool | None = None
+        self._clients: list[redis.Redis] = []
+
+    def redis(self) -> redis.Redis:
+        """A client of its own (a loop's blocking reads must not hold up the others),
+        closed by :meth:`close`."""
+        client = connect_redis(
+            self.settings.redis_url,
+            socket_timeout_s=self.settings.block_ms / 1000 + REDIS_MARGIN_S,
+        )
+        self._clients.append(client)
+        return client
+
+    def consumer(self, group: str) -> Consumer:
+        return Consumer(
+            self.redis(),
+            self.keys,
+            group,
+            self.settings.consumer,
+            claim_idle_ms=self.settings.claim_idle_ms,
+        )
+
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            self._pool = create_pool(
+                self.settings.database_url,
+                min_size=1,
+                max_size=2,
+                statement_timeout_ms=self.settings.statement_timeout_ms,
+                lock_timeout_ms=self.settings.lock_timeout_ms,
+            )
+        return self._pool
+
+    def close(self) -> None:
+        """Close the pool and every client made here; safe to call twice."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        while self._clients:
+            self._clients.pop().close()
