@@ -280,3 +280,28 @@ def test_footers_say_the_truth() -> None:
     assert render.footer(1, 1, "dead letter") == "1 dead letter"
     assert render.footer(0, 1, "plan") == "showing 0 of 1 plan"
     assert render.footer(2, None, "entry", "entries") == "showing 2 entries; more follow"
+
+
+def test_several_sort_columns_the_first_deciding_first() -> None:
+    items = [
+        {"plan": "b", "calls": 1},
+        {"plan": "a", "calls": 2},
+        {"plan": "a", "calls": 1},
+        {"plan": "b", "calls": 2},
+    ]
+    assert render.sort_items(items, COLUMNS, "plan,-calls") == [
+        {"plan": "a", "calls": 2},
+        {"plan": "a", "calls": 1},
+        {"plan": "b", "calls": 2},
+        {"plan": "b", "calls": 1},
+    ]
+    # Descending keeps ties in their previous order (a stable sort).
+    assert render.sort_items(items, COLUMNS, "-calls") == [items[1], items[3], items[0], items[2]]
+
+
+def test_a_column_of_mixed_units_formats_each_row_by_its_own() -> None:
+    column = Column("sum", "SUM", Kind.NUMBER, unit_key="unit")
+    assert render.cell({"sum": 0.756, "unit": "USD"}, column) == "0.76"
+    assert render.cell({"sum": 10.7039, "unit": "ms"}, column) == "10.7"
+    assert render.cell({"sum": 321.0, "unit": "tokens"}, column) == "321"
+    assert render.cell({"sum": None, "unit": "USD"}, column) == "-"

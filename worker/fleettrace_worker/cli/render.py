@@ -83,15 +83,22 @@ _NUMERIC: Final = frozenset(
 )
 
 
+#: Units that decide the formatting of a column whose rows have units of their own.
+_UNIT_KINDS: Final = {"USD": Kind.USD, "ms": Kind.DURATION, "s": Kind.DURATION}
+
+
 @dataclass(frozen=True)
 class Column:
     """One column: ``key`` names the item's field (dotted for a nested one, as
-    ``group.model``) and is what ``--sort`` takes; ``unit`` goes in the header."""
+    ``group.model``) and is what ``--sort`` takes; ``unit`` goes in the header. A
+    column whose rows differ in unit names the item's field holding it (``unit_key``):
+    a row in USD then shows dollars, one in ms or s a duration, others ``kind``."""
 
     key: str
     header: str
     kind: Kind = Kind.TEXT
     unit: str | None = None
+    unit_key: str | None = None
 
     @property
     def name(self) -> str:
@@ -127,7 +134,8 @@ def add_output_options(
         parser.add_argument(
             "--sort",
             metavar="COLUMN",
-            help="sort by this column (its --json key); --sort=-COLUMN for descending",
+            help="sort by this column (its --json key; several comma-separated); "
+            "--sort=-COLUMN for descending",
         )
     if times:
         parser.add_argument("--utc", action="store_true", help="times in UTC, not local time")
@@ -194,6 +202,17 @@ def format_value(value: object, kind: Kind, *, utc: bool = False) -> str:
     return _CONTROL.sub(" ", str(value))
 
 
+def cell(item: Mapping[str, Any], column: Column, *, utc: bool = False) -> str:
+    """What the table shows in ``column`` for ``item``."""
+    value = lookup(item, column.key)
+    kind = column.kind
+    if column.unit_key is not None:
+        if value is None:
+            return UNKNOWN
+        kind = _UNIT_KINDS.get(str(lookup(item, column.unit_key)), kind)
+    return format_value(value, kind, utc=utc)
+
+
 def lookup(item: Mapping[str, Any], key: str) -> Any:
     """``item[key]``, following dots into nested objects; None when absent."""
     value: Any = item
@@ -238,18 +257,32 @@ def find_column(columns: Sequence[Column], name: str) -> Column:
 def sort_items(
     items: Sequence[Mapping[str, Any]], columns: Sequence[Column], spec: str
 ) -> list[Mapping[str, Any]]:
-    """``items`` ordered by the column ``spec`` names (``-name``: descending),
-    naturally for text; items without a value come last in either direction."""
+    """``items`` ordered by the columns ``spec`` names, comma-separated, the first
+    deciding first (``-name``: descending), naturally for text; items without a value
+    come last in either direction."""
+    result = list(items)
+    for part in reversed([p for p in spec.split(",") if p.strip()]):
+        result = _sort_by(result, columns, part.strip())
+    return result
+
+
+def _sort_by(
+    items: Sequence[Mapping[str, Any]], columns: Sequence[Column], spec: str
+) -> list[Mapping[str, Any]]:
     descending = spec.startswith("-")
     column = find_column(columns, spec.lstrip("-"))
     known = [item for item in items if lookup(item, column.key) is not None]
     unknown = [item for item in items if lookup(item, column.key) is None]
     try:
-        known.sort(key=lambda item: _sort_value(lookup(item, column.key), column.kind))
+        known.sort(
+            key=lambda item: _sort_value(lookup(item, column.key), column.kind),
+            reverse=descending,
+        )
     except TypeError:  # mixed kinds of value in one column: compare as text
-        known.sort(key=lambda item: natural_key(format_value(lookup(item, column.key), Kind.TEXT)))
-    if descending:
-        known.reverse()
+        known.sort(
+            key=lambda item: natural_key(format_value(lookup(item, column.key), Kind.TEXT)),
+            reverse=descending,
+        )
     return known + unknown
 
 
@@ -314,10 +347,7 @@ def build_table(
     """The rich table of ``items`` at most ``width`` wide when free text and
     identifiers can be cut enough; wider (never a number cut) when they cannot."""
     titles = [column.title(utc=utc) for column in columns]
-    cells = [
-        [format_value(lookup(item, column.key), column.kind, utc=utc) for column in columns]
-        for item in items
-    ]
+    cells = [[cell(item, column, utc=utc) for column in columns] for item in items]
     natural = [max([len(titles[i]), *(len(row[i]) for row in cells)]) for i in range(len(columns))]
     room = width - COLUMN_GAP * (len(columns) - 1)
     widths = _fit(natural, columns, room)
