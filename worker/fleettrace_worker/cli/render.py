@@ -286,6 +286,13 @@ def _sort_by(
     return known + unknown
 
 
+def check_sort(args: argparse.Namespace, columns: Sequence[Column]) -> None:
+    """A one-line usage error now, before any work, for a ``--sort`` naming no column."""
+    for part in (getattr(args, "sort", None) or "").split(","):
+        if part.strip():
+            find_column(columns, part.strip().lstrip("-"))
+
+
 def ordered(
     args: argparse.Namespace,
     items: Sequence[Mapping[str, Any]],
@@ -390,19 +397,24 @@ def print_table(
     empty: str = "nothing to show",
     console: Console | None = None,
 ) -> None:
-    """The table, or the ``empty`` line when there are no items; then the footer."""
+    """The table and its footer, or only the ``empty`` line when there are no items."""
     out = console or new_console()
     if not items:
         out.print(Text(empty))
-    else:
-        table = build_table(columns, items, width=out.width, utc=utc, title=title)
-        needed, width = table_width(table), out.width
-        # Numbers alone wider than the terminal: whole lines, which the terminal wraps.
-        out.width = max(width, needed)
-        try:
+        return
+    table = build_table(columns, items, width=out.width, utc=utc, title=title)
+    needed, width = table_width(table), out.width
+    # Numbers alone wider than the terminal: whole lines, which the terminal wraps.
+    out.width = max(width, needed)
+    try:
+        if out.is_terminal:
             out.print(table, crop=False)
-        finally:
-            out.width = width
+        else:  # a file or pipe gets lines without the padding of the last column
+            with out.capture() as captured:
+                out.print(table, crop=False)
+            out.file.write("".join(f"{line.rstrip()}\n" for line in captured.get().splitlines()))
+    finally:
+        out.width = width
     if footer:
         out.print(Text(footer))
 
