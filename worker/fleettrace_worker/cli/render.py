@@ -55,6 +55,9 @@ UNKNOWN: Final = "-"
 MIN_ID_CHARS: Final = 8
 #: Free text is never cut shorter than this (or its header, if longer).
 MIN_TEXT_CHARS: Final = 6
+#: A text cell longer than this is cut even where the width is unbounded (a pipe): a
+#: dead letter's record can be megabytes; --json has it whole.
+MAX_CELL_CHARS: Final = 1000
 #: Characters between two columns: one of padding (collapsed) and the blank divider.
 COLUMN_GAP: Final = 2
 #: Below this, a dollar amount is "tiny" and shows 3 significant digits, not cents.
@@ -199,7 +202,8 @@ def format_value(value: object, kind: Kind, *, utc: bool = False) -> str:
         return ", ".join(format_value(v, Kind.TEXT) for v in value) or UNKNOWN
     if isinstance(value, Mapping):
         return ",".join(f"{k}={v}" for k, v in value.items()) or UNKNOWN
-    return _CONTROL.sub(" ", str(value))
+    text = _CONTROL.sub(" ", str(value))
+    return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"
 
 
 def cell(item: Mapping[str, Any], column: Column, *, utc: bool = False) -> str:
