@@ -74,7 +74,7 @@ class Kind(Enum):
     TEXT = "text"  # free text: cut first when the table is too wide
     ID = "id"  # an identifier: cut only after every text column, never below 8 chars
     TIME = "time"  # a datetime or ISO 8601 string: local time, UTC with --utc; never cut
-    COUNT = "count"  # a whole number: thousands separators
+    COUNT = "count"  # a whole number (or a list: its length): thousands separators
     DURATION = "duration"  # a duration: 3 significant digits
     NUMBER = "number"  # any other measure: exact if whole, else 3 significant digits
     USD = "usd"  # dollars: cents, tiny amounts 3 significant digits, None is unpriced
@@ -189,6 +189,8 @@ def format_value(value: object, kind: Kind, *, utc: bool = False) -> str:
         return "yes" if value else "no"
     if kind is Kind.TIME:
         return format_time(value, utc=utc)  # type: ignore[arg-type]
+    if isinstance(value, list | tuple) and kind is Kind.COUNT:
+        return f"{len(value):,}"
     if isinstance(value, int | float | Decimal) and kind in _NUMERIC:
         number = float(value)
         if kind is Kind.COUNT:
@@ -246,6 +248,8 @@ def _sort_value(value: Any, kind: Kind) -> Any:
         return int(value)
     if isinstance(value, int | float | Decimal):
         return float(value)
+    if isinstance(value, list | tuple) and kind is Kind.COUNT:
+        return float(len(value))
     return natural_key(format_value(value, Kind.TEXT))
 
 

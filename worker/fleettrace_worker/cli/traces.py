@@ -208,7 +208,7 @@ def run_cost(args: argparse.Namespace) -> int:
     render.emit(
         args,
         columns,
-        [_cost_json(row) for row in rows],
+        [cost_json(row) for row in rows],
         footer=_cost_footer(rows),
         empty="no traces match",
     )
@@ -241,7 +241,8 @@ def _show_value(name: str, value: object) -> str:
     return str(value).replace("\n", "\\n")
 
 
-def _cost_json(row: CostRow) -> dict[str, Any]:
+def cost_json(row: CostRow) -> dict[str, Any]:
+    """One group of a cost summary as ``--json`` prints it (and the tables show it)."""
     return {
         "group": row.group,
         "calls": row.calls,
