@@ -25,7 +25,7 @@ from fleettrace.connection import redis_url_from_env
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import NAMESPACE_VARIABLE, Keys
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
-from fleettrace_worker.cli.render import Column
+from fleettrace_worker.cli.render import Column, Kind
 from fleettrace_worker.cli.traces import COST_FIGURES, cost_json
 from fleettrace_worker.demo import (
     DRAIN_TIMEOUT_S,
@@ -48,7 +48,7 @@ MAX_REASONS_SHOWN: Final = 5
 MAX_SECONDS: Final = 3600.0
 #: The closing cost table: the figures of ``traces cost --by model``, in its look.
 COST_COLUMNS: Final = (
-    Column("group.model", "MODEL"),
+    Column("group.model", "MODEL", Kind.ID),
     *(
         column
         for column in COST_FIGURES

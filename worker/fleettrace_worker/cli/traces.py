@@ -200,7 +200,7 @@ def run_cost(args: argparse.Namespace) -> int:
         check_group_by(group_by)
     except ValueError as error:
         raise ConfigurationError(f"--by: {error}") from None
-    columns = (*(Column(f"group.{name}", name.upper()) for name in group_by), *COST_FIGURES)
+    columns = cost_columns(group_by)
     render.check_sort(args, columns)
     where = _where(args)
     with _pool(args) as pool:
@@ -213,6 +213,11 @@ def run_cost(args: argparse.Namespace) -> int:
         empty="no traces match",
     )
     return EXIT_OK
+
+
+def cost_columns(group_by: list[str]) -> tuple[Column, ...]:
+    """The group's names (a row's identity: cut last, never left out), then the figures."""
+    return (*(Column(f"group.{name}", name.upper(), Kind.ID) for name in group_by), *COST_FIGURES)
 
 
 def _cost_footer(rows: list[CostRow]) -> str:
