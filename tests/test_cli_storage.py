@@ -11,10 +11,12 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
+from fleettrace.keys import configured_namespace
 from fleettrace.model import LLMTrace
 from fleettrace_worker import database, migrations
 from fleettrace_worker.cli import main
@@ -28,6 +30,19 @@ def migrated(database_url: str) -> str:
     with psycopg.connect(database_url) as conn:
         migrations.migrate(conn)
     return database_url
+
+
+#: The namespace the commands work within by default, and rows are stored under here.
+NAMESPACE = configured_namespace()
+SCOPE = f"namespace {NAMESPACE!r}"
+
+
+def _record(item: dict[str, object]) -> LLMTrace:
+    """The record of one trace of --json output, which also says its namespace."""
+    assert item["namespace"] == NAMESPACE
+    return LLMTrace.model_validate_json(
+        json.dumps({k: v for k, v in item.items() if k != "namespace"})
+    )
 
 
 def _store(url: str, traces: list[LLMTrace]) -> None:
@@ -267,9 +282,9 @@ def test_traces_list_json_has_every_field(
     code, out, _ = run(capsys, "traces", "list", "--json", "--database-url", migrated)
     assert code == 0
     data = json.loads(out)
-    assert data["next_cursor"] is None
-    assert [LLMTrace.model_validate_json(json.dumps(item)) for item in data["items"]] == fleet
-    assert list(data["items"][0]) == list(LLMTrace.model_fields)
+    assert data["next_cursor"] is None and data["namespace"] == NAMESPACE
+    assert [_record(item) for item in data["items"]] == fleet
+    assert list(data["items"][0]) == [*LLMTrace.model_fields, "namespace"]
 
 
 def test_traces_list_pages_with_the_cursor(
@@ -308,7 +323,8 @@ def test_traces_list_table_for_people(
 ) -> None:
     code, out, _ = run(capsys, "traces", "list", "--database-url", migrated)
     assert code == 0
-    lines = out.strip().splitlines()
+    title, *lines = out.strip().splitlines()
+    assert title == f"LLM calls in {SCOPE}"
     assert lines[0].split("  ")[0] == "STARTED (UTC)"
     assert "TRACE ID" in lines[0] and "COST USD" in lines[0]
     assert len(lines) == 1 + len(fleet)
@@ -353,8 +369,9 @@ def test_traces_list_filters(
 
 
 def test_traces_list_of_nothing_says_so(capsys: pytest.CaptureFixture[str], migrated: str) -> None:
-    assert run(capsys, "traces", "list", "--database-url", migrated)[1] == "no traces match\n"
-    assert run(capsys, "traces", "cost", "--database-url", migrated)[1] == "no traces match\n"
+    nothing = f"no traces match in {SCOPE}\n"
+    assert run(capsys, "traces", "list", "--database-url", migrated)[1] == nothing
+    assert run(capsys, "traces", "cost", "--database-url", migrated)[1] == nothing
 
 
 @pytest.mark.parametrize(
@@ -391,12 +408,13 @@ def test_traces_show(
         capsys, "traces", "show", str(wanted.trace_id), "--json", "--database-url", migrated
     )
     assert code == 0
-    assert LLMTrace.model_validate_json(out) == wanted
+    assert _record(json.loads(out)) == wanted
 
     code, out, _ = run(capsys, "traces", "show", str(fleet[1].trace_id), "--database-url", migrated)
     assert code == 0
     fields = dict(line.split(None, 1) for line in out.strip().splitlines()[1:])
     assert fields["trace_id"] == str(fleet[1].trace_id)
+    assert fields["namespace"] == NAMESPACE
     assert fields["error"] == "Timeout: upstream\\nsecond line"
     assert fields["tool_calls"] == "-"
     assert fields["decision_id"] == "-"
@@ -411,7 +429,7 @@ def test_traces_show_of_an_unknown_id(capsys: pytest.CaptureFixture[str], migrat
     missing = uuid.uuid4()
     code, out, err = run(capsys, "traces", "show", str(missing), "--database-url", migrated)
     assert code == 1 and out == ""
-    assert _one_clean_line(err) == f"fleettrace traces: no trace with id {missing}"
+    assert _one_clean_line(err) == f"fleettrace traces: no trace with id {missing} in {SCOPE}"
 
 
 def test_traces_cost_json(
@@ -421,8 +439,9 @@ def test_traces_cost_json(
         capsys, "traces", "cost", "--by", "provider,model", "--json", "--database-url", migrated
     )
     assert code == 0
-    rows = json.loads(out)
-    assert rows == [
+    listed = json.loads(out)
+    assert (listed["namespace"], listed["next_cursor"]) == (NAMESPACE, None)
+    assert listed["items"] == [
         {
             "group": {"provider": "openai", "model": "gpt-4o"},
             "calls": 2,
@@ -465,7 +484,8 @@ def test_traces_cost_table(
         capsys, "traces", "cost", "--by", "actor,day", "--errors", "--database-url", migrated
     )
     assert code == 0
-    header, *rows = out.strip().splitlines()
+    title, header, *rows = out.strip().splitlines()
+    assert title == f"cost in {SCOPE}"
     assert header.split() == [
         "ACTOR", "DAY", "CALLS", "PROMPT", "COMPLETION", "TOTAL", "TOKENS", "COST", "USD",
         "UNPRICED", "UNKNOWN", "TOKENS", "ERROR", "RATE", "P50", "MS", "P95", "MS",
@@ -477,7 +497,7 @@ def test_traces_cost_table(
     ]  # fmt: skip
 
     code, out, _ = run(capsys, "traces", "cost", "--by", "", "--database-url", migrated)
-    header, total = out.strip().splitlines()
+    _, header, total = out.strip().splitlines()
     assert header.split()[0] == "CALLS" and total.split()[:2] == ["3", "300"]
 
 
@@ -508,7 +528,7 @@ def test_the_console_script_runs_end_to_end(database_url: str) -> None:
         env={**env, "FLEETTRACE_DATABASE_URL": database_url},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert LLMTrace.model_validate_json(done.stdout) == trace
+    assert _record(json.loads(done.stdout)) == trace
 
 
 def test_the_console_script_reports_a_refused_connection_without_a_traceback() -> None:
@@ -532,7 +552,7 @@ def test_traces_list_shortens_a_long_error_to_its_column(
     _store(migrated, [trace])
     code, out, _ = run(capsys, "traces", "list", "--database-url", migrated)
     assert code == 0
-    row = out.strip().splitlines()[1]
+    row = out.strip().splitlines()[2]
     assert row.endswith("ContextWindowExceeded: " + "x" * 16 + "…")
     code, out, _ = run(capsys, "traces", "show", str(trace.trace_id), "--database-url", migrated)
     assert long_error in out
@@ -547,14 +567,20 @@ def test_traces_list_shortens_a_long_error_to_its_column(
         ["traces", "cost"],
     ],
 )
-def test_commands_on_an_unmigrated_database_ask_for_migrate(
+def test_commands_on_a_database_without_the_schema_say_there_is_no_data_and_where(
     capsys: pytest.CaptureFixture[str], database_url: str, command: list[str]
 ) -> None:
-    code, out, err = run(capsys, *command, "--database-url", database_url)
+    # Not "run fleettrace migrate": a reader pointed at the wrong database should not be
+    # told to put tables into it.
+    parts = urlsplit(database_url)
+    user, host = parts.username or "postgres", parts.netloc.rpartition("@")[2]
+    with_password = urlunsplit(parts._replace(netloc=f"{user}:hunter2@{host}"))
+    code, out, err = run(capsys, *command, "--database-url", with_password)
     assert code == 1 and out == ""
     line = _one_clean_line(err)
-    assert line.startswith(f"fleettrace {command[0]}: the database has no fleettrace schema")
-    assert line.endswith("run `fleettrace migrate`")
+    shown = urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    assert line.startswith(f"fleettrace {command[0]}: no fleettrace data here: {shown} ")
+    assert "hunter2" not in line and "migrate" not in line
 
 
 def test_traces_cost_table_shows_a_wholly_unpriced_group_as_unpriced(
@@ -562,7 +588,7 @@ def test_traces_cost_table_shows_a_wholly_unpriced_group_as_unpriced(
 ) -> None:
     code, out, _ = run(capsys, "traces", "cost", "--by", "provider", "--database-url", migrated)
     assert code == 0
-    rows = {line.split()[0]: line.split() for line in out.strip().splitlines()[1:]}
+    rows = {line.split()[0]: line.split() for line in out.strip().splitlines()[2:]}
     # PROVIDER CALLS PROMPT COMPLETION TOTAL COST UNPRICED ...
     assert rows["openai"][5:7] == ["2.000000", "0"]
     assert rows["anthropic"][5:7] == ["unpriced", "1"]
@@ -597,7 +623,7 @@ def test_traces_cost_sums_token_details_and_counts_unknown_usage_beside_them(
     )
     code, out, _ = run(capsys, "traces", "cost", "--json", "--database-url", migrated)
     assert code == 0
-    [row] = json.loads(out)
+    [row] = json.loads(out)["items"]
     assert {k: row[k] for k in ("calls", "prompt_tokens", "completion_tokens", "total_tokens")} == {
         "calls": 4,
         "prompt_tokens": 12_000,

@@ -216,7 +216,9 @@ def _display(console: Console) -> Iterator[Callable[[Progress], None]]:
 
 
 def _report(console: Console, result: DemoResult) -> None:
-    costs = Table(title="Cost by model (stored in PostgreSQL)")
+    costs = Table(
+        title=f"Cost by model (stored in PostgreSQL, namespace {result.settings.namespace!r})"
+    )
     for name in ("model", "calls", "prompt tokens", "completion tokens", "cost USD"):
         costs.add_column(name, justify="left" if name == "model" else "right")
     for name in ("error rate", "p50 ms", "p95 ms"):
@@ -234,6 +236,11 @@ def _report(console: Console, result: DemoResult) -> None:
             f"{row.latency_p95_ms:,.0f}",
         )
     console.print(costs)
+    namespace = result.settings.namespace
+    console.print(
+        f"namespace {namespace!r}: its rows show only there "
+        f"(fleettrace traces cost --namespace {namespace})"
+    )
     console.print(
         f"records sent: {result.sent} ({result.sent - result.handwritten} by "
         f"{len(result.agents)} agent processes in {sum(a.plans for a in result.agents)} plans, "

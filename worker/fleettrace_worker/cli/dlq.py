@@ -1,5 +1,9 @@
 """``fleettrace dlq``: look at dead letters, put them back once their cause is fixed,
-or delete them once reviewed. Dead-letter streams are read in pages, never whole."""
+or delete them once reviewed. Dead-letter streams are read in pages, never whole.
+
+Dead letters are kept per namespace (``keys.dead_letters``): every action works within
+the one ``--namespace`` names (default the environment's), says which, and can neither
+see nor touch another namespace's letters."""
 
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "dlq",
         help="list, replay or delete dead letters",
         description="Dead letters are records or entries a consumer group could not handle, "
-        "kept with the reason.",
+        "kept with the reason, per namespace.",
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -92,9 +96,10 @@ def _reason(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _as_json(dead_id: str, letter: DeadLetter) -> dict[str, object]:
+def _as_json(dead_id: str, letter: DeadLetter, namespace: str) -> dict[str, object]:
     data: dict[str, object] = {
         "id": dead_id,
+        "namespace": namespace,
         "reason": letter.reason,
         "stream": letter.stream,
         "entry_id": letter.entry_id,
@@ -127,31 +132,32 @@ def _print_text(dead_id: str, letter: DeadLetter) -> None:
 def run_list(args: argparse.Namespace) -> int:
     """Printed page by page as read: memory stays flat however long the stream."""
     shown = 0
-    letters = iter_dead_letters(
-        options.redis_client(args), options.keys(args), args.group, reason=args.reason
-    )
+    keys = options.keys(args)
+    letters = iter_dead_letters(options.redis_client(args), keys, args.group, reason=args.reason)
     for dead_id, letter in letters:
         if args.limit is not None and shown >= args.limit:
             break
         shown += 1
         if args.json:
-            print(json.dumps(_as_json(dead_id, letter)))
+            print(json.dumps(_as_json(dead_id, letter, keys.namespace)))
         else:
             _print_text(dead_id, letter)
     if args.json:
         return EXIT_OK
     matching = "" if args.reason is None else f" with a reason containing {args.reason!r}"
+    where = f"in group {args.group} of {options.describe_scope(keys.namespace)}"
     if not shown:
-        print(f"no dead letters{matching} in group {args.group}")
+        print(f"no dead letters{matching} {where}")
     else:
-        print(f"{shown} dead letter(s){matching} in group {args.group}")
+        print(f"{shown} dead letter(s){matching} {where}")
     return EXIT_OK
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    keys = options.keys(args)
     report = replay_dead_letters(
         options.redis_client(args),
-        options.keys(args),
+        keys,
         args.group,
         None if args.all else args.id,
         reason=args.reason,
@@ -162,7 +168,8 @@ def run_replay(args: argparse.Namespace) -> int:
         print(f"{dead_id}: kept, {reason}")
     print(
         f"replayed {len(report.replayed)} dead letter(s); "
-        f"kept {len(report.refused)}; not found {len(report.missing)}"
+        f"kept {len(report.refused)}; not found {len(report.missing)} "
+        f"(group {args.group} of {options.describe_scope(keys.namespace)})"
     )
     return EXIT_FAILURE if report.refused or report.missing else EXIT_OK
 
@@ -170,14 +177,20 @@ def run_replay(args: argparse.Namespace) -> int:
 def run_delete(args: argparse.Namespace) -> int:
     check_ids(args.id)  # a typo is one line before any question
     client, keys = options.redis_client(args), options.keys(args)
-    question = f"Delete {len(args.id)} dead letter(s) of group {args.group} for good?"
+    question = (
+        f"Delete {len(args.id)} dead letter(s) of group {args.group} of "
+        f"{options.describe_scope(keys.namespace)} for good?"
+    )
     if not options.confirm(question, yes=args.yes):
         print("nothing deleted")
         return EXIT_FAILURE
     report = delete_dead_letters(client, keys, args.group, args.id)
     for dead_id in report.missing:
         print(f"{dead_id}: no such dead letter")
-    print(f"deleted {len(report.deleted)} dead letter(s); not found {len(report.missing)}")
+    print(
+        f"deleted {len(report.deleted)} dead letter(s); not found {len(report.missing)} "
+        f"(group {args.group} of {options.describe_scope(keys.namespace)})"
+    )
     return EXIT_FAILURE if report.missing else EXIT_OK
 
 
@@ -186,12 +199,16 @@ def run_purge(args: argparse.Namespace) -> int:
     client, keys = options.redis_client(args), options.keys(args)
     matching = "" if args.reason is None else f" with a reason containing {args.reason!r}"
     question = (
-        f"Delete every dead letter{matching} of group {args.group} made before "
+        f"Delete every dead letter{matching} of group {args.group} of "
+        f"{options.describe_scope(keys.namespace)} made before "
         f"{before.isoformat(timespec='seconds')} for good?"
     )
     if not options.confirm(question, yes=args.yes):
         print("nothing deleted")
         return EXIT_FAILURE
     deleted = purge_dead_letters(client, keys, args.group, before=before, reason=args.reason)
-    print(f"purged {deleted} dead letter(s){matching} of group {args.group}")
+    print(
+        f"purged {deleted} dead letter(s){matching} of group {args.group} of "
+        f"{options.describe_scope(keys.namespace)}"
+    )
     return EXIT_OK

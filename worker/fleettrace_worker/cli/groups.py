@@ -78,8 +78,9 @@ def _ago(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
-def _as_json(report: GroupReport, limits: GroupLimits) -> dict[str, object]:
+def _as_json(report: GroupReport, limits: GroupLimits, namespace: str) -> dict[str, object]:
     return {
+        "namespace": namespace,
         "stream": report.stream,
         "group": report.group,
         "lag": report.lag,
@@ -111,11 +112,12 @@ def run_list(args: argparse.Namespace) -> int:
     reports = inspect_groups(options.redis_client(args), keys)
     if args.json:
         for report in reports:
-            print(json.dumps(_as_json(report, limits)))
+            print(json.dumps(_as_json(report, limits, keys.namespace)))
         return EXIT_OK
     if not reports:
-        print(f"no consumer groups in namespace {keys.namespace}")
+        print(f"no consumer groups in {options.describe_scope(keys.namespace)}")
         return EXIT_OK
+    print(f"consumer groups of {options.describe_scope(keys.namespace)}")
     header = ("STREAM", "GROUP", "LAG", "PENDING", "CONSUMERS", "LAST SEEN", "OLDEST NEEDED", "")
     rows = [header]
     for report in reports:
@@ -143,7 +145,7 @@ def run_drop(args: argparse.Namespace) -> int:
     client, keys = options.redis_client(args), options.keys(args)
     reports = [r for r in inspect_groups(client, keys) if r.group == args.name]
     if not reports:
-        print(f"no consumer group {args.name!r} in namespace {keys.namespace}")
+        print(f"no consumer group {args.name!r} in {options.describe_scope(keys.namespace)}")
         return EXIT_FAILURE
     active = active_consumers(reports, args.name)
     if active and not args.force:

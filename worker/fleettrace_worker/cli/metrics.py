@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         while True:
             text = _render(client, keys, args)
+            if not args.json:  # JSON says it in every item
+                text = f"{options.describe_scope(keys.namespace)}\n{text}"
             if args.watch is not None and sys.stdout.isatty():
                 sys.stdout.write("\x1b[H\x1b[2J")
             print(text, flush=True)
@@ -107,7 +109,7 @@ def _render(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> str:
         plan = read_plan(client, keys, args.plan)
         series = [] if plan is None else [s for s in plan.series if key in (None, s.key)]
         if args.json:
-            return render_json(series)
+            return render_json(series, keys.namespace)
         if not series:
             return f"no live counters for plan {args.plan!r} (never recorded, or expired)"
         return render_table(series)
@@ -118,12 +120,14 @@ def _render(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> str:
                 f"fleettrace metrics: examined the first {scan.examined} plans only",
                 file=sys.stderr,
             )
-        return render_plans_json(scan.plans) if args.json else render_plans(scan.plans)
+        if args.json:
+            return render_plans_json(scan.plans, keys.namespace)
+        return render_plans(scan.plans)
     if key is not None and key.spec.per_plan:  # no fleet-wide series: only the summary
         return "[]" if args.json else _plans_summary(client, keys) or "no live plans"
     series = read_live(client, keys, key)
     if args.json:
-        return render_json(series)
+        return render_json(series, keys.namespace)
     if key is not None:
         return render_table(series)
     return "\n".join(line for line in (render_table(series), _plans_summary(client, keys)) if line)
@@ -184,8 +188,9 @@ def render_table(series: list[LiveSeries]) -> str:
     return "\n".join(lines)
 
 
-def _as_json(series: LiveSeries) -> dict[str, Any]:
+def _as_json(series: LiveSeries, namespace: str) -> dict[str, Any]:
     return {
+        "namespace": namespace,
         "key": series.key.value,
         "type": series.key.spec.type.value,
         "unit": series.key.spec.unit,
@@ -205,8 +210,8 @@ def _as_json(series: LiveSeries) -> dict[str, Any]:
     }
 
 
-def render_json(series: list[LiveSeries]) -> str:
-    return json.dumps([_as_json(s) for s in series])
+def render_json(series: list[LiveSeries], namespace: str) -> str:
+    return json.dumps([_as_json(s, namespace) for s in series])
 
 
 def render_plans(plans: list[PlanFigures]) -> str:
@@ -224,10 +229,11 @@ def render_plans(plans: list[PlanFigures]) -> str:
     )
 
 
-def render_plans_json(plans: list[PlanFigures]) -> str:
+def render_plans_json(plans: list[PlanFigures], namespace: str) -> str:
     return json.dumps(
         [
             {
+                "namespace": namespace,
                 "plan": p.plan_id,
                 "cost_usd": p.cost_usd,
                 "priced_calls": p.priced_calls,

@@ -1,7 +1,12 @@
 """``fleettrace traces list|show|cost``: the stored LLM calls, for people and scripts.
 
 ``--json`` output keeps its keys stable: a trace is the JSON of ``LLMTrace`` (every
-field, times in RFC 3339 UTC), a cost row names its group and each figure.
+field, times in RFC 3339 UTC) and the ``namespace`` it was stored under, a cost row names
+its group and each figure; a list is ``{"items": [...], "next_cursor": ..., "namespace":
+...}``, the namespace it covers (null: --all-namespaces).
+
+Every subcommand works within one namespace (``--namespace``, default the
+environment's), or every one with ``--all-namespaces``, and says which.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from psycopg_pool import ConnectionPool
 from fleettrace.errors import ConfigurationError
 from fleettrace.model import LLMTrace
 from fleettrace_worker import migrations
-from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
+from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.cli.tables import format_table
 from fleettrace_worker.durations import parse_time
 from fleettrace_worker.repository import (
@@ -113,6 +118,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _common(parser: argparse.ArgumentParser) -> None:
     options.add_database_options(parser)
+    options.add_namespace_option(parser, all_namespaces=True)
     parser.add_argument("--json", action="store_true", help="JSON for scripts")
 
 
@@ -139,11 +145,12 @@ def _where(args: argparse.Namespace) -> TraceFilter:
         since=parse_time(args.since) if args.since else None,
         until=parse_time(args.until) if args.until else None,
         errors_only=args.errors,
+        namespace=options.namespace_scope(args),
     )
 
 
 def _pool(args: argparse.Namespace) -> ConnectionPool:
-    return migrations.pool_for_current_schema(options.database_url(args))
+    return migrations.pool_for_reading(options.database_url(args))
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -155,16 +162,15 @@ def run_list(args: argparse.Namespace) -> int:
             raise ConfigurationError(str(error)) from None
     with _pool(args) as pool:
         page = LLMTraceRepository(pool).query(where, limit=args.limit, after=args.cursor)
+    scope = options.describe_scope(where.namespace)
     if args.json:
-        print(
-            json.dumps(
-                {"items": [_trace_json(t) for t in page.items], "next_cursor": page.next_cursor}
-            )
-        )
+        items = [_trace_json(t, ns) for t, ns in zip(page.items, page.namespaces, strict=True)]
+        render.write_list(items, page.next_cursor, {"namespace": where.namespace})
         return EXIT_OK
     if not page.items:
-        print("no traces match")
+        print(f"no traces match in {scope}")
         return EXIT_OK
+    print(f"LLM calls in {scope}")
     print(format_table(_LIST_HEADERS, [_list_row(t) for t in page.items]))
     if page.next_cursor:
         print(f"more: add --cursor {page.next_cursor}")
@@ -176,12 +182,17 @@ def run_show(args: argparse.Namespace) -> int:
         trace_id = uuid.UUID(args.trace_id)
     except ValueError:
         raise ConfigurationError(f"{args.trace_id!r} is not a trace id (a UUID)") from None
+    namespace = options.namespace_scope(args)
     with _pool(args) as pool:
-        trace = LLMTraceRepository(pool).get(trace_id)
-    if trace is None:
-        print(f"fleettrace traces: no trace with id {trace_id}", file=sys.stderr)
+        found = LLMTraceRepository(pool).get_stored(trace_id, namespace=namespace)
+    if found is None:
+        print(
+            f"fleettrace traces: no trace with id {trace_id} in "
+            f"{options.describe_scope(namespace)}",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
-    data = _trace_json(trace)
+    data = _trace_json(*found)
     if args.json:
         print(json.dumps(data))
         return EXIT_OK
@@ -199,19 +210,23 @@ def run_cost(args: argparse.Namespace) -> int:
     where = _where(args)
     with _pool(args) as pool:
         rows = LLMTraceRepository(pool).cost_summary(group_by, where)
+    scope = options.describe_scope(where.namespace)
     if args.json:
-        print(json.dumps([_cost_json(row) for row in rows]))
+        render.write_list([_cost_json(row) for row in rows], None, {"namespace": where.namespace})
         return EXIT_OK
     if not rows:
-        print("no traces match")
+        print(f"no traces match in {scope}")
         return EXIT_OK
+    print(f"cost in {scope}")
     headers = (*(name.upper() for name in group_by), *_COST_FIGURES)
     print(format_table(headers, [_cost_cells(row, group_by) for row in rows]))
     return EXIT_OK
 
 
-def _trace_json(trace: LLMTrace) -> dict[str, Any]:
-    return trace.model_dump(mode="json")
+def _trace_json(trace: LLMTrace, namespace: str | None) -> dict[str, Any]:
+    """The record's fields and the namespace it was stored under (null: a row stored
+    before schema version 3)."""
+    return {**trace.model_dump(mode="json"), "namespace": namespace}
 
 
 def _show_value(value: object) -> str:
