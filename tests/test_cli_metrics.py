@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from fleettrace import LLMTrace, MetricKey
-from fleettrace.keys import Keys
+from fleettrace.keys import Keys, configured_namespace
 from fleettrace_worker.cli import main
 from tests.emitting import make_emitter
 from tests.servers import free_port
@@ -34,8 +34,14 @@ def recorded(redis_url: str, keys: Keys) -> Keys:
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """The command's exit code, stdout and stderr; a table's first line, which names
+    the namespace read, is checked and left out."""
     code = main(["metrics", *argv])
     out, err = capsys.readouterr()
+    if code == 0 and "--json" not in argv and "--migrate-plans" not in argv:
+        title, _, out = out.partition("\n")
+        given = argv[argv.index("--namespace") + 1] if "--namespace" in argv else None
+        assert title == f"namespace {given or configured_namespace()!r}"
     return code, out, err
 
 
@@ -71,6 +77,7 @@ def test_json_and_key_filter(
     assert code == 0
     [series] = json.loads(out)
     assert series["key"] == "tool.invocation_duration_ms"
+    assert series["namespace"] == recorded.namespace
     assert series["type"] == "histogram"
     assert series["unit"] == "ms"
     assert series["labels"] == {"tool": "web,search"}
@@ -213,9 +220,24 @@ def test_one_plan_and_the_top_plans(
         ["plan-6", "0.75", "1", "0", "0"],
     ]
     code, out, _ = run(capsys, *where, "--top", "2", "--json")
+    ns = {"namespace": keys.namespace}
     assert json.loads(out) == [
-        {"plan": "plan-5", "cost_usd": 4.0, "priced_calls": 1, "decisions": 1, "child_plans": 1},
-        {"plan": "plan-1", "cost_usd": 3.0, "priced_calls": 1, "decisions": 0, "child_plans": 0},
+        {
+            **ns,
+            "plan": "plan-5",
+            "cost_usd": 4.0,
+            "priced_calls": 1,
+            "decisions": 1,
+            "child_plans": 1,
+        },
+        {
+            **ns,
+            "plan": "plan-1",
+            "cost_usd": 3.0,
+            "priced_calls": 1,
+            "decisions": 0,
+            "child_plans": 0,
+        },
     ]
 
     code, out, _ = run(capsys, *where, "--plan", "plan-5")
