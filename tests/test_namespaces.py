@@ -25,6 +25,7 @@ from fleettrace_worker.repository import LLMTraceRepository, MetricRow, TraceFil
 from fleettrace_worker.runner import Worker, WorkerSettings
 from tests.emitting import make_emitter
 from tests.factories import add_samples, add_traces, llm_trace, metric_sample, numbered_trace
+from tests.tables import read_table
 from tests.waiting import wait_until
 from tests.worker_helpers import migrated
 
@@ -219,7 +220,7 @@ def test_traces_list_shows_one_namespace_and_says_which(
         code, out, _ = _run(
             capsys, "traces", "list", "--namespace", keys.namespace, "--database-url", fleets.url
         )
-        assert out.splitlines()[0] == f"LLM calls in namespace {keys.namespace!r}"
+        assert out.splitlines()[0].strip() == f"LLM calls in namespace {keys.namespace!r}"
         assert sum(str(t.trace_id) in out for t in fleets.traces_a + fleets.traces_b) == len(traces)
 
 
@@ -250,7 +251,13 @@ def test_all_namespaces_lists_every_row_with_its_namespace(
         str(fleets.legacy.trace_id): None,
     }
     code, out, _ = _run(capsys, "traces", "list", "--all-namespaces", "--database-url", fleets.url)
-    assert out.splitlines()[0] == "LLM calls in all namespaces"
+    assert out.splitlines()[0].strip() == "LLM calls in all namespaces"
+    # Rows of several namespaces share the table: each says its own.
+    header, rows, _ = read_table(out)
+    assert header[0] == "NAMESPACE"
+    assert sorted(row[0] for row in rows) == sorted(
+        [fleets.a.namespace] * 3 + [fleets.b.namespace] * 2 + ["-"]
+    )
 
 
 def test_traces_cost_sums_one_namespace(capsys: pytest.CaptureFixture[str], fleets: Fleets) -> None:
@@ -270,7 +277,7 @@ def test_traces_cost_sums_one_namespace(capsys: pytest.CaptureFixture[str], flee
     code, out, _ = _run(
         capsys, "traces", "cost", "--namespace", fleets.a.namespace, "--database-url", fleets.url
     )
-    assert out.splitlines()[0] == f"cost in namespace {fleets.a.namespace!r}"
+    assert out.splitlines()[0].strip() == f"cost in namespace {fleets.a.namespace!r}"
 
 
 def test_traces_cost_across_namespaces_groups_by_namespace(
@@ -460,13 +467,15 @@ def test_dead_letters_never_cross_namespaces(
     theirs = [_letter(redis_client, b, "bad in b", entry_id="1-1")]
 
     code, out = _dlq(capsys, redis_url, a, "list", "--json")
-    listed = [json.loads(line) for line in out.splitlines()]
-    assert code == 0 and [item["id"] for item in listed] == mine
-    assert {item["namespace"] for item in listed} == {a.namespace}
+    listed = json.loads(out)
+    assert code == 0 and [item["id"] for item in listed["items"]] == mine
+    assert listed["namespace"] == a.namespace
+    assert {item["namespace"] for item in listed["items"]} == {a.namespace}
+    code, out = _dlq(capsys, redis_url, a, "list", "--jsonl")
+    assert [json.loads(line)["namespace"] for line in out.splitlines()] == [a.namespace] * 2
     code, out = _dlq(capsys, redis_url, a, "list")
-    assert (
-        out.splitlines()[-1]
-        == f"2 dead letter(s) in group {PERSIST_GROUP} of namespace {a.namespace!r}"
+    assert out.splitlines()[-1] == (
+        f"2 dead letters in group {PERSIST_GROUP} of namespace {a.namespace!r}"
     )
 
     # B's letter is not A's to delete, replay or purge.
@@ -490,7 +499,7 @@ def test_dead_letters_never_cross_namespaces(
     assert _letters(redis_client, b) == theirs
 
     code, out = _dlq(capsys, redis_url, b, "list", "--json")
-    assert [json.loads(line)["namespace"] for line in out.splitlines()] == [b.namespace]
+    assert [item["namespace"] for item in json.loads(out)["items"]] == [b.namespace]
 
 
 # live metrics (Redis) ---------------------------------------------------------------
@@ -508,10 +517,11 @@ def test_metrics_read_one_namespace_and_say_which(
         argv = ("metrics", "--key", "tool.invocation_duration_ms", "--redis-url", redis_url)
         code, out, _ = _run(capsys, *argv, "--json", "--namespace", keys.namespace)
         assert code == 0
-        [series] = json.loads(out)
-        assert (series["namespace"], series["count"]) == (keys.namespace, count)
+        listed = json.loads(out)
+        [series] = listed["items"]
+        assert (listed["namespace"], series["count"]) == (keys.namespace, count)
         code, out, _ = _run(capsys, *argv, "--namespace", keys.namespace)
-        assert out.splitlines()[0] == f"namespace {keys.namespace!r}"
+        assert out.splitlines()[0].strip() == f"live counters of namespace {keys.namespace!r}"
 
 
 def test_groups_say_their_namespace(

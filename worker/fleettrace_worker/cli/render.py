@@ -55,6 +55,9 @@ UNKNOWN: Final = "-"
 MIN_ID_CHARS: Final = 8
 #: Free text is never cut shorter than this (or its header, if longer).
 MIN_TEXT_CHARS: Final = 6
+#: A text cell longer than this is cut even where the width is unbounded (a pipe): a
+#: dead letter's record can be megabytes; --json has it whole.
+MAX_CELL_CHARS: Final = 1000
 #: Characters between two columns: one of padding (collapsed) and the blank divider.
 COLUMN_GAP: Final = 2
 #: Below this, a dollar amount is "tiny" and shows 3 significant digits, not cents.
@@ -199,7 +202,8 @@ def format_value(value: object, kind: Kind, *, utc: bool = False) -> str:
         return ", ".join(format_value(v, Kind.TEXT) for v in value) or UNKNOWN
     if isinstance(value, Mapping):
         return ",".join(f"{k}={v}" for k, v in value.items()) or UNKNOWN
-    return _CONTROL.sub(" ", str(value))
+    text = _CONTROL.sub(" ", str(value))
+    return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"
 
 
 def cell(item: Mapping[str, Any], column: Column, *, utc: bool = False) -> str:
@@ -284,6 +288,13 @@ def _sort_by(
             reverse=descending,
         )
     return known + unknown
+
+
+def check_sort(args: argparse.Namespace, columns: Sequence[Column]) -> None:
+    """A one-line usage error now, before any work, for a ``--sort`` naming no column."""
+    for part in (getattr(args, "sort", None) or "").split(","):
+        if part.strip():
+            find_column(columns, part.strip().lstrip("-"))
 
 
 def ordered(
@@ -390,19 +401,24 @@ def print_table(
     empty: str = "nothing to show",
     console: Console | None = None,
 ) -> None:
-    """The table, or the ``empty`` line when there are no items; then the footer."""
+    """The table and its footer, or only the ``empty`` line when there are no items."""
     out = console or new_console()
     if not items:
         out.print(Text(empty))
-    else:
-        table = build_table(columns, items, width=out.width, utc=utc, title=title)
-        needed, width = table_width(table), out.width
-        # Numbers alone wider than the terminal: whole lines, which the terminal wraps.
-        out.width = max(width, needed)
-        try:
+        return
+    table = build_table(columns, items, width=out.width, utc=utc, title=title)
+    needed, width = table_width(table), out.width
+    # Numbers alone wider than the terminal: whole lines, which the terminal wraps.
+    out.width = max(width, needed)
+    try:
+        if out.is_terminal:
             out.print(table, crop=False)
-        finally:
-            out.width = width
+        else:  # a file or pipe gets lines without the padding of the last column
+            with out.capture() as captured:
+                out.print(table, crop=False)
+            out.file.write("".join(f"{line.rstrip()}\n" for line in captured.get().splitlines()))
+    finally:
+        out.width = width
     if footer:
         out.print(Text(footer))
 
