@@ -18,7 +18,7 @@ import redis
 from fleettrace.codec import Kind, encode_record
 from fleettrace.keys import NAMESPACE_VARIABLE, PERSIST_GROUP, Keys
 from fleettrace.model import LLMTrace
-from fleettrace_worker import database
+from fleettrace_worker import database, migrations
 from fleettrace_worker.cli import main
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.repository import LLMTraceRepository, MetricRow, TraceFilter
@@ -27,7 +27,7 @@ from tests.emitting import make_emitter
 from tests.factories import add_samples, add_traces, llm_trace, metric_sample, numbered_trace
 from tests.tables import read_table
 from tests.waiting import wait_until
-from tests.worker_helpers import migrated
+from tests.worker_helpers import migrate_from_processes, migrated
 
 NOW = datetime.now(UTC)
 OLD = NOW - timedelta(days=40)
@@ -532,3 +532,37 @@ def test_groups_say_their_namespace(
         capsys, "groups", "list", "--redis-url", redis_url, "--namespace", a.namespace
     )
     assert code == 0 and out.strip() == f"no consumer groups in namespace {a.namespace!r}"
+
+
+# the migration ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_version_six_applies_once_from_two_processes_over_rows_of_version_three(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    three = tuple(m for m in migrations.available() if m.version <= 3)
+    with monkeypatch.context() as patch:
+        patch.setattr(migrations, "available", lambda: three)
+        with psycopg.connect(database_url) as conn:
+            migrations.migrate(conn)
+    with psycopg.connect(database_url) as conn:
+        # Rows as version 3 stored them: one a worker stamped, one stored before namespaces.
+        for namespace in ("fleet", None):
+            conn.execute(
+                "INSERT INTO llm_traces (trace_id, provider, model, latency_ms, tool_calls, "
+                "streaming, retry_count, started_at, namespace) "
+                "VALUES (gen_random_uuid(), 'p', 'm', 1, '{}', false, 0, now(), %s)",
+                (namespace,),
+            )
+    later = tuple(f"{m.version:04d}_{m.name}" for m in migrations.available() if m.version > 3)
+    assert "0006_namespace_indexes" in later
+
+    assert migrate_from_processes(database_url) == [(), later]
+    with psycopg.connect(database_url) as conn:
+        assert migrations.migrate(conn).applied == ()
+        assert migrations.check_schema(conn) == migrations.latest_version()
+        rows = conn.execute("SELECT namespace FROM llm_traces ORDER BY 1 NULLS LAST").fetchall()
+        index = conn.execute("SELECT to_regclass('llm_traces_namespace_idx')").fetchone()
+    assert rows == [("fleet",), (None,)]
+    assert index == ("llm_traces_namespace_idx",)
