@@ -6,7 +6,7 @@ import argparse
 from datetime import UTC, datetime
 
 from fleettrace_worker import migrations, retention
-from fleettrace_worker.cli import EXIT_OK, options
+from fleettrace_worker.cli import EXIT_OK, options, render
 from fleettrace_worker.durations import parse_duration
 
 
@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="N",
         help=f"rows per transaction (default {retention.DEFAULT_BATCH_ROWS})",
     )
+    render.add_json_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -47,6 +48,17 @@ def run(args: argparse.Namespace) -> int:
         report = retention.prune(
             pool, cutoff, batch_rows=args.batch_rows, dry_run=args.dry_run, namespace=namespace
         )
+    if args.json:
+        render.write_object(
+            {
+                "namespace": namespace,
+                "dry_run": report.dry_run,
+                "older_than": cutoff.isoformat(),
+                "traces": report.traces,
+                "samples": report.samples,
+            }
+        )
+        return EXIT_OK
     verb = "would remove" if report.dry_run else "removed"
     print(
         f"{verb} {report.traces} traces and {report.samples} metric samples "

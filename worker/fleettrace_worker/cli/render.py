@@ -13,10 +13,11 @@ disagree. The rules live here, not in the commands:
 - rows sort naturally (``plan-2`` before ``plan-10``), or by ``--sort COLUMN``
   (``--sort=-COLUMN`` descending; unknown values last either way), in the table and in
   the JSON alike;
-- a table fits the terminal: free text is cut first, the widest column first, then
-  identifiers down to a recognisable prefix; numbers and times are never cut. Output to
-  a pipe or file is not cut unless ``COLUMNS`` says how wide it may be;
-- times are local ISO 8601 times with their offset, UTC with ``--utc``;
+- a table fits the terminal: the headers of numbers wrap, free text is cut, the widest
+  column first, then identifiers down to a recognisable prefix, and as a last resort
+  free-text columns are left out (a caption names them); numbers and times are never
+  cut. Output to a pipe or file is not cut unless ``COLUMNS`` says how wide it may be;
+- times are ISO 8601 local times, UTC with ``--utc`` (the header says which);
 - colour follows rich, which honours ``NO_COLOR`` (and draws none into a pipe).
 
 Every list command prints ``{"items": [...], "next_cursor": ...}`` with ``--json``
@@ -53,8 +54,10 @@ UNPRICED: Final = "unpriced"
 UNKNOWN: Final = "-"
 #: An identifier is never cut shorter than this: still enough to recognise it.
 MIN_ID_CHARS: Final = 8
-#: Free text is never cut shorter than this (or its header, if longer).
+#: Free text is never cut shorter than this (or its header's longest word).
 MIN_TEXT_CHARS: Final = 6
+#: Free text is cut to this before any header wraps.
+ROOMY_TEXT_CHARS: Final = 24
 #: A text cell longer than this is cut even where the width is unbounded (a pipe): a
 #: dead letter's record can be megabytes; --json has it whole.
 MAX_CELL_CHARS: Final = 1000
@@ -74,7 +77,7 @@ class Kind(Enum):
     TEXT = "text"  # free text: cut first when the table is too wide
     ID = "id"  # an identifier: cut only after every text column, never below 8 chars
     TIME = "time"  # a datetime or ISO 8601 string: local time, UTC with --utc; never cut
-    COUNT = "count"  # a whole number: thousands separators
+    COUNT = "count"  # a whole number (or a list: its length): thousands separators
     DURATION = "duration"  # a duration: 3 significant digits
     NUMBER = "number"  # any other measure: exact if whole, else 3 significant digits
     USD = "usd"  # dollars: cents, tiny amounts 3 significant digits, None is unpriced
@@ -171,12 +174,13 @@ def format_usd(value: float | None) -> str:
 
 
 def format_time(value: datetime | str, *, utc: bool = False) -> str:
-    """Local ISO 8601 time with its offset (or UTC), to the second."""
+    """ISO 8601 local time (or UTC), to the second; the header names the clock, so the
+    offset is not repeated in every row."""
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     moment = moment.astimezone(UTC) if utc else moment.astimezone()
-    return moment.isoformat(sep=" ", timespec="seconds")
+    return moment.replace(tzinfo=None).isoformat(sep=" ", timespec="seconds")
 
 
 def format_value(value: object, kind: Kind, *, utc: bool = False) -> str:
@@ -189,6 +193,8 @@ def format_value(value: object, kind: Kind, *, utc: bool = False) -> str:
         return "yes" if value else "no"
     if kind is Kind.TIME:
         return format_time(value, utc=utc)  # type: ignore[arg-type]
+    if isinstance(value, list | tuple) and kind is Kind.COUNT:
+        return f"{len(value):,}"
     if isinstance(value, int | float | Decimal) and kind in _NUMERIC:
         number = float(value)
         if kind is Kind.COUNT:
@@ -246,6 +252,8 @@ def _sort_value(value: Any, kind: Kind) -> Any:
         return int(value)
     if isinstance(value, int | float | Decimal):
         return float(value)
+    if isinstance(value, list | tuple) and kind is Kind.COUNT:
+        return float(len(value))
     return natural_key(format_value(value, Kind.TEXT))
 
 
@@ -327,23 +335,66 @@ class _Console(Console):
         raise BrokenPipeError
 
 
-def _fit(widths: list[int], columns: Sequence[Column], room: int) -> list[int]:
-    """Column widths that fit ``room``: free text first, then identifiers, always the
-    widest column of the kind being cut; numbers and times keep their width."""
-    widths = list(widths)
-    for kind, floor in ((Kind.TEXT, MIN_TEXT_CHARS), (Kind.ID, MIN_ID_CHARS)):
-        mins = [
-            min(widths[i], max(floor, len(c.header) if kind is Kind.TEXT else floor))
-            for i, c in enumerate(columns)
-        ]
-        while sum(widths) > room:
-            cuttable = [i for i, c in enumerate(columns) if c.kind is kind and widths[i] > mins[i]]
-            if not cuttable:
-                break
-            widest = max(cuttable, key=lambda i: widths[i])
-            runner_up = max((widths[i] for i in cuttable if i != widest), default=0)
-            cut = min(sum(widths) - room, widths[widest] - max(mins[widest], runner_up))
-            widths[widest] -= max(cut, 1)
+def _floor(column: Column, title: str, column_cells: list[str], natural: int) -> int:
+    """How narrow a column may get: numbers and times keep every cell whole (their
+    header wraps at its spaces); text and identifiers are cut to a few characters."""
+    word = max((len(part) for part in title.split()), default=0)
+    if column.kind is Kind.TEXT:
+        return min(natural, max(MIN_TEXT_CHARS, word))
+    if column.kind is Kind.ID:
+        return min(natural, MIN_ID_CHARS)
+    return max([word, *(len(text) for text in column_cells)])
+
+
+def _cut(widths: list[int | None], which: list[int], floors: list[int], excess: int) -> int:
+    """Narrow the columns ``which``, the widest first, down to their floors, until
+    ``excess`` characters are gone; returns what is still in excess."""
+    while excess > 0:
+        cuttable = [i for i in which if (widths[i] or 0) > floors[i]]
+        if not cuttable:
+            break
+        widest = max(cuttable, key=lambda i: widths[i] or 0)
+        runner_up = max(((widths[i] or 0) for i in cuttable if i != widest), default=0)
+        current = widths[widest] or 0
+        cut = max(min(excess, current - max(floors[widest], runner_up)), 1)
+        widths[widest] = current - cut
+        excess -= cut
+    return excess
+
+
+def _fit(
+    columns: Sequence[Column], titles: list[str], cells: list[list[str]], width: int
+) -> list[int | None]:
+    """Column widths within ``width`` (None: the column is left out). In order, until
+    the table fits: free text is cut to 24 characters, the widest column first; the
+    headers of numbers and times wrap; free text is cut further, to 6; identifiers are
+    cut to 8 characters; free-text columns are left out, the last first. A number or a
+    time is never cut: past that, lines are longer than ``width``."""
+    count = len(columns)
+    natural = [max([len(titles[i]), *(len(row[i]) for row in cells)]) for i in range(count)]
+    floors = [
+        _floor(column, titles[i], [row[i] for row in cells], natural[i])
+        for i, column in enumerate(columns)
+    ]
+    widths: list[int | None] = list(natural)
+
+    def excess() -> int:
+        shown = [w for w in widths if w is not None]
+        return sum(shown) + COLUMN_GAP * (len(shown) - 1) - width
+
+    roomy = [max(floor, min(natural[i], ROOMY_TEXT_CHARS)) for i, floor in enumerate(floors)]
+    for kinds, down_to in (
+        ({Kind.TEXT}, roomy),
+        (_NUMERIC, floors),
+        ({Kind.TEXT}, floors),
+        ({Kind.ID}, floors),
+    ):
+        _cut(widths, [i for i in range(count) if columns[i].kind in kinds], down_to, excess())
+    for i in reversed(range(count)):
+        if excess() <= 0:
+            break
+        if columns[i].kind is Kind.TEXT and sum(w is not None for w in widths) > 1:
+            widths[i] = None
     return widths
 
 
@@ -355,32 +406,37 @@ def build_table(
     utc: bool = False,
     title: str | None = None,
 ) -> Table:
-    """The rich table of ``items`` at most ``width`` wide when free text and
-    identifiers can be cut enough; wider (never a number cut) when they cannot."""
+    """The rich table of ``items``, at most ``width`` wide unless its numbers and
+    times alone are wider (never a number cut); a caption names the columns left out."""
     titles = [column.title(utc=utc) for column in columns]
     cells = [[cell(item, column, utc=utc) for column in columns] for item in items]
-    natural = [max([len(titles[i]), *(len(row[i]) for row in cells)]) for i in range(len(columns))]
-    room = width - COLUMN_GAP * (len(columns) - 1)
-    widths = _fit(natural, columns, room)
+    widths = _fit(columns, titles, cells, width)
+    hidden = [titles[i] for i, w in enumerate(widths) if w is None]
     table = Table(
         title=title,
+        caption=f"left out at this width: {', '.join(hidden)} (--json has them)"
+        if hidden
+        else None,
+        caption_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
         collapse_padding=True,
         header_style="bold",
         title_style="bold",
+        caption_style="dim",
     )
-    for column, header, column_width in zip(columns, titles, widths, strict=True):
+    shown = [i for i, w in enumerate(widths) if w is not None]
+    for i in shown:
         table.add_column(
-            Text(header, overflow="ellipsis", no_wrap=True),
-            justify="left" if column.kind in (Kind.TEXT, Kind.ID, Kind.TIME) else "right",
-            width=column_width,
+            Text(titles[i], no_wrap=False, overflow="fold"),
+            justify="left" if columns[i].kind in (Kind.TEXT, Kind.ID, Kind.TIME) else "right",
+            width=widths[i],
             no_wrap=True,
             overflow="ellipsis",
         )
     for row in cells:
-        table.add_row(*(Text(cell, style="dim" if cell == UNPRICED else "") for cell in row))
+        table.add_row(*(Text(row[i], style="dim" if row[i] == UNPRICED else "") for i in shown))
     return table
 
 

@@ -219,7 +219,7 @@ def run_cost(args: argparse.Namespace) -> int:
         check_group_by(group_by)
     except ValueError as error:
         raise ConfigurationError(f"--by: {error}") from None
-    columns = (*(Column(f"group.{name}", name.upper()) for name in group_by), *COST_FIGURES)
+    columns = cost_columns(group_by)
     render.check_sort(args, columns)
     where = _where(args)
     with _pool(args) as pool:
@@ -228,13 +228,18 @@ def run_cost(args: argparse.Namespace) -> int:
     render.emit(
         args,
         columns,
-        [_cost_json(row) for row in rows],
+        [cost_json(row) for row in rows],
         footer=_cost_footer(rows),
         empty=f"no traces match in {scope}",
         title=f"cost in {scope}",
         context={"namespace": where.namespace},
     )
     return EXIT_OK
+
+
+def cost_columns(group_by: list[str]) -> tuple[Column, ...]:
+    """The group's names (a row's identity: cut last, never left out), then the figures."""
+    return (*(Column(f"group.{name}", name.upper(), Kind.ID) for name in group_by), *COST_FIGURES)
 
 
 def _cost_footer(rows: list[CostRow]) -> str:
@@ -265,7 +270,8 @@ def _show_value(name: str, value: object) -> str:
     return str(value).replace("\n", "\\n")
 
 
-def _cost_json(row: CostRow) -> dict[str, Any]:
+def cost_json(row: CostRow) -> dict[str, Any]:
+    """One group of a cost summary as ``--json`` prints it (and the tables show it)."""
     return {
         "group": row.group,
         "calls": row.calls,
