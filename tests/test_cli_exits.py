@@ -201,7 +201,9 @@ def test_without_the_worker_extra_metrics_and_dlq_work(
     letters = _without_extra("dlq", "list", env=env)
     assert letters.returncode == EXIT_OK, letters.stderr
     assert "unknown version" in letters.stdout
-    assert letters.stdout.splitlines()[-1] == "1 dead letter in group persist"
+    assert letters.stdout.splitlines()[-1] == (
+        f"1 dead letter in group persist of namespace {keys.namespace!r}"
+    )
 
 
 @pytest.mark.slow

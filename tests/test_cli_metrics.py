@@ -91,16 +91,23 @@ def test_json_and_key_filter(
 
 def test_empty_namespace(keys: Keys, redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--redis-url", redis_url, "--namespace", keys.namespace)
-    assert (code, out) == (0, "no live counters yet\n")
+    assert (code, out) == (0, f"no live counters yet in namespace {keys.namespace!r}\n")
     code, out, _ = run(capsys, "--redis-url", redis_url, "--namespace", keys.namespace, "--json")
-    assert (code, json.loads(out)) == (0, {"items": [], "next_cursor": None})
+    assert (code, json.loads(out)) == (
+        0,
+        {"items": [], "next_cursor": None, "namespace": keys.namespace},
+    )
     code, out, _ = run(
         capsys, "--redis-url", redis_url, "--namespace", keys.namespace, "--json", "--top", "3"
     )
-    assert (code, json.loads(out)) == (0, {"items": [], "next_cursor": None})
+    assert (code, json.loads(out)) == (
+        0,
+        {"items": [], "next_cursor": None, "namespace": keys.namespace},
+    )
     where = ("--redis-url", redis_url, "--namespace", keys.namespace)
-    assert run(capsys, *where, "--key", "plan.cost_usd")[:2] == (0, "no live plans\n")
-    assert run(capsys, *where, "--top", "3")[:2] == (0, "no live plans\n")
+    nothing = f"no live plans in namespace {keys.namespace!r}\n"
+    assert run(capsys, *where, "--key", "plan.cost_usd")[:2] == (0, nothing)
+    assert run(capsys, *where, "--top", "3")[:2] == (0, nothing)
 
 
 def test_unreachable_redis_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
@@ -242,6 +249,7 @@ def test_one_plan_and_the_top_plans(
             },
         ],
         "next_cursor": None,
+        "namespace": keys.namespace,
     }
     code, out, _ = run(capsys, *where, "--top", "3", "--sort", "plan")
     assert [row[0] for row in read_table(out)[1]] == ["plan-1", "plan-3", "plan-5"]
@@ -261,15 +269,22 @@ def test_one_plan_and_the_top_plans(
         4.0,
     )
     code, out, _ = run(capsys, *where, "--plan", "nope")
-    assert (code, out) == (0, "no live counters for plan 'nope' (never recorded, or expired)\n")
+    assert (code, out) == (
+        0,
+        "no live counters for plan 'nope' (never recorded, or expired) "
+        f"in namespace {keys.namespace!r}\n",
+    )
     code, out, _ = run(capsys, *where, "--key", "plan.cost_usd")
     assert (code, out) == (0, "7 live plans; use --plan ID or --top N\n")
     code, out, _ = run(capsys, *where, "--json")
     assert [s["key"] for s in json.loads(out)["items"]] == ["actor.token_usage"] * 2
     code, out, _ = run(capsys, *where, "--key", "context.tokens_used")
-    assert (code, out) == (0, "no live counters yet\n")
+    assert (code, out) == (0, f"no live counters yet in namespace {keys.namespace!r}\n")
     code, out, _ = run(capsys, *where, "--key", "plan.decisions_count", "--json")
-    assert (code, json.loads(out)) == (0, {"items": [], "next_cursor": None})
+    assert (code, json.loads(out)) == (
+        0,
+        {"items": [], "next_cursor": None, "namespace": keys.namespace},
+    )
 
 
 def test_old_layout_is_reported_and_moved(
@@ -280,7 +295,7 @@ def test_old_layout_is_reported_and_moved(
     where = ("--redis-url", redis_url, "--namespace", keys.namespace)
     code, out, _ = run(capsys, *where)
     assert out.splitlines() == [
-        "no live counters yet",
+        f"no live counters yet in namespace {keys.namespace!r}",
         "0 live plans; use --plan ID or --top N",
         f"2 per-plan fields in the old layout ({keys.prefix}:live:plan.*); "
         "move them with --migrate-plans",

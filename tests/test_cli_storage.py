@@ -11,10 +11,12 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
+from fleettrace.keys import configured_namespace
 from fleettrace.model import LLMTrace
 from fleettrace_worker import database, migrations
 from fleettrace_worker.cli import main
@@ -29,6 +31,18 @@ def migrated(database_url: str) -> str:
     with psycopg.connect(database_url) as conn:
         migrations.migrate(conn)
     return database_url
+
+
+#: The namespace the commands work within by default, and rows are stored under here.
+NAMESPACE = configured_namespace()
+SCOPE = f"namespace {NAMESPACE!r}"
+
+
+def _record(item: dict[str, object]) -> LLMTrace:
+    """The record of one trace of --json output, which also says its namespace."""
+    assert item["namespace"] == NAMESPACE
+    fields = {k: v for k, v in item.items() if k != "namespace"}
+    return LLMTrace.model_validate_json(json.dumps(fields))
 
 
 def _store(url: str, traces: list[LLMTrace]) -> None:
@@ -268,9 +282,9 @@ def test_traces_list_json_has_every_field(
     code, out, _ = run(capsys, "traces", "list", "--json", "--database-url", migrated)
     assert code == 0
     data = json.loads(out)
-    assert data["next_cursor"] is None
-    assert [LLMTrace.model_validate_json(json.dumps(item)) for item in data["items"]] == fleet
-    assert list(data["items"][0]) == list(LLMTrace.model_fields)
+    assert data["next_cursor"] is None and data["namespace"] == NAMESPACE
+    assert [_record(item) for item in data["items"]] == fleet
+    assert list(data["items"][0]) == [*LLMTrace.model_fields, "namespace"]
 
 
 def test_traces_list_pages_with_the_cursor(
@@ -320,8 +334,9 @@ def test_traces_list_table_for_people(
     # the unpriced call's cost is unknown, not 0
     assert rows[2][header.index("COST (USD)")] == "unpriced"
     assert footer == ["3 traces"]
-    # Columns line up: every row starts its trace id where the header does.
-    lines = out.splitlines()
+    # The title names the namespace; columns line up under the header.
+    title, *lines = out.splitlines()
+    assert title.strip() == f"LLM calls in {SCOPE}"
     column = lines[0].index("TRACE ID")
     assert all(
         line[column : column + 36] == str(t.trace_id)
@@ -358,8 +373,9 @@ def test_traces_list_filters(
 
 
 def test_traces_list_of_nothing_says_so(capsys: pytest.CaptureFixture[str], migrated: str) -> None:
-    assert run(capsys, "traces", "list", "--database-url", migrated)[1] == "no traces match\n"
-    assert run(capsys, "traces", "cost", "--database-url", migrated)[1] == "no traces match\n"
+    nothing = f"no traces match in {SCOPE}\n"
+    assert run(capsys, "traces", "list", "--database-url", migrated)[1] == nothing
+    assert run(capsys, "traces", "cost", "--database-url", migrated)[1] == nothing
 
 
 @pytest.mark.parametrize(
@@ -396,12 +412,13 @@ def test_traces_show(
         capsys, "traces", "show", str(wanted.trace_id), "--json", "--database-url", migrated
     )
     assert code == 0
-    assert LLMTrace.model_validate_json(out) == wanted
+    assert _record(json.loads(out)) == wanted
 
     code, out, _ = run(capsys, "traces", "show", str(fleet[1].trace_id), "--database-url", migrated)
     assert code == 0
     fields = dict(line.split(None, 1) for line in out.strip().splitlines()[2:])
     assert fields["trace_id"] == str(fleet[1].trace_id)
+    assert fields["namespace"] == NAMESPACE
     assert fields["error"] == "Timeout: upstream\\nsecond line"
     assert fields["tool_calls"] == "-"
     assert fields["decision_id"] == "-"
@@ -416,7 +433,7 @@ def test_traces_show_of_an_unknown_id(capsys: pytest.CaptureFixture[str], migrat
     missing = uuid.uuid4()
     code, out, err = run(capsys, "traces", "show", str(missing), "--database-url", migrated)
     assert code == 1 and out == ""
-    assert _one_clean_line(err) == f"fleettrace traces: no trace with id {missing}"
+    assert _one_clean_line(err) == f"fleettrace traces: no trace with id {missing} in {SCOPE}"
 
 
 def test_traces_cost_json(
@@ -427,7 +444,7 @@ def test_traces_cost_json(
     )
     assert code == 0
     listing = json.loads(out)
-    assert listing["next_cursor"] is None
+    assert (listing["next_cursor"], listing["namespace"]) == (None, NAMESPACE)
     assert listing["items"] == [
         {
             "group": {"provider": "openai", "model": "gpt-4o"},
@@ -516,7 +533,7 @@ def test_the_console_script_runs_end_to_end(database_url: str) -> None:
         env={**env, "FLEETTRACE_DATABASE_URL": database_url},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert LLMTrace.model_validate_json(done.stdout) == trace
+    assert _record(json.loads(done.stdout)) == trace
 
 
 def test_the_console_script_reports_a_refused_connection_without_a_traceback() -> None:
@@ -541,7 +558,7 @@ def test_traces_list_shortens_a_long_error_to_the_terminal(
     monkeypatch.setenv("COLUMNS", "200")
     code, out, _ = run(capsys, "traces", "list", "--database-url", migrated)
     assert code == 0
-    row = out.splitlines()[2]
+    row = out.splitlines()[3]  # under the title, the header and its rule
     assert len(row) == 200
     assert row.endswith("…") and "ContextWindowExceeded: xxx" in row
     assert str(trace.trace_id) in row
@@ -561,14 +578,20 @@ def test_traces_list_shortens_a_long_error_to_the_terminal(
         ["traces", "cost"],
     ],
 )
-def test_commands_on_an_unmigrated_database_ask_for_migrate(
+def test_commands_on_a_database_without_the_schema_say_there_is_no_data_and_where(
     capsys: pytest.CaptureFixture[str], database_url: str, command: list[str]
 ) -> None:
-    code, out, err = run(capsys, *command, "--database-url", database_url)
+    # Not "run fleettrace migrate": a reader pointed at the wrong database should not be
+    # told to put tables into it.
+    parts = urlsplit(database_url)
+    user, host = parts.username or "postgres", parts.netloc.rpartition("@")[2]
+    with_password = urlunsplit(parts._replace(netloc=f"{user}:hunter2@{host}"))
+    code, out, err = run(capsys, *command, "--database-url", with_password)
     assert code == 1 and out == ""
     line = _one_clean_line(err)
-    assert line.startswith(f"fleettrace {command[0]}: the database has no fleettrace schema")
-    assert line.endswith("run `fleettrace migrate`")
+    shown = urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    assert line.startswith(f"fleettrace {command[0]}: no fleettrace data here: {shown} ")
+    assert "hunter2" not in line and "migrate" not in line
 
 
 def test_traces_cost_table_shows_a_wholly_unpriced_group_as_unpriced(

@@ -4,6 +4,7 @@ and the count that proves every record sent is a row or a dead letter."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import re
@@ -43,7 +44,9 @@ from fleettrace_worker.demo import (
 )
 from fleettrace_worker.embedded import EmbeddedPostgres
 from fleettrace_worker.migrations import migrate
+from fleettrace_worker.repository import LLMTraceRepository
 from fleettrace_worker.runner import Worker
+from tests.factories import llm_trace
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -101,7 +104,8 @@ def test_the_demo_runs_on_the_embedded_servers_when_no_url_is_set(tmp_path: Path
     assert "dead letter: prompt_tokens: Input should be greater than or equal to 0" in (
         result.stdout
     )
-    assert "Cost by model (stored in PostgreSQL)" in result.stdout
+    # With no namespace given, the run has one of its own, named after it.
+    assert f"Cost by model (stored in PostgreSQL, namespace {run_id!r})" in result.stdout
     # The handwritten record that is stored is of a model without a price.
     [acme] = [line for line in result.stdout.splitlines() if "acme-reasoner-2" in line]
     assert "unpriced" in acme
@@ -159,6 +163,54 @@ def test_the_demo_uses_the_servers_the_urls_name(
     assert retried is not None and retried[0] > 0
     # What the emitters put into this namespace is exactly what the demo calls sent.
     assert int(redis_client.hget(keys.emitter, EMITTER_RECORDS) or 0) == sent
+
+
+@pytest.mark.slow
+def test_a_demo_and_another_namespace_never_see_each_others_rows(
+    redis_url: str, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo's default namespace is the run's own; its summary leaves out another
+    fleet's calls of the same minutes, and that fleet's summary leaves out the demo's."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in URL_VARIABLES and name != "FLEETTRACE_NAMESPACE"
+    }
+    env["FLEETTRACE_REDIS_URL"] = redis_url
+    env["FLEETTRACE_DATABASE_URL"] = database_url
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrate(conn)
+    fleet = Keys("a-real-fleet")
+    with database.create_pool(database_url) as pool:
+        LLMTraceRepository(pool).store(
+            [llm_trace(model="the-fleets-model", cost_usd=7.0) for _ in range(3)],
+            namespace=fleet.namespace,
+        )
+    result = _demo(["--agents", "1", "--plans", "2", "--malformed", "0"], env)
+    assert result.returncode == 0, result.stderr
+    run_id = RUN.search(result.stdout)
+    assert run_id, result.stdout
+    demo_ns = run_id[1]
+    assert f"namespace {demo_ns!r}" in result.stdout
+    assert "the-fleets-model" not in result.stdout
+    with psycopg.connect(database_url) as conn:
+        stored = dict(
+            conn.execute("SELECT namespace, count(*) FROM llm_traces GROUP BY 1").fetchall()
+        )
+    assert set(stored) == {fleet.namespace, demo_ns} and stored[fleet.namespace] == 3
+
+    code = main(["traces", "cost", "--json", "--by", "model", "--database-url", database_url,
+                 "--namespace", fleet.namespace])  # fmt: skip
+    theirs = json.loads(capsys.readouterr().out)
+    assert code == 0 and theirs["namespace"] == fleet.namespace
+    assert [(row["group"]["model"], row["calls"]) for row in theirs["items"]] == [
+        ("the-fleets-model", 3)
+    ]
+    # The demo leaves its keys for the user to look at; the test removes them.
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{Keys(demo_ns).prefix}*", count=1000):
+        client.delete(key)
+    client.close()
 
 
 @pytest.mark.slow

@@ -38,9 +38,14 @@ def _versions(url: str) -> list[tuple[int, str]]:
     return [(row[0], row[1]) for row in rows]
 
 
-def test_shipped_migrations_are_numbered_from_one() -> None:
+def _shipped_versions() -> list[int]:
+    return [m.version for m in migrations.available()]
+
+
+def test_shipped_migrations_are_numbered_from_one_in_order() -> None:
     shipped = migrations.available()
-    assert [m.version for m in shipped] == list(range(1, len(shipped) + 1))
+    versions = _shipped_versions()
+    assert versions == sorted(set(versions)) and versions[0] == 1
     assert shipped[0].name == "initial"
     assert migrations.latest_version() == shipped[-1].version
 
@@ -54,9 +59,9 @@ def test_migrate_creates_the_tables_and_records_the_version(
     assert result.from_version == 0
     assert result.to_version == latest
     assert result.applied[0] == "0001_initial"
-    assert len(result.applied) == latest
+    assert len(result.applied) == len(_shipped_versions())
     assert {"llm_traces", "metric_samples", migrations.VERSION_TABLE} <= _tables(database_url)
-    assert [v for v, _ in _versions(database_url)] == list(range(1, latest + 1))
+    assert [v for v, _ in _versions(database_url)] == _shipped_versions()
     assert migrations.check_schema(pool) == latest
 
 
@@ -68,7 +73,7 @@ def test_migrate_twice_applies_nothing_the_second_time(
 
     assert again.from_version == again.to_version == migrations.latest_version()
     assert again.applied == ()
-    assert len(_versions(database_url)) == migrations.latest_version()
+    assert [v for v, _ in _versions(database_url)] == _shipped_versions()
 
 
 def test_migrate_accepts_a_plain_connection(database_url: str) -> None:
@@ -100,14 +105,14 @@ def test_concurrent_migrations_from_threads_apply_each_file_once(database_url: s
     applied = [r for r in results if r.applied]
     assert len(applied) == 1
     assert all(r.to_version == migrations.latest_version() for r in results)
-    assert len(_versions(database_url)) == migrations.latest_version()
+    assert [v for v, _ in _versions(database_url)] == _shipped_versions()
 
 
 @pytest.mark.slow
 def test_concurrent_migrations_from_processes_apply_each_file_once(database_url: str) -> None:
     counts = sorted(len(applied) for applied in migrate_from_processes(database_url))
-    assert counts == [0, migrations.latest_version()]
-    assert len(_versions(database_url)) == migrations.latest_version()
+    assert counts == [0, len(_shipped_versions())]
+    assert [v for v, _ in _versions(database_url)] == _shipped_versions()
 
 
 def test_check_schema_refuses_an_unmigrated_database(pool: ConnectionPool) -> None:
@@ -173,22 +178,80 @@ def test_a_failing_migration_leaves_the_version_unchanged(
     assert migrations.VERSION_TABLE not in _tables(database_url)
 
 
-def test_a_gap_in_the_migration_files_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: list[str]) -> None:
+    """Ship exactly these migration files (each makes a table named after its file)."""
     folder = tmp_path / "migrations"
-    folder.mkdir()
-    (folder / "0001_first.sql").write_text("SELECT 1;")
-    (folder / "0003_third.sql").write_text("SELECT 3;")
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():
+        old.unlink()
+    for name in names:
+        (folder / name).write_text(f"CREATE TABLE t_{name.removesuffix('.sql')} (x int);")
     (folder / "README.md").write_text("not a migration")
     monkeypatch.setattr(migrations.resources, "files", lambda _package: tmp_path)
     migrations.available.cache_clear()
-    try:
-        with pytest.raises(RuntimeError, match=r"without gaps: \[1, 3\]"):
-            migrations.available()
-    finally:
-        monkeypatch.undo()
-        migrations.available.cache_clear()
+
+
+@pytest.fixture
+def restore_shipped() -> Iterator[None]:
+    yield
+    migrations.available.cache_clear()
+
+
+@pytest.mark.usefixtures("restore_shipped")
+def test_a_gap_in_the_numbers_is_applied_around_then_filled_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool: ConnectionPool, database_url: str
+) -> None:
+    # Numbers taken ahead of time by changes made side by side: 4 and 5 arrive later.
+    _files(tmp_path, monkeypatch, ["0001_first.sql", "0003_third.sql", "0006_sixth.sql"])
+    assert [m.version for m in migrations.available()] == [1, 3, 6]
+    first = migrations.migrate(pool)
+    assert first.applied == ("0001_first", "0003_third", "0006_sixth")
+    assert migrations.check_schema(pool) == 6
+
+    _files(
+        tmp_path,
+        monkeypatch,
+        ["0001_first.sql", "0003_third.sql", "0004_fourth.sql", "0005_fifth.sql", "0006_sixth.sql"],
+    )
+    with pytest.raises(
+        SchemaVersionError, match="lacks 0004_fourth, 0005_fifth; run `fleettrace migrate`"
+    ):
+        migrations.check_schema(pool)
+    filled = migrations.migrate(pool)
+    assert filled.applied == ("0004_fourth", "0005_fifth")
+    assert (filled.from_version, filled.to_version) == (6, 6)
+    assert migrations.migrate(pool).applied == ()
+    assert migrations.check_schema(pool) == 6
+    assert {"t_0004_fourth", "t_0005_fifth", "t_0006_sixth"} <= _tables(database_url)
+    assert [v for v, _ in _versions(database_url)] == [1, 3, 4, 5, 6]
+
+
+@pytest.mark.usefixtures("restore_shipped")
+def test_a_recorded_version_this_code_does_not_ship_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool: ConnectionPool
+) -> None:
+    _files(tmp_path, monkeypatch, ["0001_first.sql", "0002_second.sql", "0006_sixth.sql"])
+    migrations.migrate(pool)
+    # A build without 0002 (but with 6) meets the database the build above migrated.
+    _files(tmp_path, monkeypatch, ["0001_first.sql", "0006_sixth.sql"])
+    for action in (migrations.check_schema, migrations.migrate):
+        with pytest.raises(SchemaVersionError, match="version 2, which this code does not know"):
+            action(pool)
+
+
+@pytest.mark.usefixtures("restore_shipped")
+@pytest.mark.parametrize(
+    "names",
+    [["0001_first.sql", "0001_again.sql"], ["0000_zero.sql", "0001_first.sql"], []],
+)
+def test_repeated_or_missing_numbers_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: list[str]
+) -> None:
+    _files(tmp_path, monkeypatch, names)
+    with pytest.raises(RuntimeError, match="distinct numbers from 1"):
+        migrations.available()
+    monkeypatch.undo()
+    migrations.available.cache_clear()
     assert migrations.available()[0].name == "initial"
 
 

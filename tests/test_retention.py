@@ -117,8 +117,9 @@ def test_writes_go_on_while_a_prune_batch_is_open(pool: ConnectionPool, database
             other.execute("SET lock_timeout = '2s'")
             other.execute(
                 "INSERT INTO llm_traces (trace_id, provider, model, prompt_tokens, "
-                "completion_tokens, latency_ms, tool_calls, streaming, retry_count, started_at) "
-                "VALUES (gen_random_uuid(), 'p', 'm', 0, 0, 0, '{}', false, 0, now())"
+                "completion_tokens, latency_ms, tool_calls, streaming, retry_count, started_at, "
+                "namespace) "
+                "VALUES (gen_random_uuid(), 'p', 'm', 0, 0, 0, '{}', false, 0, now(), 'n')"
             )
         pruning.rollback()
     assert len(_remaining(database_url)[0]) == 6

@@ -449,7 +449,11 @@ def run_demo(settings: DemoSettings, show: Callable[[Progress], None]) -> DemoRe
                 time.sleep(POLL_S)
                 progress = counters.progress(0, sent)
         show(progress)
-        costs = LLMTraceRepository(pool).cost_summary(["model"], TraceFilter(since=since))
+        # This run's namespace only: another fleet's calls of the same minutes are not
+        # the demo's, and the demo's are not theirs.
+        costs = LLMTraceRepository(pool).cost_summary(
+            ["model"], TraceFilter(since=since, namespace=settings.namespace)
+        )
         reasons = tuple(letter.reason for letter in counters.dead.letters())
     finally:
         pool.close()

@@ -15,7 +15,7 @@ import binascii
 import struct
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
 from typing import Final, Literal, get_args
@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from fleettrace.keys import configured_namespace
 from fleettrace.model import LLMTrace, MetricSample
 from fleettrace_worker import database
 
@@ -67,10 +68,11 @@ SAMPLE_COLUMNS: Final = (
     ("plan_id", "text"),
     ("observed_at", "timestamptz"),
 )
-#: Who recorded a row (schema version 2): written by the worker from the stream key.
+#: Who recorded a row (schema version 3): written by the worker from the stream key.
 SOURCE_COLUMNS: Final = (("producer", "text"), ("namespace", "text"))
-#: (producer, namespace) of one row; producer None for the layout before per-producer keys.
-Source = tuple[str | None, str | None]
+#: (producer, namespace) of one row; producer None for the layout before per-producer
+#: keys. Every new row has a namespace (schema version 6 refuses one without).
+Source = tuple[str | None, str]
 _TRACE_NAMES: Final = tuple(name for name, _ in TRACE_COLUMNS)
 _SAMPLE_NAMES: Final = tuple(name for name, _ in SAMPLE_COLUMNS)
 if tuple(LLMTrace.model_fields) != _TRACE_NAMES:  # pragma: no cover - guards a model change
@@ -83,11 +85,12 @@ _after_tool_calls: Final = attrgetter(*_TRACE_NAMES[_TOOL_CALLS_AT + 1 :])
 _ARRAY_HEADER: Final = struct.Struct("!iiiii")
 _TEXT_OID: Final = 25
 _EMPTY_TEXT_ARRAY: Final = struct.pack("!iii", 0, 0, _TEXT_OID)
-_SELECT_TRACE: Final = sql.SQL("SELECT {} FROM {}").format(
+#: The record's columns, then the namespace it was stored under (not a record field).
+_SELECT_TRACE: Final = sql.SQL("SELECT {}, namespace FROM {}").format(
     sql.SQL(", ").join(map(sql.Identifier, _TRACE_NAMES)), sql.Identifier(TRACES_TABLE)
 )
 
-GroupBy = Literal["provider", "model", "actor", "plan", "day"]
+GroupBy = Literal["provider", "model", "actor", "plan", "day", "namespace"]
 GROUP_BY_FIELDS: Final[tuple[str, ...]] = get_args(GroupBy)
 _GROUP_EXPRESSIONS: Final[dict[str, sql.Composable]] = {
     "provider": sql.SQL("provider"),
@@ -95,6 +98,7 @@ _GROUP_EXPRESSIONS: Final[dict[str, sql.Composable]] = {
     "actor": sql.SQL("actor"),
     "plan": sql.SQL("plan_id"),
     "day": sql.SQL("to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"),
+    "namespace": sql.SQL("namespace"),
 }
 
 MetricRow = tuple[str, int, MetricSample]
@@ -113,7 +117,9 @@ class StoreResult:
 
 @dataclass(frozen=True, slots=True)
 class TraceFilter:
-    """Which traces a query covers; ``since`` is inclusive, ``until`` exclusive."""
+    """Which traces a query covers; ``since`` is inclusive, ``until`` exclusive.
+    ``namespace`` None covers every namespace (rows stored before schema version 3,
+    which have none, included); the CLI always names one unless --all-namespaces."""
 
     provider: str | None = None
     model: str | None = None
@@ -122,14 +128,18 @@ class TraceFilter:
     since: datetime | None = None
     until: datetime | None = None
     errors_only: bool = False
+    namespace: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """Traces newest first; pass ``next_cursor`` back to get the ones after them."""
+    """Traces newest first; pass ``next_cursor`` back to get the ones after them.
+    ``namespaces[i]`` is the namespace ``items[i]`` was stored under (None for a row
+    older than schema version 3)."""
 
     items: list[LLMTrace]
     next_cursor: str | None
+    namespaces: list[str | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,25 +212,29 @@ class LLMTraceRepository:
         *,
         trace_sources: Sequence[Source] | None = None,
         sample_sources: Sequence[Source] | None = None,
+        namespace: str | None = None,
     ) -> StoreResult:
         """Write a batch in one transaction, committed when this returns.
 
         ``trace_sources[i]`` (``sample_sources[i]``) says who recorded ``traces[i]``
-        (``samples[i]``): it fills the ``producer`` and ``namespace`` columns, NULL
-        without them. Rows already stored (same ``trace_id``, same ``(batch_id,
+        (``samples[i]``): it fills the ``producer`` and ``namespace`` columns. Rows
+        given without sources have no producer and ``namespace`` (default: the
+        configured one, as an emitter of this process would use): every row carries a
+        namespace. Rows already stored (same ``trace_id``, same ``(batch_id,
         position)``) are left as they are and counted as duplicates: storing is
         idempotent.
         """
-        trace_rows = [_trace_row(t) for t in traces]
-        sample_rows = [_sample_row(s) for s in samples]
-        trace_columns: tuple[tuple[str, str], ...] = TRACE_COLUMNS
-        sample_columns: tuple[tuple[str, str], ...] = SAMPLE_COLUMNS
-        if trace_sources is not None:
-            trace_rows = [(*r, *o) for r, o in zip(trace_rows, trace_sources, strict=True)]
-            trace_columns = TRACE_COLUMNS + SOURCE_COLUMNS
-        if sample_sources is not None:
-            sample_rows = [(*r, *o) for r, o in zip(sample_rows, sample_sources, strict=True)]
-            sample_columns = SAMPLE_COLUMNS + SOURCE_COLUMNS
+        default: Source = (None, namespace or configured_namespace())
+        trace_rows = [
+            (*_trace_row(t), *o)
+            for t, o in zip(traces, trace_sources or [default] * len(traces), strict=True)
+        ]
+        sample_rows = [
+            (*_sample_row(s), *o)
+            for s, o in zip(samples, sample_sources or [default] * len(samples), strict=True)
+        ]
+        trace_columns = TRACE_COLUMNS + SOURCE_COLUMNS
+        sample_columns = SAMPLE_COLUMNS + SOURCE_COLUMNS
         with database.connection(self._pool) as conn:
             try:
                 with conn.transaction():
@@ -244,15 +258,29 @@ class LLMTraceRepository:
             len(sample_rows) - samples_inserted,
         )
 
-    def get(self, trace_id: uuid.UUID) -> LLMTrace | None:
-        query = sql.SQL("{} WHERE trace_id = %s").format(_SELECT_TRACE)
-        rows = self._fetch(query, (trace_id,))
-        return rows[0] if rows else None
+    def get(self, trace_id: uuid.UUID, *, namespace: str | None = None) -> LLMTrace | None:
+        """One call by id; with ``namespace``, only if it was stored under it."""
+        found = self.get_stored(trace_id, namespace=namespace)
+        return None if found is None else found[0]
 
-    def by_plan(self, plan_id: str) -> list[LLMTrace]:
-        """Every call of one plan, in the order they started."""
-        query = sql.SQL("{} WHERE plan_id = %s ORDER BY started_at, trace_id").format(_SELECT_TRACE)
-        return self._fetch(query, (plan_id,))
+    def get_stored(
+        self, trace_id: uuid.UUID, *, namespace: str | None = None
+    ) -> tuple[LLMTrace, str | None] | None:
+        """:meth:`get`, and the namespace the call was stored under."""
+        conditions, params = _conditions(TraceFilter(namespace=namespace))
+        conditions.append(sql.SQL("trace_id = %s"))
+        rows, namespaces = self._fetch(
+            sql.SQL("{} {}").format(_SELECT_TRACE, _where(conditions)), (*params, trace_id)
+        )
+        return (rows[0], namespaces[0]) if rows else None
+
+    def by_plan(self, plan_id: str, *, namespace: str | None = None) -> list[LLMTrace]:
+        """Every call of one plan (of one namespace, if given), in the order they started."""
+        conditions, params = _conditions(TraceFilter(plan_id=plan_id, namespace=namespace))
+        query = sql.SQL("{} {} ORDER BY started_at, trace_id").format(
+            _SELECT_TRACE, _where(conditions)
+        )
+        return self._fetch(query, params)[0]
 
     def query(self, where: TraceFilter, *, limit: int = 50, after: str | None = None) -> Page:
         """One page of the traces ``where`` selects, newest first.
@@ -269,10 +297,10 @@ class LLMTraceRepository:
         query = sql.SQL("{} {} ORDER BY started_at DESC, trace_id DESC LIMIT %s").format(
             _SELECT_TRACE, _where(conditions)
         )
-        rows = self._fetch(query, (*params, limit + 1))
+        rows, namespaces = self._fetch(query, (*params, limit + 1))
         if len(rows) > limit:
-            return Page(rows[:limit], encode_cursor(rows[limit - 1]))
-        return Page(rows, None)
+            return Page(rows[:limit], encode_cursor(rows[limit - 1]), namespaces[:limit])
+        return Page(rows, None, namespaces)
 
     def count(self, where: TraceFilter) -> int:
         """How many traces ``where`` selects (what a page is a part of)."""
@@ -340,10 +368,18 @@ class LLMTraceRepository:
             for row in rows
         ]
 
-    def _fetch(self, query: sql.Composed, params: Sequence[object]) -> list[LLMTrace]:
+    def _fetch(
+        self, query: sql.Composed, params: Sequence[object]
+    ) -> tuple[list[LLMTrace], list[str | None]]:
+        """The records ``query`` (built on _SELECT_TRACE) returns, and the namespace of each."""
         with database.connection(self._pool) as conn:
             rows = conn.execute(query, params).fetchall()
-        return [LLMTrace.model_validate(dict(zip(_TRACE_NAMES, row, strict=True))) for row in rows]
+        width = len(_TRACE_NAMES)
+        records = [
+            LLMTrace.model_validate(dict(zip(_TRACE_NAMES, row[:width], strict=True)))
+            for row in rows
+        ]
+        return records, [_text(row[width]) for row in rows]
 
 
 def _trace_row(trace: LLMTrace) -> tuple[object, ...]:
@@ -434,6 +470,7 @@ def _conditions(where: TraceFilter) -> tuple[list[sql.Composable], list[object]]
     conditions: list[sql.Composable] = []
     params: list[object] = []
     for column, value in (
+        ("namespace", where.namespace),
         ("provider", where.provider),
         ("model", where.model),
         ("actor", where.actor),

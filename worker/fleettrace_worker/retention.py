@@ -44,8 +44,11 @@ def prune(
     *,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     dry_run: bool = False,
+    namespace: str | None = None,
 ) -> PruneReport:
-    """Remove traces that started and samples observed before ``cutoff``."""
+    """Remove traces that started and samples observed before ``cutoff``: those stored
+    under ``namespace``, or in every namespace when it is None (rows stored before
+    schema version 3, which have none, included)."""
     if batch_rows < 1:
         raise ValueError("batch_rows must be at least 1")
     if cutoff.tzinfo is None:
@@ -53,14 +56,17 @@ def prune(
     removed: list[int] = []
     batches = 0
     longest_s = 0.0
+    # One namespace: its traces are found through (namespace, started_at); its samples
+    # through the observed_at index, each batch walking on from where the last ended.
+    scope = sql.SQL("") if namespace is None else sql.SQL(" AND namespace = %(namespace)s")
     with database.connection(pool) as conn:
         for table, column in AGE_COLUMNS:
             if dry_run:
                 row = conn.execute(
-                    sql.SQL("SELECT count(*) FROM {} WHERE {} < %s").format(
-                        sql.Identifier(table), sql.Identifier(column)
+                    sql.SQL("SELECT count(*) FROM {} WHERE {} < %(cutoff)s{}").format(
+                        sql.Identifier(table), sql.Identifier(column), scope
                     ),
-                    (cutoff,),
+                    {"cutoff": cutoff, "namespace": namespace},
                 ).fetchone()
                 conn.rollback()
                 removed.append(int(row[0]) if row else 0)  # type: ignore[call-overload]
@@ -71,16 +77,24 @@ def prune(
             # again over the index entries of rows already deleted and not yet vacuumed.
             statement = sql.SQL(
                 "WITH gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY("
-                "SELECT ctid FROM {table} WHERE {column} >= %s AND {column} < %s "
-                "ORDER BY {column} LIMIT %s)) RETURNING {column}) "
+                "SELECT ctid FROM {table} WHERE {column} >= %(oldest)s AND {column} < %(cutoff)s"
+                "{scope} ORDER BY {column} LIMIT %(rows)s)) RETURNING {column}) "
                 "SELECT count(*), max({column}) FROM gone"
-            ).format(table=sql.Identifier(table), column=sql.Identifier(column))
+            ).format(table=sql.Identifier(table), column=sql.Identifier(column), scope=scope)
             total = 0
             oldest = datetime.min.replace(tzinfo=UTC)
             while True:
                 began = time.perf_counter()
                 with conn.transaction():
-                    found = conn.execute(statement, (oldest, cutoff, batch_rows)).fetchone()
+                    found = conn.execute(
+                        statement,
+                        {
+                            "oldest": oldest,
+                            "cutoff": cutoff,
+                            "rows": batch_rows,
+                            "namespace": namespace,
+                        },
+                    ).fetchone()
                 longest_s = max(longest_s, time.perf_counter() - began)
                 batches += 1
                 # An aggregate always returns its one row: (count, newest age deleted).

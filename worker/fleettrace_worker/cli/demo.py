@@ -236,12 +236,17 @@ def _display(console: Console) -> Iterator[Callable[[Progress], None]]:
 
 
 def _report(console: Console, result: DemoResult) -> None:
+    namespace = result.settings.namespace
     render.print_table(
         COST_COLUMNS,
         [cost_json(row) for row in result.costs],
-        title="Cost by model (stored in PostgreSQL)",
+        title=f"Cost by model (stored in PostgreSQL, namespace {namespace!r})",
         empty="no LLM calls stored",
         console=console,
+    )
+    console.print(
+        f"namespace {namespace!r}: its rows show only there "
+        f"(fleettrace traces cost --namespace {namespace})"
     )
     console.print(
         f"records sent: {result.sent} ({result.sent - result.handwritten} by "

@@ -1,6 +1,11 @@
 """``fleettrace dlq``: look at dead letters, put them back once their cause is fixed,
 or delete them once reviewed. Dead-letter streams are read in pages, never whole:
-``list`` shows one page (``--cursor`` the next), ``list --jsonl`` streams them all."""
+``list`` shows one page (``--cursor`` the next), ``list --jsonl`` streams them all.
+
+Dead letters are kept per namespace (``keys.dead_letters``): every action works within
+the one ``--namespace`` names (default the environment's), says which (in its lines and
+a ``"namespace"`` key of its JSON), and can neither see nor touch another namespace's
+letters."""
 
 from __future__ import annotations
 
@@ -126,9 +131,19 @@ def _made_at(dead_id: str) -> str:
     return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds")
 
 
-def _as_json(dead_id: str, letter: DeadLetter) -> dict[str, Any]:
+def _group(args: argparse.Namespace) -> str:
+    """``group persist of namespace 'fleettrace'``: whose dead letters a line speaks of."""
+    return f"group {args.group} of {options.describe_scope(options.keys(args).namespace)}"
+
+
+def _scope(args: argparse.Namespace) -> dict[str, Any]:
+    return {"group": args.group, "namespace": options.keys(args).namespace}
+
+
+def _as_json(dead_id: str, letter: DeadLetter, namespace: str) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": dead_id,
+        "namespace": namespace,
         "made_at": _made_at(dead_id),
         "reason": letter.reason,
         "stream": letter.stream,
@@ -162,7 +177,7 @@ def run_list(args: argparse.Namespace) -> int:
     render.check_sort(args, LIST_COLUMNS)
     client, keys = options.redis_client(args), options.keys(args)
     letters = (
-        _as_json(dead_id, letter)
+        _as_json(dead_id, letter, keys.namespace)
         for dead_id, letter in iter_dead_letters(
             client, keys, args.group, reason=args.reason, after_id=args.cursor
         )
@@ -182,19 +197,20 @@ def run_list(args: argparse.Namespace) -> int:
         page,
         next_cursor=cursor,
         footer=_list_footer(args, len(page), _total(client, keys, args.group), cursor),
-        empty=f"no dead letters{matching} in group {args.group}",
+        empty=f"no dead letters{matching} in {_group(args)}",
+        context=_scope(args),
     )
     return EXIT_OK
 
 
 def _list_footer(args: argparse.Namespace, shown: int, total: int, cursor: str | None) -> str:
     if args.reason is None and args.cursor is None:
-        text = f"{render.footer(shown, total, 'dead letter')} in group {args.group}"
+        text = f"{render.footer(shown, total, 'dead letter')} in {_group(args)}"
     else:
         which = "" if args.reason is None else f" with a reason containing {args.reason!r}"
         text = (
             f"showing {render.count_of(shown, 'dead letter')}{which}"
-            f"{', more follow' if cursor else ''}; {total:,} in group {args.group}"
+            f"{', more follow' if cursor else ''}; {total:,} in {_group(args)}"
         )
     return text if cursor is None else f"{text}; more: add --cursor {cursor}"
 
@@ -210,7 +226,7 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.json:
         render.write_object(
             {
-                "group": args.group,
+                **_scope(args),
                 "replayed": report.replayed,
                 "kept": [{"id": dead_id, "reason": why} for dead_id, why in report.refused],
                 "not_found": report.missing,
@@ -223,7 +239,8 @@ def run_replay(args: argparse.Namespace) -> int:
             print(f"{dead_id}: kept, {reason}")
         print(
             f"replayed {render.count_of(len(report.replayed), 'dead letter')}; "
-            f"kept {len(report.refused):,}; not found {len(report.missing):,}"
+            f"kept {len(report.refused):,}; not found {len(report.missing):,} "
+            f"({_group(args)})"
         )
     return EXIT_FAILURE if report.refused or report.missing else EXIT_OK
 
@@ -231,11 +248,9 @@ def run_replay(args: argparse.Namespace) -> int:
 def run_delete(args: argparse.Namespace) -> int:
     check_ids(args.id)  # a typo is one line before any question
     client, keys = options.redis_client(args), options.keys(args)
-    question = (
-        f"Delete {render.count_of(len(args.id), 'dead letter')} of group {args.group} for good?"
-    )
+    question = f"Delete {render.count_of(len(args.id), 'dead letter')} of {_group(args)} for good?"
     if not options.confirm(question, yes=args.yes):
-        _say(args, "nothing deleted", {"group": args.group, "deleted": [], "not_found": []})
+        _say(args, "nothing deleted", {**_scope(args), "deleted": [], "not_found": []})
         return EXIT_FAILURE
     report = delete_dead_letters(client, keys, args.group, args.id)
     if not args.json:
@@ -244,8 +259,8 @@ def run_delete(args: argparse.Namespace) -> int:
     _say(
         args,
         f"deleted {render.count_of(len(report.deleted), 'dead letter')}; "
-        f"not found {len(report.missing):,}",
-        {"group": args.group, "deleted": report.deleted, "not_found": report.missing},
+        f"not found {len(report.missing):,} ({_group(args)})",
+        {**_scope(args), "deleted": report.deleted, "not_found": report.missing},
     )
     return EXIT_FAILURE if report.missing else EXIT_OK
 
@@ -255,10 +270,10 @@ def run_purge(args: argparse.Namespace) -> int:
     client, keys = options.redis_client(args), options.keys(args)
     matching = "" if args.reason is None else f" with a reason containing {args.reason!r}"
     question = (
-        f"Delete every dead letter{matching} of group {args.group} made before "
+        f"Delete every dead letter{matching} of {_group(args)} made before "
         f"{before.isoformat(timespec='seconds')} for good?"
     )
-    result: dict[str, Any] = {"group": args.group, "before": before.isoformat(), "purged": 0}
+    result: dict[str, Any] = {**_scope(args), "before": before.isoformat(), "purged": 0}
     if not options.confirm(question, yes=args.yes):
         _say(args, "nothing deleted", result)
         return EXIT_FAILURE
@@ -267,8 +282,7 @@ def run_purge(args: argparse.Namespace) -> int:
     )
     _say(
         args,
-        f"purged {render.count_of(result['purged'], 'dead letter')}{matching} "
-        f"of group {args.group}",
+        f"purged {render.count_of(result['purged'], 'dead letter')}{matching} of {_group(args)}",
         result,
     )
     return EXIT_OK

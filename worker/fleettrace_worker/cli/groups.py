@@ -125,8 +125,10 @@ def run_list(args: argparse.Namespace) -> int:
         LIST_COLUMNS,
         items,
         footer=footer,
-        empty=f"no consumer groups in namespace {keys.namespace}",
+        empty=f"no consumer groups in {options.describe_scope(keys.namespace)}",
+        title=f"consumer groups of {options.describe_scope(keys.namespace)}",
         default_sort="stream,group",
+        context={"namespace": keys.namespace},
     )
     return EXIT_OK
 
@@ -136,7 +138,9 @@ def run_drop(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"group": args.name, "dropped_from": []}
     reports = [r for r in inspect_groups(client, keys) if r.group == args.name]
     if not reports:
-        return _refuse(args, f"no consumer group {args.name!r} in namespace {keys.namespace}")
+        return _refuse(
+            args, f"no consumer group {args.name!r} in {options.describe_scope(keys.namespace)}"
+        )
     active = active_consumers(reports, args.name)
     if active and not args.force:
         names = ", ".join(sorted({c.name for c in active}))

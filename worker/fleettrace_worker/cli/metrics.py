@@ -132,7 +132,10 @@ def _show(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> None:
         plan = read_plan(client, keys, args.plan)
         series = [] if plan is None else [s for s in plan.series if key in (None, s.key)]
         _series(
-            args, series, f"no live counters for plan {args.plan!r} (never recorded, or expired)"
+            args,
+            keys,
+            series,
+            f"no live counters for plan {args.plan!r} (never recorded, or expired)",
         )
         return
     if args.top is not None:
@@ -150,23 +153,36 @@ def _show(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> None:
             if complete
             else f"showing {len(plans):,} of {total:,}+ live plans"
         )
-        render.emit(args, PLAN_COLUMNS, plans, footer=footer, empty="no live plans")
+        render.emit(
+            args,
+            PLAN_COLUMNS,
+            plans,
+            footer=footer,
+            empty=f"no live plans in {_scope(keys)}",
+            title=f"live plans of {_scope(keys)}",
+            context={"namespace": keys.namespace},
+        )
         return
     if key is not None and key.spec.per_plan:  # no fleet-wide series: only the summary
         if args.json:
-            render.write_list([])
+            render.write_list([], None, {"namespace": keys.namespace})
         else:
-            print(_plans_summary(client, keys) or "no live plans")
+            print(_plans_summary(client, keys) or f"no live plans in {_scope(keys)}")
         return
     series = read_live(client, keys, key)
-    _series(args, series, "no live counters yet")
+    _series(args, keys, series, "no live counters yet")
     if key is None and not args.json:
         summary = _plans_summary(client, keys)
         if summary:
             print(summary)
 
 
-def _series(args: argparse.Namespace, series: list[LiveSeries], empty: str) -> None:
+def _scope(keys: Keys) -> str:
+    return options.describe_scope(keys.namespace)
+
+
+def _series(args: argparse.Namespace, keys: Keys, series: list[LiveSeries], empty: str) -> None:
+    """The series as a table titled with the namespace, or ``--json`` saying it."""
     unsketched = sum(s.unsketched for s in series)
     note = (
         f"percentiles leave out {unsketched} observations that emitters older than the "
@@ -175,7 +191,16 @@ def _series(args: argparse.Namespace, series: list[LiveSeries], empty: str) -> N
         else None
     )
     items = [series_json(s) for s in series]
-    render.emit(args, SERIES_COLUMNS, items, footer=note, empty=empty, default_sort=SERIES_ORDER)
+    render.emit(
+        args,
+        SERIES_COLUMNS,
+        items,
+        footer=note,
+        empty=f"{empty} in {_scope(keys)}",
+        title=f"live counters of {_scope(keys)}",
+        default_sort=SERIES_ORDER,
+        context={"namespace": keys.namespace},
+    )
 
 
 def _plans_summary(client: redis.Redis, keys: Keys) -> str:

@@ -82,11 +82,40 @@ def add_redis_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help=f"Redis to use (default: $FLEETTRACE_REDIS_URL, $REDIS_URL, else {DEFAULT_REDIS_URL})",
     )
-    parser.add_argument(
+    add_namespace_option(parser)
+
+
+def add_namespace_option(parser: argparse.ArgumentParser, *, all_namespaces: bool = False) -> None:
+    """``--namespace NAME``: the one fleet a command works within (default: the
+    environment's, as the emitters and the worker take it). With ``all_namespaces``,
+    also ``--all-namespaces`` (exclusive with it), for reads and retention that may
+    cover every fleet stored in one database. The name is checked when the command
+    runs (:func:`keys`), so a bad one is the command's one-line error."""
+    target = parser.add_mutually_exclusive_group() if all_namespaces else parser
+    target.add_argument(
         "--namespace",
         metavar="NAME",
-        help=f"key namespace (default: ${NAMESPACE_VARIABLE}, else {DEFAULT_NAMESPACE})",
+        help=f"the namespace to work within (default: ${NAMESPACE_VARIABLE}, "
+        f"else {DEFAULT_NAMESPACE})",
     )
+    if all_namespaces:
+        target.add_argument(
+            "--all-namespaces",
+            action="store_true",
+            help="every namespace in the database, rows stored before namespaces included",
+        )
+
+
+def namespace_scope(args: argparse.Namespace) -> str | None:
+    """The namespace a command works within; None for --all-namespaces."""
+    if getattr(args, "all_namespaces", False):
+        return None
+    return keys(args).namespace
+
+
+def describe_scope(namespace: str | None) -> str:
+    """How a title or footer names the scope: ``namespace 'x'`` or ``all namespaces``."""
+    return "all namespaces" if namespace is None else f"namespace {namespace!r}"
 
 
 def add_database_options(parser: argparse.ArgumentParser) -> None:

@@ -15,10 +15,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "prune",
         help="remove rows older than a duration",
         description="Remove LLM traces that started, and metric samples observed, longer ago "
-        "than --older-than. Rows go in small batches, each its own short transaction, so "
-        "workers keep writing while it runs.",
+        "than --older-than, in one namespace (--all-namespaces: in all). Rows go in small "
+        "batches, each its own short transaction, so workers keep writing while it runs.",
     )
     options.add_database_options(parser)
+    options.add_namespace_option(parser, all_namespaces=True)
     parser.add_argument(
         "--older-than",
         required=True,
@@ -42,11 +43,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     age = parse_duration(args.older_than)
     cutoff = datetime.now(UTC) - age
-    with migrations.pool_for_current_schema(options.database_url(args)) as pool:
-        report = retention.prune(pool, cutoff, batch_rows=args.batch_rows, dry_run=args.dry_run)
+    namespace = options.namespace_scope(args)
+    with migrations.pool_for_reading(options.database_url(args)) as pool:
+        report = retention.prune(
+            pool, cutoff, batch_rows=args.batch_rows, dry_run=args.dry_run, namespace=namespace
+        )
     if args.json:
         render.write_object(
             {
+                "namespace": namespace,
                 "dry_run": report.dry_run,
                 "older_than": cutoff.isoformat(),
                 "traces": report.traces,
@@ -57,6 +62,6 @@ def run(args: argparse.Namespace) -> int:
     verb = "would remove" if report.dry_run else "removed"
     print(
         f"{verb} {report.traces} traces and {report.samples} metric samples "
-        f"older than {cutoff.isoformat(timespec='seconds')}"
+        f"older than {cutoff.isoformat(timespec='seconds')} in {options.describe_scope(namespace)}"
     )
     return EXIT_OK

@@ -353,9 +353,14 @@ def write_object(value: Mapping[str, Any]) -> None:
     print(dumps(value), flush=True)
 
 
-def write_list(items: Iterable[Mapping[str, Any]], next_cursor: str | None = None) -> None:
-    """The one list shape: ``{"items": [...], "next_cursor": ...}``, also when empty."""
-    print(dumps({"items": list(items), "next_cursor": next_cursor}), flush=True)
+def write_list(
+    items: Iterable[Mapping[str, Any]],
+    next_cursor: str | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> None:
+    """The one list shape: ``{"items": [...], "next_cursor": ...}``, also when empty;
+    ``context`` adds keys that say what the list covers (``{"namespace": "prod"}``)."""
+    print(dumps({"items": list(items), "next_cursor": next_cursor, **(context or {})}), flush=True)
 
 
 def write_jsonl(items: Iterable[Mapping[str, Any]]) -> int:
@@ -377,12 +382,14 @@ def emit(
     empty: str = "nothing to show",
     title: str | None = None,
     default_sort: str | None = None,
+    context: Mapping[str, Any] | None = None,
 ) -> None:
     """A list command's output: ``--json``, ``--jsonl`` or the table with its footer,
-    in the order ``--sort`` (else ``default_sort``) asks for."""
+    in the order ``--sort`` (else ``default_sort``) asks for; ``context`` goes into the
+    ``--json`` object beside ``items`` (see :func:`write_list`)."""
     rows = ordered(args, items, columns, default_sort)
     if getattr(args, "json", False):
-        write_list(rows, next_cursor)
+        write_list(rows, next_cursor, context)
     elif getattr(args, "jsonl", False):
         write_jsonl(rows)
     else:

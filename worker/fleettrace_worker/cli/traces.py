@@ -1,8 +1,14 @@
 """``fleettrace traces list|show|cost``: the stored LLM calls, for people and scripts.
 
 ``--json`` output keeps its keys stable: a list is ``{"items": [...], "next_cursor":
-...}`` (cli.render), a trace is the JSON of ``LLMTrace`` (every field, times in RFC 3339
-UTC), a cost row names its group and each figure.
+..., "namespace": ...}`` (cli.render; the namespace it covers, null for
+--all-namespaces), a trace is the JSON of ``LLMTrace`` (every field, times in RFC 3339
+UTC) and the ``namespace`` it was stored under, a cost row names its group and each
+figure.
+
+Every subcommand works within one namespace (``--namespace``, default the
+environment's), or every one with ``--all-namespaces``, and says which: in the table's
+title (or the line that says nothing matched) and in the JSON.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ COST_FIGURES: Final = (
     Column("latency_p95_ms", "P95", Kind.DURATION, "ms"),
 )
 SHOW_COLUMNS: Final = (Column("field", "FIELD"), Column("value", "VALUE"))
+#: Shown with --all-namespaces, where rows of several namespaces share a table.
+NAMESPACE_COLUMN: Final = Column("namespace", "NAMESPACE")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -112,6 +120,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _common(parser: argparse.ArgumentParser, *, listing: bool = True) -> None:
     options.add_database_options(parser)
+    options.add_namespace_option(parser, all_namespaces=True)
     if listing:
         render.add_output_options(parser)
     else:
@@ -141,11 +150,12 @@ def _where(args: argparse.Namespace) -> TraceFilter:
         since=parse_time(args.since) if args.since else None,
         until=parse_time(args.until) if args.until else None,
         errors_only=args.errors,
+        namespace=options.namespace_scope(args),
     )
 
 
 def _pool(args: argparse.Namespace) -> ConnectionPool:
-    return migrations.pool_for_current_schema(options.database_url(args))
+    return migrations.pool_for_reading(options.database_url(args))
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -155,7 +165,8 @@ def run_list(args: argparse.Namespace) -> int:
             decode_cursor(args.cursor)
         except InvalidCursor as error:
             raise ConfigurationError(str(error)) from None
-    render.check_sort(args, LIST_COLUMNS)
+    columns = LIST_COLUMNS if where.namespace else (NAMESPACE_COLUMN, *LIST_COLUMNS)
+    render.check_sort(args, columns)
     with _pool(args) as pool:
         repository = LLMTraceRepository(pool)
         page = repository.query(where, limit=args.limit, after=args.cursor)
@@ -164,13 +175,16 @@ def run_list(args: argparse.Namespace) -> int:
     footer = render.footer(len(page.items), total, "trace")
     if page.next_cursor:
         footer += f"; more: add --cursor {page.next_cursor}"
+    scope = options.describe_scope(where.namespace)
     render.emit(
         args,
-        LIST_COLUMNS,
-        [_trace_json(t) for t in page.items],
+        columns,
+        [_trace_json(t, ns) for t, ns in zip(page.items, page.namespaces, strict=True)],
         next_cursor=page.next_cursor,
         footer=footer,
-        empty="no traces match",
+        empty=f"no traces match in {scope}",
+        title=f"LLM calls in {scope}",
+        context={"namespace": where.namespace},
     )
     return EXIT_OK
 
@@ -180,12 +194,17 @@ def run_show(args: argparse.Namespace) -> int:
         trace_id = uuid.UUID(args.trace_id)
     except ValueError:
         raise ConfigurationError(f"{args.trace_id!r} is not a trace id (a UUID)") from None
+    namespace = options.namespace_scope(args)
     with _pool(args) as pool:
-        trace = LLMTraceRepository(pool).get(trace_id)
-    if trace is None:
-        print(f"fleettrace traces: no trace with id {trace_id}", file=sys.stderr)
+        found = LLMTraceRepository(pool).get_stored(trace_id, namespace=namespace)
+    if found is None:
+        print(
+            f"fleettrace traces: no trace with id {trace_id} in "
+            f"{options.describe_scope(namespace)}",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
-    data = _trace_json(trace)
+    data = _trace_json(*found)
     if args.json:
         render.write_object(data)
         return EXIT_OK
@@ -205,12 +224,15 @@ def run_cost(args: argparse.Namespace) -> int:
     where = _where(args)
     with _pool(args) as pool:
         rows = LLMTraceRepository(pool).cost_summary(group_by, where)
+    scope = options.describe_scope(where.namespace)
     render.emit(
         args,
         columns,
         [cost_json(row) for row in rows],
         footer=_cost_footer(rows),
-        empty="no traces match",
+        empty=f"no traces match in {scope}",
+        title=f"cost in {scope}",
+        context={"namespace": where.namespace},
     )
     return EXIT_OK
 
@@ -233,8 +255,10 @@ def _cost_footer(rows: list[CostRow]) -> str:
     return text
 
 
-def _trace_json(trace: LLMTrace) -> dict[str, Any]:
-    return trace.model_dump(mode="json")
+def _trace_json(trace: LLMTrace, namespace: str | None) -> dict[str, Any]:
+    """The record's fields and the namespace it was stored under (null: a row stored
+    before schema version 3)."""
+    return {**trace.model_dump(mode="json"), "namespace": namespace}
 
 
 def _show_value(name: str, value: object) -> str:
