@@ -566,4 +566,4 @@ def test_a_json_error_without_a_position_is_the_record() -> None:
     assert _field_at_json_error(b'{"a": 1', "no column here") is None
     assert _field_at_json_error(b'{"a": 1', "EOF at line 1 column 7") == "a"
     assert _field_at_json_error(b'{"a\\": 1', "EOF at line 1 column 8") is None
-    assert FORMAT_VERSION == b"2"
+    assert FORMAT_VERSION == b"3"

@@ -40,7 +40,7 @@ def test_trace_batch_round_trips_exactly_across_chunks() -> None:
     records = list(TRACES[:300])  # more than one encoding chunk
     batch_id = new_batch_id()
     entry = encode_batch(Kind.TRACE, records, batch_id)
-    assert entry[FIELD_VERSION] == FORMAT_VERSION == b"2"
+    assert entry[FIELD_VERSION] == FORMAT_VERSION == b"3"
     assert entry[FIELD_KIND] == b"t"
     assert entry[FIELD_COUNT] == b"300"
     decoded = decode_entry(entry)
