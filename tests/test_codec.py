@@ -86,7 +86,7 @@ def entry(**overrides: bytes | None) -> dict[bytes, bytes]:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        (entry(v=b"3"), "unknown format version '3'; this code reads version 1, 2"),
+        (entry(v=b"4"), "unknown format version '4'; this code reads version 1, 2, 3"),
         (entry(v=None), "entry has no field 'v'"),
         (entry(k=None), "entry has no field 'k'"),
         (entry(b=None), "entry has no field 'b'"),
