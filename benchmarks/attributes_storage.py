@@ -47,9 +47,10 @@ FULL_GIN = (
 def with_attributes(traces: list[LLMTrace], share: float, rng: random.Random) -> list[LLMTrace]:
     """``share`` of the traces get tags, metadata, a user and a session."""
     out = []
-    for i, trace in enumerate(traces):
+    for i, plain in enumerate(traces):
+        trace = plain
         if rng.random() < share:
-            trace = trace.model_copy(
+            trace = plain.model_copy(
                 update={
                     "tags": ["prod", rng.choice(["eu", "us"])],
                     "metadata": {"team": rng.choice(["a", "b"]), "tier": rng.randrange(3)},
@@ -106,7 +107,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     schemas = (
         ("schema 3, no attribute columns", 3, (), _BEFORE),
         (f"schema 4, {share:.0%} of rows with attributes, partial indexes", 4, (), TRACE_COLUMNS),
-        (f"schema 4, {share:.0%} with attributes, two full GIN indexes", 4, FULL_GIN, TRACE_COLUMNS),
+        (
+            f"schema 4, {share:.0%} with attributes, two full GIN indexes",
+            4,
+            FULL_GIN,
+            TRACE_COLUMNS,
+        ),
     )
     rates: dict[str, list[float]] = {label: [] for label, *_ in schemas}
     with fresh_database() as u3, fresh_database() as u4, fresh_database() as ugin:

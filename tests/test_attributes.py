@@ -91,7 +91,11 @@ def test_attributes_follow_asyncio_tasks(emitter: Emitter, redis_client: redis.R
     ("given", "kept", "reasons"),
     [
         ({"tags": ["ok", "x" * (MAX_TAG_CHARS + 1)]}, {"tags": ["ok"]}, {REJECT_TAG_LENGTH: 1}),
-        ({"tags": ["ok", "", None, 3]}, {"tags": ["ok"]}, {REJECT_TAG_LENGTH: 1, REJECT_TAG_TYPE: 2}),
+        (
+            {"tags": ["ok", "", None, 3]},
+            {"tags": ["ok"]},
+            {REJECT_TAG_LENGTH: 1, REJECT_TAG_TYPE: 2},
+        ),
         (
             {"tags": [f"t{i}" for i in range(MAX_TAGS + 3)]},
             {"tags": [f"t{i}" for i in range(MAX_TAGS)]},

@@ -78,7 +78,8 @@ def test_version_four_applies_once_from_two_processes_over_rows_of_version_three
         old = [repo.get(trace_id) for trace_id in ids]
         assert [t.prompt_tokens for t in old if t] == [100, 101, 102]
         assert all(
-            t is not None and (t.tags, t.metadata, t.user_id, t.session_id, t.ttft_ms)
+            t is not None
+            and (t.tags, t.metadata, t.user_id, t.session_id, t.ttft_ms)
             == ([], {}, None, None, None)
             for t in old
         )
@@ -114,7 +115,9 @@ def test_rows_without_attributes_are_null_and_grow_no_attribute_index(database_u
     query = "SELECT " + ", ".join(f"pg_relation_size('{name}')" for name in indexes)
     with psycopg.connect(db) as conn:
         before = conn.execute(query).fetchone()
-    _store(db, [llm_trace(), llm_trace(tags=[], metadata={})] * 1 + [llm_trace() for _ in range(2000)])
+    _store(
+        db, [llm_trace(), llm_trace(tags=[], metadata={})] * 1 + [llm_trace() for _ in range(2000)]
+    )
     with psycopg.connect(db) as conn:
         after = conn.execute(query).fetchone()
     assert after == before

@@ -38,12 +38,12 @@ from fleettrace.codec import (
 )
 from fleettrace.keys import PERSIST_GROUP, Keys
 from fleettrace.model import (
+    ATTRIBUTE_FIELDS,
     MAX_COST_USD,
     MAX_LATENCY_MS,
     MAX_NAME_CHARS,
     MAX_RETRIES,
     MAX_TOKENS,
-    ATTRIBUTE_FIELDS,
     TOKEN_DETAIL_FIELDS,
     LLMTrace,
 )

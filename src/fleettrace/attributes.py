@@ -144,7 +144,7 @@ EMPTY: Final = Attributes()
 
 def clean(
     tags: Iterable[object] | None = None,
-    metadata: Mapping[object, object] | None = None,
+    metadata: object = None,
     user_id: object = None,
     session_id: object = None,
     *,
@@ -180,7 +180,7 @@ def clean(
                 elif len(kept_metadata) >= MAX_METADATA_KEYS:
                     rejected.append(REJECT_TOO_MANY_METADATA_KEYS)
                 else:
-                    kept_metadata[key] = value  # type: ignore[index,assignment]
+                    kept_metadata[key] = value
     ids: list[str | None] = []
     for value in (user_id, session_id):
         if value is None:
@@ -208,7 +208,7 @@ def ttft_problem(value: object) -> str | None:
 
 def given(
     tags: Iterable[object] | None,
-    metadata: Mapping[object, object] | None,
+    metadata: object,
     user_id: object,
     session_id: object,
 ) -> tuple[Attributes, list[str]] | None:
@@ -223,7 +223,7 @@ def take(fields: dict[str, object], scope: Attributes) -> list[str]:
     parts merged into ``scope``; returns the reason of each part dropped."""
     own, rejected = clean(
         fields.pop("tags", None),  # type: ignore[arg-type]
-        fields.pop("metadata", None),  # type: ignore[arg-type]
+        fields.pop("metadata", None),
         fields.pop("user_id", None),
         fields.pop("session_id", None),
     )

@@ -424,7 +424,9 @@ def actor(
 ) -> ActorSpan:
     """An actor invocation (``actor.invocation_duration_ms{actor}``). The attributes
     given hold for every record inside it."""
-    return ActorSpan(_name("actor", name), emitter, attributes.given(tags, metadata, user_id, session_id))
+    return ActorSpan(
+        _name("actor", name), emitter, attributes.given(tags, metadata, user_id, session_id)
+    )
 
 
 def llm_call(

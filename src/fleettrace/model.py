@@ -82,7 +82,9 @@ MetadataScalar = (
     bool
     | Annotated[int, Field(ge=-MAX_METADATA_INT, le=MAX_METADATA_INT)]
     | Annotated[float, Field(allow_inf_nan=False)]
-    | Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS), AfterValidator(_no_nul)]
+    | Annotated[
+        str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS), AfterValidator(_no_nul)
+    ]
 )
 
 

@@ -52,13 +52,11 @@ def conditions(
     for key, value in metadata:
         options = _candidates(key, value)
         found.append(
-            sql.SQL("({})").format(
-                sql.SQL(" OR ").join([sql.SQL("metadata @> %s")] * len(options))
-            )
+            sql.SQL("({})").format(sql.SQL(" OR ").join([sql.SQL("metadata @> %s")] * len(options)))
         )
         params.extend(options)
-    for column, value in (("user_id", user_id), ("session_id", session_id)):
-        if value is not None:
+    for column, wanted in (("user_id", user_id), ("session_id", session_id)):
+        if wanted is not None:
             found.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-            params.append(value)
+            params.append(wanted)
     return found, params

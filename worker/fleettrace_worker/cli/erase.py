@@ -52,9 +52,7 @@ def run(args: argparse.Namespace) -> int:
             if not options.confirm(question, yes=args.yes):
                 print("nothing removed")
                 return EXIT_FAILURE
-        report = erasure.erase(
-            pool, who, value, batch_rows=args.batch_rows, dry_run=args.dry_run
-        )
+        report = erasure.erase(pool, who, value, batch_rows=args.batch_rows, dry_run=args.dry_run)
     if args.json:
         render.write_object(
             {
