@@ -38,6 +38,7 @@ from fleettrace.codec import (
 )
 from fleettrace.keys import PERSIST_GROUP, Keys
 from fleettrace.model import (
+    ATTRIBUTE_FIELDS,
     MAX_COST_USD,
     MAX_LATENCY_MS,
     MAX_NAME_CHARS,
@@ -125,7 +126,9 @@ FLOAT_FIELDS = ("latency_ms", "cost_usd")
 TEXT_FIELDS = ("provider", "model", "plan_id", "decision_id", "actor", "error")
 ALL_FIELDS = tuple(LLMTrace.model_fields)
 #: Fields whose absence is refused (the token details may be absent: "not reported").
-REQUIRED_FIELDS = tuple(name for name in ALL_FIELDS if name not in TOKEN_DETAIL_FIELDS)
+REQUIRED_FIELDS = tuple(
+    name for name in ALL_FIELDS if name not in (*TOKEN_DETAIL_FIELDS, *ATTRIBUTE_FIELDS)
+)
 _RAW = "\x01raw\x01"
 
 
@@ -181,6 +184,11 @@ def wrong_type(record: dict[str, Any], data: st.DataObject) -> tuple[bytes, str]
         "reasoning_tokens": ["0", False],
         "audio_input_tokens": [0.5],
         "audio_output_tokens": ["many"],
+        "tags": ["a", [1], [""], {}, None, ["x" * 65]],
+        "metadata": [[], "k=v", None, {"a": [1]}, {"a": {}}, {"a": None}, {"": 1}],
+        "user_id": [1, "", []],
+        "session_id": [{}, ""],
+        "ttft_ms": ["1", -1.0, True, "NaN"],
     }
     record[name] = data.draw(st.sampled_from(wrong[name]))
     return _dump(record), name
@@ -524,6 +532,9 @@ def fetch_rows(db: str) -> dict[str, bytes]:
         for values in cursor:
             record = dict(zip(COLUMNS, values, strict=True))
             record["started_at"] = record["started_at"].astimezone(UTC)
+            # No tags or metadata are stored as NULL (schema version 4).
+            record["tags"] = record["tags"] or []
+            record["metadata"] = record["metadata"] or {}
             rows[str(record["trace_id"])] = orjson.dumps(record, option=orjson.OPT_UTC_Z)
     return rows
 
@@ -566,4 +577,4 @@ def test_a_json_error_without_a_position_is_the_record() -> None:
     assert _field_at_json_error(b'{"a": 1', "no column here") is None
     assert _field_at_json_error(b'{"a": 1', "EOF at line 1 column 7") == "a"
     assert _field_at_json_error(b'{"a\\": 1', "EOF at line 1 column 8") is None
-    assert FORMAT_VERSION == b"2"
+    assert FORMAT_VERSION == b"3"

@@ -57,6 +57,12 @@ def test_llm_trace_has_exactly_the_fields_of_the_issue() -> None:
         "reasoning_tokens",
         "audio_input_tokens",
         "audio_output_tokens",
+        # Attributes (stream format version 3).
+        "tags",
+        "metadata",
+        "user_id",
+        "session_id",
+        "ttft_ms",
     ]
 
 

@@ -122,6 +122,7 @@ def test_the_opentelemetry_mapping_names_every_genai_name() -> None:
         "gen_ai.usage.output_tokens",
         "gen_ai.usage.cache_read.input_tokens",
         "gen_ai.usage.cache_creation.input_tokens",
+        "gen_ai.response.time_to_first_chunk",
         "gen_ai.client.operation.duration",
         "gen_ai.client.token.usage",
     }

@@ -57,9 +57,9 @@ def test_version_two_applies_once_from_two_processes_over_rows_of_version_one(
 ) -> None:
     ids = _at_version_one(database_url)
     applied = migrate_from_processes(database_url)
-    after_one = tuple(f"{m.version:04d}_{m.name}" for m in migrations.available()[1:])
-    assert after_one[:2] == ("0002_token_details", "0003_producer")
-    assert applied == [(), after_one]
+    later = tuple(f"{m.version:04d}_{m.name}" for m in migrations.available()[1:])
+    assert applied == [(), later]
+    assert later[:2] == ("0002_token_details", "0003_producer")
     with psycopg.connect(database_url) as conn:
         again = migrations.migrate(conn)
     assert again.applied == () and again.from_version == migrations.latest_version()

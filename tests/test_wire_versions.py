@@ -195,3 +195,14 @@ def test_a_record_may_leave_out_only_the_token_details() -> None:
     assert [e.reason for e in batch.errors] == ["prompt_tokens: Field missing from the record"]
     assert batch.positions == [0, 2]
     assert batch.records[0].cache_read_tokens is None  # type: ignore[union-attr]
+
+
+def test_version_three_carries_attributes_and_older_versions_read_them_as_none() -> None:
+    for version in (1, 2):
+        for record in decode_entry(_fixture(version, "traces")).records:
+            assert (record.tags, record.metadata, record.user_id) == ([], {}, None)  # type: ignore[union-attr]
+            assert (record.session_id, record.ttft_ms) == (None, None)  # type: ignore[union-attr]
+    first = decode_entry(_fixture(3, "traces")).records[0]
+    assert first.tags == ["prod", "eu"]  # type: ignore[union-attr]
+    assert first.metadata == {"team": "search", "tier": 2, "ratio": 0.5, "beta": True}  # type: ignore[union-attr]
+    assert (first.user_id, first.session_id, first.ttft_ms) == ("user-1", "session-1", 4.25)  # type: ignore[union-attr]

@@ -1,10 +1,10 @@
 """The stream format: how a batch of records becomes one Redis stream entry and back.
 
-Version 2. One stream entry carries one batch of records of one kind, so Redis and
+Version 3. One stream entry carries one batch of records of one kind, so Redis and
 redis-py pay their per-entry cost once per batch rather than once per record::
 
     field  value
-    v      b"2"                      format version
+    v      b"3"                      format version
     k      b"t" | b"m"               kind: LLMTrace records or metric samples
     b      32 lowercase hex digits   batch id, unique per batch (idempotency key)
     n      decimal count             number of records in d
@@ -19,7 +19,11 @@ tokens always numbers. Version 2 adds the token details (``cache_read_tokens``,
 ``audio_output_tokens``, each a number or ``null`` for "not reported") and lets
 ``prompt_tokens``/``completion_tokens`` be ``null`` (usage unknown). A record may
 leave the token details out (a version 1 record, or one replayed from a dead letter
-written then): they mean "not reported", which is what ``null`` says. JSON never holds a raw
+written then): they mean "not reported", which is what ``null`` says.
+Version 3 adds the attributes (:mod:`fleettrace.attributes`): ``tags`` (a list of
+strings), ``metadata`` (an object of scalars), ``user_id``, ``session_id`` and
+``ttft_ms`` (a number or ``null``); a record of version 2 or before leaves them out,
+which reads as no tags, no metadata and ``null``. JSON never holds a raw
 newline inside a value, so splitting ``d`` on ``\\n`` is exact.
 
 Decoding checks the envelope first (a bad one raises :class:`EntryDecodeError` and
@@ -52,9 +56,9 @@ from pydantic import BaseModel, ValidationError
 
 from fleettrace.errors import EntryDecodeError
 from fleettrace.keys import FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA, FIELD_KIND, FIELD_VERSION
-from fleettrace.model import TOKEN_DETAIL_FIELDS, LLMTrace, MetricSample
+from fleettrace.model import ATTRIBUTE_FIELDS, TOKEN_DETAIL_FIELDS, LLMTrace, MetricSample
 
-FORMAT_VERSION: Final = b"2"
+FORMAT_VERSION: Final = b"3"
 #: The version this code writes, as a number.
 CURRENT_VERSION: Final = int(FORMAT_VERSION)
 RECORD_SEPARATOR: Final = b"\n"
@@ -67,10 +71,13 @@ _ENCODE_CHUNK: Final = 128
 _ENVELOPES: Final[dict[bytes, frozenset[bytes]]] = {
     b"1": frozenset((FIELD_VERSION, FIELD_KIND, FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA)),
     b"2": frozenset((FIELD_VERSION, FIELD_KIND, FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA)),
+    # Version 3: the same envelope; records gain the attribute fields.
+    b"3": frozenset((FIELD_VERSION, FIELD_KIND, FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA)),
 }
-#: Fields a record may leave out (they did not exist in version 1; missing means
-#: "not reported"). Every other field must be present.
-_MAY_BE_ABSENT: Final = frozenset(TOKEN_DETAIL_FIELDS)
+#: Fields a record may leave out (the token details did not exist in version 1, the
+#: attributes not before version 3; missing means "not reported" / none). Every
+#: other field must be present.
+_MAY_BE_ABSENT: Final = frozenset(TOKEN_DETAIL_FIELDS) | frozenset(ATTRIBUTE_FIELDS)
 #: Every version this code decodes: its own and (once there is one) the one before.
 READABLE_VERSIONS: Final = frozenset(int(version) for version in _ENVELOPES)
 #: A version field longer than this is not a version (it is a bad envelope).

@@ -38,6 +38,7 @@ keeps sending what it had.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import weakref
@@ -55,6 +56,7 @@ from fleettrace.pricing import Pricer
 from fleettrace.sending import BatchSender
 
 _RECORD_TYPES: Final = (LLMTrace, MetricSample)
+_logger = logging.getLogger("fleettrace.emitter")
 
 
 class Emitter(BatchSender):
@@ -72,6 +74,10 @@ class Emitter(BatchSender):
         # Read once: a price file that does not load is refused here, in one line.
         path = self.settings.prices_file
         self.pricer = Pricer(load_prices(path) if path else None)
+        # Attribute values a hook dropped, by reason (fleettrace.attributes), and the
+        # reasons already logged: each is logged once per emitter, then only counted.
+        self._rejected: dict[str, int] = {}
+        self._rejections_logged: set[str] = set()
         self._reset_state()
         _live_emitters.add(self)
 
@@ -148,6 +154,26 @@ class Emitter(BatchSender):
 
     # -- lifecycle --------------------------------------------------------------------
 
+    def reject(self, reasons: list[str], where: str) -> None:
+        """Count attribute values a hook dropped (``stats.rejected``), logging each
+        reason the first time it is seen. Never raises: it runs inside hooks."""
+        if not reasons:
+            return
+        first: list[str] = []
+        with self._lock:
+            for reason in reasons:
+                self._rejected[reason] = self._rejected.get(reason, 0) + 1
+                if reason not in self._rejections_logged:
+                    self._rejections_logged.add(reason)
+                    first.append(reason)
+        for reason in first:
+            _logger.warning(
+                "fleettrace dropped an invalid attribute value (%s) given to %s; "
+                "further ones are only counted in Emitter.stats.rejected",
+                reason,
+                where,
+            )
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -163,6 +189,7 @@ class Emitter(BatchSender):
                 buffered=len(self._buffer) + self._in_hand,
                 send_failures=self._send_failures,
                 last_error=self._last_error,
+                rejected=dict(self._rejected),
             )
 
     def flush(self, timeout_s: float = 5.0) -> bool:

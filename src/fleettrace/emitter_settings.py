@@ -125,6 +125,9 @@ class EmitterStats:
     policy refused at the door for want of room (it is also in ``dropped``).
     ``send_failures`` counts failed script calls (Redis away, a refusal such as
     WRONGTYPE or NOPERM, an unexpected error), ``last_error`` says the last one.
+    ``rejected`` counts, by reason, the attribute values (tags, metadata, ids, time to
+    first token) a hook dropped as invalid while recording the rest
+    (:mod:`fleettrace.attributes`).
     """
 
     accepted: int
@@ -134,3 +137,4 @@ class EmitterStats:
     buffered: int
     send_failures: int
     last_error: str | None
+    rejected: dict[str, int] = field(default_factory=dict)

@@ -12,6 +12,11 @@ re-raised unchanged. Label values the metric table restricts (context tiers, ind
 backends, sandbox operations) are checked when the hook is called: an unknown one
 raises ``ValueError`` there, not later in a sender thread.
 
+The plan, decision and actor scopes, and each LLM call, also take ``tags``,
+``metadata``, ``user_id`` and ``session_id`` (:mod:`fleettrace.attributes` says how
+they merge and their limits). A bad value among them never raises: the valid parts
+are kept, the rest dropped and counted in ``Emitter.stats.rejected``.
+
 Hooks record through the process's default emitter (``fleettrace.configure`` /
 ``get_emitter``) unless given one.
 """
@@ -24,11 +29,13 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
+from fleettrace import attributes
+from fleettrace.attributes import Attributes
 from fleettrace.emitter import Emitter, get_emitter
 from fleettrace.metrics import MetricKey
 from fleettrace.model import MAX_ERROR_CHARS, MAX_LABEL_CHARS, LLMTrace
@@ -113,6 +120,17 @@ class Span:
 
     def _set(self, var: ContextVar[Any], value: Any) -> None:
         self._tokens.append((var, var.set(value)))
+
+    def _set_attributes(self, given: tuple[Attributes, list[str]] | None, where: str) -> None:
+        """Put the attributes given to this scope in force inside it, merged into the
+        ones around it; what was invalid or over the limits is counted, not raised."""
+        if given is None:
+            return
+        own, rejected = given
+        merged, over = own.inside(attributes.current.get())
+        self._set(attributes.current, merged)
+        if rejected or over:
+            self.emitter.reject([*rejected, *over], where)
 
     def _observe(self, key: MetricKey, value: float, labels: dict[str, str]) -> None:
         self.emitter.observe(key, value, labels, plan_id=_plan_id.get())
@@ -205,8 +223,15 @@ class PlanSpan(Span):
     """A plan: its id becomes the current plan; a plan started inside another counts
     as that plan's child; the whole plan's wall time is phase ``total``."""
 
-    def __init__(self, plan_id: str | None, parent: str | None, emitter: Emitter | None) -> None:
+    def __init__(
+        self,
+        plan_id: str | None,
+        parent: str | None,
+        emitter: Emitter | None,
+        given: tuple[Attributes, list[str]] | None = None,
+    ) -> None:
         super().__init__(emitter)
+        self._given = given
         self._given_id = plan_id
         self._given_parent = parent
         self.plan_id = plan_id or ""
@@ -221,6 +246,7 @@ class PlanSpan(Span):
             )
         self._set(_plan_id, self.plan_id)
         self._set(_decision_id, None)
+        self._set_attributes(self._given, "a plan")
 
     def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
         self._observe(MetricKey.PLAN_DURATION_SECONDS, elapsed_s, {"phase": TOTAL_PHASE})
@@ -229,14 +255,21 @@ class PlanSpan(Span):
 class DecisionSpan(Span):
     """A decision of the current plan: its id is stamped on the LLM calls inside."""
 
-    def __init__(self, decision_id: str | None, emitter: Emitter | None) -> None:
+    def __init__(
+        self,
+        decision_id: str | None,
+        emitter: Emitter | None,
+        given: tuple[Attributes, list[str]] | None = None,
+    ) -> None:
         super().__init__(emitter)
+        self._given = given
         self._given_id = decision_id
         self.decision_id = decision_id or ""
 
     def _enter(self) -> None:
         self.decision_id = self._given_id or _new_id()
         self._set(_decision_id, self.decision_id)
+        self._set_attributes(self._given, "a decision")
         plan_id = _plan_id.get()
         if plan_id is not None:
             self._observe(MetricKey.PLAN_DECISIONS_COUNT, 1, {"plan": plan_id})
@@ -245,14 +278,21 @@ class DecisionSpan(Span):
 class ActorSpan(TimedSpan):
     """An actor invocation: the actor's name is stamped on the LLM calls inside."""
 
-    def __init__(self, name: str, emitter: Emitter | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        emitter: Emitter | None,
+        given: tuple[Attributes, list[str]] | None = None,
+    ) -> None:
         super().__init__(
             MetricKey.ACTOR_INVOCATION_DURATION_MS, {"actor": name}, unit_s=_MS, emitter=emitter
         )
+        self._given = given
         self.name = name
 
     def _enter(self) -> None:
         self._set(_actor, self.name)
+        self._set_attributes(self._given, "an actor")
 
     def llm(self, provider: str, model: str, **fields: Any) -> LLMCallSpan:
         """An LLM call made by this actor (see :func:`llm_call`)."""
@@ -288,6 +328,13 @@ class LLMCallSpan(Span):
         cost unpriced, never zero."""
         self.fields.update(fields)
 
+    def first_token(self) -> None:
+        """Mark the first streamed chunk: ``ttft_ms`` is the time from the start of
+        the block to now. Only the first mark counts; a ``ttft_ms`` given with
+        :meth:`update` wins over it."""
+        if "ttft_ms" not in self.fields:
+            self.fields["ttft_ms"] = (time.perf_counter() - self._started_s) * 1000
+
     def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
         fields = dict(self.fields)
         fields.setdefault("latency_ms", elapsed_s * 1000)
@@ -297,15 +344,29 @@ class LLMCallSpan(Span):
 
 
 def record_llm_call(
-    provider: str, model: str, *, emitter: Emitter | None = None, **fields: Any
+    provider: str,
+    model: str,
+    *,
+    emitter: Emitter | None = None,
+    scope: Attributes | None = None,
+    **fields: Any,
 ) -> LLMTrace:
     """Record an LLM call whose figures are already known; plan, decision and actor
-    come from the context unless given. Returns the trace (with its ``trace_id``)."""
+    come from the context unless given. Returns the trace (with its ``trace_id``).
+
+    ``tags``, ``metadata``, ``user_id`` and ``session_id`` given here are merged into
+    those of the scopes around the call (``scope``, else the current context's);
+    their invalid parts, and an invalid ``ttft_ms``, are dropped and counted.
+    """
     fields.setdefault("plan_id", _plan_id.get())
     fields.setdefault("decision_id", _decision_id.get())
     fields.setdefault("actor", _actor.get())
+    target = emitter if emitter is not None else get_emitter()
+    rejected = attributes.take(fields, attributes.current.get() if scope is None else scope)
+    if rejected:
+        target.reject(rejected, "an LLM call")
     trace = LLMTrace(provider=provider, model=model, **fields)
-    (emitter if emitter is not None else get_emitter()).record(trace)
+    target.record(trace)
     return trace
 
 
@@ -313,13 +374,22 @@ def record_llm_call(
 
 
 def plan(
-    plan_id: str | None = None, *, parent: str | None = None, emitter: Emitter | None = None
+    plan_id: str | None = None,
+    *,
+    parent: str | None = None,
+    emitter: Emitter | None = None,
+    tags: Sequence[str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    user_id: str | None = None,
+    session_id: str | None = None,
 ) -> PlanSpan:
-    """A plan; ``plan_id`` defaults to a new id, ``parent`` to the current plan."""
+    """A plan; ``plan_id`` defaults to a new id, ``parent`` to the current plan.
+    The attributes given hold for every record inside it."""
     return PlanSpan(
         None if plan_id is None else _name("plan_id", plan_id),
         None if parent is None else _name("parent", parent),
         emitter,
+        attributes.given(tags, metadata, user_id, session_id),
     )
 
 
@@ -329,14 +399,34 @@ def phase(name: str, *, emitter: Emitter | None = None) -> TimedSpan:
     return TimedSpan(MetricKey.PLAN_DURATION_SECONDS, labels, unit_s=1.0, emitter=emitter)
 
 
-def decision(decision_id: str | None = None, *, emitter: Emitter | None = None) -> DecisionSpan:
-    """A decision; counted on the current plan's ``plan.decisions_count``."""
-    return DecisionSpan(decision_id, emitter)
+def decision(
+    decision_id: str | None = None,
+    *,
+    emitter: Emitter | None = None,
+    tags: Sequence[str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    user_id: str | None = None,
+    session_id: str | None = None,
+) -> DecisionSpan:
+    """A decision; counted on the current plan's ``plan.decisions_count``. The
+    attributes given hold for every record inside it."""
+    return DecisionSpan(decision_id, emitter, attributes.given(tags, metadata, user_id, session_id))
 
 
-def actor(name: str, *, emitter: Emitter | None = None) -> ActorSpan:
-    """An actor invocation (``actor.invocation_duration_ms{actor}``)."""
-    return ActorSpan(_name("actor", name), emitter)
+def actor(
+    name: str,
+    *,
+    emitter: Emitter | None = None,
+    tags: Sequence[str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    user_id: str | None = None,
+    session_id: str | None = None,
+) -> ActorSpan:
+    """An actor invocation (``actor.invocation_duration_ms{actor}``). The attributes
+    given hold for every record inside it."""
+    return ActorSpan(
+        _name("actor", name), emitter, attributes.given(tags, metadata, user_id, session_id)
+    )
 
 
 def llm_call(

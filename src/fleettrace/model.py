@@ -20,6 +20,14 @@ from pydantic import (
     model_validator,
 )
 
+from fleettrace.attributes import (
+    MAX_METADATA_INT,
+    MAX_METADATA_KEY_CHARS,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE_CHARS,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+)
 from fleettrace.metrics import MetricKey, MetricType
 
 #: Bounds every producer and consumer agrees on; the docs' schema table quotes them.
@@ -61,6 +69,25 @@ Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 FiniteNonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
+# Attributes (stream format version 3); their limits live in fleettrace.attributes.
+Tag = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_TAG_CHARS), AfterValidator(_no_nul)
+]
+MetadataKey = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_METADATA_KEY_CHARS),
+    AfterValidator(_no_nul),
+]
+MetadataScalar = (
+    bool
+    | Annotated[int, Field(ge=-MAX_METADATA_INT, le=MAX_METADATA_INT)]
+    | Annotated[float, Field(allow_inf_nan=False)]
+    | Annotated[
+        str, StringConstraints(max_length=MAX_METADATA_VALUE_CHARS), AfterValidator(_no_nul)
+    ]
+)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -70,6 +97,8 @@ def _now() -> datetime:
 INPUT_DETAIL_FIELDS: Final = ("cache_read_tokens", "cache_write_tokens", "audio_input_tokens")
 OUTPUT_DETAIL_FIELDS: Final = ("reasoning_tokens", "audio_output_tokens")
 TOKEN_DETAIL_FIELDS: Final = (*INPUT_DETAIL_FIELDS, *OUTPUT_DETAIL_FIELDS)
+#: The fields added with stream format version 3 (see fleettrace.attributes).
+ATTRIBUTE_FIELDS: Final = ("tags", "metadata", "user_id", "session_id", "ttft_ms")
 
 
 class LLMTrace(BaseModel):
@@ -119,6 +148,15 @@ class LLMTrace(BaseModel):
     reasoning_tokens: Tokens | None = None
     audio_input_tokens: Tokens | None = None
     audio_output_tokens: Tokens | None = None
+    # Added with stream format version 3 (attributes): tags, metadata, who and which
+    # session the call was for, and the time to its first streamed token.
+    tags: Annotated[list[Tag], Field(max_length=MAX_TAGS)] = Field(default_factory=list)
+    metadata: Annotated[dict[MetadataKey, MetadataScalar], Field(max_length=MAX_METADATA_KEYS)] = (
+        Field(default_factory=dict)
+    )
+    user_id: Id | None = None
+    session_id: Id | None = None
+    ttft_ms: Annotated[FiniteNonNegative, Field(le=MAX_LATENCY_MS)] | None = None
 
     @model_validator(mode="after")
     def _details_within_totals(self) -> LLMTrace:

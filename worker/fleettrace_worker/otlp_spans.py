@@ -58,6 +58,9 @@ OPERATION_CHAT: Final = "chat"
 OPERATION_AGENT: Final = "invoke_agent"
 #: fleettrace's own attributes (not GenAI conventions; documented in docs/otlp.md).
 COST_ATTRIBUTE: Final = "fleettrace.cost_usd"
+#: Where the record's tags and each metadata key go (``fleettrace.metadata.<key>``).
+TAGS_ATTRIBUTE: Final = "fleettrace.tags"
+METADATA_PREFIX: Final = "fleettrace.metadata."
 _ID_PREFIX: Final = b"fleettrace/"
 _NANOS: Final = 1_000_000_000
 #: Plan trace ids and parent span ids kept computed (parents repeat across records).
@@ -175,6 +178,22 @@ def llm_attributes(record: LLMTrace) -> list[Attribute]:
     pairs.append(("fleettrace.retry_count", record.retry_count))
     if record.tool_calls:
         pairs.append(("fleettrace.tool_calls", list(record.tool_calls)))
+    return pairs + _record_attributes(record)
+
+
+def _record_attributes(record: LLMTrace) -> list[Attribute]:
+    """Who and what the call was for (stream format 3): OpenTelemetry's general
+    ``user.id`` / ``session.id``, the GenAI time to first chunk (seconds), and the
+    record's tags and metadata under fleettrace's names."""
+    pairs: list[Attribute] = []
+    for name, value in (("user.id", record.user_id), ("session.id", record.session_id)):
+        if value is not None:
+            pairs.append((name, value))
+    if record.ttft_ms is not None:
+        pairs.append(("gen_ai.response.time_to_first_chunk", record.ttft_ms / 1000))
+    if record.tags:
+        pairs.append((TAGS_ATTRIBUTE, list(record.tags)))
+    pairs.extend((METADATA_PREFIX + key, value) for key, value in record.metadata.items())
     return pairs
 
 

@@ -26,7 +26,7 @@ from psycopg_pool import ConnectionPool
 
 from fleettrace.keys import configured_namespace
 from fleettrace.model import LLMTrace, MetricSample
-from fleettrace_worker import database
+from fleettrace_worker import attribute_filters, database
 
 TRACES_TABLE: Final = "llm_traces"
 SAMPLES_TABLE: Final = "metric_samples"
@@ -58,6 +58,13 @@ TRACE_COLUMNS: Final = (
     ("reasoning_tokens", "int4"),
     ("audio_input_tokens", "int4"),
     ("audio_output_tokens", "int4"),
+    # Schema version 4 (attributes): tags and metadata are NULL, not empty, when a
+    # record has none, so such a row pays nothing in their partial indexes.
+    ("tags", "bytea"),
+    ("metadata", "jsonb"),
+    ("user_id", "text"),
+    ("session_id", "text"),
+    ("ttft_ms", "float8"),
 )
 SAMPLE_COLUMNS: Final = (
     ("batch_id", "uuid"),
@@ -78,8 +85,10 @@ _SAMPLE_NAMES: Final = tuple(name for name, _ in SAMPLE_COLUMNS)
 if tuple(LLMTrace.model_fields) != _TRACE_NAMES:  # pragma: no cover - guards a model change
     raise RuntimeError("llm_traces columns no longer match LLMTrace's fields")
 _TOOL_CALLS_AT: Final = _TRACE_NAMES.index("tool_calls")
+_TAGS_AT: Final = _TRACE_NAMES.index("tags")
 _before_tool_calls: Final = attrgetter(*_TRACE_NAMES[:_TOOL_CALLS_AT])
-_after_tool_calls: Final = attrgetter(*_TRACE_NAMES[_TOOL_CALLS_AT + 1 :])
+_after_tool_calls: Final = attrgetter(*_TRACE_NAMES[_TOOL_CALLS_AT + 1 : _TAGS_AT])
+_after_metadata: Final = attrgetter(*_TRACE_NAMES[_TAGS_AT + 2 :])
 #: PostgreSQL's binary array layout: dimensions, has-nulls flag, element type (25 =
 #: text), then per dimension its length and lower bound.
 _ARRAY_HEADER: Final = struct.Struct("!iiiii")
@@ -129,6 +138,11 @@ class TraceFilter:
     until: datetime | None = None
     errors_only: bool = False
     namespace: str | None = None
+    # Schema version 4: every tag, every (key, value) metadata pair, user, session.
+    tags: tuple[str, ...] = ()
+    metadata: tuple[tuple[str, str], ...] = ()
+    user_id: str | None = None
+    session_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,11 +389,7 @@ class LLMTraceRepository:
         with database.connection(self._pool) as conn:
             rows = conn.execute(query, params).fetchall()
         width = len(_TRACE_NAMES)
-        records = [
-            LLMTrace.model_validate(dict(zip(_TRACE_NAMES, row[:width], strict=True)))
-            for row in rows
-        ]
-        return records, [_text(row[width]) for row in rows]
+        return [_trace_of(row[:width]) for row in rows], [_text(row[width]) for row in rows]
 
 
 def _trace_row(trace: LLMTrace) -> tuple[object, ...]:
@@ -387,7 +397,20 @@ def _trace_row(trace: LLMTrace) -> tuple[object, ...]:
         *_before_tool_calls(trace),
         _text_array(trace.tool_calls),
         *_after_tool_calls(trace),
+        _text_array(trace.tags) if trace.tags else None,
+        trace.metadata or None,
+        *_after_metadata(trace),
     )
+
+
+def _trace_of(row: Sequence[object]) -> LLMTrace:
+    fields = dict(zip(_TRACE_NAMES, row, strict=True))
+    # NULL in the attribute columns is a record without tags or metadata.
+    if fields["tags"] is None:
+        fields["tags"] = []
+    if fields["metadata"] is None:
+        fields["metadata"] = {}
+    return LLMTrace.model_validate(fields)
 
 
 def _text_array(values: list[str]) -> bytes:
@@ -487,7 +510,10 @@ def _conditions(where: TraceFilter) -> tuple[list[sql.Composable], list[object]]
         params.append(where.until)
     if where.errors_only:
         conditions.append(sql.SQL("error IS NOT NULL"))
-    return conditions, params
+    more, more_params = attribute_filters.conditions(
+        where.tags, where.metadata, where.user_id, where.session_id
+    )
+    return conditions + more, params + more_params
 
 
 def _where(conditions: list[sql.Composable]) -> sql.Composed:

@@ -104,7 +104,10 @@ def llm_run(trace: LLMTrace, project: str) -> Run:
     start = trace.started_at
     own = dotted_segment(start, run_id)
     usage = usage_metadata(trace)
+    # The record's own metadata first: fleettrace's keys below win a clash, so a run
+    # always says what fleettrace measured.
     metadata: dict[str, Any] = {
+        **trace.metadata,
         "plan_id": trace.plan_id,
         "decision_id": trace.decision_id,
         "actor": trace.actor,
@@ -117,6 +120,9 @@ def llm_run(trace: LLMTrace, project: str) -> Run:
         "streaming": trace.streaming,
         "retry_count": trace.retry_count,
         "usage_metadata": usage,
+        "user_id": trace.user_id,
+        "session_id": trace.session_id,
+        "ttft_ms": trace.ttft_ms,
     }
     run: Run = {
         "id": run_id,
@@ -131,7 +137,7 @@ def llm_run(trace: LLMTrace, project: str) -> Run:
             "metadata": metadata,
             "invocation_params": {"stream": trace.streaming},
         },
-        "tags": [f"actor:{trace.actor}"] if trace.actor else [],
+        "tags": ([f"actor:{trace.actor}"] if trace.actor else []) + trace.tags,
         "session_name": project,
     }
     if trace.plan_id is None:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from fleettrace import hooks
+from fleettrace import attributes, hooks
+from fleettrace.attributes import Attributes
 from fleettrace.emitter import Emitter
 from fleettrace.hooks import LLMCallSpan
 from fleettrace.model import MAX_ERROR_CHARS, MAX_NAME_CHARS, MAX_TOKENS, MAX_TOOL_CALLS
@@ -50,8 +51,10 @@ class Call:
     """What is known of one LLM call so far.
 
     ``cache_read_tokens``, ``cache_write_tokens`` and ``reasoning_tokens`` are
-    recorded beside the totals they are part of; ``ttft_ms`` is captured but not yet
-    recorded (``LLMTrace`` has no field for it). ``prompt_tokens`` is the whole input,
+    recorded beside the totals they are part of; ``ttft_ms`` (set by
+    :meth:`first_token` at the stream's first chunk) is recorded as the record's, and
+    the tags, metadata, user and session in force when the request started
+    (``scope``) are those of the record. ``prompt_tokens`` is the whole input,
     cache reads and writes included; ``completion_tokens`` the whole output, reasoning
     included.
     """
@@ -78,6 +81,7 @@ class Call:
     decision_id: str | None = field(default_factory=hooks.current_decision_id)
     actor: str | None = field(default_factory=hooks.current_actor)
     span: LLMCallSpan | None = field(default_factory=hooks.current_llm_call)
+    scope: Attributes = field(default_factory=attributes.current.get)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started_s: float = field(default_factory=time.perf_counter)
     finished: bool = False
@@ -131,6 +135,8 @@ class Call:
             "tool_calls": list(self.tool_calls),
             "error": self.error,
         }
+        if self.ttft_ms is not None:
+            fields["ttft_ms"] = min(self.ttft_ms, 86_400_000.0)
         # A detail is kept only beside a known total it fits in (the record refuses a
         # detail larger than its total, and a refused record would lose the call).
         for name, detail, total in (
@@ -160,6 +166,7 @@ class Call:
             actor=self.actor,
             latency_ms=min(self.latency_ms or 0.0, 86_400_000.0),
             started_at=self.started_at,
+            scope=self.scope,
             **self._fields(),
         )
         self.outcome = "record"

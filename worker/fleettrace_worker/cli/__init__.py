@@ -31,6 +31,7 @@ COMMANDS: Final[tuple[str, ...]] = (
     "demo",
     "migrate",
     "prune",
+    "erase",
     "traces",
     "worker",
     "dlq",

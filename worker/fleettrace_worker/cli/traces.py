@@ -23,6 +23,7 @@ from psycopg_pool import ConnectionPool
 from fleettrace.errors import ConfigurationError
 from fleettrace.model import LLMTrace
 from fleettrace_worker import migrations
+from fleettrace_worker.attribute_filters import parse_meta
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.cli.render import Column, Kind
 from fleettrace_worker.durations import parse_time
@@ -139,6 +140,16 @@ def _filters(parser: argparse.ArgumentParser) -> None:
         "--until", metavar="WHEN", help="started before: a time (ISO 8601) or an age (30m)"
     )
     parser.add_argument("--errors", action="store_true", help="only calls that failed")
+    parser.add_argument(
+        "--tag", action="append", default=[], metavar="TAG", help="only calls with this tag "
+        "(repeatable: calls with every tag given)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--meta", action="append", default=[], metavar="KEY=VALUE", help="only calls whose "
+        "metadata KEY is VALUE (tier=2 matches the number 2 and the string \"2\"; repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--user", metavar="ID", help="only calls of this user_id")
+    parser.add_argument("--session", metavar="ID", help="only calls of this session_id")
 
 
 def _where(args: argparse.Namespace) -> TraceFilter:
@@ -151,7 +162,18 @@ def _where(args: argparse.Namespace) -> TraceFilter:
         until=parse_time(args.until) if args.until else None,
         errors_only=args.errors,
         namespace=options.namespace_scope(args),
+        tags=tuple(args.tag),
+        metadata=tuple(_meta(text) for text in args.meta),
+        user_id=args.user,
+        session_id=args.session,
     )
+
+
+def _meta(text: str) -> tuple[str, str]:
+    try:
+        return parse_meta(text)
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
 
 
 def _pool(args: argparse.Namespace) -> ConnectionPool:
