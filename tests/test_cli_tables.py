@@ -80,7 +80,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 def listing(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(run(capsys, *argv, "--json"))
-    assert list(data) == ["items", "next_cursor"]
+    assert list(data) == ["items", "next_cursor", "namespace"]
     return data
 
 
