@@ -294,3 +294,20 @@ def _fault(handler: BaseHTTPRequestHandler) -> tuple[int, dict[str, str]] | None
         return None
     headers = {"retry-after-ms": str(RETRY_AFTER_MS)} if status == 429 else {}
     return status, headers
+
+
+def main() -> None:
+    """``python -m fleettrace_worker.demo.llm_server``: serve in a process of its own
+    (as a provider is) until SIGTERM or SIGINT; print the base URL first."""
+    import signal
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with LLMServer() as server:
+        print(server.url, flush=True)
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()
