@@ -6,6 +6,9 @@ client and counted in the rows the worker stored."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -159,3 +162,28 @@ def test_a_bad_completion_limit_falls_back_to_the_default() -> None:
         assert usage({"max_tokens": limit})["completion_tokens"] == DEFAULT_COMPLETION_TOKENS
     below = usage({"messages": words(CACHE_MIN_TOKENS - TOKENS_PER_MESSAGE - 1)})
     assert below["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+def test_the_server_runs_alone_until_sigterm() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleettrace_worker.demo.llm_server"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+        answer = openai.OpenAI(base_url=url, api_key="sk").chat.completions.create(
+            model="gpt-4o", messages=words(7)
+        )
+        assert answer.usage is not None and answer.usage.prompt_tokens == 7 + TOKENS_PER_MESSAGE
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0
+    assert stderr == ""
