@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import json
 import random
+import signal
 import sys
 import threading
 import time
@@ -299,8 +300,6 @@ def _fault(handler: BaseHTTPRequestHandler) -> tuple[int, dict[str, str]] | None
 def main() -> None:
     """``python -m fleettrace_worker.demo.llm_server``: serve in a process of its own
     (as a provider is) until SIGTERM or SIGINT; print the base URL first."""
-    import signal
-
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
