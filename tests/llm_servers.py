@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import psycopg
 
 from fleettrace.emitter import Emitter
 from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace_worker.demo.llm_server import QuietServer, send_json, send_sse
 from tests.emitting import make_emitter
 from tests.worker_helpers import migrated
 
@@ -64,14 +64,6 @@ class Fault:
     model: str | None = None
 
 
-class _QuietServer(ThreadingHTTPServer):
-    """A client closing its keep-alive connection is not an error worth a traceback."""
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
 class LLMServer:
     """An OpenAI- and Anthropic-compatible server on a free loopback port."""
 
@@ -103,7 +95,7 @@ class LLMServer:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     server._answer(self, body, fault)
 
-        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self._httpd = QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -176,34 +168,8 @@ class LLMServer:
     def _tool_name(tool: dict[str, Any]) -> str:
         return str(tool.get("name") or tool.get("function", {}).get("name"))
 
-    @staticmethod
-    def _json(
-        handler: BaseHTTPRequestHandler,
-        payload: object,
-        status: int = 200,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        data = json.dumps(payload).encode()
-        handler.send_response(status)
-        handler.send_header("content-type", "application/json")
-        handler.send_header("content-length", str(len(data)))
-        for name, value in (headers or {}).items():
-            handler.send_header(name.replace("_", "-"), value)
-        handler.end_headers()
-        handler.wfile.write(data)
-
-    @staticmethod
-    def _sse(handler: BaseHTTPRequestHandler, events: Iterator[str]) -> None:
-        handler.send_response(200)
-        handler.send_header("content-type", "text/event-stream")
-        handler.send_header("transfer-encoding", "chunked")
-        handler.end_headers()
-        for event in events:
-            data = event.encode()
-            handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            handler.wfile.flush()
-        handler.wfile.write(b"0\r\n\r\n")
-        handler.wfile.flush()
+    _json = staticmethod(send_json)
+    _sse = staticmethod(send_sse)
 
 
 def _data(payload: object, event: str | None = None) -> str:

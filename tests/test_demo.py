@@ -24,24 +24,22 @@ from fleettrace.codec import Kind
 from fleettrace.errors import FleettraceError, SchemaVersionError
 from fleettrace.keys import EMITTER_RECORDS, FIELD_COUNT, PERSIST_GROUP, Keys
 from fleettrace_worker import database
-from fleettrace_worker import demo as demo_module
 from fleettrace_worker.cli import demo as demo_cli
 from fleettrace_worker.cli import main
 from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.deadletter import DeadLetter
-from fleettrace_worker.demo import (
+from fleettrace_worker.demo import agents
+from fleettrace_worker.demo import run as demo_run
+from fleettrace_worker.demo.accounting import (
+    Counters,
     DeadLetterCounter,
-    DemoSettings,
     LiveFigures,
     Progress,
-    _Counters,
-    _run_fleet,
-    _worker,
     count_rows,
     dead_letter_records,
-    new_run_id,
-    run_demo,
 )
+from fleettrace_worker.demo.run import _run_fleet, _worker, run_demo
+from fleettrace_worker.demo.settings import DemoSettings, new_run_id
 from fleettrace_worker.embedded import EmbeddedPostgres
 from fleettrace_worker.migrations import migrate
 from fleettrace_worker.repository import LLMTraceRepository
@@ -156,11 +154,28 @@ def test_the_demo_uses_the_servers_the_urls_name(
             "SELECT count(*) FROM llm_traces WHERE error LIKE 'RateLimitError: %'"
         ).fetchone()
         retried = conn.execute("SELECT count(*) FROM llm_traces WHERE retry_count > 0").fetchone()
+        # What wrap_openai filled in from the client and the local server's answers.
+        integration = conn.execute(
+            "SELECT count(*) FILTER (WHERE streaming), count(*) FILTER (WHERE NOT streaming),"
+            " count(DISTINCT prompt_tokens), count(*) FILTER (WHERE cache_read_tokens > 0),"
+            " count(*) FILTER (WHERE cardinality(tool_calls) > 0),"
+            " count(*) FILTER (WHERE context_hash IS NULL),"
+            " count(*) FILTER (WHERE error IS NOT NULL AND retry_count <> %s),"
+            " count(*) FILTER (WHERE provider = 'anthropic' AND model NOT LIKE 'claude-%%')"
+            " FROM llm_traces WHERE plan_id LIKE %s AND plan_id NOT LIKE %s",
+            (agents.MAX_RETRIES, f"{run_id}-%", f"{run_id}-handwritten"),
+        ).fetchone()
     assert stored_traces == (traces,)
     assert stored_samples == (samples,)
     assert unpriced is not None and unpriced[0] > 0
     assert failed is not None and failed[0] > 0
     assert retried is not None and retried[0] > 0
+    assert integration is not None
+    streamed, plain, token_counts, cached, with_tools, unhashed, odd_errors, odd = integration
+    assert streamed > 0 and plain > 0
+    assert token_counts > 1  # varied, as the requests were
+    assert cached > 0 and with_tools > 0
+    assert (unhashed, odd_errors, odd) == (0, 0, 0)  # a failed call gave up after its retries
     # What the emitters put into this namespace is exactly what the demo calls sent.
     assert int(redis_client.hget(keys.emitter, EMITTER_RECORDS) or 0) == sent
 
@@ -295,14 +310,16 @@ def test_an_agent_that_dies_without_reporting_is_an_error(
     pool = database.create_pool(database_url)
     try:
         migrate(pool)
-        counters = _Counters(
+        counters = Counters(
             pool,
             settings.run_id,
             LiveFigures(client, keys, settings.run_id),
             DeadLetterCounter(client, keys),
         )
         with pytest.raises(FleettraceError, match=r"ended without a report: agent-0$"):
-            _run_fleet(settings, counters, lambda progress: None, lambda: None)
+            _run_fleet(
+                settings, "http://127.0.0.1:1/v1", counters, lambda progress: None, lambda: None
+            )
     finally:
         pool.close()
         client.close()
@@ -490,20 +507,20 @@ def test_sigint_is_left_alone_outside_the_main_thread() -> None:
     seen: list[object] = []
 
     def probe() -> None:
-        with demo_module._children_ignore_sigint():
+        with demo_run._children_ignore_sigint():
             seen.append(signal.getsignal(signal.SIGINT))
 
     thread = threading.Thread(target=probe)
     thread.start()
     thread.join(10)
     assert seen == [signal.getsignal(signal.SIGINT)]
-    with demo_module._children_ignore_sigint():
+    with demo_run._children_ignore_sigint():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     assert signal.getsignal(signal.SIGINT) is seen[0]
 
 
 def test_every_agent_retries_and_fails_some_calls_by_count() -> None:
-    sim = demo_module.Simulation(random.Random(1))
+    sim = agents.Simulation(random.Random(1))
     calls = [sim.next_llm_call() for _ in range(32)]
     retried = [n for n, (retries, _) in enumerate(calls) if retries]
     failed = [n for n, (_, fails) in enumerate(calls) if fails]

@@ -13,6 +13,7 @@ call is dropped, never the caller's answer.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -21,6 +22,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
+
+import orjson
 
 from fleettrace import attributes, hooks
 from fleettrace.attributes import Attributes
@@ -44,6 +47,24 @@ def tokens(value: object) -> int | None:
     if type(value) is int and 0 <= value <= MAX_TOKENS:
         return value
     return None
+
+
+#: The parts of a request body that are the context sent to the model (chat
+#: ``messages``, Responses ``instructions`` and ``input``, Anthropic ``system``).
+CONTEXT_KEYS: Final = ("system", "instructions", "messages", "input")
+
+
+def context_hash(body: object) -> str | None:
+    """SHA-256 (hex) of the request's context: its ``CONTEXT_KEYS`` present, as JSON
+    with sorted keys, so the same messages hash alike whatever the model or options;
+    None when the body has none of them. Only the hash is kept, never the text."""
+    if not isinstance(body, dict):
+        return None
+    context = {key: body[key] for key in CONTEXT_KEYS if key in body}
+    if not context:
+        return None
+    data = orjson.dumps(context, option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(slots=True, eq=False)
@@ -72,6 +93,8 @@ class Call:
     reasoning_tokens: int | None = None
     ttft_ms: float | None = None
     tool_calls: list[str] = field(default_factory=list)
+    #: Set when the integration was asked to hash the request (``hash_context=True``).
+    context_hash: str | None = None
     error: str | None = None
     latency_ms: float | None = None
     #: Set by the integration when it asked the API for a usage chunk the caller did
@@ -137,6 +160,8 @@ class Call:
         }
         if self.ttft_ms is not None:
             fields["ttft_ms"] = min(self.ttft_ms, 86_400_000.0)
+        if self.context_hash is not None:
+            fields["context_hash"] = self.context_hash
         # A detail is kept only beside a known total it fits in (the record refuses a
         # detail larger than its total, and a refused record would lose the call).
         for name, detail, total in (

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
 from fleettrace.emitter import Emitter
-from fleettrace.integrations._calls import Call, CallObserver, guarded
+from fleettrace.integrations._calls import Call, CallObserver, context_hash, guarded
 
 #: The attribute that marks a wrapped client and holds how it was wrapped.
 MARK: Final = "_fleettrace_wrapping"
@@ -70,6 +70,8 @@ class Wrapping:
     adapter: Adapter
     emitter: Emitter | None
     observer: CallObserver | None
+    #: Hash the request's context into ``context_hash`` (the caller's opt-in).
+    hash_context: bool = False
 
 
 def is_wrapped(client: object) -> bool:
@@ -142,6 +144,8 @@ def _begin(wrapping: Wrapping, options: Any) -> tuple[Call | None, Any]:
         if model is None:
             return None, options
         call = Call(wrapping.provider, model, wrapping.emitter, wrapping.observer)
+        if wrapping.hash_context:
+            call.context_hash = guarded("hashing the request", context_hash, options.json_data)
         return call, wrapping.adapter.prepare(options, call)
     except Exception:
         logger.debug("fleettrace integration: cannot follow this request", exc_info=True)

@@ -100,8 +100,10 @@ def wrap_anthropic(
     provider: str = "anthropic",
     emitter: Emitter | None = None,
     on_call: CallObserver | None = None,
+    hash_context: bool = False,
 ) -> C:
     """Record the messages calls ``client`` (``Anthropic`` or ``AsyncAnthropic``) makes;
-    returns it. Arguments as for :func:`~fleettrace.integrations.wrap_openai`."""
-    wrapping = Wrapping(provider, AnthropicAdapter(), emitter, on_call)
+    returns it. Arguments as for :func:`~fleettrace.integrations.wrap_openai`
+    (``hash_context`` hashes ``system`` and ``messages``)."""
+    wrapping = Wrapping(provider, AnthropicAdapter(), emitter, on_call, hash_context)
     return wrap_client(client, wrapping)

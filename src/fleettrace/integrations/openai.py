@@ -125,6 +125,7 @@ def wrap_openai(
     provider: str = "openai",
     emitter: Emitter | None = None,
     on_call: CallObserver | None = None,
+    hash_context: bool = False,
 ) -> C:
     """Record the LLM calls ``client`` (``OpenAI`` or ``AsyncOpenAI``) makes; returns it.
 
@@ -132,8 +133,11 @@ def wrap_openai(
     ``"azure"``...). ``emitter`` defaults to the process's default emitter.
     ``on_call`` is called with each finished :class:`~fleettrace.integrations.Call`,
     which also holds what the record cannot carry yet (cache and reasoning tokens,
-    time to first token). Wrapping a wrapped client changes nothing; an object that is
+    time to first token). ``hash_context=True`` records ``context_hash``, the SHA-256
+    of the request's ``messages`` (chat) or ``instructions`` and ``input``
+    (Responses), so that calls sending the same context can be grouped; the text is
+    never recorded. Wrapping a wrapped client changes nothing; an object that is
     not an SDK client raises ``TypeError`` here, at setup.
     """
-    wrapping = Wrapping(provider, OpenAIAdapter(), emitter, on_call)
+    wrapping = Wrapping(provider, OpenAIAdapter(), emitter, on_call, hash_context)
     return wrap_client(client, wrapping)

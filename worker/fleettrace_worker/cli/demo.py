@@ -27,14 +27,9 @@ from fleettrace.keys import NAMESPACE_VARIABLE, Keys
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.cli.render import Column, Kind
 from fleettrace_worker.cli.traces import COST_FIGURES, cost_json
-from fleettrace_worker.demo import (
-    DRAIN_TIMEOUT_S,
-    DemoResult,
-    DemoSettings,
-    Progress,
-    new_run_id,
-    run_demo,
-)
+from fleettrace_worker.demo.accounting import DemoResult, Progress
+from fleettrace_worker.demo.run import run_demo
+from fleettrace_worker.demo.settings import DRAIN_TIMEOUT_S, DemoSettings, new_run_id
 from fleettrace_worker.embedded import DATA_DIR_VARIABLE, data_dir_from_env, embedded_servers
 from fleettrace_worker.settings import database_url_from_env
 
@@ -77,11 +72,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "demo",
         help="run a simulated fleet and a worker, and prove nothing was lost",
-        description="Run several agent processes that record plans, actors, LLM calls and "
-        "tools through the hooks, a worker that stores them, a live progress display, and "
-        "the cost summary by model. With no Redis or PostgreSQL URL configured, embedded "
-        "servers run under the data directory. Exits 0 only if records sent = rows stored "
-        "+ dead letters.",
+        description="Run several agent processes that record plans, actors and tools "
+        "through the hooks and their LLM calls through wrap_openai (against a local "
+        "OpenAI-compatible server the demo starts), a worker that stores them, a live "
+        "progress display, and the cost summary by model. With no Redis or PostgreSQL URL "
+        "configured, embedded servers run under the data directory. Exits 0 only if "
+        "records sent = rows stored + dead letters.",
     )
     options.add_redis_options(parser)
     options.add_database_options(parser)
@@ -176,6 +172,10 @@ def run(args: argparse.Namespace) -> int:
         console.print(
             f"Run {settings.run_id}: {settings.agents} agent processes, {what}, "
             f"namespace {namespace!r}"
+        )
+        console.print(
+            "  the agents' LLM calls go through wrap_openai(OpenAI(...)) to a local "
+            "OpenAI-compatible server"
         )
         with _display(console) as show:
             result = run_demo(settings, show)
