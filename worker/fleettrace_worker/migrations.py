@@ -5,6 +5,11 @@ recorded in ``fleettrace_schema_version``. :func:`migrate` takes a transaction-l
 advisory lock first, so two hosts migrating at once apply every file exactly once
 (the second waits, then finds nothing left to do), and a failing file leaves the
 database at the version it had.
+
+Versions are applied by set, not by count: a database is up to date when every
+shipped version is recorded, and :func:`migrate` applies the ones it lacks, in order.
+So the numbers may have a gap (a version developed elsewhere and merged later), and
+a database migrated before the gap was filled gets the missing version then.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ class MigrationResult:
 
 @cache
 def available() -> tuple[Migration, ...]:
-    """The migrations shipped with this code, in order; numbered 1, 2, 3... without gaps."""
+    """The migrations shipped with this code, in order; each number at most once."""
     folder = resources.files("fleettrace_worker").joinpath("migrations")
     found: list[Migration] = []
     for entry in folder.iterdir():
@@ -58,8 +63,8 @@ def available() -> tuple[Migration, ...]:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"migration files are not numbered 1..n without gaps: {versions}")
+    if not versions or versions[0] != 1 or len(set(versions)) != len(versions):
+        raise RuntimeError(f"migration files must start at 1, each number once: {versions}")
     return tuple(found)
 
 
@@ -78,6 +83,22 @@ def current_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:
     return int(row[0]) if row and row[0] is not None else 0  # type: ignore[call-overload]
 
 
+def applied_versions(conn: psycopg.Connection[tuple[object, ...]]) -> set[int]:
+    """Every version recorded in the database (none when it was never migrated)."""
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VERSION_TABLE,)).fetchone()
+    if not exists or not exists[0]:
+        return set()
+    rows = conn.execute(
+        sql.SQL("SELECT version FROM {}").format(sql.Identifier(VERSION_TABLE))
+    ).fetchall()
+    return {int(row[0]) for row in rows}  # type: ignore[call-overload]
+
+
+def _missing(conn: psycopg.Connection[tuple[object, ...]]) -> list[Migration]:
+    done = applied_versions(conn)
+    return [m for m in available() if m.version not in done]
+
+
 def migrate(db: Database) -> MigrationResult:
     """Apply what is missing, all in one transaction; refuse a database that is newer."""
     with _session(db) as conn, conn.transaction():
@@ -92,7 +113,7 @@ def migrate(db: Database) -> MigrationResult:
         if found > latest_version():
             raise _newer(found)
         applied: list[str] = []
-        for migration in available()[found:]:
+        for migration in _missing(conn):
             conn.execute(migration.sql.encode())
             conn.execute(
                 sql.SQL("INSERT INTO {} (version, name) VALUES (%s, %s)").format(
@@ -112,6 +133,7 @@ def check_schema(db: Database) -> int:
     """
     with _session(db) as conn:
         found = current_version(conn)
+        missing = _missing(conn) if found else []
         conn.rollback()
     expected = latest_version()
     if found is None or found == 0:
@@ -121,10 +143,11 @@ def check_schema(db: Database) -> int:
         )
     if found > expected:
         raise _newer(found)
-    if found < expected:
+    if found < expected or missing:
+        lacking = ", ".join(f"{m.version:04d}_{m.name}" for m in missing)
         raise SchemaVersionError(
-            f"the database schema is version {found}, this code needs version {expected}; "
-            "run `fleettrace migrate`"
+            f"the database schema is version {found}, this code needs version {expected} "
+            f"(missing {lacking}); run `fleettrace migrate`"
         )
     return found
 

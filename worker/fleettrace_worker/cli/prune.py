@@ -1,4 +1,5 @@
-"""``fleettrace prune``: remove traces and metric samples older than a duration."""
+"""``fleettrace prune``: remove traces, metric samples, tool calls and plan records
+older than a duration."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     verb = "would remove" if report.dry_run else "removed"
     print(
         f"{verb} {report.traces} traces and {report.samples} metric samples "
-        f"older than {cutoff.isoformat(timespec='seconds')}"
+        f"older than {cutoff.isoformat(timespec='seconds')} "
+        f"(and {report.tool_calls} tool calls, {report.plans} plan records)"
     )
     return EXIT_OK
