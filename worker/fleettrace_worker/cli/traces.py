@@ -1,4 +1,4 @@
-"""``fleettrace traces list|show|cost``: the stored LLM calls, for people and scripts.
+"""``fleettrace traces list|show|cost|tree``: the stored LLM calls, for people and scripts.
 
 ``--json`` output keeps its keys stable: a trace is the JSON of ``LLMTrace`` (every
 field, times in RFC 3339 UTC), a cost row names its group and each figure.
@@ -18,6 +18,7 @@ from fleettrace.errors import ConfigurationError
 from fleettrace.model import LLMTrace
 from fleettrace_worker import migrations
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
+from fleettrace_worker.cli import tree as tree_cli
 from fleettrace_worker.cli.tables import format_table
 from fleettrace_worker.durations import parse_time
 from fleettrace_worker.repository import (
@@ -29,6 +30,7 @@ from fleettrace_worker.repository import (
     check_group_by,
     decode_cursor,
 )
+from fleettrace_worker.tree_queries import TreeQueries
 
 DEFAULT_LIMIT: Final = 20
 MAX_LIMIT: Final = 10_000
@@ -87,7 +89,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument("--cursor", metavar="CURSOR", help="continue after a previous page")
     listing.set_defaults(handler=run_list)
 
-    show = actions.add_parser("show", help="every field of one LLM call")
+    show = actions.add_parser(
+        "show",
+        help="every field of one LLM call, and its ancestors in its plan tree",
+        description="Every field of one LLM call. The table ends with its ancestors in its "
+        "plan tree (root plan first, each with its cost and duration); --json prints the "
+        "call alone, as `traces list --json` does (`traces tree PLAN_ID --json` for the tree).",
+    )
     _common(show)
     show.add_argument("trace_id", metavar="TRACE_ID", help="the call's trace id (a UUID)")
     show.set_defaults(handler=run_show)
@@ -109,6 +117,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"comma-separated, among {', '.join(GROUP_BY_FIELDS)} (default model)",
     )
     cost.set_defaults(handler=run_cost)
+    tree_cli.register(actions, _common)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -177,15 +186,18 @@ def run_show(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigurationError(f"{args.trace_id!r} is not a trace id (a UUID)") from None
     with _pool(args) as pool:
-        trace = LLMTraceRepository(pool).get(trace_id)
-    if trace is None:
+        found = TreeQueries(pool).ancestors(trace_id)
+    if found is None:
         print(f"fleettrace traces: no trace with id {trace_id}", file=sys.stderr)
         return EXIT_FAILURE
+    trace, chain = found
     data = _trace_json(trace)
     if args.json:
         print(json.dumps(data))
         return EXIT_OK
     rows = [(name, _show_value(value)) for name, value in data.items()]
+    if chain:
+        rows.append(("ancestors", tree_cli.ancestors_line(chain)))
     print(format_table(("FIELD", "VALUE"), rows))
     return EXIT_OK
 
