@@ -40,7 +40,7 @@ def test_trace_batch_round_trips_exactly_across_chunks() -> None:
     records = list(TRACES[:300])  # more than one encoding chunk
     batch_id = new_batch_id()
     entry = encode_batch(Kind.TRACE, records, batch_id)
-    assert entry[FIELD_VERSION] == FORMAT_VERSION == b"2"
+    assert entry[FIELD_VERSION] == FORMAT_VERSION == b"3"
     assert entry[FIELD_KIND] == b"t"
     assert entry[FIELD_COUNT] == b"300"
     decoded = decode_entry(entry)
@@ -86,7 +86,7 @@ def entry(**overrides: bytes | None) -> dict[bytes, bytes]:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        (entry(v=b"3"), "unknown format version '3'; this code reads version 1, 2"),
+        (entry(v=b"4"), "unknown format version '4'; this code reads version 1, 2, 3"),
         (entry(v=None), "entry has no field 'v'"),
         (entry(k=None), "entry has no field 'k'"),
         (entry(b=None), "entry has no field 'b'"),

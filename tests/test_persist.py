@@ -95,7 +95,7 @@ def test_bad_entries_and_records_are_dead_letters_and_the_good_ones_stored(
     assert (record.batch_id, record.position, record.kind) == (batch_id, 2, "t")
     assert record.record == lines[2]
     assert record.consumer == "w1"
-    envelope = by_reason["unknown format version '0'; this code reads version 1, 2"]
+    envelope = by_reason["unknown format version '0'; this code reads version 1, 2, 3"]
     assert envelope.original == {b"v": b"0", b"junk": b"\xff\xfe"}
     assert any("no field 'v'" in reason for reason in by_reason)
     assert loop.stats.dead_letters == 3

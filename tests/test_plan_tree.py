@@ -16,10 +16,9 @@ import fleettrace
 from fleettrace import hooks
 from fleettrace.emitter import Emitter
 from fleettrace.keys import PERSIST_GROUP, Keys
-from fleettrace.tree_records import PlanRecord, ToolCall
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.tree_queries import TreeQueries
-from tests.emitting import make_emitter, stream_records
+from tests.emitting import make_emitter
 from tests.worker_helpers import fleettrace as run_cli
 from tests.worker_helpers import migrated, start_worker, worker_env
 
@@ -29,39 +28,44 @@ pytestmark = pytest.mark.slow
 def _remote_child(redis_url: str, namespace: str, token: str) -> None:
     """Another process: a child plan from the token, one call and one tool."""
     emitter = fleettrace.configure(redis_url, namespace, flush_interval_s=0.01)
-    with hooks.plan("remote-child", parent=token), hooks.decision("r-1"):
-        with hooks.actor("researcher"):
-            hooks.record_llm_call(
-                "anthropic", "claude-3-5-haiku-latest", prompt_tokens=300,
-                completion_tokens=30, cost_usd=0.004, latency_ms=40.0,
-            )  # fmt: skip
-            with hooks.tool("fetch"):
-                pass
+    with hooks.plan("remote-child", parent=token), hooks.decision("r-1"), hooks.actor("r"):
+        hooks.record_llm_call(
+            "anthropic", "claude-3-5-haiku-latest", prompt_tokens=300,
+            completion_tokens=30, cost_usd=0.004, latency_ms=40.0,
+        )  # fmt: skip
+        with hooks.tool("fetch"):
+            pass
     assert emitter.close(10)
 
 
 def _record_tree(emitter: Emitter, redis_url: str, namespace: str) -> str:
     with hooks.plan("trip", emitter=emitter) as root:
-        with hooks.phase("plan", emitter=emitter), hooks.decision("d-1", emitter=emitter):
-            with hooks.actor("planner", emitter=emitter):
-                hooks.record_llm_call(
-                    "openai", "gpt-4o", emitter=emitter, prompt_tokens=100,
-                    completion_tokens=10, cost_usd=0.001, latency_ms=20.0,
-                )  # fmt: skip
-                with hooks.tool("search", emitter=emitter):
-                    pass
-        with hooks.plan("local-child", emitter=emitter), hooks.decision("c-1", emitter=emitter):
-            with hooks.actor("booker", emitter=emitter):
-                hooks.record_llm_call(
-                    "openai", "gpt-4o-mini", emitter=emitter, prompt_tokens=200,
-                    completion_tokens=20, cost_usd=0.002, latency_ms=30.0,
-                )  # fmt: skip
-                hooks.record_llm_call(
-                    "custom", "in-house", emitter=emitter, prompt_tokens=None,
-                    completion_tokens=None, latency_ms=5.0,
-                )  # fmt: skip
-                with pytest.raises(RuntimeError), hooks.tool("book", emitter=emitter):
-                    raise RuntimeError("no seats")
+        with (
+            hooks.phase("plan", emitter=emitter),
+            hooks.decision("d-1", emitter=emitter),
+            hooks.actor("planner", emitter=emitter),
+        ):
+            hooks.record_llm_call(
+                "openai", "gpt-4o", emitter=emitter, prompt_tokens=100,
+                completion_tokens=10, cost_usd=0.001, latency_ms=20.0,
+            )  # fmt: skip
+            with hooks.tool("search", emitter=emitter):
+                pass
+        with (
+            hooks.plan("local-child", emitter=emitter),
+            hooks.decision("c-1", emitter=emitter),
+            hooks.actor("booker", emitter=emitter),
+        ):
+            hooks.record_llm_call(
+                "openai", "gpt-4o-mini", emitter=emitter, prompt_tokens=200,
+                completion_tokens=20, cost_usd=0.002, latency_ms=30.0,
+            )  # fmt: skip
+            hooks.record_llm_call(
+                "custom", "in-house", emitter=emitter, prompt_tokens=None,
+                completion_tokens=None, latency_ms=5.0,
+            )  # fmt: skip
+            with pytest.raises(RuntimeError), hooks.tool("book", emitter=emitter):
+                raise RuntimeError("no seats")
         process = multiprocessing.get_context("spawn").Process(
             target=_remote_child, args=(redis_url, namespace, root.token())
         )
@@ -106,7 +110,7 @@ def test_a_plan_with_two_child_plans_reads_back_as_one_tree(
             ["plan local-child", [["decision c-1", [["actor booker", [
                 ["llm openai/gpt-4o-mini", []], ["llm custom/in-house", []], ["tool book", []],
             ]]]]]],
-            ["plan remote-child", [["decision r-1", [["actor researcher", [
+            ["plan remote-child", [["decision r-1", [["actor r", [
                 ["llm anthropic/claude-3-5-haiku-latest", []], ["tool fetch", []],
             ]]]]]],
             ["decision d-1", [["actor planner", [
@@ -149,11 +153,15 @@ def test_a_plan_with_two_child_plans_reads_back_as_one_tree(
 def test_show_names_a_calls_ancestors(redis_url: str, keys: Keys, database_url: str) -> None:
     db = migrated(database_url)
     emitter = make_emitter(redis_url, keys)
-    with hooks.plan("root", emitter=emitter), hooks.plan("child", emitter=emitter):
-        with hooks.decision("d", emitter=emitter), hooks.actor("a", emitter=emitter):
-            trace = hooks.record_llm_call(
-                "openai", "gpt-4o", emitter=emitter, cost_usd=0.5, latency_ms=1.0
-            )
+    with (
+        hooks.plan("root", emitter=emitter),
+        hooks.plan("child", emitter=emitter),
+        hooks.decision("d", emitter=emitter),
+        hooks.actor("a", emitter=emitter),
+    ):
+        trace = hooks.record_llm_call(
+            "openai", "gpt-4o", emitter=emitter, cost_usd=0.5, latency_ms=1.0
+        )
     assert emitter.flush(30)
     emitter.close()
     env = worker_env(redis_url, db, keys)

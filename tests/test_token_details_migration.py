@@ -57,7 +57,7 @@ def test_version_two_applies_once_from_two_processes_over_rows_of_version_one(
 ) -> None:
     ids = _at_version_one(database_url)
     applied = migrate_from_processes(database_url)
-    assert applied == [(), ("0002_token_details", "0003_producer")]
+    assert applied == [(), ("0002_token_details", "0003_producer", "0005_plan_tree")]
     with psycopg.connect(database_url) as conn:
         again = migrations.migrate(conn)
     assert again.applied == () and again.from_version == migrations.latest_version()

@@ -34,7 +34,7 @@ from fleettrace.emitter import Emitter, get_emitter
 from fleettrace.metrics import MetricKey
 from fleettrace.model import MAX_LABEL_CHARS, LLMTrace
 from fleettrace.plan_scope import error_text as _error_text
-from fleettrace.plan_token import PlanPlace
+from fleettrace.plan_token import TOKEN_PREFIX, PlanPlace
 from fleettrace.tree_records import PlanRecord
 
 CONTEXT_TIERS: Final = frozenset({"hot", "warm", "cold"})
@@ -358,11 +358,9 @@ def plan(
     """A plan; ``plan_id`` defaults to a new id, ``parent`` to the current plan. A
     ``parent`` from another process is the token of its plan (``PlanSpan.token``) or a
     plain plan id."""
-    return PlanSpan(
-        None if plan_id is None else _name("plan_id", plan_id),
-        None if parent is None else _name("parent", parent),
-        emitter,
-    )
+    if parent is not None and not (isinstance(parent, str) and parent.startswith(TOKEN_PREFIX)):
+        parent = _name("parent", parent)
+    return PlanSpan(None if plan_id is None else _name("plan_id", plan_id), parent, emitter)
 
 
 def _add_phase(span: TimedSpan, elapsed_s: float, error: BaseException | None) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from fleettrace.model import MAX_ERROR_CHARS
-from fleettrace.plan_token import PlanPlace, parse_token, root_place
+from fleettrace.plan_token import TOKEN_PREFIX, PlanPlace, parse_token, root_place
 from fleettrace.tree_records import MAX_PLAN_PHASES, PlanRecord, ToolCall
 
 logger = logging.getLogger("fleettrace.hooks")
@@ -83,10 +83,19 @@ def start(plan_id: str, given_parent: str | None) -> PlanState:
     if given_parent is None:
         outer = _current.get()
         parent_place = None if outer is None else outer.place
+    elif given_parent.startswith(TOKEN_PREFIX):
+        parent_place = parse_token(given_parent)
+        if parent_place is None:
+            # Damaged on the way: the plan still runs and records, as a root of its own.
+            logger.warning(
+                "fleettrace could not read the plan token given as parent of plan %s; "
+                "recording it as a plan of its own",
+                plan_id,
+            )
     else:
-        # A plain plan id (or a token damaged on the way) names the parent, not its
-        # own place: it stands as the root, started no later than this plan.
-        parent_place = parse_token(given_parent) or root_place(given_parent, now)
+        # A plain plan id names the parent, not its place: it stands as the root,
+        # started no later than this plan.
+        parent_place = root_place(given_parent, now)
     if parent_place is None:
         return PlanState(plan_id, None, root_place(plan_id, now), now)
     return PlanState(plan_id, parent_place.plan_id, parent_place.child(plan_id), now)
