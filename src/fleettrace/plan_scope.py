@@ -140,8 +140,10 @@ def tool_call(
     plan_id: str | None,
     decision_id: str | None,
     actor: str | None,
+    place: dict[str, Any] | None = None,
 ) -> ToolCall:
-    """The record of a tool that ran for ``elapsed_s`` and ended now."""
+    """The record of a tool that ran for ``elapsed_s`` and ended now; its place in the
+    tree is ``place`` when given, else the plan scope's open here."""
     return ToolCall(
         tool=name,
         plan_id=plan_id,
@@ -151,5 +153,5 @@ def tool_call(
         duration_ms=elapsed_s * 1000,
         outcome="ok" if error is None else "error",
         error=None if error is None else error_text(error),
-        **place_fields(plan_id),
+        **(place if place is not None else place_fields(plan_id)),
     )
