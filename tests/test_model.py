@@ -57,6 +57,10 @@ def test_llm_trace_has_exactly_the_fields_of_the_issue() -> None:
         "reasoning_tokens",
         "audio_input_tokens",
         "audio_output_tokens",
+        # The plan tree (stream format version 3).
+        "root_plan_id",
+        "root_started_at",
+        "plan_path",
     ]
 
 
