@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 
 import fleettrace
 from fleettrace import hooks
@@ -18,9 +19,9 @@ from fleettrace.emitter import Emitter
 from fleettrace.keys import PERSIST_GROUP, Keys
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.tree_queries import TreeQueries
-from tests.emitting import make_emitter
+from tests.emitting import emitter_figures, make_emitter
 from tests.worker_helpers import fleettrace as run_cli
-from tests.worker_helpers import migrated, start_worker, worker_env
+from tests.worker_helpers import migrated, scalar, start_worker, worker_env
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +81,7 @@ def _shape(node: dict[str, Any]) -> list[Any]:
 
 
 def test_a_plan_with_two_child_plans_reads_back_as_one_tree(
-    redis_url: str, keys: Keys, database_url: str
+    redis_url: str, keys: Keys, database_url: str, redis_client: redis.Redis
 ) -> None:
     db = migrated(database_url)
     emitter = make_emitter(redis_url, keys)
@@ -89,6 +90,7 @@ def test_a_plan_with_two_child_plans_reads_back_as_one_tree(
         assert emitter.flush(30)
     finally:
         emitter.close()
+    emitter_keys = emitter.keys  # both processes write as the same Redis user
     env = worker_env(redis_url, db, keys)
     worker = start_worker("--burst", "--only", PERSIST_GROUP, env=env)
     _, err = worker.communicate(timeout=120)
@@ -100,6 +102,12 @@ def test_a_plan_with_two_child_plans_reads_back_as_one_tree(
             for table in ("llm_traces", "tool_calls", "plans")
         }
     assert counts == {"llm_traces": 4, "tool_calls": 3, "plans": 3}
+    # Records sent (by both processes) = rows stored + dead letters.
+    samples = scalar(db, "SELECT count(*) FROM metric_samples")
+    dead = redis_client.xlen(keys.dead_letters(PERSIST_GROUP))
+    sent = emitter_figures(redis_client, emitter_keys)["records"]
+    assert sent == sum(counts.values()) + samples + dead
+    assert dead == 0
 
     done = run_cli("traces", "tree", "trip", "--json", env=env)
     assert done.returncode == 0, done.stderr
