@@ -9,16 +9,17 @@ import asyncio
 import base64
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
 from pydantic import ValidationError
 
-from fleettrace import LLMTrace, hooks
+from fleettrace import LLMTrace, hooks, plan_scope
 from fleettrace.codec import Kind, decode_entry, encode_batch
 from fleettrace.emitter import Emitter
 from fleettrace.keys import Keys
+from fleettrace.model import MAX_LATENCY_MS
 from fleettrace.plan_token import MAX_PLAN_DEPTH, TOKEN_PREFIX, parse_token, root_place
 from fleettrace.tree_records import PlanRecord, ToolCall
 from tests.emitting import emitter_figures, make_emitter, stream_records
@@ -197,3 +198,15 @@ def test_plan_records_refuse_an_inconsistent_place() -> None:
                    ended_at=at.replace(year=2025))  # fmt: skip
     with pytest.raises(ValidationError, match="outcome 'error'"):
         ToolCall(tool="t", error="boom")
+
+
+def test_long_plans_are_recorded_and_a_tool_longer_than_a_day_is_clamped() -> None:
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    two_days = PlanRecord(
+        plan_id="long", root_plan_id="long", root_started_at=at, started_at=at,
+        ended_at=at + timedelta(days=2), duration_ms=2 * 86_400_000.0,
+        phases_ms={"crawl": 1.5 * 86_400_000.0},
+    )  # fmt: skip
+    assert two_days.duration_ms == 172_800_000.0
+    call = plan_scope.tool_call("t", 3 * 86_400.0, None, plan_id=None, decision_id=None, actor=None)
+    assert call.duration_ms == MAX_LATENCY_MS

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fleettrace.model import MAX_ERROR_CHARS
+from fleettrace.model import MAX_ERROR_CHARS, MAX_LATENCY_MS
 from fleettrace.plan_token import TOKEN_PREFIX, PlanPlace, parse_token, root_place
 from fleettrace.tree_records import MAX_PLAN_PHASES, PlanRecord, ToolCall
 
@@ -143,14 +143,15 @@ def tool_call(
     place: dict[str, Any] | None = None,
 ) -> ToolCall:
     """The record of a tool that ran for ``elapsed_s`` and ended now; its place in the
-    tree is ``place`` when given, else the plan scope's open here."""
+    tree is ``place`` when given, else the plan scope's open here. A tool that ran
+    longer than a record holds (a day) is recorded as that long, not refused."""
     return ToolCall(
         tool=name,
         plan_id=plan_id,
         decision_id=decision_id,
         actor=actor,
         started_at=datetime.now(UTC) - timedelta(seconds=elapsed_s),
-        duration_ms=elapsed_s * 1000,
+        duration_ms=min(elapsed_s * 1000, MAX_LATENCY_MS),
         outcome="ok" if error is None else "error",
         error=None if error is None else error_text(error),
         **(place if place is not None else place_fields(plan_id)),

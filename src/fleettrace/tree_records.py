@@ -51,6 +51,8 @@ from fleettrace.model import (
 
 #: Most phases one plan record carries (``fleettrace.phase`` names).
 MAX_PLAN_PHASES: Final = 64
+#: Longest plan (or phase) a plan record holds: 30 days. Plans outlive single calls.
+MAX_PLAN_DURATION_MS: Final = 30 * 86_400_000.0
 #: The fields every tree record carries to be placed without the rest of the tree.
 PLACE_FIELDS: Final = TREE_PLACE_FIELDS
 
@@ -59,6 +61,7 @@ PlanStatus = Literal["ok", "error"]
 PlanPath = Annotated[list[Id], Field(max_length=MAX_PLAN_DEPTH)]
 ErrorText = Annotated[str, StringConstraints(max_length=MAX_ERROR_CHARS), AfterValidator(_no_nul)]
 Duration = Annotated[FiniteNonNegative, Field(le=MAX_LATENCY_MS)]
+PlanDuration = Annotated[FiniteNonNegative, Field(le=MAX_PLAN_DURATION_MS)]
 
 
 class ToolCall(BaseModel):
@@ -104,10 +107,10 @@ class PlanRecord(BaseModel):
     plan_path: PlanPath = Field(default_factory=list)
     started_at: UtcDatetime
     ended_at: UtcDatetime
-    duration_ms: Duration = 0.0
+    duration_ms: PlanDuration = 0.0
     status: PlanStatus = "ok"
     error: ErrorText | None = None
-    phases_ms: Annotated[dict[Name, Duration], Field(max_length=MAX_PLAN_PHASES)] = Field(
+    phases_ms: Annotated[dict[Name, PlanDuration], Field(max_length=MAX_PLAN_PHASES)] = Field(
         default_factory=dict
     )
 

@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS plans (
     plan_path       text[]           NOT NULL CHECK (cardinality(plan_path) <= 32),
     started_at      timestamptz      NOT NULL,
     ended_at        timestamptz      NOT NULL CHECK (ended_at >= started_at),
-    duration_ms     double precision NOT NULL CHECK (duration_ms BETWEEN 0 AND 86400000),
+    duration_ms     double precision NOT NULL CHECK (duration_ms BETWEEN 0 AND 2592000000),
     status          text             NOT NULL CHECK (status IN ('ok', 'error')),
     error           text             CHECK (char_length(error) <= 4096),
     phases_ms       jsonb            NOT NULL,
