@@ -156,3 +156,31 @@ def test_the_tree_tables_refuse_what_the_models_refuse(database_url: str) -> Non
                 "(gen_random_uuid(), 'p', 'p', now(), '{}', now(), now() - interval '1 s', "
                 "0, 'ok', '{}')"
             )
+
+
+def test_rows_that_contradict_each_other_still_read_as_a_tree() -> None:
+    """Hand-written or hostile rows naming each plan the other's parent (and a plan its
+    own ancestor) never loop: the contradicting links are left out."""
+    from fleettrace_worker.tree_queries import TreeRows, build
+
+    at = AT
+    loop_a = llm_trace(plan_id="a", root_plan_id="r", root_started_at=at, plan_path=["r", "b"])
+    loop_b = llm_trace(plan_id="b", root_plan_id="r", root_started_at=at, plan_path=["r", "a"])
+    itself = llm_trace(plan_id="c", root_plan_id="r", root_started_at=at, plan_path=["r", "c"])
+    plans = [
+        PlanRecord(plan_id=p, parent_plan_id=q, root_plan_id="r", root_started_at=at,
+                   plan_path=["r", q], started_at=at, ended_at=at)
+        for p, q in (("a", "b"), ("b", "a"))
+    ]  # fmt: skip
+    tree = build("r", TreeRows(plans, [loop_a, loop_b, itself], []))
+    assert tree is not None
+    names: list[str] = []
+
+    def walk(node) -> None:  # type: ignore[no-untyped-def]
+        names.append(node.name)
+        for child in node.children:
+            walk(child)
+
+    walk(tree)
+    assert names.count("a") <= 1 and names.count("b") <= 1 and names.count("c") == 1
+    assert build("a", TreeRows(plans, [loop_a, loop_b], [])) is not None
