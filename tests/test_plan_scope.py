@@ -16,6 +16,8 @@ import redis
 from pydantic import ValidationError
 
 from fleettrace import LLMTrace, hooks, plan_scope
+from fleettrace.batch_script import APPLY_BATCH_LUA
+from fleettrace.batching import encode_calls, entry_bytes
 from fleettrace.codec import Kind, decode_entry, encode_batch
 from fleettrace.emitter import Emitter
 from fleettrace.keys import Keys
@@ -210,3 +212,30 @@ def test_long_plans_are_recorded_and_a_tool_longer_than_a_day_is_clamped() -> No
     assert two_days.duration_ms == 172_800_000.0
     call = plan_scope.tool_call("t", 3 * 86_400.0, None, plan_id=None, decision_id=None, actor=None)
     assert call.duration_ms == MAX_LATENCY_MS
+
+
+def test_tree_records_over_the_entry_limit_split_and_unencodable_ones_are_counted(
+    keys: Keys, redis_client: redis.Redis
+) -> None:
+    tools = [ToolCall(tool="search", error="E" * 4000, outcome="error") for _ in range(10)]
+    bad_tool = ToolCall.model_construct(**{**tools[0].__dict__, "error": "a \ud800 b"})
+    at = datetime(2026, 12, 3, tzinfo=UTC)
+    plan = PlanRecord(plan_id="p", root_plan_id="p", root_started_at=at, started_at=at, ended_at=at)
+    seqs = iter(range(1, 100))
+    encoded = encode_calls(
+        keys, "e1", lambda: next(seqs), [*tools, bad_tool, plan], 0, max_entry_bytes=10_000
+    )
+    assert encoded.unencodable == 1
+    # The dropped record is reported by a call of its own, then the tools two by two
+    # (each about 4 kB), then the plan.
+    assert [c.records for c in encoded.calls] == [0, 2, 2, 2, 2, 2, 1]
+    assert encoded.calls[0].dropped == 1
+    script = redis_client.register_script(APPLY_BATCH_LUA)
+    for call in encoded.calls:
+        assert script(keys=call.keys, args=call.args) == 1
+    written = [fields for _, fields in redis_client.xrange(keys.traces)]
+    assert all(entry_bytes(e) <= 10_000 for e in written)
+    assert [e[b"k"] for e in written] == [b"o"] * 5 + [b"p"]
+    records = stream_records(redis_client, keys.traces)
+    assert [r.call_id for r in records[:-1]] == [t.call_id for t in tools]  # type: ignore[union-attr]
+    assert emitter_figures(redis_client, keys) == {"records": 11, "batches": 6, "dropped": 1}

@@ -66,10 +66,6 @@ class PlanState:
 _current: ContextVar[PlanState | None] = ContextVar("fleettrace_plan_state", default=None)
 
 
-def current() -> PlanState | None:
-    return _current.get()
-
-
 def var() -> ContextVar[PlanState | None]:
     """The context variable a plan span sets (and resets when it ends)."""
     return _current

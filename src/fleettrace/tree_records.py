@@ -38,7 +38,6 @@ from fleettrace.model import (
     MAX_ERROR_CHARS,
     MAX_LATENCY_MS,
     MAX_PLAN_DEPTH,
-    TREE_PLACE_FIELDS,
     FiniteNonNegative,
     Id,
     LLMTrace,
@@ -53,8 +52,6 @@ from fleettrace.model import (
 MAX_PLAN_PHASES: Final = 64
 #: Longest plan (or phase) a plan record holds: 30 days. Plans outlive single calls.
 MAX_PLAN_DURATION_MS: Final = 30 * 86_400_000.0
-#: The fields every tree record carries to be placed without the rest of the tree.
-PLACE_FIELDS: Final = TREE_PLACE_FIELDS
 
 Outcome = Literal["ok", "error"]
 PlanStatus = Literal["ok", "error"]
@@ -129,6 +126,5 @@ class PlanRecord(BaseModel):
         return self
 
 
-TreeRecord = ToolCall | PlanRecord
 #: Everything an emitter takes and a stream entry carries.
 AnyRecord = LLMTrace | MetricSample | ToolCall | PlanRecord

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from rich.text import Text
 from rich.tree import Tree
@@ -113,8 +112,3 @@ def ancestors_line(chain: list[Node]) -> str:
         )
         steps.append(f"{node.kind} {node.name} ({render.format_usd(node.cost_usd)} USD{timing})")
     return " > ".join(steps) or render.UNKNOWN
-
-
-def ancestors_json(chain: list[Node]) -> list[dict[str, Any]]:
-    """The ancestors without their subtrees (kind, name, times, totals)."""
-    return [{k: v for k, v in node.to_json().items() if k != "children"} for node in chain]
