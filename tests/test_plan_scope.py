@@ -24,6 +24,8 @@ from fleettrace.keys import Keys
 from fleettrace.model import MAX_LATENCY_MS
 from fleettrace.plan_token import MAX_PLAN_DEPTH, TOKEN_PREFIX, parse_token, root_place
 from fleettrace.tree_records import PlanRecord, ToolCall
+from fleettrace_worker import runs as day_runs
+from fleettrace_worker import tree_runs
 from tests.emitting import emitter_figures, make_emitter, stream_records
 
 
@@ -239,3 +241,25 @@ def test_tree_records_over_the_entry_limit_split_and_unencodable_ones_are_counte
     records = stream_records(redis_client, keys.traces)
     assert [r.call_id for r in records[:-1]] == [t.call_id for t in tools]  # type: ignore[union-attr]
     assert emitter_figures(redis_client, keys) == {"records": 11, "batches": 6, "dropped": 1}
+
+
+def test_edges_of_the_tree_mappings() -> None:
+    at = datetime(2026, 12, 3, tzinfo=UTC)
+    # A token whose root start is past any date reads as no token.
+    body = b'{"r": "a", "s": 9000000000000000000, "p": ["a"]}'
+    assert parse_token(TOKEN_PREFIX + base64.urlsafe_b64encode(body).decode()) is None
+    with pytest.raises(ValidationError, match="root_plan_id must be the first plan"):
+        PlanRecord(plan_id="p", root_plan_id="x", root_started_at=at, started_at=at, ended_at=at)
+    # A plan record that cannot be built is logged, never raised, and nothing is sent.
+    state = plan_scope.PlanState("p", None, root_place("p", at), at)
+    assert state.end_record(-1.0, None) is None
+    # LangSmith: a tool outside any tree is a trace of its own; a call without a root
+    # keeps the day root; a path cut at the depth limit still starts at the root.
+    lone = ToolCall(tool="t")
+    [run] = tree_runs.runs_for(lone, "p")
+    assert (run["id"], run["trace_id"], run["run_type"]) == (lone.call_id, lone.call_id, "tool")
+    call = LLMTrace(provider="openai", model="gpt-4o", plan_id="old")
+    assert tree_runs.runs_for(call, "p") == day_runs.runs_for(call, "p")
+    chain = tree_runs.plan_chain("r", at, ["x", "y"], "z", "p")
+    assert [r["name"] for r in chain] == ["plan r", "plan x", "plan y", "plan z"]
+    assert all(chain[i]["parent_run_id"] == chain[i - 1]["id"] for i in range(1, 4))
