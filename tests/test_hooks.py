@@ -29,8 +29,11 @@ def emitter(redis_url: str, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 
 def recorded(emitter: Emitter, client: redis.Redis) -> tuple[list[LLMTrace], list[MetricSample]]:
+    """The LLM calls and metric samples the hooks recorded (the trace stream's tool
+    calls and plan records are tested in test_plan_scope.py)."""
     assert emitter.flush(10)
-    traces = stream_records(client, emitter.keys.traces)
+    records = stream_records(client, emitter.keys.traces)
+    traces = [r for r in records if isinstance(r, LLMTrace)]
     samples = stream_records(client, emitter.keys.metrics)
     return traces, samples  # type: ignore[return-value]
 

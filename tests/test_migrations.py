@@ -255,6 +255,32 @@ def test_repeated_or_missing_numbers_are_refused(
     assert migrations.available()[0].name == "initial"
 
 
+def test_a_gap_is_filled_when_its_version_arrives(
+    pool: ConnectionPool, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Versions developed apart (the plan tree's 5 before the attributes' 4): a
+    database migrated without the missing number gets it when it ships, and is not up
+    to date until then."""
+    shipped = migrations.available()
+    base = [m for m in shipped if m.version <= 3]
+    gap_filler = migrations.Migration(4, "filler", "CREATE TABLE filler (x int)")
+    after_gap = migrations.Migration(5, "after_gap", "CREATE TABLE after_gap (x int)")
+    monkeypatch.setattr(migrations, "available", lambda: (*base, after_gap))
+    first = migrations.migrate(pool)
+    assert first.applied[-1] == "0005_after_gap"
+    assert migrations.check_schema(pool) == 5
+
+    monkeypatch.setattr(migrations, "available", lambda: (*base, gap_filler, after_gap))
+    with pytest.raises(SchemaVersionError, match="missing 0004_filler"):
+        migrations.check_schema(pool)
+    again = migrations.migrate(pool)
+    assert again.applied == ("0004_filler",)
+    assert {"filler", "after_gap"} <= _tables(database_url)
+    assert migrations.check_schema(pool) == 5
+    assert migrations.migrate(pool).applied == ()
+    assert [v for v, _ in _versions(database_url)] == [1, 2, 3, 4, 5]
+
+
 def test_a_connection_lost_while_checking_is_unavailable(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
         pid = conn.info.backend_pid

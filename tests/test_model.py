@@ -63,6 +63,10 @@ def test_llm_trace_has_exactly_the_fields_of_the_issue() -> None:
         "user_id",
         "session_id",
         "ttft_ms",
+        # The plan tree (stream format version 3).
+        "root_plan_id",
+        "root_started_at",
+        "plan_path",
     ]
 
 

@@ -9,6 +9,10 @@ import fleettrace_worker
 INTENDED = {
     # Records and their metrics.
     "LLMTrace",
+    # The plan tree's own records, and the token a child plan elsewhere takes.
+    "ToolCall",
+    "PlanRecord",
+    "current_plan_token",
     "MetricSample",
     "MetricKey",
     "MetricSpec",

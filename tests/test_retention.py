@@ -1,5 +1,6 @@
 """Retention against the machine's PostgreSQL: exactly the rows older than the cutoff
-go, from both tables, in batches; and the durations people type are read right."""
+go, from every table (calls, samples, tool calls, plan records), in batches; and the
+durations people type are read right."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from psycopg_pool import ConnectionPool
 from fleettrace.errors import ConfigurationError
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace
+from fleettrace.tree_records import PlanRecord, ToolCall
 from fleettrace_worker import database, migrations, retention
 from fleettrace_worker.durations import parse_duration, parse_time
 from fleettrace_worker.repository import LLMTraceRepository
@@ -53,7 +55,19 @@ def _fill(pool: ConnectionPool, old: int, new: int) -> tuple[set[uuid.UUID], lis
         )
         for i, t in enumerate(old_traces + new_traces)
     ]
-    LLMTraceRepository(pool).store(old_traces + new_traces, samples)
+    at = [t.started_at for t in old_traces + new_traces]
+    tools = [ToolCall(tool="search", started_at=when) for when in at]
+    plans = [
+        PlanRecord(
+            plan_id=f"p-{i}",
+            root_plan_id=f"p-{i}",
+            root_started_at=when,
+            started_at=when,
+            ended_at=when,
+        )
+        for i, when in enumerate(at)
+    ]
+    LLMTraceRepository(pool).store(old_traces + new_traces, samples, tool_calls=tools, plans=plans)
     return {t.trace_id for t in old_traces}, new_traces
 
 
@@ -73,13 +87,17 @@ def test_prune_removes_exactly_the_rows_before_the_cutoff(
 
     report = retention.prune(pool, CUTOFF, batch_rows=7)
 
-    assert (report.traces, report.samples) == (50, 50)
+    assert (report.traces, report.samples, report.tool_calls, report.plans) == (50, 50, 50, 50)
     assert not report.dry_run and report.cutoff == CUTOFF
     # 50 rows by 7: seven full batches and one of 1, per table.
-    assert report.batches == 16
+    assert report.batches == 32
     assert report.longest_batch_s > 0  # measured, not left at its initial 0
     traces, observed = _remaining(database_url)
     assert traces == {t.trace_id for t in new}
+    with psycopg.connect(database_url) as conn:
+        for table in ("tool_calls", "plans"):
+            kept = [row[0] for row in conn.execute(f"SELECT started_at FROM {table} ORDER BY 1")]
+            assert kept == sorted(t.started_at for t in new)
     # The row exactly at the cutoff stays: "older than" is strict.
     assert observed == sorted(t.started_at for t in new)
     assert min(observed) == CUTOFF
@@ -89,7 +107,8 @@ def test_prune_twice_removes_nothing_more(pool: ConnectionPool, database_url: st
     _fill(pool, old=5, new=5)
     retention.prune(pool, CUTOFF)
     again = retention.prune(pool, CUTOFF)
-    assert (again.traces, again.samples, again.batches) == (0, 0, 2)
+    assert (again.traces, again.samples, again.tool_calls, again.plans) == (0, 0, 0, 0)
+    assert again.batches == 4
     assert len(_remaining(database_url)[0]) == 5
 
 
@@ -99,6 +118,7 @@ def test_a_dry_run_counts_and_removes_nothing(pool: ConnectionPool, database_url
     report = retention.prune(pool, CUTOFF, dry_run=True)
 
     assert (report.traces, report.samples, report.dry_run) == (12, 12, True)
+    assert (report.tool_calls, report.plans) == (12, 12)
     assert report.batches == 0
     assert _remaining(database_url)[0] == old | {t.trace_id for t in new}
 

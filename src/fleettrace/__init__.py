@@ -18,6 +18,7 @@ from fleettrace.errors import (
 from fleettrace.hooks import (
     actor,
     context_build,
+    current_plan_token,
     decision,
     index_query,
     llm_call,
@@ -33,6 +34,7 @@ from fleettrace.live import LiveSeries, is_over_budget, plan_cost_usd, read_live
 from fleettrace.metrics import MetricKey, MetricSpec, MetricType
 from fleettrace.model import LLMTrace, MetricSample
 from fleettrace.pricing import Pricer, price_trace
+from fleettrace.tree_records import PlanRecord, ToolCall
 
 __version__ = "0.1.0"
 
@@ -52,12 +54,15 @@ __all__ = [
     "MetricSpec",
     "MetricType",
     "PermanentError",
+    "PlanRecord",
     "Pricer",
+    "ToolCall",
     "TransientError",
     "__version__",
     "actor",
     "configure",
     "context_build",
+    "current_plan_token",
     "decision",
     "get_emitter",
     "hooks",

@@ -11,6 +11,13 @@ record far below the limit.
 
 Every call gets the next sequence number of its emitter (see
 :mod:`fleettrace.batch_script`), in the order the sender will send them.
+
+Tool calls and plan records (the plan tree, :mod:`fleettrace.tree_records`) go to the
+trace stream as entries of their own kinds, in calls of their own after the batch's
+call (:func:`tree_calls`): the script writes one entry per stream per call, and
+these records change no live counter (a tool's metrics travel as metric samples),
+so nothing is lost by applying them separately. A batch without them is one call,
+as before.
 """
 
 from __future__ import annotations
@@ -33,12 +40,13 @@ from fleettrace.codec import (
 from fleettrace.counters import aggregate
 from fleettrace.keys import FIELD_DATA, MAX_ENTRY_BYTES, PLAN_TTL_S, Keys
 from fleettrace.model import LLMTrace, MetricSample
+from fleettrace.tree_records import AnyRecord, PlanRecord, ToolCall
 
 #: Bytes of an entry besides its records: five one-byte field names, the version,
 #: kind, 32-digit batch id and count values (rounded up).
 ENVELOPE_BYTES: Final = 64
 
-Record = LLMTrace | MetricSample
+Record = AnyRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +101,28 @@ def encode_calls(
     A record that pydantic accepted but JSON cannot carry (a lone surrogate) is left
     out and counted in ``unencodable`` (and in the first call's dropped figure).
     """
+    tree = [r for r in taken if isinstance(r, ToolCall | PlanRecord)]
+    if tree:
+        flat = [r for r in taken if not isinstance(r, ToolCall | PlanRecord)]
+        good = _encodable(tree)
+        bad = len(tree) - len(good)
+        encoded = (
+            encode_calls(
+                keys,
+                emitter_id,
+                next_seq,
+                flat,
+                dropped + bad,
+                max_entry_bytes=max_entry_bytes,
+                plan_ttl_s=plan_ttl_s,
+            )
+            if flat or dropped or bad
+            else EncodedBatch([], 0)
+        )
+        calls = tree_calls(keys, emitter_id, next_seq, good, max_entry_bytes)  # type: ignore[arg-type]
+        return EncodedBatch([*encoded.calls, *calls], encoded.unencodable + bad)
     traces = [r for r in taken if isinstance(r, LLMTrace)]
-    samples = [r for r in taken if not isinstance(r, LLMTrace)]
+    samples = [r for r in taken if isinstance(r, MetricSample)]
     batch_id = new_batch_id()
     try:
         trace_entry = encode_batch(Kind.TRACE, traces, batch_id) if traces else None
@@ -168,3 +196,35 @@ def encode_calls(
             )
         )
     return EncodedBatch(calls, 0)
+
+
+def tree_calls(
+    keys: Keys,
+    emitter_id: str,
+    next_seq: Callable[[], int],
+    records: Sequence[ToolCall | PlanRecord],
+    max_entry_bytes: int = MAX_ENTRY_BYTES,
+) -> list[BatchCall]:
+    """One call per kind (tool calls, then plan records) writing an entry of that kind
+    to the trace stream, cut like any entry to stay under ``max_entry_bytes``. The
+    records must be encodable (see :func:`encode_calls`)."""
+    calls: list[BatchCall] = []
+    for kind, model in ((Kind.TOOL, ToolCall), (Kind.PLAN, PlanRecord)):
+        lines = [encode_record(r) for r in records if type(r) is model]
+        if not lines:
+            continue
+        for start, end in _cut(lines, max_entry_bytes - ENVELOPE_BYTES):
+            entry = encode_lines(kind, lines[start:end], new_batch_id())
+            calls.append(
+                build_call(
+                    keys,
+                    emitter_id,
+                    next_seq(),
+                    trace_entry=entry,
+                    metric_entry=None,
+                    deltas=aggregate((), ()),
+                    records=end - start,
+                    dropped=0,
+                )
+            )
+    return calls

@@ -5,7 +5,8 @@ redis-py pay their per-entry cost once per batch rather than once per record::
 
     field  value
     v      b"3"                      format version
-    k      b"t" | b"m"               kind: LLMTrace records or metric samples
+    k      b"t" | b"m" | b"o" | b"p" kind: LLMTrace records, metric samples, tool
+                                     calls (ToolCall) or plan records (PlanRecord)
     b      32 lowercase hex digits   batch id, unique per batch (idempotency key)
     n      decimal count             number of records in d
     d      JSON lines                one JSON object per record, joined by b"\\n"
@@ -23,7 +24,11 @@ written then): they mean "not reported", which is what ``null`` says.
 Version 3 adds the attributes (:mod:`fleettrace.attributes`): ``tags`` (a list of
 strings), ``metadata`` (an object of scalars), ``user_id``, ``session_id`` and
 ``ttft_ms`` (a number or ``null``); a record of version 2 or before leaves them out,
-which reads as no tags, no metadata and ``null``. JSON never holds a raw
+which reads as no tags, no metadata and ``null``. Version 3 also adds the
+plan tree (:mod:`fleettrace.tree_records`): the kinds ``o`` (tool calls) and ``p``
+(plan records), and on ``LLMTrace`` the fields ``root_plan_id``, ``root_started_at``
+and ``plan_path``; a record of an older version leaves them out, which means "placed
+by its plan alone" (``null``, ``null`` and ``[]``). JSON never holds a raw
 newline inside a value, so splitting ``d`` on ``\\n`` is exact.
 
 Decoding checks the envelope first (a bad one raises :class:`EntryDecodeError` and
@@ -56,7 +61,14 @@ from pydantic import BaseModel, ValidationError
 
 from fleettrace.errors import EntryDecodeError
 from fleettrace.keys import FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA, FIELD_KIND, FIELD_VERSION
-from fleettrace.model import ATTRIBUTE_FIELDS, TOKEN_DETAIL_FIELDS, LLMTrace, MetricSample
+from fleettrace.model import (
+    ATTRIBUTE_FIELDS,
+    TOKEN_DETAIL_FIELDS,
+    TREE_PLACE_FIELDS,
+    LLMTrace,
+    MetricSample,
+)
+from fleettrace.tree_records import AnyRecord, PlanRecord, ToolCall
 
 FORMAT_VERSION: Final = b"3"
 #: The version this code writes, as a number.
@@ -71,13 +83,14 @@ _ENCODE_CHUNK: Final = 128
 _ENVELOPES: Final[dict[bytes, frozenset[bytes]]] = {
     b"1": frozenset((FIELD_VERSION, FIELD_KIND, FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA)),
     b"2": frozenset((FIELD_VERSION, FIELD_KIND, FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA)),
-    # Version 3: the same envelope; records gain the attribute fields.
+    # Version 3: the same envelope; records gain the attribute and plan tree fields,
+    # and the kinds o (tool calls) and p (plan records) exist.
     b"3": frozenset((FIELD_VERSION, FIELD_KIND, FIELD_BATCH_ID, FIELD_COUNT, FIELD_DATA)),
 }
 #: Fields a record may leave out (the token details did not exist in version 1, the
-#: attributes not before version 3; missing means "not reported" / none). Every
-#: other field must be present.
-_MAY_BE_ABSENT: Final = frozenset(TOKEN_DETAIL_FIELDS) | frozenset(ATTRIBUTE_FIELDS)
+#: attributes and the tree place not before version 3; missing means "not reported" /
+#: none / "not placed in a tree"). Every other field must be present.
+_MAY_BE_ABSENT: Final = frozenset((*TOKEN_DETAIL_FIELDS, *ATTRIBUTE_FIELDS, *TREE_PLACE_FIELDS))
 #: Every version this code decodes: its own and (once there is one) the one before.
 READABLE_VERSIONS: Final = frozenset(int(version) for version in _ENVELOPES)
 #: A version field longer than this is not a version (it is a bad envelope).
@@ -87,12 +100,25 @@ _VERSION_DIGITS: Final = 6
 class Kind(StrEnum):
     TRACE = "t"
     METRIC = "m"
+    # Format version 3: the plan tree.
+    TOOL = "o"
+    PLAN = "p"
 
 
-_MODELS: Final[dict[Kind, type[LLMTrace] | type[MetricSample]]] = {
+_MODELS: Final[dict[Kind, type[AnyRecord]]] = {
     Kind.TRACE: LLMTrace,
     Kind.METRIC: MetricSample,
+    Kind.TOOL: ToolCall,
+    Kind.PLAN: PlanRecord,
 }
+#: The kinds each version's entries may hold: the tree kinds came with version 3.
+_KINDS: Final[dict[bytes, frozenset[Kind]]] = {
+    b"1": frozenset((Kind.TRACE, Kind.METRIC)),
+    b"2": frozenset((Kind.TRACE, Kind.METRIC)),
+    b"3": frozenset(Kind),
+}
+#: The record kind of each model, for the encoder.
+KIND_OF: Final[dict[type[AnyRecord], Kind]] = {model: kind for kind, model in _MODELS.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +140,7 @@ class DecodedBatch:
 
     kind: Kind
     batch_id: str
-    records: list[LLMTrace | MetricSample]
+    records: list[AnyRecord]
     positions: list[int]
     errors: list[RecordError]
 
@@ -123,16 +149,14 @@ def new_batch_id() -> str:
     return uuid.uuid4().hex
 
 
-def encode_record(record: LLMTrace | MetricSample) -> bytes:
+def encode_record(record: AnyRecord) -> bytes:
     """One record as JSON. A pydantic v2 model keeps its fields in ``__dict__`` in
     declaration order, which orjson serialises about ten times faster than
     ``model_dump_json``."""
     return orjson.dumps(record.__dict__, option=_JSON_OPTIONS)
 
 
-def encode_batch(
-    kind: Kind, records: Iterable[LLMTrace | MetricSample], batch_id: str
-) -> dict[bytes, bytes]:
+def encode_batch(kind: Kind, records: Iterable[AnyRecord], batch_id: str) -> dict[bytes, bytes]:
     # Joined in chunks: holding a thousand small orjson outputs alive at once made
     # glibc's allocator trim and re-fault the heap on every batch (about 7 µs instead
     # of 1 µs per record here); chunks of 128 keep encoding at orjson's own speed.
@@ -194,10 +218,18 @@ def decode_envelope(fields: Mapping[bytes, bytes]) -> tuple[Kind, str, list[byte
         names = ", ".join(sorted(repr(n.decode("utf-8", "backslashreplace")) for n in extra))
         raise EntryDecodeError(f"entry has unknown fields: {names}")
     raw_kind = _field(fields, FIELD_KIND)
+    kinds = _KINDS[version]
     try:
         kind = Kind(raw_kind.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
-        raise EntryDecodeError(f"field 'k' must be 't' or 'm', got {raw_kind[:32]!r}") from None
+        kind = None
+    if kind not in kinds:
+        named = " or ".join(repr(k.value) for k in Kind if k in kinds)
+        raise EntryDecodeError(
+            f"field 'k' must be {named} in a version {version.decode()} entry, "
+            f"got {raw_kind[:32]!r}"
+        )
+    assert kind is not None
     batch_id = _field(fields, FIELD_BATCH_ID)
     if not _BATCH_ID_RE.match(batch_id):
         raise EntryDecodeError(f"field 'b' must be 32 lowercase hex digits, got {batch_id[:40]!r}")
@@ -233,7 +265,7 @@ def describe_validation_error(error: ValidationError, line: bytes | None = None)
     return "; ".join(parts)
 
 
-def decode_record(kind: Kind, line: bytes) -> LLMTrace | MetricSample:
+def decode_record(kind: Kind, line: bytes) -> AnyRecord:
     """Validate one record; raises ``ValidationError``."""
     model: type[BaseModel] = _MODELS[kind]
     return model.model_validate_json(line)  # type: ignore[return-value]
@@ -242,7 +274,7 @@ def decode_record(kind: Kind, line: bytes) -> LLMTrace | MetricSample:
 def decode_entry(fields: Mapping[bytes, bytes]) -> DecodedBatch:
     kind, batch_id, lines = decode_envelope(fields)
     model = _MODELS[kind]
-    records: list[LLMTrace | MetricSample] = []
+    records: list[AnyRecord] = []
     positions: list[int] = []
     errors: list[RecordError] = []
     field_count = len(model.model_fields)

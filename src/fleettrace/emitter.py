@@ -54,8 +54,9 @@ from fleettrace.model import LLMTrace, MetricSample
 from fleettrace.price_overrides import load_prices
 from fleettrace.pricing import Pricer
 from fleettrace.sending import BatchSender
+from fleettrace.tree_records import PlanRecord, ToolCall
 
-_RECORD_TYPES: Final = (LLMTrace, MetricSample)
+_RECORD_TYPES: Final = (LLMTrace, MetricSample, ToolCall, PlanRecord)
 _logger = logging.getLogger("fleettrace.emitter")
 
 
@@ -92,12 +93,13 @@ class Emitter(BatchSender):
 
     # -- hot path -------------------------------------------------------------------
 
-    def record(self, trace: LLMTrace | MetricSample) -> None:
-        """Queue one trace (or a prebuilt metric sample) for sending. Costs a type check,
-        a lock and a deque append."""
+    def record(self, trace: LLMTrace | MetricSample | ToolCall | PlanRecord) -> None:
+        """Queue one trace (or a prebuilt metric sample, tool call or plan record) for
+        sending. Costs a type check, a lock and a deque append."""
         if not isinstance(trace, _RECORD_TYPES):
             raise TypeError(
-                f"record() takes an LLMTrace or a MetricSample, not {type(trace).__name__}"
+                "record() takes an LLMTrace, MetricSample, ToolCall or PlanRecord, "
+                f"not {type(trace).__name__}"
             )
         if not self._sender_running:
             self._start_sender()

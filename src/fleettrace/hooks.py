@@ -34,11 +34,14 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
-from fleettrace import attributes
+from fleettrace import attributes, plan_scope
 from fleettrace.attributes import Attributes
 from fleettrace.emitter import Emitter, get_emitter
 from fleettrace.metrics import MetricKey
-from fleettrace.model import MAX_ERROR_CHARS, MAX_LABEL_CHARS, LLMTrace
+from fleettrace.model import MAX_LABEL_CHARS, LLMTrace
+from fleettrace.plan_scope import error_text as _error_text
+from fleettrace.plan_token import TOKEN_PREFIX, PlanPlace
+from fleettrace.tree_records import PlanRecord
 
 CONTEXT_TIERS: Final = frozenset({"hot", "warm", "cold"})
 INDEX_BACKENDS: Final = frozenset({"text", "vector", "graph"})
@@ -69,6 +72,11 @@ def current_decision_id() -> str | None:
 
 def current_actor() -> str | None:
     return _actor.get()
+
+
+def current_plan_token() -> str | None:
+    """The token of the plan open in this context (see :meth:`PlanSpan.token`)."""
+    return plan_scope.current_token()
 
 
 def current_llm_call() -> LLMCallSpan | None:
@@ -202,18 +210,22 @@ class TimedSpan(Span):
         unit_s: float,
         outcome_key: MetricKey | None = None,
         emitter: Emitter | None = None,
+        on_end: Callable[[TimedSpan, float, BaseException | None], None] | None = None,
     ) -> None:
         super().__init__(emitter)
         self.key = key
         self.labels = labels
         self._unit_s = unit_s
         self._outcome_key = outcome_key
+        self._on_end = on_end
 
     def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
         self._observe(self.key, elapsed_s / self._unit_s, self.labels)
         if self._outcome_key is not None:
             outcome = "ok" if error is None else "error"
             self._observe(self._outcome_key, 1, {**self.labels, "outcome": outcome})
+        if self._on_end is not None:
+            self._on_end(self, elapsed_s, error)
 
 
 _MS: Final = 0.001
@@ -221,7 +233,13 @@ _MS: Final = 0.001
 
 class PlanSpan(Span):
     """A plan: its id becomes the current plan; a plan started inside another counts
-    as that plan's child; the whole plan's wall time is phase ``total``."""
+    as that plan's child; the whole plan's wall time is phase ``total``.
+
+    Its place in the plan tree comes from the plan it runs in, or from ``parent``: the
+    :meth:`token` of a plan in another process, or a plain plan id. When the block
+    ends it records a :class:`~fleettrace.tree_records.PlanRecord` (start, end,
+    status, phases); see :mod:`fleettrace.plan_scope`.
+    """
 
     def __init__(
         self,
@@ -236,10 +254,24 @@ class PlanSpan(Span):
         self._given_parent = parent
         self.plan_id = plan_id or ""
         self.parent: str | None = parent
+        self.state: plan_scope.PlanState | None = None
+        self.record: PlanRecord | None = None
+
+    @property
+    def place(self) -> PlanPlace | None:
+        return None if self.state is None else self.state.place
+
+    def token(self) -> str:
+        """A short string that makes a plan in another process a child of this one:
+        ``fleettrace.plan(..., parent=token)`` (see :mod:`fleettrace.plan_token`)."""
+        if self.state is None:
+            raise RuntimeError("a plan has a token once its block has started")
+        return self.state.place.token()
 
     def _enter(self) -> None:
         self.plan_id = self._given_id or _new_id()
-        self.parent = self._given_parent or _plan_id.get()
+        self.state = plan_scope.start(self.plan_id, self._given_parent)
+        self.parent = self.state.parent
         if self.parent is not None:
             self.emitter.observe(
                 MetricKey.PLAN_CHILD_PLANS_COUNT, 1, {"plan": self.parent}, plan_id=self.parent
@@ -247,9 +279,14 @@ class PlanSpan(Span):
         self._set(_plan_id, self.plan_id)
         self._set(_decision_id, None)
         self._set_attributes(self._given, "a plan")
+        self._set(plan_scope.var(), self.state)
 
     def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
         self._observe(MetricKey.PLAN_DURATION_SECONDS, elapsed_s, {"phase": TOTAL_PHASE})
+        if self.state is not None:
+            self.record = self.state.end_record(elapsed_s, error)
+            if self.record is not None:
+                self.emitter.record(self.record)
 
 
 class DecisionSpan(Span):
@@ -339,7 +376,7 @@ class LLMCallSpan(Span):
         fields = dict(self.fields)
         fields.setdefault("latency_ms", elapsed_s * 1000)
         if error is not None:
-            fields["error"] = f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
+            fields["error"] = _error_text(error)
         self.trace = record_llm_call(self.provider, self.model, emitter=self._emitter, **fields)
 
 
@@ -365,6 +402,8 @@ def record_llm_call(
     rejected = attributes.take(fields, attributes.current.get() if scope is None else scope)
     if rejected:
         target.reject(rejected, "an LLM call")
+    for name, value in plan_scope.place_fields(fields["plan_id"]).items():
+        fields.setdefault(name, value)
     trace = LLMTrace(provider=provider, model=model, **fields)
     target.record(trace)
     return trace
@@ -383,20 +422,30 @@ def plan(
     user_id: str | None = None,
     session_id: str | None = None,
 ) -> PlanSpan:
-    """A plan; ``plan_id`` defaults to a new id, ``parent`` to the current plan.
-    The attributes given hold for every record inside it."""
+    """A plan; ``plan_id`` defaults to a new id, ``parent`` to the current plan. A
+    ``parent`` from another process is the token of its plan (``PlanSpan.token``) or a
+    plain plan id. The attributes given hold for every record inside it."""
+    if parent is not None and not (isinstance(parent, str) and parent.startswith(TOKEN_PREFIX)):
+        parent = _name("parent", parent)
     return PlanSpan(
         None if plan_id is None else _name("plan_id", plan_id),
-        None if parent is None else _name("parent", parent),
+        parent,
         emitter,
         attributes.given(tags, metadata, user_id, session_id),
     )
 
 
+def _add_phase(span: TimedSpan, elapsed_s: float, error: BaseException | None) -> None:
+    plan_scope.add_phase(span.labels["phase"], elapsed_s * 1000)
+
+
 def phase(name: str, *, emitter: Emitter | None = None) -> TimedSpan:
-    """A phase of the current plan (``plan.duration_seconds{phase=name}``)."""
+    """A phase of the current plan (``plan.duration_seconds{phase=name}``); its
+    duration is also summed into the plan's record (``phases_ms``)."""
     labels = {"phase": _name("phase", name)}
-    return TimedSpan(MetricKey.PLAN_DURATION_SECONDS, labels, unit_s=1.0, emitter=emitter)
+    return TimedSpan(
+        MetricKey.PLAN_DURATION_SECONDS, labels, unit_s=1.0, emitter=emitter, on_end=_add_phase
+    )
 
 
 def decision(
@@ -458,14 +507,29 @@ def llm_call(
     )
 
 
+def _record_tool(span: TimedSpan, elapsed_s: float, error: BaseException | None) -> None:
+    """A tool's own record (a ``ToolCall``) in the plan, decision and actor around it."""
+    call = plan_scope.tool_call(
+        span.labels["tool"],
+        elapsed_s,
+        error,
+        plan_id=_plan_id.get(),
+        decision_id=_decision_id.get(),
+        actor=_actor.get(),
+    )
+    span.emitter.record(call)
+
+
 def tool(name: str, *, emitter: Emitter | None = None) -> TimedSpan:
-    """A tool execution: its duration and its outcome (``tool.error_rate{tool,outcome}``)."""
+    """A tool execution: its duration and its outcome (``tool.error_rate{tool,outcome}``),
+    and a ``ToolCall`` record of its own in the plan tree."""
     return TimedSpan(
         MetricKey.TOOL_INVOCATION_DURATION_MS,
         {"tool": _name("tool", name)},
         unit_s=_MS,
         outcome_key=MetricKey.TOOL_ERROR_RATE,
         emitter=emitter,
+        on_end=_record_tool,
     )
 
 

@@ -41,6 +41,8 @@ MAX_COST_USD: Final = 1_000_000.0
 MAX_LATENCY_MS: Final = 86_400_000.0
 MAX_LABEL_CHARS: Final = 128
 MAX_METRIC_VALUE: Final = 1e15
+#: Deepest chain of plans a record names, root included (fleettrace.tree_records).
+MAX_PLAN_DEPTH: Final = 32
 
 
 def _utc(value: datetime) -> datetime:
@@ -99,6 +101,8 @@ OUTPUT_DETAIL_FIELDS: Final = ("reasoning_tokens", "audio_output_tokens")
 TOKEN_DETAIL_FIELDS: Final = (*INPUT_DETAIL_FIELDS, *OUTPUT_DETAIL_FIELDS)
 #: The fields added with stream format version 3 (see fleettrace.attributes).
 ATTRIBUTE_FIELDS: Final = ("tags", "metadata", "user_id", "session_id", "ttft_ms")
+#: The fields that place a record in its plan tree (format version 3).
+TREE_PLACE_FIELDS: Final = ("root_plan_id", "root_started_at", "plan_path")
 
 
 class LLMTrace(BaseModel):
@@ -157,6 +161,12 @@ class LLMTrace(BaseModel):
     user_id: Id | None = None
     session_id: Id | None = None
     ttft_ms: Annotated[FiniteNonNegative, Field(le=MAX_LATENCY_MS)] | None = None
+    # Added with stream format version 3 (the plan tree, see fleettrace.tree_records):
+    # the root plan of the call's tree, its start, and the ancestors of the call's plan
+    # (root first). Absent in older records: the call's place is then its plan alone.
+    root_plan_id: Id | None = None
+    root_started_at: UtcDatetime | None = None
+    plan_path: Annotated[list[Id], Field(max_length=MAX_PLAN_DEPTH)] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _details_within_totals(self) -> LLMTrace:

@@ -46,11 +46,12 @@ from genai_prices.types import (
 from genai_prices.units import UnitDef, _get_registry
 from genai_prices.validation import validate_priced_units
 
-from fleettrace.model import LLMTrace, MetricSample
+from fleettrace.model import LLMTrace
+from fleettrace.tree_records import AnyRecord
 
 logger = logging.getLogger("fleettrace.pricing")
 
-Record = LLMTrace | MetricSample
+Record = AnyRecord
 
 #: LLMTrace field -> genai-prices usage key.
 USAGE_KEYS: Final = {

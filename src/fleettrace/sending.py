@@ -32,8 +32,8 @@ from fleettrace.batching import encode_calls
 from fleettrace.connection import connect_redis, redact_url
 from fleettrace.emitter_settings import EmitterSettings
 from fleettrace.keys import APPLY_FUNCTION, DEFAULT_PRODUCER, Keys, check_producer
-from fleettrace.model import LLMTrace, MetricSample
 from fleettrace.pricing import Pricer
+from fleettrace.tree_records import AnyRecord
 
 logger = logging.getLogger("fleettrace.emitter")
 
@@ -77,10 +77,10 @@ class BatchSender:
         self._arrived = threading.Event()
         self._sender_idle = False
         self._sender_running = False
-        self._buffer: deque[LLMTrace | MetricSample] = deque()
+        self._buffer: deque[AnyRecord] = deque()
         # The batch in hand: records taken from the buffer and not yet encoded, then
         # the calls they became, sent in order; ``_in_hand`` counts their records.
-        self._hand: list[LLMTrace | MetricSample] = []
+        self._hand: list[AnyRecord] = []
         self._hand_dropped = 0
         self._calls: deque[BatchCall] = deque()
         self._in_hand = 0
@@ -238,7 +238,7 @@ class BatchSender:
         self.keys = Keys(self.settings.namespace, name)
         self._identified = True
 
-    def _encode(self, records: list[LLMTrace | MetricSample], dropped: int = 0) -> list[BatchCall]:
+    def _encode(self, records: list[AnyRecord], dropped: int = 0) -> list[BatchCall]:
         """The calls for ``records`` under this emitter's next numbers (for tests and
         benchmarks that apply calls themselves)."""
         if not self._identified:

@@ -1,4 +1,5 @@
-"""The ``langsmith`` consumer group: every ``LLMTrace`` of the trace stream to LangSmith.
+"""The ``langsmith`` consumer group: every ``LLMTrace`` of the trace stream to LangSmith,
+with the plan tree's tool calls and plan records (format version 3) as runs of their own.
 
 A group of its own on the same streams as ``persist``, run by the same
 :class:`~fleettrace_worker.loop.GroupLoop` on a thread of its own, so a slow or
@@ -51,6 +52,7 @@ from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.delivery import RunSender
 from fleettrace_worker.forwarding import (
+    TREE_KINDS,
     TracePlace,
     forwarding_loop_settings,
     record_dead_letter,
@@ -59,7 +61,8 @@ from fleettrace_worker.forwarding import (
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
 from fleettrace_worker.retrywindow import RetryWindow, RetryWindowOver
-from fleettrace_worker.runs import PLAN_RUN_TYPE, Run, runs_for
+from fleettrace_worker.runs import PLAN_RUN_TYPE, Run
+from fleettrace_worker.tree_runs import PATCH, runs_for
 
 __all__ = ["ForwardLoop", "RetryWindowOver", "langsmith_loop", "loop_settings"]
 
@@ -161,13 +164,14 @@ class ForwardLoop(GroupLoop[Outbox]):
 
     def prepare(self, entries: Sequence[Entry]) -> Prepared[Outbox]:
         outbox = Outbox()
-        for place, record in trace_records(entries):
+        for place, record in trace_records(entries, TREE_KINDS):
             outbox.items.append(
                 Outgoing(
                     place.entry,
                     place.batch_id,
                     place.position,
                     place.raw,
+                    place.kind,
                     runs_for(record, self.langsmith.project),
                 )
             )
@@ -277,11 +281,13 @@ class ForwardLoop(GroupLoop[Outbox]):
         )
 
     def _known_root(self, run: Run) -> bool:
+        if run.get(PATCH):  # an update is sent each time: it carries what a create lacked
+            return False
         with self._roots_lock:
             return run["run_type"] == PLAN_RUN_TYPE and run["id"] in self._roots
 
     def _remember_root(self, run: Run) -> None:
-        if run["run_type"] != PLAN_RUN_TYPE:
+        if run["run_type"] != PLAN_RUN_TYPE or run.get(PATCH):
             return
         with self._roots_lock:
             self._roots[run["id"]] = None

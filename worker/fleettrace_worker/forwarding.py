@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Final
 
 from fleettrace.codec import Kind, decode_entry, decode_envelope
 from fleettrace.errors import EntryDecodeError
 from fleettrace.model import LLMTrace
+from fleettrace.tree_records import PlanRecord, ToolCall
 from fleettrace_worker.consumer import Entry
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.loop import LoopSettings
@@ -30,22 +32,31 @@ class TracePlace:
     batch_id: str
     position: int
     raw: bytes
+    kind: Kind
 
 
-def trace_records(entries: Sequence[Entry]) -> Iterator[tuple[TracePlace, LLMTrace]]:
-    """Each ``LLMTrace`` of ``entries`` with its place, skipping entries that do not
-    decode and entries of another kind."""
+#: The kinds of the trace stream: LLM calls, and the plan tree's tool calls and plans.
+TREE_KINDS: Final = frozenset((Kind.TRACE, Kind.TOOL, Kind.PLAN))
+_TRACE_ONLY: Final = frozenset((Kind.TRACE,))
+
+
+def trace_records(
+    entries: Sequence[Entry], kinds: frozenset[Kind] = _TRACE_ONLY
+) -> Iterator[tuple[TracePlace, LLMTrace | ToolCall | PlanRecord]]:
+    """Each record of ``entries`` of one of ``kinds`` (``LLMTrace`` unless told) with
+    its place, skipping entries that do not decode and entries of another kind."""
     for entry in entries:
         try:
             lines = decode_envelope(entry.fields)[2]
             decoded = decode_entry(entry.fields)
         except EntryDecodeError:
             continue
-        if decoded.kind is not Kind.TRACE:
+        if decoded.kind not in kinds:
             continue
         for record, position in zip(decoded.records, decoded.positions, strict=True):
-            assert isinstance(record, LLMTrace)
-            yield TracePlace(entry, decoded.batch_id, position, lines[position]), record
+            assert isinstance(record, LLMTrace | ToolCall | PlanRecord)
+            place = TracePlace(entry, decoded.batch_id, position, lines[position], decoded.kind)
+            yield place, record
 
 
 def record_dead_letter(place: TracePlace, consumer: str, reason: str) -> DeadLetter:
@@ -55,7 +66,7 @@ def record_dead_letter(place: TracePlace, consumer: str, reason: str) -> DeadLet
         place.entry.entry_id,
         consumer,
         batch_id=place.batch_id,
-        kind=Kind.TRACE,
+        kind=place.kind,
         position=place.position,
         record=place.raw,
         reason=reason,

@@ -8,6 +8,11 @@ recorded, not the highest one. :func:`migrate` takes a transaction-level
 advisory lock first, so two hosts migrating at once apply every file exactly once
 (the second waits, then finds nothing left to do), and a failing file leaves the
 database at the version it had.
+
+Versions are applied by set, not by count: a database is up to date when every
+shipped version is recorded, and :func:`migrate` applies the ones it lacks, in order.
+So the numbers may have a gap (a version developed elsewhere and merged later), and
+a database migrated before the gap was filled gets the missing version then.
 """
 
 from __future__ import annotations

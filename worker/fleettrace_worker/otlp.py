@@ -52,6 +52,7 @@ from fleettrace.model import LLMTrace
 from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.forwarding import (
+    TREE_KINDS,
     TracePlace,
     forwarding_loop_settings,
     record_dead_letter,
@@ -61,7 +62,7 @@ from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
 from fleettrace_worker.otlp_delivery import OtlpSender, PartialSuccess
 from fleettrace_worker.otlp_metrics import metrics_request
 from fleettrace_worker.otlp_settings import OtlpSettings
-from fleettrace_worker.otlp_spans import ParentRanges, export_request, llm_span_id
+from fleettrace_worker.otlp_spans import ParentRanges, TreeItem, export_request, leaf_span_id
 from fleettrace_worker.retrywindow import RetryWindow
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ _HEX_ID: Final = re.compile(r"\b[0-9a-fA-F]{16}\b")
 
 @dataclass(slots=True)
 class OtlpRecord(TracePlace):
-    record: LLMTrace
+    record: TreeItem
 
 
 @dataclass(slots=True)
@@ -138,9 +139,11 @@ class OtlpLoop(GroupLoop[OtlpBatch]):
 
     def prepare(self, entries: Sequence[Entry]) -> Prepared[OtlpBatch]:
         batch = OtlpBatch()
-        for place, record in trace_records(entries):
+        for place, record in trace_records(entries, TREE_KINDS):
             batch.records.append(
-                OtlpRecord(place.entry, place.batch_id, place.position, place.raw, record)
+                OtlpRecord(
+                    place.entry, place.batch_id, place.position, place.raw, place.kind, record
+                )
             )
         return Prepared(batch, len(batch.records), [])
 
@@ -155,13 +158,13 @@ class OtlpLoop(GroupLoop[OtlpBatch]):
             if payload.spans_taken is None:
                 payload.spans_taken = self._send_spans(payload, records)
             if self.otlp.metrics_endpoint is not None:
-                self._send_metrics(records)
+                self._send_metrics([r for r in records if isinstance(r, LLMTrace)])
         except ForwardingDeferred as deferred:
             self.window.fail(deferred, answered=False)
         self.window.succeeded()
         return payload.spans_taken
 
-    def _send_spans(self, payload: OtlpBatch, records: list[LLMTrace]) -> list[DeadLetter]:
+    def _send_spans(self, payload: OtlpBatch, records: list[TreeItem]) -> list[DeadLetter]:
         request = export_request(
             records, service_name=self.service_name, namespace=self.namespace, parents=self.parents
         )
@@ -197,7 +200,7 @@ class OtlpLoop(GroupLoop[OtlpBatch]):
             return []
         named = {bytes.fromhex(match) for match in _HEX_ID.findall(partial.message)} & sent
         if named:
-            rejected = [item for item in payload.records if llm_span_id(item.record) in named]
+            rejected = [item for item in payload.records if leaf_span_id(item.record) in named]
             if len(rejected) < len(named):
                 # Parent spans: no record of their own; the calls under them were taken.
                 log.warning(

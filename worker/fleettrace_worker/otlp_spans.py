@@ -1,4 +1,5 @@
-"""How ``LLMTrace`` records become OTLP spans: a pure mapping, no I/O.
+"""How ``LLMTrace`` records (and the plan tree's tool calls and plan records) become
+OTLP spans: a pure mapping, no I/O.
 
 Ids are derived, never drawn at random, so an entry delivered twice (a worker
 killed before its acknowledgement, a batch retried after a timeout whose request
@@ -13,8 +14,15 @@ keeps one of each.
   record names. Each span id is the first 8 bytes of ``sha256`` over its path
   (``plan``, ``decision``, ``actor`` and their ids), so every worker names the same
   span the same way, whatever record of it it sees first. The LLM call's span id is
-  derived from its ``trace_id``. Child plans and tool spans need the plan tree
-  (pending), so they are not emitted yet.
+  derived from its ``trace_id``.
+- **The plan tree** (format version 3 records). A record that names its root plan
+  belongs to the root's trace, and its path starts with the plans from the root
+  down to its own (``plan`` = root, ``plan`` = child, ...), so a child plan's span
+  hangs under its parent's. A tool call is a span of its own (``execute_tool
+  <tool>``, GenAI ``gen_ai.operation.name=execute_tool``, ``gen_ai.tool.name``), its id
+  derived from its ``call_id``. A plan record widens its plan's span to the plan's
+  real start and end, and marks it as failed when the plan did. A root plan's own
+  records keep the ids they had before the tree (path ``plan`` = root).
 - **Parent spans** cover the calls a request knows (earliest start to latest end).
   A loop remembers the range of each parent the backend took
   (:class:`ParentRanges`) and sends a parent again only when a batch widens it,
@@ -50,12 +58,15 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from fleettrace.model import LLMTrace
+from fleettrace.tree_records import PlanRecord, ToolCall
 
 SCOPE_NAME: Final = "fleettrace"
 #: ``gen_ai.operation.name`` of every LLM call: fleettrace records chat calls.
 OPERATION_CHAT: Final = "chat"
 #: ``gen_ai.operation.name`` of an actor span (an agent's invocation).
 OPERATION_AGENT: Final = "invoke_agent"
+#: ``gen_ai.operation.name`` of a tool call's span.
+OPERATION_TOOL: Final = "execute_tool"
 #: fleettrace's own attributes (not GenAI conventions; documented in docs/otlp.md).
 COST_ATTRIBUTE: Final = "fleettrace.cost_usd"
 #: Where the record's tags and each metadata key go (``fleettrace.metadata.<key>``).
@@ -69,6 +80,8 @@ _ID_CACHE_SIZE: Final = 65_536
 PARENT_CACHE_SIZE: Final = 100_000
 
 Attribute = tuple[str, str | int | float | bool | list[str]]
+#: What the trace stream carries: LLM calls, and the plan tree's tool calls and plans.
+TreeItem = LLMTrace | ToolCall | PlanRecord
 
 
 def _digest(*parts: str) -> bytes:
@@ -86,29 +99,44 @@ def plan_trace_id(plan_id: str) -> bytes:
     return _valid(_digest("trace", "plan", plan_id)[:16])
 
 
-def trace_id_of(record: LLMTrace) -> bytes:
-    """16 bytes: the plan's trace, or the call's own when it has no plan."""
+def trace_id_of(record: TreeItem) -> bytes:
+    """16 bytes: the root plan's trace (the plan's, for a record without a root), or
+    the call's own when it has no plan."""
+    if record.root_plan_id is not None:
+        return plan_trace_id(record.root_plan_id)
     if record.plan_id is not None:
         return plan_trace_id(record.plan_id)
-    return _valid(record.trace_id.bytes)
+    own = record.call_id if isinstance(record, ToolCall) else record.trace_id
+    return _valid(own.bytes)
 
 
 def llm_span_id(record: LLMTrace) -> bytes:
     return _valid(_digest("llm", str(record.trace_id))[:8])
 
 
-def parent_path(record: LLMTrace) -> tuple[tuple[str, str], ...]:
-    """The parent spans a call hangs under, outermost first."""
-    path: list[tuple[str, str]] = []
-    if record.plan_id is not None:
-        path.append(("plan", record.plan_id))
+def plan_path_of(record: TreeItem) -> list[tuple[str, str]]:
+    """The plans from the tree's root down to the record's own, as path steps."""
+    if record.plan_id is None:
+        return []
+    if record.root_plan_id is None:
+        return [("plan", record.plan_id)]
+    chain = [*record.plan_path, record.plan_id]
+    if chain[0] != record.root_plan_id:  # a path cut at MAX_PLAN_DEPTH keeps its root
+        chain.insert(0, record.root_plan_id)
+    return [("plan", plan) for plan in chain]
+
+
+def parent_path(record: LLMTrace | ToolCall) -> tuple[tuple[str, str], ...]:
+    """The parent spans a call or tool hangs under, outermost first."""
+    path = plan_path_of(record)
     if record.decision_id is not None:
         path.append(("decision", record.decision_id))
     if record.actor is not None:
         path.append(("actor", record.actor))
     # Without a plan, the parents live in the call's own trace: key them by it.
     if record.plan_id is None and path:
-        path.insert(0, ("call", str(record.trace_id)))
+        own = record.call_id if isinstance(record, ToolCall) else record.trace_id
+        path.insert(0, ("call", str(own)))
     return tuple(path)
 
 
@@ -232,13 +260,26 @@ def _parent_attributes(kind: str, value: str) -> list[Attribute]:
     return [(f"fleettrace.{kind}_id", value)]
 
 
-def parent_spans(records: Iterable[LLMTrace]) -> list[Span]:
+def _extent(record: TreeItem) -> tuple[tuple[tuple[str, str], ...], int, int]:
+    """The parent path a record widens, and its range: a call's or tool's own, a plan
+    record's the plan's (its own span included in the path)."""
+    if isinstance(record, PlanRecord):
+        return tuple(plan_path_of(record)), nanos(record.started_at), nanos(record.ended_at)
+    if isinstance(record, ToolCall):
+        start = nanos(record.started_at)
+        return parent_path(record), start, start + int(record.duration_ms * 1_000_000)
+    return parent_path(record), nanos(record.started_at), end_nanos(record)
+
+
+def parent_spans(records: Iterable[TreeItem]) -> list[Span]:
     """One span per plan, decision and actor these records name, covering them."""
     parents: dict[tuple[bytes, tuple[tuple[str, str], ...]], _Parent] = {}
+    failed: set[tuple[bytes, tuple[tuple[str, str], ...]]] = set()
     for record in records:
-        path = parent_path(record)
+        path, start, end = _extent(record)
         trace_id = trace_id_of(record)
-        start, end = nanos(record.started_at), end_nanos(record)
+        if isinstance(record, PlanRecord) and record.status == "error":
+            failed.add((trace_id, path))
         for depth in range(1, len(path) + 1):
             prefix = path[:depth]
             if prefix[-1][0] == "call":
@@ -251,22 +292,73 @@ def parent_spans(records: Iterable[LLMTrace]) -> list[Span]:
                 known.start = min(known.start, start)
                 known.end = max(known.end, end)
     spans = []
-    for parent in parents.values():
+    for key, parent in parents.items():
         above = parent.path[:-1]
         kind, value = parent.path[-1]
-        spans.append(
-            Span(
-                trace_id=parent.trace_id,
-                span_id=path_span_id(parent.path),
-                parent_span_id=path_span_id(above) if above and above[-1][0] != "call" else b"",
-                name=f"{OPERATION_AGENT} {value}" if kind == "actor" else f"{kind} {value}",
-                kind=Span.SpanKind.SPAN_KIND_INTERNAL,
-                start_time_unix_nano=parent.start,
-                end_time_unix_nano=parent.end,
-                attributes=kv_list(_parent_attributes(kind, value)),
-            )
+        span = Span(
+            trace_id=parent.trace_id,
+            span_id=path_span_id(parent.path),
+            parent_span_id=path_span_id(above) if above and above[-1][0] != "call" else b"",
+            name=f"{OPERATION_AGENT} {value}" if kind == "actor" else f"{kind} {value}",
+            kind=Span.SpanKind.SPAN_KIND_INTERNAL,
+            start_time_unix_nano=parent.start,
+            end_time_unix_nano=parent.end,
+            attributes=kv_list(_parent_attributes(kind, value)),
         )
+        if key in failed:
+            span.status.CopyFrom(Status(code=Status.STATUS_CODE_ERROR))
+        spans.append(span)
     return spans
+
+
+def tool_span_id(call: ToolCall) -> bytes:
+    return _valid(_digest("tool", str(call.call_id))[:8])
+
+
+def tool_span(call: ToolCall) -> Span:
+    """A tool call: GenAI ``execute_tool``, under its actor, decision or plan."""
+    path = parent_path(call)
+    start = nanos(call.started_at)
+    pairs: list[Attribute] = [
+        ("gen_ai.operation.name", OPERATION_TOOL),
+        ("gen_ai.tool.name", call.tool),
+        ("gen_ai.tool.call.id", str(call.call_id)),
+    ]
+    if call.error is not None:
+        pairs.append(("error.type", call.error.split(":", 1)[0].strip() or "error"))
+    for name, value in (
+        ("fleettrace.plan_id", call.plan_id),
+        ("fleettrace.decision_id", call.decision_id),
+        ("fleettrace.actor", call.actor),
+    ):
+        if value is not None:
+            pairs.append((name, value))
+    span = Span(
+        trace_id=trace_id_of(call),
+        span_id=tool_span_id(call),
+        parent_span_id=path_span_id(path) if path and path[-1][0] != "call" else b"",
+        name=f"{OPERATION_TOOL} {call.tool}",
+        kind=Span.SpanKind.SPAN_KIND_INTERNAL,
+        start_time_unix_nano=start,
+        end_time_unix_nano=start + int(call.duration_ms * 1_000_000),
+        attributes=kv_list(pairs),
+    )
+    if call.error is not None:
+        span.status.CopyFrom(Status(code=Status.STATUS_CODE_ERROR, message=call.error))
+    return span
+
+
+def leaf_span_id(record: TreeItem) -> bytes | None:
+    """The id of the span a record is (none for a plan record: it widens its plan's)."""
+    if isinstance(record, LLMTrace):
+        return llm_span_id(record)
+    if isinstance(record, ToolCall):
+        return tool_span_id(record)
+    return None
+
+
+def leaf_span(record: LLMTrace | ToolCall) -> Span:
+    return llm_span(record) if isinstance(record, LLMTrace) else tool_span(record)
 
 
 def _version() -> str:
@@ -323,7 +415,7 @@ class ParentRanges:
 
 
 def export_request(
-    records: Sequence[LLMTrace],
+    records: Sequence[TreeItem],
     *,
     service_name: str,
     namespace: str,
@@ -335,7 +427,10 @@ def export_request(
     above = parent_spans(records)
     scope = ScopeSpans(
         scope=InstrumentationScope(name=SCOPE_NAME, version=SCOPE_VERSION),
-        spans=[*(parents.widen(above) if parents else above), *(llm_span(r) for r in records)],
+        spans=[
+            *(parents.widen(above) if parents else above),
+            *(leaf_span(r) for r in records if not isinstance(r, PlanRecord)),
+        ],
     )
     return ExportTraceServiceRequest(
         resource_spans=[

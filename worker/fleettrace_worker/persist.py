@@ -33,13 +33,15 @@ from fleettrace.codec import RECORD_SEPARATOR, Kind, decode_entry
 from fleettrace.errors import EntryDecodeError
 from fleettrace.keys import FIELD_DATA
 from fleettrace.model import LLMTrace
+from fleettrace.tree_records import PlanRecord, ToolCall
 from fleettrace_worker import database
 from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.database import StoreRefused
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
 from fleettrace_worker.migrations import check_schema
-from fleettrace_worker.repository import LLMTraceRepository, MetricRow, Source
+from fleettrace_worker.repository import LLMTraceRepository, MetricRow
+from fleettrace_worker.tree_store import Source
 
 __all__ = ["Origin", "PersistLoop", "Rows", "StoreRefused", "decode_entries", "refused_record"]
 
@@ -75,26 +77,40 @@ class Rows:
     samples: list[MetricRow] = field(default_factory=list)
     trace_origins: list[Origin] = field(default_factory=list)
     sample_origins: list[Origin] = field(default_factory=list)
+    # The plan tree's records (format version 3), to their own tables.
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    plans: list[PlanRecord] = field(default_factory=list)
+    tool_call_origins: list[Origin] = field(default_factory=list)
+    plan_origins: list[Origin] = field(default_factory=list)
+
+    _LISTS = (
+        ("traces", "trace_origins"),
+        ("samples", "sample_origins"),
+        ("tool_calls", "tool_call_origins"),
+        ("plans", "plan_origins"),
+    )
 
     def __len__(self) -> int:
-        return len(self.traces) + len(self.samples)
+        return len(self.traces) + len(self.samples) + len(self.tool_calls) + len(self.plans)
 
     def halves(self) -> tuple[Rows, Rows]:
         """The records split in two halves of (nearly) equal size."""
-        cut = len(self) // 2
+        left = len(self) // 2
         first, second = Rows(), Rows()
-        traces_cut = min(cut, len(self.traces))
-        samples_cut = cut - traces_cut
-        first.traces, second.traces = self.traces[:traces_cut], self.traces[traces_cut:]
-        first.trace_origins = self.trace_origins[:traces_cut]
-        second.trace_origins = self.trace_origins[traces_cut:]
-        first.samples, second.samples = self.samples[:samples_cut], self.samples[samples_cut:]
-        first.sample_origins = self.sample_origins[:samples_cut]
-        second.sample_origins = self.sample_origins[samples_cut:]
+        for records, origins in self._LISTS:
+            items, where = getattr(self, records), getattr(self, origins)
+            cut = min(left, len(items))
+            left -= cut
+            setattr(first, records, items[:cut])
+            setattr(second, records, items[cut:])
+            setattr(first, origins, where[:cut])
+            setattr(second, origins, where[cut:])
         return first, second
 
     def only_origin(self) -> Origin:
-        return (self.trace_origins or self.sample_origins)[0]
+        return (
+            self.trace_origins or self.sample_origins or self.tool_call_origins or self.plan_origins
+        )[0]
 
 
 def decode_entries(entries: Sequence[Entry], consumer: str) -> Prepared[Rows]:
@@ -128,13 +144,19 @@ def decode_entries(entries: Sequence[Entry], consumer: str) -> Prepared[Rows]:
         if batch.kind is Kind.TRACE:
             rows.traces.extend(batch.records)  # type: ignore[arg-type]
             rows.trace_origins.extend(origins)
+        elif batch.kind is Kind.TOOL:
+            rows.tool_calls.extend(batch.records)  # type: ignore[arg-type]
+            rows.tool_call_origins.extend(origins)
+        elif batch.kind is Kind.PLAN:
+            rows.plans.extend(batch.records)  # type: ignore[arg-type]
+            rows.plan_origins.extend(origins)
         else:
             rows.sample_origins.extend(origins)
             rows.samples.extend(
                 (batch.batch_id, position, sample)  # type: ignore[misc]
                 for position, sample in zip(batch.positions, batch.records, strict=True)
             )
-    return Prepared(rows, len(rows.traces) + len(rows.samples), dead)
+    return Prepared(rows, len(rows), dead)
 
 
 class PersistLoop(GroupLoop[Rows]):
@@ -194,6 +216,10 @@ class PersistLoop(GroupLoop[Rows]):
                 payload.samples,
                 trace_sources=self._sources(payload.trace_origins),
                 sample_sources=self._sources(payload.sample_origins),
+                tool_calls=payload.tool_calls,
+                plans=payload.plans,
+                tool_call_sources=self._sources(payload.tool_call_origins),
+                plan_sources=self._sources(payload.plan_origins),
             )
         except psycopg.Error as error:
             # A SQLSTATE database.SQLSTATE_VERDICTS does not list: not the records'

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import struct
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,12 +25,27 @@ from psycopg_pool import ConnectionPool
 
 from fleettrace.keys import configured_namespace
 from fleettrace.model import LLMTrace, MetricSample
+from fleettrace.tree_records import PlanRecord, ToolCall
 from fleettrace_worker import attribute_filters, database
+from fleettrace_worker.tree_store import (
+    PLAN_COLUMNS,
+    PLANS_TABLE,
+    SOURCE_COLUMNS,
+    TOOL_CALL_COLUMNS,
+    TOOL_CALLS_TABLE,
+    Source,
+    Table,
+    plan_row,
+    text_array,
+    tool_call_row,
+)
 
 TRACES_TABLE: Final = "llm_traces"
 SAMPLES_TABLE: Final = "metric_samples"
 _TRACES_STAGING: Final = "fleettrace_traces_staging"
 _SAMPLES_STAGING: Final = "fleettrace_samples_staging"
+_TOOL_CALLS_STAGING: Final = "fleettrace_tool_calls_staging"
+_PLANS_STAGING: Final = "fleettrace_plans_staging"
 
 #: Columns of llm_traces in the order of LLMTrace's fields, with their binary COPY types.
 TRACE_COLUMNS: Final = (
@@ -65,6 +79,10 @@ TRACE_COLUMNS: Final = (
     ("user_id", "text"),
     ("session_id", "text"),
     ("ttft_ms", "float8"),
+    # Schema 5, the plan tree (plan_path as ready-made text[] bytes, like tool_calls).
+    ("root_plan_id", "text"),
+    ("root_started_at", "timestamptz"),
+    ("plan_path", "bytea"),
 )
 SAMPLE_COLUMNS: Final = (
     ("batch_id", "uuid"),
@@ -75,25 +93,17 @@ SAMPLE_COLUMNS: Final = (
     ("plan_id", "text"),
     ("observed_at", "timestamptz"),
 )
-#: Who recorded a row (schema version 3): written by the worker from the stream key.
-SOURCE_COLUMNS: Final = (("producer", "text"), ("namespace", "text"))
-#: (producer, namespace) of one row; producer None for the layout before per-producer
-#: keys. Every new row has a namespace (schema version 6 refuses one without).
-Source = tuple[str | None, str]
 _TRACE_NAMES: Final = tuple(name for name, _ in TRACE_COLUMNS)
 _SAMPLE_NAMES: Final = tuple(name for name, _ in SAMPLE_COLUMNS)
 if tuple(LLMTrace.model_fields) != _TRACE_NAMES:  # pragma: no cover - guards a model change
     raise RuntimeError("llm_traces columns no longer match LLMTrace's fields")
 _TOOL_CALLS_AT: Final = _TRACE_NAMES.index("tool_calls")
 _TAGS_AT: Final = _TRACE_NAMES.index("tags")
+_PLAN_PATH_AT: Final = _TRACE_NAMES.index("plan_path")
 _before_tool_calls: Final = attrgetter(*_TRACE_NAMES[:_TOOL_CALLS_AT])
 _after_tool_calls: Final = attrgetter(*_TRACE_NAMES[_TOOL_CALLS_AT + 1 : _TAGS_AT])
-_after_metadata: Final = attrgetter(*_TRACE_NAMES[_TAGS_AT + 2 :])
-#: PostgreSQL's binary array layout: dimensions, has-nulls flag, element type (25 =
-#: text), then per dimension its length and lower bound.
-_ARRAY_HEADER: Final = struct.Struct("!iiiii")
-_TEXT_OID: Final = 25
-_EMPTY_TEXT_ARRAY: Final = struct.pack("!iii", 0, 0, _TEXT_OID)
+_after_metadata: Final = attrgetter(*_TRACE_NAMES[_TAGS_AT + 2 : _PLAN_PATH_AT])
+_after_plan_path: Final = _TRACE_NAMES[_PLAN_PATH_AT + 1 :]
 #: The record's columns, then the namespace it was stored under (not a record field).
 _SELECT_TRACE: Final = sql.SQL("SELECT {}, namespace FROM {}").format(
     sql.SQL(", ").join(map(sql.Identifier, _TRACE_NAMES)), sql.Identifier(TRACES_TABLE)
@@ -122,6 +132,8 @@ class StoreResult:
     traces_duplicate: int
     samples_inserted: int
     samples_duplicate: int
+    tree_inserted: int = 0
+    tree_duplicate: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +239,10 @@ class LLMTraceRepository:
         trace_sources: Sequence[Source] | None = None,
         sample_sources: Sequence[Source] | None = None,
         namespace: str | None = None,
+        tool_calls: Sequence[ToolCall] = (),
+        plans: Sequence[PlanRecord] = (),
+        tool_call_sources: Sequence[Source] | None = None,
+        plan_sources: Sequence[Source] | None = None,
     ) -> StoreResult:
         """Write a batch in one transaction, committed when this returns.
 
@@ -236,9 +252,17 @@ class LLMTraceRepository:
         configured one, as an emitter of this process would use): every row carries a
         namespace. Rows already stored (same ``trace_id``, same ``(batch_id,
         position)``) are left as they are and counted as duplicates: storing is
-        idempotent.
+        idempotent. ``tool_calls`` and ``plans`` (the plan tree's records, keyed by
+        ``call_id`` and ``record_id``) go to their tables in the same transaction.
         """
         default: Source = (None, namespace or configured_namespace())
+        tables = [
+            Table(TOOL_CALLS_TABLE, _TOOL_CALLS_STAGING, TOOL_CALL_COLUMNS, tool_calls,
+                   tool_call_row, tool_call_sources or [default] * len(tool_calls)),
+            Table(PLANS_TABLE, _PLANS_STAGING, PLAN_COLUMNS, plans, plan_row,
+                  plan_sources or [default] * len(plans)),
+        ]  # fmt: skip
+        tree = [(t, *t.rows()) for t in tables if t.records]
         trace_rows = [
             (*_trace_row(t), *o)
             for t, o in zip(traces, trace_sources or [default] * len(traces), strict=True)
@@ -254,7 +278,10 @@ class LLMTraceRepository:
                 with conn.transaction():
                     _copy(conn, TRACES_TABLE, trace_columns, trace_rows)
                     _copy(conn, SAMPLES_TABLE, sample_columns, sample_rows)
-                return StoreResult(len(trace_rows), 0, len(sample_rows), 0)
+                    for table, columns, rows in tree:
+                        _copy(conn, table.name, columns, rows)
+                tree_rows = sum(len(rows) for _, _, rows in tree)
+                return StoreResult(len(trace_rows), 0, len(sample_rows), 0, tree_rows, 0)
             except psycopg.errors.UniqueViolation:
                 pass  # a redelivery: merge below, skipping what is there
             with conn.transaction():
@@ -265,11 +292,18 @@ class LLMTraceRepository:
                 samples_inserted = _merge(
                     conn, SAMPLES_TABLE, _SAMPLES_STAGING, sample_columns, sample_rows
                 )
+                tree_inserted = sum(
+                    _merge(conn, table.name, table.staging, columns, rows)
+                    for table, columns, rows in tree
+                )
+        tree_rows = sum(len(rows) for _, _, rows in tree)
         return StoreResult(
             traces_inserted,
             len(trace_rows) - traces_inserted,
             samples_inserted,
             len(sample_rows) - samples_inserted,
+            tree_inserted,
+            tree_rows - tree_inserted,
         )
 
     def get(self, trace_id: uuid.UUID, *, namespace: str | None = None) -> LLMTrace | None:
@@ -395,11 +429,13 @@ class LLMTraceRepository:
 def _trace_row(trace: LLMTrace) -> tuple[object, ...]:
     return (
         *_before_tool_calls(trace),
-        _text_array(trace.tool_calls),
+        text_array(trace.tool_calls),
         *_after_tool_calls(trace),
-        _text_array(trace.tags) if trace.tags else None,
+        text_array(trace.tags) if trace.tags else None,
         trace.metadata or None,
         *_after_metadata(trace),
+        text_array(trace.plan_path),
+        *(getattr(trace, name) for name in _after_plan_path),
     )
 
 
@@ -411,19 +447,6 @@ def _trace_of(row: Sequence[object]) -> LLMTrace:
     if fields["metadata"] is None:
         fields["metadata"] = {}
     return LLMTrace.model_validate(fields)
-
-
-def _text_array(values: list[str]) -> bytes:
-    """A one-dimensional text[] in COPY's binary format (values hold no NUL and no
-    NULLs: the model refuses both)."""
-    if not values:
-        return _EMPTY_TEXT_ARRAY
-    parts = [_ARRAY_HEADER.pack(1, 0, _TEXT_OID, len(values), 1)]
-    for value in values:
-        encoded = value.encode()
-        parts.append(len(encoded).to_bytes(4, "big"))
-        parts.append(encoded)
-    return b"".join(parts)
 
 
 def _sample_row(item: MetricRow) -> tuple[object, ...]:
@@ -462,7 +485,12 @@ def _ensure_staging(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     found = conn.execute("SELECT to_regclass(%s)", (f"pg_temp.{_TRACES_STAGING}",)).fetchone()
     if found and found[0] is not None:
         return
-    for staging, table in ((_TRACES_STAGING, TRACES_TABLE), (_SAMPLES_STAGING, SAMPLES_TABLE)):
+    for staging, table in (
+        (_TRACES_STAGING, TRACES_TABLE),
+        (_SAMPLES_STAGING, SAMPLES_TABLE),
+        (_TOOL_CALLS_STAGING, TOOL_CALLS_TABLE),
+        (_PLANS_STAGING, PLANS_TABLE),
+    ):
         conn.execute(
             sql.SQL(
                 "CREATE TEMPORARY TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"

@@ -19,11 +19,17 @@ from psycopg_pool import ConnectionPool
 
 from fleettrace_worker import database
 from fleettrace_worker.repository import SAMPLES_TABLE, TRACES_TABLE
+from fleettrace_worker.tree_store import PLANS_TABLE, TOOL_CALLS_TABLE
 
 DEFAULT_BATCH_ROWS: Final = 5000
 #: Each table with the column that says how old a row is (when it happened, not when
 #: it was stored, so a backlog drained late is kept as long as its neighbours).
-AGE_COLUMNS: Final = ((TRACES_TABLE, "started_at"), (SAMPLES_TABLE, "observed_at"))
+AGE_COLUMNS: Final = (
+    (TRACES_TABLE, "started_at"),
+    (SAMPLES_TABLE, "observed_at"),
+    (TOOL_CALLS_TABLE, "started_at"),
+    (PLANS_TABLE, "started_at"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +42,9 @@ class PruneReport:
     batches: int
     longest_batch_s: float
     dry_run: bool
+    #: The plan tree's tables (schema 5).
+    tool_calls: int = 0
+    plans: int = 0
 
 
 def prune(
@@ -104,4 +113,6 @@ def prune(
                     break
                 oldest = newest
             removed.append(total)
-    return PruneReport(cutoff, removed[0], removed[1], batches, longest_s, dry_run)
+    return PruneReport(
+        cutoff, removed[0], removed[1], batches, longest_s, dry_run, removed[2], removed[3]
+    )

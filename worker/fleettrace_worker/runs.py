@@ -14,6 +14,12 @@ of each (it answers 409 to the second).
   is never later than a call of that day. A plan that runs past midnight is
   therefore shown as one trace per day, each carrying ``plan_id`` in its metadata.
 - A call without a plan is a trace of its own.
+
+That is the mapping of records written before format version 3. A record of version
+3 carries its plan tree's root and start and is placed in that tree instead: the root
+plan's run carries the plan's real start (and its end once the plan's end record
+arrives), child plans nest under their parent, actors and tools are runs of their own
+(:mod:`fleettrace_worker.tree_runs`, whose ``runs_for`` the forwarder uses).
 """
 
 from __future__ import annotations

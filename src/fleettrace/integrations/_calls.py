@@ -105,6 +105,9 @@ class Call:
     actor: str | None = field(default_factory=hooks.current_actor)
     span: LLMCallSpan | None = field(default_factory=hooks.current_llm_call)
     scope: Attributes = field(default_factory=attributes.current.get)
+    #: The call's place in its plan tree (root, its start, the plan's ancestors), when
+    #: the integration knows it better than the context the call finishes in.
+    place: dict[str, Any] = field(default_factory=dict)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started_s: float = field(default_factory=time.perf_counter)
     finished: bool = False
@@ -192,6 +195,7 @@ class Call:
             latency_ms=min(self.latency_ms or 0.0, 86_400_000.0),
             started_at=self.started_at,
             scope=self.scope,
+            **self.place,
             **self._fields(),
         )
         self.outcome = "record"

@@ -17,7 +17,11 @@ from executor threads):
   ``fleettrace_actor`` or LangGraph's ``langgraph_node``, else the root run's name;
 - chat model and LLM runs are LLM calls (usage from ``usage_metadata``, else from
   ``llm_output["token_usage"]``; tool calls the model requested, by name);
-- tool runs are tool invocations (duration and outcome, as ``fleettrace.tool``).
+- tool runs are tool invocations (duration and outcome, as ``fleettrace.tool``), each
+  also a ``ToolCall`` record of the plan tree;
+- every record is placed in its plan tree: under the open fleettrace plan's root, or,
+  for a plan the handler opened itself, as that plan's own tree, whose ``PlanRecord``
+  (start, end, status) is recorded when the root run ends.
 
 Every callback is guarded: a failure in bookkeeping is logged, never raised into
 the chain (``raise_error`` stays false).
@@ -29,16 +33,18 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from langchain_core.callbacks import BaseCallbackHandler
 
-from fleettrace import hooks
+from fleettrace import hooks, plan_scope
 from fleettrace.emitter import Emitter, get_emitter
 from fleettrace.integrations._calls import Call, CallObserver, first_claim, tokens
 from fleettrace.metrics import MetricKey
 from fleettrace.model import MAX_NAME_CHARS
+from fleettrace.tree_records import PlanRecord
 
 _ACTOR_KEYS: Final = ("fleettrace_actor", "langgraph_node")
 _MS: Final = 1000.0
@@ -55,6 +61,8 @@ class _Run:
     owns_plan: bool = False
     tool: str | None = None
     call: Call | None = None
+    #: The tree fields of the run's records (see fleettrace.plan_scope.place_fields).
+    place: dict[str, Any] = field(default_factory=dict)
 
 
 def _label(value: object, default: str) -> str:
@@ -91,6 +99,7 @@ class FleettraceCallbackHandler(BaseCallbackHandler):
             actor = next((metadata[k] for k in _ACTOR_KEYS if metadata.get(k)), None)
         if above is not None:
             run = _Run(above.plan_id, above.decision_id, actor or above.actor, time.perf_counter())
+            run.place = above.place
         else:
             plan_id = hooks.current_plan_id()
             run = _Run(
@@ -100,6 +109,14 @@ class FleettraceCallbackHandler(BaseCallbackHandler):
                 time.perf_counter(),
                 owns_plan=plan_id is None and parent is None,
             )
+            run.place = plan_scope.place_fields(plan_id) if plan_id is not None else {}
+            if run.owns_plan:
+                # A plan of its own: the root of its own tree, starting now.
+                run.place = {
+                    "root_plan_id": run.plan_id,
+                    "root_started_at": datetime.now(UTC),
+                    "plan_path": [],
+                }
         if run.actor is not None:
             run.actor = _label(run.actor, "chain")
         with self._lock:
@@ -135,18 +152,32 @@ class FleettraceCallbackHandler(BaseCallbackHandler):
         self._chain_done(run_id)
 
     def on_chain_error(self, error: BaseException, *, run_id: uuid.UUID, **kwargs: Any) -> None:
-        self._chain_done(run_id)
+        self._chain_done(run_id, error)
 
-    def _chain_done(self, run_id: uuid.UUID) -> None:
+    def _chain_done(self, run_id: uuid.UUID, error: BaseException | None = None) -> None:
         run = self._end(run_id)
         if run is None or not run.owns_plan:
             return
         try:
+            elapsed_s = time.perf_counter() - run.started_s
             self.emitter.observe(
                 MetricKey.PLAN_DURATION_SECONDS,
-                time.perf_counter() - run.started_s,
+                elapsed_s,
                 {"phase": hooks.TOTAL_PHASE},
                 plan_id=run.plan_id,
+            )
+            started: datetime = run.place["root_started_at"]
+            self.emitter.record(
+                PlanRecord(
+                    plan_id=run.plan_id,  # type: ignore[arg-type]
+                    root_plan_id=run.plan_id,  # type: ignore[arg-type]
+                    root_started_at=started,
+                    started_at=started,
+                    ended_at=started + timedelta(seconds=elapsed_s),
+                    duration_ms=elapsed_s * _MS,
+                    status="ok" if error is None else "error",
+                    error=None if error is None else plan_scope.error_text(error),
+                )
             )
         except Exception:
             logger.warning("fleettrace: cannot record a LangChain plan", exc_info=True)
@@ -199,6 +230,7 @@ class FleettraceCallbackHandler(BaseCallbackHandler):
                 plan_id=run.plan_id,
                 decision_id=run.decision_id,
                 actor=run.actor,
+                place=run.place,
             )
         except Exception:
             logger.warning("fleettrace: cannot follow a LangChain LLM run", exc_info=True)
@@ -240,17 +272,33 @@ class FleettraceCallbackHandler(BaseCallbackHandler):
             logger.warning("fleettrace: cannot follow a LangChain tool", exc_info=True)
 
     def on_tool_end(self, output: Any, *, run_id: uuid.UUID, **kwargs: Any) -> None:
-        self._tool_done(run_id, "ok")
+        self._tool_done(run_id, None)
 
     def on_tool_error(self, error: BaseException, *, run_id: uuid.UUID, **kwargs: Any) -> None:
-        self._tool_done(run_id, "error")
+        self._tool_done(run_id, error)
 
-    def _tool_done(self, run_id: uuid.UUID, outcome: str) -> None:
+    def _tool_done(self, run_id: uuid.UUID, error: BaseException | None) -> None:
         run = self._end(run_id)
         if run is None or run.tool is None:
             return
+        outcome = "ok" if error is None else "error"
         try:
-            elapsed_ms = (time.perf_counter() - run.started_s) * _MS
+            elapsed_s = time.perf_counter() - run.started_s
+            self.emitter.record(
+                plan_scope.tool_call(
+                    run.tool,
+                    elapsed_s,
+                    error,
+                    plan_id=run.plan_id,
+                    decision_id=run.decision_id,
+                    actor=run.actor,
+                    place=run.place,
+                )
+            )
+        except Exception:
+            logger.warning("fleettrace: cannot record a LangChain tool call", exc_info=True)
+        try:
+            elapsed_ms = elapsed_s * _MS
             labels = {"tool": run.tool}
             emitter = self.emitter
             emitter.observe(

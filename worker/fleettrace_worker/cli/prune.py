@@ -1,4 +1,5 @@
-"""``fleettrace prune``: remove traces and metric samples older than a duration."""
+"""``fleettrace prune``: remove traces, metric samples, tool calls and plan records
+older than a duration."""
 
 from __future__ import annotations
 
@@ -56,12 +57,15 @@ def run(args: argparse.Namespace) -> int:
                 "older_than": cutoff.isoformat(),
                 "traces": report.traces,
                 "samples": report.samples,
+                "tool_calls": report.tool_calls,
+                "plans": report.plans,
             }
         )
         return EXIT_OK
     verb = "would remove" if report.dry_run else "removed"
     print(
         f"{verb} {report.traces} traces and {report.samples} metric samples "
+        f"(and {report.tool_calls} tool calls, {report.plans} plan records) "
         f"older than {cutoff.isoformat(timespec='seconds')} in {options.describe_scope(namespace)}"
     )
     return EXIT_OK

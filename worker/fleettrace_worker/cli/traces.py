@@ -1,4 +1,4 @@
-"""``fleettrace traces list|show|cost``: the stored LLM calls, for people and scripts.
+"""``fleettrace traces list|show|cost|tree``: the stored LLM calls, for people and scripts.
 
 ``--json`` output keeps its keys stable: a list is ``{"items": [...], "next_cursor":
 ..., "namespace": ...}`` (cli.render; the namespace it covers, null for
@@ -25,6 +25,7 @@ from fleettrace.model import LLMTrace
 from fleettrace_worker import migrations
 from fleettrace_worker.attribute_filters import parse_meta
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
+from fleettrace_worker.cli import tree as tree_cli
 from fleettrace_worker.cli.render import Column, Kind
 from fleettrace_worker.durations import parse_time
 from fleettrace_worker.repository import (
@@ -36,6 +37,7 @@ from fleettrace_worker.repository import (
     check_group_by,
     decode_cursor,
 )
+from fleettrace_worker.tree_queries import TreeQueries
 
 DEFAULT_LIMIT: Final = 20
 MAX_LIMIT: Final = 10_000
@@ -95,7 +97,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.add_argument("--cursor", metavar="CURSOR", help="continue after a previous page")
     listing.set_defaults(handler=run_list)
 
-    show = actions.add_parser("show", help="every field of one LLM call")
+    show = actions.add_parser(
+        "show",
+        help="every field of one LLM call, and its ancestors in its plan tree",
+        description="Every field of one LLM call. The table ends with its ancestors in its "
+        "plan tree (root plan first, each with its cost and duration); --json prints the "
+        "call alone, as `traces list --json` does (`traces tree PLAN_ID --json` for the tree).",
+    )
     _common(show, listing=False)
     show.add_argument("trace_id", metavar="TRACE_ID", help="the call's trace id (a UUID)")
     show.set_defaults(handler=run_show)
@@ -117,6 +125,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"comma-separated, among {', '.join(GROUP_BY_FIELDS)} (default model)",
     )
     cost.set_defaults(handler=run_cost)
+    tree_cli.register(actions, _common)
 
 
 def _common(parser: argparse.ArgumentParser, *, listing: bool = True) -> None:
@@ -219,6 +228,11 @@ def run_show(args: argparse.Namespace) -> int:
     namespace = options.namespace_scope(args)
     with _pool(args) as pool:
         found = LLMTraceRepository(pool).get_stored(trace_id, namespace=namespace)
+        placed = (
+            TreeQueries(pool, namespace=namespace).ancestors(trace_id)
+            if found is not None
+            else None
+        )
     if found is None:
         print(
             f"fleettrace traces: no trace with id {trace_id} in "
@@ -227,10 +241,13 @@ def run_show(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILURE
     data = _trace_json(*found)
+    chain = placed[1] if placed is not None else []
     if args.json:
         render.write_object(data)
         return EXIT_OK
     rows = [{"field": name, "value": _show_value(name, value)} for name, value in data.items()]
+    if chain:
+        rows.append({"field": "ancestors", "value": tree_cli.ancestors_line(chain)})
     render.print_table(SHOW_COLUMNS, rows)
     return EXIT_OK
 
