@@ -44,7 +44,9 @@ def emitter(redis_url: str, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 def sent(emitter: Emitter, client: redis.Redis) -> list[LLMTrace]:
     assert emitter.flush(10)
-    return stream_records(client, emitter.keys.traces)  # type: ignore[return-value]
+    # The traces stream also carries the plan tree's records (PlanRecord, ToolCall).
+    records = stream_records(client, emitter.keys.traces)
+    return [record for record in records if isinstance(record, LLMTrace)]
 
 
 def test_scopes_pass_attributes_to_every_record_inside_and_merge_inner_last(

@@ -63,7 +63,9 @@ def test_version_five_applies_once_from_two_processes_over_rows_of_version_three
 ) -> None:
     ids = _at_version_three(database_url)
     applied = migrate_from_processes(database_url)
-    assert sorted(applied) == [(), ("0005_plan_tree",)]
+    later = tuple(f"{m.version:04d}_{m.name}" for m in migrations.available() if m.version > 3)
+    assert "0005_plan_tree" in later
+    assert sorted(applied) == [(), later]
     with psycopg.connect(database_url) as conn:
         again = migrations.migrate(conn)
     assert again.applied == ()

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     verb = "would remove" if report.dry_run else "removed"
     print(
         f"{verb} {report.traces} traces and {report.samples} metric samples "
-        f"(and {report.tool_calls} tool calls, {report.plans} plan records) "
-        f"older than {cutoff.isoformat(timespec='seconds')} in {options.describe_scope(namespace)}"
+        f"older than {cutoff.isoformat(timespec='seconds')} in {options.describe_scope(namespace)} "
+        f"(and {report.tool_calls} tool calls, {report.plans} plan records)"
     )
     return EXIT_OK

@@ -27,10 +27,10 @@ _ICONS = {"plan": "plan", "decision": "decision", "actor": "actor", "llm": "llm"
 
 def register(
     actions: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: Callable[[argparse.ArgumentParser], None],
+    common: Callable[..., None],
 ) -> None:
-    """Add ``tree`` to the ``traces`` actions (``common`` adds the database options
-    and ``--json``)."""
+    """Add ``tree`` to the ``traces`` actions (``common`` adds the database and
+    namespace options and ``--json``)."""
     tree = actions.add_parser(
         "tree",
         help="one plan as a tree: child plans, decisions, actors, LLM calls, tools",
@@ -38,7 +38,7 @@ def register(
         "tools, each with its start, duration and cost. A node's cost and tokens cover "
         "everything under it; unpriced means no call under it could be priced.",
     )
-    common(tree)
+    common(tree, listing=False)
     tree.add_argument("plan_id", metavar="PLAN_ID", help="the plan (any plan of a tree)")
     tree.add_argument("--utc", action="store_true", help="times in UTC, not local time")
     tree.set_defaults(handler=run_tree)
