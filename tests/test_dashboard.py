@@ -1,0 +1,248 @@
+"""The dashboard's JSON API, access rules and error answers, over HTTP against a
+dashboard served on a free port; the data comes through the real pipeline
+(tests/dashboard_helpers.fill_fleet). The pages in a browser: test_dashboard_browser.py."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from urllib.parse import quote
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fleettrace.live import read_live
+from fleettrace.plans import total_cost_usd
+from fleettrace_worker.cli import main
+from fleettrace_worker.dashboard.access import CSRF_COOKIE
+from fleettrace_worker.runner import Worker, WorkerSettings
+from tests.dashboard_helpers import (
+    CALLS,
+    HOSTILE,
+    HOSTILE_PLAN,
+    dashboard,
+    drop_poison_rule,
+    fill_fleet,
+    get_json,
+    request,
+    rows,
+)
+from tests.servers import free_port
+from tests.waiting import wait_until
+from tests.worker_helpers import http_get, migrated
+
+TOKEN = "a-token-long-enough-for-tests"
+CSRF = "c" * 32
+
+
+@pytest.fixture
+def fleet(redis_url, keys, database_url):
+    return fill_fleet(redis_url, keys, database_url)
+
+
+def test_api_numbers_are_the_sql_sums_and_the_live_counters(
+    fleet, redis_url, keys, redis_client
+) -> None:
+    with dashboard(redis_url, keys, fleet) as base:
+        for by in ("model", "provider", "actor"):
+            status, answer = get_json(f"{base}/api/cost?by={by}&range=24h")
+            assert status == 200
+            assert set(answer) >= {"items", "next_cursor", "from", "to"}
+            expected = {
+                key: (calls, priced, round(cost, 9))
+                for key, calls, priced, cost in rows(
+                    fleet,
+                    f"SELECT {by}, count(*), count(cost_usd), coalesce(sum(cost_usd), 0) "
+                    f"FROM llm_traces GROUP BY {by}",
+                )
+            }
+            got = {
+                item["key"]: (item["calls"], item["priced_calls"], round(item["cost_usd"], 9))
+                for item in answer["items"]
+            }
+            assert got == expected
+        unpriced = get_json(f"{base}/api/cost?by=model")[1]["items"]
+        assert {i["key"]: i["unpriced_calls"] for i in unpriced}["house-llm"] == CALLS // 3
+
+        series = get_json(f"{base}/api/cost/series?by=model&range=1h")[1]
+        [(total,)] = rows(fleet, "SELECT sum(cost_usd) FROM llm_traces")
+        assert sum(item["cost_usd"] for item in series["items"]) == pytest.approx(total)
+        assert series["step_s"] == 60
+
+        live = get_json(f"{base}/api/live")[1]
+        assert live["next_cursor"] is None
+        shown = {(i["key"], tuple(sorted(i["labels"].items()))): i for i in live["items"]}
+        for s in read_live(redis_client, keys):
+            item = shown[(s.key.value, tuple(sorted(s.labels)))]
+            assert (item["count"], item["sum"]) == (s.count, s.sum)
+        tool = shown[("tool.invocation_duration_ms", (("tool", HOSTILE),))]
+        assert (tool["count"], tool["sum"], tool["unit"]) == (3, 131.0, "ms")
+
+        overview = get_json(f"{base}/api/overview")[1]
+        assert overview["spend_usd"] == pytest.approx(total_cost_usd(redis_client, keys))
+        assert overview["dead_letters"]["persist"] == 1
+
+        # Plans: every page of 3 read in turn gives each plan once, with the SQL figures.
+        seen, cursor = [], ""
+        while True:
+            status, page = get_json(f"{base}/api/plans?limit=3&cursor={cursor}")
+            assert status == 200
+            assert len(page["items"]) <= 3
+            seen += page["items"]
+            if page["next_cursor"] is None:
+                break
+            cursor = page["next_cursor"]
+        expected_plans = dict(
+            rows(fleet, "SELECT plan_id, sum(cost_usd) FROM llm_traces GROUP BY plan_id")
+        )
+        assert {p["plan_id"]: pytest.approx(p["cost_usd"]) for p in seen} == {
+            k: pytest.approx(v or 0.0) for k, v in expected_plans.items()
+        }
+        assert HOSTILE_PLAN in expected_plans
+
+
+def test_a_dead_letter_is_listed_and_replayed_only_with_the_csrf_token(
+    fleet, redis_url, keys, redis_client
+) -> None:
+    with dashboard(redis_url, keys, fleet) as base:
+        letters = get_json(f"{base}/api/dlq?group=persist")[1]
+        [letter] = letters["items"]
+        assert "no_poison" in letter["reason"]
+        assert letter["replayable"] is True
+        assert get_json(f"{base}/api/dlq?group=langsmith")[1] == {
+            "items": [],
+            "next_cursor": None,
+        }
+        drop_poison_rule(fleet)
+        url = f"{base}/api/dlq/persist/replay"
+        body = json.dumps({"ids": [letter["id"]]}).encode()
+        csrf = {"Cookie": f"{CSRF_COOKIE}={CSRF}", "X-CSRF-Token": CSRF}
+        refused = [
+            get_json(url, data=body),  # no token at all
+            get_json(url, data=body, headers={"X-CSRF-Token": CSRF}),  # no cookie
+            get_json(url, data=body, headers={**csrf, "X-CSRF-Token": "d" * 32}),
+            get_json(url, data=body, headers={**csrf, "Origin": "http://evil.example"}),
+        ]
+        assert [status for status, _ in refused] == [403] * 4
+        assert all("error" in answer for _, answer in refused)
+        assert redis_client.xlen(keys.dead_letters("persist")) == 1
+        assert request(url, headers=csrf)[0] == 405  # a change is a POST only
+        assert get_json(url, data=b"{", headers=csrf)[0] == 400
+        assert get_json(url, data=b'{"ids": ["x"]}', headers=csrf)[0] == 400
+        status, report = get_json(url, data=body, headers=csrf)
+        assert (status, report) == (200, {"replayed": [letter["id"]], "refused": [], "missing": []})
+        assert redis_client.xlen(keys.dead_letters("persist")) == 0
+
+
+BAD_QUERIES = [
+    ("/api/cost?by=%3Cscript%3Ealert(1)%3C/script%3E", 400, "by must be one of"),
+    ("/api/cost?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", 400, "reversed"),
+    ("/api/cost?from=yesterday", 400, "ISO 8601"),
+    ("/api/cost?from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z", 400, "at most 400"),
+    ("/api/cost?range=5y", 400, "range must be one of"),
+    ("/api/plans?limit=1000000", 400, "limit must be a whole number from 1 to 500"),
+    ("/api/plans?limit=-1", 400, "limit must be"),
+    ("/api/plans?cursor=%%%", 400, "cursor"),
+    ("/api/live?namespace=no-such-namespace-here", 404, "unknown namespace"),
+    ("/api/live?namespace=%3Cscript%3E", 400, "not a namespace name"),
+    ("/api/dlq?group=%3Cscript%3E", 400, "group must be one of"),
+    ("/api/dlq?cursor=nope", 400, "cursor"),
+    ("/api/cost?by=" + "x" * 300, 400, "longer than 200"),
+    ("/api/nothing", 404, "no such endpoint"),
+]
+
+
+def test_bad_query_input_is_a_4xx_with_a_clear_message(redis_url, keys, database_url) -> None:
+    """The API answers 4xx JSON, the page of the same query the message, escaped."""
+    db = migrated(database_url)
+    with dashboard(redis_url, keys, db) as base:
+        for query, status, message in BAD_QUERIES:
+            got, answer = get_json(base + query)
+            assert (got, query) == (status, query)
+            assert message in answer["error"], query
+            page = query.replace("/api/", "/", 1).replace("/live", "/")
+            if page.startswith(("/cost", "/plans", "/?namespace")):
+                got_page, headers, body = request(base + page)
+                assert (got_page, page) == (status, page)
+                assert message.encode() in body
+                assert b"<script>" not in body.replace(b'<script src="/static/', b"")
+                assert headers["content-type"].startswith("text/html")
+
+
+def test_a_dashboard_beyond_loopback_needs_a_token(capsys, monkeypatch) -> None:
+    monkeypatch.delenv("FLEETTRACE_DASHBOARD_TOKEN", raising=False)
+    assert main(["dashboard", "--host", "0.0.0.0", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "set FLEETTRACE_DASHBOARD_TOKEN, or bind to 127.0.0.1" in err
+    monkeypatch.setenv("FLEETTRACE_DASHBOARD_TOKEN", "short")
+    assert main(["dashboard", "--port", "0"]) == 2
+    assert "must be at least 16 characters" in capsys.readouterr().err
+    monkeypatch.delenv("FLEETTRACE_DASHBOARD_TOKEN")
+    # The worker's --dashboard: the same rule, and only with --http.
+    assert main(["worker", "--dashboard"]) == 2
+    assert "--dashboard needs --http HOST:PORT" in capsys.readouterr().err
+    assert main(["worker", "--dashboard", "--http", f"0.0.0.0:{free_port()}"]) == 2
+    assert "set FLEETTRACE_DASHBOARD_TOKEN" in capsys.readouterr().err
+
+
+def test_with_a_token_pages_and_api_need_it_and_probes_stay_open(
+    redis_url, keys, database_url
+) -> None:
+    db = migrated(database_url)
+    with dashboard(redis_url, keys, db, token=TOKEN) as base:
+        assert request(f"{base}/healthz")[0] == 200
+        assert request(f"{base}/readyz")[::2] == (200, b"ready\n")
+        assert request(f"{base}/static/app.js")[0] == 200
+        assert get_json(f"{base}/api/live")[0] == 401
+        wrong = {"Authorization": "Bearer " + "x" * len(TOKEN)}
+        assert get_json(f"{base}/api/live", headers=wrong)[0] == 401
+        right = {"Authorization": f"Bearer {TOKEN}"}
+        assert get_json(f"{base}/api/live", headers=right) == (
+            200,
+            {"items": [], "next_cursor": None},
+        )
+        status, _, body = request(f"{base}/cost")  # redirected to the login page
+        assert status == 200
+        assert b'name="token"' in body
+        assert request(f"{base}/login", data=b"token=nope")[0] == 401
+        assert request(f"{base}/cost", headers={"Cookie": f"fleettrace_token={TOKEN}"})[0] == 200
+
+
+def test_the_worker_serves_the_dashboard_and_gzips_metrics_on_request(
+    redis_url, keys, database_url
+) -> None:
+    db = migrated(database_url)
+    port = free_port()
+    settings = WorkerSettings(
+        redis_url,
+        db,
+        namespace=keys.namespace,
+        block_ms=100,
+        http=f"127.0.0.1:{port}",
+        dashboard=True,
+    )
+    worker = Worker(settings)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(worker.run()))
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 30, "ready")
+        status, headers, body = request(f"{base}/metrics", headers={"Accept-Encoding": "gzip"})
+        assert status == 200
+        assert headers["content-encoding"] == "gzip"
+        text = gzip.decompress(body).decode()
+        names = {family.name for family in text_string_to_metric_families(text)}
+        assert "fleettrace_worker_ready" in names
+        plain = request(f"{base}/metrics")
+        assert "content-encoding" not in plain[1]
+        assert plain[2].startswith(b"# HELP")
+        assert get_json(f"{base}/api/live")[1] == {"items": [], "next_cursor": None}
+        assert request(f"{base}/")[0] == 200
+        assert request(f"{base}/api/live?namespace={quote('<x>')}")[0] == 400
+    finally:
+        worker.stop.set()
+        thread.join(30)
+    assert result == [0]
