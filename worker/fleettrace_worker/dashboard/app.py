@@ -35,7 +35,7 @@ SECURITY_HEADERS: Final = (
         b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     ),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
 )
 #: Compress bodies from this size on, for clients that send Accept-Encoding: gzip.
