@@ -191,29 +191,27 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
     assert trace_rows(db) == CALLS + 1
 
 
-@pytest.mark.parametrize(
-    ("query", "status", "message"),
-    [
-        ("/cost?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", 400, "reversed"),
-        ("/plans?limit=100000000", 400, "limit must be a whole number from 1 to 500"),
-        ("/?namespace=%3Cscript%3Ealert(1)%3C%2Fscript%3E", 400, "is not a namespace name"),
-        ("/dlq?namespace=nobody-uses-this", 404, "unknown namespace"),
-        ("/cost?by=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E", 400, "by must be one of"),
-    ],
-)
-def test_bad_query_input_shows_a_message(
-    page, redis_url, keys, database_url, query, status, message
-) -> None:
+#: Queries a page must answer with a message and a 4xx, running nothing they carry.
+BAD_PAGES = [
+    ("/cost?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", 400, "reversed"),
+    ("/plans?limit=100000000", 400, "limit must be a whole number from 1 to 500"),
+    ("/?namespace=%3Cscript%3Ealert(1)%3C%2Fscript%3E", 400, "is not a namespace name"),
+    ("/dlq?namespace=nobody-uses-this", 404, "unknown namespace"),
+    ("/cost?by=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E", 400, "by must be one of"),
+]
+
+
+def test_bad_query_input_shows_a_message(page, redis_url, keys, database_url) -> None:
     db = migrated(database_url)
     with dashboard(redis_url, keys, db) as base:
-        response = page.open(base + query, f"error-{query.split('?')[0].strip('/') or 'overview'}")
-        assert response is not None
-        assert response.status == status
-        text = page.page.text_content(".error")
-        assert text is not None
-        assert message in text
-    assert page.dialogs == []  # nothing the query carried ran
-    assert page.page.locator("img").count() == 0
-    assert [
-        p for p in page.problems if not p.startswith(("console: Failed to load", f"{status}:"))
-    ] == []
+        for number, (query, status, message) in enumerate(BAD_PAGES):
+            response = page.open(base + query, f"bad-input-{number}")
+            assert response is not None
+            assert (response.status, query) == (status, query)
+            text = page.page.text_content(".error")
+            assert text is not None
+            assert message in text
+            assert page.page.locator("img").count() == 0
+    assert page.dialogs == []  # nothing the queries carried ran
+    expected = ("console: Failed to load resource", "400: ", "404: ")
+    assert [p for p in page.problems if not p.startswith(expected)] == []
