@@ -10,7 +10,6 @@ process's signal handlers alone: the worker keeps its warm and cold shutdown.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 import threading
@@ -20,30 +19,15 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from fleettrace.errors import ConfigurationError
+from fleettrace_worker.dashboard.exposure import is_loopback, parse_address
+
+__all__ = ["HttpServer", "is_loopback", "parse_address"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds to wait for uvicorn to start accepting, and for it to stop.
 START_TIMEOUT_S: Final = 10.0
 STOP_TIMEOUT_S: Final = 10.0
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """``127.0.0.1:9464`` -> (host, port); ``:9464`` listens on every interface."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigurationError(f"--http must be HOST:PORT, got {address!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 (asked for by ':PORT')
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -18,12 +18,11 @@ from fleettrace.keys import (
     Keys,
 )
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
-from fleettrace_worker.dashboard.access import TOKEN_ENV, check_exposure
+from fleettrace_worker.dashboard.exposure import TOKEN_ENV, check_exposure, parse_address
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.otlp_settings import OtlpSettings
 from fleettrace_worker.presence import check_health, local_workers, runtime_dir
 from fleettrace_worker.runner import ENV_PREFIX, Worker, WorkerSettings
-from fleettrace_worker.webserver import parse_address
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -24,10 +24,10 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fleettrace.errors import ConfigurationError
-from fleettrace_worker.webserver import is_loopback
+from fleettrace_worker.dashboard.exposure import MIN_TOKEN_CHARS, TOKEN_ENV, check_exposure
 
-TOKEN_ENV: Final = "FLEETTRACE_DASHBOARD_TOKEN"  # noqa: S105 (a variable name)
+__all__ = ["TOKEN_ENV", "TokenMiddleware", "check_exposure", "csrf_problem", "csrf_token"]
+
 TOKEN_COOKIE: Final = "fleettrace_token"  # noqa: S105 (a cookie name)
 CSRF_COOKIE: Final = "fleettrace_csrf"
 CSRF_HEADER: Final = "x-csrf-token"
@@ -35,22 +35,6 @@ CSRF_FIELD: Final = "csrf"
 #: Paths served without the token: probes, scrapers, the login page and its assets.
 OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics", "/login"})
 OPEN_PREFIXES: Final = ("/static/",)
-#: A token shorter than this is refused: it would be guessed.
-MIN_TOKEN_CHARS: Final = 16
-
-
-def check_exposure(host: str, token: str | None) -> None:
-    """Refuse to serve the dashboard beyond this machine without a token (one line)."""
-    if token is not None and len(token) < MIN_TOKEN_CHARS:
-        raise ConfigurationError(
-            f"{TOKEN_ENV} must be at least {MIN_TOKEN_CHARS} characters "
-            "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe())')"
-        )
-    if not is_loopback(host) and not token:
-        raise ConfigurationError(
-            f"the dashboard on {host} would show the fleet's costs to the network: "
-            f"set {TOKEN_ENV}, or bind to 127.0.0.1"
-        )
 
 
 def is_open(path: str) -> bool:
