@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
+import subprocess
+import sys
 import threading
 from urllib.parse import quote
 
@@ -30,7 +33,7 @@ from tests.dashboard_helpers import (
 )
 from tests.servers import free_port
 from tests.waiting import wait_until
-from tests.worker_helpers import http_get, migrated
+from tests.worker_helpers import ROOT, http_get, migrated, worker_env
 
 TOKEN = "a-token-long-enough-for-tests"
 CSRF = "c" * 32
@@ -246,3 +249,42 @@ def test_the_worker_serves_the_dashboard_and_gzips_metrics_on_request(
         worker.stop.set()
         thread.join(30)
     assert result == [0]
+
+
+@pytest.mark.slow  # a fresh interpreter importing the whole CLI
+def test_the_dashboard_command_serves_until_sigterm(redis_url, keys, database_url) -> None:
+    db = migrated(database_url)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fleettrace_worker.cli", "dashboard", "--port", str(port)],
+        env=worker_env(redis_url, db, keys),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_get(f"{base}/readyz") == (200, "ready\n"), 30, "ready")
+        assert request(f"{base}/")[0] == 200
+        assert request(f"{base}/static/vendor/uPlot.iife.min.js")[0] == 200
+        assert request(f"{base}/metrics")[0] == 404  # the worker's, not the dashboard's
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert out == f"fleettrace dashboard: serving {base}/ (Ctrl-C to stop)\n"
+
+
+def test_readyz_of_the_dashboard_says_which_server_is_away(redis_url, keys) -> None:
+    away = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
+    with dashboard(redis_url, keys, away) as base:
+        status, _, body = request(f"{base}/readyz")
+        assert status == 503
+        assert body.startswith(b"not ready: PostgreSQL unavailable: ")
+        status, answer = get_json(f"{base}/api/cost")
+        assert status == 503
+        assert answer["error"].startswith("PostgreSQL unavailable: ")
+        status, _, page = request(f"{base}/plans")
+        assert status == 503
+        assert b"PostgreSQL unavailable" in page
