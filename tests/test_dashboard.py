@@ -288,3 +288,13 @@ def test_readyz_of_the_dashboard_says_which_server_is_away(redis_url, keys) -> N
         status, _, page = request(f"{base}/plans")
         assert status == 503
         assert b"PostgreSQL unavailable" in page
+
+
+def test_a_database_url_libpq_cannot_read_is_refused_without_its_password(capsys) -> None:
+    url = "postgresql://user:s3cret-pw-here@127.0.0.1:5432/db?x=%zz"
+    assert main(["dashboard", "--database-url", url, "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "fleettrace dashboard: cannot read the database URL "
+        "'postgresql://user:***@127.0.0.1:5432/db?x=%zz'\n"
+    )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import psycopg
 import redis
+from psycopg.conninfo import conninfo_to_dict
 
-from fleettrace.connection import connect_redis
+from fleettrace.connection import connect_redis, redact_url
+from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
 from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker.dashboard import queries
@@ -28,6 +31,14 @@ class Dashboard:
     request (:func:`queries.connect`)."""
 
     def __init__(self, settings: DashboardSettings) -> None:
+        # A URL libpq cannot read is refused here, once: libpq's message about it quotes
+        # the offending piece, which could be the password, and a page would show it.
+        try:
+            conninfo_to_dict(settings.database_url)
+        except psycopg.Error:
+            raise ConfigurationError(
+                f"cannot read the database URL {redact_url(settings.database_url)!r}"
+            ) from None
         self.settings = settings
         self.database_url = settings.database_url
         self.redis: redis.Redis = connect_redis(settings.redis_url, socket_timeout_s=10.0)
