@@ -47,8 +47,10 @@ FROM generate_series(1, %s) AS i
 URLS = (
     "/api/live",
     "/api/overview",
+    "/api/activity",
     "/api/cost?by=model&range=24h",
     "/api/cost?by=model&range=90d",
+    "/api/cost.csv?by=model&range=90d",
     "/api/cost/series?by=model&range=24h",
     "/api/cost/series?by=provider&range=90d",
     "/api/plans?limit=100",

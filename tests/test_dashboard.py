@@ -19,6 +19,7 @@ from fleettrace.live import read_live
 from fleettrace.plans import total_cost_usd
 from fleettrace_worker.cli import main
 from fleettrace_worker.dashboard.access import CSRF_COOKIE
+from fleettrace_worker.dashboard.api import csv_text
 from fleettrace_worker.runner import Worker, WorkerSettings
 from tests.dashboard_helpers import (
     CALLS,
@@ -81,6 +82,35 @@ def test_api_numbers_are_the_sql_sums_and_the_live_counters(
             assert (item["count"], item["sum"]) == (s.count, s.sum)
         tool = shown[("tool.invocation_duration_ms", (("tool", HOSTILE),))]
         assert (tool["count"], tool["sum"], tool["unit"]) == (3, 131.0, "ms")
+
+        status, csv_body = request(f"{base}/api/cost.csv?by=provider")[::2]
+        assert status == 200
+        lines = csv_body.decode().splitlines()
+        assert (
+            lines[0]
+            == "provider,calls,priced_calls,unpriced_calls,cost_usd,prompt_tokens,completion_tokens"
+        )
+        providers = get_json(f"{base}/api/cost?by=provider")[1]["items"]
+        assert [line.split(",")[0] for line in lines[1:]] == [i["key"] for i in providers]
+        assert [float(line.split(",")[4]) for line in lines[1:]] == [
+            i["cost_usd"] for i in providers
+        ]
+        assert get_json(f"{base}/api/cost.csv?range=5y")[0] == 400
+
+        [(calls, cost, priced, errors, retried)] = rows(
+            fleet,
+            "SELECT count(*), coalesce(sum(cost_usd), 0), count(cost_usd), count(error), "
+            "count(*) FILTER (WHERE retry_count > 0) FROM llm_traces",
+        )
+        activity = get_json(f"{base}/api/activity")[1]
+        assert [a["window"] for a in activity["items"]] == ["1h", "24h"]
+        for item in activity["items"]:  # every call of the fleet is minutes old
+            assert item["calls"] == calls
+            assert item["cost_usd"] == pytest.approx(cost)
+            assert item["unpriced_calls"] == calls - priced
+            assert item["error_rate"] == errors / calls
+            assert item["retry_rate"] == retried / calls
+        assert activity["items"][0]["calls_per_minute"] == pytest.approx(calls / 60)
 
         overview = get_json(f"{base}/api/overview")[1]
         assert overview["spend_usd"] == pytest.approx(total_cost_usd(redis_client, keys))
@@ -171,6 +201,16 @@ def test_bad_query_input_is_a_4xx_with_a_clear_message(redis_url, keys, database
                 assert message.encode() in body
                 assert b"<script>" not in body.replace(b'<script src="/static/', b"")
                 assert headers["content-type"].startswith("text/html")
+
+
+def test_a_cost_key_cannot_become_a_spreadsheet_formula() -> None:
+    item = {"calls": 1, "priced_calls": 1, "unpriced_calls": 0, "cost_usd": 0.5}
+    item |= {"prompt_tokens": 3, "completion_tokens": 4}
+    text = csv_text("model", [{**item, "key": '=HYPERLINK("http://x","y")'}, {**item, "key": None}])
+    assert text.splitlines()[1:] == [
+        '"\'=HYPERLINK(""http://x"",""y"")",1,1,0,0.5,3,4',
+        ",1,1,0,0.5,3,4",
+    ]
 
 
 def test_a_dashboard_beyond_loopback_needs_a_token(capsys, monkeypatch) -> None:

@@ -133,6 +133,16 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
         tool = shown[("tool.invocation_duration_ms", f"tool={HOSTILE}")]
         assert (tool[2], tool[3], tool[4]) == ("ms", "3", "131")
         assert ["persist", "1"] in page.cells("dead-letters")
+        [(calls, cost, priced)] = rows(
+            db, "SELECT count(*), coalesce(sum(cost_usd), 0), count(cost_usd) FROM llm_traces"
+        )
+        recent = {row[0]: row for row in page.cells("activity")}
+        assert recent["1h"][1:5] == [
+            str(calls),
+            f"{calls / 60:.2f}",
+            f"{cost:.6f}",
+            str(calls - priced),
+        ]
         page.page.wait_for_selector("#refreshed:has-text('refreshed')", timeout=15_000)
 
         # Cost: the table is the SQL sums; unpriced calls are counted, not priced at zero.
@@ -151,6 +161,13 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
         [(total,)] = rows(db, "SELECT sum(cost_usd) FROM llm_traces")
         assert page.page.text_content("#total-cost") == f"{total:.6f}"
         page.page.wait_for_selector("#cost-chart .uplot canvas")
+        with page.page.expect_download() as download:
+            page.page.click("#csv")
+        lines = Path(download.value.path()).read_text().splitlines()
+        assert lines[0].startswith("model,calls,priced_calls,unpriced_calls,cost_usd")
+        assert {line.split(",")[0]: f"{float(line.split(',')[4]):.6f}" for line in lines[1:]} == {
+            model: figures[2] for model, figures in expected.items()
+        }
         axes = page.page.evaluate("window.fleettraceCharts[0].axes.map(a => a.label)")
         assert axes[1] == "cost (USD)"
         assert axes[0].startswith("time (your time zone)")

@@ -7,6 +7,8 @@ server cannot answer is a 4xx ``{"error": "..."}``; Redis or PostgreSQL away is 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 from collections.abc import Callable
@@ -83,6 +85,30 @@ def api_routes(board: Dashboard) -> list[BaseRoute]:
             lambda: queries.overview(board.redis, board.keys(params(request).get("namespace")))
         )
 
+    def activity(request: Request) -> Response:
+        def work() -> dict[str, Any]:
+            params(request)
+            return queries.listing(queries.recent_activity(board.database_url))
+
+        return answer(work)
+
+    def cost_csv(request: Request) -> Response:
+        try:
+            given = params(request)
+            by = queries.parse_choice("by", given.get("by"), queries.COST_GROUPS, "model")
+            span = queries.parse_range(given)
+            items = queries.cost_table(board.database_url, by, span, queries.MAX_LIMIT)
+        except QueryError as error:
+            return JSONResponse({"error": str(error)}, status_code=error.status)
+        except (psycopg.Error, redis.RedisError, FleettraceError) as error:
+            message, status = unavailable(error)
+            return JSONResponse({"error": message}, status_code=status)
+        return Response(
+            csv_text(by, items),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="fleettrace-cost-by-{by}.csv"'},
+        )
+
     def cost(request: Request) -> Response:
         def work() -> dict[str, Any]:
             given = params(request)
@@ -150,7 +176,9 @@ def api_routes(board: Dashboard) -> list[BaseRoute]:
     return [
         Route("/api/live", live),
         Route("/api/overview", overview),
+        Route("/api/activity", activity),
         Route("/api/cost", cost),
+        Route("/api/cost.csv", cost_csv),
         Route("/api/cost/series", cost_series),
         Route("/api/plans", plans),
         Route("/api/dlq", dlq),
@@ -169,6 +197,31 @@ def replay_report(board: Dashboard, keys: Keys, group: str, ids: list[str]) -> d
         "refused": [{"id": dead_id, "reason": reason} for dead_id, reason in report.refused],
         "missing": report.missing,
     }
+
+
+#: A cell starting with one of these is a formula to a spreadsheet: quoted with '.
+_FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r")
+CSV_COLUMNS: Final = (
+    "calls",
+    "priced_calls",
+    "unpriced_calls",
+    "cost_usd",
+    "prompt_tokens",
+    "completion_tokens",
+)
+
+
+def csv_text(by: str, items: list[dict[str, Any]]) -> str:
+    """The cost table as CSV; a key an agent chose cannot become a spreadsheet formula."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([by, *CSV_COLUMNS])
+    for item in items:
+        key = "" if item["key"] is None else str(item["key"])
+        if key.startswith(_FORMULA_STARTS):
+            key = "'" + key
+        writer.writerow([key, *(item[column] for column in CSV_COLUMNS)])
+    return out.getvalue()
 
 
 def _ids(body: bytes) -> list[str]:

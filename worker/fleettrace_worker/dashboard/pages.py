@@ -171,6 +171,7 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
                 ),
                 "live-series",
             )
+            + _activity(board)
             + table(
                 "Dead letters",
                 ("group", "dead letters"),
@@ -220,6 +221,8 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
             f"<p>From {when(span.start.isoformat())} to {when(span.end.isoformat())}: "
             f'<span id="total-cost">{usd(total)}</span> USD priced, '
             f'<span id="unpriced-calls">{unpriced}</span> unpriced calls (not counted as zero).</p>'
+            f'<p><a id="csv" href="{e("/api/cost.csv?" + urlencode(api))}" download>'
+            "Download the table as CSV</a></p>"
             f'<div id="cost-chart" data-api="{e("/api/cost/series?" + urlencode(api))}"'
             ' role="img" aria-label="cost over time"></div>'
             + table(
@@ -346,6 +349,35 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
         Route("/dlq/replay", replay, methods=["POST"]),
         Route("/login", login, methods=["GET", "POST"]),
     ]
+
+
+def percent(rate: float | None) -> str:
+    return "" if rate is None else f"{rate * 100:.1f} %"
+
+
+def _activity(board: Dashboard) -> str:
+    """Calls stored lately, from PostgreSQL; its absence is a message, not a broken page."""
+    try:
+        items = queries.recent_activity(board.database_url)
+    except psycopg.Error as error:
+        return f'<p class="error" role="alert">{e(unavailable(error)[0])}</p>'
+    return table(
+        "Calls stored (PostgreSQL)",
+        ("last", "calls", "calls/min", "spend (USD)", "unpriced calls", "errors", "retried"),
+        (
+            (
+                e(a["window"]),
+                e(a["calls"]),
+                f"{a['calls_per_minute']:.2f}",
+                usd(a["cost_usd"]),
+                e(a["unpriced_calls"]),
+                percent(a["error_rate"]),
+                percent(a["retry_rate"]),
+            )
+            for a in items
+        ),
+        "activity",
+    )
 
 
 def _dlq_group(board: Dashboard, keys: Keys, group: str, csrf: str) -> str:

@@ -269,6 +269,47 @@ def plan_list(
     return items, encode_cursor(items[-1]["plan_id"]) if more else None
 
 
+#: The windows of the Overview's recent activity, newest first.
+ACTIVITY_WINDOWS: Final = (("1h", timedelta(hours=1)), ("24h", timedelta(days=1)))
+
+
+def recent_activity(database_url: str, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Calls stored in the last hour and the last 24 hours: calls per minute, priced
+    spend, unpriced calls, and the share of calls that failed or were retried."""
+    now = now or datetime.now(UTC)
+    parts = ", ".join(
+        f"count(*) FILTER (WHERE started_at >= %(s{i})s) AS calls{i}, "
+        f"coalesce(sum(cost_usd) FILTER (WHERE started_at >= %(s{i})s), 0) AS cost{i}, "
+        f"count(cost_usd) FILTER (WHERE started_at >= %(s{i})s) AS priced{i}, "
+        f"count(error) FILTER (WHERE started_at >= %(s{i})s) AS errors{i}, "
+        f"count(*) FILTER (WHERE started_at >= %(s{i})s AND retry_count > 0) AS retried{i}"
+        for i in range(len(ACTIVITY_WINDOWS))
+    )
+    starts = {f"s{i}": now - span for i, (_, span) in enumerate(ACTIVITY_WINDOWS)}
+    oldest = min(starts.values())
+    query = (
+        f"SELECT {parts} FROM llm_traces WHERE started_at >= %(oldest)s AND started_at <= %(now)s"  # noqa: S608 (built from constants)
+    )
+    with connect(database_url) as conn:
+        row = conn.execute(query, {**starts, "oldest": oldest, "now": now}).fetchone()
+    assert row is not None
+    items = []
+    for i, (name, span) in enumerate(ACTIVITY_WINDOWS):
+        calls = int(row[f"calls{i}"])
+        items.append(
+            {
+                "window": name,
+                "calls": calls,
+                "calls_per_minute": calls / (span.total_seconds() / 60),
+                "cost_usd": float(row[f"cost{i}"]),
+                "unpriced_calls": calls - int(row[f"priced{i}"]),
+                "error_rate": int(row[f"errors{i}"]) / calls if calls else None,
+                "retry_rate": int(row[f"retried{i}"]) / calls if calls else None,
+            }
+        )
+    return items
+
+
 # -- Redis -------------------------------------------------------------------------
 
 
