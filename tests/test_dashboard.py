@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from urllib.parse import quote
 
 import pytest
@@ -20,6 +22,7 @@ from fleettrace.plans import total_cost_usd
 from fleettrace_worker.cli import main
 from fleettrace_worker.dashboard.access import CSRF_COOKIE
 from fleettrace_worker.dashboard.api import csv_text
+from fleettrace_worker.dashboard.exposure import is_loopback
 from fleettrace_worker.runner import Worker, WorkerSettings
 from tests.dashboard_helpers import (
     CALLS,
@@ -37,6 +40,13 @@ from tests.waiting import wait_until
 from tests.worker_helpers import ROOT, http_get, migrated, worker_env
 
 TOKEN = "a-token-long-enough-for-tests"
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
 CSRF = "c" * 32
 
 
@@ -250,6 +260,15 @@ def test_with_a_token_pages_and_api_need_it_and_probes_stay_open(
         assert status == 200
         assert b'name="token"' in body
         assert request(f"{base}/login", data=b"token=nope")[0] == 401
+        asked = urllib.request.Request(f"{base}/login", data=f"token={TOKEN}".encode())
+        opener = urllib.request.build_opener(NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as signed_in:
+            opener.open(asked, timeout=30)
+        assert signed_in.value.code == 303
+        cookie = signed_in.value.headers["set-cookie"]
+        assert cookie.startswith(f"fleettrace_token={TOKEN};")
+        assert "HttpOnly" in cookie
+        assert "SameSite=strict" in cookie
         assert request(f"{base}/cost", headers={"Cookie": f"fleettrace_token={TOKEN}"})[0] == 200
 
 
@@ -338,3 +357,60 @@ def test_a_database_url_libpq_cannot_read_is_refused_without_its_password(capsys
         "fleettrace dashboard: cannot read the database URL "
         "'postgresql://user:***@127.0.0.1:5432/db?x=%zz'\n"
     )
+
+
+def test_what_counts_as_loopback() -> None:
+    assert [is_loopback(h) for h in ("127.0.0.1", "127.8.0.1", "::1", "localhost")] == [True] * 4
+    assert [is_loopback(h) for h in ("0.0.0.0", "10.0.0.1", "::", "example.com")] == [False] * 4
+
+
+def test_a_database_without_the_tables_and_odd_replays_are_clear_answers(
+    redis_url, keys, database_url
+) -> None:
+    with dashboard(redis_url, keys, database_url) as base:  # not migrated
+        for path in ("/api/cost", "/api/cost.csv"):
+            status, answer = get_json(base + path)
+            assert (status, answer) == (
+                503,
+                {"error": "the database has no fleettrace tables: run fleettrace migrate"},
+            )
+        status, _, page = request(f"{base}/")  # the live part still shows
+        assert status == 200
+        assert b"run fleettrace migrate" in page
+        assert b'id="live-series"' in page
+
+        csrf = {"Cookie": f"{CSRF_COOKIE}={CSRF}", "X-CSRF-Token": CSRF}
+        url = f"{base}/api/dlq/persist/replay"
+        too_many = json.dumps({"ids": ["1-0"] * 501}).encode()
+        assert get_json(url, data=too_many, headers=csrf) == (
+            400,
+            {"error": "at most 500 ids per request"},
+        )
+        assert get_json(url, data=b"[1]", headers=csrf)[0] == 400
+        assert get_json(url, data=b" " * 70_000, headers=csrf)[0] == 413
+        assert (
+            get_json(f"{base}/api/dlq/nope/replay", data=b'{"ids": ["1-0"]}', headers=csrf)[0]
+            == 400
+        )
+        status, report = get_json(url, data=b'{"ids": ["1-0"]}', headers=csrf)
+        assert (status, report) == (200, {"replayed": [], "refused": [], "missing": ["1-0"]})
+
+        # The page's form: the same checks, answered as pages.
+        form = {"Cookie": f"{CSRF_COOKIE}={CSRF}"}
+        page_url = f"{base}/dlq/replay"
+        cases = [
+            (b"group=persist&id=1-0", 403, b"CSRF token"),
+            (f"csrf={CSRF}&group=nope&id=1-0".encode(), 400, b"group must be one of"),
+            (f"csrf={CSRF}&group=persist".encode(), 400, b"choose at least one"),
+            (b"x" * 70_000, 413, b"too large"),
+            (f"csrf={CSRF}&group=persist&id=1-0".encode(), 200, b"not found 1"),
+        ]
+        for body, expected, said in cases:
+            status, _, answer = request(page_url, data=body, headers=form)
+            assert (status, said in answer) == (expected, True)
+        status, _, answer = request(
+            page_url,
+            data=f"csrf={CSRF}&group=persist&id=1-0&namespace=nobody-here".encode(),
+            headers=form,
+        )
+        assert (status, b"unknown namespace" in answer) == (404, True)

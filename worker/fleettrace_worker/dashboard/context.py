@@ -47,6 +47,3 @@ class Dashboard:
         """The namespace of ``?namespace=`` (checked), else the dashboard's own."""
         with translate_redis_errors("checking the namespace"):
             return queries.namespace_keys(self.redis, self.settings.namespace, asked)
-
-    def close(self) -> None:
-        self.redis.close()
