@@ -122,6 +122,24 @@ def test_api_numbers_are_the_sql_sums_and_the_live_counters(
             assert item["retry_rate"] == retried / calls
         assert activity["items"][0]["calls_per_minute"] == pytest.approx(calls / 60)
 
+        latency = get_json(f"{base}/api/performance")[1]["items"]
+        expected_latency = {
+            model: (calls, p50, p95)
+            for model, calls, p50, p95 in rows(
+                fleet,
+                "SELECT model, count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms), "
+                "percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) "
+                "FROM llm_traces GROUP BY model",
+            )
+        }
+        assert {m["key"]: (m["calls"], m["p50_ms"], m["p95_ms"]) for m in latency} == (
+            expected_latency
+        )
+        steps = get_json(f"{base}/api/performance/series?range=1h")[1]
+        assert sum(item["calls"] for item in steps["items"]) == sum(
+            calls for calls, _, _ in expected_latency.values()
+        )
+
         overview = get_json(f"{base}/api/overview")[1]
         assert overview["spend_usd"] == pytest.approx(total_cost_usd(redis_client, keys))
         assert overview["dead_letters"]["persist"] == 1
@@ -192,6 +210,7 @@ BAD_QUERIES = [
     ("/api/dlq?group=%3Cscript%3E", 400, "group must be one of"),
     ("/api/dlq?cursor=nope", 400, "cursor"),
     ("/api/cost?by=" + "x" * 300, 400, "longer than 200"),
+    ("/api/performance?range=5y", 400, "range must be one of"),
     ("/api/nothing", 404, "no such endpoint"),
 ]
 
@@ -205,7 +224,7 @@ def test_bad_query_input_is_a_4xx_with_a_clear_message(redis_url, keys, database
             assert (got, query) == (status, query)
             assert message in answer["error"], query
             page = query.replace("/api/", "/", 1).replace("/live", "/")
-            if page.startswith(("/cost", "/plans", "/?namespace")):
+            if page.startswith(("/cost", "/plans", "/?namespace", "/performance")):
                 got_page, headers, body = request(base + page)
                 assert (got_page, page) == (status, page)
                 assert message.encode() in body

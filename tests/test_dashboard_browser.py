@@ -20,6 +20,7 @@ import pytest
 
 from fleettrace.live import read_live
 from fleettrace.plans import total_cost_usd
+from fleettrace_worker.dashboard.pages import number
 from fleettrace_worker.runner import Worker, WorkerSettings
 from tests.dashboard_helpers import (
     CALLS,
@@ -175,6 +176,24 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
             "#cost-chart .u-legend .u-label", "els => els.map(e => e.textContent)"
         )
         assert sorted(legend[1:]) == sorted(expected)
+
+        # Performance: latency percentiles per model are the SQL ones; live durations.
+        page.open(f"{base}/performance?range=24h", "performance")
+        latency = {row[0]: (row[1], row[2], row[3]) for row in page.cells("latency-table")}
+        assert latency == {
+            model: (str(calls), number(p50), number(p95))
+            for model, calls, p50, p95 in rows(
+                db,
+                "SELECT model, count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms), "
+                "percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) "
+                "FROM llm_traces GROUP BY model",
+            )
+        }
+        durations = {(row[0], row[1]): row for row in page.cells("live-durations")}
+        assert durations[("tool.invocation_duration_ms", f"tool={HOSTILE}")][2:4] == ["ms", "3"]
+        page.page.wait_for_selector("#latency-chart .uplot canvas")
+        axes = page.page.evaluate("window.fleettraceCharts[0].axes.map(a => a.label)")
+        assert axes[1] == "p95 latency (ms)"
 
         # Plans: every plan with its SQL cost; an agent's markup shown as text.
         page.open(f"{base}/plans", "plans")

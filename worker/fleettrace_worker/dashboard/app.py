@@ -24,6 +24,7 @@ from fleettrace_worker.dashboard.access import TokenMiddleware
 from fleettrace_worker.dashboard.api import api_routes
 from fleettrace_worker.dashboard.context import Dashboard, DashboardSettings
 from fleettrace_worker.dashboard.pages import page_routes
+from fleettrace_worker.dashboard.performance import performance_routes
 
 __all__ = ["STATIC_DIR", "DashboardSettings", "build_app"]
 
@@ -63,7 +64,7 @@ def _not_found(request: Request, error: Exception) -> Response:
     if request.url.path.startswith("/api/"):
         return JSONResponse({"error": "no such endpoint (docs/dashboard.md)"}, status_code=404)
     dashboard = request.app.state.dashboard
-    hint = "/, /cost, /plans, /dlq, " if dashboard else ""
+    hint = "/, /cost, /performance, /plans, /dlq, " if dashboard else ""
     return PlainTextResponse(f"not found: try {hint}/healthz, /readyz or /metrics\n", 404)
 
 
@@ -80,6 +81,7 @@ def build_app(probes: list[BaseRoute], settings: DashboardSettings | None) -> St
         token = settings.token
         routes += api_routes(board)
         routes += page_routes(board)
+        routes += performance_routes(board)
         routes.append(Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"))
     app = Starlette(
         routes=routes,

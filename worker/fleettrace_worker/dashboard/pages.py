@@ -36,7 +36,13 @@ from fleettrace_worker.dashboard.api import MAX_BODY_BYTES, replay_report, unava
 from fleettrace_worker.dashboard.context import Dashboard
 from fleettrace_worker.dashboard.queries import QueryError
 
-NAV: Final = (("/", "Overview"), ("/cost", "Cost"), ("/plans", "Plans"), ("/dlq", "Dead letters"))
+NAV: Final = (
+    ("/", "Overview"),
+    ("/cost", "Cost"),
+    ("/performance", "Performance"),
+    ("/plans", "Plans"),
+    ("/dlq", "Dead letters"),
+)
 DLQ_PAGE: Final = 200
 
 

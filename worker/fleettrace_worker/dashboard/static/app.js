@@ -1,6 +1,6 @@
 // fleettrace dashboard: the one script of the pages (no build step, no network but
 // this server). It shows times in the browser's time zone, refreshes the Overview,
-// draws the Cost chart from /api/cost/series and asks before a replay. Values are
+// draws the Cost and Performance charts from their /api/ series and asks before a replay. Values are
 // set with textContent or parsed from this server's escaped HTML, never as markup.
 "use strict";
 
@@ -43,7 +43,11 @@ function refreshLive(section) {
 
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
 
-async function costChart(box) {
+// A time chart of one field of a series endpoint's items, one line per key:
+// data-api (the endpoint), data-field (default cost_usd), data-axis, data-unit.
+async function seriesChart(box) {
+  const field = box.dataset.field || "cost_usd";
+  const unit = box.dataset.unit || "USD";
   const answer = await fetch(box.dataset.api);
   const body = await answer.json();
   if (!answer.ok) {
@@ -57,9 +61,14 @@ async function costChart(box) {
     return;
   }
   const at = new Map(times.map((t, i) => [t, i]));
-  const columns = keys.map(() => times.map(() => 0));
+  // Cost adds up (a step without calls cost nothing); a latency does not (a step
+  // without calls has none, drawn as a gap).
+  const additive = unit === "USD";
+  const columns = keys.map(() => times.map(() => (additive ? 0 : null)));
   for (const item of body.items) {
-    columns[keys.indexOf(item.key ?? "(none)")][at.get(item.t)] += item.cost_usd;
+    const column = columns[keys.indexOf(item.key ?? "(none)")];
+    const at_t = at.get(item.t);
+    column[at_t] = additive ? column[at_t] + (item[field] ?? 0) : item[field];
   }
   const series = [{ label: "time" }].concat(
     keys.map((key, i) => ({
@@ -67,7 +76,7 @@ async function costChart(box) {
       stroke: PALETTE[i % PALETTE.length],
       width: 2,
       points: { show: times.length < 60 },
-      value: (u, v) => (v == null ? "" : v.toFixed(6) + " USD"),
+      value: (u, v) => (v == null ? "" : v.toFixed(unit === "USD" ? 6 : 1) + " " + unit),
     })),
   );
   const opts = {
@@ -78,11 +87,16 @@ async function costChart(box) {
     series,
     axes: [
       { label: "time (your time zone), one point per " + body.step_s + " s" },
-      { label: "cost (USD)", size: 80, values: (u, ticks) => ticks.map((v) => v.toFixed(4)) },
+      {
+        label: box.dataset.axis || "cost (USD)",
+        size: 80,
+        values: (u, ticks) => ticks.map((v) => (additive ? v.toFixed(4) : String(+v.toFixed(2)))),
+      },
     ],
   };
   // Kept where a test (or a curious user in the console) can read the chart's axes.
-  window.fleettraceCharts = [new uPlot(opts, [times, ...columns], box)];
+  window.fleettraceCharts = window.fleettraceCharts || [];
+  window.fleettraceCharts.push(new uPlot(opts, [times, ...columns], box));
 }
 
 function confirmReplays(form) {
@@ -98,9 +112,8 @@ document.addEventListener("DOMContentLoaded", () => {
   localTimes(document);
   const live = document.getElementById("live");
   if (live) refreshLive(live);
-  const chart = document.getElementById("cost-chart");
-  if (chart) {
-    costChart(chart).catch(() => {
+  for (const chart of document.querySelectorAll("#cost-chart, #latency-chart")) {
+    seriesChart(chart).catch(() => {
       chart.textContent = "the chart could not be read";
     });
   }
