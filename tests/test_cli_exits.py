@@ -158,6 +158,8 @@ NEEDS_EXTRA = [
             (("traces", "show", "0b6f0c1e-8a4e-4c1d-9f4e-1a2b3c4d5e6f"), "psycopg_pool"),
             (("worker",), "psycopg_pool"),
             (("worker", "--check"), "psycopg_pool"),
+            (("worker", "--dashboard", "--http", "127.0.0.1:0"), "psycopg_pool"),
+            (("dashboard",), "psycopg"),
         ]
     ),
 ]
@@ -178,8 +180,9 @@ def test_without_the_worker_extra_a_command_that_needs_it_says_so_in_one_line(
 def test_without_the_worker_extra_help_lists_every_command_and_the_extra() -> None:
     result = _without_extra("--help")
     assert result.returncode == EXIT_OK, result.stderr
-    lines = result.stdout.splitlines()
-    for command in ("demo", "migrate", "prune", "traces", "worker"):
+    # argparse puts the help of a long command name ("dashboard") on the next line.
+    lines = result.stdout.replace("dashboard\n", "dashboard ").splitlines()
+    for command in ("demo", "migrate", "prune", "traces", "worker", "dashboard"):
         [line] = [line for line in lines if line.split()[:1] == [command]]
         assert line.endswith("(needs the worker extra: pip install 'fleettrace[worker]')")
     [metrics] = [line for line in lines if line.split()[:1] == ["metrics"]]

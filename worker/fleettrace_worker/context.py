@@ -78,6 +78,9 @@ class WorkerSettings:
     progress_limit_s: float = 120.0
     burst: bool = False
     http: str | None = None
+    #: Also serve the dashboard on ``http`` (docs/dashboard.md), with this token if set.
+    dashboard: bool = False
+    dashboard_token: str | None = field(default=None, repr=False)
     #: Plans /metrics exports with a ``plan`` label (the costliest); 0 exports none.
     metrics_plans: int = 0
     #: A group past either limit is reported behind (log and /metrics); 0: no limit.

@@ -1,4 +1,6 @@
-"""The worker's HTTP endpoint: ``/healthz``, ``/readyz`` and ``/metrics``.
+"""The worker's HTTP endpoint: ``/healthz``, ``/readyz`` and ``/metrics`` (and, with
+``--dashboard``, the dashboard: :mod:`fleettrace_worker.dashboard`), on the one ASGI
+stack of :mod:`fleettrace_worker.webserver` (Starlette on uvicorn).
 
 ``/healthz`` answers 200 while the process serves at all; ``/readyz`` answers 503
 while a group loop cannot reach Redis or PostgreSQL, holds work without finishing a
@@ -15,15 +17,13 @@ Series labelled with a plan are left out by default: a plan is a short-lived,
 unbounded label value, and 50,000 plans made every scrape 2.5 MB with 50,000 series.
 ``plans=N`` (``fleettrace worker --metrics-plans N``, at most ``METRICS_PLANS_MAX``)
 exports the N plans with the highest cost, found by a SCAN over every plan hash at
-each scrape.
+each scrape. A scraper that sends ``Accept-Encoding: gzip`` gets the text gzipped.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Final, Protocol
 
 import redis
@@ -35,14 +35,22 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from fleettrace.errors import ConfigurationError, FleettraceError
 from fleettrace.keys import METRICS_PLANS_MAX, Keys
 from fleettrace.live import LiveSeries, read_live
 from fleettrace.metrics import MetricKey, MetricType
 from fleettrace.plans import top_plans
+from fleettrace_worker.dashboard.access import check_exposure
+from fleettrace_worker.dashboard.app import DashboardSettings, build_app
 from fleettrace_worker.groups import GroupLimits, inspect_groups
 from fleettrace_worker.loop import BATCH_LATENCY_BUCKETS_S, GroupLoop
+from fleettrace_worker.webserver import HttpServer, parse_address
+
+__all__ = ["METRIC_PREFIX", "WorkerCollector", "metric_name", "parse_address", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -232,65 +240,49 @@ def _family(key: MetricKey, kind: MetricType, labels: Sequence[str], doc: str) -
     return CounterMetricFamily(name, doc, labels=list(labels))
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """``127.0.0.1:9464`` -> (host, port); ``:9464`` listens on every interface."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigurationError(f"--http must be HOST:PORT, got {address!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 (asked for by ':PORT')
+def _readyz(worker: WorkerStatus) -> tuple[int, str]:
+    if worker.ready():
+        return 200, "ready\n"
+    reasons = [loop.stats.not_ready_reason() for loop in worker.loops]
+    reason = "; ".join(r for r in reasons if r) or "starting or stopping"
+    return 503, f"not ready: {reason}\n"
 
 
-class MetricsServer(ThreadingHTTPServer):
-    daemon_threads = True
+def probe_routes(worker: WorkerStatus, registry: CollectorRegistry) -> list[BaseRoute]:
+    """``/healthz``, ``/readyz`` and ``/metrics``: open to scrapers and probes always."""
 
-    def __init__(
-        self, address: tuple[str, int], worker: WorkerStatus, registry: CollectorRegistry
-    ) -> None:
-        super().__init__(address, _Handler)
-        self.worker = worker
-        self.registry = registry
+    def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
 
+    def readyz(request: Request) -> Response:
+        status, body = _readyz(worker)
+        return PlainTextResponse(body, status_code=status)
 
-class _Handler(BaseHTTPRequestHandler):
-    server: MetricsServer
+    def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/healthz":
-            self._send(200, b"ok\n")
-        elif path == "/readyz":
-            if self.server.worker.ready():
-                self._send(200, b"ready\n")
-            else:
-                reasons = [loop.stats.not_ready_reason() for loop in self.server.worker.loops]
-                reason = "; ".join(r for r in reasons if r) or "starting or stopping"
-                self._send(503, f"not ready: {reason}\n".encode())
-        elif path == "/metrics":
-            self._send(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
-        else:
-            self._send(404, b"not found: try /healthz, /readyz or /metrics\n")
-
-    def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("http: " + format, *args)
+    return [
+        Route("/healthz", healthz, include_in_schema=False),
+        Route("/readyz", readyz, include_in_schema=False),
+        Route("/metrics", metrics, include_in_schema=False),
+    ]
 
 
 def serve(
-    address: str, worker: WorkerStatus, client: redis.Redis, *, plans: int = 0
-) -> MetricsServer:
+    address: str,
+    worker: WorkerStatus,
+    client: redis.Redis,
+    *,
+    plans: int = 0,
+    dashboard: DashboardSettings | None = None,
+) -> HttpServer:
     """Start serving in a daemon thread; ``shutdown()`` the result to stop. ``plans``:
-    how many plans (the costliest) /metrics exports with a ``plan`` label."""
+    how many plans (the costliest) /metrics exports with a ``plan`` label;
+    ``dashboard``: also serve the dashboard's pages and /api/ (docs/dashboard.md)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(WorkerCollector(worker, client, plans))
-    try:
-        server = MetricsServer(parse_address(address), worker, registry)
-    except OSError as error:
-        raise ConfigurationError(f"cannot listen on {address}: {error.strerror}") from None
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    return server
+    host, port = parse_address(address)
+    if dashboard is not None:
+        check_exposure(host, dashboard.token)
+    app = build_app(probe_routes(worker, registry), dashboard)
+    return HttpServer(app, host, port)

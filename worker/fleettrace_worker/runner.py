@@ -55,7 +55,7 @@ from fleettrace_worker.repository import LLMTraceRepository
 from fleettrace_worker.trim import trim_streams
 
 if TYPE_CHECKING:
-    from fleettrace_worker.http import MetricsServer
+    from fleettrace_worker.webserver import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -259,15 +259,17 @@ class Worker:
         except TransientError as error:
             log.debug("consumer groups not inspected: %s", error)
 
-    def _serve_http(self) -> MetricsServer | None:
-        if self.settings.http is None:
+    def _serve_http(self) -> HttpServer | None:
+        s, http = self.settings, self.settings.http
+        if http is None:
             return None
         # Imported here: prometheus_client and the live reader only when HTTP is asked for.
+        from fleettrace_worker.dashboard.app import DashboardSettings  # noqa: PLC0415
         from fleettrace_worker.http import serve  # noqa: PLC0415
 
-        return serve(
-            self.settings.http, self, self.context.redis(), plans=self.settings.metrics_plans
-        )
+        board = DashboardSettings(s.redis_url, s.database_url, s.namespace, s.dashboard_token)
+        shown = board if s.dashboard else None
+        return serve(http, self, self.context.redis(), plans=s.metrics_plans, dashboard=shown)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1

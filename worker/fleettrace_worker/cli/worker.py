@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from fleettrace.errors import ConfigurationError
 from fleettrace.keys import (
     GROUPS,
     LANGSMITH_GROUP,
@@ -18,6 +19,7 @@ from fleettrace.keys import (
 )
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.context import ENV_PREFIX, WorkerSettings
+from fleettrace_worker.dashboard.exposure import TOKEN_ENV, check_exposure, parse_address
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.otlp_settings import OtlpSettings
 from fleettrace_worker.presence import check_health, local_workers, runtime_dir
@@ -100,6 +102,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="serve /healthz, /readyz and /metrics there (e.g. 127.0.0.1:9464)",
     )
     parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="also serve the dashboard's pages and /api/ on the --http address "
+        f"(beyond loopback only with ${TOKEN_ENV} set; docs/dashboard.md)",
+    )
+    parser.add_argument(
         "--metrics-plans",
         type=options.WholeNumber(low=0, high=METRICS_PLANS_MAX),
         metavar="N",
@@ -138,6 +146,11 @@ def run(args: argparse.Namespace) -> int:
     # once per distinct error that it is waiting, and a refused login is one line.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     keys = options.keys(args)
+    token = os.environ.get(TOKEN_ENV) or None
+    if args.dashboard:
+        if args.http is None:
+            raise ConfigurationError("--dashboard needs --http HOST:PORT to serve it on")
+        check_exposure(parse_address(args.http)[0], token)
     settings = WorkerSettings.from_env(
         options.redis_url(args),
         options.database_url(args),
@@ -153,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
         max_entry_bytes=args.max_entry_bytes,
         burst=args.burst or None,
         http=args.http,
+        dashboard=args.dashboard or None,
+        dashboard_token=token,
         metrics_plans=args.metrics_plans,
         runtime_dir=str(runtime_dir()),
     )

@@ -1,0 +1,122 @@
+"""A fleet for the dashboard tests, filled through the real pipeline (emitter -> Redis ->
+worker -> PostgreSQL), and a dashboard served on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from fleettrace.emitter import Emitter, EmitterSettings
+from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace.metrics import MetricKey
+from fleettrace_worker.cli.dashboard import probe_routes
+from fleettrace_worker.context import WorkerSettings
+from fleettrace_worker.dashboard.app import DashboardSettings, build_app
+from fleettrace_worker.runner import Worker
+from fleettrace_worker.webserver import HttpServer
+from tests.factories import numbered_trace
+from tests.worker_helpers import migrated
+
+#: (provider, model) of the calls; the last is unknown to the pricer: its calls stay unpriced.
+MODELS = (("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4-5"), ("selfhosted", "house-llm"))
+CALLS = 60
+#: A tool name and a plan id an agent chose: they must reach every page escaped.
+HOSTILE = "<script>alert(1)</script>"
+HOSTILE_PLAN = "plan-<b>bold</b>"
+
+
+def fill_fleet(redis_url: str, keys: Keys, database_url: str) -> str:
+    """Record CALLS calls over three models and two actors (priced except house-llm),
+    one call the database refuses (a dead letter, replayable once the constraint is
+    gone), a few tool durations; run a worker until the streams are drained. Returns
+    the migrated database's URL."""
+    db = migrated(database_url)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE llm_traces ADD CONSTRAINT no_poison CHECK (model <> 'poison')")
+    emitter = Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace))
+    for i in range(CALLS):
+        provider, model = MODELS[i % len(MODELS)]
+        fields: dict[str, Any] = {
+            "provider": provider,
+            "model": model,
+            "actor": ("planner", "coder")[i % 2],
+        }
+        if provider != "selfhosted":
+            fields["cost_usd"] = round(0.0011 * (i + 1), 6)
+        if i == 5:
+            fields["plan_id"] = HOSTILE_PLAN
+        emitter.record(numbered_trace(i, **fields))
+    emitter.record(numbered_trace(CALLS, model="poison", cost_usd=0.25))
+    for value in (3.0, 8.0, 120.0):
+        emitter.observe(MetricKey.TOOL_INVOCATION_DURATION_MS, value, {"tool": HOSTILE})
+    assert emitter.flush(30)
+    emitter.close()
+    settings = WorkerSettings(
+        redis_url, db, namespace=keys.namespace, consumer="dash", block_ms=100, burst=True
+    )
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(Worker(settings).run()))
+    thread.start()
+    thread.join(120)
+    assert result == [0]
+    return db
+
+
+def drop_poison_rule(database_url: str) -> None:
+    """The cause of the dead letter, fixed: replay can now bring it home."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE llm_traces DROP CONSTRAINT no_poison")
+
+
+def rows(database_url: str, query: str, *args: object) -> list[tuple[Any, ...]]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(query, args).fetchall()  # type: ignore[arg-type]
+
+
+@contextmanager
+def dashboard(
+    redis_url: str, keys: Keys, database_url: str, *, token: str | None = None
+) -> Iterator[str]:
+    """A dashboard on a free loopback port; yields its base URL."""
+    settings = DashboardSettings(redis_url, database_url, keys.namespace, token)
+    server = HttpServer(build_app(probe_routes(redis_url, database_url), settings), "127.0.0.1", 0)
+    try:
+        yield server.url
+    finally:
+        server.shutdown()
+
+
+def request(
+    url: str,
+    *,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    method: str | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (names in lower case) and body of one request; an error status
+    is an answer too."""
+    asked = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(asked, timeout=30) as answer:
+            return answer.status, _lower(answer.headers.items()), answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, _lower(error.headers.items()), error.read()
+
+
+def _lower(headers: Any) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers}
+
+
+def get_json(url: str, **more: Any) -> tuple[int, Any]:
+    status, _, body = request(url, **more)
+    return status, json.loads(body)
+
+
+__all__ = ["CALLS", "HOSTILE", "MODELS", "PERSIST_GROUP"]

@@ -1,0 +1,254 @@
+"""The dashboard's pages in a real browser: Debian's chromium driven by Playwright.
+
+Playwright's own browser download does not work offline, so the tests use
+``/usr/bin/chromium`` (``.ci/run`` installs it with apt when missing) and skip, saying
+so, without it. Each page is loaded against a fleet filled through the real pipeline;
+no console error, page error or failed request may occur; the numbers shown must be
+the SQL sums and the live counters. Screenshots go to ``artifacts/screenshots/``
+(docs/dashboard.md; git-ignored, kept by CI as artefacts).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from fleettrace.live import read_live
+from fleettrace.plans import total_cost_usd
+from fleettrace_worker.context import WorkerSettings
+from fleettrace_worker.dashboard.pages import number
+from fleettrace_worker.runner import Worker
+from tests.dashboard_helpers import (
+    CALLS,
+    HOSTILE,
+    HOSTILE_PLAN,
+    dashboard,
+    drop_poison_rule,
+    fill_fleet,
+    rows,
+)
+from tests.worker_helpers import ROOT, migrated, trace_rows
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+#: The browser's zone and locale: times on the pages must be shown in this zone.
+ZONE, LOCALE = "Asia/Kolkata", "en-GB"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium; "
+        ".ci/run installs it); Playwright's own browser download is not used",
+    ),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the dev extra)")
+
+
+class Watched:
+    """A page with everything that went wrong on it recorded."""
+
+    def __init__(self, page: sync_api.Page) -> None:
+        self.page = page
+        self.problems: list[str] = []
+        self.dialogs: list[str] = []
+        page.on(
+            "console",
+            lambda m: self.problems.append(f"console: {m.text}") if m.type == "error" else None,
+        )
+        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url} {r.failure}"))
+        page.on(
+            "response",
+            lambda r: self.problems.append(f"{r.status}: {r.url}") if r.status >= 400 else None,
+        )
+        page.on("dialog", self._dialog)
+
+    def _dialog(self, dialog: sync_api.Dialog) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.accept()
+
+    def open(self, url: str, shot: str) -> sync_api.Response | None:
+        response = self.page.goto(url, wait_until="networkidle")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SCREENSHOTS / f"{shot}.png"), full_page=True)
+        return response
+
+    def cells(self, table_id: str) -> list[list[str]]:
+        return [
+            [cell.strip() for cell in row]
+            for row in self.page.eval_on_selector_all(
+                f"#{table_id} tbody tr",
+                "rows => rows.map(r => [...r.cells].map(c => c.textContent))",
+            )
+        ]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[sync_api.Browser]:
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator[Watched]:
+    context = browser.new_context(
+        timezone_id=ZONE, locale=LOCALE, viewport={"width": 1280, "height": 900}
+    )
+    yield Watched(context.new_page())
+    context.close()
+
+
+def _drain(redis_url: str, keys, db: str) -> None:
+    settings = WorkerSettings(
+        redis_url, db, namespace=keys.namespace, consumer="dash", block_ms=100, burst=True
+    )
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(Worker(settings).run()))
+    thread.start()
+    thread.join(120)
+    assert result == [0]
+
+
+def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
+    page, redis_url, keys, database_url, redis_client
+) -> None:
+    db = fill_fleet(redis_url, keys, database_url)
+    with dashboard(redis_url, keys, db) as base:
+        # Overview: the live counters, every producer summed; refreshed in place.
+        page.open(f"{base}/", "overview")
+        spend = page.page.text_content("#spend")
+        assert spend == f"{total_cost_usd(redis_client, keys):.6f}"
+        shown = {(row[0], row[1]): row for row in page.cells("live-series")}
+        for series in read_live(redis_client, keys):
+            labels = ", ".join(f"{k}={v}" for k, v in series.labels)
+            row = shown[(series.key.value, labels)]
+            assert int(row[3]) == series.count
+            assert float(row[4]) == pytest.approx(series.sum, rel=1e-6)
+        tool = shown[("tool.invocation_duration_ms", f"tool={HOSTILE}")]
+        assert (tool[2], tool[3], tool[4]) == ("ms", "3", "131")
+        assert ["persist", "1"] in page.cells("dead-letters")
+        [(calls, cost, priced)] = rows(
+            db, "SELECT count(*), coalesce(sum(cost_usd), 0), count(cost_usd) FROM llm_traces"
+        )
+        recent = {row[0]: row for row in page.cells("activity")}
+        assert recent["1h"][1:5] == [
+            str(calls),
+            f"{calls / 60:.2f}",
+            f"{cost:.6f}",
+            str(calls - priced),
+        ]
+        page.page.wait_for_selector("#refreshed:has-text('refreshed')", timeout=15_000)
+
+        # Cost: the table is the SQL sums; unpriced calls are counted, not priced at zero.
+        page.open(f"{base}/cost?by=model&range=24h", "cost")
+        expected = {
+            model: (str(calls), str(calls - priced), f"{cost:.6f}")
+            for model, calls, priced, cost in rows(
+                db,
+                "SELECT model, count(*), count(cost_usd), coalesce(sum(cost_usd), 0) "
+                "FROM llm_traces GROUP BY model",
+            )
+        }
+        got = {row[0]: (row[1], row[3], row[4]) for row in page.cells("cost-table")}
+        assert got == expected
+        assert got["house-llm"][1] == str(CALLS // 3)
+        [(total,)] = rows(db, "SELECT sum(cost_usd) FROM llm_traces")
+        assert page.page.text_content("#total-cost") == f"{total:.6f}"
+        page.page.wait_for_selector("#cost-chart .uplot canvas")
+        with page.page.expect_download() as download:
+            page.page.click("#csv")
+        lines = Path(download.value.path()).read_text().splitlines()
+        assert lines[0].startswith("model,calls,priced_calls,unpriced_calls,cost_usd")
+        assert {line.split(",")[0]: f"{float(line.split(',')[4]):.6f}" for line in lines[1:]} == {
+            model: figures[2] for model, figures in expected.items()
+        }
+        axes = page.page.evaluate("window.fleettraceCharts[0].axes.map(a => a.label)")
+        assert axes[1] == "cost (USD)"
+        assert axes[0].startswith("time (your time zone)")
+        legend = page.page.eval_on_selector_all(
+            "#cost-chart .u-legend .u-label", "els => els.map(e => e.textContent)"
+        )
+        assert sorted(legend[1:]) == sorted(expected)
+
+        # Performance: latency percentiles per model are the SQL ones; live durations.
+        page.open(f"{base}/performance?range=24h", "performance")
+        latency = {row[0]: (row[1], row[2], row[3]) for row in page.cells("latency-table")}
+        assert latency == {
+            model: (str(calls), number(p50), number(p95))
+            for model, calls, p50, p95 in rows(
+                db,
+                "SELECT model, count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms), "
+                "percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) "
+                "FROM llm_traces GROUP BY model",
+            )
+        }
+        durations = {(row[0], row[1]): row for row in page.cells("live-durations")}
+        assert durations[("tool.invocation_duration_ms", f"tool={HOSTILE}")][2:4] == ["ms", "3"]
+        page.page.wait_for_selector("#latency-chart .uplot canvas")
+        axes = page.page.evaluate("window.fleettraceCharts[0].axes.map(a => a.label)")
+        assert axes[1] == "p95 latency (ms)"
+
+        # Plans: every plan with its SQL cost; an agent's markup shown as text.
+        page.open(f"{base}/plans", "plans")
+        plans = {row[0]: row[3] for row in page.cells("plans-table")}
+        expected_plans = rows(
+            db, "SELECT plan_id, coalesce(sum(cost_usd), 0) FROM llm_traces GROUP BY plan_id"
+        )
+        assert plans == {plan: f"{cost:.6f}" for plan, cost in expected_plans}
+        assert HOSTILE_PLAN in plans
+        assert page.page.locator("b", has_text="bold").count() == 0
+
+        # Dead letters: the refused call, its time in the browser's zone; replayed from
+        # the page (after the confirmation), it is stored by the next worker pass.
+        page.open(f"{base}/dlq", "dead-letters")
+        [letter] = page.cells("dlq-persist")
+        assert "no_poison" in letter[5]
+        moment = page.page.get_attribute("#dlq-persist time", "datetime")
+        local = datetime.fromisoformat(moment).astimezone(ZoneInfo(ZONE))
+        assert letter[2] == local.strftime("%d/%m/%Y, %H:%M:%S")
+        drop_poison_rule(db)
+        page.page.check("#dlq-persist input[name=id]")
+        page.page.click("#replay-persist button")
+        page.page.wait_for_selector("#replay-summary, .error")
+        assert page.page.query_selector(".error") is None, page.page.text_content(".error")
+        page.page.screenshot(path=str(SCREENSHOTS / "replayed.png"), full_page=True)
+        assert page.page.text_content("#replay-summary") == "replayed 1, refused 0, not found 0"
+        assert page.dialogs == ["Replay 1 dead letter(s) onto their streams?"]
+        assert redis_client.xlen(keys.dead_letters("persist")) == 0
+    assert page.problems == []
+    _drain(redis_url, keys, db)
+    assert trace_rows(db) == CALLS + 1
+
+
+#: Queries a page must answer with a message and a 4xx, running nothing they carry.
+BAD_PAGES = [
+    ("/cost?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", 400, "reversed"),
+    ("/plans?limit=100000000", 400, "limit must be a whole number from 1 to 500"),
+    ("/?namespace=%3Cscript%3Ealert(1)%3C%2Fscript%3E", 400, "is not a namespace name"),
+    ("/dlq?namespace=nobody-uses-this", 404, "unknown namespace"),
+    ("/cost?by=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E", 400, "by must be one of"),
+]
+
+
+def test_bad_query_input_shows_a_message(page, redis_url, keys, database_url) -> None:
+    db = migrated(database_url)
+    with dashboard(redis_url, keys, db) as base:
+        for number, (query, status, message) in enumerate(BAD_PAGES):
+            response = page.open(base + query, f"bad-input-{number}")
+            assert response is not None
+            assert (response.status, query) == (status, query)
+            text = page.page.text_content(".error")
+            assert text is not None
+            assert message in text
+            assert page.page.locator("img").count() == 0
+    assert page.dialogs == []  # nothing the queries carried ran
+    expected = ("console: Failed to load resource", "400: ", "404: ")
+    assert [p for p in page.problems if not p.startswith(expected)] == []
