@@ -20,6 +20,7 @@ import redis
 from fleettrace.keys import PERSIST_GROUP
 from tests.factories import add_traces, numbered_trace
 from tests.servers import free_port
+from tests.tables import read_table
 from tests.waiting import wait_until
 from tests.worker_helpers import (
     ROOT,
@@ -403,9 +404,11 @@ def test_an_abandoned_langsmith_group_holds_the_stream_until_dropped_then_it_sta
 
         listed = fleettrace("groups", "list", "--max-lag", "50", env=env)
         assert listed.returncode == 0, listed.stderr
-        rows = listed.stdout.splitlines()
-        line = next(row for row in rows if "langsmith" in row and "traces" in row)
-        assert "120" in line and "BEHIND" in line
+        header, rows, _ = read_table(listed.stdout)
+        row = next(
+            dict(zip(header, r, strict=True)) for r in rows if r[:2] == [keys.traces, "langsmith"]
+        )
+        assert (row["LAG (entries)"], row["BEHIND"]) == ("120", "yes")
         # The burst worker used it moments ago: dropping asks for --force.
         refused = fleettrace("groups", "drop", "langsmith", "--yes", env=env)
         assert refused.returncode == 1
