@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from fleettrace.keys import configured_namespace
 from fleettrace.model import LLMTrace
 from fleettrace_worker import database
 from fleettrace_worker.cli import main
@@ -22,6 +23,15 @@ from fleettrace_worker.repository import LLMTraceRepository
 from tests.factories import llm_trace
 from tests.tables import expected_cells, read_table, titles
 from tests.worker_helpers import migrated as migrate_database
+
+#: The namespace the commands read by default, which the rows are stored under here.
+NS = configured_namespace()
+
+
+def title(text: str, width: int) -> str:
+    """A table's title line, centred over a table ``width`` wide."""
+    return " " * ((width - len(text)) // 2) + text
+
 
 #: Fixed ids and times, so the snapshots hold whatever day they run.
 T0 = datetime(2026, 12, 1, 9, 30, 15, 250000, tzinfo=UTC)
@@ -81,6 +91,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 def listing(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(run(capsys, *argv, "--json"))
     assert list(data) == ["items", "next_cursor", "namespace"]
+    assert data["namespace"] == NS
     return data
 
 
@@ -175,6 +186,7 @@ def test_traces_list_snapshots_at_80_and_200_columns(
     monkeypatch.setenv("COLUMNS", "200")
     wide = run(capsys, "traces", "list", "--utc", "--database-url", url)
     assert narrow.splitlines() == [
+        title(f"LLM calls in namespace {NS!r}", 74),
         "                                         TOKENS  TOKENS      COST  LATENCY",
         "STARTED (UTC)        TRACE ID  PROVIDER      IN     OUT     (USD)     (ms)",
         "─" * 74,
@@ -185,6 +197,7 @@ def test_traces_list_snapshots_at_80_and_200_columns(
         "3 traces",
     ]
     assert wide.splitlines() == [
+        title(f"LLM calls in namespace {NS!r}", 200),
         "STARTED (UTC)        TRACE ID                              PROVIDER   MODEL     ACTOR    PLAN     TOKENS IN  TOKENS OUT  COST (USD)  LATENCY (ms)  ERROR",
         "─" * 200,
         "2026-12-01 09:30:15  00000000-0000-0000-0000-0000000000a1  openai     gpt-4o    planner  plan-2       1,200         340        0.01          10.7  -",
@@ -233,6 +246,7 @@ def test_traces_cost_snapshots_at_80_and_200_columns(
     wide = run(capsys, "traces", "cost", "--database-url", url)
     # Ten numbers do not fit 80 columns: whole lines, never a number cut.
     assert narrow.splitlines() == [
+        title(f"cost in namespace {NS!r}", 98),
         "                                                                     UNKNOWN",
         "                   PROMPT  COMPLETION     TOTAL      COST  UNPRICED   TOKENS  ERRORS    P50    P95",
         "MODEL     CALLS  (tokens)    (tokens)  (tokens)     (USD)   (calls)  (calls)     (%)   (ms)   (ms)",
@@ -242,6 +256,7 @@ def test_traces_cost_snapshots_at_80_and_200_columns(
         "2 groups, 3 calls, 0.02 USD (1 call unpriced)",
     ]
     assert wide.splitlines() == [
+        title(f"cost in namespace {NS!r}", 155),
         "MODEL     CALLS  PROMPT (tokens)  COMPLETION (tokens)  TOTAL (tokens)  COST (USD)  UNPRICED (calls)  UNKNOWN TOKENS (calls)  ERRORS (%)  P50 (ms)  P95 (ms)",
         "─" * 155,
         "gpt-4o        2            1,200                  340           1,540        0.02                 0                       1           0      5.46      10.2",
@@ -259,8 +274,10 @@ def test_traces_show_table_and_json_agree(
     url, traces = stored
     where = ("traces", "show", str(traces[1].trace_id), "--database-url", url)
     out = run(capsys, *where, "--json")
-    assert LLMTrace.model_validate_json(out) == traces[1]
     data = json.loads(out)
+    assert data["namespace"] == NS
+    record = {k: v for k, v in data.items() if k != "namespace"}
+    assert LLMTrace.model_validate_json(json.dumps(record)) == traces[1]
     header, rows, _ = read_table(run(capsys, *where))
     assert header == ["FIELD", "VALUE"]
     shown = dict((row[0], row[1] if len(row) > 1 else "") for row in rows)
@@ -280,8 +297,12 @@ def test_every_list_is_the_one_shape_when_empty(
     capsys: pytest.CaptureFixture[str], database_url: str, command: tuple[str, ...]
 ) -> None:
     url = migrate_database(database_url)
-    assert listing(capsys, *command, "--database-url", url) == {"items": [], "next_cursor": None}
-    assert run(capsys, *command, "--database-url", url) == "no traces match\n"
+    assert listing(capsys, *command, "--database-url", url) == {
+        "items": [],
+        "next_cursor": None,
+        "namespace": NS,
+    }
+    assert run(capsys, *command, "--database-url", url) == f"no traces match in namespace {NS!r}\n"
 
 
 # migrate and prune ------------------------------------------------------------------

@@ -269,7 +269,8 @@ def test_the_dlq_command_deletes_and_purges_only_when_confirmed(
     assert listed.returncode == 0
     assert first in listed.stdout and second in listed.stdout and ancient not in listed.stdout
     assert listed.stdout.splitlines()[-1] == (
-        "showing 2 dead letters with a reason containing 'bad field'; 3 in group persist"
+        "showing 2 dead letters with a reason containing 'bad field'; 3 in group persist "
+        f"of namespace {keys.namespace!r}"
     )
     assert _dlq("list", "--limit", "0", env=env).returncode == 2
 

@@ -184,7 +184,7 @@ def test_the_groups_command_lists_with_the_workers_limits_and_drops(
 
     common = ["--redis-url", redis_url, "--namespace", keys.namespace]
     assert main(["groups", "list", *common]) == 0
-    assert capsys.readouterr().out == f"no consumer groups in namespace {keys.namespace}\n"
+    assert capsys.readouterr().out == f"no consumer groups in namespace {keys.namespace!r}\n"
     for i in range(3):
         add_traces(redis_client, keys, [numbered_trace(i)])
     Consumer(redis_client, keys, LANGSMITH_GROUP, "gone").ensure_groups()
