@@ -42,12 +42,13 @@ One Call Can Be Shown And The Plan's Cost Adds Up
     Should Be Equal    ${trace}[trace_id]    ${first}
     Should Be Equal    ${trace}[plan_id]    ${PLAN}
     ${summary}=    Run Fleettrace    traces    cost    --plan    ${PLAN}    --by    model    --json
-    ${rows}=    Parse Json    ${summary.stdout}
-    Cost Summary Should Add Up To    ${rows}    ${RECORDED}
+    ${listing}=    Parse Json    ${summary.stdout}
+    Cost Summary Should Add Up To    ${listing}[items]    ${RECORDED}
 
 The Live Metrics Show The Recorded Calls
     ${metrics}=    Run Fleettrace    metrics    --json
-    ${figures}=    Parse Json    ${metrics.stdout}
+    ${listing}=    Parse Json    ${metrics.stdout}
+    ${figures}=    Set Variable    ${listing}[items]
     Token Usage Should Add Up To    ${figures}    prompt    ${RECORDED}[prompt_tokens]
     Token Usage Should Add Up To    ${figures}    completion    ${RECORDED}[completion_tokens]
     LLM Errors Should Add Up To    ${figures}    ${RECORDED}[errors]

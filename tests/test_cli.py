@@ -291,3 +291,11 @@ def test_an_unknown_option_before_the_action_names_the_parent_command(
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("usage: fleettrace dlq ")
     assert lines[-1] == "fleettrace dlq: error: unrecognized arguments: --no-such-option"
+
+
+def test_every_command_that_prints_has_json() -> None:
+    """Issue: every command that prints has --json. The demo's report is the one
+    exception: its run is the output."""
+    with_json = {p for p, a in OPTIONS if "--json" in a.option_strings}
+    leaves = {p for p in COMMAND_PATHS if not any(q[: len(p)] == p != q for q in COMMAND_PATHS)}
+    assert leaves - with_json == {("demo",)}

@@ -18,6 +18,7 @@ from fleettrace.keys import Keys
 from fleettrace_worker.cli import main
 from tests.emitting import make_emitter
 from tests.servers import free_port
+from tests.tables import read_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,21 +43,25 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_table(recorded: Keys, redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "--redis-url", redis_url, "--namespace", recorded.namespace)
     assert (code, err) == (0, "")
-    lines = out.splitlines()
-    assert lines[0].split() == ["key", "labels", "count", "sum/value", "p50", "p95", "p99"]
+    header, rows, footer = read_table(out)
+    assert header == ["KEY", "LABELS", "UNIT", "COUNT", "SUM", "VALUE", "P50", "P95", "P99"]
     # No line per plan: one summary line instead.
-    assert lines[-1] == "1 live plan; use --plan ID or --top N"
-    assert not any(line.startswith("plan.cost_usd") for line in lines)
-    rows = {tuple(line.split()[:2]): line.split()[2:] for line in lines[1:-1]}
-    assert rows[("context.tokens_used", "-")] == ["1", "321", "-", "-", "-"]
-    count, total, *quantiles = rows[("tool.invocation_duration_ms", "tool=web,search")]
-    assert (count, total) == ("4", "106")
+    assert footer == ["1 live plan; use --plan ID or --top N"]
+    assert not any(row[0].startswith("plan.cost_usd") for row in rows)
+    by_series = {tuple(row[:2]): row[2:] for row in rows}
+    assert by_series[("context.tokens_used", "-")] == ["tokens", "1", "-", "321", "-", "-", "-"]
+    unit, count, total, value, *quantiles = by_series[
+        ("tool.invocation_duration_ms", "tool=web,search")
+    ]
+    assert (unit, count, total, value) == ("ms", "4", "106", "-")
     # Nearest rank of 2, 4, 30, 70: p50 is the 2nd value, p95 and p99 the 4th (2 %).
     assert [float(q) for q in quantiles] == pytest.approx([4.0, 70.0, 70.0], rel=0.02)
-    assert rows[("actor.token_usage", "provider=openai,model=gpt-4o,token_type=prompt")][:2] == [
-        "1",
-        "1000",
-    ]
+    assert by_series[("actor.token_usage", "provider=openai,model=gpt-4o,token_type=prompt")][
+        :3
+    ] == ["tokens", "1", "1,000"]
+    # Natural order: by key, then by labels.
+    keys = [row[0] for row in rows]
+    assert keys == sorted(keys)
 
 
 def test_json_and_key_filter(
@@ -69,7 +74,7 @@ def test_json_and_key_filter(
     monkeypatch.setenv("FLEETTRACE_NAMESPACE", recorded.namespace)
     code, out, _ = run(capsys, "--json", "--key", "tool.invocation_duration_ms")
     assert code == 0
-    [series] = json.loads(out)
+    [series] = json.loads(out)["items"]
     assert series["key"] == "tool.invocation_duration_ms"
     assert series["type"] == "histogram"
     assert series["unit"] == "ms"
@@ -88,7 +93,11 @@ def test_empty_namespace(keys: Keys, redis_url: str, capsys: pytest.CaptureFixtu
     code, out, _ = run(capsys, "--redis-url", redis_url, "--namespace", keys.namespace)
     assert (code, out) == (0, "no live counters yet\n")
     code, out, _ = run(capsys, "--redis-url", redis_url, "--namespace", keys.namespace, "--json")
-    assert (code, out) == (0, "[]\n")
+    assert (code, json.loads(out)) == (0, {"items": [], "next_cursor": None})
+    code, out, _ = run(
+        capsys, "--redis-url", redis_url, "--namespace", keys.namespace, "--json", "--top", "3"
+    )
+    assert (code, json.loads(out)) == (0, {"items": [], "next_cursor": None})
     where = ("--redis-url", redis_url, "--namespace", keys.namespace)
     assert run(capsys, *where, "--key", "plan.cost_usd")[:2] == (0, "no live plans\n")
     assert run(capsys, *where, "--top", "3")[:2] == (0, "no live plans\n")
@@ -155,7 +164,7 @@ def test_watch_refreshes_until_interrupted(recorded: Keys, redis_url: str) -> No
     deadline = time.monotonic() + 30
     while headers < 2 and time.monotonic() < deadline:
         line = process.stdout.readline()
-        if line.startswith("key "):
+        if line.startswith("KEY "):
             headers += 1
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
@@ -179,6 +188,7 @@ def test_watch_on_a_terminal_clears_the_screen_between_tables(
 
     monkeypatch.setattr("fleettrace_worker.cli.metrics.time.sleep", sleep)
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "120")
     code, out, _ = run(
         capsys, "--redis-url", redis_url, "--namespace", recorded.namespace, "--watch"
     )
@@ -203,30 +213,48 @@ def test_one_plan_and_the_top_plans(
 
     code, out, err = run(capsys, *where, "--top", "5")
     assert (code, err) == (0, "")
-    lines = out.splitlines()
-    assert lines[0].split() == ["plan", "cost_usd", "priced_calls", "decisions", "child_plans"]
-    assert [line.split() for line in lines[1:]] == [
-        ["plan-5", "4", "1", "1", "1"],
-        ["plan-1", "3", "1", "0", "0"],
-        ["plan-3", "2", "1", "0", "0"],
-        ["plan-4", "1", "1", "0", "0"],
+    header, rows, footer = read_table(out)
+    assert header == ["PLAN", "COST (USD)", "PRICED CALLS", "DECISIONS", "CHILD PLANS"]
+    assert rows == [
+        ["plan-5", "4.00", "1", "1", "1"],
+        ["plan-1", "3.00", "1", "0", "0"],
+        ["plan-3", "2.00", "1", "0", "0"],
+        ["plan-4", "1.00", "1", "0", "0"],
         ["plan-6", "0.75", "1", "0", "0"],
     ]
+    assert footer == ["showing 5 of 7 live plans"]
     code, out, _ = run(capsys, *where, "--top", "2", "--json")
-    assert json.loads(out) == [
-        {"plan": "plan-5", "cost_usd": 4.0, "priced_calls": 1, "decisions": 1, "child_plans": 1},
-        {"plan": "plan-1", "cost_usd": 3.0, "priced_calls": 1, "decisions": 0, "child_plans": 0},
-    ]
+    assert json.loads(out) == {
+        "items": [
+            {
+                "plan": "plan-5",
+                "cost_usd": 4.0,
+                "priced_calls": 1,
+                "decisions": 1,
+                "child_plans": 1,
+            },
+            {
+                "plan": "plan-1",
+                "cost_usd": 3.0,
+                "priced_calls": 1,
+                "decisions": 0,
+                "child_plans": 0,
+            },
+        ],
+        "next_cursor": None,
+    }
+    code, out, _ = run(capsys, *where, "--top", "3", "--sort", "plan")
+    assert [row[0] for row in read_table(out)[1]] == ["plan-1", "plan-3", "plan-5"]
 
     code, out, _ = run(capsys, *where, "--plan", "plan-5")
-    rows = [line.split() for line in out.splitlines()[1:]]
+    _, rows, _ = read_table(out)
     assert rows == [
-        ["plan.cost_usd", "plan=plan-5", "1", "4", "-", "-", "-"],
-        ["plan.decisions_count", "plan=plan-5", "1", "1", "-", "-", "-"],
-        ["plan.child_plans_count", "plan=plan-5", "1", "1", "-", "-", "-"],
+        ["plan.child_plans_count", "plan=plan-5", "1", "1", "1", "-", "-", "-", "-"],
+        ["plan.cost_usd", "plan=plan-5", "USD", "1", "4.00", "-", "-", "-", "-"],
+        ["plan.decisions_count", "plan=plan-5", "1", "1", "1", "-", "-", "-", "-"],
     ]
     code, out, _ = run(capsys, *where, "--plan", "plan-5", "--key", "plan.cost_usd", "--json")
-    [series] = json.loads(out)
+    [series] = json.loads(out)["items"]
     assert (series["key"], series["labels"], series["sum"]) == (
         "plan.cost_usd",
         {"plan": "plan-5"},
@@ -237,11 +265,11 @@ def test_one_plan_and_the_top_plans(
     code, out, _ = run(capsys, *where, "--key", "plan.cost_usd")
     assert (code, out) == (0, "7 live plans; use --plan ID or --top N\n")
     code, out, _ = run(capsys, *where, "--json")
-    assert [s["key"] for s in json.loads(out)] == ["actor.token_usage", "actor.token_usage"]
+    assert [s["key"] for s in json.loads(out)["items"]] == ["actor.token_usage"] * 2
     code, out, _ = run(capsys, *where, "--key", "context.tokens_used")
     assert (code, out) == (0, "no live counters yet\n")
     code, out, _ = run(capsys, *where, "--key", "plan.decisions_count", "--json")
-    assert (code, out) == (0, "[]\n")
+    assert (code, json.loads(out)) == (0, {"items": [], "next_cursor": None})
 
 
 def test_old_layout_is_reported_and_moved(
@@ -263,7 +291,7 @@ def test_old_layout_is_reported_and_moved(
         f"moved 2 per-plan fields from {keys.prefix}:live:plan.* into plan hashes\n",
     )
     code, out, _ = run(capsys, *where, "--top", "1")
-    assert out.splitlines()[1].split() == ["old", "0.5", "1", "0", "0"]
+    assert read_table(out)[1] == [["old", "0.50", "1", "0", "0"]]
     code, out, _ = run(capsys, *where)
     assert out.splitlines()[-1] == "1 live plan; use --plan ID or --top N"
 
@@ -300,7 +328,7 @@ def test_observations_of_older_emitters_are_named_outside_the_percentiles(
         "recorded (counted in count and sum)"
     )
     code, out, _ = run(capsys, *where, "--json")
-    [series] = json.loads(out)
+    [series] = json.loads(out)["items"]
     assert (series["count"], series["unsketched"]) == (6, 2)
     counts = {b["le"]: b["count"] for b in series["buckets"]}
     assert counts[5.0] == 3

@@ -21,6 +21,7 @@ from fleettrace_worker.cli import main
 from fleettrace_worker.repository import LLMTraceRepository
 from tests.factories import llm_trace
 from tests.servers import free_port
+from tests.tables import read_table
 
 
 @pytest.fixture
@@ -282,7 +283,9 @@ def test_traces_list_pages_with_the_cursor(
     assert code == 0 and len(first["items"]) == 2 and first["next_cursor"]
 
     code, out, _ = run(capsys, "traces", "list", "--limit", "2", "--database-url", migrated)
-    assert out.strip().splitlines()[-1] == f"more: add --cursor {first['next_cursor']}"
+    assert out.strip().splitlines()[-1] == (
+        f"showing 2 of 3 traces; more: add --cursor {first['next_cursor']}"
+    )
 
     code, out, _ = run(
         capsys,
@@ -306,21 +309,23 @@ def test_traces_list_pages_with_the_cursor(
 def test_traces_list_table_for_people(
     capsys: pytest.CaptureFixture[str], fleet: list[LLMTrace], migrated: str
 ) -> None:
-    code, out, _ = run(capsys, "traces", "list", "--database-url", migrated)
+    code, out, _ = run(capsys, "traces", "list", "--utc", "--database-url", migrated)
     assert code == 0
-    lines = out.strip().splitlines()
-    assert lines[0].split("  ")[0] == "STARTED (UTC)"
-    assert "TRACE ID" in lines[0] and "COST USD" in lines[0]
-    assert len(lines) == 1 + len(fleet)
-    assert str(fleet[0].trace_id) in lines[1]
-    assert "1.250000" in lines[1]
-    assert "Timeout: upstream second line" in lines[2]
-    assert "unpriced" in lines[3]  # the unpriced call's cost is unknown, not 0
+    header, rows, footer = read_table(out)
+    assert header[:2] == ["STARTED (UTC)", "TRACE ID"]
+    assert "COST (USD)" in header and "LATENCY (ms)" in header
+    assert [row[1] for row in rows] == [str(t.trace_id) for t in fleet]
+    assert rows[0][header.index("COST (USD)")] == "1.25"
+    assert rows[1][-1] == "Timeout: upstream second line"
+    # the unpriced call's cost is unknown, not 0
+    assert rows[2][header.index("COST (USD)")] == "unpriced"
+    assert footer == ["3 traces"]
     # Columns line up: every row starts its trace id where the header does.
+    lines = out.splitlines()
     column = lines[0].index("TRACE ID")
     assert all(
         line[column : column + 36] == str(t.trace_id)
-        for line, t in zip(lines[1:], fleet, strict=True)
+        for line, t in zip(lines[2:5], fleet, strict=True)
     )
 
 
@@ -395,16 +400,16 @@ def test_traces_show(
 
     code, out, _ = run(capsys, "traces", "show", str(fleet[1].trace_id), "--database-url", migrated)
     assert code == 0
-    fields = dict(line.split(None, 1) for line in out.strip().splitlines()[1:])
+    fields = dict(line.split(None, 1) for line in out.strip().splitlines()[2:])
     assert fields["trace_id"] == str(fleet[1].trace_id)
     assert fields["error"] == "Timeout: upstream\\nsecond line"
     assert fields["tool_calls"] == "-"
     assert fields["decision_id"] == "-"
 
     code, out, _ = run(capsys, "traces", "show", str(wanted.trace_id), "--database-url", migrated)
-    fields = dict(line.split(None, 1) for line in out.strip().splitlines()[1:])
+    fields = dict(line.split(None, 1) for line in out.strip().splitlines()[2:])
     assert fields["tool_calls"] == "search, read"
-    assert fields["cost_usd"] == "-"
+    assert fields["cost_usd"] == "unpriced"
 
 
 def test_traces_show_of_an_unknown_id(capsys: pytest.CaptureFixture[str], migrated: str) -> None:
@@ -421,8 +426,9 @@ def test_traces_cost_json(
         capsys, "traces", "cost", "--by", "provider,model", "--json", "--database-url", migrated
     )
     assert code == 0
-    rows = json.loads(out)
-    assert rows == [
+    listing = json.loads(out)
+    assert listing["next_cursor"] is None
+    assert listing["items"] == [
         {
             "group": {"provider": "openai", "model": "gpt-4o"},
             "calls": 2,
@@ -465,20 +471,22 @@ def test_traces_cost_table(
         capsys, "traces", "cost", "--by", "actor,day", "--errors", "--database-url", migrated
     )
     assert code == 0
-    header, *rows = out.strip().splitlines()
-    assert header.split() == [
-        "ACTOR", "DAY", "CALLS", "PROMPT", "COMPLETION", "TOTAL", "TOKENS", "COST", "USD",
-        "UNPRICED", "UNKNOWN", "TOKENS", "ERROR", "RATE", "P50", "MS", "P95", "MS",
+    header, rows, footer = read_table(out)
+    assert header == [
+        "ACTOR", "DAY", "CALLS", "PROMPT (tokens)", "COMPLETION (tokens)", "TOTAL (tokens)",
+        "COST (USD)", "UNPRICED (calls)", "UNKNOWN TOKENS (calls)", "ERRORS (%)", "P50 (ms)",
+        "P95 (ms)",
     ]  # fmt: skip
-    assert len(rows) == 1
     day = fleet[1].started_at.date().isoformat()
-    assert rows[0].split() == [
-        "coder", day, "1", "100", "20", "120", "0.750000", "0", "0", "100.0%", "300.0", "300.0"
+    assert rows == [
+        ["coder", day, "1", "100", "20", "120", "0.75", "0", "0", "100", "300", "300"]
     ]  # fmt: skip
+    assert footer == ["1 group, 1 call, 0.75 USD"]
 
     code, out, _ = run(capsys, "traces", "cost", "--by", "", "--database-url", migrated)
-    header, total = out.strip().splitlines()
-    assert header.split()[0] == "CALLS" and total.split()[:2] == ["3", "300"]
+    header, [total], footer = read_table(out)
+    assert header[0] == "CALLS" and total[:2] == ["3", "300"]
+    assert footer == ["1 group, 3 calls, 2.00 USD (1 call unpriced)"]
 
 
 # the console script ----------------------------------------------------------------
@@ -524,18 +532,24 @@ def test_the_console_script_reports_a_refused_connection_without_a_traceback() -
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-def test_traces_list_shortens_a_long_error_to_its_column(
-    capsys: pytest.CaptureFixture[str], migrated: str
+def test_traces_list_shortens_a_long_error_to_the_terminal(
+    capsys: pytest.CaptureFixture[str], migrated: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     long_error = "ContextWindowExceeded: " + "x" * 200
     trace = llm_trace(STORED_CALL, error=long_error)
     _store(migrated, [trace])
+    monkeypatch.setenv("COLUMNS", "200")
     code, out, _ = run(capsys, "traces", "list", "--database-url", migrated)
     assert code == 0
-    row = out.strip().splitlines()[1]
-    assert row.endswith("ContextWindowExceeded: " + "x" * 16 + "…")
+    row = out.splitlines()[2]
+    assert len(row) == 200
+    assert row.endswith("…") and "ContextWindowExceeded: xxx" in row
+    assert str(trace.trace_id) in row
     code, out, _ = run(capsys, "traces", "show", str(trace.trace_id), "--database-url", migrated)
-    assert long_error in out
+    assert long_error not in out  # the table fits 200 columns here too
+    monkeypatch.delenv("COLUMNS")
+    code, out, _ = run(capsys, "traces", "show", str(trace.trace_id), "--database-url", migrated)
+    assert long_error in out  # into a pipe: whole lines
 
 
 @pytest.mark.parametrize(
@@ -562,10 +576,11 @@ def test_traces_cost_table_shows_a_wholly_unpriced_group_as_unpriced(
 ) -> None:
     code, out, _ = run(capsys, "traces", "cost", "--by", "provider", "--database-url", migrated)
     assert code == 0
-    rows = {line.split()[0]: line.split() for line in out.strip().splitlines()[1:]}
-    # PROVIDER CALLS PROMPT COMPLETION TOTAL COST UNPRICED ...
-    assert rows["openai"][5:7] == ["2.000000", "0"]
-    assert rows["anthropic"][5:7] == ["unpriced", "1"]
+    header, rows, _ = read_table(out)
+    by_provider = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+    figures = ("COST (USD)", "UNPRICED (calls)")
+    assert [by_provider["openai"][name] for name in figures] == ["2.00", "0"]
+    assert [by_provider["anthropic"][name] for name in figures] == ["unpriced", "1"]
 
 
 def test_traces_cost_sums_token_details_and_counts_unknown_usage_beside_them(
@@ -597,7 +612,7 @@ def test_traces_cost_sums_token_details_and_counts_unknown_usage_beside_them(
     )
     code, out, _ = run(capsys, "traces", "cost", "--json", "--database-url", migrated)
     assert code == 0
-    [row] = json.loads(out)
+    [row] = json.loads(out)["items"]
     assert {k: row[k] for k in ("calls", "prompt_tokens", "completion_tokens", "total_tokens")} == {
         "calls": 4,
         "prompt_tokens": 12_000,
@@ -611,7 +626,14 @@ def test_traces_cost_sums_token_details_and_counts_unknown_usage_beside_them(
     )
     assert (row["unknown_token_calls"], row["unpriced_calls"], row["cost_usd"]) == (2, 2, 1.0)
     code, out, _ = run(capsys, "traces", "list", "--database-url", migrated)
-    assert sum("unknown" in line and "unpriced" in line for line in out.splitlines()) == 2
+    header, rows, _ = read_table(out)
+    shown = [dict(zip(header, row, strict=True)) for row in rows]
+    assert sorted((r["TOKENS IN"], r["TOKENS OUT"], r["COST (USD)"]) for r in shown) == [
+        ("-", "-", "unpriced"),
+        ("10,000", "100", "0.50"),
+        ("2,000", "300", "0.50"),
+        ("50", "-", "unpriced"),
+    ]
     code, out, _ = run(capsys, "traces", "list", "--json", "--database-url", migrated)
     stored = {(t["prompt_tokens"], t["completion_tokens"]) for t in json.loads(out)["items"]}
     assert stored == {(10_000, 100), (2_000, 300), (None, None), (50, None)}

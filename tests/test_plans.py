@@ -20,11 +20,12 @@ from fleettrace.plans import (
     top_plans,
     total_cost_usd,
 )
-from fleettrace_worker.cli import main
+from fleettrace_worker.cli import main, render
 from fleettrace_worker.http import serve
 from fleettrace_worker.runner import Worker, WorkerSettings
 from tests.emitting import make_emitter
 from tests.servers import free_port
+from tests.tables import read_table
 
 COST = "plan.cost_usd"
 
@@ -231,7 +232,7 @@ def test_fifty_thousand_plans_stay_bounded_everywhere(
         assert main(["metrics", *where]) == 0
         default_s = time.perf_counter() - started
         out = capsys.readouterr().out
-        assert out.splitlines()[-1] == f"{PLANS_AT_SCALE} live plans; use --plan ID or --top N"
+        assert out.splitlines()[-1] == f"{PLANS_AT_SCALE:,} live plans; use --plan ID or --top N"
         assert len(out.splitlines()) < 10
         assert main(["metrics", *where, "--json"]) == 0
         json_bytes = len(capsys.readouterr().out)
@@ -239,9 +240,9 @@ def test_fifty_thousand_plans_stay_bounded_everywhere(
         started = time.perf_counter()
         assert main(["metrics", *where, "--top", "5"]) == 0
         top_s = time.perf_counter() - started
-        lines = capsys.readouterr().out.splitlines()
-        assert [line.split()[:2] for line in lines[1:]] == [
-            [f"plan-{i:05d}", f"{(i + 1) / 1000:.6g}"]
+        _, rows, _ = read_table(capsys.readouterr().out)
+        assert [row[:2] for row in rows] == [
+            [f"plan-{i:05d}", render.format_usd((i + 1) / 1000)]
             for i in range(PLANS_AT_SCALE - 1, 49_994, -1)
         ]
         started = time.perf_counter()

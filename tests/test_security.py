@@ -285,8 +285,8 @@ def test_an_agent_can_only_spoil_its_own_keys_and_lower_no_figure(
     top = fleettrace("metrics", "--top", "1", "--json", *where, env=env)
     assert table.returncode == 0 and top.returncode == 0, table.stderr + top.stderr
     prompt_row = next(line.split() for line in table.stdout.splitlines() if "prompt" in line)
-    assert prompt_row[2:4] == ["5", "15"]
-    assert json.loads(top.stdout) == [
+    assert prompt_row[3:5] == ["5", "15"]  # KEY LABELS UNIT COUNT SUM
+    assert json.loads(top.stdout)["items"] == [
         {"plan": "shared", "cost_usd": 5.0, "priced_calls": 5, "decisions": 1, "child_plans": 0}
     ]
     # And the worker's /metrics, with the costliest plans.

@@ -145,7 +145,7 @@ def test_emitter_worker_and_cli_over_tls_redis_and_tls_postgres(
 
     metrics = fleettrace("metrics", "--json", env=env)
     assert metrics.returncode == 0, metrics.stderr
-    usage = [m for m in json.loads(metrics.stdout) if m["key"] == "actor.token_usage"]
+    usage = [m for m in json.loads(metrics.stdout)["items"] if m["key"] == "actor.token_usage"]
     assert usage, metrics.stdout
     listing = fleettrace("traces", "list", "--json", "--limit", "100", env=env)
     assert listing.returncode == 0, listing.stderr

@@ -23,6 +23,7 @@ from fleettrace_worker.groups import (
 from fleettrace_worker.trim import group_floor, next_entry_id, trim_floors, trim_streams
 from tests.factories import add_traces, numbered_trace
 from tests.servers import free_port
+from tests.tables import read_table
 
 
 def _ids(client, stream) -> list[str]:
@@ -189,16 +190,19 @@ def test_the_groups_command_lists_with_the_workers_limits_and_drops(
     Consumer(redis_client, keys, LANGSMITH_GROUP, "gone").ensure_groups()
     monkeypatch.setenv("FLEETTRACE_WORKER_GROUP_MAX_LAG", "2")
     assert main(["groups", "list", *common]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == [
-        "STREAM", "GROUP", "LAG", "PENDING", "CONSUMERS", "LAST", "SEEN", "OLDEST", "NEEDED",
+    header, rows, footer = read_table(capsys.readouterr().out)
+    assert header == [
+        "STREAM", "GROUP", "LAG (entries)", "PENDING (entries)", "CONSUMERS", "IDLE (s)",
+        "OLDEST NEEDED (s old)", "BEHIND",
     ]  # fmt: skip
-    row = next(line for line in out if keys.traces in line)
-    assert row.split()[1:6] == [LANGSMITH_GROUP, "3", "0", "0", "never"]
-    assert row.endswith("BEHIND")
+    row = next(row for row in rows if row[0] == keys.traces)
+    assert row[1:6] == [LANGSMITH_GROUP, "3", "0", "0", "-"]
+    assert row[-1] == "yes"
+    assert footer == ["1 consumer group on 1 stream; 1 behind"]
     assert main(["groups", "list", "--json", "--max-lag", "5", *common]) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    traces = next(r for r in rows if r["stream"] == keys.traces)
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["next_cursor"] is None
+    traces = next(r for r in listing["items"] if r["stream"] == keys.traces)
     assert (traces["lag"], traces["behind"], traces["consumers"]) == (3, False, [])
     assert main(["groups", "drop", "nope", "--yes", *common]) == 1
     assert "no consumer group 'nope'" in capsys.readouterr().out

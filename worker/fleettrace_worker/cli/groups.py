@@ -4,9 +4,10 @@ nothing runs any more (it would hold the trim floor, and Redis memory, for ever)
 from __future__ import annotations
 
 import argparse
-import json
+from typing import Any, Final
 
-from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
+from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
+from fleettrace_worker.cli.render import Column, Kind
 from fleettrace_worker.groups import (
     ACTIVE_WITHIN_S,
     DEFAULT_MAX_AGE_S,
@@ -18,6 +19,17 @@ from fleettrace_worker.groups import (
     inspect_groups,
 )
 from fleettrace_worker.runner import WorkerSettings
+
+LIST_COLUMNS: Final = (
+    Column("stream", "STREAM"),
+    Column("group", "GROUP", Kind.ID),
+    Column("lag", "LAG", Kind.COUNT, "entries"),
+    Column("pending", "PENDING", Kind.COUNT, "entries"),
+    Column("consumers", "CONSUMERS", Kind.COUNT),
+    Column("idle_s", "IDLE", Kind.DURATION, "s"),
+    Column("age_s", "OLDEST NEEDED", Kind.DURATION, "s old"),
+    Column("behind", "BEHIND"),
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "list", help="lag, pending entries, consumers and last activity of every group"
     )
     options.add_redis_options(listing)
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    render.add_output_options(listing, times=False)
     listing.add_argument(
         "--max-lag",
         type=options.WholeNumber(low=0),
@@ -60,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     options.add_redis_options(drop)
     drop.add_argument("name", metavar="NAME", help="the group, e.g. langsmith")
     options.add_yes_option(drop)
+    render.add_json_option(drop)
     drop.add_argument(
         "--force",
         action="store_true",
@@ -68,17 +81,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     drop.set_defaults(handler=run_drop)
 
 
-def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    if seconds < 120:
-        return f"{seconds:.1f} s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min ago"
-    return f"{seconds / 3600:.1f} h ago"
-
-
-def _as_json(report: GroupReport, limits: GroupLimits) -> dict[str, object]:
+def _as_json(report: GroupReport, limits: GroupLimits) -> dict[str, Any]:
     return {
         "stream": report.stream,
         "group": report.group,
@@ -106,53 +109,42 @@ def _limits(args: argparse.Namespace) -> GroupLimits:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    render.check_sort(args, LIST_COLUMNS)
     limits = _limits(args)
     keys = options.keys(args)
     reports = inspect_groups(options.redis_client(args), keys)
-    if args.json:
-        for report in reports:
-            print(json.dumps(_as_json(report, limits)))
-        return EXIT_OK
-    if not reports:
-        print(f"no consumer groups in namespace {keys.namespace}")
-        return EXIT_OK
-    header = ("STREAM", "GROUP", "LAG", "PENDING", "CONSUMERS", "LAST SEEN", "OLDEST NEEDED", "")
-    rows = [header]
-    for report in reports:
-        rows.append(
-            (
-                report.stream,
-                report.group,
-                "?" if report.lag is None else f"{report.lag:,}",
-                f"{report.pending:,}",
-                str(len(report.consumers)),
-                _ago(report.idle_s),
-                "-" if report.oldest_needed_id is None else f"{report.age_s:,.0f} s old",
-                "BEHIND" if report.behind(limits) else "",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    items = [_as_json(report, limits) for report in reports]
+    behind = sum(item["behind"] for item in items)
+    streams = len({item["stream"] for item in items})
+    footer = (
+        f"{render.count_of(len(items), 'consumer group')} on {render.count_of(streams, 'stream')}"
+        f"; {behind:,} behind"
+    )
+    render.emit(
+        args,
+        LIST_COLUMNS,
+        items,
+        footer=footer,
+        empty=f"no consumer groups in namespace {keys.namespace}",
+        default_sort="stream,group",
+    )
     return EXIT_OK
 
 
 def run_drop(args: argparse.Namespace) -> int:
     client, keys = options.redis_client(args), options.keys(args)
+    result: dict[str, Any] = {"group": args.name, "dropped_from": []}
     reports = [r for r in inspect_groups(client, keys) if r.group == args.name]
     if not reports:
-        print(f"no consumer group {args.name!r} in namespace {keys.namespace}")
-        return EXIT_FAILURE
+        return _refuse(args, f"no consumer group {args.name!r} in namespace {keys.namespace}")
     active = active_consumers(reports, args.name)
     if active and not args.force:
         names = ", ".join(sorted({c.name for c in active}))
-        print(
+        return _refuse(
+            args,
             f"consumer group {args.name!r} was used {min(c.idle_s for c in active):.1f} s ago "
-            f"(by {names}): stop the workers that run it first, or pass --force"
+            f"(by {names}): stop the workers that run it first, or pass --force",
         )
-        return EXIT_FAILURE
     pending = sum(r.pending for r in reports)
     lag = sum(r.lag or 0 for r in reports)
     question = (
@@ -160,8 +152,19 @@ def run_drop(args: argparse.Namespace) -> int:
         f"pending and {lag:,} undelivered entries will no longer be kept for it."
     )
     if not options.confirm(question, yes=args.yes):
-        print("nothing dropped")
-        return EXIT_FAILURE
+        return _refuse(args, "nothing dropped")
     streams = drop_group(client, keys, args.name)
-    print(f"dropped consumer group {args.name!r} from {', '.join(streams) or 'no stream'}")
+    if args.json:
+        render.write_object({**result, "dropped_from": streams})
+    else:
+        print(f"dropped consumer group {args.name!r} from {', '.join(streams) or 'no stream'}")
     return EXIT_OK
+
+
+def _refuse(args: argparse.Namespace, why: str) -> int:
+    """Nothing dropped, and why: a line, or with --json the same in an object."""
+    if args.json:
+        render.write_object({"group": args.name, "dropped_from": [], "refused": why})
+    else:
+        print(why)
+    return EXIT_FAILURE

@@ -8,7 +8,6 @@ for the costliest. Without either, one line says how many plans hold live counte
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -27,11 +26,31 @@ from fleettrace.plans import (
     read_plan,
     top_plans,
 )
-from fleettrace_worker.cli import options
+from fleettrace_worker.cli import options, render
+from fleettrace_worker.cli.render import Column, Kind
 
 DEFAULT_WATCH_S: Final = 2.0
-_COLUMNS: Final = ("key", "labels", "count", "sum/value", "p50", "p95", "p99")
-_PLAN_COLUMNS: Final = ("plan", "cost_usd", "priced_calls", "decisions", "child_plans")
+#: Each row in its key's unit: dollars for USD, 3 significant digits for ms and s.
+SERIES_COLUMNS: Final = (
+    Column("key", "KEY", Kind.ID),
+    Column("labels", "LABELS"),
+    Column("unit", "UNIT"),
+    Column("count", "COUNT", Kind.COUNT),
+    Column("sum", "SUM", Kind.NUMBER, unit_key="unit"),
+    Column("value", "VALUE", Kind.NUMBER, unit_key="unit"),
+    Column("p50", "P50", Kind.DURATION, unit_key="unit"),
+    Column("p95", "P95", Kind.DURATION, unit_key="unit"),
+    Column("p99", "P99", Kind.DURATION, unit_key="unit"),
+)
+#: Natural order: plan-2 before plan-10, by key, then by labels.
+SERIES_ORDER: Final = "key,labels"
+PLAN_COLUMNS: Final = (
+    Column("plan", "PLAN", Kind.ID),
+    Column("cost_usd", "COST", Kind.USD, "USD"),
+    Column("priced_calls", "PRICED CALLS", Kind.COUNT),
+    Column("decisions", "DECISIONS", Kind.COUNT),
+    Column("child_plans", "CHILD PLANS", Kind.COUNT),
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "summed up in one line; --plan ID or --top N prints them.",
     )
     options.add_redis_options(parser)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    render.add_output_options(parser, times=False)
     parser.add_argument(
         "--watch",
         nargs="?",
@@ -68,7 +87,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--top",
         type=options.POSITIVE,
         metavar="N",
-        help="print the N plans with the highest cost, costliest first, one line each",
+        help="print the N plans with the highest cost, costliest first (--sort to reorder), "
+        "one line each",
     )
     per_plan.add_argument(
         "--migrate-plans",
@@ -80,20 +100,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    render.check_sort(args, PLAN_COLUMNS if args.top is not None else SERIES_COLUMNS)
     client = options.redis_client(args)
     keys = options.keys(args)
     try:
         if args.migrate_plans:
             moved = migrate_legacy_plan_fields(client, keys)
-            print(
-                f"moved {moved} per-plan fields from {keys.legacy_live('plan.*')} into plan hashes"
-            )
+            if args.json:
+                render.write_object({"moved": moved})
+            else:
+                print(
+                    f"moved {moved} per-plan fields from {keys.legacy_live('plan.*')} "
+                    "into plan hashes"
+                )
             return 0
         while True:
-            text = _render(client, keys, args)
             if args.watch is not None and sys.stdout.isatty():
                 sys.stdout.write("\x1b[H\x1b[2J")
-            print(text, flush=True)
+            _show(client, keys, args)
+            sys.stdout.flush()
             if args.watch is None:
                 return 0
             time.sleep(args.watch)
@@ -101,16 +126,15 @@ def run(args: argparse.Namespace) -> int:
         client.close()
 
 
-def _render(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> str:
+def _show(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> None:
     key = MetricKey(args.key) if args.key else None
     if args.plan is not None:
         plan = read_plan(client, keys, args.plan)
         series = [] if plan is None else [s for s in plan.series if key in (None, s.key)]
-        if args.json:
-            return render_json(series)
-        if not series:
-            return f"no live counters for plan {args.plan!r} (never recorded, or expired)"
-        return render_table(series)
+        _series(
+            args, series, f"no live counters for plan {args.plan!r} (never recorded, or expired)"
+        )
+        return
     if args.top is not None:
         scan = top_plans(client, keys, args.top)
         if not scan.complete:
@@ -118,15 +142,40 @@ def _render(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> str:
                 f"fleettrace metrics: examined the first {scan.examined} plans only",
                 file=sys.stderr,
             )
-        return render_plans_json(scan.plans) if args.json else render_plans(scan.plans)
+        plans = [plan_json(p) for p in scan.plans]
+        total, complete = count_plans(client, keys) if plans and not args.json else (0, True)
+        total = max(total, len(plans))
+        footer = (
+            render.footer(len(plans), total, "live plan")
+            if complete
+            else f"showing {len(plans):,} of {total:,}+ live plans"
+        )
+        render.emit(args, PLAN_COLUMNS, plans, footer=footer, empty="no live plans")
+        return
     if key is not None and key.spec.per_plan:  # no fleet-wide series: only the summary
-        return "[]" if args.json else _plans_summary(client, keys) or "no live plans"
+        if args.json:
+            render.write_list([])
+        else:
+            print(_plans_summary(client, keys) or "no live plans")
+        return
     series = read_live(client, keys, key)
-    if args.json:
-        return render_json(series)
-    if key is not None:
-        return render_table(series)
-    return "\n".join(line for line in (render_table(series), _plans_summary(client, keys)) if line)
+    _series(args, series, "no live counters yet")
+    if key is None and not args.json:
+        summary = _plans_summary(client, keys)
+        if summary:
+            print(summary)
+
+
+def _series(args: argparse.Namespace, series: list[LiveSeries], empty: str) -> None:
+    unsketched = sum(s.unsketched for s in series)
+    note = (
+        f"percentiles leave out {unsketched} observations that emitters older than the "
+        "sketches recorded (counted in count and sum)"
+        if unsketched
+        else None
+    )
+    items = [series_json(s) for s in series]
+    render.emit(args, SERIES_COLUMNS, items, footer=note, empty=empty, default_sort=SERIES_ORDER)
 
 
 def _plans_summary(client: redis.Redis, keys: Keys) -> str:
@@ -136,7 +185,7 @@ def _plans_summary(client: redis.Redis, keys: Keys) -> str:
     if not plans and not legacy:
         return ""
     noun = "plan" if plans == 1 and complete else "plans"
-    text = f"{plans}{'' if complete else '+'} live {noun}; use --plan ID or --top N"
+    text = f"{plans:,}{'' if complete else '+'} live {noun}; use --plan ID or --top N"
     if legacy:
         text += (
             f"\n{legacy} per-plan fields in the old layout ({keys.legacy_live('plan.*')}); "
@@ -145,53 +194,16 @@ def _plans_summary(client: redis.Redis, keys: Keys) -> str:
     return text
 
 
-def _number(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.6g}"
-
-
-def _labels(series: LiveSeries) -> str:
-    return ",".join(f"{name}={value}" for name, value in series.labels) or "-"
-
-
-def render_table(series: list[LiveSeries]) -> str:
-    if not series:
-        return "no live counters yet"
-    rows = [
-        (
-            s.key.value,
-            _labels(s),
-            str(s.count),
-            _number(s.value if s.key.spec.type is MetricType.GAUGE else s.sum),
-            _number(s.p50),
-            _number(s.p95),
-            _number(s.p99),
-        )
-        for s in series
-    ]
-    widths = [max(len(row[i]) for row in (_COLUMNS, *rows)) for i in range(len(_COLUMNS))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (_COLUMNS, *rows)
-    ]
-    unsketched = sum(s.unsketched for s in series)
-    if unsketched:
-        lines.append(
-            f"percentiles leave out {unsketched} observations that emitters older than "
-            "the sketches recorded (counted in count and sum)"
-        )
-    return "\n".join(lines)
-
-
-def _as_json(series: LiveSeries) -> dict[str, Any]:
+def series_json(series: LiveSeries) -> dict[str, Any]:
+    """One series as ``--json`` prints it (and the table shows it)."""
     return {
         "key": series.key.value,
         "type": series.key.spec.type.value,
         "unit": series.key.spec.unit,
         "labels": dict(series.labels),
         "count": series.count,
-        "sum": series.sum,
+        # A gauge keeps its last value, no sum: null, not a 0 that reads as measured.
+        "sum": None if series.key.spec.type is MetricType.GAUGE else series.sum,
         "value": series.value,
         "buckets": [
             {"le": "+Inf" if math.isinf(bound) else bound, "count": count}
@@ -205,35 +217,12 @@ def _as_json(series: LiveSeries) -> dict[str, Any]:
     }
 
 
-def render_json(series: list[LiveSeries]) -> str:
-    return json.dumps([_as_json(s) for s in series])
-
-
-def render_plans(plans: list[PlanFigures]) -> str:
-    """One line per plan under a header, in the order given."""
-    if not plans:
-        return "no live plans"
-    rows = [
-        (p.plan_id, f"{p.cost_usd:.6g}", str(p.priced_calls), str(p.decisions), str(p.child_plans))
-        for p in plans
-    ]
-    widths = [max(len(row[i]) for row in (_PLAN_COLUMNS, *rows)) for i in range(len(_PLAN_COLUMNS))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (_PLAN_COLUMNS, *rows)
-    )
-
-
-def render_plans_json(plans: list[PlanFigures]) -> str:
-    return json.dumps(
-        [
-            {
-                "plan": p.plan_id,
-                "cost_usd": p.cost_usd,
-                "priced_calls": p.priced_calls,
-                "decisions": p.decisions,
-                "child_plans": p.child_plans,
-            }
-            for p in plans
-        ]
-    )
+def plan_json(plan: PlanFigures) -> dict[str, Any]:
+    """One plan's figures; its cost is null (unknown) while no call of it was priced."""
+    return {
+        "plan": plan.plan_id,
+        "cost_usd": plan.cost_usd if plan.priced_calls else None,
+        "priced_calls": plan.priced_calls,
+        "decisions": plan.decisions,
+        "child_plans": plan.child_plans,
+    }

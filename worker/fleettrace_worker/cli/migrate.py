@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 import redis
 
 from fleettrace.batch_script import load_library
 from fleettrace.connection import connect_redis, redact_url
 from fleettrace_worker import database, migrations
-from fleettrace_worker.cli import EXIT_OK, options
+from fleettrace_worker.cli import EXIT_OK, options, render
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="change nothing; exit 0 when the schema is current, else say why and exit 1",
     )
+    render.add_json_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -41,35 +43,59 @@ def run(args: argparse.Namespace) -> int:
     with database.connect(options.database_url(args)) as conn:
         if args.check:
             version = migrations.check_schema(conn)
-            print(f"schema is current at version {version}")
+            _say(args, f"schema is current at version {version}", {"version": version})
             return EXIT_OK
         result = migrations.migrate(conn)
+    report: dict[str, Any] = {
+        "from_version": result.from_version,
+        "to_version": result.to_version,
+        "applied": list(result.applied),
+        "redis_library": "skipped",
+    }
     if result.applied:
-        print(
+        line = (
             f"migrated schema from version {result.from_version} to {result.to_version} "
             f"(applied {', '.join(result.applied)})"
         )
     else:
-        print(f"schema already at version {result.to_version}; nothing to apply")
+        line = f"schema already at version {result.to_version}; nothing to apply"
+    if not args.json:
+        print(line)
     if not args.no_redis:
-        _load_library(options.redis_url(args))
+        report["redis_library"] = _load_library(options.redis_url(args), quiet=args.json)
+    if args.json:
+        render.write_object(report)
     return EXIT_OK
 
 
-def _load_library(url: str) -> None:
+def _say(args: argparse.Namespace, text: str, data: dict[str, Any]) -> None:
+    if args.json:
+        render.write_object(data)
+    else:
+        print(text)
+
+
+def _load_library(url: str, *, quiet: bool = False) -> str:
     """Load the function library; a Redis that cannot be reached is reported in one
-    line (every worker loads the library at start too), not a failed migration."""
+    line (every worker loads the library at start too), not a failed migration.
+    Returns what happened: ``loaded``, ``no functions`` (Redis before 7) or
+    ``unreachable``; ``quiet`` leaves stdout to the caller's JSON."""
     client = connect_redis(url)
     try:
         if load_library(client):
-            print("loaded the batch function library into Redis")
+            outcome, line = "loaded", "loaded the batch function library into Redis"
         else:
-            print("Redis has no functions (before 7): emitters use the batch script there")
+            outcome = "no functions"
+            line = "Redis has no functions (before 7): emitters use the batch script there"
+        if not quiet:
+            print(line)
+        return outcome
     except redis.RedisError as error:
         print(
             f"could not load the batch function library into Redis at {redact_url(url)}: "
             f"{type(error).__name__}; every worker loads it at start",
             file=sys.stderr,
         )
+        return "unreachable"
     finally:
         client.close()

@@ -6,7 +6,7 @@ import argparse
 from datetime import UTC, datetime
 
 from fleettrace_worker import migrations, retention
-from fleettrace_worker.cli import EXIT_OK, options
+from fleettrace_worker.cli import EXIT_OK, options, render
 from fleettrace_worker.durations import parse_duration
 
 
@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="N",
         help=f"rows per transaction (default {retention.DEFAULT_BATCH_ROWS})",
     )
+    render.add_json_option(parser)
     parser.set_defaults(handler=run)
 
 
@@ -43,6 +44,16 @@ def run(args: argparse.Namespace) -> int:
     cutoff = datetime.now(UTC) - age
     with migrations.pool_for_current_schema(options.database_url(args)) as pool:
         report = retention.prune(pool, cutoff, batch_rows=args.batch_rows, dry_run=args.dry_run)
+    if args.json:
+        render.write_object(
+            {
+                "dry_run": report.dry_run,
+                "older_than": cutoff.isoformat(),
+                "traces": report.traces,
+                "samples": report.samples,
+            }
+        )
+        return EXIT_OK
     verb = "would remove" if report.dry_run else "removed"
     print(
         f"{verb} {report.traces} traces and {report.samples} metric samples "

@@ -13,10 +13,11 @@ disagree. The rules live here, not in the commands:
 - rows sort naturally (``plan-2`` before ``plan-10``), or by ``--sort COLUMN``
   (``--sort=-COLUMN`` descending; unknown values last either way), in the table and in
   the JSON alike;
-- a table fits the terminal: free text is cut first, the widest column first, then
-  identifiers down to a recognisable prefix; numbers and times are never cut. Output to
-  a pipe or file is not cut unless ``COLUMNS`` says how wide it may be;
-- times are local ISO 8601 times with their offset, UTC with ``--utc``;
+- a table fits the terminal: the headers of numbers wrap, free text is cut, the widest
+  column first, then identifiers down to a recognisable prefix, and as a last resort
+  free-text columns are left out (a caption names them); numbers and times are never
+  cut. Output to a pipe or file is not cut unless ``COLUMNS`` says how wide it may be;
+- times are ISO 8601 local times, UTC with ``--utc`` (the header says which);
 - colour follows rich, which honours ``NO_COLOR`` (and draws none into a pipe).
 
 Every list command prints ``{"items": [...], "next_cursor": ...}`` with ``--json``
@@ -31,13 +32,10 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
-from enum import Enum
 from typing import Any, Final
 
 from rich import box
@@ -45,73 +43,68 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fleettrace.errors import ConfigurationError
-
-#: What a table shows for a cost nobody could price (``0.00`` would say free).
-UNPRICED: Final = "unpriced"
-#: What a table shows for any other unknown value.
-UNKNOWN: Final = "-"
-#: An identifier is never cut shorter than this: still enough to recognise it.
-MIN_ID_CHARS: Final = 8
-#: Free text is never cut shorter than this (or its header, if longer).
-MIN_TEXT_CHARS: Final = 6
-#: Characters between two columns: one of padding (collapsed) and the blank divider.
-COLUMN_GAP: Final = 2
-#: Below this, a dollar amount is "tiny" and shows 3 significant digits, not cents.
-CENT: Final = 0.01
-SIGNIFICANT_DIGITS: Final = 3
-
-_NATURAL_PARTS: Final = re.compile(r"(\d+)")
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]+")
-
-
-class Kind(Enum):
-    """What a column holds, which decides its formatting, alignment and cutting."""
-
-    TEXT = "text"  # free text: cut first when the table is too wide
-    ID = "id"  # an identifier: cut only after every text column, never below 8 chars
-    TIME = "time"  # a datetime or ISO 8601 string: local time, UTC with --utc; never cut
-    COUNT = "count"  # a whole number: thousands separators
-    DURATION = "duration"  # a duration: 3 significant digits
-    NUMBER = "number"  # any other measure: exact if whole, else 3 significant digits
-    USD = "usd"  # dollars: cents, tiny amounts 3 significant digits, None is unpriced
-    PERCENT = "percent"  # a ratio (0.025) shown as a percentage (2.5)
-
-
-_NUMERIC: Final = frozenset(
-    {Kind.COUNT, Kind.DURATION, Kind.NUMBER, Kind.USD, Kind.PERCENT, Kind.TIME}
+from fleettrace_worker.cli.cells import (
+    CENT,
+    MAX_CELL_CHARS,
+    NUMERIC_KINDS,
+    SIGNIFICANT_DIGITS,
+    UNKNOWN,
+    UNPRICED,
+    Column,
+    Kind,
+    cell,
+    find_column,
+    format_time,
+    format_usd,
+    format_value,
+    lookup,
+    natural_key,
+    significant,
+    sort_items,
 )
 
+__all__ = [
+    "CENT",
+    "MAX_CELL_CHARS",
+    "SIGNIFICANT_DIGITS",
+    "UNKNOWN",
+    "UNPRICED",
+    "Column",
+    "Kind",
+    "add_json_option",
+    "add_output_options",
+    "build_table",
+    "cell",
+    "check_sort",
+    "count_of",
+    "dumps",
+    "emit",
+    "find_column",
+    "footer",
+    "format_time",
+    "format_usd",
+    "format_value",
+    "lookup",
+    "natural_key",
+    "new_console",
+    "ordered",
+    "print_table",
+    "significant",
+    "sort_items",
+    "table_width",
+    "write_jsonl",
+    "write_list",
+    "write_object",
+]
 
-#: Units that decide the formatting of a column whose rows have units of their own.
-_UNIT_KINDS: Final = {"USD": Kind.USD, "ms": Kind.DURATION, "s": Kind.DURATION}
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column: ``key`` names the item's field (dotted for a nested one, as
-    ``group.model``) and is what ``--sort`` takes; ``unit`` goes in the header. A
-    column whose rows differ in unit names the item's field holding it (``unit_key``):
-    a row in USD then shows dollars, one in ms or s a duration, others ``kind``."""
-
-    key: str
-    header: str
-    kind: Kind = Kind.TEXT
-    unit: str | None = None
-    unit_key: str | None = None
-
-    @property
-    def name(self) -> str:
-        """The name ``--sort`` takes: the key's last part."""
-        return self.key.rpartition(".")[2]
-
-    def title(self, *, utc: bool = False) -> str:
-        unit = self.unit
-        if self.kind is Kind.TIME:
-            unit = "UTC" if utc else "local"
-        elif self.kind is Kind.PERCENT and unit is None:
-            unit = "%"
-        return f"{self.header} ({unit})" if unit else self.header
+#: An identifier is never cut shorter than this: still enough to recognise it.
+MIN_ID_CHARS: Final = 8
+#: Free text is never cut shorter than this (or its header's longest word).
+MIN_TEXT_CHARS: Final = 6
+#: Free text is cut to this before any header wraps.
+ROOMY_TEXT_CHARS: Final = 24
+#: Characters between two columns: one of padding (collapsed) and the blank divider.
+COLUMN_GAP: Final = 2
 
 
 def add_output_options(
@@ -146,144 +139,11 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
-# ---------------------------------------------------------------------------- values
-
-
-def significant(value: float, digits: int = SIGNIFICANT_DIGITS) -> str:
-    """``value`` to ``digits`` significant digits, never in exponent notation
-    (``0.000123``, ``10.7``, ``1,230``)."""
-    if value == 0 or not math.isfinite(value):
-        return "0" if value == 0 else str(value)
-    rounded = float(f"{value:.{digits}g}")
-    decimals = max(digits - 1 - math.floor(math.log10(abs(rounded))), 0)
-    return f"{rounded:,.{decimals}f}"
-
-
-def format_usd(value: float | None) -> str:
-    if value is None:
-        return UNPRICED
-    if value == 0 or abs(value) >= CENT:
-        return f"{value:,.2f}"
-    return significant(value)
-
-
-def format_time(value: datetime | str, *, utc: bool = False) -> str:
-    """Local ISO 8601 time with its offset (or UTC), to the second."""
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC) if utc else moment.astimezone()
-    return moment.isoformat(sep=" ", timespec="seconds")
-
-
-def format_value(value: object, kind: Kind, *, utc: bool = False) -> str:
-    """The cell a table shows for one JSON value of a column of ``kind``."""
-    if kind is Kind.USD:
-        return format_usd(None if value is None else float(value))  # type: ignore[arg-type]
-    if value is None or value == "":
-        return UNKNOWN
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if kind is Kind.TIME:
-        return format_time(value, utc=utc)  # type: ignore[arg-type]
-    if isinstance(value, int | float | Decimal) and kind in _NUMERIC:
-        number = float(value)
-        if kind is Kind.COUNT:
-            return f"{int(value):,}"
-        if kind is Kind.PERCENT:
-            return significant(number * 100)
-        if kind is Kind.NUMBER and number.is_integer():
-            return f"{int(number):,}"
-        return significant(number)
-    if isinstance(value, list | tuple):
-        return ", ".join(format_value(v, Kind.TEXT) for v in value) or UNKNOWN
-    if isinstance(value, Mapping):
-        return ",".join(f"{k}={v}" for k, v in value.items()) or UNKNOWN
-    return _CONTROL.sub(" ", str(value))
-
-
-def cell(item: Mapping[str, Any], column: Column, *, utc: bool = False) -> str:
-    """What the table shows in ``column`` for ``item``."""
-    value = lookup(item, column.key)
-    kind = column.kind
-    if column.unit_key is not None:
-        if value is None:
-            return UNKNOWN
-        kind = _UNIT_KINDS.get(str(lookup(item, column.unit_key)), kind)
-    return format_value(value, kind, utc=utc)
-
-
-def lookup(item: Mapping[str, Any], key: str) -> Any:
-    """``item[key]``, following dots into nested objects; None when absent."""
-    value: Any = item
-    for part in key.split("."):
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part)
-    return value
-
-
-# ---------------------------------------------------------------------------- order
-
-
-def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
-    """Sorts ``plan-2`` before ``plan-10``: digit runs compare as numbers."""
-    return tuple(
-        (0, int(part)) if part.isdigit() else (1, part.casefold())
-        for part in _NATURAL_PARTS.split(text)
-        if part
-    )
-
-
-def _sort_value(value: Any, kind: Kind) -> Any:
-    if kind is Kind.TIME:
-        return format_time(value, utc=True)
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int | float | Decimal):
-        return float(value)
-    return natural_key(format_value(value, Kind.TEXT))
-
-
-def find_column(columns: Sequence[Column], name: str) -> Column:
-    wanted = name.strip().lower().replace("-", "_")
-    for column in columns:
-        if wanted in (column.name.lower(), column.key.lower()):
-            return column
-    names = ", ".join(column.name for column in columns)
-    raise ConfigurationError(f"--sort: no column {name!r}; one of: {names}")
-
-
-def sort_items(
-    items: Sequence[Mapping[str, Any]], columns: Sequence[Column], spec: str
-) -> list[Mapping[str, Any]]:
-    """``items`` ordered by the columns ``spec`` names, comma-separated, the first
-    deciding first (``-name``: descending), naturally for text; items without a value
-    come last in either direction."""
-    result = list(items)
-    for part in reversed([p for p in spec.split(",") if p.strip()]):
-        result = _sort_by(result, columns, part.strip())
-    return result
-
-
-def _sort_by(
-    items: Sequence[Mapping[str, Any]], columns: Sequence[Column], spec: str
-) -> list[Mapping[str, Any]]:
-    descending = spec.startswith("-")
-    column = find_column(columns, spec.lstrip("-"))
-    known = [item for item in items if lookup(item, column.key) is not None]
-    unknown = [item for item in items if lookup(item, column.key) is None]
-    try:
-        known.sort(
-            key=lambda item: _sort_value(lookup(item, column.key), column.kind),
-            reverse=descending,
-        )
-    except TypeError:  # mixed kinds of value in one column: compare as text
-        known.sort(
-            key=lambda item: natural_key(format_value(lookup(item, column.key), Kind.TEXT)),
-            reverse=descending,
-        )
-    return known + unknown
+def check_sort(args: argparse.Namespace, columns: Sequence[Column]) -> None:
+    """A one-line usage error now, before any work, for a ``--sort`` naming no column."""
+    for part in (getattr(args, "sort", None) or "").split(","):
+        if part.strip():
+            find_column(columns, part.strip().lstrip("-"))
 
 
 def ordered(
@@ -316,23 +176,66 @@ class _Console(Console):
         raise BrokenPipeError
 
 
-def _fit(widths: list[int], columns: Sequence[Column], room: int) -> list[int]:
-    """Column widths that fit ``room``: free text first, then identifiers, always the
-    widest column of the kind being cut; numbers and times keep their width."""
-    widths = list(widths)
-    for kind, floor in ((Kind.TEXT, MIN_TEXT_CHARS), (Kind.ID, MIN_ID_CHARS)):
-        mins = [
-            min(widths[i], max(floor, len(c.header) if kind is Kind.TEXT else floor))
-            for i, c in enumerate(columns)
-        ]
-        while sum(widths) > room:
-            cuttable = [i for i, c in enumerate(columns) if c.kind is kind and widths[i] > mins[i]]
-            if not cuttable:
-                break
-            widest = max(cuttable, key=lambda i: widths[i])
-            runner_up = max((widths[i] for i in cuttable if i != widest), default=0)
-            cut = min(sum(widths) - room, widths[widest] - max(mins[widest], runner_up))
-            widths[widest] -= max(cut, 1)
+def _floor(column: Column, title: str, column_cells: list[str], natural: int) -> int:
+    """How narrow a column may get: numbers and times keep every cell whole (their
+    header wraps at its spaces); text and identifiers are cut to a few characters."""
+    word = max((len(part) for part in title.split()), default=0)
+    if column.kind is Kind.TEXT:
+        return min(natural, max(MIN_TEXT_CHARS, word))
+    if column.kind is Kind.ID:
+        return min(natural, MIN_ID_CHARS)
+    return max([word, *(len(text) for text in column_cells)])
+
+
+def _cut(widths: list[int | None], which: list[int], floors: list[int], excess: int) -> int:
+    """Narrow the columns ``which``, the widest first, down to their floors, until
+    ``excess`` characters are gone; returns what is still in excess."""
+    while excess > 0:
+        cuttable = [i for i in which if (widths[i] or 0) > floors[i]]
+        if not cuttable:
+            break
+        widest = max(cuttable, key=lambda i: widths[i] or 0)
+        runner_up = max(((widths[i] or 0) for i in cuttable if i != widest), default=0)
+        current = widths[widest] or 0
+        cut = max(min(excess, current - max(floors[widest], runner_up)), 1)
+        widths[widest] = current - cut
+        excess -= cut
+    return excess
+
+
+def _fit(
+    columns: Sequence[Column], titles: list[str], cells: list[list[str]], width: int
+) -> list[int | None]:
+    """Column widths within ``width`` (None: the column is left out). In order, until
+    the table fits: free text is cut to 24 characters, the widest column first; the
+    headers of numbers and times wrap; free text is cut further, to 6; identifiers are
+    cut to 8 characters; free-text columns are left out, the last first. A number or a
+    time is never cut: past that, lines are longer than ``width``."""
+    count = len(columns)
+    natural = [max([len(titles[i]), *(len(row[i]) for row in cells)]) for i in range(count)]
+    floors = [
+        _floor(column, titles[i], [row[i] for row in cells], natural[i])
+        for i, column in enumerate(columns)
+    ]
+    widths: list[int | None] = list(natural)
+
+    def excess() -> int:
+        shown = [w for w in widths if w is not None]
+        return sum(shown) + COLUMN_GAP * (len(shown) - 1) - width
+
+    roomy = [max(floor, min(natural[i], ROOMY_TEXT_CHARS)) for i, floor in enumerate(floors)]
+    for kinds, down_to in (
+        ({Kind.TEXT}, roomy),
+        (NUMERIC_KINDS, floors),
+        ({Kind.TEXT}, floors),
+        ({Kind.ID}, floors),
+    ):
+        _cut(widths, [i for i in range(count) if columns[i].kind in kinds], down_to, excess())
+    for i in reversed(range(count)):
+        if excess() <= 0:
+            break
+        if columns[i].kind is Kind.TEXT and sum(w is not None for w in widths) > 1:
+            widths[i] = None
     return widths
 
 
@@ -344,32 +247,37 @@ def build_table(
     utc: bool = False,
     title: str | None = None,
 ) -> Table:
-    """The rich table of ``items`` at most ``width`` wide when free text and
-    identifiers can be cut enough; wider (never a number cut) when they cannot."""
+    """The rich table of ``items``, at most ``width`` wide unless its numbers and
+    times alone are wider (never a number cut); a caption names the columns left out."""
     titles = [column.title(utc=utc) for column in columns]
     cells = [[cell(item, column, utc=utc) for column in columns] for item in items]
-    natural = [max([len(titles[i]), *(len(row[i]) for row in cells)]) for i in range(len(columns))]
-    room = width - COLUMN_GAP * (len(columns) - 1)
-    widths = _fit(natural, columns, room)
+    widths = _fit(columns, titles, cells, width)
+    hidden = [titles[i] for i, w in enumerate(widths) if w is None]
     table = Table(
         title=title,
+        caption=f"left out at this width: {', '.join(hidden)} (--json has them)"
+        if hidden
+        else None,
+        caption_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
         collapse_padding=True,
         header_style="bold",
         title_style="bold",
+        caption_style="dim",
     )
-    for column, header, column_width in zip(columns, titles, widths, strict=True):
+    shown = [i for i, w in enumerate(widths) if w is not None]
+    for i in shown:
         table.add_column(
-            Text(header, overflow="ellipsis", no_wrap=True),
-            justify="left" if column.kind in (Kind.TEXT, Kind.ID, Kind.TIME) else "right",
-            width=column_width,
+            Text(titles[i], no_wrap=False, overflow="fold"),
+            justify="left" if columns[i].kind in (Kind.TEXT, Kind.ID, Kind.TIME) else "right",
+            width=widths[i],
             no_wrap=True,
             overflow="ellipsis",
         )
     for row in cells:
-        table.add_row(*(Text(cell, style="dim" if cell == UNPRICED else "") for cell in row))
+        table.add_row(*(Text(row[i], style="dim" if row[i] == UNPRICED else "") for i in shown))
     return table
 
 
@@ -390,19 +298,24 @@ def print_table(
     empty: str = "nothing to show",
     console: Console | None = None,
 ) -> None:
-    """The table, or the ``empty`` line when there are no items; then the footer."""
+    """The table and its footer, or only the ``empty`` line when there are no items."""
     out = console or new_console()
     if not items:
         out.print(Text(empty))
-    else:
-        table = build_table(columns, items, width=out.width, utc=utc, title=title)
-        needed, width = table_width(table), out.width
-        # Numbers alone wider than the terminal: whole lines, which the terminal wraps.
-        out.width = max(width, needed)
-        try:
+        return
+    table = build_table(columns, items, width=out.width, utc=utc, title=title)
+    needed, width = table_width(table), out.width
+    # Numbers alone wider than the terminal: whole lines, which the terminal wraps.
+    out.width = max(width, needed)
+    try:
+        if out.is_terminal:
             out.print(table, crop=False)
-        finally:
-            out.width = width
+        else:  # a file or pipe gets lines without the padding of the last column
+            with out.capture() as captured:
+                out.print(table, crop=False)
+            out.file.write("".join(f"{line.rstrip()}\n" for line in captured.get().splitlines()))
+    finally:
+        out.width = width
     if footer:
         out.print(Text(footer))
 

@@ -1,13 +1,13 @@
 """``fleettrace traces list|show|cost``: the stored LLM calls, for people and scripts.
 
-``--json`` output keeps its keys stable: a trace is the JSON of ``LLMTrace`` (every
-field, times in RFC 3339 UTC), a cost row names its group and each figure.
+``--json`` output keeps its keys stable: a list is ``{"items": [...], "next_cursor":
+...}`` (cli.render), a trace is the JSON of ``LLMTrace`` (every field, times in RFC 3339
+UTC), a cost row names its group and each figure.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import uuid
 from typing import Any, Final
@@ -18,8 +18,8 @@ from fleettrace.errors import ConfigurationError
 from fleettrace.model import LLMTrace
 from fleettrace_worker import migrations
 from fleettrace_worker.attribute_filters import parse_meta
-from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
-from fleettrace_worker.cli.tables import format_table
+from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
+from fleettrace_worker.cli.render import Column, Kind
 from fleettrace_worker.durations import parse_time
 from fleettrace_worker.repository import (
     GROUP_BY_FIELDS,
@@ -33,33 +33,32 @@ from fleettrace_worker.repository import (
 
 DEFAULT_LIMIT: Final = 20
 MAX_LIMIT: Final = 10_000
-_ERROR_CHARS: Final = 40
-#: What a table shows for a cost nobody could price (never 0.000000, which says free).
-UNPRICED: Final = "unpriced"
-_LIST_HEADERS: Final = (
-    "STARTED (UTC)",
-    "TRACE ID",
-    "PROVIDER",
-    "MODEL",
-    "ACTOR",
-    "PLAN",
-    "TOKENS",
-    "COST USD",
-    "LATENCY MS",
-    "ERROR",
+LIST_COLUMNS: Final = (
+    Column("started_at", "STARTED", Kind.TIME),
+    Column("trace_id", "TRACE ID", Kind.ID),
+    Column("provider", "PROVIDER"),
+    Column("model", "MODEL"),
+    Column("actor", "ACTOR"),
+    Column("plan_id", "PLAN"),
+    Column("prompt_tokens", "TOKENS IN", Kind.COUNT),
+    Column("completion_tokens", "TOKENS OUT", Kind.COUNT),
+    Column("cost_usd", "COST", Kind.USD, "USD"),
+    Column("latency_ms", "LATENCY", Kind.DURATION, "ms"),
+    Column("error", "ERROR"),
 )
-_COST_FIGURES: Final = (
-    "CALLS",
-    "PROMPT",
-    "COMPLETION",
-    "TOTAL TOKENS",
-    "COST USD",
-    "UNPRICED",
-    "UNKNOWN TOKENS",
-    "ERROR RATE",
-    "P50 MS",
-    "P95 MS",
+COST_FIGURES: Final = (
+    Column("calls", "CALLS", Kind.COUNT),
+    Column("prompt_tokens", "PROMPT", Kind.COUNT, "tokens"),
+    Column("completion_tokens", "COMPLETION", Kind.COUNT, "tokens"),
+    Column("total_tokens", "TOTAL", Kind.COUNT, "tokens"),
+    Column("cost_usd", "COST", Kind.USD, "USD"),
+    Column("unpriced_calls", "UNPRICED", Kind.COUNT, "calls"),
+    Column("unknown_token_calls", "UNKNOWN TOKENS", Kind.COUNT, "calls"),
+    Column("error_rate", "ERRORS", Kind.PERCENT),
+    Column("latency_p50_ms", "P50", Kind.DURATION, "ms"),
+    Column("latency_p95_ms", "P95", Kind.DURATION, "ms"),
 )
+SHOW_COLUMNS: Final = (Column("field", "FIELD"), Column("value", "VALUE"))
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,8 +72,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing = actions.add_parser(
         "list",
         help="LLM calls newest first, one page at a time",
-        description="LLM calls newest first. When more remain, the last line gives the "
-        "--cursor that shows the next page.",
+        description="LLM calls newest first (--sort orders the page shown). The last line "
+        "says how many match, and, when more remain, the --cursor that shows the next page.",
     )
     _common(listing)
     _filters(listing)
@@ -89,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing.set_defaults(handler=run_list)
 
     show = actions.add_parser("show", help="every field of one LLM call")
-    _common(show)
+    _common(show, listing=False)
     show.add_argument("trace_id", metavar="TRACE_ID", help="the call's trace id (a UUID)")
     show.set_defaults(handler=run_show)
 
@@ -112,9 +111,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     cost.set_defaults(handler=run_cost)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, *, listing: bool = True) -> None:
     options.add_database_options(parser)
-    parser.add_argument("--json", action="store_true", help="JSON for scripts")
+    if listing:
+        render.add_output_options(parser)
+    else:
+        render.add_json_option(parser)
 
 
 def _filters(parser: argparse.ArgumentParser) -> None:
@@ -175,21 +177,23 @@ def run_list(args: argparse.Namespace) -> int:
             decode_cursor(args.cursor)
         except InvalidCursor as error:
             raise ConfigurationError(str(error)) from None
+    render.check_sort(args, LIST_COLUMNS)
     with _pool(args) as pool:
-        page = LLMTraceRepository(pool).query(where, limit=args.limit, after=args.cursor)
-    if args.json:
-        print(
-            json.dumps(
-                {"items": [_trace_json(t) for t in page.items], "next_cursor": page.next_cursor}
-            )
-        )
-        return EXIT_OK
-    if not page.items:
-        print("no traces match")
-        return EXIT_OK
-    print(format_table(_LIST_HEADERS, [_list_row(t) for t in page.items]))
+        repository = LLMTraceRepository(pool)
+        page = repository.query(where, limit=args.limit, after=args.cursor)
+        whole = page.next_cursor is None and args.cursor is None
+        total = len(page.items) if whole or args.json else repository.count(where)
+    footer = render.footer(len(page.items), total, "trace")
     if page.next_cursor:
-        print(f"more: add --cursor {page.next_cursor}")
+        footer += f"; more: add --cursor {page.next_cursor}"
+    render.emit(
+        args,
+        LIST_COLUMNS,
+        [_trace_json(t) for t in page.items],
+        next_cursor=page.next_cursor,
+        footer=footer,
+        empty="no traces match",
+    )
     return EXIT_OK
 
 
@@ -205,10 +209,10 @@ def run_show(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     data = _trace_json(trace)
     if args.json:
-        print(json.dumps(data))
+        render.write_object(data)
         return EXIT_OK
-    rows = [(name, _show_value(value)) for name, value in data.items()]
-    print(format_table(("FIELD", "VALUE"), rows))
+    rows = [{"field": name, "value": _show_value(name, value)} for name, value in data.items()]
+    render.print_table(SHOW_COLUMNS, rows)
     return EXIT_OK
 
 
@@ -218,72 +222,54 @@ def run_cost(args: argparse.Namespace) -> int:
         check_group_by(group_by)
     except ValueError as error:
         raise ConfigurationError(f"--by: {error}") from None
+    columns = cost_columns(group_by)
+    render.check_sort(args, columns)
     where = _where(args)
     with _pool(args) as pool:
         rows = LLMTraceRepository(pool).cost_summary(group_by, where)
-    if args.json:
-        print(json.dumps([_cost_json(row) for row in rows]))
-        return EXIT_OK
-    if not rows:
-        print("no traces match")
-        return EXIT_OK
-    headers = (*(name.upper() for name in group_by), *_COST_FIGURES)
-    print(format_table(headers, [_cost_cells(row, group_by) for row in rows]))
+    render.emit(
+        args,
+        columns,
+        [cost_json(row) for row in rows],
+        footer=_cost_footer(rows),
+        empty="no traces match",
+    )
     return EXIT_OK
+
+
+def cost_columns(group_by: list[str]) -> tuple[Column, ...]:
+    """The group's names (a row's identity: cut last, never left out), then the figures."""
+    return (*(Column(f"group.{name}", name.upper(), Kind.ID) for name in group_by), *COST_FIGURES)
+
+
+def _cost_footer(rows: list[CostRow]) -> str:
+    """The totals over every group: calls, and the cost of the priced ones."""
+    calls = sum(row.calls for row in rows)
+    priced = [row.cost_usd for row in rows if row.cost_usd is not None]
+    unpriced = sum(row.unpriced_calls for row in rows)
+    cost = render.format_usd(sum(priced) if priced else None)
+    text = f"{render.count_of(len(rows), 'group')}, {render.count_of(calls, 'call')}, "
+    text += f"{cost} USD" if priced else "no priced call"
+    if unpriced:
+        text += f" ({render.count_of(unpriced, 'call')} unpriced)"
+    return text
 
 
 def _trace_json(trace: LLMTrace) -> dict[str, Any]:
     return trace.model_dump(mode="json")
 
 
-def _show_value(value: object) -> str:
+def _show_value(name: str, value: object) -> str:
+    """Every field exactly as stored, on one line."""
     if value is None:
-        return "-"
+        return render.UNPRICED if name == "cost_usd" else render.UNKNOWN
     if isinstance(value, list):
-        return ", ".join(str(v) for v in value) or "-"
+        return ", ".join(str(v) for v in value) or render.UNKNOWN
     return str(value).replace("\n", "\\n")
 
 
-def _list_row(trace: LLMTrace) -> tuple[str, ...]:
-    error = (trace.error or "-").replace("\n", " ")
-    if len(error) > _ERROR_CHARS:
-        error = error[: _ERROR_CHARS - 1] + "…"
-    return (
-        trace.started_at.strftime("%Y-%m-%d %H:%M:%S.%f"),
-        str(trace.trace_id),
-        trace.provider,
-        trace.model,
-        trace.actor or "-",
-        trace.plan_id or "-",
-        "unknown" if trace.total_tokens is None else str(trace.total_tokens),
-        _cost(trace.cost_usd),
-        f"{trace.latency_ms:.1f}",
-        error,
-    )
-
-
-def _cost(value: float | None) -> str:
-    return UNPRICED if value is None else f"{value:.6f}"
-
-
-def _cost_cells(row: CostRow, group_by: list[str]) -> tuple[str, ...]:
-    return (
-        *(row.group[name] or "-" for name in group_by),
-        str(row.calls),
-        str(row.prompt_tokens),
-        str(row.completion_tokens),
-        str(row.total_tokens),
-        # No priced call in the group: its cost is unknown, and 0.000000 would say free.
-        _cost(row.cost_usd),
-        str(row.unpriced_calls),
-        str(row.unknown_token_calls),
-        f"{row.error_rate:.1%}",
-        f"{row.latency_p50_ms:.1f}",
-        f"{row.latency_p95_ms:.1f}",
-    )
-
-
-def _cost_json(row: CostRow) -> dict[str, Any]:
+def cost_json(row: CostRow) -> dict[str, Any]:
+    """One group of a cost summary as ``--json`` prints it (and the tables show it)."""
     return {
         "group": row.group,
         "calls": row.calls,

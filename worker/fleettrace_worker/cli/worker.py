@@ -16,7 +16,7 @@ from fleettrace.keys import (
     PERSIST_GROUP,
     Keys,
 )
-from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options
+from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.langsmith_settings import LangSmithSettings
 from fleettrace_worker.otlp_settings import OtlpSettings
 from fleettrace_worker.presence import check_health, local_workers, runtime_dir
@@ -73,6 +73,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--burst", action="store_true", help="exit once the streams hold nothing new"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="on exit, print what each group did as one JSON object (logs stay on stderr)",
     )
     parser.add_argument(
         "--group-max-lag",
@@ -152,7 +157,22 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.check:
         return _check(args, settings)
-    return Worker(settings).run()
+    worker = Worker(settings)
+    code = worker.run()
+    if args.json:
+        render.write_object(summary(worker, code))
+    return code
+
+
+def summary(worker: Worker, code: int) -> dict[str, object]:
+    """What a worker did before it exited: per group the records, entries, batches,
+    dead letters and retries it handled (a burst's report, for scripts)."""
+    return {
+        "consumer": worker.settings.consumer,
+        "namespace": worker.settings.namespace,
+        "exit_code": code,
+        "groups": worker.health()["groups"],
+    }
 
 
 def _check(args: argparse.Namespace, settings: WorkerSettings) -> int:
