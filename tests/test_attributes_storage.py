@@ -196,7 +196,7 @@ def test_list_and_cost_filter_by_tag_meta_user_and_session(
     assert _listed(capsys, people, "--user", "nobody") == []
     code = main(["traces", "cost", "--json", "--by", "model", "--database-url", people,
                  "--user", "alice"])  # fmt: skip
-    [row] = json.loads(capsys.readouterr().out)
+    [row] = json.loads(capsys.readouterr().out)["items"]
     assert code == 0 and (row["calls"], row["cost_usd"]) == (2, 3.0)
 
 
