@@ -206,6 +206,10 @@ def ttft_problem(value: object) -> str | None:
     return None
 
 
+#: The LLMTrace fields a call may set that :func:`take` cleans.
+_CALL_FIELDS: Final = frozenset(("tags", "metadata", "user_id", "session_id", "ttft_ms"))
+
+
 def given(
     tags: Iterable[object] | None,
     metadata: object,
@@ -221,6 +225,8 @@ def given(
 def take(fields: dict[str, object], scope: Attributes) -> list[str]:
     """Replace the attribute fields of one call's ``LLMTrace`` fields by their valid
     parts merged into ``scope``; returns the reason of each part dropped."""
+    if not scope and fields.keys().isdisjoint(_CALL_FIELDS):
+        return []  # the common call: no attributes anywhere, nothing to do
     own, rejected = clean(
         fields.pop("tags", None),  # type: ignore[arg-type]
         fields.pop("metadata", None),
