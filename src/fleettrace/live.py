@@ -22,6 +22,7 @@ from typing import Any, Final, overload
 
 import redis
 
+from fleettrace.aggregates import live_hashes
 from fleettrace.keys import (
     STAT_BUCKET_PREFIX,
     STAT_COUNT,
@@ -143,8 +144,10 @@ def read_live(
 ) -> list[LiveSeries]:
     """Every live series of the namespace (or of one metric key), in the order of
     ``MetricKey`` and then of the label sets, summed over the producers (clamped at
-    zero each). Two round trips: the producer set, then one pipelined HGETALL per
-    key and producer. Without ``keys``, the configured namespace
+    zero each). One round trip while a worker keeps the aggregates (at most one
+    worker tick behind, :mod:`fleettrace.aggregates`); without one, three: the mark,
+    the producer set, then one pipelined HGETALL per key and producer. Without
+    ``keys``, the configured namespace
     (``FLEETTRACE_NAMESPACE``, as the emitter uses).
 
     Fleet-wide series only: the per-plan keys (``MetricSpec.per_plan``) are left out,
@@ -163,17 +166,20 @@ def read_live(
                 "fleettrace.plans.read_plan() or top_plans()"
             )
     with translate_redis_errors("reading the live counters"):
-        producers = known_producers(client, keys)
-        pipe = client.pipeline(transaction=False)
-        for key in wanted:
-            for producer in producers:
-                pipe.hgetall(keys.for_producer(producer).live(key.value))
-            pipe.hgetall(keys.legacy_live(key.value))  # emitters of the previous layout
-        hashes = pipe.execute()
+        groups = live_hashes(client, keys, [key.value for key in wanted])
+        if groups is None:  # no worker keeps the aggregates: sum the producers here
+            producers = known_producers(client, keys)
+            pipe = client.pipeline(transaction=False)
+            for key in wanted:
+                for producer in producers:
+                    pipe.hgetall(keys.for_producer(producer).live(key.value))
+                pipe.hgetall(keys.legacy_live(key.value))  # emitters of the previous layout
+            hashes = pipe.execute()
+            step = len(producers) + 1
+            groups = [hashes[i * step : (i + 1) * step] for i in range(len(wanted))]
     series: list[LiveSeries] = []
-    step = len(producers) + 1
-    for index, key in enumerate(wanted):
-        fields = merge_fields(hashes[index * step : (index + 1) * step], _stat)
+    for key, group in zip(wanted, groups, strict=True):
+        fields = merge_fields(group, _stat)
         by_labels: dict[str, dict[str, str]] = {}
         for name, amount in fields.items():
             labels, stat = split_live_field(name)
@@ -208,11 +214,13 @@ def plan_cost_usd(client: redis.Redis, *args: Any, keys: Keys | None = None) -> 
     ``plan_cost_usd(client, "plan-42")`` reads the configured namespace;
     ``keys=Keys("other")`` (or ``Keys`` as the second argument) another one.
 
-    Two round trips, whatever the number of plans: the producer set, then one HGET
-    of the plan's hash per producer (pipelined), each clamped at zero, so no agent can
-    lower the cost others recorded; plus the fields emitters of the layouts before
-    per-producer keys wrote (``{ns}:plan:<id>``, ``{ns}:live:plan.cost_usd``), so the
-    answer is whole during an upgrade. A plan whose counters expired (``plan_ttl_s``
+    One round trip while a worker runs: the worker's aggregate of the plan (each
+    producer's cost clamped at zero, so no agent can lower the cost others recorded;
+    at most one worker tick behind, :mod:`fleettrace.aggregates`), plus the fields
+    emitters of the layouts before per-producer keys wrote (``{ns}:plan:<id>``,
+    ``{ns}:live:plan.cost_usd``), so the answer is whole during an upgrade. Without a
+    worker, three: the producer set, then one HGET of the plan's hash per producer
+    (pipelined), each clamped at zero. A plan whose counters expired (``plan_ttl_s``
     after its last record) costs 0.
     """
     keys, rest = _keys_first(args, keys)
@@ -221,17 +229,20 @@ def plan_cost_usd(client: redis.Redis, *args: Any, keys: Keys | None = None) -> 
     plan_id = rest[0]
     key = MetricKey.PLAN_COST_USD.value
     field = plan_field(key, "", STAT_SUM)
+    legacy_field = live_field(encode_labels(((PLAN_LABEL, plan_id),)), STAT_SUM)
     with translate_redis_errors("reading a plan's cost"):
-        producers = known_producers(client, keys)
         pipe = client.pipeline(transaction=False)
-        for producer in producers:
-            pipe.hget(keys.for_producer(producer).plan(plan_id), field)
+        pipe.exists(keys.aggregate_fresh)
+        pipe.hget(keys.aggregate_plan(plan_id), field)
         # What emitters of the two layouts before per-producer keys counted.
         pipe.hget(keys.legacy_plan(plan_id), field)
-        pipe.hget(
-            keys.legacy_live(key), live_field(encode_labels(((PLAN_LABEL, plan_id),)), STAT_SUM)
-        )
-        costs = pipe.execute()
+        pipe.hget(keys.legacy_live(key), legacy_field)
+        fresh, *costs = pipe.execute()
+        if not fresh:  # no worker keeps the aggregates: sum the producers here
+            pipe = client.pipeline(transaction=False)
+            for producer in known_producers(client, keys):
+                pipe.hget(keys.for_producer(producer).plan(plan_id), field)
+            costs = [*pipe.execute(), *costs[1:]]
     return sum(clamped(cost) for cost in costs)
 
 

@@ -6,7 +6,8 @@ its own with its own Redis connection, so a slow LangSmith never holds back
 persistence and the other way round. The main thread handles signals, writes the
 health key, loads the batch function library when Redis lacks it (at start and each
 health tick: a restart without persistence loses it), trims the streams and serves
-HTTP, and waits for the loops to finish.
+HTTP, and waits for the loops to finish. One more thread keeps the aggregates of the
+producers' counters that readers read (aggregator.py).
 
 Shutdown follows rq's warm and cold shutdown: the first SIGTERM or SIGINT stops
 reading, lets each loop finish and acknowledge the batch in hand, and exits 0; a
@@ -46,6 +47,7 @@ from fleettrace.keys import (
     WORKER_HEALTH_TTL_S,
     Keys,
 )
+from fleettrace_worker.aggregator import Aggregator
 from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.deadletter import DEAD_LETTER_LOG
@@ -340,7 +342,7 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
         server = None
         loops: list[GroupLoop[Any]] = []
-        presence = None
+        presence, aggregator = None, None
         if self.settings.runtime_dir is not None:
             presence = PresenceFile(
                 Path(self.settings.runtime_dir), self.settings.consumer, self.settings.namespace
@@ -354,6 +356,7 @@ class Worker:
                     raise ConfigurationError(f"group {group!r} is not available in this build")
                 loops.append(factory(self.context))
             self._ensure_library()
+            aggregator = Aggregator(self.context.redis(), self.keys, self.stop).start()
             server = self._serve_http()
             if presence is not None:
                 presence.write()
@@ -370,6 +373,8 @@ class Worker:
             self.stop.set()
             for item in self._threads:
                 item.thread.join()
+            if aggregator is not None:
+                aggregator.thread.join()
             self._write_health()
             for loop in loops:
                 _close(loop)
