@@ -431,7 +431,7 @@ def test_a_missing_function_is_a_counted_failure_until_a_worker_loads_it(
         wait_until(lambda: em.stats.send_failures >= 2, message="the emitter to retry")
         stats = em.stats
         assert (stats.sent, stats.buffered, stats.dropped) == (0, 1, 0)
-        assert "fleettrace_apply_v1 is not loaded" in (stats.last_error or "")
+        assert f"{APPLY_FUNCTION} is not loaded" in (stats.last_error or "")
         assert secured.admin.keys("*") == []
         # A worker loads the library at start, and at each health tick when missing.
         worker = Worker(

@@ -167,6 +167,7 @@ def read_live(
             )
     with translate_redis_errors("reading the live counters"):
         groups = live_hashes(client, keys, [key.value for key in wanted])
+        trusted = groups is not None  # the worker's sums, clamped already
         if groups is None:  # no worker keeps the aggregates: sum the producers here
             producers = known_producers(client, keys)
             pipe = client.pipeline(transaction=False)
@@ -179,7 +180,10 @@ def read_live(
             groups = [hashes[i * step : (i + 1) * step] for i in range(len(wanted))]
     series: list[LiveSeries] = []
     for key, group in zip(wanted, groups, strict=True):
-        fields = merge_fields(group, _stat)
+        if trusted and not group[1]:  # nothing of the previous layout to add
+            fields = {_text(name): _text(amount) for name, amount in group[0].items()}
+        else:
+            fields = merge_fields(group, _stat)
         by_labels: dict[str, dict[str, str]] = {}
         for name, amount in fields.items():
             labels, stat = split_live_field(name)
@@ -192,6 +196,10 @@ def read_live(
 
 def _stat(name: str) -> str:
     return split_live_field(name)[1]
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
 
 
 def _keys_first(args: tuple[Any, ...], keys: Keys | None) -> tuple[Keys, tuple[Any, ...]]:
