@@ -48,15 +48,27 @@ SCRAPE_PLANS = 10
 
 
 @dataclass
+class _Consumer:
+    streams: tuple[str, ...] = ()
+
+
+@dataclass
+class _Loop:
+    """A group loop as /metrics sees it: its consumer's streams (none here)."""
+
+    consumer: _Consumer = field(default_factory=_Consumer)
+
+
+@dataclass
 class _Status:
-    """What /metrics needs of a worker: nothing running, default limits."""
+    """What /metrics needs of a worker: one loop that found no stream, default limits."""
 
     keys: Keys
     group_limits: GroupLimits = field(default_factory=GroupLimits)
 
     @property
     def loops(self) -> list[GroupLoop[object]]:
-        return []
+        return [_Loop()]  # type: ignore[list-item]
 
     def ready(self) -> bool:
         return True

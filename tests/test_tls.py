@@ -22,7 +22,7 @@ from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
 from tests.factories import numbered_trace
-from tests.servers import PrivatePostgres
+from tests.servers import PrivatePostgres, free_port
 from tests.tls import (
     Certificates,
     TlsRedis,
@@ -30,7 +30,6 @@ from tests.tls import (
     make_certificates,
     pg_tls_url,
 )
-from tests.servers import free_port
 from tests.waiting import wait_until
 from tests.worker_helpers import fleettrace, http_get, start_worker, worker_env
 
@@ -257,7 +256,7 @@ def test_a_worker_without_the_client_certificate_says_why(
         )
         if worker.poll() is None:
             worker.terminate()
-        out, err = worker.communicate(timeout=60)
+        _, err = worker.communicate(timeout=60)
     finally:
         if worker.poll() is None:
             worker.kill()

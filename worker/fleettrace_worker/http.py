@@ -41,7 +41,7 @@ from fleettrace.keys import METRICS_PLANS_MAX, Keys
 from fleettrace.live import LiveSeries, read_live
 from fleettrace.metrics import MetricKey, MetricType
 from fleettrace.plans import top_plans
-from fleettrace_worker.groups import GroupLimits, inspect_groups
+from fleettrace_worker.groups import GroupLimits, inspect_groups, loop_streams
 from fleettrace_worker.loop import BATCH_LATENCY_BUCKETS_S, GroupLoop
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,8 @@ class WorkerCollector(Collector):
             labels=labels,
         )
         limits = self.worker.group_limits
-        for report in inspect_groups(self.client, self.worker.keys):
+        streams = loop_streams(self.worker.loops)
+        for report in inspect_groups(self.client, self.worker.keys, streams=streams):
             values = [report.group, report.stream]
             pending.add_metric(values, float(report.pending))
             if report.lag is not None:

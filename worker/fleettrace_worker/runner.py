@@ -58,6 +58,7 @@ from fleettrace_worker.groups import (
     GroupLimits,
     GroupWatch,
     inspect_groups,
+    loop_streams,
 )
 from fleettrace_worker.loop import GroupLoop, LoopSettings
 from fleettrace_worker.otlp import otlp_loop
@@ -446,8 +447,7 @@ class Worker:
 
     def _streams(self) -> list[str]:
         """The streams the loops read: their walks found them, no walk of its own."""
-        consumers = [getattr(loop, "consumer", None) for loop in self.loops]
-        return sorted({s for c in consumers for s in getattr(c, "streams", ())})
+        return loop_streams(self.loops) or []
 
     def _trim(self) -> None:
         try:
