@@ -18,6 +18,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Final, overload
 
 import redis
@@ -104,6 +105,12 @@ def _legacy_buckets(stats: Mapping[str, str]) -> dict[float, int]:
     return counts
 
 
+@lru_cache(maxsize=64)
+def _classic_bounds(buckets: tuple[float, ...]) -> tuple[float, ...]:
+    """A key's classic bounds and +Inf, ascending (the same for every series of it)."""
+    return tuple(sorted({*buckets, math.inf}))
+
+
 def series_from_stats(key: MetricKey, labels: str, stats: dict[str, str]) -> LiveSeries:
     """One series from its encoded label set and its stats (stat name -> amount)."""
     spec = key.spec
@@ -121,8 +128,11 @@ def series_from_stats(key: MetricKey, labels: str, stats: dict[str, str]) -> Liv
             unsketched = sum(legacy.values())
             for bound, amount in legacy.items():
                 counts[bound] = counts.get(bound, 0) + amount
-        bounds = sorted({*spec.buckets, math.inf, *counts})
-        buckets = tuple((bound, counts.get(bound, 0)) for bound in bounds)
+        bounds = _classic_bounds(spec.buckets)
+        if not counts.keys() <= set(bounds):  # a bound the key no longer has
+            bounds = tuple(sorted({*bounds, *counts}))
+        get = counts.get
+        buckets = tuple([(bound, get(bound, 0)) for bound in bounds])
         quantiles = sketch.quantiles(QUANTILES)
     return LiveSeries(
         key=key,

@@ -295,9 +295,10 @@ class Aggregation:
         self._dirty = client.register_script(DIRTY_LUA)
         self._prune = client.register_script(PRUNE_LUA)
 
-    def fold_everything(self) -> None:
+    def fold_everything(self, stop: threading.Event | None = None) -> bool:
         """Fold every live hash of every known producer and every plan hash a SCAN finds
-        (at start: what changed while no worker ran, or before the dirty sets)."""
+        (at start: what changed while no worker ran, or before the dirty sets); False
+        when ``stop`` was set before the end (a worker shutting down)."""
         with translate_redis_errors("building the aggregates"):
             producers = known_producers(self.client, self.keys)
             self._fold_live((p, k) for p in producers for k in _LIVE_KEYS)
@@ -309,8 +310,11 @@ class Aggregation:
                 if len(plans) >= _CHUNK:
                     self._fold_plans(plans)
                     plans = defaultdict(set)
+                    if stop is not None and stop.is_set():
+                        return False
             self._fold_plans(plans)
             self.mark_fresh()
+        return True
 
     def tick(self) -> int:
         """Fold in what the producers' dirty sets name; the number of members handled."""
@@ -457,8 +461,8 @@ class Aggregator:
         while not self.stop.is_set():
             try:
                 if not self.built:
-                    self.aggregation.fold_everything()
-                    self.built = True
+                    self.built = self.aggregation.fold_everything(self.stop)
+                    continue
                 self.aggregation.tick()
                 self._error = ""
             except (FleettraceError, redis.RedisError) as error:

@@ -357,7 +357,8 @@ class Worker:
                     raise ConfigurationError(f"group {group!r} is not available in this build")
                 loops.append(factory(self.context))
             self._ensure_library()
-            aggregator = Aggregator(self.context.redis(), self.keys, self.stop).start()
+            if not self.settings.burst:  # a drain that exits keeps no aggregates
+                aggregator = Aggregator(self.context.redis(), self.keys, self.stop).start()
             server = self._serve_http()
             if presence is not None:
                 presence.write()
