@@ -30,13 +30,14 @@ from typing import Any
 import redis
 
 from fleettrace.connection import DEFAULT_REDIS_URL, redis_url_from_env
-from fleettrace.keys import DIRTY_LIVE, DIRTY_PLAN, Keys, escape_value, plan_field
+from fleettrace.keys import DIRTY_LIVE, DIRTY_PLAN, PERSIST_GROUP, Keys, escape_value, plan_field
 from fleettrace.live import is_over_budget, plan_cost_usd, read_live
 from fleettrace_worker.aggregator import Aggregation
 from fleettrace_worker.cli.metrics import render_json
 from fleettrace_worker.groups import GroupLimits
 from fleettrace_worker.http import serve
 from fleettrace_worker.loop import GroupLoop
+from fleettrace_worker.loopstate import LoopStats
 
 PRODUCERS = 1000
 PLANS = 50_000
@@ -54,8 +55,11 @@ class _Consumer:
 
 @dataclass
 class _Loop:
-    """A group loop as /metrics sees it: its consumer's streams (none here)."""
+    """A group loop as /metrics sees it: its figures and its consumer's streams (none
+    here), so the scrape reads the groups of known streams as a worker's does."""
 
+    group: str = PERSIST_GROUP
+    stats: LoopStats = field(default_factory=lambda: LoopStats(PERSIST_GROUP))
     consumer: _Consumer = field(default_factory=_Consumer)
 
 
