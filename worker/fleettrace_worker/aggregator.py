@@ -41,7 +41,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import redis
@@ -444,8 +444,15 @@ class Aggregator:
         stop: threading.Event,
         *,
         interval_s: float = AGGREGATE_INTERVAL_S,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.aggregation = Aggregation(client, keys)
+        #: Whether a loop of the worker has reached its servers: until it first has,
+        #: the loops report what is wrong (one line, and a refusal stops the worker),
+        #: and the aggregates wait rather than say it a second time. Checked until
+        #: it is first true only, so a loop stalled later (LangSmith away) stops nothing.
+        self.ready = ready
+        self._waiting = True
         self.stop = stop
         self.interval_s = interval_s
         self.thread = threading.Thread(target=self._run, name="aggregates", daemon=True)
@@ -459,6 +466,10 @@ class Aggregator:
 
     def _run(self) -> None:
         while not self.stop.is_set():
+            if self._waiting and not self.ready():
+                self.stop.wait(self.interval_s)
+                continue
+            self._waiting = False
             try:
                 if not self.built:
                     self.built = self.aggregation.fold_everything(self.stop)

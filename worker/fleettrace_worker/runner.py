@@ -358,7 +358,9 @@ class Worker:
                 loops.append(factory(self.context))
             self._ensure_library()
             if not self.settings.burst:  # a drain that exits keeps no aggregates
-                aggregator = Aggregator(self.context.redis(), self.keys, self.stop).start()
+                reached = lambda: any(loop.stats.ready for loop in self.loops)  # noqa: E731
+                aggregator = Aggregator(self.context.redis(), self.keys, self.stop, ready=reached)
+                aggregator.start()
             server = self._serve_http()
             if presence is not None:
                 presence.write()
