@@ -72,11 +72,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             )
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def _batch_library() -> None:
     """The batch function library on the machine's Redis, as ``fleettrace migrate`` or
     a worker would load it, so emitters of tests that run neither can write. Loading
-    it is idempotent (REPLACE of the same versioned library)."""
+    it is idempotent (REPLACE of the same versioned library), and done before each
+    test: the machine's Redis is shared, and a test session of another checkout may
+    have replaced the library with its own version meanwhile."""
     client = redis.Redis.from_url(REDIS_URL)
     try:
         load_library(client)

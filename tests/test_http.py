@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import STAT_FINE_PREFIX
+from fleettrace.keys import DIRTY_LIVE, STAT_FINE_PREFIX
 from fleettrace.metrics import MetricKey
 from fleettrace_worker.cli import main
 from fleettrace_worker.context import WorkerSettings
@@ -279,8 +279,15 @@ def test_classic_le_buckets_are_the_fine_buckets_summed(running, redis_url, keys
         },
     )
 
-    found = _samples(_get(f"{base}/metrics")[2])
+    # Named in the producer's dirty set, as a batch does, for the worker's aggregates.
+    redis.Redis.from_url(redis_url).sadd(keys.dirty, DIRTY_LIVE + key.value)
     name = f"{metric_name(key)}_bucket"
+
+    def scraped() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return _samples(_get(f"{base}/metrics")[2])
+
+    wait_until(lambda: (name, (("actor", "old"), ("le", "10.0"))) in scraped(), 20, "a fold")
+    found = scraped()
     old = [found[(name, (("actor", "old"), ("le", le)))] for le in ("10.0", "81920.0", "+Inf")]
     assert old == [2.0, 2.0, 3.0]
     assert found[(f"{metric_name(key)}_sum", (("actor", "old"),))] == 4.5

@@ -109,6 +109,7 @@ def test_one_trace_touches_exactly_these_keys(
         keys.live("llm.retries_count"),
         keys.live("llm.errors_count"),
         keys.plan("p1"),
+        keys.dirty,  # what changed, for the worker's aggregates
     }
     assert 0 < redis_client.ttl(keys.emitter_seq(emitter.emitter_id)) <= 24 * 3600
     assert 0 < redis_client.ttl(keys.plan("p1")) <= 7 * 24 * 3600
@@ -126,6 +127,7 @@ def test_one_sample_touches_exactly_these_keys(
         keys.metrics,
         keys.emitter,
         keys.live("index.query_duration_ms"),
+        keys.dirty,
     }
 
 

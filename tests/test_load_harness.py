@@ -18,7 +18,7 @@ import redis
 from tests.conftest import PG_ADMIN_URL, REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = {"hotpath", "producer", "worker", "freshness", "drain", "memory"}
+SECTIONS = {"live_reads", "hotpath", "producer", "worker", "freshness", "drain", "memory"}
 
 
 #: Every test here reads one run of the harness (about 2 minutes, in the fixture).
@@ -134,6 +134,19 @@ def test_drain_stores_the_whole_backlog(report):
         assert figures["rows_stored"] == figures["records"]
         assert figures["duplicates"] == 0
         assert figures["drain_s"] > 0
+
+
+def test_live_reads_section(report):
+    """Both read paths measured on the same data, each with a row beside its comparator."""
+    live = report["sections"]["live_reads"]
+    reads = {"is_over_budget_ms", "read_live_ms", "metrics_json_ms", "scrape_ms"}
+    assert set(live["aggregates"]) == set(live["summing_producers"]) == reads
+    assert (live["producers"], live["plans"]) == (100, 5001)
+    rows = {row["figure"]: row for row in report["rows"] if row["section"] == "live reads"}
+    assert (
+        rows["is_over_budget round trip"]["baseline"]
+        == live["summing_producers"]["is_over_budget_ms"]
+    )
 
 
 def test_memory_section(report):

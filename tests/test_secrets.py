@@ -369,7 +369,11 @@ def test_passwords_in_url_queries_and_key_value_strings_are_hidden(
         f"rediss://agent@127.0.0.1:{secure_redis.port}/0?ssl_cert_reqs=required"
         f"&ssl_keyfile=/etc/ssl/client.key&ssl_password={API_KEY}&password={AGENT_PASSWORD}"
     )
-    texts += [repr(EmitterSettings(redis_url=tls)), repr(connect_redis(tls))]
+    texts += [repr(EmitterSettings(redis_url=tls)), repr(connect_redis(tls, check_files=False))]
+    with pytest.raises(FleettraceError) as missing_key:  # the file is named, no secret
+        connect_redis(tls)
+    assert "/etc/ssl/client.key (ssl_keyfile of the Redis URL)" in str(missing_key.value)
+    texts.append(str(missing_key.value))
     with pytest.raises(FleettraceError) as bad_port:
         connect_redis(f"redis://agent@127.0.0.1:port/0?password={AGENT_PASSWORD}")
     texts.append(str(bad_port.value))

@@ -38,6 +38,7 @@ from fleettrace.keys import (
 from fleettrace.live import is_over_budget, plan_cost_usd, read_live
 from fleettrace.model import LLMTrace
 from fleettrace.plans import count_plans, read_plan, top_plans
+from fleettrace_worker.aggregator import Aggregation
 from fleettrace_worker.cli import COMMANDS
 from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.context import WorkerSettings
@@ -184,6 +185,15 @@ def test_the_issue_commands_cannot_touch_another_producers_keys(secured: Secured
         ("HINCRBYFLOAT", bob.plan("shared"), cost_field, "-1000"),
         ("SET", bob.emitter_seq(str(before["emitter_id"])), "999999"),
         ("SET", bob.emitter_seq("next-emitter"), "1"),
+        ("SADD", bob.dirty, "p:shared"),
+        ("SREM", bob.dirty, "p:shared"),
+        # ...at the worker's aggregates, which readers read while a worker runs.
+        ("HSET", secured.keys.aggregate_plan("shared"), cost_field, "0"),
+        ("DEL", secured.keys.aggregate_plan("shared")),
+        ("ZADD", secured.keys.aggregate_plan_costs, "0", "shared"),
+        ("SET", secured.keys.aggregate_fresh, "1"),
+        ("HSET", secured.keys.aggregate_live("actor.token_usage"), "x|count", "-1"),
+        ("HSET", secured.keys.aggregate_seen("bob", "actor.token_usage"), "x|count", "9"),
         # ...at the namespace's shared keys and the layout before this one.
         ("XADD", legacy_traces, "MAXLEN", "0", "*", "v", "junk"),
         ("SET", legacy_metrics, "x"),
@@ -309,6 +319,46 @@ def test_an_agent_can_only_spoil_its_own_keys_and_lower_no_figure(
     assert all(value >= 0 for name, _, value in samples if name.startswith("fleettrace_"))
 
 
+def test_the_aggregates_keep_the_promise_with_the_worker_and_budget_lines(
+    secured: Secured,
+) -> None:
+    """The worker's aggregates, folded as the worker user and read as the budget
+    user: an agent that spoils its own hashes and dirty set lowers nothing."""
+    _bobs_records(secured)  # bob: 5 calls on plan "shared", 1.0 each
+    with secured.emitter("alice") as em:
+        for i in range(3):
+            em.record(_trace(i, plan="shared", cost=2.0))
+        assert em.flush(10)
+    secured.admin.sadd(secured.keys.producers, "alice", "bob")  # as the worker's discovery
+    worker, carol, agent = (secured.client(user) for user in ("worker", "carol", "alice"))
+    try:
+        aggregation = Aggregation(worker, secured.keys)
+        aggregation.fold_everything()
+        assert aggregation.tick() == 0  # the fold took every dirty member
+        assert carol.exists(secured.keys.aggregate_fresh)
+        assert plan_cost_usd(carol, secured.keys, "shared") == pytest.approx(11.0)
+        alice = secured.keys.for_producer("alice")
+        agent.hincrbyfloat(alice.plan("shared"), plan_field("plan.cost_usd", "", "sum"), -1000)
+        tokens = alice.live("actor.token_usage")
+        agent.hset(tokens, "provider=openai,model=gpt-4o,token_type=prompt|count", "-7")
+        agent.sadd(alice.dirty, "p:shared", "l:actor.token_usage", "junk", "p:" + "x" * 300)
+        assert aggregation.tick() == 4
+        assert plan_cost_usd(carol, secured.keys, "shared") == pytest.approx(5.0)
+        assert is_over_budget(carol, secured.keys, "shared", budget_usd=4.99)
+        [top] = top_plans(carol, secured.keys, 1).plans
+        assert (top.plan_id, top.cost_usd) == ("shared", pytest.approx(5.0))
+        assert count_plans(carol, secured.keys) == (1, True)
+        prompt = [
+            s
+            for s in read_live(carol, secured.keys, "actor.token_usage")
+            if dict(s.labels)["token_type"] == "prompt"
+        ]
+        assert [s.count for s in prompt] == [5]  # bob's 5 calls
+    finally:
+        for client in (worker, carol, agent):
+            client.close()
+
+
 def run_worker_once(secured: Secured, database_url: str) -> str:
     """A burst of the persist group as the worker user; returns the migrated URL."""
     db = migrated(database_url)
@@ -432,7 +482,7 @@ def test_a_missing_function_is_a_counted_failure_until_a_worker_loads_it(
         wait_until(lambda: em.stats.send_failures >= 2, message="the emitter to retry")
         stats = em.stats
         assert (stats.sent, stats.buffered, stats.dropped) == (0, 1, 0)
-        assert "fleettrace_apply_v1 is not loaded" in (stats.last_error or "")
+        assert f"{APPLY_FUNCTION} is not loaded" in (stats.last_error or "")
         assert secured.admin.keys("*") == []
         # A worker loads the library at start, and at each health tick when missing.
         worker = Worker(
@@ -490,7 +540,10 @@ def test_rediss_url_options_reach_redis_py(tmp_path: Path) -> None:
         "rediss://agent:pw@127.0.0.1:6379/0"
         f"?ssl_cert_reqs=required&ssl_ca_certs={ca}&ssl_check_hostname=true"
     )
-    client = connect_redis(url)
+    # Checked first: a CA file that holds no certificate is named in one line.
+    with pytest.raises(ConfigurationError, match=f"{ca} \\(ssl_ca_certs of the Redis URL\\)"):
+        connect_redis(url)
+    client = connect_redis(url, check_files=False)  # as the emitter makes it
     pool = client.connection_pool
     assert pool.connection_class is redis.SSLConnection
     kwargs = pool.connection_kwargs

@@ -22,7 +22,7 @@ from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
 from tests.factories import numbered_trace
-from tests.servers import PrivatePostgres
+from tests.servers import PrivatePostgres, free_port
 from tests.tls import (
     Certificates,
     TlsRedis,
@@ -30,7 +30,8 @@ from tests.tls import (
     make_certificates,
     pg_tls_url,
 )
-from tests.worker_helpers import fleettrace, start_worker, worker_env
+from tests.waiting import wait_until
+from tests.worker_helpers import fleettrace, http_get, start_worker, worker_env
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -217,11 +218,10 @@ def test_a_server_that_demands_a_client_certificate(
     assert emitter.stats.send_failures >= 1
     assert emitter.close(0.5) is False
     assert _entries(mtls_redis, keys) == 0
-    _one_line_refusal(
-        fleettrace("metrics", env=worker_env(without, database_url, keys)),
-        "EOF occurred in violation of protocol",
-        code=1,
-    )
+    # TLS 1.3: the server's alert may arrive (a configuration error, exit 2) or the
+    # connection may just end first (exit 1, as Redis away); both name the cause.
+    refused = fleettrace("metrics", env=worker_env(without, database_url, keys))
+    _one_line_refusal(refused, "client certificate", code=2 if refused.returncode == 2 else 1)
 
     traces = [numbered_trace(i, plan_id="mtls") for i in range(20)]
     with _record(with_cert, keys, traces) as emitter:
@@ -236,6 +236,61 @@ def test_a_server_that_demands_a_client_certificate(
         assert stored.fetchone() == (20,)
     metrics = fleettrace("metrics", "--json", env=env)
     assert metrics.returncode == 0, metrics.stderr
+
+
+@pytest.mark.slow
+def test_a_worker_without_the_client_certificate_says_why(
+    mtls_redis: TlsRedis, database_url: str
+) -> None:
+    """Against a Redis that demands a client certificate, a worker without one either
+    stops with one line, or stays up not ready and logs why: never silent."""
+    env = worker_env(mtls_redis.tls_url(), database_url, Keys("tls-no-client-cert"))
+    port = free_port()
+    worker = start_worker("--consumer", "w-no-cert", "--http", f"127.0.0.1:{port}", env=env)
+    try:
+        readyz = f"http://127.0.0.1:{port}/readyz"
+        wait_until(
+            lambda: worker.poll() is not None or http_get(readyz)[0] == 503,
+            60,
+            "the worker to stop or to answer not ready",
+        )
+        if worker.poll() is None:
+            worker.terminate()
+        _, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert "Traceback" not in err
+    said = [line for line in err.splitlines() if "client certificate" in line]
+    assert said, err
+    assert "ssl_certfile and ssl_keyfile" in said[0]
+
+
+@pytest.mark.slow
+def test_a_missing_or_unusable_ca_file_is_named_in_one_line(
+    tls_redis: TlsRedis, database_url: str, tmp_path: Path
+) -> None:
+    """redis-py says "Error 2 connecting to ... No such file or directory" without
+    the file; fleettrace names it: the CLI and the worker stop with one line, the
+    emitter counts it as each send's failure and raises nothing into agent code."""
+    keys = Keys("tls-ca-file")
+    junk = tmp_path / "junk-ca.crt"
+    junk.write_text("not a certificate\n")
+    for ca, why in ((tmp_path / "missing-ca.crt", "No such file"), (junk, "no CA certificate")):
+        url = tls_redis.tls_url(ca=ca)
+        env = worker_env(url, database_url, keys)
+        for args in (("metrics",), ("worker", "--burst"), ("migrate",)):
+            line = _one_line_refusal(fleettrace(*args, env=env), str(ca), why)
+            assert "ssl_ca_certs" in line
+        emitter = _record(url, keys, [numbered_trace(i) for i in range(3)])
+        assert emitter.flush(0.5) is False
+        assert emitter.stats.send_failures >= 1
+        assert str(ca) in (emitter.stats.last_error or "")
+        assert why in (emitter.stats.last_error or "")
+        assert emitter.close(0.5) is False
+        assert emitter.stats.dropped == 3
+    assert _entries(tls_redis, keys) == 0
 
 
 @pytest.mark.slow

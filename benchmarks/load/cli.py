@@ -22,6 +22,7 @@ from benchmarks.load import (
     drivers,
     freshness,
     hotpath,
+    live_reads,
     machine,
     memory,
     producer,
@@ -31,6 +32,7 @@ from benchmarks.load import (
 from benchmarks.load.context import DEFAULT_PG_ADMIN_URL, DEFAULT_REDIS_URL, FULL, QUICK, RunContext
 
 SECTIONS: Final[dict[str, Callable[[RunContext], dict[str, Any]]]] = {
+    "live_reads": live_reads.run,
     "hotpath": hotpath.run,
     "producer": producer.run,
     "worker": worker.run,

@@ -66,7 +66,7 @@ def _check(value: float | None, test: Callable[[float], bool]) -> bool | None:
 
 
 def build(sections: dict[str, Any]) -> list[Row]:
-    rows: list[Row] = []
+    rows: list[Row] = _live_read_rows(sections.get("live_reads", {}))
     hot = sections.get("hotpath", {})
     if hot:
         traceable_p50 = _get(hot, "traceable", "p50_us")
@@ -349,6 +349,43 @@ def build(sections: dict[str, Any]) -> list[Row]:
                     f"{emitter['growth_past_bound_mb']} MB more after 2x the bound recorded",
                 )
             )
+    return rows
+
+
+#: figure name, key in the section, target in ms.
+_LIVE_READS = (
+    ("is_over_budget round trip", "is_over_budget_ms", 1.0),
+    ("/metrics scrape", "scrape_ms", 50.0),
+    ("fleettrace metrics --json", "metrics_json_ms", 50.0),
+    ("read_live (every fleet key)", "read_live_ms", None),
+)
+
+
+def _live_read_rows(live: dict[str, Any]) -> list[Row]:
+    """Reads from the aggregates; the baseline column is the same read summing the
+    producers' hashes in the same run."""
+    if not live:
+        return []
+    note = (
+        f"{live['producers']:,} producers, {live['label_sets']:,} label sets, "
+        f"{live['plans']:,} plans; baseline: summing the producers"
+    )
+    rows = []
+    for figure, key, target in _LIVE_READS:
+        ours = _get(live, "aggregates", key)
+        rows.append(
+            Row(
+                "live reads",
+                figure,
+                "ms",
+                ours,
+                _get(live, "summing_producers", key),
+                "lower",
+                None if target is None else f"<= {target:g}",
+                None if target is None else _check(ours, lambda v, t=target: v <= t),
+                note,
+            )
+        )
     return rows
 
 

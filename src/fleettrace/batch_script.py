@@ -22,7 +22,7 @@ its retry applies it. A refusal comes back as an error reply (``WRONGTYPE ...`` 
 ``NOPERM ...``) naming the key, which the emitter counts as a failed send.
 
 On Redis 7 the code is a function (``LIBRARY_CODE``: library ``fleettrace``,
-function ``fleettrace_apply_v1``), loaded with ``FUNCTION LOAD REPLACE`` by
+function ``fleettrace_apply_v2``), loaded with ``FUNCTION LOAD REPLACE`` by
 ``fleettrace migrate`` and by every worker (:func:`load_library`), so agents need
 ``+fcall`` and the data commands on their own keys, and no ``EVAL``, ``SCRIPT`` or
 ``FUNCTION`` right: an agent cannot run code of its own on the server. A function is
@@ -42,11 +42,15 @@ Arguments::
           (emitter figures to add), then the trace entry's field/value pairs, the
           metric entry's pairs, then ops of four: kind ("i" HINCRBY, "f"
           HINCRBYFLOAT, "s" HSET, "e" EXPIRE with amount as seconds and field
-          unused), key index, field, amount
+          unused, "a" SADD of the field, amount unused), key index, field, amount
 
 The live hashes come first among KEYS 5.., then the hash of each plan the batch
-counts on; every plan hash gets an "e" op after its increments, so a plan's counters
-expire ``plan_ttl_s`` after the last batch that wrote them.
+counts on, then the producer's dirty set (``Keys.dirty``); every plan hash gets an
+"e" op after its increments, so a plan's counters expire ``plan_ttl_s`` after the
+last batch that wrote them, and every live hash and plan the batch touched gets an
+"a" op naming it in the dirty set, so the worker knows which aggregates to redo
+(worker/fleettrace_worker/aggregator.py). The library also answers to the names of
+earlier releases (``EARLIER_FUNCTIONS``): their calls never hold an "a" op.
 
 A new op kind needs an entry in ``OPS`` (its command and the key type it writes);
 an op kind missing there is refused before any write.
@@ -64,6 +68,9 @@ import redis
 from fleettrace.counters import CounterDeltas
 from fleettrace.keys import (
     APPLY_FUNCTION,
+    DIRTY_LIVE,
+    DIRTY_PLAN,
+    EARLIER_FUNCTIONS,
     EMITTER_BATCHES,
     EMITTER_DROPPED,
     EMITTER_RECORDS,
@@ -71,6 +78,7 @@ from fleettrace.keys import (
     LIBRARY_NAME,
     PLAN_TTL_S,
     Keys,
+    escape_value,
 )
 
 _FIGURES_LUA: Final = (
@@ -93,7 +101,7 @@ end
 @FIGURES@
 local OPS = {
   i = {'HINCRBY', 'hash'}, f = {'HINCRBYFLOAT', 'hash'}, s = {'HSET', 'hash'},
-  e = {'EXPIRE', 'hash'},
+  e = {'EXPIRE', 'hash'}, a = {'SADD', 'set'},
 }
 local FIRST_OP = 8 + tonumber(ARGV[3]) + tonumber(ARGV[4])
 local checked = {}
@@ -145,6 +153,8 @@ while not problem and i <= #ARGV do
       problem = 'ERR fleettrace batch script: unknown op ' .. kind .. ' (nothing was written)'
     elseif kind == 'e' then
       problem = refusal(op[1], KEYS[tonumber(index)], op[2], ARGV[i + 3])
+    elseif kind == 'a' then
+      problem = refusal(op[1], KEYS[tonumber(index)], op[2], ARGV[i + 2])
     else
       problem = refusal(op[1], KEYS[tonumber(index)], op[2], ARGV[i + 2], ARGV[i + 3])
     end
@@ -181,6 +191,8 @@ while i <= last do
     redis.call('HINCRBYFLOAT', key, ARGV[i + 2], ARGV[i + 3])
   elseif op == 'e' then
     redis.call('EXPIRE', key, ARGV[i + 3])
+  elseif op == 'a' then
+    redis.call('SADD', key, ARGV[i + 2])
   else
     redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
   end
@@ -194,8 +206,11 @@ return 1
 #: arguments. The shebang names the library; LIBRARY_VERSION changes with the body.
 LIBRARY_CODE: Final = (
     f"#!lua name={LIBRARY_NAME}\n"
-    f"redis.register_function('{APPLY_FUNCTION}', function(KEYS, ARGV)\n"
-    f"{APPLY_BATCH_LUA}\nend)\n"
+    f"local function apply(KEYS, ARGV)\n{APPLY_BATCH_LUA}\nend\n"
+    + "".join(
+        f"redis.register_function('{name}', apply)\n"
+        for name in (APPLY_FUNCTION, *EARLIER_FUNCTIONS)
+    )
 )
 #: Redis's answer to FCALL of a function it does not hold.
 FUNCTION_MISSING: Final = "Function not found"
@@ -303,6 +318,12 @@ def build_call(
             args += (op, plan_index[plan_id], field_name, amount)
     for plan_id in plan_ids:
         args += ("e", plan_index[plan_id], "", plan_ttl_s)
+    # What changed, for the worker's aggregates (Keys.dirty).
+    dirty_index = _FIXED_KEYS + 1 + len(metric_keys) + len(plan_ids)
+    for metric_key in metric_keys:
+        args += ("a", dirty_index, DIRTY_LIVE + metric_key, "")
+    for plan_id in plan_ids:
+        args += ("a", dirty_index, DIRTY_PLAN + escape_value(plan_id), "")
     return BatchCall(
         seq=seq,
         records=records,
@@ -314,6 +335,7 @@ def build_call(
             keys.emitter,
             *(keys.live(name) for name in metric_keys),
             *(keys.plan(plan_id) for plan_id in plan_ids),
+            keys.dirty,
         ],
         args=args,
     )

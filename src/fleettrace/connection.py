@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 
@@ -80,18 +81,65 @@ def redact_url(url: str) -> str:
     return head + where + rest
 
 
-def connect_redis(url: str, *, socket_timeout_s: float = 5.0) -> redis.Redis:
+#: The URL's TLS file parameters that redis-py reads, in the order it needs them.
+_TLS_FILES: Final = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def tls_file_problem(url: str) -> str | None:
+    """Why a TLS file the Redis URL names cannot serve (missing, unreadable, or not
+    holding what it should), in one line naming the file; None when all can. redis-py
+    only says "Error 2 connecting to host:port. No such file or directory." then,
+    without naming the file, and only once it connects."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    query = parse_qs(parts.query)
+    files = {name: query[name][-1] for name in _TLS_FILES if query.get(name)}
+    for name, path in files.items():
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            return f"cannot read {path} ({name} of the Redis URL): {error.strerror or error}"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if "ssl_ca_certs" in files:
+            context.load_verify_locations(cafile=files["ssl_ca_certs"])
+    except ssl.SSLError as error:
+        path = files["ssl_ca_certs"]
+        return f"{path} (ssl_ca_certs of the Redis URL) holds no CA certificate: {error}"
+    try:
+        if "ssl_certfile" in files:
+            context.load_cert_chain(files["ssl_certfile"], files.get("ssl_keyfile"))
+    except ssl.SSLError as error:
+        path = files["ssl_certfile"]
+        return (
+            f"{path} (ssl_certfile of the Redis URL) and its key do not make a client "
+            f"certificate: {error}"
+        )
+    return None
+
+
+def connect_redis(
+    url: str, *, socket_timeout_s: float = 5.0, check_files: bool = True
+) -> redis.Redis:
     """A client for ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``).
 
     ACL users travel as ``redis://user:password@host``; TLS options as query
     parameters that redis-py understands (``ssl_cert_reqs``, ``ssl_ca_certs``...).
-    The client is lazy: nothing connects until the first command.
+    The client is lazy: nothing connects until the first command. A TLS file the URL
+    names that cannot serve is a ``ConfigurationError`` naming it
+    (:func:`tls_file_problem`), unless ``check_files`` is False (the emitter, which
+    must not raise into agent code, counts it as each send's failure instead).
     """
     scheme = urlsplit(url).scheme
     if scheme not in _REDIS_SCHEMES:
         raise ConfigurationError(
             f"Redis URL {redact_url(url)!r} must start with redis://, rediss:// or unix://"
         )
+    problem = tls_file_problem(url) if check_files else None
+    if problem is not None:
+        raise ConfigurationError(problem)
     try:
         return redis.Redis.from_url(
             url,

@@ -23,8 +23,17 @@ producer's contribution at zero. Layout for namespace ``fleettrace``::
     {fleettrace}:p:<producer>:emitters:<id>     string  last batch number applied for
                                                         one emitter (expires
                                                         EMITTER_SEQ_TTL_S after its last)
+    {fleettrace}:p:<producer>:dirty             set     what this producer's batches
+                                                        changed since the worker last
+                                                        folded them in: "l:<metric key>"
+                                                        and "p:<escaped plan id>"
     {fleettrace}:producers                      set     producers the worker found
                                                         (written by the worker only)
+    {fleettrace}:agg:*                          ...     the worker's aggregates of the
+                                                        producers' counters, which
+                                                        readers read in one round trip
+                                                        (see Keys.aggregate_fresh;
+                                                        written by the worker only)
     {fleettrace}:dlq:persist                    stream  dead letters of the persist group
     {fleettrace}:dlq:langsmith                  stream  dead letters of the langsmith group
     {fleettrace}:dlq:otlp                       stream  dead letters of the otlp group
@@ -109,7 +118,11 @@ PRODUCER_KEY_PART: Final = "p"
 #: version in the function's name changes whenever its arguments or meaning change,
 #: so an emitter never calls a function that means something else.
 LIBRARY_NAME: Final = "fleettrace"
-APPLY_FUNCTION: Final = "fleettrace_apply_v1"
+APPLY_FUNCTION: Final = "fleettrace_apply_v2"
+#: The function names of earlier releases the library still answers to (the same
+#: body: their calls never use the op kinds added since), so emitters of the previous
+#: release keep working while a fleet upgrades.
+EARLIER_FUNCTIONS: Final = ("fleettrace_apply_v1",)
 #: Seconds between two steps of a running consumer's walk for producer streams...
 DISCOVER_INTERVAL_S: Final = 1.0
 #: ...and SCAN steps per go (each examines DISCOVER_SCAN_COUNT keys, about 1 ms of
@@ -117,6 +130,18 @@ DISCOVER_INTERVAL_S: Final = 1.0
 DISCOVER_STEPS: Final = 10
 #: COUNT of each step of the worker's SCAN for producer streams.
 DISCOVER_SCAN_COUNT: Final = 1000
+#: Members of a producer's dirty set: a live hash or a plan its batches changed.
+DIRTY_LIVE: Final = "l:"
+DIRTY_PLAN: Final = "p:"
+#: Seconds between two aggregation ticks of a worker: the most the aggregates lag
+#: behind the producers' hashes while a worker runs (plus the tick's own time).
+AGGREGATE_INTERVAL_S: Final = 0.5
+#: Lifetime of Keys.aggregate_fresh after a tick: this long after the last worker
+#: stopped, readers go back to summing the producers' hashes themselves.
+AGGREGATE_FRESH_MS: Final = 5000
+#: Most dirty members the worker takes from one producer per tick (a producer that
+#: fills its set with junk delays only its own figures).
+AGGREGATE_DIRTY_STEP: Final = 1000
 
 
 def check_producer(producer: str) -> str:
@@ -223,6 +248,69 @@ class Keys:
     def producers(self) -> str:
         """The set of producers the worker has found (only the worker writes it)."""
         return f"{self.prefix}:producers"
+
+    @property
+    def dirty(self) -> str:
+        """The set of what this producer's batches changed (members DIRTY_LIVE + metric
+        key, DIRTY_PLAN + escaped plan id), which the worker folds into the aggregates
+        and empties; written by the producer's own batches."""
+        return f"{self.producer_prefix}:dirty"
+
+    # -- the worker's aggregates (docs/reference/observability.md#aggregates) ----------
+    # Outside every producer prefix, so no agent line grants a write on them.
+
+    @property
+    def aggregate_fresh(self) -> str:
+        """Set by a running worker after each aggregation tick, expiring
+        AGGREGATE_FRESH_MS later: while it exists, readers read the aggregates; without
+        it (no worker running) they sum the producers' hashes themselves."""
+        return f"{self.prefix}:agg:fresh"
+
+    def aggregate_live(self, metric_key: str) -> str:
+        """One metric key's live hash summed over the producers (clamped at zero each)."""
+        return f"{self.prefix}:agg:live:{metric_key}"
+
+    def aggregate_seen(self, producer: str, metric_key: str) -> str:
+        """What the aggregate of ``metric_key`` holds of ``producer``'s hash (its clamped
+        fields), so the worker adds only the difference when the hash changes."""
+        return f"{self.prefix}:agg:seen:{check_producer(producer)}:{metric_key}"
+
+    def aggregate_gauges(self, metric_key: str) -> str:
+        """Each producer's gauge values of ``metric_key`` (field ``<field>\n<producer>``),
+        from which the aggregate keeps the largest."""
+        return f"{self.prefix}:agg:gauges:{metric_key}"
+
+    def aggregate_plan(self, plan_id: str) -> str:
+        """One plan's counters summed over the producers that counted for it (clamped at
+        zero each), expiring with the last of their hashes."""
+        return f"{self.prefix}:agg:{PLAN_KEY_PART}:{escape_value(plan_id)}"
+
+    def aggregate_plan_producers(self, plan_id: str) -> str:
+        """The producers that counted for a plan (the worker learns them from their
+        dirty sets), expiring with the plan's aggregate."""
+        return f"{self.prefix}:agg:plan-producers:{escape_value(plan_id)}"
+
+    @property
+    def aggregate_plan_costs(self) -> str:
+        """Sorted set: escaped plan id -> its aggregate cost, for rankings and counts."""
+        return f"{self.prefix}:agg:plan-costs"
+
+    @property
+    def aggregate_plan_expiry(self) -> str:
+        """Sorted set: escaped plan id -> when its aggregate expires (ms since the epoch),
+        so the worker drops expired plans from AGGREGATE_PLAN_COSTS."""
+        return f"{self.prefix}:agg:plan-expiry"
+
+    def plan_key_parts(self, key: str) -> tuple[str, str] | None:
+        """(producer, escaped plan id) of a producer's plan hash name; None otherwise."""
+        head = f"{self.prefix}:{PRODUCER_KEY_PART}:"
+        if not key.startswith(head):
+            return None
+        producer, _, rest = key[len(head) :].partition(":")
+        part, sep, plan = rest.partition(":")
+        if not sep or part != PLAN_KEY_PART or not _PRODUCER_RE.match(producer) or not plan:
+            return None
+        return producer, plan
 
     def dead_letters(self, group: str) -> str:
         return f"{self.prefix}:dlq:{group}"

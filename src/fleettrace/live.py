@@ -18,10 +18,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any, Final, overload
 
 import redis
 
+from fleettrace.aggregates import live_hashes
 from fleettrace.keys import (
     STAT_BUCKET_PREFIX,
     STAT_COUNT,
@@ -103,6 +105,12 @@ def _legacy_buckets(stats: Mapping[str, str]) -> dict[float, int]:
     return counts
 
 
+@lru_cache(maxsize=64)
+def _classic_bounds(buckets: tuple[float, ...]) -> tuple[float, ...]:
+    """A key's classic bounds and +Inf, ascending (the same for every series of it)."""
+    return tuple(sorted({*buckets, math.inf}))
+
+
 def series_from_stats(key: MetricKey, labels: str, stats: dict[str, str]) -> LiveSeries:
     """One series from its encoded label set and its stats (stat name -> amount)."""
     spec = key.spec
@@ -120,8 +128,11 @@ def series_from_stats(key: MetricKey, labels: str, stats: dict[str, str]) -> Liv
             unsketched = sum(legacy.values())
             for bound, amount in legacy.items():
                 counts[bound] = counts.get(bound, 0) + amount
-        bounds = sorted({*spec.buckets, math.inf, *counts})
-        buckets = tuple((bound, counts.get(bound, 0)) for bound in bounds)
+        bounds = _classic_bounds(spec.buckets)
+        if not counts.keys() <= set(bounds):  # a bound the key no longer has
+            bounds = tuple(sorted({*bounds, *counts}))
+        get = counts.get
+        buckets = tuple([(bound, get(bound, 0)) for bound in bounds])
         quantiles = sketch.quantiles(QUANTILES)
     return LiveSeries(
         key=key,
@@ -143,8 +154,10 @@ def read_live(
 ) -> list[LiveSeries]:
     """Every live series of the namespace (or of one metric key), in the order of
     ``MetricKey`` and then of the label sets, summed over the producers (clamped at
-    zero each). Two round trips: the producer set, then one pipelined HGETALL per
-    key and producer. Without ``keys``, the configured namespace
+    zero each). One round trip while a worker keeps the aggregates (at most one
+    worker tick behind, :mod:`fleettrace.aggregates`); without one, three: the mark,
+    the producer set, then one pipelined HGETALL per key and producer. Without
+    ``keys``, the configured namespace
     (``FLEETTRACE_NAMESPACE``, as the emitter uses).
 
     Fleet-wide series only: the per-plan keys (``MetricSpec.per_plan``) are left out,
@@ -163,17 +176,24 @@ def read_live(
                 "fleettrace.plans.read_plan() or top_plans()"
             )
     with translate_redis_errors("reading the live counters"):
-        producers = known_producers(client, keys)
-        pipe = client.pipeline(transaction=False)
-        for key in wanted:
-            for producer in producers:
-                pipe.hgetall(keys.for_producer(producer).live(key.value))
-            pipe.hgetall(keys.legacy_live(key.value))  # emitters of the previous layout
-        hashes = pipe.execute()
+        groups = live_hashes(client, keys, [key.value for key in wanted])
+        trusted = groups is not None  # the worker's sums, clamped already
+        if groups is None:  # no worker keeps the aggregates: sum the producers here
+            producers = known_producers(client, keys)
+            pipe = client.pipeline(transaction=False)
+            for key in wanted:
+                for producer in producers:
+                    pipe.hgetall(keys.for_producer(producer).live(key.value))
+                pipe.hgetall(keys.legacy_live(key.value))  # emitters of the previous layout
+            hashes = pipe.execute()
+            step = len(producers) + 1
+            groups = [hashes[i * step : (i + 1) * step] for i in range(len(wanted))]
     series: list[LiveSeries] = []
-    step = len(producers) + 1
-    for index, key in enumerate(wanted):
-        fields = merge_fields(hashes[index * step : (index + 1) * step], _stat)
+    for key, group in zip(wanted, groups, strict=True):
+        if trusted and not group[1]:  # nothing of the previous layout to add
+            fields = {_text(name): _text(amount) for name, amount in group[0].items()}
+        else:
+            fields = merge_fields(group, _stat)
         by_labels: dict[str, dict[str, str]] = {}
         for name, amount in fields.items():
             labels, stat = split_live_field(name)
@@ -186,6 +206,10 @@ def read_live(
 
 def _stat(name: str) -> str:
     return split_live_field(name)[1]
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
 
 
 def _keys_first(args: tuple[Any, ...], keys: Keys | None) -> tuple[Keys, tuple[Any, ...]]:
@@ -208,11 +232,13 @@ def plan_cost_usd(client: redis.Redis, *args: Any, keys: Keys | None = None) -> 
     ``plan_cost_usd(client, "plan-42")`` reads the configured namespace;
     ``keys=Keys("other")`` (or ``Keys`` as the second argument) another one.
 
-    Two round trips, whatever the number of plans: the producer set, then one HGET
-    of the plan's hash per producer (pipelined), each clamped at zero, so no agent can
-    lower the cost others recorded; plus the fields emitters of the layouts before
-    per-producer keys wrote (``{ns}:plan:<id>``, ``{ns}:live:plan.cost_usd``), so the
-    answer is whole during an upgrade. A plan whose counters expired (``plan_ttl_s``
+    One round trip while a worker runs: the worker's aggregate of the plan (each
+    producer's cost clamped at zero, so no agent can lower the cost others recorded;
+    at most one worker tick behind, :mod:`fleettrace.aggregates`), plus the fields
+    emitters of the layouts before per-producer keys wrote (``{ns}:plan:<id>``,
+    ``{ns}:live:plan.cost_usd``), so the answer is whole during an upgrade. Without a
+    worker, three: the producer set, then one HGET of the plan's hash per producer
+    (pipelined), each clamped at zero. A plan whose counters expired (``plan_ttl_s``
     after its last record) costs 0.
     """
     keys, rest = _keys_first(args, keys)
@@ -221,17 +247,20 @@ def plan_cost_usd(client: redis.Redis, *args: Any, keys: Keys | None = None) -> 
     plan_id = rest[0]
     key = MetricKey.PLAN_COST_USD.value
     field = plan_field(key, "", STAT_SUM)
+    legacy_field = live_field(encode_labels(((PLAN_LABEL, plan_id),)), STAT_SUM)
     with translate_redis_errors("reading a plan's cost"):
-        producers = known_producers(client, keys)
         pipe = client.pipeline(transaction=False)
-        for producer in producers:
-            pipe.hget(keys.for_producer(producer).plan(plan_id), field)
+        pipe.exists(keys.aggregate_fresh)
+        pipe.hget(keys.aggregate_plan(plan_id), field)
         # What emitters of the two layouts before per-producer keys counted.
         pipe.hget(keys.legacy_plan(plan_id), field)
-        pipe.hget(
-            keys.legacy_live(key), live_field(encode_labels(((PLAN_LABEL, plan_id),)), STAT_SUM)
-        )
-        costs = pipe.execute()
+        pipe.hget(keys.legacy_live(key), legacy_field)
+        fresh, *costs = pipe.execute()
+        if not fresh:  # no worker keeps the aggregates: sum the producers here
+            pipe = client.pipeline(transaction=False)
+            for producer in known_producers(client, keys):
+                pipe.hget(keys.for_producer(producer).plan(plan_id), field)
+            costs = [*pipe.execute(), *costs[1:]]
     return sum(clamped(cost) for cost in costs)
 
 

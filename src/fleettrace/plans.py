@@ -28,6 +28,7 @@ from typing import Final
 
 import redis
 
+from fleettrace.aggregates import aggregated_plans, plan_hashes, ranked_plans
 from fleettrace.keys import (
     LEGACY_MOVE_STEP,
     PLAN_SCAN_CAP,
@@ -123,12 +124,14 @@ def read_plan(client: redis.Redis, keys: Keys, plan_id: str) -> PlanFigures | No
     producer set, then one pipelined HGETALL per producer. None when it has none
     (never seen, or expired)."""
     with translate_redis_errors("reading a plan's counters"):
-        producers = known_producers(client, keys)
-        pipe = client.pipeline(transaction=False)
-        for producer in producers:
-            pipe.hgetall(keys.for_producer(producer).plan(plan_id))
-        pipe.hgetall(keys.legacy_plan(plan_id))  # emitters of the previous layout
-        hashes = pipe.execute()
+        hashes = plan_hashes(client, keys, plan_id)  # one round trip while a worker runs
+        if hashes is None:
+            producers = known_producers(client, keys)
+            pipe = client.pipeline(transaction=False)
+            for producer in producers:
+                pipe.hgetall(keys.for_producer(producer).plan(plan_id))
+            pipe.hgetall(keys.legacy_plan(plan_id))  # emitters of the previous layout
+            hashes = pipe.execute()
     merged = merge_fields(hashes, _stat)
     return figures(plan_id, merged) if merged else None
 
@@ -162,8 +165,12 @@ def count_plans(
     count: int = PLAN_SCAN_COUNT,
 ) -> tuple[int, bool]:
     """(plans holding live counters, at most ``cap``; whether that is all of them).
-    ``cap`` bounds the plan hashes examined (one per plan and producer)."""
+    ``cap`` bounds the plan hashes examined (one per plan and producer); while a
+    worker keeps the aggregates, one round trip counts them all."""
     with translate_redis_errors("counting the live plans"):
+        ranked = ranked_plans(client, keys, 1)
+        if ranked is not None:
+            return min(ranked[1], cap), ranked[1] <= cap
         plans: set[str] = set()
         examined = 0
         for step in _walk(client, keys, "", cap + 1, count):
@@ -227,12 +234,20 @@ def top_plans(
 ) -> PlanScan:
     """The ``limit`` plans with the highest cost, costliest first (ties by plan id).
 
-    Each SCAN step costs one more round trip, a script reading each plan's cost; only
-    the winners are read whole at the end. ``prefix`` keeps the plans whose id starts
-    with it. Past ``cap`` plans the ranking is of the first ``cap`` the walk met.
+    While a worker keeps the aggregates (and without ``prefix``), two round trips
+    whatever the number of plans: the worker's cost ranking, then the winners'
+    aggregates. Otherwise a walk: each SCAN step costs one more round trip, a script
+    reading each plan's cost; only the winners are read whole at the end. ``prefix``
+    keeps the plans whose id starts with it. Past ``cap`` plans the ranking is of the
+    first ``cap`` the walk met.
     """
     if limit < 1:
         raise ValueError(f"limit must be positive, got {limit}")
+    if not prefix:
+        with translate_redis_errors("reading the live plans"):
+            found = _top_aggregated(client, keys, limit)
+        if found is not None:
+            return found
     costs: dict[str, float] = {}
     examined, complete = 0, True
     with translate_redis_errors("reading the live plans"):
@@ -256,6 +271,22 @@ def top_plans(
         if merged:  # not expired between the two reads
             plans.append(figures(plan_id, merged))
     return PlanScan(plans=plans, examined=examined, complete=complete)
+
+
+def _top_aggregated(client: redis.Redis, keys: Keys, limit: int) -> PlanScan | None:
+    """The ranking from the worker's aggregates (two round trips: the ranked ids and
+    their counts, then their hashes); None when no worker keeps them."""
+    ranked = ranked_plans(client, keys, limit)
+    if ranked is None:
+        return None
+    plan_ids, total = ranked
+    plans = []
+    for plan_id, fields in zip(plan_ids, aggregated_plans(client, keys, plan_ids), strict=True):
+        merged = merge_fields([fields], _stat)
+        if merged:  # not expired between the two reads
+            plans.append(figures(plan_id, merged))
+    plans.sort(key=lambda plan: (-plan.cost_usd, plan.plan_id))
+    return PlanScan(plans=plans, examined=total, complete=True)
 
 
 # -- the key layout before per-plan hashes ----------------------------------------------

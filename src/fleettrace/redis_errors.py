@@ -31,9 +31,47 @@ def translate_redis_errors(action: str) -> Iterator[None]:
             raise ConfigurationError(
                 f"{action}: the Redis server's TLS certificate is not trusted: {error}"
             ) from None
-        raise RedisUnavailable(f"{action}: {error}") from None
+        if _ssl_reason(error, "CERTIFICATE_REQUIRED"):
+            raise ConfigurationError(f"{action}: {CLIENT_CERTIFICATE_DEMANDED}: {error}") from None
+        raise RedisUnavailable(f"{action}: {error}{handshake_hint(error)}") from None
     except redis.RedisError as error:
         raise RedisUnavailable(f"{action}: {error}") from None
+
+
+#: What a refusal for want of a client certificate means, said in fleettrace's words.
+CLIENT_CERTIFICATE_DEMANDED = (
+    "the Redis server demands a client certificate "
+    "(set ssl_certfile and ssl_keyfile in the Redis URL)"
+)
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """The error and what caused it (redis-py keeps ssl's error only as the context
+    of its ConnectionError; retries may nest it)."""
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def _ssl_reason(error: BaseException, reason: str) -> bool:
+    return any(isinstance(e, ssl.SSLError) and reason in str(e) for e in _chain(error))
+
+
+def handshake_hint(error: BaseException) -> str:
+    """What to add to a connection error that may be a refused client certificate:
+    with TLS 1.3 a server that demands one may just end the connection, which reads
+    as an EOF, not as its reason."""
+    if _ssl_reason(error, "CERTIFICATE_REQUIRED"):
+        return f" ({CLIENT_CERTIFICATE_DEMANDED})"
+    if any(isinstance(e, ssl.SSLEOFError) for e in _chain(error)):
+        return (
+            " (the TLS connection ended during the handshake: does the Redis server demand"
+            " a client certificate? set ssl_certfile and ssl_keyfile in the Redis URL)"
+        )
+    return ""
 
 
 def _certificate_refused(error: BaseException) -> bool:

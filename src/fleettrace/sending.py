@@ -29,10 +29,11 @@ from redis.retry import Retry
 
 from fleettrace.batch_script import APPLY_BATCH_LUA, FUNCTION_MISSING, BatchCall
 from fleettrace.batching import encode_calls
-from fleettrace.connection import connect_redis, redact_url
+from fleettrace.connection import connect_redis, redact_url, tls_file_problem
 from fleettrace.emitter_settings import EmitterSettings
 from fleettrace.keys import APPLY_FUNCTION, DEFAULT_PRODUCER, Keys, check_producer
 from fleettrace.pricing import Pricer
+from fleettrace.redis_errors import handshake_hint
 from fleettrace.tree_records import AnyRecord
 
 logger = logging.getLogger("fleettrace.emitter")
@@ -108,8 +109,11 @@ class BatchSender:
         # (Redis 6.2), then the same body as an EVALSHA script.
         self._use_script = False
         self._client: redis.Redis = connect_redis(
-            self.settings.redis_url, socket_timeout_s=self.settings.socket_timeout_s
+            self.settings.redis_url,
+            socket_timeout_s=self.settings.socket_timeout_s,
+            check_files=False,  # a TLS file that cannot serve is each send's failure
         )
+        self._tls_problem = tls_file_problem(self.settings.redis_url)
         # One attempt per call: the sender's own backoff (retry_initial_s..retry_max_s)
         # decides when to try again, not redis-py's built-in retries stacked under it.
         self._client.set_retry(Retry(NoBackoff(), 0))
@@ -355,7 +359,10 @@ class BatchSender:
             self._done_changed.notify_all()
 
     def _note_failure(self, error: BaseException) -> None:
-        message = f"{type(error).__name__}: {error}"
+        if self._tls_problem is not None and isinstance(error, redis.ConnectionError):
+            message = f"ConfigurationError: {self._tls_problem}"
+        else:
+            message = f"{type(error).__name__}: {error}{handshake_hint(error)}"
         with self._lock:
             self._send_failures += 1
             self._last_error = message

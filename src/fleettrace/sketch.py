@@ -148,20 +148,27 @@ def _lower_classic(le: float, bounds: tuple[float, ...]) -> float:
 def estimate(bucket: FineBucket, bounds: tuple[float, ...]) -> float:
     """The value reported for a fine bucket: the harmonic midpoint of its interval,
     the log bucket narrowed to its classic interval when a classic bound cuts it."""
-    if bucket.sign == 0:
+    return _estimate(bucket.sign, bucket.log_index, bucket.le, bounds)
+
+
+@lru_cache(maxsize=16384)
+def _estimate(sign: int, log_index: int, le: float, bounds: tuple[float, ...]) -> float:
+    """:func:`estimate`, cached: the same buckets recur in every label set of a key, and
+    a live read of 1,000 histogram series spent a third of its time here."""
+    if sign == 0:
         return 0.0
-    low = GAMMA ** (bucket.log_index - 1)
-    high = GAMMA**bucket.log_index
-    if bucket.sign > 0:
+    low = GAMMA ** (log_index - 1)
+    high = GAMMA**log_index
+    if sign > 0:
         # Narrowed only by a classic bound that cuts the log bucket: a bound at its
         # edge (a rounded log) or one the key no longer has says nothing more.
-        lower = _lower_classic(bucket.le, bounds)
+        lower = _lower_classic(le, bounds)
         if low < lower < high:
             low = lower
-        if low < bucket.le < high:
-            high = bucket.le
+        if low < le < high:
+            high = le
     midpoint = 2 * low * high / (low + high)
-    return midpoint * bucket.sign
+    return midpoint * sign
 
 
 _new_bucket = tuple.__new__  # a FineBucket without the Python-level __new__ of NamedTuple

@@ -98,6 +98,16 @@ class GroupReport:
         return lag_over or age_over
 
 
+def loop_streams(loops: Sequence[object]) -> list[str] | None:
+    """The streams the consumers of ``loops`` read (their own walks found them), so
+    a caller needs no SCAN walk of its own (with 50,000 plan hashes in the database a
+    walk took seconds); None when no loop has a consumer."""
+    consumers = [c for c in (getattr(loop, "consumer", None) for loop in loops) if c is not None]
+    if not consumers:
+        return None
+    return sorted({s for c in consumers for s in getattr(c, "streams", ())})
+
+
 def inspect_groups(
     client: redis.Redis,
     keys: Keys,

@@ -46,7 +46,7 @@ from fleettrace.metrics import MetricKey, MetricType
 from fleettrace.plans import top_plans
 from fleettrace_worker.dashboard.access import check_exposure
 from fleettrace_worker.dashboard.app import DashboardSettings, build_app
-from fleettrace_worker.groups import GroupLimits, inspect_groups
+from fleettrace_worker.groups import GroupLimits, inspect_groups, loop_streams
 from fleettrace_worker.loop import BATCH_LATENCY_BUCKETS_S, GroupLoop
 from fleettrace_worker.webserver import HttpServer, parse_address
 
@@ -190,7 +190,8 @@ class WorkerCollector(Collector):
             labels=labels,
         )
         limits = self.worker.group_limits
-        for report in inspect_groups(self.client, self.worker.keys):
+        streams = loop_streams(self.worker.loops)
+        for report in inspect_groups(self.client, self.worker.keys, streams=streams):
             values = [report.group, report.stream]
             pending.add_metric(values, float(report.pending))
             if report.lag is not None:

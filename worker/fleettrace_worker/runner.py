@@ -6,7 +6,8 @@ its own with its own Redis connection, so a slow LangSmith never holds back
 persistence and the other way round. The main thread handles signals, writes the
 health key, loads the batch function library when Redis lacks it (at start and each
 health tick: a restart without persistence loses it), trims the streams and serves
-HTTP, and waits for the loops to finish.
+HTTP, and waits for the loops to finish. One more thread keeps the aggregates of the
+producers' counters that readers read (aggregator.py).
 
 Shutdown follows rq's warm and cold shutdown: the first SIGTERM or SIGINT stops
 reading, lets each loop finish and acknowledge the batch in hand, and exits 0; a
@@ -40,12 +41,14 @@ from fleettrace.keys import (
     PERSIST_GROUP,
     WORKER_HEALTH_TTL_S,
 )
+from fleettrace_worker.aggregator import Aggregator
 from fleettrace_worker.context import WorkerContext, WorkerSettings
 from fleettrace_worker.deadletter import DEAD_LETTER_LOG
 from fleettrace_worker.forwarder import langsmith_loop
 from fleettrace_worker.groups import (
     GroupWatch,
     inspect_groups,
+    loop_streams,
 )
 from fleettrace_worker.loop import GroupLoop
 from fleettrace_worker.otlp import otlp_loop
@@ -140,7 +143,7 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
         server = None
         loops: list[GroupLoop[Any]] = []
-        presence = None
+        presence, aggregator = None, None
         if self.settings.runtime_dir is not None:
             presence = PresenceFile(
                 Path(self.settings.runtime_dir), self.settings.consumer, self.settings.namespace
@@ -154,6 +157,10 @@ class Worker:
                     raise ConfigurationError(f"group {group!r} is not available in this build")
                 loops.append(factory(self.context))
             self._ensure_library()
+            if not self.settings.burst:  # a drain that exits keeps no aggregates
+                reached = lambda: any(loop.stats.ready for loop in self.loops)  # noqa: E731
+                aggregator = Aggregator(self.context.redis(), self.keys, self.stop, ready=reached)
+                aggregator.start()
             server = self._serve_http()
             if presence is not None:
                 presence.write()
@@ -170,6 +177,8 @@ class Worker:
             self.stop.set()
             for item in self._threads:
                 item.thread.join()
+            if aggregator is not None:
+                aggregator.thread.join()
             self._write_health()
             for loop in loops:
                 _close(loop)
@@ -241,8 +250,7 @@ class Worker:
 
     def _streams(self) -> list[str]:
         """The streams the loops read: their walks found them, no walk of its own."""
-        consumers = [getattr(loop, "consumer", None) for loop in self.loops]
-        return sorted({s for c in consumers for s in getattr(c, "streams", ())})
+        return loop_streams(self.loops) or []
 
     def _trim(self) -> None:
         try:
