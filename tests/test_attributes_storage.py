@@ -22,7 +22,8 @@ from fleettrace_worker.cli import main
 from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
-from fleettrace_worker.repository import LLMTraceRepository, TraceFilter
+from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.trace_filter import TraceFilter
 from tests.factories import llm_trace
 from tests.worker_helpers import migrate_from_processes, migrated, scalar
 

@@ -23,24 +23,28 @@ Hooks record through the process's default emitter (``fleettrace.configure`` /
 
 from __future__ import annotations
 
-import copy
-import functools
-import inspect
-import logging
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextvars import ContextVar, Token
-from types import TracebackType
-from typing import Any, Final, ParamSpec, TypeVar, cast
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 from fleettrace import attributes, plan_scope
 from fleettrace.attributes import Attributes
 from fleettrace.emitter import Emitter, get_emitter
 from fleettrace.metrics import MetricKey
-from fleettrace.model import MAX_LABEL_CHARS, LLMTrace
+from fleettrace.model import LLMTrace
 from fleettrace.plan_scope import error_text as _error_text
 from fleettrace.plan_token import TOKEN_PREFIX, PlanPlace
+from fleettrace.spans import (
+    ACTOR,
+    DECISION_ID,
+    PLAN_ID,
+    Span,
+    TimedSpan,
+    check_value,
+    checked_name,
+    new_id,
+)
 from fleettrace.tree_records import PlanRecord
 
 CONTEXT_TIERS: Final = frozenset({"hot", "warm", "cold"})
@@ -48,30 +52,24 @@ INDEX_BACKENDS: Final = frozenset({"text", "vector", "graph"})
 SANDBOX_OPERATIONS: Final = frozenset({"create", "commit", "rollback"})
 TOTAL_PHASE: Final = "total"
 
-logger = logging.getLogger("fleettrace.hooks")
-
-_plan_id: ContextVar[str | None] = ContextVar("fleettrace_plan_id", default=None)
-_decision_id: ContextVar[str | None] = ContextVar("fleettrace_decision_id", default=None)
-_actor: ContextVar[str | None] = ContextVar("fleettrace_actor", default=None)
 # The LLM call span open in this context: a wrapped client fills it (fleettrace.integrations)
 # instead of recording a second call for the same request.
 _llm_call: ContextVar[LLMCallSpan | None] = ContextVar("fleettrace_llm_call", default=None)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-S = TypeVar("S", bound="Span")
 
 
 def current_plan_id() -> str | None:
-    return _plan_id.get()
+    return PLAN_ID.get()
 
 
 def current_decision_id() -> str | None:
-    return _decision_id.get()
+    return DECISION_ID.get()
 
 
 def current_actor() -> str | None:
-    return _actor.get()
+    return ACTOR.get()
 
 
 def current_plan_token() -> str | None:
@@ -82,150 +80,6 @@ def current_plan_token() -> str | None:
 def current_llm_call() -> LLMCallSpan | None:
     """The ``llm_call`` / ``actor.llm`` span open in this context, if any."""
     return _llm_call.get()
-
-
-def _name(kind: str, value: str) -> str:
-    """A name used as a label value, checked at the call rather than when the block ends."""
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_LABEL_CHARS or "\x00" in value:
-        raise ValueError(
-            f"{kind} must be a string of 1-{MAX_LABEL_CHARS} characters without NUL, got {value!r}"
-        )
-    return value
-
-
-def _check(kind: str, value: str, allowed: frozenset[str]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{kind} must be one of {', '.join(sorted(allowed))}; got {value!r}")
-    return value
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex
-
-
-class Span:
-    """A timed block that records when it ends; subclasses say what is set and recorded.
-
-    One instance serves one ``with`` block; as a decorator it copies itself for each
-    call, so a decorated function may run concurrently.
-    """
-
-    def __init__(self, emitter: Emitter | None = None) -> None:
-        self._emitter = emitter
-        self._started_s = 0.0
-        self._tokens: list[tuple[ContextVar[Any], Token[Any]]] = []
-
-    @property
-    def emitter(self) -> Emitter:
-        return self._emitter if self._emitter is not None else get_emitter()
-
-    # What a subclass sets on entry and records on exit.
-    def _enter(self) -> None:
-        """Called when the block starts (set context variables here)."""
-
-    def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
-        """Called when the block ends, with its wall time and the exception if any."""
-
-    def _set(self, var: ContextVar[Any], value: Any) -> None:
-        self._tokens.append((var, var.set(value)))
-
-    def _set_attributes(self, given: tuple[Attributes, list[str]] | None, where: str) -> None:
-        """Put the attributes given to this scope in force inside it, merged into the
-        ones around it; what was invalid or over the limits is counted, not raised."""
-        if given is None:
-            return
-        own, rejected = given
-        merged, over = own.inside(attributes.current.get())
-        self._set(attributes.current, merged)
-        if rejected or over:
-            self.emitter.reject([*rejected, *over], where)
-
-    def _observe(self, key: MetricKey, value: float, labels: dict[str, str]) -> None:
-        self.emitter.observe(key, value, labels, plan_id=_plan_id.get())
-
-    def __enter__(self: S) -> S:
-        self._tokens = []
-        self._enter()
-        self._started_s = time.perf_counter()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        elapsed_s = time.perf_counter() - self._started_s
-        try:
-            self._exit(elapsed_s, exc)
-        except Exception:
-            if exc is None:
-                raise
-            # The block's own exception is what the caller must see, unchanged.
-            logger.warning("fleettrace could not record %r", self, exc_info=True)
-        finally:
-            while self._tokens:
-                var, token = self._tokens.pop()
-                var.reset(token)
-
-    async def __aenter__(self: S) -> S:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
-
-    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
-        if inspect.iscoroutinefunction(func):
-            async_func = cast(Callable[P, Awaitable[Any]], func)
-
-            @functools.wraps(func)
-            async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
-                with copy.copy(self):
-                    return await async_func(*args, **kwargs)
-
-            return cast(Callable[P, R], run_async)
-
-        @functools.wraps(func)
-        def run(*args: P.args, **kwargs: P.kwargs) -> R:
-            with copy.copy(self):
-                return func(*args, **kwargs)
-
-        return run
-
-
-class TimedSpan(Span):
-    """Records the block's duration under one histogram key and label set; for tools
-    also the outcome, so the error rate is derivable."""
-
-    def __init__(
-        self,
-        key: MetricKey,
-        labels: dict[str, str],
-        *,
-        unit_s: float,
-        outcome_key: MetricKey | None = None,
-        emitter: Emitter | None = None,
-        on_end: Callable[[TimedSpan, float, BaseException | None], None] | None = None,
-    ) -> None:
-        super().__init__(emitter)
-        self.key = key
-        self.labels = labels
-        self._unit_s = unit_s
-        self._outcome_key = outcome_key
-        self._on_end = on_end
-
-    def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
-        self._observe(self.key, elapsed_s / self._unit_s, self.labels)
-        if self._outcome_key is not None:
-            outcome = "ok" if error is None else "error"
-            self._observe(self._outcome_key, 1, {**self.labels, "outcome": outcome})
-        if self._on_end is not None:
-            self._on_end(self, elapsed_s, error)
 
 
 _MS: Final = 0.001
@@ -269,15 +123,15 @@ class PlanSpan(Span):
         return self.state.place.token()
 
     def _enter(self) -> None:
-        self.plan_id = self._given_id or _new_id()
+        self.plan_id = self._given_id or new_id()
         self.state = plan_scope.start(self.plan_id, self._given_parent)
         self.parent = self.state.parent
         if self.parent is not None:
             self.emitter.observe(
                 MetricKey.PLAN_CHILD_PLANS_COUNT, 1, {"plan": self.parent}, plan_id=self.parent
             )
-        self._set(_plan_id, self.plan_id)
-        self._set(_decision_id, None)
+        self._set(PLAN_ID, self.plan_id)
+        self._set(DECISION_ID, None)
         self._set_attributes(self._given, "a plan")
         self._set(plan_scope.var(), self.state)
 
@@ -304,10 +158,10 @@ class DecisionSpan(Span):
         self.decision_id = decision_id or ""
 
     def _enter(self) -> None:
-        self.decision_id = self._given_id or _new_id()
-        self._set(_decision_id, self.decision_id)
+        self.decision_id = self._given_id or new_id()
+        self._set(DECISION_ID, self.decision_id)
         self._set_attributes(self._given, "a decision")
-        plan_id = _plan_id.get()
+        plan_id = PLAN_ID.get()
         if plan_id is not None:
             self._observe(MetricKey.PLAN_DECISIONS_COUNT, 1, {"plan": plan_id})
 
@@ -328,7 +182,7 @@ class ActorSpan(TimedSpan):
         self.name = name
 
     def _enter(self) -> None:
-        self._set(_actor, self.name)
+        self._set(ACTOR, self.name)
         self._set_attributes(self._given, "an actor")
 
     def llm(self, provider: str, model: str, **fields: Any) -> LLMCallSpan:
@@ -395,9 +249,9 @@ def record_llm_call(
     those of the scopes around the call (``scope``, else the current context's);
     their invalid parts, and an invalid ``ttft_ms``, are dropped and counted.
     """
-    fields.setdefault("plan_id", _plan_id.get())
-    fields.setdefault("decision_id", _decision_id.get())
-    fields.setdefault("actor", _actor.get())
+    fields.setdefault("plan_id", PLAN_ID.get())
+    fields.setdefault("decision_id", DECISION_ID.get())
+    fields.setdefault("actor", ACTOR.get())
     target = emitter if emitter is not None else get_emitter()
     rejected = attributes.take(fields, attributes.current.get() if scope is None else scope)
     if rejected:
@@ -426,9 +280,9 @@ def plan(
     ``parent`` from another process is the token of its plan (``PlanSpan.token``) or a
     plain plan id. The attributes given hold for every record inside it."""
     if parent is not None and not (isinstance(parent, str) and parent.startswith(TOKEN_PREFIX)):
-        parent = _name("parent", parent)
+        parent = checked_name("parent", parent)
     return PlanSpan(
-        None if plan_id is None else _name("plan_id", plan_id),
+        None if plan_id is None else checked_name("plan_id", plan_id),
         parent,
         emitter,
         attributes.given(tags, metadata, user_id, session_id),
@@ -442,7 +296,7 @@ def _add_phase(span: TimedSpan, elapsed_s: float, error: BaseException | None) -
 def phase(name: str, *, emitter: Emitter | None = None) -> TimedSpan:
     """A phase of the current plan (``plan.duration_seconds{phase=name}``); its
     duration is also summed into the plan's record (``phases_ms``)."""
-    labels = {"phase": _name("phase", name)}
+    labels = {"phase": checked_name("phase", name)}
     return TimedSpan(
         MetricKey.PLAN_DURATION_SECONDS, labels, unit_s=1.0, emitter=emitter, on_end=_add_phase
     )
@@ -474,7 +328,7 @@ def actor(
     """An actor invocation (``actor.invocation_duration_ms{actor}``). The attributes
     given hold for every record inside it."""
     return ActorSpan(
-        _name("actor", name), emitter, attributes.given(tags, metadata, user_id, session_id)
+        checked_name("actor", name), emitter, attributes.given(tags, metadata, user_id, session_id)
     )
 
 
@@ -513,9 +367,9 @@ def _record_tool(span: TimedSpan, elapsed_s: float, error: BaseException | None)
         span.labels["tool"],
         elapsed_s,
         error,
-        plan_id=_plan_id.get(),
-        decision_id=_decision_id.get(),
-        actor=_actor.get(),
+        plan_id=PLAN_ID.get(),
+        decision_id=DECISION_ID.get(),
+        actor=ACTOR.get(),
     )
     span.emitter.record(call)
 
@@ -525,7 +379,7 @@ def tool(name: str, *, emitter: Emitter | None = None) -> TimedSpan:
     and a ``ToolCall`` record of its own in the plan tree."""
     return TimedSpan(
         MetricKey.TOOL_INVOCATION_DURATION_MS,
-        {"tool": _name("tool", name)},
+        {"tool": checked_name("tool", name)},
         unit_s=_MS,
         outcome_key=MetricKey.TOOL_ERROR_RATE,
         emitter=emitter,
@@ -535,19 +389,19 @@ def tool(name: str, *, emitter: Emitter | None = None) -> TimedSpan:
 
 def context_build(tier: str, *, emitter: Emitter | None = None) -> TimedSpan:
     """Building context from a tier: ``hot``, ``warm`` or ``cold``."""
-    labels = {"tier": _check("tier", tier, CONTEXT_TIERS)}
+    labels = {"tier": check_value("tier", tier, CONTEXT_TIERS)}
     return TimedSpan(MetricKey.CONTEXT_BUILD_DURATION_MS, labels, unit_s=_MS, emitter=emitter)
 
 
 def index_query(backend: str, *, emitter: Emitter | None = None) -> TimedSpan:
     """An index query on a backend: ``text``, ``vector`` or ``graph``."""
-    labels = {"backend": _check("backend", backend, INDEX_BACKENDS)}
+    labels = {"backend": check_value("backend", backend, INDEX_BACKENDS)}
     return TimedSpan(MetricKey.INDEX_QUERY_DURATION_MS, labels, unit_s=_MS, emitter=emitter)
 
 
 def sandbox(operation: str, *, emitter: Emitter | None = None) -> TimedSpan:
     """A sandbox operation: ``create``, ``commit`` or ``rollback``."""
-    labels = {"operation": _check("operation", operation, SANDBOX_OPERATIONS)}
+    labels = {"operation": check_value("operation", operation, SANDBOX_OPERATIONS)}
     return TimedSpan(MetricKey.SANDBOX_OPERATION_DURATION_MS, labels, unit_s=_MS, emitter=emitter)
 
 
@@ -556,5 +410,5 @@ def set_hot_context_tokens(tokens: int, *, emitter: Emitter | None = None) -> No
     if type(tokens) is not int or tokens < 0:
         raise ValueError(f"tokens must be a non-negative integer, got {tokens!r}")
     (emitter if emitter is not None else get_emitter()).observe(
-        MetricKey.CONTEXT_TOKENS_USED, tokens, plan_id=_plan_id.get()
+        MetricKey.CONTEXT_TOKENS_USED, tokens, plan_id=PLAN_ID.get()
     )

@@ -10,14 +10,11 @@ staging tables and merging with ``ON CONFLICT DO NOTHING``. Both paths commit be
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from operator import attrgetter
-from typing import Final, Literal, get_args
+from typing import Final
 
 import psycopg
 from psycopg import sql
@@ -26,7 +23,18 @@ from psycopg_pool import ConnectionPool
 from fleettrace.keys import configured_namespace
 from fleettrace.model import LLMTrace, MetricSample
 from fleettrace.tree_records import PlanRecord, ToolCall
-from fleettrace_worker import attribute_filters, database
+from fleettrace_worker import database
+from fleettrace_worker.trace_filter import (
+    GROUP_EXPRESSIONS,
+    CostRow,
+    Page,
+    TraceFilter,
+    check_group_by,
+    decode_cursor,
+    encode_cursor,
+    sql_conditions,
+    where_clause,
+)
 from fleettrace_worker.tree_store import (
     PLAN_COLUMNS,
     PLANS_TABLE,
@@ -109,17 +117,6 @@ _SELECT_TRACE: Final = sql.SQL("SELECT {}, namespace FROM {}").format(
     sql.SQL(", ").join(map(sql.Identifier, _TRACE_NAMES)), sql.Identifier(TRACES_TABLE)
 )
 
-GroupBy = Literal["provider", "model", "actor", "plan", "day", "namespace"]
-GROUP_BY_FIELDS: Final[tuple[str, ...]] = get_args(GroupBy)
-_GROUP_EXPRESSIONS: Final[dict[str, sql.Composable]] = {
-    "provider": sql.SQL("provider"),
-    "model": sql.SQL("model"),
-    "actor": sql.SQL("actor"),
-    "plan": sql.SQL("plan_id"),
-    "day": sql.SQL("to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"),
-    "namespace": sql.SQL("namespace"),
-}
-
 MetricRow = tuple[str, int, MetricSample]
 """A metric sample with the batch id and position that name it (see codec.DecodedBatch)."""
 
@@ -134,95 +131,6 @@ class StoreResult:
     samples_duplicate: int
     tree_inserted: int = 0
     tree_duplicate: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class TraceFilter:
-    """Which traces a query covers; ``since`` is inclusive, ``until`` exclusive.
-    ``namespace`` None covers every namespace (rows stored before schema version 3,
-    which have none, included); the CLI always names one unless --all-namespaces."""
-
-    provider: str | None = None
-    model: str | None = None
-    actor: str | None = None
-    plan_id: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    errors_only: bool = False
-    namespace: str | None = None
-    # Schema version 4: every tag, every (key, value) metadata pair, user, session.
-    tags: tuple[str, ...] = ()
-    metadata: tuple[tuple[str, str], ...] = ()
-    user_id: str | None = None
-    session_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """Traces newest first; pass ``next_cursor`` back to get the ones after them.
-    ``namespaces[i]`` is the namespace ``items[i]`` was stored under (None for a row
-    older than schema version 3)."""
-
-    items: list[LLMTrace]
-    next_cursor: str | None
-    namespaces: list[str | None] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class CostRow:
-    """One group of a cost summary. ``cost_usd`` sums the priced calls only, and is
-    ``None`` when no call of the group was priced (unknown, not free);
-    ``unpriced_calls`` says how many calls had no known price. Token sums cover the
-    calls whose usage is known; ``unknown_token_calls`` counts the others."""
-
-    group: dict[str, str | None]
-    calls: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float | None
-    unpriced_calls: int
-    error_rate: float
-    latency_p50_ms: float
-    latency_p95_ms: float
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-    unknown_token_calls: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-class InvalidCursor(ValueError):
-    """A pagination cursor that this code did not make."""
-
-
-def encode_cursor(trace: LLMTrace) -> str:
-    raw = f"{trace.started_at.isoformat()}|{trace.trace_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        started, trace_id = raw.split("|")
-        at = datetime.fromisoformat(started)
-        if at.tzinfo is None:
-            raise ValueError("naive")
-        return at, uuid.UUID(trace_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidCursor(f"cursor {cursor[:64]!r} is not one this command returned") from None
-
-
-def check_group_by(group_by: Sequence[str]) -> None:
-    """ValueError unless ``group_by`` holds distinct names among GROUP_BY_FIELDS."""
-    unknown = [name for name in group_by if name not in _GROUP_EXPRESSIONS]
-    if unknown or len(set(group_by)) != len(group_by):
-        raise ValueError(
-            f"group by must be distinct names among {', '.join(GROUP_BY_FIELDS)}; "
-            f"got {', '.join(group_by) or 'nothing'}"
-        )
 
 
 class LLMTraceRepository:
@@ -315,18 +223,18 @@ class LLMTraceRepository:
         self, trace_id: uuid.UUID, *, namespace: str | None = None
     ) -> tuple[LLMTrace, str | None] | None:
         """:meth:`get`, and the namespace the call was stored under."""
-        conditions, params = _conditions(TraceFilter(namespace=namespace))
+        conditions, params = sql_conditions(TraceFilter(namespace=namespace))
         conditions.append(sql.SQL("trace_id = %s"))
         rows, namespaces = self._fetch(
-            sql.SQL("{} {}").format(_SELECT_TRACE, _where(conditions)), (*params, trace_id)
+            sql.SQL("{} {}").format(_SELECT_TRACE, where_clause(conditions)), (*params, trace_id)
         )
         return (rows[0], namespaces[0]) if rows else None
 
     def by_plan(self, plan_id: str, *, namespace: str | None = None) -> list[LLMTrace]:
         """Every call of one plan (of one namespace, if given), in the order they started."""
-        conditions, params = _conditions(TraceFilter(plan_id=plan_id, namespace=namespace))
+        conditions, params = sql_conditions(TraceFilter(plan_id=plan_id, namespace=namespace))
         query = sql.SQL("{} {} ORDER BY started_at, trace_id").format(
-            _SELECT_TRACE, _where(conditions)
+            _SELECT_TRACE, where_clause(conditions)
         )
         return self._fetch(query, params)[0]
 
@@ -338,12 +246,12 @@ class LLMTraceRepository:
         """
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        conditions, params = _conditions(where)
+        conditions, params = sql_conditions(where)
         if after is not None:
             conditions.append(sql.SQL("(started_at, trace_id) < (%s, %s)"))
             params.extend(decode_cursor(after))
         query = sql.SQL("{} {} ORDER BY started_at DESC, trace_id DESC LIMIT %s").format(
-            _SELECT_TRACE, _where(conditions)
+            _SELECT_TRACE, where_clause(conditions)
         )
         rows, namespaces = self._fetch(query, (*params, limit + 1))
         if len(rows) > limit:
@@ -352,9 +260,9 @@ class LLMTraceRepository:
 
     def count(self, where: TraceFilter) -> int:
         """How many traces ``where`` selects (what a page is a part of)."""
-        conditions, params = _conditions(where)
+        conditions, params = sql_conditions(where)
         query = sql.SQL("SELECT count(*) FROM {} {}").format(
-            sql.Identifier(TRACES_TABLE), _where(conditions)
+            sql.Identifier(TRACES_TABLE), where_clause(conditions)
         )
         with database.connection(self._pool) as conn:
             row = conn.execute(query, params).fetchone()
@@ -366,8 +274,8 @@ class LLMTraceRepository:
         """Calls, tokens, cost, error rate and latency percentiles per group, the most
         expensive group first. With no ``group_by``: one row for everything selected."""
         check_group_by(group_by)
-        conditions, params = _conditions(where or TraceFilter())
-        groups = [_GROUP_EXPRESSIONS[name] for name in group_by]
+        conditions, params = sql_conditions(where or TraceFilter())
+        groups = [GROUP_EXPRESSIONS[name] for name in group_by]
         # Token sums over the calls whose usage is known (a NULL is skipped by sum);
         # the cost is NULL when nothing of the group was priced.
         known = "prompt_tokens IS NOT NULL AND completion_tokens IS NOT NULL"
@@ -390,7 +298,7 @@ class LLMTraceRepository:
         query = sql.SQL("SELECT {} FROM {} {} {} HAVING count(*) > 0 ORDER BY {}").format(
             sql.SQL(", ").join([*groups, aggregates]),
             sql.Identifier(TRACES_TABLE),
-            _where(conditions),
+            where_clause(conditions),
             sql.SQL("GROUP BY {}").format(sql.SQL(", ").join(positions)) if groups else sql.SQL(""),
             sql.SQL(", ").join(order),
         )
@@ -515,39 +423,6 @@ def _merge(
         )
     )
     return cursor.rowcount
-
-
-def _conditions(where: TraceFilter) -> tuple[list[sql.Composable], list[object]]:
-    conditions: list[sql.Composable] = []
-    params: list[object] = []
-    for column, value in (
-        ("namespace", where.namespace),
-        ("provider", where.provider),
-        ("model", where.model),
-        ("actor", where.actor),
-        ("plan_id", where.plan_id),
-    ):
-        if value is not None:
-            conditions.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-            params.append(value)
-    if where.since is not None:
-        conditions.append(sql.SQL("started_at >= %s"))
-        params.append(where.since)
-    if where.until is not None:
-        conditions.append(sql.SQL("started_at < %s"))
-        params.append(where.until)
-    if where.errors_only:
-        conditions.append(sql.SQL("error IS NOT NULL"))
-    more, more_params = attribute_filters.conditions(
-        where.tags, where.metadata, where.user_id, where.session_id
-    )
-    return conditions + more, params + more_params
-
-
-def _where(conditions: list[sql.Composable]) -> sql.Composed:
-    if not conditions:
-        return sql.Composed([])
-    return sql.SQL("WHERE ") + sql.SQL(" AND ").join(conditions)
 
 
 def _text(value: object) -> str | None:

@@ -28,11 +28,11 @@ from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.cli import tree as tree_cli
 from fleettrace_worker.cli.render import Column, Kind
 from fleettrace_worker.durations import parse_time
-from fleettrace_worker.repository import (
+from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.trace_filter import (
     GROUP_BY_FIELDS,
     CostRow,
     InvalidCursor,
-    LLMTraceRepository,
     TraceFilter,
     check_group_by,
     decode_cursor,

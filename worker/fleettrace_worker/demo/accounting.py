@@ -23,7 +23,8 @@ from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker import database
 from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.demo.settings import AgentReport, DemoSettings
-from fleettrace_worker.repository import SAMPLES_TABLE, TRACES_TABLE, CostRow
+from fleettrace_worker.repository import SAMPLES_TABLE, TRACES_TABLE
+from fleettrace_worker.trace_filter import CostRow
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,8 +37,9 @@ from fleettrace_worker.demo.agents import AGENT_CLOSE_TIMEOUT_S, run_agent, send
 from fleettrace_worker.demo.llm_server import LLMServer
 from fleettrace_worker.demo.settings import AgentReport, DemoSettings
 from fleettrace_worker.migrations import migrate
-from fleettrace_worker.repository import LLMTraceRepository, TraceFilter
+from fleettrace_worker.repository import LLMTraceRepository
 from fleettrace_worker.runner import Worker
+from fleettrace_worker.trace_filter import TraceFilter
 
 POLL_S: Final = 0.25
 #: How long the local LLM server waits before each answer: a provider's latency,

@@ -1,0 +1,180 @@
+"""The span machinery under every hook: a timed block that is a context manager and a
+decorator, and the context variables that carry the current plan, decision and actor.
+
+:mod:`fleettrace.hooks` builds each hook (plan, decision, actor, LLM call, tool, ...) on
+:class:`Span` and :class:`TimedSpan`; this module holds what they share, so the hooks
+module reads as the list of hooks.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, cast
+
+from fleettrace import attributes
+from fleettrace.attributes import Attributes
+from fleettrace.emitter import Emitter, get_emitter
+from fleettrace.metrics import MetricKey
+from fleettrace.model import MAX_LABEL_CHARS
+
+logger = logging.getLogger("fleettrace.hooks")
+
+PLAN_ID: ContextVar[str | None] = ContextVar("fleettrace_plan_id", default=None)
+DECISION_ID: ContextVar[str | None] = ContextVar("fleettrace_decision_id", default=None)
+ACTOR: ContextVar[str | None] = ContextVar("fleettrace_actor", default=None)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S", bound="Span")
+
+
+def checked_name(kind: str, value: str) -> str:
+    """A name used as a label value, checked at the call rather than when the block ends."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_LABEL_CHARS or "\x00" in value:
+        raise ValueError(
+            f"{kind} must be a string of 1-{MAX_LABEL_CHARS} characters without NUL, got {value!r}"
+        )
+    return value
+
+
+def check_value(kind: str, value: str, allowed: frozenset[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{kind} must be one of {', '.join(sorted(allowed))}; got {value!r}")
+    return value
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Span:
+    """A timed block that records when it ends; subclasses say what is set and recorded.
+
+    One instance serves one ``with`` block; as a decorator it copies itself for each
+    call, so a decorated function may run concurrently.
+    """
+
+    def __init__(self, emitter: Emitter | None = None) -> None:
+        self._emitter = emitter
+        self._started_s = 0.0
+        self._tokens: list[tuple[ContextVar[Any], Token[Any]]] = []
+
+    @property
+    def emitter(self) -> Emitter:
+        return self._emitter if self._emitter is not None else get_emitter()
+
+    # What a subclass sets on entry and records on exit.
+    def _enter(self) -> None:
+        """Called when the block starts (set context variables here)."""
+
+    def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
+        """Called when the block ends, with its wall time and the exception if any."""
+
+    def _set(self, var: ContextVar[Any], value: Any) -> None:
+        self._tokens.append((var, var.set(value)))
+
+    def _set_attributes(self, given: tuple[Attributes, list[str]] | None, where: str) -> None:
+        """Put the attributes given to this scope in force inside it, merged into the
+        ones around it; what was invalid or over the limits is counted, not raised."""
+        if given is None:
+            return
+        own, rejected = given
+        merged, over = own.inside(attributes.current.get())
+        self._set(attributes.current, merged)
+        if rejected or over:
+            self.emitter.reject([*rejected, *over], where)
+
+    def _observe(self, key: MetricKey, value: float, labels: dict[str, str]) -> None:
+        self.emitter.observe(key, value, labels, plan_id=PLAN_ID.get())
+
+    def __enter__(self: S) -> S:
+        self._tokens = []
+        self._enter()
+        self._started_s = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        elapsed_s = time.perf_counter() - self._started_s
+        try:
+            self._exit(elapsed_s, exc)
+        except Exception:
+            if exc is None:
+                raise
+            # The block's own exception is what the caller must see, unchanged.
+            logger.warning("fleettrace could not record %r", self, exc_info=True)
+        finally:
+            while self._tokens:
+                var, token = self._tokens.pop()
+                var.reset(token)
+
+    async def __aenter__(self: S) -> S:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(func):
+            async_func = cast(Callable[P, Awaitable[Any]], func)
+
+            @functools.wraps(func)
+            async def run_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+                with copy.copy(self):
+                    return await async_func(*args, **kwargs)
+
+            return cast(Callable[P, R], run_async)
+
+        @functools.wraps(func)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            with copy.copy(self):
+                return func(*args, **kwargs)
+
+        return run
+
+
+class TimedSpan(Span):
+    """Records the block's duration under one histogram key and label set; for tools
+    also the outcome, so the error rate is derivable."""
+
+    def __init__(
+        self,
+        key: MetricKey,
+        labels: dict[str, str],
+        *,
+        unit_s: float,
+        outcome_key: MetricKey | None = None,
+        emitter: Emitter | None = None,
+        on_end: Callable[[TimedSpan, float, BaseException | None], None] | None = None,
+    ) -> None:
+        super().__init__(emitter)
+        self.key = key
+        self.labels = labels
+        self._unit_s = unit_s
+        self._outcome_key = outcome_key
+        self._on_end = on_end
+
+    def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
+        self._observe(self.key, elapsed_s / self._unit_s, self.labels)
+        if self._outcome_key is not None:
+            outcome = "ok" if error is None else "error"
+            self._observe(self._outcome_key, 1, {**self.labels, "outcome": outcome})
+        if self._on_end is not None:
+            self._on_end(self, elapsed_s, error)
