@@ -46,6 +46,7 @@ from fleettrace_worker.repository import LLMTraceRepository
 from fleettrace_worker.runner import Worker
 from tests.factories import llm_trace
 from tests.waiting import wait_until
+from tests.worker_helpers import scalar
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -53,7 +54,9 @@ URL_VARIABLES = ("FLEETTRACE_REDIS_URL", "REDIS_URL", "FLEETTRACE_DATABASE_URL",
 VERDICT = re.compile(
     r"records sent = rows stored \+ dead letters: (\d+) = (\d+) \+ (\d+) \(nothing lost"
 )
-STORED = re.compile(r"rows stored: (\d+) \((\d+) llm_traces \+ (\d+) metric_samples\)")
+STORED = re.compile(
+    r"rows stored: (\d+) \((\d+) llm_traces \+ (\d+) metric_samples \+ (\d+) tool_calls and plans\)"
+)
 SENT = re.compile(r"records sent: (\d+) \((\d+) by \d+ agent processes in \d+ plans, (\d+) written")
 RUN = re.compile(r"Run (demo-[0-9a-f]+):")
 
@@ -69,9 +72,9 @@ def _demo(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[s
     )
 
 
-def _figures(stdout: str, malformed: int) -> tuple[str, int, int, int]:
-    """(run id, records the emitters sent, traces stored, samples stored) from the
-    demo's output, after checking its sums."""
+def _figures(stdout: str, malformed: int) -> tuple[str, int, int, int, int]:
+    """(run id, records the emitters sent, traces stored, samples stored, tool call and
+    plan record rows stored) from the demo's output, after checking its sums."""
     verdict = VERDICT.search(stdout)
     stored = STORED.search(stdout)
     sent_line = SENT.search(stdout)
@@ -81,11 +84,12 @@ def _figures(stdout: str, malformed: int) -> tuple[str, int, int, int]:
     assert rows + dead == sent
     assert dead == (malformed + 1) // 2  # every other handwritten record is invalid
     assert int(stored.group(1)) == rows
-    assert int(stored.group(2)) + int(stored.group(3)) == rows
+    assert int(stored.group(2)) + int(stored.group(3)) + int(stored.group(4)) == rows
     total, by_agents, handwritten = map(int, sent_line.groups())
     assert (total, handwritten) == (sent, malformed)
     assert by_agents + handwritten == sent
-    return run.group(1), by_agents, int(stored.group(2)), int(stored.group(3))
+    traces, samples, tree = (int(stored.group(n)) for n in (2, 3, 4))
+    return run.group(1), by_agents, traces, samples, tree
 
 
 @pytest.mark.slow
@@ -96,8 +100,9 @@ def test_the_demo_runs_on_the_embedded_servers_when_no_url_is_set(tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert "Starting embedded servers under" in result.stdout
     assert "Traceback" not in result.stderr
-    run_id, sent, traces, samples = _figures(result.stdout, malformed=2)
-    assert sent + 1 == traces + samples  # one handwritten record stored, one dead
+    run_id, sent, traces, samples, tree = _figures(result.stdout, malformed=2)
+    assert sent + 1 == traces + samples + tree  # one handwritten record stored, one dead
+    assert tree >= 2 * 3  # every plan leaves its plan record
     assert traces >= 2 * 3  # every plan makes at least one LLM call
     assert "dead letter: prompt_tokens: Input should be greater than or equal to 0" in (
         result.stdout
@@ -138,7 +143,7 @@ def test_the_demo_uses_the_servers_the_urls_name(
     assert result.returncode == 0, result.stderr
     assert "Starting embedded servers" not in result.stdout
     assert not (tmp_path / "unused").exists()
-    run_id, sent, traces, samples = _figures(result.stdout, malformed=5)
+    run_id, sent, traces, samples, tree = _figures(result.stdout, malformed=5)
     letters = redis_client.xrange(keys.dead_letters(PERSIST_GROUP))
     assert len(letters) == 3
     assert all(b"prompt_tokens" in fields[b"reason"] for _, fields in letters)
@@ -147,6 +152,11 @@ def test_the_demo_uses_the_servers_the_urls_name(
             "SELECT count(*) FROM llm_traces WHERE plan_id LIKE %s", (f"{run_id}-%",)
         ).fetchone()
         stored_samples = conn.execute("SELECT count(*) FROM metric_samples").fetchone()
+        stored_tree = conn.execute(
+            "SELECT (SELECT count(*) FROM tool_calls WHERE plan_id LIKE %s)"
+            " + (SELECT count(*) FROM plans WHERE plan_id LIKE %s)",
+            (f"{run_id}-%", f"{run_id}-%"),
+        ).fetchone()
         unpriced = conn.execute(
             "SELECT count(*) FROM llm_traces WHERE cost_usd IS NULL AND model = 'acme-reasoner-2'"
         ).fetchone()
@@ -167,6 +177,7 @@ def test_the_demo_uses_the_servers_the_urls_name(
         ).fetchone()
     assert stored_traces == (traces,)
     assert stored_samples == (samples,)
+    assert stored_tree == (tree,)
     assert unpriced is not None and unpriced[0] > 0
     assert failed is not None and failed[0] > 0
     assert retried is not None and retried[0] > 0
@@ -224,6 +235,36 @@ def test_a_demo_and_another_namespace_never_see_each_others_rows(
     # The demo leaves its keys for the user to look at; the test removes them.
     client = redis.Redis.from_url(redis_url)
     for key in client.scan_iter(match=f"{Keys(demo_ns).prefix}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.mark.slow
+def test_demo_json_is_the_report_alone_and_agrees_with_the_database(
+    redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    env = {name: value for name, value in os.environ.items() if name not in URL_VARIABLES}
+    env["FLEETTRACE_REDIS_URL"] = redis_url
+    env["FLEETTRACE_DATABASE_URL"] = database_url
+    env["FLEETTRACE_DATA_DIR"] = str(tmp_path / "unused")
+    ns = f"demo-json-{os.getpid()}"
+    result = _demo(["--agents", "1", "--plans", "2", "--namespace", ns, "--json"], env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # stdout is one JSON object and nothing else
+    assert "agents running" in result.stderr  # the progress goes to stderr
+    assert "Cost by model" not in result.stderr + result.stdout  # the report is the JSON
+    assert report["namespace"] == ns and report["nothing_lost"] is True
+    assert report["records_sent"] == report["rows_stored"] + report["dead_letters"]
+    assert report["written_past_emitter"] == 2 and report["dead_letters"] == 1
+    traces = scalar(database_url, f"SELECT count(*) FROM llm_traces WHERE namespace = '{ns}'")
+    samples = scalar(database_url, f"SELECT count(*) FROM metric_samples WHERE namespace = '{ns}'")
+    assert (report["traces_stored"], report["samples_stored"]) == (traces, samples)
+    assert report["rows_stored"] == traces + samples + report["tree_rows_stored"]
+    items = report["cost_by_model"]["items"]
+    assert report["cost_by_model"]["next_cursor"] is None
+    assert sum(item["calls"] for item in items) == traces
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{Keys(ns).prefix}*", count=1000):
         client.delete(key)
     client.close()
 
@@ -383,7 +424,7 @@ def test_rows_and_dead_letters_are_counted_for_this_run_only(
     pool = database.create_pool(database_url)
     try:
         migrate(pool)
-        assert count_rows(pool, new_run_id()) == (0, 0)
+        assert count_rows(pool, new_run_id()) == (0, 0, 0)
     finally:
         pool.close()
 
@@ -413,11 +454,11 @@ def test_the_progress_shows_as_a_live_table_on_a_terminal() -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=100)
     with demo_cli._display(console) as show:
-        show(Progress(2, 120, 30, 80, 1, 0.25, 3, 4))
+        show(Progress(2, 120, 30, 80, 6, 1, 0.25, 3, 4))
     text = out.getvalue()
     assert "records sent" in text
     assert "120" in text
-    assert "110 (30 traces, 80 metric samples)" in text
+    assert "116 (30 traces, 80 metric samples, 6 tool calls and plan records)" in text
     assert "in flight" in text
     assert "$0.2500" in text
 
@@ -426,8 +467,8 @@ def test_the_progress_is_a_plain_line_elsewhere() -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=False, width=200)
     with demo_cli._display(console) as show:
-        show(Progress(1, 10, 4, 5, 0, 0.5, 0, 0))
-        show(Progress(1, 11, 4, 5, 0, 0.5, 0, 0))  # within the interval: not printed
+        show(Progress(1, 10, 4, 5, 0, 0, 0.5, 0, 0))
+        show(Progress(1, 11, 4, 5, 0, 0, 0.5, 0, 0))  # within the interval: not printed
     assert out.getvalue().splitlines() == [
         "agents running 1, sent 10, stored 9, dead letters 0, in flight 1, cost $0.5000"
     ]

@@ -128,6 +128,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="store nothing here: a worker sidecar on the same namespace does it",
     )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run's report as one JSON object on stdout (progress goes to stderr)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -142,10 +147,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise ConfigurationError(str(error)) from None
     # No markup: dead-letter reasons and URLs may hold square brackets.
+    # With --json, stdout holds the report alone; what a person watches goes to stderr.
+    out = sys.stderr if args.json else sys.stdout
     console = _Console(
+        file=out,
         highlight=False,
         markup=False,
-        width=None if sys.stdout.isatty() else WIDE_OUTPUT_COLUMNS,
+        width=None if out.isatty() else WIDE_OUTPUT_COLUMNS,
     )
     if redis_url is None or database_url is None:
         console.print(f"Starting embedded servers under {data_dir} ...")
@@ -179,7 +187,10 @@ def run(args: argparse.Namespace) -> int:
         )
         with _display(console) as show:
             result = run_demo(settings, show)
-    _report(console, result)
+    if args.json:
+        render.write_object(report_json(result))
+    else:
+        _report(console, result)
     if result.nothing_lost:
         return EXIT_OK
     missing = result.sent - result.stored - result.dead_letters
@@ -191,6 +202,29 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_FAILURE
 
 
+def report_json(result: DemoResult) -> dict[str, object]:
+    """The report of ``_report`` for scripts: the figures of the proof and the cost by
+    model in the one list shape."""
+    return {
+        "run_id": result.settings.run_id,
+        "namespace": result.settings.namespace,
+        "agents": len(result.agents),
+        "plans": sum(agent.plans for agent in result.agents),
+        "records_sent": result.sent,
+        "written_past_emitter": result.handwritten,
+        "dropped": result.dropped,
+        "rows_stored": result.stored,
+        "traces_stored": result.traces_stored,
+        "samples_stored": result.samples_stored,
+        "tree_rows_stored": result.tree_stored,
+        "dead_letters": result.dead_letters,
+        "dead_letter_reasons": list(result.dead_letter_reasons),
+        "nothing_lost": result.nothing_lost,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "cost_by_model": {"items": [cost_json(row) for row in result.costs], "next_cursor": None},
+    }
+
+
 def _progress_table(progress: Progress) -> Table:
     table = Table(title="fleettrace demo: live", show_header=False, box=None)
     table.add_column(style="bold")
@@ -200,7 +234,8 @@ def _progress_table(progress: Progress) -> Table:
     table.add_row(
         "rows stored",
         f"{progress.stored:,} ({progress.traces_stored:,} traces, "
-        f"{progress.samples_stored:,} metric samples)",
+        f"{progress.samples_stored:,} metric samples, {progress.tree_stored:,} tool calls "
+        "and plan records)",
     )
     table.add_row("dead letters", f"{progress.dead_letters:,}")
     table.add_row("in flight", f"{progress.in_flight:,}")
@@ -256,7 +291,7 @@ def _report(console: Console, result: DemoResult) -> None:
     )
     console.print(
         f"rows stored: {result.stored} ({result.traces_stored} llm_traces + "
-        f"{result.samples_stored} metric_samples)"
+        f"{result.samples_stored} metric_samples + {result.tree_stored} tool_calls and plans)"
     )
     console.print(f"dead letters: {result.dead_letters}")
     for reason in result.dead_letter_reasons[:MAX_REASONS_SHOWN]:

@@ -2,8 +2,8 @@
 into Redis (and every record written past them) is a row or a dead letter.
 
 Every plan id of a run starts with the run id, and so do the ``plan_id`` of every
-trace and metric sample, which is how the rows of one run are told apart from other
-traffic in a shared database.
+trace, metric sample, tool call and plan record, which is how the rows of one run are
+told apart from other traffic in a shared database.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.demo.settings import AgentReport, DemoSettings
 from fleettrace_worker.repository import SAMPLES_TABLE, TRACES_TABLE
 from fleettrace_worker.trace_filter import CostRow
+from fleettrace_worker.tree_store import PLANS_TABLE, TOOL_CALLS_TABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,8 @@ class Progress:
     sent: int
     traces_stored: int
     samples_stored: int
+    #: Rows of the plan tree's tables: tool calls and plan records.
+    tree_stored: int
     dead_letters: int
     cost_usd: float
     llm_errors: int
@@ -42,7 +45,7 @@ class Progress:
 
     @property
     def stored(self) -> int:
-        return self.traces_stored + self.samples_stored
+        return self.traces_stored + self.samples_stored + self.tree_stored
 
     @property
     def in_flight(self) -> int:
@@ -59,6 +62,8 @@ class DemoResult:
     handwritten: int
     traces_stored: int
     samples_stored: int
+    #: Rows of the plan tree's tables: tool calls and plan records.
+    tree_stored: int
     dead_letters: int
     #: Why each dead letter of the run could not be stored.
     dead_letter_reasons: tuple[str, ...]
@@ -75,24 +80,26 @@ class DemoResult:
 
     @property
     def stored(self) -> int:
-        return self.traces_stored + self.samples_stored
+        return self.traces_stored + self.samples_stored + self.tree_stored
 
     @property
     def nothing_lost(self) -> bool:
         return self.sent == self.stored + self.dead_letters
 
 
-def count_rows(pool: ConnectionPool, run_id: str) -> tuple[int, int]:
-    """Rows of this run in llm_traces and metric_samples (by the run id prefix)."""
+def count_rows(pool: ConnectionPool, run_id: str) -> tuple[int, int, int]:
+    """Rows of this run (by the run id prefix of their plan) in llm_traces, in
+    metric_samples, and in the plan tree's tables (tool_calls and plans together)."""
     prefix = f"{run_id}-"
-    query = sql.SQL(
-        "SELECT (SELECT count(*) FROM {traces} WHERE left(plan_id, %(n)s) = %(p)s), "
-        "(SELECT count(*) FROM {samples} WHERE left(plan_id, %(n)s) = %(p)s)"
-    ).format(traces=sql.Identifier(TRACES_TABLE), samples=sql.Identifier(SAMPLES_TABLE))
+    count = sql.SQL("(SELECT count(*) FROM {} WHERE left(plan_id, %(n)s) = %(p)s)")
+    query = sql.SQL("SELECT {}, {}, {} + {}").format(
+        *(count.format(sql.Identifier(t)) for t in (TRACES_TABLE, SAMPLES_TABLE)),
+        *(count.format(sql.Identifier(t)) for t in (TOOL_CALLS_TABLE, PLANS_TABLE)),
+    )
     with database.connection(pool) as conn:
         row = conn.execute(query, {"n": len(prefix), "p": prefix}).fetchone()
     assert row is not None
-    return int(row[0]), int(row[1])  # type: ignore[call-overload]
+    return int(row[0]), int(row[1]), int(row[2])  # type: ignore[call-overload]
 
 
 def dead_letter_records(letter: DeadLetter) -> int:
@@ -164,13 +171,14 @@ class Counters:
 
     def progress(self, running: int, sent: int | None = None) -> Progress:
         """Fresh figures; ``sent`` from the agents' own reports once they all reported."""
-        traces, samples = count_rows(self.pool, self.run_id)
+        traces, samples, tree = count_rows(self.pool, self.run_id)
         live_sent, cost, errors, retries = self.live.read()
         return Progress(
             running,
             live_sent + self.handwritten if sent is None else sent,
             traces,
             samples,
+            tree,
             self.dead.records(),
             cost,
             errors,

@@ -136,6 +136,7 @@ def run_demo(settings: DemoSettings, show: Callable[[Progress], None]) -> DemoRe
         handwritten,
         progress.traces_stored,
         progress.samples_stored,
+        progress.tree_stored,
         progress.dead_letters,
         reasons,
         tuple(costs),
