@@ -36,7 +36,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 
 def listing(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(run(capsys, *argv, "--json"))
-    assert list(data) == ["items", "next_cursor", "namespace"]
+    # The one list shape, and what the list covers (its namespace; a dead letter's group).
+    assert list(data)[:2] == ["items", "next_cursor"] and "namespace" in data
     return data
 
 
@@ -132,14 +133,16 @@ def test_metrics_snapshots_at_80_and_200_columns(
     monkeypatch.setenv("COLUMNS", "200")
     wide = run(capsys, "metrics", *where)
     # The percentiles: within 2 % of 10.7, 21.4 and 107, the values recorded.
-    assert narrow.splitlines() == [
+    title = f"live counters of namespace {live.namespace!r}"
+    assert narrow.splitlines()[0].strip() == wide.splitlines()[0].strip() == title
+    assert narrow.splitlines()[1:] == [
         "KEY                          LABELS   UNIT  COUNT   SUM  VALUE   P50   P95   P99",
         "─" * 80,
         "tool.invocation_duration_ms  tool=t…  ms        1  10.7      -  10.8  10.8  10.8",
         "tool.invocation_duration_ms  tool=t…  ms        1  21.4      -  21.3  21.3  21.3",
         "tool.invocation_duration_ms  tool=t…  ms        1   107      -   105   105   105",
     ]
-    assert wide.splitlines() == [
+    assert wide.splitlines()[1:] == [
         "KEY                          LABELS     UNIT  COUNT   SUM  VALUE   P50   P95   P99",
         "─" * 82,
         "tool.invocation_duration_ms  tool=t-1   ms        1  10.7      -  10.8  10.8  10.8",
@@ -190,7 +193,10 @@ def test_dlq_list_table_json_and_redis_agree_with_a_truthful_footer(
     assert header == titles(DLQ_COLUMNS, utc=True)
     assert rows == expected_cells(DLQ_COLUMNS, page["items"], utc=True)
     assert rows[0][1] == "2025-12-01 10:10:15"
-    assert footer == [f"showing 3 of 6 dead letters in group persist; more: add --cursor {dead[2]}"]
+    assert footer == [
+        f"showing 3 of 6 dead letters in group persist of namespace {keys.namespace!r}; "
+        f"more: add --cursor {dead[2]}"
+    ]
     assert redis_client.xlen(keys.dead_letters(PERSIST_GROUP)) == 6
     rest = listing(capsys, *where, "--cursor", dead[2])
     assert [i["id"] for i in rest["items"]] == dead[3:]
@@ -199,7 +205,8 @@ def test_dlq_list_table_json_and_redis_agree_with_a_truthful_footer(
     assert rest["items"][-1]["record"] is None
     _, _, footer = read_table(run(capsys, *where, "--reason", "version"))
     assert footer == [
-        "showing 1 dead letter with a reason containing 'version'; 6 in group persist"
+        "showing 1 dead letter with a reason containing 'version'; 6 in group persist of "
+        f"namespace {keys.namespace!r}"
     ]
     lines = run(capsys, "dlq", "list", *_where(redis_url, keys), "--jsonl").splitlines()
     assert [json.loads(line)["id"] for line in lines] == dead
@@ -222,14 +229,17 @@ def test_dlq_list_snapshots_at_80_and_200_columns(
         "─" * 80,
         '1764583815250-0  2025-12-01 10:10:15  record: prompt_toke…  {"provider": "opena…',
         '1764583815251-0  2025-12-01 10:10:15  record: prompt_toke…  {"provider": "opena…',
-        "showing 2 of 6 dead letters in group persist; more: add --cursor 1764583815251-0",
+        # The footer wraps at the terminal's width, between words.
+        f"showing 2 of 6 dead letters in group persist of namespace {keys.namespace!r}; ",
+        "more: add --cursor 1764583815251-0",
     ]
     assert wide.splitlines() == [
         "ID               MADE (UTC)           REASON                                                                  RECORD",
         "─" * 172,
         '1764583815250-0  2025-12-01 10:10:15  record: prompt_tokens: Input should be greater than or equal to 0 (#0)  {"provider": "openai", "model": "gpt-4o", "prompt_tokens": -5}',
         '1764583815251-0  2025-12-01 10:10:15  record: prompt_tokens: Input should be greater than or equal to 0 (#1)  {"provider": "openai", "model": "gpt-4o", "prompt_tokens": -5}',
-        "showing 2 of 6 dead letters in group persist; more: add --cursor 1764583815251-0",
+        f"showing 2 of 6 dead letters in group persist of namespace {keys.namespace!r}; "
+        "more: add --cursor 1764583815251-0",
     ]
 
 
@@ -247,14 +257,21 @@ def test_dlq_replay_delete_and_purge_print_one_json_object(
     [kept] = replay["kept"]
     assert kept["id"] == dead[5] and kept["reason"].startswith("entry still fails: ")
     deleted = json.loads(run(capsys, "dlq", "delete", *where, "--id", dead[0], "--yes", "--json"))
-    assert deleted == {"group": "persist", "deleted": [dead[0]], "not_found": []}
+    assert deleted == {
+        "group": "persist",
+        "namespace": keys.namespace,
+        "deleted": [dead[0]],
+        "not_found": [],
+    }
     purged = json.loads(
         run(capsys, "dlq", "purge", *where, "--older-than", "1d", "--yes", "--json")
     )
     assert (purged["group"], purged["purged"]) == ("persist", 5)
     assert redis_client.xlen(keys.dead_letters(PERSIST_GROUP)) == 0
-    assert listing(capsys, "dlq", "list", *where) == {"items": [], "next_cursor": None}
-    assert run(capsys, "dlq", "list", *where) == "no dead letters in group persist\n"
+    assert listing(capsys, "dlq", "list", *where)["items"] == []
+    assert run(capsys, "dlq", "list", *where) == (
+        f"no dead letters in group persist of namespace {keys.namespace!r}\n"
+    )
 
 
 # groups -----------------------------------------------------------------------------
@@ -264,7 +281,11 @@ def test_groups_list_table_json_and_redis_agree(
     capsys: pytest.CaptureFixture[str], keys: Keys, redis_url: str, redis_client: redis.Redis
 ) -> None:
     where = _where(redis_url, keys)
-    assert listing(capsys, "groups", "list", *where) == {"items": [], "next_cursor": None}
+    assert listing(capsys, "groups", "list", *where) == {
+        "items": [],
+        "next_cursor": None,
+        "namespace": keys.namespace,
+    }
     add_traces(redis_client, keys, [numbered_trace(i) for i in range(4)])
     Consumer(redis_client, keys, PERSIST_GROUP, "c1").ensure_groups()
     Consumer(redis_client, keys, LANGSMITH_GROUP, "c2").ensure_groups()

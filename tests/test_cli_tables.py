@@ -281,6 +281,9 @@ def test_traces_show_table_and_json_agree(
     header, rows, _ = read_table(run(capsys, *where))
     assert header == ["FIELD", "VALUE"]
     shown = dict((row[0], row[1] if len(row) > 1 else "") for row in rows)
+    # The table ends with the call's place in its plan tree, which the JSON leaves out.
+    ancestors = shown.pop("ancestors", None)
+    assert (ancestors is not None) == (traces[1].plan_id is not None)
     assert list(shown) == list(data)
     assert shown["cost_usd"] == "unpriced"
     assert shown["latency_ms"] == "1834.5"  # every field exactly as stored

@@ -385,7 +385,7 @@ def test_prune_removes_old_rows_of_one_namespace_only(
     )  # fmt: skip
     assert code == 0
     assert out.startswith("would remove 2 traces and 2 metric samples older than ")
-    assert out.strip().endswith(f"in namespace {a!r}")
+    assert out.strip().endswith(f"in namespace {a!r} (and 0 tool calls, 0 plan records)")
     assert _per_namespace(old_fleets.url) == before
 
     code, out, _ = _run(
@@ -403,7 +403,7 @@ def test_prune_removes_old_rows_of_one_namespace_only(
         capsys, "prune", "--older-than", "30d", "--all-namespaces", "--database-url", old_fleets.url
     )
     assert code == 0 and out.startswith("removed 2 traces and 3 metric samples")
-    assert out.strip().endswith("in all namespaces")
+    assert out.strip().endswith("in all namespaces (and 0 tool calls, 0 plan records)")
     assert _per_namespace(old_fleets.url) == {
         ("llm_traces", a): 1,
         ("llm_traces", b): 1,
