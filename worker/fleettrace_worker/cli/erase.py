@@ -26,16 +26,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", metavar="ID", help="the user_id whose rows go")
     who.add_argument("--session", metavar="ID", help="the session_id whose rows go")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="count the rows that would go, remove nothing"
-    )
-    parser.add_argument(
-        "--batch-rows",
-        type=options.POSITIVE,
-        default=erasure.DEFAULT_BATCH_ROWS,
-        metavar="N",
-        help=f"rows per transaction (default {erasure.DEFAULT_BATCH_ROWS})",
-    )
+    options.add_removal_options(parser, batch_rows=erasure.DEFAULT_BATCH_ROWS)
     options.add_yes_option(parser)
     render.add_json_option(parser)
     parser.set_defaults(handler=run)

@@ -146,6 +146,21 @@ def database_url(args: argparse.Namespace) -> str:
     return str(args.database_url or database_url_from_env() or DEFAULT_DATABASE_URL)
 
 
+def add_removal_options(parser: argparse.ArgumentParser, *, batch_rows: int) -> None:
+    """``--dry-run`` and ``--batch-rows`` of the commands that delete rows in batches of
+    short transactions (``prune``, ``erase``)."""
+    parser.add_argument(
+        "--dry-run", action="store_true", help="count the rows that would go, remove nothing"
+    )
+    parser.add_argument(
+        "--batch-rows",
+        type=POSITIVE,
+        default=batch_rows,
+        metavar="N",
+        help=f"rows per transaction (default {batch_rows})",
+    )
+
+
 def add_yes_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", action="store_true", help="do it without asking")
 

@@ -27,16 +27,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DURATION",
         help="age of the rows to remove: a whole number and s, m, h, d or w (30d, 12h)",
     )
-    parser.add_argument(
-        "--dry-run", action="store_true", help="count the rows that would go, remove nothing"
-    )
-    parser.add_argument(
-        "--batch-rows",
-        type=options.POSITIVE,
-        default=retention.DEFAULT_BATCH_ROWS,
-        metavar="N",
-        help=f"rows per transaction (default {retention.DEFAULT_BATCH_ROWS})",
-    )
+    options.add_removal_options(parser, batch_rows=retention.DEFAULT_BATCH_ROWS)
     render.add_json_option(parser)
     parser.set_defaults(handler=run)
 
