@@ -17,6 +17,7 @@ import redis
 
 from fleettrace.keys import NAMESPACE_VARIABLE, Keys
 from fleettrace.model import LLMTrace
+from fleettrace.tree_records import PlanRecord
 from fleettrace_worker import database, migrations
 from fleettrace_worker.cli import main
 from fleettrace_worker.context import WorkerSettings
@@ -444,3 +445,64 @@ def test_version_six_applies_once_from_two_processes_over_rows_of_version_three(
         index = conn.execute("SELECT to_regclass('llm_traces_namespace_idx')").fetchone()
     assert rows == [("fleet",), (None,)]
     assert index == ("llm_traces_namespace_idx",)
+
+
+def _llm_nodes(node: dict[str, object]) -> list[tuple[object, object]]:
+    """(trace id, model) of every LLM call in a `traces tree --json` node, depth first."""
+    found = [(node["trace_id"], node["model"])] if node["kind"] == "llm" else []
+    for child in node["children"]:  # type: ignore[attr-defined]
+        found += _llm_nodes(child)
+    return found
+
+
+def test_a_plan_tree_reads_within_its_namespace(
+    capsys: pytest.CaptureFixture[str], database_url: str
+) -> None:
+    """Two fleets may use the same plan id; `traces tree` and `traces show` keep each to
+    its own namespace."""
+    db = migrated(database_url)
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    calls = {}
+    with database.create_pool(db, min_size=1, max_size=1) as pool:
+        for namespace, model in (("fleet-a", "model-a"), ("fleet-b", "model-b")):
+            plan = PlanRecord(
+                plan_id="shared-plan",
+                root_plan_id="shared-plan",
+                root_started_at=start,
+                started_at=start,
+                ended_at=start + timedelta(seconds=3),
+            )
+            call = llm_trace(
+                plan_id="shared-plan",
+                root_plan_id="shared-plan",
+                root_started_at=start,
+                model=model,
+                started_at=start + timedelta(seconds=1),
+            )
+            calls[namespace] = call
+            LLMTraceRepository(pool).store([call], plans=[plan], namespace=namespace)
+
+    for namespace, model in (("fleet-a", "model-a"), ("fleet-b", "model-b")):
+        code, out, _ = _run(
+            capsys, "traces", "tree", "shared-plan", "--json", "--database-url", db,
+            "--namespace", namespace,
+        )  # fmt: skip
+        tree = json.loads(out)
+        assert code == 0 and (tree["name"], tree["calls"]) == ("shared-plan", 1)
+        assert _llm_nodes(tree) == [(str(calls[namespace].trace_id), model)]
+        other = calls["fleet-b" if namespace == "fleet-a" else "fleet-a"]
+        code, _, err = _run(
+            capsys, "traces", "show", str(other.trace_id), "--database-url", db,
+            "--namespace", namespace,
+        )  # fmt: skip
+        assert code == 1 and f"in namespace {namespace!r}" in err
+
+    code, _, err = _run(
+        capsys, "traces", "tree", "shared-plan", "--database-url", db, "--namespace", "fleet-c"
+    )
+    assert code == 1
+    assert err.strip() == "fleettrace traces: no plan with id 'shared-plan' in namespace 'fleet-c'"
+    code, out, _ = _run(
+        capsys, "traces", "tree", "shared-plan", "--json", "--database-url", db, "--all-namespaces"
+    )
+    assert code == 0 and json.loads(out)["calls"] == 2
