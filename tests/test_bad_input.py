@@ -45,6 +45,7 @@ from fleettrace.model import (
     MAX_RETRIES,
     MAX_TOKENS,
     TOKEN_DETAIL_FIELDS,
+    TREE_PLACE_FIELDS,
     LLMTrace,
 )
 from fleettrace_worker.consumer import Consumer
@@ -125,9 +126,12 @@ INT_FIELDS = ("prompt_tokens", "completion_tokens", "retry_count", *TOKEN_DETAIL
 FLOAT_FIELDS = ("latency_ms", "cost_usd")
 TEXT_FIELDS = ("provider", "model", "plan_id", "decision_id", "actor", "error")
 ALL_FIELDS = tuple(LLMTrace.model_fields)
-#: Fields whose absence is refused (the token details may be absent: "not reported").
+#: Fields whose absence is refused (the token details, the attributes and the plan tree
+#: place may be absent: "not reported", none, "not placed in a tree").
 REQUIRED_FIELDS = tuple(
-    name for name in ALL_FIELDS if name not in (*TOKEN_DETAIL_FIELDS, *ATTRIBUTE_FIELDS)
+    name
+    for name in ALL_FIELDS
+    if name not in (*TOKEN_DETAIL_FIELDS, *ATTRIBUTE_FIELDS, *TREE_PLACE_FIELDS)
 )
 _RAW = "\x01raw\x01"
 
@@ -189,6 +193,9 @@ def wrong_type(record: dict[str, Any], data: st.DataObject) -> tuple[bytes, str]
         "user_id": [1, "", []],
         "session_id": [{}, ""],
         "ttft_ms": ["1", -1.0, True, "NaN"],
+        "root_plan_id": [1, "", []],
+        "root_started_at": ["yesterday", 5, "2026-01-01T00:00:00"],
+        "plan_path": ["p", [1], [""], {}, None, ["x"] * 33],
     }
     record[name] = data.draw(st.sampled_from(wrong[name]))
     return _dump(record), name
