@@ -27,6 +27,7 @@ from tests.worker_helpers import migrated
 #: (provider, model) of the calls; the last is unknown to the pricer: its calls stay unpriced.
 MODELS = (("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4-5"), ("selfhosted", "house-llm"))
 CALLS = 60
+OTHER_CALLS = 7
 #: A tool name and a plan id an agent chose: they must reach every page escaped.
 HOSTILE = "<script>alert(1)</script>"
 HOSTILE_PLAN = "plan-<b>bold</b>"
@@ -67,6 +68,36 @@ def fill_fleet(redis_url: str, keys: Keys, database_url: str) -> str:
     thread.join(120)
     assert result == [0]
     return db
+
+
+def fill_other_namespace(redis_url: str, keys: Keys, database_url: str) -> None:
+    """A second fleet in the same (migrated) database under ``keys``: fewer, dearer
+    calls of other plans, so no figure of it equals one of fill_fleet's."""
+    emitter = Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace))
+    for i in range(OTHER_CALLS):
+        provider, model = MODELS[i % 2]
+        emitter.record(
+            numbered_trace(
+                1000 + i,
+                provider=provider,
+                model=model,
+                actor="reviewer",
+                cost_usd=round(0.5 + 0.01 * i, 6),
+                plan_id=f"other-plan-{i % 3}",
+                error="timeout" if i == 0 else None,
+                retry_count=1 if i == 1 else 0,
+            )
+        )
+    assert emitter.flush(30)
+    emitter.close()
+    settings = WorkerSettings(
+        redis_url, database_url, namespace=keys.namespace, consumer="dash", block_ms=100, burst=True
+    )
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(Worker(settings).run()))
+    thread.start()
+    thread.join(120)
+    assert result == [0]
 
 
 def drop_poison_rule(database_url: str) -> None:

@@ -87,17 +87,20 @@ def api_routes(board: Dashboard) -> list[BaseRoute]:
 
     def activity(request: Request) -> Response:
         def work() -> dict[str, Any]:
-            params(request)
-            return queries.listing(queries.recent_activity(board.database_url))
+            keys = board.keys(params(request).get("namespace"))
+            return queries.listing(queries.recent_activity(board.database_url, keys.namespace))
 
         return answer(work)
 
     def cost_csv(request: Request) -> Response:
         try:
             given = params(request)
+            keys = board.keys(given.get("namespace"))
             by = queries.parse_choice("by", given.get("by"), queries.COST_GROUPS, "model")
             span = queries.parse_range(given)
-            items = queries.cost_table(board.database_url, by, span, queries.MAX_LIMIT)
+            items = queries.cost_table(
+                board.database_url, keys.namespace, by, span, queries.MAX_LIMIT
+            )
         except QueryError as error:
             return JSONResponse({"error": str(error)}, status_code=error.status)
         except (psycopg.Error, redis.RedisError, FleettraceError) as error:
@@ -115,7 +118,8 @@ def api_routes(board: Dashboard) -> list[BaseRoute]:
             by = queries.parse_choice("by", given.get("by"), queries.COST_GROUPS, "model")
             span = queries.parse_range(given)
             limit = queries.parse_limit(given.get("limit"))
-            items = queries.cost_table(board.database_url, by, span, limit)
+            keys = board.keys(given.get("namespace"))
+            items = queries.cost_table(board.database_url, keys.namespace, by, span, limit)
             return {**queries.listing(items), "by": by, **_span(span)}
 
         return answer(work)
@@ -125,7 +129,8 @@ def api_routes(board: Dashboard) -> list[BaseRoute]:
             given = params(request)
             by = queries.parse_choice("by", given.get("by"), queries.COST_GROUPS, "model")
             span = queries.parse_range(given)
-            items = queries.cost_series(board.database_url, by, span)
+            keys = board.keys(given.get("namespace"))
+            items = queries.cost_series(board.database_url, keys.namespace, by, span)
             return {**queries.listing(items), "by": by, "step_s": span.step_s, **_span(span)}
 
         return answer(work)
@@ -136,8 +141,14 @@ def api_routes(board: Dashboard) -> list[BaseRoute]:
             span = queries.parse_range(given, default="90d")
             after = queries.decode_cursor(given.get("cursor"))
             limit = queries.parse_limit(given.get("limit"))
+            keys = board.keys(given.get("namespace"))
             items, cursor = queries.plan_list(
-                board.database_url, span, given.get("q", ""), after, limit
+                board.database_url,
+                keys.namespace,
+                span,
+                prefix=given.get("q", ""),
+                after=after,
+                limit=limit,
             )
             return {**queries.listing(items, cursor), **_span(span)}
 

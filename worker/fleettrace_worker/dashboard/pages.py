@@ -177,7 +177,7 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
                 ),
                 "live-series",
             )
-            + _activity(board)
+            + _activity(board, keys)
             + table(
                 "Dead letters",
                 ("group", "dead letters"),
@@ -205,10 +205,16 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
 
     def cost(request: Request) -> HTMLResponse:
         given = dict(request.query_params)
+        keys = board.keys(given.get("namespace"))
         by = queries.parse_choice("by", given.get("by"), queries.COST_GROUPS, "model")
         span = queries.parse_range(given)
-        rows = queries.cost_table(board.database_url, by, span, queries.MAX_LIMIT)
-        api = {"by": by, "from": span.start.isoformat(), "to": span.end.isoformat()}
+        rows = queries.cost_table(board.database_url, keys.namespace, by, span, queries.MAX_LIMIT)
+        api = {
+            "namespace": keys.namespace,
+            "by": by,
+            "from": span.start.isoformat(),
+            "to": span.end.isoformat(),
+        }
         options = "".join(
             f'<option value="{e(k)}"{" selected" if k == by else ""}>{e(k)}</option>'
             for k in queries.COST_GROUPS
@@ -221,6 +227,7 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
         unpriced = sum(r["unpriced_calls"] for r in rows)
         body = (
             '<form method="get" action="/cost" class="controls">'
+            f'<input type="hidden" name="namespace" value="{e(keys.namespace)}">'
             f'<label>by <select name="by">{options}</select></label>'
             f'<label>range <select name="range">{ranges}</select></label>'
             "<button>Show</button></form>"
@@ -257,7 +264,7 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
                 "cost-table",
             )
         )
-        return layout(request, "Cost", body)
+        return layout(request, "Cost", body, keys=keys)
 
     def plans(request: Request) -> HTMLResponse:
         given = dict(request.query_params)
@@ -265,15 +272,19 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
         after = queries.decode_cursor(given.get("cursor"))
         limit = queries.parse_limit(given.get("limit"))
         prefix = given.get("q", "")
-        items, cursor = queries.plan_list(board.database_url, span, prefix, after, limit)
+        keys = board.keys(given.get("namespace"))
+        items, cursor = queries.plan_list(
+            board.database_url, keys.namespace, span, prefix=prefix, after=after, limit=limit
+        )
         more = (
-            f'<p><a id="next" href="{e(with_namespace("/plans", None, q=prefix, cursor=cursor))}">'
+            f'<p><a id="next" href="{e(with_namespace("/plans", keys, q=prefix, cursor=cursor))}">'
             "next page</a></p>"
             if cursor
             else ""
         )
         body = (
             '<form method="get" action="/plans" class="controls">'
+            f'<input type="hidden" name="namespace" value="{e(keys.namespace)}">'
             f'<label>plan id starts with <input name="q" value="{e(prefix)}"></label>'
             "<button>Search</button></form>"
             + table(
@@ -303,7 +314,7 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
             )
             + more
         )
-        return layout(request, "Plans", body)
+        return layout(request, "Plans", body, keys=keys)
 
     def dlq(request: Request) -> HTMLResponse:
         keys = board.keys(request.query_params.get("namespace"))
@@ -361,10 +372,11 @@ def percent(rate: float | None) -> str:
     return "" if rate is None else f"{rate * 100:.1f} %"
 
 
-def _activity(board: Dashboard) -> str:
-    """Calls stored lately, from PostgreSQL; its absence is a message, not a broken page."""
+def _activity(board: Dashboard, keys: Keys) -> str:
+    """Calls of the namespace stored lately, from PostgreSQL; its absence is a message,
+    not a broken page."""
     try:
-        items = queries.recent_activity(board.database_url)
+        items = queries.recent_activity(board.database_url, keys.namespace)
     except psycopg.Error as error:
         return f'<p class="error" role="alert">{e(unavailable(error)[0])}</p>'
     return table(

@@ -28,17 +28,20 @@ _PERCENTILES = sql.SQL(
 )
 
 
-def latency_table(database_url: str, span: queries.TimeRange) -> list[dict[str, Any]]:
-    """Per model: calls, latency p50/p95/p99, completion tokens per second of latency,
-    and the share of calls that failed."""
+def latency_table(
+    database_url: str, namespace: str, span: queries.TimeRange
+) -> list[dict[str, Any]]:
+    """Per model of ``namespace``'s calls: how many, latency p50/p95/p99, completion
+    tokens per second of latency, and the share of calls that failed."""
     query = sql.SQL(
         "SELECT model AS key, count(*) AS calls, {percentiles}, "
         "sum(completion_tokens) AS completion_tokens, sum(latency_ms) AS latency_ms, "
         "count(error) AS errors FROM llm_traces "
-        "WHERE started_at >= %s AND started_at < %s GROUP BY model ORDER BY model"
+        "WHERE namespace = %s AND started_at >= %s AND started_at < %s "
+        "GROUP BY model ORDER BY model"
     ).format(percentiles=_PERCENTILES)
     with queries.connect(database_url) as conn:
-        rows = conn.execute(query, (span.start, span.end)).fetchall()
+        rows = conn.execute(query, (namespace, span.start, span.end)).fetchall()
     return [
         {
             "key": row["key"],
@@ -55,16 +58,20 @@ def latency_table(database_url: str, span: queries.TimeRange) -> list[dict[str, 
     ]
 
 
-def latency_series(database_url: str, span: queries.TimeRange) -> list[dict[str, Any]]:
-    """Per step (``span.step_s``) and model: calls and latency p50/p95, oldest first."""
+def latency_series(
+    database_url: str, namespace: str, span: queries.TimeRange
+) -> list[dict[str, Any]]:
+    """Per step (``span.step_s``) and model of ``namespace``'s calls: calls and latency
+    p50/p95, oldest first."""
     query = sql.SQL(
         "SELECT extract(epoch FROM date_bin(make_interval(secs => %s), started_at, "
         "'2000-01-01T00:00:00Z'::timestamptz))::bigint AS t, model AS key, count(*) AS calls, "
-        "{percentiles} FROM llm_traces WHERE started_at >= %s AND started_at < %s "
+        "{percentiles} FROM llm_traces "
+        "WHERE namespace = %s AND started_at >= %s AND started_at < %s "
         "GROUP BY 1, 2 ORDER BY 1, 2"
     ).format(percentiles=_PERCENTILES)
     with queries.connect(database_url) as conn:
-        rows = conn.execute(query, (span.step_s, span.start, span.end)).fetchall()
+        rows = conn.execute(query, (span.step_s, namespace, span.start, span.end)).fetchall()
     fields = ("t", "key", "calls", "p50_ms", "p95_ms")
     return [{name: row[name] for name in fields} for row in rows]
 
@@ -72,8 +79,10 @@ def latency_series(database_url: str, span: queries.TimeRange) -> list[dict[str,
 def performance_routes(board: Dashboard) -> list[BaseRoute]:
     def api_latency(request: Request) -> Response:
         def work() -> dict[str, Any]:
-            span = queries.parse_range(params(request))
-            items = latency_table(board.database_url, span)
+            given = params(request)
+            keys = board.keys(given.get("namespace"))
+            span = queries.parse_range(given)
+            items = latency_table(board.database_url, keys.namespace, span)
             return {
                 **queries.listing(items),
                 "from": span.start.isoformat(),
@@ -84,8 +93,10 @@ def performance_routes(board: Dashboard) -> list[BaseRoute]:
 
     def api_series(request: Request) -> Response:
         def work() -> dict[str, Any]:
-            span = queries.parse_range(params(request))
-            items = latency_series(board.database_url, span)
+            given = params(request)
+            keys = board.keys(given.get("namespace"))
+            span = queries.parse_range(given)
+            items = latency_series(board.database_url, keys.namespace, span)
             return {
                 **queries.listing(items),
                 "step_s": span.step_s,
@@ -99,15 +110,20 @@ def performance_routes(board: Dashboard) -> list[BaseRoute]:
         given = dict(request.query_params)
         keys = board.keys(given.get("namespace"))
         span = queries.parse_range(given)
-        models = latency_table(board.database_url, span)
+        models = latency_table(board.database_url, keys.namespace, span)
         live = [s for s in queries.live_items(board.redis, keys) if s["type"] == "histogram"]
-        api = {"from": span.start.isoformat(), "to": span.end.isoformat()}
+        api = {
+            "namespace": keys.namespace,
+            "from": span.start.isoformat(),
+            "to": span.end.isoformat(),
+        }
         ranges = "".join(
             f'<option value="{e(k)}"{" selected" if k == span.label else ""}>last {e(k)}</option>'
             for k in queries.RANGES
         )
         form = (
             '<form method="get" action="/performance" class="controls">'
+            f'<input type="hidden" name="namespace" value="{e(keys.namespace)}">'
             f'<label>range <select name="range">{ranges}</select></label>'
             "<button>Show</button></form>"
         )

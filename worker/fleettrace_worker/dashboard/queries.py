@@ -8,6 +8,9 @@ only shortened and through ``repr``; the pages escape them again when they show 
 Cost and plans come from PostgreSQL (``llm_traces``), the live figures, the plans'
 live cost and the dead letters from Redis through the public readers of
 :mod:`fleettrace.live`, :mod:`fleettrace.plans` and :mod:`fleettrace_worker.deadletter`.
+Every SQL read is of one namespace, the one whose Redis keys the same request reads
+(bound as a parameter; ``llm_traces_namespace_idx`` leads with it and ``started_at``).
+Rows stored before schema version 3 carry no namespace and are shown under none.
 """
 
 from __future__ import annotations
@@ -190,19 +193,22 @@ def connect(database_url: str) -> psycopg.Connection[dict[str, Any]]:
     )
 
 
-def cost_table(database_url: str, by: str, span: TimeRange, limit: int) -> list[dict[str, Any]]:
-    """Calls, priced calls and cost per model, provider or actor in the range, costliest
-    first. Unpriced calls (``cost_usd`` NULL) are counted beside the priced sum."""
+def cost_table(
+    database_url: str, namespace: str, by: str, span: TimeRange, limit: int
+) -> list[dict[str, Any]]:
+    """Calls, priced calls and cost per model, provider or actor of ``namespace`` in the
+    range, costliest first. Unpriced calls (``cost_usd`` NULL) are counted beside the
+    priced sum."""
     column = sql.Identifier(COST_GROUPS[by])
     query = sql.SQL(
         "SELECT {col} AS key, count(*) AS calls, count(cost_usd) AS priced_calls, "
         "coalesce(sum(cost_usd), 0) AS cost_usd, sum(prompt_tokens) AS prompt_tokens, "
         "sum(completion_tokens) AS completion_tokens FROM llm_traces "
-        "WHERE started_at >= %s AND started_at < %s GROUP BY 1 "
+        "WHERE namespace = %s AND started_at >= %s AND started_at < %s GROUP BY 1 "
         "ORDER BY cost_usd DESC, key NULLS LAST LIMIT %s"
     ).format(col=column)
     with connect(database_url) as conn:
-        rows = conn.execute(query, (span.start, span.end, limit)).fetchall()
+        rows = conn.execute(query, (namespace, span.start, span.end, limit)).fetchall()
     return [
         {
             "key": row["key"],
@@ -217,18 +223,21 @@ def cost_table(database_url: str, by: str, span: TimeRange, limit: int) -> list[
     ]
 
 
-def cost_series(database_url: str, by: str, span: TimeRange) -> list[dict[str, Any]]:
-    """Cost per step (``span.step_s``) and key, oldest first: ``t`` is the step's start
-    in Unix seconds."""
+def cost_series(
+    database_url: str, namespace: str, by: str, span: TimeRange
+) -> list[dict[str, Any]]:
+    """Cost of ``namespace`` per step (``span.step_s``) and key, oldest first: ``t`` is
+    the step's start in Unix seconds."""
     column = sql.Identifier(COST_GROUPS[by])
     query = sql.SQL(
         "SELECT extract(epoch FROM date_bin(make_interval(secs => %s), started_at, "
         "'2000-01-01T00:00:00Z'::timestamptz))::bigint AS t, {col} AS key, "
         "count(*) AS calls, coalesce(sum(cost_usd), 0) AS cost_usd FROM llm_traces "
-        "WHERE started_at >= %s AND started_at < %s GROUP BY 1, 2 ORDER BY 1, 2"
+        "WHERE namespace = %s AND started_at >= %s AND started_at < %s "
+        "GROUP BY 1, 2 ORDER BY 1, 2"
     ).format(col=column)
     with connect(database_url) as conn:
-        rows = conn.execute(query, (span.step_s, span.start, span.end)).fetchall()
+        rows = conn.execute(query, (span.step_s, namespace, span.start, span.end)).fetchall()
     return [
         {"t": row["t"], "key": row["key"], "calls": row["calls"], "cost_usd": row["cost_usd"]}
         for row in rows
@@ -236,21 +245,28 @@ def cost_series(database_url: str, by: str, span: TimeRange) -> list[dict[str, A
 
 
 def plan_list(
-    database_url: str, span: TimeRange, prefix: str, after: str | None, limit: int
+    database_url: str,
+    namespace: str,
+    span: TimeRange,
+    *,
+    prefix: str,
+    after: str | None,
+    limit: int,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Plans with calls started in the range, by plan id (from ``after`` on), those
-    whose id starts with ``prefix``: calls, cost, errors, first and last call."""
+    """Plans with calls of ``namespace`` started in the range, by plan id (from
+    ``after`` on), those whose id starts with ``prefix``: calls, cost, errors, first and
+    last call."""
     query = (
         "SELECT plan_id, count(*) AS calls, count(cost_usd) AS priced_calls, "
         "coalesce(sum(cost_usd), 0) AS cost_usd, count(error) AS errors, "
         "min(started_at) AS first_call, max(started_at) AS last_call FROM llm_traces "
-        "WHERE plan_id IS NOT NULL AND started_at >= %s AND started_at < %s "
+        "WHERE namespace = %s AND plan_id IS NOT NULL AND started_at >= %s AND started_at < %s "
         "AND starts_with(plan_id, %s) AND (%s::text IS NULL OR plan_id > %s) "
         "GROUP BY plan_id ORDER BY plan_id LIMIT %s"
     )
     with connect(database_url) as conn:
         rows = conn.execute(
-            query, (span.start, span.end, prefix, after, after, limit + 1)
+            query, (namespace, span.start, span.end, prefix, after, after, limit + 1)
         ).fetchall()
     more = len(rows) > limit
     items = [
@@ -273,9 +289,12 @@ def plan_list(
 ACTIVITY_WINDOWS: Final = (("1h", timedelta(hours=1)), ("24h", timedelta(days=1)))
 
 
-def recent_activity(database_url: str, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Calls stored in the last hour and the last 24 hours: calls per minute, priced
-    spend, unpriced calls, and the share of calls that failed or were retried."""
+def recent_activity(
+    database_url: str, namespace: str, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Calls of ``namespace`` stored in the last hour and the last 24 hours: calls per
+    minute, priced spend, unpriced calls, and the share of calls that failed or were
+    retried."""
     now = now or datetime.now(UTC)
     parts = ", ".join(
         f"count(*) FILTER (WHERE started_at >= %(s{i})s) AS calls{i}, "
@@ -288,10 +307,12 @@ def recent_activity(database_url: str, now: datetime | None = None) -> list[dict
     starts = {f"s{i}": now - span for i, (_, span) in enumerate(ACTIVITY_WINDOWS)}
     oldest = min(starts.values())
     query = (
-        f"SELECT {parts} FROM llm_traces WHERE started_at >= %(oldest)s AND started_at <= %(now)s"  # noqa: S608 (built from constants)
+        f"SELECT {parts} FROM llm_traces WHERE namespace = %(namespace)s "  # noqa: S608 (built from constants)
+        "AND started_at >= %(oldest)s AND started_at <= %(now)s"
     )
     with connect(database_url) as conn:
-        row = conn.execute(query, {**starts, "oldest": oldest, "now": now}).fetchone()
+        bound = {**starts, "namespace": namespace, "oldest": oldest, "now": now}
+        row = conn.execute(query, bound).fetchone()
     assert row is not None
     items = []
     for i, (name, span) in enumerate(ACTIVITY_WINDOWS):
