@@ -32,7 +32,7 @@ from fleettrace_worker.webserver import HttpServer
 FILL = """
 INSERT INTO llm_traces (trace_id, plan_id, decision_id, actor, provider, model,
     prompt_tokens, completion_tokens, cost_usd, latency_ms, tool_calls, streaming,
-    retry_count, error, started_at)
+    retry_count, error, started_at, namespace)
 SELECT gen_random_uuid(), 'plan-' || (i %% 20000), 'd-' || i,
     (ARRAY['planner', 'coder', 'reviewer'])[1 + i %% 3],
     (ARRAY['openai', 'anthropic', 'selfhosted'])[1 + i %% 3],
@@ -40,7 +40,7 @@ SELECT gen_random_uuid(), 'plan-' || (i %% 20000), 'd-' || i,
     100 + i %% 900, 20 + i %% 300,
     CASE WHEN i %% 3 = 2 THEN NULL ELSE (i %% 1000) / 100000.0 END,
     10 + i %% 2000, '{}', false, 0, CASE WHEN i %% 50 = 0 THEN 'timeout' END,
-    now() - make_interval(secs => (i::double precision / %s) * %s * 86400)
+    now() - make_interval(secs => (i::double precision / %s) * %s * 86400), %s
 FROM generate_series(1, %s) AS i
 """
 
@@ -92,7 +92,9 @@ def main() -> None:
         started = time.perf_counter()
         with psycopg.connect(url, autocommit=True) as conn:
             migrate(conn)
-            conn.execute(FILL, (args.calls, args.days, args.calls))  # type: ignore[arg-type]
+            # Every row in the dashboard's namespace: schema 6 refuses a row without one.
+            fill = (args.calls, args.days, keys.namespace, args.calls)
+            conn.execute(FILL, fill)  # type: ignore[arg-type]
             conn.execute("VACUUM ANALYZE llm_traces")
             counted = time.perf_counter()
             conn.execute("SELECT count(*) FROM llm_traces").fetchone()
