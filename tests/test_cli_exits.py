@@ -236,4 +236,8 @@ def test_a_real_install_without_the_worker_extra(
         [script, "metrics", "--json"], capture_output=True, text=True, env=env, check=False
     )
     assert (metrics.returncode, metrics.stderr) == (EXIT_OK, "")
-    assert json.loads(metrics.stdout) == {"items": [], "next_cursor": None}
+    assert json.loads(metrics.stdout) == {
+        "items": [],
+        "next_cursor": None,
+        "namespace": keys.namespace,
+    }
