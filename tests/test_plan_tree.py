@@ -188,4 +188,6 @@ def test_show_names_a_calls_ancestors(redis_url: str, keys: Keys, database_url: 
 
     done = run_cli("traces", "tree", "nowhere", env=env)
     assert done.returncode == 1
-    assert done.stderr.strip() == "fleettrace traces: no plan with id 'nowhere'"
+    assert done.stderr.strip() == (
+        f"fleettrace traces: no plan with id 'nowhere' in namespace {keys.namespace!r}"
+    )
