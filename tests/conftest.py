@@ -17,8 +17,10 @@ import pytest
 import redis
 
 from fleettrace.batch_script import load_library
+from fleettrace.emitter import Emitter
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
+from tests.emitting import delete_namespace, make_emitter
 from tests.llm_servers import LLMServer, Pipeline
 from tests.servers import PrivatePostgres, PrivateRedis, SuiteServers, redis_program
 
@@ -98,10 +100,17 @@ def keys(redis_url: str) -> Iterator[Keys]:
     """A namespace no other test uses; its keys are deleted afterwards."""
     ns = Keys(f"test-{uuid.uuid4().hex[:12]}")
     yield ns
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"{ns.prefix}*", count=1000):
-        client.delete(key)
-    client.close()
+    delete_namespace(redis_url, ns)
+
+
+@pytest.fixture
+def emitter(redis_url: str, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emitter]:
+    """An emitter on the test's namespace that is also the process default, so hooks
+    given none use it; closed afterwards."""
+    made = make_emitter(redis_url, keys)
+    monkeypatch.setattr("fleettrace.emitter._default", made)
+    yield made
+    made.close()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ worker -> PostgreSQL), and a dashboard served on a free loopback port."""
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,12 +16,10 @@ from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import PERSIST_GROUP, Keys
 from fleettrace.metrics import MetricKey
 from fleettrace_worker.cli.dashboard import probe_routes
-from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.dashboard.app import DashboardSettings, build_app
-from fleettrace_worker.runner import Worker
 from fleettrace_worker.webserver import HttpServer
 from tests.factories import numbered_trace
-from tests.worker_helpers import migrated
+from tests.worker_helpers import drain, migrated
 
 #: (provider, model) of the calls; the last is unknown to the pricer: its calls stay unpriced.
 MODELS = (("openai", "gpt-4o"), ("anthropic", "claude-sonnet-4-5"), ("selfhosted", "house-llm"))
@@ -59,14 +56,7 @@ def fill_fleet(redis_url: str, keys: Keys, database_url: str) -> str:
         emitter.observe(MetricKey.TOOL_INVOCATION_DURATION_MS, value, {"tool": HOSTILE})
     assert emitter.flush(30)
     emitter.close()
-    settings = WorkerSettings(
-        redis_url, db, namespace=keys.namespace, consumer="dash", block_ms=100, burst=True
-    )
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(Worker(settings).run()))
-    thread.start()
-    thread.join(120)
-    assert result == [0]
+    drain(redis_url, keys, db)
     return db
 
 

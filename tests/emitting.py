@@ -17,6 +17,16 @@ def make_emitter(redis_url: str, keys: Keys, **settings: Any) -> Emitter:
     return Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace, **settings))
 
 
+def delete_namespace(redis_url: str, keys: Keys) -> None:
+    """Delete every key of a namespace (a test's, or one a command left for its user)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match=f"{keys.prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
 def stream_records(client: redis.Redis, stream: str) -> list[LLMTrace | MetricSample]:
     """Every record of a stream, decoded; fails on any entry or record error."""
     records: list[LLMTrace | MetricSample] = []

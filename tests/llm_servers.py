@@ -28,6 +28,7 @@ import psycopg
 from fleettrace.emitter import Emitter
 from fleettrace.keys import PERSIST_GROUP, Keys
 from fleettrace_worker.demo.llm_server import QuietServer, send_json, send_sse
+from fleettrace_worker.demo.llm_server import _tool_call as tool_call
 from tests.emitting import make_emitter
 from tests.worker_helpers import migrated
 
@@ -187,20 +188,11 @@ def _openai_usage() -> dict[str, Any]:
     }
 
 
-def _tool_call(i: int, name: str) -> dict[str, Any]:
-    return {
-        "index": i,
-        "id": f"call_{i}",
-        "type": "function",
-        "function": {"name": name, "arguments": "{}"},
-    }
-
-
 def _chat_completion(model: str, tools: list[str]) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": "".join(WORDS)}
     if tools:
         message = {"role": "assistant", "content": None}
-        message["tool_calls"] = [_tool_call(i, t) for i, t in enumerate(tools)]
+        message["tool_calls"] = [tool_call(i, t) for i, t in enumerate(tools)]
     return {
         "id": "chatcmpl-1",
         "object": "chat.completion",
@@ -235,7 +227,7 @@ def _chat_chunks(model: str, tools: list[str], usage: bool, malformed: bool) -> 
             yield "data: {not json\n\n"
         yield _data(_chunk(model, [{"index": 0, "delta": {"content": word}}]))
     for i, name in enumerate(tools):
-        delta = {"tool_calls": [_tool_call(i, name)]}
+        delta = {"tool_calls": [tool_call(i, name)]}
         yield _data(_chunk(model, [{"index": 0, "delta": delta}]))
     finish = "tool_calls" if tools else "stop"
     yield _data(_chunk(model, [{"index": 0, "delta": {}, "finish_reason": finish}]))

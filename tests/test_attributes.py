@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -29,17 +28,8 @@ from fleettrace.attributes import (
     REJECT_TTFT,
 )
 from fleettrace.emitter import Emitter
-from fleettrace.keys import Keys
-from tests.emitting import make_emitter, stream_records
+from tests.emitting import stream_records
 from tests.factories import llm_trace
-
-
-@pytest.fixture
-def emitter(redis_url: str, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emitter]:
-    made = make_emitter(redis_url, keys)
-    monkeypatch.setattr("fleettrace.emitter._default", made)
-    yield made
-    made.close()
 
 
 def sent(emitter: Emitter, client: redis.Redis) -> list[LLMTrace]:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from fleettrace.keys import PERSIST_GROUP
 from fleettrace.model import LLMTrace
@@ -25,7 +24,7 @@ from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.repository import LLMTraceRepository
 from fleettrace_worker.trace_filter import TraceFilter
 from tests.factories import llm_trace
-from tests.worker_helpers import migrate_from_processes, migrated, scalar
+from tests.worker_helpers import at_schema_version, migrate_from_processes, migrated, scalar
 
 AT = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 WIRE = Path(__file__).resolve().parent / "fixtures" / "wire"
@@ -35,20 +34,7 @@ def _at_version_three(url: str) -> list[uuid.UUID]:
     """A database as schema version 3 left it, with rows its worker wrote."""
     ids = [uuid.UUID(int=i + 1) for i in range(3)]
     with psycopg.connect(url) as conn:
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE {} (version integer PRIMARY KEY, name text NOT NULL, "
-                "applied_at timestamptz NOT NULL DEFAULT now())"
-            ).format(sql.Identifier(migrations.VERSION_TABLE))
-        )
-        for migration in migrations.available()[:3]:
-            conn.execute(migration.sql.encode())
-            conn.execute(
-                sql.SQL("INSERT INTO {} (version, name) VALUES (%s, %s)").format(
-                    sql.Identifier(migrations.VERSION_TABLE)
-                ),
-                (migration.version, migration.name),
-            )
+        at_schema_version(conn, 3)
         for i, trace_id in enumerate(ids):
             conn.execute(
                 "INSERT INTO llm_traces (trace_id, plan_id, provider, model, prompt_tokens, "

@@ -7,7 +7,6 @@ snapshots at 80 and 200 columns, the empty lists, truthful footers, NO_COLOR."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 import redis
@@ -23,22 +22,8 @@ from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.deadletter import DeadLetter
 from tests.emitting import make_emitter
 from tests.factories import add_traces, numbered_trace
-from tests.tables import expected_cells, read_table, titles
+from tests.tables import expected_cells, listing, narrow_and_wide, read_table, run, titles
 from tests.worker_helpers import fleettrace, migrated, trace_rows, worker_env
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert (code, err) == (0, ""), err
-    return out
-
-
-def listing(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(run(capsys, *argv, "--json"))
-    # The one list shape, and what the list covers (its namespace; a dead letter's group).
-    assert list(data)[:2] == ["items", "next_cursor"] and "namespace" in data
-    return data
 
 
 def _where(redis_url: str, keys: Keys) -> tuple[str, ...]:
@@ -128,10 +113,7 @@ def test_metrics_snapshots_at_80_and_200_columns(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     where = (*_where(redis_url, live), "--key", "tool.invocation_duration_ms")
-    monkeypatch.setenv("COLUMNS", "80")
-    narrow = run(capsys, "metrics", *where)
-    monkeypatch.setenv("COLUMNS", "200")
-    wide = run(capsys, "metrics", *where)
+    narrow, wide = narrow_and_wide(capsys, monkeypatch, "metrics", *where)
     # The percentiles: within 2 % of 10.7, 21.4 and 107, the values recorded.
     title = f"live counters of namespace {live.namespace!r}"
     assert narrow.splitlines()[0].strip() == wide.splitlines()[0].strip() == title
@@ -220,10 +202,7 @@ def test_dlq_list_snapshots_at_80_and_200_columns(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     where = ("dlq", "list", *_where(redis_url, keys), "--limit", "2", "--utc")
-    monkeypatch.setenv("COLUMNS", "80")
-    narrow = run(capsys, *where)
-    monkeypatch.setenv("COLUMNS", "200")
-    wide = run(capsys, *where)
+    narrow, wide = narrow_and_wide(capsys, monkeypatch, *where)
     assert narrow.splitlines() == [
         "ID               MADE (UTC)           REASON                RECORD",
         "─" * 80,

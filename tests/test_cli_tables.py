@@ -20,8 +20,9 @@ from fleettrace_worker import database
 from fleettrace_worker.cli import main
 from fleettrace_worker.cli.traces import LIST_COLUMNS, cost_columns
 from fleettrace_worker.repository import LLMTraceRepository
+from tests import tables
 from tests.factories import llm_trace
-from tests.tables import expected_cells, read_table, titles
+from tests.tables import expected_cells, narrow_and_wide, read_table, run, titles
 from tests.worker_helpers import migrated as migrate_database
 
 #: The namespace the commands read by default, which the rows are stored under here.
@@ -81,18 +82,9 @@ def stored(database_url: str) -> tuple[str, list[LLMTrace]]:
     return url, traces
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    assert (code, err) == (0, ""), err
-    return out
-
-
 def listing(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(run(capsys, *argv, "--json"))
-    assert list(data) == ["items", "next_cursor", "namespace"]
-    assert data["namespace"] == NS
-    return data
+    """The list's JSON: exactly the three keys, the namespace the rows are stored under."""
+    return tables.listing(capsys, *argv, namespace=NS)
 
 
 # traces list ------------------------------------------------------------------------
@@ -181,10 +173,9 @@ def test_traces_list_snapshots_at_80_and_200_columns(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url, _ = stored
-    monkeypatch.setenv("COLUMNS", "80")
-    narrow = run(capsys, "traces", "list", "--utc", "--database-url", url)
-    monkeypatch.setenv("COLUMNS", "200")
-    wide = run(capsys, "traces", "list", "--utc", "--database-url", url)
+    narrow, wide = narrow_and_wide(
+        capsys, monkeypatch, "traces", "list", "--utc", "--database-url", url
+    )
     assert narrow.splitlines() == [
         title(f"LLM calls in namespace {NS!r}", 74),
         "                                         TOKENS  TOKENS      COST  LATENCY",
@@ -240,10 +231,7 @@ def test_traces_cost_snapshots_at_80_and_200_columns(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url, _ = stored
-    monkeypatch.setenv("COLUMNS", "80")
-    narrow = run(capsys, "traces", "cost", "--database-url", url)
-    monkeypatch.setenv("COLUMNS", "200")
-    wide = run(capsys, "traces", "cost", "--database-url", url)
+    narrow, wide = narrow_and_wide(capsys, monkeypatch, "traces", "cost", "--database-url", url)
     # Ten numbers do not fit 80 columns: whole lines, never a number cut.
     assert narrow.splitlines() == [
         title(f"cost in namespace {NS!r}", 98),

@@ -9,7 +9,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from urllib.parse import quote
@@ -20,11 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from fleettrace.live import read_live
 from fleettrace.plans import total_cost_usd
 from fleettrace_worker.cli import main
-from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.dashboard.access import CSRF_COOKIE
 from fleettrace_worker.dashboard.api import csv_text
 from fleettrace_worker.dashboard.exposure import is_loopback
-from fleettrace_worker.runner import Worker
 from tests.dashboard_helpers import (
     CALLS,
     HOSTILE,
@@ -38,7 +35,7 @@ from tests.dashboard_helpers import (
 )
 from tests.servers import free_port
 from tests.waiting import wait_until
-from tests.worker_helpers import ROOT, http_get, migrated, worker_env
+from tests.worker_helpers import ROOT, http_get, migrated, serving_worker, worker_env
 
 TOKEN = "a-token-long-enough-for-tests"
 
@@ -296,21 +293,7 @@ def test_the_worker_serves_the_dashboard_and_gzips_metrics_on_request(
     redis_url, keys, database_url
 ) -> None:
     db = migrated(database_url)
-    port = free_port()
-    settings = WorkerSettings(
-        redis_url,
-        db,
-        namespace=keys.namespace,
-        block_ms=100,
-        http=f"127.0.0.1:{port}",
-        dashboard=True,
-    )
-    worker = Worker(settings)
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(worker.run()))
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with serving_worker(redis_url, db, keys, dashboard=True) as (_, base):
         wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 30, "ready")
         status, headers, body = request(f"{base}/metrics", headers={"Accept-Encoding": "gzip"})
         assert status == 200
@@ -324,10 +307,6 @@ def test_the_worker_serves_the_dashboard_and_gzips_metrics_on_request(
         assert get_json(f"{base}/api/live")[1] == {"items": [], "next_cursor": None}
         assert request(f"{base}/")[0] == 200
         assert request(f"{base}/api/live?namespace={quote('<x>')}")[0] == 400
-    finally:
-        worker.stop.set()
-        thread.join(30)
-    assert result == [0]
 
 
 @pytest.mark.slow  # a fresh interpreter importing the whole CLI

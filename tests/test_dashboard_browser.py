@@ -10,7 +10,6 @@ the SQL sums and the live counters. Screenshots go to ``artifacts/screenshots/``
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -20,9 +19,7 @@ import pytest
 
 from fleettrace.live import read_live
 from fleettrace.plans import total_cost_usd
-from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.dashboard.pages import number
-from fleettrace_worker.runner import Worker
 from tests.dashboard_helpers import (
     CALLS,
     HOSTILE,
@@ -32,7 +29,7 @@ from tests.dashboard_helpers import (
     fill_fleet,
     rows,
 )
-from tests.worker_helpers import ROOT, migrated, trace_rows
+from tests.worker_helpers import ROOT, drain, migrated, trace_rows
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
@@ -104,17 +101,6 @@ def page(browser) -> Iterator[Watched]:
     )
     yield Watched(context.new_page())
     context.close()
-
-
-def _drain(redis_url: str, keys, db: str) -> None:
-    settings = WorkerSettings(
-        redis_url, db, namespace=keys.namespace, consumer="dash", block_ms=100, burst=True
-    )
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(Worker(settings).run()))
-    thread.start()
-    thread.join(120)
-    assert result == [0]
 
 
 def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
@@ -224,7 +210,7 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
         assert page.dialogs == ["Replay 1 dead letter(s) onto their streams?"]
         assert redis_client.xlen(keys.dead_letters("persist")) == 0
     assert page.problems == []
-    _drain(redis_url, keys, db)
+    drain(redis_url, keys, db)
     assert trace_rows(db) == CALLS + 1
 
 

@@ -44,6 +44,7 @@ from fleettrace_worker.embedded import EmbeddedPostgres
 from fleettrace_worker.migrations import migrate
 from fleettrace_worker.repository import LLMTraceRepository
 from fleettrace_worker.runner import Worker
+from tests.emitting import delete_namespace
 from tests.factories import llm_trace
 from tests.waiting import wait_until
 from tests.worker_helpers import scalar
@@ -233,10 +234,7 @@ def test_a_demo_and_another_namespace_never_see_each_others_rows(
         ("the-fleets-model", 3)
     ]
     # The demo leaves its keys for the user to look at; the test removes them.
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"{Keys(demo_ns).prefix}*", count=1000):
-        client.delete(key)
-    client.close()
+    delete_namespace(redis_url, Keys(demo_ns))
 
 
 @pytest.mark.slow
@@ -263,10 +261,7 @@ def test_demo_json_is_the_report_alone_and_agrees_with_the_database(
     items = report["cost_by_model"]["items"]
     assert report["cost_by_model"]["next_cursor"] is None
     assert sum(item["calls"] for item in items) == traces
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"{Keys(ns).prefix}*", count=1000):
-        client.delete(key)
-    client.close()
+    delete_namespace(redis_url, Keys(ns))
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ import asyncio
 import contextvars
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -15,17 +14,7 @@ from pydantic import ValidationError
 import fleettrace
 from fleettrace import LLMTrace, MetricKey, MetricSample, hooks
 from fleettrace.emitter import Emitter
-from fleettrace.keys import Keys
-from tests.emitting import live_hash, make_emitter, stream_records
-
-
-@pytest.fixture
-def emitter(redis_url: str, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emitter]:
-    """An emitter that is also the process default, so hooks given none use it."""
-    made = make_emitter(redis_url, keys)
-    monkeypatch.setattr("fleettrace.emitter._default", made)
-    yield made
-    made.close()
+from tests.emitting import live_hash, stream_records
 
 
 def recorded(emitter: Emitter, client: redis.Redis) -> tuple[list[LLMTrace], list[MetricSample]]:

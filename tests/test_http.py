@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import random
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from fleettrace_worker.runner import Worker
 from tests.factories import numbered_trace
 from tests.servers import free_port
 from tests.waiting import wait_until
-from tests.worker_helpers import migrated, trace_rows
+from tests.worker_helpers import migrated, serving_worker, trace_rows
 
 
 def _get(url: str) -> tuple[int, str, str]:
@@ -39,23 +38,8 @@ def _get(url: str) -> tuple[int, str, str]:
 @pytest.fixture
 def running(redis_url, keys, database_url) -> Iterator[tuple[Worker, str, str]]:
     db = migrated(database_url)
-    port = free_port()
-    settings = WorkerSettings(
-        redis_url,
-        db,
-        namespace=keys.namespace,
-        consumer="h1",
-        block_ms=100,
-        http=f"127.0.0.1:{port}",
-    )
-    worker = Worker(settings)
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(worker.run()))
-    thread.start()
-    yield worker, f"http://127.0.0.1:{port}", db
-    worker.stop.set()
-    thread.join(30)
-    assert result == [0]
+    with serving_worker(redis_url, db, keys, consumer="h1") as (worker, base):
+        yield worker, base, db
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

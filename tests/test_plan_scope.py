@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -26,15 +25,7 @@ from fleettrace.plan_token import MAX_PLAN_DEPTH, TOKEN_PREFIX, parse_token, roo
 from fleettrace.tree_records import PlanRecord, ToolCall
 from fleettrace_worker import runs as day_runs
 from fleettrace_worker import tree_runs
-from tests.emitting import emitter_figures, make_emitter, stream_records
-
-
-@pytest.fixture
-def emitter(redis_url: str, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emitter]:
-    made = make_emitter(redis_url, keys)
-    monkeypatch.setattr("fleettrace.emitter._default", made)
-    yield made
-    made.close()
+from tests.emitting import emitter_figures, stream_records
 
 
 def _records(emitter: Emitter, client: redis.Redis) -> list[object]:

@@ -11,14 +11,13 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from fleettrace.tree_records import PlanRecord, ToolCall
 from fleettrace_worker import database, migrations
 from fleettrace_worker.repository import LLMTraceRepository
 from fleettrace_worker.tree_queries import TreeQueries
 from tests.factories import llm_trace
-from tests.worker_helpers import migrate_from_processes
+from tests.worker_helpers import at_schema_version, migrate_from_processes
 
 AT = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 V3_COLUMNS = (
@@ -32,22 +31,7 @@ def _at_version_three(url: str) -> list[uuid.UUID]:
     """A database as version 3 left it, with rows written by that version's worker."""
     ids = [uuid.UUID(int=i + 1) for i in range(3)]
     with psycopg.connect(url) as conn:
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE {} (version integer PRIMARY KEY, name text NOT NULL, "
-                "applied_at timestamptz NOT NULL DEFAULT now())"
-            ).format(sql.Identifier(migrations.VERSION_TABLE))
-        )
-        for migration in migrations.available():
-            if migration.version > 3:
-                continue
-            conn.execute(migration.sql.encode())
-            conn.execute(
-                sql.SQL("INSERT INTO {} (version, name) VALUES (%s, %s)").format(
-                    sql.Identifier(migrations.VERSION_TABLE)
-                ),
-                (migration.version, migration.name),
-            )
+        at_schema_version(conn, 3)
         for i, trace_id in enumerate(ids):
             conn.execute(
                 f"INSERT INTO llm_traces ({V3_COLUMNS}) VALUES "

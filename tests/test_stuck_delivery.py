@@ -12,7 +12,6 @@ import pytest
 
 from fleettrace.keys import PERSIST_GROUP
 from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
@@ -23,11 +22,9 @@ from fleettrace_worker.repository import (
     _copy,
     _trace_row,
 )
-from fleettrace_worker.runner import Worker
 from tests.factories import add_traces, numbered_trace
-from tests.servers import free_port
 from tests.waiting import wait_until
-from tests.worker_helpers import http_get, migrated, pending, scalar
+from tests.worker_helpers import http_get, migrated, pending, scalar, serving_worker
 
 CLAIM_IDLE_MS = 2_000
 
@@ -108,39 +105,30 @@ def test_a_worker_stalled_on_a_lock_answers_readyz_503_until_it_gets_through(
     db = migrated(database_url)
     traces = [numbered_trace(i) for i in range(20)]
     holder = _hold_row_lock(db, traces[3])
-    port = free_port()
-    settings = WorkerSettings(
-        redis_url, db, namespace=keys.namespace, consumer="s1", block_ms=100,
-        lock_timeout_ms=300, progress_limit_s=1.0, http=f"127.0.0.1:{port}",
-    )  # fmt: skip
-    worker = Worker(settings)
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(worker.run()))
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "ready")
-        add_traces(redis_client, keys, traces)
-        wait_until(lambda: "made no progress" in http_get(f"{base}/readyz")[1], 60, "stalled")
-        status, body = http_get(f"{base}/readyz")
-        assert status == 503
-        assert body.startswith("not ready: group persist made no progress for ")
-        assert "(SQLSTATE 55P03)" in body
-        metrics = http_get(f"{base}/metrics")[1]
-        [since] = [
-            line for line in metrics.splitlines()
-            if line.startswith('fleettrace_worker_seconds_since_progress{group="persist"}')
-        ]  # fmt: skip
-        assert float(since.rsplit(" ", 1)[1]) > 1.0
-        [group] = worker.health()["groups"]  # type: ignore[misc]
-        assert group["stalled"] is True and group["in_hand_entries"] == 1
-        holder.rollback()
-        wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "ready again")
-    finally:
-        worker.stop.set()
-        thread.join(60)
-        holder.close()
-    assert result == [0]
+    serving = serving_worker(
+        redis_url, db, keys, join_s=60, consumer="s1", lock_timeout_ms=300, progress_limit_s=1.0
+    )
+    with serving as (worker, base):
+        try:
+            wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "ready")
+            add_traces(redis_client, keys, traces)
+            wait_until(lambda: "made no progress" in http_get(f"{base}/readyz")[1], 60, "stalled")
+            status, body = http_get(f"{base}/readyz")
+            assert status == 503
+            assert body.startswith("not ready: group persist made no progress for ")
+            assert "(SQLSTATE 55P03)" in body
+            metrics = http_get(f"{base}/metrics")[1]
+            [since] = [
+                line for line in metrics.splitlines()
+                if line.startswith('fleettrace_worker_seconds_since_progress{group="persist"}')
+            ]  # fmt: skip
+            assert float(since.rsplit(" ", 1)[1]) > 1.0
+            [group] = worker.health()["groups"]  # type: ignore[misc]
+            assert group["stalled"] is True and group["in_hand_entries"] == 1
+            holder.rollback()
+            wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "ready again")
+        finally:
+            holder.close()
     assert scalar(db, "SELECT count(*) FROM llm_traces") == 20
     assert redis_client.xlen(keys.dead_letters(PERSIST_GROUP)) == 0
     assert pending(redis_client, keys) == 0

@@ -25,16 +25,21 @@ from fleettrace.codec import (
 from fleettrace.keys import PERSIST_GROUP
 from fleettrace.model import TOKEN_DETAIL_FIELDS
 from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.database import create_pool
 from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.persist import PersistLoop
 from fleettrace_worker.repository import LLMTraceRepository
-from fleettrace_worker.runner import Worker
 from tests.factories import add_traces, numbered_trace
-from tests.servers import free_port
 from tests.waiting import wait_until
-from tests.worker_helpers import http_get, migrated, pending, sample_rows, scalar, trace_rows
+from tests.worker_helpers import (
+    http_get,
+    migrated,
+    pending,
+    sample_rows,
+    scalar,
+    serving_worker,
+    trace_rows,
+)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "wire"
 
@@ -122,17 +127,7 @@ def test_the_worker_reports_upgrade_needed_in_health_readyz_and_metrics(
 ) -> None:
     db = migrated(database_url)
     add_traces(redis_client, keys, [numbered_trace(1)])
-    port = free_port()
-    settings = WorkerSettings(
-        redis_url, db, namespace=keys.namespace, consumer="u1", block_ms=100,
-        http=f"127.0.0.1:{port}",
-    )  # fmt: skip
-    worker = Worker(settings)
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(worker.run()))
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with serving_worker(redis_url, db, keys, consumer="u1") as (worker, base):
         wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "ready")
         redis_client.xadd(keys.traces, _newer_entry())  # type: ignore[arg-type]
         wait_until(lambda: http_get(f"{base}/readyz")[0] == 503, 60, "not ready")
@@ -144,10 +139,6 @@ def test_the_worker_reports_upgrade_needed_in_health_readyz_and_metrics(
         [group] = worker.health()["groups"]  # type: ignore[misc]
         assert str(group["upgrade_needed"]).startswith("upgrade needed")
         assert group["stalled"] is False
-    finally:
-        worker.stop.set()
-        thread.join(30)
-    assert result == [0]
     assert trace_rows(db) == 1
     assert pending(redis_client, keys) == 1
     assert redis_client.xlen(keys.dead_letters(PERSIST_GROUP)) == 0

@@ -7,15 +7,24 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
+from psycopg import sql
 
 from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace_worker import migrations
+from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.migrations import migrate
+from fleettrace_worker.runner import Worker
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,6 +33,26 @@ def migrated(database_url: str) -> str:
     with psycopg.connect(database_url, autocommit=True) as conn:
         migrate(conn)
     return database_url
+
+
+def at_schema_version(conn: psycopg.Connection[tuple[object, ...]], version: int) -> None:
+    """Bring an empty database to schema ``version`` as that version's ``migrate`` left
+    it: the shipped migrations up to it applied and recorded, the later ones not."""
+    table = sql.Identifier(migrations.VERSION_TABLE)
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE {} (version integer PRIMARY KEY, name text NOT NULL, "
+            "applied_at timestamptz NOT NULL DEFAULT now())"
+        ).format(table)
+    )
+    for migration in migrations.available():
+        if migration.version > version:
+            continue
+        conn.execute(migration.sql.encode())
+        conn.execute(
+            sql.SQL("INSERT INTO {} (version, name) VALUES (%s, %s)").format(table),
+            (migration.version, migration.name),
+        )
 
 
 def _migrate_in_process(url: str, queue: multiprocessing.Queue[tuple[str, ...]]) -> None:
@@ -123,3 +152,44 @@ def start_worker(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
         text=True,
         cwd=ROOT,
     )
+
+
+def drain(redis_url: str, keys: Keys, database_url: str) -> None:
+    """Run a burst worker (consumer ``dash``) until the namespace's streams are
+    drained; it must exit 0."""
+    settings = WorkerSettings(
+        redis_url, database_url, namespace=keys.namespace, consumer="dash", block_ms=100, burst=True
+    )
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(Worker(settings).run()))
+    thread.start()
+    thread.join(120)
+    assert result == [0]
+
+
+@contextmanager
+def serving_worker(
+    redis_url: str, database_url: str, keys: Keys, *, join_s: float = 30, **options: Any
+) -> Iterator[tuple[Worker, str]]:
+    """A worker in a thread with its HTTP endpoints on a free loopback port (``options``
+    are more of its settings); yields it and its base URL, then stops it: it must have
+    exited 0."""
+    port = free_port()
+    settings = WorkerSettings(
+        redis_url,
+        database_url,
+        namespace=keys.namespace,
+        block_ms=100,
+        http=f"127.0.0.1:{port}",
+        **options,
+    )
+    worker = Worker(settings)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(worker.run()))
+    thread.start()
+    try:
+        yield worker, f"http://127.0.0.1:{port}"
+    finally:
+        worker.stop.set()
+        thread.join(join_s)
+    assert result == [0]
