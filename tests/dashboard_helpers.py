@@ -80,14 +80,7 @@ def fill_other_namespace(redis_url: str, keys: Keys, database_url: str) -> None:
         )
     assert emitter.flush(30)
     emitter.close()
-    settings = WorkerSettings(
-        redis_url, database_url, namespace=keys.namespace, consumer="dash", block_ms=100, burst=True
-    )
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(Worker(settings).run()))
-    thread.start()
-    thread.join(120)
-    assert result == [0]
+    drain(redis_url, keys, database_url)
 
 
 def drop_poison_rule(database_url: str) -> None:

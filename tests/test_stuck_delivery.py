@@ -22,6 +22,7 @@ from fleettrace_worker.repository import (
     _copy,
     _trace_row,
 )
+from fleettrace_worker.tree_store import SOURCE_COLUMNS
 from tests.factories import add_traces, numbered_trace
 from tests.waiting import wait_until
 from tests.worker_helpers import http_get, migrated, pending, scalar, serving_worker
@@ -33,8 +34,10 @@ def _hold_row_lock(db: str, trace: object) -> psycopg.Connection:
     """Another session inserting the same trace_id and not committing: a COPY of that
     key waits for it (unique index check), holding no table lock of its own."""
     conn = psycopg.connect(db)
-    # The worker's own COPY, so the row has every column the table has.
-    _copy(conn, TRACES_TABLE, TRACE_COLUMNS, [_trace_row(trace)])  # type: ignore[arg-type]
+    # The worker's own COPY, so the row has every column the table has, its source
+    # (producer, namespace) included: schema 6 refuses a row without a namespace.
+    row = (*_trace_row(trace), None, "held")  # type: ignore[arg-type]
+    _copy(conn, TRACES_TABLE, TRACE_COLUMNS + SOURCE_COLUMNS, [row])
     return conn
 
 
