@@ -260,7 +260,9 @@ def test_malformed_entries_end_as_dead_letters_and_replay_brings_fixed_ones_home
     assert reasons[1] == "record: Invalid JSON: EOF while parsing an object at line 1 column 1"
     assert "no_poison" in reasons[2]
     text = fleettrace("dlq", "list", env=env)
-    assert text.stdout.splitlines()[-1] == "3 dead letters in group persist"
+    assert text.stdout.splitlines()[-1] == (
+        f"3 dead letters in group persist of namespace {keys.namespace!r}"
+    )
     assert "REASON" in text.stdout.splitlines()[0]
     # The constraint was the cause: once it is gone, replay brings the poison row home.
     with psycopg.connect(db, autocommit=True) as conn:
