@@ -160,7 +160,7 @@ def measure(
     label_sets = populate(client, keys, producers, plans)
     server = serve("127.0.0.1:0", _Status(keys), client, plans=SCRAPE_PLANS)
     try:
-        readers = _readers(client, keys, server.server_address[1])
+        readers = _readers(client, keys, server.port)
         client.delete(keys.aggregate_fresh)
         summed = {name: timed(call, 3) for name, call in readers.items()}
         expected = plan_cost_usd(client, keys, "plan-shared")

@@ -24,6 +24,7 @@ from typing import Any, Final
 import orjson
 import psycopg
 import redis
+from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
 from benchmarks.load.records import TraceFactory
@@ -63,10 +64,21 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 CREATE INDEX IF NOT EXISTS {TABLE}_plan ON {TABLE} (plan_id, started_at);
 CREATE INDEX IF NOT EXISTS {TABLE}_started ON {TABLE} (started_at);
 """
+#: The row's columns: the record's fields, then the namespace every row carries.
+_ROW_COLUMNS: Final = (*COLUMNS, "namespace")
 _INSERT: Final = (
-    f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))}) "
-    "ON CONFLICT (trace_id) DO NOTHING"
+    f"INSERT INTO {TABLE} ({', '.join(_ROW_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(_ROW_COLUMNS))}) ON CONFLICT (trace_id) DO NOTHING"
 )
+
+
+def _row(trace: LLMTrace, namespace: str) -> tuple[Any, ...]:
+    """The values of one row, as a naive worker would write them: no tags or metadata
+    as NULL, metadata as jsonb."""
+    values = {c: trace.__dict__[c] for c in COLUMNS}
+    values["tags"] = values["tags"] or None
+    values["metadata"] = Jsonb(values["metadata"]) if values["metadata"] else None
+    return (*values.values(), namespace)
 
 
 def stream(keys: Keys) -> str:
@@ -203,9 +215,9 @@ def validate(entries: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> tuple[list[
     return traces, bad
 
 
-def insert(conn: psycopg.Connection[Any], traces: list[LLMTrace]) -> None:
+def insert(conn: psycopg.Connection[Any], traces: list[LLMTrace], namespace: str) -> None:
     with conn.cursor() as cur:
-        cur.executemany(_INSERT, [tuple(t.__dict__[c] for c in COLUMNS) for t in traces])
+        cur.executemany(_INSERT, [_row(t, namespace) for t in traces])
     conn.commit()
 
 
@@ -239,7 +251,7 @@ def run_worker(redis_url: str, namespace: str, database_url: str, *, burst: bool
                 continue
             traces, _bad = validate(entries)
             if traces:
-                insert(conn, traces)
+                insert(conn, traces, keys.namespace)
             client.xack(name, GROUP, *[entry_id for entry_id, _ in entries])
     client.close()
     return 0
