@@ -136,10 +136,11 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
         # Cost: the table is the SQL sums; unpriced calls are counted, not priced at zero.
         page.open(f"{base}/cost?by=model&range=24h", "cost")
         expected = {
-            model: (str(calls), str(calls - priced), f"{cost:.6f}")
+            # A model nothing of which was priced reads "unpriced", never 0.
+            model: (str(calls), str(calls - priced), "unpriced" if cost is None else f"{cost:.6f}")
             for model, calls, priced, cost in rows(
                 db,
-                "SELECT model, count(*), count(cost_usd), coalesce(sum(cost_usd), 0) "
+                "SELECT model, count(*), count(cost_usd), sum(cost_usd) "
                 "FROM llm_traces GROUP BY model",
             )
         }
@@ -153,7 +154,8 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
             page.page.click("#csv")
         lines = Path(download.value.path()).read_text().splitlines()
         assert lines[0].startswith("model,calls,priced_calls,unpriced_calls,cost_usd")
-        assert {line.split(",")[0]: f"{float(line.split(',')[4]):.6f}" for line in lines[1:]} == {
+        cost_cells = {line.split(",")[0]: line.split(",")[4] for line in lines[1:]}
+        assert {k: f"{float(v):.6f}" if v else "unpriced" for k, v in cost_cells.items()} == {
             model: figures[2] for model, figures in expected.items()
         }
         axes = page.page.evaluate("window.fleettraceCharts[0].axes.map(a => a.label)")

@@ -78,16 +78,20 @@ def _api_figures_are_of(base: str, db: str, namespace: str, asked: str) -> None:
         status, answer = get_json(f"{base}/api/cost?by={by}&range=24h&{asked}")
         assert status == 200
         expected = {
-            key: (calls, priced, round(cost, 9))
+            key: (calls, priced, None if cost is None else round(cost, 9))
             for key, calls, priced, cost in rows(
                 db,
-                f"SELECT {by}, count(*), count(cost_usd), coalesce(sum(cost_usd), 0) "
+                f"SELECT {by}, count(*), count(cost_usd), sum(cost_usd) "
                 f"FROM llm_traces WHERE namespace = %s GROUP BY {by}",
                 namespace,
             )
         }
         got = {
-            item["key"]: (item["calls"], item["priced_calls"], round(item["cost_usd"], 9))
+            item["key"]: (
+                item["calls"],
+                item["priced_calls"],
+                None if item["cost_usd"] is None else round(item["cost_usd"], 9),
+            )
             for item in answer["items"]
         }
         assert got == expected
@@ -96,13 +100,17 @@ def _api_figures_are_of(base: str, db: str, namespace: str, asked: str) -> None:
     expected_csv = dict(
         rows(
             db,
-            "SELECT provider, coalesce(sum(cost_usd), 0) FROM llm_traces "
-            "WHERE namespace = %s GROUP BY 1",
+            "SELECT provider, sum(cost_usd) FROM llm_traces WHERE namespace = %s GROUP BY 1",
             namespace,
         )
     )
-    got_csv = {line.split(",")[0]: float(line.split(",")[4]) for line in lines[1:]}
-    assert got_csv == pytest.approx({k: float(v) for k, v in expected_csv.items()})
+    # An unpriced group's cost is an empty cell, never 0.
+    cells = {line.split(",")[0]: line.split(",")[4] for line in lines[1:]}
+    assert {k for k, v in cells.items() if not v} == {
+        k for k, v in expected_csv.items() if v is None
+    }
+    got_csv = {k: float(v) for k, v in cells.items() if v}
+    assert got_csv == pytest.approx({k: float(v) for k, v in expected_csv.items() if v is not None})
 
     [(calls, cost, priced, errors, retried)] = rows(
         db,

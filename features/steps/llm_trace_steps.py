@@ -218,9 +218,10 @@ def step_row_matches(context):
             f"SELECT {', '.join(names)} FROM llm_traces WHERE trace_id = %s", (trace.trace_id,)
         ).fetchone()
     assert row is not None, f"no row for trace {trace.trace_id}"
-    for name, stored in zip(names, row, strict=True):
+    for name, column in zip(names, row, strict=True):
         recorded = getattr(trace, name)
-        if name in ("tags", "metadata") and stored is None and not recorded:
+        stored = column
+        if name in ("tags", "metadata") and column is None and not recorded:
             # No tags or metadata are stored as NULL (schema 4: nothing in their indexes).
             stored = type(recorded)()
         assert stored == recorded, f"{name}: stored {stored!r}, recorded {recorded!r}"

@@ -50,8 +50,9 @@ def e(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def usd(value: float) -> str:
-    return f"{value:.6f}"
+def usd(value: float | None) -> str:
+    """Dollars; ``unpriced`` for a cost nothing of which could be priced (never 0)."""
+    return "unpriced" if value is None else f"{value:.6f}"
 
 
 def number(value: float | None) -> str:
@@ -223,7 +224,7 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
             f'<option value="{e(k)}"{" selected" if k == span.label else ""}>last {e(k)}</option>'
             for k in queries.RANGES
         )
-        total = sum(r["cost_usd"] for r in rows)
+        total = sum(r["cost_usd"] or 0.0 for r in rows)
         unpriced = sum(r["unpriced_calls"] for r in rows)
         body = (
             '<form method="get" action="/cost" class="controls">'

@@ -202,10 +202,10 @@ def cost_table(
     column = sql.Identifier(COST_GROUPS[by])
     query = sql.SQL(
         "SELECT {col} AS key, count(*) AS calls, count(cost_usd) AS priced_calls, "
-        "coalesce(sum(cost_usd), 0) AS cost_usd, sum(prompt_tokens) AS prompt_tokens, "
+        "sum(cost_usd) AS cost_usd, sum(prompt_tokens) AS prompt_tokens, "
         "sum(completion_tokens) AS completion_tokens FROM llm_traces "
         "WHERE namespace = %s AND started_at >= %s AND started_at < %s GROUP BY 1 "
-        "ORDER BY cost_usd DESC, key NULLS LAST LIMIT %s"
+        "ORDER BY coalesce(sum(cost_usd), 0) DESC, key NULLS LAST LIMIT %s"
     ).format(col=column)
     with connect(database_url) as conn:
         rows = conn.execute(query, (namespace, span.start, span.end, limit)).fetchall()
@@ -215,7 +215,7 @@ def cost_table(
             "calls": row["calls"],
             "priced_calls": row["priced_calls"],
             "unpriced_calls": row["calls"] - row["priced_calls"],
-            "cost_usd": float(row["cost_usd"]),
+            "cost_usd": None if row["cost_usd"] is None else float(row["cost_usd"]),
             "prompt_tokens": int(row["prompt_tokens"] or 0),
             "completion_tokens": int(row["completion_tokens"] or 0),
         }
