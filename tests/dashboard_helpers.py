@@ -134,3 +134,31 @@ def get_json(url: str, **more: Any) -> tuple[int, Any]:
 
 
 __all__ = ["CALLS", "HOSTILE", "MODELS", "PERSIST_GROUP"]
+
+
+def _cents(cost: float | None) -> float | None:
+    return None if cost is None else round(cost, 9)
+
+
+def sql_cost_by(database_url: str, by: str, namespace: str | None = None) -> dict[Any, tuple]:
+    """(calls, priced calls, cost or None) per ``by`` from the rows themselves, of one
+    namespace when given: what /api/cost must answer."""
+    where = "" if namespace is None else "WHERE namespace = %s "
+    args = () if namespace is None else (namespace,)
+    return {
+        key: (calls, priced, _cents(cost))
+        for key, calls, priced, cost in rows(
+            database_url,
+            f"SELECT {by}, count(*), count(cost_usd), sum(cost_usd) "
+            f"FROM llm_traces {where}GROUP BY {by}",
+            *args,
+        )
+    }
+
+
+def api_cost_by(items: list[dict[str, Any]]) -> dict[Any, tuple]:
+    """The same figures from an /api/cost answer's items."""
+    return {
+        item["key"]: (item["calls"], item["priced_calls"], _cents(item["cost_usd"]))
+        for item in items
+    }

@@ -26,12 +26,14 @@ from tests.dashboard_helpers import (
     CALLS,
     HOSTILE,
     HOSTILE_PLAN,
+    api_cost_by,
     dashboard,
     drop_poison_rule,
     fill_fleet,
     get_json,
     request,
     rows,
+    sql_cost_by,
 )
 from tests.servers import free_port
 from tests.waiting import wait_until
@@ -61,23 +63,7 @@ def test_api_numbers_are_the_sql_sums_and_the_live_counters(
             status, answer = get_json(f"{base}/api/cost?by={by}&range=24h")
             assert status == 200
             assert set(answer) >= {"items", "next_cursor", "from", "to"}
-            expected = {
-                key: (calls, priced, None if cost is None else round(cost, 9))
-                for key, calls, priced, cost in rows(
-                    fleet,
-                    f"SELECT {by}, count(*), count(cost_usd), sum(cost_usd) "
-                    f"FROM llm_traces GROUP BY {by}",
-                )
-            }
-            got = {
-                item["key"]: (
-                    item["calls"],
-                    item["priced_calls"],
-                    None if item["cost_usd"] is None else round(item["cost_usd"], 9),
-                )
-                for item in answer["items"]
-            }
-            assert got == expected
+            assert api_cost_by(answer["items"]) == sql_cost_by(fleet, by)
         unpriced = get_json(f"{base}/api/cost?by=model")[1]["items"]
         assert {i["key"]: i["unpriced_calls"] for i in unpriced}["house-llm"] == CALLS // 3
 

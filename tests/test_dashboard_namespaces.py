@@ -17,12 +17,14 @@ from fleettrace.keys import Keys
 from fleettrace.plans import total_cost_usd
 from fleettrace_worker.dashboard.pages import usd
 from tests.dashboard_helpers import (
+    api_cost_by,
     dashboard,
     fill_fleet,
     fill_other_namespace,
     get_json,
     request,
     rows,
+    sql_cost_by,
 )
 
 SQL_ENDPOINTS = (
@@ -77,24 +79,7 @@ def _api_figures_are_of(base: str, db: str, namespace: str, asked: str) -> None:
     for by in ("model", "provider", "actor"):
         status, answer = get_json(f"{base}/api/cost?by={by}&range=24h&{asked}")
         assert status == 200
-        expected = {
-            key: (calls, priced, None if cost is None else round(cost, 9))
-            for key, calls, priced, cost in rows(
-                db,
-                f"SELECT {by}, count(*), count(cost_usd), sum(cost_usd) "
-                f"FROM llm_traces WHERE namespace = %s GROUP BY {by}",
-                namespace,
-            )
-        }
-        got = {
-            item["key"]: (
-                item["calls"],
-                item["priced_calls"],
-                None if item["cost_usd"] is None else round(item["cost_usd"], 9),
-            )
-            for item in answer["items"]
-        }
-        assert got == expected
+        assert api_cost_by(answer["items"]) == sql_cost_by(db, by, namespace)
 
     lines = request(f"{base}/api/cost.csv?by=provider&{asked}")[2].decode().splitlines()
     expected_csv = dict(
