@@ -16,8 +16,8 @@ from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import PERSIST_GROUP, Keys
 from fleettrace.metrics import MetricKey
 from fleettrace_worker.cli.dashboard import probe_routes
-from fleettrace_worker.dashboard.app import DashboardSettings, build_app
-from fleettrace_worker.webserver import HttpServer
+from fleettrace_worker.serve.dashboard.app import DashboardSettings, build_app
+from fleettrace_worker.serve.webserver import HttpServer
 from tests.factories import numbered_trace
 from tests.worker_helpers import drain, migrated
 

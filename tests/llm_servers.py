@@ -397,11 +397,11 @@ class Pipeline:
         return every ``llm_traces`` row, oldest first."""
         import redis as redis_lib
 
-        from fleettrace_worker.consumer import Consumer
-        from fleettrace_worker.database import create_pool
-        from fleettrace_worker.loop import LoopSettings
-        from fleettrace_worker.persist import PersistLoop
-        from fleettrace_worker.repository import LLMTraceRepository
+        from fleettrace_worker.store.database import create_pool
+        from fleettrace_worker.store.persist import PersistLoop
+        from fleettrace_worker.store.repository import LLMTraceRepository
+        from fleettrace_worker.stream.consumer import Consumer
+        from fleettrace_worker.stream.loop import LoopSettings
 
         assert self.emitter.flush(30), f"emitter could not deliver: {self.emitter.stats}"
         client = redis_lib.Redis.from_url(self._redis_url)

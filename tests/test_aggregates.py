@@ -16,8 +16,8 @@ from fleettrace.keys import DIRTY_LIVE, DIRTY_PLAN, Keys, plan_field
 from fleettrace.live import LiveSeries, is_over_budget, plan_cost_usd, read_live
 from fleettrace.model import LLMTrace
 from fleettrace.plans import count_plans, read_plan, top_plans
-from fleettrace_worker.aggregator import Aggregation
-from fleettrace_worker.runner import Worker, WorkerSettings
+from fleettrace_worker.process import Worker, WorkerSettings
+from fleettrace_worker.serve.aggregator import Aggregation
 from tests.emitting import make_emitter
 from tests.factories import llm_trace
 from tests.waiting import wait_until

@@ -6,7 +6,7 @@ import pytest
 
 from fleettrace.connection import connect_redis, first_set, redact_url, redis_url_from_env
 from fleettrace.errors import ConfigurationError
-from fleettrace_worker.settings import database_url_from_env
+from fleettrace_worker.store.settings import database_url_from_env
 
 
 def test_fleettraces_own_variable_wins_over_the_conventional_one() -> None:

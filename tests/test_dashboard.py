@@ -19,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from fleettrace.live import read_live
 from fleettrace.plans import total_cost_usd
 from fleettrace_worker.cli import main
-from fleettrace_worker.dashboard.access import CSRF_COOKIE
-from fleettrace_worker.dashboard.api import csv_text
-from fleettrace_worker.dashboard.exposure import is_loopback
+from fleettrace_worker.serve.dashboard.access import CSRF_COOKIE
+from fleettrace_worker.serve.dashboard.api import csv_text
+from fleettrace_worker.serve.dashboard.exposure import is_loopback
 from tests.dashboard_helpers import (
     CALLS,
     HOSTILE,

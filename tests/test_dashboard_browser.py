@@ -19,7 +19,7 @@ import pytest
 
 from fleettrace.live import read_live
 from fleettrace.plans import total_cost_usd
-from fleettrace_worker.dashboard.pages import number
+from fleettrace_worker.serve.dashboard.pages import number
 from tests.dashboard_helpers import (
     CALLS,
     HOSTILE,

@@ -15,7 +15,7 @@ import redis
 
 from fleettrace.keys import Keys
 from fleettrace.plans import total_cost_usd
-from fleettrace_worker.dashboard.pages import usd
+from fleettrace_worker.serve.dashboard.pages import usd
 from tests.dashboard_helpers import (
     api_cost_by,
     dashboard,

@@ -11,7 +11,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from fleettrace.errors import ConfigurationError, DatabaseUnavailable
-from fleettrace_worker import database
+from fleettrace_worker.store import database
 from tests.conftest import PG_ADMIN_URL
 from tests.servers import free_port
 

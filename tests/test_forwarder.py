@@ -23,14 +23,18 @@ from fleettrace.errors import (
 from fleettrace.keys import LANGSMITH_GROUP, Keys
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace, MetricSample
-from fleettrace_worker import forwarder as forwarder_module
-from fleettrace_worker import loop as loop_module
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.deadletter import DeadLetterLog, list_dead_letters, replay_dead_letters
-from fleettrace_worker.delivery import RunSender, classify, parse_retry_after
-from fleettrace_worker.forwarder import ForwardLoop, langsmith_loop, loop_settings
-from fleettrace_worker.langsmith_settings import LangSmithSettings
-from fleettrace_worker.runs import llm_run, plan_root_id
+from fleettrace_worker.forward.langsmith import group as forwarder_module
+from fleettrace_worker.forward.langsmith.delivery import RunSender, classify, parse_retry_after
+from fleettrace_worker.forward.langsmith.group import ForwardLoop, langsmith_loop, loop_settings
+from fleettrace_worker.forward.langsmith.runs import llm_run, plan_root_id
+from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
+from fleettrace_worker.stream import loop as loop_module
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.deadletter import (
+    DeadLetterLog,
+    list_dead_letters,
+    replay_dead_letters,
+)
 from tests.factories import add_samples, add_traces, llm_trace
 from tests.langsmith_server import Fault, LangSmithServer
 from tests.waiting import wait_until

@@ -10,14 +10,14 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, M
 
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import OTLP_GROUP, Keys
-from fleettrace_worker.deadletter import list_dead_letters
-from fleettrace_worker.otlp_metrics import (
+from fleettrace_worker.forward.otlp.metrics import (
     OPERATION_DURATION,
     TOKEN_BUCKETS,
     TOKEN_USAGE,
     metrics_request,
 )
-from fleettrace_worker.otlp_settings import OtlpSettings
+from fleettrace_worker.forward.otlp.settings import OtlpSettings
+from fleettrace_worker.stream.deadletter import list_dead_letters
 from tests.factories import add_traces
 from tests.otlp_receiver import GENAI_METRICS, GENAI_NAMES, Fault, OtlpReceiver, check_metrics
 from tests.test_otlp import llm_spans, make_loop, pending, settings_for, trace

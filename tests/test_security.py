@@ -38,20 +38,20 @@ from fleettrace.keys import (
 from fleettrace.live import is_over_budget, plan_cost_usd, read_live
 from fleettrace.model import LLMTrace
 from fleettrace.plans import count_plans, read_plan, top_plans
-from fleettrace_worker.aggregator import Aggregation
 from fleettrace_worker.cli import COMMANDS
-from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.context import WorkerSettings
-from fleettrace_worker.database import connect, create_pool
-from fleettrace_worker.deadletter import list_dead_letters, replay_dead_letters
-from fleettrace_worker.forwarder import ForwardLoop, loop_settings
-from fleettrace_worker.http import serve
-from fleettrace_worker.langsmith_settings import LangSmithSettings
-from fleettrace_worker.loop import LoopSettings
-from fleettrace_worker.persist import PersistLoop
-from fleettrace_worker.repository import LLMTraceRepository
-from fleettrace_worker.runner import Worker
-from fleettrace_worker.trim import trim_streams
+from fleettrace_worker.forward.langsmith.group import ForwardLoop, loop_settings
+from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
+from fleettrace_worker.process import Worker
+from fleettrace_worker.serve.aggregator import Aggregation
+from fleettrace_worker.serve.http import serve
+from fleettrace_worker.store.database import connect, create_pool
+from fleettrace_worker.store.persist import PersistLoop
+from fleettrace_worker.store.repository import LLMTraceRepository
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.deadletter import list_dead_letters, replay_dead_letters
+from fleettrace_worker.stream.loop import LoopSettings
+from fleettrace_worker.stream.trim import trim_streams
 from tests.acl import AGENT, BUDGET_AGENT, WORKER, create_user, documented_acl_lines, rules
 from tests.factories import llm_trace
 from tests.langsmith_server import Fault, LangSmithServer

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from fleettrace_worker.context import ENV_PREFIX, ENV_SETTINGS
-from fleettrace_worker.database import SQLSTATE_VERDICTS
+from fleettrace_worker.store.database import SQLSTATE_VERDICTS
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_DOC = (ROOT / "docs" / "worker.md").read_text()

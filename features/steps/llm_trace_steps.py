@@ -20,8 +20,8 @@ from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace
 from fleettrace.plans import read_plan
 from fleettrace.pricing import price_trace
-from fleettrace_worker.database import create_pool
-from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.store.database import create_pool
+from fleettrace_worker.store.repository import LLMTraceRepository
 
 #: How a table cell becomes the value of an LLMTrace field; other fields are text.
 PARSERS = {

@@ -3,7 +3,7 @@
 :class:`WorkerSettings` is the worker side's settings, built at the edge (the CLI)
 from arguments and ``FLEETTRACE_WORKER_*`` variables; :class:`WorkerContext` hands
 each group loop its Redis clients and the PostgreSQL pool. They live apart from
-:mod:`fleettrace_worker.runner` so that the group loop factories (persist,
+:mod:`fleettrace_worker.process` so that the group loop factories (persist,
 LangSmith, OTLP) can take a context without importing the process that runs them:
 the runner imports the loops, never the other way round.
 """
@@ -28,11 +28,11 @@ from fleettrace.keys import (
     PERSIST_GROUP,
     Keys,
 )
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.database import create_pool
-from fleettrace_worker.groups import DEFAULT_MAX_AGE_S, DEFAULT_MAX_LAG, GroupLimits
-from fleettrace_worker.loop import LoopSettings
 from fleettrace_worker.presence import default_consumer_name
+from fleettrace_worker.store.database import create_pool
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.groups import DEFAULT_MAX_AGE_S, DEFAULT_MAX_LAG, GroupLimits
+from fleettrace_worker.stream.loop import LoopSettings
 
 #: Seconds a Redis call may take beyond a blocking read's own wait.
 REDIS_MARGIN_S: Final = 5.0
@@ -197,6 +197,10 @@ class WorkerContext:
         )
         self._clients.append(client)
         return client
+
+    def loop_settings(self) -> LoopSettings:
+        """What every group loop of this worker is told (each group derives its own)."""
+        return self.settings.loop_settings()
 
     def consumer(self, group: str) -> Consumer:
         return Consumer(

@@ -24,10 +24,10 @@ from starlette.routing import BaseRoute, Route
 
 from fleettrace.connection import connect_redis
 from fleettrace_worker.cli import EXIT_OK, options
-from fleettrace_worker.dashboard.access import TOKEN_ENV, check_exposure
-from fleettrace_worker.dashboard.api import unavailable
-from fleettrace_worker.dashboard.app import DashboardSettings, build_app
-from fleettrace_worker.webserver import HttpServer
+from fleettrace_worker.serve.dashboard.access import TOKEN_ENV, check_exposure
+from fleettrace_worker.serve.dashboard.api import unavailable
+from fleettrace_worker.serve.dashboard.app import DashboardSettings, build_app
+from fleettrace_worker.serve.webserver import HttpServer
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8465

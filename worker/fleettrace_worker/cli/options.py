@@ -18,7 +18,7 @@ import redis
 from fleettrace.connection import DEFAULT_REDIS_URL, connect_redis, redis_url_from_env
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import DEFAULT_NAMESPACE, NAMESPACE_VARIABLE, Keys, configured_namespace
-from fleettrace_worker.settings import DEFAULT_DATABASE_URL, database_url_from_env
+from fleettrace_worker.store.settings import DEFAULT_DATABASE_URL, database_url_from_env
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ from fleettrace.keys import (
 )
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.context import ENV_PREFIX, WorkerSettings
-from fleettrace_worker.dashboard.exposure import TOKEN_ENV, check_exposure, parse_address
-from fleettrace_worker.langsmith_settings import LangSmithSettings
-from fleettrace_worker.otlp_settings import OtlpSettings
+from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
+from fleettrace_worker.forward.otlp.settings import OtlpSettings
 from fleettrace_worker.presence import check_health, local_workers, runtime_dir
-from fleettrace_worker.runner import Worker
+from fleettrace_worker.process import Worker
+from fleettrace_worker.serve.dashboard.exposure import TOKEN_ENV, check_exposure, parse_address
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

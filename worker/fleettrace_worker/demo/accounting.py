@@ -20,12 +20,12 @@ from fleettrace.live import read_live
 from fleettrace.metrics import MetricKey
 from fleettrace.plans import total_cost_usd
 from fleettrace.redis_errors import translate_redis_errors
-from fleettrace_worker import database
-from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.demo.settings import AgentReport, DemoSettings
-from fleettrace_worker.repository import SAMPLES_TABLE, TRACES_TABLE
-from fleettrace_worker.trace_filter import CostRow
-from fleettrace_worker.tree_store import PLANS_TABLE, TOOL_CALLS_TABLE
+from fleettrace_worker.store import database
+from fleettrace_worker.store.repository import SAMPLES_TABLE, TRACES_TABLE
+from fleettrace_worker.store.trace_filter import CostRow
+from fleettrace_worker.store.tree_store import PLANS_TABLE, TOOL_CALLS_TABLE
+from fleettrace_worker.stream.deadletter import DeadLetter
 
 
 @dataclass(frozen=True, slots=True)
