@@ -49,7 +49,8 @@ def _bar(node: Node, start: datetime | None, span_ms: float) -> str:
     offset_ms = (node.started_at - start).total_seconds() * 1000
     x = round(max(0.0, offset_ms) / span_ms * WIDTH, 1) if span_ms else 0.0
     width = max(MIN_BAR, round(node.duration_ms / span_ms * WIDTH, 1) if span_ms else WIDTH)
-    width = min(width, max(MIN_BAR, WIDTH - x))
+    width = min(width, WIDTH)
+    x = min(x, WIDTH - width)  # a bar at the very end stays inside the box
     failed = " failed" if node.errors and node.kind in ("llm", "tool") else ""
     label = (
         f"{node.kind} {node.name}: starts at {offset_ms:.0f} ms, lasts {node.duration_ms:.0f} ms"
@@ -91,7 +92,7 @@ TREE_HEAD: Final = (
 
 
 def tree_table(root: Node, keys: Keys) -> str:
-    """The tree and its waterfall, one row per node: ``<tr data-kind data-depth>``."""
+    """The tree and its waterfall, one row per node: ``<tr data-kind data-name data-depth>``."""
     span_ms = root.duration_ms or 0.0
     rows = []
     for depth, node in walk(root):
@@ -115,9 +116,8 @@ def tree_table(root: Node, keys: Keys) -> str:
         )
         marks = f"depth-{min(depth, MAX_DEPTH_CLASS)}" + (" failed" if node.errors else "")
         rows.append(
-            f'<tr class="{marks}" data-kind="{e(node.kind)}" data-depth="{depth}">'
-            + "".join(f"<td>{cell}</td>" for cell in cells)
-            + "</tr>"
+            f'<tr class="{marks}" data-kind="{e(node.kind)}" data-name="{e(node.name)}" '
+            f'data-depth="{depth}">' + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
         )
     heads = "".join(f'<th scope="col">{e(h)}</th>' for h in TREE_HEAD)
     return (
@@ -150,6 +150,8 @@ def _value(value: Any) -> str:
         return '<span class="note">not reported</span>'
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, float):
+        return number(value)
     if isinstance(value, list | dict):
         if not value:
             return '<span class="note">none</span>'
@@ -180,8 +182,13 @@ def call_details(trace: LLMTrace, ancestors: list[Node], keys: Keys) -> str:
         ("time to first token (ms)", _value(trace.ttft_ms)),
         ("streamed", _value(trace.streaming)),
         ("retries", e(trace.retry_count)),
-        ("error", _value(trace.error)),
-        ("plan", _value(trace.plan_id)),
+        ("error", e(trace.error) if trace.error else '<span class="note">none</span>'),
+        (
+            "plan",
+            f'<a href="{e(plan_href(trace.plan_id, keys))}">{e(trace.plan_id)}</a>'
+            if trace.plan_id
+            else _value(None),
+        ),
         ("decision", _value(trace.decision_id)),
         ("actor", _value(trace.actor)),
         ("user", _value(trace.user_id)),
