@@ -327,10 +327,23 @@ def test_a_plan_is_found_its_tree_read_and_a_call_opened(page, redis_url, keys, 
         page.page.click(f"#call-place a:text-is('plan {TREE_ROOT}')")
         page.page.wait_for_selector("#plan-tree")
 
+        # Cost by tag: a line per tag (a call counts under each of its tags); by user:
+        # stacked areas whose top edge, summed over the steps, is the SQL total.
         page.open(f"{base}/cost?by=tag&range=24h", "cost-by-tag")
         tags = {row[0] for row in page.cells("cost-table")}
         assert {"prod", "search", "dev"} <= tags
+        assert page.page.get_attribute("#cost-chart", "data-stacked") == "no"
+        page.open(f"{base}/cost?by=user&range=24h", "cost-by-user")
+        users = {row[0]: row[4] for row in page.cells("cost-table")}
+        assert users == {
+            "(none)" if user is None else user: "unpriced" if cost is None else f"{cost:.6f}"
+            for user, cost in rows(db, "SELECT user_id, sum(cost_usd) FROM llm_traces GROUP BY 1")
+        }
         page.page.wait_for_selector("#cost-chart .uplot canvas")
+        assert page.page.get_attribute("#cost-chart", "data-stacked") == "yes"
+        top = page.page.evaluate("window.fleettraceCharts[0].data[1]")
+        [(total,)] = rows(db, "SELECT sum(cost_usd) FROM llm_traces")
+        assert sum(top) == pytest.approx(float(total))
     assert page.problems == []
 
 

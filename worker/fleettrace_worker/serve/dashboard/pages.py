@@ -235,9 +235,9 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
         unpriced = sum(r["unpriced_calls"] for r in once)
         several = (
             '<p class="note">A call with several tags counts under each of them; the '
-            "total above counts it once.</p>"
+            "total above counts it once, and the chart draws one line per tag.</p>"
             if by not in queries.ONCE_PER_CALL
-            else ""
+            else '<p class="note">The chart stacks the keys: its top edge is the total.</p>'
         )
         body = (
             '<form method="get" action="/cost" class="controls">'
@@ -252,6 +252,7 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
             "Download the table as CSV</a></p>"
             + several
             + f'<div id="cost-chart" data-api="{e("/api/cost/series?" + urlencode(api))}"'
+            f' data-stacked="{"yes" if by in queries.ONCE_PER_CALL else "no"}"'
             ' role="img" aria-label="cost over time"></div>'
             + table(
                 f"Cost by {by}",
