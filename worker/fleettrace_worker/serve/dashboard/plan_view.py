@@ -24,7 +24,7 @@ from fleettrace_worker.store.tree_queries import Node
 
 #: The waterfall's width in SVG units; bars narrower than MIN_BAR stay visible.
 WIDTH: Final = 1000
-MIN_BAR: Final = 2
+MIN_BAR: Final = 4
 #: Indentation classes in style.css go this deep; deeper nodes keep the last one.
 MAX_DEPTH_CLASS: Final = 12
 
