@@ -26,6 +26,7 @@ from tests.dashboard_helpers import (
     rows,
     sql_cost_by,
 )
+from tests.servers import free_port
 from tests.worker_helpers import migrated
 
 
@@ -192,6 +193,8 @@ BAD_QUERIES = [
     ("/api/plans?min_cost=2&max_cost=1", 400, "the cost range is reversed"),
     ("/api/plans?status=%3Cscript%3Ealert(1)%3C/script%3E", 400, "status must be one of"),
     ("/api/plans?tag=" + "t" * 300, 400, "longer than 200"),
+    ("/api/plans?user=a%00b", 400, "user must not contain a NUL character"),
+    ("/api/plans?q=%00", 400, "q must not contain a NUL character"),
     ("/api/plans?range=forever", 400, "range must be one of"),
     ("/api/plans/%3Cscript%3Eno-such-plan%3C%2Fscript%3E/tree", 404, "no plan"),
     ("/api/plans/" + "p" * 129 + "/tree", 400, "a plan id is 1 to 128 characters"),
@@ -221,3 +224,15 @@ def test_bad_plan_and_call_queries_are_a_4xx_with_a_clear_message(
             assert message.encode() in body, page
             assert b"<script>" not in body.replace(b'<script src="/static/', b"")
             assert headers["content-type"].startswith("text/html")
+
+
+def test_plan_pages_say_postgresql_is_away_at_once(redis_url, keys) -> None:
+    away = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
+    with dashboard(redis_url, keys, away) as base:
+        for path in ("/api/plans", "/api/plans/p/tree", f"/api/calls/{uuid.UUID(int=3)}"):
+            status, answer = get_json(base + path)
+            assert (status, path) == (503, path)
+            assert answer["error"].startswith("PostgreSQL unavailable: "), path
+            status, _, page = request(base + path.replace("/api/", "/").removesuffix("/tree"))
+            assert status == 503
+            assert b"PostgreSQL unavailable" in page

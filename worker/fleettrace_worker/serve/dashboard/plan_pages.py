@@ -54,7 +54,10 @@ CONNECT_WAIT_S: Final = 5.0
 @contextmanager
 def tree_reader(board: Dashboard, namespace: str) -> Iterator[TreeQueries]:
     """A TreeQueries of ``namespace`` on a pool of one connection for this request
-    (the dashboard holds no pool between requests, as its other reads)."""
+    (the dashboard holds no pool between requests, as its other reads). PostgreSQL is
+    reached once first, as every other read does: a server that is away is its one-line
+    503 at once, where the pool would retry in the background until its wait ends."""
+    queries.connect(board.database_url).close()
     pool = database.create_pool(
         board.database_url,
         min_size=1,

@@ -81,6 +81,11 @@ def parse_search(given: dict[str, str], namespace: str) -> PlanSearch:
     """The search of a query string (``range`` defaults to 90 days); QueryError (400)
     naming the first value that does not fit."""
     queries.check_lengths(given)
+    for name in ("q", "tag", "user"):
+        if "\x00" in given.get(name, ""):
+            # PostgreSQL text cannot hold NUL: no plan could match, and the server
+            # would refuse the parameter.
+            raise QueryError(f"{name} must not contain a NUL character")
     span = queries.parse_range(given, default="90d")
     status = queries.parse_choice("status", given.get("status"), STATUSES, "any")
     low = _cost("min_cost", given.get("min_cost"))
