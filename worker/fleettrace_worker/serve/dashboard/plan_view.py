@@ -119,7 +119,8 @@ def tree_table(root: Node, keys: Keys) -> str:
             f'<tr class="{marks}" data-kind="{e(node.kind)}" data-name="{e(node.name)}" '
             f'data-depth="{depth}">' + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
         )
-    heads = "".join(f'<th scope="col">{e(h)}</th>' for h in TREE_HEAD)
+    scale = f"timeline, 0 to {number(round(span_ms, 1))} ms" if span_ms else "timeline"
+    heads = "".join(f'<th scope="col">{e(h)}</th>' for h in (*TREE_HEAD[:-1], scale))
     return (
         '<table id="plan-tree" class="tree"><caption>Plan tree and timeline (bars: start and '
         "duration within the plan)</caption>"
