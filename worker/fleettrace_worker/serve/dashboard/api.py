@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from fleettrace.errors import ConfigurationError, FleettraceError
+from fleettrace.errors import ConfigurationError, DatabaseUnavailable, FleettraceError
 from fleettrace.keys import GROUPS, Keys
 from fleettrace_worker.serve.dashboard import queries
 from fleettrace_worker.serve.dashboard.access import CSRF_HEADER, csrf_problem
@@ -40,6 +40,8 @@ def unavailable(error: Exception) -> tuple[str, int]:
     """A one-line message and status for a server the dashboard cannot read."""
     if isinstance(error, psycopg.errors.UndefinedTable):
         return "the database has no fleettrace tables: run fleettrace migrate", 503
+    if isinstance(error, DatabaseUnavailable):
+        return f"PostgreSQL unavailable: {error}", 503
     if isinstance(error, psycopg.Error):
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return f"PostgreSQL unavailable: {first}", 503
@@ -135,25 +137,6 @@ def api_routes(board: Dashboard) -> list[BaseRoute]:
 
         return answer(work)
 
-    def plans(request: Request) -> Response:
-        def work() -> dict[str, Any]:
-            given = params(request)
-            span = queries.parse_range(given, default="90d")
-            after = queries.decode_cursor(given.get("cursor"))
-            limit = queries.parse_limit(given.get("limit"))
-            keys = board.keys(given.get("namespace"))
-            items, cursor = queries.plan_list(
-                board.database_url,
-                keys.namespace,
-                span,
-                prefix=given.get("q", ""),
-                after=after,
-                limit=limit,
-            )
-            return {**queries.listing(items, cursor), **_span(span)}
-
-        return answer(work)
-
     def dlq(request: Request) -> Response:
         def work() -> dict[str, Any]:
             given = params(request)
@@ -191,7 +174,6 @@ def api_routes(board: Dashboard) -> list[BaseRoute]:
         Route("/api/cost", cost),
         Route("/api/cost.csv", cost_csv),
         Route("/api/cost/series", cost_series),
-        Route("/api/plans", plans),
         Route("/api/dlq", dlq),
         Route("/api/dlq/{group}/replay", replay, methods=["POST"]),
     ]

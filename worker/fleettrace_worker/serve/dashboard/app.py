@@ -25,6 +25,7 @@ from fleettrace_worker.serve.dashboard.api import api_routes
 from fleettrace_worker.serve.dashboard.context import Dashboard, DashboardSettings
 from fleettrace_worker.serve.dashboard.pages import page_routes
 from fleettrace_worker.serve.dashboard.performance import performance_routes
+from fleettrace_worker.serve.dashboard.plan_pages import plan_routes
 
 __all__ = ["STATIC_DIR", "DashboardSettings", "build_app"]
 
@@ -82,6 +83,7 @@ def build_app(probes: list[BaseRoute], settings: DashboardSettings | None) -> St
         routes += api_routes(board)
         routes += page_routes(board)
         routes += performance_routes(board)
+        routes += plan_routes(board)
         routes.append(Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"))
     app = Starlette(
         routes=routes,

@@ -1,4 +1,5 @@
-"""The server-rendered pages: Overview (live), Cost, Plans, Dead letters, and login.
+"""The server-rendered pages: Overview (live), Cost, Dead letters, and login (Plans:
+:mod:`.plan_pages`; Performance: :mod:`.performance`).
 
 Every value that reaches HTML goes through :func:`e` (``html.escape``, quotes too):
 plan ids, models, actors, reasons and namespaces are written by agents. The pages
@@ -224,8 +225,20 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
             f'<option value="{e(k)}"{" selected" if k == span.label else ""}>last {e(k)}</option>'
             for k in queries.RANGES
         )
-        total = sum(r["cost_usd"] or 0.0 for r in rows)
-        unpriced = sum(r["unpriced_calls"] for r in rows)
+        # A call with several tags is a row under each: the total counts every call once.
+        once = rows
+        if by not in queries.ONCE_PER_CALL:
+            once = queries.cost_table(
+                board.database_url, keys.namespace, "provider", span, queries.MAX_LIMIT
+            )
+        total = sum(r["cost_usd"] or 0.0 for r in once)
+        unpriced = sum(r["unpriced_calls"] for r in once)
+        several = (
+            '<p class="note">A call with several tags counts under each of them; the '
+            "total above counts it once, and the chart draws one line per tag.</p>"
+            if by not in queries.ONCE_PER_CALL
+            else '<p class="note">The chart stacks the keys: its top edge is the total.</p>'
+        )
         body = (
             '<form method="get" action="/cost" class="controls">'
             f'<input type="hidden" name="namespace" value="{e(keys.namespace)}">'
@@ -237,7 +250,9 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
             f'<span id="unpriced-calls">{unpriced}</span> unpriced calls (not counted as zero).</p>'
             f'<p><a id="csv" href="{e("/api/cost.csv?" + urlencode(api))}" download>'
             "Download the table as CSV</a></p>"
-            f'<div id="cost-chart" data-api="{e("/api/cost/series?" + urlencode(api))}"'
+            + several
+            + f'<div id="cost-chart" data-api="{e("/api/cost/series?" + urlencode(api))}"'
+            f' data-stacked="{"yes" if by in queries.ONCE_PER_CALL else "no"}"'
             ' role="img" aria-label="cost over time"></div>'
             + table(
                 f"Cost by {by}",
@@ -266,56 +281,6 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
             )
         )
         return layout(request, "Cost", body, keys=keys)
-
-    def plans(request: Request) -> HTMLResponse:
-        given = dict(request.query_params)
-        span = queries.parse_range(given, default="90d")
-        after = queries.decode_cursor(given.get("cursor"))
-        limit = queries.parse_limit(given.get("limit"))
-        prefix = given.get("q", "")
-        keys = board.keys(given.get("namespace"))
-        items, cursor = queries.plan_list(
-            board.database_url, keys.namespace, span, prefix=prefix, after=after, limit=limit
-        )
-        more = (
-            f'<p><a id="next" href="{e(with_namespace("/plans", keys, q=prefix, cursor=cursor))}">'
-            "next page</a></p>"
-            if cursor
-            else ""
-        )
-        body = (
-            '<form method="get" action="/plans" class="controls">'
-            f'<input type="hidden" name="namespace" value="{e(keys.namespace)}">'
-            f'<label>plan id starts with <input name="q" value="{e(prefix)}"></label>'
-            "<button>Search</button></form>"
-            + table(
-                "Plans (calls in the last 90 days unless a range is given)",
-                (
-                    "plan",
-                    "calls",
-                    "unpriced calls",
-                    "cost (USD)",
-                    "errors",
-                    "first call",
-                    "last call",
-                ),
-                (
-                    (
-                        e(p["plan_id"]),
-                        e(p["calls"]),
-                        e(p["unpriced_calls"]),
-                        usd(p["cost_usd"]),
-                        e(p["errors"]),
-                        when(p["first_call"]),
-                        when(p["last_call"]),
-                    )
-                    for p in items
-                ),
-                "plans-table",
-            )
-            + more
-        )
-        return layout(request, "Plans", body, keys=keys)
 
     def dlq(request: Request) -> HTMLResponse:
         keys = board.keys(request.query_params.get("namespace"))
@@ -362,7 +327,6 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
     return [
         Route("/", guarded("Overview", overview)),
         Route("/cost", guarded("Cost", cost)),
-        Route("/plans", guarded("Plans", plans)),
         Route("/dlq", guarded("Dead letters", dlq)),
         Route("/dlq/replay", replay, methods=["POST"]),
         Route("/login", login, methods=["GET", "POST"]),

@@ -49,7 +49,22 @@ RANGES: Final = {
 }
 DEFAULT_RANGE: Final = "24h"
 #: What cost can be grouped by: the column of each (a fixed list, never the input).
-COST_GROUPS: Final = {"model": "model", "provider": "provider", "actor": "actor"}
+#: ``tag`` is each element of ``tags``: a call with two tags counts under both, one
+#: without any under none (NULL), so the keys' sums are not the total for ``tag``.
+COST_GROUPS: Final = {
+    "model": "model",
+    "provider": "provider",
+    "actor": "actor",
+    "tag": "tag",
+    "user": "user_id",
+}
+#: The rows cost is grouped over: the calls, or for ``tag`` one row per call and tag.
+_COST_SOURCES: Final = {
+    "tag": sql.SQL("llm_traces LEFT JOIN LATERAL unnest(tags) AS tag ON true"),
+}
+_CALLS: Final = sql.SQL("llm_traces")
+#: Groupings in which each call counts once (the key sums are the total).
+ONCE_PER_CALL: Final = tuple(by for by in COST_GROUPS if by not in _COST_SOURCES)
 #: Chart steps, the smallest that keeps a range under MAX_POINTS buckets is used.
 STEPS_S: Final = (60, 300, 900, 3600, 6 * 3600, 86400)
 MAX_POINTS: Final = 300
@@ -196,17 +211,17 @@ def connect(database_url: str) -> psycopg.Connection[dict[str, Any]]:
 def cost_table(
     database_url: str, namespace: str, by: str, span: TimeRange, limit: int
 ) -> list[dict[str, Any]]:
-    """Calls, priced calls and cost per model, provider or actor of ``namespace`` in the
-    range, costliest first. Unpriced calls (``cost_usd`` NULL) are counted beside the
-    priced sum."""
+    """Calls, priced calls and cost per model, provider, actor, tag or user of
+    ``namespace`` in the range, costliest first. Unpriced calls (``cost_usd`` NULL) are
+    counted beside the priced sum."""
     column = sql.Identifier(COST_GROUPS[by])
     query = sql.SQL(
         "SELECT {col} AS key, count(*) AS calls, count(cost_usd) AS priced_calls, "
         "sum(cost_usd) AS cost_usd, sum(prompt_tokens) AS prompt_tokens, "
-        "sum(completion_tokens) AS completion_tokens FROM llm_traces "
+        "sum(completion_tokens) AS completion_tokens FROM {source} "
         "WHERE namespace = %s AND started_at >= %s AND started_at < %s GROUP BY 1 "
         "ORDER BY coalesce(sum(cost_usd), 0) DESC, key NULLS LAST LIMIT %s"
-    ).format(col=column)
+    ).format(col=column, source=_COST_SOURCES.get(by, _CALLS))
     with connect(database_url) as conn:
         rows = conn.execute(query, (namespace, span.start, span.end, limit)).fetchall()
     return [
@@ -232,57 +247,16 @@ def cost_series(
     query = sql.SQL(
         "SELECT extract(epoch FROM date_bin(make_interval(secs => %s), started_at, "
         "'2000-01-01T00:00:00Z'::timestamptz))::bigint AS t, {col} AS key, "
-        "count(*) AS calls, coalesce(sum(cost_usd), 0) AS cost_usd FROM llm_traces "
+        "count(*) AS calls, coalesce(sum(cost_usd), 0) AS cost_usd FROM {source} "
         "WHERE namespace = %s AND started_at >= %s AND started_at < %s "
         "GROUP BY 1, 2 ORDER BY 1, 2"
-    ).format(col=column)
+    ).format(col=column, source=_COST_SOURCES.get(by, _CALLS))
     with connect(database_url) as conn:
         rows = conn.execute(query, (span.step_s, namespace, span.start, span.end)).fetchall()
     return [
         {"t": row["t"], "key": row["key"], "calls": row["calls"], "cost_usd": row["cost_usd"]}
         for row in rows
     ]
-
-
-def plan_list(
-    database_url: str,
-    namespace: str,
-    span: TimeRange,
-    *,
-    prefix: str,
-    after: str | None,
-    limit: int,
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Plans with calls of ``namespace`` started in the range, by plan id (from
-    ``after`` on), those whose id starts with ``prefix``: calls, cost, errors, first and
-    last call."""
-    query = (
-        "SELECT plan_id, count(*) AS calls, count(cost_usd) AS priced_calls, "
-        "coalesce(sum(cost_usd), 0) AS cost_usd, count(error) AS errors, "
-        "min(started_at) AS first_call, max(started_at) AS last_call FROM llm_traces "
-        "WHERE namespace = %s AND plan_id IS NOT NULL AND started_at >= %s AND started_at < %s "
-        "AND starts_with(plan_id, %s) AND (%s::text IS NULL OR plan_id > %s) "
-        "GROUP BY plan_id ORDER BY plan_id LIMIT %s"
-    )
-    with connect(database_url) as conn:
-        rows = conn.execute(
-            query, (namespace, span.start, span.end, prefix, after, after, limit + 1)
-        ).fetchall()
-    more = len(rows) > limit
-    items = [
-        {
-            "plan_id": row["plan_id"],
-            "calls": row["calls"],
-            "priced_calls": row["priced_calls"],
-            "unpriced_calls": row["calls"] - row["priced_calls"],
-            "cost_usd": float(row["cost_usd"]),
-            "errors": row["errors"],
-            "first_call": row["first_call"].isoformat(),
-            "last_call": row["last_call"].isoformat(),
-        }
-        for row in rows[:limit]
-    ]
-    return items, encode_cursor(items[-1]["plan_id"]) if more else None
 
 
 #: The windows of the Overview's recent activity, newest first.

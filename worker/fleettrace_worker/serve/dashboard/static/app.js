@@ -43,8 +43,9 @@ function refreshLive(section) {
 
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
 
-// A time chart of one field of a series endpoint's items, one line per key:
-// data-api (the endpoint), data-field (default cost_usd), data-axis, data-unit.
+// A time chart of one field of a series endpoint's items, one line (or stacked area)
+// per key: data-api (the endpoint), data-field (default cost_usd), data-axis,
+// data-unit, data-stacked.
 async function seriesChart(box) {
   const field = box.dataset.field || "cost_usd";
   const unit = box.dataset.unit || "USD";
@@ -70,13 +71,30 @@ async function seriesChart(box) {
     const at_t = at.get(item.t);
     column[at_t] = additive ? column[at_t] + (item[field] ?? 0) : item[field];
   }
+  // data-stacked="yes" (cost where each call counts under one key): each key's area
+  // sits on the ones before it, so the top edge is the total. Drawn from the top down,
+  // each lower area covering the lower part of those above; the legend shows each
+  // key's own value, not the running sum.
+  const stacked = additive && box.dataset.stacked === "yes";
+  let order = keys.map((key, i) => i);
+  let drawn = columns;
+  if (stacked) {
+    const sums = [];
+    columns.forEach((column, i) => sums.push(column.map((v, t) => v + (i ? sums[i - 1][t] : 0))));
+    order = order.reverse();
+    drawn = order.map((i) => sums[i]);
+  }
   const series = [{ label: "time" }].concat(
-    keys.map((key, i) => ({
-      label: key,
+    order.map((i) => ({
+      label: keys[i],
       stroke: PALETTE[i % PALETTE.length],
-      width: 2,
+      fill: stacked ? PALETTE[i % PALETTE.length] : undefined,
+      width: stacked ? 1 : 2,
       points: { show: times.length < 60 },
-      value: (u, v) => (v == null ? "" : v.toFixed(unit === "USD" ? 6 : 1) + " " + unit),
+      value: (u, v, s, idx) => {
+        const own = stacked && idx != null ? columns[i][idx] : v;
+        return own == null ? "" : own.toFixed(unit === "USD" ? 6 : 1) + " " + unit;
+      },
     })),
   );
   const opts = {
@@ -94,9 +112,11 @@ async function seriesChart(box) {
       },
     ],
   };
+  // Stacked areas start at zero, so their heights compare.
+  if (stacked) opts.scales.y = { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] };
   // Kept where a test (or a curious user in the console) can read the chart's axes.
   window.fleettraceCharts = window.fleettraceCharts || [];
-  window.fleettraceCharts.push(new uPlot(opts, [times, ...columns], box));
+  window.fleettraceCharts.push(new uPlot(opts, [times, ...drawn], box));
 }
 
 function confirmReplays(form) {
