@@ -10,6 +10,8 @@ the SQL sums and the live counters. Screenshots go to ``artifacts/screenshots/``
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -125,6 +127,13 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
         tool = shown[("tool.invocation_duration_ms", f"tool={HOSTILE}")]
         assert (tool[2], tool[3], tool[4]) == ("ms", "3", "131")
         assert ["persist", "1"] in page.cells("dead-letters")
+        # Each of the costliest plans links to its own page, in the namespace read.
+        links = page.page.eval_on_selector_all(
+            "#top-plans a", "anchors => anchors.map(a => [a.textContent, a.getAttribute('href')])"
+        )
+        assert links, "no plan links on the overview"
+        for plan_id, href in links:
+            assert href == f"/plans/{quote(plan_id, safe='')}?namespace={keys.namespace}"
         [(calls, cost, priced)] = rows(
             db, "SELECT count(*), coalesce(sum(cost_usd), 0), count(cost_usd) FROM llm_traces"
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import psycopg
 import redis
@@ -85,6 +85,11 @@ def with_namespace(path: str, keys: Keys | None, **more: str) -> str:
     return path + ("?" + urlencode(query) if query else "")
 
 
+def plan_href(plan_id: str, keys: Keys) -> str:
+    """The page of one plan, in the namespace being read."""
+    return with_namespace("/plans/" + quote(plan_id, safe=""), keys)
+
+
 def layout(
     request: Request,
     title: str,
@@ -150,7 +155,7 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
                 ("plan", "cost (USD)", "priced calls", "decisions", "child plans"),
                 (
                     (
-                        e(p["plan_id"]),
+                        f'<a href="{e(plan_href(str(p["plan_id"]), keys))}">{e(p["plan_id"])}</a>',
                         usd(p["cost_usd"]),
                         e(p["priced_calls"]),
                         e(p["decisions"]),

@@ -29,7 +29,7 @@ from fleettrace.model import MAX_ID_CHARS, LLMTrace
 from fleettrace_worker.serve.dashboard import queries
 from fleettrace_worker.serve.dashboard.api import answer, params
 from fleettrace_worker.serve.dashboard.context import Dashboard
-from fleettrace_worker.serve.dashboard.pages import e, guarded, layout, with_namespace
+from fleettrace_worker.serve.dashboard.pages import e, guarded, layout, plan_href, with_namespace
 from fleettrace_worker.serve.dashboard.plan_search import (
     STATUSES,
     PlanSearch,
@@ -38,7 +38,6 @@ from fleettrace_worker.serve.dashboard.plan_search import (
 )
 from fleettrace_worker.serve.dashboard.plan_view import (
     call_details,
-    plan_href,
     plan_summary,
     plans_table,
     tree_table,

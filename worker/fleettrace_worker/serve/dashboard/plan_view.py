@@ -19,7 +19,15 @@ from urllib.parse import quote
 
 from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
-from fleettrace_worker.serve.dashboard.pages import e, number, table, usd, when, with_namespace
+from fleettrace_worker.serve.dashboard.pages import (
+    e,
+    number,
+    plan_href,
+    table,
+    usd,
+    when,
+    with_namespace,
+)
 from fleettrace_worker.store.tree_queries import Node
 
 #: The waterfall's width in SVG units; bars narrower than MIN_BAR stay visible.
@@ -27,10 +35,6 @@ WIDTH: Final = 1000
 MIN_BAR: Final = 4
 #: Indentation classes in style.css go this deep; deeper nodes keep the last one.
 MAX_DEPTH_CLASS: Final = 12
-
-
-def plan_href(plan_id: str, keys: Keys) -> str:
-    return with_namespace("/plans/" + quote(plan_id, safe=""), keys)
 
 
 def call_href(trace_id: str, keys: Keys) -> str:
