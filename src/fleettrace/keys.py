@@ -51,15 +51,14 @@ The batch function library is named LIBRARY_NAME, its function APPLY_FUNCTION.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from fleettrace.settings import PRODUCER_VARIABLE, AgentSettings
+
 DEFAULT_NAMESPACE: Final = "fleettrace"
-#: The environment variable that names the namespace (see :func:`configured_namespace`).
-NAMESPACE_VARIABLE: Final = "FLEETTRACE_NAMESPACE"
 
 PERSIST_GROUP: Final = "persist"
 LANGSMITH_GROUP: Final = "langsmith"
@@ -109,7 +108,6 @@ _NAMESPACE_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 #: The producer identity of an emitter connected as Redis's default user (no ACLs).
 DEFAULT_PRODUCER: Final = "default"
 #: The environment variable that overrides the producer identity.
-PRODUCER_VARIABLE: Final = "FLEETTRACE_PRODUCER"
 #: What a producer identity may hold: it is part of key names and of SCAN MATCH and
 #: ACL key patterns, so no glob character, no ':' and no brace.
 _PRODUCER_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -156,16 +154,14 @@ def check_producer(producer: str) -> str:
 
 def configured_producer(environ: Mapping[str, str] | None = None) -> str | None:
     """``FLEETTRACE_PRODUCER`` when set and not blank, else None (the Redis user)."""
-    env = os.environ if environ is None else environ
-    return env.get(PRODUCER_VARIABLE, "").strip() or None
+    return AgentSettings.read(environ).producer
 
 
 def configured_namespace(environ: Mapping[str, str] | None = None) -> str:
     """The namespace this process is configured for: ``FLEETTRACE_NAMESPACE`` when it
     is set and not blank, else ``fleettrace``. The one place every part (emitter,
     live reads, ``Keys()``, the CLI) takes its default namespace from."""
-    env = os.environ if environ is None else environ
-    return env.get(NAMESPACE_VARIABLE, "").strip() or DEFAULT_NAMESPACE
+    return AgentSettings.read(environ).namespace or DEFAULT_NAMESPACE
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from fleettrace.connection import redis_url_from_env
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import NAMESPACE_VARIABLE, Keys
+from fleettrace.keys import Keys
+from fleettrace.settings import NAMESPACE_VARIABLE, redis_url_from_env
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.cli.render import Column, Kind
 from fleettrace_worker.cli.traces import COST_FIGURES, cost_json
