@@ -536,8 +536,9 @@ def test_the_worker_builds_the_group_from_the_environment(
     monkeypatch.setenv("LANGSMITH_ENDPOINT", server.url)
     monkeypatch.setenv("LANGSMITH_API_KEY", API_KEY)
     monkeypatch.setenv("FLEETTRACE_LANGSMITH_RETRY_FOR_S", "42")
-    context = WorkerContext(
-        WorkerSettings(
+    def settings() -> WorkerSettings:
+        """Read at the edge, as the CLI does: the group takes them from its context."""
+        return WorkerSettings.from_env(
             "redis://127.0.0.1:6379/0",
             "postgresql://postgres@127.0.0.1:5432/postgres",
             namespace=keys.namespace,
@@ -545,7 +546,8 @@ def test_the_worker_builds_the_group_from_the_environment(
             block_ms=250,
             burst=True,
         )
-    )
+
+    context = WorkerContext(settings())
     loop = langsmith_loop(context)
     assert isinstance(loop, ForwardLoop)
     assert loop.group == LANGSMITH_GROUP
@@ -558,8 +560,12 @@ def test_the_worker_builds_the_group_from_the_environment(
     loop.close()
 
     monkeypatch.setenv("LANGSMITH_TRACING", "false")
+    again = langsmith_loop(context)  # the settings were read once, at the edge
+    assert again.langsmith.enabled is True
+    again.close()
     with pytest.raises(ConfigurationError, match="LANGSMITH_TRACING=true"):
-        langsmith_loop(context)
+        langsmith_loop(WorkerContext(settings()))
+    context.close()
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -623,7 +629,9 @@ def test_forwarding_on_without_a_key_does_not_build_the_group(
             monkeypatch.delenv(prefix + name, raising=False)
     monkeypatch.setenv("LANGSMITH_TRACING", "true")
     context = WorkerContext(
-        WorkerSettings("redis://127.0.0.1:6379/0", "postgresql://x", namespace=keys.namespace)
+        WorkerSettings.from_env(
+            "redis://127.0.0.1:6379/0", "postgresql://x", namespace=keys.namespace
+        )
     )
     with pytest.raises(ConfigurationError) as error:
         langsmith_loop(context)

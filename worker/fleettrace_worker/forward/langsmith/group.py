@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, Protocol, TypeVar
 
 from fleettrace.errors import (
     ConfigurationError,
@@ -115,10 +115,22 @@ def loop_settings(
     )
 
 
-def langsmith_loop(context: ForwardingContext) -> GroupLoop[Any]:
-    """The ``langsmith`` group of a worker process, set up from the ``LANGSMITH_*`` /
-    ``LANGCHAIN_*`` environment."""
-    settings = LangSmithSettings.from_env()
+class _WithLangSmith(Protocol):
+    @property
+    def langsmith(self) -> LangSmithSettings: ...
+
+
+class LangSmithContext(ForwardingContext, Protocol):
+    """A forwarding context whose settings carry LangSmith's (the worker's do)."""
+
+    @property
+    def settings(self) -> _WithLangSmith: ...
+
+
+def langsmith_loop(context: LangSmithContext) -> GroupLoop[Any]:
+    """The ``langsmith`` group of a worker process, set up from the worker's settings
+    (read from the ``LANGSMITH_*`` / ``LANGCHAIN_*`` environment at the edge)."""
+    settings = context.settings.langsmith
     if not settings.enabled:
         raise ConfigurationError(
             "the langsmith group forwards only with LANGSMITH_TRACING=true "

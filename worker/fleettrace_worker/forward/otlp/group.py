@@ -42,7 +42,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -103,9 +103,22 @@ def loop_settings(settings: OtlpSettings, base: LoopSettings | None = None) -> L
     )
 
 
-def otlp_loop(context: ForwardingContext) -> GroupLoop[Any]:
-    """The ``otlp`` group of a worker process, set up from the ``OTEL_*`` environment."""
-    settings = OtlpSettings.from_env()
+class _WithOtlp(Protocol):
+    @property
+    def otlp(self) -> OtlpSettings: ...
+
+
+class OtlpContext(ForwardingContext, Protocol):
+    """A forwarding context whose settings carry the OTLP group's (the worker's do)."""
+
+    @property
+    def settings(self) -> _WithOtlp: ...
+
+
+def otlp_loop(context: OtlpContext) -> GroupLoop[Any]:
+    """The ``otlp`` group of a worker process, set up from the worker's settings (read
+    from the ``OTEL_*`` environment at the edge)."""
+    settings = context.settings.otlp
     if not settings.enabled:
         raise ConfigurationError(NOT_CONFIGURED_MESSAGE)
     return OtlpLoop(
