@@ -14,15 +14,11 @@ import requests
 from langsmith import utils as ls_utils
 
 from fleettrace.codec import Kind, encode_lines, encode_record, new_batch_id
-from fleettrace.errors import (
-    ConfigurationError,
-    ForwardingDeferred,
-    ForwardingRejected,
-    ForwardingUnauthorized,
-)
+from fleettrace.errors import ConfigurationError
 from fleettrace.keys import LANGSMITH_GROUP, Keys
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace, MetricSample
+from fleettrace_worker.errors import ForwardingDeferred, ForwardingRejected, ForwardingUnauthorized
 from fleettrace_worker.forward.langsmith import group as forwarder_module
 from fleettrace_worker.forward.langsmith.delivery import RunSender, classify, parse_retry_after
 from fleettrace_worker.forward.langsmith.group import ForwardLoop, langsmith_loop, loop_settings
@@ -536,6 +532,7 @@ def test_the_worker_builds_the_group_from_the_environment(
     monkeypatch.setenv("LANGSMITH_ENDPOINT", server.url)
     monkeypatch.setenv("LANGSMITH_API_KEY", API_KEY)
     monkeypatch.setenv("FLEETTRACE_LANGSMITH_RETRY_FOR_S", "42")
+
     def settings() -> WorkerSettings:
         """Read at the edge, as the CLI does: the group takes them from its context."""
         return WorkerSettings.from_env(

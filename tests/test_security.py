@@ -26,7 +26,7 @@ from fleettrace.batching import encode_calls
 from fleettrace.codec import Kind, encode_batch, new_batch_id
 from fleettrace.connection import connect_redis
 from fleettrace.emitter import Emitter, EmitterSettings
-from fleettrace.errors import ConfigurationError, DatabaseUnavailable
+from fleettrace.errors import ConfigurationError
 from fleettrace.keys import (
     APPLY_FUNCTION,
     LANGSMITH_GROUP,
@@ -40,6 +40,7 @@ from fleettrace.model import LLMTrace
 from fleettrace.plans import count_plans, read_plan, top_plans
 from fleettrace_worker.cli import COMMANDS
 from fleettrace_worker.context import WorkerSettings
+from fleettrace_worker.errors import DatabaseUnavailable
 from fleettrace_worker.forward.langsmith.group import ForwardLoop, loop_settings
 from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
 from fleettrace_worker.process import Worker

@@ -41,13 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn, Protocol, TypeVar
 
-from fleettrace.errors import (
-    ConfigurationError,
-    ForwardingDeferred,
-    ForwardingRejected,
-    ForwardingUnauthorized,
-)
+from fleettrace.errors import ConfigurationError
 from fleettrace.keys import LANGSMITH_GROUP
+from fleettrace_worker.errors import ForwardingDeferred, ForwardingRejected, ForwardingUnauthorized
 from fleettrace_worker.forward.forwarding import (
     TREE_KINDS,
     ForwardingContext,

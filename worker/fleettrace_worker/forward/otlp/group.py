@@ -46,9 +46,10 @@ from typing import Any, Final, Protocol
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from fleettrace.errors import ConfigurationError, ForwardingDeferred
+from fleettrace.errors import ConfigurationError
 from fleettrace.keys import OTLP_GROUP
 from fleettrace.model import LLMTrace
+from fleettrace_worker.errors import ForwardingDeferred
 from fleettrace_worker.forward.forwarding import (
     TREE_KINDS,
     ForwardingContext,
