@@ -26,9 +26,10 @@ from typing import Any
 import psycopg
 
 from fleettrace.emitter import Emitter
-from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace_worker.demo.llm_server import QuietServer, send_json, send_sse
 from fleettrace_worker.demo.llm_server import _tool_call as tool_call
+from fleettrace_worker.keys import PERSIST_GROUP
 from tests.emitting import make_emitter
 from tests.worker_helpers import migrated
 

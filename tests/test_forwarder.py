@@ -15,7 +15,7 @@ from langsmith import utils as ls_utils
 
 from fleettrace.codec import Kind, encode_lines, encode_record, new_batch_id
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import LANGSMITH_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace, MetricSample
 from fleettrace_worker.errors import ForwardingDeferred, ForwardingRejected, ForwardingUnauthorized
@@ -24,6 +24,7 @@ from fleettrace_worker.forward.langsmith.delivery import RunSender, classify, pa
 from fleettrace_worker.forward.langsmith.group import ForwardLoop, langsmith_loop, loop_settings
 from fleettrace_worker.forward.langsmith.runs import llm_run, plan_root_id
 from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
+from fleettrace_worker.keys import LANGSMITH_GROUP
 from fleettrace_worker.stream import loop as loop_module
 from fleettrace_worker.stream.consumer import Consumer
 from fleettrace_worker.stream.deadletter import (

@@ -19,16 +19,10 @@ from psycopg_pool import ConnectionPool
 
 from fleettrace.connection import connect_redis, redact_url
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import (
-    DEFAULT_NAMESPACE,
-    GROUPS,
-    MAX_ENTRY_BYTES,
-    METRICS_PLANS_MAX,
-    PERSIST_GROUP,
-    Keys,
-)
+from fleettrace.keys import DEFAULT_NAMESPACE, MAX_ENTRY_BYTES, Keys
 from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
 from fleettrace_worker.forward.otlp.settings import OtlpSettings
+from fleettrace_worker.keys import GROUPS, METRICS_PLANS_MAX, PERSIST_GROUP
 from fleettrace_worker.presence import default_consumer_name
 from fleettrace_worker.settings import WORKER_PREFIX, WorkerEnvironment, read_environment
 from fleettrace_worker.store.database import create_pool

@@ -26,7 +26,6 @@ from pydantic import AliasChoices, Field, InstanceOf, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from fleettrace.connection import REDIS_URL_VARIABLES
-from fleettrace.keys import METRICS_PLANS_MAX
 from fleettrace.settings import (
     NAMESPACE_VARIABLE,
     EnvironmentSettings,
@@ -38,6 +37,7 @@ from fleettrace.settings import (
 )
 from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
 from fleettrace_worker.forward.otlp.settings import OtlpSettings
+from fleettrace_worker.keys import METRICS_PLANS_MAX
 from fleettrace_worker.store.settings import DATABASE_URL_VARIABLES
 
 WORKER_PREFIX: Final = "FLEETTRACE_WORKER_"

@@ -7,17 +7,16 @@ import logging
 import sys
 
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import (
+from fleettrace.keys import MAX_ENTRY_BYTES, Keys
+from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
+from fleettrace_worker.context import WorkerSettings
+from fleettrace_worker.keys import (
     GROUPS,
     LANGSMITH_GROUP,
-    MAX_ENTRY_BYTES,
     METRICS_PLANS_MAX,
     OTLP_GROUP,
     PERSIST_GROUP,
-    Keys,
 )
-from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
-from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.presence import check_health, local_workers, runtime_dir
 from fleettrace_worker.process import Worker
 from fleettrace_worker.serve.dashboard.exposure import TOKEN_ENV, check_exposure, parse_address

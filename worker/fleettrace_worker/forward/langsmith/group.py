@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn, Protocol, TypeVar
 
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import LANGSMITH_GROUP
 from fleettrace_worker.errors import ForwardingDeferred, ForwardingRejected, ForwardingUnauthorized
 from fleettrace_worker.forward.forwarding import (
     TREE_KINDS,
@@ -57,6 +56,7 @@ from fleettrace_worker.forward.langsmith.runs import PLAN_RUN_TYPE, Run
 from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
 from fleettrace_worker.forward.langsmith.tree_runs import PATCH, runs_for
 from fleettrace_worker.forward.retrywindow import RetryWindow, RetryWindowOver
+from fleettrace_worker.keys import LANGSMITH_GROUP
 from fleettrace_worker.stream.consumer import Consumer, Entry
 from fleettrace_worker.stream.deadletter import DeadLetter
 from fleettrace_worker.stream.loop import GroupLoop, LoopSettings, Prepared

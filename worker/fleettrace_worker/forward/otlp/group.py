@@ -47,7 +47,6 @@ from typing import Any, Final, Protocol
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import OTLP_GROUP
 from fleettrace.model import LLMTrace
 from fleettrace_worker.errors import ForwardingDeferred
 from fleettrace_worker.forward.forwarding import (
@@ -68,6 +67,7 @@ from fleettrace_worker.forward.otlp.spans import (
     leaf_span_id,
 )
 from fleettrace_worker.forward.retrywindow import RetryWindow
+from fleettrace_worker.keys import OTLP_GROUP
 from fleettrace_worker.stream.consumer import Consumer, Entry
 from fleettrace_worker.stream.deadletter import DeadLetter
 from fleettrace_worker.stream.loop import GroupLoop, LoopSettings, Prepared
