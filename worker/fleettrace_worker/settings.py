@@ -43,6 +43,9 @@ from fleettrace_worker.store.settings import DATABASE_URL_VARIABLES
 WORKER_PREFIX: Final = "FLEETTRACE_WORKER_"
 DASHBOARD_PREFIX: Final = "FLEETTRACE_DASHBOARD_"
 LOG_LEVEL_VARIABLE: Final = "FLEETTRACE_LOG_LEVEL"
+RUNTIME_DIR_VARIABLE: Final = "FLEETTRACE_RUNTIME_DIR"
+DATA_DIR_VARIABLE: Final = "FLEETTRACE_DATA_DIR"
+REDIS_SERVER_VARIABLE: Final = "FLEETTRACE_REDIS_SERVER"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -83,6 +86,22 @@ class DashboardEnvironment(EnvironmentSettings):
         return None if self.token is None else self.token.get_secret_value()
 
 
+class LocalEnvironment(EnvironmentSettings):
+    """Where this host keeps the worker's files and programs: the runtime directory of
+    ``fleettrace worker --check`` (``presence.py``) and the embedded servers of
+    ``fleettrace demo`` (``embedded.py``)."""
+
+    runtime_dir: str | None = Field(None, validation_alias=RUNTIME_DIR_VARIABLE)
+    #: The runtime directory's default parent (the XDG Base Directory variable).
+    xdg_runtime_dir: str | None = Field(None, validation_alias="XDG_RUNTIME_DIR")
+    data_dir: str | None = Field(None, validation_alias=DATA_DIR_VARIABLE)
+    redis_server: str | None = Field(None, validation_alias=REDIS_SERVER_VARIABLE)
+
+
+def _local() -> LocalEnvironment:
+    return LocalEnvironment.read()
+
+
 def _tuning() -> WorkerTuning:
     return WorkerTuning.read()
 
@@ -110,6 +129,7 @@ class WorkerEnvironment(EnvironmentSettings):
     log_level: LogLevel = Field("INFO", validation_alias=LOG_LEVEL_VARIABLE)
     worker: WorkerTuning = Field(default_factory=_tuning)
     dashboard: DashboardEnvironment = Field(default_factory=_dashboard)
+    local: LocalEnvironment = Field(default_factory=_local)
     langsmith: InstanceOf[LangSmithSettings] = Field(default_factory=_langsmith)
     otlp: InstanceOf[OtlpSettings] = Field(default_factory=_otlp)
 

@@ -28,8 +28,8 @@ from fleettrace_worker.cli.traces import COST_FIGURES, cost_json
 from fleettrace_worker.demo.accounting import DemoResult, Progress
 from fleettrace_worker.demo.run import run_demo
 from fleettrace_worker.demo.settings import DRAIN_TIMEOUT_S, DemoSettings, new_run_id
-from fleettrace_worker.embedded import DATA_DIR_VARIABLE, data_dir_from_env, embedded_servers
-from fleettrace_worker.settings import read_environment
+from fleettrace_worker.embedded import data_dir_from_env, embedded_servers
+from fleettrace_worker.settings import DATA_DIR_VARIABLE, read_environment
 
 #: Without a terminal, one progress line per this many seconds.
 PLAIN_PROGRESS_INTERVAL_S: Final = 1.0
