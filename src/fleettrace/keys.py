@@ -61,7 +61,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from fleettrace.settings import PRODUCER_VARIABLE, AgentSettings
+from fleettrace.settings import NAMESPACE_VARIABLE, PRODUCER_VARIABLE, first_set
 
 DEFAULT_NAMESPACE: Final = "fleettrace"
 
@@ -129,14 +129,14 @@ def check_producer(producer: str) -> str:
 
 def configured_producer(environ: Mapping[str, str] | None = None) -> str | None:
     """``FLEETTRACE_PRODUCER`` when set and not blank, else None (the Redis user)."""
-    return AgentSettings.read(environ).producer
+    return first_set((PRODUCER_VARIABLE,), environ)
 
 
 def configured_namespace(environ: Mapping[str, str] | None = None) -> str:
     """The namespace this process is configured for: ``FLEETTRACE_NAMESPACE`` when it
     is set and not blank, else ``fleettrace``. The one place every part (emitter,
     live reads, ``Keys()``, the CLI) takes its default namespace from."""
-    return AgentSettings.read(environ).namespace or DEFAULT_NAMESPACE
+    return first_set((NAMESPACE_VARIABLE,), environ) or DEFAULT_NAMESPACE
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from genai_prices.types import ModelPrice, Tier, TieredPrices
 from genai_prices.units import _get_registry
 
 from fleettrace.errors import ConfigurationError
-from fleettrace.settings import PRICES_VARIABLE, AgentSettings
+from fleettrace.settings import PRICES_VARIABLE, first_set
 
 PRICES_ENV: Final = PRICES_VARIABLE
 _NAME_KEYS: Final = ("provider", "model")
@@ -41,7 +41,7 @@ _NAME_KEYS: Final = ("provider", "model")
 
 def prices_path_from_env() -> str | None:
     """``FLEETTRACE_PRICES``, else None."""
-    return AgentSettings.read().prices_file
+    return first_set((PRICES_VARIABLE,))
 
 
 def load_prices(path: str | PathLike[str]) -> dict[tuple[str, str], ModelPrice]:
