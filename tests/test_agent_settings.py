@@ -4,6 +4,8 @@ never in a repr. Pure: no server."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from fleettrace.emitter_settings import EmitterSettings
@@ -111,3 +113,11 @@ def test_fleettraces_own_url_variable_wins_and_a_blank_one_counts_as_unset() -> 
     assert AgentSettings.read(both).redis_url == "redis://a:6379/0"
     blank = {"FLEETTRACE_REDIS_URL": "  ", "REDIS_URL": "redis://b:6379/0"}
     assert AgentSettings.read(blank).redis_url == "redis://b:6379/0"
+
+
+def test_every_emitter_knob_has_its_variable() -> None:
+    """A knob added to EmitterSettings without a FLEETTRACE_EMITTER_* variable fails
+    here (the connection and identity fields have variables of their own)."""
+    own = {"redis_url", "namespace", "producer", "prices_file"}
+    knobs = {f.name for f in dataclasses.fields(EmitterSettings)} - own
+    assert knobs == set(EmitterTuning.model_fields)
