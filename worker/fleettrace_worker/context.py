@@ -1,8 +1,9 @@
 """What a worker is told and what its group loops are built from.
 
-:class:`WorkerSettings` is the worker side's settings, built at the edge (the CLI)
-from arguments and the environment (:mod:`fleettrace_worker.settings`); :class:`WorkerContext` hands
-each group loop its Redis clients and the PostgreSQL pool. They live apart from
+:class:`WorkerSettings` is what a worker runs with, built at the edge (the CLI) from
+arguments and the environment (read once, by :mod:`fleettrace_worker.settings`), the
+forwarding groups' settings included; :class:`WorkerContext` hands each group loop
+its settings, its Redis clients and the PostgreSQL pool. They live apart from
 :mod:`fleettrace_worker.process` so that the group loop factories (persist,
 LangSmith, OTLP) can take a context without importing the process that runs them:
 the runner imports the loops, never the other way round.
