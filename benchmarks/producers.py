@@ -29,11 +29,13 @@ from typing import Any
 
 import redis
 
-from fleettrace.connection import DEFAULT_REDIS_URL, redis_url_from_env
-from fleettrace.keys import DIRTY_LIVE, DIRTY_PLAN, PERSIST_GROUP, Keys, escape_value, plan_field
+from fleettrace.connection import DEFAULT_REDIS_URL
+from fleettrace.keys import DIRTY_LIVE, DIRTY_PLAN, Keys, escape_value, plan_field
 from fleettrace.live import is_over_budget, plan_cost_usd, read_live
+from fleettrace.settings import redis_url_from_env
 from fleettrace_worker.cli import render
 from fleettrace_worker.cli.metrics import series_json
+from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.serve.aggregator import Aggregation
 from fleettrace_worker.serve.http import serve
 from fleettrace_worker.stream.groups import GroupLimits

@@ -16,9 +16,10 @@ import pytest
 
 from fleettrace import hooks
 from fleettrace.emitter import Emitter, EmitterSettings
-from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.metrics import MetricKey
 from fleettrace_worker.cli.dashboard import probe_routes
+from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.serve.dashboard.app import DashboardSettings, build_app
 from fleettrace_worker.serve.webserver import HttpServer
 from tests.emitting import make_emitter

@@ -25,8 +25,9 @@ from typing import Any
 import psycopg
 
 from fleettrace.emitter import Emitter
-from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace_worker.demo.llm_server import LocalServer, send_json, send_sse, tool_call
+from fleettrace_worker.keys import PERSIST_GROUP
 from tests.emitting import make_emitter
 from tests.worker_helpers import migrated
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fleettrace.keys import PERSIST_GROUP
 from fleettrace.model import LLMTrace
 from fleettrace_worker.cli import main
+from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.store import database, migrations
 from fleettrace_worker.store.persist import PersistLoop
 from fleettrace_worker.store.repository import LLMTraceRepository

@@ -36,7 +36,7 @@ from fleettrace.codec import (
     encode_record,
     new_batch_id,
 )
-from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.model import (
     ATTRIBUTE_FIELDS,
     MAX_COST_USD,
@@ -48,6 +48,7 @@ from fleettrace.model import (
     TREE_PLACE_FIELDS,
     LLMTrace,
 )
+from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.store.database import create_pool
 from fleettrace_worker.store.persist import PersistLoop
 from fleettrace_worker.store.repository import LLMTraceRepository

@@ -10,12 +10,11 @@ the SQL sums and the live counters. Screenshots go to ``artifacts/screenshots/``
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import pytest

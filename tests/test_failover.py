@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from fleettrace.keys import PERSIST_GROUP
+from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.store.database import create_pool
 from fleettrace_worker.store.persist import PersistLoop
 from fleettrace_worker.store.repository import LLMTraceRepository

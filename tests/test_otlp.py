@@ -15,11 +15,12 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from fleettrace.codec import Kind, encode_lines, new_batch_id
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import OTLP_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
 from fleettrace_worker.forward.otlp.group import OtlpLoop, loop_settings
 from fleettrace_worker.forward.otlp.settings import OtlpSettings, parse_headers
 from fleettrace_worker.forward.otlp.spans import COST_ATTRIBUTE, export_request, llm_span_id
+from fleettrace_worker.keys import OTLP_GROUP
 from fleettrace_worker.stream.consumer import Consumer
 from fleettrace_worker.stream.deadletter import list_dead_letters, replay_dead_letters
 from tests.factories import add_traces, llm_trace

@@ -9,7 +9,7 @@ import redis
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import OTLP_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace_worker.forward.otlp.metrics import (
     OPERATION_DURATION,
     TOKEN_BUCKETS,
@@ -17,6 +17,7 @@ from fleettrace_worker.forward.otlp.metrics import (
     metrics_request,
 )
 from fleettrace_worker.forward.otlp.settings import OtlpSettings
+from fleettrace_worker.keys import OTLP_GROUP
 from fleettrace_worker.stream.deadletter import list_dead_letters
 from tests.factories import add_traces
 from tests.otlp_receiver import GENAI_METRICS, GENAI_NAMES, Fault, OtlpReceiver, check_metrics

@@ -11,8 +11,9 @@ import pytest
 import redis
 
 from fleettrace.codec import encode_record, new_batch_id
-from fleettrace.errors import ForwardingDeferred, SchemaVersionError
-from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
+from fleettrace_worker.errors import ForwardingDeferred, SchemaVersionError
+from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.store.database import create_pool
 from fleettrace_worker.store.persist import PersistLoop
 from fleettrace_worker.store.repository import LLMTraceRepository

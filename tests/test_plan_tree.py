@@ -16,7 +16,8 @@ import redis
 import fleettrace
 from fleettrace import hooks
 from fleettrace.emitter import Emitter
-from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
+from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.store.database import create_pool
 from fleettrace_worker.store.tree_queries import TreeQueries
 from tests.emitting import emitter_figures, make_emitter

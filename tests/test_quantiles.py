@@ -17,11 +17,12 @@ import redis
 
 from fleettrace import hooks
 from fleettrace.emitter import Emitter, EmitterSettings
-from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.live import QUANTILES, read_live
 from fleettrace.metrics import MetricKey
 from fleettrace.model import MetricSample
 from fleettrace.sketch import PROMISED_RELATIVE_ERROR, nearest_rank
+from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.store.database import create_pool
 from fleettrace_worker.store.persist import PersistLoop
 from fleettrace_worker.store.repository import LLMTraceRepository

@@ -9,7 +9,7 @@ import itertools
 import threading
 from collections.abc import Sequence
 
-from fleettrace.keys import PERSIST_GROUP
+from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.stream.consumer import Consumer, Entry
 from fleettrace_worker.stream.deadletter import DeadLetter
 from fleettrace_worker.stream.loop import GroupLoop, LoopSettings, Prepared

@@ -17,11 +17,11 @@ import pytest
 import redis
 
 from fleettrace.errors import ConfigurationError, RedisUnavailable
-from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP
 from fleettrace_worker import presence
 from fleettrace_worker import process as runner
 from fleettrace_worker.cli.worker import selected_groups
 from fleettrace_worker.context import ENV_PREFIX, WorkerSettings
+from fleettrace_worker.keys import LANGSMITH_GROUP, PERSIST_GROUP
 from fleettrace_worker.presence import check_health
 from fleettrace_worker.process import Worker
 from fleettrace_worker.stream.consumer import Consumer, Entry

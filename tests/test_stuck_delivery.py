@@ -10,7 +10,7 @@ import threading
 import psycopg
 import pytest
 
-from fleettrace.keys import PERSIST_GROUP
+from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.store.database import create_pool
 from fleettrace_worker.store.persist import PersistLoop
 from fleettrace_worker.store.repository import (

@@ -16,7 +16,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from fleettrace import hooks
 from fleettrace.codec import decode_entry
-from fleettrace.keys import LANGSMITH_GROUP, OTLP_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
 from fleettrace.tree_records import PlanRecord, ToolCall
 from fleettrace_worker.forward.langsmith.group import ForwardLoop
@@ -26,6 +26,7 @@ from fleettrace_worker.forward.langsmith.tree_runs import plan_run_id
 from fleettrace_worker.forward.otlp.group import OtlpLoop
 from fleettrace_worker.forward.otlp.group import loop_settings as otlp_loop_settings
 from fleettrace_worker.forward.otlp.settings import OtlpSettings
+from fleettrace_worker.keys import LANGSMITH_GROUP, OTLP_GROUP
 from fleettrace_worker.stream.consumer import Consumer
 from tests.emitting import make_emitter
 from tests.langsmith_server import LangSmithServer

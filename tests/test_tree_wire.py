@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from fleettrace.codec import Kind, decode_entry, encode_batch, encode_lines, new_batch_id
-from fleettrace.keys import PERSIST_GROUP
 from fleettrace.tree_records import PlanRecord, ToolCall
+from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.store.database import create_pool
 from fleettrace_worker.store.persist import PersistLoop
 from fleettrace_worker.store.repository import LLMTraceRepository

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from fleettrace.errors import RedisUnavailable
-from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP
+from fleettrace_worker.keys import LANGSMITH_GROUP, PERSIST_GROUP
 from fleettrace_worker.stream.consumer import Consumer, GroupState
 from fleettrace_worker.stream.groups import (
     GroupLimits,

@@ -22,8 +22,8 @@ from fleettrace.codec import (
     encode_batch,
     newer_version,
 )
-from fleettrace.keys import PERSIST_GROUP
 from fleettrace.model import TOKEN_DETAIL_FIELDS
+from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.store.database import create_pool
 from fleettrace_worker.store.persist import PersistLoop
 from fleettrace_worker.store.repository import LLMTraceRepository

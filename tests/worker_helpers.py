@@ -19,8 +19,9 @@ import psycopg
 import redis
 from psycopg import sql
 
-from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace_worker.context import WorkerSettings
+from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.process import Worker
 from fleettrace_worker.store import migrations
 from fleettrace_worker.store.migrations import migrate

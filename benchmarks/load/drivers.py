@@ -46,7 +46,7 @@ class Pipeline:
 
 def pipeline(name: str) -> Pipeline:
     if name == FLEETTRACE:
-        from fleettrace.keys import PERSIST_GROUP
+        from fleettrace_worker.keys import PERSIST_GROUP
         from fleettrace_worker.store.repository import TRACES_TABLE
 
         return Pipeline(FLEETTRACE, TRACES_TABLE, PERSIST_GROUP)

@@ -35,15 +35,10 @@ import redis
 from fleettrace.batch_script import library_loaded, load_library
 from fleettrace.connection import connect_redis
 from fleettrace.errors import ConfigurationError, FleettraceError, TransientError
-from fleettrace.keys import (
-    LANGSMITH_GROUP,
-    OTLP_GROUP,
-    PERSIST_GROUP,
-    WORKER_HEALTH_TTL_S,
-)
 from fleettrace_worker.context import WorkerContext, WorkerSettings
 from fleettrace_worker.forward.langsmith.group import langsmith_loop
 from fleettrace_worker.forward.otlp.group import otlp_loop
+from fleettrace_worker.keys import LANGSMITH_GROUP, OTLP_GROUP, PERSIST_GROUP, WORKER_HEALTH_TTL_S
 from fleettrace_worker.presence import PresenceFile
 from fleettrace_worker.serve.aggregator import Aggregator
 from fleettrace_worker.store.persist import PersistLoop

@@ -16,11 +16,12 @@ from typing import Any, Final
 
 import redis
 
-from fleettrace.keys import GROUPS, PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.cli.durations import parse_duration
 from fleettrace_worker.cli.render import Column, Kind
+from fleettrace_worker.keys import GROUPS, PERSIST_GROUP
 from fleettrace_worker.stream.deadletter import (
     DeadLetter,
     check_ids,

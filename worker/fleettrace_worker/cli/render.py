@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -43,6 +42,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from fleettrace.settings import environment
 from fleettrace_worker.cli.cells import (
     CENT,
     MAX_CELL_CHARS,
@@ -165,7 +165,7 @@ def new_console() -> Console:
     """A console for stdout: the terminal's width on a terminal, ``COLUMNS`` when set,
     else unbounded (a pipe or file gets whole lines); no markup, so text from records
     prints as it is."""
-    bounded = sys.stdout.isatty() or os.environ.get("COLUMNS", "").strip().isdigit()
+    bounded = sys.stdout.isatty() or environment().get("COLUMNS", "").strip().isdigit()
     return _Console(highlight=False, markup=False, emoji=False, width=None if bounded else 100_000)
 
 

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import NoReturn
 
-from fleettrace.errors import ForwardingDeferred, ForwardingUnauthorized, PermanentError
+from fleettrace.errors import PermanentError
+from fleettrace_worker.errors import ForwardingDeferred, ForwardingUnauthorized
 
 
 class RetryWindowOver(PermanentError):

@@ -48,7 +48,6 @@ import redis
 
 from fleettrace.errors import FleettraceError
 from fleettrace.keys import (
-    AGGREGATE_DIRTY_STEP,
     AGGREGATE_FRESH_MS,
     AGGREGATE_INTERVAL_S,
     DIRTY_LIVE,
@@ -63,6 +62,7 @@ from fleettrace.keys import (
 from fleettrace.metrics import MetricKey
 from fleettrace.producers import known_producers
 from fleettrace.redis_errors import translate_redis_errors
+from fleettrace_worker.keys import AGGREGATE_DIRTY_STEP
 
 log = logging.getLogger(__name__)
 

@@ -40,10 +40,11 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from fleettrace.errors import ConfigurationError, FleettraceError
-from fleettrace.keys import METRICS_PLANS_MAX, Keys
+from fleettrace.keys import Keys
 from fleettrace.live import LiveSeries, read_live
 from fleettrace.metrics import MetricKey, MetricType
 from fleettrace.plans import top_plans
+from fleettrace_worker.keys import METRICS_PLANS_MAX
 from fleettrace_worker.serve.dashboard.access import check_exposure
 from fleettrace_worker.serve.dashboard.app import DashboardSettings, build_app
 from fleettrace_worker.serve.webserver import HttpServer, parse_address

@@ -30,7 +30,8 @@ from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from fleettrace.connection import redact_url
-from fleettrace.errors import ConfigurationError, DatabaseUnavailable, PermanentError
+from fleettrace.errors import ConfigurationError, PermanentError
+from fleettrace_worker.errors import DatabaseUnavailable
 
 #: Seconds libpq waits for a server to answer a connection attempt, unless the URL says.
 CONNECT_TIMEOUT_S: Final = 5

@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from fleettrace.connection import redact_url
-from fleettrace.errors import SchemaVersionError
+from fleettrace_worker.errors import SchemaVersionError
 from fleettrace_worker.store import database
 
 VERSION_TABLE: Final = "fleettrace_schema_version"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from fleettrace.connection import first_set
+from fleettrace.settings import first_set
 
 DATABASE_URL_VARIABLES: Final = ("FLEETTRACE_DATABASE_URL", "DATABASE_URL")
 DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -26,8 +26,9 @@ from typing import Any, Final
 
 import redis
 
-from fleettrace.keys import DISCOVER_INTERVAL_S, Keys
+from fleettrace.keys import Keys
 from fleettrace.redis_errors import translate_redis_errors
+from fleettrace_worker.keys import DISCOVER_INTERVAL_S
 from fleettrace_worker.stream.deadletter import DeadLetter
 from fleettrace_worker.stream.discovery import (
     StreamWalk,

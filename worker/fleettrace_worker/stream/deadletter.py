@@ -31,7 +31,9 @@ import redis
 
 from fleettrace.codec import Kind, decode_entry, decode_envelope, encode_lines
 from fleettrace.errors import ConfigurationError, EntryDecodeError
-from fleettrace.keys import (
+from fleettrace.keys import Keys
+from fleettrace.redis_errors import translate_redis_errors
+from fleettrace_worker.keys import (
     DEAD_BATCH_ID,
     DEAD_CONSUMER,
     DEAD_ENTRY_ID,
@@ -41,9 +43,7 @@ from fleettrace.keys import (
     DEAD_REASON,
     DEAD_RECORD,
     DEAD_STREAM,
-    Keys,
 )
-from fleettrace.redis_errors import translate_redis_errors
 
 log = logging.getLogger(__name__)
 

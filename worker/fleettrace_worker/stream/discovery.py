@@ -28,8 +28,9 @@ from typing import Any
 
 import redis
 
-from fleettrace.keys import DISCOVER_SCAN_COUNT, DISCOVER_STEPS, PRODUCER_KEY_PART, Keys
+from fleettrace.keys import PRODUCER_KEY_PART, Keys
 from fleettrace.redis_errors import translate_redis_errors
+from fleettrace_worker.keys import DISCOVER_SCAN_COUNT, DISCOVER_STEPS
 
 
 def _text(value: bytes | str) -> str:

@@ -40,8 +40,9 @@ from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
 from fleettrace.codec import READABLE_VERSIONS, newer_version
-from fleettrace.errors import FleettraceError, ForwardingDeferred, PermanentError, TransientError
+from fleettrace.errors import FleettraceError, PermanentError, TransientError
 from fleettrace.keys import FIELD_DATA
+from fleettrace_worker.errors import ForwardingDeferred
 from fleettrace_worker.stream.backoff import backoff_delay_s
 from fleettrace_worker.stream.consumer import Consumer, Entry
 from fleettrace_worker.stream.deadletter import DEAD_LETTER_LOG, DeadLetter

@@ -19,6 +19,12 @@ from fleettrace.keys import FIELD_COUNT, MAX_ENTRY_BYTES
 BATCH_LATENCY_BUCKETS_S: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Seconds a group may hold a batch without finishing one before it is reported stalled.
 DEFAULT_PROGRESS_LIMIT_S: Final = 120.0
+#: The loop's defaults, which the worker's settings (``context.WorkerSettings``) take
+#: as theirs: one default per knob.
+DEFAULT_BATCH_RECORDS: Final = 4_000
+DEFAULT_BLOCK_MS: Final = 1_000
+DEFAULT_MAX_DELIVERIES: Final = 5
+DEFAULT_RETRY_MAX_S: Final = 5.0
 #: How many batches a loop holds at most (one read and prepared, one waiting, one
 #: being delivered): the records-in-hand limit is this many times ``batch_records``.
 BATCHES_IN_HAND: Final = 3
@@ -28,12 +34,12 @@ BATCHES_IN_HAND: Final = 3
 class LoopSettings:
     """How a group loop reads and retries."""
 
-    batch_records: int = 2_000
-    block_ms: int = 1_000
-    max_deliveries: int = 5
+    batch_records: int = DEFAULT_BATCH_RECORDS
+    block_ms: int = DEFAULT_BLOCK_MS
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
     claim_interval_s: float = 1.0
     retry_initial_s: float = 0.1
-    retry_max_s: float = 5.0
+    retry_max_s: float = DEFAULT_RETRY_MAX_S
     #: Stop when the streams hold nothing new for this group (tests, the demo).
     burst: bool = False
     #: Prepare the next batch while the previous one is delivered (see _run_pipelined).

@@ -26,7 +26,7 @@ from langsmith import Client
 from langsmith import utils as ls_utils
 from urllib3.util.retry import Retry
 
-from fleettrace.errors import ForwardingDeferred, ForwardingRejected, ForwardingUnauthorized
+from fleettrace_worker.errors import ForwardingDeferred, ForwardingRejected, ForwardingUnauthorized
 from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
 from fleettrace_worker.forward.retrywindow import parse_retry_after
 

@@ -39,15 +39,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, Protocol, TypeVar
 
-from fleettrace.errors import (
-    ConfigurationError,
-    ForwardingDeferred,
-    ForwardingRejected,
-    ForwardingUnauthorized,
-)
-from fleettrace.keys import LANGSMITH_GROUP
+from fleettrace.errors import ConfigurationError
+from fleettrace_worker.errors import ForwardingDeferred, ForwardingRejected, ForwardingUnauthorized
 from fleettrace_worker.forward.forwarding import (
     TREE_KINDS,
     ForwardingContext,
@@ -61,6 +56,7 @@ from fleettrace_worker.forward.langsmith.runs import PLAN_RUN_TYPE, Run
 from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
 from fleettrace_worker.forward.langsmith.tree_runs import PATCH, runs_for
 from fleettrace_worker.forward.retrywindow import RetryWindow, RetryWindowOver
+from fleettrace_worker.keys import LANGSMITH_GROUP
 from fleettrace_worker.stream.consumer import Consumer, Entry
 from fleettrace_worker.stream.deadletter import DeadLetter
 from fleettrace_worker.stream.loop import GroupLoop, LoopSettings, Prepared
@@ -115,10 +111,22 @@ def loop_settings(
     )
 
 
-def langsmith_loop(context: ForwardingContext) -> GroupLoop[Any]:
-    """The ``langsmith`` group of a worker process, set up from the ``LANGSMITH_*`` /
-    ``LANGCHAIN_*`` environment."""
-    settings = LangSmithSettings.from_env()
+class _WithLangSmith(Protocol):
+    @property
+    def langsmith(self) -> LangSmithSettings: ...
+
+
+class LangSmithContext(ForwardingContext, Protocol):
+    """A forwarding context whose settings carry LangSmith's (the worker's do)."""
+
+    @property
+    def settings(self) -> _WithLangSmith: ...
+
+
+def langsmith_loop(context: LangSmithContext) -> GroupLoop[Any]:
+    """The ``langsmith`` group of a worker process, set up from the worker's settings
+    (read from the ``LANGSMITH_*`` / ``LANGCHAIN_*`` environment at the edge)."""
+    settings = context.settings.langsmith
     if not settings.enabled:
         raise ConfigurationError(
             "the langsmith group forwards only with LANGSMITH_TRACING=true "

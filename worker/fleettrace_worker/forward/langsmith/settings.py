@@ -8,12 +8,12 @@ changed setting invisible. The API key is held out of ``repr`` and every message
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from fleettrace.errors import ConfigurationError
+from fleettrace.settings import environment
 from fleettrace_worker.forward.backend_settings import (
     check_between,
     check_endpoint,
@@ -100,7 +100,7 @@ class LangSmithSettings:
         """Tracing is on when ``LANGSMITH_TRACING_V2``, ``LANGCHAIN_TRACING_V2``,
         ``LANGSMITH_TRACING`` or ``LANGCHAIN_TRACING`` is ``true``, as for the
         ``langsmith`` package itself."""
-        env = os.environ if environ is None else environ
+        env = environment() if environ is None else environ
         tracing = _lookup(env, "TRACING_V2") or _lookup(env, "TRACING") or ""
         return cls(
             enabled=tracing.lower() == _TRUE,

@@ -32,7 +32,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from fleettrace.errors import ForwardingDeferred, ForwardingRejected, ForwardingUnauthorized
+from fleettrace_worker.errors import ForwardingDeferred, ForwardingRejected, ForwardingUnauthorized
 from fleettrace_worker.forward.otlp.settings import HEADERS_VARIABLE, OtlpSettings
 from fleettrace_worker.forward.retrywindow import parse_retry_after
 

@@ -42,13 +42,13 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from fleettrace.errors import ConfigurationError, ForwardingDeferred
-from fleettrace.keys import OTLP_GROUP
+from fleettrace.errors import ConfigurationError
 from fleettrace.model import LLMTrace
+from fleettrace_worker.errors import ForwardingDeferred
 from fleettrace_worker.forward.forwarding import (
     TREE_KINDS,
     ForwardingContext,
@@ -67,6 +67,7 @@ from fleettrace_worker.forward.otlp.spans import (
     leaf_span_id,
 )
 from fleettrace_worker.forward.retrywindow import RetryWindow
+from fleettrace_worker.keys import OTLP_GROUP
 from fleettrace_worker.stream.consumer import Consumer, Entry
 from fleettrace_worker.stream.deadletter import DeadLetter
 from fleettrace_worker.stream.loop import GroupLoop, LoopSettings, Prepared
@@ -103,9 +104,22 @@ def loop_settings(settings: OtlpSettings, base: LoopSettings | None = None) -> L
     )
 
 
-def otlp_loop(context: ForwardingContext) -> GroupLoop[Any]:
-    """The ``otlp`` group of a worker process, set up from the ``OTEL_*`` environment."""
-    settings = OtlpSettings.from_env()
+class _WithOtlp(Protocol):
+    @property
+    def otlp(self) -> OtlpSettings: ...
+
+
+class OtlpContext(ForwardingContext, Protocol):
+    """A forwarding context whose settings carry the OTLP group's (the worker's do)."""
+
+    @property
+    def settings(self) -> _WithOtlp: ...
+
+
+def otlp_loop(context: OtlpContext) -> GroupLoop[Any]:
+    """The ``otlp`` group of a worker process, set up from the worker's settings (read
+    from the ``OTEL_*`` environment at the edge)."""
+    settings = context.settings.otlp
     if not settings.enabled:
         raise ConfigurationError(NOT_CONFIGURED_MESSAGE)
     return OtlpLoop(

@@ -28,13 +28,13 @@ fleettrace's own: ``FLEETTRACE_OTLP_RETRY_FOR_S`` (default 3,600),
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import unquote
 
 from fleettrace.errors import ConfigurationError
+from fleettrace.settings import environment
 from fleettrace_worker.forward.backend_settings import (
     check_between,
     check_endpoint,
@@ -151,7 +151,7 @@ class OtlpSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OtlpSettings:
-        env = os.environ if environ is None else environ
+        env = environment() if environ is None else environ
         if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
             return cls()
         protocol = _signal(env, "PROTOCOL")

@@ -21,8 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from fleettrace.errors import ConfigurationError, DatabaseUnavailable, FleettraceError
-from fleettrace.keys import GROUPS, Keys
+from fleettrace.errors import ConfigurationError, FleettraceError
+from fleettrace.keys import Keys
+from fleettrace_worker.errors import DatabaseUnavailable
+from fleettrace_worker.keys import GROUPS
 from fleettrace_worker.serve.dashboard import queries
 from fleettrace_worker.serve.dashboard.access import CSRF_HEADER, csrf_problem
 from fleettrace_worker.serve.dashboard.context import Dashboard

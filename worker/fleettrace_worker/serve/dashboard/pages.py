@@ -23,7 +23,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from fleettrace.errors import FleettraceError
-from fleettrace.keys import GROUPS, Keys
+from fleettrace.keys import Keys
+from fleettrace_worker.keys import GROUPS
 from fleettrace_worker.serve.dashboard import queries
 from fleettrace_worker.serve.dashboard.access import (
     CSRF_FIELD,

@@ -26,9 +26,10 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import GROUPS, Keys
+from fleettrace.keys import Keys
 from fleettrace.live import read_live
 from fleettrace.plans import top_plans, total_cost_usd
+from fleettrace_worker.keys import GROUPS
 from fleettrace_worker.stream.deadletter import DeadLetter, check_ids
 from fleettrace_worker.stream.groups import inspect_groups
 
