@@ -55,6 +55,7 @@ from fleettrace.keys import (
     DIRTY_PLAN,
     PLAN_SCAN_COUNT,
     PLAN_TTL_S,
+    SNAPSHOT_VERSION,
     STAT_SUM,
     Keys,
     plan_field,
@@ -63,6 +64,7 @@ from fleettrace.keys import (
 from fleettrace.metrics import MetricKey
 from fleettrace.producers import known_producers
 from fleettrace.redis_errors import translate_redis_errors
+from fleettrace_worker.serve.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +122,9 @@ end
 """
 
 #: Fold one producer's live hash into the aggregate of its metric key.
-#: KEYS: producer hash, seen hash, aggregate, gauges, producer dirty set.
-#: ARGV: producer, dirty member. Returns the number of fields whose part changed.
+#: KEYS: producer hash, seen hash, aggregate, gauges, producer dirty set, snapshot (whose
+#: version field, ARGV[3], a change bumps). ARGV: producer, dirty member, that field.
+#: Returns the number of fields whose part changed.
 LIVE_LUA: Final = (
     _COMMON_LUA
     + r"""
@@ -189,6 +192,7 @@ end
 redis.call('DEL', KEYS[2])
 hset_all(KEYS[2], record)
 forget(KEYS[5], ARGV[2])
+if changed > 0 then redis.call('HINCRBY', KEYS[6], ARGV[3], 1) end
 return changed
 """
 )
@@ -294,6 +298,7 @@ class Aggregation:
         self._plan = client.register_script(PLAN_LUA)
         self._dirty = client.register_script(DIRTY_LUA)
         self._prune = client.register_script(PRUNE_LUA)
+        self.snapshot = Snapshot(client, keys)
 
     def fold_everything(self, stop: threading.Event | None = None) -> bool:
         """Fold every live hash of every known producer and every plan hash a SCAN finds
@@ -313,6 +318,7 @@ class Aggregation:
                     if stop is not None and stop.is_set():
                         return False
             self._fold_plans(plans)
+            self._refresh_snapshot()
             self.mark_fresh()
         return True
 
@@ -344,8 +350,17 @@ class Aggregation:
                     pipe.srem(self.keys.for_producer(producer).dirty, member)
                 pipe.execute(raise_on_error=False)
             self.prune()
+            self._refresh_snapshot()
             self.mark_fresh()
         return len(live) + sum(len(p) for p in plans.values()) + len(junk)
+
+    def _refresh_snapshot(self) -> None:
+        """A snapshot that cannot be stored leaves readers on the aggregate hashes: it
+        must not keep the aggregates from being marked fresh."""
+        try:
+            self.snapshot.refresh()
+        except redis.RedisError as error:
+            log.debug("snapshot of the live series not refreshed: %s", error)
 
     def mark_fresh(self) -> None:
         self.client.set(self.keys.aggregate_fresh, str(time.time()), px=AGGREGATE_FRESH_MS)
@@ -366,8 +381,10 @@ class Aggregation:
                 self.keys.aggregate_live(metric_key),
                 self.keys.aggregate_gauges(metric_key),
                 mine.dirty,
+                self.keys.aggregate_snapshot,
             ]
-            self._live(keys=keys, args=[producer, DIRTY_LIVE + metric_key], client=pipe)
+            args = [producer, DIRTY_LIVE + metric_key, SNAPSHOT_VERSION]
+            self._live(keys=keys, args=args, client=pipe)
             if queued % _CHUNK == 0:
                 _execute(pipe)
         _execute(pipe)
