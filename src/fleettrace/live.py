@@ -265,6 +265,8 @@ def encode_snapshot(series: Iterable[LiveSeries]) -> bytes:
 
 
 _KEYS_BY_VALUE: Final = {key.value: key for key in MetricKey}
+#: A FineBucket without the Python-level __new__ of NamedTuple (as fleettrace.sketch).
+_fine_bucket: Final = tuple.__new__
 
 
 def decode_snapshot(payload: bytes) -> list[LiveSeries] | None:
@@ -296,8 +298,8 @@ def decode_snapshot(payload: bytes) -> list[LiveSeries] | None:
                     p99,
                     tuple(
                         [
-                            FineBucket(fine[i], fine[i + 1], _bound_in(fine[i + 2]), fine[i + 3])
-                            for i in range(0, len(fine), 4)
+                            _fine_bucket(FineBucket, (sign, index, _bound_in(le), n))
+                            for sign, index, le, n in zip(*[iter(fine)] * 4, strict=True)
                         ]
                     )
                     if fine

@@ -345,7 +345,13 @@ def _finite(value: Any) -> Any:
 
 
 def dumps(value: object) -> str:
-    return json.dumps(_finite(value), default=_json_default, allow_nan=False)
+    """``value`` as JSON, NaN and infinities as null. Most values hold none: they are
+    encoded as they are (in C), and only a refusal (a non-finite float, or a mapping
+    json does not know) pays for the walk that replaces them, with the same result."""
+    try:
+        return json.dumps(value, default=_json_default, allow_nan=False)
+    except (TypeError, ValueError):
+        return json.dumps(_finite(value), default=_json_default, allow_nan=False)
 
 
 def write_object(value: Mapping[str, Any]) -> None:

@@ -88,7 +88,7 @@ class LiveExposition:
         self._families: dict[MetricKey, _Family] = {}
         self._prefixes: dict[tuple[MetricKey, tuple[tuple[str, str], ...]], tuple[str, ...]] = {}
         self._go: dict[float, str] = {}
-        self._bounds: dict[tuple[float, ...], tuple[str, ...]] = {}
+        self._bounds: dict[float, str] = {}
         self._lock = threading.Lock()
 
     def render(self, series: Iterable[LiveSeries]) -> str:
@@ -115,25 +115,25 @@ class LiveExposition:
     def _histogram(self, out: list[str], prefix: tuple[str, ...], one: LiveSeries) -> None:
         pre, post, count_prefix, sum_prefix = prefix
         go = self._go
-        bounds = tuple([bound for bound, _ in one.buckets if bound != _INF])
-        texts = self._bounds.get(bounds)
-        if texts is None:
-            texts = self._bounds.setdefault(bounds, tuple(bound_text(b) for b in bounds))
+        texts = self._bounds
         cumulative = 0.0
-        index = 0
+        first = _INF
         for bound, count in one.buckets:
             if bound == _INF:
                 continue
+            if first == _INF:
+                first = bound
             cumulative += count
             value = go.get(cumulative)
             if value is None:  # never -0.0: it starts at 0.0 and adds whole counts
                 value = go.setdefault(cumulative, go_string(cumulative))
-            out.append(f"{pre}{texts[index]}{post}{value}\n")
-            index += 1
+            text = texts.get(bound) if bound else bound_text(bound)  # 0.0 is not -0.0
+            if text is None:
+                text = texts.setdefault(bound, bound_text(bound))
+            out.append(f"{pre}{text}{post}{value}\n")
         total = go_string(float(one.count))
         out.append(f"{pre}+Inf{post}{total}\n")
         # prometheus_client leaves out count and sum when the first bound is negative.
-        first = bounds[0] if bounds else _INF
         if first >= 0:
             out.append(f"{count_prefix}{total}\n")
             out.append(f"{sum_prefix}{go_string(float(one.sum))}\n")
