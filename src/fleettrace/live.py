@@ -155,11 +155,12 @@ def read_live(
 ) -> list[LiveSeries]:
     """Every live series of the namespace (or of one metric key), in the order of
     ``MetricKey`` and then of the label sets, summed over the producers (clamped at
-    zero each). One round trip while a worker keeps the aggregates (at most one
-    worker tick behind, :mod:`fleettrace.aggregates`); without one, three: the mark,
-    the producer set, then one pipelined HGETALL per key and producer. Without
-    ``keys``, the configured namespace
-    (``FLEETTRACE_NAMESPACE``, as the emitter uses).
+    zero each). While a worker keeps the aggregates (at most one worker tick
+    behind, :mod:`fleettrace.aggregates`): one round trip and no series to build when
+    its snapshot is current (:func:`decode_snapshot`), else two (the series built
+    from the aggregate hashes). Without a worker, four: the snapshot check, the
+    mark, the producer set, then one pipelined HGETALL per key and producer. Without
+    ``keys``, the configured namespace (``FLEETTRACE_NAMESPACE``, as the emitter uses).
 
     Fleet-wide series only: the per-plan keys (``MetricSpec.per_plan``) are left out,
     since there is a series per plan; asking for one of them is a ``ValueError``.

@@ -26,8 +26,10 @@ never from stream entries (which a redelivery would count twice):
   with the longest remaining lifetime of those hashes, ranks it by cost
   (``Keys.aggregate_plan_costs``) and removes the dirty members, atomically.
 
-A dirty member is removed only by the script that folds its change in, so a worker
-that dies mid-tick loses nothing: the member is still there for the next one. At start
+After each tick the worker rebuilds the snapshot of the live series when a fold
+changed them (:mod:`fleettrace_worker.serve.snapshot`). A dirty member is removed only
+by the script that folds its change in, so a worker that dies mid-tick loses nothing:
+the member is still there for the next one. At start
 a worker folds in everything once (every live hash of every known producer and every
 plan hash a SCAN finds), which also covers hashes written by emitters of the release
 before the dirty sets; only then does it mark the aggregates fresh. Whole numbers are
@@ -355,8 +357,7 @@ class Aggregation:
         return len(live) + sum(len(p) for p in plans.values()) + len(junk)
 
     def _refresh_snapshot(self) -> None:
-        """A snapshot that cannot be stored leaves readers on the aggregate hashes: it
-        must not keep the aggregates from being marked fresh."""
+        """Without a snapshot readers read the aggregate hashes: still marked fresh."""
         try:
             self.snapshot.refresh()
         except redis.RedisError as error:
@@ -464,10 +465,9 @@ class Aggregator:
         ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.aggregation = Aggregation(client, keys)
-        #: Whether a loop of the worker has reached its servers: until it first has,
-        #: the loops report what is wrong (one line, and a refusal stops the worker),
-        #: and the aggregates wait rather than say it a second time. Checked until
-        #: it is first true only, so a loop stalled later (LangSmith away) stops nothing.
+        #: Whether a loop of the worker has reached its servers: until then the loops
+        #: report what is wrong (a refusal stops the worker) and the aggregates wait
+        #: rather than say it twice; once true, a loop stalled later stops nothing.
         self.ready = ready
         self._waiting = True
         self.stop = stop
