@@ -24,7 +24,7 @@ each scrape. A scraper that sends ``Accept-Encoding: gzip`` gets the text gzippe
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Final, Protocol
 
 import redis
@@ -87,8 +87,8 @@ class WorkerCollector(Collector):
         self._exposition = LiveExposition()
 
     def collect(self) -> Iterator[Metric]:
-        """The worker's own families and the groups' (the live series follow them in
-        :meth:`exposition`)."""
+        """The worker's own families and the groups' (:meth:`exposition` adds the
+        live series' text after them)."""
         yield from self._own()
         try:
             yield from self._groups()
@@ -202,17 +202,29 @@ class WorkerCollector(Collector):
     def exposition(self) -> bytes:
         """The whole /metrics text: the worker's own families and the groups' through
         ``prometheus_client``, then the fleet's live series, written directly
-        (:mod:`fleettrace_worker.serve.exposition`). Without Redis, the worker's own
-        families only."""
-        text = generate_latest(self)
+        (:mod:`fleettrace_worker.serve.exposition`). When Redis cannot be read, the
+        worker's own families only (one failed attempt, not one per part)."""
+        families = list(self._own())
+        live = ""
         try:
+            families += self._groups()
             everything: list[LiveSeries] = read_live(self.client, self.worker.keys)
             if self.plans:
                 everything += self._top_plans()
-            return text + self._exposition.render(everything).encode()
+            live = self._exposition.render(everything)
         except (FleettraceError, redis.RedisError) as error:
-            log.debug("live metrics left out of this scrape: %s", error)
-            return text
+            log.debug("Redis figures left out of this scrape: %s", error)
+        return generate_latest(_Families(families)) + live.encode()
+
+
+class _Families(Collector):
+    """Families already made, as ``generate_latest`` reads them."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
 
 
 def _readyz(worker: WorkerStatus) -> tuple[int, str]:
