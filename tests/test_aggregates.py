@@ -191,6 +191,7 @@ def test_the_snapshot_gives_the_aggregates_figures_and_is_used_only_while_curren
     redis_client.delete(keys.aggregate_snapshot)
     assert snapshot_fields(redis_client, keys) is None
     assert read_live(redis_client, keys) == from_snapshot
+    assert repr(read_live(redis_client, keys)) == repr(from_snapshot)  # 2.0 stays 2.0
     aggregation.tick()  # gone: rebuilt at the next tick
     assert read_live(redis_client, keys, "actor.token_usage") == [
         s for s in from_snapshot if s.key.value == "actor.token_usage"

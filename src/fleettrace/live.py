@@ -291,12 +291,12 @@ def decode_snapshot(payload: bytes) -> list[LiveSeries] | None:
                     _KEYS_BY_VALUE[key],
                     tuple(zip(pairs, pairs, strict=True)),
                     count,
-                    total,
-                    value,
+                    float(total),
+                    _float(value),
                     tuple(zip(table[bounds], counts, strict=True)),
-                    p50,
-                    p95,
-                    p99,
+                    _float(p50),
+                    _float(p95),
+                    _float(p99),
                     tuple(
                         [
                             _fine_bucket(FineBucket, (sign, index, _bound_in(le), n))
@@ -315,6 +315,12 @@ def decode_snapshot(payload: bytes) -> list[LiveSeries] | None:
 
 def _bound_in(raw: float | None) -> float:
     return math.inf if raw is None else float(raw)
+
+
+def _float(raw: float | None) -> float | None:
+    """A figure as the reader built it: JSON reads ``2.0`` back as ``2.0`` but a
+    writer could have put ``2``; a float either way."""
+    return None if raw is None else float(raw)
 
 
 def _stat(name: str) -> str:
