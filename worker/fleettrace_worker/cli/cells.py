@@ -175,6 +175,11 @@ def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
     )
 
 
+def text_sort_key(value: Any) -> tuple[tuple[int, int | str], ...]:
+    """How a text column sorts ``value`` (a string, or a mapping shown as ``k=v,...``)."""
+    return natural_key(format_value(value, Kind.TEXT))
+
+
 def _sort_value(value: Any, kind: Kind) -> Any:
     if kind is Kind.TIME:
         return format_time(value, utc=True)
@@ -184,7 +189,7 @@ def _sort_value(value: Any, kind: Kind) -> Any:
         return float(value)
     if isinstance(value, list | tuple) and kind is Kind.COUNT:
         return float(len(value))
-    return natural_key(format_value(value, Kind.TEXT))
+    return text_sort_key(value)
 
 
 def find_column(columns: Sequence[Column], name: str) -> Column:

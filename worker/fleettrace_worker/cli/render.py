@@ -369,6 +369,14 @@ def write_list(
     print(dumps({"items": list(items), "next_cursor": next_cursor, **(context or {})}), flush=True)
 
 
+def write_encoded_list(
+    items: Sequence[str], next_cursor: str | None = None, context: Mapping[str, Any] | None = None
+) -> None:
+    """:func:`write_list` of items already encoded (each as :func:`dumps` writes it)."""
+    rest = dumps({"next_cursor": next_cursor, **(context or {})})
+    print(f'{{"items": [{", ".join(items)}], {rest[1:]}', flush=True)
+
+
 def write_jsonl(items: Iterable[Mapping[str, Any]]) -> int:
     """One JSON object per line, each printed as it comes; returns how many."""
     count = 0
