@@ -1,15 +1,18 @@
-"""Live reads with many producer identities: a budget check, ``fleettrace metrics
---json`` and a ``/metrics`` scrape with 1,000 producers, 1,000 label sets and 50,000
-plans, read from the worker's aggregates and, as the comparator in the same run, by
-summing the producers' hashes (what readers do when no worker runs, and what every
-read did before the aggregates). docs/performance.md quotes the figures.
+"""Live reads with many producer identities: a budget check (``is_over_budget p50``),
+``fleettrace metrics --json`` and a ``/metrics`` scrape (``metrics scrape``) with 1,000
+producers, 1,000 label sets and 50,000 plans, each printed with its target, PASS or
+MISS, and its comparators from the same run: the same read without a worker (summing
+the producers' hashes), with a worker but no snapshot (the series built from the
+aggregate hashes) and, for the scrape, the former ``prometheus_client`` renderer.
+Wall and CPU time of each (the machine this runs on is shared: the CPU time says what
+a read costs apart from waiting for a core). docs/performance.md quotes the figures.
 
 Writes, in a namespace of its own on the Redis of ``FLEETTRACE_REDIS_URL`` (default
 the local one), what the producers' batches would have written (their live hashes,
 their plan hashes and their dirty sets), registers them in the producer set as the
 worker's discovery does, times each reader summing the producers, folds everything
-into the aggregates as a starting worker does (timed too), times each reader again,
-and deletes the namespace.
+into the aggregates as a starting worker does (timed too, and the snapshot's build),
+times each reader again on each path, and deletes the namespace.
 
     .venv/bin/python -m benchmarks.producers [PRODUCERS] [PLANS]
 
