@@ -21,6 +21,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from fleettrace.aggregates import snapshot_fields
 from fleettrace.batch_script import BatchCall, library_loaded
 from fleettrace.batching import encode_calls
 from fleettrace.codec import Kind, encode_batch, new_batch_id
@@ -349,6 +350,11 @@ def test_the_aggregates_keep_the_promise_with_the_worker_and_budget_lines(
             if dict(s.labels)["token_type"] == "prompt"
         ]
         assert [s.count for s in prompt] == [5]  # bob's 5 calls
+        # That read was the worker's snapshot, which the budget line reads and the
+        # agent line can neither read nor write.
+        assert snapshot_fields(carol, secured.keys) is not None
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            agent.hset(secured.keys.aggregate_snapshot, "built", "0")
     finally:
         for client in (worker, carol, agent):
             client.close()

@@ -65,16 +65,14 @@ from fleettrace.settings import NAMESPACE_VARIABLE, PRODUCER_VARIABLE, first_set
 
 DEFAULT_NAMESPACE: Final = "fleettrace"
 
-#: How long an emitter's idempotency key (its last applied batch number) outlives the
-#: emitter's last batch. A batch whose reply was lost and that is re-sent later than
-#: this (an emitter that kept retrying for a day) would be applied twice; an emitter
-#: idle for longer simply starts again from an empty key. Memory: one key of about
-#: 100 bytes per emitter alive in this window (docs/reliability.md).
+#: How long an emitter's idempotency key (its last applied batch number) outlives its
+#: last batch: a batch re-sent later than this (after a day of retries) would be applied
+#: twice; an emitter idle longer starts from an empty key. About 100 bytes per emitter
+#: alive in this window (docs/reliability.md).
 EMITTER_SEQ_TTL_S: Final = 24 * 3600
-#: Largest stream entry the emitter writes, in bytes (field names and values). The
-#: emitter splits a batch by encoded size as well as by count to stay under it; the
-#: worker dead-letters an entry whose data field (``d``) is above it, before decoding
-#: it, so one entry cannot cost the worker more memory than this.
+#: Largest stream entry the emitter writes, in bytes (field names and values): the
+#: emitter splits batches by size to stay under it; the worker dead-letters an entry
+#: whose data field (``d``) is above it before decoding it, bounding its memory.
 MAX_ENTRY_BYTES: Final = 4 * 1024 * 1024
 
 # Field names of a batch entry (see codec.py for their meaning).
@@ -115,6 +113,10 @@ AGGREGATE_INTERVAL_S: Final = 0.5
 #: Lifetime of Keys.aggregate_fresh after a tick: this long after the last worker
 #: stopped, readers go back to summing the producers' hashes themselves.
 AGGREGATE_FRESH_MS: Final = 5000
+#: Keys.aggregate_snapshot: its lifetime, the most a worker waits to rebuild it, its fields.
+SNAPSHOT_TTL_MS: Final = 10_000
+SNAPSHOT_REFRESH_MS: Final = 5_000
+SNAPSHOT_VERSION, SNAPSHOT_BUILT, SNAPSHOT_SERIES = "version", "built", "series"
 
 
 def check_producer(producer: str) -> str:
@@ -141,8 +143,7 @@ def configured_namespace(environ: Mapping[str, str] | None = None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """The key layout of one namespace, seen as one producer; build it once and pass it
-    around.
+    """The key layout of one namespace, seen as one producer; build it once, pass it around.
 
     ``Keys()`` without a namespace is the configured one (:func:`configured_namespace`),
     so code that reads what the process's emitter writes finds the same keys. The
@@ -211,8 +212,7 @@ class Keys:
         return producer
 
     def is_stream(self, stream: str) -> bool:
-        """Whether ``stream`` is an input stream of this namespace (any producer's, or
-        a legacy one)."""
+        """Whether ``stream`` is an input stream of this namespace (any producer's or legacy)."""
         return stream in self.legacy_streams or self.producer_of(stream) is not None
 
     @property
@@ -236,6 +236,12 @@ class Keys:
         AGGREGATE_FRESH_MS later: while it exists, readers read the aggregates; without
         it (no worker running) they sum the producers' hashes themselves."""
         return f"{self.prefix}:agg:fresh"
+
+    @property
+    def aggregate_snapshot(self) -> str:
+        """Hash: the fleet's live series built from the aggregates, in one value, and the
+        aggregates' version it was built from (fleettrace.snapshot)."""
+        return f"{self.prefix}:agg:snapshot"
 
     def aggregate_live(self, metric_key: str) -> str:
         """One metric key's live hash summed over the producers (clamped at zero each)."""
@@ -424,12 +430,10 @@ def split_live_field(field: str) -> tuple[str, str]:
 PLAN_KEY_PART: Final = "plan"
 #: Default lifetime of a plan's counters after the last batch that wrote them.
 PLAN_TTL_S: Final = 7 * 24 * 3600
-#: COUNT of each SCAN step over the plan hashes (keys examined per round trip).
-PLAN_SCAN_COUNT: Final = 1000
-#: Most plan hashes one read examines; past it the read says it stopped early.
+PLAN_SCAN_COUNT: Final = 1000  # COUNT of each SCAN step over the plan hashes
+#: Most plan hashes one read examines (past it the read says it stopped early).
 PLAN_SCAN_CAP: Final = 1_000_000
-#: Fields of the old layout moved per script call by ``--migrate-plans``: each costs
-#: Redis about 30 us, so a step blocks it for a few milliseconds.
+#: Old-layout fields moved per script call by ``--migrate-plans`` (each ~30 us of Redis).
 LEGACY_MOVE_STEP: Final = 200
 
 

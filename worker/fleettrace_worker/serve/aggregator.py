@@ -26,8 +26,10 @@ never from stream entries (which a redelivery would count twice):
   with the longest remaining lifetime of those hashes, ranks it by cost
   (``Keys.aggregate_plan_costs``) and removes the dirty members, atomically.
 
-A dirty member is removed only by the script that folds its change in, so a worker
-that dies mid-tick loses nothing: the member is still there for the next one. At start
+After each tick the worker rebuilds the snapshot of the live series when a fold
+changed them (:mod:`fleettrace_worker.serve.snapshot`). A dirty member is removed only
+by the script that folds its change in, so a worker that dies mid-tick loses nothing:
+the member is still there for the next one. At start
 a worker folds in everything once (every live hash of every known producer and every
 plan hash a SCAN finds), which also covers hashes written by emitters of the release
 before the dirty sets; only then does it mark the aggregates fresh. Whole numbers are
@@ -54,6 +56,7 @@ from fleettrace.keys import (
     DIRTY_PLAN,
     PLAN_SCAN_COUNT,
     PLAN_TTL_S,
+    SNAPSHOT_VERSION,
     STAT_SUM,
     Keys,
     plan_field,
@@ -63,6 +66,7 @@ from fleettrace.metrics import MetricKey
 from fleettrace.producers import known_producers
 from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker.keys import AGGREGATE_DIRTY_STEP
+from fleettrace_worker.serve.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +124,9 @@ end
 """
 
 #: Fold one producer's live hash into the aggregate of its metric key.
-#: KEYS: producer hash, seen hash, aggregate, gauges, producer dirty set.
-#: ARGV: producer, dirty member. Returns the number of fields whose part changed.
+#: KEYS: producer hash, seen hash, aggregate, gauges, producer dirty set, snapshot (whose
+#: version field, ARGV[3], a change bumps). ARGV: producer, dirty member, that field.
+#: Returns the number of fields whose part changed.
 LIVE_LUA: Final = (
     _COMMON_LUA
     + r"""
@@ -189,6 +194,7 @@ end
 redis.call('DEL', KEYS[2])
 hset_all(KEYS[2], record)
 forget(KEYS[5], ARGV[2])
+if changed > 0 then redis.call('HINCRBY', KEYS[6], ARGV[3], 1) end
 return changed
 """
 )
@@ -294,6 +300,7 @@ class Aggregation:
         self._plan = client.register_script(PLAN_LUA)
         self._dirty = client.register_script(DIRTY_LUA)
         self._prune = client.register_script(PRUNE_LUA)
+        self.snapshot = Snapshot(client, keys)
 
     def fold_everything(self, stop: threading.Event | None = None) -> bool:
         """Fold every live hash of every known producer and every plan hash a SCAN finds
@@ -313,6 +320,7 @@ class Aggregation:
                     if stop is not None and stop.is_set():
                         return False
             self._fold_plans(plans)
+            self._refresh_snapshot()
             self.mark_fresh()
         return True
 
@@ -344,8 +352,16 @@ class Aggregation:
                     pipe.srem(self.keys.for_producer(producer).dirty, member)
                 pipe.execute(raise_on_error=False)
             self.prune()
+            self._refresh_snapshot()
             self.mark_fresh()
         return len(live) + sum(len(p) for p in plans.values()) + len(junk)
+
+    def _refresh_snapshot(self) -> None:
+        """Without a snapshot readers read the aggregate hashes: still marked fresh."""
+        try:
+            self.snapshot.refresh()
+        except redis.RedisError as error:
+            log.debug("snapshot of the live series not refreshed: %s", error)
 
     def mark_fresh(self) -> None:
         self.client.set(self.keys.aggregate_fresh, str(time.time()), px=AGGREGATE_FRESH_MS)
@@ -366,8 +382,10 @@ class Aggregation:
                 self.keys.aggregate_live(metric_key),
                 self.keys.aggregate_gauges(metric_key),
                 mine.dirty,
+                self.keys.aggregate_snapshot,
             ]
-            self._live(keys=keys, args=[producer, DIRTY_LIVE + metric_key], client=pipe)
+            args = [producer, DIRTY_LIVE + metric_key, SNAPSHOT_VERSION]
+            self._live(keys=keys, args=args, client=pipe)
             if queued % _CHUNK == 0:
                 _execute(pipe)
         _execute(pipe)
@@ -447,10 +465,9 @@ class Aggregator:
         ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.aggregation = Aggregation(client, keys)
-        #: Whether a loop of the worker has reached its servers: until it first has,
-        #: the loops report what is wrong (one line, and a refusal stops the worker),
-        #: and the aggregates wait rather than say it a second time. Checked until
-        #: it is first true only, so a loop stalled later (LangSmith away) stops nothing.
+        #: Whether a loop of the worker has reached its servers: until then the loops
+        #: report what is wrong (a refusal stops the worker) and the aggregates wait
+        #: rather than say it twice; once true, a loop stalled later stops nothing.
         self.ready = ready
         self._waiting = True
         self.stop = stop

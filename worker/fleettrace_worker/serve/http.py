@@ -9,9 +9,10 @@ read (the body says which), 200 otherwise. ``/metrics`` is Prometheus text made 
 scrape time by one collector: the worker's own figures (records, batches, batch
 latency, dead letters, retries; per group and stream the pending entries, the lag,
 the age of the oldest entry still needed, the idle time and whether the group is
-behind its limits) and the
-fleet's live metrics read from the Redis hashes, one metric family per metric key
-(``tool.invocation_duration_ms`` becomes ``fleettrace_tool_invocation_duration_ms``).
+behind its limits) and the fleet's live metrics (``read_live``: the worker's snapshot
+while it is current, :mod:`fleettrace.aggregates`), one metric family per metric key
+(``tool.invocation_duration_ms`` becomes ``fleettrace_tool_invocation_duration_ms``),
+written as text directly (:mod:`fleettrace_worker.serve.exposition`).
 
 Series labelled with a plan are left out by default: a plan is a short-lived,
 unbounded label value, and 50,000 plans made every scrape 2.5 MB with 50,000 series.
@@ -23,11 +24,11 @@ each scrape. A scraper that sends ``Accept-Encoding: gzip`` gets the text gzippe
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Final, Protocol
 
 import redis
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -42,11 +43,11 @@ from starlette.routing import BaseRoute, Route
 from fleettrace.errors import ConfigurationError, FleettraceError
 from fleettrace.keys import Keys
 from fleettrace.live import LiveSeries, read_live
-from fleettrace.metrics import MetricKey, MetricType
 from fleettrace.plans import top_plans
 from fleettrace_worker.keys import METRICS_PLANS_MAX
 from fleettrace_worker.serve.dashboard.access import check_exposure
 from fleettrace_worker.serve.dashboard.app import DashboardSettings, build_app
+from fleettrace_worker.serve.exposition import METRIC_PREFIX, LiveExposition, metric_name
 from fleettrace_worker.serve.webserver import HttpServer, parse_address
 from fleettrace_worker.stream.groups import GroupLimits, inspect_groups, loop_streams
 from fleettrace_worker.stream.loop import BATCH_LATENCY_BUCKETS_S, GroupLoop
@@ -55,7 +56,6 @@ __all__ = ["METRIC_PREFIX", "WorkerCollector", "metric_name", "parse_address", "
 
 log = logging.getLogger(__name__)
 
-METRIC_PREFIX: Final = "fleettrace_"
 _INF: Final = float("inf")
 
 
@@ -69,11 +69,6 @@ class WorkerStatus(Protocol):
     def loops(self) -> list[GroupLoop[object]]: ...
 
     def ready(self) -> bool: ...
-
-
-def metric_name(key: MetricKey) -> str:
-    """``tool.invocation_duration_ms`` -> ``fleettrace_tool_invocation_duration_ms``."""
-    return METRIC_PREFIX + key.value.replace(".", "_")
 
 
 def _bound(value: float) -> str:
@@ -90,14 +85,16 @@ class WorkerCollector(Collector):
         self.client = client
         self.plans = plans
         self._plans_error = ""
+        self._exposition = LiveExposition()
 
     def collect(self) -> Iterator[Metric]:
+        """The worker's own families and the groups' (:meth:`exposition` adds the
+        live series' text after them)."""
         yield from self._own()
         try:
             yield from self._groups()
-            yield from self._live()
         except (FleettraceError, redis.RedisError) as error:
-            log.debug("live metrics left out of this scrape: %s", error)
+            log.debug("group figures left out of this scrape: %s", error)
 
     def _own(self) -> Iterator[Metric]:
         loops = self.worker.loops
@@ -203,43 +200,32 @@ class WorkerCollector(Collector):
             behind.add_metric(values, 1.0 if report.behind(limits) else 0.0)
         yield from (pending, lag, age, idle, behind)
 
-    def _live(self) -> Iterator[Metric]:
-        everything: list[LiveSeries] = read_live(self.client, self.worker.keys)
-        if self.plans:
-            everything += self._top_plans()
-        families: dict[MetricKey, Metric] = {}
-        for series in everything:
-            key = series.key
-            spec = key.spec
-            family = families.get(key)
-            if family is None:
-                family = _family(key, spec.type, spec.labels, spec.description)
-                families[key] = family
-            labels = dict(series.labels)
-            values = [labels.get(name, "") for name in spec.labels]
-            if spec.type is MetricType.HISTOGRAM:
-                cumulative, buckets = 0.0, []
-                for bound, count in series.buckets:
-                    if bound != _INF:
-                        cumulative += count
-                        buckets.append((_bound(bound), cumulative))
-                # Prometheus wants the +Inf bucket to equal the count, always present.
-                buckets.append(("+Inf", float(series.count)))
-                family.add_metric(values, buckets, float(series.sum))  # type: ignore[attr-defined]
-            elif spec.type is MetricType.GAUGE:
-                family.add_metric(values, float(series.value or 0.0))  # type: ignore[attr-defined]
-            else:
-                family.add_metric(values, float(series.sum))  # type: ignore[attr-defined]
-        yield from families.values()
+    def exposition(self) -> bytes:
+        """The whole /metrics text: the worker's own families and the groups' through
+        ``prometheus_client``, then the fleet's live series, written directly
+        (:mod:`fleettrace_worker.serve.exposition`). When Redis cannot be read, the
+        worker's own families only (one failed attempt, not one per part)."""
+        families = list(self._own())
+        live = ""
+        try:
+            families += self._groups()
+            everything: list[LiveSeries] = read_live(self.client, self.worker.keys)
+            if self.plans:
+                everything += self._top_plans()
+            live = self._exposition.render(everything)
+        except (FleettraceError, redis.RedisError) as error:
+            log.debug("Redis figures left out of this scrape: %s", error)
+        return generate_latest(_Families(families)) + live.encode()
 
 
-def _family(key: MetricKey, kind: MetricType, labels: Sequence[str], doc: str) -> Metric:
-    name = metric_name(key)
-    if kind is MetricType.HISTOGRAM:
-        return HistogramMetricFamily(name, doc, labels=list(labels))
-    if kind is MetricType.GAUGE:
-        return GaugeMetricFamily(name, doc, labels=list(labels))
-    return CounterMetricFamily(name, doc, labels=list(labels))
+class _Families(Collector):
+    """Families already made, as ``generate_latest`` reads them."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
 
 
 def _readyz(worker: WorkerStatus) -> tuple[int, str]:
@@ -250,7 +236,7 @@ def _readyz(worker: WorkerStatus) -> tuple[int, str]:
     return 503, f"not ready: {reason}\n"
 
 
-def probe_routes(worker: WorkerStatus, registry: CollectorRegistry) -> list[BaseRoute]:
+def probe_routes(worker: WorkerStatus, collector: WorkerCollector) -> list[BaseRoute]:
     """``/healthz``, ``/readyz`` and ``/metrics``: open to scrapers and probes always."""
 
     def healthz(request: Request) -> Response:
@@ -261,7 +247,7 @@ def probe_routes(worker: WorkerStatus, registry: CollectorRegistry) -> list[Base
         return PlainTextResponse(body, status_code=status)
 
     def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(collector.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return [
         Route("/healthz", healthz, include_in_schema=False),
@@ -281,10 +267,9 @@ def serve(
     """Start serving in a daemon thread; ``shutdown()`` the result to stop. ``plans``:
     how many plans (the costliest) /metrics exports with a ``plan`` label;
     ``dashboard``: also serve the dashboard's pages and /api/ (docs/dashboard.md)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(WorkerCollector(worker, client, plans))
+    collector = WorkerCollector(worker, client, plans)
     host, port = parse_address(address)
     if dashboard is not None:
         check_exposure(host, dashboard.token)
-    app = build_app(probe_routes(worker, registry), dashboard)
+    app = build_app(probe_routes(worker, collector), dashboard)
     return HttpServer(app, host, port)
