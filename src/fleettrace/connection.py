@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import redis
 
+from fleettrace.cluster import connect_cluster
 from fleettrace.errors import ConfigurationError
 
 REDIS_URL_VARIABLES: Final = ("FLEETTRACE_REDIS_URL", "REDIS_URL")
@@ -121,9 +122,11 @@ def tls_file_problem(url: str) -> str | None:
 
 
 def connect_redis(
-    url: str, *, socket_timeout_s: float = 5.0, check_files: bool = True
+    url: str, *, socket_timeout_s: float = 5.0, check_files: bool = True, cluster: bool = False
 ) -> redis.Redis:
-    """A client for ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``).
+    """A client for ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``); with
+    ``cluster``, a Redis Cluster client that takes ``url`` as its seed node
+    (:mod:`fleettrace.cluster`). Every client fleettrace makes is made here.
 
     ACL users travel as ``redis://user:password@host``; TLS options as query
     parameters that redis-py understands (``ssl_cert_reqs``, ``ssl_ca_certs``...).
@@ -140,12 +143,18 @@ def connect_redis(
     problem = tls_file_problem(url) if check_files else None
     if problem is not None:
         raise ConfigurationError(problem)
-    try:
-        return redis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            health_check_interval=30,
+    options = {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": socket_timeout_s,
+        "health_check_interval": 30,
+    }
+    if cluster and scheme == "unix":
+        raise ConfigurationError(
+            f"Redis URL {redact_url(url)!r}: a Redis Cluster is reached over redis:// or rediss://"
         )
+    try:
+        if cluster:
+            return connect_cluster(url, options)
+        return redis.Redis.from_url(url, **options)
     except ValueError as error:
         raise ConfigurationError(f"Redis URL {redact_url(url)!r} is not valid: {error}") from None

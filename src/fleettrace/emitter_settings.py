@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal
 
+from fleettrace.cluster import DEFAULT_WAIT_TIMEOUT_MS, ReplicaWait, cluster_from_env
 from fleettrace.connection import DEFAULT_REDIS_URL, redact_url, redis_url_from_env
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import (
@@ -61,8 +62,15 @@ class EmitterSettings:
     #: None: the Redis user the emitter connects as (``ACL WHOAMI``), which is what the
     #: documented agent ACL line expects; ``from_env`` reads ``FLEETTRACE_PRODUCER``.
     producer: str | None = None
+    #: ``redis_url`` is a seed node of a Redis Cluster (``FLEETTRACE_REDIS_CLUSTER``).
+    redis_cluster: bool = False
+    #: Replicas that must hold a batch before it counts as sent (``WAIT``); None is
+    #: auto: one on a cluster whose master has a replica (docs/scaling.md).
+    wait_replicas: int | None = None
+    wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS
 
     def __post_init__(self) -> None:
+        self.replica_wait()
         try:
             Keys(self.namespace)
             if self.producer is not None:
@@ -91,6 +99,10 @@ class EmitterSettings:
                     f"{name} must be a positive number of seconds, got {value!r}"
                 )
 
+    def replica_wait(self) -> ReplicaWait:
+        """What each batch waits for after it is applied."""
+        return ReplicaWait(self.wait_replicas, self.wait_timeout_ms)
+
     def __repr__(self) -> str:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["redis_url"] = redact_url(self.redis_url)
@@ -100,13 +112,20 @@ class EmitterSettings:
     @classmethod
     def from_env(cls, **overrides: Any) -> EmitterSettings:
         """Settings whose URL, namespace and producer default to ``FLEETTRACE_REDIS_URL``
-        (then ``REDIS_URL``), ``FLEETTRACE_NAMESPACE`` and ``FLEETTRACE_PRODUCER``."""
+        (then ``REDIS_URL``), ``FLEETTRACE_NAMESPACE`` and ``FLEETTRACE_PRODUCER``, and
+        the cluster ones to ``FLEETTRACE_REDIS_CLUSTER``,
+        ``FLEETTRACE_REDIS_WAIT_REPLICAS`` and ``FLEETTRACE_REDIS_WAIT_TIMEOUT_MS``."""
         if overrides.get("redis_url") is None:
             overrides["redis_url"] = redis_url_from_env() or DEFAULT_REDIS_URL
         if overrides.get("namespace") is None:
             overrides["namespace"] = configured_namespace()
         if overrides.get("producer") is None:
             overrides["producer"] = configured_producer()
+        if overrides.get("redis_cluster") is None:
+            overrides["redis_cluster"] = cluster_from_env()
+        wait = ReplicaWait.from_env()
+        overrides.setdefault("wait_replicas", wait.replicas)
+        overrides.setdefault("wait_timeout_ms", wait.timeout_ms)
         try:
             return cls(**overrides)
         except TypeError as error:

@@ -18,6 +18,11 @@ from typing import Final
 import redis
 from psycopg_pool import ConnectionPool
 
+from fleettrace.cluster import (
+    DEFAULT_WAIT_TIMEOUT_MS,
+    ReplicaWait,
+    cluster_from_env,
+)
 from fleettrace.connection import connect_redis, redact_url
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import (
@@ -90,8 +95,15 @@ class WorkerSettings:
     runtime_dir: str | None = None
     #: Dead-letter an entry whose data field is larger than this, without decoding it.
     max_entry_bytes: int = MAX_ENTRY_BYTES
+    #: ``redis_url`` is a seed node of a Redis Cluster (docs/scaling.md).
+    redis_cluster: bool = False
+    #: Replicas the acknowledging transaction waits for (None: auto, one on a
+    #: cluster whose master has a replica), and for how long.
+    wait_replicas: int | None = None
+    wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS
 
     def __post_init__(self) -> None:
+        self.replica_wait()
         positive = {
             "batch_records": self.batch_records,
             "claim_idle_ms": self.claim_idle_ms,
@@ -161,8 +173,14 @@ class WorkerSettings:
         consumer = env.get(ENV_PREFIX + "CONSUMER")
         if consumer:
             values["consumer"] = consumer
+        values["redis_cluster"] = cluster_from_env(env)
+        wait = ReplicaWait.from_env(env)
+        values["wait_replicas"], values["wait_timeout_ms"] = wait.replicas, wait.timeout_ms
         values.update({name: value for name, value in given.items() if value is not None})
         return replace(defaults, **values)  # type: ignore[arg-type]
+
+    def replica_wait(self) -> ReplicaWait:
+        return ReplicaWait(self.wait_replicas, self.wait_timeout_ms)
 
     def group_limits(self) -> GroupLimits:
         return GroupLimits(max_lag=self.group_max_lag, max_age_s=self.group_max_age_s)
@@ -194,6 +212,7 @@ class WorkerContext:
         client = connect_redis(
             self.settings.redis_url,
             socket_timeout_s=self.settings.block_ms / 1000 + REDIS_MARGIN_S,
+            cluster=self.settings.redis_cluster,
         )
         self._clients.append(client)
         return client
@@ -209,6 +228,7 @@ class WorkerContext:
             group,
             self.settings.consumer,
             claim_idle_ms=self.settings.claim_idle_ms,
+            wait=self.settings.replica_wait(),
         )
 
     def pool(self) -> ConnectionPool:

@@ -137,6 +137,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    if options.redis_cluster(args):
+        raise ConfigurationError("fleettrace demo runs on one Redis, not on a Redis Cluster")
     redis_url = args.redis_url or redis_url_from_env()
     database_url = args.database_url or database_url_from_env()
     data_dir = args.data_dir or data_dir_from_env()
