@@ -190,6 +190,47 @@ class LocalCluster:
                 return False
         return True
 
+    def masters(self) -> list[int]:
+        """The ports of the live masters."""
+        found = []
+        for port, proc in self.procs.items():
+            if proc.poll() is None:
+                node = self.node(port)
+                try:
+                    if node.info("replication")["role"] == "master":
+                        found.append(port)
+                finally:
+                    node.close()
+        return found
+
+    def move_slot(self, slot: int, source: int, target: int, *, step: int = 2) -> int:
+        """Move ``slot`` from the master on ``source`` to the one on ``target`` as
+        ``redis-cli --cluster reshard`` does: IMPORTING/MIGRATING, MIGRATE the keys a
+        few at a time (clients meet ASK and TRYAGAIN meanwhile), then give the slot to
+        ``target`` on every master (clients meet MOVED). Returns the keys moved."""
+        src, dst = self.node(source), self.node(target)
+        moved = 0
+        try:
+            src_id = src.execute_command("CLUSTER", "MYID").decode()
+            dst_id = dst.execute_command("CLUSTER", "MYID").decode()
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            while names := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, step):
+                src.migrate("127.0.0.1", target, names, 0, 5000)
+                moved += len(names)
+            # The new owner first, then the old one, then the rest (as redis-cli does).
+            others = [p for p in self.masters() if p not in (source, target)]
+            for port in (target, source, *others):
+                node = self.node(port)
+                try:
+                    node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+                finally:
+                    node.close()
+        finally:
+            src.close()
+            dst.close()
+        return moved
+
     def kill(self, port: int) -> None:
         """SIGKILL the node on ``port``: no goodbye to its replica or its clients."""
         proc = self.procs[port]

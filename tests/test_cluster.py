@@ -24,6 +24,7 @@ import pytest
 import redis
 from redis.cluster import key_slot
 
+from fleettrace.batch_script import library_loaded
 from fleettrace.batching import encode_calls
 from fleettrace.cluster import ReplicaWait, slot_client
 from fleettrace.connection import connect_redis
@@ -36,7 +37,7 @@ from fleettrace_worker.process import Worker
 from tests.cluster import LocalCluster, redis_cluster  # noqa: F401 (the fixture)
 from tests.factories import numbered_sample, numbered_trace
 from tests.waiting import wait_until
-from tests.worker_helpers import ROOT, migrated, scalar, trace_rows
+from tests.worker_helpers import ROOT, fleettrace, migrated, scalar, trace_rows
 
 PLANS = [f"plan-{i}" for i in range(7)]  # numbered_trace's plans
 
@@ -317,3 +318,123 @@ def test_a_killed_master_loses_no_record_the_emitters_were_told_was_sent(
     finally:
         client.close()
         redis_cluster.restart(master)
+
+
+@pytest.mark.slow
+def test_a_slot_moved_under_load_is_followed_by_the_emitter_and_the_worker(
+    redis_cluster: LocalCluster,  # noqa: F811
+    db: str,
+) -> None:
+    """Resharding the namespace's slot: ASK and TRYAGAIN while its keys move, MOVED
+    after; the emitter retries, the worker reads on from the new master."""
+    keys = _namespace()
+    client = connect_redis(redis_cluster.url, cluster=True)
+    source = redis_cluster.master_of(keys.producers)
+    target = next(port for port in redis_cluster.masters() if port != source)
+    emitter = Emitter(
+        EmitterSettings(
+            redis_url=redis_cluster.url,
+            namespace=keys.namespace,
+            redis_cluster=True,
+            flush_interval_s=0.01,
+            max_batch_records=20,
+            retry_max_s=0.2,
+        )
+    )
+    moving = threading.Event()
+
+    def record() -> None:
+        for i in range(600):
+            emitter.record(numbered_trace(i))
+            if i == 300:
+                moving.wait(30)  # half before the move, half during and after it
+
+    recorder = threading.Thread(target=record)
+    try:
+        with _workers(redis_cluster, db, keys, 1):
+            recorder.start()
+            wait_until(lambda: trace_rows(db) > 0, 60, "the first rows")
+            moving.set()
+            assert redis_cluster.move_slot(_slot(keys), source, target) > 0
+            recorder.join(60)
+            assert emitter.flush(60)
+            assert redis_cluster.master_of(keys.producers) == target
+            _assert_stored_once_and_counted(client, db, keys, 600)
+        assert (emitter.stats.sent, emitter.stats.dropped) == (600, 0)
+    finally:
+        emitter.close()
+        client.close()
+
+
+@pytest.mark.slow
+def test_a_batch_no_replica_confirms_stays_buffered_and_is_applied_once(
+    redis_cluster: LocalCluster,  # noqa: F811
+) -> None:
+    keys = _namespace()
+    client = connect_redis(redis_cluster.url, cluster=True)
+    # Two replicas asked for, one there: the batch is applied, never confirmed.
+    emitter = Emitter(
+        EmitterSettings(
+            redis_url=redis_cluster.url,
+            namespace=keys.namespace,
+            redis_cluster=True,
+            wait_replicas=2,
+            wait_timeout_ms=20,
+            flush_interval_s=0.01,
+            retry_initial_s=0.01,
+            retry_max_s=0.05,
+        )
+    )
+    try:
+        emitter.record(numbered_trace(1))
+        wait_until(lambda: emitter.stats.send_failures >= 3, 30, "three unconfirmed sends")
+        stats = emitter.stats
+        assert (stats.sent, stats.buffered, stats.dropped) == (0, 1, 0)
+        assert "1 of 2 replicas acknowledged the write within 20 ms" in str(stats.last_error)
+        # Each retry re-sent the same batch: the master holds it once.
+        assert client.xlen(keys.traces) == 1
+    finally:
+        assert emitter.close(0.1) is False  # never confirmed: dropped and counted at close
+        client.close()
+
+
+@pytest.mark.slow
+def test_the_cli_works_on_the_cluster(
+    redis_cluster: LocalCluster,  # noqa: F811
+    db: str,
+) -> None:
+    """``migrate --redis-cluster`` loads the library on every master, and the readers
+    (``groups list``) find the namespace's streams on its master."""
+    for port in redis_cluster.masters():
+        node = redis_cluster.node(port)
+        node.function_delete("fleettrace")
+        node.close()
+    client = connect_redis(redis_cluster.url, cluster=True)
+    keys = _namespace()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETTRACE_")}
+    env.update(FLEETTRACE_DATABASE_URL=db, FLEETTRACE_NAMESPACE=keys.namespace)
+    try:
+        assert library_loaded(client) is False
+        result = fleettrace("migrate", "--redis-url", redis_cluster.url, "--redis-cluster", env=env)
+        assert result.returncode == 0, result.stderr
+        assert "loaded the batch function library" in result.stdout
+        assert library_loaded(client) is True
+        emitter = Emitter(
+            EmitterSettings(
+                redis_url=redis_cluster.url, namespace=keys.namespace, redis_cluster=True
+            )
+        )
+        emitter.record(numbered_trace(1))
+        assert emitter.flush(30)
+        emitter.close()
+        listing = fleettrace(
+            "worker", "--burst", "--redis-url", redis_cluster.url, "--redis-cluster", env=env
+        )
+        assert listing.returncode == 0, listing.stderr
+        assert trace_rows(db) == 1
+        env["FLEETTRACE_REDIS_CLUSTER"] = "true"
+        groups = fleettrace("groups", "list", "--json", "--redis-url", redis_cluster.url, env=env)
+        assert groups.returncode == 0, groups.stderr
+        assert keys.traces in groups.stdout and '"persist"' in groups.stdout
+    finally:
+        client.close()
