@@ -237,14 +237,6 @@ class LocalCluster:
         proc.send_signal(signal.SIGKILL)
         _wait_for_exit(proc)
 
-    def restart(self, port: int) -> None:
-        """Start a stopped node again (it rejoins from its nodes.conf, as a replica if
-        its slots moved meanwhile) and wait until the cluster is whole."""
-        if self.procs[port].poll() is None:
-            return
-        self._start_node(port)
-        wait_until(self.healthy, 60, f"the node on {port} to rejoin the cluster")
-
     def close(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:

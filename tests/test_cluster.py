@@ -293,34 +293,6 @@ def test_a_graceful_failover_under_load_stores_every_record_once(
 
 
 @pytest.mark.slow
-def test_a_killed_master_loses_no_record_the_emitters_were_told_was_sent(
-    redis_cluster: LocalCluster,  # noqa: F811
-    db: str,
-) -> None:
-    keys = _namespace()
-    client = connect_redis(redis_cluster.url, cluster=True)
-    master = redis_cluster.master_of(keys.producers)
-    replica = redis_cluster.replica_of(master)
-    # Auto: the namespace's master has a replica, so each batch and each acknowledging
-    # transaction waits for it.
-    assert ReplicaWait().replicas is None
-    node = slot_client(client, keys.producers)
-    assert int(node.info("replication")["connected_slaves"]) == 1
-    try:
-        with _workers(redis_cluster, db, keys, 2):
-            procs = _producers(redis_cluster, keys, 2, 400, 2.0)
-            wait_until(lambda: trace_rows(db) > 0, 60, "the first rows")
-            redis_cluster.kill(master)
-            redis_cluster.wait_for_master(replica)
-            lines = _finished(procs)
-            assert all(line == "accepted=400 sent=400 dropped=0" for line in lines), lines
-            _assert_stored_once_and_counted(client, db, keys, 800)
-    finally:
-        client.close()
-        redis_cluster.restart(master)
-
-
-@pytest.mark.slow
 def test_a_slot_moved_under_load_is_followed_by_the_emitter_and_the_worker(
     redis_cluster: LocalCluster,  # noqa: F811
     db: str,
@@ -403,8 +375,9 @@ def test_the_cli_works_on_the_cluster(
     redis_cluster: LocalCluster,  # noqa: F811
     db: str,
 ) -> None:
-    """``migrate --redis-cluster`` loads the library on every master, and the readers
-    (``groups list``) find the namespace's streams on its master."""
+    """``migrate --redis-cluster`` loads the library on every master, a worker loads
+    it again where it went, and the readers (``groups list``) find the namespace's
+    streams on its master."""
     for port in redis_cluster.masters():
         node = redis_cluster.node(port)
         node.function_delete("fleettrace")
@@ -427,14 +400,48 @@ def test_the_cli_works_on_the_cluster(
         emitter.record(numbered_trace(1))
         assert emitter.flush(30)
         emitter.close()
+        # Gone from one master (a restart without persistence): the worker loads it.
+        node = redis_cluster.node(redis_cluster.masters()[-1])
+        node.function_delete("fleettrace")
+        node.close()
+        assert library_loaded(client) is False
         listing = fleettrace(
             "worker", "--burst", "--redis-url", redis_cluster.url, "--redis-cluster", env=env
         )
         assert listing.returncode == 0, listing.stderr
         assert trace_rows(db) == 1
+        assert library_loaded(client) is True
         env["FLEETTRACE_REDIS_CLUSTER"] = "true"
         groups = fleettrace("groups", "list", "--json", "--redis-url", redis_cluster.url, env=env)
         assert groups.returncode == 0, groups.stderr
         assert keys.traces in groups.stdout and '"persist"' in groups.stdout
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+def test_a_killed_master_loses_no_record_the_emitters_were_told_was_sent(
+    redis_cluster: LocalCluster,  # noqa: F811
+    db: str,
+) -> None:
+    """Last of the module: it leaves the cluster with a master gone for good."""
+    keys = _namespace()
+    client = connect_redis(redis_cluster.url, cluster=True)
+    master = redis_cluster.master_of(keys.producers)
+    replica = redis_cluster.replica_of(master)
+    # Auto: the namespace's master has a replica, so each batch and each acknowledging
+    # transaction waits for it.
+    assert ReplicaWait().replicas is None
+    node = slot_client(client, keys.producers)
+    assert int(node.info("replication")["connected_slaves"]) == 1
+    try:
+        with _workers(redis_cluster, db, keys, 2):
+            procs = _producers(redis_cluster, keys, 2, 400, 2.0)
+            wait_until(lambda: trace_rows(db) > 0, 60, "the first rows")
+            redis_cluster.kill(master)
+            redis_cluster.wait_for_master(replica)
+            lines = _finished(procs)
+            assert all(line == "accepted=400 sent=400 dropped=0" for line in lines), lines
+            _assert_stored_once_and_counted(client, db, keys, 800)
     finally:
         client.close()
