@@ -36,8 +36,9 @@ from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.process import Worker
 from tests.cluster import LocalCluster, redis_cluster  # noqa: F401 (the fixture)
 from tests.factories import numbered_sample, numbered_trace
+from tests.servers import free_port
 from tests.waiting import wait_until
-from tests.worker_helpers import ROOT, fleettrace, migrated, scalar, trace_rows
+from tests.worker_helpers import ROOT, fleettrace, http_get, migrated, scalar, trace_rows
 
 PLANS = [f"plan-{i}" for i in range(7)]  # numbered_trace's plans
 
@@ -90,7 +91,9 @@ def _namespace() -> Keys:
     return Keys(f"cl-{uuid.uuid4().hex[:10]}")
 
 
-def _settings(cluster: LocalCluster, db: str, keys: Keys, consumer: str) -> WorkerSettings:
+def _settings(
+    cluster: LocalCluster, db: str, keys: Keys, consumer: str, **options: Any
+) -> WorkerSettings:
     return WorkerSettings(
         cluster.url,
         db,
@@ -100,13 +103,20 @@ def _settings(cluster: LocalCluster, db: str, keys: Keys, consumer: str) -> Work
         claim_idle_ms=1_000,
         retry_max_s=0.5,
         redis_cluster=True,
+        **options,
     )
 
 
 @contextmanager
-def _workers(cluster: LocalCluster, db: str, keys: Keys, count: int) -> Iterator[list[Worker]]:
-    """``count`` workers in threads on the cluster; each must exit 0 when stopped."""
-    workers = [Worker(_settings(cluster, db, keys, f"w{i}")) for i in range(count)]
+def _workers(
+    cluster: LocalCluster, db: str, keys: Keys, count: int, **options: Any
+) -> Iterator[list[Worker]]:
+    """``count`` workers in threads on the cluster (``options``: more settings of the
+    first); each must exit 0 when stopped."""
+    workers = [
+        Worker(_settings(cluster, db, keys, f"w{i}", **(options if i == 0 else {})))
+        for i in range(count)
+    ]
     results: list[int] = []
     threads = [threading.Thread(target=lambda w=w: results.append(w.run())) for w in workers]
     for thread in threads:
@@ -238,12 +248,22 @@ def test_the_pipeline_end_to_end_on_a_cluster(
             flush_interval_s=0.01,
         )
     )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
     try:
-        with _workers(redis_cluster, db, keys, 1):
+        with _workers(redis_cluster, db, keys, 1, http=f"127.0.0.1:{port}", dashboard=True):
             for i in range(300):
                 emitter.record(numbered_trace(i))
             assert emitter.flush(30)
             _assert_stored_once_and_counted(client, db, keys, 300)
+            # What the worker serves reads the cluster too: probes, /metrics, dashboard.
+            wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 30, "the worker ready")
+            status, metrics = http_get(f"{base}/metrics")
+            assert status == 200 and "fleettrace_actor_token_usage_total{" in metrics
+            status, overview = http_get(f"{base}/api/overview")
+            assert status == 200, overview
+            status, plans = http_get(f"{base}/api/plans")
+            assert status == 200 and "plan-6" in plans, plans
         stats = emitter.stats
         assert (stats.sent, stats.dropped) == (300, 0)
     finally:
