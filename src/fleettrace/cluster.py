@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -41,6 +43,10 @@ REDIS_CLUSTER_VARIABLE: Final = "FLEETTRACE_REDIS_CLUSTER"
 WAIT_REPLICAS_VARIABLE: Final = "FLEETTRACE_REDIS_WAIT_REPLICAS"
 WAIT_TIMEOUT_VARIABLE: Final = "FLEETTRACE_REDIS_WAIT_TIMEOUT_MS"
 DEFAULT_WAIT_TIMEOUT_MS: Final = 1000
+#: How long auto trusts what it learnt of the master's replicas: a replica that comes
+#: back (a failed master rejoining as the new master's replica) is waited for again
+#: within this time.
+REPLICAS_RECHECK_S: Final = 10.0
 AUTO: Final = "auto"
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
@@ -131,17 +137,25 @@ class LazyCluster:
         self._options = options
         self._client: RedisCluster | None = None
         self._retry: Any = None
+        # Readers share one client across threads (the dashboard): one is built.
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<LazyCluster {'connected' if self._client is not None else 'not connected'}>"
 
     def built(self) -> RedisCluster:
-        if self._client is None:
-            try:
-                client = RedisCluster.from_url(self._url, **self._options)
-            except RedisClusterException as error:
-                raise redis.ConnectionError(f"Redis Cluster not reachable: {error}") from None
-            if self._retry is not None:
-                client.set_retry(self._retry)
-            self._client = client
-        return self._client
+        if self._client is not None:
+            return self._client
+        with self._lock:
+            if self._client is None:
+                try:
+                    client = RedisCluster.from_url(self._url, **self._options)
+                except RedisClusterException as error:
+                    raise redis.ConnectionError(f"Redis Cluster not reachable: {error}") from None
+                if self._retry is not None:
+                    client.set_retry(self._retry)
+                self._client = client
+            return self._client
 
     def set_retry(self, retry: Any) -> None:
         self._retry = retry
@@ -274,8 +288,8 @@ class ReplicatedWrites:
         self.client = client
         self.key = key
         self.wait = wait
-        #: (master, replicas connected to it), learnt when auto needs it.
-        self._known: tuple[str, int] | None = None
+        #: (master, replicas connected to it, when learnt), when auto needs it.
+        self._known: tuple[str, int, float] | None = None
 
     def wanted(self) -> int:
         """Replicas the next write waits for."""
@@ -284,10 +298,12 @@ class ReplicatedWrites:
         name = slot_node_name(self.client, self.key)
         if name is None:
             return 0  # auto on a single Redis: as before, no wait
-        if self._known is None or self._known[0] != name:
+        now = time.monotonic()
+        known = self._known
+        if known is None or known[0] != name or now - known[2] > REPLICAS_RECHECK_S:
             info: Any = slot_client(self.client, self.key).info("replication")
-            self._known = (name, int(info.get("connected_slaves", 0)))
-        return min(self._known[1], 1)
+            known = self._known = (name, int(info.get("connected_slaves", 0)), now)
+        return min(known[1], 1)
 
     def write(
         self,
