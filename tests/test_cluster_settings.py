@@ -15,10 +15,13 @@ from fleettrace.cluster import (
     slot_scan,
 )
 from fleettrace.connection import connect_redis
-from fleettrace.emitter import EmitterSettings
+from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
 from fleettrace_worker.context import WorkerSettings
+from tests.factories import numbered_trace
+from tests.servers import free_port
+from tests.waiting import wait_until
 from tests.worker_helpers import fleettrace, worker_env
 
 
@@ -62,6 +65,7 @@ def test_both_sides_read_the_same_variables(monkeypatch: pytest.MonkeyPatch) -> 
     assert EmitterSettings.from_env().wait_replicas is None
 
 
+@pytest.mark.slow  # two CLI processes
 def test_the_cli_refuses_a_bad_cluster_variable_in_one_line(
     redis_url: str, keys: Keys, database_url: str
 ) -> None:
@@ -104,3 +108,35 @@ def test_on_a_single_redis_auto_waits_for_nothing_and_a_number_is_waited_for(
         cursor, more = slot_scan(redis_client, keys.producers, cursor, match=keys.producers)
         found += more
     assert found == [keys.producers.encode()]
+
+
+@pytest.mark.slow  # a CLI process
+def test_an_unreachable_cluster_is_a_failed_send_and_a_one_line_error(
+    redis_url: str, keys: Keys, database_url: str
+) -> None:
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    # Made while the cluster is away: nothing raises into agent code.
+    emitter = Emitter(
+        EmitterSettings(
+            redis_url=nowhere,
+            namespace=keys.namespace,
+            redis_cluster=True,
+            flush_interval_s=0.01,
+            retry_initial_s=0.01,
+            retry_max_s=0.05,
+        )
+    )
+    try:
+        emitter.record(numbered_trace(1))
+        wait_until(lambda: emitter.stats.send_failures >= 2, 30, "two failed sends")
+        stats = emitter.stats
+        assert (stats.sent, stats.buffered) == (0, 1)
+        assert str(stats.last_error).startswith("ConnectionError: Redis Cluster not reachable")
+    finally:
+        assert emitter.close(0.1) is False
+    env = worker_env(redis_url, database_url, keys)
+    result = fleettrace("groups", "list", "--redis-cluster", "--redis-url", nowhere, env=env)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Redis Cluster not reachable" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -30,6 +30,7 @@ from typing import Any, Final, cast
 
 import redis
 from redis.cluster import RedisCluster
+from redis.commands.core import Script
 from redis.exceptions import AskError, MovedError, RedisClusterException
 
 from fleettrace.errors import ConfigurationError
@@ -161,6 +162,11 @@ class LazyCluster:
         self._retry = retry
         if self._client is not None:
             self._client.set_retry(retry)
+
+    def register_script(self, script: str) -> Script:
+        """A script bound to this client, registered without connecting."""
+        # Script only keeps the client and calls its commands, which this one forwards.
+        return Script(cast("RedisCluster", self), script)
 
     def get_encoder(self) -> Any:
         """The encoder a ``Script`` needs when registered, without connecting."""
