@@ -275,6 +275,8 @@ def test_the_pipeline_end_to_end_on_a_cluster(
     # it, and every key of the namespace sits on the master of its slot.
     # (redis-py asks any node COMMAND GETKEYS for where a command's keys are: no data.)
     assert not [c for c in seen_elsewhere if keys.prefix in c and not c.startswith("COMMAND ")]
+    # (The watch saw something: the worker asks every master for the function library.)
+    assert any(c.startswith("FUNCTION LIST") for c in seen_elsewhere)
     everywhere = _keys_in_cluster(redis_cluster)
     mine = {
         port: [k for k in ks if k.startswith(keys.prefix.encode())]

@@ -98,6 +98,7 @@ def test_on_a_single_redis_auto_waits_for_nothing_and_a_number_is_waited_for(
         b"QUEUED",
         [1],
     ]
+    assert one.unconfirmed == 1
     # An error inside the transaction is raised, as a transaction pipeline raises it.
     redis_client.set(keys.emitter, "not a hash")
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):

@@ -296,6 +296,9 @@ class ReplicatedWrites:
         self.wait = wait
         #: (master, replicas connected to it, when learnt), when auto needs it.
         self._known: tuple[str, int, float] | None = None
+        self._warned_at = -REPLICAS_RECHECK_S
+        #: Writes the replicas did not confirm in time (logged, not raised).
+        self.unconfirmed = 0
 
     def wanted(self) -> int:
         """Replicas the next write waits for."""
@@ -372,7 +375,15 @@ class ReplicatedWrites:
         )
         if strict:
             raise ReplicasBehind(message)
-        log.warning("%s; it stands on the master alone until they catch up", message)
+        self.unconfirmed += 1
+        now = time.monotonic()
+        if now - self._warned_at >= REPLICAS_RECHECK_S:  # not at every batch
+            self._warned_at = now
+            log.warning(
+                "%s; it stands on the master alone until they catch up (%d such writes)",
+                message,
+                self.unconfirmed,
+            )
 
 
 def _flat(replies: list[Any]) -> list[Any]:
