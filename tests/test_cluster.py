@@ -215,6 +215,7 @@ def _keys_in_cluster(cluster: LocalCluster) -> dict[int, list[bytes]]:
 
 
 @pytest.mark.slow
+@pytest.mark.redis_version(7, 0)  # the function library on a cluster
 def test_the_pipeline_end_to_end_on_a_cluster(
     redis_cluster: LocalCluster,  # noqa: F811
     db: str,
@@ -288,6 +289,7 @@ def test_the_pipeline_end_to_end_on_a_cluster(
 
 
 @pytest.mark.slow
+@pytest.mark.redis_version(7, 0)  # the function library on a cluster
 def test_a_graceful_failover_under_load_stores_every_record_once(
     redis_cluster: LocalCluster,  # noqa: F811
     db: str,
@@ -315,6 +317,7 @@ def test_a_graceful_failover_under_load_stores_every_record_once(
 
 
 @pytest.mark.slow
+@pytest.mark.redis_version(7, 0)  # the function library on a cluster
 def test_a_slot_moved_under_load_is_followed_by_the_emitter_and_the_worker(
     redis_cluster: LocalCluster,  # noqa: F811
     db: str,
@@ -361,6 +364,7 @@ def test_a_slot_moved_under_load_is_followed_by_the_emitter_and_the_worker(
 
 
 @pytest.mark.slow
+@pytest.mark.redis_version(7, 0)  # the function library on a cluster
 def test_a_batch_no_replica_confirms_stays_buffered_and_is_applied_once(
     redis_cluster: LocalCluster,  # noqa: F811
 ) -> None:
@@ -393,6 +397,7 @@ def test_a_batch_no_replica_confirms_stays_buffered_and_is_applied_once(
 
 
 @pytest.mark.slow
+@pytest.mark.redis_version(7, 0)  # the function library on a cluster
 def test_the_cli_works_on_the_cluster(
     redis_cluster: LocalCluster,  # noqa: F811
     db: str,
@@ -442,6 +447,7 @@ def test_the_cli_works_on_the_cluster(
 
 
 @pytest.mark.slow
+@pytest.mark.redis_version(7, 0)  # the function library on a cluster
 def test_a_killed_master_loses_no_record_the_emitters_were_told_was_sent(
     redis_cluster: LocalCluster,  # noqa: F811
     db: str,
