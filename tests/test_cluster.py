@@ -403,8 +403,8 @@ def test_the_cli_works_on_the_cluster(
     db: str,
 ) -> None:
     """``migrate --redis-cluster`` loads the library on every master, a worker loads
-    it again where it went, and the readers (``groups list``) find the namespace's
-    streams on its master."""
+    it again where it went, and the readers (``groups list``, ``metrics --top``) find
+    the namespace's streams and plans on its master."""
     for port in redis_cluster.masters():
         node = redis_cluster.node(port)
         node.function_delete("fleettrace")
@@ -442,6 +442,12 @@ def test_the_cli_works_on_the_cluster(
         groups = fleettrace("groups", "list", "--json", "--redis-url", redis_cluster.url, env=env)
         assert groups.returncode == 0, groups.stderr
         assert keys.traces in groups.stdout and '"persist"' in groups.stdout
+        # The live reads walk the plan hashes on the namespace's master.
+        top = fleettrace(
+            "metrics", "--top", "3", "--json", "--redis-url", redis_cluster.url, env=env
+        )
+        assert top.returncode == 0, top.stderr
+        assert '"plan-1"' in top.stdout
     finally:
         client.close()
 
