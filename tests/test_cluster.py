@@ -318,12 +318,16 @@ def test_a_graceful_failover_under_load_stores_every_record_once(
 
 @pytest.mark.slow
 @pytest.mark.redis_version(7, 0)  # the function library on a cluster
+@pytest.mark.parametrize("wait_replicas", [None, 0], ids=["waiting", "not-waiting"])
 def test_a_slot_moved_under_load_is_followed_by_the_emitter_and_the_worker(
     redis_cluster: LocalCluster,  # noqa: F811
     db: str,
+    wait_replicas: int | None,
 ) -> None:
     """Resharding the namespace's slot: ASK and TRYAGAIN while its keys move, MOVED
-    after; the emitter retries, the worker reads on from the new master."""
+    after; the emitter retries (through its master's connection when it waits for a
+    replica, through the cluster client when not), the worker reads on from the new
+    master."""
     keys = _namespace()
     client = connect_redis(redis_cluster.url, cluster=True)
     source = redis_cluster.master_of(keys.producers)
@@ -336,6 +340,7 @@ def test_a_slot_moved_under_load_is_followed_by_the_emitter_and_the_worker(
             flush_interval_s=0.01,
             max_batch_records=20,
             retry_max_s=0.2,
+            wait_replicas=wait_replicas,
         )
     )
     moving = threading.Event()
