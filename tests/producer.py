@@ -16,7 +16,9 @@ def main(argv: list[str]) -> int:
     namespace, url, start, count, samples, seconds = argv
     first, total, observations = int(start), int(count), int(samples)
     pause_s = float(seconds) / 10
-    emitter = Emitter(EmitterSettings(redis_url=url, namespace=namespace, max_batch_records=500))
+    # from_env: FLEETTRACE_REDIS_CLUSTER and the WAIT settings come from the environment.
+    settings = EmitterSettings.from_env(redis_url=url, namespace=namespace, max_batch_records=500)
+    emitter = Emitter(settings)
     for step in range(10):
         for i in range(first + step * total // 10, first + (step + 1) * total // 10):
             emitter.record(numbered_trace(i))

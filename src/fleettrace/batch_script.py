@@ -218,7 +218,10 @@ FUNCTION_MISSING: Final = "Function not found"
 
 def load_library(client: redis.Redis) -> bool:
     """Load (or replace) the batch function library; False when the server has no
-    functions (Redis before 7: emitters fall back to the script there)."""
+    functions (Redis before 7: emitters fall back to the script there). On a Redis
+    Cluster it is loaded on every master (redis-py sends FUNCTION LOAD to each): a
+    function lives on the node it was loaded on, and reaches that node's replicas by
+    replication, so a replica promoted by a failover holds it too."""
     try:
         client.function_load(LIBRARY_CODE, replace=True)
     except redis.ResponseError as error:
@@ -229,14 +232,22 @@ def load_library(client: redis.Redis) -> bool:
 
 
 def library_loaded(client: redis.Redis) -> bool | None:
-    """Whether the server holds this version's function; None when it has no functions."""
+    """Whether the server holds this version's function (on a cluster: every master);
+    None when it has no functions."""
     try:
         found: Any = client.function_list(library=LIBRARY_NAME)
     except redis.ResponseError as error:
         if "unknown command" in str(error).lower():
             return None
         raise
-    for library in found or ():
+    # A cluster client answers with each master's listing, by node.
+    listings = list(found.values()) if isinstance(found, dict) else [found]
+    return all(_holds_function(listing) for listing in listings)
+
+
+def _holds_function(listing: Any) -> bool:
+    """Whether one server's FUNCTION LIST reply names this version's function."""
+    for library in listing or ():
         info = dict(zip(library[::2], library[1::2], strict=True))
         for function in info.get(b"functions", info.get("functions", [])) or ():
             names = dict(zip(function[::2], function[1::2], strict=True))

@@ -6,7 +6,6 @@ code takes URLs and settings as arguments.
 
 from __future__ import annotations
 
-import re
 import ssl
 from typing import Final
 from urllib.parse import parse_qs, urlsplit
@@ -14,56 +13,10 @@ from urllib.parse import parse_qs, urlsplit
 import redis
 
 from fleettrace.errors import ConfigurationError
+from fleettrace.settings import redact_url
 
-REDIS_URL_VARIABLES: Final = ("FLEETTRACE_REDIS_URL", "REDIS_URL")
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
-#: Names of settings that hold secrets: password, ssl_password, sslpassword, and any
-#: other *password*, *secret* or *token*.
-_SECRET_NAME: Final = r"[A-Za-z_]*(?:password|secret|token)[A-Za-z_]*"  # noqa: S105
-_QUERY_SECRET_RE: Final = re.compile(rf"(^|[&;])({_SECRET_NAME})=[^&;]*", re.IGNORECASE)
-_DSN_SECRET_RE: Final = re.compile(
-    rf"\b({_SECRET_NAME})\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE
-)
-
-
-def redact_url(url: str) -> str:
-    """The URL with every secret in it replaced by ``***``, fit for logs and errors.
-
-    Secrets hide in three places: the password of the user info
-    (``redis://user:pw@host``); query parameters, since redis-py reads ``password``
-    and ``ssl_password`` (a client key's passphrase) from the query and libpq reads
-    ``password`` and ``sslpassword`` there; and libpq's ``key=value`` strings
-    (``host=db password=pw``), which are not URLs at all.
-    """
-    if "://" not in url:
-        return _DSN_SECRET_RE.sub(r"\1=***", url)
-    # Split by hand, not with urllib: it raises on a malformed port or IPv6 address,
-    # and a URL that is being reported as bad must still be redacted; rebuilding it
-    # would also turn unix:///path into unix:/path.
-    start = url.index("://") + 3
-    stop = len(url)
-    for mark in "?#":
-        found = url.find(mark, start)
-        if found != -1:
-            stop = min(stop, found)
-    # The user info ends at the last '@' before the query, so that a password holding
-    # an unescaped '/' is still hidden whole.
-    at = url.rfind("@", start, stop)
-    head = url[:start]
-    if at != -1 and ":" in url[start:at]:
-        head += url[start:at].split(":", 1)[0] + ":***"
-    elif at != -1:
-        head += url[start:at]
-    where = url[at:stop] if at != -1 else url[start:stop]
-    rest = url[stop:]
-    if rest.startswith("?"):
-        query, hash_mark, fragment = rest[1:].partition("#")
-        rest = "?" + _QUERY_SECRET_RE.sub(r"\1\2=***", query) + hash_mark + fragment
-    return head + where + rest
-
-
-#: The URL's TLS file parameters that redis-py reads, in the order it needs them.
 _TLS_FILES: Final = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
@@ -103,9 +56,11 @@ def tls_file_problem(url: str) -> str | None:
 
 
 def connect_redis(
-    url: str, *, socket_timeout_s: float = 5.0, check_files: bool = True
+    url: str, *, socket_timeout_s: float = 5.0, check_files: bool = True, cluster: bool = False
 ) -> redis.Redis:
-    """A client for ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``).
+    """A client for ``url`` (``redis://``, ``rediss://`` for TLS, ``unix://``); with
+    ``cluster``, a Redis Cluster client that takes ``url`` as its seed node
+    (:mod:`fleettrace.cluster`). Every client fleettrace makes is made here.
 
     ACL users travel as ``redis://user:password@host``; TLS options as query
     parameters that redis-py understands (``ssl_cert_reqs``, ``ssl_ca_certs``...).
@@ -122,12 +77,21 @@ def connect_redis(
     problem = tls_file_problem(url) if check_files else None
     if problem is not None:
         raise ConfigurationError(problem)
-    try:
-        return redis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            health_check_interval=30,
+    options = {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": socket_timeout_s,
+        "health_check_interval": 30,
+    }
+    if cluster and scheme == "unix":
+        raise ConfigurationError(
+            f"Redis URL {redact_url(url)!r}: a Redis Cluster is reached over redis:// or rediss://"
         )
+    try:
+        if cluster:
+            # redis-py's cluster client, loaded only by a process that asks for it.
+            from fleettrace.cluster import connect_cluster  # noqa: PLC0415
+
+            return connect_cluster(url, options)
+        return redis.Redis.from_url(url, **options)
     except ValueError as error:
         raise ConfigurationError(f"Redis URL {redact_url(url)!r} is not valid: {error}") from None

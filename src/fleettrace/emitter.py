@@ -45,7 +45,6 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, Final
 
-from fleettrace.connection import redact_url
 from fleettrace.emitter_settings import EmitterSettings, EmitterStats
 from fleettrace.errors import EmitterClosed
 from fleettrace.keys import Keys
@@ -54,6 +53,7 @@ from fleettrace.model import LLMTrace, MetricSample
 from fleettrace.price_overrides import load_prices
 from fleettrace.pricing import Pricer
 from fleettrace.sending import BatchSender
+from fleettrace.settings import redact_url
 from fleettrace.tree_records import PlanRecord, ToolCall
 
 _RECORD_TYPES: Final = (LLMTrace, MetricSample, ToolCall, PlanRecord)

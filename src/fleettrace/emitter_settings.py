@@ -7,7 +7,12 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal
 
-from fleettrace.connection import DEFAULT_REDIS_URL, redact_url
+from fleettrace.cluster import (
+    DEFAULT_WAIT_TIMEOUT_MS,
+    ReplicaWait,
+    parse_flag,
+)
+from fleettrace.connection import DEFAULT_REDIS_URL
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import (
     DEFAULT_NAMESPACE,
@@ -17,7 +22,7 @@ from fleettrace.keys import (
     configured_namespace,
 )
 from fleettrace.price_overrides import prices_path_from_env
-from fleettrace.settings import AgentSettings
+from fleettrace.settings import REDIS_CLUSTER_VARIABLE, AgentSettings, redact_url
 
 Overflow = Literal["drop_oldest", "block"]
 _OVERFLOW_POLICIES: Final = ("drop_oldest", "block")
@@ -62,8 +67,15 @@ class EmitterSettings:
     #: None: the Redis user the emitter connects as (``ACL WHOAMI``), which is what the
     #: documented agent ACL line expects; ``from_env`` reads ``FLEETTRACE_PRODUCER``.
     producer: str | None = None
+    #: ``redis_url`` is a seed node of a Redis Cluster (``FLEETTRACE_REDIS_CLUSTER``).
+    redis_cluster: bool = False
+    #: Replicas that must hold a batch before it counts as sent (``WAIT``); None is
+    #: auto: one on a cluster whose master has a replica (docs/scaling.md).
+    wait_replicas: int | None = None
+    wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS
 
     def __post_init__(self) -> None:
+        self.replica_wait()
         try:
             Keys(self.namespace)
             if self.producer is not None:
@@ -92,6 +104,10 @@ class EmitterSettings:
                     f"{name} must be a positive number of seconds, got {value!r}"
                 )
 
+    def replica_wait(self) -> ReplicaWait:
+        """What each batch waits for after it is applied."""
+        return ReplicaWait(self.wait_replicas, self.wait_timeout_ms)
+
     def __repr__(self) -> str:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["redis_url"] = redact_url(self.redis_url)
@@ -113,6 +129,13 @@ class EmitterSettings:
         overrides.setdefault("producer", env.producer)
         if env.prices_file is not None:
             overrides.setdefault("prices_file", env.prices_file)
+        if env.redis_cluster is not None:
+            overrides.setdefault(
+                "redis_cluster", parse_flag(REDIS_CLUSTER_VARIABLE, env.redis_cluster)
+            )
+        wait = ReplicaWait.parse(env.wait_replicas, env.wait_timeout_ms)
+        overrides.setdefault("wait_replicas", wait.replicas)
+        overrides.setdefault("wait_timeout_ms", wait.timeout_ms)
         try:
             return cls(**overrides)
         except TypeError as error:

@@ -29,6 +29,7 @@ from typing import Final
 import redis
 
 from fleettrace.aggregates import aggregated_plans, plan_hashes, ranked_plans
+from fleettrace.cluster import slot_scan
 from fleettrace.keys import (
     LEGACY_MOVE_STEP,
     PLAN_SCAN_CAP,
@@ -148,7 +149,8 @@ def _walk(
     match = keys.plan_prefix_pattern(prefix) if prefix else keys.plan_pattern
     cursor, seen = 0, 0
     while True:
-        cursor, step = client.scan(cursor, match=match, count=count)
+        # On a cluster: the master of the namespace's slot, where every plan hash is.
+        cursor, step = slot_scan(client, keys.producers, cursor, match=match, count=count)
         step = step[: cap - seen]
         seen += len(step)
         if step:

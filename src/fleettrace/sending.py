@@ -29,11 +29,13 @@ from redis.retry import Retry
 
 from fleettrace.batch_script import APPLY_BATCH_LUA, FUNCTION_MISSING, BatchCall
 from fleettrace.batching import encode_calls
-from fleettrace.connection import connect_redis, redact_url, tls_file_problem
+from fleettrace.cluster import ReplicatedWrites
+from fleettrace.connection import connect_redis, tls_file_problem
 from fleettrace.emitter_settings import EmitterSettings
 from fleettrace.keys import APPLY_FUNCTION, DEFAULT_PRODUCER, Keys, check_producer
 from fleettrace.pricing import Pricer
 from fleettrace.redis_errors import handshake_hint
+from fleettrace.settings import redact_url
 from fleettrace.tree_records import AnyRecord
 
 logger = logging.getLogger("fleettrace.emitter")
@@ -112,12 +114,18 @@ class BatchSender:
             self.settings.redis_url,
             socket_timeout_s=self.settings.socket_timeout_s,
             check_files=False,  # a TLS file that cannot serve is each send's failure
+            cluster=self.settings.redis_cluster,
         )
         self._tls_problem = tls_file_problem(self.settings.redis_url)
         # One attempt per call: the sender's own backoff (retry_initial_s..retry_max_s)
         # decides when to try again, not redis-py's built-in retries stacked under it.
         self._client.set_retry(Retry(NoBackoff(), 0))
         self._script: Script = self._client.register_script(APPLY_BATCH_LUA)
+        # Each call, then WAIT for replicas when asked (on a cluster with replicas by
+        # default): a batch counts as sent once a replica holds it too.
+        self._writes = ReplicatedWrites(
+            self._client, self.keys.emitter, self.settings.replica_wait()
+        )
 
     def _count_dropped(self, count: int, why: str = BUFFER_FULL, *, report: bool = True) -> None:
         """Count dropped records (lock held); ``report`` queues them for the emitter hash."""
@@ -299,7 +307,11 @@ class BatchSender:
         EVALSHA script where the server has no functions."""
         if not self._use_script:
             try:
-                self._client.fcall(APPLY_FUNCTION, len(call.keys), *call.keys, *call.args)
+                self._writes.write(
+                    lambda client: client.fcall(
+                        APPLY_FUNCTION, len(call.keys), *call.keys, *call.args
+                    )
+                )
                 return
             except redis.ResponseError as error:
                 text = str(error)
@@ -308,7 +320,9 @@ class BatchSender:
                 if "unknown command" not in text.lower():
                     raise
                 self._use_script = True  # Redis before 7: no functions, no ACL isolation
-        self._script(keys=call.keys, args=call.args, client=self._client)
+        self._writes.write(
+            lambda client: self._script(keys=call.keys, args=call.args, client=client)
+        )
 
     def _retrying(self, attempt_once: Callable[[], object]) -> bool:
         """``attempt_once()`` until it succeeds. False when told to stop. Every failure

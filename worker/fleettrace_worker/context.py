@@ -18,9 +18,15 @@ from typing import Final
 import redis
 from psycopg_pool import ConnectionPool
 
-from fleettrace.connection import connect_redis, redact_url
+from fleettrace.cluster import (
+    DEFAULT_WAIT_TIMEOUT_MS,
+    ReplicaWait,
+    parse_flag,
+)
+from fleettrace.connection import connect_redis
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import DEFAULT_NAMESPACE, MAX_ENTRY_BYTES, Keys
+from fleettrace.settings import REDIS_CLUSTER_VARIABLE, redact_url
 from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
 from fleettrace_worker.forward.otlp.settings import OtlpSettings
 from fleettrace_worker.keys import GROUPS, METRICS_PLANS_MAX, PERSIST_GROUP
@@ -83,8 +89,15 @@ class WorkerSettings:
     #: The forwarding groups' settings (``forward/*/settings.py``); off by default.
     langsmith: LangSmithSettings = field(default_factory=LangSmithSettings)
     otlp: OtlpSettings = field(default_factory=OtlpSettings)
+    #: ``redis_url`` is a seed node of a Redis Cluster (docs/scaling.md).
+    redis_cluster: bool = False
+    #: Replicas the acknowledging transaction waits for (None: auto, one on a
+    #: cluster whose master has a replica), and for how long.
+    wait_replicas: int | None = None
+    wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS
 
     def __post_init__(self) -> None:
+        self.replica_wait()
         positive = {
             "batch_records": self.batch_records,
             "claim_idle_ms": self.claim_idle_ms,
@@ -151,8 +164,15 @@ class WorkerSettings:
         values: dict[str, object] = dict(env.worker.given())
         values["langsmith"] = env.langsmith
         values["otlp"] = env.otlp
+        if env.redis_cluster is not None:
+            values["redis_cluster"] = parse_flag(REDIS_CLUSTER_VARIABLE, env.redis_cluster)
+        wait = ReplicaWait.parse(env.wait_replicas, env.wait_timeout_ms)
+        values["wait_replicas"], values["wait_timeout_ms"] = wait.replicas, wait.timeout_ms
         values.update({name: value for name, value in given.items() if value is not None})
         return replace(defaults, **values)  # type: ignore[arg-type]
+
+    def replica_wait(self) -> ReplicaWait:
+        return ReplicaWait(self.wait_replicas, self.wait_timeout_ms)
 
     def group_limits(self) -> GroupLimits:
         return GroupLimits(max_lag=self.group_max_lag, max_age_s=self.group_max_age_s)
@@ -184,6 +204,7 @@ class WorkerContext:
         client = connect_redis(
             self.settings.redis_url,
             socket_timeout_s=self.settings.block_ms / 1000 + REDIS_MARGIN_S,
+            cluster=self.settings.redis_cluster,
         )
         self._clients.append(client)
         return client
@@ -199,6 +220,7 @@ class WorkerContext:
             group,
             self.settings.consumer,
             claim_idle_ms=self.settings.claim_idle_ms,
+            wait=self.settings.replica_wait(),
         )
 
     def pool(self) -> ConnectionPool:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 import redis
 
 from fleettrace.batch_script import library_loaded, load_library
+from fleettrace.cluster import pinned
 from fleettrace.connection import connect_redis
 from fleettrace.errors import ConfigurationError, FleettraceError, TransientError
 from fleettrace_worker.context import WorkerContext, WorkerSettings
@@ -154,7 +155,9 @@ class Worker:
             self._ensure_library()
             if not self.settings.burst:  # a drain that exits keeps no aggregates
                 reached = lambda: any(loop.stats.ready for loop in self.loops)  # noqa: E731
-                aggregator = Aggregator(self.context.redis(), self.keys, self.stop, ready=reached)
+                # On a cluster: the namespace's master, where its scripts can be pipelined.
+                client = pinned(self.context.redis(), self.keys.producers)
+                aggregator = Aggregator(client, self.keys, self.stop, ready=reached)
                 aggregator.start()
             server = self._serve_http()
             if presence is not None:
@@ -222,7 +225,9 @@ class Worker:
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
-            self._client = connect_redis(self.settings.redis_url)
+            self._client = connect_redis(
+                self.settings.redis_url, cluster=self.settings.redis_cluster
+            )
         return self._client
 
     def _write_health(self) -> None:
@@ -270,7 +275,9 @@ class Worker:
         from fleettrace_worker.serve.dashboard.app import DashboardSettings  # noqa: PLC0415
         from fleettrace_worker.serve.http import serve  # noqa: PLC0415
 
-        board = DashboardSettings(s.redis_url, s.database_url, s.namespace, s.dashboard_token)
+        board = DashboardSettings(
+            s.redis_url, s.database_url, s.namespace, s.dashboard_token, s.redis_cluster
+        )
         shown = board if s.dashboard else None
         return serve(http, self, self.context.redis(), plans=s.metrics_plans, dashboard=shown)
 

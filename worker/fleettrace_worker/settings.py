@@ -25,9 +25,12 @@ from typing import Annotated, ClassVar, Final, Literal
 from pydantic import AliasChoices, Field, InstanceOf, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from fleettrace.connection import REDIS_URL_VARIABLES
 from fleettrace.settings import (
     NAMESPACE_VARIABLE,
+    REDIS_CLUSTER_VARIABLE,
+    REDIS_URL_VARIABLES,
+    WAIT_REPLICAS_VARIABLE,
+    WAIT_TIMEOUT_VARIABLE,
     EnvironmentSettings,
     NonNegativeCount,
     NonNegativeSeconds,
@@ -125,6 +128,10 @@ class WorkerEnvironment(EnvironmentSettings):
 
     redis_url: str | None = Field(None, validation_alias=AliasChoices(*REDIS_URL_VARIABLES))
     database_url: str | None = Field(None, validation_alias=AliasChoices(*DATABASE_URL_VARIABLES))
+    #: The Redis Cluster settings, as text: parsed by :mod:`fleettrace.cluster`.
+    redis_cluster: str | None = Field(None, validation_alias=REDIS_CLUSTER_VARIABLE)
+    wait_replicas: str | None = Field(None, validation_alias=WAIT_REPLICAS_VARIABLE)
+    wait_timeout_ms: str | None = Field(None, validation_alias=WAIT_TIMEOUT_VARIABLE)
     namespace: str | None = Field(None, validation_alias=NAMESPACE_VARIABLE)
     log_level: LogLevel = Field("INFO", validation_alias=LOG_LEVEL_VARIABLE)
     worker: WorkerTuning = Field(default_factory=_tuning)

@@ -55,7 +55,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run)
 
 
-def probe_routes(redis_url: str, database_url: str) -> list[BaseRoute]:
+def probe_routes(
+    redis_url: str, database_url: str, *, redis_cluster: bool = False
+) -> list[BaseRoute]:
     """``/healthz`` and a ``/readyz`` that asks Redis and PostgreSQL."""
 
     def healthz(request: Request) -> Response:
@@ -63,7 +65,7 @@ def probe_routes(redis_url: str, database_url: str) -> list[BaseRoute]:
 
     def readyz(request: Request) -> Response:
         try:
-            client = connect_redis(redis_url)
+            client = connect_redis(redis_url, cluster=redis_cluster)
             try:
                 client.ping()
             finally:
@@ -82,9 +84,16 @@ def run(args: argparse.Namespace) -> int:
     check_exposure(args.host, token)
     keys = options.keys(args)
     settings = DashboardSettings(
-        options.redis_url(args), options.database_url(args), keys.namespace, token
+        options.redis_url(args),
+        options.database_url(args),
+        keys.namespace,
+        token,
+        options.redis_cluster(args),
     )
-    app = build_app(probe_routes(settings.redis_url, settings.database_url), settings)
+    probes = probe_routes(
+        settings.redis_url, settings.database_url, redis_cluster=settings.redis_cluster
+    )
+    app = build_app(probes, settings)
     server = HttpServer(app, args.host, args.port)
     stop = threading.Event()
 

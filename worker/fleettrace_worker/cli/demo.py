@@ -135,6 +135,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    if options.redis_cluster(args):
+        raise ConfigurationError("fleettrace demo runs on one Redis, not on a Redis Cluster")
     env = read_environment()
     redis_url = args.redis_url or env.redis_url
     database_url = args.database_url or env.database_url

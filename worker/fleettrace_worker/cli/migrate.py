@@ -10,7 +10,8 @@ from typing import Any
 import redis
 
 from fleettrace.batch_script import load_library
-from fleettrace.connection import connect_redis, redact_url
+from fleettrace.connection import connect_redis
+from fleettrace.settings import redact_url
 from fleettrace_worker.cli import EXIT_OK, options, render
 from fleettrace_worker.store import database, migrations
 
@@ -62,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         print(line)
     if not args.no_redis:
-        report["redis_library"] = _load_library(options.redis_url(args), quiet=args.json)
+        report["redis_library"] = _load_library(
+            options.redis_url(args), quiet=args.json, cluster=options.redis_cluster(args)
+        )
     if args.json:
         render.write_object(report)
     return EXIT_OK
@@ -75,12 +78,12 @@ def _say(args: argparse.Namespace, text: str, data: dict[str, Any]) -> None:
         print(text)
 
 
-def _load_library(url: str, *, quiet: bool = False) -> str:
+def _load_library(url: str, *, quiet: bool = False, cluster: bool = False) -> str:
     """Load the function library; a Redis that cannot be reached is reported in one
     line (every worker loads the library at start too), not a failed migration.
     Returns what happened: ``loaded``, ``no functions`` (Redis before 7) or
     ``unreachable``; ``quiet`` leaves stdout to the caller's JSON."""
-    client = connect_redis(url)
+    client = connect_redis(url, cluster=cluster)
     try:
         if load_library(client):
             outcome, line = "loaded", "loaded the batch function library into Redis"

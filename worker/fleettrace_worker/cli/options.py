@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import redis
 
+from fleettrace.cluster import cluster_from_env
 from fleettrace.connection import DEFAULT_REDIS_URL, connect_redis
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import DEFAULT_NAMESPACE, Keys, configured_namespace
-from fleettrace.settings import NAMESPACE_VARIABLE, redis_url_from_env
+from fleettrace.settings import NAMESPACE_VARIABLE, REDIS_CLUSTER_VARIABLE, redis_url_from_env
 from fleettrace_worker.store.settings import DEFAULT_DATABASE_URL, database_url_from_env
 
 
@@ -83,6 +84,12 @@ def add_redis_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help=f"Redis to use (default: $FLEETTRACE_REDIS_URL, $REDIS_URL, else {DEFAULT_REDIS_URL})",
     )
+    parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        default=None,
+        help=f"the URL is a seed node of a Redis Cluster (default: ${REDIS_CLUSTER_VARIABLE})",
+    )
     add_namespace_option(parser)
 
 
@@ -132,8 +139,14 @@ def redis_url(args: argparse.Namespace) -> str:
     return str(args.redis_url or redis_url_from_env() or DEFAULT_REDIS_URL)
 
 
+def redis_cluster(args: argparse.Namespace) -> bool:
+    """``--redis-cluster``, else ``FLEETTRACE_REDIS_CLUSTER``."""
+    given = getattr(args, "redis_cluster", None)
+    return bool(given) if given is not None else cluster_from_env()
+
+
 def redis_client(args: argparse.Namespace) -> redis.Redis:
-    return connect_redis(redis_url(args))
+    return connect_redis(redis_url(args), cluster=redis_cluster(args))
 
 
 def keys(args: argparse.Namespace) -> Keys:

@@ -170,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         dashboard_token=token,
         metrics_plans=args.metrics_plans,
         runtime_dir=str(runtime_dir()),
+        redis_cluster=args.redis_cluster,
     )
     if args.check:
         return _check(args, settings, named=bool(args.consumer or env.worker.consumer))

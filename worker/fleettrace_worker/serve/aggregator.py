@@ -48,6 +48,7 @@ from typing import Any, Final
 
 import redis
 
+from fleettrace.cluster import refresh_topology
 from fleettrace.errors import FleettraceError
 from fleettrace.keys import (
     AGGREGATE_FRESH_MS,
@@ -494,6 +495,7 @@ class Aggregator:
                 self.aggregation.tick()
                 self._error = ""
             except (FleettraceError, redis.RedisError) as error:
+                refresh_topology(self.aggregation.client)  # a cluster's master may have moved
                 if str(error) != self._error:  # once per distinct error, not every tick
                     self._error = str(error)
                     log.warning("aggregates not updated: %s", error)

@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from fleettrace.connection import redact_url
+from fleettrace.settings import redact_url
 from fleettrace_worker.errors import SchemaVersionError
 from fleettrace_worker.store import database
 

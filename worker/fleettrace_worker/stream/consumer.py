@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import redis
 
+from fleettrace.cluster import ReplicatedWrites, ReplicaWait
 from fleettrace.keys import Keys
 from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker.keys import DISCOVER_INTERVAL_S
@@ -83,6 +84,7 @@ class Consumer:
         *,
         claim_idle_ms: int = 30_000,
         discover_interval_s: float = DISCOVER_INTERVAL_S,
+        wait: ReplicaWait | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -96,6 +98,9 @@ class Consumer:
         self._walk = StreamWalk(client, keys)
         self._claim_cursor: dict[str, str] = {}
         self._recover_cursor: dict[str, str] = {}
+        # The acknowledging transaction waits for replicas when asked (by default on
+        # a cluster whose master has one): see acknowledge().
+        self._writes = ReplicatedWrites(client, keys.producers, wait or ReplicaWait())
 
     def __repr__(self) -> str:
         return (
@@ -283,20 +288,27 @@ class Consumer:
     def acknowledge(
         self, entries: Sequence[Entry], dead_letters: Sequence[DeadLetter] = ()
     ) -> None:
-        """Acknowledge ``entries`` and add ``dead_letters`` in one transaction."""
+        """Acknowledge ``entries`` and add ``dead_letters`` in one transaction, then,
+        when replicas are waited for, ``WAIT`` for them. Without it, a master lost
+        before its replica got the transaction gives the entries back as pending (they
+        are handled again: stored once, forwarded again) and its dead letters are made
+        again; a replica that does not answer in time is logged, not retried, since the
+        transaction stands on the master."""
         if not entries and not dead_letters:
             return
         by_stream: dict[str, list[str]] = {}
         for entry in entries:
             by_stream.setdefault(entry.stream, []).append(entry.entry_id)
-        with translate_redis_errors("acknowledging entries"):
-            pipe = self.client.pipeline(transaction=True)
-            dlq = self.keys.dead_letters(self.group)
+        dlq = self.keys.dead_letters(self.group)
+
+        def queue(pipe: Any) -> None:
             for letter in dead_letters:
-                pipe.xadd(dlq, letter.to_fields())  # type: ignore[arg-type]
+                pipe.xadd(dlq, letter.to_fields())
             for stream, ids in by_stream.items():
                 pipe.xack(stream, self.group, *ids)
-            pipe.execute()
+
+        with translate_redis_errors("acknowledging entries"):
+            self._writes.write(queue, transaction=True, strict=False)
 
     def touch(self, entries: Sequence[Entry]) -> None:
         """Reset the idle time of entries still in hand, so that no other consumer

@@ -19,15 +19,16 @@ So a running consumer does not repeat whole walks: :class:`StreamWalk` goes on w
 one walk a few steps at a time (``DISCOVER_STEPS`` every ``DISCOVER_INTERVAL_S``),
 which bounds the cost whatever the size of the database: a new producer is found
 within a second on a small database, within a walk's time on a large one. A whole
-walk happens at start, in burst mode, and when a stream went away.
+walk happens at start, in burst mode, and when a stream went away. On a Redis Cluster
+the walk covers the master that serves the namespace's hash slot (every key of a
+namespace is there), not the whole cluster.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis
 
+from fleettrace.cluster import slot_node_name, slot_scan
 from fleettrace.keys import PRODUCER_KEY_PART, Keys
 from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker.keys import DISCOVER_SCAN_COUNT, DISCOVER_STEPS
@@ -86,19 +87,33 @@ class StreamWalk:
         self.cursor = 0
         #: Producer streams met so far in this walk.
         self.found: set[str] = set()
+        #: The cluster node the walk's cursor belongs to (None: a single Redis).
+        self.node: str | None = None
 
     def advance(self, steps: int | None = DISCOVER_STEPS) -> bool:
         """Take up to ``steps`` SCAN steps (None: to the end); True when the walk is
-        complete (the next call starts a new one)."""
+        complete (the next call starts a new one). On a Redis Cluster the walk scans
+        the master that serves the namespace's slot, where all its keys live, and
+        starts again when another master took the slot over (a failover): a cursor
+        means nothing to another node."""
         match = f"{self.keys.prefix}:{PRODUCER_KEY_PART}:*"
+        node = slot_node_name(self.client, self.keys.producers)
+        if node != self.node:
+            self.restart()
+            self.node = node
         taken = 0
         while steps is None or taken < steps:
-            reply: Any = self.client.scan(
-                self.cursor, match=match, count=self.count, _type="stream"
+            cursor, names = slot_scan(
+                self.client,
+                self.keys.producers,
+                self.cursor,
+                match=match,
+                count=self.count,
+                _type="stream",
             )
             taken += 1
-            self.cursor = int(reply[0])
-            for raw in reply[1]:
+            self.cursor = cursor
+            for raw in names:
                 name = _text(raw)
                 if self.keys.producer_of(name) is not None:
                     self.found.add(name)

@@ -8,10 +8,11 @@ import psycopg
 import redis
 from psycopg.conninfo import conninfo_to_dict
 
-from fleettrace.connection import connect_redis, redact_url
+from fleettrace.connection import connect_redis
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
 from fleettrace.redis_errors import translate_redis_errors
+from fleettrace.settings import redact_url
 from fleettrace_worker.serve.dashboard import queries
 
 
@@ -23,6 +24,8 @@ class DashboardSettings:
     database_url: str
     namespace: str
     token: str | None = field(default=None, repr=False)
+    #: ``redis_url`` is a seed node of a Redis Cluster.
+    redis_cluster: bool = False
 
 
 class Dashboard:
@@ -41,7 +44,9 @@ class Dashboard:
             ) from None
         self.settings = settings
         self.database_url = settings.database_url
-        self.redis: redis.Redis = connect_redis(settings.redis_url, socket_timeout_s=10.0)
+        self.redis: redis.Redis = connect_redis(
+            settings.redis_url, socket_timeout_s=10.0, cluster=settings.redis_cluster
+        )
 
     def keys(self, asked: str | None) -> Keys:
         """The namespace of ``?namespace=`` (checked), else the dashboard's own."""
