@@ -117,7 +117,15 @@ def test_fleettraces_own_url_variable_wins_and_a_blank_one_counts_as_unset() -> 
 
 def test_every_emitter_knob_has_its_variable() -> None:
     """A knob added to EmitterSettings without a FLEETTRACE_EMITTER_* variable fails
-    here (the connection and identity fields have variables of their own)."""
-    own = {"redis_url", "namespace", "producer", "prices_file"}
+    here (the connection, cluster and identity fields have variables of their own)."""
+    own = {
+        "redis_url",
+        "namespace",
+        "producer",
+        "prices_file",
+        "redis_cluster",
+        "wait_replicas",
+        "wait_timeout_ms",
+    }
     knobs = {f.name for f in dataclasses.fields(EmitterSettings)} - own
     assert knobs == set(EmitterTuning.model_fields)
