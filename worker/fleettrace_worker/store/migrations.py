@@ -31,7 +31,7 @@ from psycopg_pool import ConnectionPool
 
 from fleettrace.connection import redact_url
 from fleettrace.errors import SchemaVersionError
-from fleettrace_worker.store import database
+from fleettrace_worker.store import database, partitions
 
 VERSION_TABLE: Final = "fleettrace_schema_version"
 #: Key of the advisory lock that serialises migrations (any bigint the project owns;
@@ -58,6 +58,8 @@ class MigrationResult:
     from_version: int
     to_version: int
     applied: tuple[str, ...]
+    #: Daily partitions made ahead after the migrations (schema 8 on).
+    partitions: tuple[str, ...] = ()
 
 
 @cache
@@ -104,8 +106,17 @@ def current_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:
 
 
 def migrate(db: Database) -> MigrationResult:
-    """Apply what is missing, all in one transaction; refuse a database that is newer."""
-    with _session(db) as conn, conn.transaction():
+    """Apply what is missing, all in one transaction; refuse a database that is newer.
+    Then make the daily partitions of the coming days (:func:`partitions.ensure`), each
+    in a short transaction of its own, outside the migration's."""
+    with _session(db) as conn:
+        result = _apply(conn)
+        made = partitions.ensure(conn)
+    return MigrationResult(result.from_version, result.to_version, result.applied, tuple(made))
+
+
+def _apply(conn: psycopg.Connection[tuple[object, ...]]) -> MigrationResult:
+    with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
         conn.execute(
             sql.SQL(

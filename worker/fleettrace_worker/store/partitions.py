@@ -1,0 +1,201 @@
+"""The daily partitions of the record tables (schema version 8): what exists, and
+making the coming days' partitions ahead of time.
+
+Each record table is RANGE-partitioned on the time its rows happened, one partition
+per UTC day named ``<table>_pYYYYMMDD``, beside ``<table>_legacy`` (the rows stored
+before version 8, everything up to its upper bound) and ``<table>_default`` (a row no
+other partition covers: it is never refused for its date). :func:`ensure` creates the
+partitions of yesterday to ``days_ahead`` days on; ``fleettrace migrate`` runs it, and
+so does the worker every ``PARTITION_INTERVAL_S``. When it creates a day's partition
+it moves that day's rows out of the default partition in the same transaction (the
+default partition must hold no row of a range being created), so rows that arrived
+before their day's partition existed end up where they belong.
+
+Creating a partition takes an ACCESS EXCLUSIVE lock on the parent for a moment. A
+request for it queued behind a long read would hold up every writer queued after it,
+so each creation runs with a short ``lock_timeout`` (:data:`LOCK_TIMEOUT_MS`) and
+is simply tried again at the next round when it times out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Final
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from fleettrace.errors import FleettraceError
+from fleettrace_worker.store import database
+
+log = logging.getLogger(__name__)
+
+#: Each partitioned table with the column it is partitioned on (the time the row's
+#: thing happened, which retention also goes by).
+PARTITIONED: Final = (
+    ("llm_traces", "started_at"),
+    ("metric_samples", "observed_at"),
+    ("tool_calls", "started_at"),
+    ("plans", "started_at"),
+)
+#: Days after today whose partitions exist ahead of time (a worker down for this long
+#: still finds tomorrow's partition made).
+DAYS_AHEAD: Final = 7
+#: How often the worker makes the coming days' partitions.
+PARTITION_INTERVAL_S: Final = 3600.0
+#: How long a partition's creation waits for its lock before trying again next round.
+LOCK_TIMEOUT_MS: Final = 2000
+#: Advisory lock serialising partition changes (creation here, dropping in retention):
+#: the bytes of "ftpartit".
+PARTITION_LOCK_KEY: Final = 0x6674706172746974
+DAY: Final = timedelta(hours=24)
+
+Connection = psycopg.Connection[tuple[object, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One partition: ``lower``/``upper`` are its bounds (``None``: unbounded, as the
+    legacy partition's lower bound); ``default`` for the default partition."""
+
+    name: str
+    lower: datetime | None
+    upper: datetime | None
+    default: bool = False
+
+    def older_than(self, cutoff: datetime) -> bool:
+        """Every row it can hold is older than ``cutoff``."""
+        return not self.default and self.upper is not None and self.upper <= cutoff
+
+    def overlaps(self, start: datetime, end: datetime) -> bool:
+        """It covers some of ``[start, end)`` (the default partition covers nothing)."""
+        if self.default:
+            return False
+        return (self.lower is None or self.lower < end) and (
+            self.upper is None or self.upper > start
+        )
+
+    def may_hold_older(self, cutoff: datetime) -> bool:
+        """It can hold a row older than ``cutoff``."""
+        return self.default or self.lower is None or self.lower < cutoff
+
+
+def day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def partition_name(table: str, day: date) -> str:
+    return f"{table}_p{day:%Y%m%d}"
+
+
+def layout(conn: Connection, table: str) -> list[Partition]:
+    """The partitions of ``table``, oldest first, the default partition last. Bounds
+    are read back in the same session that formats them, so the time zone of the
+    session cannot shift them."""
+    rows = conn.execute(
+        r"""
+        SELECT c.relname, b.expr = 'DEFAULT',
+               nullif(substring(b.expr FROM 'FROM \(''?([^'')]*)''?\)'), 'MINVALUE')::timestamptz,
+               nullif(substring(b.expr FROM 'TO \(''?([^'')]*)''?\)'), 'MAXVALUE')::timestamptz
+        FROM pg_inherits i
+        JOIN pg_class c ON c.oid = i.inhrelid
+        CROSS JOIN LATERAL (SELECT pg_get_expr(c.relpartbound, c.oid) AS expr) b
+        WHERE i.inhparent = to_regclass(%s)
+        """,
+        (table,),
+    ).fetchall()
+    found = [
+        Partition(str(name), lower, upper, bool(default))  # type: ignore[arg-type]
+        for name, default, lower, upper in rows
+    ]
+    epoch = datetime.min.replace(tzinfo=UTC)
+    return sorted(found, key=lambda p: (p.default, p.lower or epoch))
+
+
+def is_partitioned(conn: Connection, table: str) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_partitioned_table WHERE partrelid = to_regclass(%s))",
+        (table,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def ensure(
+    conn: Connection, *, days_ahead: int = DAYS_AHEAD, today: date | None = None
+) -> list[str]:
+    """Create the partitions from yesterday to ``days_ahead`` days after ``today`` that
+    no partition covers yet, each in its own short transaction; returns their names.
+
+    A day overlapping an existing partition (the legacy one, reaching up to the day
+    after its newest row) is left to it. Raises what PostgreSQL raised when a lock was
+    not granted in time; what was created before stays.
+    """
+    today = today or datetime.now(UTC).date()
+    created: list[str] = []
+    for table, column in PARTITIONED:
+        with conn.transaction():
+            partitioned = is_partitioned(conn, table)
+        if not partitioned:
+            continue
+        for offset in range(-1, days_ahead + 1):
+            day = today + timedelta(days=offset)
+            if _create_day(conn, table, column, day):
+                created.append(partition_name(table, day))
+    return created
+
+
+def _create_day(conn: Connection, table: str, column: str, day: date) -> bool:
+    start = day_start(day)
+    end = start + DAY
+    with conn.transaction():
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (str(LOCK_TIMEOUT_MS),))
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
+        for part in layout(conn, table):
+            if part.overlaps(start, end):
+                return False
+        default = sql.Identifier(f"{table}_default")
+        moving = sql.Identifier(f"fleettrace_moving_{table}")
+        values = {"start": start, "end": end}
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(moving))
+        conn.execute(
+            sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {}) ON COMMIT DROP").format(
+                moving, sql.Identifier(table)
+            )
+        )
+        moved = conn.execute(
+            sql.SQL(
+                "WITH gone AS (DELETE FROM {default} WHERE {col} >= %(start)s AND {col} < %(end)s "
+                "RETURNING *) INSERT INTO {moving} SELECT * FROM gone"
+            ).format(default=default, col=sql.Identifier(column), moving=moving),
+            values,
+        ).rowcount
+        # Partition bounds are literals (no parameters in DDL).
+        conn.execute(
+            sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                sql.Identifier(partition_name(table, day)),
+                sql.Identifier(table),
+                sql.Literal(start.isoformat()),
+                sql.Literal(end.isoformat()),
+            )
+        )
+        if moved:
+            conn.execute(
+                sql.SQL("INSERT INTO {} SELECT * FROM {}").format(sql.Identifier(table), moving)
+            )
+            log.info("moved %d rows of %s from %s_default into its partition", moved, day, table)
+    return True
+
+
+def ensure_quietly(pool: ConnectionPool, *, days_ahead: int = DAYS_AHEAD) -> list[str]:
+    """:func:`ensure` for the worker's housekeeping: a lock not granted in time or an
+    unavailable server is logged and left to the next round (rows meanwhile go to the
+    default partition, never refused)."""
+    try:
+        with database.connection(pool) as conn:
+            return ensure(conn, days_ahead=days_ahead)
+    except (psycopg.Error, FleettraceError) as error:
+        log.warning("daily partitions not created this round: %s", error)
+        return []
