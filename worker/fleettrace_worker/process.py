@@ -5,7 +5,8 @@ OTLP endpoint is set) runs in a thread of
 its own with its own Redis connection, so a slow LangSmith never holds back
 persistence and the other way round. The main thread handles signals, writes the
 health key, loads the batch function library when Redis lacks it (at start and each
-health tick: a restart without persistence loses it), trims the streams and serves
+health tick: a restart without persistence loses it), trims the streams, makes the
+coming days' table partitions (at start, then hourly: store/partitions.py), serves
 HTTP, and waits for the loops to finish. One more thread keeps the aggregates of the
 producers' counters that readers read (aggregator.py).
 
@@ -46,6 +47,7 @@ from fleettrace_worker.forward.langsmith.group import langsmith_loop
 from fleettrace_worker.forward.otlp.group import otlp_loop
 from fleettrace_worker.presence import PresenceFile
 from fleettrace_worker.serve.aggregator import Aggregator
+from fleettrace_worker.store import partitions
 from fleettrace_worker.store.persist import PersistLoop
 from fleettrace_worker.store.repository import LLMTraceRepository
 from fleettrace_worker.stream.deadletter import DEAD_LETTER_LOG
@@ -215,15 +217,27 @@ class Worker:
     def _supervise(self) -> None:
         """Housekeeping until every loop has finished (stop, burst, or an error)."""
         next_trim = time.monotonic() + self.settings.trim_interval_s
+        next_partitions = time.monotonic()
         while any(t.thread.is_alive() for t in self._threads):
             self._write_health()
             self._ensure_library()
+            if time.monotonic() >= next_partitions:
+                next_partitions = time.monotonic() + partitions.PARTITION_INTERVAL_S
+                self._ensure_partitions()
             if time.monotonic() >= next_trim:
                 next_trim = time.monotonic() + self.settings.trim_interval_s
                 self._trim()
                 self._watch_groups()
             for item in self._threads:
                 item.thread.join(self.settings.health_interval_s / len(self._threads))
+
+    def _ensure_partitions(self) -> None:
+        """Make the coming days' partitions (a worker that persists only): a day's
+        rows then never wait in the default partition."""
+        if PERSIST_GROUP in self.settings.groups:
+            made = partitions.ensure_quietly(self.context.pool())
+            if made:
+                log.info("created daily partitions %s", ", ".join(made))
 
     def _redis(self) -> redis.Redis:
         if self._client is None:

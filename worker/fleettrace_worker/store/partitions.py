@@ -20,6 +20,7 @@ is simply tried again at the next round when it times out.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Final
@@ -30,6 +31,7 @@ from psycopg_pool import ConnectionPool
 
 from fleettrace.errors import FleettraceError
 from fleettrace_worker.store import database
+from fleettrace_worker.store.settings import partition_days_ahead
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,6 @@ PARTITIONED: Final = (
     ("tool_calls", "started_at"),
     ("plans", "started_at"),
 )
-#: Days after today whose partitions exist ahead of time (a worker down for this long
-#: still finds tomorrow's partition made).
-DAYS_AHEAD: Final = 7
 #: How often the worker makes the coming days' partitions.
 PARTITION_INTERVAL_S: Final = 3600.0
 #: How long a partition's creation waits for its lock before trying again next round.
@@ -52,6 +51,8 @@ LOCK_TIMEOUT_MS: Final = 2000
 #: the bytes of "ftpartit".
 PARTITION_LOCK_KEY: Final = 0x6674706172746974
 DAY: Final = timedelta(hours=24)
+#: How far the clock that made a time-ordered id may be from the one that timed the call.
+ID_CLOCK_MARGIN: Final = timedelta(hours=1)
 
 Connection = psycopg.Connection[tuple[object, ...]]
 
@@ -81,6 +82,27 @@ class Partition:
     def may_hold_older(self, cutoff: datetime) -> bool:
         """It can hold a row older than ``cutoff``."""
         return self.default or self.lower is None or self.lower < cutoff
+
+
+def id_window(record_id: uuid.UUID) -> tuple[datetime, datetime] | None:
+    """The times a record with this id can have started, when the id is time-ordered
+    (UUIDv7: its first 48 bits are the Unix time in milliseconds at which it was
+    made); ``None`` for any other id, which says nothing about its day.
+
+    The id is made while the call runs, so the call started at most a day (the
+    longest latency a record may carry) before it; an hour either side allows for
+    clocks that disagree. A lookup bounded by this window reads only the partitions
+    of those days; one that finds nothing there tries every partition (an id made
+    by other means may name any time).
+    """
+    if record_id.version != 7:
+        return None
+    millis = record_id.int >> 80
+    try:
+        made = datetime.fromtimestamp(millis / 1000, UTC)
+        return made - DAY - ID_CLOCK_MARGIN, made + ID_CLOCK_MARGIN
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def day_start(day: date) -> datetime:
@@ -124,41 +146,53 @@ def is_partitioned(conn: Connection, table: str) -> bool:
 
 
 def ensure(
-    conn: Connection, *, days_ahead: int = DAYS_AHEAD, today: date | None = None
+    conn: Connection, *, days_ahead: int | None = None, today: date | None = None
 ) -> list[str]:
-    """Create the partitions from yesterday to ``days_ahead`` days after ``today`` that
-    no partition covers yet, each in its own short transaction; returns their names.
+    """Create the partitions from yesterday to ``days_ahead`` days after ``today``
+    (default: ``$FLEETTRACE_PARTITION_DAYS_AHEAD``, else 7: a worker down for a week
+    still finds its days made) that
+    no partition covers yet, one short transaction per table; returns their names.
 
     A day overlapping an existing partition (the legacy one, reaching up to the day
     after its newest row) is left to it. Raises what PostgreSQL raised when a lock was
-    not granted in time; what was created before stays.
+    not granted in time; the tables done before stay done.
     """
     today = today or datetime.now(UTC).date()
+    if days_ahead is None:
+        days_ahead = partition_days_ahead()
+    days = [today + timedelta(days=offset) for offset in range(-1, days_ahead + 1)]
     created: list[str] = []
     for table, column in PARTITIONED:
         with conn.transaction():
-            partitioned = is_partitioned(conn, table)
-        if not partitioned:
-            continue
-        for offset in range(-1, days_ahead + 1):
-            day = today + timedelta(days=offset)
-            if _create_day(conn, table, column, day):
-                created.append(partition_name(table, day))
+            if not is_partitioned(conn, table):
+                continue
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (str(LOCK_TIMEOUT_MS),))
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
+            existing = layout(conn, table)
+            for day in days:
+                start = day_start(day)
+                if not any(part.overlaps(start, start + DAY) for part in existing):
+                    _create_day(conn, table, column, day)
+                    created.append(partition_name(table, day))
     return created
 
 
-def _create_day(conn: Connection, table: str, column: str, day: date) -> bool:
+def _create_day(conn: Connection, table: str, column: str, day: date) -> None:
+    """Create ``day``'s partition, moving the default partition's rows of that day into
+    it (PostgreSQL refuses to create a partition whose rows sit in the default one)."""
     start = day_start(day)
-    end = start + DAY
-    with conn.transaction():
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (str(LOCK_TIMEOUT_MS),))
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
-        for part in layout(conn, table):
-            if part.overlaps(start, end):
-                return False
-        default = sql.Identifier(f"{table}_default")
-        moving = sql.Identifier(f"fleettrace_moving_{table}")
-        values = {"start": start, "end": end}
+    values = {"start": start, "end": start + DAY}
+    default = sql.Identifier(f"{table}_default")
+    col = sql.Identifier(column)
+    waiting = conn.execute(
+        sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE {col} >= %(start)s AND {col} < %(end)s)"
+        ).format(default, col=col),
+        values,
+    ).fetchone()
+    moving = sql.Identifier(f"fleettrace_moving_{table}")
+    moved = 0
+    if waiting and waiting[0]:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(moving))
         conn.execute(
             sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {}) ON COMMIT DROP").format(
@@ -169,27 +203,26 @@ def _create_day(conn: Connection, table: str, column: str, day: date) -> bool:
             sql.SQL(
                 "WITH gone AS (DELETE FROM {default} WHERE {col} >= %(start)s AND {col} < %(end)s "
                 "RETURNING *) INSERT INTO {moving} SELECT * FROM gone"
-            ).format(default=default, col=sql.Identifier(column), moving=moving),
+            ).format(default=default, col=col, moving=moving),
             values,
         ).rowcount
-        # Partition bounds are literals (no parameters in DDL).
-        conn.execute(
-            sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-                sql.Identifier(partition_name(table, day)),
-                sql.Identifier(table),
-                sql.Literal(start.isoformat()),
-                sql.Literal(end.isoformat()),
-            )
+    # Partition bounds are literals (no parameters in DDL).
+    conn.execute(
+        sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(partition_name(table, day)),
+            sql.Identifier(table),
+            sql.Literal(values["start"].isoformat()),
+            sql.Literal(values["end"].isoformat()),
         )
-        if moved:
-            conn.execute(
-                sql.SQL("INSERT INTO {} SELECT * FROM {}").format(sql.Identifier(table), moving)
-            )
-            log.info("moved %d rows of %s from %s_default into its partition", moved, day, table)
-    return True
+    )
+    if moved:
+        conn.execute(
+            sql.SQL("INSERT INTO {} SELECT * FROM {}").format(sql.Identifier(table), moving)
+        )
+        log.info("moved %d rows of %s from %s_default into its partition", moved, day, table)
 
 
-def ensure_quietly(pool: ConnectionPool, *, days_ahead: int = DAYS_AHEAD) -> list[str]:
+def ensure_quietly(pool: ConnectionPool, *, days_ahead: int | None = None) -> list[str]:
     """:func:`ensure` for the worker's housekeeping: a lock not granted in time or an
     unavailable server is logged and left to the next round (rows meanwhile go to the
     default partition, never refused)."""
