@@ -289,7 +289,13 @@ class Worker:
         from fleettrace_worker.serve.dashboard.app import DashboardSettings  # noqa: PLC0415
         from fleettrace_worker.serve.http import serve  # noqa: PLC0415
 
-        board = DashboardSettings(s.redis_url, s.database_url, s.namespace, s.dashboard_token)
+        board = DashboardSettings(
+            s.redis_url,
+            s.database_url,
+            s.namespace,
+            s.dashboard_token,
+            read_url=s.database_read_url,
+        )
         shown = board if s.dashboard else None
         return serve(http, self, self.context.redis(), plans=s.metrics_plans, dashboard=shown)
 

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "and /api/ then ask for. Ctrl-C stops it.",
     )
     options.add_redis_options(parser)
-    options.add_database_options(parser)
+    options.add_database_options(parser, reads=True)
     parser.add_argument(
         "--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST})"
     )
@@ -82,9 +82,13 @@ def run(args: argparse.Namespace) -> int:
     check_exposure(args.host, token)
     keys = options.keys(args)
     settings = DashboardSettings(
-        options.redis_url(args), options.database_url(args), keys.namespace, token
+        options.redis_url(args),
+        options.database_url(args),
+        keys.namespace,
+        token,
+        read_url=options.database_read_url(args),
     )
-    app = build_app(probe_routes(settings.redis_url, settings.database_url), settings)
+    app = build_app(probe_routes(settings.redis_url, settings.reading_url), settings)
     server = HttpServer(app, args.host, args.port)
     stop = threading.Event()
 
