@@ -18,7 +18,14 @@ import pytest
 from fleettrace.errors import ConfigurationError
 from fleettrace.tree_records import PlanRecord, ToolCall
 from fleettrace_worker.cli import main
-from fleettrace_worker.store import database, migrations, partitions, retention, settings
+from fleettrace_worker.store import (
+    database,
+    erasure,
+    migrations,
+    partitions,
+    retention,
+    settings,
+)
 from fleettrace_worker.store.repository import LLMTraceRepository
 from tests.factories import llm_trace, numbered_sample, numbered_trace
 from tests.worker_helpers import at_schema_version, migrate_from_processes, scalar
@@ -259,3 +266,23 @@ def test_the_days_made_ahead_come_from_the_environment() -> None:
     for bad in ("-1", "367", "a week", "1.5"):
         with pytest.raises(ConfigurationError, match="FLEETTRACE_PARTITION_DAYS_AHEAD must be"):
             settings.partition_days_ahead({settings.PARTITION_DAYS_VARIABLE: bad})
+
+
+def test_erasure_removes_one_persons_rows_from_every_partition_and_nobody_elses(
+    database_url: str,
+) -> None:
+    """A row's ctid names it only within its partition: the first row of each
+    partition has the same one."""
+    with psycopg.connect(database_url) as conn:
+        migrations.migrate(conn)
+    mine = [llm_trace(user_id="u-1", started_at=at) for at in (NOW, _day(-1), _day(50))]
+    theirs = [llm_trace(user_id="u-2", started_at=at) for at in (_day(-1, 1), _day(50, 1))]
+    other_day = llm_trace(user_id="u-2", started_at=NOW - timedelta(seconds=1))
+    with database.create_pool(database_url, min_size=1, max_size=1) as pool:
+        repo = LLMTraceRepository(pool)
+        repo.store([theirs[0]])
+        repo.store([mine[0], mine[1], other_day, mine[2], theirs[1]])
+        report = erasure.erase(pool, "user", "u-1", batch_rows=1)
+        assert report.removed == {"llm_traces": 3}
+        assert [repo.get(t.trace_id) for t in mine] == [None] * 3
+        assert [repo.get(t.trace_id) for t in (*theirs, other_day)] == [*theirs, other_day]
