@@ -4,9 +4,10 @@
    seen by a writer storing batches of 100 rows throughout (the longest store during
    the migration against the median store outside it);
 2. prune on partitioned tables: whole days dropped, the boundary day deleted in
-   batches.
+   batches;
+3. store() into schema 6 beside schema 8, batches interleaved.
 
-    python -m benchmarks.partitions [--rows 200000] [--prune-rows 200000]
+    python -m benchmarks.partitions [--rows 200000] [--prune-rows 200000] [--store-rows 50000]
 
 Each run makes its own database on the machine's PostgreSQL and drops it afterwards.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import threading
 import time
@@ -23,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg import sql
 
-from benchmarks.storage import fresh_database
+from benchmarks.storage import fresh_database, interleaved, make_traces
 from fleettrace.model import LLMTrace
 from fleettrace_worker.store import database, migrations, partitions, retention
 from fleettrace_worker.store.repository import LLMTraceRepository
@@ -104,6 +106,43 @@ def bench_migration(rows: int) -> None:
         )
 
 
+def bench_store_ab(rows: int) -> None:
+    """store() into schema 6 (one table) and schema 8 (daily partitions), batches
+    alternating between the two: new rows, then batches half new, half stored."""
+    rng = random.Random(7)
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    batches = rows // 1000
+    new = [make_traces(1000, rng, start + timedelta(seconds=i)) for i in range(batches)]
+    halves = [
+        new[i][:500] + make_traces(500, rng, start + timedelta(seconds=i)) for i in range(batches)
+    ]
+    with fresh_database() as url_a, fresh_database() as url_b:
+        at_version_six(url_a, 0, days=1)
+        with psycopg.connect(url_b) as conn:
+            migrations.migrate(conn)
+        with (
+            database.create_pool(url_a, min_size=1, max_size=1) as pool_a,
+            database.create_pool(url_b, min_size=1, max_size=1) as pool_b,
+        ):
+            repo_a, repo_b = LLMTraceRepository(pool_a), LLMTraceRepository(pool_b)
+            one, eight = (
+                "store() new traces, schema 6 (one table)",
+                "store() new traces, schema 8 (daily partitions)",
+            )
+            interleaved(
+                one, lambda i: repo_a.store(new[i]), eight, lambda i: repo_b.store(new[i]),
+                batches=batches, rows_per_batch=1000,
+            )  # fmt: skip
+            interleaved(
+                "store() half new, half stored, schema 6",
+                lambda i: repo_a.store(halves[i]),
+                "store() half new, half stored, schema 8",
+                lambda i: repo_b.store(halves[i]),
+                batches=batches,
+                rows_per_batch=1000,
+            )
+
+
 def bench_prune(rows: int) -> None:
     with fresh_database() as url:
         with psycopg.connect(url) as conn:
@@ -132,12 +171,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--prune-rows", type=int, default=200_000)
+    parser.add_argument("--store-rows", type=int, default=50_000, help="rows of the store() A/B")
     args = parser.parse_args()
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average {os.getloadavg()[0]:.1f}")
     if args.rows:
         bench_migration(args.rows)
     if args.prune_rows:
         bench_prune(args.prune_rows)
+    if args.store_rows:
+        bench_store_ab(args.store_rows)
 
 
 if __name__ == "__main__":

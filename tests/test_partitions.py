@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from fleettrace.errors import ConfigurationError
+from fleettrace.keys import Keys
 from fleettrace.tree_records import PlanRecord, ToolCall
 from fleettrace_worker.cli import main
 from fleettrace_worker.store import (
@@ -28,7 +29,13 @@ from fleettrace_worker.store import (
 )
 from fleettrace_worker.store.repository import LLMTraceRepository
 from tests.factories import llm_trace, numbered_sample, numbered_trace
-from tests.worker_helpers import at_schema_version, migrate_from_processes, scalar
+from tests.waiting import wait_until
+from tests.worker_helpers import (
+    at_schema_version,
+    migrate_from_processes,
+    scalar,
+    serving_worker,
+)
 
 NOW = datetime.now(UTC)
 TODAY = NOW.date()
@@ -286,3 +293,18 @@ def test_erasure_removes_one_persons_rows_from_every_partition_and_nobody_elses(
         assert report.removed == {"llm_traces": 3}
         assert [repo.get(t.trace_id) for t in mine] == [None] * 3
         assert [repo.get(t.trace_id) for t in (*theirs, other_day)] == [*theirs, other_day]
+
+
+@pytest.mark.slow
+def test_a_running_worker_makes_the_coming_days_partitions(
+    database_url: str, redis_url: str, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with psycopg.connect(database_url) as conn:
+        migrations.migrate(conn)  # one day ahead (the tests' setting)
+    monkeypatch.setenv(settings.PARTITION_DAYS_VARIABLE, "3")
+    later = partitions.partition_name("plans", TODAY + timedelta(days=3))
+    assert later not in _names(database_url, "plans")
+    with serving_worker(redis_url, database_url, keys):
+        wait_until(
+            lambda: later in _names(database_url, "plans"), message="the worker's partitions"
+        )
