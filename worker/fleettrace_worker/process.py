@@ -221,9 +221,8 @@ class Worker:
         while any(t.thread.is_alive() for t in self._threads):
             self._write_health()
             self._ensure_library()
-            if time.monotonic() >= next_partitions:
+            if time.monotonic() >= next_partitions and self._ensure_partitions():
                 next_partitions = time.monotonic() + partitions.PARTITION_INTERVAL_S
-                self._ensure_partitions()
             if time.monotonic() >= next_trim:
                 next_trim = time.monotonic() + self.settings.trim_interval_s
                 self._trim()
@@ -231,13 +230,18 @@ class Worker:
             for item in self._threads:
                 item.thread.join(self.settings.health_interval_s / len(self._threads))
 
-    def _ensure_partitions(self) -> None:
-        """Make the coming days' partitions (a worker that persists only): a day's
-        rows then never wait in the default partition."""
-        if PERSIST_GROUP in self.settings.groups:
-            made = partitions.ensure_quietly(self.context.pool())
-            if made:
-                log.info("created daily partitions %s", ", ".join(made))
+    def _ensure_partitions(self) -> bool:
+        """Make the coming days' partitions, so a day's rows never wait in the default
+        partition; True when it ran. Only once the persist loop has reached PostgreSQL
+        and checked its schema: before that, a database that is away or refuses the
+        login is the loop's to report, once."""
+        persisting = [loop for loop in self.loops if isinstance(loop, PersistLoop)]
+        if not any(loop.schema_version is not None for loop in persisting):
+            return False
+        made = partitions.ensure_quietly(self.context.pool())
+        if made:
+            log.info("created daily partitions %s", ", ".join(made))
+        return True
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
