@@ -63,7 +63,7 @@ class WorkerSettings:
     namespace: str = DEFAULT_NAMESPACE
     #: A read replica the dashboard reads from (None: the primary); the worker writes
     #: to ``database_url`` only.
-    database_read_url: str | None = None
+    database_read_url: str | None = field(default=None, repr=False)
     consumer: str = field(default_factory=default_consumer_name)
     groups: tuple[str, ...] = (PERSIST_GROUP,)
     batch_records: int = 4_000
