@@ -51,6 +51,15 @@ LOCK_TIMEOUT_MS: Final = 2000
 #: the bytes of "ftpartit".
 PARTITION_LOCK_KEY: Final = 0x6674706172746974
 DAY: Final = timedelta(hours=24)
+#: The primary key columns schema 8 gives each table (its id, then its time).
+NEW_KEYS: Final = (
+    ("llm_traces", "trace_id, started_at"),
+    ("metric_samples", "batch_id, position, observed_at"),
+    ("tool_calls", "call_id, started_at"),
+    ("plans", "record_id, started_at"),
+)
+#: Name suffix of those keys built ahead of the migration (0008 looks for it).
+PREBUILT_SUFFIX: Final = "_key_v8"
 #: How far the clock that made a time-ordered id may be from the one that timed the call.
 ID_CLOCK_MARGIN: Final = timedelta(hours=1)
 
@@ -103,6 +112,37 @@ def id_window(record_id: uuid.UUID) -> tuple[datetime, datetime] | None:
         return made - DAY - ID_CLOCK_MARGIN, made + ID_CLOCK_MARGIN
     except (OverflowError, ValueError, OSError):
         return None
+
+
+def prebuild_keys(conn: Connection) -> None:
+    """Build the primary keys schema 8 gives the record tables, ``(id, time)``, on the
+    tables not yet partitioned, with ``CREATE UNIQUE INDEX CONCURRENTLY`` (writers go
+    on meanwhile), so that the migration's transaction adopts them instead of building
+    them under its lock.
+
+    ``conn`` must be in autocommit (``CONCURRENTLY`` cannot run in a transaction);
+    ``migrations.migrate`` calls it holding its session-level advisory lock, so a
+    second migrating process waits without a snapshot the build would wait for. A
+    build that failed (an invalid index) is dropped and made again.
+    """
+    for table, key in NEW_KEYS:
+        exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+        if not (exists and exists[0]) or is_partitioned(conn, table):
+            continue
+        index = sql.Identifier(f"{table}{PREBUILT_SUFFIX}")
+        # One a failed build left behind is not valid: build it again.
+        invalid = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass(%s) "
+            "AND NOT indisvalid)",
+            (f"{table}{PREBUILT_SUFFIX}",),
+        ).fetchone()
+        if invalid and invalid[0]:
+            conn.execute(sql.SQL("DROP INDEX CONCURRENTLY {}").format(index))
+        conn.execute(
+            sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})").format(
+                index, sql.Identifier(table), sql.SQL(key)
+            )
+        )
 
 
 def day_start(day: date) -> datetime:

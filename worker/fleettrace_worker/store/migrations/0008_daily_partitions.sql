@@ -13,7 +13,8 @@
 -- after its newest row, at least tomorrow); an empty one is dropped instead. The only
 -- work proportional to the rows is building the new primary key on the old table and
 -- checking its rows lie in its range, both under the ACCESS EXCLUSIVE lock the rename
--- takes: writers wait for that long (measured in docs/storage.md), then go on into
+-- takes (the key is built ahead, concurrently, when `fleettrace migrate` applies this:
+-- store/partitions.py prebuild_keys): writers wait for that long (docs/storage.md), then go on into
 -- the partitioned table under the same name. Index names stay what they were (the old
 -- table's indexes are renamed <table>_legacy_...), and the checks keep their names
 -- and their NOT VALID state.
@@ -72,6 +73,7 @@ BEGIN
         FOR item IN
             SELECT pg_get_indexdef(i.indexrelid) AS def FROM pg_index i
             WHERE i.indrelid = legacy::regclass AND NOT i.indisprimary
+              AND i.indexrelid IS DISTINCT FROM to_regclass(legacy || '_key_v8')
         LOOP
             EXECUTE replace(item.def, legacy, spec.tbl);
         END LOOP;
@@ -83,6 +85,16 @@ BEGIN
             -- The day after the newest row (or tomorrow), midnight UTC.
             upper_bound := date_trunc('day', greatest(newest, now()), 'UTC') + interval '24 hours';
             EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', legacy, legacy || '_pkey');
+            -- The new key, when `fleettrace migrate` built it beforehand without blocking
+            -- writers (CREATE UNIQUE INDEX CONCURRENTLY <table>_key_v8), becomes the old
+            -- table's primary key as it is; otherwise attaching builds it here.
+            IF EXISTS (SELECT 1 FROM pg_index
+                       WHERE indexrelid = to_regclass(legacy || '_key_v8') AND indisvalid) THEN
+                EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I',
+                               legacy, legacy || '_pkey', legacy || '_key_v8');
+            ELSIF to_regclass(legacy || '_key_v8') IS NOT NULL THEN
+                EXECUTE format('DROP INDEX %I', legacy || '_key_v8');
+            END IF;
             EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (MINVALUE) TO (%L)',
                            spec.tbl, legacy, upper_bound);
         END IF;
