@@ -117,6 +117,11 @@ def test_version_eight_over_rows_of_version_six_while_a_writer_stores(database_u
             again = migrations.migrate(conn)
         assert (again.applied, again.partitions) == ((), ())
         assert migrations.check_schema(pool) == migrations.latest_version()
+        # The keys built ahead became the old tables' primary keys: no stray index left.
+        assert (
+            scalar(database_url, "SELECT count(*) FROM pg_class WHERE relname LIKE '%key_v8'") == 0
+        )
+        assert scalar(database_url, "SELECT count(*) FROM pg_index WHERE NOT indisvalid") == 0
 
         # Every row once: the old ones unchanged, the writer's all there.
         assert scalar(database_url, "SELECT count(*) FROM llm_traces") == len(old) + len(written)
