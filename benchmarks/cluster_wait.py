@@ -20,10 +20,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from fleettrace.connection import DEFAULT_REDIS_URL, connect_redis, redis_url_from_env
+from fleettrace.connection import DEFAULT_REDIS_URL, connect_redis
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
+from fleettrace.settings import redis_url_from_env
 
 RUNS = 3
 

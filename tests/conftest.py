@@ -9,6 +9,7 @@ chosen at ``pytest_configure``, before any test module is imported and reads ``R
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -20,6 +21,7 @@ from fleettrace.batch_script import load_library
 from fleettrace.emitter import Emitter
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
+from fleettrace_worker.store.settings import PARTITION_DAYS_VARIABLE
 from tests.emitting import delete_namespace, make_emitter
 from tests.llm_servers import LLMServer, Pipeline
 from tests.servers import PrivatePostgres, PrivateRedis, SuiteServers, redis_program
@@ -34,6 +36,9 @@ REDIS_MARKER = "redis_version"
 
 def pytest_configure(config: pytest.Config) -> None:
     global SERVERS, REDIS_URL, PG_ADMIN_URL  # noqa: PLW0603 (one place sets them, once)
+    # Nearly every test migrates a database of its own: making one day's partitions
+    # ahead instead of a week's keeps that quick (test_partitions.py passes its own).
+    os.environ.setdefault(PARTITION_DAYS_VARIABLE, "1")
     try:
         SERVERS = SuiteServers()
     except (ValueError, RuntimeError, TimeoutError, OSError, ConfigurationError) as error:

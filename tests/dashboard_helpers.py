@@ -160,11 +160,18 @@ def rows(database_url: str, query: str, *args: object) -> list[tuple[Any, ...]]:
 
 @contextmanager
 def dashboard(
-    redis_url: str, keys: Keys, database_url: str, *, token: str | None = None
+    redis_url: str,
+    keys: Keys,
+    database_url: str,
+    *,
+    token: str | None = None,
+    read_url: str | None = None,
 ) -> Iterator[str]:
-    """A dashboard on a free loopback port; yields its base URL."""
-    settings = DashboardSettings(redis_url, database_url, keys.namespace, token)
-    server = HttpServer(build_app(probe_routes(redis_url, database_url), settings), "127.0.0.1", 0)
+    """A dashboard on a free loopback port (reading from ``read_url`` when given);
+    yields its base URL."""
+    settings = DashboardSettings(redis_url, database_url, keys.namespace, token, read_url=read_url)
+    app = build_app(probe_routes(redis_url, settings.reading_url), settings)
+    server = HttpServer(app, "127.0.0.1", 0)
     try:
         yield server.url
     finally:

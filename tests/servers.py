@@ -245,7 +245,10 @@ class PrivatePostgres:
         port: int | None = None,
         bin_dir: Path | None = None,
         options: Mapping[str, str] | None = None,
+        replica_of: PrivatePostgres | None = None,
     ) -> None:
+        """``replica_of``: a streaming replica of that running server, made with
+        ``pg_basebackup -R`` instead of ``initdb`` (a hot standby: it serves reads)."""
         self.options: dict[str, str] = dict(options or {})
         self.port = port or free_port()
         self.bin_dir = bin_dir or pg_bin_dir()
@@ -259,6 +262,19 @@ class PrivatePostgres:
         )
         if user is not None:
             os.chown(self.dir, user.pw_uid, user.pw_gid)
+        if replica_of is not None:
+            subprocess.run(
+                [
+                    str(self.bin_dir / "pg_basebackup"),
+                    *("-h", "127.0.0.1", "-p", str(replica_of.port), "-U", "postgres"),
+                    *("-D", str(self.data), "-R", "-X", "stream", "--no-sync"),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                **self._as_user,
+            )
+            return
         subprocess.run(
             [
                 str(self.bin_dir / "initdb"),

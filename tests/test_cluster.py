@@ -29,10 +29,11 @@ from fleettrace.batching import encode_calls
 from fleettrace.cluster import ReplicaWait, slot_client
 from fleettrace.connection import connect_redis
 from fleettrace.emitter import Emitter, EmitterSettings
-from fleettrace.keys import GROUPS, Keys
+from fleettrace.keys import Keys
 from fleettrace.live import plan_cost_usd
 from fleettrace.pricing import Pricer
 from fleettrace_worker.context import WorkerSettings
+from fleettrace_worker.keys import GROUPS
 from fleettrace_worker.process import Worker
 from tests.cluster import LocalCluster, redis_cluster  # noqa: F401 (the fixture)
 from tests.factories import numbered_sample, numbered_trace

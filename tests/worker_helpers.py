@@ -85,6 +85,16 @@ def scalar(database_url: str, query: str) -> int:
     return int(row[0])
 
 
+def index_copies(conn: psycopg.Connection[Any], index: str) -> list[str]:
+    """``index`` and its copies on the table's partitions (schema 8): a plan over a
+    partitioned table names the partitions' indexes, attached to the parent's."""
+    rows = conn.execute(
+        "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = to_regclass(%s)",
+        (index,),
+    ).fetchall()
+    return [index, *(str(row[0]) for row in rows)]
+
+
 def http_get(url: str) -> tuple[int, str]:
     """The status and body of a GET (an error status with its body too); 0 and no
     body while nothing listens yet, so a test can wait on the answer it expects."""

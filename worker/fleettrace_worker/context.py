@@ -57,6 +57,9 @@ class WorkerSettings:
     redis_url: str
     database_url: str
     namespace: str = DEFAULT_NAMESPACE
+    #: A read replica the dashboard reads from (None: the primary); the worker writes
+    #: to ``database_url`` only.
+    database_read_url: str | None = field(default=None, repr=False)
     consumer: str = field(default_factory=default_consumer_name)
     groups: tuple[str, ...] = (PERSIST_GROUP,)
     batch_records: int = DEFAULT_BATCH_RECORDS

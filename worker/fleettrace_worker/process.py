@@ -5,7 +5,8 @@ OTLP endpoint is set) runs in a thread of
 its own with its own Redis connection, so a slow LangSmith never holds back
 persistence and the other way round. The main thread handles signals, writes the
 health key, loads the batch function library when Redis lacks it (at start and each
-health tick: a restart without persistence loses it), trims the streams and serves
+health tick: a restart without persistence loses it), trims the streams, makes the
+coming days' table partitions (at start, then hourly: store/partitions.py), serves
 HTTP, and waits for the loops to finish. One more thread keeps the aggregates of the
 producers' counters that readers read (aggregator.py).
 
@@ -42,6 +43,7 @@ from fleettrace_worker.forward.otlp.group import otlp_loop
 from fleettrace_worker.keys import LANGSMITH_GROUP, OTLP_GROUP, PERSIST_GROUP, WORKER_HEALTH_TTL_S
 from fleettrace_worker.presence import PresenceFile
 from fleettrace_worker.serve.aggregator import Aggregator
+from fleettrace_worker.store import partitions
 from fleettrace_worker.store.persist import PersistLoop
 from fleettrace_worker.store.repository import LLMTraceRepository
 from fleettrace_worker.stream.deadletter import DEAD_LETTER_LOG
@@ -213,15 +215,31 @@ class Worker:
     def _supervise(self) -> None:
         """Housekeeping until every loop has finished (stop, burst, or an error)."""
         next_trim = time.monotonic() + self.settings.trim_interval_s
+        next_partitions = time.monotonic()
         while any(t.thread.is_alive() for t in self._threads):
             self._write_health()
             self._ensure_library()
+            if time.monotonic() >= next_partitions and self._ensure_partitions():
+                next_partitions = time.monotonic() + partitions.PARTITION_INTERVAL_S
             if time.monotonic() >= next_trim:
                 next_trim = time.monotonic() + self.settings.trim_interval_s
                 self._trim()
                 self._watch_groups()
             for item in self._threads:
                 item.thread.join(self.settings.health_interval_s / len(self._threads))
+
+    def _ensure_partitions(self) -> bool:
+        """Make the coming days' partitions, so a day's rows never wait in the default
+        partition; True when it ran. Only once the persist loop has reached PostgreSQL
+        and checked its schema: before that, a database that is away or refuses the
+        login is the loop's to report, once."""
+        persisting = [loop for loop in self.loops if isinstance(loop, PersistLoop)]
+        if not any(loop.schema_version is not None for loop in persisting):
+            return False
+        made = partitions.ensure_quietly(self.context.pool())
+        if made:
+            log.info("created daily partitions %s", ", ".join(made))
+        return True
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
@@ -276,7 +294,12 @@ class Worker:
         from fleettrace_worker.serve.http import serve  # noqa: PLC0415
 
         board = DashboardSettings(
-            s.redis_url, s.database_url, s.namespace, s.dashboard_token, s.redis_cluster
+            s.redis_url,
+            s.database_url,
+            s.namespace,
+            s.dashboard_token,
+            s.redis_cluster,
+            read_url=s.database_read_url,
         )
         shown = board if s.dashboard else None
         return serve(http, self, self.context.redis(), plans=s.metrics_plans, dashboard=shown)

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "and /api/ then ask for. Ctrl-C stops it.",
     )
     options.add_redis_options(parser)
-    options.add_database_options(parser)
+    options.add_database_options(parser, reads=True)
     parser.add_argument(
         "--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST})"
     )
@@ -89,9 +89,10 @@ def run(args: argparse.Namespace) -> int:
         keys.namespace,
         token,
         options.redis_cluster(args),
+        read_url=options.database_read_url(args),
     )
     probes = probe_routes(
-        settings.redis_url, settings.database_url, redis_cluster=settings.redis_cluster
+        settings.redis_url, settings.reading_url, redis_cluster=settings.redis_cluster
     )
     app = build_app(probes, settings)
     server = HttpServer(app, args.host, args.port)

@@ -20,7 +20,12 @@ from fleettrace.connection import DEFAULT_REDIS_URL, connect_redis
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import DEFAULT_NAMESPACE, Keys, configured_namespace
 from fleettrace.settings import NAMESPACE_VARIABLE, REDIS_CLUSTER_VARIABLE, redis_url_from_env
-from fleettrace_worker.store.settings import DEFAULT_DATABASE_URL, database_url_from_env
+from fleettrace_worker.store.settings import (
+    DATABASE_READ_URL_VARIABLE,
+    DEFAULT_DATABASE_URL,
+    database_read_url_from_env,
+    database_url_from_env,
+)
 
 
 @dataclass(frozen=True)
@@ -126,13 +131,22 @@ def describe_scope(namespace: str | None) -> str:
     return "all namespaces" if namespace is None else f"namespace {namespace!r}"
 
 
-def add_database_options(parser: argparse.ArgumentParser) -> None:
+def add_database_options(parser: argparse.ArgumentParser, *, reads: bool = False) -> None:
+    """``--database-url``; with ``reads`` (a command that only reads, or serves
+    reads), also ``--database-read-url``: a replica to read from."""
     parser.add_argument(
         "--database-url",
         metavar="URL",
         help="PostgreSQL to use (default: $FLEETTRACE_DATABASE_URL, $DATABASE_URL, "
         f"else {DEFAULT_DATABASE_URL})",
     )
+    if reads:
+        parser.add_argument(
+            "--database-read-url",
+            metavar="URL",
+            help=f"a read replica to read from (default: ${DATABASE_READ_URL_VARIABLE}, "
+            "else the --database-url)",
+        )
 
 
 def redis_url(args: argparse.Namespace) -> str:
@@ -158,6 +172,18 @@ def keys(args: argparse.Namespace) -> Keys:
 
 def database_url(args: argparse.Namespace) -> str:
     return str(args.database_url or database_url_from_env() or DEFAULT_DATABASE_URL)
+
+
+def database_read_url(args: argparse.Namespace) -> str | None:
+    """The replica to read from: ``--database-read-url``, else
+    ``$FLEETTRACE_DATABASE_READ_URL``, else None (read from the primary)."""
+    given = getattr(args, "database_read_url", None)
+    return str(given) if given else database_read_url_from_env()
+
+
+def reading_url(args: argparse.Namespace) -> str:
+    """Where a reading command reads: the replica when one is given, else the primary."""
+    return database_read_url(args) or database_url(args)
 
 
 def add_removal_options(parser: argparse.ArgumentParser, *, batch_rows: int) -> None:

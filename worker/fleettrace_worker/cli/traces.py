@@ -129,7 +129,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _common(parser: argparse.ArgumentParser, *, listing: bool = True) -> None:
-    options.add_database_options(parser)
+    options.add_database_options(parser, reads=True)
     options.add_namespace_option(parser, all_namespaces=True)
     if listing:
         render.add_output_options(parser)
@@ -186,7 +186,7 @@ def _meta(text: str) -> tuple[str, str]:
 
 
 def _pool(args: argparse.Namespace) -> ConnectionPool:
-    return migrations.pool_for_reading(options.database_url(args))
+    return migrations.pool_for_reading(options.reading_url(args))
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ def register(
 
 def run_tree(args: argparse.Namespace) -> int:
     namespace = options.namespace_scope(args)
-    with migrations.pool_for_reading(options.database_url(args)) as pool:
+    with migrations.pool_for_reading(options.reading_url(args)) as pool:
         root = TreeQueries(pool, namespace=namespace).tree(args.plan_id)
     if root is None:
         print(

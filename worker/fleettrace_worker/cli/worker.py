@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "The first SIGTERM/SIGINT finishes the batch in hand and exits 0; a second exits at once.",
     )
     options.add_redis_options(parser)
-    options.add_database_options(parser)
+    options.add_database_options(parser, reads=True)
     parser.add_argument(
         "--consumer",
         metavar="NAME",
@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         env,
         options.redis_url(args),
         options.database_url(args),
+        database_read_url=options.database_read_url(args),
         namespace=keys.namespace,
         consumer=args.consumer,
         groups=selected_groups(args.only, env),

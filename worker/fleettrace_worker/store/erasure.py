@@ -6,8 +6,9 @@ and ``fleettrace erase`` covers it. Metric samples name no person (their labels 
 the metric table's: plan, actor, model...), so they have nothing to erase.
 
 Rows go in batches, each its own short transaction found through the partial index
-on the column (schema version 4), so workers keep writing while an erasure runs; an
-erasure stopped half-way is finished by running it again.
+on the column (schema version 4), partition by partition (schema version 8), so
+workers keep writing while an erasure runs; an erasure stopped half-way is finished
+by running it again.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
+import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from fleettrace_worker.store import database
+from fleettrace_worker.store import database, partitions
 from fleettrace_worker.store.repository import TRACES_TABLE
 
 DEFAULT_BATCH_ROWS: Final = 5000
@@ -67,16 +69,34 @@ def erase(
                 conn.rollback()
                 removed[table] = int(row[0]) if row else 0  # type: ignore[call-overload]
                 continue
-            statement = sql.SQL(
-                "DELETE FROM {table} WHERE ctid = ANY(ARRAY("
-                "SELECT ctid FROM {table} WHERE {column} = %s LIMIT %s))"
-            ).format(**names)
+            # A ctid names a row within one table only: each partition (schema 8)
+            # is erased on its own, through its own partial index.
+            leaves = [p.name for p in partitions.layout(conn, table)] or [table]
+            conn.rollback()
             total = 0
-            while True:
-                with conn.transaction():
-                    deleted = conn.execute(statement, (value, batch_rows)).rowcount
-                total += deleted
-                if deleted < batch_rows:
-                    break
+            for leaf in leaves:
+                total += _erase_from(conn, leaf, columns[who], value, batch_rows)
             removed[table] = total
     return ErasureReport(who, value, removed, dry_run)
+
+
+def _erase_from(
+    conn: psycopg.Connection[tuple[object, ...]],
+    table: str,
+    column: str,
+    value: str,
+    batch_rows: int,
+) -> int:
+    """Delete the rows of ``value`` from one table (a partition), ``batch_rows`` per
+    short transaction."""
+    statement = sql.SQL(
+        "DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+        "SELECT ctid FROM {table} WHERE {column} = %s LIMIT %s))"
+    ).format(table=sql.Identifier(table), column=sql.Identifier(column))
+    total = 0
+    while True:
+        with conn.transaction():
+            deleted = conn.execute(statement, (value, batch_rows)).rowcount
+        total += deleted
+        if deleted < batch_rows:
+            return total

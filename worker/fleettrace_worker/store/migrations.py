@@ -18,6 +18,7 @@ a database migrated before the gap was filled gets the missing version then.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,12 +32,15 @@ from psycopg_pool import ConnectionPool
 
 from fleettrace.settings import redact_url
 from fleettrace_worker.errors import SchemaVersionError
-from fleettrace_worker.store import database
+from fleettrace_worker.store import database, partitions
 
 VERSION_TABLE: Final = "fleettrace_schema_version"
 #: Key of the advisory lock that serialises migrations (any bigint the project owns;
 #: these are the bytes of "fleettra").
 MIGRATION_LOCK_KEY: Final = 0x666C656574747261
+#: The version that partitions the record tables (its keys are built ahead: _turn).
+PARTITIONED_VERSION: Final = 8
+_TURN_POLL_S: Final = 0.1
 _FILE_RE: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 Database = ConnectionPool | psycopg.Connection[tuple[object, ...]]
@@ -58,6 +62,8 @@ class MigrationResult:
     from_version: int
     to_version: int
     applied: tuple[str, ...]
+    #: Daily partitions made ahead after the migrations (schema 8 on).
+    partitions: tuple[str, ...] = ()
 
 
 @cache
@@ -104,8 +110,51 @@ def current_version(conn: psycopg.Connection[tuple[object, ...]]) -> int | None:
 
 
 def migrate(db: Database) -> MigrationResult:
-    """Apply what is missing, all in one transaction; refuse a database that is newer."""
-    with _session(db) as conn, conn.transaction():
+    """Apply what is missing, all in one transaction; refuse a database that is newer.
+    Then make the daily partitions of the coming days (:func:`partitions.ensure`), each
+    in a short transaction of its own, outside the migration's.
+
+    On a connection outside any transaction, the primary keys of schema 8 are built
+    first without blocking writers (:func:`partitions.prebuild_keys`), under a
+    session-level advisory lock taken by polling, held until the migration commits."""
+    with _session(db) as conn:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            result = _apply(conn)
+        else:
+            with _turn(conn):
+                result = _apply(conn)
+        made = partitions.ensure(conn)
+    return MigrationResult(result.from_version, result.to_version, result.applied, tuple(made))
+
+
+@contextmanager
+def _turn(conn: psycopg.Connection[tuple[object, ...]], *, prebuild: bool = True) -> Iterator[None]:
+    """This process's turn to migrate: the migration lock held for the session, taken
+    by polling in autocommit (a waiting process holds no snapshot), and the keys of
+    schema 8 built concurrently before the migration when it is still to apply."""
+    autocommit = conn.autocommit
+    conn.autocommit = True
+    try:
+        while True:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,)).fetchone()
+            if row and row[0]:
+                break
+            time.sleep(_TURN_POLL_S)
+        try:
+            if prebuild and PARTITIONED_VERSION not in (applied_versions(conn) or frozenset()):
+                partitions.prebuild_keys(conn)
+            conn.autocommit = autocommit
+            yield
+        finally:
+            conn.autocommit = True
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    finally:
+        if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            conn.autocommit = autocommit
+
+
+def _apply(conn: psycopg.Connection[tuple[object, ...]]) -> MigrationResult:
+    with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
         conn.execute(
             sql.SQL(

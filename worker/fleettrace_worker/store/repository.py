@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from operator import attrgetter
 from typing import Final
 
@@ -24,6 +25,7 @@ from fleettrace.keys import configured_namespace
 from fleettrace.model import LLMTrace, MetricSample
 from fleettrace.tree_records import PlanRecord, ToolCall
 from fleettrace_worker.store import database
+from fleettrace_worker.store.partitions import id_window
 from fleettrace_worker.store.trace_filter import (
     GROUP_EXPRESSIONS,
     CostRow,
@@ -223,10 +225,28 @@ class LLMTraceRepository:
         self, trace_id: uuid.UUID, *, namespace: str | None = None
     ) -> tuple[LLMTrace, str | None] | None:
         """:meth:`get`, and the namespace the call was stored under."""
+        window = id_window(trace_id)
+        if window is not None:
+            # A time-ordered id names its day: only those days' partitions are read.
+            found = self._get_one(trace_id, namespace, window)
+            if found is not None:
+                return found
+        return self._get_one(trace_id, namespace, None)
+
+    def _get_one(
+        self,
+        trace_id: uuid.UUID,
+        namespace: str | None,
+        window: tuple[datetime, datetime] | None,
+    ) -> tuple[LLMTrace, str | None] | None:
         conditions, params = sql_conditions(TraceFilter(namespace=namespace))
         conditions.append(sql.SQL("trace_id = %s"))
+        params.append(trace_id)
+        if window is not None:
+            conditions.append(sql.SQL("started_at >= %s AND started_at < %s"))
+            params.extend(window)
         rows, namespaces = self._fetch(
-            sql.SQL("{} {}").format(_SELECT_TRACE, where_clause(conditions)), (*params, trace_id)
+            sql.SQL("{} {}").format(_SELECT_TRACE, where_clause(conditions)), params
         )
         return (rows[0], namespaces[0]) if rows else None
 

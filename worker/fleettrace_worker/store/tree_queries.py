@@ -28,7 +28,12 @@ from psycopg_pool import ConnectionPool
 from fleettrace.model import LLMTrace
 from fleettrace.tree_records import PlanRecord, ToolCall
 from fleettrace_worker.store import database
-from fleettrace_worker.store.repository import _SELECT_TRACE, _TRACE_NAMES, _trace_of
+from fleettrace_worker.store.repository import (
+    _SELECT_TRACE,
+    _TRACE_NAMES,
+    LLMTraceRepository,
+    _trace_of,
+)
 from fleettrace_worker.store.tree_store import PLAN_COLUMNS, TOOL_CALL_COLUMNS
 
 _TOOL_NAMES: Final = tuple(name for name, _ in TOOL_CALL_COLUMNS)
@@ -293,11 +298,10 @@ class TreeQueries:
     def ancestors(self, trace_id: uuid.UUID) -> tuple[LLMTrace, list[Node]] | None:
         """One call and the nodes above it, root plan first: plans, decision, actor
         (each with its subtree's totals). ``None`` when no such call is stored."""
-        with database.connection(self._pool) as conn:
-            found = _models(conn, "trace_id", trace_id, _TRACE, namespace=self._namespace)
-        if not found:
+        # The repository's lookup: a time-ordered id reads only its days' partitions.
+        trace = LLMTraceRepository(self._pool).get(trace_id, namespace=self._namespace)
+        if trace is None:
             return None
-        trace = found[0]
         if trace.plan_id is None:
             return trace, []
         root = trace.root_plan_id or trace.plan_id

@@ -27,6 +27,14 @@ class DashboardSettings:
     #: ``redis_url`` is a seed node of a Redis Cluster.
     redis_cluster: bool = False
 
+    #: A read replica: every query of the dashboard goes there when it is set.
+    read_url: str | None = field(default=None, repr=False)
+
+    @property
+    def reading_url(self) -> str:
+        """Where the dashboard's queries go: the replica when set, else the primary."""
+        return self.read_url or self.database_url
+
 
 class Dashboard:
     """The settings and a Redis client (redis-py's pool is thread-safe: the sync
@@ -36,14 +44,16 @@ class Dashboard:
     def __init__(self, settings: DashboardSettings) -> None:
         # A URL libpq cannot read is refused here, once: libpq's message about it quotes
         # the offending piece, which could be the password, and a page would show it.
-        try:
-            conninfo_to_dict(settings.database_url)
-        except psycopg.Error:
-            raise ConfigurationError(
-                f"cannot read the database URL {redact_url(settings.database_url)!r}"
-            ) from None
+        for url in (settings.database_url, settings.read_url):
+            try:
+                conninfo_to_dict(url or "")
+            except psycopg.Error:
+                raise ConfigurationError(
+                    f"cannot read the database URL {redact_url(url or '')!r}"
+                ) from None
         self.settings = settings
-        self.database_url = settings.database_url
+        # Every page and API reads through this URL: a replica's when one is set.
+        self.database_url = settings.reading_url
         self.redis: redis.Redis = connect_redis(
             settings.redis_url, socket_timeout_s=10.0, cluster=settings.redis_cluster
         )
