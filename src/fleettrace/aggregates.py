@@ -16,10 +16,12 @@ are not in the aggregates: the readers add them, clamped, from the same pipeline
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-
-import redis
+from typing import TYPE_CHECKING
 
 from fleettrace.keys import Keys, unescape_value
+
+if TYPE_CHECKING:
+    import redis  # annotations only: redis-py loads when a client is made
 
 Hash = Mapping[bytes, bytes] | Mapping[str, str]
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 import re
-import ssl
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qs, urlsplit
 
-import redis
-
 from fleettrace.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import redis  # annotations only: redis-py loads when a client is made
 
 REDIS_URL_VARIABLES: Final = ("FLEETTRACE_REDIS_URL", "REDIS_URL")
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
@@ -101,6 +101,8 @@ def tls_file_problem(url: str) -> str | None:
                 pass
         except OSError as error:
             return f"cannot read {path} ({name} of the Redis URL): {error.strerror or error}"
+    import ssl  # noqa: PLC0415 - only a rediss:// URL needs it
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         if "ssl_ca_certs" in files:
@@ -140,6 +142,10 @@ def connect_redis(
     problem = tls_file_problem(url) if check_files else None
     if problem is not None:
         raise ConfigurationError(problem)
+    # Imported here, not at the top: redis-py (with its asyncio and observability
+    # modules) is most of what `import fleettrace` would otherwise cost.
+    import redis  # noqa: PLC0415
+
     try:
         return redis.Redis.from_url(
             url,

@@ -19,9 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, Final, overload
-
-import redis
+from typing import TYPE_CHECKING, Any, Final, overload
 
 from fleettrace.aggregates import live_hashes
 from fleettrace.keys import (
@@ -42,6 +40,9 @@ from fleettrace.metrics import PLAN_LABEL, MetricKey, MetricType
 from fleettrace.producers import clamped, known_producers, merge_fields
 from fleettrace.redis_errors import translate_redis_errors
 from fleettrace.sketch import FineBucket, Sketch, exact_sum
+
+if TYPE_CHECKING:
+    import redis  # annotations only: redis-py loads when a client is made
 
 QUANTILES = (0.5, 0.95, 0.99)
 
