@@ -1,13 +1,15 @@
 """Worker throughput: rows per second worker processes persist from a backlog (read,
 decode, validate, write, commit, acknowledge), with one worker and with two in the
-same consumer group. The rate is taken from the rows' commit times, so process
+same consumer group; the CPU seconds the worker processes used (rows per CPU-second);
+and, beside one worker, PostgreSQL's own server-side COPY of the same rows
+(:mod:`benchmarks.load.ceiling`). The rate is taken from the rows' commit times, so process
 start-up is not in it; the wall time from start to exit is reported beside it."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.load import backlog, drivers, rows
+from benchmarks.load import backlog, ceiling, drivers, rows
 from benchmarks.load.context import Deadline, RunContext
 from benchmarks.load.processes import WorkerProcess, children_cpu_s
 from benchmarks.load.stats import rate
@@ -36,6 +38,12 @@ def measure(ctx: RunContext, name: str, workers: int, records: int) -> dict[str,
         wall_s = max(p.elapsed_s for p in procs)
         stored = rows.count(database_url, pipeline.table)
         figures = rows.steady_rate(database_url, pipeline.table)
+        # PostgreSQL's own rate for the same rows, on the same server, in this run.
+        probe = (
+            ceiling.copy_ceiling(database_url, pipeline.table)
+            if name == drivers.FLEETTRACE and workers == 1
+            else None
+        )
         failed = [p.output_tail() for p, code in zip(procs, codes, strict=True) if code != 0]
         for proc in procs:
             proc.discard_log()
@@ -53,6 +61,7 @@ def measure(ctx: RunContext, name: str, workers: int, records: int) -> dict[str,
             "rows_per_cpu_s": rate(stored, cpu_s),
             "peak_rss_mb": round(max(p.peak_rss for p in procs) / 2**20, 1),
             "prefill_s": round(prefill_s, 2),
+            **({"ceiling": probe} if probe is not None else {}),
             **({"errors": failed} if failed else {}),
         }
 

@@ -42,8 +42,6 @@ from fleettrace.keys import (
     WORKER_HEALTH_TTL_S,
 )
 from fleettrace_worker.context import WorkerContext, WorkerSettings
-from fleettrace_worker.forward.langsmith.group import langsmith_loop
-from fleettrace_worker.forward.otlp.group import otlp_loop
 from fleettrace_worker.presence import PresenceFile
 from fleettrace_worker.serve.aggregator import Aggregator
 from fleettrace_worker.store.persist import PersistLoop
@@ -75,6 +73,21 @@ def persist_loop(context: WorkerContext) -> GroupLoop[Any]:
         replace(context.settings.loop_settings(), pipeline=True),
         pool=pool,
     )
+
+
+def langsmith_loop(context: WorkerContext) -> GroupLoop[Any]:
+    """The ``langsmith`` group; its client (langsmith, requests) loads only when a
+    worker runs the group, so a persist-only worker starts without it."""
+    from fleettrace_worker.forward.langsmith.group import langsmith_loop as make  # noqa: PLC0415
+
+    return make(context)
+
+
+def otlp_loop(context: WorkerContext) -> GroupLoop[Any]:
+    """The ``otlp`` group, loaded the same way."""
+    from fleettrace_worker.forward.otlp.group import otlp_loop as make  # noqa: PLC0415
+
+    return make(context)
 
 
 #: The group loops a worker can run, by group name. A group is added with one line.
