@@ -25,6 +25,8 @@ def import_rows(imports: dict[str, Any]) -> list[Row]:
     ms, mb = get(imports, "fleettrace", "ms"), get(imports, "fleettrace", "rss_mb")
     note = (
         f"median of {imports.get('runs')} fresh interpreters; baseline: import langsmith; "
+        f"CPU time fleettrace {get(imports, 'fleettrace', 'cpu_ms')} ms, "
+        f"langsmith {get(imports, 'langsmith', 'cpu_ms')} ms; "
         f"modules loaded: fleettrace {get(imports, 'fleettrace', 'modules')}, "
         f"langsmith {get(imports, 'langsmith', 'modules')}"
     )
@@ -49,6 +51,19 @@ def import_rows(imports: dict[str, Any]) -> list[Row]:
             "lower",
             f"<= {IMPORT_MB_TARGET:.0f}",
             check(mb, lambda v: v <= IMPORT_MB_TARGET),
+        ),
+        Row(
+            "import",
+            "first use: import fleettrace.hooks",
+            "ms",
+            get(imports, "fleettrace_first_use", "ms"),
+            get(imports, "langsmith_first_use", "ms"),
+            "lower",
+            note=f"baseline: import langsmith.run_helpers (@traceable); added RSS "
+            f"{get(imports, 'fleettrace_first_use', 'rss_mb')} MB vs "
+            f"{get(imports, 'langsmith_first_use', 'rss_mb')} MB; CPU "
+            f"{get(imports, 'fleettrace_first_use', 'cpu_ms')} ms vs "
+            f"{get(imports, 'langsmith_first_use', 'cpu_ms')} ms",
         ),
     ]
 
