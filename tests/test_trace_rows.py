@@ -6,6 +6,7 @@ model, never accept one the model refuses."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
@@ -130,5 +131,5 @@ def test_a_row_holds_the_records_values_then_its_source() -> None:
     [made] = _by_the_fast_path([_line({})])
     assert isinstance(made, tuple)
     assert made[-2:] == SOURCE
-    assert str(made[0]) == GOOD["trace_id"]
+    assert made[0] == uuid.UUID(GOOD["trace_id"]).bytes  # the uuid column, as its 16 bytes
     assert made[22] == GOOD["metadata"]  # metadata, as the jsonb column gets it

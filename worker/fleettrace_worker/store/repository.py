@@ -56,7 +56,9 @@ _PLANS_STAGING: Final = "fleettrace_plans_staging"
 
 #: Columns of llm_traces in the order of LLMTrace's fields, with their binary COPY types.
 TRACE_COLUMNS: Final = (
-    ("trace_id", "uuid"),
+    # The uuid's 16 bytes as they are (uuid's binary format): a row then holds no
+    # object the cyclic garbage collector must keep walking while it waits for COPY.
+    ("trace_id", "bytea"),
     ("plan_id", "text"),
     ("decision_id", "text"),
     ("actor", "text"),

@@ -121,11 +121,12 @@ _NUL: Final = b"\\u0000"
 def row(trace: _Trace | LLMTrace, source: Source | tuple[()]) -> TraceRow:
     """The COPY row of a trace (a struct, or a model for a line the struct left to
     it), then its source columns. Fields by name into one tuple: reading the struct
-    into a tuple first and cutting that up cost twice as much. The names are the
+    into a tuple first and cutting that up cost twice as much. The id goes as its
+    16 bytes (``repository.TRACE_COLUMNS``). The names are the
     model's (checked above), in ``repository.TRACE_COLUMNS`` order (checked there)."""
     tags, tool_calls = trace.tags, trace.tool_calls
     return (
-        trace.trace_id,
+        trace.trace_id.bytes,
         trace.plan_id,
         trace.decision_id,
         trace.actor,
