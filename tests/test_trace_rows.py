@@ -104,7 +104,7 @@ TraceRowOrReason = tuple[object, ...] | str
 
 
 def _by_the_fast_path(lines: list[bytes]) -> list[TraceRowOrReason]:
-    rows, positions, errors = trace_rows.decode(b"\n".join(lines), lines, SOURCE)
+    rows, positions, errors = trace_rows.decode(b"\n".join(lines), SOURCE)
     found: dict[int, TraceRowOrReason] = dict(zip(positions, rows, strict=True))
     found.update((error.index, error.reason) for error in errors)
     assert sorted(found) == list(range(len(lines)))

@@ -205,6 +205,13 @@ def newer_version(fields: Mapping[bytes, bytes]) -> int | None:
 
 def decode_envelope(fields: Mapping[bytes, bytes]) -> tuple[Kind, str, list[bytes]]:
     """Check an entry's envelope and split its records, without validating them."""
+    kind, batch_id, data = check_envelope(fields)
+    return kind, batch_id, data.split(RECORD_SEPARATOR) if data else []
+
+
+def check_envelope(fields: Mapping[bytes, bytes]) -> tuple[Kind, str, bytes]:
+    """Check an entry's envelope; its records stay joined in the returned ``d`` (a
+    reader that decodes them all at once need not split them)."""
     version = _field(fields, FIELD_VERSION)
     envelope = _ENVELOPES.get(version)
     if envelope is None:
@@ -238,10 +245,10 @@ def decode_envelope(fields: Mapping[bytes, bytes]) -> tuple[Kind, str, list[byte
         raise EntryDecodeError(f"field 'n' must be a decimal count, got {raw_count[:32]!r}")
     count = int(raw_count)
     data = _field(fields, FIELD_DATA)
-    lines = data.split(RECORD_SEPARATOR) if data else []
-    if len(lines) != count:
-        raise EntryDecodeError(f"field 'n' says {count} records but field 'd' holds {len(lines)}")
-    return kind, batch_id.decode("ascii"), lines
+    found = data.count(RECORD_SEPARATOR) + 1 if data else 0
+    if found != count:
+        raise EntryDecodeError(f"field 'n' says {count} records but field 'd' holds {found}")
+    return kind, batch_id.decode("ascii"), data
 
 
 def _field_at_json_error(line: bytes, message: str) -> str | None:

@@ -33,7 +33,7 @@ from fleettrace.codec import (
     RECORD_SEPARATOR,
     Kind,
     RecordError,
-    decode_envelope,
+    check_envelope,
     decode_lines,
 )
 from fleettrace.errors import EntryDecodeError
@@ -129,17 +129,15 @@ def decode_entries(
     dead: list[DeadLetter] = []
     for entry in entries:
         try:
-            kind, batch_id, lines = decode_envelope(entry.fields)
+            kind, batch_id, data = check_envelope(entry.fields)
             if kind is Kind.TRACE:
                 # The hot path: JSON lines straight to COPY rows.
-                good, positions, errors = trace_rows.decode(
-                    entry.fields[FIELD_DATA], lines, source_of(entry.stream)
-                )
+                good, positions, errors = trace_rows.decode(data, source_of(entry.stream))
                 dead += _dead_records(entry, consumer, batch_id=batch_id, kind=kind, errors=errors)
                 rows.traces.extend(good)
                 rows.trace_origins.extend((entry, batch_id, kind, p) for p in positions)
                 continue
-            batch = decode_lines(kind, batch_id, lines)
+            batch = decode_lines(kind, batch_id, data.split(RECORD_SEPARATOR) if data else [])
         except EntryDecodeError as error:
             dead.append(
                 DeadLetter.for_entry(

@@ -35,7 +35,7 @@ from fleettrace.attributes import (
     MAX_TAG_CHARS,
     MAX_TAGS,
 )
-from fleettrace.codec import MAY_BE_ABSENT, Kind, RecordError, check_record
+from fleettrace.codec import MAY_BE_ABSENT, RECORD_SEPARATOR, Kind, RecordError, check_record
 from fleettrace.model import (
     MAX_COST_USD,
     MAX_ERROR_CHARS,
@@ -175,22 +175,22 @@ def _details_fit(trace: _Trace) -> bool:
     )
 
 
-def decode(
-    data: bytes, lines: list[bytes], source: Source
-) -> tuple[list[TraceRow], list[int], list[RecordError]]:
-    """The rows of the good records of an entry (``data`` its ``d`` field, ``lines``
-    the same split by ``codec.decode_envelope``, ``source`` the producer and
-    namespace of its stream), their positions, and the bad records."""
-    parsed: list[_Trace | None]
-    if _NUL in data:
-        parsed = [None if _NUL in line else _one(line) for line in lines]
-    else:
+def decode(data: bytes, source: Source) -> tuple[list[TraceRow], list[int], list[RecordError]]:
+    """The rows of the good records of an entry (``data`` its ``d`` field, checked by
+    ``codec.check_envelope``; ``source`` the producer and namespace of its stream),
+    their positions, and the bad records. The lines are split only when one of them
+    goes to the model."""
+    parsed: list[_Trace | None] = []
+    lines: list[bytes] = []
+    count = data.count(RECORD_SEPARATOR) + 1 if data else 0
+    if _NUL not in data:
         try:
             parsed = list(_decoder.decode_lines(data))
         except (msgspec.ValidationError, msgspec.DecodeError):
             parsed = []
-        if len(parsed) != len(lines):  # a bad line, or an empty one decode_lines skips
-            parsed = [_one(line) for line in lines]
+    if len(parsed) != count:  # a bad line, an empty one decode_lines skips, a NUL
+        lines = data.split(RECORD_SEPARATOR) if data else []
+        parsed = [None if _NUL in line else _one(line) for line in lines]
     rows: list[TraceRow] = []
     positions: list[int] = []
     errors: list[RecordError] = []
@@ -199,6 +199,8 @@ def decode(
             rows.append(row(trace, source))
             positions.append(index)
             continue
+        if not lines:
+            lines = data.split(RECORD_SEPARATOR)
         checked = check_record(Kind.TRACE, index, lines[index])
         if isinstance(checked, RecordError):
             errors.append(checked)
