@@ -119,6 +119,7 @@ def test_workers_store_every_record_once(report):
             assert figures["peak_rss_mb"] > 0
             assert figures["worker_cpu_s"] > 0
     # Beside one fleettrace worker: PostgreSQL's own COPY of the very rows it stored.
+    assert worker["fleettrace"]["1_workers"]["startup_cpu_s"] > 0
     probe = worker["fleettrace"]["1_workers"]["ceiling"]
     assert probe["rows"] == worker["fleettrace"]["1_workers"]["rows_stored"], probe
     assert probe["rows_per_s"] > 0

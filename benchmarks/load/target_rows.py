@@ -68,6 +68,10 @@ def import_rows(imports: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def worker_rows(worker: dict[str, Any]) -> list[Row]:
     if not worker:
         return []
@@ -98,7 +102,11 @@ def worker_rows(worker: dict[str, Any]) -> list[Row]:
             f">= {WORKER_ROWS_PER_CPU_S_TARGET}",
             check(per_cpu, lambda v: v >= WORKER_ROWS_PER_CPU_S_TARGET),
             f"worker CPU {get(worker, 'fleettrace', '1_workers', 'worker_cpu_s')} s "
-            f"for {get(worker, 'fleettrace', '1_workers', 'rows_stored')} rows",
+            f"for {get(worker, 'fleettrace', '1_workers', 'rows_stored')} rows, start-up "
+            f"included (a worker on an empty stream: "
+            f"{get(worker, 'fleettrace', '1_workers', 'startup_cpu_s')} s); after start-up "
+            f"{_count(get(worker, 'fleettrace', '1_workers', 'rows_per_cpu_s_after_startup'))} "
+            "rows per CPU-second",
         ),
         Row(
             "worker",

@@ -21,6 +21,8 @@ def measure(ctx: RunContext, name: str, workers: int, records: int) -> dict[str,
     pipeline = drivers.pipeline(name)
     with ctx.scratch(f"worker-{name}-{workers}") as (keys, database_url):
         drivers.prepare_database(name, database_url)
+        first = workers == 1 and name == drivers.FLEETTRACE
+        startup_cpu_s = _startup_cpu_s(ctx, name, keys.namespace, database_url) if first else None
         prefill_s = backlog.prefill(name, ctx.redis_url, keys.namespace, records)
         cpu_before = children_cpu_s()
         procs = [
@@ -59,11 +61,32 @@ def measure(ctx: RunContext, name: str, workers: int, records: int) -> dict[str,
             "wall_rows_per_s": rate(stored, wall_s),
             "worker_cpu_s": round(cpu_s, 2),
             "rows_per_cpu_s": rate(stored, cpu_s),
+            **(
+                {
+                    "startup_cpu_s": round(startup_cpu_s, 2),
+                    "rows_per_cpu_s_after_startup": rate(stored, cpu_s - startup_cpu_s),
+                }
+                if startup_cpu_s is not None
+                else {}
+            ),
             "peak_rss_mb": round(max(p.peak_rss for p in procs) / 2**20, 1),
             "prefill_s": round(prefill_s, 2),
             **({"ceiling": probe} if probe is not None else {}),
             **({"errors": failed} if failed else {}),
         }
+
+
+def _startup_cpu_s(ctx: RunContext, name: str, namespace: str, database_url: str) -> float:
+    """CPU seconds of one worker that starts, finds its streams empty and exits: what
+    every figure per CPU-second above carries once, whatever the backlog."""
+    before = children_cpu_s()
+    proc = WorkerProcess(
+        drivers.worker_argv(name, ctx.redis_url, namespace, database_url, burst=True),
+        label=f"{name} worker on an empty stream",
+    )
+    proc.wait(Deadline(120).left_s)
+    proc.discard_log()
+    return children_cpu_s() - before
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
