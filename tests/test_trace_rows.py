@@ -133,3 +133,10 @@ def test_a_row_holds_the_records_values_then_its_source() -> None:
     assert made[-2:] == SOURCE
     assert made[0] == uuid.UUID(GOOD["trace_id"]).bytes  # the uuid column, as its 16 bytes
     assert made[22] == GOOD["metadata"]  # metadata, as the jsonb column gets it
+
+
+def test_a_key_given_twice_means_its_last_value_on_both_paths() -> None:
+    line = _line({})[:-1] + b',"model":"other-model"}'
+    judged = _by_the_fast_path([line])
+    assert judged == [_by_the_model(0, line)]
+    assert judged[0][5] == "other-model"  # type: ignore[index]
