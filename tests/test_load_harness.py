@@ -18,7 +18,16 @@ import redis
 from tests.conftest import PG_ADMIN_URL, REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = {"live_reads", "hotpath", "producer", "worker", "freshness", "drain", "memory"}
+SECTIONS = {
+    "imports",
+    "live_reads",
+    "hotpath",
+    "producer",
+    "worker",
+    "freshness",
+    "drain",
+    "memory",
+}
 
 
 #: Every test here reads one run of the harness (about 2 minutes, in the fixture).
@@ -108,6 +117,29 @@ def test_workers_store_every_record_once(report):
             assert figures["duplicates"] == 0
             assert figures["rows_per_s"] is None or figures["rows_per_s"] > 0
             assert figures["peak_rss_mb"] > 0
+            assert figures["worker_cpu_s"] > 0
+    # Beside one fleettrace worker: PostgreSQL's own COPY of the very rows it stored.
+    assert worker["fleettrace"]["1_workers"]["startup_cpu_s"] > 0
+    probe = worker["fleettrace"]["1_workers"]["ceiling"]
+    assert probe["rows"] == worker["fleettrace"]["1_workers"]["rows_stored"], probe
+    assert probe["rows_per_s"] > 0
+    figures = {row["figure"]: row for row in report["rows"]}
+    for figure in (
+        "rows per worker CPU-second, 1 worker",
+        "rows/s, 1 worker, share of the ceiling",
+    ):
+        assert figures[figure]["status"] in ("PASS", "MISS"), figures[figure]
+
+
+def test_import_cost_is_measured_beside_langsmith(report):
+    imports = report["sections"]["imports"]
+    for module in ("fleettrace", "langsmith"):
+        assert imports[module]["ms"] > 0
+        assert imports[module]["modules"] > 0
+    figures = {row["figure"]: row for row in report["rows"]}
+    for figure in ("import fleettrace", "import fleettrace, added RSS"):
+        assert figures[figure]["status"] in ("PASS", "MISS"), figures[figure]
+        assert figures[figure]["baseline"] is not None
 
 
 def test_freshness_trials_store_what_was_sent(report):

@@ -22,6 +22,7 @@ from benchmarks.load import (
     drivers,
     freshness,
     hotpath,
+    imports,
     live_reads,
     machine,
     memory,
@@ -32,6 +33,7 @@ from benchmarks.load import (
 from benchmarks.load.context import DEFAULT_PG_ADMIN_URL, DEFAULT_REDIS_URL, FULL, QUICK, RunContext
 
 SECTIONS: Final[dict[str, Callable[[RunContext], dict[str, Any]]]] = {
+    "imports": imports.run,
     "live_reads": live_reads.run,
     "hotpath": hotpath.run,
     "producer": producer.run,
@@ -84,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="an extra argument for every `fleettrace worker` (e.g. --worker-arg=--batch=4000)",
     )
+    parser.add_argument(
+        "--worker-records",
+        type=int,
+        metavar="N",
+        help=f"backlog each worker measurement drains (default {FULL.worker_records:,})",
+    )
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     parser.add_argument(
         "--pg-url", default=DEFAULT_PG_ADMIN_URL, help="PostgreSQL to create databases on"
@@ -120,6 +128,10 @@ def _tunings(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = QUICK if args.quick else FULL
     tunings = _tunings(args)
+    if args.worker_records:
+        sizes = replace(
+            sizes, worker_records=args.worker_records, baseline_worker_records=args.worker_records
+        )
     if args.baseline_drain_records:
         sizes = replace(sizes, baseline_drain_records=args.baseline_drain_records)
     availability = drivers.available()

@@ -9,64 +9,20 @@ so above 1 is better whatever the unit.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
-Better = Literal["higher", "lower"]
+from benchmarks.load.row import Better, Row, check, get
+from benchmarks.load.target_rows import import_rows, worker_rows
 
+__all__ = ["Better", "Row", "build", "markdown", "render"]
 
-@dataclass(frozen=True)
-class Row:
-    section: str
-    figure: str
-    unit: str
-    fleettrace: float | None
-    baseline: float | None
-    better: Better
-    target: str | None = None
-    met: bool | None = None
-    note: str | None = None
-
-    @property
-    def gain(self) -> float | None:
-        ours, theirs = self.fleettrace, self.baseline
-        if ours is None or theirs is None or ours == 0 or theirs == 0:
-            return None
-        return theirs / ours if self.better == "lower" else ours / theirs
-
-    @property
-    def status(self) -> str:
-        if self.met is None:
-            return "" if self.target is None else "n/a"
-        return "PASS" if self.met else "MISS"
-
-    def as_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["gain_vs_baseline"] = None if self.gain is None else round(self.gain, 2)
-        data["ratio_vs_baseline"] = (
-            None
-            if self.fleettrace is None or not self.baseline
-            else float(f"{self.fleettrace / self.baseline:.6g}")
-        )
-        data["status"] = self.status
-        return data
-
-
-def _get(data: dict[str, Any], *path: str) -> Any:
-    for part in path:
-        if not isinstance(data, dict) or part not in data:
-            return None
-        data = data[part]
-    return data
-
-
-def _check(value: float | None, test: Callable[[float], bool]) -> bool | None:
-    return None if value is None else bool(test(value))
+_get = get
+_check = check
 
 
 def build(sections: dict[str, Any]) -> list[Row]:
     rows: list[Row] = _live_read_rows(sections.get("live_reads", {}))
+    rows += import_rows(sections.get("imports", {}))
     hot = sections.get("hotpath", {})
     if hot:
         traceable_p50 = _get(hot, "traceable", "p50_us")
@@ -207,43 +163,7 @@ def build(sections: dict[str, Any]) -> list[Row]:
                 _counters_note(producer),
             )
         )
-    worker = sections.get("worker", {})
-    if worker:
-        one = _get(worker, "fleettrace", "1_workers", "rows_per_s")
-        two = _get(worker, "fleettrace", "2_workers", "rows_per_s")
-        base_one = _get(worker, "baseline", "1_workers", "rows_per_s")
-        rows += [
-            Row(
-                "worker",
-                "rows/s, 1 worker",
-                "1/s",
-                one,
-                base_one,
-                "higher",
-                ">= 40000",
-                _check(one, lambda v: v >= 40_000),
-            ),
-            Row(
-                "worker",
-                "rows/s, 1 worker, vs baseline",
-                "x",
-                None if one is None or not base_one else round(one / base_one, 2),
-                None,
-                "higher",
-                ">= 3.5",
-                None if one is None or not base_one else one / base_one >= 3.5,
-            ),
-            Row(
-                "worker",
-                "rows/s, 2 workers",
-                "1/s",
-                two,
-                _get(worker, "baseline", "2_workers", "rows_per_s"),
-                "higher",
-                "> 1 worker",
-                None if one is None or two is None else two > one,
-            ),
-        ]
+    rows += worker_rows(sections.get("worker", {}))
     fresh = sections.get("freshness", {})
     if fresh:
         for rate_key in sorted(

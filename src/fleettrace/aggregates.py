@@ -24,11 +24,13 @@ are not in the aggregates: the readers add them, clamped, from the same pipeline
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-
-import redis
+from typing import TYPE_CHECKING
 
 from fleettrace.keys import SNAPSHOT_BUILT, SNAPSHOT_SERIES, SNAPSHOT_VERSION, Keys, unescape_value
 from fleettrace.metrics import MetricKey
+
+if TYPE_CHECKING:
+    import redis  # annotations only: redis-py loads when a client is made
 
 Hash = Mapping[bytes, bytes] | Mapping[str, str]
 

@@ -61,9 +61,7 @@ Returns 1 when the batch was applied, 0 when it had been applied before.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
-
-import redis
+from typing import TYPE_CHECKING, Any, Final
 
 from fleettrace.counters import CounterDeltas
 from fleettrace.keys import (
@@ -80,6 +78,9 @@ from fleettrace.keys import (
     Keys,
     escape_value,
 )
+
+if TYPE_CHECKING:
+    import redis  # annotations only: redis-py loads when a client is made
 
 _FIGURES_LUA: Final = (
     f"local figures = {{'{EMITTER_RECORDS}', ARGV[5], '{EMITTER_BATCHES}', ARGV[6], "
@@ -222,6 +223,8 @@ def load_library(client: redis.Redis) -> bool:
     Cluster it is loaded on every master (redis-py sends FUNCTION LOAD to each): a
     function lives on the node it was loaded on, and reaches that node's replicas by
     replication, so a replica promoted by a failover holds it too."""
+    import redis  # noqa: PLC0415 - already loaded by whoever made the client
+
     try:
         client.function_load(LIBRARY_CODE, replace=True)
     except redis.ResponseError as error:
@@ -234,6 +237,8 @@ def load_library(client: redis.Redis) -> bool:
 def library_loaded(client: redis.Redis) -> bool | None:
     """Whether the server holds this version's function (on a cluster: every master);
     None when it has no functions."""
+    import redis  # noqa: PLC0415 - already loaded by whoever made the client
+
     try:
         found: Any = client.function_list(library=LIBRARY_NAME)
     except redis.ResponseError as error:

@@ -90,7 +90,7 @@ _ENVELOPES: Final[dict[bytes, frozenset[bytes]]] = {
 #: Fields a record may leave out (the token details did not exist in version 1, the
 #: attributes and the tree place not before version 3; missing means "not reported" /
 #: none / "not placed in a tree"). Every other field must be present.
-_MAY_BE_ABSENT: Final = frozenset((*TOKEN_DETAIL_FIELDS, *ATTRIBUTE_FIELDS, *TREE_PLACE_FIELDS))
+MAY_BE_ABSENT: Final = frozenset((*TOKEN_DETAIL_FIELDS, *ATTRIBUTE_FIELDS, *TREE_PLACE_FIELDS))
 #: Every version this code decodes: its own and (once there is one) the one before.
 READABLE_VERSIONS: Final = frozenset(int(version) for version in _ENVELOPES)
 #: A version field longer than this is not a version (it is a bad envelope).
@@ -205,6 +205,13 @@ def newer_version(fields: Mapping[bytes, bytes]) -> int | None:
 
 def decode_envelope(fields: Mapping[bytes, bytes]) -> tuple[Kind, str, list[bytes]]:
     """Check an entry's envelope and split its records, without validating them."""
+    kind, batch_id, data = check_envelope(fields)
+    return kind, batch_id, data.split(RECORD_SEPARATOR) if data else []
+
+
+def check_envelope(fields: Mapping[bytes, bytes]) -> tuple[Kind, str, bytes]:
+    """Check an entry's envelope; its records stay joined in the returned ``d`` (a
+    reader that decodes them all at once need not split them)."""
     version = _field(fields, FIELD_VERSION)
     envelope = _ENVELOPES.get(version)
     if envelope is None:
@@ -238,10 +245,10 @@ def decode_envelope(fields: Mapping[bytes, bytes]) -> tuple[Kind, str, list[byte
         raise EntryDecodeError(f"field 'n' must be a decimal count, got {raw_count[:32]!r}")
     count = int(raw_count)
     data = _field(fields, FIELD_DATA)
-    lines = data.split(RECORD_SEPARATOR) if data else []
-    if len(lines) != count:
-        raise EntryDecodeError(f"field 'n' says {count} records but field 'd' holds {len(lines)}")
-    return kind, batch_id.decode("ascii"), lines
+    found = data.count(RECORD_SEPARATOR) + 1 if data else 0
+    if found != count:
+        raise EntryDecodeError(f"field 'n' says {count} records but field 'd' holds {found}")
+    return kind, batch_id.decode("ascii"), data
 
 
 def _field_at_json_error(line: bytes, message: str) -> str | None:
@@ -271,27 +278,37 @@ def decode_record(kind: Kind, line: bytes) -> AnyRecord:
     return model.model_validate_json(line)  # type: ignore[return-value]
 
 
-def decode_entry(fields: Mapping[bytes, bytes]) -> DecodedBatch:
-    kind, batch_id, lines = decode_envelope(fields)
+def check_record(kind: Kind, index: int, line: bytes) -> AnyRecord | RecordError:
+    """One record validated as the worker stores it, or why it is refused."""
     model = _MODELS[kind]
+    try:
+        record = model.model_validate_json(line)
+    except ValidationError as error:
+        return RecordError(index, line, describe_validation_error(error, line))
+    if len(record.model_fields_set) != len(model.model_fields):
+        # The encoder writes every field; a record missing one was not made by it,
+        # and a default must not silently stand in for a value that was lost.
+        absent = set(model.model_fields) - record.model_fields_set
+        if absent - MAY_BE_ABSENT:
+            missing = ", ".join(sorted(absent - MAY_BE_ABSENT))
+            return RecordError(index, line, f"{missing}: Field missing from the record")
+    return record
+
+
+def decode_lines(kind: Kind, batch_id: str, lines: list[bytes]) -> DecodedBatch:
+    """The records of an entry whose envelope :func:`decode_envelope` accepted."""
     records: list[AnyRecord] = []
     positions: list[int] = []
     errors: list[RecordError] = []
-    field_count = len(model.model_fields)
     for index, line in enumerate(lines):
-        try:
-            record = model.model_validate_json(line)
-        except ValidationError as error:
-            errors.append(RecordError(index, line, describe_validation_error(error, line)))
+        checked = check_record(kind, index, line)
+        if isinstance(checked, RecordError):
+            errors.append(checked)
             continue
-        if len(record.model_fields_set) != field_count:
-            # The encoder writes every field; a record missing one was not made by it,
-            # and a default must not silently stand in for a value that was lost.
-            absent = set(model.model_fields) - record.model_fields_set
-            if absent - _MAY_BE_ABSENT:
-                missing = ", ".join(sorted(absent - _MAY_BE_ABSENT))
-                errors.append(RecordError(index, line, f"{missing}: Field missing from the record"))
-                continue
-        records.append(record)
+        records.append(checked)
         positions.append(index)
     return DecodedBatch(kind, batch_id, records, positions, errors)
+
+
+def decode_entry(fields: Mapping[bytes, bytes]) -> DecodedBatch:
+    return decode_lines(*decode_envelope(fields))

@@ -6,14 +6,14 @@ code takes URLs and settings as arguments.
 
 from __future__ import annotations
 
-import ssl
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qs, urlsplit
-
-import redis
 
 from fleettrace.errors import ConfigurationError
 from fleettrace.settings import redact_url
+
+if TYPE_CHECKING:
+    import redis  # annotations only: redis-py loads when a client is made
 
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 _REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
@@ -36,6 +36,8 @@ def tls_file_problem(url: str) -> str | None:
                 pass
         except OSError as error:
             return f"cannot read {path} ({name} of the Redis URL): {error.strerror or error}"
+    import ssl  # noqa: PLC0415 - only a rediss:// URL needs it
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         if "ssl_ca_certs" in files:
@@ -92,6 +94,10 @@ def connect_redis(
             from fleettrace.cluster import connect_cluster  # noqa: PLC0415
 
             return connect_cluster(url, options)
+        # Imported here, not at the top: redis-py (with its asyncio and observability
+        # modules) is most of what `import fleettrace` would otherwise cost.
+        import redis  # noqa: PLC0415
+
         return redis.Redis.from_url(url, **options)
     except ValueError as error:
         raise ConfigurationError(f"Redis URL {redact_url(url)!r} is not valid: {error}") from None

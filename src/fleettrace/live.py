@@ -19,10 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, Final, overload
+from typing import TYPE_CHECKING, Any, Final, overload
 
 import orjson
-import redis
 
 from fleettrace.aggregates import live_hashes, snapshot_fields
 from fleettrace.keys import (
@@ -43,6 +42,9 @@ from fleettrace.metrics import PLAN_LABEL, MetricKey, MetricType
 from fleettrace.producers import clamped, known_producers, merge_fields
 from fleettrace.redis_errors import translate_redis_errors
 from fleettrace.sketch import FineBucket, Sketch, exact_sum
+
+if TYPE_CHECKING:
+    import redis  # annotations only: redis-py loads when a client is made
 
 QUANTILES = (0.5, 0.95, 0.99)
 

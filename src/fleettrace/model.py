@@ -122,7 +122,7 @@ class LLMTrace(BaseModel):
     ``None`` and ``cost_known`` is false, so an unpriced call is never taken for a free one.
     """
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, defer_build=True)
 
     trace_id: uuid.UUID = Field(default_factory=uuid.uuid4, strict=False)
     plan_id: Id | None = None
@@ -225,7 +225,7 @@ LabelValue = Annotated[str, StringConstraints(max_length=MAX_LABEL_CHARS), After
 class MetricSample(BaseModel):
     """One observation of one of the 14 metric keys, as stored in history."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, defer_build=True)
 
     key: MetricKey = Field(strict=False)
     labels: dict[str, LabelValue] = Field(default_factory=dict)

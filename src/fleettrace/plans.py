@@ -24,9 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final
-
-import redis
+from typing import TYPE_CHECKING, Final
 
 from fleettrace.aggregates import aggregated_plans, plan_hashes, ranked_plans
 from fleettrace.cluster import slot_scan
@@ -50,6 +48,9 @@ from fleettrace.live import LiveSeries, series_from_stats
 from fleettrace.metrics import PER_PLAN_KEYS, PLAN_LABEL, MetricKey
 from fleettrace.producers import clamped, known_producers, merge_fields
 from fleettrace.redis_errors import translate_redis_errors
+
+if TYPE_CHECKING:
+    import redis  # annotations only: redis-py loads when a client is made
 
 _COST: Final = MetricKey.PLAN_COST_USD.value
 _DECISIONS: Final = MetricKey.PLAN_DECISIONS_COUNT.value

@@ -23,17 +23,16 @@ cannot be read or does not mean a price list is refused with a one-line
 from __future__ import annotations
 
 import json
-import tomllib
 from decimal import Decimal, InvalidOperation
 from os import PathLike
 from pathlib import Path
-from typing import Any, Final
-
-from genai_prices.types import ModelPrice, Tier, TieredPrices
-from genai_prices.units import _get_registry
+from typing import TYPE_CHECKING, Any, Final
 
 from fleettrace.errors import ConfigurationError
 from fleettrace.settings import PRICES_VARIABLE, first_set
+
+if TYPE_CHECKING:
+    from genai_prices.types import ModelPrice, TieredPrices
 
 PRICES_ENV: Final = PRICES_VARIABLE
 _NAME_KEYS: Final = ("provider", "model")
@@ -51,6 +50,8 @@ def load_prices(path: str | PathLike[str]) -> dict[tuple[str, str], ModelPrice]:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigurationError(f"price file {file}: cannot read it ({error})") from None
+    import tomllib  # noqa: PLC0415 - only a price file needs it
+
     try:
         if file.suffix.lower() == ".json":
             document: Any = json.loads(text)
@@ -80,6 +81,10 @@ def _entry(entry: object, where: str) -> tuple[tuple[str, str], ModelPrice]:
         if not isinstance(value, str) or not value.strip():
             raise ConfigurationError(f"{where}: '{name}' must be a non-empty string")
         names.append(value.strip().lower())
+    # genai-prices loads with the first price file read, not with `import fleettrace`.
+    from genai_prices.types import ModelPrice  # noqa: PLC0415
+    from genai_prices.units import _get_registry  # noqa: PLC0415
+
     registry = _get_registry()
     values: dict[str, Decimal | TieredPrices] = {}
     for price_key, value in entry.items():
@@ -116,6 +121,8 @@ def _price(value: object, where: str) -> Decimal | TieredPrices:
     tiers = value.get("tiers")
     if set(value) != {"base", "tiers"} or not isinstance(tiers, list) or not tiers:
         raise ConfigurationError(f"{where}: a tiered price is {{base = N, tiers = [...]}}")
+    from genai_prices.types import Tier, TieredPrices  # noqa: PLC0415
+
     parsed = []
     for tier in tiers:
         start = tier.get("start") if isinstance(tier, dict) else None

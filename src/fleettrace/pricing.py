@@ -29,25 +29,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Final
-
-from genai_prices import Usage, calc_price, data_snapshot
-from genai_prices.types import (
-    ConditionalPrice,
-    ModelInfo,
-    ModelPrice,
-    StartDateConstraint,
-    TieredPrices,
-)
-from genai_prices.units import UnitDef, _get_registry
-from genai_prices.validation import validate_priced_units
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from fleettrace.model import LLMTrace
 from fleettrace.tree_records import AnyRecord
+
+if TYPE_CHECKING:
+    # genai-prices (and its price data) loads on the first price asked for, on the
+    # emitter's sender thread: not with `import fleettrace`.
+    from genai_prices.data_snapshot import DataSnapshot
+    from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
+    from genai_prices.units import UnitDef
 
 logger = logging.getLogger("fleettrace.pricing")
 
@@ -70,7 +66,7 @@ _ALWAYS_REPORTED: Final = frozenset(("input_tokens", "output_tokens"))
 _ZERO: Final = Decimal(0)
 
 #: A custom price, keyed by (provider, model) in lower case (see price_overrides).
-Overrides = Mapping[tuple[str, str], ModelPrice]
+Overrides: TypeAlias = "Mapping[tuple[str, str], ModelPrice]"
 
 
 def _descends(ancestor: UnitDef, unit: UnitDef) -> bool:
@@ -98,6 +94,8 @@ class CompiledPrice:
         """The total price of ``usage`` (reported usage keys only); None when the
         library would refuse the usage (a part larger than its whole)."""
         if not self.exact:
+            from genai_prices import Usage  # noqa: PLC0415
+
             try:
                 return self.model_price.calc_price(Usage(**usage))["total_price"]
             except ValueError:
@@ -118,7 +116,9 @@ class CompiledPrice:
             if not count:
                 # The library adds an exact zero here: leaving it out changes no value.
                 continue
-            if type(price) is TieredPrices:
+            if isinstance(price, Decimal):
+                total += price * count / per
+            else:  # TieredPrices (compile_price admits nothing else)
                 applicable = price.base
                 for tier in reversed(price.tiers):
                     if input_tokens > tier.start:
@@ -126,13 +126,15 @@ class CompiledPrice:
                         break
                 # Decimal times int is Decimal(int) exactly: the library's product.
                 total += applicable * count / per
-            else:
-                total += price * count / per  # type: ignore[operator]
         return total
 
 
 def compile_price(model_price: ModelPrice) -> CompiledPrice:
     """Compile a price; anything unusual makes it inexact (left to the library)."""
+    from genai_prices.types import TieredPrices  # noqa: PLC0415
+    from genai_prices.units import _get_registry  # noqa: PLC0415
+    from genai_prices.validation import validate_priced_units  # noqa: PLC0415
+
     registry = _get_registry()
     inexact = CompiledPrice(model_price, (), (), False, False)
     priced: list[tuple[UnitDef, Decimal | TieredPrices]] = []
@@ -225,6 +227,8 @@ def with_cost(trace: LLMTrace, cost: float) -> LLMTrace:
 
 def _daily(model: ModelInfo) -> bool:
     """Whether the model's price can only change at a UTC day boundary."""
+    from genai_prices.types import ConditionalPrice, ModelPrice, StartDateConstraint  # noqa: PLC0415
+
     if isinstance(model.prices, ModelPrice):
         return True
     return all(
@@ -250,6 +254,7 @@ class Pricer:
         self._by_day: dict[tuple[str, str, date], CompiledPrice] = {}
         self._compiled: dict[int, CompiledPrice] = {}
         self._snapshot: object = None
+        self._get_snapshot: Callable[[], DataSnapshot] | None = None
         self._lock = threading.Lock()
 
     def price(self, trace: LLMTrace) -> float | None:
@@ -284,7 +289,12 @@ class Pricer:
         override = self._overrides.get(key)
         if override is not None:
             return override
-        snapshot = data_snapshot.get_snapshot()
+        get_snapshot = self._get_snapshot
+        if get_snapshot is None:
+            from genai_prices import data_snapshot  # noqa: PLC0415
+
+            get_snapshot = self._get_snapshot = data_snapshot.get_snapshot
+        snapshot = get_snapshot()
         if snapshot is not self._snapshot:  # prices updated: start over
             with self._lock:
                 self._models.clear()
@@ -335,6 +345,8 @@ def price_usd(
     provider: str, model: str, prompt_tokens: int, completion_tokens: int
 ) -> float | None:
     """genai-prices' own price of a call made now; ``None`` for an unknown model."""
+    from genai_prices import Usage, calc_price  # noqa: PLC0415
+
     try:
         calculation = calc_price(
             Usage(input_tokens=prompt_tokens, output_tokens=completion_tokens),

@@ -19,9 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
-from typing import Final
-
-import redis
+from typing import TYPE_CHECKING, Final
 
 from fleettrace.keys import (
     STAT_BUCKET_PREFIX,
@@ -33,6 +31,9 @@ from fleettrace.keys import (
     Keys,
     check_producer,
 )
+
+if TYPE_CHECKING:
+    import redis  # annotations only: redis-py loads when a client is made
 
 #: Stats reported as the largest producer value rather than summed.
 MAX_STATS: Final = frozenset({STAT_VALUE})

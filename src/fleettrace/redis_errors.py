@@ -11,17 +11,16 @@ group loops retry with backoff.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import redis
 
 from fleettrace.errors import ConfigurationError, RedisUnavailable
 
 
 @contextmanager
 def translate_redis_errors(action: str) -> Iterator[None]:
+    import redis  # noqa: PLC0415 - loaded by whoever made the client; kept off `import fleettrace`
+
     try:
         yield
     except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as error:
@@ -57,6 +56,8 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 
 
 def _ssl_reason(error: BaseException, reason: str) -> bool:
+    import ssl  # noqa: PLC0415 - error paths only; kept off `import fleettrace`
+
     return any(isinstance(e, ssl.SSLError) and reason in str(e) for e in _chain(error))
 
 
@@ -66,6 +67,8 @@ def handshake_hint(error: BaseException) -> str:
     as an EOF, not as its reason."""
     if _ssl_reason(error, "CERTIFICATE_REQUIRED"):
         return f" ({CLIENT_CERTIFICATE_DEMANDED})"
+    import ssl  # noqa: PLC0415
+
     if any(isinstance(e, ssl.SSLEOFError) for e in _chain(error)):
         return (
             " (the TLS connection ended during the handshake: does the Redis server demand"
@@ -77,6 +80,8 @@ def handshake_hint(error: BaseException) -> str:
 def _certificate_refused(error: BaseException) -> bool:
     """Whether the TLS handshake failed on the server's certificate. redis-py keeps
     ssl's error only as the context of its ConnectionError (retries may nest it)."""
+    import ssl  # noqa: PLC0415
+
     seen: BaseException | None = error
     for _ in range(8):
         if seen is None:

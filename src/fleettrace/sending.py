@@ -20,12 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final
-
-import redis
-from redis.backoff import NoBackoff
-from redis.commands.core import Script
-from redis.retry import Retry
+from typing import TYPE_CHECKING, Final
 
 from fleettrace.batch_script import APPLY_BATCH_LUA, FUNCTION_MISSING, BatchCall
 from fleettrace.batching import encode_calls
@@ -37,6 +32,10 @@ from fleettrace.pricing import Pricer
 from fleettrace.redis_errors import handshake_hint
 from fleettrace.settings import redact_url
 from fleettrace.tree_records import AnyRecord
+
+if TYPE_CHECKING:
+    import redis
+    from redis.commands.core import Script
 
 logger = logging.getLogger("fleettrace.emitter")
 
@@ -110,6 +109,10 @@ class BatchSender:
         # FCALL of the function library until the server says it has no functions
         # (Redis 6.2), then the same body as an EVALSHA script.
         self._use_script = False
+        # redis-py loads here, with the first emitter, not with `import fleettrace`.
+        from redis.backoff import NoBackoff  # noqa: PLC0415
+        from redis.retry import Retry  # noqa: PLC0415
+
         self._client: redis.Redis = connect_redis(
             self.settings.redis_url,
             socket_timeout_s=self.settings.socket_timeout_s,
@@ -305,6 +308,8 @@ class BatchSender:
     def _apply(self, call: BatchCall) -> None:
         """One attempt at applying ``call``: FCALL of the library's function, or the
         EVALSHA script where the server has no functions."""
+        import redis  # noqa: PLC0415 - loaded with the client
+
         if not self._use_script:
             try:
                 self._writes.write(
@@ -373,6 +378,8 @@ class BatchSender:
             self._done_changed.notify_all()
 
     def _note_failure(self, error: BaseException) -> None:
+        import redis  # noqa: PLC0415 - loaded with the client
+
         if self._tls_problem is not None and isinstance(error, redis.ConnectionError):
             message = f"ConfigurationError: {self._tls_problem}"
         else:

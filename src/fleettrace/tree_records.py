@@ -64,7 +64,7 @@ PlanDuration = Annotated[FiniteNonNegative, Field(le=MAX_PLAN_DURATION_MS)]
 class ToolCall(BaseModel):
     """One execution of a tool: what ran, where in the tree, how long, how it ended."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, defer_build=True)
 
     call_id: uuid.UUID = Field(default_factory=uuid.uuid4, strict=False)
     tool: Name
@@ -94,7 +94,7 @@ class PlanRecord(BaseModel):
     duration of each phase run inside the plan; ``duration_ms`` is the whole plan.
     """
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, defer_build=True)
 
     record_id: uuid.UUID = Field(default_factory=uuid.uuid4, strict=False)
     plan_id: Id

@@ -111,7 +111,10 @@ def _extra_module(error: ModuleNotFoundError) -> str | None:
     return root if root in WORKER_EXTRA_MODULES else None
 
 
-def build_parser() -> CommandParser:
+def build_parser(only: str | None = None) -> CommandParser:
+    """The parser of every command, or with ``only`` of that one: a command run by
+    name loads its own module alone (the worker starts without the tables, the
+    dashboard's server and the readers' queries), and says the same."""
     parser = CommandParser(
         prog="fleettrace",
         description="Telemetry for fleets of LLM agents: Redis Streams in, PostgreSQL and "
@@ -119,7 +122,7 @@ def build_parser() -> CommandParser:
     )
     parser.add_argument("--version", action="version", version=f"fleettrace {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         try:
             module = importlib.import_module(f"fleettrace_worker.cli.{name}")
         except ModuleNotFoundError as error:
@@ -140,7 +143,9 @@ def _quiet_stdout() -> None:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    command = given[0] if given and given[0] in COMMANDS else None
+    args = build_parser(command).parse_args(given)
     handler: Handler = args.handler
     # The modules imported so far live as long as the command: keep the cyclic
     # collector from walking them again while a command builds thousands of objects

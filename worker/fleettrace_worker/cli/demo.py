@@ -26,7 +26,6 @@ from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.cli.render import Column, Kind
 from fleettrace_worker.cli.traces import COST_FIGURES, cost_json
 from fleettrace_worker.demo.accounting import DemoResult, Progress
-from fleettrace_worker.demo.run import run_demo
 from fleettrace_worker.demo.settings import DRAIN_TIMEOUT_S, DemoSettings, new_run_id
 from fleettrace_worker.embedded import data_dir_from_env, embedded_servers
 from fleettrace_worker.settings import DATA_DIR_VARIABLE, read_environment
@@ -186,6 +185,10 @@ def run(args: argparse.Namespace) -> int:
             "  the agents' LLM calls go through wrap_openai(OpenAI(...)) to a local "
             "OpenAI-compatible server"
         )
+        # The demo's fleet (openai, the embedded servers) loads only for this command:
+        # every other command, the worker above all, starts without it.
+        from fleettrace_worker.demo.run import run_demo  # noqa: PLC0415
+
         with _display(console) as show:
             result = run_demo(settings, show)
     if args.json:

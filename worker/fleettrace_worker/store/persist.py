@@ -23,21 +23,27 @@ own, down to the one record it refuses, which becomes a dead letter alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from fleettrace.codec import RECORD_SEPARATOR, Kind, decode_entry
+from fleettrace.codec import (
+    RECORD_SEPARATOR,
+    Kind,
+    RecordError,
+    check_envelope,
+    decode_lines,
+)
 from fleettrace.errors import EntryDecodeError
 from fleettrace.keys import FIELD_DATA
-from fleettrace.model import LLMTrace
 from fleettrace.tree_records import PlanRecord, ToolCall
-from fleettrace_worker.store import database
+from fleettrace_worker.store import database, trace_rows
 from fleettrace_worker.store.database import StoreRefused
 from fleettrace_worker.store.migrations import check_schema
 from fleettrace_worker.store.repository import LLMTraceRepository, MetricRow
+from fleettrace_worker.store.trace_rows import TraceRow
 from fleettrace_worker.store.tree_store import Source
 from fleettrace_worker.stream.consumer import Consumer, Entry
 from fleettrace_worker.stream.deadletter import DeadLetter
@@ -71,9 +77,10 @@ def refused_record(origin: Origin, consumer: str, reason: str) -> DeadLetter:
 @dataclass(slots=True)
 class Rows:
     """The good records of a batch, ready for one ``store`` call, with where each
-    came from (``trace_origins[i]`` is that of ``traces[i]``)."""
+    came from (``trace_origins[i]`` is that of ``traces[i]``). Traces are already
+    their COPY rows (:mod:`fleettrace_worker.store.trace_rows`)."""
 
-    traces: list[LLMTrace] = field(default_factory=list)
+    traces: list[TraceRow] = field(default_factory=list)
     samples: list[MetricRow] = field(default_factory=list)
     trace_origins: list[Origin] = field(default_factory=list)
     sample_origins: list[Origin] = field(default_factory=list)
@@ -113,13 +120,24 @@ class Rows:
         )[0]
 
 
-def decode_entries(entries: Sequence[Entry], consumer: str) -> Prepared[Rows]:
-    """Rows of every good record, dead letters of every bad entry or record."""
+def decode_entries(
+    entries: Sequence[Entry], consumer: str, source_of: Callable[[str], Source]
+) -> Prepared[Rows]:
+    """Rows of every good record, dead letters of every bad entry or record;
+    ``source_of(stream)`` is the (producer, namespace) of the records of a stream."""
     rows = Rows()
     dead: list[DeadLetter] = []
     for entry in entries:
         try:
-            batch = decode_entry(entry.fields)
+            kind, batch_id, data = check_envelope(entry.fields)
+            if kind is Kind.TRACE:
+                # The hot path: JSON lines straight to COPY rows.
+                good, positions, errors = trace_rows.decode(data, source_of(entry.stream))
+                dead += _dead_records(entry, consumer, batch_id=batch_id, kind=kind, errors=errors)
+                rows.traces.extend(good)
+                rows.trace_origins.extend((entry, batch_id, kind, p) for p in positions)
+                continue
+            batch = decode_lines(kind, batch_id, data.split(RECORD_SEPARATOR) if data else [])
         except EntryDecodeError as error:
             dead.append(
                 DeadLetter.for_entry(
@@ -127,24 +145,11 @@ def decode_entries(entries: Sequence[Entry], consumer: str) -> Prepared[Rows]:
                 )
             )
             continue
-        for bad in batch.errors:
-            dead.append(
-                DeadLetter.for_record(
-                    entry.stream,
-                    entry.entry_id,
-                    consumer,
-                    batch_id=batch.batch_id,
-                    kind=batch.kind,
-                    position=bad.index,
-                    record=bad.raw,
-                    reason=bad.reason,
-                )
-            )
+        dead += _dead_records(
+            entry, consumer, batch_id=batch.batch_id, kind=batch.kind, errors=batch.errors
+        )
         origins = [(entry, batch.batch_id, batch.kind, p) for p in batch.positions]
-        if batch.kind is Kind.TRACE:
-            rows.traces.extend(batch.records)  # type: ignore[arg-type]
-            rows.trace_origins.extend(origins)
-        elif batch.kind is Kind.TOOL:
+        if batch.kind is Kind.TOOL:
             rows.tool_calls.extend(batch.records)  # type: ignore[arg-type]
             rows.tool_call_origins.extend(origins)
         elif batch.kind is Kind.PLAN:
@@ -157,6 +162,25 @@ def decode_entries(entries: Sequence[Entry], consumer: str) -> Prepared[Rows]:
                 for position, sample in zip(batch.positions, batch.records, strict=True)
             )
     return Prepared(rows, len(rows), dead)
+
+
+def _dead_records(
+    entry: Entry, consumer: str, *, batch_id: str, kind: Kind, errors: Sequence[RecordError]
+) -> list[DeadLetter]:
+    """A dead letter for each bad record of an entry, with its reason."""
+    return [
+        DeadLetter.for_record(
+            entry.stream,
+            entry.entry_id,
+            consumer,
+            batch_id=batch_id,
+            kind=kind,
+            position=bad.index,
+            record=bad.raw,
+            reason=bad.reason,
+        )
+        for bad in errors
+    ]
 
 
 class PersistLoop(GroupLoop[Rows]):
@@ -176,19 +200,17 @@ class PersistLoop(GroupLoop[Rows]):
         self.schema_version: int | None = None
         self._source_of: dict[str, Source] = {}
 
+    def _source(self, stream: str) -> Source:
+        """(producer, namespace) of the records of a stream, from its name (never from
+        the records: an agent cannot pass for another producer)."""
+        source = self._source_of.get(stream)
+        if source is None:
+            keys = self.consumer.keys
+            source = self._source_of[stream] = (keys.producer_of(stream), keys.namespace)
+        return source
+
     def _sources(self, origins: Sequence[Origin]) -> list[Source]:
-        """(producer, namespace) of each record, from the name of the stream it was read
-        from (never from the record: an agent cannot pass for another producer)."""
-        found = self._source_of
-        sources = []
-        for origin in origins:
-            stream = origin[0].stream
-            source = found.get(stream)
-            if source is None:
-                keys = self.consumer.keys
-                source = found[stream] = (keys.producer_of(stream), keys.namespace)
-            sources.append(source)
-        return sources
+        return [self._source(origin[0].stream) for origin in origins]
 
     def setup(self) -> None:
         """Join the group, and refuse to write into a schema this code does not know
@@ -198,7 +220,7 @@ class PersistLoop(GroupLoop[Rows]):
             self.schema_version = check_schema(self.pool)
 
     def prepare(self, entries: Sequence[Entry]) -> Prepared[Rows]:
-        return decode_entries(entries, self.consumer.name)
+        return decode_entries(entries, self.consumer.name, self._source)
 
     def deliver(self, payload: Rows) -> list[DeadLetter]:
         """Store the rows; when PostgreSQL refuses them, store each half on its own,
@@ -212,9 +234,9 @@ class PersistLoop(GroupLoop[Rows]):
             return []
         try:
             self.repository.store(
-                payload.traces,
+                (),
                 payload.samples,
-                trace_sources=self._sources(payload.trace_origins),
+                trace_rows=payload.traces,
                 sample_sources=self._sources(payload.sample_origins),
                 tool_calls=payload.tool_calls,
                 plans=payload.plans,

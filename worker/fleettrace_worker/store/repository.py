@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from operator import attrgetter
 from typing import Final
 
 import psycopg
@@ -37,6 +36,7 @@ from fleettrace_worker.store.trace_filter import (
     sql_conditions,
     where_clause,
 )
+from fleettrace_worker.store.trace_rows import TraceRow, row
 from fleettrace_worker.store.tree_store import (
     PLAN_COLUMNS,
     PLANS_TABLE,
@@ -46,7 +46,6 @@ from fleettrace_worker.store.tree_store import (
     Source,
     Table,
     plan_row,
-    text_array,
     tool_call_row,
 )
 
@@ -59,7 +58,9 @@ _PLANS_STAGING: Final = "fleettrace_plans_staging"
 
 #: Columns of llm_traces in the order of LLMTrace's fields, with their binary COPY types.
 TRACE_COLUMNS: Final = (
-    ("trace_id", "uuid"),
+    # The uuid's 16 bytes as they are (uuid's binary format): a row then holds no
+    # object the cyclic garbage collector must keep walking while it waits for COPY.
+    ("trace_id", "bytea"),
     ("plan_id", "text"),
     ("decision_id", "text"),
     ("actor", "text"),
@@ -69,7 +70,7 @@ TRACE_COLUMNS: Final = (
     ("completion_tokens", "int4"),
     ("cost_usd", "float8"),
     ("latency_ms", "float8"),
-    # Sent as ready-made binary array bytes (see _text_array): psycopg's own list
+    # Sent as ready-made binary array bytes (see tree_store.text_array): psycopg's own list
     # dumper cost a third of the Python time of a store.
     ("tool_calls", "bytea"),
     ("context_hash", "text"),
@@ -107,17 +108,16 @@ _TRACE_NAMES: Final = tuple(name for name, _ in TRACE_COLUMNS)
 _SAMPLE_NAMES: Final = tuple(name for name, _ in SAMPLE_COLUMNS)
 if tuple(LLMTrace.model_fields) != _TRACE_NAMES:  # pragma: no cover - guards a model change
     raise RuntimeError("llm_traces columns no longer match LLMTrace's fields")
-_TOOL_CALLS_AT: Final = _TRACE_NAMES.index("tool_calls")
-_TAGS_AT: Final = _TRACE_NAMES.index("tags")
-_PLAN_PATH_AT: Final = _TRACE_NAMES.index("plan_path")
-_before_tool_calls: Final = attrgetter(*_TRACE_NAMES[:_TOOL_CALLS_AT])
-_after_tool_calls: Final = attrgetter(*_TRACE_NAMES[_TOOL_CALLS_AT + 1 : _TAGS_AT])
-_after_metadata: Final = attrgetter(*_TRACE_NAMES[_TAGS_AT + 2 : _PLAN_PATH_AT])
-_after_plan_path: Final = _TRACE_NAMES[_PLAN_PATH_AT + 1 :]
 #: The record's columns, then the namespace it was stored under (not a record field).
 _SELECT_TRACE: Final = sql.SQL("SELECT {}, namespace FROM {}").format(
     sql.SQL(", ").join(map(sql.Identifier, _TRACE_NAMES)), sql.Identifier(TRACES_TABLE)
 )
+
+
+def _trace_row(trace: LLMTrace) -> TraceRow:
+    """A trace's columns without its source (for benchmarks and tests that add it)."""
+    return row(trace, ())
+
 
 MetricRow = tuple[str, int, MetricSample]
 """A metric sample with the batch id and position that name it (see codec.DecodedBatch)."""
@@ -153,6 +153,7 @@ class LLMTraceRepository:
         plans: Sequence[PlanRecord] = (),
         tool_call_sources: Sequence[Source] | None = None,
         plan_sources: Sequence[Source] | None = None,
+        trace_rows: Sequence[TraceRow] = (),
     ) -> StoreResult:
         """Write a batch in one transaction, committed when this returns.
 
@@ -164,6 +165,9 @@ class LLMTraceRepository:
         position)``) are left as they are and counted as duplicates: storing is
         idempotent. ``tool_calls`` and ``plans`` (the plan tree's records, keyed by
         ``call_id`` and ``record_id``) go to their tables in the same transaction.
+        ``trace_rows`` are traces already made whole COPY rows, source columns
+        included (``trace_rows.decode``, the persist group's path), stored like
+        ``traces`` and after them.
         """
         default: Source = (None, namespace or configured_namespace())
         tables = [
@@ -173,10 +177,12 @@ class LLMTraceRepository:
                   plan_sources or [default] * len(plans)),
         ]  # fmt: skip
         tree = [(t, *t.rows()) for t in tables if t.records]
-        trace_rows = [
-            (*_trace_row(t), *o)
-            for t, o in zip(traces, trace_sources or [default] * len(traces), strict=True)
-        ]
+        if traces:
+            made = [
+                row(t, o)
+                for t, o in zip(traces, trace_sources or [default] * len(traces), strict=True)
+            ]
+            trace_rows = [*made, *trace_rows]
         sample_rows = [
             (*_sample_row(s), *o)
             for s, o in zip(samples, sample_sources or [default] * len(samples), strict=True)
@@ -352,19 +358,6 @@ class LLMTraceRepository:
             rows = conn.execute(query, params).fetchall()
         width = len(_TRACE_NAMES)
         return [_trace_of(row[:width]) for row in rows], [_text(row[width]) for row in rows]
-
-
-def _trace_row(trace: LLMTrace) -> tuple[object, ...]:
-    return (
-        *_before_tool_calls(trace),
-        text_array(trace.tool_calls),
-        *_after_tool_calls(trace),
-        text_array(trace.tags) if trace.tags else None,
-        trace.metadata or None,
-        *_after_metadata(trace),
-        text_array(trace.plan_path),
-        *(getattr(trace, name) for name in _after_plan_path),
-    )
 
 
 def _trace_of(row: Sequence[object]) -> LLMTrace:
