@@ -22,9 +22,9 @@ from typing import Any
 
 from fleettrace.connection import DEFAULT_REDIS_URL, connect_redis
 from fleettrace.emitter import Emitter, EmitterSettings
+from fleettrace.environment import redis_url_from_env
 from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
-from fleettrace.settings import redis_url_from_env
 
 RUNS = 3
 

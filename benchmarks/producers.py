@@ -40,9 +40,9 @@ from prometheus_client import generate_latest
 
 from fleettrace.aggregates import snapshot_fields
 from fleettrace.connection import DEFAULT_REDIS_URL
+from fleettrace.environment import redis_url_from_env
 from fleettrace.keys import DIRTY_LIVE, DIRTY_PLAN, Keys, escape_value, plan_field
 from fleettrace.live import is_over_budget, plan_cost_usd, read_live
-from fleettrace.settings import redis_url_from_env
 from fleettrace_worker.cli import metrics as metrics_command
 from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.serve.aggregator import Aggregation

@@ -26,7 +26,8 @@ from redis.cluster import key_slot
 
 from fleettrace.batch_script import library_loaded
 from fleettrace.batching import encode_calls
-from fleettrace.cluster import ReplicaWait, slot_client
+from fleettrace.cluster import slot_client
+from fleettrace.cluster_settings import ReplicaWait
 from fleettrace.connection import connect_redis
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import Keys

@@ -7,13 +7,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from fleettrace.cluster import (
-    ReplicasBehind,
-    ReplicatedWrites,
-    ReplicaWait,
-    cluster_from_env,
-    slot_scan,
-)
+from fleettrace.cluster import ReplicasBehind, ReplicatedWrites, slot_scan
+from fleettrace.cluster_settings import ReplicaWait, cluster_from_env
 from fleettrace.connection import connect_redis
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.errors import ConfigurationError

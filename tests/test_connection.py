@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fleettrace.connection import connect_redis
+from fleettrace.environment import first_set, redact_url, redis_url_from_env
 from fleettrace.errors import ConfigurationError
-from fleettrace.settings import first_set, redact_url, redis_url_from_env
 from fleettrace_worker.store.settings import database_url_from_env
 
 

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 import redis
 
+from fleettrace.environment import NAMESPACE_VARIABLE
 from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
-from fleettrace.settings import NAMESPACE_VARIABLE
 from fleettrace.tree_records import PlanRecord
 from fleettrace_worker.cli import main
 from fleettrace_worker.context import WorkerSettings

@@ -23,9 +23,9 @@ import redis
 from fleettrace.batch_script import load_library
 from fleettrace.connection import connect_redis
 from fleettrace.emitter import Emitter, EmitterSettings
+from fleettrace.environment import redact_url
 from fleettrace.errors import FleettraceError
 from fleettrace.keys import Keys
-from fleettrace.settings import redact_url
 from fleettrace_worker.cli import COMMANDS
 from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.forward.langsmith.group import ForwardLoop

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qs, urlsplit
 
+from fleettrace.environment import redact_url
 from fleettrace.errors import ConfigurationError
-from fleettrace.settings import redact_url
 
 if TYPE_CHECKING:
     import redis  # annotations only: redis-py loads when a client is made

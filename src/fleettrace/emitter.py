@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from fleettrace.emitter_settings import EmitterSettings, EmitterStats
+from fleettrace.environment import redact_url
 from fleettrace.errors import EmitterClosed
 from fleettrace.keys import Keys
 from fleettrace.metrics import MetricKey
@@ -53,7 +54,6 @@ from fleettrace.model import LLMTrace, MetricSample
 from fleettrace.price_overrides import load_prices
 from fleettrace.pricing import Pricer
 from fleettrace.sending import BatchSender
-from fleettrace.settings import redact_url
 from fleettrace.tree_records import PlanRecord, ToolCall
 
 _RECORD_TYPES: Final = (LLMTrace, MetricSample, ToolCall, PlanRecord)

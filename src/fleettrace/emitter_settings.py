@@ -7,12 +7,9 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal
 
-from fleettrace.cluster import (
-    DEFAULT_WAIT_TIMEOUT_MS,
-    ReplicaWait,
-    parse_flag,
-)
+from fleettrace.cluster_settings import DEFAULT_WAIT_TIMEOUT_MS, ReplicaWait, parse_flag
 from fleettrace.connection import DEFAULT_REDIS_URL
+from fleettrace.environment import REDIS_CLUSTER_VARIABLE, redact_url
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import (
     DEFAULT_NAMESPACE,
@@ -22,7 +19,6 @@ from fleettrace.keys import (
     configured_namespace,
 )
 from fleettrace.price_overrides import prices_path_from_env
-from fleettrace.settings import REDIS_CLUSTER_VARIABLE, AgentSettings, redact_url
 
 Overflow = Literal["drop_oldest", "block"]
 _OVERFLOW_POLICIES: Final = ("drop_oldest", "block")
@@ -120,6 +116,9 @@ class EmitterSettings:
         the URL, namespace and producer from ``FLEETTRACE_REDIS_URL`` (then
         ``REDIS_URL``), ``FLEETTRACE_NAMESPACE`` and ``FLEETTRACE_PRODUCER``, the
         tuning from ``FLEETTRACE_EMITTER_<NAME>``; an override that is not None wins."""
+        # pydantic-settings loads here, with the first settings read, not with the hooks.
+        from fleettrace.settings import AgentSettings  # noqa: PLC0415
+
         env = AgentSettings.read()
         overrides = {name: value for name, value in overrides.items() if value is not None}
         for name, value in env.emitter.given().items():

@@ -61,7 +61,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from fleettrace.settings import NAMESPACE_VARIABLE, PRODUCER_VARIABLE, first_set
+from fleettrace.environment import NAMESPACE_VARIABLE, PRODUCER_VARIABLE, first_set
 
 DEFAULT_NAMESPACE: Final = "fleettrace"
 

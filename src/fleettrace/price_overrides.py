@@ -28,8 +28,8 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from fleettrace.environment import PRICES_VARIABLE, first_set
 from fleettrace.errors import ConfigurationError
-from fleettrace.settings import PRICES_VARIABLE, first_set
 
 if TYPE_CHECKING:
     from genai_prices.types import ModelPrice, TieredPrices

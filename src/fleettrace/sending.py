@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING, Final
 
 from fleettrace.batch_script import APPLY_BATCH_LUA, FUNCTION_MISSING, BatchCall
 from fleettrace.batching import encode_calls
-from fleettrace.cluster import ReplicatedWrites
 from fleettrace.connection import connect_redis, tls_file_problem
 from fleettrace.emitter_settings import EmitterSettings
+from fleettrace.environment import redact_url
 from fleettrace.keys import APPLY_FUNCTION, DEFAULT_PRODUCER, Keys, check_producer
 from fleettrace.pricing import Pricer
 from fleettrace.redis_errors import handshake_hint
-from fleettrace.settings import redact_url
 from fleettrace.tree_records import AnyRecord
 
 if TYPE_CHECKING:
@@ -112,6 +111,8 @@ class BatchSender:
         # redis-py loads here, with the first emitter, not with `import fleettrace`.
         from redis.backoff import NoBackoff  # noqa: PLC0415
         from redis.retry import Retry  # noqa: PLC0415
+
+        from fleettrace.cluster import ReplicatedWrites  # noqa: PLC0415 - imports redis-py
 
         self._client: redis.Redis = connect_redis(
             self.settings.redis_url,

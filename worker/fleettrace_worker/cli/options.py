@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import redis
 
-from fleettrace.cluster import cluster_from_env
+from fleettrace.cluster_settings import cluster_from_env
 from fleettrace.connection import DEFAULT_REDIS_URL, connect_redis
+from fleettrace.environment import NAMESPACE_VARIABLE, REDIS_CLUSTER_VARIABLE, redis_url_from_env
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import DEFAULT_NAMESPACE, Keys, configured_namespace
-from fleettrace.settings import NAMESPACE_VARIABLE, REDIS_CLUSTER_VARIABLE, redis_url_from_env
 from fleettrace_worker.store.settings import (
     DATABASE_READ_URL_VARIABLE,
     DEFAULT_DATABASE_URL,

@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fleettrace.settings import environment
+from fleettrace.environment import environment
 from fleettrace_worker.cli.cells import (
     CENT,
     MAX_CELL_CHARS,

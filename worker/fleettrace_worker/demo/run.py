@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from typing import Final
 
 from fleettrace.connection import connect_redis
+from fleettrace.environment import redact_url
 from fleettrace.errors import FleettraceError
 from fleettrace.keys import Keys
 from fleettrace.redis_errors import translate_redis_errors
-from fleettrace.settings import redact_url
 from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.demo.accounting import (
     Counters,

@@ -29,8 +29,8 @@ import psycopg
 from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from fleettrace.environment import redact_url
 from fleettrace.errors import ConfigurationError, PermanentError
-from fleettrace.settings import redact_url
 from fleettrace_worker.errors import DatabaseUnavailable
 
 #: Seconds libpq waits for a server to answer a connection attempt, unless the URL says.

@@ -30,7 +30,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from fleettrace.settings import redact_url
+from fleettrace.environment import redact_url
 from fleettrace_worker.errors import SchemaVersionError
 from fleettrace_worker.store import database, partitions
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+from fleettrace.environment import first_set
 from fleettrace.errors import ConfigurationError
-from fleettrace.settings import first_set
 
 DATABASE_URL_VARIABLES: Final = ("FLEETTRACE_DATABASE_URL", "DATABASE_URL")
 DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:5432/postgres"

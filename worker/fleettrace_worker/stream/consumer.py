@@ -26,7 +26,8 @@ from typing import Any, Final
 
 import redis
 
-from fleettrace.cluster import ReplicatedWrites, ReplicaWait
+from fleettrace.cluster import ReplicatedWrites
+from fleettrace.cluster_settings import ReplicaWait
 from fleettrace.keys import Keys
 from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker.keys import DISCOVER_INTERVAL_S

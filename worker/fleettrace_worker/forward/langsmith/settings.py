@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from fleettrace.environment import environment
 from fleettrace.errors import ConfigurationError
-from fleettrace.settings import environment
 from fleettrace_worker.forward.backend_settings import (
     check_between,
     check_endpoint,

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import unquote
 
+from fleettrace.environment import environment
 from fleettrace.errors import ConfigurationError
-from fleettrace.settings import environment
 from fleettrace_worker.forward.backend_settings import (
     check_between,
     check_endpoint,

@@ -9,10 +9,10 @@ import redis
 from psycopg.conninfo import conninfo_to_dict
 
 from fleettrace.connection import connect_redis
+from fleettrace.environment import redact_url
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
 from fleettrace.redis_errors import translate_redis_errors
-from fleettrace.settings import redact_url
 from fleettrace_worker.serve.dashboard import queries
 
 
