@@ -45,6 +45,7 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, Final
 
+from fleettrace.capture import Captured
 from fleettrace.connection import redact_url
 from fleettrace.emitter_settings import EmitterSettings, EmitterStats
 from fleettrace.errors import EmitterClosed
@@ -54,7 +55,7 @@ from fleettrace.model import LLMTrace, MetricSample
 from fleettrace.price_overrides import load_prices
 from fleettrace.pricing import Pricer
 from fleettrace.sending import BatchSender
-from fleettrace.tree_records import PlanRecord, ToolCall
+from fleettrace.tree_records import AnyRecord, PlanRecord, ToolCall
 
 _RECORD_TYPES: Final = (LLMTrace, MetricSample, ToolCall, PlanRecord)
 _logger = logging.getLogger("fleettrace.emitter")
@@ -101,6 +102,12 @@ class Emitter(BatchSender):
                 "record() takes an LLMTrace, MetricSample, ToolCall or PlanRecord, "
                 f"not {type(trace).__name__}"
             )
+        self.capture(trace)
+
+    def capture(self, *items: AnyRecord | Captured) -> None:
+        """Queue records, or what a hook captured (:mod:`fleettrace.capture`: the
+        sender thread makes the record of it). The hooks' way in: one lock and a deque
+        append per item, no check of the items (the hooks make them)."""
         if not self._sender_running:
             self._start_sender()
         with self._lock:
@@ -109,17 +116,26 @@ class Emitter(BatchSender):
                     "this emitter is closed; create a new one or use fleettrace.get_emitter()"
                 )
             buffer = self._buffer
-            if len(buffer) >= self._max_buffer and not self._make_room():
-                return
-            buffer.append(trace)
-            self._accepted += 1
-            size = len(buffer)
-            if size == 1 and self._sender_idle:
-                # An idle sender sleeps without a timeout; the first record starts its
-                # flush interval. (Checked first: setting an Event costs a microsecond.)
-                self._arrived.set()
-            elif size == self._max_batch:
-                self._wake_sender()
+            for item in items:
+                model = type(item) is not tuple
+                if model:
+                    self._models_buffered += 1
+                if (
+                    len(buffer) >= self._max_buffer
+                    or (self._models_buffered and self._over_bytes())
+                ) and not self._make_room():
+                    if model:
+                        self._models_buffered -= 1
+                    continue
+                buffer.append(item)
+                self._accepted += 1
+                size = len(buffer)
+                if size == 1 and self._sender_idle:
+                    # An idle sender sleeps without a timeout; the first record starts its
+                    # flush interval. (Checked first: setting an Event costs a microsecond.)
+                    self._arrived.set()
+                elif size == self._max_batch:
+                    self._wake_sender()
 
     def observe(
         self,
@@ -141,13 +157,25 @@ class Emitter(BatchSender):
         False means the new record was dropped (and counted as accepted and dropped at
         once, so the figures add up whenever the lock is free: the wait releases it)."""
         if self.settings.overflow == "drop_oldest":
-            self._buffer.popleft()
-            self._done += 1
-            self._count_dropped(1)
+            # Oldest first until the new record fits both bounds (one, unless the byte
+            # bound needs room for a record larger than the one it drops).
+            buffer = self._buffer
+            dropped = 0
+            while buffer and (
+                dropped == 0 or len(buffer) >= self._max_buffer or self._over_bytes()
+            ):
+                if type(buffer.popleft()) is not tuple:
+                    self._models_buffered -= 1
+                dropped += 1
+            self._done += dropped
+            self._count_dropped(dropped)
             return True
         self._wake_sender()
-        limit = self.settings.max_buffer_records
-        if self._room.wait_for(lambda: len(self._buffer) < limit, self.settings.block_timeout_s):
+        limit = self._max_buffer
+        if self._room.wait_for(
+            lambda: len(self._buffer) < limit and not self._over_bytes(),
+            self.settings.block_timeout_s,
+        ):
             return True
         self._accepted += 1
         self._done += 1
@@ -224,6 +252,7 @@ class Emitter(BatchSender):
             self._stopping = True
             left = len(self._buffer)
             self._buffer.clear()
+            self._models_buffered = 0
             if left:
                 self._done += left
                 self._count_dropped(left, "closed before Redis took them")

@@ -23,14 +23,19 @@ Hooks record through the process's default emitter (``fleettrace.configure`` /
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
+from time import time_ns
+from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar
 
 from fleettrace import attributes, plan_scope
 from fleettrace.attributes import Attributes
+from fleettrace.capture import Captured, build_llm, build_tool
 from fleettrace.emitter import Emitter, get_emitter
+from fleettrace.ids import uuid7_int
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace
 from fleettrace.plan_scope import error_text as _error_text
@@ -55,6 +60,8 @@ TOTAL_PHASE: Final = "total"
 # The LLM call span open in this context: a wrapped client fills it (fleettrace.integrations)
 # instead of recording a second call for the same request.
 _llm_call: ContextVar[LLMCallSpan | None] = ContextVar("fleettrace_llm_call", default=None)
+
+logger = logging.getLogger("fleettrace.hooks")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -196,21 +203,81 @@ class LLMCallSpan(Span):
     Its latency is the block's wall time unless ``latency_ms`` is given; an exception
     sets ``error`` to ``"<ExceptionType>: <message>"``. Usage known only after the
     call (tokens, retries, cost) is set inside the block with :meth:`update`.
+
+    The block's end only captures what the call knew (:mod:`fleettrace.capture`); the
+    emitter's sender thread makes, validates, prices and encodes the record. A value
+    the record cannot hold is left out and counted in ``Emitter.stats.rejected``,
+    never raised. :attr:`trace` is the record (made when first asked for, from what
+    was captured: the record sent, but for its cost).
     """
 
     def __init__(
         self, provider: str, model: str, fields: dict[str, Any], emitter: Emitter | None
     ) -> None:
-        super().__init__(emitter)
+        self._emitter = emitter
+        self._started_s = 0.0
+        self._tokens = []
         self.provider = provider
         self.model = model
         self.fields = fields
-        self.trace: LLMTrace | None = None
+        self._reset: Token[LLMCallSpan | None] | None = None
+        self._captured: Captured | None = None
+        self._trace: LLMTrace | None = None
 
-    def _enter(self) -> None:
+    @property
+    def ended(self) -> bool:
+        """Whether the block has ended (and the call was handed to the emitter)."""
+        return self._captured is not None
+
+    @property
+    def trace(self) -> LLMTrace | None:
+        """The call's record once the block has ended (``None`` before, or when the
+        call could not be recorded); its ``trace_id`` is the id sent."""
+        if self._trace is None and self._captured is not None:
+            self._trace = build_llm(self._captured, [])
+        return self._trace
+
+    def __enter__(self) -> LLMCallSpan:
         # A decorated function's calls share the fields given at decoration time.
         self.fields = dict(self.fields)
-        self._set(_llm_call, self)
+        self._reset = _llm_call.set(self)
+        self._started_s = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        elapsed_s = time.perf_counter() - self._started_s
+        if self._reset is not None:
+            _llm_call.reset(self._reset)
+            self._reset = None
+        try:
+            captured = (
+                build_llm,
+                self.provider,
+                self.model,
+                self.fields,
+                elapsed_s * 1000,
+                None if exc is None else _error_text(exc),
+                PLAN_ID.get(),
+                DECISION_ID.get(),
+                ACTOR.get(),
+                attributes.current.get(),
+                plan_scope.var().get(),
+                uuid7_int(),
+                time_ns(),
+            )
+            self._captured = self._trace = None
+            self._captured = captured
+            (self._emitter if self._emitter is not None else get_emitter()).capture(captured)
+        except Exception:
+            if exc is None:
+                raise
+            # The block's own exception is what the caller must see, unchanged.
+            logger.warning("fleettrace could not record %r", self, exc_info=True)
 
     def update(self, **fields: Any) -> None:
         """Set ``LLMTrace`` fields known once the call returned (tokens and their
@@ -225,13 +292,6 @@ class LLMCallSpan(Span):
         :meth:`update` wins over it."""
         if "ttft_ms" not in self.fields:
             self.fields["ttft_ms"] = (time.perf_counter() - self._started_s) * 1000
-
-    def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
-        fields = dict(self.fields)
-        fields.setdefault("latency_ms", elapsed_s * 1000)
-        if error is not None:
-            fields["error"] = _error_text(error)
-        self.trace = record_llm_call(self.provider, self.model, emitter=self._emitter, **fields)
 
 
 def record_llm_call(
@@ -362,16 +422,21 @@ def llm_call(
 
 
 def _record_tool(span: TimedSpan, elapsed_s: float, error: BaseException | None) -> None:
-    """A tool's own record (a ``ToolCall``) in the plan, decision and actor around it."""
-    call = plan_scope.tool_call(
-        span.labels["tool"],
-        elapsed_s,
-        error,
-        plan_id=PLAN_ID.get(),
-        decision_id=DECISION_ID.get(),
-        actor=ACTOR.get(),
+    """A tool's own record (a ``ToolCall``) in the plan, decision and actor around it,
+    made by the sender thread from what is captured here."""
+    span.emitter.capture(
+        (
+            build_tool,
+            span.labels["tool"],
+            elapsed_s,
+            None if error is None else _error_text(error),
+            PLAN_ID.get(),
+            DECISION_ID.get(),
+            ACTOR.get(),
+            plan_scope.var().get(),
+            time_ns(),
+        )
     )
-    span.emitter.record(call)
 
 
 def tool(name: str, *, emitter: Emitter | None = None) -> TimedSpan:

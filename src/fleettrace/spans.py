@@ -13,15 +13,17 @@ import functools
 import inspect
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
+from time import time_ns
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
 from fleettrace import attributes
 from fleettrace.attributes import Attributes
+from fleettrace.capture import build_sample
 from fleettrace.emitter import Emitter, get_emitter
+from fleettrace.ids import uuid7_hex
 from fleettrace.metrics import MetricKey
 from fleettrace.model import MAX_LABEL_CHARS
 
@@ -52,7 +54,8 @@ def check_value(kind: str, value: str, allowed: frozenset[str]) -> str:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A plan or decision id: time-ordered and made in well under a microsecond."""
+    return uuid7_hex()
 
 
 class Span:
@@ -93,7 +96,9 @@ class Span:
             self.emitter.reject([*rejected, *over], where)
 
     def _observe(self, key: MetricKey, value: float, labels: dict[str, str]) -> None:
-        self.emitter.observe(key, value, labels, plan_id=PLAN_ID.get())
+        """Capture a sample of ``key`` (labels checked by the hook); the sender thread
+        makes the ``MetricSample``."""
+        self.emitter.capture((build_sample, key, value, labels, PLAN_ID.get(), time_ns()))
 
     def __enter__(self: S) -> S:
         self._tokens = []
@@ -172,9 +177,16 @@ class TimedSpan(Span):
         self._on_end = on_end
 
     def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
-        self._observe(self.key, elapsed_s / self._unit_s, self.labels)
-        if self._outcome_key is not None:
+        plan_id = PLAN_ID.get()
+        now_ns = time_ns()
+        duration = (build_sample, self.key, elapsed_s / self._unit_s, self.labels, plan_id, now_ns)
+        if self._outcome_key is None:
+            self.emitter.capture(duration)
+        else:
             outcome = "ok" if error is None else "error"
-            self._observe(self._outcome_key, 1, {**self.labels, "outcome": outcome})
+            labels = {**self.labels, "outcome": outcome}
+            self.emitter.capture(
+                duration, (build_sample, self._outcome_key, 1, labels, plan_id, now_ns)
+            )
         if self._on_end is not None:
             self._on_end(self, elapsed_s, error)

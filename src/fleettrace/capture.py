@@ -1,0 +1,223 @@
+"""What a hook captures on the caller's thread, and how the sender thread makes
+records of it.
+
+A hook's cost is what agent code pays on every LLM call and tool run, so a hook does
+the least it can where it runs: it reads the clock and the scope it runs in (plan,
+decision, actor, attributes, plan-tree place: references, nothing copied), makes the
+record's id (:mod:`fleettrace.ids`) and appends one plain tuple to the emitter's
+buffer. The first element of the tuple is the function that makes the record of it;
+the sender thread calls it (:func:`build`) before pricing and encoding, so pydantic's
+validation, the merging of attributes and the building of timestamps all happen off
+the caller's thread.
+
+A value the caller gave that the record cannot hold never raises into agent code:
+the builder keeps the valid fields, drops the invalid ones (a token count it drops
+reads as unknown, ``None``, never zero) and names each drop by reason, which the
+emitter counts in ``EmitterStats.rejected`` as it does for attributes
+(:mod:`fleettrace.attributes`). A record that cannot be made at all (its provider or
+model is not a name) is dropped and counted in ``EmitterStats.dropped``.
+
+The caller may still ask for the record it made (``call.trace``): the same builder
+makes it from the same tuple, so it is the record the sender sends (but for the cost,
+which only the sender prices).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from time import time_ns
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from fleettrace import attributes
+from fleettrace.attributes import Attributes
+from fleettrace.ids import uuid7_int
+from fleettrace.metrics import MetricKey
+from fleettrace.model import MAX_LATENCY_MS, TOKEN_DETAIL_FIELDS, LLMTrace, MetricSample
+from fleettrace.plan_scope import PlanState
+from fleettrace.tree_records import AnyRecord, ToolCall
+
+logger = logging.getLogger("fleettrace.hooks")
+
+#: A captured hook: ``(builder, *what the hook knew)``.
+Captured = tuple[Any, ...]
+Builder = Callable[[Captured, list[str]], AnyRecord | None]
+
+_TOTALS: Final = frozenset(("prompt_tokens", "completion_tokens"))
+_REQUIRED: Final = frozenset(("provider", "model"))
+_NS: Final = 1e-9
+
+
+def when(created_ns: int) -> datetime:
+    """The UTC time of a ``time.time_ns()`` reading (microseconds, as a record keeps)."""
+    return datetime.fromtimestamp(created_ns * _NS, UTC)
+
+
+def build(item: Captured, rejected: list[str]) -> AnyRecord | None:
+    """The record of a captured hook (``None``: it could not be made); the reasons of
+    the values left out are appended to ``rejected``."""
+    builder: Builder = item[0]
+    return builder(item, rejected)
+
+
+# -- LLM calls ----------------------------------------------------------------------
+
+
+def llm_call(  # noqa: PLR0917 (the tuple's fields, in order)
+    provider: str,
+    model: str,
+    fields: dict[str, Any],
+    latency_ms: float,
+    error: str | None,
+    plan_id: str | None,
+    decision_id: str | None,
+    actor: str | None,
+    scope: Attributes,
+    state: PlanState | None,
+    id_int: int,
+    created_ns: int,
+) -> Captured:
+    """What an LLM call span captures when its block ends (see :func:`build_llm`)."""
+    return (
+        build_llm,
+        provider,
+        model,
+        fields,
+        latency_ms,
+        error,
+        plan_id,
+        decision_id,
+        actor,
+        scope,
+        state,
+        id_int,
+        created_ns,
+    )
+
+
+def build_llm(item: Captured, rejected: list[str]) -> LLMTrace | None:
+    """An ``LLMTrace`` of a captured call: the fields given win over what the context
+    said (as with ``record_llm_call``); attributes merged into the scope's."""
+    (
+        _,
+        provider,
+        model,
+        given,
+        latency_ms,
+        error,
+        plan_id,
+        decision_id,
+        actor,
+        scope,
+        state,
+        id_int,
+        created_ns,
+    ) = item
+    fields = dict(given)
+    fields.setdefault("plan_id", plan_id)
+    fields.setdefault("decision_id", decision_id)
+    fields.setdefault("actor", actor)
+    fields.setdefault("latency_ms", latency_ms)
+    if error is not None:
+        fields["error"] = error
+    rejected.extend(attributes.take(fields, scope))
+    if state is not None and fields["plan_id"] == state.plan_id:
+        place = state.place
+        fields.setdefault("root_plan_id", place.root_plan_id)
+        fields.setdefault("root_started_at", place.root_started_at)
+        fields.setdefault("plan_path", place.ancestors)
+    if "trace_id" not in fields:
+        fields["trace_id"] = uuid.UUID(int=id_int)
+    if "started_at" not in fields:
+        fields["started_at"] = when(created_ns)
+    fields["provider"] = provider
+    fields["model"] = model
+    return validated_trace(fields, rejected)
+
+
+def validated_trace(fields: dict[str, Any], rejected: list[str]) -> LLMTrace | None:
+    """``LLMTrace(**fields)`` with what it refuses left out, each named in
+    ``rejected``; ``None`` when provider or model is refused (or, after every other
+    field refused was left out, the record still is)."""
+    for _ in range(4):
+        try:
+            return LLMTrace(**fields)
+        except ValidationError as error:
+            bad: set[str] = set()
+            for problem in error.errors(include_url=False, include_input=False):
+                location = problem["loc"]
+                name = location[0] if location else None
+                if name in _REQUIRED:
+                    return None
+                if isinstance(name, str) and name in fields:
+                    bad.add(name)
+                elif not location:  # a detail larger than its total
+                    details = [d for d in TOKEN_DETAIL_FIELDS if fields.get(d) is not None]
+                    for detail in details:
+                        del fields[detail]
+                    if details:
+                        rejected.append(attributes.REJECT_DETAIL_OVER_TOTAL)
+        for name in bad:
+            known = name in LLMTrace.model_fields
+            rejected.append(
+                f"{attributes.REJECT_INVALID_PREFIX}{name}"
+                if known
+                else attributes.REJECT_UNKNOWN_FIELD
+            )
+            if name in _TOTALS:
+                fields[name] = None  # unknown, never a zero the caller did not say
+            else:
+                del fields[name]
+    return None
+
+
+# -- metric samples and tool calls --------------------------------------------------
+
+
+def sample(key: MetricKey, value: float, labels: dict[str, str], plan_id: str | None) -> Captured:
+    """A metric sample a span observes (labels already checked by the hook)."""
+    return (build_sample, key, value, labels, plan_id, time_ns())
+
+
+def build_sample(item: Captured, rejected: list[str]) -> MetricSample | None:
+    _, key, value, labels, plan_id, created_ns = item
+    try:
+        return MetricSample(
+            key=key, value=value, labels=labels, plan_id=plan_id, observed_at=when(created_ns)
+        )
+    except ValidationError as error:
+        logger.warning("fleettrace could not record a sample of %s: %s", key, error)
+        return None
+
+
+def build_tool(item: Captured, rejected: list[str]) -> ToolCall | None:
+    """A ``ToolCall`` of ``(build_tool, name, elapsed_s, error, plan_id, decision_id,
+    actor, plan state, ended ns)``; placed in the tree by the plan state captured."""
+    _, name, elapsed_s, error, plan_id, decision_id, actor, state, created_ns = item
+    place: dict[str, Any] = {}
+    if state is not None and plan_id == state.plan_id:
+        place = {
+            "root_plan_id": state.place.root_plan_id,
+            "root_started_at": state.place.root_started_at,
+            "plan_path": state.place.ancestors,
+        }
+    try:
+        return ToolCall(
+            call_id=uuid.UUID(int=uuid7_int()),
+            tool=name,
+            plan_id=plan_id,
+            decision_id=decision_id,
+            actor=actor,
+            started_at=when(created_ns) - timedelta(seconds=elapsed_s),
+            duration_ms=min(elapsed_s * 1000, MAX_LATENCY_MS),
+            outcome="ok" if error is None else "error",
+            error=error,
+            **place,
+        )
+    except ValidationError as problem:
+        logger.warning("fleettrace could not record a run of tool %s: %s", name, problem)
+        return None
