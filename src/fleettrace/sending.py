@@ -129,8 +129,9 @@ class BatchSender:
         self._script: Script = self._client.register_script(APPLY_BATCH_LUA)
 
     def _over_bytes(self) -> bool:
-        """Whether the buffer's estimated size is at its byte bound (lock held)."""
-        return buffer_bytes(len(self._buffer), self._models_buffered) >= self._max_bytes
+        """Whether one more record would take the buffer's estimated size past its byte
+        bound (lock held; a prebuilt record coming in is already in the count)."""
+        return buffer_bytes(len(self._buffer) + 1, self._models_buffered) > self._max_bytes
 
     def _count_dropped(self, count: int, why: str = BUFFER_FULL, *, report: bool = True) -> None:
         """Count dropped records (lock held); ``report`` queues them for the emitter hash."""
