@@ -106,36 +106,54 @@ class Emitter(BatchSender):
 
     def capture(self, *items: AnyRecord | Captured) -> None:
         """Queue records, or what a hook captured (:mod:`fleettrace.capture`: the
-        sender thread makes the record of it). The hooks' way in: one lock and a deque
-        append per item, no check of the items (the hooks make them)."""
+        sender thread makes the record of it). The hooks' way in, unchecked (the hooks
+        make the items).
+
+        A captured tuple is appended without the lock while the buffer has room and
+        holds no prebuilt record (a deque append is atomic, and every removal from
+        the buffer happens under the lock and counts what it removed, so the figures
+        still add up); anything else goes the locked way of :meth:`_put`. Several
+        threads at the bound may each add one record past it before one of them
+        takes the locked way."""
         if not self._sender_running:
             self._start_sender()
+        if self._closed:
+            raise EmitterClosed(
+                "this emitter is closed; create a new one or use fleettrace.get_emitter()"
+            )
+        buffer = self._buffer
+        before = len(buffer)
+        for item in items:
+            if type(item) is tuple and len(buffer) < self._max_buffer and not self._models_buffered:
+                buffer.append(item)
+            else:
+                self._put(item)
+        if self._sender_idle:
+            # An idle sender sleeps without a timeout; the first record starts its
+            # flush interval. (Checked first: setting an Event costs a microsecond.)
+            self._sender_idle = False
+            self._arrived.set()
+        elif before < self._max_batch <= len(buffer):
+            self._wake_sender()
+
+    def _put(self, item: AnyRecord | Captured) -> None:
+        """Append one item under the lock, applying the bounds and the overflow policy."""
         with self._lock:
             if self._closed:
                 raise EmitterClosed(
                     "this emitter is closed; create a new one or use fleettrace.get_emitter()"
                 )
-            buffer = self._buffer
-            for item in items:
-                model = type(item) is not tuple
+            model = type(item) is not tuple
+            if model:
+                self._models_buffered += 1
+            if (
+                len(self._buffer) >= self._max_buffer
+                or (self._models_buffered and self._over_bytes())
+            ) and not self._make_room():
                 if model:
-                    self._models_buffered += 1
-                if (
-                    len(buffer) >= self._max_buffer
-                    or (self._models_buffered and self._over_bytes())
-                ) and not self._make_room():
-                    if model:
-                        self._models_buffered -= 1
-                    continue
-                buffer.append(item)
-                self._accepted += 1
-                size = len(buffer)
-                if size == 1 and self._sender_idle:
-                    # An idle sender sleeps without a timeout; the first record starts its
-                    # flush interval. (Checked first: setting an Event costs a microsecond.)
-                    self._arrived.set()
-                elif size == self._max_batch:
-                    self._wake_sender()
+                    self._models_buffered -= 1
+                return
+            self._buffer.append(item)
 
     def observe(
         self,
@@ -167,6 +185,7 @@ class Emitter(BatchSender):
                 if type(buffer.popleft()) is not tuple:
                     self._models_buffered -= 1
                 dropped += 1
+            self._removed += dropped
             self._done += dropped
             self._count_dropped(dropped)
             return True
@@ -177,7 +196,7 @@ class Emitter(BatchSender):
             self.settings.block_timeout_s,
         ):
             return True
-        self._accepted += 1
+        self._refused += 1
         self._done += 1
         self._count_dropped(1)
         return False
@@ -211,12 +230,13 @@ class Emitter(BatchSender):
     @property
     def stats(self) -> EmitterStats:
         with self._lock:
+            waiting = len(self._buffer)
             return EmitterStats(
-                accepted=self._accepted,
+                accepted=self._accepted(waiting),
                 sent=self._sent,
                 dropped=self._dropped,
                 batches=self._batches,
-                buffered=len(self._buffer) + self._in_hand,
+                buffered=waiting + self._in_hand,
                 send_failures=self._send_failures,
                 last_error=self._last_error,
                 rejected=dict(self._rejected),
@@ -228,7 +248,7 @@ class Emitter(BatchSender):
         Returns False when that did not happen within ``timeout_s``.
         """
         with self._lock:
-            target = self._accepted
+            target = self._accepted(len(self._buffer))
             if self._done >= target and not self._dropped_unreported:
                 return True
         if not self._sender_running:
@@ -251,7 +271,10 @@ class Emitter(BatchSender):
         with self._lock:
             self._stopping = True
             left = len(self._buffer)
-            self._buffer.clear()
+            popleft = self._buffer.popleft
+            for _ in range(left):  # not clear(): a hook may be appending meanwhile
+                popleft()
+            self._removed += left
             self._models_buffered = 0
             if left:
                 self._done += left

@@ -33,7 +33,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 
 from fleettrace import attributes, plan_scope
 from fleettrace.attributes import Attributes
-from fleettrace.capture import Captured, build_llm, build_tool
+from fleettrace.capture import Captured, build_llm, build_sample
 from fleettrace.emitter import Emitter, get_emitter
 from fleettrace.ids import uuid7_int
 from fleettrace.metrics import MetricKey
@@ -46,6 +46,7 @@ from fleettrace.spans import (
     PLAN_ID,
     Span,
     TimedSpan,
+    ToolSpan,
     check_value,
     checked_name,
     new_id,
@@ -176,21 +177,43 @@ class DecisionSpan(Span):
 class ActorSpan(TimedSpan):
     """An actor invocation: the actor's name is stamped on the LLM calls inside."""
 
+    # Shared by every actor span (see ToolSpan).
+    key = MetricKey.ACTOR_INVOCATION_DURATION_MS
+    _unit_s = _MS
+    _outcome_key = None
+    _on_end = None
+    _started_s = 0.0
+
     def __init__(
         self,
         name: str,
         emitter: Emitter | None,
         given: tuple[Attributes, list[str]] | None = None,
     ) -> None:
-        super().__init__(
-            MetricKey.ACTOR_INVOCATION_DURATION_MS, {"actor": name}, unit_s=_MS, emitter=emitter
-        )
+        # Set here rather than through the parents' __init__ (see ToolSpan).
+        self._emitter = emitter
+        self.labels = {"actor": name}
         self._given = given
         self.name = name
 
-    def _enter(self) -> None:
-        self._set(ACTOR, self.name)
-        self._set_attributes(self._given, "an actor")
+    def __enter__(self) -> ActorSpan:
+        self._tokens = [(ACTOR, ACTOR.set(self.name))]
+        if self._given is not None:
+            self._set_attributes(self._given, "an actor")
+        self._started_s = time.perf_counter()
+        return self
+
+    def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
+        (self._emitter if self._emitter is not None else get_emitter()).capture(
+            (
+                build_sample,
+                MetricKey.ACTOR_INVOCATION_DURATION_MS,
+                elapsed_s * 1000,
+                self.labels,
+                PLAN_ID.get(),
+                time_ns(),
+            )
+        )
 
     def llm(self, provider: str, model: str, **fields: Any) -> LLMCallSpan:
         """An LLM call made by this actor (see :func:`llm_call`)."""
@@ -387,6 +410,8 @@ def actor(
 ) -> ActorSpan:
     """An actor invocation (``actor.invocation_duration_ms{actor}``). The attributes
     given hold for every record inside it."""
+    if tags is None and metadata is None and user_id is None and session_id is None:
+        return ActorSpan(checked_name("actor", name), emitter)
     return ActorSpan(
         checked_name("actor", name), emitter, attributes.given(tags, metadata, user_id, session_id)
     )
@@ -421,35 +446,10 @@ def llm_call(
     )
 
 
-def _record_tool(span: TimedSpan, elapsed_s: float, error: BaseException | None) -> None:
-    """A tool's own record (a ``ToolCall``) in the plan, decision and actor around it,
-    made by the sender thread from what is captured here."""
-    span.emitter.capture(
-        (
-            build_tool,
-            span.labels["tool"],
-            elapsed_s,
-            None if error is None else _error_text(error),
-            PLAN_ID.get(),
-            DECISION_ID.get(),
-            ACTOR.get(),
-            plan_scope.var().get(),
-            time_ns(),
-        )
-    )
-
-
-def tool(name: str, *, emitter: Emitter | None = None) -> TimedSpan:
+def tool(name: str, *, emitter: Emitter | None = None) -> ToolSpan:
     """A tool execution: its duration and its outcome (``tool.error_rate{tool,outcome}``),
     and a ``ToolCall`` record of its own in the plan tree."""
-    return TimedSpan(
-        MetricKey.TOOL_INVOCATION_DURATION_MS,
-        {"tool": checked_name("tool", name)},
-        unit_s=_MS,
-        outcome_key=MetricKey.TOOL_ERROR_RATE,
-        emitter=emitter,
-        on_end=_record_tool,
-    )
+    return ToolSpan(checked_name("tool", name), emitter)
 
 
 def context_build(tier: str, *, emitter: Emitter | None = None) -> TimedSpan:

@@ -96,7 +96,11 @@ class BatchSender:
         self._in_hand = 0
         self._emitter_id = secrets.token_hex(8)
         self._seq = 0
-        self._accepted = 0
+        # Accepted records are those that left the buffer, those in it, and those the
+        # block policy refused at the door (see _accepted): hooks append without the
+        # lock, so they count nothing themselves.
+        self._removed = 0
+        self._refused = 0
         self._done = 0
         self._sent = 0
         self._dropped = 0
@@ -127,6 +131,10 @@ class BatchSender:
         # decides when to try again, not redis-py's built-in retries stacked under it.
         self._client.set_retry(Retry(NoBackoff(), 0))
         self._script: Script = self._client.register_script(APPLY_BATCH_LUA)
+
+    def _accepted(self, waiting: int) -> int:
+        """Records accepted so far, with ``waiting`` in the buffer (lock held)."""
+        return self._removed + waiting + self._refused
 
     def _over_bytes(self) -> bool:
         """Whether one more record would take the buffer's estimated size past its byte
@@ -180,8 +188,11 @@ class BatchSender:
         False when told to stop."""
         if not self._holding() and self._idle():
             # Nothing to send: sleep until a record, flush() or close() wakes us,
-            # rather than waking every flush interval for nothing.
-            self._arrived.wait()
+            # rather than waking every flush interval for nothing. Looked at again
+            # once idle is set: a hook appends without the lock, and one that did
+            # so just before saw the sender busy and woke no one.
+            if not self._buffer:
+                self._arrived.wait()
             self._sender_idle = False
         self._arrived.clear()
         if not self._holding():
@@ -226,12 +237,10 @@ class BatchSender:
                 return False
             if not partial and len(self._buffer) < limit:
                 return False
-            if len(self._buffer) <= limit:
-                taken = list(self._buffer)
-                self._buffer.clear()
-            else:
-                popleft = self._buffer.popleft
-                taken = [popleft() for _ in range(limit)]
+            # Popped one by one, never cleared: a hook may append meanwhile.
+            popleft = self._buffer.popleft
+            taken = [popleft() for _ in range(min(len(self._buffer), limit))]
+            self._removed += len(taken)
             if self._models_buffered:
                 self._models_buffered -= sum(type(item) is not tuple for item in taken)
             self._hand = taken

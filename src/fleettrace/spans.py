@@ -21,11 +21,13 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from fleettrace import attributes
 from fleettrace.attributes import Attributes
-from fleettrace.capture import build_sample
+from fleettrace.capture import build_sample, build_tool
 from fleettrace.emitter import Emitter, get_emitter
 from fleettrace.ids import uuid7_hex
 from fleettrace.metrics import MetricKey
 from fleettrace.model import MAX_LABEL_CHARS
+from fleettrace.plan_scope import error_text
+from fleettrace.plan_scope import var as plan_state
 
 logger = logging.getLogger("fleettrace.hooks")
 
@@ -190,3 +192,68 @@ class TimedSpan(Span):
             )
         if self._on_end is not None:
             self._on_end(self, elapsed_s, error)
+
+
+class ToolSpan(TimedSpan):
+    """A tool run: its duration and outcome samples and its ``ToolCall`` record, all
+    captured in one append when the block ends (the sender thread makes them)."""
+
+    # What every tool span shares is set on the class: a tool is entered on every
+    # run, and each attribute set or call level costs as much as the rest of the hook.
+    key = MetricKey.TOOL_INVOCATION_DURATION_MS
+    _unit_s = 0.001
+    _outcome_key = MetricKey.TOOL_ERROR_RATE
+    _on_end = None
+    _started_s = 0.0
+
+    def __init__(self, name: str, emitter: Emitter | None) -> None:
+        self._emitter = emitter
+        self.labels = {"tool": name}
+        self.name = name
+
+    def __enter__(self) -> ToolSpan:
+        self._started_s = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        elapsed_s = time.perf_counter() - self._started_s
+        try:
+            name = self.name
+            plan_id = PLAN_ID.get()
+            now_ns = time_ns()
+            if exc is None:
+                error, outcome = None, {"tool": name, "outcome": "ok"}
+            else:
+                error, outcome = error_text(exc), {"tool": name, "outcome": "error"}
+            (self._emitter if self._emitter is not None else get_emitter()).capture(
+                (
+                    build_sample,
+                    MetricKey.TOOL_INVOCATION_DURATION_MS,
+                    elapsed_s * 1000,
+                    self.labels,
+                    plan_id,
+                    now_ns,
+                ),
+                (build_sample, MetricKey.TOOL_ERROR_RATE, 1, outcome, plan_id, now_ns),
+                (
+                    build_tool,
+                    name,
+                    elapsed_s,
+                    error,
+                    plan_id,
+                    DECISION_ID.get(),
+                    ACTOR.get(),
+                    plan_state().get(),
+                    now_ns,
+                ),
+            )
+        except Exception:
+            if exc is None:
+                raise
+            # The block's own exception is what the caller must see, unchanged.
+            logger.warning("fleettrace could not record %r", self, exc_info=True)
