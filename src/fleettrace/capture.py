@@ -28,33 +28,47 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from time import time_ns
 from typing import Any, Final
 
 from pydantic import ValidationError
 
 from fleettrace import attributes
-from fleettrace.attributes import Attributes
 from fleettrace.ids import uuid7_int
-from fleettrace.metrics import MetricKey
 from fleettrace.model import MAX_LATENCY_MS, TOKEN_DETAIL_FIELDS, LLMTrace, MetricSample
-from fleettrace.plan_scope import PlanState
-from fleettrace.tree_records import AnyRecord, ToolCall
+from fleettrace.tree_records import AnyRecord, PlanRecord, ToolCall
 
 logger = logging.getLogger("fleettrace.hooks")
 
 #: A captured hook: ``(builder, *what the hook knew)``.
 Captured = tuple[Any, ...]
 Builder = Callable[[Captured, list[str]], AnyRecord | None]
+#: How many elements of a captured LLM call come before its field values.
+LLM_FIXED: Final = 13
 
 _TOTALS: Final = frozenset(("prompt_tokens", "completion_tokens"))
 _REQUIRED: Final = frozenset(("provider", "model"))
-_NS: Final = 1e-9
 
 
-def when(created_ns: int) -> datetime:
-    """The UTC time of a ``time.time_ns()`` reading (microseconds, as a record keeps)."""
-    return datetime.fromtimestamp(created_ns * _NS, UTC)
+def when(created_s: float) -> datetime:
+    """The UTC time of a ``time.time()`` reading (a float: 16 bytes less to buffer than
+    ``time_ns()``'s int, and still finer than the microseconds a record keeps)."""
+    return datetime.fromtimestamp(created_s, UTC)
+
+
+#: Field-name tuples of LLM calls seen so far, so that every captured call with the
+#: same fields shares one (bounded: a shape past the bound is kept by its call alone).
+SHAPES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_MAX_SHAPES: Final = 1024
+
+
+def shape_of(names: tuple[str, ...]) -> tuple[str, ...]:
+    """The shared tuple equal to ``names`` (the first time: ``names`` itself)."""
+    known = SHAPES.get(names)
+    if known is not None:
+        return known
+    if len(SHAPES) < _MAX_SHAPES:
+        SHAPES[names] = names
+    return names
 
 
 def build(item: Captured, rejected: list[str]) -> AnyRecord | None:
@@ -67,46 +81,20 @@ def build(item: Captured, rejected: list[str]) -> AnyRecord | None:
 # -- LLM calls ----------------------------------------------------------------------
 
 
-def llm_call(  # noqa: PLR0917 (the tuple's fields, in order)
-    provider: str,
-    model: str,
-    fields: dict[str, Any],
-    latency_ms: float,
-    error: str | None,
-    plan_id: str | None,
-    decision_id: str | None,
-    actor: str | None,
-    scope: Attributes,
-    state: PlanState | None,
-    id_int: int,
-    created_ns: int,
-) -> Captured:
-    """What an LLM call span captures when its block ends (see :func:`build_llm`)."""
-    return (
-        build_llm,
-        provider,
-        model,
-        fields,
-        latency_ms,
-        error,
-        plan_id,
-        decision_id,
-        actor,
-        scope,
-        state,
-        id_int,
-        created_ns,
-    )
-
-
 def build_llm(item: Captured, rejected: list[str]) -> LLMTrace | None:
     """An ``LLMTrace`` of a captured call: the fields given win over what the context
-    said (as with ``record_llm_call``); attributes merged into the scope's."""
+    said (as with ``record_llm_call``); attributes merged into the scope's.
+
+    The tuple is ``(build_llm, provider, model, field names, latency_ms, error,
+    plan_id, decision_id, actor, attributes, plan state, id, time, *field values)``:
+    the call's fields dict is not kept, its values are part of the tuple and its
+    names a tuple shared by every call with the same names (:func:`shape_of`), which
+    is about half the memory of a buffered call."""
     (
         _,
         provider,
         model,
-        given,
+        names,
         latency_ms,
         error,
         plan_id,
@@ -115,9 +103,9 @@ def build_llm(item: Captured, rejected: list[str]) -> LLMTrace | None:
         scope,
         state,
         id_int,
-        created_ns,
-    ) = item
-    fields = dict(given)
+        created_s,
+    ) = item[:LLM_FIXED]
+    fields = dict(zip(names, item[LLM_FIXED:], strict=True))
     fields.setdefault("plan_id", plan_id)
     fields.setdefault("decision_id", decision_id)
     fields.setdefault("actor", actor)
@@ -133,7 +121,7 @@ def build_llm(item: Captured, rejected: list[str]) -> LLMTrace | None:
     if "trace_id" not in fields:
         fields["trace_id"] = uuid.UUID(int=id_int)
     if "started_at" not in fields:
-        fields["started_at"] = when(created_ns)
+        fields["started_at"] = when(created_s)
     fields["provider"] = provider
     fields["model"] = model
     return validated_trace(fields, rejected)
@@ -178,16 +166,11 @@ def validated_trace(fields: dict[str, Any], rejected: list[str]) -> LLMTrace | N
 # -- metric samples and tool calls --------------------------------------------------
 
 
-def sample(key: MetricKey, value: float, labels: dict[str, str], plan_id: str | None) -> Captured:
-    """A metric sample a span observes (labels already checked by the hook)."""
-    return (build_sample, key, value, labels, plan_id, time_ns())
-
-
 def build_sample(item: Captured, rejected: list[str]) -> MetricSample | None:
-    _, key, value, labels, plan_id, created_ns = item
+    _, key, value, labels, plan_id, created_s = item
     try:
         return MetricSample(
-            key=key, value=value, labels=labels, plan_id=plan_id, observed_at=when(created_ns)
+            key=key, value=value, labels=labels, plan_id=plan_id, observed_at=when(created_s)
         )
     except ValidationError as error:
         logger.warning("fleettrace could not record a sample of %s: %s", key, error)
@@ -197,7 +180,7 @@ def build_sample(item: Captured, rejected: list[str]) -> MetricSample | None:
 def build_tool(item: Captured, rejected: list[str]) -> ToolCall | None:
     """A ``ToolCall`` of ``(build_tool, name, elapsed_s, error, plan_id, decision_id,
     actor, plan state, ended ns)``; placed in the tree by the plan state captured."""
-    _, name, elapsed_s, error, plan_id, decision_id, actor, state, created_ns = item
+    _, name, elapsed_s, error, plan_id, decision_id, actor, state, created_s = item
     place: dict[str, Any] = {}
     if state is not None and plan_id == state.plan_id:
         place = {
@@ -212,7 +195,7 @@ def build_tool(item: Captured, rejected: list[str]) -> ToolCall | None:
             plan_id=plan_id,
             decision_id=decision_id,
             actor=actor,
-            started_at=when(created_ns) - timedelta(seconds=elapsed_s),
+            started_at=when(created_s) - timedelta(seconds=elapsed_s),
             duration_ms=min(elapsed_s * 1000, MAX_LATENCY_MS),
             outcome="ok" if error is None else "error",
             error=error,
@@ -221,3 +204,10 @@ def build_tool(item: Captured, rejected: list[str]) -> ToolCall | None:
     except ValidationError as problem:
         logger.warning("fleettrace could not record a run of tool %s: %s", name, problem)
         return None
+
+
+def build_plan(item: Captured, rejected: list[str]) -> PlanRecord | None:
+    """A ``PlanRecord`` of ``(build_plan, plan state, elapsed_s, error, phases_ms)``."""
+    _, state, elapsed_s, error, phases_ms = item
+    record: PlanRecord | None = state.record_of(elapsed_s, error, phases_ms)
+    return record

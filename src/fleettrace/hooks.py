@@ -27,13 +27,13 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar, Token
-from time import time_ns
+from time import time as wall_s
 from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar
 
 from fleettrace import attributes, plan_scope
 from fleettrace.attributes import Attributes
-from fleettrace.capture import Captured, build_llm, build_sample
+from fleettrace.capture import SHAPES, Captured, build_llm, build_plan, build_sample, shape_of
 from fleettrace.emitter import Emitter, get_emitter
 from fleettrace.ids import uuid7_int
 from fleettrace.metrics import MetricKey
@@ -117,7 +117,16 @@ class PlanSpan(Span):
         self.plan_id = plan_id or ""
         self.parent: str | None = parent
         self.state: plan_scope.PlanState | None = None
-        self.record: PlanRecord | None = None
+        self._captured: Captured | None = None
+        self._record: PlanRecord | None = None
+
+    @property
+    def record(self) -> PlanRecord | None:
+        """The plan's record once its block has ended (made when first asked for, from
+        what was captured: the record the sender sends)."""
+        if self._record is None and self._captured is not None:
+            self._record = build_plan(self._captured, [])
+        return self._record
 
     @property
     def place(self) -> PlanPlace | None:
@@ -146,9 +155,15 @@ class PlanSpan(Span):
     def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
         self._observe(MetricKey.PLAN_DURATION_SECONDS, elapsed_s, {"phase": TOTAL_PHASE})
         if self.state is not None:
-            self.record = self.state.end_record(elapsed_s, error)
-            if self.record is not None:
-                self.emitter.record(self.record)
+            # Made by the sender thread, like every hook's record.
+            self._captured = (
+                build_plan,
+                self.state,
+                elapsed_s,
+                None if error is None else _error_text(error),
+                dict(self.state.phases_ms),
+            )
+            self.emitter.capture(self._captured)
 
 
 class DecisionSpan(Span):
@@ -211,7 +226,7 @@ class ActorSpan(TimedSpan):
                 elapsed_s * 1000,
                 self.labels,
                 PLAN_ID.get(),
-                time_ns(),
+                wall_s(),
             )
         )
 
@@ -278,11 +293,13 @@ class LLMCallSpan(Span):
             _llm_call.reset(self._reset)
             self._reset = None
         try:
+            fields = self.fields
+            names = tuple(fields)
             captured = (
                 build_llm,
                 self.provider,
                 self.model,
-                self.fields,
+                SHAPES.get(names) or shape_of(names),
                 elapsed_s * 1000,
                 None if exc is None else _error_text(exc),
                 PLAN_ID.get(),
@@ -291,7 +308,8 @@ class LLMCallSpan(Span):
                 attributes.current.get(),
                 plan_scope.var().get(),
                 uuid7_int(),
-                time_ns(),
+                wall_s(),
+                *fields.values(),
             )
             self._captured = self._trace = None
             self._captured = captured

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
-from time import time_ns
+from time import time as wall_s
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -100,7 +100,7 @@ class Span:
     def _observe(self, key: MetricKey, value: float, labels: dict[str, str]) -> None:
         """Capture a sample of ``key`` (labels checked by the hook); the sender thread
         makes the ``MetricSample``."""
-        self.emitter.capture((build_sample, key, value, labels, PLAN_ID.get(), time_ns()))
+        self.emitter.capture((build_sample, key, value, labels, PLAN_ID.get(), wall_s()))
 
     def __enter__(self: S) -> S:
         self._tokens = []
@@ -180,15 +180,15 @@ class TimedSpan(Span):
 
     def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
         plan_id = PLAN_ID.get()
-        now_ns = time_ns()
-        duration = (build_sample, self.key, elapsed_s / self._unit_s, self.labels, plan_id, now_ns)
+        now_s = wall_s()
+        duration = (build_sample, self.key, elapsed_s / self._unit_s, self.labels, plan_id, now_s)
         if self._outcome_key is None:
             self.emitter.capture(duration)
         else:
             outcome = "ok" if error is None else "error"
             labels = {**self.labels, "outcome": outcome}
             self.emitter.capture(
-                duration, (build_sample, self._outcome_key, 1, labels, plan_id, now_ns)
+                duration, (build_sample, self._outcome_key, 1, labels, plan_id, now_s)
             )
         if self._on_end is not None:
             self._on_end(self, elapsed_s, error)
@@ -225,7 +225,7 @@ class ToolSpan(TimedSpan):
         try:
             name = self.name
             plan_id = PLAN_ID.get()
-            now_ns = time_ns()
+            now_s = wall_s()
             if exc is None:
                 error, outcome = None, {"tool": name, "outcome": "ok"}
             else:
@@ -237,9 +237,9 @@ class ToolSpan(TimedSpan):
                     elapsed_s * 1000,
                     self.labels,
                     plan_id,
-                    now_ns,
+                    now_s,
                 ),
-                (build_sample, MetricKey.TOOL_ERROR_RATE, 1, outcome, plan_id, now_ns),
+                (build_sample, MetricKey.TOOL_ERROR_RATE, 1, outcome, plan_id, now_s),
                 (
                     build_tool,
                     name,
@@ -249,7 +249,7 @@ class ToolSpan(TimedSpan):
                     DECISION_ID.get(),
                     ACTOR.get(),
                     plan_state().get(),
-                    now_ns,
+                    now_s,
                 ),
             )
         except Exception:
