@@ -25,7 +25,7 @@ Overflow = Literal["drop_oldest", "block"]
 #: its own numbers and its fields dict), and a prebuilt pydantic record given to
 #: ``record()``. Measured on CPython 3.11 (``python -m benchmarks.load --only
 #: memory``, docs/performance.md), rounded up.
-CAPTURED_RECORD_BYTES: Final = 400
+CAPTURED_RECORD_BYTES: Final = 450
 MODEL_RECORD_BYTES: Final = 2_500
 
 

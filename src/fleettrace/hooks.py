@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from time import time as wall_s
 from types import TracebackType
@@ -232,7 +232,7 @@ class ActorSpan(TimedSpan):
 
     def llm(self, provider: str, model: str, **fields: Any) -> LLMCallSpan:
         """An LLM call made by this actor (see :func:`llm_call`)."""
-        return LLMCallSpan(provider, model, {"actor": self.name, **fields}, self._emitter)
+        return LLMCallSpan(provider, model, fields, self._emitter, self.name)
 
 
 class LLMCallSpan(Span):
@@ -250,14 +250,25 @@ class LLMCallSpan(Span):
     """
 
     def __init__(
-        self, provider: str, model: str, fields: dict[str, Any], emitter: Emitter | None
+        self,
+        provider: str,
+        model: str,
+        fields: dict[str, Any],
+        emitter: Emitter | None,
+        actor: str | None = None,
     ) -> None:
         self._emitter = emitter
         self._started_s = 0.0
         self._tokens = []
         self.provider = provider
         self.model = model
+        #: The fields set so far; this span's own dict (a kwargs dict made for it)
+        #: until it decorates a function, whose calls each copy it (see __enter__).
         self.fields = fields
+        self._own_fields = True
+        #: The actor of ``actor.llm(...)``: the call's, whatever the context says
+        #: (an ``actor`` in the fields still wins).
+        self._actor = actor
         self._reset: Token[LLMCallSpan | None] | None = None
         self._captured: Captured | None = None
         self._trace: LLMTrace | None = None
@@ -275,9 +286,16 @@ class LLMCallSpan(Span):
             self._trace = build_llm(self._captured, [])
         return self._trace
 
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
+        # A decorated function's calls share the fields given at decoration time:
+        # each call's copy of the span copies them before setting its own.
+        self._own_fields = False
+        return super().__call__(func)
+
     def __enter__(self) -> LLMCallSpan:
-        # A decorated function's calls share the fields given at decoration time.
-        self.fields = dict(self.fields)
+        if not self._own_fields:
+            self.fields = dict(self.fields)
+            self._own_fields = True
         self._reset = _llm_call.set(self)
         self._started_s = time.perf_counter()
         return self
@@ -304,7 +322,7 @@ class LLMCallSpan(Span):
                 None if exc is None else _error_text(exc),
                 PLAN_ID.get(),
                 DECISION_ID.get(),
-                ACTOR.get(),
+                ACTOR.get() if self._actor is None else self._actor,
                 attributes.current.get(),
                 plan_scope.var().get(),
                 uuid7_int(),
