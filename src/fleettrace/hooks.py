@@ -329,8 +329,7 @@ class LLMCallSpan(Span):
                 wall_s(),
                 *fields.values(),
             )
-            self._captured = self._trace = None
-            self._captured = captured
+            self._captured, self._trace = captured, None
             (self._emitter if self._emitter is not None else get_emitter()).capture(captured)
         except Exception:
             if exc is None:
