@@ -144,7 +144,7 @@ def rows(hooks: dict[str, Any]) -> list[Row]:
                 "lower",
                 "<= 40",
                 _check(per_100k, lambda v: v <= 40),
-                f"{memory['buffered']:,} LLM calls buffered, "
+                f"{memory['buffered']:,} records buffered ({memory['calls']:,} LLM calls, "
                 f"{memory['bytes_per_record']} bytes each",
             )
         )

@@ -96,7 +96,8 @@ class Emitter(BatchSender):
 
     def record(self, trace: LLMTrace | MetricSample | ToolCall | PlanRecord) -> None:
         """Queue one trace (or a prebuilt metric sample, tool call or plan record) for
-        sending. Costs a type check, a lock and a deque append."""
+        sending. Costs a type check and a deque append (a lock when the buffer is
+        full, or bounded in bytes)."""
         if not isinstance(trace, _RECORD_TYPES):
             raise TypeError(
                 "record() takes an LLMTrace, MetricSample, ToolCall or PlanRecord, "
@@ -109,12 +110,12 @@ class Emitter(BatchSender):
         sender thread makes the record of it). The hooks' way in, unchecked (the hooks
         make the items).
 
-        A captured tuple is appended without the lock while the buffer has room and
-        holds no prebuilt record (a deque append is atomic, and every removal from
-        the buffer happens under the lock and counts what it removed, so the figures
-        still add up); anything else goes the locked way of :meth:`_put`. Several
-        threads at the bound may each add one record past it before one of them
-        takes the locked way."""
+        An item is appended without the lock while the buffer has room (a deque
+        append is atomic, and every removal from the buffer happens under the lock
+        and counts what it removed, so the figures still add up) and, with a byte
+        bound, while the buffer holds only captured tuples; anything else goes the
+        locked way of :meth:`_put`. Several threads at the bound may each add one
+        record past it before one of them takes the locked way."""
         if not self._sender_running:
             self._start_sender()
         if self._closed:
@@ -124,7 +125,9 @@ class Emitter(BatchSender):
         buffer = self._buffer
         before = len(buffer)
         for item in items:
-            if type(item) is tuple and len(buffer) < self._max_buffer and not self._models_buffered:
+            if len(buffer) < self._max_buffer and not (
+                self._byte_bound and (self._models_buffered or type(item) is not tuple)
+            ):
                 buffer.append(item)
             else:
                 self._put(item)
@@ -143,12 +146,12 @@ class Emitter(BatchSender):
                 raise EmitterClosed(
                     "this emitter is closed; create a new one or use fleettrace.get_emitter()"
                 )
-            model = type(item) is not tuple
+            # Prebuilt records are counted only where a byte bound needs their size.
+            model = self._byte_bound and type(item) is not tuple
             if model:
                 self._models_buffered += 1
             if (
-                len(self._buffer) >= self._max_buffer
-                or (self._models_buffered and self._over_bytes())
+                len(self._buffer) >= self._max_buffer or (self._byte_bound and self._over_bytes())
             ) and not self._make_room():
                 if model:
                     self._models_buffered -= 1
@@ -182,7 +185,8 @@ class Emitter(BatchSender):
             while buffer and (
                 dropped == 0 or len(buffer) >= self._max_buffer or self._over_bytes()
             ):
-                if type(buffer.popleft()) is not tuple:
+                dropping = buffer.popleft()
+                if self._byte_bound and type(dropping) is not tuple:
                     self._models_buffered -= 1
                 dropped += 1
             self._removed += dropped

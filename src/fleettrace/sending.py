@@ -73,6 +73,7 @@ class BatchSender:
         # The byte bound, where set, as records of the size a hook captures; prebuilt
         # models (record()) count as larger (buffer_bytes).
         byte_bound = self.settings.max_buffer_bytes
+        self._byte_bound = byte_bound is not None
         self._max_bytes = byte_bound if byte_bound is not None else sys.maxsize
         self._max_buffer = min(
             self.settings.max_buffer_records, self._max_bytes // CAPTURED_RECORD_BYTES
