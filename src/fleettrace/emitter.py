@@ -1,8 +1,11 @@
 """The emitter: takes records on the agent's hot path and sends them to Redis in batches.
 
-``record()`` and ``observe()`` only put the record in a bounded in-memory buffer
-(a lock, a deque append and a counter): no encoding, no network, no pricing. A
-daemon thread takes batches from the buffer, prices the calls whose cost the caller
+``record()`` and ``observe()`` only put the record in a bounded in-memory buffer (a
+deque append; the lock only when the buffer is full or bounded in bytes), and the
+hooks put there what they captured (:meth:`Emitter.capture`, :mod:`fleettrace.capture`):
+no validation of a hook's record, no encoding, no network, no pricing. A daemon
+thread takes batches from the buffer, makes the records of what hooks captured,
+prices the calls whose cost the caller
 left out (:mod:`fleettrace.pricing`), encodes them (:mod:`fleettrace.codec`),
 sums their counter deltas (:mod:`fleettrace.counters`) and applies each batch with
 one function call (:mod:`fleettrace.batch_script`; a script on Redis 6.2), which
