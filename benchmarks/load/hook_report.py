@@ -145,7 +145,7 @@ def rows(hooks: dict[str, Any]) -> list[Row]:
                 "<= 40",
                 _check(per_100k, lambda v: v <= 40),
                 f"{memory['buffered']:,} records buffered ({memory['calls']:,} LLM calls, "
-                f"{memory['bytes_per_record']} bytes each",
+                f"their plans' and actors' records), {memory['bytes_per_record']} bytes each",
             )
         )
     return result

@@ -249,6 +249,12 @@ class LLMCallSpan(Span):
     was captured: the record sent, but for its cost).
     """
 
+    _started_s = 0.0
+    _own_fields = True
+    _reset: Token[LLMCallSpan | None] | None = None
+    _captured: Captured | None = None
+    _trace: LLMTrace | None = None
+
     def __init__(
         self,
         provider: str,
@@ -257,21 +263,17 @@ class LLMCallSpan(Span):
         emitter: Emitter | None,
         actor: str | None = None,
     ) -> None:
+        # Only what differs per call is set here; the rest are the class's defaults
+        # below (each attribute set costs as much as a tenth of the hook).
         self._emitter = emitter
-        self._started_s = 0.0
-        self._tokens = []
         self.provider = provider
         self.model = model
         #: The fields set so far; this span's own dict (a kwargs dict made for it)
         #: until it decorates a function, whose calls each copy it (see __enter__).
         self.fields = fields
-        self._own_fields = True
         #: The actor of ``actor.llm(...)``: the call's, whatever the context says
         #: (an ``actor`` in the fields still wins).
         self._actor = actor
-        self._reset: Token[LLMCallSpan | None] | None = None
-        self._captured: Captured | None = None
-        self._trace: LLMTrace | None = None
 
     @property
     def ended(self) -> bool:
