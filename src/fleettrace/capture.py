@@ -207,7 +207,8 @@ def build_tool(item: Captured, rejected: list[str]) -> ToolCall | None:
 
 
 def build_plan(item: Captured, rejected: list[str]) -> PlanRecord | None:
-    """A ``PlanRecord`` of ``(build_plan, plan state, elapsed_s, error, phases_ms)``."""
-    _, state, elapsed_s, error, phases_ms = item
-    record: PlanRecord | None = state.record_of(elapsed_s, error, phases_ms)
+    """A ``PlanRecord`` of ``(build_plan, plan state, elapsed_s, error, phases_ms,
+    record id)``."""
+    _, state, elapsed_s, error, phases_ms, id_int = item
+    record: PlanRecord | None = state.record_of(elapsed_s, error, phases_ms, uuid.UUID(int=id_int))
     return record

@@ -32,6 +32,7 @@ from fleettrace import attributes, plan_scope
 from fleettrace.attributes import Attributes
 from fleettrace.capture import Captured, build_plan, build_sample
 from fleettrace.emitter import Emitter, get_emitter
+from fleettrace.ids import uuid7_int
 
 # Re-exported: the LLM call span is one of the hooks (its code is apart for its cost).
 from fleettrace.llm_span import LLMCallSpan as LLMCallSpan  # noqa: PLC0414 (re-export)
@@ -151,6 +152,7 @@ class PlanSpan(Span):
                 elapsed_s,
                 None if error is None else _error_text(error),
                 dict(self.state.phases_ms),
+                uuid7_int(),
             )
             self.emitter.capture(self._captured)
 

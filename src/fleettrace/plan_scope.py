@@ -12,6 +12,7 @@ is made when its scope ends (:meth:`PlanState.end_record`). Kept apart from
 from __future__ import annotations
 
 import logging
+import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,12 +50,18 @@ class PlanState:
         )
 
     def record_of(
-        self, elapsed_s: float, error: str | None, phases_ms: dict[str, float]
+        self,
+        elapsed_s: float,
+        error: str | None,
+        phases_ms: dict[str, float],
+        record_id: uuid.UUID | None = None,
     ) -> PlanRecord | None:
         """The record of this plan ended after ``elapsed_s`` with ``error`` (its text)
-        and ``phases_ms``; ``None`` (logged) if it cannot be built."""
+        and ``phases_ms`` (and ``record_id``, else a new one); ``None`` (logged) if it
+        cannot be built."""
         try:
             return PlanRecord(
+                record_id=record_id or uuid.uuid4(),
                 plan_id=self.plan_id,
                 parent_plan_id=self.parent,
                 root_plan_id=self.place.root_plan_id,
