@@ -289,6 +289,7 @@ def test_values_a_call_record_cannot_hold_are_left_out_and_counted_never_raised(
         negative.update(prompt_tokens=-1, completion_tokens=7, retry_count=2)
     with hooks.llm_call("openai", "gpt-4o") as odd:
         odd.update(prompt_tokens=5, colour="blue", latency_ms=-3.0, streaming="yes")
+        odd.update(trace_id="not a uuid")  # the hook's own id stands in
     with hooks.llm_call("openai", "gpt-4o") as detailed:
         detailed.update(prompt_tokens=10, completion_tokens=1, reasoning_tokens=2)
     with hooks.llm_call("openai", "") as nameless:
@@ -307,6 +308,7 @@ def test_values_a_call_record_cannot_hold_are_left_out_and_counted_never_raised(
     assert (third.prompt_tokens, third.completion_tokens, third.reasoning_tokens) == (10, 1, None)
     stats = emitter.stats
     assert stats.rejected == {
+        "invalid_trace_id": 1,
         "invalid_prompt_tokens": 1,
         "unknown_field": 1,
         "invalid_latency_ms": 1,

@@ -6,7 +6,7 @@ the least it can where it runs: it reads the clock and the scope it runs in (pla
 decision, actor, attributes, plan-tree place: references, nothing copied), makes the
 record's id (:mod:`fleettrace.ids`) and appends one plain tuple to the emitter's
 buffer. The first element of the tuple is the function that makes the record of it;
-the sender thread calls it (:func:`build`) before pricing and encoding, so pydantic's
+the sender thread calls it before pricing and encoding, so pydantic's
 validation, the merging of attributes and the building of timestamps all happen off
 the caller's thread.
 
@@ -71,13 +71,6 @@ def shape_of(names: tuple[str, ...]) -> tuple[str, ...]:
     return names
 
 
-def build(item: Captured, rejected: list[str]) -> AnyRecord | None:
-    """The record of a captured hook (``None``: it could not be made); the reasons of
-    the values left out are appended to ``rejected``."""
-    builder: Builder = item[0]
-    return builder(item, rejected)
-
-
 # -- LLM calls ----------------------------------------------------------------------
 
 
@@ -118,19 +111,23 @@ def build_llm(item: Captured, rejected: list[str]) -> LLMTrace | None:
         fields.setdefault("root_plan_id", place.root_plan_id)
         fields.setdefault("root_started_at", place.root_started_at)
         fields.setdefault("plan_path", place.ancestors)
-    if "trace_id" not in fields:
-        fields["trace_id"] = uuid.UUID(int=id_int)
-    if "started_at" not in fields:
-        fields["started_at"] = when(created_s)
+    # The id and time the hook took stand in for a bad one given (the caller's and the
+    # sender's record must agree on them).
+    own = {"trace_id": uuid.UUID(int=id_int), "started_at": when(created_s)}
+    for name, value in own.items():
+        fields.setdefault(name, value)
     fields["provider"] = provider
     fields["model"] = model
-    return validated_trace(fields, rejected)
+    return validated_trace(fields, rejected, own)
 
 
-def validated_trace(fields: dict[str, Any], rejected: list[str]) -> LLMTrace | None:
+def validated_trace(
+    fields: dict[str, Any], rejected: list[str], own: dict[str, Any] | None = None
+) -> LLMTrace | None:
     """``LLMTrace(**fields)`` with what it refuses left out, each named in
-    ``rejected``; ``None`` when provider or model is refused (or, after every other
-    field refused was left out, the record still is)."""
+    ``rejected`` (a field in ``own`` takes that value instead); ``None`` when provider
+    or model is refused (or, after every other field refused was left out, the record
+    still is)."""
     for _ in range(4):
         try:
             return LLMTrace(**fields)
@@ -158,6 +155,8 @@ def validated_trace(fields: dict[str, Any], rejected: list[str]) -> LLMTrace | N
             )
             if name in _TOTALS:
                 fields[name] = None  # unknown, never a zero the caller did not say
+            elif own is not None and name in own and fields[name] is not own[name]:
+                fields[name] = own[name]
             else:
                 del fields[name]
     return None

@@ -339,7 +339,7 @@ class BatchSender:
             if type(item) is not tuple:
                 records.append(item)  # type: ignore[arg-type]
                 continue
-            record = item[0](item, rejected)
+            record = item[0](item, rejected)  # the builder the hook put first
             if record is None:
                 unbuilt += 1
             else:
