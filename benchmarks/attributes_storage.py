@@ -30,8 +30,8 @@ from psycopg import sql
 
 from benchmarks.storage import fresh_database, make_traces
 from fleettrace.model import LLMTrace
-from fleettrace_worker import database, migrations
-from fleettrace_worker.repository import TRACE_COLUMNS, TRACES_TABLE, _copy, _trace_row
+from fleettrace_worker.store import database, migrations
+from fleettrace_worker.store.repository import TRACE_COLUMNS, TRACES_TABLE, _copy, _trace_row
 
 ATTRIBUTE_COLUMNS = ("tags", "metadata", "user_id", "session_id", "ttft_ms")
 _BEFORE = tuple(c for c in TRACE_COLUMNS if c[0] not in ATTRIBUTE_COLUMNS)

@@ -25,9 +25,9 @@ import redis
 
 from fleettrace.keys import Keys
 from fleettrace_worker.cli.dashboard import probe_routes
-from fleettrace_worker.dashboard.app import DashboardSettings, build_app
-from fleettrace_worker.migrations import migrate
-from fleettrace_worker.webserver import HttpServer
+from fleettrace_worker.serve.dashboard.app import DashboardSettings, build_app
+from fleettrace_worker.serve.webserver import HttpServer
+from fleettrace_worker.store.migrations import migrate
 
 FILL = """
 INSERT INTO llm_traces (trace_id, plan_id, decision_id, actor, provider, model,

@@ -36,9 +36,9 @@ from fleettrace.hooks import actor, plan
 from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
 from fleettrace.pricing import Pricer
-from fleettrace_worker.database import create_pool
-from fleettrace_worker.migrations import migrate
-from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.store.database import create_pool
+from fleettrace_worker.store.migrations import migrate
+from fleettrace_worker.store.repository import LLMTraceRepository
 
 BATCH_RECORDS = 1000
 REDIS_URL = os.environ.get("FLEETTRACE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -25,8 +25,8 @@ import psycopg
 
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace, MetricSample
-from fleettrace_worker import database, migrations, retention
-from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.store import database, migrations, retention
+from fleettrace_worker.store.repository import LLMTraceRepository
 
 ADMIN_URL = os.environ.get(
     "FLEETTRACE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -245,7 +245,7 @@ def bench_partitions(rows: int, batch: int) -> None:
     """The alternative not chosen: daily range partitions. Insert rate through the
     partitioned parent against the plain table, and dropping a day against deleting it
     in batches."""
-    from fleettrace_worker.repository import TRACE_COLUMNS, _copy, _trace_row
+    from fleettrace_worker.store.repository import TRACE_COLUMNS, _copy, _trace_row
 
     rng = random.Random(3)
     start = datetime(2026, 1, 1, tzinfo=UTC)

@@ -8,16 +8,21 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import pytest
 
+from fleettrace import hooks
 from fleettrace.emitter import Emitter, EmitterSettings
-from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.metrics import MetricKey
 from fleettrace_worker.cli.dashboard import probe_routes
-from fleettrace_worker.dashboard.app import DashboardSettings, build_app
-from fleettrace_worker.webserver import HttpServer
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.serve.dashboard.app import DashboardSettings, build_app
+from fleettrace_worker.serve.webserver import HttpServer
+from tests.emitting import make_emitter
 from tests.factories import numbered_trace
 from tests.worker_helpers import drain, migrated
 
@@ -80,6 +85,65 @@ def fill_other_namespace(redis_url: str, keys: Keys, database_url: str) -> None:
         )
     assert emitter.flush(30)
     emitter.close()
+    drain(redis_url, keys, database_url)
+
+
+#: The plan tree fill_plan_tree records; its child plan; a plan of another tag.
+TREE_ROOT, TREE_CHILD, TREE_OTHER = "trip", "trip/hotel <i>", "errand"
+
+
+def fill_plan_tree(redis_url: str, keys: Keys, database_url: str) -> None:
+    """Plans recorded through the hooks (emitter -> Redis -> worker -> PostgreSQL):
+    ``trip`` (tag ``prod``, user ``alice``) with a decision, an actor, a priced call that
+    read and wrote the cache, was retried and streamed, a tool, and a child plan
+    ``trip/hotel <i>`` (user ``bob``: a priced call, an unpriced failed one, a failed
+    tool); and ``errand`` (tag ``dev``, no user), one dear call. Calls start at set
+    offsets so the waterfall has a shape. ``database_url`` must be migrated."""
+    emitter = make_emitter(redis_url, keys)
+    start = datetime.now(UTC) - timedelta(seconds=2)  # every call in the past: listed now
+
+    def at(ms: float) -> datetime:
+        return start + timedelta(milliseconds=ms)
+
+    try:
+        with hooks.plan(TREE_ROOT, emitter=emitter, tags=["prod"], user_id="alice"):
+            with (
+                hooks.decision("d-1", emitter=emitter),
+                hooks.actor("planner", emitter=emitter),
+            ):
+                hooks.record_llm_call(
+                    "openai", "gpt-4o", emitter=emitter, prompt_tokens=1000,
+                    completion_tokens=100, cache_read_tokens=400, cache_write_tokens=100,
+                    cost_usd=0.0125, latency_ms=800.0, ttft_ms=120.0, retry_count=1,
+                    streaming=True, tags=["search"], metadata={"tier": 2},
+                    started_at=at(0),
+                )  # fmt: skip
+                with hooks.tool("search", emitter=emitter):
+                    pass
+            with (
+                hooks.plan(TREE_CHILD, emitter=emitter, user_id="bob"),
+                hooks.decision("h-1", emitter=emitter),
+                hooks.actor("booker", emitter=emitter),
+            ):
+                hooks.record_llm_call(
+                    "anthropic", "claude-sonnet-4-5", emitter=emitter, prompt_tokens=500,
+                    completion_tokens=50, cost_usd=0.02, latency_ms=300.0, started_at=at(900),
+                )  # fmt: skip
+                hooks.record_llm_call(
+                    "selfhosted", "house-llm", emitter=emitter, prompt_tokens=200,
+                    completion_tokens=20, latency_ms=150.0, error="RateLimitError: slow down",
+                    started_at=at(1300),
+                )  # fmt: skip
+                with pytest.raises(RuntimeError), hooks.tool("book", emitter=emitter):
+                    raise RuntimeError("no rooms")
+        with hooks.plan(TREE_OTHER, emitter=emitter, tags=["dev"]):
+            hooks.record_llm_call(
+                "openai", "gpt-4o", emitter=emitter, prompt_tokens=3000, completion_tokens=10,
+                cost_usd=0.5, latency_ms=90.0,
+            )  # fmt: skip
+        assert emitter.flush(30)
+    finally:
+        emitter.close()
     drain(redis_url, keys, database_url)
 
 

@@ -14,7 +14,6 @@ rows read back from ``llm_traces``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 from collections import deque
@@ -26,9 +25,9 @@ from typing import Any
 import psycopg
 
 from fleettrace.emitter import Emitter
-from fleettrace.keys import PERSIST_GROUP, Keys
-from fleettrace_worker.demo.llm_server import QuietServer, send_json, send_sse
-from fleettrace_worker.demo.llm_server import _tool_call as tool_call
+from fleettrace.keys import Keys
+from fleettrace_worker.demo.llm_server import LocalServer, send_json, send_sse, tool_call
+from fleettrace_worker.keys import PERSIST_GROUP
 from tests.emitting import make_emitter
 from tests.worker_helpers import migrated
 
@@ -65,44 +64,23 @@ class Fault:
     model: str | None = None
 
 
-class LLMServer:
+class LLMServer(LocalServer):
     """An OpenAI- and Anthropic-compatible server on a free loopback port."""
+
+    thread_name = "test-llm-server"
 
     def __init__(self) -> None:
         self.faults: deque[Fault] = deque()
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
-        server = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out as separate writes: without this, Nagle's
-            # algorithm and delayed ACKs add 40 ms to some answers.
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                server._json(self, {"error": {"message": "not found"}}, 404)
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length", "0"))
-                body = json.loads(self.rfile.read(length) or b"{}")
-                with server._lock:
-                    server.requests.append((self.path, body))
-                    fault = server._take_fault(body.get("model"))
-                # A caller that abandons a stream closes the connection under us.
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    server._answer(self, body, fault)
-
-        self._httpd = QuietServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
+    def answer(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
+        body = json.loads(raw or b"{}")
+        with self._lock:
+            self.requests.append((handler.path, body))
+            fault = self._take_fault(body.get("model"))
+        self._answer(handler, body, fault)
 
     @property
     def openai_url(self) -> str:
@@ -111,14 +89,6 @@ class LLMServer:
     @property
     def anthropic_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> LLMServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
     def fail(self, status: int, times: int = 1, model: str | None = None, **headers: str) -> None:
         for _ in range(times):
@@ -142,7 +112,7 @@ class LLMServer:
             payload = {"error": {"message": f"fault {fault.status}", "type": "server_error"}}
             if handler.path.endswith("/messages"):
                 payload = {"type": "error", "error": {"type": "api_error", "message": "fault"}}
-            self._json(handler, payload, fault.status, fault.headers)
+            send_json(handler, payload, fault.status, fault.headers)
             return
         model = SERVED.get(body.get("model", ""), body.get("model", "unknown"))
         tools = [self._tool_name(t) for t in body.get("tools") or []]
@@ -151,25 +121,24 @@ class LLMServer:
                 usage = (body.get("stream_options") or {}).get("include_usage", False)
                 self._sse(handler, _chat_chunks(model, tools, usage, fault.malformed))
             else:
-                self._json(handler, _chat_completion(model, tools))
+                send_json(handler, _chat_completion(model, tools))
         elif handler.path.endswith("/responses"):
             if body.get("stream"):
                 self._sse(handler, _response_events(model, tools, fault.malformed))
             else:
-                self._json(handler, _response(model, tools))
+                send_json(handler, _response(model, tools))
         elif handler.path.endswith("/messages"):
             if body.get("stream"):
                 self._sse(handler, _message_events(model, tools, fault.malformed))
             else:
-                self._json(handler, _message(model, tools))
+                send_json(handler, _message(model, tools))
         else:
-            self._json(handler, {"error": {"message": "not found"}}, 404)
+            send_json(handler, {"error": {"message": "not found"}}, 404)
 
     @staticmethod
     def _tool_name(tool: dict[str, Any]) -> str:
         return str(tool.get("name") or tool.get("function", {}).get("name"))
 
-    _json = staticmethod(send_json)
     _sse = staticmethod(send_sse)
 
 
@@ -397,11 +366,11 @@ class Pipeline:
         return every ``llm_traces`` row, oldest first."""
         import redis as redis_lib
 
-        from fleettrace_worker.consumer import Consumer
-        from fleettrace_worker.database import create_pool
-        from fleettrace_worker.loop import LoopSettings
-        from fleettrace_worker.persist import PersistLoop
-        from fleettrace_worker.repository import LLMTraceRepository
+        from fleettrace_worker.store.database import create_pool
+        from fleettrace_worker.store.persist import PersistLoop
+        from fleettrace_worker.store.repository import LLMTraceRepository
+        from fleettrace_worker.stream.consumer import Consumer
+        from fleettrace_worker.stream.loop import LoopSettings
 
         assert self.emitter.flush(30), f"emitter could not deliver: {self.emitter.stats}"
         client = redis_lib.Redis.from_url(self._redis_url)

@@ -11,13 +11,22 @@ from typing import Any
 import pytest
 import redis
 
+from fleettrace.aggregates import snapshot_fields
 from fleettrace.emitter import Emitter
-from fleettrace.keys import DIRTY_LIVE, DIRTY_PLAN, Keys, plan_field
+from fleettrace.keys import (
+    DIRTY_LIVE,
+    DIRTY_PLAN,
+    SNAPSHOT_REFRESH_MS,
+    SNAPSHOT_TTL_MS,
+    SNAPSHOT_VERSION,
+    Keys,
+    plan_field,
+)
 from fleettrace.live import LiveSeries, is_over_budget, plan_cost_usd, read_live
 from fleettrace.model import LLMTrace
 from fleettrace.plans import count_plans, read_plan, top_plans
-from fleettrace_worker.aggregator import Aggregation
-from fleettrace_worker.runner import Worker, WorkerSettings
+from fleettrace_worker.process import Worker, WorkerSettings
+from fleettrace_worker.serve.aggregator import Aggregation
 from tests.emitting import make_emitter
 from tests.factories import llm_trace
 from tests.waiting import wait_until
@@ -159,6 +168,63 @@ def test_a_hostile_producer_lowers_nothing_the_others_counted(
     aggregation.tick()
     redis_client.set(keys.aggregate_fresh, "1")
     assert sum(s.count for s in read_live(redis_client, keys, "actor.token_usage")) == 20
+
+
+def test_the_snapshot_gives_the_aggregates_figures_and_is_used_only_while_current(
+    redis_url: str, redis_client: redis.Redis, keys: Keys
+) -> None:
+    _fleet(redis_url, redis_client, keys)
+    alice = keys.for_producer("alice")
+    tokens = alice.live("actor.token_usage")
+    for field in redis_client.hkeys(tokens):  # alice writes her own counts below zero
+        redis_client.hset(tokens, field, "-9e18")
+    redis_client.sadd(alice.dirty, DIRTY_LIVE + "actor.token_usage")
+    aggregation = Aggregation(redis_client, keys)
+    aggregation.tick()
+    assert snapshot_fields(redis_client, keys) is not None  # current: read_live decodes it
+    assert 0 < redis_client.pttl(keys.aggregate_snapshot) <= SNAPSHOT_TTL_MS
+    from_snapshot = read_live(redis_client, keys)
+    token_counts = [s.count for s in from_snapshot if s.key.value == "actor.token_usage"]
+    assert sum(token_counts) == 2 * 2 * 5  # bob's and carol's: alice lowered nothing
+    # The same series, exactly, as built from the aggregate hashes and (every series
+    # with something counted) as summed over the producers without a worker.
+    redis_client.delete(keys.aggregate_snapshot)
+    assert snapshot_fields(redis_client, keys) is None
+    assert read_live(redis_client, keys) == from_snapshot
+    assert repr(read_live(redis_client, keys)) == repr(from_snapshot)  # 2.0 stays 2.0
+    aggregation.tick()  # gone: rebuilt at the next tick
+    assert read_live(redis_client, keys, "actor.token_usage") == [
+        s for s in from_snapshot if s.key.value == "actor.token_usage"
+    ]
+    assert snapshot_fields(redis_client, keys) is not None  # what _both reads first
+    from_snapshot_figures, summed = _both(redis_client, keys)
+    assert from_snapshot_figures == summed  # per producer, alice clamped at zero
+    redis_client.set(keys.aggregate_fresh, "1")
+
+    # A fold the snapshot has not seen yet (a worker between folding and rebuilding):
+    # the snapshot is stale, and readers take the aggregate hashes.
+    _record(redis_url, keys, "bob", [_trace(0, "shared", 1.0)])
+    aggregation._fold_live([("bob", "actor.token_usage")])
+    assert snapshot_fields(redis_client, keys) is None
+    stale = sum(token_counts)
+    fresh = sum(s.count for s in read_live(redis_client, keys, "actor.token_usage"))
+    assert fresh == stale + 2  # bob's call: a prompt and a completion count
+    assert aggregation.snapshot.refresh()  # rebuilt, then current until it ages
+    assert not aggregation.snapshot.refresh()
+    assert snapshot_fields(redis_client, keys) is not None
+    assert sum(s.count for s in read_live(redis_client, keys, "actor.token_usage")) == fresh
+    # Older than SNAPSHOT_REFRESH_MS: rebuilt although nothing changed.
+    redis_client.pexpire(keys.aggregate_snapshot, SNAPSHOT_TTL_MS - SNAPSHOT_REFRESH_MS - 1)
+    assert aggregation.snapshot.refresh()
+    # A snapshot built from an older version is never stored over a newer one.
+    version = redis_client.hget(keys.aggregate_snapshot, SNAPSHOT_VERSION)
+    redis_client.hincrby(keys.aggregate_snapshot, SNAPSHOT_VERSION, 1)
+    stored = aggregation.snapshot._store(keys=[keys.aggregate_snapshot], args=[version, "x", 1000])
+    assert stored == 0
+    assert snapshot_fields(redis_client, keys) is None  # and the stale one is not read
+    redis_client.delete(keys.aggregate_fresh)  # no worker: nothing of the snapshot is read
+    aggregation.snapshot.rebuild()
+    assert snapshot_fields(redis_client, keys) is None
 
 
 def test_reruns_redeliveries_and_two_workers_count_nothing_twice(

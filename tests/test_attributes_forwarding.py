@@ -14,7 +14,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.semconv._incubating.attributes import session_attributes, user_attributes
 
 from fleettrace.keys import Keys
-from fleettrace_worker.runs import llm_run
+from fleettrace_worker.forward.langsmith.runs import llm_run
 from tests.factories import add_traces, llm_trace
 from tests.langsmith_server import LangSmithServer
 from tests.otlp_receiver import OtlpReceiver

@@ -14,15 +14,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fleettrace.keys import PERSIST_GROUP
 from fleettrace.model import LLMTrace
-from fleettrace_worker import database, migrations
 from fleettrace_worker.cli import main
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.loop import LoopSettings
-from fleettrace_worker.persist import PersistLoop
-from fleettrace_worker.repository import LLMTraceRepository
-from fleettrace_worker.trace_filter import TraceFilter
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.store import database, migrations
+from fleettrace_worker.store.persist import PersistLoop
+from fleettrace_worker.store.repository import LLMTraceRepository
+from fleettrace_worker.store.trace_filter import TraceFilter
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.loop import LoopSettings
 from tests.factories import llm_trace
 from tests.worker_helpers import at_schema_version, migrate_from_processes, migrated, scalar
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from fleettrace_worker.backoff import backoff_delay_s
+from fleettrace_worker.stream.backoff import backoff_delay_s
 
 
 def test_delay_doubles_up_to_the_cap_within_its_upper_half() -> None:

@@ -36,7 +36,7 @@ from fleettrace.codec import (
     encode_record,
     new_batch_id,
 )
-from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.model import (
     ATTRIBUTE_FIELDS,
     MAX_COST_USD,
@@ -48,12 +48,13 @@ from fleettrace.model import (
     TREE_PLACE_FIELDS,
     LLMTrace,
 )
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.database import create_pool
-from fleettrace_worker.deadletter import list_dead_letters
-from fleettrace_worker.loop import LoopSettings
-from fleettrace_worker.persist import PersistLoop
-from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.store.database import create_pool
+from fleettrace_worker.store.persist import PersistLoop
+from fleettrace_worker.store.repository import LLMTraceRepository
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.deadletter import list_dead_letters
+from fleettrace_worker.stream.loop import LoopSettings
 from tests.reliability import report
 from tests.waiting import wait_until
 from tests.worker_helpers import migrated

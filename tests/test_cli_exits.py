@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.metrics import MetricKey
 from fleettrace_worker.cli import EXIT_BROKEN_PIPE, EXIT_FAILURE, EXIT_OK, WORKER_EXTRA_MODULES
-from fleettrace_worker.deadletter import DeadLetter
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.stream.deadletter import DeadLetter
 from tests.emitting import make_emitter
 from tests.worker_helpers import migrated, worker_env
 

@@ -12,14 +12,15 @@ import pytest
 import redis
 
 from fleettrace import LLMTrace, MetricKey
-from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.live import read_live
 from fleettrace_worker.cli import main
 from fleettrace_worker.cli.dlq import LIST_COLUMNS as DLQ_COLUMNS
 from fleettrace_worker.cli.groups import LIST_COLUMNS as GROUP_COLUMNS
 from fleettrace_worker.cli.metrics import PLAN_COLUMNS, SERIES_COLUMNS
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.deadletter import DeadLetter
+from fleettrace_worker.keys import LANGSMITH_GROUP, PERSIST_GROUP
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.deadletter import DeadLetter
 from tests.emitting import make_emitter
 from tests.factories import add_traces, numbered_trace
 from tests.tables import expected_cells, listing, narrow_and_wide, read_table, run, titles

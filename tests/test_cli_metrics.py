@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,7 +17,9 @@ import redis
 
 from fleettrace import LLMTrace, MetricKey
 from fleettrace.keys import Keys
-from fleettrace_worker.cli import main
+from fleettrace.live import LiveSeries
+from fleettrace.sketch import FineBucket
+from fleettrace_worker.cli import main, metrics
 from tests.emitting import make_emitter
 from tests.servers import free_port
 from tests.tables import read_table
@@ -348,3 +352,48 @@ def test_observations_of_older_emitters_are_named_outside_the_percentiles(
     counts = {b["le"]: b["count"] for b in series["buckets"]}
     assert counts[5.0] == 3
     assert [series["p50"], series["p99"]] == pytest.approx([4.0, 70.0], rel=0.02)
+
+
+def test_json_in_the_default_order_is_the_general_paths_text_byte_for_byte(capsys) -> None:
+    """``--json`` without ``--sort`` writes the series straight from them; the text is
+    the one the general path (any --sort) writes for the same order."""
+    actor, tokens = MetricKey.ACTOR_INVOCATION_DURATION_MS, MetricKey.ACTOR_TOKEN_USAGE
+    bounds = (*actor.spec.buckets, math.inf)
+    buckets = tuple((bound, i % 3) for i, bound in enumerate(bounds))
+    series = [
+        LiveSeries(tokens, (("provider", "openai"), ("model", "gpt-4o")), 5, 1e21),
+        LiveSeries(actor, (("actor", "actor-10"),), 3, 912.5, buckets=buckets, p50=0.4),
+        LiveSeries(actor, (("actor", "actor-9"),), 3, 0.1 + 0.2, buckets=buckets),
+        LiveSeries(actor, (("actor", 'ünï "q"\\' + "x" * 300),), 1, 2.0, buckets=buckets),
+        LiveSeries(actor, (), 2, 1.0, buckets=((-0.0, 1), (0.0, 1), (math.inf, 0)), p99=math.nan),
+        LiveSeries(
+            actor,
+            (("actor", "fine"),),
+            2,
+            1.0,
+            buckets=((5.0, 2), (math.inf, 0)),
+            fine=(FineBucket(1, 3, 5.0, 2),),
+            p50=4.9,
+            p95=4.9,
+            p99=4.9,
+            unsketched=1,
+        ),
+        LiveSeries(MetricKey.CONTEXT_TOKENS_USED, (), 1, 0.0, value=-0.0),
+        LiveSeries(MetricKey.CONTEXT_TOKENS_USED, (), 1, 0.0, value=None),
+    ]
+    keys = Keys("fast-json")
+    texts = []
+    for sort in (None, metrics.SERIES_ORDER):
+        args = argparse.Namespace(json=True, jsonl=False, sort=sort, utc=False)
+        metrics._series(args, keys, series, "none")
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1]
+    items = json.loads(texts[0])["items"]
+    assert [i["labels"].get("actor") for i in items[:3]] == [None, "actor-9", "actor-10"]
+    assert items[0]["p99"] is None and items[0]["buckets"][0]["le"] == -0.0
+    metrics._series(argparse.Namespace(json=True, sort=None), keys, [], "none")
+    assert json.loads(capsys.readouterr().out) == {
+        "items": [],
+        "next_cursor": None,
+        "namespace": "fast-json",
+    }

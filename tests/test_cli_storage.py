@@ -18,9 +18,9 @@ import pytest
 
 from fleettrace.keys import configured_namespace
 from fleettrace.model import LLMTrace
-from fleettrace_worker import database, migrations
 from fleettrace_worker.cli import main
-from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.store import database, migrations
+from fleettrace_worker.store.repository import LLMTraceRepository
 from tests.factories import llm_trace
 from tests.servers import free_port
 from tests.tables import read_table

@@ -16,10 +16,10 @@ import pytest
 
 from fleettrace.keys import configured_namespace
 from fleettrace.model import LLMTrace
-from fleettrace_worker import database
 from fleettrace_worker.cli import main
 from fleettrace_worker.cli.traces import LIST_COLUMNS, cost_columns
-from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.store import database
+from fleettrace_worker.store.repository import LLMTraceRepository
 from tests import tables
 from tests.factories import llm_trace
 from tests.tables import expected_cells, narrow_and_wide, read_table, run, titles

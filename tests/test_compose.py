@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from fleettrace_worker.cli import build_parser
-from fleettrace_worker.langsmith_settings import LangSmithSettings
+from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from fleettrace.connection import connect_redis, first_set, redact_url, redis_url_from_env
+from fleettrace.connection import connect_redis, redact_url
 from fleettrace.errors import ConfigurationError
-from fleettrace_worker.settings import database_url_from_env
+from fleettrace.settings import first_set, redis_url_from_env
+from fleettrace_worker.store.settings import database_url_from_env
 
 
 def test_fleettraces_own_variable_wins_over_the_conventional_one() -> None:

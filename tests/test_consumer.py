@@ -10,9 +10,10 @@ import redis
 
 from fleettrace.codec import Kind, encode_batch, new_batch_id
 from fleettrace.errors import ConfigurationError, RedisUnavailable
-from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP, Keys
-from fleettrace_worker.consumer import Consumer, group_states
-from fleettrace_worker.deadletter import DeadLetter, list_dead_letters
+from fleettrace.keys import Keys
+from fleettrace_worker.keys import LANGSMITH_GROUP, PERSIST_GROUP
+from fleettrace_worker.stream.consumer import Consumer, group_states
+from fleettrace_worker.stream.deadletter import DeadLetter, list_dead_letters
 from tests.factories import add_samples, add_traces, numbered_sample, numbered_trace
 from tests.servers import free_port
 from tests.waiting import wait_until

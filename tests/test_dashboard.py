@@ -19,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from fleettrace.live import read_live
 from fleettrace.plans import total_cost_usd
 from fleettrace_worker.cli import main
-from fleettrace_worker.dashboard.access import CSRF_COOKIE
-from fleettrace_worker.dashboard.api import csv_text
-from fleettrace_worker.dashboard.exposure import is_loopback
+from fleettrace_worker.serve.dashboard.access import CSRF_COOKIE
+from fleettrace_worker.serve.dashboard.api import csv_text
+from fleettrace_worker.serve.dashboard.exposure import is_loopback
 from tests.dashboard_helpers import (
     CALLS,
     HOSTILE,
@@ -146,8 +146,9 @@ def test_api_numbers_are_the_sql_sums_and_the_live_counters(
         expected_plans = dict(
             rows(fleet, "SELECT plan_id, sum(cost_usd) FROM llm_traces GROUP BY plan_id")
         )
-        assert {p["plan_id"]: pytest.approx(p["cost_usd"]) for p in seen} == {
-            k: pytest.approx(v or 0.0) for k, v in expected_plans.items()
+        # A plan nothing of which was priced reads null (unpriced), never 0.
+        assert {p["plan_id"]: p["cost_usd"] for p in seen} == {
+            k: None if v is None else pytest.approx(float(v)) for k, v in expected_plans.items()
         }
         assert HOSTILE_PLAN in expected_plans
 

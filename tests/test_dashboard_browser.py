@@ -13,20 +13,25 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from fleettrace.live import read_live
 from fleettrace.plans import total_cost_usd
-from fleettrace_worker.dashboard.pages import number
+from fleettrace_worker.serve.dashboard.pages import number
 from tests.dashboard_helpers import (
     CALLS,
     HOSTILE,
     HOSTILE_PLAN,
+    TREE_CHILD,
+    TREE_ROOT,
     dashboard,
     drop_poison_rule,
     fill_fleet,
+    fill_plan_tree,
     rows,
 )
 from tests.worker_helpers import ROOT, drain, migrated, trace_rows
@@ -121,6 +126,13 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
         tool = shown[("tool.invocation_duration_ms", f"tool={HOSTILE}")]
         assert (tool[2], tool[3], tool[4]) == ("ms", "3", "131")
         assert ["persist", "1"] in page.cells("dead-letters")
+        # Each of the costliest plans links to its own page, in the namespace read.
+        links = page.page.eval_on_selector_all(
+            "#top-plans a", "anchors => anchors.map(a => [a.textContent, a.getAttribute('href')])"
+        )
+        assert links, "no plan links on the overview"
+        for plan_id, href in links:
+            assert href == f"/plans/{quote(plan_id, safe='')}?namespace={keys.namespace}"
         [(calls, cost, priced)] = rows(
             db, "SELECT count(*), coalesce(sum(cost_usd), 0), count(cost_usd) FROM llm_traces"
         )
@@ -187,10 +199,10 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
         # Plans: every plan with its SQL cost; an agent's markup shown as text.
         page.open(f"{base}/plans", "plans")
         plans = {row[0]: row[3] for row in page.cells("plans-table")}
-        expected_plans = rows(
-            db, "SELECT plan_id, coalesce(sum(cost_usd), 0) FROM llm_traces GROUP BY plan_id"
-        )
-        assert plans == {plan: f"{cost:.6f}" for plan, cost in expected_plans}
+        expected_plans = rows(db, "SELECT plan_id, sum(cost_usd) FROM llm_traces GROUP BY plan_id")
+        assert plans == {
+            plan: "unpriced" if cost is None else f"{cost:.6f}" for plan, cost in expected_plans
+        }
         assert HOSTILE_PLAN in plans
         assert page.page.locator("b", has_text="bold").count() == 0
 
@@ -216,6 +228,133 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
     assert trace_rows(db) == CALLS + 1
 
 
+def _tree_rows(page: Watched) -> list[dict[str, Any]]:
+    return list(
+        page.page.eval_on_selector_all(
+            "#plan-tree tbody tr",
+            """rows => rows.map(r => ({kind: r.dataset.kind, name: r.dataset.name,
+                failed: r.classList.contains('failed'), bar: !!r.querySelector('svg.bar rect'),
+                cells: [...r.cells].map(c => c.textContent.trim())}))""",
+        )
+    )
+
+
+def test_a_plan_is_found_its_tree_read_and_a_call_opened(page, redis_url, keys, database_url):
+    """Plans search -> one plan's tree and waterfall -> one call's details, by clicks;
+    every figure shown is the SQL sum of the rows it stands for."""
+    db = migrated(database_url)
+    fill_plan_tree(redis_url, keys, db)
+    with dashboard(redis_url, keys, db) as base:
+        page.open(f"{base}/plans?tag=prod&status=any", "plans-search")
+        listed = {row[0]: row for row in page.cells("plans-table")}
+        assert set(listed) == {
+            plan for (plan,) in rows(db, "SELECT plan_id FROM llm_traces WHERE 'prod' = ANY(tags)")
+        }
+        page.page.click(f"#plans-table a:text-is('{TREE_ROOT}')")
+        page.page.wait_for_selector("#plan-tree")
+        page.page.wait_for_load_state("networkidle")
+        page.page.screenshot(path=str(SCREENSHOTS / "plan-tree.png"), full_page=True)
+
+        # Each plan row is its subtree's rows summed, each call row its own row.
+        head = ["calls", "unpriced calls", "prompt tokens", "completion tokens", "cost (USD)"]
+        nodes = _tree_rows(page)
+        assert [(n["kind"], n["name"]) for n in nodes[:2]] == [
+            ("plan", TREE_ROOT),
+            ("plan", TREE_CHILD),
+        ]
+        subtree = {TREE_ROOT: [TREE_ROOT, TREE_CHILD], TREE_CHILD: [TREE_CHILD]}
+        for node in nodes:
+            shown = dict(zip(head, node["cells"][3:8], strict=True))
+            if node["kind"] == "plan":
+                [(calls, priced, p, c, cost)] = rows(
+                    db,
+                    "SELECT count(*), count(cost_usd), sum(prompt_tokens), "
+                    "sum(completion_tokens), sum(cost_usd) FROM llm_traces "
+                    "WHERE plan_id = ANY(%s)",
+                    subtree[node["name"]],
+                )
+                assert shown == dict(
+                    zip(
+                        head,
+                        [str(calls), str(calls - priced), str(p), str(c), f"{cost:.6f}"],
+                        strict=True,
+                    )
+                )
+            if node["kind"] == "llm":
+                provider, model = node["name"].split("/")
+                [(p, c, cost, error)] = rows(
+                    db,
+                    "SELECT prompt_tokens, completion_tokens, cost_usd, error FROM llm_traces "
+                    "WHERE provider = %s AND model = %s AND plan_id <> 'errand'",
+                    provider,
+                    model,
+                )
+                price = "unpriced" if cost is None else f"{cost:.6f}"
+                assert shown == dict(
+                    zip(head, ["1", str(int(cost is None)), str(p), str(c), price], strict=True)
+                )
+                assert node["failed"] == (error is not None)
+            assert node["bar"], node
+        failed = {(n["kind"], n["name"]) for n in nodes if n["failed"] and n["kind"] != "plan"}
+        assert ("tool", "book") in failed and ("llm", "selfhosted/house-llm") in failed
+
+        # A call's details, reached from the tree.
+        page.page.click("#plan-tree tr[data-name='openai/gpt-4o'] a")
+        page.page.wait_for_selector("#call-details")
+        page.page.wait_for_load_state("networkidle")
+        page.page.screenshot(path=str(SCREENSHOTS / "call.png"), full_page=True)
+        details = dict(
+            zip(
+                page.page.eval_on_selector_all(
+                    "#call-details dt", "d => d.map(e => e.textContent)"
+                ),
+                page.page.eval_on_selector_all(
+                    "#call-details dd", "d => d.map(e => e.textContent)"
+                ),
+                strict=True,
+            )
+        )
+        [(cost, cache_read, cache_write, ttft, retries)] = rows(
+            db,
+            "SELECT cost_usd, cache_read_tokens, cache_write_tokens, ttft_ms, retry_count "
+            "FROM llm_traces WHERE model = 'gpt-4o' AND plan_id = %s",
+            TREE_ROOT,
+        )
+        assert (details["provider"], details["model"]) == ("openai", "gpt-4o")
+        assert details["cost (USD)"] == f"{cost:.6f}"
+        assert (details["cache read tokens"], details["cache write tokens"]) == (
+            str(cache_read),
+            str(cache_write),
+        )
+        assert (details["time to first token (ms)"], details["retries"]) == (
+            number(ttft),
+            str(retries),
+        )
+        assert details["metadata"] == '{"tier": 2}' and "search" in details["tags"]
+        assert details["error"] == "none"
+        page.page.click(f"#call-place a:text-is('plan {TREE_ROOT}')")
+        page.page.wait_for_selector("#plan-tree")
+
+        # Cost by tag: a line per tag (a call counts under each of its tags); by user:
+        # stacked areas whose top edge, summed over the steps, is the SQL total.
+        page.open(f"{base}/cost?by=tag&range=24h", "cost-by-tag")
+        tags = {row[0] for row in page.cells("cost-table")}
+        assert {"prod", "search", "dev"} <= tags
+        assert page.page.get_attribute("#cost-chart", "data-stacked") == "no"
+        page.open(f"{base}/cost?by=user&range=24h", "cost-by-user")
+        users = {row[0]: row[4] for row in page.cells("cost-table")}
+        assert users == {
+            "(none)" if user is None else user: "unpriced" if cost is None else f"{cost:.6f}"
+            for user, cost in rows(db, "SELECT user_id, sum(cost_usd) FROM llm_traces GROUP BY 1")
+        }
+        page.page.wait_for_selector("#cost-chart .uplot canvas")
+        assert page.page.get_attribute("#cost-chart", "data-stacked") == "yes"
+        top = page.page.evaluate("window.fleettraceCharts[0].data[1]")
+        [(total,)] = rows(db, "SELECT sum(cost_usd) FROM llm_traces")
+        assert sum(top) == pytest.approx(float(total))
+    assert page.problems == []
+
+
 #: Queries a page must answer with a message and a 4xx, running nothing they carry.
 BAD_PAGES = [
     ("/cost?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", 400, "reversed"),
@@ -223,6 +362,10 @@ BAD_PAGES = [
     ("/?namespace=%3Cscript%3Ealert(1)%3C%2Fscript%3E", 400, "is not a namespace name"),
     ("/dlq?namespace=nobody-uses-this", 404, "unknown namespace"),
     ("/cost?by=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E", 400, "by must be one of"),
+    ("/plans?min_cost=cheap&max_cost=1", 400, "min_cost must be a cost in USD"),
+    ("/plans?status=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E", 400, "status must be one of"),
+    ("/plans/%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E", 404, "no plan"),
+    ("/calls/%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E", 400, "a trace id is a UUID"),
 ]
 
 

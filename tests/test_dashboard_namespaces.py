@@ -15,7 +15,7 @@ import redis
 
 from fleettrace.keys import Keys
 from fleettrace.plans import total_cost_usd
-from fleettrace_worker.dashboard.pages import usd
+from fleettrace_worker.serve.dashboard.pages import usd
 from tests.dashboard_helpers import (
     api_cost_by,
     dashboard,
@@ -35,6 +35,8 @@ SQL_ENDPOINTS = (
     "/api/performance",
     "/api/performance/series",
     "/api/plans",
+    "/api/plans/plan-0/tree",
+    f"/api/calls/{uuid.UUID(int=1)}",
 )
 
 
@@ -69,10 +71,28 @@ def test_every_sql_figure_is_of_the_namespace_asked(
             assert overview["namespace"] == ns.namespace
             assert overview["spend_usd"] == pytest.approx(total_cost_usd(redis_client, ns))
             _pages_are_of(base, db, ns.namespace, asked)
+        _trees_and_calls_are_of_their_namespace(base, db, keys, other)
         for path in SQL_ENDPOINTS:
             assert get_json(f"{base}{path}?namespace=%3Cx%3E")[0] == 400
             status, answer = get_json(f"{base}{path}?namespace=nobody-{uuid.uuid4().hex[:8]}")
             assert (status, "unknown namespace" in answer["error"]) == (404, True)
+
+
+def _trees_and_calls_are_of_their_namespace(base: str, db: str, keys: Keys, other: Keys) -> None:
+    """A plan's tree and a call are read in the namespace asked, and only there."""
+    for ns, stranger in ((keys, other), (other, keys)):
+        [(plan, trace_id, calls)] = rows(
+            db,
+            "SELECT plan_id, min(trace_id::text), count(*) FROM llm_traces "
+            "WHERE namespace = %s GROUP BY plan_id ORDER BY plan_id LIMIT 1",
+            ns.namespace,
+        )
+        status, answer = get_json(f"{base}/api/plans/{plan}/tree?namespace={ns.namespace}")
+        assert (status, answer["tree"]["calls"]) == (200, calls)
+        assert get_json(f"{base}/api/calls/{trace_id}?namespace={ns.namespace}")[0] == 200
+        for path in (f"/api/plans/{plan}/tree", f"/api/calls/{trace_id}", f"/calls/{trace_id}"):
+            status, _, _ = request(f"{base}{path}?namespace={stranger.namespace}")
+            assert status == 404, path
 
 
 def _api_figures_are_of(base: str, db: str, namespace: str, asked: str) -> None:
@@ -138,7 +158,7 @@ def _api_figures_are_of(base: str, db: str, namespace: str, asked: str) -> None:
             break
         cursor = page["next_cursor"]
     expected_plans = {
-        plan: (n, float(cost or 0))
+        plan: (n, None if cost is None else pytest.approx(float(cost)))
         for plan, n, cost in rows(
             db,
             "SELECT plan_id, count(*), sum(cost_usd) FROM llm_traces "
@@ -146,9 +166,7 @@ def _api_figures_are_of(base: str, db: str, namespace: str, asked: str) -> None:
             namespace,
         )
     }
-    assert {p["plan_id"]: (p["calls"], pytest.approx(p["cost_usd"])) for p in seen} == (
-        expected_plans
-    )
+    assert {p["plan_id"]: (p["calls"], p["cost_usd"]) for p in seen} == (expected_plans)
 
 
 def _pages_are_of(base: str, db: str, namespace: str, asked: str) -> None:
@@ -175,4 +193,4 @@ def _pages_are_of(base: str, db: str, namespace: str, asked: str) -> None:
     }
     listed = request(f"{base}/plans?limit=500&{asked}")[2].decode()
     for plan in plans:
-        assert (f"<td>{html.escape(plan)}</td>" in listed) == (plan in mine), plan
+        assert (f">{html.escape(plan)}</a></td>" in listed) == (plan in mine), plan

@@ -10,8 +10,9 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from fleettrace.errors import ConfigurationError, DatabaseUnavailable
-from fleettrace_worker import database
+from fleettrace.errors import ConfigurationError
+from fleettrace_worker.errors import DatabaseUnavailable
+from fleettrace_worker.store import database
 from tests.conftest import PG_ADMIN_URL
 from tests.servers import free_port
 

@@ -13,8 +13,9 @@ import redis
 
 from fleettrace.codec import Kind, decode_entry, encode_record
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import DEAD_ORIGINAL_PREFIX, PERSIST_GROUP, Keys
-from fleettrace_worker.deadletter import (
+from fleettrace.keys import Keys
+from fleettrace_worker.keys import DEAD_ORIGINAL_PREFIX, PERSIST_GROUP
+from fleettrace_worker.stream.deadletter import (
     DeadLetter,
     DeadLetterLog,
     delete_dead_letters,

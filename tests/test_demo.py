@@ -21,13 +21,11 @@ import redis
 from rich.console import Console
 
 from fleettrace.codec import Kind
-from fleettrace.errors import FleettraceError, SchemaVersionError
-from fleettrace.keys import EMITTER_RECORDS, FIELD_COUNT, PERSIST_GROUP, Keys
-from fleettrace_worker import database
+from fleettrace.errors import FleettraceError
+from fleettrace.keys import EMITTER_RECORDS, FIELD_COUNT, Keys
 from fleettrace_worker.cli import demo as demo_cli
 from fleettrace_worker.cli import main
 from fleettrace_worker.context import WorkerSettings
-from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.demo import agents
 from fleettrace_worker.demo import run as demo_run
 from fleettrace_worker.demo.accounting import (
@@ -41,9 +39,13 @@ from fleettrace_worker.demo.accounting import (
 from fleettrace_worker.demo.run import _run_fleet, _worker, run_demo
 from fleettrace_worker.demo.settings import DemoSettings, new_run_id
 from fleettrace_worker.embedded import EmbeddedPostgres
-from fleettrace_worker.migrations import migrate
-from fleettrace_worker.repository import LLMTraceRepository
-from fleettrace_worker.runner import Worker
+from fleettrace_worker.errors import SchemaVersionError
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.process import Worker
+from fleettrace_worker.store import database
+from fleettrace_worker.store.migrations import migrate
+from fleettrace_worker.store.repository import LLMTraceRepository
+from fleettrace_worker.stream.deadletter import DeadLetter
 from tests.emitting import delete_namespace
 from tests.factories import llm_trace
 from tests.waiting import wait_until

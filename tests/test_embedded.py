@@ -27,7 +27,6 @@ from fleettrace_worker.embedded import (
     DEFAULT_DATA_DIR,
     MISSING_REDIS,
     PGSERVER_HANDLES_FILE,
-    REDIS_SERVER_VARIABLE,
     EmbeddedPostgres,
     EmbeddedRedis,
     data_dir_from_env,
@@ -36,6 +35,7 @@ from fleettrace_worker.embedded import (
     postgres_bin_dir,
     postgres_version,
 )
+from fleettrace_worker.settings import REDIS_SERVER_VARIABLE
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)

@@ -17,23 +17,17 @@ import redis
 
 from fleettrace.codec import Kind, encode_batch, encode_record, new_batch_id
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import (
-    FIELD_BATCH_ID,
-    FIELD_DATA,
-    LANGSMITH_GROUP,
-    MAX_ENTRY_BYTES,
-    PERSIST_GROUP,
-    Keys,
-)
-from fleettrace_worker.consumer import Consumer
+from fleettrace.keys import FIELD_BATCH_ID, FIELD_DATA, MAX_ENTRY_BYTES, Keys
 from fleettrace_worker.context import WorkerSettings
-from fleettrace_worker.database import create_pool
-from fleettrace_worker.deadletter import list_dead_letters
-from fleettrace_worker.forwarder import ForwardLoop, loop_settings
-from fleettrace_worker.langsmith_settings import LangSmithSettings
-from fleettrace_worker.loop import LoopSettings
-from fleettrace_worker.persist import PersistLoop
-from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.forward.langsmith.group import ForwardLoop, loop_settings
+from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
+from fleettrace_worker.keys import LANGSMITH_GROUP, PERSIST_GROUP
+from fleettrace_worker.store.database import create_pool
+from fleettrace_worker.store.persist import PersistLoop
+from fleettrace_worker.store.repository import LLMTraceRepository
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.deadletter import list_dead_letters
+from fleettrace_worker.stream.loop import LoopSettings
 from tests.factories import add_traces, numbered_trace
 from tests.langsmith_server import LangSmithServer
 from tests.waiting import wait_until

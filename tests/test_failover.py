@@ -11,12 +11,12 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from fleettrace.keys import PERSIST_GROUP
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.database import create_pool
-from fleettrace_worker.loop import LoopSettings
-from fleettrace_worker.persist import PersistLoop
-from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.store.database import create_pool
+from fleettrace_worker.store.persist import PersistLoop
+from fleettrace_worker.store.repository import LLMTraceRepository
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.loop import LoopSettings
 from tests.conftest import PG_ADMIN_URL
 from tests.factories import add_traces, numbered_trace
 from tests.reliability import report

@@ -17,13 +17,14 @@ import pytest
 import redis
 
 from fleettrace.emitter import Emitter, EmitterSettings
-from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.deadletter import list_dead_letters
-from fleettrace_worker.forwarder import ForwardLoop, loop_settings
-from fleettrace_worker.langsmith_settings import LangSmithSettings
-from fleettrace_worker.runs import plan_root_id
+from fleettrace_worker.forward.langsmith.group import ForwardLoop, loop_settings
+from fleettrace_worker.forward.langsmith.runs import plan_root_id
+from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
+from fleettrace_worker.keys import LANGSMITH_GROUP, PERSIST_GROUP
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.deadletter import list_dead_letters
 from tests.factories import numbered_trace
 from tests.langsmith_server import Fault, LangSmithServer
 from tests.reliability import report

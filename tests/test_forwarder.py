@@ -14,23 +14,24 @@ import requests
 from langsmith import utils as ls_utils
 
 from fleettrace.codec import Kind, encode_lines, encode_record, new_batch_id
-from fleettrace.errors import (
-    ConfigurationError,
-    ForwardingDeferred,
-    ForwardingRejected,
-    ForwardingUnauthorized,
-)
-from fleettrace.keys import LANGSMITH_GROUP, Keys
+from fleettrace.errors import ConfigurationError
+from fleettrace.keys import Keys
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace, MetricSample
-from fleettrace_worker import forwarder as forwarder_module
-from fleettrace_worker import loop as loop_module
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.deadletter import DeadLetterLog, list_dead_letters, replay_dead_letters
-from fleettrace_worker.delivery import RunSender, classify, parse_retry_after
-from fleettrace_worker.forwarder import ForwardLoop, langsmith_loop, loop_settings
-from fleettrace_worker.langsmith_settings import LangSmithSettings
-from fleettrace_worker.runs import llm_run, plan_root_id
+from fleettrace_worker.errors import ForwardingDeferred, ForwardingRejected, ForwardingUnauthorized
+from fleettrace_worker.forward.langsmith import group as forwarder_module
+from fleettrace_worker.forward.langsmith.delivery import RunSender, classify, parse_retry_after
+from fleettrace_worker.forward.langsmith.group import ForwardLoop, langsmith_loop, loop_settings
+from fleettrace_worker.forward.langsmith.runs import llm_run, plan_root_id
+from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
+from fleettrace_worker.keys import LANGSMITH_GROUP
+from fleettrace_worker.stream import loop as loop_module
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.deadletter import (
+    DeadLetterLog,
+    list_dead_letters,
+    replay_dead_letters,
+)
 from tests.factories import add_samples, add_traces, llm_trace
 from tests.langsmith_server import Fault, LangSmithServer
 from tests.waiting import wait_until
@@ -532,8 +533,10 @@ def test_the_worker_builds_the_group_from_the_environment(
     monkeypatch.setenv("LANGSMITH_ENDPOINT", server.url)
     monkeypatch.setenv("LANGSMITH_API_KEY", API_KEY)
     monkeypatch.setenv("FLEETTRACE_LANGSMITH_RETRY_FOR_S", "42")
-    context = WorkerContext(
-        WorkerSettings(
+
+    def settings() -> WorkerSettings:
+        """Read at the edge, as the CLI does: the group takes them from its context."""
+        return WorkerSettings.from_env(
             "redis://127.0.0.1:6379/0",
             "postgresql://postgres@127.0.0.1:5432/postgres",
             namespace=keys.namespace,
@@ -541,7 +544,8 @@ def test_the_worker_builds_the_group_from_the_environment(
             block_ms=250,
             burst=True,
         )
-    )
+
+    context = WorkerContext(settings())
     loop = langsmith_loop(context)
     assert isinstance(loop, ForwardLoop)
     assert loop.group == LANGSMITH_GROUP
@@ -554,8 +558,12 @@ def test_the_worker_builds_the_group_from_the_environment(
     loop.close()
 
     monkeypatch.setenv("LANGSMITH_TRACING", "false")
+    again = langsmith_loop(context)  # the settings were read once, at the edge
+    assert again.langsmith.enabled is True
+    again.close()
     with pytest.raises(ConfigurationError, match="LANGSMITH_TRACING=true"):
-        langsmith_loop(context)
+        langsmith_loop(WorkerContext(settings()))
+    context.close()
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -619,7 +627,9 @@ def test_forwarding_on_without_a_key_does_not_build_the_group(
             monkeypatch.delenv(prefix + name, raising=False)
     monkeypatch.setenv("LANGSMITH_TRACING", "true")
     context = WorkerContext(
-        WorkerSettings("redis://127.0.0.1:6379/0", "postgresql://x", namespace=keys.namespace)
+        WorkerSettings.from_env(
+            "redis://127.0.0.1:6379/0", "postgresql://x", namespace=keys.namespace
+        )
     )
     with pytest.raises(ConfigurationError) as error:
         langsmith_loop(context)

@@ -19,8 +19,8 @@ from fleettrace.keys import DIRTY_LIVE, STAT_FINE_PREFIX
 from fleettrace.metrics import MetricKey
 from fleettrace_worker.cli import main
 from fleettrace_worker.context import WorkerSettings
-from fleettrace_worker.http import metric_name, parse_address, serve
-from fleettrace_worker.runner import Worker
+from fleettrace_worker.process import Worker
+from fleettrace_worker.serve.http import metric_name, parse_address, serve
 from tests.factories import numbered_trace
 from tests.servers import free_port
 from tests.waiting import wait_until
@@ -212,7 +212,7 @@ def test_plans_that_cannot_be_read_leave_the_fleet_families_in(
     worker = Worker(WorkerSettings(redis_url, database_url, namespace=keys.namespace))
     server = serve(f"127.0.0.1:{port}", worker, client, plans=5)
     try:
-        with caplog.at_level("WARNING", logger="fleettrace_worker.http"):
+        with caplog.at_level("WARNING", logger="fleettrace_worker.serve.http"):
             texts = [_get(f"http://127.0.0.1:{port}/metrics")[2] for _ in range(2)]
     finally:
         server.shutdown()

@@ -59,9 +59,12 @@ def test_anthropic_streams_store_ttft_and_attributes(server: LLMServer, pipeline
     wrapped = wrap_anthropic(
         anthropic.Anthropic(base_url=server.anthropic_url, api_key="sk-ant-test")
     )
-    with fleettrace.decision(**SCOPE), wrapped.messages.stream(
-        model="claude-3-5-sonnet-latest", max_tokens=64, messages=MESSAGES
-    ) as stream:
+    with (
+        fleettrace.decision(**SCOPE),
+        wrapped.messages.stream(
+            model="claude-3-5-sonnet-latest", max_tokens=64, messages=MESSAGES
+        ) as stream,
+    ):
         "".join(stream.text_stream)
     [row] = pipeline.rows()
     assert row["streaming"] and row["ttft_ms"] is not None

@@ -11,8 +11,8 @@ from langchain_core.runnables import RunnableLambda
 
 import fleettrace
 from fleettrace.integrations import FleettraceCallbackHandler
-from fleettrace_worker.database import create_pool
-from fleettrace_worker.tree_queries import TreeQueries
+from fleettrace_worker.store.database import create_pool
+from fleettrace_worker.store.tree_queries import TreeQueries
 from tests.test_integrations_langchain import broken, chat, search
 
 

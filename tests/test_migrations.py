@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from fleettrace.errors import DatabaseUnavailable, SchemaVersionError
-from fleettrace_worker import database, migrations
+from fleettrace_worker.errors import DatabaseUnavailable, SchemaVersionError
+from fleettrace_worker.store import database, migrations
 from tests.worker_helpers import migrate_from_processes
 
 

@@ -15,15 +15,16 @@ import psycopg
 import pytest
 import redis
 
-from fleettrace.keys import NAMESPACE_VARIABLE, Keys
+from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
+from fleettrace.settings import NAMESPACE_VARIABLE
 from fleettrace.tree_records import PlanRecord
-from fleettrace_worker import database, migrations
 from fleettrace_worker.cli import main
 from fleettrace_worker.context import WorkerSettings
-from fleettrace_worker.repository import LLMTraceRepository, MetricRow
-from fleettrace_worker.runner import Worker
-from fleettrace_worker.trace_filter import TraceFilter
+from fleettrace_worker.process import Worker
+from fleettrace_worker.store import database, migrations
+from fleettrace_worker.store.repository import LLMTraceRepository, MetricRow
+from fleettrace_worker.store.trace_filter import TraceFilter
 from tests.factories import add_samples, add_traces, llm_trace, metric_sample, numbered_trace
 from tests.tables import read_table
 from tests.waiting import wait_until

@@ -12,9 +12,10 @@ import pytest
 import redis
 
 from fleettrace.codec import Kind, encode_record
-from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace_worker.cli import main
-from fleettrace_worker.deadletter import DeadLetter
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.stream.deadletter import DeadLetter
 from tests.emitting import make_emitter
 from tests.factories import metric_sample, numbered_trace
 

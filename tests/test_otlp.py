@@ -15,13 +15,14 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from fleettrace.codec import Kind, encode_lines, new_batch_id
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import OTLP_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.deadletter import list_dead_letters, replay_dead_letters
-from fleettrace_worker.otlp import OtlpLoop, loop_settings
-from fleettrace_worker.otlp_settings import OtlpSettings, parse_headers
-from fleettrace_worker.otlp_spans import COST_ATTRIBUTE, export_request, llm_span_id
+from fleettrace_worker.forward.otlp.group import OtlpLoop, loop_settings
+from fleettrace_worker.forward.otlp.settings import OtlpSettings, parse_headers
+from fleettrace_worker.forward.otlp.spans import COST_ATTRIBUTE, export_request, llm_span_id
+from fleettrace_worker.keys import OTLP_GROUP
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.deadletter import list_dead_letters, replay_dead_letters
 from tests.factories import add_traces, llm_trace
 from tests.otlp_receiver import GENAI_NAMES, Fault, OtlpReceiver
 
@@ -274,7 +275,7 @@ def test_503_429_and_timeouts_are_retried_and_nothing_is_sent_twice(
 def test_429_retry_after_is_honoured_as_the_wait(
     receiver: OtlpReceiver, redis_client: redis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fleettrace_worker import loop as loop_module
+    from fleettrace_worker.stream import loop as loop_module
 
     waits: list[float | None] = []
     real = loop_module.backoff_delay_s

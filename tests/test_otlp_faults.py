@@ -11,12 +11,13 @@ from typing import Final
 import pytest
 import redis
 
-from fleettrace.keys import OTLP_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.deadletter import list_dead_letters
-from fleettrace_worker.otlp import OtlpLoop, loop_settings
-from fleettrace_worker.otlp_spans import llm_span_id
+from fleettrace_worker.forward.otlp.group import OtlpLoop, loop_settings
+from fleettrace_worker.forward.otlp.spans import llm_span_id
+from fleettrace_worker.keys import OTLP_GROUP
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.deadletter import list_dead_letters
 from tests.emitting import make_emitter
 from tests.factories import add_traces
 from tests.otlp_receiver import OtlpReceiver

@@ -9,15 +9,16 @@ import redis
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import OTLP_GROUP, Keys
-from fleettrace_worker.deadletter import list_dead_letters
-from fleettrace_worker.otlp_metrics import (
+from fleettrace.keys import Keys
+from fleettrace_worker.forward.otlp.metrics import (
     OPERATION_DURATION,
     TOKEN_BUCKETS,
     TOKEN_USAGE,
     metrics_request,
 )
-from fleettrace_worker.otlp_settings import OtlpSettings
+from fleettrace_worker.forward.otlp.settings import OtlpSettings
+from fleettrace_worker.keys import OTLP_GROUP
+from fleettrace_worker.stream.deadletter import list_dead_letters
 from tests.factories import add_traces
 from tests.otlp_receiver import GENAI_METRICS, GENAI_NAMES, Fault, OtlpReceiver, check_metrics
 from tests.test_otlp import llm_spans, make_loop, pending, settings_for, trace

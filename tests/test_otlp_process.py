@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from fleettrace.keys import Keys
-from fleettrace_worker.otlp import NOT_CONFIGURED_MESSAGE
+from fleettrace_worker.forward.otlp.group import NOT_CONFIGURED_MESSAGE
 from tests.factories import add_traces
 from tests.otlp_receiver import OtlpReceiver
 from tests.test_otlp import SECRET, llm_spans, trace

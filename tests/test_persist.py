@@ -11,14 +11,15 @@ import pytest
 import redis
 
 from fleettrace.codec import encode_record, new_batch_id
-from fleettrace.errors import ForwardingDeferred, SchemaVersionError
-from fleettrace.keys import PERSIST_GROUP, Keys
-from fleettrace_worker.consumer import Consumer, Entry
-from fleettrace_worker.database import create_pool
-from fleettrace_worker.deadletter import DeadLetter, list_dead_letters, replay_dead_letters
-from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
-from fleettrace_worker.persist import PersistLoop
-from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace.keys import Keys
+from fleettrace_worker.errors import ForwardingDeferred, SchemaVersionError
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.store.database import create_pool
+from fleettrace_worker.store.persist import PersistLoop
+from fleettrace_worker.store.repository import LLMTraceRepository
+from fleettrace_worker.stream.consumer import Consumer, Entry
+from fleettrace_worker.stream.deadletter import DeadLetter, list_dead_letters, replay_dead_letters
+from fleettrace_worker.stream.loop import GroupLoop, LoopSettings, Prepared
 from tests.factories import (
     add_samples,
     add_traces,

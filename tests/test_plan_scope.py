@@ -23,8 +23,8 @@ from fleettrace.keys import Keys
 from fleettrace.model import MAX_LATENCY_MS
 from fleettrace.plan_token import MAX_PLAN_DEPTH, TOKEN_PREFIX, parse_token, root_place
 from fleettrace.tree_records import PlanRecord, ToolCall
-from fleettrace_worker import runs as day_runs
-from fleettrace_worker import tree_runs
+from fleettrace_worker.forward.langsmith import runs as day_runs
+from fleettrace_worker.forward.langsmith import tree_runs
 from tests.emitting import emitter_figures, stream_records
 
 

@@ -16,9 +16,10 @@ import redis
 import fleettrace
 from fleettrace import hooks
 from fleettrace.emitter import Emitter
-from fleettrace.keys import PERSIST_GROUP, Keys
-from fleettrace_worker.database import create_pool
-from fleettrace_worker.tree_queries import TreeQueries
+from fleettrace.keys import Keys
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.store.database import create_pool
+from fleettrace_worker.store.tree_queries import TreeQueries
 from tests.emitting import emitter_figures, make_emitter
 from tests.worker_helpers import fleettrace as run_cli
 from tests.worker_helpers import migrated, scalar, start_worker, worker_env

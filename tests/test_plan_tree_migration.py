@@ -13,9 +13,9 @@ import psycopg
 import pytest
 
 from fleettrace.tree_records import PlanRecord, ToolCall
-from fleettrace_worker import database, migrations
-from fleettrace_worker.repository import LLMTraceRepository
-from fleettrace_worker.tree_queries import TreeQueries
+from fleettrace_worker.store import database, migrations
+from fleettrace_worker.store.repository import LLMTraceRepository
+from fleettrace_worker.store.tree_queries import TreeQueries
 from tests.factories import llm_trace
 from tests.worker_helpers import at_schema_version, migrate_from_processes
 
@@ -147,7 +147,7 @@ def test_the_tree_tables_refuse_what_the_models_refuse(database_url: str) -> Non
 def test_rows_that_contradict_each_other_still_read_as_a_tree() -> None:
     """Hand-written or hostile rows naming each plan the other's parent (and a plan its
     own ancestor) never loop: the contradicting links are left out."""
-    from fleettrace_worker.tree_queries import TreeRows, build
+    from fleettrace_worker.store.tree_queries import TreeRows, build
 
     at = AT
     loop_a = llm_trace(plan_id="a", root_plan_id="r", root_started_at=at, plan_path=["r", "b"])

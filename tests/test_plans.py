@@ -22,8 +22,8 @@ from fleettrace.plans import (
 )
 from fleettrace_worker.cli import main, render
 from fleettrace_worker.context import WorkerSettings
-from fleettrace_worker.http import serve
-from fleettrace_worker.runner import Worker
+from fleettrace_worker.process import Worker
+from fleettrace_worker.serve.http import serve
 from tests.emitting import make_emitter
 from tests.servers import free_port
 from tests.tables import read_table

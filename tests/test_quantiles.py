@@ -17,16 +17,17 @@ import redis
 
 from fleettrace import hooks
 from fleettrace.emitter import Emitter, EmitterSettings
-from fleettrace.keys import PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.live import QUANTILES, read_live
 from fleettrace.metrics import MetricKey
 from fleettrace.model import MetricSample
 from fleettrace.sketch import PROMISED_RELATIVE_ERROR, nearest_rank
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.database import create_pool
-from fleettrace_worker.loop import LoopSettings
-from fleettrace_worker.persist import PersistLoop
-from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.store.database import create_pool
+from fleettrace_worker.store.persist import PersistLoop
+from fleettrace_worker.store.repository import LLMTraceRepository
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.loop import LoopSettings
 from tests.emitting import make_emitter, stream_records
 from tests.worker_helpers import migrated
 

@@ -9,11 +9,11 @@ import itertools
 import threading
 from collections.abc import Sequence
 
-from fleettrace.keys import PERSIST_GROUP
-from fleettrace_worker.consumer import Consumer, Entry
-from fleettrace_worker.deadletter import DeadLetter
-from fleettrace_worker.loop import GroupLoop, LoopSettings, Prepared
-from fleettrace_worker.loopstate import ReadSizer, entry_records, slices
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.stream.consumer import Consumer, Entry
+from fleettrace_worker.stream.deadletter import DeadLetter
+from fleettrace_worker.stream.loop import GroupLoop, LoopSettings, Prepared
+from fleettrace_worker.stream.loopstate import ReadSizer, entry_records, slices
 from tests.factories import add_traces, numbered_trace
 from tests.worker_helpers import pending
 

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from fleettrace.model import LLMTrace
-from fleettrace_worker.migrations import migrate
-from fleettrace_worker.runs import PLAN_ROOT_NAMESPACE, llm_run
+from fleettrace_worker.forward.langsmith.runs import PLAN_ROOT_NAMESPACE, llm_run
+from fleettrace_worker.store.migrations import migrate
 from tests.factories import llm_trace
 from tests.test_model import DOC, doc_rows
 

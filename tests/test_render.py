@@ -8,6 +8,7 @@ import argparse
 import io
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from types import MappingProxyType
 
 import pytest
 from rich.console import Console
@@ -316,3 +317,12 @@ def test_a_column_of_mixed_units_formats_each_row_by_its_own() -> None:
     assert render.cell({"sum": 10.7039, "unit": "ms"}, column) == "10.7"
     assert render.cell({"sum": 321.0, "unit": "tokens"}, column) == "321"
     assert render.cell({"sum": None, "unit": "USD"}, column) == "-"
+
+
+def test_json_writes_non_finite_figures_as_null_and_the_rest_as_json_does() -> None:
+    finite = {"items": [{"le": 5.0, "count": 2, "labels": {"a": "b"}}], "t": (1, 2.5)}
+    assert render.dumps(finite) == json.dumps(finite)
+    unknown = {"p50": float("nan"), "buckets": [{"le": float("inf")}], "m": MappingProxyType({})}
+    assert render.dumps(unknown) == '{"p50": null, "buckets": [{"le": null}], "m": {}}'
+    with pytest.raises(TypeError):
+        render.dumps({"x": object()})

@@ -15,9 +15,9 @@ from psycopg_pool import ConnectionPool
 
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace
-from fleettrace_worker import database, migrations
-from fleettrace_worker.repository import LLMTraceRepository, StoreResult
-from fleettrace_worker.trace_filter import InvalidCursor, TraceFilter, decode_cursor
+from fleettrace_worker.store import database, migrations
+from fleettrace_worker.store.repository import LLMTraceRepository, StoreResult
+from fleettrace_worker.store.trace_filter import InvalidCursor, TraceFilter, decode_cursor
 from tests.factories import llm_trace, metric_sample
 
 BASE = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)

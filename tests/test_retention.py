@@ -16,9 +16,9 @@ from fleettrace.errors import ConfigurationError
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace
 from fleettrace.tree_records import PlanRecord, ToolCall
-from fleettrace_worker import database, migrations, retention
-from fleettrace_worker.durations import parse_duration, parse_time
-from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.cli.durations import parse_duration, parse_time
+from fleettrace_worker.store import database, migrations, retention
+from fleettrace_worker.store.repository import LLMTraceRepository
 from tests.factories import llm_trace, metric_sample
 
 CUTOFF = datetime(2026, 2, 1, tzinfo=UTC)

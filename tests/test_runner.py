@@ -17,15 +17,16 @@ import pytest
 import redis
 
 from fleettrace.errors import ConfigurationError, RedisUnavailable
-from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP
-from fleettrace_worker import presence, runner
+from fleettrace_worker import presence
+from fleettrace_worker import process as runner
 from fleettrace_worker.cli.worker import selected_groups
-from fleettrace_worker.consumer import Consumer, Entry
 from fleettrace_worker.context import ENV_PREFIX, WorkerSettings
-from fleettrace_worker.deadletter import DeadLetter
-from fleettrace_worker.loop import GroupLoop, LoopStats, Prepared
+from fleettrace_worker.keys import LANGSMITH_GROUP, PERSIST_GROUP
 from fleettrace_worker.presence import check_health
-from fleettrace_worker.runner import Worker
+from fleettrace_worker.process import Worker
+from fleettrace_worker.stream.consumer import Consumer, Entry
+from fleettrace_worker.stream.deadletter import DeadLetter
+from fleettrace_worker.stream.loop import GroupLoop, LoopStats, Prepared
 from tests.emitting import make_emitter
 from tests.factories import numbered_trace
 from tests.servers import free_port

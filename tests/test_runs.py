@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, date, datetime, timedelta, timezone
 
-from fleettrace_worker.runs import (
+from fleettrace_worker.forward.langsmith.runs import (
     LLM_RUN_TYPE,
     PLAN_RUN_TYPE,
     dotted_segment,

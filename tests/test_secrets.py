@@ -24,14 +24,15 @@ from fleettrace.batch_script import load_library
 from fleettrace.connection import connect_redis, redact_url
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.errors import FleettraceError
-from fleettrace.keys import GROUPS, LANGSMITH_GROUP, PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace_worker.cli import COMMANDS
-from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.context import WorkerSettings
-from fleettrace_worker.database import connect, create_pool, parse_url
-from fleettrace_worker.deadletter import list_dead_letters
-from fleettrace_worker.forwarder import ForwardLoop
-from fleettrace_worker.langsmith_settings import LangSmithSettings
+from fleettrace_worker.forward.langsmith.group import ForwardLoop
+from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
+from fleettrace_worker.keys import GROUPS, LANGSMITH_GROUP, PERSIST_GROUP
+from fleettrace_worker.store.database import connect, create_pool, parse_url
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.deadletter import list_dead_letters
 from tests.factories import numbered_trace
 from tests.langsmith_server import Fault, LangSmithServer
 from tests.servers import PrivatePostgres, PrivateRedis, free_port

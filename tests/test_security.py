@@ -21,37 +21,33 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from fleettrace.aggregates import snapshot_fields
 from fleettrace.batch_script import BatchCall, library_loaded
 from fleettrace.batching import encode_calls
 from fleettrace.codec import Kind, encode_batch, new_batch_id
 from fleettrace.connection import connect_redis
 from fleettrace.emitter import Emitter, EmitterSettings
-from fleettrace.errors import ConfigurationError, DatabaseUnavailable
-from fleettrace.keys import (
-    APPLY_FUNCTION,
-    LANGSMITH_GROUP,
-    LIBRARY_NAME,
-    PERSIST_GROUP,
-    Keys,
-    plan_field,
-)
+from fleettrace.errors import ConfigurationError
+from fleettrace.keys import APPLY_FUNCTION, LIBRARY_NAME, Keys, plan_field
 from fleettrace.live import is_over_budget, plan_cost_usd, read_live
 from fleettrace.model import LLMTrace
 from fleettrace.plans import count_plans, read_plan, top_plans
-from fleettrace_worker.aggregator import Aggregation
 from fleettrace_worker.cli import COMMANDS
-from fleettrace_worker.consumer import Consumer
 from fleettrace_worker.context import WorkerSettings
-from fleettrace_worker.database import connect, create_pool
-from fleettrace_worker.deadletter import list_dead_letters, replay_dead_letters
-from fleettrace_worker.forwarder import ForwardLoop, loop_settings
-from fleettrace_worker.http import serve
-from fleettrace_worker.langsmith_settings import LangSmithSettings
-from fleettrace_worker.loop import LoopSettings
-from fleettrace_worker.persist import PersistLoop
-from fleettrace_worker.repository import LLMTraceRepository
-from fleettrace_worker.runner import Worker
-from fleettrace_worker.trim import trim_streams
+from fleettrace_worker.errors import DatabaseUnavailable
+from fleettrace_worker.forward.langsmith.group import ForwardLoop, loop_settings
+from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
+from fleettrace_worker.keys import LANGSMITH_GROUP, PERSIST_GROUP
+from fleettrace_worker.process import Worker
+from fleettrace_worker.serve.aggregator import Aggregation
+from fleettrace_worker.serve.http import serve
+from fleettrace_worker.store.database import connect, create_pool
+from fleettrace_worker.store.persist import PersistLoop
+from fleettrace_worker.store.repository import LLMTraceRepository
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.deadletter import list_dead_letters, replay_dead_letters
+from fleettrace_worker.stream.loop import LoopSettings
+from fleettrace_worker.stream.trim import trim_streams
 from tests.acl import AGENT, BUDGET_AGENT, WORKER, create_user, documented_acl_lines, rules
 from tests.factories import llm_trace
 from tests.langsmith_server import Fault, LangSmithServer
@@ -354,6 +350,11 @@ def test_the_aggregates_keep_the_promise_with_the_worker_and_budget_lines(
             if dict(s.labels)["token_type"] == "prompt"
         ]
         assert [s.count for s in prompt] == [5]  # bob's 5 calls
+        # That read was the worker's snapshot, which the budget line reads and the
+        # agent line can neither read nor write.
+        assert snapshot_fields(carol, secured.keys) is not None
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            agent.hset(secured.keys.aggregate_snapshot, "built", "0")
     finally:
         for client in (worker, carol, agent):
             client.close()

@@ -10,19 +10,19 @@ import threading
 import psycopg
 import pytest
 
-from fleettrace.keys import PERSIST_GROUP
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.database import create_pool
-from fleettrace_worker.loop import LoopSettings
-from fleettrace_worker.persist import PersistLoop
-from fleettrace_worker.repository import (
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.store.database import create_pool
+from fleettrace_worker.store.persist import PersistLoop
+from fleettrace_worker.store.repository import (
     TRACE_COLUMNS,
     TRACES_TABLE,
     LLMTraceRepository,
     _copy,
     _trace_row,
 )
-from fleettrace_worker.tree_store import SOURCE_COLUMNS
+from fleettrace_worker.store.tree_store import SOURCE_COLUMNS
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.loop import LoopSettings
 from tests.factories import add_traces, numbered_trace
 from tests.waiting import wait_until
 from tests.worker_helpers import http_get, migrated, pending, scalar, serving_worker

@@ -13,8 +13,8 @@ import pytest
 from psycopg import sql
 
 from fleettrace.model import LLMTrace
-from fleettrace_worker import database, migrations
-from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.store import database, migrations
+from fleettrace_worker.store.repository import LLMTraceRepository
 from tests.worker_helpers import migrate_from_processes
 
 V1_COLUMNS = (

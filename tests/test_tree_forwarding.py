@@ -16,17 +16,18 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from fleettrace import hooks
 from fleettrace.codec import decode_entry
-from fleettrace.keys import LANGSMITH_GROUP, OTLP_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
 from fleettrace.tree_records import PlanRecord, ToolCall
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.forwarder import ForwardLoop
-from fleettrace_worker.forwarder import loop_settings as langsmith_loop_settings
-from fleettrace_worker.langsmith_settings import LangSmithSettings
-from fleettrace_worker.otlp import OtlpLoop
-from fleettrace_worker.otlp import loop_settings as otlp_loop_settings
-from fleettrace_worker.otlp_settings import OtlpSettings
-from fleettrace_worker.tree_runs import plan_run_id
+from fleettrace_worker.forward.langsmith.group import ForwardLoop
+from fleettrace_worker.forward.langsmith.group import loop_settings as langsmith_loop_settings
+from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
+from fleettrace_worker.forward.langsmith.tree_runs import plan_run_id
+from fleettrace_worker.forward.otlp.group import OtlpLoop
+from fleettrace_worker.forward.otlp.group import loop_settings as otlp_loop_settings
+from fleettrace_worker.forward.otlp.settings import OtlpSettings
+from fleettrace_worker.keys import LANGSMITH_GROUP, OTLP_GROUP
+from fleettrace_worker.stream.consumer import Consumer
 from tests.emitting import make_emitter
 from tests.langsmith_server import LangSmithServer
 from tests.otlp_receiver import GENAI_NAMES, OtlpReceiver

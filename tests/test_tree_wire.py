@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from fleettrace.codec import Kind, decode_entry, encode_batch, encode_lines, new_batch_id
-from fleettrace.keys import PERSIST_GROUP
 from fleettrace.tree_records import PlanRecord, ToolCall
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.database import create_pool
-from fleettrace_worker.deadletter import list_dead_letters
-from fleettrace_worker.loop import LoopSettings
-from fleettrace_worker.persist import PersistLoop
-from fleettrace_worker.repository import LLMTraceRepository
-from fleettrace_worker.tree_queries import TreeQueries
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.store.database import create_pool
+from fleettrace_worker.store.persist import PersistLoop
+from fleettrace_worker.store.repository import LLMTraceRepository
+from fleettrace_worker.store.tree_queries import TreeQueries
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.deadletter import list_dead_letters
+from fleettrace_worker.stream.loop import LoopSettings
 from tests.worker_helpers import migrated, pending, scalar
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "wire"

@@ -11,16 +11,16 @@ import pytest
 import redis
 
 from fleettrace.errors import RedisUnavailable
-from fleettrace.keys import LANGSMITH_GROUP, PERSIST_GROUP
-from fleettrace_worker.consumer import Consumer, GroupState
-from fleettrace_worker.groups import (
+from fleettrace_worker.keys import LANGSMITH_GROUP, PERSIST_GROUP
+from fleettrace_worker.stream.consumer import Consumer, GroupState
+from fleettrace_worker.stream.groups import (
     GroupLimits,
     GroupReport,
     GroupWatch,
     drop_group,
     inspect_groups,
 )
-from fleettrace_worker.trim import group_floor, next_entry_id, trim_floors, trim_streams
+from fleettrace_worker.stream.trim import group_floor, next_entry_id, trim_floors, trim_streams
 from tests.factories import add_traces, numbered_trace
 from tests.servers import free_port
 from tests.tables import read_table
@@ -164,7 +164,7 @@ def test_a_group_behind_is_warned_about_once_per_interval(caplog) -> None:
     watch = GroupWatch(
         GroupLimits(max_lag=100, max_age_s=3600), interval_s=300, clock=lambda: now[0]
     )
-    with caplog.at_level(logging.WARNING, logger="fleettrace_worker.groups"):
+    with caplog.at_level(logging.WARNING, logger="fleettrace_worker.stream.groups"):
         assert watch.check([behind, fine]) == [behind]
         now[0] = 299.0
         assert watch.check([behind, fine]) == [behind]

@@ -22,13 +22,13 @@ from fleettrace.codec import (
     encode_batch,
     newer_version,
 )
-from fleettrace.keys import PERSIST_GROUP
 from fleettrace.model import TOKEN_DETAIL_FIELDS
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.database import create_pool
-from fleettrace_worker.loop import LoopSettings
-from fleettrace_worker.persist import PersistLoop
-from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.store.database import create_pool
+from fleettrace_worker.store.persist import PersistLoop
+from fleettrace_worker.store.repository import LLMTraceRepository
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.loop import LoopSettings
 from tests.factories import add_traces, numbered_trace
 from tests.waiting import wait_until
 from tests.worker_helpers import (
@@ -97,7 +97,7 @@ def test_an_entry_of_a_newer_version_stays_pending_and_asks_for_an_upgrade(
     add_traces(redis_client, keys, [numbered_trace(i) for i in range(5)])
     newer = [redis_client.xadd(keys.traces, _newer_entry()) for _ in range(2)]  # type: ignore[arg-type]
     add_traces(redis_client, keys, [numbered_trace(i) for i in range(5, 9)])
-    caplog.set_level(logging.WARNING, logger="fleettrace_worker.loop")
+    caplog.set_level(logging.WARNING, logger="fleettrace_worker.stream.loop")
     with create_pool(db, min_size=1, max_size=1) as pool:
         # Run again and again under one name: each run delivers the entries once more
         # (recovering its own pending ones), well past max_deliveries.

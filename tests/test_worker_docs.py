@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fleettrace_worker.context import ENV_PREFIX, ENV_SETTINGS
-from fleettrace_worker.database import SQLSTATE_VERDICTS
+from fleettrace_worker.context import ENV_PREFIX
+from fleettrace_worker.settings import WorkerTuning
+from fleettrace_worker.store.database import SQLSTATE_VERDICTS
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_DOC = (ROOT / "docs" / "worker.md").read_text()
@@ -15,7 +16,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_every_worker_variable_is_documented_and_every_documented_one_exists() -> None:
-    in_code = {ENV_PREFIX + name.upper() for name in ENV_SETTINGS} | {ENV_PREFIX + "CONSUMER"}
+    in_code = {WorkerTuning.variable(name) for name in WorkerTuning.model_fields}
     documented = set(re.findall(r"FLEETTRACE_WORKER_[A-Z_]*[A-Z]", WORKER_DOC))
     assert documented == in_code
     readme_names = re.search(r"\| `FLEETTRACE_WORKER_\*` \|([^\n]*)", README)

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import redis
 
-from fleettrace.keys import PERSIST_GROUP
+from fleettrace_worker.keys import PERSIST_GROUP
 from tests.factories import add_traces, numbered_trace
 from tests.servers import free_port
 from tests.tables import read_table

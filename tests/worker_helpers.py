@@ -19,11 +19,12 @@ import psycopg
 import redis
 from psycopg import sql
 
-from fleettrace.keys import PERSIST_GROUP, Keys
-from fleettrace_worker import migrations
+from fleettrace.keys import Keys
 from fleettrace_worker.context import WorkerSettings
-from fleettrace_worker.migrations import migrate
-from fleettrace_worker.runner import Worker
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.process import Worker
+from fleettrace_worker.store import migrations
+from fleettrace_worker.store.migrations import migrate
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

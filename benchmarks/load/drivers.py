@@ -46,8 +46,8 @@ class Pipeline:
 
 def pipeline(name: str) -> Pipeline:
     if name == FLEETTRACE:
-        from fleettrace.keys import PERSIST_GROUP
-        from fleettrace_worker.repository import TRACES_TABLE
+        from fleettrace_worker.keys import PERSIST_GROUP
+        from fleettrace_worker.store.repository import TRACES_TABLE
 
         return Pipeline(FLEETTRACE, TRACES_TABLE, PERSIST_GROUP)
     return Pipeline(BASELINE, baseline.TABLE, baseline.GROUP)
@@ -66,8 +66,8 @@ def available() -> dict[str, str | None]:
     except ImportError as error:
         found[EMITTER] = f"ImportError: {error}"
     try:
-        from fleettrace_worker import migrations, repository  # noqa: F401
         from fleettrace_worker.cli import COMMANDS
+        from fleettrace_worker.store import migrations, repository  # noqa: F401
 
         found[FLEETTRACE] = None if "worker" in COMMANDS else "no `fleettrace worker` command yet"
     except ImportError as error:
@@ -80,7 +80,7 @@ def available() -> dict[str, str | None]:
 def prepare_database(name: str, database_url: str) -> None:
     """fleettrace's migrations for both: the baseline table copies ``llm_traces`` with
     its indexes and checks, so both pipelines write into the same kind of table."""
-    from fleettrace_worker import migrations
+    from fleettrace_worker.store import migrations
 
     with psycopg.connect(database_url) as conn:
         migrations.migrate(conn)

@@ -1,8 +1,8 @@
 """Live reads with 1,000 producer identities, 1,000 label sets and 50,000 plans: a
-budget check, ``fleettrace metrics --json`` and a ``/metrics`` scrape from the
-worker's aggregates, beside the same reads summing the producers' hashes (the path
-without a worker, and every read's path before the aggregates) measured in the same
-run (benchmarks/producers.py does the work)."""
+budget check, ``fleettrace metrics --json`` and a ``/metrics`` scrape while a worker
+keeps the aggregates and their snapshot, beside the same reads summing the producers'
+hashes (the path without a worker) and built from the aggregate hashes, measured in
+the same run (benchmarks/producers.py does the work)."""
 
 from __future__ import annotations
 

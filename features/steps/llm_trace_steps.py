@@ -14,14 +14,14 @@ from behave import given, then, when
 from fleettrace import hooks
 from fleettrace.codec import Kind, encode_lines, encode_record, new_batch_id
 from fleettrace.emitter import Emitter, EmitterSettings
-from fleettrace.keys import DEAD_POSITION, DEAD_REASON, DEAD_RECORD, PERSIST_GROUP
 from fleettrace.live import is_over_budget, plan_cost_usd, read_live
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace
 from fleettrace.plans import read_plan
 from fleettrace.pricing import price_trace
-from fleettrace_worker.database import create_pool
-from fleettrace_worker.repository import LLMTraceRepository
+from fleettrace_worker.keys import DEAD_POSITION, DEAD_REASON, DEAD_RECORD, PERSIST_GROUP
+from fleettrace_worker.store.database import create_pool
+from fleettrace_worker.store.repository import LLMTraceRepository
 
 #: How a table cell becomes the value of an LLMTrace field; other fields are text.
 PARSERS = {

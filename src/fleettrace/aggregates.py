@@ -9,6 +9,14 @@ in the last ``AGGREGATE_FRESH_MS``) it returns None and the caller sums the
 producers' hashes itself, as before. The aggregates lag the producers' hashes by at
 most one worker tick (``AGGREGATE_INTERVAL_S``) plus the tick's own time.
 
+The worker also keeps a snapshot of every fleet-wide live series built from the live
+aggregates (``Keys.aggregate_snapshot``): :func:`snapshot_fields` hands its payload to
+``read_live`` only while the mark is there, the snapshot was built from the
+aggregates' current version (each fold that changes a live aggregate bumps it, in the
+same script) and no hash of the previous layout exists; otherwise the reader falls
+back to the aggregate hashes. The snapshot expires ``SNAPSHOT_TTL_MS`` after it was
+built, and a running worker rebuilds it at least every ``SNAPSHOT_REFRESH_MS``.
+
 The hashes of the layout before per-producer keys (``{ns}:live:*``, ``{ns}:plan:*``)
 are not in the aggregates: the readers add them, clamped, from the same pipeline.
 """
@@ -19,7 +27,8 @@ from collections.abc import Mapping, Sequence
 
 import redis
 
-from fleettrace.keys import Keys, unescape_value
+from fleettrace.keys import SNAPSHOT_BUILT, SNAPSHOT_SERIES, SNAPSHOT_VERSION, Keys, unescape_value
+from fleettrace.metrics import MetricKey
 
 Hash = Mapping[bytes, bytes] | Mapping[str, str]
 
@@ -37,6 +46,33 @@ def live_hashes(
     if not found[0]:
         return None
     return [[found[1 + 2 * i], found[2 + 2 * i]] for i in range(len(metric_keys))]
+
+
+def snapshot_fields(client: redis.Redis, keys: Keys) -> bytes | None:
+    """The worker's snapshot of the fleet-wide live series (``fleettrace.live`` decodes
+    it), in one round trip; None when the aggregates are not fresh, the snapshot is
+    gone or behind the aggregates, or hashes of the previous layout exist (which only
+    the readers add)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.exists(keys.aggregate_fresh)
+    pipe.hgetall(keys.aggregate_snapshot)
+    pipe.exists(*(keys.legacy_live(key) for key in _fleet_keys()))
+    fresh, snapshot, legacy = pipe.execute()
+    if not fresh or legacy or not snapshot:
+        return None
+    fields = {_bytes(name): _bytes(value) for name, value in snapshot.items()}
+    built = fields.get(SNAPSHOT_BUILT.encode())
+    if built is None or built != fields.get(SNAPSHOT_VERSION.encode(), b"0"):
+        return None
+    return fields.get(SNAPSHOT_SERIES.encode())
+
+
+def _bytes(raw: bytes | str) -> bytes:
+    return raw.encode() if isinstance(raw, str) else raw
+
+
+def _fleet_keys() -> list[str]:
+    return [key.value for key in MetricKey if not key.spec.per_plan]
 
 
 def plan_hashes(client: redis.Redis, keys: Keys, plan_id: str) -> list[Hash] | None:

@@ -1,15 +1,13 @@
 """Where the Redis URL comes from and how a client is made from it.
 
-Environment variables are read here and in the CLI only: library code takes URLs
-and settings as arguments.
+The variables that name the URL are read by :mod:`fleettrace.settings`; library
+code takes URLs and settings as arguments.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import ssl
-from collections.abc import Mapping, Sequence
 from typing import Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,22 +25,6 @@ _QUERY_SECRET_RE: Final = re.compile(rf"(^|[&;])({_SECRET_NAME})=[^&;]*", re.IGN
 _DSN_SECRET_RE: Final = re.compile(
     rf"\b({_SECRET_NAME})\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE
 )
-
-
-def first_set(names: Sequence[str], environ: Mapping[str, str] | None = None) -> str | None:
-    """The value of the first of ``names`` that is set and not blank, else ``None``:
-    fleettrace's own variable wins over the conventional one it falls back to."""
-    env = os.environ if environ is None else environ
-    for name in names:
-        value = env.get(name, "").strip()
-        if value:
-            return value
-    return None
-
-
-def redis_url_from_env(environ: Mapping[str, str] | None = None) -> str | None:
-    """``FLEETTRACE_REDIS_URL``, else ``REDIS_URL``, else ``None``."""
-    return first_set(REDIS_URL_VARIABLES, environ)
 
 
 def redact_url(url: str) -> str:

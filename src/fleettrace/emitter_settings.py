@@ -7,16 +7,17 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal
 
-from fleettrace.connection import DEFAULT_REDIS_URL, redact_url, redis_url_from_env
+from fleettrace.connection import DEFAULT_REDIS_URL, redact_url
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import (
+    DEFAULT_NAMESPACE,
     PLAN_TTL_S,
     Keys,
     check_producer,
     configured_namespace,
-    configured_producer,
 )
 from fleettrace.price_overrides import prices_path_from_env
+from fleettrace.settings import AgentSettings
 
 Overflow = Literal["drop_oldest", "block"]
 
@@ -126,14 +127,19 @@ class EmitterSettings:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> EmitterSettings:
-        """Settings whose URL, namespace and producer default to ``FLEETTRACE_REDIS_URL``
-        (then ``REDIS_URL``), ``FLEETTRACE_NAMESPACE`` and ``FLEETTRACE_PRODUCER``."""
-        if overrides.get("redis_url") is None:
-            overrides["redis_url"] = redis_url_from_env() or DEFAULT_REDIS_URL
-        if overrides.get("namespace") is None:
-            overrides["namespace"] = configured_namespace()
-        if overrides.get("producer") is None:
-            overrides["producer"] = configured_producer()
+        """Settings from the environment (:class:`~fleettrace.settings.AgentSettings`):
+        the URL, namespace and producer from ``FLEETTRACE_REDIS_URL`` (then
+        ``REDIS_URL``), ``FLEETTRACE_NAMESPACE`` and ``FLEETTRACE_PRODUCER``, the
+        tuning from ``FLEETTRACE_EMITTER_<NAME>``; an override that is not None wins."""
+        env = AgentSettings.read()
+        overrides = {name: value for name, value in overrides.items() if value is not None}
+        for name, value in env.emitter.given().items():
+            overrides.setdefault(name, value)
+        overrides.setdefault("redis_url", env.redis_url or DEFAULT_REDIS_URL)
+        overrides.setdefault("namespace", env.namespace or DEFAULT_NAMESPACE)
+        overrides.setdefault("producer", env.producer)
+        if env.prices_file is not None:
+            overrides.setdefault("prices_file", env.prices_file)
         try:
             return cls(**overrides)
         except TypeError as error:

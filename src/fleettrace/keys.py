@@ -1,4 +1,9 @@
-"""Every Redis key, stream, group and field name fleettrace uses, in one place.
+"""The key layout: every Redis key name fleettrace uses, and the field names agents
+write, in one place.
+
+Names only the worker uses (its consumer groups, the fields of a dead letter, the
+pace of its walks) are in ``fleettrace_worker/keys.py``; the keys they live under
+(``{ns}:dlq:<group>``, ``{ns}:worker:<consumer>``) are built here.
 
 All keys of one namespace share the Redis Cluster hash tag ``{namespace}``, so the
 trace stream, the live counters and the idempotency state that one batch touches
@@ -51,34 +56,24 @@ The batch function library is named LIBRARY_NAME, its function APPLY_FUNCTION.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from fleettrace.settings import NAMESPACE_VARIABLE, PRODUCER_VARIABLE, first_set
+
 DEFAULT_NAMESPACE: Final = "fleettrace"
-#: The environment variable that names the namespace (see :func:`configured_namespace`).
-NAMESPACE_VARIABLE: Final = "FLEETTRACE_NAMESPACE"
 
-PERSIST_GROUP: Final = "persist"
-LANGSMITH_GROUP: Final = "langsmith"
-OTLP_GROUP: Final = "otlp"
-GROUPS: Final = (PERSIST_GROUP, LANGSMITH_GROUP, OTLP_GROUP)
-
-#: How long an emitter's idempotency key (its last applied batch number) outlives the
-#: emitter's last batch. A batch whose reply was lost and that is re-sent later than
-#: this (an emitter that kept retrying for a day) would be applied twice; an emitter
-#: idle for longer simply starts again from an empty key. Memory: one key of about
-#: 100 bytes per emitter alive in this window (docs/reliability.md).
+#: How long an emitter's idempotency key (its last applied batch number) outlives its
+#: last batch: a batch re-sent later than this (after a day of retries) would be applied
+#: twice; an emitter idle longer starts from an empty key. About 100 bytes per emitter
+#: alive in this window (docs/reliability.md).
 EMITTER_SEQ_TTL_S: Final = 24 * 3600
-#: Largest stream entry the emitter writes, in bytes (field names and values). The
-#: emitter splits a batch by encoded size as well as by count to stay under it; the
-#: worker dead-letters an entry whose data field (``d``) is above it, before decoding
-#: it, so one entry cannot cost the worker more memory than this.
+#: Largest stream entry the emitter writes, in bytes (field names and values): the
+#: emitter splits batches by size to stay under it; the worker dead-letters an entry
+#: whose data field (``d``) is above it before decoding it, bounding its memory.
 MAX_ENTRY_BYTES: Final = 4 * 1024 * 1024
-#: How long a worker's health snapshot outlives the worker's last heartbeat.
-WORKER_HEALTH_TTL_S: Final = 60
 
 # Field names of a batch entry (see codec.py for their meaning).
 FIELD_VERSION: Final = b"v"
@@ -86,18 +81,6 @@ FIELD_KIND: Final = b"k"
 FIELD_BATCH_ID: Final = b"b"
 FIELD_COUNT: Final = b"n"
 FIELD_DATA: Final = b"d"
-
-# Fields of a dead-letter entry (see fleettrace_worker/deadletter.py). An entry-level
-# dead letter keeps every original field under DEAD_ORIGINAL_PREFIX + its name.
-DEAD_REASON: Final = b"reason"
-DEAD_STREAM: Final = b"stream"
-DEAD_ENTRY_ID: Final = b"entry"
-DEAD_CONSUMER: Final = b"consumer"
-DEAD_BATCH_ID: Final = b"batch"
-DEAD_KIND: Final = b"kind"
-DEAD_POSITION: Final = b"position"
-DEAD_RECORD: Final = b"record"
-DEAD_ORIGINAL_PREFIX: Final = b"f:"
 
 # Fields of the emitter's figures hash.
 EMITTER_DROPPED: Final = "dropped"
@@ -108,8 +91,6 @@ _NAMESPACE_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 #: The producer identity of an emitter connected as Redis's default user (no ACLs).
 DEFAULT_PRODUCER: Final = "default"
-#: The environment variable that overrides the producer identity.
-PRODUCER_VARIABLE: Final = "FLEETTRACE_PRODUCER"
 #: What a producer identity may hold: it is part of key names and of SCAN MATCH and
 #: ACL key patterns, so no glob character, no ':' and no brace.
 _PRODUCER_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -123,13 +104,6 @@ APPLY_FUNCTION: Final = "fleettrace_apply_v2"
 #: body: their calls never use the op kinds added since), so emitters of the previous
 #: release keep working while a fleet upgrades.
 EARLIER_FUNCTIONS: Final = ("fleettrace_apply_v1",)
-#: Seconds between two steps of a running consumer's walk for producer streams...
-DISCOVER_INTERVAL_S: Final = 1.0
-#: ...and SCAN steps per go (each examines DISCOVER_SCAN_COUNT keys, about 1 ms of
-#: Redis time per 1,000 keys): a consumer spends at most about 10 ms a second on it.
-DISCOVER_STEPS: Final = 10
-#: COUNT of each step of the worker's SCAN for producer streams.
-DISCOVER_SCAN_COUNT: Final = 1000
 #: Members of a producer's dirty set: a live hash or a plan its batches changed.
 DIRTY_LIVE: Final = "l:"
 DIRTY_PLAN: Final = "p:"
@@ -139,9 +113,10 @@ AGGREGATE_INTERVAL_S: Final = 0.5
 #: Lifetime of Keys.aggregate_fresh after a tick: this long after the last worker
 #: stopped, readers go back to summing the producers' hashes themselves.
 AGGREGATE_FRESH_MS: Final = 5000
-#: Most dirty members the worker takes from one producer per tick (a producer that
-#: fills its set with junk delays only its own figures).
-AGGREGATE_DIRTY_STEP: Final = 1000
+#: Keys.aggregate_snapshot: its lifetime, the most a worker waits to rebuild it, its fields.
+SNAPSHOT_TTL_MS: Final = 10_000
+SNAPSHOT_REFRESH_MS: Final = 5_000
+SNAPSHOT_VERSION, SNAPSHOT_BUILT, SNAPSHOT_SERIES = "version", "built", "series"
 
 
 def check_producer(producer: str) -> str:
@@ -156,22 +131,19 @@ def check_producer(producer: str) -> str:
 
 def configured_producer(environ: Mapping[str, str] | None = None) -> str | None:
     """``FLEETTRACE_PRODUCER`` when set and not blank, else None (the Redis user)."""
-    env = os.environ if environ is None else environ
-    return env.get(PRODUCER_VARIABLE, "").strip() or None
+    return first_set((PRODUCER_VARIABLE,), environ)
 
 
 def configured_namespace(environ: Mapping[str, str] | None = None) -> str:
     """The namespace this process is configured for: ``FLEETTRACE_NAMESPACE`` when it
     is set and not blank, else ``fleettrace``. The one place every part (emitter,
     live reads, ``Keys()``, the CLI) takes its default namespace from."""
-    env = os.environ if environ is None else environ
-    return env.get(NAMESPACE_VARIABLE, "").strip() or DEFAULT_NAMESPACE
+    return first_set((NAMESPACE_VARIABLE,), environ) or DEFAULT_NAMESPACE
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """The key layout of one namespace, seen as one producer; build it once and pass it
-    around.
+    """The key layout of one namespace, seen as one producer; build it once, pass it around.
 
     ``Keys()`` without a namespace is the configured one (:func:`configured_namespace`),
     so code that reads what the process's emitter writes finds the same keys. The
@@ -240,8 +212,7 @@ class Keys:
         return producer
 
     def is_stream(self, stream: str) -> bool:
-        """Whether ``stream`` is an input stream of this namespace (any producer's, or
-        a legacy one)."""
+        """Whether ``stream`` is an input stream of this namespace (any producer's or legacy)."""
         return stream in self.legacy_streams or self.producer_of(stream) is not None
 
     @property
@@ -265,6 +236,12 @@ class Keys:
         AGGREGATE_FRESH_MS later: while it exists, readers read the aggregates; without
         it (no worker running) they sum the producers' hashes themselves."""
         return f"{self.prefix}:agg:fresh"
+
+    @property
+    def aggregate_snapshot(self) -> str:
+        """Hash: the fleet's live series built from the aggregates, in one value, and the
+        aggregates' version it was built from (fleettrace.snapshot)."""
+        return f"{self.prefix}:agg:snapshot"
 
     def aggregate_live(self, metric_key: str) -> str:
         """One metric key's live hash summed over the producers (clamped at zero each)."""
@@ -453,15 +430,11 @@ def split_live_field(field: str) -> tuple[str, str]:
 PLAN_KEY_PART: Final = "plan"
 #: Default lifetime of a plan's counters after the last batch that wrote them.
 PLAN_TTL_S: Final = 7 * 24 * 3600
-#: COUNT of each SCAN step over the plan hashes (keys examined per round trip).
-PLAN_SCAN_COUNT: Final = 1000
-#: Most plan hashes one read examines; past it the read says it stopped early.
+PLAN_SCAN_COUNT: Final = 1000  # COUNT of each SCAN step over the plan hashes
+#: Most plan hashes one read examines (past it the read says it stopped early).
 PLAN_SCAN_CAP: Final = 1_000_000
-#: Fields of the old layout moved per script call by ``--migrate-plans``: each costs
-#: Redis about 30 us, so a step blocks it for a few milliseconds.
+#: Old-layout fields moved per script call by ``--migrate-plans`` (each ~30 us of Redis).
 LEGACY_MOVE_STEP: Final = 200
-#: Most plans the worker's /metrics may export with a ``plan`` label (``--metrics-plans``).
-METRICS_PLANS_MAX: Final = 1000
 
 
 _ESCAPE_TABLE: Final = str.maketrans(_ESCAPES)

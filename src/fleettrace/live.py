@@ -15,15 +15,16 @@ of the recorded values, whatever their scale.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Final, overload
 
+import orjson
 import redis
 
-from fleettrace.aggregates import live_hashes
+from fleettrace.aggregates import live_hashes, snapshot_fields
 from fleettrace.keys import (
     STAT_BUCKET_PREFIX,
     STAT_COUNT,
@@ -154,11 +155,12 @@ def read_live(
 ) -> list[LiveSeries]:
     """Every live series of the namespace (or of one metric key), in the order of
     ``MetricKey`` and then of the label sets, summed over the producers (clamped at
-    zero each). One round trip while a worker keeps the aggregates (at most one
-    worker tick behind, :mod:`fleettrace.aggregates`); without one, three: the mark,
-    the producer set, then one pipelined HGETALL per key and producer. Without
-    ``keys``, the configured namespace
-    (``FLEETTRACE_NAMESPACE``, as the emitter uses).
+    zero each). While a worker keeps the aggregates (at most one worker tick
+    behind, :mod:`fleettrace.aggregates`): one round trip and no series to build when
+    its snapshot is current (:func:`decode_snapshot`), else two (the series built
+    from the aggregate hashes). Without a worker, four: the snapshot check, the
+    mark, the producer set, then one pipelined HGETALL per key and producer. Without
+    ``keys``, the configured namespace (``FLEETTRACE_NAMESPACE``, as the emitter uses).
 
     Fleet-wide series only: the per-plan keys (``MetricSpec.per_plan``) are left out,
     since there is a series per plan; asking for one of them is a ``ValueError``.
@@ -176,6 +178,11 @@ def read_live(
                 "fleettrace.plans.read_plan() or top_plans()"
             )
     with translate_redis_errors("reading the live counters"):
+        found = snapshot_fields(client, keys)
+        if found is not None:
+            ready = decode_snapshot(found)
+            if ready is not None:
+                return [one for one in ready if one.key in wanted]
         groups = live_hashes(client, keys, [key.value for key in wanted])
         trusted = groups is not None  # the worker's sums, clamped already
         if groups is None:  # no worker keeps the aggregates: sum the producers here
@@ -191,17 +198,129 @@ def read_live(
     series: list[LiveSeries] = []
     for key, group in zip(wanted, groups, strict=True):
         if trusted and not group[1]:  # nothing of the previous layout to add
-            fields = {_text(name): _text(amount) for name, amount in group[0].items()}
+            series += key_series(key, group[0])
         else:
-            fields = merge_fields(group, _stat)
-        by_labels: dict[str, dict[str, str]] = {}
-        for name, amount in fields.items():
-            labels, stat = split_live_field(name)
-            by_labels.setdefault(labels, {})[stat] = amount
-        series.extend(
-            series_from_stats(key, labels, by_labels[labels]) for labels in sorted(by_labels)
-        )
+            series += key_series(key, merge_fields(group, _stat))
     return series
+
+
+def key_series(
+    key: MetricKey, fields: Mapping[bytes, bytes] | Mapping[str, str]
+) -> list[LiveSeries]:
+    """The series of one metric key from its (summed) hash fields, by label set."""
+    by_labels: dict[str, dict[str, str]] = {}
+    for name, amount in fields.items():
+        labels, stat = split_live_field(_text(name))
+        by_labels.setdefault(labels, {})[stat] = _text(amount)
+    return [series_from_stats(key, labels, by_labels[labels]) for labels in sorted(by_labels)]
+
+
+# -- the worker's snapshot (Keys.aggregate_snapshot) --------------------------------------
+#: The snapshot's layout; a reader ignores one of another format (a newer worker's).
+SNAPSHOT_FORMAT: Final = 1
+
+
+def _bound_out(value: float) -> float | None:
+    """JSON has no infinity: the +Inf bound travels as null."""
+    return None if value == math.inf else value
+
+
+def _checked(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"not a finite figure: {value!r}")
+    return value
+
+
+def encode_snapshot(series: Iterable[LiveSeries]) -> bytes:
+    """Series as the worker stores them in its snapshot: one JSON value, every figure
+    exactly (orjson writes the shortest repr that reads back as the same float). The
+    classic bounds are written once per distinct set ("bounds") and each series names
+    its set and lists its counts, so a reader pairs them in C (``zip``). A figure that
+    is not finite is a ``ValueError``: the worker then stores no snapshot, and readers
+    build the series from the aggregates."""
+    bounds: dict[tuple[float, ...], int] = {}
+    rows = []
+    for one in series:
+        own = tuple([bound for bound, _ in one.buckets])
+        fine: list[float | None] = []
+        for bucket in one.fine:
+            fine += (bucket.sign, bucket.log_index, _bound_out(bucket.le), bucket.observations)
+        rows.append(
+            [
+                one.key.value,
+                [item for pair in one.labels for item in pair],
+                one.count,
+                _checked(one.sum),
+                _checked(one.value),
+                bounds.setdefault(own, len(bounds)),
+                [count for _, count in one.buckets],
+                _checked(one.p50),
+                _checked(one.p95),
+                _checked(one.p99),
+                fine,
+                one.unsketched,
+            ]
+        )
+    table = [[_bound_out(bound) for bound in own] for own in bounds]
+    return orjson.dumps({"format": SNAPSHOT_FORMAT, "bounds": table, "series": rows})
+
+
+_KEYS_BY_VALUE: Final = {key.value: key for key in MetricKey}
+#: A FineBucket without the Python-level __new__ of NamedTuple (as fleettrace.sketch).
+_fine_bucket: Final = tuple.__new__
+
+
+def decode_snapshot(payload: bytes) -> list[LiveSeries] | None:
+    """The series of :func:`encode_snapshot`; None for a payload of another format or
+    one that does not decode (the caller then reads the aggregates)."""
+    inf = math.inf
+    try:
+        found = orjson.loads(payload)
+        if found.get("format") != SNAPSHOT_FORMAT:
+            return None
+        table = [
+            tuple([inf if bound is None else float(bound) for bound in own])
+            for own in found["bounds"]
+        ]
+        out = []
+        for row in found["series"]:
+            key, labels, count, total, value, bounds, counts, p50, p95, p99, fine, extra = row
+            pairs = iter(labels)
+            out.append(
+                LiveSeries(
+                    _KEYS_BY_VALUE[key],
+                    tuple(zip(pairs, pairs, strict=True)),
+                    count,
+                    float(total),
+                    _float(value),
+                    tuple(zip(table[bounds], counts, strict=True)),
+                    _float(p50),
+                    _float(p95),
+                    _float(p99),
+                    tuple(
+                        [
+                            _fine_bucket(FineBucket, (sign, index, _bound_in(le), n))
+                            for sign, index, le, n in zip(*[iter(fine)] * 4, strict=True)
+                        ]
+                    )
+                    if fine
+                    else (),
+                    extra,
+                )
+            )
+        return out
+    except (orjson.JSONDecodeError, AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _bound_in(raw: float | None) -> float:
+    return math.inf if raw is None else float(raw)
+
+
+def _float(raw: float | None) -> float | None:
+    """A figure as the reader built it: JSON reads ``2.0`` back as ``2.0`` but a
+    writer could have put ``2``; a float either way."""
+    return None if raw is None else float(raw)
 
 
 def _stat(name: str) -> str:

@@ -23,9 +23,9 @@ cannot be read or does not mean a price list is refused with a one-line
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from decimal import Decimal, InvalidOperation
+from os import PathLike
 from pathlib import Path
 from typing import Any, Final
 
@@ -33,16 +33,18 @@ from genai_prices.types import ModelPrice, Tier, TieredPrices
 from genai_prices.units import _get_registry
 
 from fleettrace.errors import ConfigurationError
+from fleettrace.settings import PRICES_VARIABLE, first_set
 
-PRICES_ENV: Final = "FLEETTRACE_PRICES"
+PRICES_ENV: Final = PRICES_VARIABLE
 _NAME_KEYS: Final = ("provider", "model")
 
 
 def prices_path_from_env() -> str | None:
-    return os.environ.get(PRICES_ENV) or None
+    """``FLEETTRACE_PRICES``, else None."""
+    return first_set((PRICES_VARIABLE,))
 
 
-def load_prices(path: str | os.PathLike[str]) -> dict[tuple[str, str], ModelPrice]:
+def load_prices(path: str | PathLike[str]) -> dict[tuple[str, str], ModelPrice]:
     """The prices in a file, keyed by (provider, model) in lower case."""
     file = Path(path)
     try:

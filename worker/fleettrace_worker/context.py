@@ -1,16 +1,16 @@
 """What a worker is told and what its group loops are built from.
 
-:class:`WorkerSettings` is the worker side's settings, built at the edge (the CLI)
-from arguments and ``FLEETTRACE_WORKER_*`` variables; :class:`WorkerContext` hands
-each group loop its Redis clients and the PostgreSQL pool. They live apart from
-:mod:`fleettrace_worker.runner` so that the group loop factories (persist,
+:class:`WorkerSettings` is what a worker runs with, built at the edge (the CLI) from
+arguments and the environment (read once, by :mod:`fleettrace_worker.settings`), the
+forwarding groups' settings included; :class:`WorkerContext` hands each group loop
+its settings, its Redis clients and the PostgreSQL pool. They live apart from
+:mod:`fleettrace_worker.process` so that the group loop factories (persist,
 LangSmith, OTLP) can take a context without importing the process that runs them:
 the runner imports the loops, never the other way round.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final
@@ -20,37 +20,27 @@ from psycopg_pool import ConnectionPool
 
 from fleettrace.connection import connect_redis, redact_url
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import (
-    DEFAULT_NAMESPACE,
-    GROUPS,
-    MAX_ENTRY_BYTES,
-    METRICS_PLANS_MAX,
-    PERSIST_GROUP,
-    Keys,
-)
-from fleettrace_worker.consumer import Consumer
-from fleettrace_worker.database import create_pool
-from fleettrace_worker.groups import DEFAULT_MAX_AGE_S, DEFAULT_MAX_LAG, GroupLimits
-from fleettrace_worker.loop import LoopSettings
+from fleettrace.keys import DEFAULT_NAMESPACE, MAX_ENTRY_BYTES, Keys
+from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
+from fleettrace_worker.forward.otlp.settings import OtlpSettings
+from fleettrace_worker.keys import GROUPS, METRICS_PLANS_MAX, PERSIST_GROUP
 from fleettrace_worker.presence import default_consumer_name
+from fleettrace_worker.settings import WORKER_PREFIX, WorkerEnvironment, read_environment
+from fleettrace_worker.store.database import create_pool
+from fleettrace_worker.stream.consumer import Consumer
+from fleettrace_worker.stream.groups import DEFAULT_MAX_AGE_S, DEFAULT_MAX_LAG, GroupLimits
+from fleettrace_worker.stream.loop import LoopSettings
+from fleettrace_worker.stream.loopstate import (
+    DEFAULT_BATCH_RECORDS,
+    DEFAULT_BLOCK_MS,
+    DEFAULT_MAX_DELIVERIES,
+    DEFAULT_PROGRESS_LIMIT_S,
+    DEFAULT_RETRY_MAX_S,
+)
 
 #: Seconds a Redis call may take beyond a blocking read's own wait.
 REDIS_MARGIN_S: Final = 5.0
-ENV_PREFIX: Final = "FLEETTRACE_WORKER_"
-#: The settings read from ``FLEETTRACE_WORKER_<NAME>`` variables (and CONSUMER).
-ENV_SETTINGS: Final = (
-    "batch_records",
-    "block_ms",
-    "claim_idle_ms",
-    "max_deliveries",
-    "statement_timeout_ms",
-    "lock_timeout_ms",
-    "progress_limit_s",
-    "metrics_plans",
-    "group_max_lag",
-    "group_max_age_s",
-    "max_entry_bytes",
-)
+ENV_PREFIX: Final = WORKER_PREFIX
 
 
 @dataclass(frozen=True)
@@ -63,11 +53,11 @@ class WorkerSettings:
     namespace: str = DEFAULT_NAMESPACE
     consumer: str = field(default_factory=default_consumer_name)
     groups: tuple[str, ...] = (PERSIST_GROUP,)
-    batch_records: int = 4_000
-    block_ms: int = 1_000
+    batch_records: int = DEFAULT_BATCH_RECORDS
+    block_ms: int = DEFAULT_BLOCK_MS
     claim_idle_ms: int = 30_000
-    max_deliveries: int = 5
-    retry_max_s: float = 5.0
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    retry_max_s: float = DEFAULT_RETRY_MAX_S
     trim_interval_s: float = 5.0
     health_interval_s: float = 2.0
     #: PostgreSQL statement_timeout and lock_timeout of the worker's connections (0: off);
@@ -75,7 +65,7 @@ class WorkerSettings:
     statement_timeout_ms: int = 10_000
     lock_timeout_ms: int = 5_000
     #: Not ready once a group holds work this long without finishing a batch.
-    progress_limit_s: float = 120.0
+    progress_limit_s: float = DEFAULT_PROGRESS_LIMIT_S
     burst: bool = False
     http: str | None = None
     #: Also serve the dashboard on ``http`` (docs/dashboard.md), with this token if set.
@@ -90,6 +80,9 @@ class WorkerSettings:
     runtime_dir: str | None = None
     #: Dead-letter an entry whose data field is larger than this, without decoding it.
     max_entry_bytes: int = MAX_ENTRY_BYTES
+    #: The forwarding groups' settings (``forward/*/settings.py``); off by default.
+    langsmith: LangSmithSettings = field(default_factory=LangSmithSettings)
+    otlp: OtlpSettings = field(default_factory=OtlpSettings)
 
     def __post_init__(self) -> None:
         positive = {
@@ -142,25 +135,22 @@ class WorkerSettings:
         environ: Mapping[str, str] | None = None,
         **given: object,
     ) -> WorkerSettings:
-        """Settings from ``FLEETTRACE_WORKER_<NAME>`` variables (``..._BATCH_RECORDS=5000``),
-        overridden by ``given`` values that are not None."""
-        env = os.environ if environ is None else environ
+        """Settings from the environment (:func:`fleettrace_worker.settings.read_environment`:
+        ``FLEETTRACE_WORKER_<NAME>`` variables such as ``..._BATCH_RECORDS=5000``, the
+        LangSmith and OTLP groups' variables), overridden by ``given`` values that are
+        not None."""
+        return cls.from_environment(read_environment(environ), redis_url, database_url, **given)
+
+    @classmethod
+    def from_environment(
+        cls, env: WorkerEnvironment, redis_url: str, database_url: str, **given: object
+    ) -> WorkerSettings:
+        """Settings from an environment already read (the CLI reads it once), overridden
+        by ``given`` values that are not None."""
         defaults = cls(redis_url, database_url)
-        values: dict[str, object] = {}
-        for name in ENV_SETTINGS:
-            raw = env.get(ENV_PREFIX + name.upper())
-            if raw:
-                kind = float if name.endswith("_s") else int
-                try:
-                    values[name] = kind(raw)
-                except ValueError:
-                    what = "a whole number" if kind is int else "a number"
-                    raise ConfigurationError(
-                        f"{ENV_PREFIX}{name.upper()} must be {what}, got {raw!r}"
-                    ) from None
-        consumer = env.get(ENV_PREFIX + "CONSUMER")
-        if consumer:
-            values["consumer"] = consumer
+        values: dict[str, object] = dict(env.worker.given())
+        values["langsmith"] = env.langsmith
+        values["otlp"] = env.otlp
         values.update({name: value for name, value in given.items() if value is not None})
         return replace(defaults, **values)  # type: ignore[arg-type]
 
@@ -197,6 +187,10 @@ class WorkerContext:
         )
         self._clients.append(client)
         return client
+
+    def loop_settings(self) -> LoopSettings:
+        """What every group loop of this worker is told (each group derives its own)."""
+        return self.settings.loop_settings()
 
     def consumer(self, group: str) -> Consumer:
         return Consumer(

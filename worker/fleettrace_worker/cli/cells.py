@@ -175,6 +175,11 @@ def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
     )
 
 
+def text_sort_key(value: Any) -> tuple[tuple[int, int | str], ...]:
+    """How a text column sorts ``value`` (a string, or a mapping shown as ``k=v,...``)."""
+    return natural_key(format_value(value, Kind.TEXT))
+
+
 def _sort_value(value: Any, kind: Kind) -> Any:
     if kind is Kind.TIME:
         return format_time(value, utc=True)
@@ -184,7 +189,7 @@ def _sort_value(value: Any, kind: Kind) -> Any:
         return float(value)
     if isinstance(value, list | tuple) and kind is Kind.COUNT:
         return float(len(value))
-    return natural_key(format_value(value, Kind.TEXT))
+    return text_sort_key(value)
 
 
 def find_column(columns: Sequence[Column], name: str) -> Column:
@@ -213,16 +218,26 @@ def _sort_by(
 ) -> list[Mapping[str, Any]]:
     descending = spec.startswith("-")
     column = find_column(columns, spec.lstrip("-"))
-    known = [item for item in items if lookup(item, column.key) is not None]
-    unknown = [item for item in items if lookup(item, column.key) is None]
+    values = [(lookup(item, column.key), item) for item in items]
+    known = [pair for pair in values if pair[0] is not None]
+    unknown = [item for value, item in values if value is None]
+    # One sort value per distinct text: a column's values repeat (a key, a status).
+    seen: dict[str, Any] = {}
+
+    def text_key(value: Any) -> Any:
+        text = format_value(value, Kind.TEXT)
+        found = seen.get(text)
+        if found is None:
+            found = seen[text] = natural_key(text)
+        return found
+
+    def sort_value(value: Any) -> Any:
+        if isinstance(value, str | Mapping) and column.kind is not Kind.TIME:
+            return text_key(value)
+        return _sort_value(value, column.kind)
+
     try:
-        known.sort(
-            key=lambda item: _sort_value(lookup(item, column.key), column.kind),
-            reverse=descending,
-        )
+        known.sort(key=lambda pair: sort_value(pair[0]), reverse=descending)
     except TypeError:  # mixed kinds of value in one column: compare as text
-        known.sort(
-            key=lambda item: natural_key(format_value(lookup(item, column.key), Kind.TEXT)),
-            reverse=descending,
-        )
-    return known + unknown
+        known.sort(key=lambda pair: text_key(pair[0]), reverse=descending)
+    return [item for _, item in known] + unknown

@@ -9,7 +9,6 @@ answer; ``/metrics`` stays the worker's. Binding beyond loopback needs
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -24,10 +23,11 @@ from starlette.routing import BaseRoute, Route
 
 from fleettrace.connection import connect_redis
 from fleettrace_worker.cli import EXIT_OK, options
-from fleettrace_worker.dashboard.access import TOKEN_ENV, check_exposure
-from fleettrace_worker.dashboard.api import unavailable
-from fleettrace_worker.dashboard.app import DashboardSettings, build_app
-from fleettrace_worker.webserver import HttpServer
+from fleettrace_worker.serve.dashboard.access import TOKEN_ENV, check_exposure
+from fleettrace_worker.serve.dashboard.api import unavailable
+from fleettrace_worker.serve.dashboard.app import DashboardSettings, build_app
+from fleettrace_worker.serve.webserver import HttpServer
+from fleettrace_worker.settings import DashboardEnvironment
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8465
@@ -78,7 +78,7 @@ def probe_routes(redis_url: str, database_url: str) -> list[BaseRoute]:
 
 
 def run(args: argparse.Namespace) -> int:
-    token = os.environ.get(TOKEN_ENV) or None
+    token = DashboardEnvironment.read().token_value()
     check_exposure(args.host, token)
     keys = options.keys(args)
     settings = DashboardSettings(

@@ -9,7 +9,6 @@ code says whether every record sent is a row or a dead letter.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,17 +20,16 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from fleettrace.connection import redis_url_from_env
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import NAMESPACE_VARIABLE, Keys
+from fleettrace.keys import Keys
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.cli.render import Column, Kind
 from fleettrace_worker.cli.traces import COST_FIGURES, cost_json
 from fleettrace_worker.demo.accounting import DemoResult, Progress
 from fleettrace_worker.demo.run import run_demo
 from fleettrace_worker.demo.settings import DRAIN_TIMEOUT_S, DemoSettings, new_run_id
-from fleettrace_worker.embedded import DATA_DIR_VARIABLE, data_dir_from_env, embedded_servers
-from fleettrace_worker.settings import database_url_from_env
+from fleettrace_worker.embedded import data_dir_from_env, embedded_servers
+from fleettrace_worker.settings import DATA_DIR_VARIABLE, read_environment
 
 #: Without a terminal, one progress line per this many seconds.
 PLAIN_PROGRESS_INTERVAL_S: Final = 1.0
@@ -137,11 +135,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    redis_url = args.redis_url or redis_url_from_env()
-    database_url = args.database_url or database_url_from_env()
+    env = read_environment()
+    redis_url = args.redis_url or env.redis_url
+    database_url = args.database_url or env.database_url
     data_dir = args.data_dir or data_dir_from_env()
     run_id = new_run_id()
-    namespace = args.namespace or os.environ.get(NAMESPACE_VARIABLE) or run_id
+    namespace = args.namespace or env.namespace or run_id
     try:
         Keys(namespace)
     except ValueError as error:

@@ -16,11 +16,13 @@ from typing import Any, Final
 
 import redis
 
-from fleettrace.keys import GROUPS, PERSIST_GROUP, Keys
+from fleettrace.keys import Keys
 from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
+from fleettrace_worker.cli.durations import parse_duration
 from fleettrace_worker.cli.render import Column, Kind
-from fleettrace_worker.deadletter import (
+from fleettrace_worker.keys import GROUPS, PERSIST_GROUP
+from fleettrace_worker.stream.deadletter import (
     DeadLetter,
     check_ids,
     delete_dead_letters,
@@ -28,7 +30,6 @@ from fleettrace_worker.deadletter import (
     purge_dead_letters,
     replay_dead_letters,
 )
-from fleettrace_worker.durations import parse_duration
 
 #: Dead letters per page of the table and of --json (--jsonl streams them all).
 DEFAULT_LIMIT: Final = 100

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from fleettrace.errors import ConfigurationError
-from fleettrace_worker import erasure, migrations
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
+from fleettrace_worker.store import erasure, migrations
 
 _COLUMNS = (
     render.Column("table", "TABLE", render.Kind.ID),

@@ -9,7 +9,7 @@ from typing import Any, Final
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.cli.render import Column, Kind
 from fleettrace_worker.context import WorkerSettings
-from fleettrace_worker.groups import (
+from fleettrace_worker.stream.groups import (
     ACTIVE_WITHIN_S,
     DEFAULT_MAX_AGE_S,
     DEFAULT_MAX_LAG,

@@ -8,6 +8,7 @@ for the costliest. Without either, one line says how many plans hold live counte
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -27,6 +28,7 @@ from fleettrace.plans import (
     top_plans,
 )
 from fleettrace_worker.cli import options, render
+from fleettrace_worker.cli.cells import text_sort_key
 from fleettrace_worker.cli.render import Column, Kind
 
 DEFAULT_WATCH_S: Final = 2.0
@@ -190,6 +192,12 @@ def _series(args: argparse.Namespace, keys: Keys, series: list[LiveSeries], empt
         if unsketched
         else None
     )
+    if getattr(args, "json", False) and not getattr(args, "sort", None):
+        # The default order and --json: written straight from the series (the same
+        # text as below, without 20,000 intermediate objects for 1,000 histograms).
+        ordered = sorted(series, key=_default_order)
+        render.write_encoded_list([series_text(s) for s in ordered], None, _context(keys))
+        return
     items = [series_json(s) for s in series]
     render.emit(
         args,
@@ -199,8 +207,66 @@ def _series(args: argparse.Namespace, keys: Keys, series: list[LiveSeries], empt
         empty=f"{empty} in {_scope(keys)}",
         title=f"live counters of {_scope(keys)}",
         default_sort=SERIES_ORDER,
-        context={"namespace": keys.namespace},
+        context=_context(keys),
     )
+
+
+def _context(keys: Keys) -> dict[str, Any]:
+    return {"namespace": keys.namespace}
+
+
+def _default_order(series: LiveSeries) -> tuple[Any, Any]:
+    """SERIES_ORDER's sort key (key, then labels, naturally) of the item a series
+    makes, as ``render.ordered`` computes it."""
+    return (text_sort_key(series.key.value), text_sort_key(dict(series.labels)))
+
+
+#: ``{"le": <bound>, "count": `` by bound (0.0 is cached, -0.0 is not: they print apart).
+_BUCKET_HEADS: dict[float, str] = {}
+_encode = json.JSONEncoder(allow_nan=False).encode
+
+
+def _bucket_head(bound: float) -> str:
+    le = _encode("+Inf" if math.isinf(bound) else bound)
+    return f'{{"le": {le}, "count": '
+
+
+def series_text(series: LiveSeries) -> str:
+    """``render.dumps(series_json(series))``, made without the bucket objects: the
+    classic buckets are most of a histogram's text, each a cached head and a count. A
+    figure JSON cannot hold (NaN, an infinity) takes the general path (null)."""
+    spec = series.key.spec
+    try:
+        head = _encode(
+            {
+                "key": series.key.value,
+                "type": spec.type.value,
+                "unit": spec.unit,
+                "labels": dict(series.labels),
+                "count": series.count,
+                "sum": None if spec.type is MetricType.GAUGE else series.sum,
+                "value": series.value,
+            }
+        )
+        parts = []
+        for bound, count in series.buckets:
+            text = _BUCKET_HEADS.get(bound) if bound else _bucket_head(bound)
+            if text is None:
+                text = _BUCKET_HEADS.setdefault(bound, _bucket_head(bound))
+            if type(count) is not int:
+                raise ValueError("a count that is not an integer")
+            parts.append(f"{text}{count}}}")
+        tail = _encode(
+            {
+                "p50": series.p50,
+                "p95": series.p95,
+                "p99": series.p99,
+                "unsketched": series.unsketched,
+            }
+        )
+    except (TypeError, ValueError):
+        return render.dumps(series_json(series))
+    return f'{head[:-1]}, "buckets": [{", ".join(parts)}], {tail[1:]}'
 
 
 def _plans_summary(client: redis.Redis, keys: Keys) -> str:

@@ -11,8 +11,8 @@ import redis
 
 from fleettrace.batch_script import load_library
 from fleettrace.connection import connect_redis, redact_url
-from fleettrace_worker import database, migrations
 from fleettrace_worker.cli import EXIT_OK, options, render
+from fleettrace_worker.store import database, migrations
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

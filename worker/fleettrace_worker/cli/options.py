@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import redis
 
-from fleettrace.connection import DEFAULT_REDIS_URL, connect_redis, redis_url_from_env
+from fleettrace.connection import DEFAULT_REDIS_URL, connect_redis
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import DEFAULT_NAMESPACE, NAMESPACE_VARIABLE, Keys, configured_namespace
-from fleettrace_worker.settings import DEFAULT_DATABASE_URL, database_url_from_env
+from fleettrace.keys import DEFAULT_NAMESPACE, Keys, configured_namespace
+from fleettrace.settings import NAMESPACE_VARIABLE, redis_url_from_env
+from fleettrace_worker.store.settings import DEFAULT_DATABASE_URL, database_url_from_env
 
 
 @dataclass(frozen=True)

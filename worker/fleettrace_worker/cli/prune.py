@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from fleettrace_worker import migrations, retention
 from fleettrace_worker.cli import EXIT_OK, options, render
-from fleettrace_worker.durations import parse_duration
+from fleettrace_worker.cli.durations import parse_duration
+from fleettrace_worker.store import migrations, retention
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

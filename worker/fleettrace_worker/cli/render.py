@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -43,6 +42,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from fleettrace.settings import environment
 from fleettrace_worker.cli.cells import (
     CENT,
     MAX_CELL_CHARS,
@@ -165,7 +165,7 @@ def new_console() -> Console:
     """A console for stdout: the terminal's width on a terminal, ``COLUMNS`` when set,
     else unbounded (a pipe or file gets whole lines); no markup, so text from records
     prints as it is."""
-    bounded = sys.stdout.isatty() or os.environ.get("COLUMNS", "").strip().isdigit()
+    bounded = sys.stdout.isatty() or environment().get("COLUMNS", "").strip().isdigit()
     return _Console(highlight=False, markup=False, emoji=False, width=None if bounded else 100_000)
 
 
@@ -345,7 +345,13 @@ def _finite(value: Any) -> Any:
 
 
 def dumps(value: object) -> str:
-    return json.dumps(_finite(value), default=_json_default, allow_nan=False)
+    """``value`` as JSON, NaN and infinities as null. Most values hold none: they are
+    encoded as they are (in C), and only a refusal (a non-finite float, or a mapping
+    json does not know) pays for the walk that replaces them, with the same result."""
+    try:
+        return json.dumps(value, default=_json_default, allow_nan=False)
+    except (TypeError, ValueError):
+        return json.dumps(_finite(value), default=_json_default, allow_nan=False)
 
 
 def write_object(value: Mapping[str, Any]) -> None:
@@ -361,6 +367,14 @@ def write_list(
     """The one list shape: ``{"items": [...], "next_cursor": ...}``, also when empty;
     ``context`` adds keys that say what the list covers (``{"namespace": "prod"}``)."""
     print(dumps({"items": list(items), "next_cursor": next_cursor, **(context or {})}), flush=True)
+
+
+def write_encoded_list(
+    items: Sequence[str], next_cursor: str | None = None, context: Mapping[str, Any] | None = None
+) -> None:
+    """:func:`write_list` of items already encoded (each as :func:`dumps` writes it)."""
+    rest = dumps({"next_cursor": next_cursor, **(context or {})})
+    print(f'{{"items": [{", ".join(items)}], {rest[1:]}', flush=True)
 
 
 def write_jsonl(items: Iterable[Mapping[str, Any]]) -> int:

@@ -22,14 +22,14 @@ from psycopg_pool import ConnectionPool
 
 from fleettrace.errors import ConfigurationError
 from fleettrace.model import LLMTrace
-from fleettrace_worker import migrations
-from fleettrace_worker.attribute_filters import parse_meta
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.cli import tree as tree_cli
+from fleettrace_worker.cli.durations import parse_time
 from fleettrace_worker.cli.render import Column, Kind
-from fleettrace_worker.durations import parse_time
-from fleettrace_worker.repository import LLMTraceRepository
-from fleettrace_worker.trace_filter import (
+from fleettrace_worker.store import migrations
+from fleettrace_worker.store.attribute_filters import parse_meta
+from fleettrace_worker.store.repository import LLMTraceRepository
+from fleettrace_worker.store.trace_filter import (
     GROUP_BY_FIELDS,
     CostRow,
     InvalidCursor,
@@ -37,7 +37,7 @@ from fleettrace_worker.trace_filter import (
     check_group_by,
     decode_cursor,
 )
-from fleettrace_worker.tree_queries import TreeQueries
+from fleettrace_worker.store.tree_queries import TreeQueries
 
 DEFAULT_LIMIT: Final = 20
 MAX_LIMIT: Final = 10_000

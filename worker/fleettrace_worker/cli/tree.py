@@ -1,7 +1,7 @@
 """``fleettrace traces tree PLAN_ID``: one plan as a tree, and the ancestors line of
 ``fleettrace traces show``.
 
-The tree (read by :mod:`fleettrace_worker.tree_queries`) is printed with rich's
+The tree (read by :mod:`fleettrace_worker.store.tree_queries`) is printed with rich's
 ``Tree``: the plan, its child plans, decisions, actors, LLM calls and tools, each with
 its start, duration and cost (a node's cost and tokens cover its whole subtree; a
 cost nobody could price shows ``unpriced``). ``--json`` prints the same structure
@@ -18,9 +18,9 @@ from collections.abc import Callable
 from rich.text import Text
 from rich.tree import Tree
 
-from fleettrace_worker import migrations
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
-from fleettrace_worker.tree_queries import Node, TreeQueries
+from fleettrace_worker.store import migrations
+from fleettrace_worker.store.tree_queries import Node, TreeQueries
 
 _ICONS = {"plan": "plan", "decision": "decision", "actor": "actor", "llm": "llm", "tool": "tool"}
 

@@ -4,26 +4,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import (
+from fleettrace.keys import MAX_ENTRY_BYTES, Keys
+from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
+from fleettrace_worker.context import WorkerSettings
+from fleettrace_worker.keys import (
     GROUPS,
     LANGSMITH_GROUP,
-    MAX_ENTRY_BYTES,
     METRICS_PLANS_MAX,
     OTLP_GROUP,
     PERSIST_GROUP,
-    Keys,
 )
-from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
-from fleettrace_worker.context import ENV_PREFIX, WorkerSettings
-from fleettrace_worker.dashboard.exposure import TOKEN_ENV, check_exposure, parse_address
-from fleettrace_worker.langsmith_settings import LangSmithSettings
-from fleettrace_worker.otlp_settings import OtlpSettings
 from fleettrace_worker.presence import check_health, local_workers, runtime_dir
-from fleettrace_worker.runner import Worker
+from fleettrace_worker.process import Worker
+from fleettrace_worker.serve.dashboard.exposure import TOKEN_ENV, check_exposure, parse_address
+from fleettrace_worker.settings import WorkerEnvironment, read_environment
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -126,37 +123,40 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run)
 
 
-def selected_groups(only: str | None) -> tuple[str, ...]:
+def selected_groups(only: str | None, env: WorkerEnvironment | None = None) -> tuple[str, ...]:
     if only is not None:
         return (only,)
+    env = env if env is not None else read_environment()
     groups: tuple[str, ...] = (PERSIST_GROUP,)
-    if LangSmithSettings.from_env().enabled:
+    if env.langsmith.enabled:
         groups += (LANGSMITH_GROUP,)
-    if OtlpSettings.from_env().enabled:
+    if env.otlp.enabled:
         groups += (OTLP_GROUP,)
     return groups
 
 
 def run(args: argparse.Namespace) -> int:
+    env = read_environment()
     logging.basicConfig(
-        level=os.environ.get("FLEETTRACE_LOG_LEVEL", "INFO").upper(),
+        level=env.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # The pool warns at every failed connection attempt; the group loop already says
     # once per distinct error that it is waiting, and a refused login is one line.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     keys = options.keys(args)
-    token = os.environ.get(TOKEN_ENV) or None
+    token = env.dashboard.token_value()
     if args.dashboard:
         if args.http is None:
             raise ConfigurationError("--dashboard needs --http HOST:PORT to serve it on")
         check_exposure(parse_address(args.http)[0], token)
-    settings = WorkerSettings.from_env(
+    settings = WorkerSettings.from_environment(
+        env,
         options.redis_url(args),
         options.database_url(args),
         namespace=keys.namespace,
         consumer=args.consumer,
-        groups=selected_groups(args.only),
+        groups=selected_groups(args.only, env),
         batch_records=args.batch,
         block_ms=args.block_ms,
         claim_idle_ms=args.claim_idle_ms,
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         runtime_dir=str(runtime_dir()),
     )
     if args.check:
-        return _check(args, settings)
+        return _check(args, settings, named=bool(args.consumer or env.worker.consumer))
     worker = Worker(settings)
     code = worker.run()
     if args.json:
@@ -191,11 +191,11 @@ def summary(worker: Worker, code: int) -> dict[str, object]:
     }
 
 
-def _check(args: argparse.Namespace, settings: WorkerSettings) -> int:
+def _check(args: argparse.Namespace, settings: WorkerSettings, *, named: bool) -> int:
     """The named worker, else every worker of this host (their runtime files): all of
     them ready, and at least one."""
     client = options.redis_client(args)
-    if args.consumer or os.environ.get(ENV_PREFIX + "CONSUMER"):
+    if named:
         named = check_health(client, Keys(settings.namespace), settings.consumer)
         return EXIT_OK if named else EXIT_FAILURE
     directory = runtime_dir()

@@ -15,17 +15,18 @@ import redis
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from fleettrace.keys import EMITTER_RECORDS, FIELD_COUNT, PERSIST_GROUP, Keys
+from fleettrace.keys import EMITTER_RECORDS, FIELD_COUNT, Keys
 from fleettrace.live import read_live
 from fleettrace.metrics import MetricKey
 from fleettrace.plans import total_cost_usd
 from fleettrace.redis_errors import translate_redis_errors
-from fleettrace_worker import database
-from fleettrace_worker.deadletter import DeadLetter
 from fleettrace_worker.demo.settings import AgentReport, DemoSettings
-from fleettrace_worker.repository import SAMPLES_TABLE, TRACES_TABLE
-from fleettrace_worker.trace_filter import CostRow
-from fleettrace_worker.tree_store import PLANS_TABLE, TOOL_CALLS_TABLE
+from fleettrace_worker.keys import PERSIST_GROUP
+from fleettrace_worker.store import database
+from fleettrace_worker.store.repository import SAMPLES_TABLE, TRACES_TABLE
+from fleettrace_worker.store.trace_filter import CostRow
+from fleettrace_worker.store.tree_store import PLANS_TABLE, TOOL_CALLS_TABLE
+from fleettrace_worker.stream.deadletter import DeadLetter
 
 
 @dataclass(frozen=True, slots=True)

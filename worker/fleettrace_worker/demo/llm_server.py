@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Final
+from typing import Any, Final, Self
 
 FAILURES_HEADER: Final = "X-Demo-Failures"
 STATUS_HEADER: Final = "X-Demo-Status"
@@ -136,7 +136,7 @@ def chosen_tools(body: dict[str, Any], raw: bytes) -> list[str]:
     return dice.sample(offered, min(dice.randint(0, 2), len(offered)))
 
 
-def _tool_call(index: int, name: str) -> dict[str, Any]:
+def tool_call(index: int, name: str) -> dict[str, Any]:
     return {
         "index": index,
         "id": f"call_{index}",
@@ -154,7 +154,7 @@ def completion(body: dict[str, Any], tools: list[str]) -> dict[str, Any]:
     }
     if tools:
         message = {"role": "assistant", "content": None}
-        message["tool_calls"] = [_tool_call(i, name) for i, name in enumerate(tools)]
+        message["tool_calls"] = [tool_call(i, name) for i, name in enumerate(tools)]
     return {
         "id": "chatcmpl-demo",
         "object": "chat.completion",
@@ -190,7 +190,7 @@ def chunks(body: dict[str, Any], tools: list[str]) -> Iterator[str]:
         count = words // parts + (part < words % parts)
         yield chunk([{"index": 0, "delta": {"content": "lorem " * count}}])
     for i, name in enumerate(tools):
-        yield chunk([{"index": 0, "delta": {"tool_calls": [_tool_call(i, name)]}}])
+        yield chunk([{"index": 0, "delta": {"tool_calls": [tool_call(i, name)]}}])
     finish = "tool_calls" if tools else "stop"
     yield chunk([{"index": 0, "delta": {}, "finish_reason": finish}])
     if (body.get("stream_options") or {}).get("include_usage"):
@@ -198,18 +198,14 @@ def chunks(body: dict[str, Any], tools: list[str]) -> Iterator[str]:
     yield "data: [DONE]\n\n"
 
 
-class LLMServer:
-    """The local OpenAI-compatible server; ``with LLMServer() as server: server.url``.
+class LocalServer:
+    """A ``ThreadingHTTPServer`` on 127.0.0.1 and a free port, in a daemon thread, whose
+    POSTs go to :meth:`answer` and whose GETs are 404s: the base of the demo's server and
+    of the test suite's provider servers, so the socket handling is written once."""
 
-    ``delay_s`` is a (low, high) range each answer waits before its first byte, so
-    latencies and times to first token look like a provider's (scaled down).
-    """
+    thread_name = "local-http-server"
 
-    def __init__(self, delay_s: tuple[float, float] = (0.0, 0.0)) -> None:
-        self.requests = 0
-        self._lock = threading.Lock()
-        self._delay = delay_s
-        self._dice = random.Random()
+    def __init__(self) -> None:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -228,25 +224,50 @@ class LLMServer:
                 raw = self.rfile.read(int(self.headers.get("content-length", "0")))
                 # A caller that stops reading closes the connection under us.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    server._answer(self, raw)
+                    server.answer(self, raw)
 
         self._httpd = QuietServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="demo-llm-server", daemon=True
+            target=self._httpd.serve_forever, name=self.thread_name, daemon=True
         )
 
     @property
-    def url(self) -> str:
-        """The base URL an ``openai`` client takes."""
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
 
-    def __enter__(self) -> LLMServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+    def answer(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
+        """Answer one POST whose body is ``raw``."""
+        raise NotImplementedError
+
+
+class LLMServer(LocalServer):
+    """The local OpenAI-compatible server; ``with LLMServer() as server: server.url``.
+
+    ``delay_s`` is a (low, high) range each answer waits before its first byte, so
+    latencies and times to first token look like a provider's (scaled down).
+    """
+
+    thread_name = "demo-llm-server"
+
+    def __init__(self, delay_s: tuple[float, float] = (0.0, 0.0)) -> None:
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._delay = delay_s
+        self._dice = random.Random()
+        super().__init__()
+
+    @property
+    def url(self) -> str:
+        """The base URL an ``openai`` client takes."""
+        return f"http://127.0.0.1:{self.port}/v1"
 
     def _wait(self) -> None:
         low, high = self._delay
@@ -255,7 +276,7 @@ class LLMServer:
                 delay = self._dice.uniform(low, high)
             time.sleep(delay)
 
-    def _answer(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
+    def answer(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
         with self._lock:
             self.requests += 1
         if handler.path != CHAT_PATH:

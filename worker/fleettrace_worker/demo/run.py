@@ -24,7 +24,6 @@ from fleettrace.connection import connect_redis, redact_url
 from fleettrace.errors import FleettraceError
 from fleettrace.keys import Keys
 from fleettrace.redis_errors import translate_redis_errors
-from fleettrace_worker import database
 from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.demo.accounting import (
     Counters,
@@ -36,10 +35,11 @@ from fleettrace_worker.demo.accounting import (
 from fleettrace_worker.demo.agents import AGENT_CLOSE_TIMEOUT_S, run_agent, send_malformed
 from fleettrace_worker.demo.llm_server import LLMServer
 from fleettrace_worker.demo.settings import AgentReport, DemoSettings
-from fleettrace_worker.migrations import migrate
-from fleettrace_worker.repository import LLMTraceRepository
-from fleettrace_worker.runner import Worker
-from fleettrace_worker.trace_filter import TraceFilter
+from fleettrace_worker.process import Worker
+from fleettrace_worker.store import database
+from fleettrace_worker.store.migrations import migrate
+from fleettrace_worker.store.repository import LLMTraceRepository
+from fleettrace_worker.store.trace_filter import TraceFilter
 
 POLL_S: Final = 0.25
 #: How long the local LLM server waits before each answer: a provider's latency,

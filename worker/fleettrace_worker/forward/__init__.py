@@ -1,0 +1,1 @@
+"""Forwarding records to other systems: the shared delivery machinery, LangSmith, OTLP."""

@@ -1,0 +1,1 @@
+"""The ``langsmith`` group: records as LangSmith runs."""

@@ -1,0 +1,1 @@
+"""The ``otlp`` group: records as OpenTelemetry spans and metrics over OTLP/HTTP."""

@@ -1,0 +1,184 @@
+"""The Performance page and its API: LLM latency per model from PostgreSQL, and the
+durations the live histograms hold (tools, actors, context builds, index queries,
+sandbox operations) from Redis.
+
+Latency percentiles are exact (``percentile_cont`` over the stored calls of the range);
+the live ones come from the sketches, within 2 % (:mod:`fleettrace.live`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from psycopg import sql
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from fleettrace_worker.serve.dashboard import queries
+from fleettrace_worker.serve.dashboard.api import answer, params
+from fleettrace_worker.serve.dashboard.context import Dashboard
+from fleettrace_worker.serve.dashboard.pages import e, guarded, layout, number, table, when
+
+_PERCENTILES = sql.SQL(
+    "percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_ms, "
+    "percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_ms, "
+    "percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99_ms"
+)
+
+
+def latency_table(
+    database_url: str, namespace: str, span: queries.TimeRange
+) -> list[dict[str, Any]]:
+    """Per model of ``namespace``'s calls: how many, latency p50/p95/p99, completion
+    tokens per second of latency, and the share of calls that failed."""
+    query = sql.SQL(
+        "SELECT model AS key, count(*) AS calls, {percentiles}, "
+        "sum(completion_tokens) AS completion_tokens, sum(latency_ms) AS latency_ms, "
+        "count(error) AS errors FROM llm_traces "
+        "WHERE namespace = %s AND started_at >= %s AND started_at < %s "
+        "GROUP BY model ORDER BY model"
+    ).format(percentiles=_PERCENTILES)
+    with queries.connect(database_url) as conn:
+        rows = conn.execute(query, (namespace, span.start, span.end)).fetchall()
+    return [
+        {
+            "key": row["key"],
+            "calls": row["calls"],
+            "p50_ms": row["p50_ms"],
+            "p95_ms": row["p95_ms"],
+            "p99_ms": row["p99_ms"],
+            "completion_tokens_per_s": (
+                row["completion_tokens"] / (row["latency_ms"] / 1000) if row["latency_ms"] else None
+            ),
+            "error_rate": row["errors"] / row["calls"],
+        }
+        for row in rows
+    ]
+
+
+def latency_series(
+    database_url: str, namespace: str, span: queries.TimeRange
+) -> list[dict[str, Any]]:
+    """Per step (``span.step_s``) and model of ``namespace``'s calls: calls and latency
+    p50/p95, oldest first."""
+    query = sql.SQL(
+        "SELECT extract(epoch FROM date_bin(make_interval(secs => %s), started_at, "
+        "'2000-01-01T00:00:00Z'::timestamptz))::bigint AS t, model AS key, count(*) AS calls, "
+        "{percentiles} FROM llm_traces "
+        "WHERE namespace = %s AND started_at >= %s AND started_at < %s "
+        "GROUP BY 1, 2 ORDER BY 1, 2"
+    ).format(percentiles=_PERCENTILES)
+    with queries.connect(database_url) as conn:
+        rows = conn.execute(query, (span.step_s, namespace, span.start, span.end)).fetchall()
+    fields = ("t", "key", "calls", "p50_ms", "p95_ms")
+    return [{name: row[name] for name in fields} for row in rows]
+
+
+def performance_routes(board: Dashboard) -> list[BaseRoute]:
+    def api_latency(request: Request) -> Response:
+        def work() -> dict[str, Any]:
+            given = params(request)
+            keys = board.keys(given.get("namespace"))
+            span = queries.parse_range(given)
+            items = latency_table(board.database_url, keys.namespace, span)
+            return {
+                **queries.listing(items),
+                "from": span.start.isoformat(),
+                "to": span.end.isoformat(),
+            }
+
+        return answer(work)
+
+    def api_series(request: Request) -> Response:
+        def work() -> dict[str, Any]:
+            given = params(request)
+            keys = board.keys(given.get("namespace"))
+            span = queries.parse_range(given)
+            items = latency_series(board.database_url, keys.namespace, span)
+            return {
+                **queries.listing(items),
+                "step_s": span.step_s,
+                "from": span.start.isoformat(),
+                "to": span.end.isoformat(),
+            }
+
+        return answer(work)
+
+    def page(request: Request) -> HTMLResponse:
+        given = dict(request.query_params)
+        keys = board.keys(given.get("namespace"))
+        span = queries.parse_range(given)
+        models = latency_table(board.database_url, keys.namespace, span)
+        live = [s for s in queries.live_items(board.redis, keys) if s["type"] == "histogram"]
+        api = {
+            "namespace": keys.namespace,
+            "from": span.start.isoformat(),
+            "to": span.end.isoformat(),
+        }
+        ranges = "".join(
+            f'<option value="{e(k)}"{" selected" if k == span.label else ""}>last {e(k)}</option>'
+            for k in queries.RANGES
+        )
+        form = (
+            '<form method="get" action="/performance" class="controls">'
+            f'<input type="hidden" name="namespace" value="{e(keys.namespace)}">'
+            f'<label>range <select name="range">{ranges}</select></label>'
+            "<button>Show</button></form>"
+        )
+        body = (
+            form + f"<p>Calls stored from {when(api['from'])} to {when(api['to'])}.</p>"
+            f'<div id="latency-chart" data-api="{e("/api/performance/series?" + urlencode(api))}"'
+            ' data-field="p95_ms" data-axis="p95 latency (ms)" data-unit="ms"'
+            ' role="img" aria-label="p95 latency over time"></div>'
+            + table(
+                "LLM latency by model (PostgreSQL)",
+                (
+                    "model",
+                    "calls",
+                    "p50 (ms)",
+                    "p95 (ms)",
+                    "p99 (ms)",
+                    "completion tokens/s",
+                    "errors",
+                ),
+                (
+                    (
+                        e(m["key"]),
+                        e(m["calls"]),
+                        number(m["p50_ms"]),
+                        number(m["p95_ms"]),
+                        number(m["p99_ms"]),
+                        number(m["completion_tokens_per_s"]),
+                        f"{m['error_rate'] * 100:.1f} %",
+                    )
+                    for m in models
+                ),
+                "latency-table",
+            )
+            + table(
+                "Durations, live (every producer summed; percentiles within 2 %)",
+                ("metric", "labels", "unit", "count", "p50", "p95", "p99"),
+                (
+                    (
+                        e(s["key"]),
+                        e(", ".join(f"{k}={v}" for k, v in s["labels"].items())),
+                        e(s["unit"]),
+                        e(s["count"]),
+                        number(s["p50"]),
+                        number(s["p95"]),
+                        number(s["p99"]),
+                    )
+                    for s in live
+                ),
+                "live-durations",
+            )
+        )
+        return layout(request, "Performance", body, keys=keys)
+
+    return [
+        Route("/api/performance", api_latency),
+        Route("/api/performance/series", api_series),
+        Route("/performance", guarded("Performance", page)),
+    ]

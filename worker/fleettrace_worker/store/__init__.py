@@ -1,0 +1,1 @@
+"""Storing records in PostgreSQL: schema and migrations, writes, queries, retention."""

@@ -1,0 +1,1 @@
+"""Reading the streams: join, read, claim, acknowledge, dead letters, trim."""
