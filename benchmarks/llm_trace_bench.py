@@ -4,7 +4,7 @@ Every benchmark handles one batch of ``BATCH_RECORDS`` records, so a stage's
 throughput is ``BATCH_RECORDS / time`` records per second; the stages are the ones a
 record passes through on its way from agent code to a row:
 
-    hook        llm_call enter, update, exit      hooks.py (cost left to fleettrace)
+    hook        actor.llm enter, update, exit     hooks.py, capture.py (the hooks section's calls)
     validation  LLMTrace(...)                     model.py
     pricing     Pricer.price_records              pricing.py, on the sender thread
     encoding    encode_batch                      codec.py
@@ -28,10 +28,11 @@ from typing import Any
 import psycopg
 import redis
 
+from benchmarks.load.records import ACTORS, PLAN_METADATA, PLAN_TAGS, HookWorkload, RateLimited
 from fleettrace.batch_script import BatchCall
 from fleettrace.codec import Kind, decode_entry, encode_batch, new_batch_id
 from fleettrace.emitter import Emitter, EmitterSettings
-from fleettrace.hooks import llm_call
+from fleettrace.hooks import actor, plan
 from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
 from fleettrace.pricing import Pricer
@@ -122,15 +123,17 @@ class TracePricing:
 
 
 class HookPath:
-    """What agent code pays per LLM call: enter ``llm_call``, ``update`` with varied
-    tokens, exit (the record built and handed to ``record()``), cost left to
-    fleettrace; the sender drains to Redis meanwhile. ``benchmarks/hook_latency.py``
+    """What agent code pays per LLM call, on the calls of the load harness's
+    ``hooks`` section (:class:`benchmarks.load.records.HookWorkload`: varied tokens,
+    30 % streaming, 5 % failing and retried, inside an actor of a plan with tags and
+    metadata): ``actor.llm`` entered, updated and ended, the record made, priced and
+    sent by the sender thread meanwhile. ``python -m benchmarks.load --only hooks``
     gives the same path's p50/p99 per call."""
 
     def setup(self) -> None:
         self.keys = fresh_keys()
         self.emitter = Emitter(EmitterSettings(redis_url=REDIS_URL, namespace=self.keys.namespace))
-        self.usages = [varied_tokens(i) for i in range(BATCH_RECORDS)]
+        self.workload = HookWorkload(BATCH_RECORDS)
 
     def teardown(self) -> None:
         self.emitter.close()
@@ -138,10 +141,23 @@ class HookPath:
 
     def time_llm_hook_batch(self) -> None:
         emitter = self.emitter
-        for index, usage in enumerate(self.usages):
-            model = ("gpt-4o", "gpt-4o-mini")[index % 2]
-            with llm_call("openai", model, emitter=emitter) as call:
-                call.update(**usage)
+        with (
+            plan(emitter=emitter, tags=PLAN_TAGS, metadata=PLAN_METADATA),
+            actor(ACTORS[0], emitter=emitter) as agent,
+        ):
+            for provider, model, usage, streaming, fails in self.workload.calls:
+                if fails:
+                    try:
+                        with agent.llm(provider, model, streaming=streaming):
+                            raise RateLimited("RateLimitError: slow down")
+                    except RateLimited:
+                        pass
+                with agent.llm(
+                    provider, model, streaming=streaming, retry_count=int(fails)
+                ) as call:
+                    if streaming:
+                        call.first_token()
+                    call.update(**usage)
 
 
 class TraceEncoding:

@@ -173,6 +173,8 @@ def test_settings_repr_hides_the_password() -> None:
         ({"overflow": "spill"}, "overflow must be 'drop_oldest' or 'block'"),
         ({"max_batch_records": 0}, "max_batch_records must be a positive integer"),
         ({"max_buffer_records": 1.5}, "max_buffer_records must be a positive integer"),
+        ({"max_buffer_bytes": 100}, "max_buffer_bytes must be None or a whole number of bytes"),
+        ({"max_buffer_bytes": 1e9}, "max_buffer_bytes must be None or a whole number of bytes"),
         ({"flush_interval_s": 0}, "flush_interval_s must be a positive number"),
         ({"retry_max_s": float("nan")}, "retry_max_s must be a positive number"),
         ({"block_timeout_s": "1"}, "block_timeout_s must be a positive number"),

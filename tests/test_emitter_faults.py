@@ -10,8 +10,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+import fleettrace
 from fleettrace import LLMTrace
 from fleettrace.emitter import Emitter
+from fleettrace.emitter_settings import CAPTURED_RECORD_BYTES, buffer_bytes
 from fleettrace.keys import Keys
 from tests.emitting import emitter_figures, live_hash, make_emitter, stream_records
 from tests.factories import llm_trace
@@ -211,3 +213,48 @@ def test_unreachable_port_never_raises_into_the_caller(fast_retry: dict[str, flo
     wait_until(
         lambda: emitter.stats.dropped == 10, DEADLINE_S, "every record to be counted as dropped"
     )
+
+
+def test_a_bound_in_bytes_drops_the_oldest_until_a_record_fits(
+    private_redis: PrivateRedis, fast_retry: dict[str, float | int]
+) -> None:
+    """``max_buffer_bytes`` bounds the buffer by the estimated size of its records: ten
+    captured LLM calls fill a bound of ten; a prebuilt record, larger, drops as many of
+    the oldest as it takes to fit. Every drop is counted, here and in Redis."""
+    emitter = make_emitter(
+        private_redis.url,
+        KEYS,
+        max_batch_records=5,
+        max_buffer_bytes=10 * CAPTURED_RECORD_BYTES,
+        **fast_retry,
+    )
+    private_redis.stop()
+
+    def call(tokens: int) -> None:
+        with fleettrace.llm_call("openai", "gpt-4o", emitter=emitter) as made:
+            made.update(prompt_tokens=tokens, completion_tokens=1)
+
+    for tokens in range(5):
+        call(tokens)
+    wait_until(lambda: emitter._in_hand == 5, DEADLINE_S, "the sender to take its batch")
+    for tokens in range(5, 25):
+        call(tokens)
+    assert (emitter.stats.buffered, emitter.stats.dropped) == (15, 10)
+    prebuilt = llm_trace(prompt_tokens=1000, completion_tokens=1)
+    emitter.record(prebuilt)
+    # The captured calls that stay beside it: as many as fit with it under the bound.
+    left = max(n for n in range(10) if buffer_bytes(n + 1, 1) <= 10 * CAPTURED_RECORD_BYTES)
+    stats = emitter.stats
+    assert stats.buffered == 5 + left + 1
+    assert stats.dropped == 10 + (10 - left)
+    assert stats.accepted == stats.sent + stats.dropped + stats.buffered
+
+    private_redis.start()
+    assert emitter.flush(DEADLINE_S)
+    client = redis.Redis.from_url(private_redis.url)
+    sent = stream_records(client, KEYS.traces)
+    kept = [*range(5), *range(25 - left, 25), 1000]
+    assert [r.prompt_tokens for r in sent] == kept  # type: ignore[union-attr]
+    assert emitter_figures(client, KEYS)["dropped"] == stats.dropped
+    assert emitter.close()
+    client.close()

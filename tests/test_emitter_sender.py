@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 
+import fleettrace
 from fleettrace import batching
 from fleettrace.emitter import Emitter
 from fleettrace.keys import Keys
@@ -189,3 +190,39 @@ def test_the_figures_add_up_while_a_caller_waits_for_room(private_redis: Private
     assert emitter.close(0.05) is False
     assert accounted(emitter)
     assert emitter.stats.dropped == 5
+
+
+def test_hooks_appending_from_many_threads_lose_nothing_while_the_sender_takes(
+    redis_client: redis.Redis, keys: Keys, redis_url: str
+) -> None:
+    """Hooks append without the lock while the sender pops batches under it: four
+    threads at once, small batches so the sender takes all the time, and every call
+    arrives once, with the figures adding up at every look."""
+    emitter = make_emitter(redis_url, keys, max_batch_records=7)
+    start = threading.Barrier(5)
+
+    def calls(offset: int) -> None:
+        start.wait()
+        for i in range(500):
+            with fleettrace.llm_call("openai", "gpt-4o", emitter=emitter) as call:
+                call.update(prompt_tokens=offset + i, completion_tokens=1)
+
+    threads = [threading.Thread(target=calls, args=(n * 1000,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    while any(thread.is_alive() for thread in threads):
+        assert accounted(emitter)
+        time.sleep(0.001)
+    for thread in threads:
+        thread.join()
+    assert emitter.flush(DEADLINE_S)
+    stats = emitter.stats
+    assert (stats.accepted, stats.sent, stats.dropped, stats.buffered) == (2000, 2000, 0, 0)
+    sent = stream_records(redis_client, keys.traces)
+    assert sorted(r.prompt_tokens for r in sent) == sorted(  # type: ignore[union-attr]
+        n * 1000 + i for n in range(4) for i in range(500)
+    )
+    assert len({r.trace_id for r in sent}) == 2000  # type: ignore[union-attr]
+    assert emitter_figures(redis_client, keys)["records"] == 2000
+    emitter.close()

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 import fleettrace
 from fleettrace import LLMTrace, MetricKey, MetricSample, hooks
 from fleettrace.emitter import Emitter
+from fleettrace.keys import EMITTER_DROPPED
 from tests.emitting import live_hash, stream_records
 
 
@@ -265,21 +266,57 @@ def test_a_failure_to_record_never_hides_the_blocks_own_exception(
     emitter: Emitter, caplog: pytest.LogCaptureFixture
 ) -> None:
     error = Boom("the real problem")
-    with pytest.raises(Boom) as caught, hooks.llm_call("openai", "gpt-4o") as call:
-        call.update(prompt_tokens=-1)  # invalid: the trace cannot be built
+    emitter.close()
+    with pytest.raises(Boom) as caught, hooks.llm_call("openai", "gpt-4o", emitter=emitter):
         raise error
     assert caught.value is error
     assert "fleettrace could not record" in caplog.text
-    with (
-        pytest.raises(ValidationError, match="prompt_tokens"),
-        hooks.llm_call("openai", "gpt-4o") as call,
-    ):
-        call.update(prompt_tokens=-1)
-    emitter.close()
     with pytest.raises(Boom), hooks.tool("grep", emitter=emitter):
         raise error
     with pytest.raises(fleettrace.EmitterClosed), hooks.tool("grep", emitter=emitter):
         pass
+
+
+def test_values_a_call_record_cannot_hold_are_left_out_and_counted_never_raised(
+    emitter: Emitter, redis_client: redis.Redis
+) -> None:
+    """The hook only captures; the sender thread validates. A bad token count reads as
+    unknown (never zero), a bad or unknown field is left out, a detail larger than its
+    total drops the details; each is counted by reason, and the rest of the call is
+    recorded as given. A call whose model is not a name cannot be recorded: it is
+    dropped and counted, and the caller's block still ends normally."""
+    with hooks.llm_call("openai", "gpt-4o") as negative:
+        negative.update(prompt_tokens=-1, completion_tokens=7, retry_count=2)
+    with hooks.llm_call("openai", "gpt-4o") as odd:
+        odd.update(prompt_tokens=5, colour="blue", latency_ms=-3.0, streaming="yes")
+        odd.update(trace_id="not a uuid")  # the hook's own id stands in
+    with hooks.llm_call("openai", "gpt-4o") as detailed:
+        detailed.update(prompt_tokens=10, completion_tokens=1, reasoning_tokens=2)
+    with hooks.llm_call("openai", "") as nameless:
+        nameless.update(prompt_tokens=1)
+    traces, _ = recorded(emitter, redis_client)
+    by_id = {t.trace_id: t for t in traces}
+    assert len(traces) == 3
+    assert nameless.ended and nameless.trace is None
+    first = by_id[negative.trace.trace_id]  # type: ignore[union-attr]
+    assert (first.prompt_tokens, first.completion_tokens, first.retry_count) == (None, 7, 2)
+    assert first.cost_usd is None  # unknown input: unpriced, not free
+    second = by_id[odd.trace.trace_id]  # type: ignore[union-attr]
+    assert (second.prompt_tokens, second.streaming) == (5, False)
+    assert second.latency_ms >= 0
+    third = by_id[detailed.trace.trace_id]  # type: ignore[union-attr]
+    assert (third.prompt_tokens, third.completion_tokens, third.reasoning_tokens) == (10, 1, None)
+    stats = emitter.stats
+    assert stats.rejected == {
+        "invalid_trace_id": 1,
+        "invalid_prompt_tokens": 1,
+        "unknown_field": 1,
+        "invalid_latency_ms": 1,
+        "invalid_streaming": 1,
+        "detail_over_total": 1,
+    }
+    assert (stats.accepted, stats.sent, stats.dropped) == (4, 3, 1)
+    assert int(redis_client.hget(emitter.keys.emitter, EMITTER_DROPPED) or 0) == 1
 
 
 def test_a_call_without_usage_records_unknown_tokens_and_no_cost(

@@ -22,6 +22,7 @@ SECTIONS = {
     "imports",
     "live_reads",
     "hotpath",
+    "hooks",
     "producer",
     "worker",
     "freshness",
@@ -188,6 +189,31 @@ def test_memory_section(report):
     # Three times the bound recorded with nothing sent: the rest was dropped and counted.
     assert emitter["dropped"] >= 2 * emitter["buffer_records"] - 1_000
     assert set(memory["worker_peak_rss_mb"]) == set(_measured(report))
+
+
+def test_hooks_section_times_every_hook_and_sends_every_record(report):
+    hooks = report["sections"]["hooks"]
+    ours = hooks["fleettrace"]
+    calls = report["sizes"]["hook_calls"]
+    assert ours["tool"]["calls"] == ours["actor"]["calls"] == calls
+    assert ours["llm"]["calls"] > calls  # the failing calls are retried once
+    for figures in (ours["llm"], ours["tool"], ours["actor"], hooks["otel_span"]):
+        assert 0 < figures["p50_us"] <= figures["p99_us"] <= figures["max_us"]
+    assert ours["flushed"] is True
+    assert ours["accepted"] == ours["sent"] > 0 and ours["dropped"] == 0
+    assert ours["rejected"] == {}
+    assert hooks["traceable"]["calls"] == report["sizes"]["traceable_calls"]
+    assert "p50_us" in hooks["observe"] or "langfuse" in hooks["observe"]["unavailable"]
+    assert hooks["sink_posts"] > 0  # tracing was on
+    assert hooks["memory"]["buffered"] >= hooks["memory"]["calls"]
+    stages = hooks["stages"]
+    assert stages["records"] > 0 and all(v > 0 for v in stages["sender_us_per_record"].values())
+    rows = {row["figure"]: row for row in report["rows"] if row["section"] == "hooks"}
+    for name in ("llm hook p50", "llm hook p99", "tool hook p50", "actor hook p50"):
+        assert rows[name]["status"] in {"PASS", "MISS"}, rows[name]
+    assert "llm hook p50 x 8 vs OTel span p50" in rows
+    assert "llm hook p50 x 50 vs @traceable p50" in rows
+    assert "emitter memory per 100k hook records" in rows
 
 
 def test_report_rows_carry_targets_and_ratios(report):

@@ -73,6 +73,13 @@ def test_nested_plans_place_every_record_under_their_root(
     assert "think" in plans["root"].phases_ms
     assert all(p.root_started_at == plans["root"].started_at for p in plans.values())
     assert plans["root"].ended_at >= plans["child"].ended_at
+    # The sender made them from what the scopes captured; a scope's own record is the
+    # same, made from the same capture when asked for.
+    assert (root.record, child.record, grandchild.record) == (
+        plans["root"],
+        plans["child"],
+        plans["grandchild"],
+    )
     # Every record sent is counted: one call, one tool, three plans, and the samples.
     figures = emitter_figures(redis_client, emitter.keys)
     assert figures["records"] == emitter.stats.sent == emitter.stats.accepted

@@ -21,6 +21,8 @@ from benchmarks.load import (
     drain,
     drivers,
     freshness,
+    hook_costs,
+    hook_report,
     hotpath,
     imports,
     live_reads,
@@ -36,6 +38,7 @@ SECTIONS: Final[dict[str, Callable[[RunContext], dict[str, Any]]]] = {
     "imports": imports.run,
     "live_reads": live_reads.run,
     "hotpath": hotpath.run,
+    "hooks": hook_costs.run,
     "producer": producer.run,
     "worker": worker.run,
     "drain": drain.run,
@@ -180,6 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["machine"]["load_average_1m_at_end"] = machine.load_average()
     rows = report.build(results["sections"])
+    rows += hook_report.rows(results["sections"].get("hooks", {}))
     results["rows"] = [row.as_json() for row in rows]
     results["table"] = report.render(rows)
     results["markdown"] = report.markdown(rows)

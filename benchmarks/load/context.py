@@ -25,6 +25,7 @@ class Sizes:
     the machinery in well under a minute and its figures are not comparable."""
 
     hotpath_calls: int = 100_000
+    hook_calls: int = 100_000
     traceable_calls: int = 5_000
     otel_calls: int = 50_000
     producer_records: int = 300_000
@@ -47,6 +48,7 @@ FULL: Final = Sizes()
 QUICK: Final = replace(
     FULL,
     hotpath_calls=5_000,
+    hook_calls=5_000,
     traceable_calls=300,
     otel_calls=2_000,
     producer_records=5_000,

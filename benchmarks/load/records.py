@@ -78,3 +78,48 @@ class TraceFactory:
         fields["trace_id"] = uuid.UUID(int=self._ids.getrandbits(128), version=4)
         fields["started_at"] = datetime.now(UTC)
         return fields
+
+
+#: What share of the LLM calls of a :class:`HookWorkload` fail (and are retried once)
+#: and stream.
+ERROR_SHARE: Final = 0.05
+STREAMING_SHARE: Final = 0.30
+PLAN_TAGS: Final = ("fleet-a", "nightly")
+PLAN_METADATA: Final = {"tenant": "acme", "priority": 2}
+
+
+class HookWorkload:
+    """The LLM calls of agent code as the hooks see them, made beforehand so that
+    making them is not what is timed: a provider and model, token counts that vary
+    call to call (long-tailed prompts, some cached, some reasoning: a price cache
+    keyed by exact counts would almost never hit), whether the call streams and
+    whether it fails first (then it is retried once).
+
+    Calls run in plans of ``CALLS_PER_PLAN``, each plan with tags and metadata that
+    every call inherits, one decision and one actor around each call."""
+
+    def __init__(self, calls: int, seed: int = 7) -> None:
+        rng = random.Random(seed)
+        self.calls = [self._call(rng) for _ in range(calls)]
+
+    @staticmethod
+    def _call(rng: random.Random) -> tuple[str, str, dict[str, int], bool, bool]:
+        provider, model = MODELS[rng.randrange(len(MODELS))]
+        prompt = int(rng.lognormvariate(7.5, 1.2)) % 400_000 + 1
+        completion = int(rng.lognormvariate(5.5, 1.0)) % 30_000 + 1
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+        if rng.random() < 0.4:
+            usage["cache_read_tokens"] = rng.randint(0, prompt)
+        if rng.random() < 0.2:
+            usage["reasoning_tokens"] = rng.randint(0, completion)
+        return provider, model, usage, rng.random() < STREAMING_SHARE, rng.random() < ERROR_SHARE
+
+    def plans(self) -> list[list[tuple[str, str, dict[str, int], bool, bool]]]:
+        """The calls cut into plans of ``CALLS_PER_PLAN``."""
+        return [
+            self.calls[i : i + CALLS_PER_PLAN] for i in range(0, len(self.calls), CALLS_PER_PLAN)
+        ]
+
+
+class RateLimited(Exception):
+    """The error a failing call of a :class:`HookWorkload` raises inside its block."""

@@ -45,6 +45,12 @@ REJECT_METADATA_VALUE: Final = "metadata_value"
 REJECT_TOO_MANY_METADATA_KEYS: Final = "too_many_metadata_keys"
 REJECT_ID: Final = "id"
 REJECT_TTFT: Final = "ttft"
+#: Why the sender left out a field given to an LLM call hook (:mod:`fleettrace.capture`):
+#: ``invalid_<field>`` for a field of the record the value does not fit, a name that is
+#: no field of the record, a token detail larger than its total.
+REJECT_INVALID_PREFIX: Final = "invalid_"
+REJECT_UNKNOWN_FIELD: Final = "unknown_field"
+REJECT_DETAIL_OVER_TOTAL: Final = "detail_over_total"
 
 #: The scalar types a metadata value may have.
 MetadataValue = str | int | float | bool

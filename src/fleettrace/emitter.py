@@ -1,8 +1,11 @@
 """The emitter: takes records on the agent's hot path and sends them to Redis in batches.
 
-``record()`` and ``observe()`` only put the record in a bounded in-memory buffer
-(a lock, a deque append and a counter): no encoding, no network, no pricing. A
-daemon thread takes batches from the buffer, prices the calls whose cost the caller
+``record()`` and ``observe()`` only put the record in a bounded in-memory buffer (a
+deque append; the lock only when the buffer is full or bounded in bytes), and the
+hooks put there what they captured (:meth:`Emitter.capture`, :mod:`fleettrace.capture`):
+no validation of a hook's record, no encoding, no network, no pricing. A daemon
+thread takes batches from the buffer, makes the records of what hooks captured,
+prices the calls whose cost the caller
 left out (:mod:`fleettrace.pricing`), encodes them (:mod:`fleettrace.codec`),
 sums their counter deltas (:mod:`fleettrace.counters`) and applies each batch with
 one function call (:mod:`fleettrace.batch_script`; a script on Redis 6.2), which
@@ -45,6 +48,7 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, Final
 
+from fleettrace.capture import Captured
 from fleettrace.emitter_settings import EmitterSettings, EmitterStats
 from fleettrace.environment import redact_url
 from fleettrace.errors import EmitterClosed
@@ -54,7 +58,7 @@ from fleettrace.model import LLMTrace, MetricSample
 from fleettrace.price_overrides import load_prices
 from fleettrace.pricing import Pricer
 from fleettrace.sending import BatchSender
-from fleettrace.tree_records import PlanRecord, ToolCall
+from fleettrace.tree_records import AnyRecord, PlanRecord, ToolCall
 
 _RECORD_TYPES: Final = (LLMTrace, MetricSample, ToolCall, PlanRecord)
 _logger = logging.getLogger("fleettrace.emitter")
@@ -95,31 +99,67 @@ class Emitter(BatchSender):
 
     def record(self, trace: LLMTrace | MetricSample | ToolCall | PlanRecord) -> None:
         """Queue one trace (or a prebuilt metric sample, tool call or plan record) for
-        sending. Costs a type check, a lock and a deque append."""
+        sending. Costs a type check and a deque append (a lock when the buffer is
+        full, or bounded in bytes)."""
         if not isinstance(trace, _RECORD_TYPES):
             raise TypeError(
                 "record() takes an LLMTrace, MetricSample, ToolCall or PlanRecord, "
                 f"not {type(trace).__name__}"
             )
+        self.capture(trace)
+
+    def capture(self, *items: AnyRecord | Captured) -> None:
+        """Queue records, or what a hook captured (:mod:`fleettrace.capture`: the
+        sender thread makes the record of it). The hooks' way in, unchecked (the hooks
+        make the items).
+
+        An item is appended without the lock while the buffer has room (a deque
+        append is atomic, and every removal from the buffer happens under the lock
+        and counts what it removed, so the figures still add up) and, with a byte
+        bound, while the buffer holds only captured tuples; anything else goes the
+        locked way of :meth:`_put`. Several threads at the bound may each add one
+        record past it before one of them takes the locked way."""
         if not self._sender_running:
             self._start_sender()
+        if self._closed:
+            raise EmitterClosed(
+                "this emitter is closed; create a new one or use fleettrace.get_emitter()"
+            )
+        buffer = self._buffer
+        before = len(buffer)
+        for item in items:
+            if len(buffer) < self._max_buffer and not (
+                self._byte_bound and (self._models_buffered or type(item) is not tuple)
+            ):
+                buffer.append(item)
+            else:
+                self._put(item)
+        if self._sender_idle:
+            # An idle sender sleeps without a timeout; the first record starts its
+            # flush interval. (Checked first: setting an Event costs a microsecond.)
+            self._sender_idle = False
+            self._arrived.set()
+        elif before < self._max_batch <= len(buffer):
+            self._wake_sender()
+
+    def _put(self, item: AnyRecord | Captured) -> None:
+        """Append one item under the lock, applying the bounds and the overflow policy."""
         with self._lock:
             if self._closed:
                 raise EmitterClosed(
                     "this emitter is closed; create a new one or use fleettrace.get_emitter()"
                 )
-            buffer = self._buffer
-            if len(buffer) >= self._max_buffer and not self._make_room():
+            # Prebuilt records are counted only where a byte bound needs their size.
+            model = self._byte_bound and type(item) is not tuple
+            if model:
+                self._models_buffered += 1
+            if (
+                len(self._buffer) >= self._max_buffer or (self._byte_bound and self._over_bytes())
+            ) and not self._make_room():
+                if model:
+                    self._models_buffered -= 1
                 return
-            buffer.append(trace)
-            self._accepted += 1
-            size = len(buffer)
-            if size == 1 and self._sender_idle:
-                # An idle sender sleeps without a timeout; the first record starts its
-                # flush interval. (Checked first: setting an Event costs a microsecond.)
-                self._arrived.set()
-            elif size == self._max_batch:
-                self._wake_sender()
+            self._buffer.append(item)
 
     def observe(
         self,
@@ -141,15 +181,29 @@ class Emitter(BatchSender):
         False means the new record was dropped (and counted as accepted and dropped at
         once, so the figures add up whenever the lock is free: the wait releases it)."""
         if self.settings.overflow == "drop_oldest":
-            self._buffer.popleft()
-            self._done += 1
-            self._count_dropped(1)
+            # Oldest first until the new record fits both bounds (one, unless the byte
+            # bound needs room for a record larger than the one it drops).
+            buffer = self._buffer
+            dropped = 0
+            while buffer and (
+                dropped == 0 or len(buffer) >= self._max_buffer or self._over_bytes()
+            ):
+                dropping = buffer.popleft()
+                if self._byte_bound and type(dropping) is not tuple:
+                    self._models_buffered -= 1
+                dropped += 1
+            self._removed += dropped
+            self._done += dropped
+            self._count_dropped(dropped)
             return True
         self._wake_sender()
-        limit = self.settings.max_buffer_records
-        if self._room.wait_for(lambda: len(self._buffer) < limit, self.settings.block_timeout_s):
+        limit = self._max_buffer
+        if self._room.wait_for(
+            lambda: len(self._buffer) < limit and not self._over_bytes(),
+            self.settings.block_timeout_s,
+        ):
             return True
-        self._accepted += 1
+        self._refused += 1
         self._done += 1
         self._count_dropped(1)
         return False
@@ -183,12 +237,13 @@ class Emitter(BatchSender):
     @property
     def stats(self) -> EmitterStats:
         with self._lock:
+            waiting = len(self._buffer)
             return EmitterStats(
-                accepted=self._accepted,
+                accepted=self._accepted(waiting),
                 sent=self._sent,
                 dropped=self._dropped,
                 batches=self._batches,
-                buffered=len(self._buffer) + self._in_hand,
+                buffered=waiting + self._in_hand,
                 send_failures=self._send_failures,
                 last_error=self._last_error,
                 rejected=dict(self._rejected),
@@ -200,7 +255,7 @@ class Emitter(BatchSender):
         Returns False when that did not happen within ``timeout_s``.
         """
         with self._lock:
-            target = self._accepted
+            target = self._accepted(len(self._buffer))
             if self._done >= target and not self._dropped_unreported:
                 return True
         if not self._sender_running:
@@ -223,7 +278,11 @@ class Emitter(BatchSender):
         with self._lock:
             self._stopping = True
             left = len(self._buffer)
-            self._buffer.clear()
+            popleft = self._buffer.popleft
+            for _ in range(left):  # not clear(): a hook may be appending meanwhile
+                popleft()
+            self._removed += left
+            self._models_buffered = 0
             if left:
                 self._done += left
                 self._count_dropped(left, "closed before Redis took them")

@@ -21,6 +21,22 @@ from fleettrace.keys import (
 from fleettrace.price_overrides import prices_path_from_env
 
 Overflow = Literal["drop_oldest", "block"]
+
+#: What one buffered record is estimated to hold in memory, for ``max_buffer_bytes``:
+#: a record a hook captured (a tuple of references to what the scope already holds,
+#: its own numbers and its fields dict), and a prebuilt pydantic record given to
+#: ``record()``. Measured on CPython 3.11 (``python -m benchmarks.load --only
+#: memory``, docs/performance.md), rounded up.
+CAPTURED_RECORD_BYTES: Final = 450
+MODEL_RECORD_BYTES: Final = 2_500
+
+
+def buffer_bytes(records: int, models: int) -> int:
+    """The estimated memory of a buffer of ``records`` records, ``models`` of them
+    prebuilt pydantic records (the rest captured by hooks)."""
+    return records * CAPTURED_RECORD_BYTES + models * (MODEL_RECORD_BYTES - CAPTURED_RECORD_BYTES)
+
+
 _OVERFLOW_POLICIES: Final = ("drop_oldest", "block")
 
 
@@ -45,6 +61,11 @@ class EmitterSettings:
     flush_interval_s: float = 0.005
     #: Records held in memory while Redis is slow or away; beyond it ``overflow`` applies.
     max_buffer_records: int = 100_000
+    #: The same bound in bytes of memory, estimated per record (``CAPTURED_RECORD_BYTES``
+    #: for a record a hook made, ``MODEL_RECORD_BYTES`` for one given to ``record()``);
+    #: None: only ``max_buffer_records`` bounds the buffer. Whichever is reached first
+    #: applies ``overflow``.
+    max_buffer_bytes: int | None = None
     overflow: Overflow = "drop_oldest"
     #: With ``overflow="block"``: how long a caller waits for room before its record drops.
     block_timeout_s: float = 0.1
@@ -86,6 +107,12 @@ class EmitterSettings:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+        bound = self.max_buffer_bytes
+        if bound is not None and (type(bound) is not int or bound < MODEL_RECORD_BYTES):
+            raise ConfigurationError(
+                f"max_buffer_bytes must be None or a whole number of bytes of at least "
+                f"{MODEL_RECORD_BYTES} (one record), got {bound!r}"
+            )
         for name in (
             "flush_interval_s",
             "block_timeout_s",

@@ -25,12 +25,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
+from time import time as wall_s
 from typing import Any, Final, ParamSpec, TypeVar
 
 from fleettrace import attributes, plan_scope
 from fleettrace.attributes import Attributes
+from fleettrace.capture import Captured, build_plan, build_sample
 from fleettrace.emitter import Emitter, get_emitter
+from fleettrace.ids import uuid7_int
+
+# Re-exported: the LLM call span is one of the hooks (its code is apart for its cost).
+from fleettrace.llm_span import LLMCallSpan as LLMCallSpan  # noqa: PLC0414 (re-export)
+from fleettrace.llm_span import current_llm_call as current_llm_call  # noqa: PLC0414 (re-export)
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace
 from fleettrace.plan_scope import error_text as _error_text
@@ -41,6 +47,7 @@ from fleettrace.spans import (
     PLAN_ID,
     Span,
     TimedSpan,
+    ToolSpan,
     check_value,
     checked_name,
     new_id,
@@ -51,10 +58,6 @@ CONTEXT_TIERS: Final = frozenset({"hot", "warm", "cold"})
 INDEX_BACKENDS: Final = frozenset({"text", "vector", "graph"})
 SANDBOX_OPERATIONS: Final = frozenset({"create", "commit", "rollback"})
 TOTAL_PHASE: Final = "total"
-
-# The LLM call span open in this context: a wrapped client fills it (fleettrace.integrations)
-# instead of recording a second call for the same request.
-_llm_call: ContextVar[LLMCallSpan | None] = ContextVar("fleettrace_llm_call", default=None)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,11 +78,6 @@ def current_actor() -> str | None:
 def current_plan_token() -> str | None:
     """The token of the plan open in this context (see :meth:`PlanSpan.token`)."""
     return plan_scope.current_token()
-
-
-def current_llm_call() -> LLMCallSpan | None:
-    """The ``llm_call`` / ``actor.llm`` span open in this context, if any."""
-    return _llm_call.get()
 
 
 _MS: Final = 0.001
@@ -109,7 +107,16 @@ class PlanSpan(Span):
         self.plan_id = plan_id or ""
         self.parent: str | None = parent
         self.state: plan_scope.PlanState | None = None
-        self.record: PlanRecord | None = None
+        self._captured: Captured | None = None
+        self._record: PlanRecord | None = None
+
+    @property
+    def record(self) -> PlanRecord | None:
+        """The plan's record once its block has ended (made when first asked for, from
+        what was captured: the record the sender sends)."""
+        if self._record is None and self._captured is not None:
+            self._record = build_plan(self._captured, [])
+        return self._record
 
     @property
     def place(self) -> PlanPlace | None:
@@ -138,9 +145,16 @@ class PlanSpan(Span):
     def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
         self._observe(MetricKey.PLAN_DURATION_SECONDS, elapsed_s, {"phase": TOTAL_PHASE})
         if self.state is not None:
-            self.record = self.state.end_record(elapsed_s, error)
-            if self.record is not None:
-                self.emitter.record(self.record)
+            # Made by the sender thread, like every hook's record.
+            self._captured = (
+                build_plan,
+                self.state,
+                elapsed_s,
+                None if error is None else _error_text(error),
+                dict(self.state.phases_ms),
+                uuid7_int(),
+            )
+            self.emitter.capture(self._captured)
 
 
 class DecisionSpan(Span):
@@ -169,69 +183,47 @@ class DecisionSpan(Span):
 class ActorSpan(TimedSpan):
     """An actor invocation: the actor's name is stamped on the LLM calls inside."""
 
+    # Shared by every actor span (see ToolSpan).
+    key = MetricKey.ACTOR_INVOCATION_DURATION_MS
+    _unit_s = _MS
+    _outcome_key = None
+    _on_end = None
+    _started_s = 0.0
+
     def __init__(
         self,
         name: str,
         emitter: Emitter | None,
         given: tuple[Attributes, list[str]] | None = None,
     ) -> None:
-        super().__init__(
-            MetricKey.ACTOR_INVOCATION_DURATION_MS, {"actor": name}, unit_s=_MS, emitter=emitter
-        )
+        # Set here rather than through the parents' __init__ (see ToolSpan).
+        self._emitter = emitter
+        self.labels = {"actor": name}
         self._given = given
         self.name = name
 
-    def _enter(self) -> None:
-        self._set(ACTOR, self.name)
-        self._set_attributes(self._given, "an actor")
+    def __enter__(self) -> ActorSpan:
+        self._tokens = [(ACTOR, ACTOR.set(self.name))]
+        if self._given is not None:
+            self._set_attributes(self._given, "an actor")
+        self._started_s = time.perf_counter()
+        return self
+
+    def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
+        (self._emitter if self._emitter is not None else get_emitter()).capture(
+            (
+                build_sample,
+                MetricKey.ACTOR_INVOCATION_DURATION_MS,
+                elapsed_s * 1000,
+                self.labels,
+                PLAN_ID.get(),
+                wall_s(),
+            )
+        )
 
     def llm(self, provider: str, model: str, **fields: Any) -> LLMCallSpan:
         """An LLM call made by this actor (see :func:`llm_call`)."""
-        return LLMCallSpan(provider, model, {"actor": self.name, **fields}, self._emitter)
-
-
-class LLMCallSpan(Span):
-    """One LLM call, recorded as an ``LLMTrace`` when the block ends.
-
-    Its latency is the block's wall time unless ``latency_ms`` is given; an exception
-    sets ``error`` to ``"<ExceptionType>: <message>"``. Usage known only after the
-    call (tokens, retries, cost) is set inside the block with :meth:`update`.
-    """
-
-    def __init__(
-        self, provider: str, model: str, fields: dict[str, Any], emitter: Emitter | None
-    ) -> None:
-        super().__init__(emitter)
-        self.provider = provider
-        self.model = model
-        self.fields = fields
-        self.trace: LLMTrace | None = None
-
-    def _enter(self) -> None:
-        # A decorated function's calls share the fields given at decoration time.
-        self.fields = dict(self.fields)
-        self._set(_llm_call, self)
-
-    def update(self, **fields: Any) -> None:
-        """Set ``LLMTrace`` fields known once the call returned (tokens and their
-        details, retry_count...). ``prompt_tokens=None`` / ``completion_tokens=None``
-        say the provider returned no usage: the record's tokens are unknown and its
-        cost unpriced, never zero."""
-        self.fields.update(fields)
-
-    def first_token(self) -> None:
-        """Mark the first streamed chunk: ``ttft_ms`` is the time from the start of
-        the block to now. Only the first mark counts; a ``ttft_ms`` given with
-        :meth:`update` wins over it."""
-        if "ttft_ms" not in self.fields:
-            self.fields["ttft_ms"] = (time.perf_counter() - self._started_s) * 1000
-
-    def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
-        fields = dict(self.fields)
-        fields.setdefault("latency_ms", elapsed_s * 1000)
-        if error is not None:
-            fields["error"] = _error_text(error)
-        self.trace = record_llm_call(self.provider, self.model, emitter=self._emitter, **fields)
+        return LLMCallSpan(provider, model, fields, self._emitter, self.name)
 
 
 def record_llm_call(
@@ -327,6 +319,8 @@ def actor(
 ) -> ActorSpan:
     """An actor invocation (``actor.invocation_duration_ms{actor}``). The attributes
     given hold for every record inside it."""
+    if tags is None and metadata is None and user_id is None and session_id is None:
+        return ActorSpan(checked_name("actor", name), emitter)
     return ActorSpan(
         checked_name("actor", name), emitter, attributes.given(tags, metadata, user_id, session_id)
     )
@@ -361,30 +355,10 @@ def llm_call(
     )
 
 
-def _record_tool(span: TimedSpan, elapsed_s: float, error: BaseException | None) -> None:
-    """A tool's own record (a ``ToolCall``) in the plan, decision and actor around it."""
-    call = plan_scope.tool_call(
-        span.labels["tool"],
-        elapsed_s,
-        error,
-        plan_id=PLAN_ID.get(),
-        decision_id=DECISION_ID.get(),
-        actor=ACTOR.get(),
-    )
-    span.emitter.record(call)
-
-
-def tool(name: str, *, emitter: Emitter | None = None) -> TimedSpan:
+def tool(name: str, *, emitter: Emitter | None = None) -> ToolSpan:
     """A tool execution: its duration and its outcome (``tool.error_rate{tool,outcome}``),
     and a ``ToolCall`` record of its own in the plan tree."""
-    return TimedSpan(
-        MetricKey.TOOL_INVOCATION_DURATION_MS,
-        {"tool": checked_name("tool", name)},
-        unit_s=_MS,
-        outcome_key=MetricKey.TOOL_ERROR_RATE,
-        emitter=emitter,
-        on_end=_record_tool,
-    )
+    return ToolSpan(checked_name("tool", name), emitter)
 
 
 def context_build(tier: str, *, emitter: Emitter | None = None) -> TimedSpan:

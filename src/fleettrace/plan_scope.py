@@ -12,6 +12,7 @@ is made when its scope ends (:meth:`PlanState.end_record`). Kept apart from
 from __future__ import annotations
 
 import logging
+import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,8 +45,23 @@ class PlanState:
     def end_record(self, elapsed_s: float, error: BaseException | None) -> PlanRecord | None:
         """The plan's lifecycle record; ``None`` (logged) if it cannot be built, since
         the end of a plan must never raise into the agent."""
+        return self.record_of(
+            elapsed_s, None if error is None else error_text(error), dict(self.phases_ms)
+        )
+
+    def record_of(
+        self,
+        elapsed_s: float,
+        error: str | None,
+        phases_ms: dict[str, float],
+        record_id: uuid.UUID | None = None,
+    ) -> PlanRecord | None:
+        """The record of this plan ended after ``elapsed_s`` with ``error`` (its text)
+        and ``phases_ms`` (and ``record_id``, else a new one); ``None`` (logged) if it
+        cannot be built."""
         try:
             return PlanRecord(
+                record_id=record_id or uuid.uuid4(),
                 plan_id=self.plan_id,
                 parent_plan_id=self.parent,
                 root_plan_id=self.place.root_plan_id,
@@ -55,8 +71,8 @@ class PlanState:
                 ended_at=self.started_at + timedelta(seconds=elapsed_s),
                 duration_ms=elapsed_s * 1000,
                 status="ok" if error is None else "error",
-                error=None if error is None else error_text(error),
-                phases_ms=dict(self.phases_ms),
+                error=error,
+                phases_ms=phases_ms,
             )
         except ValidationError as problem:
             logger.warning("fleettrace could not record plan %s: %s", self.plan_id, problem)

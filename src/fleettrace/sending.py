@@ -16,6 +16,7 @@ import logging
 import math
 import random
 import secrets
+import sys
 import threading
 import time
 from collections import deque
@@ -24,8 +25,9 @@ from typing import TYPE_CHECKING, Final
 
 from fleettrace.batch_script import APPLY_BATCH_LUA, FUNCTION_MISSING, BatchCall
 from fleettrace.batching import encode_calls
+from fleettrace.capture import Captured
 from fleettrace.connection import connect_redis, tls_file_problem
-from fleettrace.emitter_settings import EmitterSettings
+from fleettrace.emitter_settings import CAPTURED_RECORD_BYTES, EmitterSettings, buffer_bytes
 from fleettrace.environment import redact_url
 from fleettrace.keys import APPLY_FUNCTION, DEFAULT_PRODUCER, Keys, check_producer
 from fleettrace.pricing import Pricer
@@ -68,7 +70,15 @@ class BatchSender:
     def _reset_state(self) -> None:
         """Fresh lock, buffer, figures, connection, id and no thread (init and after
         fork: a forked child numbers its batches under an id of its own)."""
-        self._max_buffer = self.settings.max_buffer_records
+        # The byte bound, where set, as records of the size a hook captures; prebuilt
+        # models (record()) count as larger (buffer_bytes).
+        byte_bound = self.settings.max_buffer_bytes
+        self._byte_bound = byte_bound is not None
+        self._max_bytes = byte_bound if byte_bound is not None else sys.maxsize
+        self._max_buffer = min(
+            self.settings.max_buffer_records, self._max_bytes // CAPTURED_RECORD_BYTES
+        )
+        self._models_buffered = 0
         self._max_batch = self.settings.max_batch_records
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -78,16 +88,20 @@ class BatchSender:
         self._arrived = threading.Event()
         self._sender_idle = False
         self._sender_running = False
-        self._buffer: deque[AnyRecord] = deque()
+        self._buffer: deque[AnyRecord | Captured] = deque()
         # The batch in hand: records taken from the buffer and not yet encoded, then
         # the calls they became, sent in order; ``_in_hand`` counts their records.
-        self._hand: list[AnyRecord] = []
+        self._hand: list[AnyRecord | Captured] = []
         self._hand_dropped = 0
         self._calls: deque[BatchCall] = deque()
         self._in_hand = 0
         self._emitter_id = secrets.token_hex(8)
         self._seq = 0
-        self._accepted = 0
+        # Accepted records are those that left the buffer, those in it, and those the
+        # block policy refused at the door (see _accepted): hooks append without the
+        # lock, so they count nothing themselves.
+        self._removed = 0
+        self._refused = 0
         self._done = 0
         self._sent = 0
         self._dropped = 0
@@ -130,6 +144,15 @@ class BatchSender:
         self._writes = ReplicatedWrites(
             self._client, self.keys.emitter, self.settings.replica_wait()
         )
+
+    def _accepted(self, waiting: int) -> int:
+        """Records accepted so far, with ``waiting`` in the buffer (lock held)."""
+        return self._removed + waiting + self._refused
+
+    def _over_bytes(self) -> bool:
+        """Whether one more record would take the buffer's estimated size past its byte
+        bound (lock held; a prebuilt record coming in is already in the count)."""
+        return buffer_bytes(len(self._buffer) + 1, self._models_buffered) > self._max_bytes
 
     def _count_dropped(self, count: int, why: str = BUFFER_FULL, *, report: bool = True) -> None:
         """Count dropped records (lock held); ``report`` queues them for the emitter hash."""
@@ -178,8 +201,11 @@ class BatchSender:
         False when told to stop."""
         if not self._holding() and self._idle():
             # Nothing to send: sleep until a record, flush() or close() wakes us,
-            # rather than waking every flush interval for nothing.
-            self._arrived.wait()
+            # rather than waking every flush interval for nothing. Looked at again
+            # once idle is set: a hook appends without the lock, and one that did
+            # so just before saw the sender busy and woke no one.
+            if not self._buffer:
+                self._arrived.wait()
             self._sender_idle = False
         self._arrived.clear()
         if not self._holding():
@@ -224,12 +250,12 @@ class BatchSender:
                 return False
             if not partial and len(self._buffer) < limit:
                 return False
-            if len(self._buffer) <= limit:
-                taken = list(self._buffer)
-                self._buffer.clear()
-            else:
-                popleft = self._buffer.popleft
-                taken = [popleft() for _ in range(limit)]
+            # Popped one by one, never cleared: a hook may append meanwhile.
+            popleft = self._buffer.popleft
+            taken = [popleft() for _ in range(min(len(self._buffer), limit))]
+            self._removed += len(taken)
+            if self._models_buffered:
+                self._models_buffered -= sum(type(item) is not tuple for item in taken)
             self._hand = taken
             self._hand_dropped = self._dropped_unreported
             self._in_hand += len(taken)
@@ -254,17 +280,18 @@ class BatchSender:
         self.keys = Keys(self.settings.namespace, name)
         self._identified = True
 
-    def _encode(self, records: list[AnyRecord], dropped: int = 0) -> list[BatchCall]:
+    def _encode(self, records: list[AnyRecord | Captured], dropped: int = 0) -> list[BatchCall]:
         """The calls for ``records`` under this emitter's next numbers (for tests and
         benchmarks that apply calls themselves)."""
         if not self._identified:
             self._identify()
+        built, unbuilt = self._build(records)
         return encode_calls(
             self.keys,
             self._emitter_id,
             self._next_seq,
-            self.pricer.price_records(records),
-            dropped,
+            self.pricer.price_records(built),
+            dropped + unbuilt,
             plan_ttl_s=self.settings.plan_ttl_s,
         ).calls
 
@@ -273,14 +300,15 @@ class BatchSender:
         is dropped, counted, and the sender goes on."""
         taken, dropped = self._hand, self._hand_dropped
         try:
-            # Priced here, on the sender thread, before the counters are summed: the
-            # caller's thread only captured the tokens.
+            # Made, validated and priced here, on the sender thread, before the
+            # counters are summed: the caller's thread only captured what it knew.
+            built, unbuilt = self._build(taken)
             encoded = encode_calls(
                 self.keys,
                 self._emitter_id,
                 self._next_seq,
-                self.pricer.price_records(taken),
-                dropped,
+                self.pricer.price_records(built),
+                dropped + unbuilt,
                 plan_ttl_s=self.settings.plan_ttl_s,
             )
         except Exception:  # a bug here must not stop the sender for good
@@ -298,6 +326,12 @@ class BatchSender:
         with self._lock:
             self._hand, self._hand_dropped = [], 0
             self._calls.extend(encoded.calls)
+            if unbuilt:
+                # Captured by a hook, refused by the record (reported by the first call).
+                self._in_hand -= unbuilt
+                self._done += unbuilt
+                self._count_dropped(unbuilt, "the record could not be made", report=False)
+                self._done_changed.notify_all()
             if encoded.unencodable:
                 # Strings pydantic accepts but JSON cannot carry (a lone surrogate):
                 # those records are dropped, the rest sent; the first call reports them.
@@ -305,6 +339,31 @@ class BatchSender:
                 self._done += encoded.unencodable
                 self._count_dropped(encoded.unencodable, "strings JSON cannot carry", report=False)
                 self._done_changed.notify_all()
+
+    def _build(self, taken: list[AnyRecord | Captured]) -> tuple[list[AnyRecord], int]:
+        """The records of what hooks captured (:mod:`fleettrace.capture`), prebuilt
+        records as they are; and how many could not be made. Values left out are
+        counted in ``stats.rejected``."""
+        records: list[AnyRecord] = []
+        rejected: list[str] = []
+        unbuilt = 0
+        for item in taken:
+            if type(item) is not tuple:
+                records.append(item)  # type: ignore[arg-type]
+                continue
+            record = item[0](item, rejected)  # the builder the hook put first
+            if record is None:
+                unbuilt += 1
+            else:
+                records.append(record)
+        if rejected:
+            self.reject(rejected, "an LLM call")
+        return records, unbuilt
+
+    def reject(self, reasons: list[str], where: str) -> None:
+        """Count values a hook was given and the record could not hold (the emitter
+        says how)."""
+        raise NotImplementedError
 
     def _apply(self, call: BatchCall) -> None:
         """One attempt at applying ``call``: FCALL of the library's function, or the

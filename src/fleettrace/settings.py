@@ -192,6 +192,7 @@ class EmitterTuning(EnvironmentSettings):
     max_batch_records: PositiveCount | None = None
     flush_interval_s: PositiveSeconds | None = None
     max_buffer_records: PositiveCount | None = None
+    max_buffer_bytes: PositiveCount | None = None
     overflow: Literal["drop_oldest", "block"] | None = None
     block_timeout_s: PositiveSeconds | None = None
     retry_initial_s: PositiveSeconds | None = None

@@ -13,17 +13,21 @@ import functools
 import inspect
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
+from time import time as wall_s
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
 from fleettrace import attributes
 from fleettrace.attributes import Attributes
+from fleettrace.capture import build_sample, build_tool
 from fleettrace.emitter import Emitter, get_emitter
+from fleettrace.ids import uuid7_hex
 from fleettrace.metrics import MetricKey
 from fleettrace.model import MAX_LABEL_CHARS
+from fleettrace.plan_scope import error_text
+from fleettrace.plan_scope import var as plan_state
 
 logger = logging.getLogger("fleettrace.hooks")
 
@@ -52,7 +56,8 @@ def check_value(kind: str, value: str, allowed: frozenset[str]) -> str:
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A plan or decision id: time-ordered and made in well under a microsecond."""
+    return uuid7_hex()
 
 
 class Span:
@@ -93,7 +98,9 @@ class Span:
             self.emitter.reject([*rejected, *over], where)
 
     def _observe(self, key: MetricKey, value: float, labels: dict[str, str]) -> None:
-        self.emitter.observe(key, value, labels, plan_id=PLAN_ID.get())
+        """Capture a sample of ``key`` (labels checked by the hook); the sender thread
+        makes the ``MetricSample``."""
+        self.emitter.capture((build_sample, key, value, labels, PLAN_ID.get(), wall_s()))
 
     def __enter__(self: S) -> S:
         self._tokens = []
@@ -172,9 +179,81 @@ class TimedSpan(Span):
         self._on_end = on_end
 
     def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
-        self._observe(self.key, elapsed_s / self._unit_s, self.labels)
-        if self._outcome_key is not None:
+        plan_id = PLAN_ID.get()
+        now_s = wall_s()
+        duration = (build_sample, self.key, elapsed_s / self._unit_s, self.labels, plan_id, now_s)
+        if self._outcome_key is None:
+            self.emitter.capture(duration)
+        else:
             outcome = "ok" if error is None else "error"
-            self._observe(self._outcome_key, 1, {**self.labels, "outcome": outcome})
+            labels = {**self.labels, "outcome": outcome}
+            self.emitter.capture(
+                duration, (build_sample, self._outcome_key, 1, labels, plan_id, now_s)
+            )
         if self._on_end is not None:
             self._on_end(self, elapsed_s, error)
+
+
+class ToolSpan(TimedSpan):
+    """A tool run: its duration and outcome samples and its ``ToolCall`` record, all
+    captured in one append when the block ends (the sender thread makes them)."""
+
+    # What every tool span shares is set on the class: a tool is entered on every
+    # run, and each attribute set or call level costs as much as the rest of the hook.
+    key = MetricKey.TOOL_INVOCATION_DURATION_MS
+    _unit_s = 0.001
+    _outcome_key = MetricKey.TOOL_ERROR_RATE
+    _on_end = None
+    _started_s = 0.0
+
+    def __init__(self, name: str, emitter: Emitter | None) -> None:
+        self._emitter = emitter
+        self.labels = {"tool": name}
+        self.name = name
+
+    def __enter__(self) -> ToolSpan:
+        self._started_s = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        elapsed_s = time.perf_counter() - self._started_s
+        try:
+            name = self.name
+            plan_id = PLAN_ID.get()
+            now_s = wall_s()
+            if exc is None:
+                error, outcome = None, {"tool": name, "outcome": "ok"}
+            else:
+                error, outcome = error_text(exc), {"tool": name, "outcome": "error"}
+            (self._emitter if self._emitter is not None else get_emitter()).capture(
+                (
+                    build_sample,
+                    MetricKey.TOOL_INVOCATION_DURATION_MS,
+                    elapsed_s * 1000,
+                    self.labels,
+                    plan_id,
+                    now_s,
+                ),
+                (build_sample, MetricKey.TOOL_ERROR_RATE, 1, outcome, plan_id, now_s),
+                (
+                    build_tool,
+                    name,
+                    elapsed_s,
+                    error,
+                    plan_id,
+                    DECISION_ID.get(),
+                    ACTOR.get(),
+                    plan_state().get(),
+                    now_s,
+                ),
+            )
+        except Exception:
+            if exc is None:
+                raise
+            # The block's own exception is what the caller must see, unchanged.
+            logger.warning("fleettrace could not record %r", self, exc_info=True)

@@ -178,7 +178,7 @@ class Call:
 
     def _deliver(self) -> None:
         span = self.span
-        if span is not None and span.trace is None:
+        if span is not None and not span.ended:
             # The caller's own span is still open: it records this call when it ends,
             # with its own latency, so filling it is all there is to do.
             span.model = self.model
