@@ -5,6 +5,10 @@ never in a repr. Pure: no server."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -129,3 +133,51 @@ def test_every_emitter_knob_has_its_variable() -> None:
     }
     knobs = {f.name for f in dataclasses.fields(EmitterSettings)} - own
     assert knobs == set(EmitterTuning.model_fields)
+
+
+_HOOKS_WITH_A_BAD_SETTING = """
+import json, logging, sys
+import fleettrace
+from fleettrace.emitter import hook_emitter
+from fleettrace.errors import ConfigurationError
+logging.basicConfig(level=logging.ERROR, stream=sys.stderr, format="%(message)s")
+with fleettrace.plan("p-bad-setting"):
+    with fleettrace.actor("planner") as planner:
+        with planner.llm("openai", "gpt-4o") as call:
+            call.update(prompt_tokens=10, completion_tokens=5)
+    with fleettrace.tool("search"):
+        pass
+try:
+    fleettrace.get_emitter()
+    raised = None
+except ConfigurationError as error:
+    raised = str(error)
+print(json.dumps({"raised": raised, "unrecorded": hook_emitter().unrecorded}))
+"""
+
+
+def test_a_bad_setting_never_raises_from_a_hook_but_is_said_once_and_counted() -> None:
+    """Hooks run inside agent code: a bad variable makes get_emitter() and configure()
+    raise, but a hook records nothing, counts what it dropped and logs the line once."""
+    env = {**os.environ, "FLEETTRACE_EMITTER_FLUSH_INTERVAL_S": "soon"}
+    done = subprocess.run(
+        [sys.executable, "-c", _HOOKS_WITH_A_BAD_SETTING],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["raised"] == "FLEETTRACE_EMITTER_FLUSH_INTERVAL_S must be a number, got 'soon'"
+    # The LLM call, the actor's and the tool's duration samples, the plan record.
+    assert report["unrecorded"] >= 3
+    said = [
+        line for line in done.stderr.splitlines() if "FLEETTRACE_EMITTER_FLUSH_INTERVAL_S" in line
+    ]
+    assert said == [
+        "fleettrace records nothing until this is fixed: "
+        "FLEETTRACE_EMITTER_FLUSH_INTERVAL_S must be a number, got 'soon'"
+    ]
+    assert "Traceback" not in done.stderr

@@ -51,7 +51,7 @@ from typing import Any, Final
 from fleettrace.capture import Captured
 from fleettrace.emitter_settings import EmitterSettings, EmitterStats
 from fleettrace.environment import redact_url
-from fleettrace.errors import EmitterClosed
+from fleettrace.errors import ConfigurationError, EmitterClosed
 from fleettrace.keys import Keys
 from fleettrace.metrics import MetricKey
 from fleettrace.model import LLMTrace, MetricSample
@@ -370,6 +370,77 @@ def get_emitter() -> Emitter:
         if _default is None or _default.closed:
             _default = Emitter(EmitterSettings.from_env())
         return _default
+
+
+class UnconfiguredEmitter(Emitter):
+    """What a hook records into while the environment names a bad setting: nothing.
+
+    ``get_emitter()`` and ``configure()`` raise the setting's one-line
+    ``ConfigurationError``; a hook must not (it runs inside agent code), so it gets
+    this instead: the error is logged once, and every record a hook hands it is
+    counted in :attr:`unrecorded` and dropped. A process whose environment is fixed
+    and that calls ``configure()`` (or is restarted) records again."""
+
+    def __init__(self, error: ConfigurationError) -> None:
+        self.error = error
+        self.unrecorded = 0
+        self._count_lock = threading.Lock()
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def _drop(self, count: int) -> None:
+        with self._count_lock:
+            self.unrecorded += count
+
+    def record(self, trace: LLMTrace | MetricSample | ToolCall | PlanRecord) -> None:
+        self._drop(1)
+
+    def capture(self, *items: AnyRecord | Captured) -> None:
+        self._drop(len(items))
+
+    def observe(
+        self,
+        key: MetricKey | str,
+        value: float,
+        labels: Mapping[str, str] | None = None,
+        *,
+        plan_id: str | None = None,
+    ) -> None:
+        self._drop(1)
+
+    def reject(self, reasons: list[str], where: str) -> None:
+        return None
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        return True
+
+    def close(self, timeout_s: float | None = None) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"UnconfiguredEmitter({str(self.error)!r}, unrecorded={self.unrecorded})"
+
+
+_unconfigured: UnconfiguredEmitter | None = None
+
+
+def hook_emitter(given: Emitter | None = None) -> Emitter:
+    """The emitter a hook records into: ``given``, else the default one; when the
+    environment names a bad setting, an :class:`UnconfiguredEmitter` that counts and
+    drops, with the setting's one-line error logged once. Never raises."""
+    global _unconfigured  # noqa: PLW0603 (one per process, like the default emitter)
+    if given is not None:
+        return given
+    try:
+        return get_emitter()
+    except ConfigurationError as error:
+        current = _unconfigured
+        if current is None or str(current.error) != str(error):
+            current = _unconfigured = UnconfiguredEmitter(error)
+            _logger.error("fleettrace records nothing until this is fixed: %s", error)
+        return current
 
 
 def _after_fork_in_child() -> None:

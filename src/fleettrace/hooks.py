@@ -31,7 +31,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 from fleettrace import attributes, plan_scope
 from fleettrace.attributes import Attributes
 from fleettrace.capture import Captured, build_plan, build_sample
-from fleettrace.emitter import Emitter, get_emitter
+from fleettrace.emitter import Emitter, hook_emitter
 from fleettrace.ids import uuid7_int
 
 # Re-exported: the LLM call span is one of the hooks (its code is apart for its cost).
@@ -210,7 +210,7 @@ class ActorSpan(TimedSpan):
         return self
 
     def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
-        (self._emitter if self._emitter is not None else get_emitter()).capture(
+        hook_emitter(self._emitter).capture(
             (
                 build_sample,
                 MetricKey.ACTOR_INVOCATION_DURATION_MS,
@@ -244,7 +244,7 @@ def record_llm_call(
     fields.setdefault("plan_id", PLAN_ID.get())
     fields.setdefault("decision_id", DECISION_ID.get())
     fields.setdefault("actor", ACTOR.get())
-    target = emitter if emitter is not None else get_emitter()
+    target = hook_emitter(emitter)
     rejected = attributes.take(fields, attributes.current.get() if scope is None else scope)
     if rejected:
         target.reject(rejected, "an LLM call")
@@ -383,6 +383,4 @@ def set_hot_context_tokens(tokens: int, *, emitter: Emitter | None = None) -> No
     """Report how many tokens the hot context holds now (a gauge: last value wins)."""
     if type(tokens) is not int or tokens < 0:
         raise ValueError(f"tokens must be a non-negative integer, got {tokens!r}")
-    (emitter if emitter is not None else get_emitter()).observe(
-        MetricKey.CONTEXT_TOKENS_USED, tokens, plan_id=PLAN_ID.get()
-    )
+    hook_emitter(emitter).observe(MetricKey.CONTEXT_TOKENS_USED, tokens, plan_id=PLAN_ID.get())

@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from fleettrace import attributes, plan_scope
 from fleettrace.capture import SHAPES, Captured, build_llm, shape_of
-from fleettrace.emitter import Emitter, get_emitter
+from fleettrace.emitter import Emitter, hook_emitter
 from fleettrace.ids import uuid7_int
 from fleettrace.model import LLMTrace
 from fleettrace.plan_scope import error_text as _error_text
@@ -138,7 +138,7 @@ class LLMCallSpan(Span):
                 *fields.values(),
             )
             self._captured, self._trace = captured, None
-            (self._emitter if self._emitter is not None else get_emitter()).capture(captured)
+            hook_emitter(self._emitter).capture(captured)
         except Exception:
             if exc is None:
                 raise

@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from fleettrace import attributes
 from fleettrace.attributes import Attributes
 from fleettrace.capture import build_sample, build_tool
-from fleettrace.emitter import Emitter, get_emitter
+from fleettrace.emitter import Emitter, hook_emitter
 from fleettrace.ids import uuid7_hex
 from fleettrace.metrics import MetricKey
 from fleettrace.model import MAX_LABEL_CHARS
@@ -74,7 +74,7 @@ class Span:
 
     @property
     def emitter(self) -> Emitter:
-        return self._emitter if self._emitter is not None else get_emitter()
+        return hook_emitter(self._emitter)
 
     # What a subclass sets on entry and records on exit.
     def _enter(self) -> None:
@@ -230,7 +230,7 @@ class ToolSpan(TimedSpan):
                 error, outcome = None, {"tool": name, "outcome": "ok"}
             else:
                 error, outcome = error_text(exc), {"tool": name, "outcome": "error"}
-            (self._emitter if self._emitter is not None else get_emitter()).capture(
+            hook_emitter(self._emitter).capture(
                 (
                     build_sample,
                     MetricKey.TOOL_INVOCATION_DURATION_MS,

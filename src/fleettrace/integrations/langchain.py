@@ -40,7 +40,7 @@ from typing import Any, Final
 from langchain_core.callbacks import BaseCallbackHandler
 
 from fleettrace import hooks, plan_scope
-from fleettrace.emitter import Emitter, get_emitter
+from fleettrace.emitter import Emitter, hook_emitter
 from fleettrace.integrations._calls import Call, CallObserver, first_claim, tokens
 from fleettrace.metrics import MetricKey
 from fleettrace.model import MAX_NAME_CHARS
@@ -129,7 +129,7 @@ class FleettraceCallbackHandler(BaseCallbackHandler):
 
     @property
     def emitter(self) -> Emitter:
-        return self._emitter if self._emitter is not None else get_emitter()
+        return hook_emitter(self._emitter)
 
     # -- chains and agents --------------------------------------------------------------
 

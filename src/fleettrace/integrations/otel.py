@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import StatusCode
 
 from fleettrace import hooks
-from fleettrace.emitter import Emitter, get_emitter
+from fleettrace.emitter import Emitter, hook_emitter
 from fleettrace.integrations._calls import Call, CallObserver, first_claim, tokens
 from fleettrace.metrics import MetricKey
 from fleettrace.model import MAX_ERROR_CHARS, MAX_NAME_CHARS
@@ -91,7 +91,7 @@ class FleettraceSpanProcessor(SpanProcessor):
         return self._target().flush(timeout_millis / 1000)
 
     def _target(self) -> Emitter:
-        return self._emitter if self._emitter is not None else get_emitter()
+        return hook_emitter(self._emitter)
 
     def _record_call(self, span: ReadableSpan, attributes: Any) -> None:
         provider = self._provider or _first(attributes, "gen_ai.provider.name", "gen_ai.system")
