@@ -1,0 +1,149 @@
+"""The hourly cost rollup (schema version 7) equals the raw rows it sums, whatever
+added or removed them: the worker's first store, a redelivered batch, prune, erase,
+and the backfill of rows stored before it existed."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from fleettrace.model import LLMTrace
+from fleettrace_worker.store import database, erasure, migrations, retention
+from fleettrace_worker.store.repository import LLMTraceRepository
+from tests.factories import llm_trace
+
+NOW = datetime(2026, 11, 30, 12, 30, tzinfo=UTC)
+KEY = "namespace, hour, provider, model, actor"
+#: The rollup's figures, and the same figures summed from the raw rows.
+ROLLUP = (
+    f"SELECT {KEY}, calls, priced_calls, cost_usd, prompt_tokens, completion_tokens, "
+    f"errors, retried_calls FROM llm_cost_hourly ORDER BY {KEY}"
+)
+RAW = (
+    "SELECT namespace, date_trunc('hour', started_at, 'UTC') AS hour, provider, model, actor, "
+    "count(*), count(cost_usd), coalesce(sum(cost_usd::numeric), 0), "
+    "coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), count(error), "
+    f"count(*) FILTER (WHERE retry_count > 0) FROM llm_traces GROUP BY 1, 2, 3, 4, 5 ORDER BY {KEY}"
+)
+
+
+@pytest.fixture
+def pool(database_url: str) -> Iterator[ConnectionPool]:
+    with database.create_pool(database_url, min_size=1, max_size=2) as made:
+        migrations.migrate(made)
+        yield made
+
+
+def _calls(count: int, seed: int, **fields: object) -> list[LLMTrace]:
+    """Calls over four days before NOW, of varied models, actors, prices and users."""
+    rng = random.Random(seed)
+    return [
+        llm_trace(
+            {
+                "provider": provider,
+                "model": model,
+                "actor": rng.choice(["planner", "coder", None]),
+                "prompt_tokens": rng.randint(1, 5000),
+                "completion_tokens": rng.randint(1, 900),
+                "cost_usd": None if rng.random() < 0.3 else rng.uniform(0, 0.2),
+                "error": "boom" if rng.random() < 0.1 else None,
+                "retry_count": rng.choice([0, 0, 2]),
+                "user_id": rng.choice(["ann", "bob"]),
+                "started_at": NOW - timedelta(seconds=rng.uniform(0, 4 * 86400)),
+            },
+            **fields,
+        )
+        for provider, model in (
+            rng.choice([("openai", "gpt-4o"), ("anthropic", "claude"), ("acme", "x")])
+            for _ in range(count)
+        )
+    ]
+
+
+def _tables(url: str) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(ROLLUP).fetchall(), conn.execute(RAW).fetchall()
+
+
+def _assert_rollup_is_the_raw_sum(url: str) -> list[tuple[object, ...]]:
+    rollup, raw = _tables(url)
+    assert rollup == raw
+    return rollup
+
+
+def test_the_rollup_follows_stores_redeliveries_prunes_and_erasures(
+    pool: ConnectionPool, database_url: str
+) -> None:
+    repository = LLMTraceRepository(pool)
+    first = _calls(300, seed=1)
+    result = repository.store(first, namespace="fleet-a")
+    assert result.traces_inserted == 300
+    rollup = _assert_rollup_is_the_raw_sum(database_url)
+    assert sum(row[5] for row in rollup) == 300  # type: ignore[misc]
+
+    # A redelivery: the same batch again with new calls in it. The copy meets rows
+    # already there, the merge skips them: only the new ones count.
+    again = first[:120] + _calls(50, seed=2)
+    result = repository.store(again, namespace="fleet-a")
+    assert (result.traces_inserted, result.traces_duplicate) == (50, 120)
+    # And the same batch a third time, nothing new: the rollup does not move.
+    before = _assert_rollup_is_the_raw_sum(database_url)
+    repository.store(again, namespace="fleet-a")
+    assert _assert_rollup_is_the_raw_sum(database_url) == before
+    assert sum(row[5] for row in before) == 350  # type: ignore[misc]
+
+    # Another namespace is a row of its own.
+    repository.store(_calls(40, seed=3), namespace="fleet-b")
+    _assert_rollup_is_the_raw_sum(database_url)
+
+    # Prune mid-hour: whole hours go, the hour of the cutoff keeps what is left of it.
+    cutoff = NOW - timedelta(days=2, minutes=17)
+    report = retention.prune(pool, cutoff, batch_rows=37)
+    assert report.traces > 0
+    rollup = _assert_rollup_is_the_raw_sum(database_url)
+    assert min(row[1] for row in rollup) == cutoff.replace(minute=0)  # type: ignore[type-var]
+
+    # Erase one user: their calls leave the sums.
+    erased = erasure.erase(pool, "user", "ann", batch_rows=25)
+    assert erased.total > 0
+    rollup = _assert_rollup_is_the_raw_sum(database_url)
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM llm_traces").fetchone() == (
+            sum(row[5] for row in rollup),  # type: ignore[misc]
+        )
+        # An emptied key leaves no row of zeros behind.
+        assert conn.execute("SELECT count(*) FROM llm_cost_hourly WHERE calls <= 0").fetchone() == (
+            0,
+        )
+        # An update (a repricing by hand) moves the sums with it, and a truncate empties them.
+        conn.execute("UPDATE llm_traces SET cost_usd = 0.5 WHERE model = 'x'")
+        conn.commit()
+    rollup = _assert_rollup_is_the_raw_sum(database_url)
+    assert any(row[7] == Decimal("0.5") * row[6] for row in rollup if row[3] == "x")  # type: ignore[operator]
+    with psycopg.connect(database_url) as conn:
+        conn.execute("TRUNCATE llm_traces")
+    assert _tables(database_url) == ([], [])
+
+
+def test_the_migration_backfills_rows_stored_before_it(
+    pool: ConnectionPool, database_url: str
+) -> None:
+    LLMTraceRepository(pool).store(_calls(200, seed=4), namespace="old")
+    with psycopg.connect(database_url) as conn:
+        # The database as version 6 left it: no rollup, no triggers.
+        for event in ("insert", "delete", "update", "truncate"):
+            conn.execute(f"DROP TRIGGER llm_traces_rollup_{event} ON llm_traces")
+        conn.execute("DROP FUNCTION fleettrace_cost_rollup_apply, fleettrace_cost_rollup_truncate")
+        conn.execute("DROP TABLE llm_cost_hourly")
+        conn.execute("DELETE FROM fleettrace_schema_version WHERE version = 7")
+    LLMTraceRepository(pool).store(_calls(30, seed=5), namespace="old")
+    result = migrations.migrate(pool)
+    assert result.applied == ("0007_cost_rollup",)
+    rollup = _assert_rollup_is_the_raw_sum(database_url)
+    assert sum(row[5] for row in rollup) == 230  # type: ignore[misc]

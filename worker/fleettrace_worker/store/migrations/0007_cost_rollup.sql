@@ -1,0 +1,111 @@
+-- fleettrace schema version 7: the hourly cost rollup, and the indexes the dashboard's
+-- lookups walk.
+--
+-- llm_cost_hourly holds, per UTC hour, namespace, provider, model and actor, what the
+-- long-range cost reads sum: calls, priced calls, cost, tokens, errors, retried calls.
+-- Triggers on llm_traces keep it, in the transaction that adds or removes the rows:
+-- statement-level, over the transition table of the rows the statement really
+-- inserted, deleted or changed. So a redelivered batch (the worker's merge skips rows
+-- already there: INSERT ... ON CONFLICT DO NOTHING) adds nothing to it, and prune,
+-- erase or any other DELETE takes off what it removed. Cost is numeric here so that
+-- adding and taking off is exact (a float sum would drift).
+--
+-- NULL keys (calls without an actor, rows stored before namespaces) are rows of their
+-- own: the unique index treats NULLs as equal (PostgreSQL 15).
+
+CREATE TABLE llm_cost_hourly (
+    hour              timestamptz NOT NULL,
+    namespace         text,
+    provider          text        NOT NULL,
+    model             text        NOT NULL,
+    actor             text,
+    calls             bigint      NOT NULL,
+    priced_calls      bigint      NOT NULL,
+    cost_usd          numeric     NOT NULL,
+    prompt_tokens     bigint      NOT NULL,
+    completion_tokens bigint      NOT NULL,
+    errors            bigint      NOT NULL,
+    retried_calls     bigint      NOT NULL
+);
+
+CREATE UNIQUE INDEX llm_cost_hourly_key
+    ON llm_cost_hourly (namespace, hour, provider, model, actor) NULLS NOT DISTINCT;
+-- The keys a removal emptied, found without reading the whole rollup.
+CREATE INDEX llm_cost_hourly_emptied ON llm_cost_hourly (hour) WHERE calls <= 0;
+
+-- Adds the rows of the transition table "added" to the rollup; "taken", when given,
+-- is taken off. Keys are upserted in one order, so two writers never deadlock on them.
+CREATE FUNCTION fleettrace_cost_rollup_apply() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        WITH gone AS (
+            SELECT date_trunc('hour', started_at, 'UTC') AS hour, namespace, provider, model,
+                   actor, count(*) AS calls, count(cost_usd) AS priced_calls,
+                   coalesce(sum(cost_usd::numeric), 0) AS cost_usd,
+                   coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+                   coalesce(sum(completion_tokens), 0) AS completion_tokens,
+                   count(error) AS errors, count(*) FILTER (WHERE retry_count > 0) AS retried
+            FROM taken GROUP BY 1, 2, 3, 4, 5
+        )
+        UPDATE llm_cost_hourly AS r SET
+            calls = r.calls - g.calls,
+            priced_calls = r.priced_calls - g.priced_calls,
+            cost_usd = r.cost_usd - g.cost_usd,
+            prompt_tokens = r.prompt_tokens - g.prompt_tokens,
+            completion_tokens = r.completion_tokens - g.completion_tokens,
+            errors = r.errors - g.errors,
+            retried_calls = r.retried_calls - g.retried
+        FROM gone AS g
+        WHERE r.hour = g.hour AND r.namespace IS NOT DISTINCT FROM g.namespace
+          AND r.provider = g.provider AND r.model = g.model
+          AND r.actor IS NOT DISTINCT FROM g.actor;
+        DELETE FROM llm_cost_hourly WHERE calls <= 0;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO llm_cost_hourly AS r
+        SELECT date_trunc('hour', started_at, 'UTC'), namespace, provider, model, actor,
+               count(*), count(cost_usd), coalesce(sum(cost_usd::numeric), 0),
+               coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+               count(error), count(*) FILTER (WHERE retry_count > 0)
+        FROM added GROUP BY 1, 2, 3, 4, 5 ORDER BY 2, 1, 3, 4, 5
+        ON CONFLICT (namespace, hour, provider, model, actor) DO UPDATE SET
+            calls = r.calls + excluded.calls,
+            priced_calls = r.priced_calls + excluded.priced_calls,
+            cost_usd = r.cost_usd + excluded.cost_usd,
+            prompt_tokens = r.prompt_tokens + excluded.prompt_tokens,
+            completion_tokens = r.completion_tokens + excluded.completion_tokens,
+            errors = r.errors + excluded.errors,
+            retried_calls = r.retried_calls + excluded.retried_calls;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION fleettrace_cost_rollup_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    TRUNCATE llm_cost_hourly;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER llm_traces_rollup_insert AFTER INSERT ON llm_traces
+    REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION fleettrace_cost_rollup_apply();
+CREATE TRIGGER llm_traces_rollup_delete AFTER DELETE ON llm_traces
+    REFERENCING OLD TABLE AS taken
+    FOR EACH STATEMENT EXECUTE FUNCTION fleettrace_cost_rollup_apply();
+CREATE TRIGGER llm_traces_rollup_update AFTER UPDATE ON llm_traces
+    REFERENCING OLD TABLE AS taken NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION fleettrace_cost_rollup_apply();
+CREATE TRIGGER llm_traces_rollup_truncate AFTER TRUNCATE ON llm_traces
+    FOR EACH STATEMENT EXECUTE FUNCTION fleettrace_cost_rollup_truncate();
+
+-- Backfill from the rows already stored.
+INSERT INTO llm_cost_hourly
+SELECT date_trunc('hour', started_at, 'UTC'), namespace, provider, model, actor,
+       count(*), count(cost_usd), coalesce(sum(cost_usd::numeric), 0),
+       coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+       count(error), count(*) FILTER (WHERE retry_count > 0)
+FROM llm_traces GROUP BY 1, 2, 3, 4, 5;
