@@ -13,9 +13,12 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
+from fleettrace_worker.serve.dashboard import queries
 from fleettrace_worker.store import database, erasure, migrations, retention
 from fleettrace_worker.store.repository import LLMTraceRepository
+from tests.dashboard_helpers import api_cost_by, dashboard, get_json, rows
 from tests.factories import llm_trace
 
 NOW = datetime(2026, 11, 30, 12, 30, tzinfo=UTC)
@@ -147,3 +150,71 @@ def test_the_migration_backfills_rows_stored_before_it(
     assert result.applied == ("0007_cost_rollup",)
     rollup = _assert_rollup_is_the_raw_sum(database_url)
     assert sum(row[5] for row in rollup) == 230  # type: ignore[misc]
+
+
+def test_long_ranges_read_the_rollup_and_answer_what_the_raw_rows_do(
+    pool: ConnectionPool, database_url: str, redis_url: str, keys: Keys
+) -> None:
+    repository = LLMTraceRepository(pool)
+    now = datetime.now(UTC)
+    # Spread over the last ten days, some in the minutes just inside and outside each
+    # end of the ranges read below.
+    calls = [
+        call.model_copy(update={"started_at": now - timedelta(seconds=(i * 2161) % (10 * 86400))})
+        for i, call in enumerate(_calls(400, seed=6))
+    ]
+    repository.store(calls, namespace=keys.namespace)
+    repository.store(_calls(50, seed=7), namespace="someone-else")
+    spans = [
+        queries.TimeRange(now - timedelta(days=7), now, "7d"),
+        queries.TimeRange(
+            now - timedelta(days=3, minutes=13), now - timedelta(hours=5, minutes=1), "c"
+        ),
+        queries.TimeRange(
+            now.replace(minute=0, second=0, microsecond=0) - timedelta(days=4),
+            now.replace(minute=0, second=0, microsecond=0),
+            "c",
+        ),
+        queries.TimeRange(now - timedelta(minutes=50), now, "c"),  # no whole hour: raw rows
+    ]
+    for span in spans:
+        for by in queries.COST_GROUPS:
+            raw = queries.cost_table(database_url, keys.namespace, by, span, 500, use_rollup=False)
+            rolled = queries.cost_table(
+                database_url, keys.namespace, by, span, 500, use_rollup=True
+            )
+            assert api_cost_by(rolled) == api_cost_by(raw)
+            assert [(r["key"], r["prompt_tokens"], r["completion_tokens"]) for r in rolled] == [
+                (r["key"], r["prompt_tokens"], r["completion_tokens"]) for r in raw
+            ]
+            assert sum(r["calls"] for r in raw) > 0
+    # The API picks the rollup past two days, the raw rows under it; both equal SQL.
+    with dashboard(redis_url, keys, database_url) as url:
+        for name in ("24h", "7d", "90d"):
+            status, answer = get_json(f"{url}/api/cost?by=model&range={name}")
+            assert status == 200
+            expected = rows(
+                database_url,
+                "SELECT model, count(*), count(cost_usd), sum(cost_usd) FROM llm_traces "
+                "WHERE namespace = %s AND started_at >= %s AND started_at < %s GROUP BY 1",
+                keys.namespace,
+                datetime.fromisoformat(answer["from"]),
+                datetime.fromisoformat(answer["to"]),
+            )
+            assert api_cost_by(answer["items"]) == {
+                key: (n, priced, None if cost is None else round(cost, 9))
+                for key, n, priced, cost in expected
+            }
+    # The 7-day answer really comes from the rollup: a rollup row changed by hand shows.
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "UPDATE llm_cost_hourly SET calls = calls + 1000 WHERE namespace = %s",
+            (keys.namespace,),
+        )
+    week = queries.cost_table(database_url, keys.namespace, "model", spans[0], 500)
+    raw = queries.cost_table(database_url, keys.namespace, "model", spans[0], 500, use_rollup=False)
+    assert sum(r["calls"] for r in week) > sum(r["calls"] for r in raw) + 1000
+    day = queries.TimeRange(now - timedelta(days=1), now, "24h")
+    assert queries.cost_table(database_url, keys.namespace, "model", day, 500) == (
+        queries.cost_table(database_url, keys.namespace, "model", day, 500, use_rollup=False)
+    )

@@ -29,6 +29,7 @@ from fleettrace.errors import ConfigurationError
 from fleettrace.keys import GROUPS, Keys
 from fleettrace.live import read_live
 from fleettrace.plans import top_plans, total_cost_usd
+from fleettrace_worker.serve.dashboard import rollup
 from fleettrace_worker.stream.deadletter import DeadLetter, check_ids
 from fleettrace_worker.stream.groups import inspect_groups
 
@@ -54,6 +55,9 @@ COST_GROUPS: Final = {"model": "model", "provider": "provider", "actor": "actor"
 STEPS_S: Final = (60, 300, 900, 3600, 6 * 3600, 86400)
 MAX_POINTS: Final = 300
 TOP_PLANS: Final = 10
+#: Cost over a range longer than this reads the hourly rollup for its whole hours
+#: (:mod:`.rollup`); shorter ranges read the raw rows, which are few.
+ROLLUP_AFTER: Final = timedelta(days=2)
 STATEMENT_TIMEOUT_MS: Final = 10_000
 
 
@@ -194,11 +198,27 @@ def connect(database_url: str) -> psycopg.Connection[dict[str, Any]]:
 
 
 def cost_table(
-    database_url: str, namespace: str, by: str, span: TimeRange, limit: int
+    database_url: str,
+    namespace: str,
+    by: str,
+    span: TimeRange,
+    limit: int,
+    *,
+    use_rollup: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Calls, priced calls and cost per model, provider or actor of ``namespace`` in the
     range, costliest first. Unpriced calls (``cost_usd`` NULL) are counted beside the
-    priced sum."""
+    priced sum. A range longer than ``ROLLUP_AFTER`` is summed from the hourly rollup
+    (the same figures: ``use_rollup`` forces either path)."""
+    if use_rollup is None:
+        use_rollup = span.end - span.start > ROLLUP_AFTER
+    if use_rollup:
+        with connect(database_url) as conn:
+            found = rollup.cost_rows(
+                conn, COST_GROUPS[by], namespace, span.start, span.end, limit=limit
+            )
+        if found is not None:
+            return _cost_items(found)
     column = sql.Identifier(COST_GROUPS[by])
     query = sql.SQL(
         "SELECT {col} AS key, count(*) AS calls, count(cost_usd) AS priced_calls, "
@@ -209,6 +229,10 @@ def cost_table(
     ).format(col=column)
     with connect(database_url) as conn:
         rows = conn.execute(query, (namespace, span.start, span.end, limit)).fetchall()
+    return _cost_items(rows)
+
+
+def _cost_items(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
             "key": row["key"],
