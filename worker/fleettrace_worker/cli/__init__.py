@@ -24,6 +24,7 @@ from typing import Final
 
 from fleettrace import __version__
 from fleettrace.errors import ConfigurationError, FleettraceError
+from fleettrace_worker.cli.options import servers_of
 
 #: Subcommand modules under fleettrace_worker.cli, in the order --help lists them.
 COMMANDS: Final[tuple[str, ...]] = (
@@ -142,7 +143,8 @@ def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        with servers_of(args):
+            return handler(args)
     except ConfigurationError as error:
         print(f"fleettrace {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
