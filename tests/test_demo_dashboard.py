@@ -156,3 +156,90 @@ def test_on_a_terminal_the_demo_keeps_its_dashboard_up_until_ctrl_c(data_dir: Pa
         wait_until(lambda: not _alive(postgres_pid), 20, "PostgreSQL to stop")
     finally:
         term.close()
+
+
+def _fleettrace(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FLEETTRACE, *argv], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.slow
+def test_the_data_a_demo_left_is_read_again_with_data_dir(data_dir: Path) -> None:
+    env = _env(data_dir)
+    demo = _fleettrace("demo", "--agents", "1", "--plans", "2", "--json", env=env)
+    assert demo.returncode == 0, demo.stderr
+    report = json.loads(demo.stdout)  # without a terminal it exited after the proof
+    ns = report["namespace"]
+    assert DASHBOARD.search(demo.stderr)  # the URL was printed (to stderr with --json)
+    by_model = {item["group"]["model"]: item["calls"] for item in report["cost_by_model"]["items"]}
+    env.pop("FLEETTRACE_DATA_DIR")  # --data-dir says it
+
+    listed = _fleettrace(
+        "traces", "list", "--json", "--limit", "1000", "--data-dir", str(data_dir),
+        "--namespace", ns, env=env,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    items = json.loads(listed.stdout)["items"]
+    assert len(items) == report["traces_stored"] > 0
+    assert all(item["plan_id"].startswith(f"{ns}-") for item in items)
+    metrics = _fleettrace(
+        "metrics", "--json", "--data-dir", str(data_dir), "--namespace", ns, env=env
+    )
+    assert metrics.returncode == 0, metrics.stderr
+    assert json.loads(metrics.stdout)["items"]  # the live counters came back from Redis's file
+
+    dashboard = subprocess.Popen(
+        [*FLEETTRACE, "dashboard", "--data-dir", str(data_dir), "--namespace", ns, "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert dashboard.stdout is not None
+        serving = SERVING.search(dashboard.stdout.readline())
+        assert serving, dashboard.stderr.read() if dashboard.stderr else ""
+        status, cost = get_json(f"{serving.group(1)}/api/cost?by=model&range=24h")
+        assert status == 200
+        assert {item["key"]: item["calls"] for item in cost["items"]} == by_model
+        # While it runs, the directory is in use: a second reader is refused in one line.
+        busy = _fleettrace("traces", "list", "--data-dir", str(data_dir), env=env)
+        assert busy.returncode == 2
+        assert busy.stderr == (
+            f"fleettrace traces: --data-dir {str(data_dir)!r} is in use by process "
+            f"{dashboard.pid} (a fleettrace demo or a command reading its data): wait for it "
+            "to end or stop it, then try again\n"
+        )
+        dashboard.send_signal(signal.SIGINT)
+        assert dashboard.wait(60) == 0
+    finally:
+        if dashboard.poll() is None:
+            dashboard.kill()
+            dashboard.wait(10)
+
+    empty = data_dir.parent / "empty"
+    empty.mkdir()
+    refusals = {
+        str(empty): "holds no fleettrace data (no PostgreSQL cluster in it); "
+        f"`fleettrace demo --data-dir {empty}` leaves its data there",
+        str(empty / "nowhere"): "does not exist",
+        str(data_dir / "postgres" / "PG_VERSION"): "is not a directory",
+    }
+    for where, message in refusals.items():
+        refused = _fleettrace("traces", "cost", "--data-dir", where, env=env)
+        assert (refused.returncode, refused.stderr) == (
+            2,
+            f"fleettrace traces: --data-dir {where!r} {message}\n",
+        )
+    both = _fleettrace(
+        "traces", "list", "--data-dir", str(data_dir), "--database-url", "postgresql://x/y",
+        env=env,
+    )  # fmt: skip
+    assert (both.returncode, both.stderr) == (
+        2,
+        "fleettrace traces: --data-dir and --database-url both say where to read: give one\n",
+    )
+    no_redis = _fleettrace("dlq", "list", "--data-dir", str(empty), env=env)
+    assert no_redis.returncode == 2
+    assert "holds no fleettrace data (no redis/ in it)" in no_redis.stderr
