@@ -48,6 +48,7 @@ from fleettrace_worker.embedded import (
 )
 from fleettrace_worker.serve.dashboard.app import DashboardSettings, build_app
 from fleettrace_worker.serve.webserver import HttpServer
+from fleettrace_worker.store import database
 from fleettrace_worker.store.settings import database_url_from_env
 
 #: Without a terminal, one progress line per this many seconds.
@@ -268,6 +269,8 @@ def _run_and_report(
 
 def _serve_dashboard(urls: ServerUrls, namespace: str, port: int | None) -> HttpServer:
     """The dashboard on loopback: ``port``, else the default one, else (taken) any."""
+    # A URL that is no PostgreSQL URL is said as the run would say it.
+    database.parse_url(urls.database_url)
     settings = DashboardSettings(urls.redis_url, urls.database_url, namespace)
     app = build_app(probe_routes(urls.redis_url, urls.database_url), settings)
     try:
