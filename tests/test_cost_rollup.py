@@ -176,6 +176,7 @@ def test_long_ranges_read_the_rollup_and_answer_what_the_raw_rows_do(
             "c",
         ),
         queries.TimeRange(now - timedelta(minutes=50), now, "c"),  # no whole hour: raw rows
+        queries.TimeRange(now - timedelta(days=90), now, "90d"),  # steps of six hours
     ]
     for span in spans:
         for by in queries.COST_GROUPS:
@@ -188,6 +189,14 @@ def test_long_ranges_read_the_rollup_and_answer_what_the_raw_rows_do(
                 (r["key"], r["prompt_tokens"], r["completion_tokens"]) for r in raw
             ]
             assert sum(r["calls"] for r in raw) > 0
+            # The chart's series too, step by step, when its steps are whole hours.
+            raw_series = queries.cost_series(
+                database_url, keys.namespace, by, span, use_rollup=False
+            )
+            rolled_series = queries.cost_series(
+                database_url, keys.namespace, by, span, use_rollup=True
+            )
+            assert [_point(p) for p in rolled_series] == [_point(p) for p in raw_series]
     # The API picks the rollup past two days, the raw rows under it; both equal SQL.
     with dashboard(redis_url, keys, database_url) as url:
         for name in ("24h", "7d", "90d"):
@@ -218,3 +227,9 @@ def test_long_ranges_read_the_rollup_and_answer_what_the_raw_rows_do(
     assert queries.cost_table(database_url, keys.namespace, "model", day, 500) == (
         queries.cost_table(database_url, keys.namespace, "model", day, 500, use_rollup=False)
     )
+
+
+def _point(item: dict[str, object]) -> tuple[object, ...]:
+    cost = item["cost_usd"]
+    assert isinstance(cost, float)
+    return item["t"], item["key"], item["calls"], round(cost, 9)

@@ -1,5 +1,6 @@
 """The dashboard's lookups stay on indexes over a million calls: every SQL statement
-the plans list, a plan's tree, one call and the cost over a long range send is
+the plans list, a plan's tree, one call and the cost (table and chart) over a long
+range send is
 recorded as they run, then EXPLAINed, and none may read a big table sequentially."""
 
 from __future__ import annotations
@@ -134,6 +135,9 @@ def test_no_dashboard_lookup_reads_a_big_table_sequentially(
             "cost over 90 days": lambda: queries.cost_table(
                 big_database, NAMESPACE, "model", long_range, 100
             ),
+            "cost chart over 90 days": lambda: queries.cost_series(
+                big_database, NAMESPACE, "provider", long_range
+            ),
         }
         statements: dict[str, list[tuple[Any, Any]]] = {}
         answers: dict[str, Any] = {}
@@ -152,6 +156,9 @@ def test_no_dashboard_lookup_reads_a_big_table_sequentially(
         (i["key"], i["calls"]) for i in raw
     ]
     assert sum(item["calls"] for item in raw) > CALLS - 100  # the range's edge drops a few
+    assert sum(p["calls"] for p in answers["cost chart over 90 days"]) == sum(
+        item["calls"] for item in raw
+    )
 
     with psycopg.connect(big_database) as conn:
         # The check sees a sequential scan where there is one.

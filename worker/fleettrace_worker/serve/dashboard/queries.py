@@ -248,10 +248,25 @@ def _cost_items(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def cost_series(
-    database_url: str, namespace: str, by: str, span: TimeRange
+    database_url: str,
+    namespace: str,
+    by: str,
+    span: TimeRange,
+    *,
+    use_rollup: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Cost of ``namespace`` per step (``span.step_s``) and key, oldest first: ``t`` is
-    the step's start in Unix seconds."""
+    the step's start in Unix seconds. Over more than ``ROLLUP_AFTER`` with steps of
+    whole hours, summed from the hourly rollup (``use_rollup`` forces either path)."""
+    if use_rollup is None:
+        use_rollup = span.end - span.start > ROLLUP_AFTER
+    if use_rollup:
+        with connect(database_url) as conn:
+            found = rollup.series_rows(
+                conn, COST_GROUPS[by], namespace, span.start, span.end, step_s=span.step_s
+            )
+        if found is not None:
+            return [_series_item(row) for row in found]
     column = sql.Identifier(COST_GROUPS[by])
     query = sql.SQL(
         "SELECT extract(epoch FROM date_bin(make_interval(secs => %s), started_at, "
@@ -262,10 +277,11 @@ def cost_series(
     ).format(col=column)
     with connect(database_url) as conn:
         rows = conn.execute(query, (span.step_s, namespace, span.start, span.end)).fetchall()
-    return [
-        {"t": row["t"], "key": row["key"], "calls": row["calls"], "cost_usd": row["cost_usd"]}
-        for row in rows
-    ]
+    return [_series_item(row) for row in rows]
+
+
+def _series_item(row: dict[str, Any]) -> dict[str, Any]:
+    return {"t": row["t"], "key": row["key"], "calls": row["calls"], "cost_usd": row["cost_usd"]}
 
 
 def plan_list(

@@ -1,4 +1,5 @@
-"""Cost over a long range from the hourly rollup (``llm_cost_hourly``, schema 7).
+"""Cost over a long range from the hourly rollup (``llm_cost_hourly``, schema 7): the
+Cost table, and the chart's series when its steps are whole hours.
 
 The rollup holds, per UTC hour, namespace, provider, model and actor, the sums the
 Cost table shows; triggers on ``llm_traces`` keep it in the transaction of every
@@ -75,5 +76,50 @@ def cost_rows(
         "tail": tail,
         "end": end,
         "limit": limit,
+    }
+    return conn.execute(query, bound).fetchall()
+
+
+def series_rows(
+    conn: psycopg.Connection[dict[str, Any]],
+    column: str,
+    namespace: str,
+    start: datetime,
+    end: datetime,
+    *,
+    step_s: int,
+) -> list[dict[str, Any]] | None:
+    """Rows of ``t, key, calls, cost_usd`` per step (``date_bin`` from 2000-01-01 UTC, as
+    the raw query bins) and ``column``, oldest first; None when the steps are not whole
+    hours or the range holds no whole hour (the raw rows answer then)."""
+    hours = whole_hours(start, end)
+    if hours is None or column not in ROLLUP_COLUMNS or step_s % 3600:
+        return None
+    head, tail = hours
+
+    def step_of(at: str) -> sql.Composed:
+        return sql.SQL(
+            "extract(epoch FROM date_bin(make_interval(secs => %(step)s), {}, "
+            "'2000-01-01T00:00:00Z'::timestamptz))::bigint"
+        ).format(sql.Identifier(at))
+
+    query = sql.SQL(
+        "SELECT t, key, sum(calls)::bigint AS calls, sum(cost_usd)::float8 AS cost_usd FROM ("
+        "SELECT {raw_step} AS t, {col} AS key, count(*) AS calls, "
+        "coalesce(sum(cost_usd::numeric), 0) AS cost_usd FROM llm_traces "
+        "WHERE namespace = %(namespace)s AND ((started_at >= %(start)s AND started_at < %(head)s) "
+        "OR (started_at >= %(tail)s AND started_at < %(end)s)) GROUP BY 1, 2 "
+        "UNION ALL "
+        "SELECT {hour_step}, {col}, sum(calls), sum(cost_usd) FROM llm_cost_hourly "
+        "WHERE namespace = %(namespace)s AND hour >= %(head)s AND hour < %(tail)s GROUP BY 1, 2"
+        ") AS parts GROUP BY 1, 2 ORDER BY 1, 2"
+    ).format(raw_step=step_of("started_at"), hour_step=step_of("hour"), col=sql.Identifier(column))
+    bound = {
+        "namespace": namespace,
+        "start": start,
+        "head": head,
+        "tail": tail,
+        "end": end,
+        "step": step_s,
     }
     return conn.execute(query, bound).fetchall()
