@@ -1,7 +1,7 @@
 """The dashboard's lookups stay on indexes over a million calls: every SQL statement
-the plans list, a plan's tree, one call and the cost (table and chart) over a long
-range send is
-recorded as they run, then EXPLAINed, and none may read a big table sequentially."""
+the plans list, a plan's tree, one call and the cost (table and chart) over a long range
+send is recorded as they run, then EXPLAINed, and none may read a big table
+sequentially."""
 
 from __future__ import annotations
 

@@ -295,18 +295,20 @@ def plan_list(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Plans with calls of ``namespace`` started in the range, by plan id (from
     ``after`` on), those whose id starts with ``prefix``: calls, cost, errors, first and
-    last call."""
+    last call. The prefix is matched with ``LIKE 'prefix%'`` (its ``%``, ``_`` and ``\\``
+    escaped), which ``llm_traces_plan_prefix_idx`` (byte-wise ``text_pattern_ops``)
+    answers as a range of plan ids, whatever the database's collation."""
     query = (
         "SELECT plan_id, count(*) AS calls, count(cost_usd) AS priced_calls, "
         "coalesce(sum(cost_usd), 0) AS cost_usd, count(error) AS errors, "
         "min(started_at) AS first_call, max(started_at) AS last_call FROM llm_traces "
         "WHERE namespace = %s AND plan_id IS NOT NULL AND started_at >= %s AND started_at < %s "
-        "AND starts_with(plan_id, %s) AND (%s::text IS NULL OR plan_id > %s) "
+        "AND plan_id LIKE %s AND (%s::text IS NULL OR plan_id > %s) "
         "GROUP BY plan_id ORDER BY plan_id LIMIT %s"
     )
     with connect(database_url) as conn:
         rows = conn.execute(
-            query, (namespace, span.start, span.end, prefix, after, after, limit + 1)
+            query, (namespace, span.start, span.end, _like_prefix(prefix), after, after, limit + 1)
         ).fetchall()
     more = len(rows) > limit
     items = [
@@ -323,6 +325,12 @@ def plan_list(
         for row in rows[:limit]
     ]
     return items, encode_cursor(items[-1]["plan_id"]) if more else None
+
+
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching the strings that start with ``prefix``."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"{escaped}%"
 
 
 #: The windows of the Overview's recent activity, newest first.

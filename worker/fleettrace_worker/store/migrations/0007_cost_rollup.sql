@@ -1,5 +1,5 @@
--- fleettrace schema version 7: the hourly cost rollup, and the indexes the dashboard's
--- lookups walk.
+-- fleettrace schema version 7: the hourly cost rollup, and an index for the dashboard's
+-- plan-id prefix search.
 --
 -- llm_cost_hourly holds, per UTC hour, namespace, provider, model and actor, what the
 -- long-range cost reads sum: calls, priced calls, cost, tokens, errors, retried calls.
@@ -109,3 +109,10 @@ SELECT date_trunc('hour', started_at, 'UTC'), namespace, provider, model, actor,
        coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
        count(error), count(*) FILTER (WHERE retry_count > 0)
 FROM llm_traces GROUP BY 1, 2, 3, 4, 5;
+
+-- The Plans page's prefix search (plan_id LIKE 'prefix%') as a range of one namespace's
+-- plan ids. text_pattern_ops compares bytes, so the range holds under any collation
+-- (llm_traces_plan_idx, in the database's collation, can only serve it under "C"); without
+-- it a prefix over a long range reads the table (tests/test_dashboard_explain.py).
+CREATE INDEX llm_traces_plan_prefix_idx ON llm_traces (namespace, plan_id text_pattern_ops)
+    WHERE plan_id IS NOT NULL;
