@@ -139,11 +139,12 @@ def test_the_migration_backfills_rows_stored_before_it(
 ) -> None:
     LLMTraceRepository(pool).store(_calls(200, seed=4), namespace="old")
     with psycopg.connect(database_url) as conn:
-        # The database as version 6 left it: no rollup, no triggers.
+        # The database as version 6 left it: no rollup, no triggers, no prefix index.
         for event in ("insert", "delete", "update", "truncate"):
             conn.execute(f"DROP TRIGGER llm_traces_rollup_{event} ON llm_traces")
         conn.execute("DROP FUNCTION fleettrace_cost_rollup_apply, fleettrace_cost_rollup_truncate")
         conn.execute("DROP TABLE llm_cost_hourly")
+        conn.execute("DROP INDEX llm_traces_plan_prefix_idx")
         conn.execute("DELETE FROM fleettrace_schema_version WHERE version = 7")
     LLMTraceRepository(pool).store(_calls(30, seed=5), namespace="old")
     result = migrations.migrate(pool)

@@ -39,6 +39,18 @@ CREATE FUNCTION fleettrace_cost_rollup_apply() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        -- Lock the keys first, in the order the upserts below take them, so a removal
+        -- and a store touching the same keys wait for each other, never deadlock.
+        PERFORM 1 FROM llm_cost_hourly AS r
+        WHERE EXISTS (
+            SELECT 1 FROM taken AS t
+            WHERE date_trunc('hour', t.started_at, 'UTC') = r.hour
+              AND t.namespace IS NOT DISTINCT FROM r.namespace
+              AND t.provider = r.provider AND t.model = r.model
+              AND t.actor IS NOT DISTINCT FROM r.actor
+        )
+        ORDER BY r.namespace, r.hour, r.provider, r.model, r.actor
+        FOR UPDATE OF r;
         WITH gone AS (
             SELECT date_trunc('hour', started_at, 'UTC') AS hour, namespace, provider, model,
                    actor, count(*) AS calls, count(cost_usd) AS priced_calls,
