@@ -25,7 +25,8 @@ NOW = datetime(2026, 11, 30, 12, 30, tzinfo=UTC)
 KEY = "namespace, hour, provider, model, actor"
 #: The rollup's figures, and the same figures summed from the raw rows.
 ROLLUP = (
-    f"SELECT {KEY}, calls, priced_calls, cost_usd, prompt_tokens, completion_tokens, "
+    "SELECT nullif(namespace, '') AS namespace, hour, provider, model, "
+    "nullif(actor, '') AS actor, calls, priced_calls, cost_usd, prompt_tokens, completion_tokens, "
     f"errors, retried_calls FROM llm_cost_hourly ORDER BY {KEY}"
 )
 RAW = (

@@ -6,7 +6,8 @@ Cost table shows; triggers on ``llm_traces`` keep it in the transaction of every
 insert, delete and update (store/migrations/0007_cost_rollup.sql). A range is read in
 three parts: its whole hours from the rollup, and the partial hour at each end from
 the raw rows, so the answer is the raw rows' sums exactly, at the cost of reading
-about one row per hour and key instead of one per call.
+about one row per hour and key instead of one per call. The rollup keeps a NULL key
+(a call without an actor) as ``''``, read back here as NULL.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def cost_rows(
         "WHERE namespace = %(namespace)s AND started_at >= %(tail)s AND started_at < %(end)s "
         "GROUP BY 1 "
         "UNION ALL "
-        "SELECT {col}, sum(calls), sum(priced_calls), "
+        "SELECT nullif({col}, ''), sum(calls), sum(priced_calls), "
         "CASE WHEN sum(priced_calls) > 0 THEN sum(cost_usd) END, sum(prompt_tokens), "
         "sum(completion_tokens) FROM llm_cost_hourly "
         "WHERE namespace = %(namespace)s AND hour >= %(head)s AND hour < %(tail)s GROUP BY 1) "
@@ -110,7 +111,7 @@ def series_rows(
         "WHERE namespace = %(namespace)s AND ((started_at >= %(start)s AND started_at < %(head)s) "
         "OR (started_at >= %(tail)s AND started_at < %(end)s)) GROUP BY 1, 2 "
         "UNION ALL "
-        "SELECT {hour_step}, {col}, sum(calls), sum(cost_usd) FROM llm_cost_hourly "
+        "SELECT {hour_step}, nullif({col}, ''), sum(calls), sum(cost_usd) FROM llm_cost_hourly "
         "WHERE namespace = %(namespace)s AND hour >= %(head)s AND hour < %(tail)s GROUP BY 1, 2"
         ") AS parts GROUP BY 1, 2 ORDER BY 1, 2"
     ).format(raw_step=step_of("started_at"), hour_step=step_of("hour"), col=sql.Identifier(column))

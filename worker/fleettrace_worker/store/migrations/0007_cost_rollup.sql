@@ -10,26 +10,26 @@
 -- erase or any other DELETE takes off what it removed. Cost is numeric here so that
 -- adding and taking off is exact (a float sum would drift).
 --
--- NULL keys (calls without an actor, rows stored before namespaces) are rows of their
--- own: the unique index treats NULLs as equal (PostgreSQL 15).
+-- NULL keys (calls without an actor, rows stored before namespaces) are kept as '' (a
+-- value llm_traces' checks never let a call have), so the key can be a primary key on
+-- any PostgreSQL from 13 on (NULLS NOT DISTINCT would need 15); readers turn '' back
+-- into NULL.
 
 CREATE TABLE llm_cost_hourly (
     hour              timestamptz NOT NULL,
-    namespace         text,
+    namespace         text        NOT NULL,
     provider          text        NOT NULL,
     model             text        NOT NULL,
-    actor             text,
+    actor             text        NOT NULL,
     calls             bigint      NOT NULL,
     priced_calls      bigint      NOT NULL,
     cost_usd          numeric     NOT NULL,
     prompt_tokens     bigint      NOT NULL,
     completion_tokens bigint      NOT NULL,
     errors            bigint      NOT NULL,
-    retried_calls     bigint      NOT NULL
+    retried_calls     bigint      NOT NULL,
+    PRIMARY KEY (namespace, hour, provider, model, actor)
 );
-
-CREATE UNIQUE INDEX llm_cost_hourly_key
-    ON llm_cost_hourly (namespace, hour, provider, model, actor) NULLS NOT DISTINCT;
 -- The keys a removal emptied, found without reading the whole rollup.
 CREATE INDEX llm_cost_hourly_emptied ON llm_cost_hourly (hour) WHERE calls <= 0;
 
@@ -45,15 +45,16 @@ BEGIN
         WHERE EXISTS (
             SELECT 1 FROM taken AS t
             WHERE date_trunc('hour', t.started_at, 'UTC') = r.hour
-              AND t.namespace IS NOT DISTINCT FROM r.namespace
+              AND coalesce(t.namespace, '') = r.namespace
               AND t.provider = r.provider AND t.model = r.model
-              AND t.actor IS NOT DISTINCT FROM r.actor
+              AND coalesce(t.actor, '') = r.actor
         )
         ORDER BY r.namespace, r.hour, r.provider, r.model, r.actor
         FOR UPDATE OF r;
         WITH gone AS (
-            SELECT date_trunc('hour', started_at, 'UTC') AS hour, namespace, provider, model,
-                   actor, count(*) AS calls, count(cost_usd) AS priced_calls,
+            SELECT date_trunc('hour', started_at, 'UTC') AS hour,
+                   coalesce(namespace, '') AS namespace, provider, model,
+                   coalesce(actor, '') AS actor, count(*) AS calls, count(cost_usd) AS priced_calls,
                    coalesce(sum(cost_usd::numeric), 0) AS cost_usd,
                    coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
                    coalesce(sum(completion_tokens), 0) AS completion_tokens,
@@ -69,14 +70,14 @@ BEGIN
             errors = r.errors - g.errors,
             retried_calls = r.retried_calls - g.retried
         FROM gone AS g
-        WHERE r.hour = g.hour AND r.namespace IS NOT DISTINCT FROM g.namespace
-          AND r.provider = g.provider AND r.model = g.model
-          AND r.actor IS NOT DISTINCT FROM g.actor;
+        WHERE r.hour = g.hour AND r.namespace = g.namespace
+          AND r.provider = g.provider AND r.model = g.model AND r.actor = g.actor;
         DELETE FROM llm_cost_hourly WHERE calls <= 0;
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         INSERT INTO llm_cost_hourly AS r
-        SELECT date_trunc('hour', started_at, 'UTC'), namespace, provider, model, actor,
+        SELECT date_trunc('hour', started_at, 'UTC'), coalesce(namespace, ''), provider, model,
+               coalesce(actor, ''),
                count(*), count(cost_usd), coalesce(sum(cost_usd::numeric), 0),
                coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
                count(error), count(*) FILTER (WHERE retry_count > 0)
@@ -116,8 +117,8 @@ CREATE TRIGGER llm_traces_rollup_truncate AFTER TRUNCATE ON llm_traces
 
 -- Backfill from the rows already stored.
 INSERT INTO llm_cost_hourly
-SELECT date_trunc('hour', started_at, 'UTC'), namespace, provider, model, actor,
-       count(*), count(cost_usd), coalesce(sum(cost_usd::numeric), 0),
+SELECT date_trunc('hour', started_at, 'UTC'), coalesce(namespace, ''), provider, model,
+       coalesce(actor, ''), count(*), count(cost_usd), coalesce(sum(cost_usd::numeric), 0),
        coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
        count(error), count(*) FILTER (WHERE retry_count > 0)
 FROM llm_traces GROUP BY 1, 2, 3, 4, 5;
