@@ -29,6 +29,16 @@ ROLLUP = (
     "nullif(actor, '') AS actor, calls, priced_calls, cost_usd, prompt_tokens, completion_tokens, "
     f"errors, retried_calls FROM llm_cost_hourly ORDER BY {KEY}"
 )
+TAG_ROLLUP = (
+    "SELECT namespace, hour, tag, calls, priced_calls, cost_usd, prompt_tokens, "
+    "completion_tokens FROM llm_cost_hourly_tags ORDER BY 1, 2, 3"
+)
+TAG_RAW = (
+    "SELECT namespace, date_trunc('hour', started_at, 'UTC'), tag, count(*), count(cost_usd), "
+    "coalesce(sum(cost_usd::numeric), 0), coalesce(sum(prompt_tokens), 0), "
+    "coalesce(sum(completion_tokens), 0) FROM llm_traces, unnest(tags) AS tag "
+    "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+)
 RAW = (
     "SELECT namespace, date_trunc('hour', started_at, 'UTC') AS hour, provider, model, actor, "
     "count(*), count(cost_usd), coalesce(sum(cost_usd::numeric), 0), "
@@ -59,6 +69,7 @@ def _calls(count: int, seed: int, **fields: object) -> list[LLMTrace]:
                 "error": "boom" if rng.random() < 0.1 else None,
                 "retry_count": rng.choice([0, 0, 2]),
                 "user_id": rng.choice(["ann", "bob"]),
+                "tags": rng.choice([[], ["alpha"], ["alpha", "beta"], ["gamma"]]),
                 "started_at": NOW - timedelta(seconds=rng.uniform(0, 4 * 86400)),
             },
             **fields,
@@ -70,14 +81,20 @@ def _calls(count: int, seed: int, **fields: object) -> list[LLMTrace]:
     ]
 
 
-def _tables(url: str) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+def _tables(url: str, *, tags: bool = False) -> tuple[list[tuple[object, ...]], ...]:
+    rolled, raw = (TAG_ROLLUP, TAG_RAW) if tags else (ROLLUP, RAW)
     with psycopg.connect(url) as conn:
-        return conn.execute(ROLLUP).fetchall(), conn.execute(RAW).fetchall()
+        return conn.execute(rolled).fetchall(), conn.execute(raw).fetchall()
 
 
 def _assert_rollup_is_the_raw_sum(url: str) -> list[tuple[object, ...]]:
+    """Both rollups equal the raw rows' sums; the rows of the first."""
     rollup, raw = _tables(url)
     assert rollup == raw
+    by_tag, raw_by_tag = _tables(url, tags=True)
+    assert by_tag == raw_by_tag
+    assert by_tag  # the calls have tags
+    assert {row[2] for row in by_tag} <= {"alpha", "beta", "gamma"}
     return rollup
 
 
@@ -133,6 +150,7 @@ def test_the_rollup_follows_stores_redeliveries_prunes_and_erasures(
     with psycopg.connect(database_url) as conn:
         conn.execute("TRUNCATE llm_traces")
     assert _tables(database_url) == ([], [])
+    assert _tables(database_url, tags=True) == ([], [])
 
 
 def test_the_migration_backfills_rows_stored_before_it(
@@ -144,7 +162,7 @@ def test_the_migration_backfills_rows_stored_before_it(
         for event in ("insert", "delete", "update", "truncate"):
             conn.execute(f"DROP TRIGGER llm_traces_rollup_{event} ON llm_traces")
         conn.execute("DROP FUNCTION fleettrace_cost_rollup_apply, fleettrace_cost_rollup_truncate")
-        conn.execute("DROP TABLE llm_cost_hourly")
+        conn.execute("DROP TABLE llm_cost_hourly, llm_cost_hourly_tags")
         conn.execute("DROP INDEX llm_traces_plan_prefix_idx")
         conn.execute("DELETE FROM fleettrace_schema_version WHERE version = 7")
     LLMTraceRepository(pool).store(_calls(30, seed=5), namespace="old")

@@ -1,5 +1,5 @@
--- fleettrace schema version 7: the hourly cost rollup, and an index for the dashboard's
--- plan-id prefix search.
+-- fleettrace schema version 7: the hourly cost rollups (by provider, model and actor;
+-- by tag), and an index for the dashboard's plan-id prefix search.
 --
 -- llm_cost_hourly holds, per UTC hour, namespace, provider, model and actor, what the
 -- long-range cost reads sum: calls, priced calls, cost, tokens, errors, retried calls.
@@ -32,6 +32,21 @@ CREATE TABLE llm_cost_hourly (
 );
 -- The keys a removal emptied, found without reading the whole rollup.
 CREATE INDEX llm_cost_hourly_emptied ON llm_cost_hourly (hour) WHERE calls <= 0;
+
+-- The same per UTC hour, namespace and tag: a call counts once under each of its tags
+-- (so these rows do not add up to the calls), and a call without tags under none.
+CREATE TABLE llm_cost_hourly_tags (
+    hour              timestamptz NOT NULL,
+    namespace         text        NOT NULL,
+    tag               text        NOT NULL,
+    calls             bigint      NOT NULL,
+    priced_calls      bigint      NOT NULL,
+    cost_usd          numeric     NOT NULL,
+    prompt_tokens     bigint      NOT NULL,
+    completion_tokens bigint      NOT NULL,
+    PRIMARY KEY (namespace, hour, tag)
+);
+CREATE INDEX llm_cost_hourly_tags_emptied ON llm_cost_hourly_tags (hour) WHERE calls <= 0;
 
 -- Adds the rows of the transition table "added" to the rollup; "taken", when given,
 -- is taken off. Keys are upserted in one order, so two writers never deadlock on them.
@@ -73,6 +88,34 @@ BEGIN
         WHERE r.hour = g.hour AND r.namespace = g.namespace
           AND r.provider = g.provider AND r.model = g.model AND r.actor = g.actor;
         DELETE FROM llm_cost_hourly WHERE calls <= 0;
+
+        PERFORM 1 FROM llm_cost_hourly_tags AS r
+        WHERE EXISTS (
+            SELECT 1 FROM taken AS t
+            WHERE date_trunc('hour', t.started_at, 'UTC') = r.hour
+              AND coalesce(t.namespace, '') = r.namespace AND r.tag = ANY(t.tags)
+        )
+        ORDER BY r.namespace, r.hour, r.tag
+        FOR UPDATE OF r;
+        WITH gone AS (
+            SELECT date_trunc('hour', started_at, 'UTC') AS hour,
+                   coalesce(namespace, '') AS namespace, tag, count(*) AS calls,
+                   count(cost_usd) AS priced_calls,
+                   coalesce(sum(cost_usd::numeric), 0) AS cost_usd,
+                   coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+                   coalesce(sum(completion_tokens), 0) AS completion_tokens
+            FROM taken, LATERAL (SELECT DISTINCT unnest(tags)) AS each_tag(tag)
+            GROUP BY 1, 2, 3
+        )
+        UPDATE llm_cost_hourly_tags AS r SET
+            calls = r.calls - g.calls,
+            priced_calls = r.priced_calls - g.priced_calls,
+            cost_usd = r.cost_usd - g.cost_usd,
+            prompt_tokens = r.prompt_tokens - g.prompt_tokens,
+            completion_tokens = r.completion_tokens - g.completion_tokens
+        FROM gone AS g
+        WHERE r.hour = g.hour AND r.namespace = g.namespace AND r.tag = g.tag;
+        DELETE FROM llm_cost_hourly_tags WHERE calls <= 0;
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
         INSERT INTO llm_cost_hourly AS r
@@ -90,6 +133,19 @@ BEGIN
             completion_tokens = r.completion_tokens + excluded.completion_tokens,
             errors = r.errors + excluded.errors,
             retried_calls = r.retried_calls + excluded.retried_calls;
+
+        INSERT INTO llm_cost_hourly_tags AS r
+        SELECT date_trunc('hour', started_at, 'UTC'), coalesce(namespace, ''), tag,
+               count(*), count(cost_usd), coalesce(sum(cost_usd::numeric), 0),
+               coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)
+        FROM added, LATERAL (SELECT DISTINCT unnest(tags)) AS each_tag(tag)
+        GROUP BY 1, 2, 3 ORDER BY 2, 1, 3
+        ON CONFLICT (namespace, hour, tag) DO UPDATE SET
+            calls = r.calls + excluded.calls,
+            priced_calls = r.priced_calls + excluded.priced_calls,
+            cost_usd = r.cost_usd + excluded.cost_usd,
+            prompt_tokens = r.prompt_tokens + excluded.prompt_tokens,
+            completion_tokens = r.completion_tokens + excluded.completion_tokens;
     END IF;
     RETURN NULL;
 END
@@ -98,7 +154,7 @@ $$;
 CREATE FUNCTION fleettrace_cost_rollup_truncate() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    TRUNCATE llm_cost_hourly;
+    TRUNCATE llm_cost_hourly, llm_cost_hourly_tags;
     RETURN NULL;
 END
 $$;
@@ -122,6 +178,13 @@ SELECT date_trunc('hour', started_at, 'UTC'), coalesce(namespace, ''), provider,
        coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
        count(error), count(*) FILTER (WHERE retry_count > 0)
 FROM llm_traces GROUP BY 1, 2, 3, 4, 5;
+
+INSERT INTO llm_cost_hourly_tags
+SELECT date_trunc('hour', started_at, 'UTC'), coalesce(namespace, ''), tag,
+       count(*), count(cost_usd), coalesce(sum(cost_usd::numeric), 0),
+       coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)
+FROM llm_traces, LATERAL (SELECT DISTINCT unnest(tags)) AS each_tag(tag)
+GROUP BY 1, 2, 3;
 
 -- The Plans page's prefix search (plan_id LIKE 'prefix%') as a range of one namespace's
 -- plan ids. text_pattern_ops compares bytes, so the range holds under any collation
