@@ -211,8 +211,13 @@ def test_the_data_a_demo_left_is_read_again_with_data_dir(data_dir: Path) -> Non
             f"{dashboard.pid} (a fleettrace demo or a command reading its data): wait for it "
             "to end or stop it, then try again\n"
         )
+        redis_pid = json.loads((data_dir / "redis" / "server.json").read_text())["pid"]
+        postgres_pid = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
         dashboard.send_signal(signal.SIGINT)
         assert dashboard.wait(60) == 0
+        # The servers it started for itself stopped with it.
+        wait_until(lambda: not _alive(redis_pid), 20, "Redis to stop")
+        wait_until(lambda: not _alive(postgres_pid), 20, "PostgreSQL to stop")
     finally:
         if dashboard.poll() is None:
             dashboard.kill()
