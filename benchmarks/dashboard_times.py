@@ -7,8 +7,11 @@ postgresql://postgres@127.0.0.1:5432/postgres), migrates it, fills ``llm_traces`
 ``--calls`` rows spread over ``--days`` (generate_series in SQL: the point is the read
 side, not the pipeline), serves the dashboard on a free loopback port against it and a
 fresh Redis namespace, and prints the median and the slowest of ``--repeat`` requests
-per URL. As comparator it prints the time of the plain ``SELECT count(*)`` of the same
-table in the same run. The database and the namespace are removed at the end.
+per URL. As comparators it prints the time of the plain ``SELECT count(*)`` of the same
+table, and of the 90-day cost table summed from the raw rows (what ``/api/cost`` read
+before the hourly rollup), in the same run; and the date and the machine's load
+average, which these times depend on. The database and the namespace are removed at
+the end.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import statistics
 import time
 import urllib.request
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import redis
 
 from fleettrace.keys import Keys
 from fleettrace_worker.cli.dashboard import probe_routes
+from fleettrace_worker.serve.dashboard import queries
 from fleettrace_worker.serve.dashboard.app import DashboardSettings, build_app
 from fleettrace_worker.serve.webserver import HttpServer
 from fleettrace_worker.store.migrations import migrate
@@ -33,7 +38,7 @@ FILL = """
 INSERT INTO llm_traces (trace_id, plan_id, decision_id, actor, provider, model,
     prompt_tokens, completion_tokens, cost_usd, latency_ms, tool_calls, streaming,
     retry_count, error, started_at, namespace)
-SELECT gen_random_uuid(), 'plan-' || (i %% 20000), 'd-' || i,
+SELECT lpad(to_hex(i), 32, '0')::uuid, 'plan-' || (i %% 20000), 'd-' || i,
     (ARRAY['planner', 'coder', 'reviewer'])[1 + i %% 3],
     (ARRAY['openai', 'anthropic', 'selfhosted'])[1 + i %% 3],
     (ARRAY['gpt-4o', 'claude-sonnet-4-5', 'house-llm', 'gpt-4o-mini'])[1 + i %% 4],
@@ -54,6 +59,7 @@ URLS = (
     "/api/cost/series?by=model&range=24h",
     "/api/cost/series?by=provider&range=90d",
     "/api/plans?limit=100",
+    "/api/plans?q=plan-1234&limit=100",
     "/api/dlq?group=persist",
     "/",
     "/cost?range=24h",
@@ -71,6 +77,22 @@ def _time(url: str, repeat: int) -> tuple[float, float]:
             answer.read()
         took.append(time.perf_counter() - started)
     return statistics.median(took), max(took)
+
+
+def _raw_s(url: str, namespace: str, repeat: int, *, series: bool) -> float:
+    """The median time of the 90-day cost table (or chart series, by provider) summed
+    from the raw rows, as they were read before the hourly rollup."""
+    now = datetime.now(UTC)
+    span = queries.TimeRange(now - timedelta(days=90), now, "90d")
+    took = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        if series:
+            queries.cost_series(url, namespace, "provider", span, use_rollup=False)
+        else:
+            queries.cost_table(url, namespace, "model", span, 100, use_rollup=False)
+        took.append(time.perf_counter() - started)
+    return statistics.median(took)
 
 
 def main() -> None:
@@ -94,7 +116,7 @@ def main() -> None:
             migrate(conn)
             # Every row in the dashboard's namespace: schema 6 refuses a row without one.
             fill = (args.calls, args.days, keys.namespace, args.calls)
-            conn.execute(FILL, fill)  # type: ignore[arg-type]
+            conn.execute(FILL, fill)
             conn.execute("VACUUM ANALYZE llm_traces")
             counted = time.perf_counter()
             conn.execute("SELECT count(*) FROM llm_traces").fetchone()
@@ -102,6 +124,11 @@ def main() -> None:
         filled_s = time.perf_counter() - started
         print(f"filled {args.calls} calls over {args.days} days in {filled_s:.1f} s")
         print(f"comparator: SELECT count(*) FROM llm_traces {count_s * 1000:.0f} ms")
+        for series, what in ((False, "cost by model"), (True, "cost series by provider")):
+            raw_s = _raw_s(url, keys.namespace, args.repeat, series=series)
+            print(f"comparator: {what} over 90 days from the raw rows {raw_s * 1000:.0f} ms")
+        load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+        print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average (1, 5, 15 min): {load}")
         settings = DashboardSettings(args.redis_url, url, keys.namespace)
         server = HttpServer(build_app(probe_routes(args.redis_url, url), settings), "127.0.0.1", 0)
         try:

@@ -147,12 +147,12 @@ def _without_extra(
 
 
 NEEDS_EXTRA = [
-    (("demo",), "psycopg_pool"),
+    (("demo",), "psycopg"),
     (("traces", "list"), "psycopg_pool"),
     *(
         pytest.param(args, module, marks=pytest.mark.slow)
         for args, module in [
-            (("demo", "--agents", "2", "--help"), "psycopg_pool"),
+            (("demo", "--agents", "2", "--help"), "psycopg"),
             (("migrate",), "psycopg"),
             (("migrate", "--check"), "psycopg"),
             (("prune", "--older-than", "30d"), "psycopg"),
@@ -231,7 +231,7 @@ def test_a_real_install_without_the_worker_extra(
     )
     assert extras.returncode == 1  # the base install really lacks the extra
     demo = subprocess.run([script, "demo"], capture_output=True, text=True, env=env, check=False)
-    assert demo.stderr == f"fleettrace demo: {EXTRA_MESSAGE.format(module='psycopg_pool')}\n"
+    assert demo.stderr == f"fleettrace demo: {EXTRA_MESSAGE.format(module='psycopg')}\n"
     assert demo.returncode == EXIT_FAILURE
     metrics = subprocess.run(
         [script, "metrics", "--json"], capture_output=True, text=True, env=env, check=False

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from fleettrace_worker.serve.dashboard import performance, queries
+from fleettrace_worker.serve.dashboard.plan_search import PlanSearch, search_plans
 from fleettrace_worker.store import database, migrations, partitions
 from fleettrace_worker.store.repository import LLMTraceRepository
 from fleettrace_worker.store.trace_filter import TraceFilter
@@ -82,7 +83,7 @@ def test_time_ranged_reads_scan_only_the_partitions_of_their_range(
     reads: dict[str, Callable[[], object]] = {
         "dashboard cost table": lambda: queries.cost_table(url, NS, "model", span, 10),
         "dashboard cost series": lambda: queries.cost_series(url, NS, "model", span),
-        "dashboard plans": lambda: queries.plan_list(url, NS, span, prefix="", after=None, limit=5),
+        "dashboard plans": lambda: search_plans(url, PlanSearch(NS, span), after=None, limit=5),
         "dashboard latency": lambda: performance.latency_table(url, NS, span),
         "dashboard latency series": lambda: performance.latency_series(url, NS, span),
     }

@@ -211,7 +211,9 @@ class EmbeddedRedis:
         self.socket_path = Path(tempfile.mkdtemp(prefix="fleettrace-redis-")) / "redis.sock"
         self._proc = self._start()
         self.pid = self._proc.pid
-        self._state.write_text(json.dumps({"pid": self.pid, "socket": str(self.socket_path)}))
+        self._state.write_text(
+            json.dumps({"pid": self.pid, "socket": str(self.socket_path), "owner": os.getpid()})
+        )
 
     def _running_server(self) -> tuple[int, Path] | None:
         """A server a killed demo left running on this directory, if it still answers."""
@@ -406,3 +408,64 @@ def embedded_servers(
             database_url = postgres_server.url
             embedded.append(postgres_server.describe())
         yield ServerUrls(redis_url, database_url, tuple(embedded))
+
+
+def _owner_alive(data_dir: Path) -> int | None:
+    """A live process other than this one that runs the embedded servers of
+    ``data_dir`` (the demo or a command reading its data), else None."""
+    try:
+        state = json.loads((data_dir / REDIS_SUBDIR / REDIS_STATE_FILE).read_text())
+        owner = int(state["owner"])
+    except (OSError, ValueError, KeyError, TypeError):
+        owner = 0
+    if owner and owner != os.getpid() and _pid_alive(owner):
+        return owner
+    try:
+        holders = json.loads((data_dir / POSTGRES_SUBDIR / PGSERVER_HANDLES_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(holders, list):
+        return None
+    alive = [pid for pid in holders if isinstance(pid, int) and pid != os.getpid()]
+    return next((pid for pid in alive if _pid_alive(pid)), None)
+
+
+def check_reopen(data_dir: Path, *, redis_data: bool, postgres_data: bool) -> None:
+    """Refuse, in one line, a ``--data-dir`` that holds no data of a demo, or whose
+    servers another live process runs (starting them again would take them over)."""
+    shown = repr(str(data_dir))
+    if not data_dir.exists():
+        raise ConfigurationError(f"--data-dir {shown} does not exist")
+    if not data_dir.is_dir():
+        raise ConfigurationError(f"--data-dir {shown} is not a directory")
+    if postgres_data and not (data_dir / POSTGRES_SUBDIR / PG_VERSION_FILE).is_file():
+        raise ConfigurationError(
+            f"--data-dir {shown} holds no fleettrace data (no PostgreSQL cluster in it); "
+            f"`fleettrace demo --data-dir {data_dir}` leaves its data there"
+        )
+    if redis_data and not (data_dir / REDIS_SUBDIR).is_dir():
+        raise ConfigurationError(
+            f"--data-dir {shown} holds no fleettrace data (no redis/ in it); "
+            f"`fleettrace demo --data-dir {data_dir}` leaves its data there"
+        )
+    owner = _owner_alive(data_dir)
+    if owner is not None:
+        raise ConfigurationError(
+            f"--data-dir {shown} is in use by process {owner} (a fleettrace demo or a "
+            "command reading its data): wait for it to end or stop it, then try again"
+        )
+
+
+@contextlib.contextmanager
+def reopened_servers(
+    data_dir: Path, *, redis_data: bool, postgres_data: bool
+) -> Iterator[ServerUrls]:
+    """The embedded servers whose data a demo left in ``data_dir``, started again for
+    the ``with`` block (only those asked for); URLs not asked for are empty."""
+    check_reopen(data_dir, redis_data=redis_data, postgres_data=postgres_data)
+    with embedded_servers(
+        data_dir,
+        redis_url=None if redis_data else "",
+        database_url=None if postgres_data else "",
+    ) as urls:
+        yield urls

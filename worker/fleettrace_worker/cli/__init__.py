@@ -25,6 +25,7 @@ from typing import Final
 
 from fleettrace import __version__
 from fleettrace.errors import ConfigurationError, FleettraceError
+from fleettrace_worker.cli.options import servers_of
 
 #: Subcommand modules under fleettrace_worker.cli, in the order --help lists them.
 COMMANDS: Final[tuple[str, ...]] = (
@@ -152,7 +153,8 @@ def _run(argv: Sequence[str] | None) -> int:
     # (`metrics --json` with 1,000 series ran in half the time).
     gc.freeze()
     try:
-        return handler(args)
+        with servers_of(args):
+            return handler(args)
     except ConfigurationError as error:
         print(f"fleettrace {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE

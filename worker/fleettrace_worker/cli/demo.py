@@ -2,19 +2,28 @@
 
 Without ``FLEETTRACE_REDIS_URL``/``REDIS_URL`` (or ``--redis-url``) an embedded Redis
 is started, without ``FLEETTRACE_DATABASE_URL``/``DATABASE_URL`` (or
-``--database-url``) an embedded PostgreSQL, both under the data directory. The exit
-code says whether every record sent is a row or a dead letter.
+``--database-url``) an embedded PostgreSQL, both under the data directory. The
+dashboard is served from the start (its URL is printed). The exit code says whether
+every record sent is a row or a dead letter.
+
+Run from a terminal (stdin and stdout), the demo does not exit after its proof: the
+dashboard, the servers and a worker stay up, with a few agents running a plan now and
+then, until Ctrl-C (exit 0). ``--exit``, ``--json`` or no terminal (CI, scripts,
+tests) exit after the proof.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Final
+from types import FrameType
+from typing import TYPE_CHECKING, Final
 
 from rich.console import Console
 from rich.live import Live
@@ -23,12 +32,17 @@ from rich.table import Table
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
+from fleettrace_worker.cli.dashboard import DEFAULT_HOST, DEFAULT_PORT, probe_routes
 from fleettrace_worker.cli.render import Column, Kind
 from fleettrace_worker.cli.traces import COST_FIGURES, cost_json
 from fleettrace_worker.demo.accounting import DemoResult, Progress
 from fleettrace_worker.demo.settings import DRAIN_TIMEOUT_S, DemoSettings, new_run_id
-from fleettrace_worker.embedded import data_dir_from_env, embedded_servers
+from fleettrace_worker.embedded import ServerUrls, data_dir_from_env, embedded_servers
 from fleettrace_worker.settings import DATA_DIR_VARIABLE, read_environment
+from fleettrace_worker.store import database
+
+if TYPE_CHECKING:
+    from fleettrace_worker.serve.webserver import HttpServer
 
 #: Without a terminal, one progress line per this many seconds.
 PLAIN_PROGRESS_INTERVAL_S: Final = 1.0
@@ -130,6 +144,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="print the run's report as one JSON object on stdout (progress goes to stderr)",
     )
+    parser.add_argument(
+        "--exit",
+        action="store_true",
+        help="exit after the proof also on a terminal (without a terminal it always does)",
+    )
+    parser.add_argument(
+        "--port",
+        type=options.WholeNumber(low=0, high=65535),
+        metavar="PORT",
+        help=f"the dashboard's port on {DEFAULT_HOST} (default: {DEFAULT_PORT}, or any free "
+        "port when that one is taken; 0: any free port)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -157,53 +183,128 @@ def run(args: argparse.Namespace) -> int:
     )
     if redis_url is None or database_url is None:
         console.print(f"Starting embedded servers under {data_dir} ...")
+    stays = not (args.exit or args.json) and sys.stdin.isatty() and sys.stdout.isatty()
     with embedded_servers(data_dir, redis_url=redis_url, database_url=database_url) as urls:
         for line in urls.embedded:
             console.print(f"  {line}")
-        settings = DemoSettings(
-            redis_url=urls.redis_url,
-            database_url=urls.database_url,
-            namespace=namespace,
-            agents=args.agents,
-            plans=args.plans,
-            seconds=args.seconds,
-            run_worker=not args.no_worker,
-            run_id=run_id,
-            drain_timeout_s=args.drain_timeout,
-            malformed=args.malformed,
-        )
-        what = (
-            f"{settings.plans} plans each"
-            if settings.seconds is None
-            else (f"{settings.seconds:g} s each")
-        )
-        console.print(
-            f"Run {settings.run_id}: {settings.agents} agent processes, {what}, "
-            f"namespace {namespace!r}"
-        )
-        console.print(
-            "  the agents' LLM calls go through wrap_openai(OpenAI(...)) to a local "
-            "OpenAI-compatible server"
-        )
-        # The demo's fleet (openai, the embedded servers) loads only for this command:
-        # every other command, the worker above all, starts without it.
-        from fleettrace_worker.demo.run import run_demo  # noqa: PLC0415
+        dashboard = _serve_dashboard(urls, namespace, args.port)
+        try:
+            return _run_and_report(
+                args,
+                console,
+                urls,
+                namespace=namespace,
+                run_id=run_id,
+                dashboard=dashboard,
+                stays=stays,
+            )
+        finally:
+            dashboard.shutdown()
 
-        with _display(console) as show:
-            result = run_demo(settings, show)
+
+def _run_and_report(
+    args: argparse.Namespace,
+    console: Console,
+    urls: ServerUrls,
+    *,
+    namespace: str,
+    run_id: str,
+    dashboard: HttpServer,
+    stays: bool,
+) -> int:
+    """The fleet, the proof and the report; then, on a terminal, the live phase."""
+    console.print(f"Dashboard: {dashboard.url}/")
+    settings = DemoSettings(
+        redis_url=urls.redis_url,
+        database_url=urls.database_url,
+        namespace=namespace,
+        agents=args.agents,
+        plans=args.plans,
+        seconds=args.seconds,
+        run_worker=not args.no_worker,
+        run_id=run_id,
+        drain_timeout_s=args.drain_timeout,
+        malformed=args.malformed,
+    )
+    what = (
+        f"{settings.plans} plans each"
+        if settings.seconds is None
+        else (f"{settings.seconds:g} s each")
+    )
+    console.print(
+        f"Run {settings.run_id}: {settings.agents} agent processes, {what}, namespace {namespace!r}"
+    )
+    console.print(
+        "  the agents' LLM calls go through wrap_openai(OpenAI(...)) to a local "
+        "OpenAI-compatible server"
+    )
+    # The demo's fleet (openai, the embedded servers) loads only for this command:
+    # every other command, the worker above all, starts without it.
+    from fleettrace_worker.demo.run import run_demo  # noqa: PLC0415
+
+    with _display(console) as show:
+        result = run_demo(settings, show)
     if args.json:
         render.write_object(report_json(result))
     else:
         _report(console, result)
-    if result.nothing_lost:
-        return EXIT_OK
-    missing = result.sent - result.stored - result.dead_letters
+    if urls.embedded:
+        console.print(
+            "To look again after the demo: fleettrace dashboard --data-dir "
+            f"{args.data_dir or data_dir_from_env()} --namespace {namespace}"
+        )
+    code = EXIT_OK
+    if not result.nothing_lost:
+        missing = result.sent - result.stored - result.dead_letters
+        console.print(
+            f"{missing} records are neither rows nor dead letters "
+            f"(after waiting {settings.drain_timeout_s:g} s)",
+            style="bold red",
+        )
+        code = EXIT_FAILURE
+    if stays:
+        _stay_live(console, settings, dashboard)
+    return code
+
+
+def _serve_dashboard(urls: ServerUrls, namespace: str, port: int | None) -> HttpServer:
+    """The dashboard on loopback: ``port``, else the default one, else (taken) any."""
+    # The web stack loads only for the demo (and `fleettrace dashboard`).
+    from fleettrace_worker.serve.dashboard.app import DashboardSettings, build_app  # noqa: PLC0415
+    from fleettrace_worker.serve.webserver import HttpServer  # noqa: PLC0415
+
+    # A URL that is no PostgreSQL URL is said as the run would say it.
+    database.parse_url(urls.database_url)
+    settings = DashboardSettings(urls.redis_url, urls.database_url, namespace)
+    app = build_app(probe_routes(urls.redis_url, urls.database_url), settings)
+    try:
+        return HttpServer(app, DEFAULT_HOST, DEFAULT_PORT if port is None else port)
+    except ConfigurationError:
+        if port is not None:
+            raise
+        return HttpServer(app, DEFAULT_HOST, 0)
+
+
+def _stay_live(console: Console, settings: DemoSettings, dashboard: HttpServer) -> None:
+    """Keep the dashboard, the servers and a trickle of plans up until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     console.print(
-        f"{missing} records are neither rows nor dead letters "
-        f"(after waiting {settings.drain_timeout_s:g} s)",
-        style="bold red",
+        f"The dashboard stays up at {dashboard.url}/ with new plans arriving now and "
+        "then; Ctrl-C to stop."
     )
-    return EXIT_FAILURE
+    try:
+        from fleettrace_worker.demo.run import keep_live  # noqa: PLC0415
+
+        plans = keep_live(settings, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    console.print(f"fleettrace demo: stopped ({plans} more plans since the proof)")
 
 
 def report_json(result: DemoResult) -> dict[str, object]:

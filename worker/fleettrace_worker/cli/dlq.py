@@ -58,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--json adds where each came from (stream, entry id, consumer, position).",
     )
     _common(listing)
+    options.add_data_dir_option(listing)
     _reason(listing)
     render.add_output_options(listing, jsonl=True)
     listing.add_argument(

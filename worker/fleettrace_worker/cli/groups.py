@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "list", help="lag, pending entries, consumers and last activity of every group"
     )
     options.add_redis_options(listing)
+    options.add_data_dir_option(listing)
     render.add_output_options(listing, times=False)
     listing.add_argument(
         "--max-lag",

@@ -66,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "summed up in one line; --plan ID or --top N prints them.",
     )
     options.add_redis_options(parser)
+    options.add_data_dir_option(parser)
     render.add_output_options(parser, times=False)
     parser.add_argument(
         "--watch",

@@ -9,9 +9,12 @@ never reaches the code that would name it by its field (``batch_records``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
@@ -20,6 +23,7 @@ from fleettrace.connection import DEFAULT_REDIS_URL, connect_redis
 from fleettrace.environment import NAMESPACE_VARIABLE, REDIS_CLUSTER_VARIABLE, redis_url_from_env
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import DEFAULT_NAMESPACE, Keys, configured_namespace
+from fleettrace_worker.embedded import reopened_servers
 from fleettrace_worker.store.settings import (
     DATABASE_READ_URL_VARIABLE,
     DEFAULT_DATABASE_URL,
@@ -147,6 +151,42 @@ def add_database_options(parser: argparse.ArgumentParser, *, reads: bool = False
             help=f"a read replica to read from (default: ${DATABASE_READ_URL_VARIABLE}, "
             "else the --database-url)",
         )
+
+
+def add_data_dir_option(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir DIR``: read what ``fleettrace demo`` left in DIR, through its
+    embedded servers started again for the command (:func:`servers_of`)."""
+    parser.add_argument(
+        "--data-dir",
+        dest="reopen_dir",
+        type=Path,
+        metavar="DIR",
+        help="read the data a `fleettrace demo` left in DIR (its embedded Redis and "
+        "PostgreSQL, started for this command), instead of --redis-url/--database-url",
+    )
+
+
+@contextlib.contextmanager
+def servers_of(args: argparse.Namespace) -> Iterator[None]:
+    """With ``--data-dir``, the demo's embedded servers for the command's run, their URLs
+    put in ``args`` (only those the command reads: it has their URL option); without
+    it, nothing."""
+    data_dir: Path | None = getattr(args, "reopen_dir", None)
+    if data_dir is None:
+        yield
+        return
+    wants_redis, wants_postgres = hasattr(args, "redis_url"), hasattr(args, "database_url")
+    for wanted, flag in ((wants_redis, "redis_url"), (wants_postgres, "database_url")):
+        if wanted and getattr(args, flag):
+            raise ConfigurationError(
+                f"--data-dir and --{flag.replace('_', '-')} both say where to read: give one"
+            )
+    with reopened_servers(data_dir, redis_data=wants_redis, postgres_data=wants_postgres) as urls:
+        if wants_redis:
+            args.redis_url = urls.redis_url
+        if wants_postgres:
+            args.database_url = urls.database_url
+        yield
 
 
 def redis_url(args: argparse.Namespace) -> str:

@@ -130,6 +130,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _common(parser: argparse.ArgumentParser, *, listing: bool = True) -> None:
     options.add_database_options(parser, reads=True)
+    options.add_data_dir_option(parser)
     options.add_namespace_option(parser, all_namespaces=True)
     if listing:
         render.add_output_options(parser)

@@ -73,6 +73,8 @@ class EventLike(Protocol):
 
     def is_set(self) -> bool: ...
 
+    def wait(self, timeout: float | None = None) -> bool: ...
+
 
 @dataclass
 class Simulation:
@@ -184,6 +186,8 @@ def run_agent(
     ):
         run_plan(sim, llm, f"{settings.run_id}-a{agent}-p{plans}")
         plans += 1
+        if settings.pause_s is not None:
+            stop.wait(sim.rng.uniform(*settings.pause_s))
     for client in llm.values():
         client.close()
     emitter.close(AGENT_CLOSE_TIMEOUT_S)

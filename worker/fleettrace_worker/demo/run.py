@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Final
 
@@ -46,6 +47,12 @@ POLL_S: Final = 0.25
 #: How long the local LLM server waits before each answer: a provider's latency,
 #: scaled down so that the demo stays short.
 LLM_DELAY_S: Final = (0.002, 0.02)
+#: After the proof, on a terminal: this many agents, each running a plan and then
+#: waiting a few seconds, until Ctrl-C.
+TRICKLE_AGENTS: Final = 2
+TRICKLE_PAUSE_S: Final = (2.0, 6.0)
+#: "Until stopped", as a plan count.
+UNLIMITED_PLANS: Final = 10**9
 
 
 @contextmanager
@@ -208,3 +215,49 @@ def _run_fleet(
                 process.kill()
                 process.join()
     return sorted(received, key=lambda report: report.agent)
+
+
+def keep_live(settings: DemoSettings, stop: threading.Event) -> int:
+    """After the proof: the worker, the LLM server and a few agents that run a plan
+    now and then, until ``stop`` is set; returns the plans they ran. Their plan ids
+    follow the run's (the agents are numbered after its agents)."""
+    trickle = replace(
+        settings,
+        agents=TRICKLE_AGENTS,
+        plans=UNLIMITED_PLANS,
+        seconds=None,
+        pause_s=TRICKLE_PAUSE_S,
+        first_agent=settings.agents,
+    )
+    context = multiprocessing.get_context("spawn")
+    reports: multiprocessing.queues.Queue[AgentReport] = context.Queue()
+    agents_stop = context.Event()
+    with _worker(trickle) as worker_check, LLMServer(LLM_DELAY_S) as llm:
+        processes = [
+            context.Process(
+                target=run_agent,
+                args=(trickle, llm.url, trickle.first_agent + i, reports, agents_stop),
+                name=f"agent-{trickle.first_agent + i}",
+            )
+            for i in range(trickle.agents)
+        ]
+        with _children_ignore_sigint():
+            for process in processes:
+                process.start()
+        try:
+            while not stop.wait(POLL_S):
+                worker_check()
+        finally:
+            agents_stop.set()
+            plans = 0
+            for process in processes:
+                process.join(AGENT_CLOSE_TIMEOUT_S)
+                if process.is_alive():  # pragma: no cover - an agent hung
+                    process.kill()
+                    process.join()
+            for _ in processes:
+                try:
+                    plans += reports.get(timeout=POLL_S).plans
+                except queue.Empty:
+                    break
+    return plans

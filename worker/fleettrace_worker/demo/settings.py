@@ -34,6 +34,12 @@ class DemoSettings:
     malformed: int = 2
     run_id: str = field(default_factory=new_run_id)
     drain_timeout_s: float = DRAIN_TIMEOUT_S
+    #: After each plan an agent waits a while drawn from this range (None: it does not):
+    #: the slow trickle that keeps the dashboard moving once the proof is done.
+    pause_s: tuple[float, float] | None = None
+    #: The number of the first agent (plan ids name it): the trickle's agents follow
+    #: those of the run, so no plan id is used twice.
+    first_agent: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,11 @@ trip for the whole batch) straight into the tables; only when that meets a row t
 is already there (a redelivered batch) does it fall back to copying into temporary
 staging tables and merging with ``ON CONFLICT DO NOTHING``. Both paths commit before
 :meth:`LLMTraceRepository.store` returns, so a caller may acknowledge the batch then.
+
+The hourly cost rollup (``llm_cost_hourly``) is kept in the same transaction by
+statement-level triggers on ``llm_traces`` (``migrations/0007_cost_rollup.sql``), not
+here: they see exactly the rows each statement inserted (so the merge of a redelivered
+batch adds only what it really inserted) and every deletion, prune and erase included.
 """
 
 from __future__ import annotations

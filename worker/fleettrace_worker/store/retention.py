@@ -183,12 +183,35 @@ def _drop_whole(
         if foreign:
             raise psycopg.Rollback()  # a row of another namespace arrived meanwhile
         conn.execute(sql.SQL("DROP TABLE {}").format(name))
+        if table == "llm_traces":
+            _forget_rollup(conn, part, namespace)
         dropped = True
     if not dropped:
         return None
     totals.timed(began)
     totals.dropped += 1
     return int(rows)
+
+
+#: The hourly cost rollup (schema 7), kept by triggers on ``llm_traces``: a dropped
+#: partition fires none, so prune takes the partition's hours off it itself.
+_ROLLUP_TABLES: Final = ("llm_cost_hourly", "llm_cost_hourly_tags")
+
+
+def _forget_rollup(conn: Connection, part: partitions.Partition, namespace: str | None) -> None:
+    """Take a dropped ``llm_traces`` partition's rows off the hourly rollup. A partition
+    holds every row of its UTC days and no other (a day's rows leave the default
+    partition when its partition is made), so its hours' rollup rows are exactly its
+    rows' sums; pruning one namespace drops only a partition of that namespace alone."""
+    for rollup in _ROLLUP_TABLES:
+        conn.execute(
+            sql.SQL(
+                "DELETE FROM {} WHERE (%(lower)s::timestamptz IS NULL OR hour >= %(lower)s) "
+                "AND hour < %(upper)s "
+                "AND (%(namespace)s::text IS NULL OR namespace = %(namespace)s)"
+            ).format(sql.Identifier(rollup)),
+            {"lower": part.lower, "upper": part.upper, "namespace": namespace},
+        )
 
 
 def _delete_batches(

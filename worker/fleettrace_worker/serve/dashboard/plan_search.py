@@ -120,10 +120,10 @@ def search_plans(
     conditions, params = sql_conditions(where)
     conditions += [
         sql.SQL("plan_id IS NOT NULL"),
-        sql.SQL("starts_with(plan_id, %s)"),
+        sql.SQL("plan_id LIKE %s"),
         sql.SQL("(%s::text IS NULL OR plan_id > %s)"),
     ]
-    params += [search.prefix, after, after]
+    params += [queries.like_prefix(search.prefix), after, after]
     having: list[sql.Composable] = []
     if STATUSES[search.status]:
         having.append(sql.SQL(STATUSES[search.status]))  # a constant of this module

@@ -30,6 +30,7 @@ from fleettrace.keys import Keys
 from fleettrace.live import read_live
 from fleettrace.plans import top_plans, total_cost_usd
 from fleettrace_worker.keys import GROUPS
+from fleettrace_worker.serve.dashboard import rollup
 from fleettrace_worker.stream.deadletter import DeadLetter, check_ids
 from fleettrace_worker.stream.groups import inspect_groups
 
@@ -70,6 +71,9 @@ ONCE_PER_CALL: Final = tuple(by for by in COST_GROUPS if by not in _COST_SOURCES
 STEPS_S: Final = (60, 300, 900, 3600, 6 * 3600, 86400)
 MAX_POINTS: Final = 300
 TOP_PLANS: Final = 10
+#: Cost over a range longer than this reads the hourly rollup for its whole hours
+#: (:mod:`.rollup`); shorter ranges read the raw rows, which are few.
+ROLLUP_AFTER: Final = timedelta(days=2)
 STATEMENT_TIMEOUT_MS: Final = 10_000
 
 
@@ -210,11 +214,28 @@ def connect(database_url: str) -> psycopg.Connection[dict[str, Any]]:
 
 
 def cost_table(
-    database_url: str, namespace: str, by: str, span: TimeRange, limit: int
+    database_url: str,
+    namespace: str,
+    by: str,
+    span: TimeRange,
+    limit: int,
+    *,
+    use_rollup: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Calls, priced calls and cost per model, provider, actor, tag or user of
     ``namespace`` in the range, costliest first. Unpriced calls (``cost_usd`` NULL) are
-    counted beside the priced sum."""
+    counted beside the priced sum. A range longer than ``ROLLUP_AFTER`` is summed from the
+    hourly rollup where it holds the grouping (model, provider, actor; the same figures:
+    ``use_rollup`` forces either path)."""
+    if use_rollup is None:
+        use_rollup = span.end - span.start > ROLLUP_AFTER
+    if use_rollup:
+        with connect(database_url) as conn:
+            found = rollup.cost_rows(
+                conn, COST_GROUPS[by], namespace, span.start, span.end, limit=limit
+            )
+        if found is not None:
+            return _cost_items(found)
     column = sql.Identifier(COST_GROUPS[by])
     query = sql.SQL(
         "SELECT {col} AS key, count(*) AS calls, count(cost_usd) AS priced_calls, "
@@ -225,6 +246,10 @@ def cost_table(
     ).format(col=column, source=_COST_SOURCES.get(by, _CALLS))
     with connect(database_url) as conn:
         rows = conn.execute(query, (namespace, span.start, span.end, limit)).fetchall()
+    return _cost_items(rows)
+
+
+def _cost_items(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
             "key": row["key"],
@@ -240,10 +265,25 @@ def cost_table(
 
 
 def cost_series(
-    database_url: str, namespace: str, by: str, span: TimeRange
+    database_url: str,
+    namespace: str,
+    by: str,
+    span: TimeRange,
+    *,
+    use_rollup: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Cost of ``namespace`` per step (``span.step_s``) and key, oldest first: ``t`` is
-    the step's start in Unix seconds."""
+    the step's start in Unix seconds. Over more than ``ROLLUP_AFTER`` with steps of
+    whole hours, summed from the hourly rollup (``use_rollup`` forces either path)."""
+    if use_rollup is None:
+        use_rollup = span.end - span.start > ROLLUP_AFTER
+    if use_rollup:
+        with connect(database_url) as conn:
+            found = rollup.series_rows(
+                conn, COST_GROUPS[by], namespace, span.start, span.end, step_s=span.step_s
+            )
+        if found is not None:
+            return [_series_item(row) for row in found]
     column = sql.Identifier(COST_GROUPS[by])
     query = sql.SQL(
         "SELECT extract(epoch FROM date_bin(make_interval(secs => %s), started_at, "
@@ -254,10 +294,19 @@ def cost_series(
     ).format(col=column, source=_COST_SOURCES.get(by, _CALLS))
     with connect(database_url) as conn:
         rows = conn.execute(query, (span.step_s, namespace, span.start, span.end)).fetchall()
-    return [
-        {"t": row["t"], "key": row["key"], "calls": row["calls"], "cost_usd": row["cost_usd"]}
-        for row in rows
-    ]
+    return [_series_item(row) for row in rows]
+
+
+def _series_item(row: dict[str, Any]) -> dict[str, Any]:
+    return {"t": row["t"], "key": row["key"], "calls": row["calls"], "cost_usd": row["cost_usd"]}
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching the strings that start with ``prefix`` (its ``%``, ``_``
+    and ``\\`` escaped), which ``llm_traces_plan_prefix_idx`` (byte-wise
+    ``text_pattern_ops``) answers as a range of plan ids, whatever the collation."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"{escaped}%"
 
 
 #: The windows of the Overview's recent activity, newest first.

@@ -1,0 +1,188 @@
+"""The dashboard's lookups stay on indexes over a million calls: every SQL statement
+the plans list, a plan's tree, one call and the cost (table and chart) over a long range
+send is recorded as they run, then EXPLAINed, and none may read a big table
+sequentially."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from fleettrace_worker.serve.dashboard import queries
+from fleettrace_worker.serve.dashboard.plan_search import PlanSearch, search_plans
+from fleettrace_worker.store import database, migrations
+from fleettrace_worker.store.repository import LLMTraceRepository
+from fleettrace_worker.store.tree_queries import TreeQueries
+from tests import conftest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+CALLS = 1_000_000
+PLANS = 20_000
+TOOLS = 200_000
+DAYS = 90
+NAMESPACE = "big"
+BIG_TABLES = frozenset({"llm_traces", "tool_calls", "plans", "metric_samples"})
+#: Made in the server, one INSERT ... SELECT each: the point is the read side. Keys are
+#: time-ordered (from i), as UUIDv7 keys would be, so the fill takes seconds.
+FILL = (
+    """
+    INSERT INTO llm_traces (trace_id, plan_id, decision_id, actor, provider, model,
+        prompt_tokens, completion_tokens, cost_usd, latency_ms, tool_calls, streaming,
+        retry_count, error, started_at, namespace, root_plan_id, root_started_at)
+    SELECT lpad(to_hex(i), 32, '0')::uuid, 'plan-' || (i %% %(plans)s), 'd-' || i,
+        (ARRAY['planner', 'coder', 'reviewer'])[1 + i %% 3],
+        (ARRAY['openai', 'anthropic', 'selfhosted'])[1 + i %% 3],
+        (ARRAY['gpt-4o', 'claude-sonnet-4-5', 'house-llm', 'gpt-4o-mini'])[1 + i %% 4],
+        100 + i %% 900, 20 + i %% 300,
+        CASE WHEN i %% 3 = 2 THEN NULL ELSE (i %% 1000) / 100000.0 END,
+        10 + i %% 2000, '{}', false, i %% 5, CASE WHEN i %% 50 = 0 THEN 'timeout' END,
+        %(now)s - make_interval(secs => (1 - i::float8 / %(calls)s) * %(days)s * 86400),
+        %(ns)s, 'plan-' || (i %% %(plans)s), %(now)s - make_interval(days => %(days)s)
+    FROM generate_series(1, %(calls)s) AS i
+    """,
+    """
+    INSERT INTO tool_calls (call_id, tool, plan_id, root_plan_id, root_started_at,
+        plan_path, started_at, duration_ms, outcome, namespace)
+    SELECT lpad(to_hex(i), 32, '0')::uuid, 'search', 'plan-' || (i %% %(plans)s),
+        'plan-' || (i %% %(plans)s), %(now)s - make_interval(days => %(days)s), '{}',
+        %(now)s - make_interval(secs => (1 - i::float8 / %(tools)s) * %(days)s * 86400),
+        1.5, 'ok', %(ns)s
+    FROM generate_series(1, %(tools)s) AS i
+    """,
+    """
+    INSERT INTO plans (record_id, plan_id, root_plan_id, root_started_at, plan_path,
+        started_at, ended_at, duration_ms, status, phases_ms, namespace)
+    SELECT lpad(to_hex(i), 32, '0')::uuid, 'plan-' || i, 'plan-' || i,
+        %(now)s - make_interval(days => %(days)s), '{}',
+        %(now)s - make_interval(days => %(days)s), %(now)s, 1000, 'ok', '{}', %(ns)s
+    FROM generate_series(0, %(plans)s - 1) AS i
+    """,
+)
+
+
+@pytest.fixture(scope="module")
+def big_database() -> Iterator[str]:
+    """One database for the module: a million calls over 90 days, their plans and tools."""
+    admin = conftest.PG_ADMIN_URL
+    name = f"fleettrace_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{admin.rsplit('/', 1)[0]}/{name}"
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            migrations.migrate(conn)
+            conn.execute("SET synchronous_commit = off")
+            bound = {
+                "plans": PLANS,
+                "calls": CALLS,
+                "tools": TOOLS,
+                "days": DAYS,
+                "ns": NAMESPACE,
+                "now": datetime.now(UTC),
+            }
+            for statement in FILL:
+                conn.execute(statement, bound)
+            conn.execute("VACUUM ANALYZE")
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _seq_scans(plan: dict[str, Any]) -> list[str]:
+    found = []
+    if plan.get("Node Type") == "Seq Scan" and plan.get("Relation Name") in BIG_TABLES:
+        found.append(plan["Relation Name"])
+    for child in plan.get("Plans", []):
+        found += _seq_scans(child)
+    return found
+
+
+def test_no_dashboard_lookup_reads_a_big_table_sequentially(
+    big_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[tuple[Any, Any]] = []
+    execute = psycopg.Connection.execute
+
+    def recording(self: psycopg.Connection[Any], query: Any, params: Any = None, **kw: Any) -> Any:
+        sent.append((query, params))
+        return execute(self, query, params, **kw)
+
+    now = datetime.now(UTC)
+    long_range = queries.TimeRange(now - timedelta(days=DAYS), now, "90d")
+    with database.create_pool(big_database, min_size=1, max_size=2) as pool:
+        monkeypatch.setattr(psycopg.Connection, "execute", recording)
+        lookups = {
+            "plans list": lambda: search_plans(
+                big_database, PlanSearch(NAMESPACE, long_range), after=None, limit=100
+            ),
+            "plans list, next page": lambda: search_plans(
+                big_database, PlanSearch(NAMESPACE, long_range), after="plan-5000", limit=100
+            ),
+            "plans list, by prefix": lambda: search_plans(
+                big_database,
+                PlanSearch(NAMESPACE, long_range, prefix="plan-1234"),
+                after=None,
+                limit=100,
+            ),
+            "plan tree": lambda: TreeQueries(pool, namespace=NAMESPACE).tree("plan-777"),
+            "one call": lambda: LLMTraceRepository(pool).get_stored(
+                uuid.UUID(int=123_456), namespace=NAMESPACE
+            ),
+            "cost over 90 days": lambda: queries.cost_table(
+                big_database, NAMESPACE, "model", long_range, 100
+            ),
+            "cost chart over 90 days": lambda: queries.cost_series(
+                big_database, NAMESPACE, "provider", long_range
+            ),
+        }
+        statements: dict[str, list[tuple[Any, Any]]] = {}
+        answers: dict[str, Any] = {}
+        for name, lookup in lookups.items():
+            sent.clear()
+            answers[name] = lookup()
+            statements[name] = [(q, p) for q, p in sent if _reads_big_table(q)]
+        monkeypatch.undo()
+    # The lookups found what was filled.
+    assert len(answers["plans list"][0]) == 100
+    assert answers["plans list, by prefix"][0][0]["plan_id"] == "plan-1234"
+    assert answers["plan tree"] is not None
+    assert answers["one call"] is not None
+    raw = queries.cost_table(big_database, NAMESPACE, "model", long_range, 100, use_rollup=False)
+    assert [(i["key"], i["calls"]) for i in answers["cost over 90 days"]] == [
+        (i["key"], i["calls"]) for i in raw
+    ]
+    assert sum(item["calls"] for item in raw) > CALLS - 100  # the range's edge drops a few
+    assert sum(p["calls"] for p in answers["cost chart over 90 days"]) == sum(
+        item["calls"] for item in raw
+    )
+
+    with psycopg.connect(big_database) as conn:
+        # The check sees a sequential scan where there is one.
+        [[plan]] = conn.execute(
+            "EXPLAIN (FORMAT JSON) SELECT count(*) FROM llm_traces WHERE latency_ms > 5"
+        ).fetchall()
+        assert "llm_traces" in _seq_scans(plan[0]["Plan"])
+        for name, sent_statements in statements.items():
+            assert sent_statements, name
+            for query, params in sent_statements:
+                explain = (
+                    sql.SQL("EXPLAIN (FORMAT JSON) ") + query
+                    if isinstance(query, sql.Composable)
+                    else "EXPLAIN (FORMAT JSON) " + query
+                )
+                [[plan]] = conn.execute(explain, params).fetchall()
+                text = query.as_string(conn) if isinstance(query, sql.Composable) else query
+                assert _seq_scans(plan[0]["Plan"]) == [], f"{name}: {text}"
+
+
+def _reads_big_table(query: Any) -> bool:
+    text = str(query) if not isinstance(query, sql.Composable) else repr(query)
+    return any(table in text for table in BIG_TABLES)
