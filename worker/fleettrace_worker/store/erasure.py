@@ -75,24 +75,33 @@ def erase(
             conn.rollback()
             total = 0
             for leaf in leaves:
-                total += _erase_from(conn, leaf, columns[who], value, batch_rows)
+                total += _erase_from(conn, table, leaf, columns[who], value, batch_rows=batch_rows)
             removed[table] = total
     return ErasureReport(who, value, removed, dry_run)
 
 
 def _erase_from(
     conn: psycopg.Connection[tuple[object, ...]],
+    parent: str,
     table: str,
     column: str,
     value: str,
+    *,
     batch_rows: int,
 ) -> int:
     """Delete the rows of ``value`` from one table (a partition), ``batch_rows`` per
-    short transaction."""
+    short transaction. Through the parent (the rows of that partition alone: a ctid
+    names a row within one table only), so that the parent's statement triggers, which
+    keep the hourly cost rollup, see them."""
     statement = sql.SQL(
-        "DELETE FROM {table} WHERE ctid = ANY(ARRAY("
-        "SELECT ctid FROM {table} WHERE {column} = %s LIMIT %s))"
-    ).format(table=sql.Identifier(table), column=sql.Identifier(column))
+        "DELETE FROM {parent} WHERE tableoid = {leaf_name}::regclass AND ctid = ANY(ARRAY("
+        "SELECT ctid FROM {leaf} WHERE {column} = %s LIMIT %s))"
+    ).format(
+        parent=sql.Identifier(parent),
+        leaf=sql.Identifier(table),
+        leaf_name=sql.Literal(table),
+        column=sql.Identifier(column),
+    )
     total = 0
     while True:
         with conn.transaction():

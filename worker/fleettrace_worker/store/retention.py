@@ -88,6 +88,7 @@ def prune(
                 if part.may_hold_older(cutoff):
                     total += _delete_batches(
                         conn,
+                        table,
                         part.name,
                         column,
                         cutoff,
@@ -216,6 +217,7 @@ def _forget_rollup(conn: Connection, part: partitions.Partition, namespace: str 
 
 def _delete_batches(
     conn: Connection,
+    parent: str,
     leaf: str,
     column: str,
     cutoff: datetime,
@@ -228,17 +230,26 @@ def _delete_batches(
     short transaction.
 
     ``ctid = ANY(ARRAY(...))`` is a TID scan: the batch is found through the age index
-    and deleted without a second pass over the table (on one partition: a ctid names a
-    row only within its own table). Each batch starts where the last one ended (the
-    oldest age still there), so it does not walk again over the index entries of rows
-    already deleted and not yet vacuumed.
+    and deleted without a second pass over the table. The DELETE goes through the
+    parent, limited to this partition's rows (a ctid names a row only within its own
+    table) and to the age range (which prunes the other partitions), so that the
+    parent's statement triggers, which keep the hourly cost rollup, see the rows. Each
+    batch starts where the last one ended (the oldest age still there), so it does not
+    walk again over the index entries of rows already deleted and not yet vacuumed.
     """
     statement = sql.SQL(
-        "WITH gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+        "WITH gone AS (DELETE FROM {parent} WHERE tableoid = {leaf_name}::regclass "
+        "AND {column} >= %(oldest)s AND {column} < %(cutoff)s AND ctid = ANY(ARRAY("
         "SELECT ctid FROM {table} WHERE {column} >= %(oldest)s AND {column} < %(cutoff)s"
         "{scope} ORDER BY {column} LIMIT %(rows)s)) RETURNING {column}) "
         "SELECT count(*), max({column}) FROM gone"
-    ).format(table=sql.Identifier(leaf), column=sql.Identifier(column), scope=_scope(namespace))
+    ).format(
+        parent=sql.Identifier(parent),
+        table=sql.Identifier(leaf),
+        leaf_name=sql.Literal(leaf),
+        column=sql.Identifier(column),
+        scope=_scope(namespace),
+    )
     total = 0
     oldest = datetime.min.replace(tzinfo=UTC)
     while True:
