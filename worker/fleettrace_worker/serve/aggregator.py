@@ -28,11 +28,10 @@ never from stream entries (which a redelivery would count twice):
 
 After each tick the worker rebuilds the snapshot of the live series when a fold
 changed them (:mod:`fleettrace_worker.serve.snapshot`). A dirty member is removed only
-by the script that folds its change in, so a worker that dies mid-tick loses nothing:
-the member is still there for the next one. At start
-a worker folds in everything once (every live hash of every known producer and every
-plan hash a SCAN finds), which also covers hashes written by emitters of the release
-before the dirty sets; only then does it mark the aggregates fresh. Whole numbers are
+by the script that folds its change in: a worker that dies mid-tick loses nothing. At
+start a worker folds in everything once (every live hash of every known producer, every
+plan hash a SCAN finds; hashes of emitters before the dirty sets too), then marks the
+aggregates fresh. Whole numbers are
 kept exactly below 2**53 per producer and field (the scripts compute in doubles); the
 readers' own sums, used when no worker runs, are exact at any size.
 """
