@@ -31,9 +31,8 @@ changed them (:mod:`fleettrace_worker.serve.snapshot`). A dirty member is remove
 by the script that folds its change in: a worker that dies mid-tick loses nothing. At
 start a worker folds in everything once (every live hash of every known producer, every
 plan hash a SCAN finds; hashes of emitters before the dirty sets too), then marks the
-aggregates fresh. Whole numbers are
-kept exactly below 2**53 per producer and field (the scripts compute in doubles); the
-readers' own sums, used when no worker runs, are exact at any size.
+aggregates fresh. Whole numbers are exact below 2**53 per producer and field (the
+scripts compute in doubles); readers' own sums (no worker running) are exact at any size.
 """
 
 from __future__ import annotations
