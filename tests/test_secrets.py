@@ -26,7 +26,7 @@ from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.environment import redact_url
 from fleettrace.errors import FleettraceError
 from fleettrace.keys import Keys
-from fleettrace_worker.cli import COMMANDS
+from fleettrace_worker.cli import COMMANDS, main
 from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.forward.langsmith.group import ForwardLoop
 from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
@@ -38,7 +38,7 @@ from tests.factories import numbered_trace
 from tests.langsmith_server import Fault, LangSmithServer
 from tests.servers import PrivatePostgres, PrivateRedis, free_port
 from tests.waiting import wait_until
-from tests.worker_helpers import fleettrace, http_get, start_worker, worker_env
+from tests.worker_helpers import fleettrace, http_get, start_fleettrace, start_worker, worker_env
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -139,6 +139,8 @@ def test_no_secret_in_any_log_error_dead_letter_metrics_help_or_repr(
     secure_redis: PrivateRedis,
     secure_postgres: PrivatePostgres,
     caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     keys = Keys("secrets")
@@ -147,6 +149,24 @@ def test_no_secret_in_any_log_error_dead_letter_metrics_help_or_repr(
     admin = redis.Redis.from_url(_redis_url(secure_redis, "admin", ADMIN_PASSWORD))
     db = _pg_url(secure_postgres)
     texts: dict[str, str] = {}
+    wrong_redis = _redis_url(secure_redis, "worker", WRONG_PASSWORD)
+    wrong_pg = _pg_url(secure_postgres, WRONG_PASSWORD)
+    # The CLI refused a login, in processes of their own (each must say so in one line
+    # on stderr), started at once and read before the servers restart.
+    refusal_env = {
+        **worker_env(worker_url, db, keys),
+        "FLEETTRACE_LOG_LEVEL": "DEBUG",
+        "LANGSMITH_TRACING": "true",
+        "LANGSMITH_API_KEY": API_KEY,
+    }
+    refused_cli = {
+        "metrics, wrong password": start_fleettrace(
+            "metrics", env={**refusal_env, "FLEETTRACE_REDIS_URL": wrong_redis}
+        ),
+        "traces, wrong password": start_fleettrace(
+            "traces", "list", env={**refusal_env, "FLEETTRACE_DATABASE_URL": wrong_pg}
+        ),
+    }
 
     # The agent side: a good password, then a wrong one (counted, never raised).
     with _emit(agent_url, keys, 0, 30) as emitter:
@@ -172,9 +192,8 @@ def test_no_secret_in_any_log_error_dead_letter_metrics_help_or_repr(
             FLEETTRACE_LANGSMITH_TIMEOUT_S="0.5",
             FLEETTRACE_LANGSMITH_CONCURRENCY="1",
         )
-        migrate = fleettrace("migrate", env=env)
-        assert migrate.returncode == 0, migrate.stderr
-        texts["migrate"] = migrate.stdout + migrate.stderr
+        code, texts["migrate"] = _cli(env, monkeypatch, capsys, ("migrate",))
+        assert code == 0, texts["migrate"]
 
         # LangSmith: refusing the key (401), then unavailable (503) past the retry window,
         # then too slow to answer, then fine.
@@ -196,6 +215,8 @@ def test_no_secret_in_any_log_error_dead_letter_metrics_help_or_repr(
             for path in ("/metrics", "/readyz", "/healthz"):
                 texts[f"GET {path}"] = http_get(f"http://{http}{path}")[1]
 
+            for name, process in refused_cli.items():
+                texts[name] = _one_line(_finished(process))
             # Redis restarts: the worker waits, not ready, and carries on.
             secure_redis.stop()
             wait_until(lambda: http_get(f"http://{http}/readyz")[0] == 503, 60, "not ready")
@@ -225,23 +246,17 @@ def test_no_secret_in_any_log_error_dead_letter_metrics_help_or_repr(
         # variable, never its value) and retried, not a dead letter.
         assert "401" in err and "LANGSMITH_API_KEY" in err
 
-        texts["worker, wrong Redis password"] = _refused_at_debug(
-            fleettrace(
-                "worker",
-                "--burst",
-                env={
-                    **env,
-                    "FLEETTRACE_REDIS_URL": _redis_url(secure_redis, "worker", WRONG_PASSWORD),
-                },
-            )
-        )
-        texts["worker, wrong PostgreSQL password"] = _refused_at_debug(
-            fleettrace(
-                "worker",
-                "--burst",
-                env={**env, "FLEETTRACE_DATABASE_URL": _pg_url(secure_postgres, WRONG_PASSWORD)},
-            )
-        )
+        # Workers refused a login, started now and read after the calls below: a worker
+        # refused by the database says so after the pool's wait (10 s), which those
+        # calls use meanwhile.
+        refused_workers = {
+            "worker, wrong Redis password": start_fleettrace(
+                "worker", "--burst", env={**env, "FLEETTRACE_REDIS_URL": wrong_redis}
+            ),
+            "worker, wrong PostgreSQL password": start_fleettrace(
+                "worker", "--burst", env={**env, "FLEETTRACE_DATABASE_URL": wrong_pg}
+            ),
+        }
 
         # In-process: the settings and objects an operator might print or log.
         worker_settings = WorkerSettings.from_env(worker_url, db, env)
@@ -280,56 +295,78 @@ def test_no_secret_in_any_log_error_dead_letter_metrics_help_or_repr(
             errors.append(f"{raised.value!s} {raised.value!r}")
         texts["exceptions"] = " ".join(errors)
 
+        # The CLI, with every secret in its environment (replaying the dead letters
+        # last). Called in this process with the CLI's environment as the whole process
+        # environment: the commands print what they would print in a process of their
+        # own, without an interpreter's start-up each; their log records reach
+        # ``caplog`` (scanned below) at DEBUG.
+        cli_env = {**env, "FLEETTRACE_REDIS_URL": worker_url}
+        for args in (
+            ("metrics",),
+            ("metrics", "--json"),
+            ("traces", "list"),
+            ("traces", "cost"),
+            ("dlq", "list", "--group", LANGSMITH_GROUP),
+            ("dlq", "list", "--group", LANGSMITH_GROUP, "--json"),
+            ("worker", "--check", "--consumer", "w-secrets"),
+            ("--help",),
+            *((name, "--help") for name in COMMANDS),
+            ("traces", "list", "--help"),
+            ("dlq", "replay", "--help"),
+        ):
+            texts[f"fleettrace {' '.join(args)}"] = _cli(cli_env, monkeypatch, capsys, args)[1]
+        for name, process in refused_workers.items():
+            texts[name] = _refused_at_debug(_finished(process))
+
     reasons = []
     for group in GROUPS:
         for _, letter in list_dead_letters(admin, keys, group):
             reasons.append(f"{letter.reason} {letter!r}")
     assert reasons and not any("401" in reason for reason in reasons), reasons
     texts["dead letters"] = " ".join(reasons)
-
-    # The CLI, with every secret in its environment (replaying the dead letters last).
-    cli_env = {**env, "FLEETTRACE_REDIS_URL": worker_url}
-    for args in (
-        ("metrics",),
-        ("metrics", "--json"),
-        ("traces", "list"),
-        ("traces", "cost"),
-        ("dlq", "list", "--group", LANGSMITH_GROUP),
-        ("dlq", "list", "--group", LANGSMITH_GROUP, "--json"),
-        ("dlq", "replay", "--group", LANGSMITH_GROUP, "--all"),
-        ("worker", "--check", "--consumer", "w-secrets"),
-        ("--help",),
-        *((name, "--help") for name in COMMANDS),
-        ("traces", "list", "--help"),
-        ("dlq", "replay", "--help"),
-    ):
-        result = fleettrace(*args, env=cli_env)
-        texts[f"fleettrace {' '.join(args)}"] = result.stdout + result.stderr
-    texts["metrics, wrong password"] = _one_line(
-        fleettrace(
-            "metrics",
-            env={
-                **cli_env,
-                "FLEETTRACE_REDIS_URL": _redis_url(secure_redis, "worker", WRONG_PASSWORD),
-            },
-        )
-    )
-    texts["traces, wrong password"] = _one_line(
-        fleettrace(
-            "traces",
-            "list",
-            env={**cli_env, "FLEETTRACE_DATABASE_URL": _pg_url(secure_postgres, WRONG_PASSWORD)},
-        )
-    )
+    replay = ("dlq", "replay", "--group", LANGSMITH_GROUP, "--all")
+    texts[f"fleettrace {' '.join(replay)}"] = _cli(cli_env, monkeypatch, capsys, replay)[1]
 
     admin.close()
     texts["log records"] = caplog.text
 
     found = {name: leaks(text) for name, text in texts.items() if leaks(text)}
     assert found == {}
-    # The scan looked at real output: the refusals said what was refused.
+    # The scan looked at real output: the refusals said what was refused, the calls
+    # in this process printed what they print.
+    assert texts["fleettrace --help"].startswith("usage: ")
+    assert all(texts[f"fleettrace {name} --help"].startswith("usage: ") for name in COMMANDS)
+    assert LANGSMITH_GROUP in texts[f"fleettrace dlq list --group {LANGSMITH_GROUP} --json"]
     assert "invalid username-password pair" in texts["metrics, wrong password"]
     assert "password authentication failed" in texts["traces, wrong password"]
+
+
+def _cli(
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: tuple[str, ...],
+) -> tuple[int, str]:
+    """The exit code of one ``fleettrace`` call and what it printed (stdout and stderr),
+    run in this process with ``env`` as the whole process environment."""
+    capsys.readouterr()
+    with monkeypatch.context() as patched:
+        for name in set(os.environ) - set(env):
+            patched.delenv(name)
+        for name, value in env.items():
+            patched.setenv(name, value)
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # --help
+            assert exit_.code == 0 and "--help" in args, (args, exit_.code)
+            code = 0
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+def _finished(process: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def _one_line(result: subprocess.CompletedProcess[str]) -> str:

@@ -155,8 +155,13 @@ def fleettrace(
 
 
 def start_worker(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return start_fleettrace("worker", *args, env=env)
+
+
+def start_fleettrace(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``fleettrace ARGS`` started, not awaited: its output is read with ``communicate()``."""
     return subprocess.Popen(
-        [sys.executable, "-m", "fleettrace_worker.cli", "worker", *args],
+        [sys.executable, "-m", "fleettrace_worker.cli", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
