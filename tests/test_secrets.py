@@ -38,7 +38,14 @@ from tests.factories import numbered_trace
 from tests.langsmith_server import Fault, LangSmithServer
 from tests.servers import PrivatePostgres, PrivateRedis, free_port
 from tests.waiting import wait_until
-from tests.worker_helpers import fleettrace, http_get, start_fleettrace, start_worker, worker_env
+from tests.worker_helpers import (
+    finished,
+    fleettrace,
+    http_get,
+    start_fleettrace,
+    start_worker,
+    worker_env,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -216,7 +223,7 @@ def test_no_secret_in_any_log_error_dead_letter_metrics_help_or_repr(
                 texts[f"GET {path}"] = http_get(f"http://{http}{path}")[1]
 
             for name, process in refused_cli.items():
-                texts[name] = _one_line(_finished(process))
+                texts[name] = _one_line(finished(process))
             # Redis restarts: the worker waits, not ready, and carries on.
             secure_redis.stop()
             wait_until(lambda: http_get(f"http://{http}/readyz")[0] == 503, 60, "not ready")
@@ -316,7 +323,7 @@ def test_no_secret_in_any_log_error_dead_letter_metrics_help_or_repr(
         ):
             texts[f"fleettrace {' '.join(args)}"] = _cli(cli_env, monkeypatch, capsys, args)[1]
         for name, process in refused_workers.items():
-            texts[name] = _refused_at_debug(_finished(process))
+            texts[name] = _refused_at_debug(finished(process))
 
     reasons = []
     for group in GROUPS:
@@ -362,11 +369,6 @@ def _cli(
             code = 0
     out, err = capsys.readouterr()
     return code, out + err
-
-
-def _finished(process: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
-    out, err = process.communicate(timeout=120)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def _one_line(result: subprocess.CompletedProcess[str]) -> str:

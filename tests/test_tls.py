@@ -31,7 +31,13 @@ from tests.tls import (
     pg_tls_url,
 )
 from tests.waiting import wait_until
-from tests.worker_helpers import fleettrace, http_get, start_worker, worker_env
+from tests.worker_helpers import (
+    fleettrace,
+    fleettrace_together,
+    http_get,
+    start_worker,
+    worker_env,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -144,27 +150,28 @@ def test_emitter_worker_and_cli_over_tls_redis_and_tls_postgres(
         count = conn.execute("SELECT count(*) FROM llm_traces WHERE plan_id = 'tls-plan'")
         assert count.fetchone() == (50,)
 
-    metrics = fleettrace("metrics", "--json", env=env)
-    assert metrics.returncode == 0, metrics.stderr
-    usage = [m for m in json.loads(metrics.stdout)["items"] if m["key"] == "actor.token_usage"]
-    assert usage, metrics.stdout
-    listing = fleettrace("traces", "list", "--json", "--limit", "100", env=env)
-    assert listing.returncode == 0, listing.stderr
-    listed = {item["trace_id"] for item in json.loads(listing.stdout)["items"]}
-    assert listed == {str(t.trace_id) for t in traces}
-    dead = fleettrace("dlq", "list", "--json", env=env)
-    assert dead.returncode == 0, dead.stderr
     # Neither server speaks anything but TLS: the same calls without it are refused.
     plain_redis = f"redis://127.0.0.1:{tls_redis.port}/0"
-    _one_line_refusal(fleettrace("metrics", env=worker_env(plain_redis, db_url, keys)), code=1)
     plain_db = (
         f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{tls_postgres.port}/postgres"
         "?sslmode=disable"
     )
-    _one_line_refusal(
-        fleettrace("traces", "list", env=worker_env(redis_url, plain_db, keys)),
-        "no pg_hba.conf entry",
+    metrics, listing, dead, plain_metrics, plain_traces = fleettrace_together(
+        (("metrics", "--json"), env),
+        (("traces", "list", "--json", "--limit", "100"), env),
+        (("dlq", "list", "--json"), env),
+        (("metrics",), worker_env(plain_redis, db_url, keys)),
+        (("traces", "list"), worker_env(redis_url, plain_db, keys)),
     )
+    assert metrics.returncode == 0, metrics.stderr
+    usage = [m for m in json.loads(metrics.stdout)["items"] if m["key"] == "actor.token_usage"]
+    assert usage, metrics.stdout
+    assert listing.returncode == 0, listing.stderr
+    listed = {item["trace_id"] for item in json.loads(listing.stdout)["items"]}
+    assert listed == {str(t.trace_id) for t in traces}
+    assert dead.returncode == 0, dead.stderr
+    _one_line_refusal(plain_metrics, code=1)
+    _one_line_refusal(plain_traces, "no pg_hba.conf entry")
 
 
 @pytest.mark.slow
@@ -175,24 +182,21 @@ def test_a_wrong_redis_ca_is_refused_in_one_line_by_cli_worker_and_emitter(
     wrong = tls_redis.tls_url(ca=certs.wrong_ca.cert)
     env = worker_env(wrong, database_url, keys)
 
-    for args in (("metrics",), ("dlq", "list"), ("worker", "--burst")):
-        _one_line_refusal(fleettrace(*args, env=env), "CERTIFICATE_VERIFY_FAILED")
-
     # The name is checked too: the certificate is for 127.0.0.1, not localhost.
     by_name = tls_redis.tls_url().replace("127.0.0.1", "localhost")
-    _one_line_refusal(
-        fleettrace("metrics", env=worker_env(by_name, database_url, keys)), "Hostname mismatch"
-    )
-
     # A running worker (not --burst) says it once and stops, like a refused login.
-    worker = start_worker("--consumer", "w-wrong-ca", env=env)
-    try:
-        out, err = worker.communicate(timeout=60)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.communicate()
-    _one_line_refusal(subprocess.CompletedProcess([], worker.returncode, out, err))
+    *wrong_ca, wrong_name, running = fleettrace_together(
+        (("metrics",), env),
+        (("dlq", "list"), env),
+        (("worker", "--burst"), env),
+        (("metrics",), worker_env(by_name, database_url, keys)),
+        (("worker", "--consumer", "w-wrong-ca"), env),
+        timeout_s=60,
+    )
+    for result in wrong_ca:
+        _one_line_refusal(result, "CERTIFICATE_VERIFY_FAILED")
+    _one_line_refusal(wrong_name, "Hostname mismatch")
+    _one_line_refusal(running)
 
     # The emitter: no exception into agent code, every attempt counted.
     emitter = _record(wrong, keys, [numbered_trace(i) for i in range(5)])
@@ -220,15 +224,16 @@ def test_a_server_that_demands_a_client_certificate(
     assert _entries(mtls_redis, keys) == 0
     # TLS 1.3: the server's alert may arrive (a configuration error, exit 2) or the
     # connection may just end first (exit 1, as Redis away); both name the cause.
-    refused = fleettrace("metrics", env=worker_env(without, database_url, keys))
-    _one_line_refusal(refused, "client certificate", code=2 if refused.returncode == 2 else 1)
-
     traces = [numbered_trace(i, plan_id="mtls") for i in range(20)]
     with _record(with_cert, keys, traces) as emitter:
         assert emitter.flush(10)
         assert emitter.stats.send_failures == 0
     env = worker_env(with_cert, database_url, keys)
-    assert fleettrace("migrate", env=env).returncode == 0
+    refused, migrated = fleettrace_together(
+        (("metrics",), worker_env(without, database_url, keys)), (("migrate",), env)
+    )
+    _one_line_refusal(refused, "client certificate", code=2 if refused.returncode == 2 else 1)
+    assert migrated.returncode == 0, migrated.stderr
     worker = fleettrace("worker", "--burst", env=env)
     assert worker.returncode == 0, worker.stderr
     with psycopg.connect(database_url) as conn:
@@ -277,11 +282,21 @@ def test_a_missing_or_unusable_ca_file_is_named_in_one_line(
     keys = Keys("tls-ca-file")
     junk = tmp_path / "junk-ca.crt"
     junk.write_text("not a certificate\n")
-    for ca, why in ((tmp_path / "missing-ca.crt", "No such file"), (junk, "no CA certificate")):
+    cases = ((tmp_path / "missing-ca.crt", "No such file"), (junk, "no CA certificate"))
+    commands = (("metrics",), ("worker", "--burst"), ("migrate",))
+    results = iter(
+        fleettrace_together(
+            *(
+                (args, worker_env(tls_redis.tls_url(ca=ca), database_url, keys))
+                for ca, _ in cases
+                for args in commands
+            )
+        )
+    )
+    for ca, why in cases:
         url = tls_redis.tls_url(ca=ca)
-        env = worker_env(url, database_url, keys)
-        for args in (("metrics",), ("worker", "--burst"), ("migrate",)):
-            line = _one_line_refusal(fleettrace(*args, env=env), str(ca), why)
+        for _ in commands:
+            line = _one_line_refusal(next(results), str(ca), why)
             assert "ssl_ca_certs" in line
         emitter = _record(url, keys, [numbered_trace(i) for i in range(3)])
         assert emitter.flush(0.5) is False
@@ -299,13 +314,19 @@ def test_a_wrong_postgres_ca_is_refused_in_one_line(
 ) -> None:
     wrong = pg_tls_url(tls_postgres, certs.wrong_ca.cert, password=PG_PASSWORD)
     env = worker_env(redis_url, wrong, keys)
-    for args in (("migrate",), ("traces", "list"), ("worker", "--burst")):
-        _one_line_refusal(fleettrace(*args, env=env), "certificate verify failed")
     # verify-full checks the name too: the certificate is for 127.0.0.1, not localhost.
     by_name = pg_tls_url(tls_postgres, certs.ca.cert, password=PG_PASSWORD).replace(
         "127.0.0.1", "localhost"
     )
-    _one_line_refusal(fleettrace("migrate", env=worker_env(redis_url, by_name, keys)), "localhost")
+    *wrong_ca, wrong_name = fleettrace_together(
+        (("migrate",), env),
+        (("traces", "list"), env),
+        (("worker", "--burst"), env),
+        (("migrate",), worker_env(redis_url, by_name, keys)),
+    )
+    for result in wrong_ca:
+        _one_line_refusal(result, "certificate verify failed")
+    _one_line_refusal(wrong_name, "localhost")
 
 
 @pytest.mark.slow
@@ -320,10 +341,11 @@ def test_postgres_client_certificate_login(
         tls_postgres, certs.ca.cert, user=user, dbname="ft_cert", client=certs.client
     )
     without = pg_tls_url(tls_postgres, certs.ca.cert, user=user, dbname="ft_cert")
-    _one_line_refusal(
-        fleettrace("migrate", env=worker_env(redis_url, without, keys)), "certificate"
+    refused, migrated = fleettrace_together(
+        (("migrate",), worker_env(redis_url, without, keys)),
+        (("migrate",), worker_env(redis_url, with_cert, keys)),
     )
-    migrated = fleettrace("migrate", env=worker_env(redis_url, with_cert, keys))
+    _one_line_refusal(refused, "certificate")
     assert migrated.returncode == 0, migrated.stderr
     listing = fleettrace("traces", "list", env=worker_env(redis_url, with_cert, keys))
     assert listing.returncode == 0, listing.stderr

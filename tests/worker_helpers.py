@@ -154,6 +154,36 @@ def fleettrace(
     )
 
 
+def finished(
+    process: subprocess.Popen[str], timeout_s: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """A started ``fleettrace`` call once it has exited (killed after ``timeout_s``)."""
+    try:
+        out, err = process.communicate(timeout=timeout_s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def fleettrace_together(
+    *calls: tuple[tuple[str, ...], dict[str, str]], timeout_s: float = 120.0
+) -> list[subprocess.CompletedProcess[str]]:
+    """Independent ``fleettrace`` calls (arguments, environment) run at once, so their
+    interpreters start side by side; their results in the order given."""
+    started: list[subprocess.Popen[str]] = []
+    try:
+        for args, env in calls:
+            started.append(start_fleettrace(*args, env=env))
+        return [finished(process, timeout_s) for process in started]
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
 def start_worker(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return start_fleettrace("worker", *args, env=env)
 
