@@ -69,7 +69,9 @@ def langsmith() -> Iterator[LangSmithServer]:
 def test_langsmith_503_then_429_then_healthy_every_run_arrives_once(
     langsmith: LangSmithServer, redis_url: str, redis_client: redis.Redis, keys: Keys
 ) -> None:
-    outage_s = 20.0
+    # Each fault lasts five times the loop's longest backoff (2 s) and its request
+    # timeout (2 s): many failed rounds at the capped pace, then recovery.
+    outage_s = 10.0
     langsmith.inject(
         Fault("status", status=503, duration_s=outage_s),
         Fault("status", status=429, duration_s=outage_s),
@@ -93,8 +95,8 @@ def test_langsmith_503_then_429_then_healthy_every_run_arrives_once(
     records: list[LLMTrace] = []
     emitter = Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace))
     try:
-        # Records keep coming during the whole outage: 30 per second for 35 s.
-        for second in range(35):
+        # Records keep coming through both faults: 30 per second for 17 s.
+        for second in range(17):
             for i in range(30):
                 n = second * 30 + i
                 record = numbered_trace(
@@ -244,12 +246,15 @@ class Producers:
     """Emitters on threads of their own sending records at a steady pace, as agent
     processes do, while the test breaks a server under them."""
 
-    def __init__(self, redis_url: str, keys: Keys, *, threads: int, per_thread: int) -> None:
+    def __init__(
+        self, redis_url: str, keys: Keys, *, threads: int, per_thread: int, seconds: float
+    ) -> None:
         self.emitters = [
             Emitter(EmitterSettings(redis_url=redis_url, namespace=keys.namespace, retry_max_s=1.0))
             for _ in range(threads)
         ]
         self.per_thread = per_thread
+        self.seconds = seconds
         self.decisions: list[str] = []
         self._lock = threading.Lock()
         self._threads = [
@@ -257,7 +262,7 @@ class Producers:
             for n, em in enumerate(self.emitters)
         ]
 
-    def _produce(self, number: int, emitter: Emitter, seconds: float = 40.0) -> None:
+    def _produce(self, number: int, emitter: Emitter) -> None:
         steps = 80
         for step in range(steps):
             for i in range(self.per_thread // steps):
@@ -272,7 +277,7 @@ class Producers:
                 with self._lock:
                     self.decisions.append(str(record.decision_id))
                 emitter.record(record)
-            time.sleep(seconds / steps)
+            time.sleep(self.seconds / steps)
 
     def start(self) -> None:
         for thread in self._threads:
@@ -314,7 +319,8 @@ def test_redis_restarted_under_load_every_record_stored_once(
     db = migrated(database_url)
     env = worker_env(private_redis.url, db, keys)
     worker = start_worker("--consumer", "w-restart", "--block-ms", "200", env=env)
-    producers = Producers(private_redis.url, keys, threads=2, per_thread=4000)
+    # 25 s of load: the first rows, Redis away for 10 s, then 10 s more.
+    producers = Producers(private_redis.url, keys, threads=2, per_thread=4000, seconds=25)
     try:
         producers.start()
         wait_until(lambda: _rows(db)[0] >= 1000, timeout_s=60, message="first rows")
@@ -366,7 +372,9 @@ def test_postgres_away_for_20_s_under_load_persistence_catches_up(
     db = migrated(private_postgres.url)
     env = worker_env(redis_url, db, keys)
     worker = start_worker("--consumer", "w-pg", "--block-ms", "200", env=env)
-    producers = Producers(redis_url, keys, threads=2, per_thread=4000)
+    # 30 s of load: the first rows, PostgreSQL away for 20 s (twice the pool's 10 s
+    # wait for a connection), then the rest.
+    producers = Producers(redis_url, keys, threads=2, per_thread=4000, seconds=30)
     try:
         producers.start()
         wait_until(lambda: _rows_or_zero(db) >= 1000, timeout_s=60, message="first rows")
