@@ -26,7 +26,7 @@ from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.environment import redact_url
 from fleettrace.errors import FleettraceError
 from fleettrace.keys import Keys
-from fleettrace_worker.cli import COMMANDS, main
+from fleettrace_worker.cli import COMMANDS
 from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.forward.langsmith.group import ForwardLoop
 from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
@@ -41,6 +41,7 @@ from tests.waiting import wait_until
 from tests.worker_helpers import (
     finished,
     fleettrace,
+    fleettrace_here,
     http_get,
     start_fleettrace,
     start_worker,
@@ -199,8 +200,9 @@ def test_no_secret_in_any_log_error_dead_letter_metrics_help_or_repr(
             FLEETTRACE_LANGSMITH_TIMEOUT_S="0.5",
             FLEETTRACE_LANGSMITH_CONCURRENCY="1",
         )
-        code, texts["migrate"] = _cli(env, monkeypatch, capsys, ("migrate",))
-        assert code == 0, texts["migrate"]
+        migrate = fleettrace_here("migrate", env=env, monkeypatch=monkeypatch, capsys=capsys)
+        assert migrate.returncode == 0, migrate.stderr
+        texts["migrate"] = migrate.stdout + migrate.stderr
 
         # LangSmith: refusing the key (401), then unavailable (503) past the retry window,
         # then too slow to answer, then fine.
@@ -321,7 +323,8 @@ def test_no_secret_in_any_log_error_dead_letter_metrics_help_or_repr(
             ("traces", "list", "--help"),
             ("dlq", "replay", "--help"),
         ):
-            texts[f"fleettrace {' '.join(args)}"] = _cli(cli_env, monkeypatch, capsys, args)[1]
+            done = fleettrace_here(*args, env=cli_env, monkeypatch=monkeypatch, capsys=capsys)
+            texts[f"fleettrace {' '.join(args)}"] = done.stdout + done.stderr
         for name, process in refused_workers.items():
             texts[name] = _refused_at_debug(finished(process))
 
@@ -332,7 +335,8 @@ def test_no_secret_in_any_log_error_dead_letter_metrics_help_or_repr(
     assert reasons and not any("401" in reason for reason in reasons), reasons
     texts["dead letters"] = " ".join(reasons)
     replay = ("dlq", "replay", "--group", LANGSMITH_GROUP, "--all")
-    texts[f"fleettrace {' '.join(replay)}"] = _cli(cli_env, monkeypatch, capsys, replay)[1]
+    done = fleettrace_here(*replay, env=cli_env, monkeypatch=monkeypatch, capsys=capsys)
+    texts[f"fleettrace {' '.join(replay)}"] = done.stdout + done.stderr
 
     admin.close()
     texts["log records"] = caplog.text
@@ -346,29 +350,6 @@ def test_no_secret_in_any_log_error_dead_letter_metrics_help_or_repr(
     assert LANGSMITH_GROUP in texts[f"fleettrace dlq list --group {LANGSMITH_GROUP} --json"]
     assert "invalid username-password pair" in texts["metrics, wrong password"]
     assert "password authentication failed" in texts["traces, wrong password"]
-
-
-def _cli(
-    env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    args: tuple[str, ...],
-) -> tuple[int, str]:
-    """The exit code of one ``fleettrace`` call and what it printed (stdout and stderr),
-    run in this process with ``env`` as the whole process environment."""
-    capsys.readouterr()
-    with monkeypatch.context() as patched:
-        for name in set(os.environ) - set(env):
-            patched.delenv(name)
-        for name, value in env.items():
-            patched.setenv(name, value)
-        try:
-            code = main(list(args))
-        except SystemExit as exit_:  # --help
-            assert exit_.code == 0 and "--help" in args, (args, exit_.code)
-            code = 0
-    out, err = capsys.readouterr()
-    return code, out + err
 
 
 def _one_line(result: subprocess.CompletedProcess[str]) -> str:

@@ -53,7 +53,7 @@ from tests.factories import llm_trace
 from tests.langsmith_server import Fault, LangSmithServer
 from tests.servers import PrivateRedis, free_port
 from tests.waiting import wait_until
-from tests.worker_helpers import fleettrace, migrated, trace_rows, worker_env
+from tests.worker_helpers import fleettrace, fleettrace_here, migrated, trace_rows, worker_env
 
 API_KEY = "lsv2_sk_" + "7f3e9a1c5b2d4e6f8a0b1c2d3e4f5a6b" + "_9c8d7e6f5a"
 NS = "fleet"
@@ -644,12 +644,15 @@ def test_the_api_key_is_in_no_log_dead_letter_or_repr(
             assert part not in text
 
 
-def test_the_api_key_is_not_in_help(keys: Keys) -> None:
+def test_the_api_key_is_not_in_help(
+    keys: Keys, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     env = worker_env("redis://127.0.0.1:6379/0", PG_ADMIN, keys)
     env.update(LANGSMITH_API_KEY=API_KEY, LANGSMITH_TRACING="true")
     for args in (("--help",), *((name, "--help") for name in COMMANDS)):
-        result = fleettrace(*args, env=env)
+        result = fleettrace_here(*args, env=env, monkeypatch=monkeypatch, capsys=capsys)
         assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("usage: fleettrace")
         assert API_KEY not in result.stdout + result.stderr
         assert API_KEY[-10:] not in result.stdout + result.stderr
 

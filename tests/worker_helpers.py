@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import redis
 from psycopg import sql
 
 from fleettrace.keys import Keys
+from fleettrace_worker.cli import main
 from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.process import Worker
@@ -152,6 +154,32 @@ def fleettrace(
         check=False,
         cwd=ROOT,
     )
+
+
+def fleettrace_here(
+    *args: str,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> subprocess.CompletedProcess[str]:
+    """``fleettrace ARGS`` called in this process with ``env`` as the whole process
+    environment (settings read it when a command runs): what it prints without an
+    interpreter's start-up. ``--help`` exits 0. Not for a promise about the process
+    itself (its exit status as a shell sees it, stderr holding one line: records
+    logged here reach pytest's handlers, not stderr): run those with :func:`fleettrace`."""
+    capsys.readouterr()
+    with monkeypatch.context() as patched:
+        for name in set(os.environ) - set(env):
+            patched.delenv(name)
+        for name, value in env.items():
+            patched.setenv(name, value)
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:
+            assert exit_.code == 0 and "--help" in args, (args, exit_.code)
+            code = 0
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
 
 
 def finished(
