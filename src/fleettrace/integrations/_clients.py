@@ -24,7 +24,6 @@ import inspect
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
@@ -135,8 +134,8 @@ def _wrap_copies(method: Callable[..., Any], wrapping: Wrapping, is_async: bool)
 def _begin(wrapping: Wrapping, options: Any) -> tuple[Call | None, Any]:
     """A call for a request to record, and the options to send; (None, options) else."""
     try:
-        headers = getattr(options, "headers", None)
-        if isinstance(headers, Mapping) and headers.get(RAW_RESPONSE_HEADER):
+        headers = getattr(options, "headers", None)  # falsy when not given
+        if headers and isinstance(headers, Mapping) and headers.get(RAW_RESPONSE_HEADER):
             # with_raw_response / with_streaming_response: the caller reads the body
             # itself, so the answer cannot be read here without changing it.
             return None, options
@@ -152,28 +151,23 @@ def _begin(wrapping: Wrapping, options: Any) -> tuple[Call | None, Any]:
         return None, options
 
 
-@contextmanager
-def _in_call(call: Call) -> Iterator[None]:
-    """Make ``call`` the current one while its request runs (the SDK's retries are
-    counted on it), and finish it with the error if the request raises."""
-    token = _current.set(call)
-    try:
-        yield
-    except BaseException as error:
-        call.finish(error)
-        raise
-    finally:
-        _current.reset(token)
-
-
 def _sync_request(request: Callable[..., Any], wrapping: Wrapping) -> Callable[..., Any]:
     @functools.wraps(request)
     def wrapped(cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         call, options = _begin(wrapping, options)
         if call is None:
             return request(cast_to, options, *args, **kwargs)
-        with _in_call(call):
+        # Inline rather than a context manager (a generator per call): ``call`` is the
+        # current one while its request runs (the SDK's retries are counted on it),
+        # and is finished with the error if the request raises.
+        token = _current.set(call)
+        try:
             result = request(cast_to, options, *args, **kwargs)
+        except BaseException as error:
+            call.finish(error)
+            raise
+        finally:
+            _current.reset(token)
         return _after(result, call, wrapping.adapter)
 
     return wrapped
@@ -185,8 +179,17 @@ def _async_request(request: Callable[..., Any], wrapping: Wrapping) -> Callable[
         call, options = _begin(wrapping, options)
         if call is None:
             return await request(cast_to, options, *args, **kwargs)
-        with _in_call(call):
+        # Inline rather than a context manager (a generator per call): ``call`` is the
+        # current one while its request runs (the SDK's retries are counted on it),
+        # and is finished with the error if the request raises.
+        token = _current.set(call)
+        try:
             result = await request(cast_to, options, *args, **kwargs)
+        except BaseException as error:
+            call.finish(error)
+            raise
+        finally:
+            _current.reset(token)
         return _after(result, call, wrapping.adapter)
 
     return wrapped
@@ -234,12 +237,18 @@ def _follow(stream: Any, inner: Any, call: Call, adapter: Adapter) -> None:
 
 
 def _seen(event: Any, call: Call, adapter: Adapter) -> bool:
-    """Note one event; True hides it. Bookkeeping errors never reach the caller."""
-    call.first_token()
+    """Note one event; True hides it. Bookkeeping errors never reach the caller.
+
+    Runs on every event of a stream: ``ttft_ms`` is taken at the first only, and the
+    adapter reads only what can carry the call's model, usage or tool calls."""
+    if call.ttft_ms is None:
+        call.first_token()
     try:
         adapter.event(event, call)
     except Exception:
         logger.debug("fleettrace integration: cannot read a stream event", exc_info=True)
+    if not call.hide_usage_chunk:
+        return False
     try:
         return adapter.hidden(event, call)
     except Exception:
@@ -247,12 +256,14 @@ def _seen(event: Any, call: Call, adapter: Adapter) -> bool:
         return False
 
 
-@contextmanager
-def _finishing(call: Call) -> Iterator[None]:
-    """End ``call`` however its stream ends: read to the end or closed early (the
-    caller stopped reading: not an error), or failed with the stream's error."""
+def _events(inner: Iterator[Any], call: Call, adapter: Adapter) -> Iterator[Any]:
+    """The stream's events as the caller reads them; ``call`` ends however the stream
+    does: read to the end or closed early (the caller stopped reading: not an error),
+    or failed with the stream's error."""
     try:
-        yield
+        for event in inner:
+            if not _seen(event, call, adapter):
+                yield event
     except GeneratorExit:
         call.finish()
         raise
@@ -262,15 +273,15 @@ def _finishing(call: Call) -> Iterator[None]:
     call.finish()
 
 
-def _events(inner: Iterator[Any], call: Call, adapter: Adapter) -> Iterator[Any]:
-    with _finishing(call):
-        for event in inner:
-            if not _seen(event, call, adapter):
-                yield event
-
-
 async def _async_events(inner: AsyncIterator[Any], call: Call, adapter: Adapter) -> Any:
-    with _finishing(call):
+    try:
         async for event in inner:
             if not _seen(event, call, adapter):
                 yield event
+    except GeneratorExit:
+        call.finish()
+        raise
+    except BaseException as error:
+        call.finish(error)
+        raise
+    call.finish()
