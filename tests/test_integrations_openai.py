@@ -152,10 +152,9 @@ def test_a_stream_read_after_its_plan_ended_is_placed_and_timed_where_it_started
     """The call's place in the plan tree and its start are those of the request, not
     of wherever the stream happens to be read to its end."""
     wrapped = wrap_openai(client(server))
-    with fleettrace.plan("root-r") as root:
-        with fleettrace.plan("child-r"):
-            before = datetime.now(UTC)
-            stream = wrapped.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+    with fleettrace.plan("root-r") as root, fleettrace.plan("child-r"):
+        before = datetime.now(UTC)
+        stream = wrapped.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
     read_from = datetime.now(UTC)
     chunks = dumps(stream)
     assert chunks and all(chunk["choices"] for chunk in chunks)
