@@ -413,6 +413,9 @@ class BrokenAdapter(OpenAIAdapter):
     def event(self, event, call):
         raise ValueError("event")
 
+    def take(self, data, call):
+        raise ValueError("take")
+
 
 def test_bookkeeping_that_fails_never_reaches_the_caller(server, pipeline) -> None:
     for fail_prepare in (True, False):

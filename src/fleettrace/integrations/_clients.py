@@ -33,7 +33,7 @@ from fleettrace.integrations._calls import Call, CallObserver, context_hash, gua
 
 #: The attribute that marks a wrapped client and holds how it was wrapped.
 MARK: Final = "_fleettrace_wrapping"
-_PATCHED: Final = ("request", "_build_request", "copy", "with_options")
+_PATCHED: Final = ("request", "_build_request", "_process_response_data", "copy", "with_options")
 RAW_RESPONSE_HEADER: Final = "X-Stainless-Raw-Response"
 
 _current: ContextVar[Call | None] = ContextVar("fleettrace_integration_call", default=None)
@@ -61,6 +61,14 @@ class Adapter(Protocol):
     def hidden(self, event: Any, call: Call) -> bool:
         """True for an event the caller did not ask for (kept apart from ``event``, so
         that a failure to read an event never shows the caller one it should not see)."""
+
+    def unasked(self, data: Any) -> bool:
+        """True for the decoded JSON of a stream event that is hidden when the caller
+        did not ask for it (see ``take``); checked on every event, so cheap."""
+
+    def take(self, data: Any, call: Call) -> None:
+        """Read an unasked event from its decoded JSON: the client never builds its
+        object, which the caller would not see anyway."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +112,9 @@ def wrap_client(client: C, wrapping: Wrapping, *, is_async: bool | None = None) 
 
         state["_build_request"] = build_request
     state["request"] = (_async_request if is_async else _sync_request)(request, wrapping)
+    process = getattr(client, "_process_response_data", None)
+    if process is not None:
+        state["_process_response_data"] = _taking_unasked(process, wrapping.adapter)
     for name in ("copy", "with_options"):
         state[name] = _wrap_copies(getattr(client, name), wrapping, is_async)
     state[MARK] = wrapping
@@ -207,7 +218,40 @@ def _after(result: Any, call: Call, adapter: Adapter) -> Any:
     return result
 
 
+#: Streams whose unasked events fleettrace reads itself (by their HTTP response, which
+#: the client hands to ``_process_response_data`` with each event's JSON).
+_taking: weakref.WeakKeyDictionary[Any, Call] = weakref.WeakKeyDictionary()
+#: What ``_process_response_data`` returns for an event taken: the stream skips it.
+TAKEN: Final = object()
+
+
+def _taking_unasked(process: Callable[..., Any], adapter: Adapter) -> Callable[..., Any]:
+    """The client's ``_process_response_data`` (which builds each stream event's object
+    from its JSON), except for the events of a followed stream that only fleettrace
+    asked for: those are read from their JSON and never built (building one costs more
+    than everything else the wrapper does for the call)."""
+
+    @functools.wraps(process)
+    def process_response_data(*args: Any, **kwargs: Any) -> Any:
+        data = kwargs.get("data")
+        try:
+            call = adapter.unasked(data) and _taking.get(kwargs.get("response"))
+        except TypeError:  # a response that cannot be weakly referenced: none of ours
+            call = None
+        if not call:
+            return process(*args, **kwargs)
+        try:
+            adapter.take(data, call)
+        except Exception:
+            logger.debug("fleettrace integration: cannot read a stream event", exc_info=True)
+        return TAKEN
+
+    return process_response_data
+
+
 def _follow(stream: Any, inner: Any, call: Call, adapter: Adapter) -> None:
+    if call.hide_usage_chunk:
+        _taking[stream.response] = call
     if hasattr(inner, "__anext__"):
         stream._iterator = _async_events(inner, call, adapter)
         close = stream.close
@@ -262,7 +306,7 @@ def _events(inner: Iterator[Any], call: Call, adapter: Adapter) -> Iterator[Any]
     or failed with the stream's error."""
     try:
         for event in inner:
-            if not _seen(event, call, adapter):
+            if event is not TAKEN and not _seen(event, call, adapter):
                 yield event
     except GeneratorExit:
         call.finish()
@@ -276,7 +320,7 @@ def _events(inner: Iterator[Any], call: Call, adapter: Adapter) -> Iterator[Any]
 async def _async_events(inner: AsyncIterator[Any], call: Call, adapter: Adapter) -> Any:
     try:
         async for event in inner:
-            if not _seen(event, call, adapter):
+            if event is not TAKEN and not _seen(event, call, adapter):
                 yield event
     except GeneratorExit:
         call.finish()

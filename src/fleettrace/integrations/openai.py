@@ -101,6 +101,23 @@ class OpenAIAdapter:
             and not getattr(event, "choices", None)
         )
 
+    def unasked(self, data: Any) -> bool:
+        """The JSON of a usage-only chunk (no choices): hidden when only fleettrace
+        asked for it."""
+        return type(data) is dict and data.get("usage") is not None and not data.get("choices")
+
+    def take(self, data: Any, call: Call) -> None:
+        call.set_model(data.get("model"))
+        usage = data["usage"]
+        call.prompt_tokens = tokens(usage.get("prompt_tokens"))
+        call.completion_tokens = tokens(usage.get("completion_tokens"))
+        prompt_details = usage.get("prompt_tokens_details")
+        if isinstance(prompt_details, dict):
+            call.cache_read_tokens = tokens(prompt_details.get("cached_tokens"))
+        completion_details = usage.get("completion_tokens_details")
+        if isinstance(completion_details, dict):
+            call.reasoning_tokens = tokens(completion_details.get("reasoning_tokens"))
+
 
 def _tool_name(tool_call: Any) -> object:
     function = getattr(tool_call, "function", None) or getattr(tool_call, "custom", None)
