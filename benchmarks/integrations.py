@@ -26,9 +26,10 @@ Three kinds of figures:
   (``httpx2.MockTransport`` with the server's own bodies): the client's CPU path
   without the network's noise, with hand-written hooks (``llm_call`` + ``update``) as a
   third variant;
-- the wrapper's own work on real answer objects (bookkeeping, the record handed to
-  the emitter, per stream event, the request hashed for ``hash_context=True``) and the
-  span processor's cost for a span that is not a GenAI span and for one that is.
+- the wrapper's own work on real answer objects (bookkeeping, the call captured for
+  the emitter, whose sender builds the record, per stream event, the request hashed
+  for ``hash_context=True``) and the span processor's cost for a span that is not a
+  GenAI span and for one that is.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import gc
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime
 
 import openai
 import pytest
@@ -143,6 +144,26 @@ def test_a_stream_looks_as_unwrapped_and_is_stored_with_the_usage_asked_for(
     assert (call.cache_read_tokens, call.reasoning_tokens) == (CACHED_TOKENS, REASONING_TOKENS)
     assert call.ttft_ms is not None
     assert 0 < call.ttft_ms <= call.latency_ms
+
+
+def test_a_stream_read_after_its_plan_ended_is_placed_and_timed_where_it_started(
+    server, pipeline
+) -> None:
+    """The call's place in the plan tree and its start are those of the request, not
+    of wherever the stream happens to be read to its end."""
+    wrapped = wrap_openai(client(server))
+    with fleettrace.plan("root-r") as root, fleettrace.plan("child-r"):
+        before = datetime.now(UTC)
+        stream = wrapped.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+    read_from = datetime.now(UTC)
+    chunks = dumps(stream)
+    assert chunks and all(chunk["choices"] for chunk in chunks)
+    [row] = pipeline.rows()
+    assert (row["plan_id"], row["root_plan_id"]) == ("child-r", "root-r")
+    assert row["root_started_at"] == root.state.started_at
+    assert list(row["plan_path"]) == ["root-r"]
+    assert before <= row["started_at"] <= read_from
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (PROMPT_TOKENS, COMPLETION_TOKENS)
 
 
 def test_a_caller_who_asked_for_usage_sees_the_usage_chunk(server, pipeline) -> None:
@@ -391,6 +412,9 @@ class BrokenAdapter(OpenAIAdapter):
 
     def event(self, event, call):
         raise ValueError("event")
+
+    def take(self, data, call):
+        raise ValueError("take")
 
 
 def test_bookkeeping_that_fails_never_reaches_the_caller(server, pipeline) -> None:

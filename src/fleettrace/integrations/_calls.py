@@ -20,16 +20,26 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 import orjson
 
-from fleettrace import attributes, hooks
+from fleettrace import attributes, plan_scope
 from fleettrace.attributes import Attributes
-from fleettrace.emitter import Emitter
-from fleettrace.hooks import LLMCallSpan
-from fleettrace.model import MAX_ERROR_CHARS, MAX_NAME_CHARS, MAX_TOKENS, MAX_TOOL_CALLS
+from fleettrace.capture import SHAPES, build_llm, shape_of
+from fleettrace.emitter import Emitter, hook_emitter
+from fleettrace.ids import uuid7_int
+from fleettrace.llm_span import LLMCallSpan, current_llm_call
+from fleettrace.model import (
+    MAX_ERROR_CHARS,
+    MAX_LATENCY_MS,
+    MAX_NAME_CHARS,
+    MAX_TOKENS,
+    MAX_TOOL_CALLS,
+)
+from fleettrace.plan_scope import PlanState
+from fleettrace.spans import ACTOR, DECISION_ID, PLAN_ID
 
 logger = logging.getLogger("fleettrace.integrations")
 
@@ -100,15 +110,25 @@ class Call:
     #: Set by the integration when it asked the API for a usage chunk the caller did
     #: not ask for, so that chunk is hidden from the caller.
     hide_usage_chunk: bool = False
-    plan_id: str | None = field(default_factory=hooks.current_plan_id)
-    decision_id: str | None = field(default_factory=hooks.current_decision_id)
-    actor: str | None = field(default_factory=hooks.current_actor)
-    span: LLMCallSpan | None = field(default_factory=hooks.current_llm_call)
+    # The context is read where the request starts (each a ContextVar's own ``get``:
+    # this runs on every call an agent makes).
+    plan_id: str | None = field(default_factory=PLAN_ID.get)
+    decision_id: str | None = field(default_factory=DECISION_ID.get)
+    actor: str | None = field(default_factory=ACTOR.get)
+    span: LLMCallSpan | None = field(default_factory=current_llm_call)
     scope: Attributes = field(default_factory=attributes.current.get)
+    #: The plan scope open where the request started: the record's place in its plan
+    #: tree comes from it (on the sender's thread), as for a hook's record.
+    plan_state: PlanState | None = field(default_factory=plan_scope.var().get)
     #: The call's place in its plan tree (root, its start, the plan's ancestors), when
     #: the integration knows it better than the context the call finishes in.
-    place: dict[str, Any] = field(default_factory=dict)
-    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    place: dict[str, Any] | None = None
+    #: When the call started, if the integration knows it better than ``started_wall_s``
+    #: (a span's start time); None: ``started_wall_s``.
+    started_at: datetime | None = None
+    #: ``time.time()`` when the request started: a float, made into the record's
+    #: ``started_at`` on the sender's thread.
+    started_wall_s: float = field(default_factory=time.time)
     started_s: float = field(default_factory=time.perf_counter)
     finished: bool = False
     #: Where the call went: ``"span"`` (filled an open span), ``"record"``, or None.
@@ -159,7 +179,6 @@ class Call:
             "streaming": self.streaming,
             "retry_count": self.retries,
             "tool_calls": list(self.tool_calls),
-            "error": self.error,
         }
         if self.ttft_ms is not None:
             fields["ttft_ms"] = min(self.ttft_ms, 86_400_000.0)
@@ -182,22 +201,35 @@ class Call:
             # The caller's own span is still open: it records this call when it ends,
             # with its own latency, so filling it is all there is to do.
             span.model = self.model
-            span.update(**self._fields())
+            span.update(**self._fields(), error=self.error)
             self.outcome = "span"
             return
-        hooks.record_llm_call(
+        # Captured as a hook captures its call (fleettrace.capture): the caller's
+        # thread makes one tuple; the sender thread builds, validates and prices the
+        # record from it, and counts what it refuses.
+        fields = self._fields()
+        if self.place:
+            fields.update(self.place)
+        if self.started_at is not None:
+            fields["started_at"] = self.started_at
+        names = tuple(fields)
+        captured = (
+            build_llm,
             self.provider,
             self.model,
-            emitter=self.emitter,
-            plan_id=self.plan_id,
-            decision_id=self.decision_id,
-            actor=self.actor,
-            latency_ms=min(self.latency_ms or 0.0, 86_400_000.0),
-            started_at=self.started_at,
-            scope=self.scope,
-            **self.place,
-            **self._fields(),
+            SHAPES.get(names) or shape_of(names),
+            min(self.latency_ms or 0.0, MAX_LATENCY_MS),
+            self.error,
+            self.plan_id,
+            self.decision_id,
+            self.actor,
+            self.scope,
+            self.plan_state,
+            uuid7_int(),
+            self.started_wall_s,
+            *fields.values(),
         )
+        hook_emitter(self.emitter).capture(captured)
         self.outcome = "record"
 
 

@@ -24,7 +24,6 @@ import inspect
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
@@ -34,7 +33,7 @@ from fleettrace.integrations._calls import Call, CallObserver, context_hash, gua
 
 #: The attribute that marks a wrapped client and holds how it was wrapped.
 MARK: Final = "_fleettrace_wrapping"
-_PATCHED: Final = ("request", "_build_request", "copy", "with_options")
+_PATCHED: Final = ("request", "_build_request", "_process_response_data", "copy", "with_options")
 RAW_RESPONSE_HEADER: Final = "X-Stainless-Raw-Response"
 
 _current: ContextVar[Call | None] = ContextVar("fleettrace_integration_call", default=None)
@@ -62,6 +61,14 @@ class Adapter(Protocol):
     def hidden(self, event: Any, call: Call) -> bool:
         """True for an event the caller did not ask for (kept apart from ``event``, so
         that a failure to read an event never shows the caller one it should not see)."""
+
+    def unasked(self, data: Any) -> bool:
+        """True for the decoded JSON of a stream event that is hidden when the caller
+        did not ask for it (see ``take``); checked on every event, so cheap."""
+
+    def take(self, data: Any, call: Call) -> None:
+        """Read an unasked event from its decoded JSON: the client never builds its
+        object, which the caller would not see anyway."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +112,9 @@ def wrap_client(client: C, wrapping: Wrapping, *, is_async: bool | None = None) 
 
         state["_build_request"] = build_request
     state["request"] = (_async_request if is_async else _sync_request)(request, wrapping)
+    process = getattr(client, "_process_response_data", None)
+    if process is not None:
+        state["_process_response_data"] = _taking_unasked(process, wrapping.adapter)
     for name in ("copy", "with_options"):
         state[name] = _wrap_copies(getattr(client, name), wrapping, is_async)
     state[MARK] = wrapping
@@ -135,8 +145,8 @@ def _wrap_copies(method: Callable[..., Any], wrapping: Wrapping, is_async: bool)
 def _begin(wrapping: Wrapping, options: Any) -> tuple[Call | None, Any]:
     """A call for a request to record, and the options to send; (None, options) else."""
     try:
-        headers = getattr(options, "headers", None)
-        if isinstance(headers, Mapping) and headers.get(RAW_RESPONSE_HEADER):
+        headers = getattr(options, "headers", None)  # falsy when not given
+        if headers and isinstance(headers, Mapping) and headers.get(RAW_RESPONSE_HEADER):
             # with_raw_response / with_streaming_response: the caller reads the body
             # itself, so the answer cannot be read here without changing it.
             return None, options
@@ -152,28 +162,23 @@ def _begin(wrapping: Wrapping, options: Any) -> tuple[Call | None, Any]:
         return None, options
 
 
-@contextmanager
-def _in_call(call: Call) -> Iterator[None]:
-    """Make ``call`` the current one while its request runs (the SDK's retries are
-    counted on it), and finish it with the error if the request raises."""
-    token = _current.set(call)
-    try:
-        yield
-    except BaseException as error:
-        call.finish(error)
-        raise
-    finally:
-        _current.reset(token)
-
-
 def _sync_request(request: Callable[..., Any], wrapping: Wrapping) -> Callable[..., Any]:
     @functools.wraps(request)
     def wrapped(cast_to: Any, options: Any, *args: Any, **kwargs: Any) -> Any:
         call, options = _begin(wrapping, options)
         if call is None:
             return request(cast_to, options, *args, **kwargs)
-        with _in_call(call):
+        # Inline rather than a context manager (a generator per call): ``call`` is the
+        # current one while its request runs (the SDK's retries are counted on it),
+        # and is finished with the error if the request raises.
+        token = _current.set(call)
+        try:
             result = request(cast_to, options, *args, **kwargs)
+        except BaseException as error:
+            call.finish(error)
+            raise
+        finally:
+            _current.reset(token)
         return _after(result, call, wrapping.adapter)
 
     return wrapped
@@ -185,8 +190,17 @@ def _async_request(request: Callable[..., Any], wrapping: Wrapping) -> Callable[
         call, options = _begin(wrapping, options)
         if call is None:
             return await request(cast_to, options, *args, **kwargs)
-        with _in_call(call):
+        # Inline rather than a context manager (a generator per call): ``call`` is the
+        # current one while its request runs (the SDK's retries are counted on it),
+        # and is finished with the error if the request raises.
+        token = _current.set(call)
+        try:
             result = await request(cast_to, options, *args, **kwargs)
+        except BaseException as error:
+            call.finish(error)
+            raise
+        finally:
+            _current.reset(token)
         return _after(result, call, wrapping.adapter)
 
     return wrapped
@@ -204,7 +218,40 @@ def _after(result: Any, call: Call, adapter: Adapter) -> Any:
     return result
 
 
+#: Streams whose unasked events fleettrace reads itself (by their HTTP response, which
+#: the client hands to ``_process_response_data`` with each event's JSON).
+_taking: weakref.WeakKeyDictionary[Any, Call] = weakref.WeakKeyDictionary()
+#: What ``_process_response_data`` returns for an event taken: the stream skips it.
+TAKEN: Final = object()
+
+
+def _taking_unasked(process: Callable[..., Any], adapter: Adapter) -> Callable[..., Any]:
+    """The client's ``_process_response_data`` (which builds each stream event's object
+    from its JSON), except for the events of a followed stream that only fleettrace
+    asked for: those are read from their JSON and never built (building one costs more
+    than everything else the wrapper does for the call)."""
+
+    @functools.wraps(process)
+    def process_response_data(*args: Any, **kwargs: Any) -> Any:
+        data = kwargs.get("data")
+        try:
+            call = adapter.unasked(data) and _taking.get(kwargs.get("response"))
+        except TypeError:  # a response that cannot be weakly referenced: none of ours
+            call = None
+        if not call:
+            return process(*args, **kwargs)
+        try:
+            adapter.take(data, call)
+        except Exception:
+            logger.debug("fleettrace integration: cannot read a stream event", exc_info=True)
+        return TAKEN
+
+    return process_response_data
+
+
 def _follow(stream: Any, inner: Any, call: Call, adapter: Adapter) -> None:
+    if call.hide_usage_chunk:
+        _taking[stream.response] = call
     if hasattr(inner, "__anext__"):
         stream._iterator = _async_events(inner, call, adapter)
         close = stream.close
@@ -234,12 +281,18 @@ def _follow(stream: Any, inner: Any, call: Call, adapter: Adapter) -> None:
 
 
 def _seen(event: Any, call: Call, adapter: Adapter) -> bool:
-    """Note one event; True hides it. Bookkeeping errors never reach the caller."""
-    call.first_token()
+    """Note one event; True hides it. Bookkeeping errors never reach the caller.
+
+    Runs on every event of a stream: ``ttft_ms`` is taken at the first only, and the
+    adapter reads only what can carry the call's model, usage or tool calls."""
+    if call.ttft_ms is None:
+        call.first_token()
     try:
         adapter.event(event, call)
     except Exception:
         logger.debug("fleettrace integration: cannot read a stream event", exc_info=True)
+    if not call.hide_usage_chunk:
+        return False
     try:
         return adapter.hidden(event, call)
     except Exception:
@@ -247,12 +300,14 @@ def _seen(event: Any, call: Call, adapter: Adapter) -> bool:
         return False
 
 
-@contextmanager
-def _finishing(call: Call) -> Iterator[None]:
-    """End ``call`` however its stream ends: read to the end or closed early (the
-    caller stopped reading: not an error), or failed with the stream's error."""
+def _events(inner: Iterator[Any], call: Call, adapter: Adapter) -> Iterator[Any]:
+    """The stream's events as the caller reads them; ``call`` ends however the stream
+    does: read to the end or closed early (the caller stopped reading: not an error),
+    or failed with the stream's error."""
     try:
-        yield
+        for event in inner:
+            if event is not TAKEN and not _seen(event, call, adapter):
+                yield event
     except GeneratorExit:
         call.finish()
         raise
@@ -262,15 +317,15 @@ def _finishing(call: Call) -> Iterator[None]:
     call.finish()
 
 
-def _events(inner: Iterator[Any], call: Call, adapter: Adapter) -> Iterator[Any]:
-    with _finishing(call):
-        for event in inner:
-            if not _seen(event, call, adapter):
-                yield event
-
-
 async def _async_events(inner: AsyncIterator[Any], call: Call, adapter: Adapter) -> Any:
-    with _finishing(call):
+    try:
         async for event in inner:
-            if not _seen(event, call, adapter):
+            if event is not TAKEN and not _seen(event, call, adapter):
                 yield event
+    except GeneratorExit:
+        call.finish()
+        raise
+    except BaseException as error:
+        call.finish(error)
+        raise
+    call.finish()

@@ -66,6 +66,12 @@ class AnthropicAdapter:
     def hidden(self, event: Any, call: Call) -> bool:
         return False  # nothing is asked for beyond what the caller asked
 
+    def unasked(self, data: Any) -> bool:
+        return False
+
+    def take(self, data: Any, call: Call) -> None:
+        return None
+
 
 def _read_usage(usage: Any, call: Call) -> None:
     """Take the counts ``usage`` states; a count it leaves out keeps its earlier value

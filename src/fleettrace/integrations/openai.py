@@ -57,7 +57,10 @@ class OpenAIAdapter:
     def read(self, result: Any, call: Call) -> None:
         call.set_model(getattr(result, "model", None))
         usage = getattr(result, "usage", None)
-        if getattr(result, "object", None) == "response" or hasattr(result, "output"):
+        kind = getattr(result, "object", None)
+        # ``object`` first: a chat completion has it, and no ``output`` (a name a
+        # pydantic object lacks costs an exception).
+        if kind == "response" or (kind != "chat.completion" and hasattr(result, "output")):
             _read_response_usage(usage, call)
             for item in getattr(result, "output", None) or ():
                 if getattr(item, "type", None) in ("function_call", "custom_tool_call"):
@@ -70,17 +73,24 @@ class OpenAIAdapter:
                 call.add_tool_call(_tool_name(tool_call))
 
     def event(self, event: Any, call: Call) -> None:
-        kind = getattr(event, "type", None)
-        if isinstance(kind, str):  # a Responses stream event
-            if kind in _FINAL_EVENTS:
+        # Runs on every chunk: only attributes every chat chunk has are read (a name
+        # a pydantic object lacks costs an exception), and usage only when it is there.
+        choices = getattr(event, "choices", None)
+        if choices is None:  # a Responses stream event
+            if getattr(event, "type", None) in _FINAL_EVENTS:
                 self.read(event.response, call)
             return
-        call.set_model(getattr(event, "model", None))
-        for choice in getattr(event, "choices", None) or ():
-            delta = getattr(choice, "delta", None)
-            for tool_call in getattr(delta, "tool_calls", None) or ():
-                call.add_tool_call(_tool_name(tool_call))
-        _read_chat_usage(getattr(event, "usage", None), call)
+        model = getattr(event, "model", None)
+        if model != call.model:
+            call.set_model(model)
+        for choice in choices:
+            tool_calls = getattr(getattr(choice, "delta", None), "tool_calls", None)
+            if tool_calls:
+                for tool_call in tool_calls:
+                    call.add_tool_call(_tool_name(tool_call))
+        usage = getattr(event, "usage", None)
+        if usage is not None:
+            _read_chat_usage(usage, call)
 
     def hidden(self, event: Any, call: Call) -> bool:
         """The usage-only chunk (no choices) of a stream whose usage only fleettrace
@@ -90,6 +100,23 @@ class OpenAIAdapter:
             and getattr(event, "usage", None) is not None
             and not getattr(event, "choices", None)
         )
+
+    def unasked(self, data: Any) -> bool:
+        """The JSON of a usage-only chunk (no choices): hidden when only fleettrace
+        asked for it."""
+        return type(data) is dict and data.get("usage") is not None and not data.get("choices")
+
+    def take(self, data: Any, call: Call) -> None:
+        call.set_model(data.get("model"))
+        usage = data["usage"]
+        call.prompt_tokens = tokens(usage.get("prompt_tokens"))
+        call.completion_tokens = tokens(usage.get("completion_tokens"))
+        prompt_details = usage.get("prompt_tokens_details")
+        if isinstance(prompt_details, dict):
+            call.cache_read_tokens = tokens(prompt_details.get("cached_tokens"))
+        completion_details = usage.get("completion_tokens_details")
+        if isinstance(completion_details, dict):
+            call.reasoning_tokens = tokens(completion_details.get("reasoning_tokens"))
 
 
 def _tool_name(tool_call: Any) -> object:
