@@ -34,6 +34,7 @@ SQL_ENDPOINTS = (
     "/api/activity",
     "/api/performance",
     "/api/performance/series",
+    "/api/performance/tools",
     "/api/plans",
     "/api/plans/plan-0/tree",
     f"/api/calls/{uuid.UUID(int=1)}",
