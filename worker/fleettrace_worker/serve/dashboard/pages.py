@@ -207,6 +207,31 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
                 ),
                 "groups",
             )
+            + f'<p class="figure">Records the emitters dropped <span id="dropped">'
+            f"{e(live['dropped'])}</span></p>"
+            + table(
+                "Emitters (each producer's own figures)",
+                ("producer", "records sent", "batches", "dropped"),
+                (
+                    (e(m["producer"]), e(m["records"]), e(m["batches"]), e(m["dropped"]))
+                    for m in live["emitters"]
+                ),
+                "emitters",
+            )
+            + table(
+                "Workers (their health keys)",
+                ("consumer", "ready", "said ready", "reported (s ago)"),
+                (
+                    (
+                        e(w["consumer"]),
+                        "yes" if w["ready"] else "no",
+                        "yes" if w["said_ready"] else "no",
+                        "" if w["age_s"] is None else number(round(w["age_s"], 1)),
+                    )
+                    for w in live["workers"]
+                ),
+                "workers",
+            )
             + "</section>"
         )
         return layout(request, "Overview", body, keys=keys)
