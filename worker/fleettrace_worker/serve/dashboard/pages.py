@@ -37,6 +37,7 @@ from fleettrace_worker.serve.dashboard.access import (
 from fleettrace_worker.serve.dashboard.api import MAX_BODY_BYTES, replay_report, unavailable
 from fleettrace_worker.serve.dashboard.context import Dashboard
 from fleettrace_worker.serve.dashboard.queries import QueryError
+from fleettrace_worker.serve.dashboard.switcher import namespace_switcher
 
 NAV: Final = (
     ("/", "Overview"),
@@ -106,7 +107,8 @@ def layout(
         + f">{e(name)}</a>"
         for path, name in NAV
     )
-    namespace = f'<span class="ns">namespace {e(keys.namespace)}</span>' if keys else ""
+    pages = [path for path, _ in NAV]
+    namespace = namespace_switcher(request, keys, pages) if keys else ""
     page = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
