@@ -1,16 +1,21 @@
 """The Overview's health figures over HTTP: the records the emitters dropped (their own
 hashes, written by real emitters through the batch script) and the workers' readiness
-(their health keys), in /api/overview and on the page, escaped."""
+(their health keys), in /api/overview and on the page, escaped; and a tool name with
+markup in the Performance page's tool table."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
+from fleettrace import hooks
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import EMITTER_DROPPED
 from tests.dashboard_helpers import HOSTILE, dashboard, get_json, request
+from tests.emitting import make_emitter
 from tests.factories import numbered_trace
+from tests.worker_helpers import drain, migrated
 
 
 def test_overview_counts_dropped_records_and_says_which_workers_are_ready(
@@ -68,4 +73,31 @@ def test_overview_counts_dropped_records_and_says_which_workers_are_ready(
         assert "<td>fresh</td><td>yes</td>" in page
         assert "<td>stale</td><td>no</td><td>yes</td>" in page
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        assert HOSTILE not in page
+
+
+def test_a_tool_name_with_markup_is_escaped_in_the_tool_table(
+    redis_url, keys, database_url
+) -> None:
+    db = migrated(database_url)
+    emitter = make_emitter(redis_url, keys)
+    try:
+        for fails in (True, False, False, True):
+            with contextlib.suppress(RuntimeError), hooks.tool(HOSTILE, emitter=emitter):
+                if fails:
+                    raise RuntimeError("broken")
+        assert emitter.flush(30)
+    finally:
+        emitter.close()
+    drain(redis_url, keys, db)
+    with dashboard(redis_url, keys, db) as base:
+        [tool] = get_json(f"{base}/api/performance/tools?range=1h")[1]["items"]
+        assert (tool["key"], tool["calls"], tool["errors"], tool["error_rate"]) == (
+            HOSTILE,
+            4,
+            2,
+            0.5,
+        )
+        page = request(f"{base}/performance?range=1h")[2].decode()
+        assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td><td>4</td><td>2</td>" in page
         assert HOSTILE not in page
