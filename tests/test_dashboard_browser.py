@@ -190,10 +190,21 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
                 "FROM llm_traces GROUP BY model",
             )
         }
+        assert {row[0]: row[5] for row in page.cells("latency-table")} == {
+            model: number(ttft)
+            for model, ttft in rows(
+                db,
+                "SELECT model, percentile_cont(0.5) WITHIN GROUP (ORDER BY ttft_ms) "
+                "FROM llm_traces GROUP BY model",
+            )
+        }
         durations = {(row[0], row[1]): row for row in page.cells("live-durations")}
         assert durations[("tool.invocation_duration_ms", f"tool={HOSTILE}")][2:4] == ["ms", "3"]
         page.page.wait_for_selector("#latency-chart .uplot canvas")
-        axes = page.page.evaluate("window.fleettraceCharts[0].axes.map(a => a.label)")
+        axes = page.page.evaluate(
+            "window.fleettraceCharts.find(c => c.root.parentElement.id === 'latency-chart')"
+            ".axes.map(a => a.label)"
+        )
         assert axes[1] == "p95 latency (ms)"
 
         # Plans: every plan with its SQL cost; an agent's markup shown as text.

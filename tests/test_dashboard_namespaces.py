@@ -6,16 +6,21 @@ the SQL sums filtered by that namespace."""
 from __future__ import annotations
 
 import html
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import redis
+from starlette.requests import Request
 
 from fleettrace.keys import Keys
 from fleettrace.plans import total_cost_usd
 from fleettrace_worker.serve.dashboard.pages import usd
+from fleettrace_worker.serve.dashboard.queries import encode_cursor
+from fleettrace_worker.serve.dashboard.switcher import target
 from tests.dashboard_helpers import (
     api_cost_by,
     dashboard,
@@ -26,6 +31,7 @@ from tests.dashboard_helpers import (
     rows,
     sql_cost_by,
 )
+from tests.worker_helpers import migrated
 
 SQL_ENDPOINTS = (
     "/api/cost",
@@ -34,6 +40,7 @@ SQL_ENDPOINTS = (
     "/api/activity",
     "/api/performance",
     "/api/performance/series",
+    "/api/performance/tools",
     "/api/plans",
     "/api/plans/plan-0/tree",
     f"/api/calls/{uuid.UUID(int=1)}",
@@ -194,3 +201,60 @@ def _pages_are_of(base: str, db: str, namespace: str, asked: str) -> None:
     listed = request(f"{base}/plans?limit=500&{asked}")[2].decode()
     for plan in plans:
         assert (f">{html.escape(plan)}</a></td>" in listed) == (plan in mine), plan
+
+
+def _switcher(page: str) -> tuple[str, str, list[tuple[str, str]]]:
+    """The header switcher's action, namespace field and hidden fields (unescaped)."""
+    [form] = re.findall(r'<form method="get" action="([^"]*)" class="ns"[^>]*>(.*?)</form>', page)
+    [namespace] = re.findall(r'<input name="namespace" value="([^"]*)"', form[1])
+    hidden = re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', form[1])
+    unescaped = [(html.unescape(k), html.unescape(v)) for k, v in hidden]
+    return html.unescape(form[0]), html.unescape(namespace), unescaped
+
+
+def test_every_page_switches_namespace_keeping_its_other_parameters(
+    redis_url, keys, other, database_url, redis_client
+) -> None:
+    db = migrated(database_url)
+    redis_client.sadd(other.producers, "default")  # a namespace Redis knows
+    hostile = '<b>x" onmouseover="y'
+    asked = {
+        "/": [],
+        "/cost": [("by", "provider"), ("range", "7d")],
+        "/performance": [("range", "1h")],
+        "/plans": [("q", hostile), ("cursor", encode_cursor("plan-0")), ("status", "error")],
+        "/dlq": [],
+    }
+    with dashboard(redis_url, keys, db) as base:
+        for path, query in asked.items():
+            status, _, body = request(f"{base}{path}?{urlencode(query)}")
+            assert status == 200, (path, body[:300])
+            page = body.decode()
+            kept = [(k, v) for k, v in query if k != "cursor"]
+            assert _switcher(page) == (path, keys.namespace, kept)
+            assert hostile not in page
+            # Submitting it: the same page and parameters, in the namespace typed.
+            switched = urlencode([*kept, ("namespace", other.namespace)])
+            status, _, body = request(f"{base}{path}?{switched}")
+            assert status == 200, (path, body[:300])
+            assert _switcher(body.decode()) == (path, other.namespace, kept)
+        # A name Redis knows nothing of is the page's 404, with its message.
+        status, _, body = request(f"{base}/cost?namespace=nobody-{uuid.uuid4().hex[:8]}")
+        assert (status, b"unknown namespace" in body) == (404, True)
+
+
+def test_a_plan_or_call_page_switches_to_its_section() -> None:
+    def target_of(path: str, method: str = "GET") -> tuple[str, list[tuple[str, str]]]:
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": path,
+            "query_string": b"a=1",
+            "headers": [],
+        }
+        return target(Request(scope), ["/", "/plans", "/dlq"])
+
+    assert target_of("/plans/trip%2Fhotel") == ("/plans", [])
+    assert target_of("/calls/00000000-0000-0000-0000-000000000001") == ("/plans", [])
+    assert target_of("/dlq/replay", "POST") == ("/dlq", [])
+    assert target_of("/plans") == ("/plans", [("a", "1")])

@@ -185,6 +185,47 @@ def test_plans_search_tree_call_and_cost_by_tag_are_the_stored_rows(
         assert f'<span id="total-cost">{float(total):.6f}</span>' in page
         assert f'<span id="unpriced-calls">{unpriced_calls}</span>' in page
 
+        # Performance: time to first token per model and tool error rates are the rows'.
+        latency = get_json(f"{base}/api/performance")[1]["items"]
+        assert {
+            m["key"]: (m["ttft_calls"], m["ttft_p50_ms"], m["ttft_p95_ms"]) for m in latency
+        } == {
+            model: (n, p50, p95)
+            for model, n, p50, p95 in rows(
+                db,
+                "SELECT model, count(ttft_ms), "
+                "percentile_cont(0.5) WITHIN GROUP (ORDER BY ttft_ms), "
+                "percentile_cont(0.95) WITHIN GROUP (ORDER BY ttft_ms) "
+                "FROM llm_traces GROUP BY model",
+            )
+        }
+        assert {m["key"]: m["ttft_p50_ms"] for m in latency}["gpt-4o"] == 120.0
+        steps = get_json(f"{base}/api/performance/series?range=1h")[1]["items"]
+        assert [s["ttft_p95_ms"] for s in steps if s["ttft_p95_ms"] is not None] == [120.0]
+        status, tools = get_json(f"{base}/api/performance/tools?range=1h")
+        assert status == 200 and tools["next_cursor"] is None
+        expected_tools = {
+            tool: (calls, errors, errors / calls, p95)
+            for tool, calls, errors, p95 in rows(
+                db,
+                "SELECT tool, count(*), count(*) FILTER (WHERE outcome = 'error'), "
+                "percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) "
+                "FROM tool_calls WHERE namespace = %s GROUP BY tool",
+                keys.namespace,
+            )
+        }
+        assert expected_tools["book"][:3] == (1, 1, 1.0)
+        assert expected_tools["search"][:3] == (1, 0, 0.0)
+        assert {
+            t["key"]: (t["calls"], t["errors"], t["error_rate"], t["p95_ms"])
+            for t in tools["items"]
+        } == expected_tools
+        page = request(f"{base}/performance?range=1h")[2].decode()
+        assert 'id="ttft-chart"' in page and 'id="tool-table"' in page
+        assert "<td>book</td><td>1</td><td>1</td><td>100.0 %</td>" in page
+        status, refused = get_json(f"{base}/api/performance/tools?range=5y")
+        assert (status, "range must be one of" in refused["error"]) == (400, True)
+
 
 BAD_QUERIES = [
     ("/api/plans?min_cost=cheap", 400, "min_cost must be a cost in USD"),

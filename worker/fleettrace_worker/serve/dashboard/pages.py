@@ -37,6 +37,7 @@ from fleettrace_worker.serve.dashboard.access import (
 from fleettrace_worker.serve.dashboard.api import MAX_BODY_BYTES, replay_report, unavailable
 from fleettrace_worker.serve.dashboard.context import Dashboard
 from fleettrace_worker.serve.dashboard.queries import QueryError
+from fleettrace_worker.serve.dashboard.switcher import namespace_switcher
 
 NAV: Final = (
     ("/", "Overview"),
@@ -106,7 +107,8 @@ def layout(
         + f">{e(name)}</a>"
         for path, name in NAV
     )
-    namespace = f'<span class="ns">namespace {e(keys.namespace)}</span>' if keys else ""
+    pages = [path for path, _ in NAV]
+    namespace = namespace_switcher(request, keys, pages) if keys else ""
     page = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -206,6 +208,31 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
                     for g in live["groups"]
                 ),
                 "groups",
+            )
+            + f'<p class="figure">Records the emitters dropped <span id="dropped">'
+            f"{e(live['dropped'])}</span></p>"
+            + table(
+                "Emitters (each producer's own figures)",
+                ("producer", "records sent", "batches", "dropped"),
+                (
+                    (e(m["producer"]), e(m["records"]), e(m["batches"]), e(m["dropped"]))
+                    for m in live["emitters"]
+                ),
+                "emitters",
+            )
+            + table(
+                "Workers (their health keys)",
+                ("consumer", "ready", "said ready", "reported (s ago)"),
+                (
+                    (
+                        e(w["consumer"]),
+                        "yes" if w["ready"] else "no",
+                        "yes" if w["said_ready"] else "no",
+                        "" if w["age_s"] is None else number(round(w["age_s"], 1)),
+                    )
+                    for w in live["workers"]
+                ),
+                "workers",
             )
             + "</section>"
         )

@@ -1,6 +1,7 @@
-"""The Performance page and its API: LLM latency per model from PostgreSQL, and the
-durations the live histograms hold (tools, actors, context builds, index queries,
-sandbox operations) from Redis.
+"""The Performance page and its API: LLM latency and time to first token per model and
+tool calls per tool (error rate, durations) from PostgreSQL, and the durations the live
+histograms hold (tools, actors, context builds, index queries, sandbox operations) from
+Redis.
 
 Latency percentiles are exact (``percentile_cont`` over the stored calls of the range);
 the live ones come from the sketches, within 2 % (:mod:`fleettrace.live`).
@@ -24,7 +25,11 @@ from fleettrace_worker.serve.dashboard.pages import e, guarded, layout, number, 
 _PERCENTILES = sql.SQL(
     "percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_ms, "
     "percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95_ms, "
-    "percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99_ms"
+    "percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms) AS p99_ms, "
+    # Aggregates skip NULLs: time to first token is of the calls that reported one.
+    "count(ttft_ms) AS ttft_calls, "
+    "percentile_cont(0.5) WITHIN GROUP (ORDER BY ttft_ms) AS ttft_p50_ms, "
+    "percentile_cont(0.95) WITHIN GROUP (ORDER BY ttft_ms) AS ttft_p95_ms"
 )
 
 
@@ -49,6 +54,9 @@ def latency_table(
             "p50_ms": row["p50_ms"],
             "p95_ms": row["p95_ms"],
             "p99_ms": row["p99_ms"],
+            "ttft_calls": row["ttft_calls"],
+            "ttft_p50_ms": row["ttft_p50_ms"],
+            "ttft_p95_ms": row["ttft_p95_ms"],
             "completion_tokens_per_s": (
                 row["completion_tokens"] / (row["latency_ms"] / 1000) if row["latency_ms"] else None
             ),
@@ -61,8 +69,9 @@ def latency_table(
 def latency_series(
     database_url: str, namespace: str, span: queries.TimeRange
 ) -> list[dict[str, Any]]:
-    """Per step (``span.step_s``) and model of ``namespace``'s calls: calls and latency
-    p50/p95, oldest first."""
+    """Per step (``span.step_s``) and model of ``namespace``'s calls: calls, latency
+    p50/p95 and time to first token p50/p95 (None in a step where no call reported
+    one), oldest first."""
     query = sql.SQL(
         "SELECT extract(epoch FROM date_bin(make_interval(secs => %s), started_at, "
         "'2000-01-01T00:00:00Z'::timestamptz))::bigint AS t, model AS key, count(*) AS calls, "
@@ -72,8 +81,36 @@ def latency_series(
     ).format(percentiles=_PERCENTILES)
     with queries.connect(database_url) as conn:
         rows = conn.execute(query, (span.step_s, namespace, span.start, span.end)).fetchall()
-    fields = ("t", "key", "calls", "p50_ms", "p95_ms")
+    fields = ("t", "key", "calls", "p50_ms", "p95_ms", "ttft_p50_ms", "ttft_p95_ms")
     return [{name: row[name] for name in fields} for row in rows]
+
+
+def tool_table(database_url: str, namespace: str, span: queries.TimeRange) -> list[dict[str, Any]]:
+    """Per tool of ``namespace``'s stored tool calls (``tool_calls``): calls, failed
+    calls (``outcome = 'error'``), their rate, and duration p50/p95/p99; tools by name."""
+    query = (
+        "SELECT tool AS key, count(*) AS calls, "
+        "count(*) FILTER (WHERE outcome = 'error') AS errors, "
+        "percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50_ms, "
+        "percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_ms, "
+        "percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms) AS p99_ms "
+        "FROM tool_calls WHERE namespace = %s AND started_at >= %s AND started_at < %s "
+        "GROUP BY tool ORDER BY tool LIMIT %s"
+    )
+    with queries.connect(database_url) as conn:
+        rows = conn.execute(query, (namespace, span.start, span.end, queries.MAX_LIMIT)).fetchall()
+    return [
+        {
+            "key": row["key"],
+            "calls": row["calls"],
+            "errors": row["errors"],
+            "error_rate": row["errors"] / row["calls"],
+            "p50_ms": row["p50_ms"],
+            "p95_ms": row["p95_ms"],
+            "p99_ms": row["p99_ms"],
+        }
+        for row in rows
+    ]
 
 
 def performance_routes(board: Dashboard) -> list[BaseRoute]:
@@ -106,11 +143,26 @@ def performance_routes(board: Dashboard) -> list[BaseRoute]:
 
         return answer(work)
 
+    def api_tools(request: Request) -> Response:
+        def work() -> dict[str, Any]:
+            given = params(request)
+            keys = board.keys(given.get("namespace"))
+            span = queries.parse_range(given)
+            items = tool_table(board.database_url, keys.namespace, span)
+            return {
+                **queries.listing(items),
+                "from": span.start.isoformat(),
+                "to": span.end.isoformat(),
+            }
+
+        return answer(work)
+
     def page(request: Request) -> HTMLResponse:
         given = dict(request.query_params)
         keys = board.keys(given.get("namespace"))
         span = queries.parse_range(given)
         models = latency_table(board.database_url, keys.namespace, span)
+        tools = tool_table(board.database_url, keys.namespace, span)
         live = [s for s in queries.live_items(board.redis, keys) if s["type"] == "histogram"]
         api = {
             "namespace": keys.namespace,
@@ -132,6 +184,9 @@ def performance_routes(board: Dashboard) -> list[BaseRoute]:
             f'<div id="latency-chart" data-api="{e("/api/performance/series?" + urlencode(api))}"'
             ' data-field="p95_ms" data-axis="p95 latency (ms)" data-unit="ms"'
             ' role="img" aria-label="p95 latency over time"></div>'
+            f'<div id="ttft-chart" data-api="{e("/api/performance/series?" + urlencode(api))}"'
+            ' data-field="ttft_p95_ms" data-axis="p95 time to first token (ms)" data-unit="ms"'
+            ' role="img" aria-label="p95 time to first token over time"></div>'
             + table(
                 "LLM latency by model (PostgreSQL)",
                 (
@@ -140,6 +195,8 @@ def performance_routes(board: Dashboard) -> list[BaseRoute]:
                     "p50 (ms)",
                     "p95 (ms)",
                     "p99 (ms)",
+                    "TTFT p50 (ms)",
+                    "TTFT p95 (ms)",
                     "completion tokens/s",
                     "errors",
                 ),
@@ -150,12 +207,31 @@ def performance_routes(board: Dashboard) -> list[BaseRoute]:
                         number(m["p50_ms"]),
                         number(m["p95_ms"]),
                         number(m["p99_ms"]),
+                        number(m["ttft_p50_ms"]),
+                        number(m["ttft_p95_ms"]),
                         number(m["completion_tokens_per_s"]),
                         f"{m['error_rate'] * 100:.1f} %",
                     )
                     for m in models
                 ),
                 "latency-table",
+            )
+            + table(
+                "Tool calls by tool (PostgreSQL)",
+                ("tool", "calls", "errors", "error rate", "p50 (ms)", "p95 (ms)", "p99 (ms)"),
+                (
+                    (
+                        e(t["key"]),
+                        e(t["calls"]),
+                        e(t["errors"]),
+                        f"{t['error_rate'] * 100:.1f} %",
+                        number(t["p50_ms"]),
+                        number(t["p95_ms"]),
+                        number(t["p99_ms"]),
+                    )
+                    for t in tools
+                ),
+                "tool-table",
             )
             + table(
                 "Durations, live (every producer summed; percentiles within 2 %)",
@@ -180,5 +256,6 @@ def performance_routes(board: Dashboard) -> list[BaseRoute]:
     return [
         Route("/api/performance", api_latency),
         Route("/api/performance/series", api_series),
+        Route("/api/performance/tools", api_tools),
         Route("/performance", guarded("Performance", page)),
     ]

@@ -30,7 +30,7 @@ from fleettrace.keys import Keys
 from fleettrace.live import read_live
 from fleettrace.plans import top_plans, total_cost_usd
 from fleettrace_worker.keys import GROUPS
-from fleettrace_worker.serve.dashboard import rollup
+from fleettrace_worker.serve.dashboard import fleet_health, rollup
 from fleettrace_worker.stream.deadletter import DeadLetter, check_ids
 from fleettrace_worker.stream.groups import inspect_groups
 
@@ -378,7 +378,8 @@ def live_items(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
 
 
 def overview(client: redis.Redis, keys: Keys) -> dict[str, Any]:
-    """Live spend, the costliest plans, dead letters and the consumer groups' lag."""
+    """Live spend, the costliest plans, dead letters, the consumer groups' lag, the
+    records the emitters dropped and the workers' readiness (:mod:`.fleet_health`)."""
     top = top_plans(client, keys, TOP_PLANS)
     pipe = client.pipeline(transaction=False)
     for group in GROUPS:
@@ -408,6 +409,8 @@ def overview(client: redis.Redis, keys: Keys) -> dict[str, Any]:
             }
             for report in inspect_groups(client, keys)
         ],
+        **fleet_health.emitter_figures(client, keys),
+        "workers": fleet_health.workers(client, keys),
     }
 
 

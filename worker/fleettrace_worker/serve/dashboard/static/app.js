@@ -132,7 +132,7 @@ document.addEventListener("DOMContentLoaded", () => {
   localTimes(document);
   const live = document.getElementById("live");
   if (live) refreshLive(live);
-  for (const chart of document.querySelectorAll("#cost-chart, #latency-chart")) {
+  for (const chart of document.querySelectorAll("#cost-chart, #latency-chart, #ttft-chart")) {
     seriesChart(chart).catch(() => {
       chart.textContent = "the chart could not be read";
     });
