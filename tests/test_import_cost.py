@@ -12,6 +12,7 @@ the emitter still delivers a priced record end to end once they load.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -56,8 +57,16 @@ def test_import_leaves_heavy_modules_unloaded_and_emitter_still_delivers(
     redis_url: str, keys: Keys, redis_client: redis.Redis
 ) -> None:
     script = _SCRIPT.format(lazy=LAZY_MODULES, url=redis_url, namespace=keys.namespace)
+    # Without the suite's coverage start-up in the child: coverage itself loads tomllib
+    # (to read pyproject.toml) before the script's first line.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])

@@ -112,9 +112,19 @@ def test_version_eight_over_rows_of_version_six_while_a_writer_stores(database_u
             stop.set()
             thread.join(timeout=60)
         assert errors == []
-        assert sorted(applied) == [(), ("0008_daily_partitions",)]
+        assert sorted(applied) == [
+            (),
+            ("0007_cost_rollup", "0008_daily_partitions", "0009_rollup_on_partitions"),
+        ]
         with psycopg.connect(database_url) as conn:
             again = migrations.migrate(conn)
+            # The rollup, rebuilt by schema 9 and kept by the parent's triggers since,
+            # counts every call the writer stored across the migration once.
+            assert conn.execute(
+                "SELECT coalesce(sum(calls), 0) FROM llm_cost_hourly"
+            ).fetchone() == (
+                conn.execute("SELECT count(*) FROM llm_traces").fetchone()[0],  # type: ignore[index]
+            )
         assert (again.applied, again.partitions) == ((), ())
         assert migrations.check_schema(pool) == migrations.latest_version()
         # The keys built ahead became the old tables' primary keys: no stray index left.
