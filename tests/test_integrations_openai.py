@@ -144,6 +144,8 @@ def test_a_stream_looks_as_unwrapped_and_is_stored_with_the_usage_asked_for(
     assert (call.cache_read_tokens, call.reasoning_tokens) == (CACHED_TOKENS, REASONING_TOKENS)
     assert call.ttft_ms is not None
     assert 0 < call.ttft_ms <= call.latency_ms
+    # The time to first token is stored with the call.
+    assert row["ttft_ms"] == pytest.approx(call.ttft_ms)
 
 
 def test_a_stream_read_after_its_plan_ended_is_placed_and_timed_where_it_started(
