@@ -68,7 +68,8 @@ CREATE INDEX IF NOT EXISTS {TABLE}_started ON {TABLE} (started_at);
 _ROW_COLUMNS: Final = (*COLUMNS, "namespace")
 _INSERT: Final = (
     f"INSERT INTO {TABLE} ({', '.join(_ROW_COLUMNS)}) "
-    f"VALUES ({', '.join(['%s'] * len(_ROW_COLUMNS))}) ON CONFLICT (trace_id, started_at) DO NOTHING"
+    f"VALUES ({', '.join(['%s'] * len(_ROW_COLUMNS))}) "
+    "ON CONFLICT (trace_id, started_at) DO NOTHING"
 )
 
 

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import redis
 
+from fleettrace.cluster import slot_scan
 from fleettrace.keys import EMITTER_BATCHES, EMITTER_DROPPED, EMITTER_RECORDS, Keys
 from fleettrace.producers import clamped, known_producers
 from fleettrace_worker.presence import HEALTH_FRESH_S
@@ -58,10 +59,16 @@ def workers(client: redis.Redis, keys: Keys, now: float | None = None) -> list[d
     was ready, how old that is, and ``ready`` (said so within ``HEALTH_FRESH_S``)."""
     now = time.time() if now is None else now
     head = keys.worker_health("")
-    names = sorted(
-        (raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw))
-        for raw in client.scan_iter(match=_glob_escaped(head) + "*", count=1000)
-    )[:MAX_WORKERS]
+    found: list[str] = []
+    cursor = 0
+    while True:  # on a Redis Cluster, only the master that serves the namespace's slot
+        cursor, batch = slot_scan(client, head, cursor, match=_glob_escaped(head) + "*", count=1000)
+        found += (
+            raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw) for raw in batch
+        )
+        if cursor == 0 or len(found) >= MAX_WORKERS * 10:
+            break
+    names = sorted(found)[:MAX_WORKERS]
     values = client.mget(names) if names else []
     items = []
     for name, raw in zip(names, values, strict=True):
