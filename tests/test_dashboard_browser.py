@@ -206,6 +206,10 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
             ".axes.map(a => a.label)"
         )
         assert axes[1] == "p95 latency (ms)"
+        # No call of this fleet reported a time to first token: the chart says so.
+        assert rows(db, "SELECT count(ttft_ms) FROM llm_traces") == [(0,)]
+        page.page.wait_for_selector("#ttft-chart:has-text('reported it')")
+        assert page.page.text_content("#ttft-chart") == "no calls in this range reported it"
 
         # Plans: every plan with its SQL cost; an agent's markup shown as text.
         page.open(f"{base}/plans", "plans")

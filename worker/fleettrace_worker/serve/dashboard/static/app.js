@@ -71,6 +71,12 @@ async function seriesChart(box) {
     const at_t = at.get(item.t);
     column[at_t] = additive ? column[at_t] + (item[field] ?? 0) : item[field];
   }
+  // Calls in the range, none of which reported this figure (time to first token of
+  // calls that did not stream): say so rather than draw empty axes.
+  if (!additive && columns.every((column) => column.every((value) => value === null))) {
+    box.textContent = "no calls in this range reported it";
+    return;
+  }
   // data-stacked="yes" (cost where each call counts under one key): each key's area
   // sits on the ones before it, so the top edge is the total. Drawn from the top down,
   // each lower area covering the lower part of those above; the legend shows each
