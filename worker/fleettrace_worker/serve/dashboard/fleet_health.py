@@ -24,18 +24,19 @@ from typing import Any, Final
 import redis
 
 from fleettrace.cluster import slot_scan
-from fleettrace.keys import EMITTER_BATCHES, EMITTER_DROPPED, EMITTER_RECORDS, Keys
+from fleettrace.keys import (
+    EMITTER_BATCHES,
+    EMITTER_DROPPED,
+    EMITTER_RECORDS,
+    Keys,
+    glob_escape,
+)
 from fleettrace.producers import clamped, known_producers
 from fleettrace_worker.presence import HEALTH_FRESH_S
 
 #: The most worker health keys the Overview lists (a namespace has a few workers).
 MAX_WORKERS: Final = 100
 _FIGURES: Final = (EMITTER_RECORDS, EMITTER_BATCHES, EMITTER_DROPPED)
-
-
-def _glob_escaped(text: str) -> str:
-    """``text`` matched literally by a SCAN pattern."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def emitter_figures(client: redis.Redis, keys: Keys) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def workers(client: redis.Redis, keys: Keys, now: float | None = None) -> list[d
     found: list[str] = []
     cursor = 0
     while True:  # on a Redis Cluster, only the master that serves the namespace's slot
-        cursor, batch = slot_scan(client, head, cursor, match=_glob_escaped(head) + "*", count=1000)
+        cursor, batch = slot_scan(client, head, cursor, match=glob_escape(head) + "*", count=1000)
         found += (
             raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw) for raw in batch
         )
