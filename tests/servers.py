@@ -80,17 +80,18 @@ def _last_words(*logs: Path) -> str:
 
 
 def _wait_for_port(
-    port: int, proc: subprocess.Popen[bytes], *logs: Path, timeout_s: float = 20.0
+    port: int, proc: subprocess.Popen[bytes], *logs: Path, host: str = "127.0.0.1"
 ) -> None:
+    timeout_s = 20.0
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if _answers("127.0.0.1", port):
+        if _answers(host, port):
             return
         if proc.poll() is not None:
             program = Path(str(proc.args[0]))  # type: ignore[index]
             raise RuntimeError(f"{program} exited with {proc.returncode}: {_last_words(*logs)}")
         time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s} s")
 
 
 def _wait_for_exit(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
@@ -117,7 +118,8 @@ def pg_bin_dir() -> Path:
 
 
 class PrivateRedis:
-    """A redis-server with AOF (``appendfsync always``) so a restart keeps every entry."""
+    """A redis-server with AOF (``appendfsync always``) so a restart keeps every entry,
+    listening on ``host`` (an address inside a network namespace: :mod:`tests.netns`)."""
 
     def __init__(
         self,
@@ -127,8 +129,10 @@ class PrivateRedis:
         port: int | None = None,
         program: RedisProgram | None = None,
         batch_library: bool = True,
+        host: str = "127.0.0.1",
     ) -> None:
         self.batch_library = batch_library
+        self.host = host
         self.port = port or free_port()
         self.program = program or redis_program()
         self.dir = Path(tempfile.mkdtemp(prefix="fleettrace-redis-"))
@@ -138,14 +142,14 @@ class PrivateRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> None:
         log = self.dir / "redis.log"
         args = [
             str(self.program.path),
             "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            "--bind", self.host,
             "--save", "",
             "--dir", str(self.dir),
             "--daemonize", "no",
@@ -158,7 +162,7 @@ class PrivateRedis:
         with output.open("wb") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         try:
-            _wait_for_port(self.port, self.proc, output, log)
+            _wait_for_port(self.port, self.proc, output, log, host=self.host)
             # Listening is not ready: while it loads its AOF, Redis answers LOADING.
             wait_until(self._answers, 20, f"the private Redis on port {self.port} to answer PING")
         except (RuntimeError, TimeoutError, AssertionError):
@@ -272,7 +276,7 @@ class PrivatePostgres:
 
     ``options`` are server settings passed as ``-c name=value`` at every start (a test
     may add to them before starting, e.g. TLS files copied under ``dir``);
-    :meth:`write_hba` replaces the client authentication rules.
+    :meth:`write_hba` replaces the client authentication rules; ``host`` as for Redis.
     """
 
     def __init__(
@@ -282,10 +286,12 @@ class PrivatePostgres:
         bin_dir: Path | None = None,
         options: Mapping[str, str] | None = None,
         replica_of: PrivatePostgres | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         """``replica_of``: a streaming replica of that running server, made with
         ``pg_basebackup -R`` instead of ``initdb`` (a hot standby: it serves reads)."""
         self.options: dict[str, str] = dict(options or {})
+        self.host = host
         self.port = port or free_port()
         self.bin_dir = bin_dir or pg_bin_dir()
         self.dir = Path(tempfile.mkdtemp(prefix="fleettrace-pg-"))
@@ -321,7 +327,7 @@ class PrivatePostgres:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://postgres@{self.host}:{self.port}/postgres"
 
     def start(self) -> None:
         log = self.dir / "postgres.log"
@@ -329,16 +335,9 @@ class PrivatePostgres:
             self.proc = subprocess.Popen(
                 [
                     str(self.bin_dir / "postgres"),
-                    "-D",
-                    str(self.data),
-                    "-p",
-                    str(self.port),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    f"unix_socket_directories={self.dir}",
-                    "-c",
-                    "fsync=off",
+                    *("-D", str(self.data), "-p", str(self.port)),
+                    *("-c", f"listen_addresses={self.host}"),
+                    *("-c", f"unix_socket_directories={self.dir}", "-c", "fsync=off"),
                     *(
                         arg
                         for name, value in self.options.items()
@@ -350,7 +349,7 @@ class PrivatePostgres:
                 **self._as_user,
             )
         try:
-            _wait_for_port(self.port, self.proc, log)
+            _wait_for_port(self.port, self.proc, log, host=self.host)
             self._wait_until_ready()
         except (RuntimeError, TimeoutError):
             self.stop()
@@ -360,7 +359,7 @@ class PrivatePostgres:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             ready = subprocess.run(
-                [str(self.bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                [str(self.bin_dir / "pg_isready"), "-h", self.host, "-p", str(self.port)],
                 stdout=subprocess.DEVNULL,
                 check=False,
             )
