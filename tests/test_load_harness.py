@@ -28,6 +28,7 @@ SECTIONS = {
     "freshness",
     "drain",
     "memory",
+    "capacity",
 }
 
 
@@ -244,3 +245,78 @@ def test_the_run_leaves_nothing_behind(report):
             (f"fleettrace_bench_{run_id}_%",),
         ).fetchall()
     assert left == []
+
+
+@pytest.fixture(scope="module")
+def capacity_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    """``--quick --only capacity``: the printed table and the JSON written beside it."""
+    output = tmp_path_factory.mktemp("capacity") / "capacity.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.load",
+            "--quick",
+            "--only",
+            "capacity",
+            "--output",
+            str(output),
+            "--redis-url",
+            REDIS_URL,
+            "--pg-url",
+            PG_ADMIN_URL,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, json.loads(output.read_text())
+
+
+def test_the_capacity_section_prints_its_rows(capacity_run):
+    table, _ = capacity_run
+    printed = [line.split("  ")[0] for line in table.splitlines() if line.startswith("capacity ")]
+    assert len(printed) == 11
+    for figure in (
+        "records per LLM call (hook workload)",
+        "stream memory per 1M records",
+        "Redis time per batch call, batches of 3",
+        "PostgreSQL bytes per llm_traces row",
+        "COPY into llm_traces shape, primary key only",
+    ):
+        assert f"capacity  {figure}" in table
+
+
+def test_the_capacity_section_counts_every_record_it_measures(capacity_run):
+    _, report = capacity_run
+    assert report["errors"] == {}
+    capacity = report["sections"]["capacity"]
+    emitted = capacity["emitted"]
+    assert emitted["accepted"] == emitted["sent"] > 0 and emitted["dropped"] == 0
+    # Every record sent is in the streams when they are measured, and stored once after.
+    assert capacity["stream_memory"]["records"] == emitted["sent"] == capacity["rows_stored"]
+    assert capacity["stream_memory"]["bytes_per_record"] > 0
+    tables = capacity["tables"]
+    assert tables["llm_traces"]["rows"] == emitted["llm_calls"]  # retried calls included
+    assert tables["tool_calls"]["rows"] == emitted["calls"]  # one tool call per LLM call
+    assert capacity["records_per_llm_call"]["tool"] == 1.0
+    for table in tables.values():
+        assert table["bytes_per_row"] > table["index_bytes_per_row"] > 0
+    small = capacity["small_batches"]
+    assert small["accepted"] == small["sent"] and small["dropped"] == 0
+    # At most 3 records per batch: every batch is a function call Redis counted.
+    assert small["batches"] >= small["sent"] / 3
+    assert small["fcall_calls_counted"] >= small["batches"]
+    assert small["stream_memory"]["records"] == small["sent"]
+    index = capacity["index_cost"]
+    assert index["rows"] == tables["llm_traces"]["rows"]
+    assert set(index["rows_per_s"]) == {"all_indexes", "primary_key_only", "no_indexes"}
+    run_id = report["run_id"]
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        assert list(client.scan_iter(match=f"{{bench-{run_id}-*", count=1000)) == []
+    finally:
+        client.close()

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from benchmarks.load import (
+    capacity,
     drain,
     drivers,
     freshness,
@@ -43,6 +44,7 @@ SECTIONS: Final[dict[str, Callable[[RunContext], dict[str, Any]]]] = {
     "worker": worker.run,
     "drain": drain.run,
     "freshness": freshness.run,
+    "capacity": capacity.run,
 }
 ALL_SECTIONS: Final = (*SECTIONS, "memory")
 
@@ -184,6 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["machine"]["load_average_1m_at_end"] = machine.load_average()
     rows = report.build(results["sections"])
     rows += hook_report.rows(results["sections"].get("hooks", {}))
+    rows += capacity.rows(results["sections"].get("capacity", {}))
     results["rows"] = [row.as_json() for row in rows]
     results["table"] = report.render(rows)
     results["markdown"] = report.markdown(rows)

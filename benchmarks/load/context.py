@@ -42,6 +42,8 @@ class Sizes:
     drain_records: int = 1_000_000
     baseline_drain_records: int = 150_000
     emitter_buffer_records: int = 100_000
+    capacity_calls: int = 20_000
+    capacity_small_batch_calls: int = 3_000
 
 
 FULL: Final = Sizes()
@@ -65,6 +67,8 @@ QUICK: Final = replace(
     drain_records=10_000,
     baseline_drain_records=5_000,
     emitter_buffer_records=5_000,
+    capacity_calls=500,
+    capacity_small_batch_calls=200,
 )
 
 
