@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -128,7 +129,11 @@ def _stop(process: subprocess.Popen[str]) -> None:
         process.communicate()
 
 
-def _producer(network: netns.Network, host: str, keys: Keys, url: str) -> subprocess.Popen[str]:
+def _producer(
+    network: netns.Network, host: str, keys: Keys, url: str, log: Path
+) -> subprocess.Popen[str]:
+    """Agent ``host``'s producer process; its stderr goes to ``log`` (a pipe nobody
+    reads while the link is down could fill and stall it)."""
     first = AGENTS.index(host) * 1_000_000  # distinct decision ids per agent
     env = {
         **worker_env(url, "unused", keys),
@@ -139,14 +144,15 @@ def _producer(network: netns.Network, host: str, keys: Keys, url: str) -> subpro
     }
     argv = [sys.executable, "-m", "tests.producer", keys.namespace, url]
     argv += [str(first), str(RECORDS), str(SAMPLES), str(SECONDS)]
-    return subprocess.Popen(
-        network.command(host, argv),
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with log.open("w") as err:
+        return subprocess.Popen(
+            network.command(host, argv),
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
 
 
 def _emitter_stats(line: str) -> dict[str, int]:
@@ -199,7 +205,7 @@ def test_without_iproute2_or_the_right_to_make_namespaces_the_reason_is_given(
 
 @pytest.mark.slow
 def test_an_agent_host_cut_off_for_20_s_buffers_and_loses_nothing(
-    network: netns.Network, data_host: DataHost
+    network: netns.Network, data_host: DataHost, tmp_path: Path
 ) -> None:
     keys = Keys(f"netns-{uuid.uuid4().hex[:8]}")
     redis_url, db = data_host.redis.url, data_host.postgres.url
@@ -218,7 +224,8 @@ def test_an_agent_host_cut_off_for_20_s_buffers_and_loses_nothing(
         stderr=subprocess.PIPE,
         text=True,
     )
-    producers = {host: _producer(network, host, keys, redis_url) for host in AGENTS}
+    logs = {host: tmp_path / f"{host}.log" for host in AGENTS}
+    producers = {host: _producer(network, host, keys, redis_url, logs[host]) for host in AGENTS}
     try:
         wait_until(lambda: set(_by_producer(data_host)) == set(AGENTS), 60, "rows from both agents")
         network.cut("agent1")
@@ -231,7 +238,7 @@ def test_an_agent_host_cut_off_for_20_s_buffers_and_loses_nothing(
         late = _by_producer(data_host)
         network.restore("agent1")
         outage_s = time.monotonic() - cut_at
-        outputs = {host: process.communicate(timeout=120) for host, process in producers.items()}
+        outputs = {host: process.communicate(timeout=120)[0] for host, process in producers.items()}
         restored_at = time.monotonic()
         total = len(AGENTS) * RECORDS
         caught_up_s = wait_until(
@@ -253,11 +260,14 @@ def test_an_agent_host_cut_off_for_20_s_buffers_and_loses_nothing(
     assert worker.returncode == 0, worker_err[-2000:]
     assert late["agent1"] == early["agent1"], "agent1 was cut off: none of its rows arrive"
     assert late["agent2"] > early["agent2"], "agent2 kept sending through the cut"
+    # Agent1's emitter said so while it buffered (at most one line per 10 s).
+    buffered = [int(n) for n in re.findall(r"(\d+) records buffered", logs["agent1"].read_text())]
+    assert buffered, logs["agent1"].read_text()
 
     # Each emitter: everything it accepted was sent, nothing dropped.
     stats: dict[str, dict[str, int]] = {}
-    for host, (out, err) in outputs.items():
-        assert producers[host].returncode == 0, err[-2000:]
+    for host, out in outputs.items():
+        assert producers[host].returncode == 0, logs[host].read_text()[-2000:]
         stats[host] = _emitter_stats(out.strip().splitlines()[-1])
         assert stats[host] == {
             "accepted": RECORDS + SAMPLES,
@@ -309,7 +319,9 @@ def test_an_agent_host_cut_off_for_20_s_buffers_and_loses_nothing(
             "emitter_dropped": 0,
             "link_down_s": round(outage_s, 2),
             "agent1_rows_at_cut_plus_2s": early["agent1"],
+            "agent1_rows_at_restore": late["agent1"],
             "agent2_rows_during_cut": late["agent2"] - early["agent2"],
+            "agent1_buffered_as_logged": buffered,
             "all_stored_after_producers_done_s": round(caught_up_s, 2),
             "producers_done_after_restore_s": round(restored_at - cut_at - outage_s, 2),
         },

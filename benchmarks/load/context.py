@@ -42,8 +42,8 @@ class Sizes:
     drain_records: int = 1_000_000
     baseline_drain_records: int = 150_000
     emitter_buffer_records: int = 100_000
-    capacity_calls: int = 20_000
-    capacity_small_batch_calls: int = 3_000
+    capacity_calls: int = 40_000
+    capacity_small_batch_calls: int = 5_000
 
 
 FULL: Final = Sizes()
