@@ -125,6 +125,9 @@ def test_workers_store_every_record_once(report):
     probe = worker["fleettrace"]["1_workers"]["ceiling"]
     assert probe["rows"] == worker["fleettrace"]["1_workers"]["rows_stored"], probe
     assert probe["rows_per_s"] > 0
+    # ...and of the same rows into the worker's own table (partitions, triggers).
+    assert probe["same_table"]["rows"] == probe["rows"], probe
+    assert probe["same_table"]["rows_per_s"] > 0
     figures = {row["figure"]: row for row in report["rows"]}
     for figure in (
         "rows per worker CPU-second, 1 worker",
@@ -151,7 +154,10 @@ def test_freshness_trials_store_what_was_sent(report):
         for offered, trial in figures["rates"].items():
             assert trial["offered_per_s"] == int(offered)
             assert trial["rows_stored"] == trial["sent"] > 0, (name, trial)
+            # The window's rows only: the warm-up's were stored before it and left out.
             assert trial["rows"] == trial["sent"]
+            assert trial["warm_up_rows"] > 0
+            assert trial["first_records_ms"] > 0
             assert trial["p50_ms"] <= trial["p99_ms"] <= trial["max_ms"]
             assert trial["worker_exit_code"] == 0
         ladder = figures["ladder"]

@@ -40,6 +40,7 @@ def measure(ctx: RunContext, name: str, workers: int, records: int) -> dict[str,
         wall_s = max(p.elapsed_s for p in procs)
         stored = rows.count(database_url, pipeline.table)
         figures = rows.steady_rate(database_url, pipeline.table)
+        duplicates = rows.duplicates(database_url, pipeline.table)
         # PostgreSQL's own rate for the same rows, on the same server, in this run.
         probe = (
             ceiling.copy_ceiling(database_url, pipeline.table)
@@ -53,7 +54,7 @@ def measure(ctx: RunContext, name: str, workers: int, records: int) -> dict[str,
             "workers": workers,
             "records": records,
             "rows_stored": stored,
-            "duplicates": rows.duplicates(database_url, pipeline.table),
+            "duplicates": duplicates,
             "exit_codes": codes,
             "rows_per_s": figures["rows_per_s"],
             "rows_per_transaction": figures.get("rows_per_transaction"),
