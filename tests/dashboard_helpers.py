@@ -33,13 +33,19 @@ OTHER_CALLS = 7
 #: A tool name and a plan id an agent chose: they must reach every page escaped.
 HOSTILE = "<script>alert(1)</script>"
 HOSTILE_PLAN = "plan-<b>bold</b>"
+#: Durations fill_fleet observes, stored as metric samples (the Performance page's).
+SAMPLED = (
+    (MetricKey.CONTEXT_BUILD_DURATION_MS, {"tier": "warm"}, (5.0, 9.0, 40.0, 41.5)),
+    (MetricKey.INDEX_QUERY_DURATION_MS, {"backend": "pgvector"}, (2.0, 4.0)),
+    (MetricKey.SANDBOX_OPERATION_DURATION_MS, {"operation": "exec"}, (100.0, 250.0, 900.0)),
+)
 
 
 def fill_fleet(redis_url: str, keys: Keys, database_url: str) -> str:
     """Record CALLS calls over three models and two actors (priced except house-llm),
     one call the database refuses (a dead letter, replayable once the constraint is
-    gone), a few tool durations; run a worker until the streams are drained. Returns
-    the migrated database's URL."""
+    gone), a few tool durations and the SAMPLED durations; run a worker until the
+    streams are drained. Returns the migrated database's URL."""
     db = migrated(database_url)
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("ALTER TABLE llm_traces ADD CONSTRAINT no_poison CHECK (model <> 'poison')")
@@ -59,6 +65,9 @@ def fill_fleet(redis_url: str, keys: Keys, database_url: str) -> str:
     emitter.record(numbered_trace(CALLS, model="poison", cost_usd=0.25))
     for value in (3.0, 8.0, 120.0):
         emitter.observe(MetricKey.TOOL_INVOCATION_DURATION_MS, value, {"tool": HOSTILE})
+    for key, labels, values in SAMPLED:
+        for value in values:
+            emitter.observe(key, value, labels)
     assert emitter.flush(30)
     emitter.close()
     drain(redis_url, keys, db)
