@@ -99,12 +99,15 @@ def fill_other_namespace(redis_url: str, keys: Keys, database_url: str) -> None:
 
 #: The plan tree fill_plan_tree records; its child plan; a plan of another tag.
 TREE_ROOT, TREE_CHILD, TREE_OTHER = "trip", "trip/hotel <i>", "errand"
+#: The budget ``trip`` is given (``errand`` has none).
+TREE_BUDGET = 0.04
 
 
 def fill_plan_tree(redis_url: str, keys: Keys, database_url: str) -> None:
     """Plans recorded through the hooks (emitter -> Redis -> worker -> PostgreSQL):
-    ``trip`` (tag ``prod``, user ``alice``) with a decision, an actor, a priced call that
-    read and wrote the cache, was retried and streamed, a tool, and a child plan
+    ``trip`` (tag ``prod``, user ``alice``, budget TREE_BUDGET) with a decision, an
+    actor, a priced call that read and wrote the cache, was retried and streamed, a
+    tool, and a child plan
     ``trip/hotel <i>`` (user ``bob``: a priced call, an unpriced failed one, a failed
     tool); and ``errand`` (tag ``dev``, no user), one dear call. Calls start at set
     offsets so the waterfall has a shape. ``database_url`` must be migrated."""
@@ -115,7 +118,9 @@ def fill_plan_tree(redis_url: str, keys: Keys, database_url: str) -> None:
         return start + timedelta(milliseconds=ms)
 
     try:
-        with hooks.plan(TREE_ROOT, emitter=emitter, tags=["prod"], user_id="alice"):
+        with hooks.plan(
+            TREE_ROOT, emitter=emitter, tags=["prod"], user_id="alice", budget_usd=TREE_BUDGET
+        ):
             with (
                 hooks.decision("d-1", emitter=emitter),
                 hooks.actor("planner", emitter=emitter),

@@ -20,14 +20,16 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from fleettrace.live import read_live
-from fleettrace.plans import total_cost_usd
+from fleettrace.plans import read_plan, total_cost_usd
 from fleettrace_worker.serve.dashboard.pages import number
 from fleettrace_worker.serve.dashboard.samples import SAMPLE_KEYS
 from tests.dashboard_helpers import (
     CALLS,
     HOSTILE,
     HOSTILE_PLAN,
+    TREE_BUDGET,
     TREE_CHILD,
+    TREE_OTHER,
     TREE_ROOT,
     dashboard,
     drop_poison_rule,
@@ -308,12 +310,30 @@ def _tree_rows(page: Watched) -> list[dict[str, Any]]:
     )
 
 
-def test_a_plan_is_found_its_tree_read_and_a_call_opened(page, redis_url, keys, database_url):
-    """Plans search -> one plan's tree and waterfall -> one call's details, by clicks;
-    every figure shown is the SQL sum of the rows it stands for."""
+def test_a_plan_is_found_its_tree_read_and_a_call_opened(
+    page, redis_url, keys, database_url, redis_client
+):
+    """The Overview's plan budgets; then Plans search -> one plan's tree and waterfall
+    -> one call's details, by clicks; every figure shown is the SQL sum of the rows it
+    stands for."""
     db = migrated(database_url)
     fill_plan_tree(redis_url, keys, db)
     with dashboard(redis_url, keys, db) as base:
+        # The costliest plans: live cost (the SQL sum of the plan's own priced calls),
+        # the budget the plan was given and the share of it used; none without one.
+        page.open(f"{base}/", "overview-budgets")
+        shown = {row[0]: row[1:4] for row in page.cells("top-plans")}
+        [(trip_cost,)] = rows(
+            db, "SELECT sum(cost_usd) FROM llm_traces WHERE plan_id = %s", TREE_ROOT
+        )
+        trip = read_plan(redis_client, keys, TREE_ROOT)
+        assert trip is not None and trip.cost_usd == pytest.approx(float(trip_cost))
+        assert shown[TREE_ROOT] == [
+            f"{trip_cost:.6f}",
+            f"{TREE_BUDGET:.6f}",
+            f"{float(trip_cost) / TREE_BUDGET * 100:.1f} %",
+        ]
+        assert shown[TREE_OTHER][1:] == ["", ""]
         page.open(f"{base}/plans?tag=prod&status=any", "plans-search")
         listed = {row[0]: row for row in page.cells("plans-table")}
         assert set(listed) == {

@@ -1,7 +1,8 @@
 """What the Overview and the Performance page read of the stored rows beyond cost: the
 calls of today (from the reader's start of the day), the last hour's latency per model,
-and the durations of the metric samples, each equal to the same SQL over the rows; over
-HTTP against a dashboard on a free port, with the fleet of tests/dashboard_helpers."""
+and the durations of the metric samples, each equal to the same SQL over the rows; and
+the costliest plans' budgets beside their live cost. Over HTTP against a dashboard on
+a free port, with the fleets of tests/dashboard_helpers."""
 
 from __future__ import annotations
 
@@ -11,8 +12,21 @@ from html import unescape
 
 import pytest
 
+from fleettrace.plans import read_plan
 from fleettrace_worker.serve.dashboard.samples import SAMPLE_KEYS
-from tests.dashboard_helpers import SAMPLED, dashboard, fill_fleet, get_json, request, rows
+from tests.dashboard_helpers import (
+    SAMPLED,
+    TREE_BUDGET,
+    TREE_OTHER,
+    TREE_ROOT,
+    dashboard,
+    fill_fleet,
+    fill_plan_tree,
+    get_json,
+    request,
+    rows,
+)
+from tests.worker_helpers import migrated
 
 
 @pytest.fixture
@@ -142,3 +156,26 @@ def test_the_overview_latency_and_the_sample_durations_equal_the_sql(
         empty = get_json(f"{base}/api/performance/samples?from={old}&to={old[:-2]}59")[1]
         assert empty["items"] == []
         assert get_json(f"{base}/api/performance/samples?range=9y")[0] == 400
+
+
+def test_the_costliest_plans_show_their_budget_and_the_share_used(
+    redis_url, keys, database_url, redis_client
+) -> None:
+    db = migrated(database_url)
+    fill_plan_tree(redis_url, keys, db)
+    trip = read_plan(redis_client, keys, TREE_ROOT)
+    assert trip is not None and trip.budget_usd == TREE_BUDGET and trip.cost_usd > 0
+    with dashboard(redis_url, keys, db) as base:
+        top = {p["plan_id"]: p for p in get_json(f"{base}/api/overview")[1]["top_plans"]}
+        assert top[TREE_ROOT]["budget_usd"] == TREE_BUDGET
+        assert top[TREE_ROOT]["share_used"] == pytest.approx(trip.cost_usd / TREE_BUDGET)
+        assert (top[TREE_OTHER]["budget_usd"], top[TREE_OTHER]["share_used"]) == (None, None)
+        page = request(f"{base}/")[2].decode()
+        assert '<th scope="col">budget (USD)</th><th scope="col">share used</th>' in page
+        shown = {row[0]: row[1:4] for row in _cells(page, "top-plans")}
+        assert shown[TREE_ROOT] == [
+            f"{trip.cost_usd:.6f}",
+            f"{TREE_BUDGET:.6f}",
+            f"{trip.cost_usd / TREE_BUDGET * 100:.1f} %",
+        ]
+        assert shown[TREE_OTHER][1:] == ["", ""]  # no budget: nothing shown

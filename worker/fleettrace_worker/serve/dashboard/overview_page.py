@@ -54,11 +54,21 @@ def render(board: Dashboard, request: Request) -> HTMLResponse:
         f'<span class="note">(plans whose counters have not expired)</span></p>'
         + table(
             "Costliest plans (live)",
-            ("plan", "cost (USD)", "priced calls", "decisions", "child plans"),
+            (
+                "plan",
+                "cost (USD)",
+                "budget (USD)",
+                "share used",
+                "priced calls",
+                "decisions",
+                "child plans",
+            ),
             (
                 (
                     f'<a href="{e(plan_href(str(p["plan_id"]), keys))}">{e(p["plan_id"])}</a>',
                     usd(p["cost_usd"]),
+                    "" if p["budget_usd"] is None else usd(p["budget_usd"]),
+                    percent(p["share_used"]),
                     e(p["priced_calls"]),
                     e(p["decisions"]),
                     e(p["child_plans"]),

@@ -424,6 +424,9 @@ def overview(client: redis.Redis, keys: Keys) -> dict[str, Any]:
                 "priced_calls": plan.priced_calls,
                 "decisions": plan.decisions,
                 "child_plans": plan.child_plans,
+                "budget_usd": plan.budget_usd,
+                # Of a budget of 0 nothing can be a share: left out, like no budget.
+                "share_used": plan.cost_usd / plan.budget_usd if plan.budget_usd else None,
             }
             for plan in top.plans
         ],
