@@ -142,13 +142,13 @@ def _seq_scans(
     return found
 
 
-#: The reads of the last hour or day (the Overview's recent calls and latency, the
-#: Performance page over 24 hours), which may read today's and yesterday's partitions
-#: whole: a range of a day covers most of their rows, and the planner rightly reads
-#: them in order rather than through an index. Never an older day's partition.
+#: The reads of the last 24 hours (the Overview's recent calls, the Performance page
+#: over a day), which may read today's and yesterday's partitions whole: a range of a
+#: day covers most of their rows (all of today's), and the planner rightly reads them
+#: in order rather than through an index. Never an older day's partition; the last
+#: hour's latency is not among them (it must take the index).
 RECENT: Final = (
     "calls of the last hour, today and 24 hours",
-    "latency by model, last hour",
     "latency chart, 24 hours",
     "tool table, 24 hours",
     "sample durations, 24 hours",
