@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 from html import unescape
 
 import pytest
+import redis
 
+from fleettrace.keys import Keys
 from fleettrace.plans import read_plan
 from fleettrace_worker.serve.dashboard.samples import SAMPLE_KEYS
 from tests.dashboard_helpers import (
@@ -30,7 +32,7 @@ from tests.worker_helpers import migrated
 
 
 @pytest.fixture
-def fleet(redis_url, keys, database_url):
+def fleet(redis_url: str, keys: Keys, database_url: str) -> str:
     return fill_fleet(redis_url, keys, database_url)
 
 
@@ -44,7 +46,9 @@ def _cells(html: str, table_id: str) -> list[list[str]]:
     ]
 
 
-def test_today_starts_where_the_reader_says_and_equals_the_sql(fleet, redis_url, keys) -> None:
+def test_today_starts_where_the_reader_says_and_equals_the_sql(
+    fleet: str, redis_url: str, keys: Keys
+) -> None:
     # A start of the day an hour after the oldest call: "today" holds only the later ones.
     [(oldest, newest)] = rows(fleet, "SELECT min(started_at), max(started_at) FROM llm_traces")
     start = min(oldest + (newest - oldest) / 2, datetime.now(UTC) - timedelta(seconds=1))
@@ -93,7 +97,7 @@ def test_today_starts_where_the_reader_says_and_equals_the_sql(fleet, redis_url,
 
 
 def test_the_overview_latency_and_the_sample_durations_equal_the_sql(
-    fleet, redis_url, keys
+    fleet: str, redis_url: str, keys: Keys
 ) -> None:
     latency = {
         model: [str(calls), *(f"{p:.6g}" if p % 1 else str(int(p)) for p in (p50, p95))]
@@ -159,7 +163,7 @@ def test_the_overview_latency_and_the_sample_durations_equal_the_sql(
 
 
 def test_the_costliest_plans_show_their_budget_and_the_share_used(
-    redis_url, keys, database_url, redis_client
+    redis_url: str, keys: Keys, database_url: str, redis_client: redis.Redis
 ) -> None:
     db = migrated(database_url)
     fill_plan_tree(redis_url, keys, db)
