@@ -340,6 +340,12 @@ def test_readyz_of_the_dashboard_says_which_server_is_away(redis_url, keys) -> N
         status, _, page = request(f"{base}/plans")
         assert status == 503
         assert b"PostgreSQL unavailable" in page
+        status, answer = get_json(f"{base}/api/performance/samples")
+        assert (status, answer["error"][:23]) == (503, "PostgreSQL unavailable:")
+        # The Overview's live part still shows; the stored calls are a message.
+        status, _, page = request(f"{base}/")
+        assert status == 200 and b'id="spend"' in page
+        assert b'<p class="error" role="alert">PostgreSQL unavailable: ' in page
 
 
 def test_a_database_url_libpq_cannot_read_is_refused_without_its_password(capsys) -> None:
