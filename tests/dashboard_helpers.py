@@ -33,13 +33,19 @@ OTHER_CALLS = 7
 #: A tool name and a plan id an agent chose: they must reach every page escaped.
 HOSTILE = "<script>alert(1)</script>"
 HOSTILE_PLAN = "plan-<b>bold</b>"
+#: Durations fill_fleet observes, stored as metric samples (the Performance page's).
+SAMPLED = (
+    (MetricKey.CONTEXT_BUILD_DURATION_MS, {"tier": "warm"}, (5.0, 9.0, 40.0, 41.5)),
+    (MetricKey.INDEX_QUERY_DURATION_MS, {"backend": "pgvector"}, (2.0, 4.0)),
+    (MetricKey.SANDBOX_OPERATION_DURATION_MS, {"operation": "exec"}, (100.0, 250.0, 900.0)),
+)
 
 
 def fill_fleet(redis_url: str, keys: Keys, database_url: str) -> str:
     """Record CALLS calls over three models and two actors (priced except house-llm),
     one call the database refuses (a dead letter, replayable once the constraint is
-    gone), a few tool durations; run a worker until the streams are drained. Returns
-    the migrated database's URL."""
+    gone), a few tool durations and the SAMPLED durations; run a worker until the
+    streams are drained. Returns the migrated database's URL."""
     db = migrated(database_url)
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("ALTER TABLE llm_traces ADD CONSTRAINT no_poison CHECK (model <> 'poison')")
@@ -59,6 +65,9 @@ def fill_fleet(redis_url: str, keys: Keys, database_url: str) -> str:
     emitter.record(numbered_trace(CALLS, model="poison", cost_usd=0.25))
     for value in (3.0, 8.0, 120.0):
         emitter.observe(MetricKey.TOOL_INVOCATION_DURATION_MS, value, {"tool": HOSTILE})
+    for key, labels, values in SAMPLED:
+        for value in values:
+            emitter.observe(key, value, labels)
     assert emitter.flush(30)
     emitter.close()
     drain(redis_url, keys, db)
@@ -90,12 +99,15 @@ def fill_other_namespace(redis_url: str, keys: Keys, database_url: str) -> None:
 
 #: The plan tree fill_plan_tree records; its child plan; a plan of another tag.
 TREE_ROOT, TREE_CHILD, TREE_OTHER = "trip", "trip/hotel <i>", "errand"
+#: The budget ``trip`` is given (``errand`` has none).
+TREE_BUDGET = 0.04
 
 
 def fill_plan_tree(redis_url: str, keys: Keys, database_url: str) -> None:
     """Plans recorded through the hooks (emitter -> Redis -> worker -> PostgreSQL):
-    ``trip`` (tag ``prod``, user ``alice``) with a decision, an actor, a priced call that
-    read and wrote the cache, was retried and streamed, a tool, and a child plan
+    ``trip`` (tag ``prod``, user ``alice``, budget TREE_BUDGET) with a decision, an
+    actor, a priced call that read and wrote the cache, was retried and streamed, a
+    tool, and a child plan
     ``trip/hotel <i>`` (user ``bob``: a priced call, an unpriced failed one, a failed
     tool); and ``errand`` (tag ``dev``, no user), one dear call. Calls start at set
     offsets so the waterfall has a shape. ``database_url`` must be migrated."""
@@ -106,7 +118,9 @@ def fill_plan_tree(redis_url: str, keys: Keys, database_url: str) -> None:
         return start + timedelta(milliseconds=ms)
 
     try:
-        with hooks.plan(TREE_ROOT, emitter=emitter, tags=["prod"], user_id="alice"):
+        with hooks.plan(
+            TREE_ROOT, emitter=emitter, tags=["prod"], user_id="alice", budget_usd=TREE_BUDGET
+        ):
             with (
                 hooks.decision("d-1", emitter=emitter),
                 hooks.actor("planner", emitter=emitter),

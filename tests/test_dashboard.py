@@ -102,8 +102,10 @@ def test_api_numbers_are_the_sql_sums_and_the_live_counters(
             "count(*) FILTER (WHERE retry_count > 0) FROM llm_traces",
         )
         activity = get_json(f"{base}/api/activity")[1]
-        assert [a["window"] for a in activity["items"]] == ["1h", "24h"]
-        for item in activity["items"]:  # every call of the fleet is minutes old
+        assert [a["window"] for a in activity["items"]] == ["1h", "today", "24h"]
+        # Every call of the fleet is minutes old (today: since UTC midnight, unless the
+        # test runs across it, which test_dashboard_stored.py does not depend on).
+        for item in activity["items"][::2]:
             assert item["calls"] == calls
             assert item["cost_usd"] == pytest.approx(cost)
             assert item["unpriced_calls"] == calls - priced
@@ -338,6 +340,12 @@ def test_readyz_of_the_dashboard_says_which_server_is_away(redis_url, keys) -> N
         status, _, page = request(f"{base}/plans")
         assert status == 503
         assert b"PostgreSQL unavailable" in page
+        status, answer = get_json(f"{base}/api/performance/samples")
+        assert (status, answer["error"][:23]) == (503, "PostgreSQL unavailable:")
+        # The Overview's live part still shows; the stored calls are a message.
+        status, _, page = request(f"{base}/")
+        assert status == 200 and b'id="spend"' in page
+        assert b'<p class="error" role="alert">PostgreSQL unavailable: ' in page
 
 
 def test_a_database_url_libpq_cannot_read_is_refused_without_its_password(capsys) -> None:

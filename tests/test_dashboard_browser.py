@@ -11,7 +11,7 @@ the SQL sums and the live counters. Screenshots go to ``artifacts/screenshots/``
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,13 +20,16 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from fleettrace.live import read_live
-from fleettrace.plans import total_cost_usd
+from fleettrace.plans import read_plan, total_cost_usd
 from fleettrace_worker.serve.dashboard.pages import number
+from fleettrace_worker.serve.dashboard.samples import SAMPLE_KEYS
 from tests.dashboard_helpers import (
     CALLS,
     HOSTILE,
     HOSTILE_PLAN,
+    TREE_BUDGET,
     TREE_CHILD,
+    TREE_OTHER,
     TREE_ROOT,
     dashboard,
     drop_poison_rule,
@@ -137,13 +140,47 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
             db, "SELECT count(*), coalesce(sum(cost_usd), 0), count(cost_usd) FROM llm_traces"
         )
         recent = {row[0]: row for row in page.cells("activity")}
-        assert recent["1h"][1:5] == [
+        assert recent["last 1h"][1:5] == [
             str(calls),
             f"{calls / 60:.2f}",
             f"{cost:.6f}",
             str(calls - priced),
         ]
         page.page.wait_for_selector("#refreshed:has-text('refreshed')", timeout=15_000)
+        page.page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
+        # Refreshed, "today" starts at midnight in the browser's zone, shown in it.
+        midnight = datetime.now(ZoneInfo(ZONE)).replace(hour=0, minute=0, second=0, microsecond=0)
+        since = page.page.get_attribute("#activity time", "datetime")
+        assert since is not None and datetime.fromisoformat(since) == midnight
+        [(today_calls, today_cost, today_priced)] = rows(
+            db,
+            "SELECT count(*), coalesce(sum(cost_usd), 0), count(cost_usd) FROM llm_traces "
+            "WHERE started_at >= %s",
+            midnight,
+        )
+        [today] = [row for row in page.cells("activity") if row[0].startswith("today")]
+        assert today == [
+            f"today (since {midnight:%d/%m/%Y, %H:%M:%S}, your time zone)",
+            str(today_calls),
+            today[2],  # calls per minute since midnight: depends on the moment read
+            f"{today_cost:.6f}",
+            str(today_calls - today_priced),
+            today[5],
+            today[6],
+        ]
+        assert float(today[2]) == pytest.approx(
+            today_calls / ((datetime.now(UTC) - midnight).total_seconds() / 60), abs=0.011
+        )
+        # The last hour's latency per model: the SQL percentiles of the stored calls.
+        assert {row[0]: row[1:] for row in page.cells("overview-latency")} == {
+            model: [str(n), number(p50), number(p95)]
+            for model, n, p50, p95 in rows(
+                db,
+                "SELECT model, count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms), "
+                "percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM llm_traces "
+                "WHERE started_at >= now() - interval '1 hour' GROUP BY model",
+            )
+        }
 
         # Cost: the table is the SQL sums; unpriced calls are counted, not priced at zero.
         page.open(f"{base}/cost?by=model&range=24h", "cost")
@@ -210,6 +247,25 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
         assert rows(db, "SELECT count(ttft_ms) FROM llm_traces") == [(0,)]
         page.page.wait_for_selector("#ttft-chart:has-text('reported it')")
         assert page.page.text_content("#ttft-chart") == "no calls in this range reported it"
+        # The durations of the metric samples: the SQL percentiles, and their chart.
+        assert {row[0]: row[1:] for row in page.cells("samples-table")} == {
+            key: [str(n), number(p50), number(p95), number(p99)]
+            for key, n, p50, p95, p99 in rows(
+                db,
+                "SELECT key, count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY value), "
+                "percentile_cont(0.95) WITHIN GROUP (ORDER BY value), "
+                "percentile_cont(0.99) WITHIN GROUP (ORDER BY value) FROM metric_samples "
+                "WHERE key = ANY(%s) GROUP BY key",
+                list(SAMPLE_KEYS),
+            )
+        }
+        page.page.wait_for_selector("#samples-chart .uplot canvas")
+        chart = page.page.evaluate(
+            "(() => { const c = window.fleettraceCharts.find("
+            "c => c.root.parentElement.id === 'samples-chart');"
+            " return [c.axes[1].label, c.series.slice(1).map(s => s.label)]; })()"
+        )
+        assert chart == ["p95 duration, metric samples (ms)", list(SAMPLE_KEYS)]
 
         # Plans: every plan with its SQL cost; an agent's markup shown as text.
         page.open(f"{base}/plans", "plans")
@@ -254,12 +310,30 @@ def _tree_rows(page: Watched) -> list[dict[str, Any]]:
     )
 
 
-def test_a_plan_is_found_its_tree_read_and_a_call_opened(page, redis_url, keys, database_url):
-    """Plans search -> one plan's tree and waterfall -> one call's details, by clicks;
-    every figure shown is the SQL sum of the rows it stands for."""
+def test_a_plan_is_found_its_tree_read_and_a_call_opened(
+    page, redis_url, keys, database_url, redis_client
+):
+    """The Overview's plan budgets; then Plans search -> one plan's tree and waterfall
+    -> one call's details, by clicks; every figure shown is the SQL sum of the rows it
+    stands for."""
     db = migrated(database_url)
     fill_plan_tree(redis_url, keys, db)
     with dashboard(redis_url, keys, db) as base:
+        # The costliest plans: live cost (the SQL sum of the plan's own priced calls),
+        # the budget the plan was given and the share of it used; none without one.
+        page.open(f"{base}/", "overview-budgets")
+        shown = {row[0]: row[1:4] for row in page.cells("top-plans")}
+        [(trip_cost,)] = rows(
+            db, "SELECT sum(cost_usd) FROM llm_traces WHERE plan_id = %s", TREE_ROOT
+        )
+        trip = read_plan(redis_client, keys, TREE_ROOT)
+        assert trip is not None and trip.cost_usd == pytest.approx(float(trip_cost))
+        assert shown[TREE_ROOT] == [
+            f"{trip_cost:.6f}",
+            f"{TREE_BUDGET:.6f}",
+            f"{float(trip_cost) / TREE_BUDGET * 100:.1f} %",
+        ]
+        assert shown[TREE_OTHER][1:] == ["", ""]
         page.open(f"{base}/plans?tag=prod&status=any", "plans-search")
         listed = {row[0]: row for row in page.cells("plans-table")}
         assert set(listed) == {

@@ -279,3 +279,37 @@ def test_fifty_thousand_plans_stay_bounded_everywhere(
         doomed = list(redis_client.scan_iter(match=keys.plan_pattern, count=5000))
         for start in range(0, len(doomed), 5000):
             redis_client.unlink(*doomed[start : start + 5000])
+
+
+def test_a_plan_budget_is_recorded_on_its_hash_and_read_beside_its_cost(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    emitter = make_emitter(redis_url, keys)
+    with hooks.plan("capped", emitter=emitter, budget_usd=2.5):
+        emitter.record(spend("capped", 0.75))
+    with hooks.plan("free", emitter=emitter):
+        emitter.record(spend("free", 0.5))
+    # A second producer sets a larger budget for the same plan: the largest is read.
+    other = keys.for_producer("second")
+    second = make_emitter(redis_url, keys, producer="second")
+    with hooks.plan("shared", emitter=emitter, budget_usd=1.0):
+        emitter.record(spend("shared", 0.25))
+    with hooks.plan("shared", emitter=second, budget_usd=3.0):
+        pass
+    assert emitter.close() and second.close()
+    redis_client.sadd(keys.producers, "second")  # as a worker does when it reads its stream
+
+    assert redis_client.hget(keys.plan("capped"), "plan.budget_usd||value") == b"2.5"
+    assert redis_client.hget(other.plan("shared"), "plan.budget_usd||value") == b"3.0"
+    figures = {p: read_plan(redis_client, keys, p) for p in ("capped", "free", "shared")}
+    assert {p: (f.cost_usd, f.budget_usd) for p, f in figures.items() if f} == {
+        "capped": (0.75, 2.5),
+        "free": (0.5, None),
+        "shared": (0.25, 3.0),
+    }
+    top = {p.plan_id: p.budget_usd for p in top_plans(redis_client, keys, 10).plans}
+    assert top == {"capped": 2.5, "free": None, "shared": 3.0}
+
+    for bad in (-1, float("nan"), float("inf"), True, "5"):
+        with pytest.raises(ValueError, match="budget_usd must be a finite number of USD"):
+            hooks.plan("bad", emitter=emitter, budget_usd=bad)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ Hooks record through the process's default emitter (``fleettrace.configure`` /
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from time import time as wall_s
@@ -109,6 +110,7 @@ class PlanSpan(Span):
         self.state: plan_scope.PlanState | None = None
         self._captured: Captured | None = None
         self._record: PlanRecord | None = None
+        self.budget_usd: float | None = None
 
     @property
     def record(self) -> PlanRecord | None:
@@ -136,6 +138,13 @@ class PlanSpan(Span):
         if self.parent is not None:
             self.emitter.observe(
                 MetricKey.PLAN_CHILD_PLANS_COUNT, 1, {"plan": self.parent}, plan_id=self.parent
+            )
+        if self.budget_usd is not None:
+            self.emitter.observe(
+                MetricKey.PLAN_BUDGET_USD,
+                self.budget_usd,
+                {"plan": self.plan_id},
+                plan_id=self.plan_id,
             )
         self._set(PLAN_ID, self.plan_id)
         self._set(DECISION_ID, None)
@@ -267,18 +276,35 @@ def plan(
     metadata: Mapping[str, Any] | None = None,
     user_id: str | None = None,
     session_id: str | None = None,
+    budget_usd: float | None = None,
 ) -> PlanSpan:
     """A plan; ``plan_id`` defaults to a new id, ``parent`` to the current plan. A
     ``parent`` from another process is the token of its plan (``PlanSpan.token``) or a
-    plain plan id. The attributes given hold for every record inside it."""
+    plain plan id. The attributes given hold for every record inside it. ``budget_usd``
+    (a finite number, 0 or more) is recorded as the plan's ``plan.budget_usd`` when the
+    block starts, for readers to compare with its cost (the dashboard's Overview)."""
     if parent is not None and not (isinstance(parent, str) and parent.startswith(TOKEN_PREFIX)):
         parent = checked_name("parent", parent)
-    return PlanSpan(
+    span = PlanSpan(
         None if plan_id is None else checked_name("plan_id", plan_id),
         parent,
         emitter,
         attributes.given(tags, metadata, user_id, session_id),
     )
+    span.budget_usd = None if budget_usd is None else checked_budget(budget_usd)
+    return span
+
+
+def checked_budget(value: float) -> float:
+    """A plan's budget in USD: a finite number, 0 or more (checked at the call)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"budget_usd must be a finite number of USD, 0 or more, got {value!r}")
+    return float(value)
 
 
 def _add_phase(span: TimedSpan, elapsed_s: float, error: BaseException | None) -> None:

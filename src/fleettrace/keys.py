@@ -17,7 +17,7 @@ producer's contribution at zero. Layout for namespace ``fleettrace``::
 
     {fleettrace}:p:<producer>:traces            stream  batches of LLMTrace records
     {fleettrace}:p:<producer>:metrics           stream  batches of metric samples
-    {fleettrace}:p:<producer>:live:<metric key> hash    live counters of one of the 14
+    {fleettrace}:p:<producer>:live:<metric key> hash    live counters of one of the 15
                                                         metric keys, except the
                                                         per-plan ones (next line)
     {fleettrace}:p:<producer>:plan:<plan id>    hash    one plan's live counters as
@@ -324,11 +324,11 @@ class Keys:
         ``{ns}:p:<producer>:plan:<plan id>``.
 
         Every metric whose labels include ``plan`` (plan.cost_usd, plan.decisions_count,
-        plan.child_plans_count) is counted in a hash of its own per plan, the id escaped
-        like a label value (``%``, ``,``, ``=``, ``|`` as ``%25``, ``%2C``, ``%3D``,
-        ``%7C``), rather than as fields of the live hashes: Redis 7.0 has no per-field
-        expiry, and a field per plan in a shared hash never went away (50,000 plans
-        left 14.9 MB for good). Each batch that writes a plan's hash also sets its
+        plan.child_plans_count, plan.budget_usd) is counted in a hash of its own per
+        plan, the id escaped like a label value (``%``, ``,``, ``=``, ``|`` as ``%25``,
+        ``%2C``, ``%3D``, ``%7C``), rather than as fields of the live hashes: Redis 7.0
+        has no per-field expiry, and a field per plan in a shared hash never went away
+        (50,000 plans left 14.9 MB for good). Each batch that writes a plan's hash also sets its
         EXPIRE to the emitter setting ``plan_ttl_s`` (default PLAN_TTL_S), so a plan's
         counters vanish that long after its last record.
 

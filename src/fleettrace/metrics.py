@@ -82,6 +82,7 @@ class MetricKey(StrEnum):
     PLAN_COST_USD = "plan.cost_usd"
     PLAN_DECISIONS_COUNT = "plan.decisions_count"
     PLAN_CHILD_PLANS_COUNT = "plan.child_plans_count"
+    PLAN_BUDGET_USD = "plan.budget_usd"
     ACTOR_INVOCATION_DURATION_MS = "actor.invocation_duration_ms"
     ACTOR_TOKEN_USAGE = "actor.token_usage"  # noqa: S105 (a metric name, not a secret)
     TOOL_INVOCATION_DURATION_MS = "tool.invocation_duration_ms"
@@ -125,6 +126,13 @@ SPECS: Final[dict[MetricKey, MetricSpec]] = {
             "1",
             ("plan",),
             "Plans started while this plan was the current one.",
+        ),
+        MetricSpec(
+            "plan.budget_usd",
+            _G,
+            "USD",
+            ("plan",),
+            "The budget a plan was given (hooks.plan(budget_usd=...)), last value set.",
         ),
         MetricSpec(
             "actor.invocation_duration_ms",

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 _COST: Final = MetricKey.PLAN_COST_USD.value
 _DECISIONS: Final = MetricKey.PLAN_DECISIONS_COUNT.value
 _CHILDREN: Final = MetricKey.PLAN_CHILD_PLANS_COUNT.value
+_BUDGET: Final = MetricKey.PLAN_BUDGET_USD.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,8 @@ class PlanFigures:
     child_plans: int
     #: Every series of the plan, in ``MetricKey`` order.
     series: tuple[LiveSeries, ...]
+    #: ``plan.budget_usd``: the budget the plan was given, None when none was.
+    budget_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,7 @@ def figures(plan_id: str, fields: Mapping[bytes, bytes] | Mapping[str, str]) -> 
     series: list[LiveSeries] = []
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
+    budget: float | None = None
     order = {key.value: i for i, key in enumerate(MetricKey)}
     known = sorted((k for k in stats if k[0] in order), key=lambda k: (order[k[0]], k[1]))
     for metric_key, labels in known:
@@ -109,6 +113,8 @@ def figures(plan_id: str, fields: Mapping[bytes, bytes] | Mapping[str, str]) -> 
         )
         one = series_from_stats(key, encode_labels(full), stats[(metric_key, labels)])
         series.append(one)
+        if metric_key == _BUDGET:
+            budget = one.value
         sums[metric_key] = sums.get(metric_key, 0.0) + one.sum
         counts[metric_key] = counts.get(metric_key, 0) + one.count
     return PlanFigures(
@@ -118,6 +124,7 @@ def figures(plan_id: str, fields: Mapping[bytes, bytes] | Mapping[str, str]) -> 
         decisions=int(sums.get(_DECISIONS, 0.0)),
         child_plans=int(sums.get(_CHILDREN, 0.0)),
         series=tuple(series),
+        budget_usd=budget,
     )
 
 

@@ -62,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Print the live counters of the namespace: per metric key and label set "
         "the count, the sum (or a gauge's value) and, for histograms, the nearest-rank "
         "percentiles p50/p95/p99, each within 2 % of the exact one. "
-        "Per-plan counters (plan.cost_usd, plan.decisions_count, plan.child_plans_count) are "
+        "Per-plan counters (plan.cost_usd, plan.decisions_count, plan.child_plans_count, "
+        "plan.budget_usd) are "
         "summed up in one line; --plan ID or --top N prints them.",
     )
     options.add_redis_options(parser)

@@ -91,8 +91,11 @@ def api_routes(board: Dashboard) -> list[BaseRoute]:
 
     def activity(request: Request) -> Response:
         def work() -> dict[str, Any]:
-            keys = board.keys(params(request).get("namespace"))
-            return queries.listing(queries.recent_activity(board.database_url, keys.namespace))
+            given = params(request)
+            keys = board.keys(given.get("namespace"))
+            start, _ = queries.parse_day_start(given.get("day_start"))
+            items = queries.recent_activity(board.database_url, keys.namespace, day_start=start)
+            return queries.listing(items)
 
         return answer(work)
 

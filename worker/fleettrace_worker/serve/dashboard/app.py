@@ -23,9 +23,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fleettrace_worker.serve.dashboard.access import TokenMiddleware
 from fleettrace_worker.serve.dashboard.api import api_routes
 from fleettrace_worker.serve.dashboard.context import Dashboard, DashboardSettings
+from fleettrace_worker.serve.dashboard.overview_page import overview_routes
 from fleettrace_worker.serve.dashboard.pages import page_routes
 from fleettrace_worker.serve.dashboard.performance import performance_routes
 from fleettrace_worker.serve.dashboard.plan_pages import plan_routes
+from fleettrace_worker.serve.dashboard.samples import sample_routes
 
 __all__ = ["STATIC_DIR", "DashboardSettings", "build_app"]
 
@@ -81,8 +83,10 @@ def build_app(probes: list[BaseRoute], settings: DashboardSettings | None) -> St
         board = Dashboard(settings)
         token = settings.token
         routes += api_routes(board)
+        routes += overview_routes(board)
         routes += page_routes(board)
         routes += performance_routes(board)
+        routes += sample_routes(board)
         routes += plan_routes(board)
         routes.append(Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"))
     app = Starlette(

@@ -1,5 +1,5 @@
-"""The server-rendered pages: Overview (live), Cost, Dead letters, and login (Plans:
-:mod:`.plan_pages`; Performance: :mod:`.performance`).
+"""The server-rendered pages: Cost, Dead letters, and login (Overview:
+:mod:`.overview_page`; Plans: :mod:`.plan_pages`; Performance: :mod:`.performance`).
 
 Every value that reaches HTML goes through :func:`e` (``html.escape``, quotes too):
 plan ids, models, actors, reasons and namespaces are written by agents. The pages
@@ -145,99 +145,6 @@ def guarded(title: str, render: Callable[[Request], HTMLResponse]) -> Callable[.
 
 
 def page_routes(board: Dashboard) -> list[BaseRoute]:
-    def overview(request: Request) -> HTMLResponse:
-        keys = board.keys(request.query_params.get("namespace"))
-        live = queries.overview(board.redis, keys)
-        series = queries.live_items(board.redis, keys)
-        body = (
-            f'<section id="live" data-refresh="5000"><p class="figure">Live spend '
-            f'<span id="spend">{usd(live["spend_usd"])}</span> USD '
-            f'<span class="note">(plans whose counters have not expired)</span></p>'
-            + table(
-                "Costliest plans (live)",
-                ("plan", "cost (USD)", "priced calls", "decisions", "child plans"),
-                (
-                    (
-                        f'<a href="{e(plan_href(str(p["plan_id"]), keys))}">{e(p["plan_id"])}</a>',
-                        usd(p["cost_usd"]),
-                        e(p["priced_calls"]),
-                        e(p["decisions"]),
-                        e(p["child_plans"]),
-                    )
-                    for p in live["top_plans"]
-                ),
-                "top-plans",
-            )
-            + table(
-                "Live series (every producer summed)",
-                ("metric", "labels", "unit", "count", "sum", "value", "p50", "p95", "p99"),
-                (
-                    (
-                        e(s["key"]),
-                        e(", ".join(f"{k}={v}" for k, v in s["labels"].items())),
-                        e(s["unit"]),
-                        e(s["count"]),
-                        number(s["sum"]),
-                        number(s["value"]),
-                        number(s["p50"]),
-                        number(s["p95"]),
-                        number(s["p99"]),
-                    )
-                    for s in series
-                ),
-                "live-series",
-            )
-            + _activity(board, keys)
-            + table(
-                "Dead letters",
-                ("group", "dead letters"),
-                ((e(g), e(n)) for g, n in live["dead_letters"].items()),
-                "dead-letters",
-            )
-            + table(
-                "Consumer groups",
-                ("group", "stream", "pending", "lag", "oldest needed (s)"),
-                (
-                    (
-                        e(g["group"]),
-                        e(g["stream"]),
-                        e(g["pending"]),
-                        e(g["lag"]),
-                        number(round(g["age_s"], 1)),
-                    )
-                    for g in live["groups"]
-                ),
-                "groups",
-            )
-            + f'<p class="figure">Records the emitters dropped <span id="dropped">'
-            f"{e(live['dropped'])}</span></p>"
-            + table(
-                "Emitters (each producer's own figures)",
-                ("producer", "records sent", "batches", "dropped"),
-                (
-                    (e(m["producer"]), e(m["records"]), e(m["batches"]), e(m["dropped"]))
-                    for m in live["emitters"]
-                ),
-                "emitters",
-            )
-            + table(
-                "Workers (their health keys)",
-                ("consumer", "ready", "said ready", "reported (s ago)"),
-                (
-                    (
-                        e(w["consumer"]),
-                        "yes" if w["ready"] else "no",
-                        "yes" if w["said_ready"] else "no",
-                        "" if w["age_s"] is None else number(round(w["age_s"], 1)),
-                    )
-                    for w in live["workers"]
-                ),
-                "workers",
-            )
-            + "</section>"
-        )
-        return layout(request, "Overview", body, keys=keys)
-
     def cost(request: Request) -> HTMLResponse:
         given = dict(request.query_params)
         keys = board.keys(given.get("namespace"))
@@ -358,42 +265,11 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
         return layout(request, "Replay", page, keys=keys)
 
     return [
-        Route("/", guarded("Overview", overview)),
         Route("/cost", guarded("Cost", cost)),
         Route("/dlq", guarded("Dead letters", dlq)),
         Route("/dlq/replay", replay, methods=["POST"]),
         Route("/login", login, methods=["GET", "POST"]),
     ]
-
-
-def percent(rate: float | None) -> str:
-    return "" if rate is None else f"{rate * 100:.1f} %"
-
-
-def _activity(board: Dashboard, keys: Keys) -> str:
-    """Calls of the namespace stored lately, from PostgreSQL; its absence is a message,
-    not a broken page."""
-    try:
-        items = queries.recent_activity(board.database_url, keys.namespace)
-    except psycopg.Error as error:
-        return f'<p class="error" role="alert">{e(unavailable(error)[0])}</p>'
-    return table(
-        "Calls stored (PostgreSQL)",
-        ("last", "calls", "calls/min", "spend (USD)", "unpriced calls", "errors", "retried"),
-        (
-            (
-                e(a["window"]),
-                e(a["calls"]),
-                f"{a['calls_per_minute']:.2f}",
-                usd(a["cost_usd"]),
-                e(a["unpriced_calls"]),
-                percent(a["error_rate"]),
-                percent(a["retry_rate"]),
-            )
-            for a in items
-        ),
-        "activity",
-    )
 
 
 def _dlq_group(board: Dashboard, keys: Keys, group: str, csrf: str) -> str:

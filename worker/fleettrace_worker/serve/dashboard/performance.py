@@ -21,6 +21,7 @@ from fleettrace_worker.serve.dashboard import queries
 from fleettrace_worker.serve.dashboard.api import answer, params
 from fleettrace_worker.serve.dashboard.context import Dashboard
 from fleettrace_worker.serve.dashboard.pages import e, guarded, layout, number, table, when
+from fleettrace_worker.serve.dashboard.samples import sample_rows
 
 _PERCENTILES = sql.SQL(
     "percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50_ms, "
@@ -33,20 +34,36 @@ _PERCENTILES = sql.SQL(
 )
 
 
+def _latency_rows(
+    database_url: str, namespace: str, span: queries.TimeRange, *, step_s: int | None = None
+) -> list[dict[str, Any]]:
+    """The one latency query: per model (and per step of ``step_s`` seconds when
+    given, ``t`` its start in Unix seconds) of ``namespace``'s calls in ``span``."""
+    bucket = sql.SQL(
+        "extract(epoch FROM date_bin(make_interval(secs => %(step)s), started_at, "
+        "'2000-01-01T00:00:00Z'::timestamptz))::bigint AS t, "
+    )
+    query = sql.SQL(
+        "SELECT {bucket}model AS key, count(*) AS calls, {percentiles}, "
+        "sum(completion_tokens) AS completion_tokens, sum(latency_ms) AS latency_ms, "
+        "count(error) AS errors FROM llm_traces "
+        "WHERE namespace = %(namespace)s AND started_at >= %(start)s AND started_at < %(end)s "
+        "GROUP BY {groups} ORDER BY {groups}"
+    ).format(
+        bucket=bucket if step_s else sql.SQL(""),
+        percentiles=_PERCENTILES,
+        groups=sql.SQL("1, 2" if step_s else "key"),
+    )
+    bound = {"step": step_s, "namespace": namespace, "start": span.start, "end": span.end}
+    with queries.connect(database_url) as conn:
+        return conn.execute(query, bound).fetchall()
+
+
 def latency_table(
     database_url: str, namespace: str, span: queries.TimeRange
 ) -> list[dict[str, Any]]:
-    """Per model of ``namespace``'s calls: how many, latency p50/p95/p99, completion
-    tokens per second of latency, and the share of calls that failed."""
-    query = sql.SQL(
-        "SELECT model AS key, count(*) AS calls, {percentiles}, "
-        "sum(completion_tokens) AS completion_tokens, sum(latency_ms) AS latency_ms, "
-        "count(error) AS errors FROM llm_traces "
-        "WHERE namespace = %s AND started_at >= %s AND started_at < %s "
-        "GROUP BY model ORDER BY model"
-    ).format(percentiles=_PERCENTILES)
-    with queries.connect(database_url) as conn:
-        rows = conn.execute(query, (namespace, span.start, span.end)).fetchall()
+    """Per model of ``namespace``'s calls: how many, latency p50/p95/p99, time to first
+    token p50/p95, completion tokens per second of latency, and the share that failed."""
     return [
         {
             "key": row["key"],
@@ -62,7 +79,7 @@ def latency_table(
             ),
             "error_rate": row["errors"] / row["calls"],
         }
-        for row in rows
+        for row in _latency_rows(database_url, namespace, span)
     ]
 
 
@@ -72,16 +89,8 @@ def latency_series(
     """Per step (``span.step_s``) and model of ``namespace``'s calls: calls, latency
     p50/p95 and time to first token p50/p95 (None in a step where no call reported
     one), oldest first."""
-    query = sql.SQL(
-        "SELECT extract(epoch FROM date_bin(make_interval(secs => %s), started_at, "
-        "'2000-01-01T00:00:00Z'::timestamptz))::bigint AS t, model AS key, count(*) AS calls, "
-        "{percentiles} FROM llm_traces "
-        "WHERE namespace = %s AND started_at >= %s AND started_at < %s "
-        "GROUP BY 1, 2 ORDER BY 1, 2"
-    ).format(percentiles=_PERCENTILES)
-    with queries.connect(database_url) as conn:
-        rows = conn.execute(query, (span.step_s, namespace, span.start, span.end)).fetchall()
     fields = ("t", "key", "calls", "p50_ms", "p95_ms", "ttft_p50_ms", "ttft_p95_ms")
+    rows = _latency_rows(database_url, namespace, span, step_s=span.step_s)
     return [{name: row[name] for name in fields} for row in rows]
 
 
@@ -163,6 +172,7 @@ def performance_routes(board: Dashboard) -> list[BaseRoute]:
         span = queries.parse_range(given)
         models = latency_table(board.database_url, keys.namespace, span)
         tools = tool_table(board.database_url, keys.namespace, span)
+        samples = sample_rows(board.database_url, keys.namespace, span)
         live = [s for s in queries.live_items(board.redis, keys) if s["type"] == "histogram"]
         api = {
             "namespace": keys.namespace,
@@ -187,6 +197,10 @@ def performance_routes(board: Dashboard) -> list[BaseRoute]:
             f'<div id="ttft-chart" data-api="{e("/api/performance/series?" + urlencode(api))}"'
             ' data-field="ttft_p95_ms" data-axis="p95 time to first token (ms)" data-unit="ms"'
             ' role="img" aria-label="p95 time to first token over time"></div>'
+            f'<div id="samples-chart" data-api="{e("/api/performance/samples?" + urlencode(api))}"'
+            ' data-empty="no metric samples in this range" data-field="p95_ms"'
+            ' data-axis="p95 duration, metric samples (ms)" data-unit="ms"'
+            ' role="img" aria-label="p95 durations of the metric samples over time"></div>'
             + table(
                 "LLM latency by model (PostgreSQL)",
                 (
@@ -232,6 +246,21 @@ def performance_routes(board: Dashboard) -> list[BaseRoute]:
                     for t in tools
                 ),
                 "tool-table",
+            )
+            + table(
+                "Durations from the metric samples (PostgreSQL)",
+                ("metric", "samples", "p50 (ms)", "p95 (ms)", "p99 (ms)"),
+                (
+                    (
+                        e(m["key"]),
+                        e(m["samples"]),
+                        number(m["p50_ms"]),
+                        number(m["p95_ms"]),
+                        number(m["p99_ms"]),
+                    )
+                    for m in samples
+                ),
+                "samples-table",
             )
             + table(
                 "Durations, live (every producer summed; percentiles within 2 %)",

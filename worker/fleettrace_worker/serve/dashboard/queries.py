@@ -309,26 +309,53 @@ def like_prefix(prefix: str) -> str:
     return f"{escaped}%"
 
 
-#: The windows of the Overview's recent activity, newest first.
+#: The fixed windows of the Overview's recent activity; "today" comes between them.
 ACTIVITY_WINDOWS: Final = (("1h", timedelta(hours=1)), ("24h", timedelta(days=1)))
+#: How far back a browser's start of the day may lie (a day of 25 hours, a zone of +14).
+MAX_DAY_START_AGE: Final = timedelta(hours=50)
+
+
+def parse_day_start(raw: str | None, now: datetime | None = None) -> tuple[datetime, str]:
+    """``day_start``: the start of the reader's day as Unix seconds (the page's script
+    sends the browser's local midnight), with its label; absent, UTC midnight."""
+    now = now or datetime.now(UTC)
+    if raw is None or raw == "":
+        return datetime(now.year, now.month, now.day, tzinfo=UTC), "UTC"
+    if not raw.isdigit():
+        raise QueryError(f"day_start must be a Unix time in whole seconds, got {shown(raw)}")
+    start = datetime.fromtimestamp(int(raw), UTC)
+    if not now - MAX_DAY_START_AGE <= start <= now:
+        raise QueryError(
+            f"day_start must lie within the last {int(MAX_DAY_START_AGE.total_seconds() // 3600)}"
+            f" hours, got {shown(raw)}"
+        )
+    return start, "local"
 
 
 def recent_activity(
-    database_url: str, namespace: str, now: datetime | None = None
+    database_url: str,
+    namespace: str,
+    now: datetime | None = None,
+    *,
+    day_start: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Calls of ``namespace`` stored in the last hour and the last 24 hours: calls per
-    minute, priced spend, unpriced calls, and the share of calls that failed or were
-    retried."""
+    """Calls of ``namespace`` stored in the last hour, today (since ``day_start``, UTC
+    midnight by default) and the last 24 hours: calls per minute, priced spend,
+    unpriced calls, and the share of calls that failed or were retried."""
     now = now or datetime.now(UTC)
+    if day_start is None:
+        day_start = parse_day_start(None, now)[0]
+    windows = [(name, now - span) for name, span in ACTIVITY_WINDOWS]
+    windows.insert(1, ("today", day_start))
     parts = ", ".join(
         f"count(*) FILTER (WHERE started_at >= %(s{i})s) AS calls{i}, "
         f"coalesce(sum(cost_usd) FILTER (WHERE started_at >= %(s{i})s), 0) AS cost{i}, "
         f"count(cost_usd) FILTER (WHERE started_at >= %(s{i})s) AS priced{i}, "
         f"count(error) FILTER (WHERE started_at >= %(s{i})s) AS errors{i}, "
         f"count(*) FILTER (WHERE started_at >= %(s{i})s AND retry_count > 0) AS retried{i}"
-        for i in range(len(ACTIVITY_WINDOWS))
+        for i in range(len(windows))
     )
-    starts = {f"s{i}": now - span for i, (_, span) in enumerate(ACTIVITY_WINDOWS)}
+    starts = {f"s{i}": start for i, (_, start) in enumerate(windows)}
     oldest = min(starts.values())
     query = (
         f"SELECT {parts} FROM llm_traces WHERE namespace = %(namespace)s "  # noqa: S608 (built from constants)
@@ -339,13 +366,15 @@ def recent_activity(
         row = conn.execute(query, bound).fetchone()
     assert row is not None
     items = []
-    for i, (name, span) in enumerate(ACTIVITY_WINDOWS):
+    for i, (name, start) in enumerate(windows):
         calls = int(row[f"calls{i}"])
+        minutes = max((now - start).total_seconds() / 60, 1.0)
         items.append(
             {
                 "window": name,
+                "from": start.isoformat(),
                 "calls": calls,
-                "calls_per_minute": calls / (span.total_seconds() / 60),
+                "calls_per_minute": calls / minutes,
                 "cost_usd": float(row[f"cost{i}"]),
                 "unpriced_calls": calls - int(row[f"priced{i}"]),
                 "error_rate": int(row[f"errors{i}"]) / calls if calls else None,
@@ -395,6 +424,9 @@ def overview(client: redis.Redis, keys: Keys) -> dict[str, Any]:
                 "priced_calls": plan.priced_calls,
                 "decisions": plan.decisions,
                 "child_plans": plan.child_plans,
+                "budget_usd": plan.budget_usd,
+                # Of a budget of 0 nothing can be a share: left out, like no budget.
+                "share_used": plan.cost_usd / plan.budget_usd if plan.budget_usd else None,
             }
             for plan in top.plans
         ],

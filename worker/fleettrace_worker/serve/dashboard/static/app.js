@@ -14,15 +14,25 @@ function localTimes(root) {
   }
 }
 
+// The start of today in the browser's time zone, in Unix seconds: the Overview's
+// "today" (the server, without it, counts from UTC midnight and says so).
+function dayStart() {
+  const midnight = new Date();
+  midnight.setHours(0, 0, 0, 0);
+  return String(Math.floor(midnight.getTime() / 1000));
+}
+
 function refreshLive(section) {
   const every = Number(section.dataset.refresh) || 5000;
   const note = document.createElement("p");
   note.className = "note";
   note.id = "refreshed";
   section.after(note);
-  setInterval(async () => {
+  const refresh = async () => {
     try {
-      const answer = await fetch(location.href, { headers: { Accept: "text/html" } });
+      const url = new URL(location.href);
+      url.searchParams.set("day_start", dayStart());
+      const answer = await fetch(url, { headers: { Accept: "text/html" } });
       if (!answer.ok) {
         note.textContent = "refresh failed (" + answer.status + "); retrying";
         return;
@@ -38,7 +48,10 @@ function refreshLive(section) {
     } catch (error) {
       note.textContent = "refresh failed; retrying";
     }
-  }, every);
+  };
+  // At once (today from local midnight), then every few seconds.
+  refresh();
+  setInterval(refresh, every);
 }
 
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
@@ -58,7 +71,7 @@ async function seriesChart(box) {
   const times = [...new Set(body.items.map((item) => item.t))].sort((a, b) => a - b);
   const keys = [...new Set(body.items.map((item) => item.key ?? "(none)"))];
   if (times.length === 0) {
-    box.textContent = "no calls in this range";
+    box.textContent = box.dataset.empty || "no calls in this range";
     return;
   }
   const at = new Map(times.map((t, i) => [t, i]));
@@ -138,7 +151,7 @@ document.addEventListener("DOMContentLoaded", () => {
   localTimes(document);
   const live = document.getElementById("live");
   if (live) refreshLive(live);
-  for (const chart of document.querySelectorAll("#cost-chart, #latency-chart, #ttft-chart")) {
+  for (const chart of document.querySelectorAll("#cost-chart, #latency-chart, #ttft-chart, #samples-chart")) {
     seriesChart(chart).catch(() => {
       chart.textContent = "the chart could not be read";
     });
