@@ -108,6 +108,12 @@ class Consumer:
             f"Consumer(group={self.group!r}, name={self.name!r}, namespace={self.keys.namespace!r})"
         )
 
+    @property
+    def label(self) -> str:
+        """The group's name in logs, health and /metrics: ``persist`` for shard 0,
+        ``persist:2`` for the loop of shard 2 (docs/scaling.md)."""
+        return f"{self.group}:{self.keys.shard}" if self.keys.shard else self.group
+
     def ensure_groups(self) -> None:
         """Find the namespace's streams now and create the group where it is missing."""
         self.refresh(force=True)
