@@ -127,7 +127,8 @@ def test_live_reads_sum_the_shards_before_and_after_a_worker_aggregates_them(
         assert plan_cost_usd(redis_client, keys, "plan-1") == pytest.approx(expected)
         status, metrics = http_get(f"{base}/metrics")
         assert status == 200
-        line = 'fleettrace_actor_token_usage_total{model="gpt-4o",provider="openai",token_type="prompt"}'
+        labels = 'model="gpt-4o",provider="openai",token_type="prompt"'
+        line = "fleettrace_actor_token_usage_total{" + labels + "}"
         exported = [row.split()[-1] for row in metrics.splitlines() if row.startswith(line)]
         prompt_sum = scalar(db, "SELECT sum(prompt_tokens) FROM llm_traces")
         assert [float(value) for value in exported] == [prompt_sum]
