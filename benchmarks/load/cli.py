@@ -30,6 +30,7 @@ from benchmarks.load import (
     memory,
     producer,
     report,
+    shards,
     worker,
 )
 from benchmarks.load.context import DEFAULT_PG_ADMIN_URL, DEFAULT_REDIS_URL, FULL, QUICK, RunContext
@@ -43,6 +44,7 @@ SECTIONS: Final[dict[str, Callable[[RunContext], dict[str, Any]]]] = {
     "worker": worker.run,
     "drain": drain.run,
     "freshness": freshness.run,
+    "shards": shards.run,
 }
 ALL_SECTIONS: Final = (*SECTIONS, "memory")
 
