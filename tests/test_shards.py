@@ -165,6 +165,7 @@ def test_a_worker_told_its_shards_reads_only_those(
         _emit(redis_url, keys, shard, shard * 10, 10)
     drain(redis_url, keys, db, shards=(1,))
     assert trace_rows(db) == 10
+    assert redis_client.smembers(keys.shard_registry) == {b"1"}  # readers sum it
     shard_1 = "SELECT count(*) FROM llm_traces WHERE substr(decision_id, 3)::int BETWEEN 10 AND 19"
     assert scalar(db, shard_1) == 10
     assert redis_client.xlen(keys.traces) == 1  # shard 0 left alone

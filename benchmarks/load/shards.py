@@ -7,7 +7,8 @@ The fleet is ``EMITTERS`` processes, the i-th told ``FLEETTRACE_SHARD=i mod N``;
 waits for a common start time, sends its records through the real emitter (default
 settings: on this cluster each batch waits for its master's replica) and reports when
 it began and when ``flush()`` returned. The rate is every record over the span from the
-first start to the last end; the median of ``RUNS`` runs. Skipped, with the reason,
+first start to the last end; the median of ``RUNS`` runs. Each run uses a fresh
+namespace whose shards 0, 1 and 2 hash to three different masters. Skipped, with the reason,
 when a cluster cannot be started here (no ``redis-server`` with cluster mode or no
 ``redis-cli``).
 """
@@ -27,6 +28,7 @@ from benchmarks.load.context import RunContext
 from benchmarks.load.processes import ROOT
 from benchmarks.load.row import Row, get
 from fleettrace.emitter import Emitter, EmitterSettings
+from fleettrace.keys import Keys
 from fleettrace.model import LLMTrace
 
 EMITTERS: Final = 3
@@ -67,8 +69,17 @@ def run(ctx: RunContext) -> dict[str, Any]:
     }
 
 
+def _spread_namespace(cluster: Any) -> str:
+    """A fresh namespace whose first three shards sit on three different masters."""
+    while True:
+        keys = Keys(f"bench-sh-{uuid.uuid4().hex[:8]}")
+        tags = [keys.for_shard(s).producers for s in range(max(SHARD_COUNTS))]
+        if len({cluster.master_of(tag) for tag in tags}) == len(tags):
+            return keys.namespace
+
+
 def _fleet_rate(cluster: Any, shards: int, records: int) -> float:
-    namespace = f"bench-sh-{uuid.uuid4().hex[:8]}"
+    namespace = _spread_namespace(cluster)
     start_at = time.time() + _START_DELAY_S
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETTRACE_")}
     procs = [

@@ -218,9 +218,16 @@ class Worker:
     def _first_shards(self) -> list[int]:
         """The shards read from the start: the configured ones, else those a whole walk
         over every master finds (shard 0 alone when Redis cannot be walked now: the
-        walk goes on at each health tick)."""
+        walk goes on at each health tick). Configured shards are added to the set of
+        shards readers sum over."""
         if self.settings.shards is not None:
-            return sorted(set(self.settings.shards))
+            chosen = sorted(set(self.settings.shards))
+            try:  # so that readers sum them even when no worker walks for shards
+                if [s for s in chosen if s]:
+                    self._redis().sadd(self.keys.shard_registry, *[s for s in chosen if s])
+            except (redis.RedisError, FleettraceError) as error:
+                log.warning("shards not recorded for the readers: %s", error)
+            return chosen
         self._shard_walk = ShardWalk(self._redis(), self.keys)
         try:
             self._shard_walk.advance(steps=None)
