@@ -6,6 +6,7 @@ cluster is tests/test_shards_cluster.py."""
 
 from __future__ import annotations
 
+import json
 import zlib
 
 import pytest
@@ -21,11 +22,21 @@ from fleettrace.plans import count_plans, read_plan, top_plans, total_cost_usd
 from fleettrace.shards import choose_shard, configured_shards, known_shards, parse_shard
 from fleettrace_worker.cli.worker import shard_list
 from fleettrace_worker.context import WorkerSettings
+from fleettrace_worker.serve.dashboard.queries import overview
 from fleettrace_worker.stream.shards import ShardWalk, discover_shards, shard_of
 from tests.emitting import make_emitter
 from tests.factories import numbered_trace
 from tests.waiting import wait_until
-from tests.worker_helpers import drain, http_get, migrated, scalar, serving_worker, trace_rows
+from tests.worker_helpers import (
+    drain,
+    fleettrace_here,
+    http_get,
+    migrated,
+    scalar,
+    serving_worker,
+    trace_rows,
+    worker_env,
+)
 
 
 def test_shard_0_is_the_unsharded_layout_and_each_shard_has_a_slot_of_its_own() -> None:
@@ -171,3 +182,38 @@ def test_a_worker_told_its_shards_reads_only_those(
     assert redis_client.xlen(keys.traces) == 1  # shard 0 left alone
     drain(redis_url, keys, db, shards=(0, 2))
     assert trace_rows(db) == 30
+
+
+def test_the_commands_and_the_overview_see_every_shard(  # noqa: PLR0917
+    redis_url: str,
+    redis_client: redis.Redis,
+    keys: Keys,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = migrated(database_url)
+    _emit(redis_url, keys, 0, 0, 4)
+    _emit(redis_url, keys, 2, 10, 6)
+    redis_client.xadd(keys.for_shard(2).traces, {"junk": "1"})  # a dead letter in shard 2
+    drain(redis_url, keys, db)
+    assert trace_rows(db) == 10
+    env = worker_env(redis_url, db, keys)
+    listed = fleettrace_here(
+        "groups", "list", "--json", env=env, monkeypatch=monkeypatch, capsys=capsys
+    )
+    streams = {item["stream"] for item in json.loads(listed.stdout)["items"]}
+    assert streams == {keys.traces, keys.for_shard(2).traces}
+    dead = [
+        json.loads(
+            fleettrace_here(
+                "dlq", "list", "--json", *shard, env=env, monkeypatch=monkeypatch, capsys=capsys
+            ).stdout
+        )["items"]
+        for shard in ((), ("--shard", "2"))
+    ]
+    assert dead[0] == [] and [item["stream"] for item in dead[1]] == [keys.for_shard(2).traces]
+    board = overview(redis_client, keys)
+    assert board["dead_letters"]["persist"] == 1
+    assert {g["stream"] for g in board["groups"]} == streams
+    assert [(e["producer"], e["records"]) for e in board["emitters"]] == [("default", 10)]
