@@ -20,7 +20,6 @@ from fleettrace.live import is_over_budget, plan_cost_usd, read_live
 from fleettrace.metrics import MetricKey
 from fleettrace.plans import count_plans, read_plan, top_plans, total_cost_usd
 from fleettrace.shards import choose_shard, configured_shards, known_shards, parse_shard
-from fleettrace_worker.cli.worker import shard_list
 from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.serve.dashboard.queries import overview
 from fleettrace_worker.stream.shards import ShardWalk, discover_shards, shard_of
@@ -83,9 +82,6 @@ def test_an_emitter_process_picks_its_shard_by_the_documented_rule(
 
 
 def test_the_worker_settings_take_a_list_of_shards() -> None:
-    assert shard_list("2,0,2") == (0, 2)
-    with pytest.raises(Exception, match="--shards must be a whole number"):
-        shard_list("0,x")
     with pytest.raises(ConfigurationError, match="shards must be shard numbers"):
         WorkerSettings("redis://x", "postgresql://x", shards=())
 

@@ -183,7 +183,7 @@ def test_a_worker_told_its_shards_reads_only_those_on_the_cluster(
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETTRACE_")}
     env.update(FLEETTRACE_DATABASE_URL=db, FLEETTRACE_NAMESPACE=keys.namespace)
     args = ("worker", "--burst", "--redis-url", redis_cluster.url, "--redis-cluster")
-    result = fleettrace(*args, "--shards", "1,2", env=env)
+    result = fleettrace(*args, "--shards", "1", "2", env=env)
     assert result.returncode == 0, result.stderr
     assert trace_rows(db) == 20 + 30  # shards 1 and 2, not shard 0's 10
     result = fleettrace(*args, "--shards", "0", env=env)

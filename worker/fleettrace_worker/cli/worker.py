@@ -7,8 +7,7 @@ import logging
 import sys
 
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import MAX_ENTRY_BYTES, Keys
-from fleettrace.shards import parse_shard
+from fleettrace.keys import MAX_ENTRY_BYTES, MAX_SHARDS, Keys
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.keys import (
@@ -123,21 +122,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--shards",
-        type=shard_list,
-        metavar="LIST",
-        help="read only these shards of a sharded namespace, e.g. 0,2 (default: every "
-        "shard found on any master, new ones included; docs/scaling.md)",
+        type=options.WholeNumber(low=0, high=MAX_SHARDS - 1),
+        nargs="+",
+        metavar="N",
+        help="read only these shards of a sharded namespace, e.g. --shards 0 2 (default: "
+        "every shard found on any master, new ones included; docs/scaling.md)",
     )
     parser.set_defaults(handler=run)
-
-
-def shard_list(text: str) -> tuple[int, ...]:
-    """``--shards``: comma-separated shard numbers."""
-    try:
-        numbers = [parse_shard(part, "--shards") for part in text.split(",")]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return tuple(sorted({n for n in numbers if n is not None}))
 
 
 def selected_groups(only: str | None, env: WorkerEnvironment | None = None) -> tuple[str, ...]:
@@ -182,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         group_max_lag=args.group_max_lag,
         group_max_age_s=args.group_max_age_s,
         max_entry_bytes=args.max_entry_bytes,
-        shards=args.shards,
+        shards=None if args.shards is None else tuple(sorted(set(args.shards))),
         burst=args.burst or None,
         http=args.http,
         dashboard=args.dashboard or None,
