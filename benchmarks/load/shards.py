@@ -53,15 +53,16 @@ def run(ctx: RunContext) -> dict[str, Any]:
         return {"skipped": reason}
     records = QUICK_RECORDS if ctx.quick else FULL_RECORDS
     try:
-        rates = {
-            str(n): statistics.median(_fleet_rate(cluster, n, records) for _ in range(RUNS))
-            for n in SHARD_COUNTS
+        each = {
+            str(n): [_fleet_rate(cluster, n, records) for _ in range(RUNS)] for n in SHARD_COUNTS
         }
+        rates = {n: statistics.median(runs) for n, runs in each.items()}
         masters = len(cluster.masters())
     finally:
         cluster.close()
     return {
         "records_per_s": {n: round(rate) for n, rate in rates.items()},
+        "every_run_records_per_s": {n: [round(r) for r in runs] for n, runs in each.items()},
         "emitters": EMITTERS,
         "records_per_emitter": records,
         "runs": RUNS,
