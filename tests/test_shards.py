@@ -75,6 +75,8 @@ def test_an_emitter_process_picks_its_shard_by_the_documented_rule(
     monkeypatch.setenv("FLEETTRACE_SHARDS", "0")
     with pytest.raises(ConfigurationError, match="FLEETTRACE_SHARDS must be a whole number"):
         EmitterSettings.from_env()
+    with pytest.raises(ConfigurationError, match="FLEETTRACE_SHARDS must be a whole number"):
+        configured_shards()
     with pytest.raises(ConfigurationError, match="shard must be a whole number"):
         EmitterSettings(shard=-1)
     with pytest.raises(ValueError, match="FLEETTRACE_SHARD must"):

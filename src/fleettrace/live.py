@@ -169,6 +169,10 @@ def read_live(
     since there is a series per plan; asking for one of them is a ``ValueError``.
     Read plans with :func:`plan_cost_usd` or :mod:`fleettrace.plans`. Hashes of the
     layout before per-producer keys (``{ns}:live:*``) are added like one more producer.
+
+    In a sharded namespace (:mod:`fleettrace.shards`) one ``SMEMBERS`` more finds the
+    shards; each is read as above (without the snapshot when there are several) and
+    the shards' fields are summed the same way.
     """
     keys = keys if keys is not None else Keys()
     if metric_key is None:
@@ -378,7 +382,8 @@ def plan_cost_usd(client: redis.Redis, *args: Any, keys: Keys | None = None) -> 
     ``{ns}:live:plan.cost_usd``), so the answer is whole during an upgrade. Without a
     worker, three: the producer set, then one HGET of the plan's hash per producer
     (pipelined), each clamped at zero. A plan whose counters expired (``plan_ttl_s``
-    after its last record) costs 0.
+    after its last record) costs 0. In a sharded namespace: one ``SMEMBERS`` more, then
+    the above for each shard, summed.
     """
     keys, rest = _keys_first(args, keys)
     if len(rest) != 1 or not isinstance(rest[0], str):

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from fleettrace.environment import SHARD_VARIABLE, SHARDS_VARIABLE, first_set
+from fleettrace.errors import ConfigurationError
 from fleettrace.keys import MAX_SHARDS, Keys
 
 if TYPE_CHECKING:
@@ -61,8 +62,11 @@ def _whole(value: str | int) -> int | None:
 
 
 def configured_shards(environ: Mapping[str, str] | None = None) -> int:
-    """``FLEETTRACE_SHARDS`` (1 when not set)."""
-    return parse_shards(first_set((SHARDS_VARIABLE,), environ))
+    """``FLEETTRACE_SHARDS`` (1 when not set); a bad value is a ``ConfigurationError``."""
+    try:
+        return parse_shards(first_set((SHARDS_VARIABLE,), environ))
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
 
 
 def choose_shard(
