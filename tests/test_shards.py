@@ -7,7 +7,10 @@ cluster is tests/test_shards_cluster.py."""
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import zlib
+from dataclasses import replace
 
 import pytest
 import redis
@@ -21,10 +24,12 @@ from fleettrace.metrics import MetricKey
 from fleettrace.plans import count_plans, read_plan, top_plans, total_cost_usd
 from fleettrace.shards import choose_shard, configured_shards, known_shards, parse_shard
 from fleettrace_worker.context import WorkerSettings
+from fleettrace_worker.process import Worker
 from fleettrace_worker.serve.dashboard.queries import overview
 from fleettrace_worker.stream.shards import ShardWalk, discover_shards, shard_of
 from tests.emitting import make_emitter
 from tests.factories import numbered_trace
+from tests.servers import free_port
 from tests.waiting import wait_until
 from tests.worker_helpers import (
     drain,
@@ -215,3 +220,45 @@ def test_the_commands_and_the_overview_see_every_shard(  # noqa: PLR0917
     assert board["dead_letters"]["persist"] == 1
     assert {g["stream"] for g in board["groups"]} == streams
     assert [(e["producer"], e["records"]) for e in board["emitters"]] == [("default", 10)]
+
+
+def test_a_worker_that_cannot_reach_redis_starts_with_shard_0_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    away = f"redis://127.0.0.1:{free_port()}/0"
+    settings = WorkerSettings(
+        away, "postgresql://x", namespace="away", health_interval_s=0.1, retry_max_s=0.2
+    )
+    worker = Worker(settings)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(worker.run()))
+    with caplog.at_level(logging.DEBUG, logger="fleettrace_worker.process"):
+        thread.start()
+        try:
+            wait_until(
+                lambda: any(
+                    r.getMessage().startswith("shards not looked for: ") for r in caplog.records
+                ),
+                20,
+                "a walk tried again at a health tick",
+            )
+        finally:
+            worker.stop.set()
+            thread.join(30)
+    assert result == [0]
+    assert worker.shards == [0]  # shard 0's loops ran, waiting for Redis
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("shards not looked for at start: ") for m in messages), messages
+    told = Worker(replace(settings, shards=(0, 3)))
+    with caplog.at_level(logging.WARNING, logger="fleettrace_worker.process"):
+        assert told._first_shards() == [0, 3]
+    told.context.close()
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("shards not recorded for the readers: ") for m in messages), messages
+
+
+def test_only_a_producer_stream_of_a_shard_number_names_a_shard() -> None:
+    keys = Keys("fleet")
+    for shard in ("0", str(MAX_SHARDS), "x"):
+        assert shard_of(keys, "{fleet:" + shard + "}:p:a:traces") is None
+    assert shard_of(keys, "{fleet:3}:p:a:traces") == 3
