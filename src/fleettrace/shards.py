@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from fleettrace.environment import SHARD_VARIABLE, SHARDS_VARIABLE, first_set
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import MAX_SHARDS, Keys
+from fleettrace.redis_errors import translate_redis_errors
 
 if TYPE_CHECKING:
     import redis  # annotations only: redis-py loads when a client is made
@@ -94,7 +95,9 @@ def known_shards(client: redis.Redis, keys: Keys) -> list[int]:
     ``FLEETTRACE_SHARDS``, and those the worker recorded in ``keys.shard_registry``
     (a member that is not a shard number is skipped). One SMEMBERS."""
     found = set(range(configured_shards()))
-    for raw in client.smembers(keys.shard_registry) or ():
+    with translate_redis_errors("reading the shards of the namespace"):
+        members = client.smembers(keys.shard_registry) or ()
+    for raw in members:
         try:
             shard = parse_shard(_text(raw))
         except ValueError:
