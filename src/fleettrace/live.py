@@ -185,7 +185,7 @@ def read_live(
                 "fleettrace.plans.read_plan() or top_plans()"
             )
     with translate_redis_errors("reading the live counters"):
-        shards = shard_keys(client, keys)
+        shards = shard_keys(client, keys, "reading the live counters")
         if len(shards) == 1:
             found = snapshot_fields(client, shards[0])
             if found is not None:
@@ -389,8 +389,10 @@ def plan_cost_usd(client: redis.Redis, *args: Any, keys: Keys | None = None) -> 
     if len(rest) != 1 or not isinstance(rest[0], str):
         raise TypeError("plan_cost_usd() takes the client and a plan_id (and optionally keys)")
     plan_id = rest[0]
-    with translate_redis_errors("reading a plan's cost"):
-        return sum(_shard_plan_cost(client, shard, plan_id) for shard in shard_keys(client, keys))
+    action = "reading a plan's cost"
+    with translate_redis_errors(action):
+        shards = shard_keys(client, keys, action)
+        return sum(_shard_plan_cost(client, shard, plan_id) for shard in shards)
 
 
 def _shard_plan_cost(client: redis.Redis, keys: Keys, plan_id: str) -> float:

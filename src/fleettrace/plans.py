@@ -127,7 +127,7 @@ def read_plan(client: redis.Redis, keys: Keys, plan_id: str) -> PlanFigures | No
     producer set, then one pipelined HGETALL per producer. None when it has none
     (never seen, or expired)."""
     with translate_redis_errors("reading a plan's counters"):
-        shards = shard_keys(client, keys)
+        shards = shard_keys(client, keys, "reading a plan's counters")
         hashes = [one for shard in shards for one in _plan_hashes(client, shard, plan_id)]
     merged = merge_fields(hashes, _stat)
     return figures(plan_id, merged) if merged else None
@@ -180,7 +180,7 @@ def count_plans(
     ``cap`` bounds the plan hashes examined (one per plan and producer); while a
     worker keeps the aggregates, one round trip counts them all."""
     with translate_redis_errors("counting the live plans"):
-        shards = shard_keys(client, keys)
+        shards = shard_keys(client, keys, "counting the live plans")
         if len(shards) == 1:
             ranked = ranked_plans(client, shards[0], 1)
             if ranked is not None:
@@ -236,7 +236,7 @@ def total_cost_usd(
     walk: at most ``cap`` plans)."""
     with translate_redis_errors("reading the live plans"):
         total, left = 0.0, cap
-        for shard in shard_keys(client, keys):
+        for shard in shard_keys(client, keys, "reading the live plans"):
             for step in _costs(client, shard, prefix, left, count):
                 total += sum(cost for _, cost in step)
                 left -= len(step)
@@ -266,7 +266,7 @@ def top_plans(
     if limit < 1:
         raise ValueError(f"limit must be positive, got {limit}")
     with translate_redis_errors("reading the live plans"):
-        shards = shard_keys(client, keys)
+        shards = shard_keys(client, keys, "reading the live plans")
         if not prefix and len(shards) == 1:
             found = _top_aggregated(client, shards[0], limit)
             if found is not None:

@@ -22,7 +22,7 @@ import os
 import socket
 import zlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from fleettrace.environment import SHARD_VARIABLE, SHARDS_VARIABLE, first_set
 from fleettrace.errors import ConfigurationError
@@ -86,16 +86,20 @@ def choose_shard(
     return zlib.crc32(f"{host}:{pid}".encode()) % shards
 
 
+READING_SHARDS: Final = "reading the shards of the namespace"
+
+
 def _text(raw: bytes | str) -> str:
     return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
 
 
-def known_shards(client: redis.Redis, keys: Keys) -> list[int]:
+def known_shards(client: redis.Redis, keys: Keys, action: str = READING_SHARDS) -> list[int]:
     """The shards a reader sums over, ascending: 0, those of the reader's own
     ``FLEETTRACE_SHARDS``, and those the worker recorded in ``keys.shard_registry``
-    (a member that is not a shard number is skipped). One SMEMBERS."""
+    (a member that is not a shard number is skipped). One SMEMBERS; a Redis error is
+    translated as one of ``action`` (the caller's read, so it names what failed)."""
     found = set(range(configured_shards()))
-    with translate_redis_errors("reading the shards of the namespace"):
+    with translate_redis_errors(action):
         members = client.smembers(keys.shard_registry) or ()
     for raw in members:
         try:
@@ -107,6 +111,6 @@ def known_shards(client: redis.Redis, keys: Keys) -> list[int]:
     return sorted(found)
 
 
-def shard_keys(client: redis.Redis, keys: Keys) -> list[Keys]:
+def shard_keys(client: redis.Redis, keys: Keys, action: str = READING_SHARDS) -> list[Keys]:
     """``keys`` in each shard a reader sums over (:func:`known_shards`)."""
-    return [keys.for_shard(shard) for shard in known_shards(client, keys)]
+    return [keys.for_shard(shard) for shard in known_shards(client, keys, action)]

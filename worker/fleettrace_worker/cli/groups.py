@@ -115,7 +115,8 @@ def run_list(args: argparse.Namespace) -> int:
     limits = _limits(args)
     keys = options.keys(args)
     client = options.redis_client(args)
-    reports = [r for shard in shard_keys(client, keys) for r in inspect_groups(client, shard)]
+    shards = shard_keys(client, keys, "reading consumer groups")
+    reports = [r for shard in shards for r in inspect_groups(client, shard)]
     items = [_as_json(report, limits) for report in reports]
     behind = sum(item["behind"] for item in items)
     streams = len({item["stream"] for item in items})
@@ -139,7 +140,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_drop(args: argparse.Namespace) -> int:
     client, keys = options.redis_client(args), options.keys(args)
     result: dict[str, Any] = {"group": args.name, "dropped_from": []}
-    shards = shard_keys(client, keys)  # a sharded namespace: every shard's streams
+    shards = shard_keys(client, keys, "reading consumer groups")  # every shard's streams
     reports = [r for shard in shards for r in inspect_groups(client, shard) if r.group == args.name]
     if not reports:
         return _refuse(
