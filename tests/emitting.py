@@ -18,11 +18,13 @@ def make_emitter(redis_url: str, keys: Keys, **settings: Any) -> Emitter:
 
 
 def delete_namespace(redis_url: str, keys: Keys) -> None:
-    """Delete every key of a namespace (a test's, or one a command left for its user)."""
+    """Delete every key of a namespace, its shards' included (a test's, or one a command
+    left for its user)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        for key in client.scan_iter(match=f"{keys.prefix}*", count=1000):
-            client.delete(key)
+        for match in (f"{keys.prefix}*", "{" + keys.namespace + ":*"):
+            for key in client.scan_iter(match=match, count=1000):
+                client.delete(key)
     finally:
         client.close()
 

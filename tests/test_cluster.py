@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -134,8 +134,17 @@ def _workers(
 
 
 def _producers(
-    cluster: LocalCluster, keys: Keys, count: int, each: int, seconds: float
+    cluster: LocalCluster,
+    keys: Keys,
+    count: int,
+    each: int,
+    seconds: float,
+    *,
+    first: int = 0,
+    env_each: Sequence[Mapping[str, str]] = (),
 ) -> list[subprocess.Popen[str]]:
+    """``count`` producer processes of ``each`` traces (ids from ``first`` on), the
+    i-th with ``env_each[i]`` added to its environment."""
     env = {**os.environ, "FLEETTRACE_REDIS_CLUSTER": "true"}
     env.pop("FLEETTRACE_PRODUCER", None)
     return [
@@ -146,12 +155,12 @@ def _producers(
                 "tests.producer",
                 keys.namespace,
                 cluster.url,
-                str(i * each),
+                str(first + i * each),
                 str(each),
                 "0",
                 str(seconds),
             ],
-            env=env,
+            env={**env, **(env_each[i] if i < len(env_each) else {})},
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

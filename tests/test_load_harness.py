@@ -29,6 +29,7 @@ SECTIONS = {
     "drain",
     "memory",
     "capacity",
+    "shards",
 }
 
 
@@ -326,3 +327,14 @@ def test_the_capacity_section_counts_every_record_it_measures(capacity_run):
         assert list(client.scan_iter(match=f"{{bench-{run_id}-*", count=1000)) == []
     finally:
         client.close()
+
+
+def test_the_shards_section_measures_one_two_and_three_shards_or_says_why_not(report):
+    shards = report["sections"]["shards"]
+    if "skipped" in shards:  # no redis-server with cluster mode, or no redis-cli
+        assert shards["skipped"].startswith("no local Redis Cluster here")
+        return
+    assert set(shards["records_per_s"]) == {"1", "2", "3"}
+    assert all(rate > 0 for rate in shards["records_per_s"].values())
+    rows = [row for row in report["rows"] if row["section"] == "shards"]
+    assert [row["baseline"] for row in rows] == [shards["records_per_s"]["1"]] * 3

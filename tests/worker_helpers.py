@@ -228,11 +228,17 @@ def start_fleettrace(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def drain(redis_url: str, keys: Keys, database_url: str) -> None:
-    """Run a burst worker (consumer ``dash``) until the namespace's streams are
-    drained; it must exit 0."""
+def drain(redis_url: str, keys: Keys, database_url: str, **options: Any) -> None:
+    """Run a burst worker (consumer ``dash``; ``options``: more of its settings) until
+    the namespace's streams are drained; it must exit 0."""
     settings = WorkerSettings(
-        redis_url, database_url, namespace=keys.namespace, consumer="dash", block_ms=100, burst=True
+        redis_url,
+        database_url,
+        namespace=keys.namespace,
+        consumer="dash",
+        block_ms=100,
+        burst=True,
+        **options,
     )
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(Worker(settings).run()))

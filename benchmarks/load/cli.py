@@ -31,6 +31,7 @@ from benchmarks.load import (
     memory,
     producer,
     report,
+    shards,
     worker,
 )
 from benchmarks.load.context import DEFAULT_PG_ADMIN_URL, DEFAULT_REDIS_URL, FULL, QUICK, RunContext
@@ -45,6 +46,7 @@ SECTIONS: Final[dict[str, Callable[[RunContext], dict[str, Any]]]] = {
     "drain": drain.run,
     "freshness": freshness.run,
     "capacity": capacity.run,
+    "shards": shards.run,
 }
 ALL_SECTIONS: Final = (*SECTIONS, "memory")
 

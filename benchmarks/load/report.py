@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from benchmarks.load.row import Better, Row, check, get
+from benchmarks.load.shards import shard_rows
 from benchmarks.load.target_rows import (
     DRAIN_S_TARGET,
     FRESHNESS_P99_MS_TARGET,
@@ -31,6 +32,7 @@ _check = check
 def build(sections: dict[str, Any]) -> list[Row]:
     rows: list[Row] = _live_read_rows(sections.get("live_reads", {}))
     rows += import_rows(sections.get("imports", {}))
+    rows += shard_rows(sections.get("shards", {}))
     hot = sections.get("hotpath", {})
     if hot:
         traceable_p50 = _get(hot, "traceable", "p50_us")

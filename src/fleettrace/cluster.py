@@ -2,8 +2,9 @@
 wait for replicas.
 
 Every key of a namespace carries the hash tag ``{namespace}`` (:mod:`fleettrace.keys`),
-so a namespace lives in one hash slot, served by one master at a time. Three things
-need that master by name rather than through the cluster client's routing:
+so a namespace (each shard of a sharded one, :mod:`fleettrace.shards`) lives in one
+hash slot, served by one master at a time. Three things need that master by name
+rather than through the cluster client's routing:
 
 - SCAN walks one node's keyspace, so the worker's discovery and the plan walks scan
   the master of the namespace's slot (:func:`slot_scan`);

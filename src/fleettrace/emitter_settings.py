@@ -19,6 +19,7 @@ from fleettrace.keys import (
     configured_namespace,
 )
 from fleettrace.price_overrides import prices_path_from_env
+from fleettrace.shards import choose_shard, parse_shard, parse_shards
 
 Overflow = Literal["drop_oldest", "block"]
 
@@ -90,6 +91,10 @@ class EmitterSettings:
     #: auto: one on a cluster whose master has a replica (docs/scaling.md).
     wait_replicas: int | None = None
     wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS
+    #: Shards of the namespace (``FLEETTRACE_SHARDS``) and the one this emitter writes
+    #: to (``FLEETTRACE_SHARD``); None: chosen by :func:`fleettrace.shards.choose_shard`.
+    shards: int = 1
+    shard: int | None = None
 
     def __post_init__(self) -> None:
         self.replica_wait()
@@ -97,6 +102,8 @@ class EmitterSettings:
             Keys(self.namespace)
             if self.producer is not None:
                 check_producer(self.producer)
+            parse_shards(self.shards, "shards")
+            parse_shard(self.shard, "shard")
         except ValueError as error:
             raise ConfigurationError(str(error)) from None
         if self.overflow not in _OVERFLOW_POLICIES:
@@ -131,6 +138,10 @@ class EmitterSettings:
         """What each batch waits for after it is applied."""
         return ReplicaWait(self.wait_replicas, self.wait_timeout_ms)
 
+    def chosen_shard(self) -> int:
+        """The shard this emitter writes to (docs/scaling.md: the shard-choice rule)."""
+        return choose_shard(self.shards, self.shard)
+
     def __repr__(self) -> str:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["redis_url"] = redact_url(self.redis_url)
@@ -159,6 +170,11 @@ class EmitterSettings:
             overrides.setdefault(
                 "redis_cluster", parse_flag(REDIS_CLUSTER_VARIABLE, env.redis_cluster)
             )
+        try:
+            overrides.setdefault("shards", parse_shards(env.shards))
+            overrides.setdefault("shard", parse_shard(env.shard))
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
         wait = ReplicaWait.parse(env.wait_replicas, env.wait_timeout_ms)
         overrides.setdefault("wait_replicas", wait.replicas)
         overrides.setdefault("wait_timeout_ms", wait.timeout_ms)

@@ -76,6 +76,10 @@ REDIS_CLUSTER_VARIABLE: Final = "FLEETTRACE_REDIS_CLUSTER"
 WAIT_REPLICAS_VARIABLE: Final = "FLEETTRACE_REDIS_WAIT_REPLICAS"
 WAIT_TIMEOUT_VARIABLE: Final = "FLEETTRACE_REDIS_WAIT_TIMEOUT_MS"
 EMITTER_PREFIX: Final = "FLEETTRACE_EMITTER_"
+#: How many shards the namespace is split into (docs/scaling.md), and the shard an
+#: emitter process writes to (else chosen from its host name and process id).
+SHARDS_VARIABLE: Final = "FLEETTRACE_SHARDS"
+SHARD_VARIABLE: Final = "FLEETTRACE_SHARD"
 
 #: The mapping a :meth:`EnvironmentSettings.read` call reads instead of the process
 #: environment (tests and the CLI pass one); None: the process environment.

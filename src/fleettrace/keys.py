@@ -50,6 +50,11 @@ producer's contribution at zero. Layout for namespace ``fleettrace``::
                                                         add them (clamped) while they
                                                         exist, agents cannot write them
 
+With ``FLEETTRACE_SHARDS`` above 1 a namespace is split into shards
+(:mod:`fleettrace.shards`): shard 0 is the layout above, shard ``s`` > 0 the same
+layout under the tag ``{fleettrace:s}`` (``Keys.shard``), each in its own slot;
+``{fleettrace}:shards`` (a set, written by the worker only) names the shards found.
+
 The batch function library is named LIBRARY_NAME, its function APPLY_FUNCTION.
 """
 
@@ -91,6 +96,8 @@ _NAMESPACE_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 #: The producer identity of an emitter connected as Redis's default user (no ACLs).
 DEFAULT_PRODUCER: Final = "default"
+#: Shards a namespace may have (``FLEETTRACE_SHARDS``); shard numbers are below it.
+MAX_SHARDS: Final = 1024
 #: What a producer identity may hold: it is part of key names and of SCAN MATCH and
 #: ACL key patterns, so no glob character, no ':' and no brace.
 _PRODUCER_RE: Final = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -154,6 +161,8 @@ class Keys:
 
     namespace: str = dataclasses.field(default_factory=configured_namespace)
     producer: str = DEFAULT_PRODUCER
+    #: The shard whose keys these are (docs/scaling.md); 0 is the unsharded layout.
+    shard: int = 0
 
     def __post_init__(self) -> None:
         if not _NAMESPACE_RE.match(self.namespace):
@@ -162,14 +171,28 @@ class Keys:
                 "letters, digits, '_', '.' or '-'"
             )
         check_producer(self.producer)
+        if type(self.shard) is not int or not 0 <= self.shard < MAX_SHARDS:
+            raise ValueError(f"shard must be a whole number 0-{MAX_SHARDS - 1}, got {self.shard!r}")
 
     def for_producer(self, producer: str) -> Keys:
-        """The same namespace as seen by ``producer``."""
-        return Keys(self.namespace, producer)
+        """The same namespace and shard as seen by ``producer``."""
+        return Keys(self.namespace, producer, self.shard)
+
+    def for_shard(self, shard: int) -> Keys:
+        """The same namespace and producer in ``shard``."""
+        return Keys(self.namespace, self.producer, shard)
 
     @property
     def prefix(self) -> str:
+        """The hash tag of the shard: ``{ns}`` for shard 0, ``{ns:s}`` for shard s."""
+        if self.shard:
+            return f"{{{self.namespace}:{self.shard}}}"
         return "{" + self.namespace + "}"
+
+    @property
+    def shard_registry(self) -> str:
+        """Set of the shards the worker found (written by the worker only), in shard 0."""
+        return "{" + self.namespace + "}:shards"
 
     @property
     def producer_prefix(self) -> str:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, overload
 
 import orjson
 
-from fleettrace.aggregates import live_hashes, snapshot_fields
+from fleettrace.aggregates import Hash, live_hashes, snapshot_fields
 from fleettrace.keys import (
     STAT_BUCKET_PREFIX,
     STAT_COUNT,
@@ -41,6 +41,7 @@ from fleettrace.keys import (
 from fleettrace.metrics import PLAN_LABEL, MetricKey, MetricType
 from fleettrace.producers import clamped, known_producers, merge_fields
 from fleettrace.redis_errors import translate_redis_errors
+from fleettrace.shards import shard_keys
 from fleettrace.sketch import FineBucket, Sketch, exact_sum
 
 if TYPE_CHECKING:
@@ -168,6 +169,10 @@ def read_live(
     since there is a series per plan; asking for one of them is a ``ValueError``.
     Read plans with :func:`plan_cost_usd` or :mod:`fleettrace.plans`. Hashes of the
     layout before per-producer keys (``{ns}:live:*``) are added like one more producer.
+
+    In a sharded namespace (:mod:`fleettrace.shards`) one ``SMEMBERS`` more finds the
+    shards; each is read as above (without the snapshot when there are several) and
+    the shards' fields are summed the same way.
     """
     keys = keys if keys is not None else Keys()
     if metric_key is None:
@@ -180,23 +185,20 @@ def read_live(
                 "fleettrace.plans.read_plan() or top_plans()"
             )
     with translate_redis_errors("reading the live counters"):
-        found = snapshot_fields(client, keys)
-        if found is not None:
-            ready = decode_snapshot(found)
-            if ready is not None:
-                return [one for one in ready if one.key in wanted]
-        groups = live_hashes(client, keys, [key.value for key in wanted])
-        trusted = groups is not None  # the worker's sums, clamped already
-        if groups is None:  # no worker keeps the aggregates: sum the producers here
-            producers = known_producers(client, keys)
-            pipe = client.pipeline(transaction=False)
-            for key in wanted:
-                for producer in producers:
-                    pipe.hgetall(keys.for_producer(producer).live(key.value))
-                pipe.hgetall(keys.legacy_live(key.value))  # emitters of the previous layout
-            hashes = pipe.execute()
-            step = len(producers) + 1
-            groups = [hashes[i * step : (i + 1) * step] for i in range(len(wanted))]
+        shards = shard_keys(client, keys, "reading the live counters")
+        if len(shards) == 1:
+            found = snapshot_fields(client, shards[0])
+            if found is not None:
+                ready = decode_snapshot(found)
+                if ready is not None:
+                    return [one for one in ready if one.key in wanted]
+        groups: list[list[Hash]] = [[] for _ in wanted]
+        trusted = len(shards) == 1
+        for shard in shards:
+            found_groups, summed = _shard_groups(client, shard, wanted)
+            trusted = trusted and summed
+            for index, more in enumerate(found_groups):
+                groups[index] += more
     series: list[LiveSeries] = []
     for key, group in zip(wanted, groups, strict=True):
         if trusted and not group[1]:  # nothing of the previous layout to add
@@ -204,6 +206,26 @@ def read_live(
         else:
             series += key_series(key, merge_fields(group, _stat))
     return series
+
+
+def _shard_groups(
+    client: redis.Redis, keys: Keys, wanted: list[MetricKey]
+) -> tuple[list[list[Hash]], bool]:
+    """Per metric key, the hashes of one shard to sum: [the worker's aggregate, the
+    legacy hash] and True while a worker keeps the aggregates, else each producer's
+    hash and the legacy one, and False."""
+    groups = live_hashes(client, keys, [key.value for key in wanted])
+    if groups is not None:
+        return groups, True
+    producers = known_producers(client, keys)
+    pipe = client.pipeline(transaction=False)
+    for key in wanted:
+        for producer in producers:
+            pipe.hgetall(keys.for_producer(producer).live(key.value))
+        pipe.hgetall(keys.legacy_live(key.value))  # emitters of the previous layout
+    hashes = pipe.execute()
+    step = len(producers) + 1
+    return [hashes[i * step : (i + 1) * step] for i in range(len(wanted))], False
 
 
 def key_series(
@@ -360,28 +382,36 @@ def plan_cost_usd(client: redis.Redis, *args: Any, keys: Keys | None = None) -> 
     ``{ns}:live:plan.cost_usd``), so the answer is whole during an upgrade. Without a
     worker, three: the producer set, then one HGET of the plan's hash per producer
     (pipelined), each clamped at zero. A plan whose counters expired (``plan_ttl_s``
-    after its last record) costs 0.
+    after its last record) costs 0. In a sharded namespace: one ``SMEMBERS`` more, then
+    the above for each shard, summed.
     """
     keys, rest = _keys_first(args, keys)
     if len(rest) != 1 or not isinstance(rest[0], str):
         raise TypeError("plan_cost_usd() takes the client and a plan_id (and optionally keys)")
     plan_id = rest[0]
+    action = "reading a plan's cost"
+    with translate_redis_errors(action):
+        shards = shard_keys(client, keys, action)
+        return sum(_shard_plan_cost(client, shard, plan_id) for shard in shards)
+
+
+def _shard_plan_cost(client: redis.Redis, keys: Keys, plan_id: str) -> float:
+    """A plan's cost as one shard counted it (each producer's clamped at zero)."""
     key = MetricKey.PLAN_COST_USD.value
     field = plan_field(key, "", STAT_SUM)
     legacy_field = live_field(encode_labels(((PLAN_LABEL, plan_id),)), STAT_SUM)
-    with translate_redis_errors("reading a plan's cost"):
+    pipe = client.pipeline(transaction=False)
+    pipe.exists(keys.aggregate_fresh)
+    pipe.hget(keys.aggregate_plan(plan_id), field)
+    # What emitters of the two layouts before per-producer keys counted.
+    pipe.hget(keys.legacy_plan(plan_id), field)
+    pipe.hget(keys.legacy_live(key), legacy_field)
+    fresh, *costs = pipe.execute()
+    if not fresh:  # no worker keeps the aggregates: sum the producers here
         pipe = client.pipeline(transaction=False)
-        pipe.exists(keys.aggregate_fresh)
-        pipe.hget(keys.aggregate_plan(plan_id), field)
-        # What emitters of the two layouts before per-producer keys counted.
-        pipe.hget(keys.legacy_plan(plan_id), field)
-        pipe.hget(keys.legacy_live(key), legacy_field)
-        fresh, *costs = pipe.execute()
-        if not fresh:  # no worker keeps the aggregates: sum the producers here
-            pipe = client.pipeline(transaction=False)
-            for producer in known_producers(client, keys):
-                pipe.hget(keys.for_producer(producer).plan(plan_id), field)
-            costs = [*pipe.execute(), *costs[1:]]
+        for producer in known_producers(client, keys):
+            pipe.hget(keys.for_producer(producer).plan(plan_id), field)
+        costs = [*pipe.execute(), *costs[1:]]
     return sum(clamped(cost) for cost in costs)
 
 

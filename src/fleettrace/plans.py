@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from fleettrace.aggregates import aggregated_plans, plan_hashes, ranked_plans
+from fleettrace.aggregates import Hash, aggregated_plans, plan_hashes, ranked_plans
 from fleettrace.cluster import slot_scan
 from fleettrace.keys import (
     LEGACY_MOVE_STEP,
@@ -48,6 +48,7 @@ from fleettrace.live import LiveSeries, series_from_stats
 from fleettrace.metrics import PER_PLAN_KEYS, PLAN_LABEL, MetricKey
 from fleettrace.producers import clamped, known_producers, merge_fields
 from fleettrace.redis_errors import translate_redis_errors
+from fleettrace.shards import shard_keys
 
 if TYPE_CHECKING:
     import redis  # annotations only: redis-py loads when a client is made
@@ -133,16 +134,24 @@ def read_plan(client: redis.Redis, keys: Keys, plan_id: str) -> PlanFigures | No
     producer set, then one pipelined HGETALL per producer. None when it has none
     (never seen, or expired)."""
     with translate_redis_errors("reading a plan's counters"):
-        hashes = plan_hashes(client, keys, plan_id)  # one round trip while a worker runs
-        if hashes is None:
-            producers = known_producers(client, keys)
-            pipe = client.pipeline(transaction=False)
-            for producer in producers:
-                pipe.hgetall(keys.for_producer(producer).plan(plan_id))
-            pipe.hgetall(keys.legacy_plan(plan_id))  # emitters of the previous layout
-            hashes = pipe.execute()
+        shards = shard_keys(client, keys, "reading a plan's counters")
+        hashes = [one for shard in shards for one in _plan_hashes(client, shard, plan_id)]
     merged = merge_fields(hashes, _stat)
     return figures(plan_id, merged) if merged else None
+
+
+def _plan_hashes(client: redis.Redis, keys: Keys, plan_id: str) -> list[Hash]:
+    """The hashes of one plan in one shard to sum: the worker's aggregate and the legacy
+    hash (one round trip while a worker runs), else each producer's and the legacy one."""
+    hashes = plan_hashes(client, keys, plan_id)
+    if hashes is not None:
+        return hashes
+    producers = known_producers(client, keys)
+    pipe = client.pipeline(transaction=False)
+    for producer in producers:
+        pipe.hgetall(keys.for_producer(producer).plan(plan_id))
+    pipe.hgetall(keys.legacy_plan(plan_id))  # emitters of the previous layout
+    return list(pipe.execute())
 
 
 def _stat(name: str) -> str:
@@ -178,14 +187,17 @@ def count_plans(
     ``cap`` bounds the plan hashes examined (one per plan and producer); while a
     worker keeps the aggregates, one round trip counts them all."""
     with translate_redis_errors("counting the live plans"):
-        ranked = ranked_plans(client, keys, 1)
-        if ranked is not None:
-            return min(ranked[1], cap), ranked[1] <= cap
+        shards = shard_keys(client, keys, "counting the live plans")
+        if len(shards) == 1:
+            ranked = ranked_plans(client, shards[0], 1)
+            if ranked is not None:
+                return min(ranked[1], cap), ranked[1] <= cap
         plans: set[str] = set()
         examined = 0
-        for step in _walk(client, keys, "", cap + 1, count):
-            examined += len(step)
-            plans.update(p for p in (keys.plan_of(_text(key)) for key in step) if p is not None)
+        for shard in shards:  # a plan counted in several shards is one plan
+            for step in _walk(client, shard, "", cap + 1 - examined, count):
+                examined += len(step)
+                plans.update(p for p in (shard.plan_of(_text(k)) for k in step) if p is not None)
     return min(len(plans), cap), examined <= cap
 
 
@@ -230,7 +242,14 @@ def total_cost_usd(
     """The summed cost of the live plans whose id starts with ``prefix`` (a bounded
     walk: at most ``cap`` plans)."""
     with translate_redis_errors("reading the live plans"):
-        return sum(cost for step in _costs(client, keys, prefix, cap, count) for _, cost in step)
+        total, left = 0.0, cap
+        for shard in shard_keys(client, keys, "reading the live plans"):
+            for step in _costs(client, shard, prefix, left, count):
+                total += sum(cost for _, cost in step)
+                left -= len(step)
+            if left <= 0:
+                break
+        return total
 
 
 def top_plans(
@@ -253,34 +272,41 @@ def top_plans(
     """
     if limit < 1:
         raise ValueError(f"limit must be positive, got {limit}")
-    if not prefix:
-        with translate_redis_errors("reading the live plans"):
-            found = _top_aggregated(client, keys, limit)
-        if found is not None:
-            return found
+    with translate_redis_errors("reading the live plans"):
+        shards = shard_keys(client, keys, "reading the live plans")
+        if not prefix and len(shards) == 1:
+            found = _top_aggregated(client, shards[0], limit)
+            if found is not None:
+                return found
     costs: dict[str, float] = {}
     examined, complete = 0, True
     with translate_redis_errors("reading the live plans"):
-        for step in _costs(client, keys, prefix, cap + 1, count):
-            kept = step[: cap - examined]
-            complete = complete and len(kept) == len(step)  # one plan hash past the cap
-            examined += len(kept)
-            for plan_id, cost in kept:
-                costs[plan_id] = costs.get(plan_id, 0.0) + cost
+        for shard in shards:
+            for step in _costs(client, shard, prefix, cap + 1 - examined, count):
+                kept = step[: cap - examined]
+                complete = complete and len(kept) == len(step)  # one plan hash past the cap
+                examined += len(kept)
+                for plan_id, cost in kept:
+                    costs[plan_id] = costs.get(plan_id, 0.0) + cost
         ranked = sorted(costs.items(), key=lambda item: (-item[1], item[0]))[:limit]
-        producers = known_producers(client, keys)
-        pipe = client.pipeline(transaction=False)
-        for plan_id, _ in ranked:
-            for producer in producers:
-                pipe.hgetall(keys.for_producer(producer).plan(plan_id))
-        whole = pipe.execute()
+        whole = [_all_producers(client, shards, plan_id) for plan_id, _ in ranked]
     plans = []
-    step_size = len(producers)
-    for index, (plan_id, _) in enumerate(ranked):
-        merged = merge_fields(whole[index * step_size : (index + 1) * step_size], _stat)
+    for (plan_id, _), hashes in zip(ranked, whole, strict=True):
+        merged = merge_fields(hashes, _stat)
         if merged:  # not expired between the two reads
             plans.append(figures(plan_id, merged))
     return PlanScan(plans=plans, examined=examined, complete=complete)
+
+
+def _all_producers(client: redis.Redis, shards: list[Keys], plan_id: str) -> list[Hash]:
+    """Every producer's hash of a plan, in every shard (one pipeline per shard)."""
+    found: list[Hash] = []
+    for shard in shards:
+        pipe = client.pipeline(transaction=False)
+        for producer in known_producers(client, shard):
+            pipe.hgetall(shard.for_producer(producer).plan(plan_id))
+        found += pipe.execute()
+    return found
 
 
 def _top_aggregated(client: redis.Redis, keys: Keys, limit: int) -> PlanScan | None:

@@ -117,7 +117,9 @@ class BatchSender:
         # The producer identity names every key the emitter writes: the configured one,
         # else the Redis user it connects as (ACL WHOAMI), learnt before the first batch.
         producer = self.settings.producer
-        self.keys = Keys(self.settings.namespace, producer or DEFAULT_PRODUCER)
+        self.keys = Keys(
+            self.settings.namespace, producer or DEFAULT_PRODUCER, self.settings.chosen_shard()
+        )
         self._identified = producer is not None
         # FCALL of the function library until the server says it has no functions
         # (Redis 6.2), then the same body as an EVALSHA script.
@@ -277,7 +279,7 @@ class BatchSender:
             check_producer(name)
         except ValueError as error:
             raise BadProducer(str(error)) from None
-        self.keys = Keys(self.settings.namespace, name)
+        self.keys = self.keys.for_producer(name)
         self._identified = True
 
     def _encode(self, records: list[AnyRecord | Captured], dropped: int = 0) -> list[BatchCall]:

@@ -12,6 +12,8 @@ Variables (docs/configuration.md lists them all):
 - ``FLEETTRACE_REDIS_URL``, else ``REDIS_URL``: where the emitter sends.
 - ``FLEETTRACE_NAMESPACE``: the fleet's namespace; ``FLEETTRACE_PRODUCER``: the
   producer identity; ``FLEETTRACE_PRICES``: a file of custom prices.
+- ``FLEETTRACE_SHARDS``, ``FLEETTRACE_SHARD``: how many shards the namespace has and
+  the one this process writes to (:mod:`fleettrace.shards`).
 - ``FLEETTRACE_EMITTER_<KNOB>``: the emitter's tuning (:class:`EmitterTuning`).
 
 The worker's settings (``fleettrace_worker.settings``) are built on the same base,
@@ -40,6 +42,8 @@ from fleettrace.environment import (
     PRODUCER_VARIABLE,
     REDIS_CLUSTER_VARIABLE,
     REDIS_URL_VARIABLES,
+    SHARD_VARIABLE,
+    SHARDS_VARIABLE,
     WAIT_REPLICAS_VARIABLE,
     WAIT_TIMEOUT_VARIABLE,
     environment,
@@ -224,4 +228,7 @@ class AgentSettings(EnvironmentSettings):
     namespace: str | None = Field(None, validation_alias=NAMESPACE_VARIABLE)
     producer: str | None = Field(None, validation_alias=PRODUCER_VARIABLE)
     prices_file: str | None = Field(None, validation_alias=PRICES_VARIABLE)
+    #: Sharded namespaces (docs/scaling.md), as text: parsed by :mod:`fleettrace.shards`.
+    shards: str | None = Field(None, validation_alias=SHARDS_VARIABLE)
+    shard: str | None = Field(None, validation_alias=SHARD_VARIABLE)
     emitter: EmitterTuning = Field(default_factory=_emitter_tuning)

@@ -22,7 +22,7 @@ from fleettrace.cluster_settings import DEFAULT_WAIT_TIMEOUT_MS, ReplicaWait, pa
 from fleettrace.connection import connect_redis
 from fleettrace.environment import REDIS_CLUSTER_VARIABLE, redact_url
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import DEFAULT_NAMESPACE, MAX_ENTRY_BYTES, Keys
+from fleettrace.keys import DEFAULT_NAMESPACE, MAX_ENTRY_BYTES, MAX_SHARDS, Keys
 from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
 from fleettrace_worker.forward.otlp.settings import OtlpSettings
 from fleettrace_worker.keys import GROUPS, METRICS_PLANS_MAX, PERSIST_GROUP
@@ -94,9 +94,17 @@ class WorkerSettings:
     #: cluster whose master has a replica), and for how long.
     wait_replicas: int | None = None
     wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS
+    #: The shards this worker reads (docs/scaling.md); None: every shard it finds.
+    shards: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         self.replica_wait()
+        if self.shards is not None and (
+            not self.shards or any(not 0 <= shard < MAX_SHARDS for shard in self.shards)
+        ):
+            raise ConfigurationError(
+                f"shards must be shard numbers 0-{MAX_SHARDS - 1}, got {self.shards!r}"
+            )
         positive = {
             "batch_records": self.batch_records,
             "claim_idle_ms": self.claim_idle_ms,
@@ -191,15 +199,25 @@ class WorkerSettings:
 class WorkerContext:
     """What group loops are built from: settings, keys, Redis clients, the pool."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, *, shard: int = 0) -> None:
         self.settings = settings
-        self.keys = Keys(settings.namespace)
+        self.keys = Keys(settings.namespace, shard=shard)
         self._pool: ConnectionPool | None = None
         self._clients: list[redis.Redis] = []
+        self._root: WorkerContext | None = None
+
+    def for_shard(self, shard: int) -> WorkerContext:
+        """The same worker's context for the loops of ``shard``: their keys are the
+        shard's; clients and the pool are this context's (closed with it)."""
+        view = WorkerContext(self.settings, shard=shard)
+        view._root = self._root or self
+        return view
 
     def redis(self) -> redis.Redis:
         """A client of its own (a loop's blocking reads must not hold up the others),
         closed by :meth:`close`."""
+        if self._root is not None:
+            return self._root.redis()
         client = connect_redis(
             self.settings.redis_url,
             socket_timeout_s=self.settings.block_ms / 1000 + REDIS_MARGIN_S,
@@ -223,6 +241,8 @@ class WorkerContext:
         )
 
     def pool(self) -> ConnectionPool:
+        if self._root is not None:
+            return self._root.pool()
         if self._pool is None:
             self._pool = create_pool(
                 self.settings.database_url,

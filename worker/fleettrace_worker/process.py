@@ -10,6 +10,11 @@ coming days' table partitions (at start, then hourly: store/partitions.py), serv
 HTTP, and waits for the loops to finish. One more thread keeps the aggregates of the
 producers' counters that readers read (aggregator.py).
 
+A sharded namespace (docs/scaling.md) gets these loops and an aggregator per shard,
+each over the shard's own keys (one hash slot): the shards found at start by a walk
+over every master, then each shard the walk meets later (at each health tick), unless
+``WorkerSettings.shards`` names the shards to read.
+
 Shutdown follows rq's warm and cold shutdown: the first SIGTERM or SIGINT stops
 reading, lets each loop finish and acknowledge the batch in hand, and exits 0; a
 second one exits at once without acknowledging anything (what was in hand stays
@@ -51,6 +56,7 @@ from fleettrace_worker.stream.groups import (
     loop_streams,
 )
 from fleettrace_worker.stream.loop import GroupLoop
+from fleettrace_worker.stream.shards import ShardWalk
 from fleettrace_worker.stream.trim import trim_streams
 
 if TYPE_CHECKING:
@@ -119,6 +125,10 @@ class Worker:
         self._client: redis.Redis | None = None
         self.group_limits = settings.group_limits()
         self.group_watch = GroupWatch(self.group_limits)
+        #: The shards whose loops run, and the walk that finds new ones (None: a fixed list).
+        self.shards: list[int] = []
+        self._shard_walk: ShardWalk | None = None
+        self._aggregators: list[Aggregator] = []
 
     # -- status, read by the health key, --check and HTTP -------------------------
 
@@ -156,7 +166,7 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
         server = None
         loops: list[GroupLoop[Any]] = []
-        presence, aggregator = None, None
+        presence = None
         if self.settings.runtime_dir is not None:
             presence = PresenceFile(
                 Path(self.settings.runtime_dir), self.settings.consumer, self.settings.namespace
@@ -164,18 +174,9 @@ class Worker:
         try:
             # Every loop is built before any starts: a setting that cannot work (no
             # LANGSMITH_API_KEY) stops the worker before it reads a single entry.
-            for group in self.settings.groups:
-                factory = GROUP_LOOPS.get(group)
-                if factory is None:
-                    raise ConfigurationError(f"group {group!r} is not available in this build")
-                loops.append(factory(self.context))
+            for shard in self._first_shards():
+                loops += self._shard_loops(shard)
             self._ensure_library()
-            if not self.settings.burst:  # a drain that exits keeps no aggregates
-                reached = lambda: any(loop.stats.ready for loop in self.loops)  # noqa: E731
-                # On a cluster: the namespace's master, where its scripts can be pipelined.
-                client = pinned(self.context.redis(), self.keys.producers)
-                aggregator = Aggregator(client, self.keys, self.stop, ready=reached)
-                aggregator.start()
             server = self._serve_http()
             if presence is not None:
                 presence.write()
@@ -195,10 +196,10 @@ class Worker:
             self.stop.set()
             for item in self._threads:
                 item.thread.join()
-            if aggregator is not None:
+            for aggregator in self._aggregators:
                 aggregator.thread.join()
             self._write_health()
-            for loop in loops:
+            for loop in self.loops or loops:
                 _close(loop)
             DEAD_LETTER_LOG.flush()
             if presence is not None:
@@ -213,6 +214,59 @@ class Worker:
             if item.error is not None:
                 return 1
         return 0
+
+    def _first_shards(self) -> list[int]:
+        """The shards read from the start: the configured ones, else those a whole walk
+        over every master finds (shard 0 alone when Redis cannot be walked now: the
+        walk goes on at each health tick). Configured shards are added to the set of
+        shards readers sum over."""
+        if self.settings.shards is not None:
+            chosen = sorted(set(self.settings.shards))
+            try:  # so that readers sum them even when no worker walks for shards
+                if [s for s in chosen if s]:
+                    self._redis().sadd(self.keys.shard_registry, *[s for s in chosen if s])
+            except (redis.RedisError, FleettraceError) as error:
+                log.warning("shards not recorded for the readers: %s", error)
+            return chosen
+        self._shard_walk = ShardWalk(self._redis(), self.keys)
+        try:
+            self._shard_walk.advance(steps=None)
+        except FleettraceError as error:
+            log.warning("shards not looked for at start: %s", error)
+        return sorted(self._shard_walk.found)
+
+    def _shard_loops(self, shard: int) -> list[GroupLoop[Any]]:
+        """The group loops of ``shard`` (not started), and its aggregator (started)."""
+        context = self.context if shard == 0 else self.context.for_shard(shard)
+        loops = []
+        for group in self.settings.groups:
+            factory = GROUP_LOOPS.get(group)
+            if factory is None:
+                raise ConfigurationError(f"group {group!r} is not available in this build")
+            loops.append(factory(context))
+        self.shards.append(shard)
+        if not self.settings.burst:  # a drain that exits keeps no aggregates
+            reached = lambda: any(loop.stats.ready for loop in self.loops)  # noqa: E731
+            # On a cluster: the shard's master, where its scripts can be pipelined.
+            client = pinned(self.context.redis(), context.keys.producers)
+            aggregator = Aggregator(client, context.keys, self.stop, ready=reached)
+            self._aggregators.append(aggregator)
+            aggregator.start()
+        return loops
+
+    def _new_shards(self) -> None:
+        """Start the loops of shards the walk met since the last tick."""
+        walk = self._shard_walk
+        if walk is None or self.settings.burst:
+            return
+        try:
+            walk.advance()
+        except FleettraceError as error:
+            log.debug("shards not looked for: %s", error)
+        for shard in sorted(walk.found - set(self.shards)):
+            log.info("found shard %d: reading it", shard)
+            for loop in self._shard_loops(shard):
+                self._start(loop)
 
     def _start(self, loop: GroupLoop[Any]) -> None:
         item = _Thread(loop, threading.Thread())
@@ -235,6 +289,7 @@ class Worker:
         next_trim = time.monotonic() + self.settings.trim_interval_s
         next_partitions = time.monotonic()
         while any(t.thread.is_alive() for t in self._threads):
+            self._new_shards()
             self._write_health()
             self._ensure_library()
             if time.monotonic() >= next_partitions and self._ensure_partitions():

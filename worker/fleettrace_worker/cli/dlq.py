@@ -113,6 +113,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _common(parser: argparse.ArgumentParser) -> None:
     options.add_redis_options(parser)
+    options.add_shard_option(parser)
     parser.add_argument(
         "--group",
         choices=GROUPS,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Final
 
+from fleettrace.shards import shard_keys
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.cli.render import Column, Kind
 from fleettrace_worker.context import WorkerSettings
@@ -113,7 +114,9 @@ def run_list(args: argparse.Namespace) -> int:
     render.check_sort(args, LIST_COLUMNS)
     limits = _limits(args)
     keys = options.keys(args)
-    reports = inspect_groups(options.redis_client(args), keys)
+    client = options.redis_client(args)
+    shards = shard_keys(client, keys, "reading consumer groups")
+    reports = [r for shard in shards for r in inspect_groups(client, shard)]
     items = [_as_json(report, limits) for report in reports]
     behind = sum(item["behind"] for item in items)
     streams = len({item["stream"] for item in items})
@@ -137,7 +140,8 @@ def run_list(args: argparse.Namespace) -> int:
 def run_drop(args: argparse.Namespace) -> int:
     client, keys = options.redis_client(args), options.keys(args)
     result: dict[str, Any] = {"group": args.name, "dropped_from": []}
-    reports = [r for r in inspect_groups(client, keys) if r.group == args.name]
+    shards = shard_keys(client, keys, "reading consumer groups")  # every shard's streams
+    reports = [r for shard in shards for r in inspect_groups(client, shard) if r.group == args.name]
     if not reports:
         return _refuse(
             args, f"no consumer group {args.name!r} in {options.describe_scope(keys.namespace)}"
@@ -158,7 +162,7 @@ def run_drop(args: argparse.Namespace) -> int:
     )
     if not options.confirm(question, yes=args.yes):
         return _refuse(args, "nothing dropped")
-    streams = drop_group(client, keys, args.name)
+    streams = [stream for shard in shards for stream in drop_group(client, shard, args.name)]
     if args.json:
         render.write_object({**result, "dropped_from": streams})
     else:

@@ -22,7 +22,7 @@ from fleettrace.cluster_settings import cluster_from_env
 from fleettrace.connection import DEFAULT_REDIS_URL, connect_redis
 from fleettrace.environment import NAMESPACE_VARIABLE, REDIS_CLUSTER_VARIABLE, redis_url_from_env
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import DEFAULT_NAMESPACE, Keys, configured_namespace
+from fleettrace.keys import DEFAULT_NAMESPACE, MAX_SHARDS, Keys, configured_namespace
 from fleettrace_worker.embedded import reopened_servers
 from fleettrace_worker.store.settings import (
     DATABASE_READ_URL_VARIABLE,
@@ -204,10 +204,23 @@ def redis_client(args: argparse.Namespace) -> redis.Redis:
 
 
 def keys(args: argparse.Namespace) -> Keys:
+    """The namespace's keys, in ``--shard`` where a command takes it (else shard 0)."""
     try:
-        return Keys(args.namespace or configured_namespace())
+        return Keys(args.namespace or configured_namespace(), shard=getattr(args, "shard", 0))
     except ValueError as error:
         raise ConfigurationError(str(error)) from None
+
+
+def add_shard_option(parser: argparse.ArgumentParser) -> None:
+    """``--shard N``: which shard of a sharded namespace a command works in (the dead
+    letters of each shard are its own, docs/scaling.md)."""
+    parser.add_argument(
+        "--shard",
+        type=WholeNumber(low=0, high=MAX_SHARDS - 1),
+        default=0,
+        metavar="N",
+        help="the shard of a sharded namespace to work in (default: 0)",
+    )
 
 
 def database_url(args: argparse.Namespace) -> str:

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from fleettrace.errors import ConfigurationError
-from fleettrace.keys import MAX_ENTRY_BYTES, Keys
+from fleettrace.keys import MAX_ENTRY_BYTES, MAX_SHARDS, Keys
 from fleettrace_worker.cli import EXIT_FAILURE, EXIT_OK, options, render
 from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.keys import (
@@ -120,6 +120,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--only", choices=GROUPS, help="run this consumer group only (default: all enabled)"
     )
+    parser.add_argument(
+        "--shards",
+        type=options.WholeNumber(low=0, high=MAX_SHARDS - 1),
+        nargs="+",
+        metavar="N",
+        help="read only these shards of a sharded namespace, e.g. --shards 0 2 (default: "
+        "every shard found on any master, new ones included; docs/scaling.md)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -165,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         group_max_lag=args.group_max_lag,
         group_max_age_s=args.group_max_age_s,
         max_entry_bytes=args.max_entry_bytes,
+        shards=None if args.shards is None else tuple(sorted(set(args.shards))),
         burst=args.burst or None,
         http=args.http,
         dashboard=args.dashboard or None,

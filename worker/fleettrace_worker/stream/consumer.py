@@ -6,8 +6,9 @@ and ``:metrics``, found by :mod:`fleettrace_worker.stream.discovery`: a whole wa
 and on every read in burst mode, then a few steps every ``discover_interval_s``),
 handles them, and
 acknowledges them together with the dead letters it made, in one MULTI/EXEC. All
-keys of a namespace share one hash slot, so that transaction is valid on a cluster
-too, and a crash can never leave an entry acknowledged without its dead letter, or
+keys of a namespace (of one shard of it, docs/scaling.md: a consumer works in one
+shard) share one hash slot, so that transaction is valid on a cluster too, and a
+crash can never leave an entry acknowledged without its dead letter, or
 dead-lettered without being acknowledged.
 
 Entries left pending by a consumer that died are taken over with XAUTOCLAIM once
@@ -107,6 +108,12 @@ class Consumer:
         return (
             f"Consumer(group={self.group!r}, name={self.name!r}, namespace={self.keys.namespace!r})"
         )
+
+    @property
+    def label(self) -> str:
+        """The group's name in logs, health and /metrics: ``persist`` for shard 0,
+        ``persist:2`` for the loop of shard 2 (docs/scaling.md)."""
+        return f"{self.group}:{self.keys.shard}" if self.keys.shard else self.group
 
     def ensure_groups(self) -> None:
         """Find the namespace's streams now and create the group where it is missing."""

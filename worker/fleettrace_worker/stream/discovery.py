@@ -21,7 +21,9 @@ which bounds the cost whatever the size of the database: a new producer is found
 within a second on a small database, within a walk's time on a large one. A whole
 walk happens at start, in burst mode, and when a stream went away. On a Redis Cluster
 the walk covers the master that serves the namespace's hash slot (every key of a
-namespace is there), not the whole cluster.
+namespace is there), not the whole cluster. In a sharded namespace ``keys`` is one
+shard's, and the walk covers that shard's master; the shards themselves are found by
+:mod:`fleettrace_worker.stream.shards`.
 """
 
 from __future__ import annotations

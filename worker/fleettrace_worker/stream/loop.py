@@ -110,7 +110,7 @@ class GroupLoop(ABC, Generic[P]):
     def __init__(self, consumer: Consumer, settings: LoopSettings) -> None:
         self.consumer = consumer
         self.settings = settings
-        self.stats = LoopStats(consumer.group, progress_limit_s=settings.progress_limit_s)
+        self.stats = LoopStats(consumer.label, progress_limit_s=settings.progress_limit_s)
         self.sizer = ReadSizer(settings, consumer.streams)
         self._last_claim = 0.0
         self._recovering = True
@@ -121,7 +121,8 @@ class GroupLoop(ABC, Generic[P]):
 
     @property
     def group(self) -> str:
-        return self.consumer.group
+        """The group's name, with its shard past shard 0 (``Consumer.label``)."""
+        return self.consumer.label
 
     @abstractmethod
     def prepare(self, entries: Sequence[Entry]) -> Prepared[P]:

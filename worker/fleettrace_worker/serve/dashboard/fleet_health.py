@@ -32,6 +32,7 @@ from fleettrace.keys import (
     glob_escape,
 )
 from fleettrace.producers import clamped, known_producers
+from fleettrace.shards import shard_keys
 from fleettrace_worker.presence import HEALTH_FRESH_S
 
 #: The most worker health keys the Overview lists (a namespace has a few workers).
@@ -40,18 +41,21 @@ _FIGURES: Final = (EMITTER_RECORDS, EMITTER_BATCHES, EMITTER_DROPPED)
 
 
 def emitter_figures(client: redis.Redis, keys: Keys) -> dict[str, Any]:
-    """Per producer with an emitter hash: records sent, batches and records dropped;
-    and the dropped total."""
-    producers = known_producers(client, keys)
-    pipe = client.pipeline(transaction=False)
-    for producer in producers:
-        pipe.hmget(keys.for_producer(producer).emitter, list(_FIGURES))
-    items = []
-    for producer, values in zip(producers, pipe.execute(), strict=True):
-        if all(v is None for v in values):
-            continue
-        figures = {name: int(clamped(v)) for name, v in zip(_FIGURES, values, strict=True)}
-        items.append({"producer": producer, **figures})
+    """Per producer with an emitter hash: records sent, batches and records dropped,
+    summed over the shards it wrote to (docs/scaling.md); and the dropped total."""
+    found: dict[str, dict[str, int]] = {}
+    for shard in shard_keys(client, keys):
+        producers = known_producers(client, shard)
+        pipe = client.pipeline(transaction=False)
+        for producer in producers:
+            pipe.hmget(shard.for_producer(producer).emitter, list(_FIGURES))
+        for producer, values in zip(producers, pipe.execute(), strict=True):
+            if all(v is None for v in values):
+                continue
+            figures = found.setdefault(producer, dict.fromkeys(_FIGURES, 0))
+            for name, value in zip(_FIGURES, values, strict=True):
+                figures[name] += int(clamped(value))
+    items = [{"producer": producer, **found[producer]} for producer in sorted(found)]
     return {"dropped": sum(i[EMITTER_DROPPED] for i in items), "emitters": items}
 
 

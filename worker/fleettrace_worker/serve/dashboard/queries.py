@@ -29,6 +29,7 @@ from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
 from fleettrace.live import read_live
 from fleettrace.plans import top_plans, total_cost_usd
+from fleettrace.shards import shard_keys
 from fleettrace_worker.keys import GROUPS
 from fleettrace_worker.serve.dashboard import fleet_health, rollup
 from fleettrace_worker.stream.deadletter import DeadLetter, check_ids
@@ -410,10 +411,14 @@ def overview(client: redis.Redis, keys: Keys) -> dict[str, Any]:
     """Live spend, the costliest plans, dead letters, the consumer groups' lag, the
     records the emitters dropped and the workers' readiness (:mod:`.fleet_health`)."""
     top = top_plans(client, keys, TOP_PLANS)
-    pipe = client.pipeline(transaction=False)
-    for group in GROUPS:
-        pipe.xlen(keys.dead_letters(group))
-    dead = dict(zip(GROUPS, (int(n) for n in pipe.execute()), strict=True))
+    shards = shard_keys(client, keys)  # dead letters and groups: each shard's own
+    dead = dict.fromkeys(GROUPS, 0)
+    for shard in shards:
+        pipe = client.pipeline(transaction=False)
+        for group in GROUPS:
+            pipe.xlen(shard.dead_letters(group))
+        for group, count in zip(GROUPS, pipe.execute(), strict=True):
+            dead[group] += int(count)
     return {
         "namespace": keys.namespace,
         "spend_usd": total_cost_usd(client, keys),
@@ -439,7 +444,8 @@ def overview(client: redis.Redis, keys: Keys) -> dict[str, Any]:
                 "lag": report.lag,
                 "age_s": report.age_s,
             }
-            for report in inspect_groups(client, keys)
+            for shard in shards
+            for report in inspect_groups(client, shard)
         ],
         **fleet_health.emitter_figures(client, keys),
         "workers": fleet_health.workers(client, keys),
