@@ -337,4 +337,11 @@ def test_the_shards_section_measures_one_two_and_three_shards_or_says_why_not(re
     assert set(shards["records_per_s"]) == {"1", "2", "3"}
     assert all(rate > 0 for rate in shards["records_per_s"].values())
     rows = [row for row in report["rows"] if row["section"] == "shards"]
-    assert [row["baseline"] for row in rows] == [shards["records_per_s"]["1"]] * 3
+    rates = [row for row in rows if row["unit"] == "records/s"]
+    assert [row["baseline"] for row in rates] == [shards["records_per_s"]["1"]] * 3
+    # The busiest master's CPU per shard count, beside the 1-shard figure.
+    cpu = shards["busiest_master_cpu_ms_per_10k"]
+    assert set(cpu) == {"1", "2", "3"} and all(ms > 0 for ms in cpu.values())
+    busiest = [row for row in rows if row["unit"] == "ms/10k records"]
+    assert [row["fleettrace"] for row in busiest] == [cpu[n] for n in ("1", "2", "3")]
+    assert [row["baseline"] for row in busiest] == [cpu["1"]] * 3
