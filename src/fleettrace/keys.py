@@ -17,7 +17,7 @@ producer's contribution at zero. Layout for namespace ``fleettrace``::
 
     {fleettrace}:p:<producer>:traces            stream  batches of LLMTrace records
     {fleettrace}:p:<producer>:metrics           stream  batches of metric samples
-    {fleettrace}:p:<producer>:live:<metric key> hash    live counters of one of the 15
+    {fleettrace}:p:<producer>:live:<metric key> hash    live counters of one of the 17
                                                         metric keys, except the
                                                         per-plan ones (next line)
     {fleettrace}:p:<producer>:plan:<plan id>    hash    one plan's live counters as
