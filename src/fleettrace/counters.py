@@ -220,12 +220,12 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
             (("provider", provider), ("model", model), ("token_type", token_type))
         )
         deltas._observe(_TOKENS, labels, calls, total)
-    for model_key, (retried, retries, calls, whole, nanos, priced) in per_model.items():
+    for model_key, (retried, retries, calls, whole, nanos, priced_calls) in per_model.items():
         labels = encode_labels((("provider", model_key[0]), ("model", model_key[1])))
         if retried:
             deltas._observe(_RETRIES, labels, retried, retries)
-        if priced:
-            deltas._observe(_COST, labels, priced, model_cost[model_key])
+        if priced_calls:
+            deltas._observe(_COST, labels, priced_calls, model_cost[model_key])
         deltas._add(_LATENCY, labels, STAT_COUNT, calls, None)
         deltas._add_exact_sum(_LATENCY, labels, whole, nanos)
         for stat, count in latency_fine[model_key].items():
