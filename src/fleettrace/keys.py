@@ -266,6 +266,12 @@ class Keys:
         aggregates' version it was built from (fleettrace.snapshot)."""
         return f"{self.prefix}:agg:snapshot"
 
+    @property
+    def aggregate_history(self) -> str:
+        """Sorted set: the fleet's cumulative LLM totals once a minute (score: the
+        minute, Unix seconds), the last 25 hours (fleettrace_worker.serve.history)."""
+        return f"{self.prefix}:agg:history"
+
     def aggregate_live(self, metric_key: str) -> str:
         """One metric key's live hash summed over the producers (clamped at zero each)."""
         return f"{self.prefix}:agg:live:{metric_key}"

@@ -1,0 +1,147 @@
+"""The worker's history of the fleet's LLM totals, and the windows read from it
+(worker/fleettrace_worker/serve/history.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from fleettrace.keys import Keys
+from fleettrace.live import read_live
+from fleettrace_worker.serve.aggregator import Aggregation
+from fleettrace_worker.serve.history import (
+    HISTORY_INTERVAL_S,
+    HISTORY_KEEP_S,
+    History,
+    Totals,
+    windows,
+)
+from tests.emitting import make_emitter
+from tests.factories import llm_trace
+
+
+def _emit(redis_url: str, keys: Keys, first: int, n: int) -> None:
+    """``n`` calls: every third unpriced (a model the price table lacks), every fourth
+    failed, every fifth retried; the others priced at 0.01 * (i + 1) USD."""
+    emitter = make_emitter(redis_url, keys)
+    for i in range(first, first + n):
+        fields: dict[str, object] = {"latency_ms": 10.0 + i}
+        if i % 3 == 0:
+            fields.update(provider="selfhosted", model="house-llm", cost_usd=None)
+        else:
+            fields["cost_usd"] = round(0.01 * (i + 1), 6)
+        if i % 4 == 0:
+            fields["error"] = "Timeout: slow"
+        if i % 5 == 0:
+            fields["retry_count"] = 2
+        emitter.record(llm_trace(**fields))
+    assert emitter.close()
+
+
+def _expected(first: int, n: int) -> Totals:
+    calls = range(first, first + n)
+    priced = [i for i in calls if i % 3]
+    return Totals(
+        n,
+        len(priced),
+        sum(round(0.01 * (i + 1), 6) for i in priced),
+        sum(1 for i in calls if i % 4 == 0),
+        sum(1 for i in calls if i % 5 == 0),
+    )
+
+
+def _same(found: Totals | None, expected: Totals) -> None:
+    assert found is not None
+    assert (found.calls, found.priced_calls, found.errors, found.retried) == (
+        expected.calls,
+        expected.priced_calls,
+        expected.errors,
+        expected.retried,
+    )
+    assert found.cost_usd == pytest.approx(expected.cost_usd, rel=1e-9)
+
+
+def test_windows_are_the_totals_now_less_the_sample_at_their_start(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    now = time.time()
+    history = History(redis_client, keys)
+    assert windows(redis_client, keys, Totals(), [("1h", now - 3600)])[0].item(now) == {
+        "window": "1h",
+        "from": None,
+        "complete": False,
+        "calls": None,
+        "calls_per_minute": None,
+        "cost_usd": None,
+        "unpriced_calls": None,
+        "error_rate": None,
+        "retry_rate": None,
+    }
+    assert history.record(now - 3 * 3600)  # nothing counted yet: all zero
+    _emit(redis_url, keys, 0, 12)
+    assert history.record(now - 1800)
+    _emit(redis_url, keys, 12, 8)
+    current = Totals.of(read_live(redis_client, keys))
+    _same(current, _expected(0, 20))
+
+    hour, half, days = windows(
+        redis_client, keys, current, [("1h", now - 3600), ("30m", now - 1800), ("2d", now - 172800)]
+    )
+    # The last half hour: its sample is of the minute it starts in.
+    assert half.complete and half.start == (now - 1800) // 60 * 60
+    _same(half.figures, _expected(12, 8))
+    # No sample within a minute of the hour's start, none at all two days back: the
+    # figures count from the sample before (3 hours back) or the oldest one, and say so.
+    for window in (hour, days):
+        assert not window.complete and window.start == (now - 3 * 3600) // 60 * 60
+        _same(window.figures, _expected(0, 20))
+    item = half.item(now)
+    assert item["calls"] == 8
+    assert item["calls_per_minute"] == 8 / ((now - (now - 1800) // 60 * 60) / 60)
+    assert item["cost_usd"] == pytest.approx(_expected(12, 8).cost_usd, rel=1e-9)
+    assert item["unpriced_calls"] == 3  # calls 12, 15 and 18
+    assert item["error_rate"] == 2 / 8  # 12 and 16
+    assert item["retry_rate"] == 1 / 8  # 15
+    assert item["from"].startswith(time.strftime("%Y-%m-%dT%H:%M", time.gmtime(half.start)))
+    # A total below its sample (counters that went away) counts nothing, not less.
+    assert Totals(1, 0, 0.0, 0, 0).since(Totals(5, 2, 1.5, 1, 1)) == Totals()
+
+
+def test_one_sample_a_minute_whoever_writes_and_only_the_last_25_hours(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    now = time.time() // HISTORY_INTERVAL_S * HISTORY_INTERVAL_S + 1
+    first, second = History(redis_client, keys), History(redis_client, keys)
+    assert first.record(now - HISTORY_KEEP_S - 120)  # too old once a newer sample comes
+    assert first.record(now - HISTORY_KEEP_S)
+    assert first.record_due(now)
+    stored = redis_client.zrange(keys.aggregate_history, 0, -1, withscores=True)
+    assert [score for _, score in stored] == [now - 1 - HISTORY_KEEP_S, now - 1]
+    assert not first.record_due(now + 5)  # the same minute: not even asked again
+    assert not second.record(now + 5)  # another worker: the minute has its sample
+    _emit(redis_url, keys, 0, 3)
+    assert second.record_due(now + HISTORY_INTERVAL_S)
+    stored = redis_client.zrange(keys.aggregate_history, 0, -1, withscores=True)
+    assert [score for _, score in stored] == [now - 1, now - 1 + HISTORY_INTERVAL_S]
+    assert b'"calls":3' in stored[1][0] and b'"calls":0' in stored[0][0]
+
+
+def test_the_aggregation_ticks_store_the_minute_sample(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    _emit(redis_url, keys, 0, 6)
+    aggregation = Aggregation(redis_client, keys)
+    assert aggregation.fold_everything()
+    aggregation.tick()
+    [(member, score)] = redis_client.zrange(keys.aggregate_history, 0, -1, withscores=True)
+    assert score % HISTORY_INTERVAL_S == 0 and time.time() - score < 2 * HISTORY_INTERVAL_S
+    assert b'"calls":6,"priced_calls":4,' in member  # calls 0 and 3 unpriced
+    [window] = windows(redis_client, keys, Totals.of(read_live(redis_client, keys)), [("1m", 0)])
+    _same(window.figures, Totals())  # nothing counted since the sample
+    # A sample that is not one (written by hand) gives no figures rather than wrong ones.
+    redis_client.zadd(keys.aggregate_history, {b"not json": 1.0})
+    [window] = windows(redis_client, keys, Totals(), [("old", 10)])
+    assert (window.start, window.figures) == (1.0, None)
+    assert window.item(time.time())["calls"] is None

@@ -1,0 +1,203 @@
+"""A short history of the fleet's cumulative LLM totals, so the live counters (which
+only ever grow) can answer for a window: the last hour, today, the last 24 hours.
+
+Once a minute the worker's aggregation tick reads the fleet-wide totals from the live
+series (:func:`fleettrace.live.read_live`: calls are the count of ``llm.latency_ms``,
+priced calls and cost the count and sum of ``llm.cost_usd``, failed calls the count of
+``llm.errors_count``, retried calls the count of ``llm.retries_count``, every model
+summed) and stores them as one member of the sorted set ``Keys.aggregate_history``,
+scored by the minute (Unix seconds). One script adds the sample only when the minute
+has none yet (so two workers store one), and drops the samples older than
+``HISTORY_KEEP_S``. Only workers write it.
+
+A window's figures are the totals now less the sample at its start: the newest
+sample at or before the start, so the window reaches back to that sample's minute.
+The window is ``complete`` when that sample is less than two minutes before the start
+(one minute without a sample is allowed); otherwise (no worker ran then) it counts
+from that older sample, or, when the history does not reach back to the start (a
+worker started within the window), from the oldest sample, and the answer says from
+when (``from``). With no sample at all there are no figures.
+A total lower than the sample's (counters a producer's hashes no longer hold) counts 0.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+import redis
+
+from fleettrace.keys import Keys
+from fleettrace.live import LiveSeries, read_live
+from fleettrace.metrics import MetricKey
+
+#: One sample per this many seconds (a minute), kept this long (25 hours).
+HISTORY_INTERVAL_S: Final = 60
+HISTORY_KEEP_S: Final = 25 * 3600
+
+#: KEYS: the history. ARGV: the minute, the sample, the oldest minute kept. 1 if added.
+RECORD_LUA: Final = r"""
+if redis.call('ZCOUNT', KEYS[1], ARGV[1], ARGV[1]) > 0 then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """The fleet's LLM calls counted so far (every provider and model summed)."""
+
+    calls: int = 0
+    priced_calls: int = 0
+    cost_usd: float = 0.0
+    errors: int = 0
+    retried: int = 0
+
+    @classmethod
+    def of(cls, series: Iterable[LiveSeries]) -> Totals:
+        calls = priced = errors = retried = 0
+        cost = 0.0
+        for one in series:
+            if one.key is MetricKey.LLM_LATENCY_MS:
+                calls += one.count
+            elif one.key is MetricKey.LLM_COST_USD:
+                priced += one.count
+                cost += one.sum
+            elif one.key is MetricKey.LLM_ERRORS_COUNT:
+                errors += one.count
+            elif one.key is MetricKey.LLM_RETRIES_COUNT:
+                retried += one.count
+        return cls(calls, priced, cost, errors, retried)
+
+    def since(self, earlier: Totals) -> Totals:
+        """What was counted after ``earlier``, each figure at least 0."""
+        return Totals(
+            max(self.calls - earlier.calls, 0),
+            max(self.priced_calls - earlier.priced_calls, 0),
+            max(self.cost_usd - earlier.cost_usd, 0.0),
+            max(self.errors - earlier.errors, 0),
+            max(self.retried - earlier.retried, 0),
+        )
+
+
+def _decode(member: bytes | str) -> Totals | None:
+    try:
+        found = orjson.loads(member)
+        return Totals(
+            int(found["calls"]),
+            int(found["priced_calls"]),
+            float(found["cost_usd"]),
+            int(found["errors"]),
+            int(found["retried"]),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+class History:
+    """Writes one namespace's history (called by the aggregation's ticks)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self._record = client.register_script(RECORD_LUA)
+        self._minute = -1
+
+    def record_due(self, now: float | None = None) -> bool:
+        """Record the minute's sample unless this writer did already; whether stored."""
+        now = time.time() if now is None else now
+        minute = int(now // HISTORY_INTERVAL_S * HISTORY_INTERVAL_S)
+        if minute == self._minute:
+            return False
+        stored = self.record(now)
+        self._minute = minute
+        return stored
+
+    def record(self, now: float | None = None) -> bool:
+        """Store the totals now as the sample of this minute, unless it has one."""
+        now = time.time() if now is None else now
+        minute = int(now // HISTORY_INTERVAL_S * HISTORY_INTERVAL_S)
+        totals = Totals.of(read_live(self.client, self.keys))
+        member = orjson.dumps({"t": minute, **asdict(totals)})
+        args: list[int | bytes] = [minute, member, minute - HISTORY_KEEP_S]
+        return bool(self._record(keys=[self.keys.aggregate_history], args=args))
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A window's figures from the live counters: from ``start`` (the sample's
+    minute) to now; ``complete`` when the history reaches back to the asked start."""
+
+    name: str
+    start: float | None
+    complete: bool
+    figures: Totals | None
+
+    def item(self, now: float) -> dict[str, Any]:
+        """The window as the API answers it (docs/dashboard.md)."""
+        out: dict[str, Any] = {
+            "window": self.name,
+            "from": None
+            if self.start is None
+            else datetime.fromtimestamp(self.start, UTC).isoformat(),
+            "complete": self.complete,
+        }
+        found = self.figures
+        if found is None or self.start is None:
+            return {**out, **dict.fromkeys(_FIGURES)}
+        calls = found.calls
+        minutes = max((now - self.start) / 60, 1.0)
+        return {
+            **out,
+            "calls": calls,
+            "calls_per_minute": calls / minutes,
+            "cost_usd": found.cost_usd,
+            "unpriced_calls": max(calls - found.priced_calls, 0),
+            "error_rate": found.errors / calls if calls else None,
+            "retry_rate": found.retried / calls if calls else None,
+        }
+
+
+_FIGURES: Final = (
+    "calls",
+    "calls_per_minute",
+    "cost_usd",
+    "unpriced_calls",
+    "error_rate",
+    "retry_rate",
+)
+
+
+def windows(
+    client: redis.Redis,
+    keys: Keys,
+    current: Totals,
+    starts: Sequence[tuple[str, float]],
+) -> list[Window]:
+    """Each (name, start in Unix seconds) window's figures: ``current`` less the
+    newest sample at or before its start, or the oldest sample when none is."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zrange(keys.aggregate_history, 0, 0, withscores=True)
+    for _, start in starts:
+        pipe.zrevrangebyscore(
+            keys.aggregate_history, math.floor(start), "-inf", start=0, num=1, withscores=True
+        )
+    oldest, *before = pipe.execute()
+    out = []
+    for (name, start), found in zip(starts, before, strict=True):
+        chosen = found or oldest
+        if not chosen:
+            out.append(Window(name, None, False, None))
+            continue
+        member, score = chosen[0]
+        complete = bool(found) and start - score < 2 * HISTORY_INTERVAL_S
+        sample = _decode(member)
+        figures = None if sample is None else current.since(sample)
+        out.append(Window(name, float(score), complete, figures))
+    return out
