@@ -4,11 +4,13 @@ worker -> PostgreSQL), and a dashboard served on a free loopback port."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from html import unescape
 from typing import Any
 
 import psycopg
@@ -165,6 +167,16 @@ def drop_poison_rule(database_url: str) -> None:
     """The cause of the dead letter, fixed: replay can now bring it home."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE llm_traces DROP CONSTRAINT no_poison")
+
+
+def page_cells(html: str, table_id: str) -> list[list[str]]:
+    """The text of each body cell of one table of a page."""
+    body = html.split(f'<table id="{table_id}">', 1)[1].split("</table>", 1)[0]
+    body = body.split("<tbody>", 1)[1]
+    return [
+        [unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<td>(.*?)</td>", row)]
+        for row in re.findall(r"<tr>(.*?)</tr>", body)
+    ]
 
 
 def rows(database_url: str, query: str, *args: object) -> list[tuple[Any, ...]]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import pytest
 import redis
@@ -70,6 +71,7 @@ def test_windows_are_the_totals_now_less_the_sample_at_their_start(
     history = History(redis_client, keys)
     assert windows(redis_client, keys, Totals(), [("1h", now - 3600)])[0].item(now) == {
         "window": "1h",
+        "start": datetime.fromtimestamp(now - 3600, UTC).isoformat(),
         "from": None,
         "complete": False,
         "calls": None,

@@ -132,9 +132,10 @@ class History:
 @dataclass(frozen=True, slots=True)
 class Window:
     """A window's figures from the live counters: from ``start`` (the sample's
-    minute) to now; ``complete`` when the history reaches back to the asked start."""
+    minute) to now; ``complete`` when the history reaches back to ``asked``."""
 
     name: str
+    asked: float
     start: float | None
     complete: bool
     figures: Totals | None
@@ -143,9 +144,8 @@ class Window:
         """The window as the API answers it (docs/dashboard.md)."""
         out: dict[str, Any] = {
             "window": self.name,
-            "from": None
-            if self.start is None
-            else datetime.fromtimestamp(self.start, UTC).isoformat(),
+            "start": _iso(self.asked),
+            "from": None if self.start is None else _iso(self.start),
             "complete": self.complete,
         }
         found = self.figures
@@ -162,6 +162,10 @@ class Window:
             "error_rate": found.errors / calls if calls else None,
             "retry_rate": found.retried / calls if calls else None,
         }
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat()
 
 
 _FIGURES: Final = (
@@ -193,11 +197,11 @@ def windows(
     for (name, start), found in zip(starts, before, strict=True):
         chosen = found or oldest
         if not chosen:
-            out.append(Window(name, None, False, None))
+            out.append(Window(name, start, None, False, None))
             continue
         member, score = chosen[0]
         complete = bool(found) and start - score < 2 * HISTORY_INTERVAL_S
         sample = _decode(member)
         figures = None if sample is None else current.since(sample)
-        out.append(Window(name, float(score), complete, figures))
+        out.append(Window(name, start, float(score), complete, figures))
     return out
