@@ -23,6 +23,7 @@ from fleettrace.metrics import MetricKey
 from fleettrace_worker.cli.dashboard import probe_routes
 from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.serve.dashboard.app import DashboardSettings, build_app
+from fleettrace_worker.serve.history import Totals
 from fleettrace_worker.serve.webserver import HttpServer
 from tests.emitting import make_emitter
 from tests.factories import numbered_trace
@@ -41,6 +42,10 @@ SAMPLED = (
     (MetricKey.INDEX_QUERY_DURATION_MS, {"backend": "pgvector"}, (2.0, 4.0)),
     (MetricKey.SANDBOX_OPERATION_DURATION_MS, {"operation": "exec"}, (100.0, 250.0, 900.0)),
 )
+
+
+#: The call fill_fleet records that the database refuses: counted live, not stored.
+POISON = numbered_trace(CALLS, model="poison", cost_usd=0.25)
 
 
 def fill_fleet(redis_url: str, keys: Keys, database_url: str) -> str:
@@ -64,7 +69,7 @@ def fill_fleet(redis_url: str, keys: Keys, database_url: str) -> str:
         if i == 5:
             fields["plan_id"] = HOSTILE_PLAN
         emitter.record(numbered_trace(i, **fields))
-    emitter.record(numbered_trace(CALLS, model="poison", cost_usd=0.25))
+    emitter.record(POISON)
     for value in (3.0, 8.0, 120.0):
         emitter.observe(MetricKey.TOOL_INVOCATION_DURATION_MS, value, {"tool": HOSTILE})
     for key, labels, values in SAMPLED:
@@ -167,6 +172,24 @@ def drop_poison_rule(database_url: str) -> None:
     """The cause of the dead letter, fixed: replay can now bring it home."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE llm_traces DROP CONSTRAINT no_poison")
+
+
+def live_call_totals(database_url: str, namespace: str) -> Totals:
+    """What the live counters must hold after fill_fleet: the stored calls' figures,
+    plus the call the database refused (still a dead letter)."""
+    [(calls, priced, cost, errors, retried)] = rows(
+        database_url,
+        "SELECT count(*), count(cost_usd), coalesce(sum(cost_usd), 0), count(error), "
+        "count(*) FILTER (WHERE retry_count > 0) FROM llm_traces WHERE namespace = %s",
+        namespace,
+    )
+    return Totals(
+        calls + 1,
+        priced + 1,
+        float(cost) + 0.25,
+        errors + (POISON.error is not None),
+        retried + (POISON.retry_count > 0),
+    )
 
 
 def page_cells(html: str, table_id: str) -> list[list[str]]:

@@ -10,6 +10,7 @@ the SQL sums and the live counters. Screenshots go to ``artifacts/screenshots/``
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,12 +22,15 @@ import pytest
 
 from fleettrace.live import read_live
 from fleettrace.plans import read_plan, total_cost_usd
+from fleettrace_worker.serve.dashboard.overview_page import percent
 from fleettrace_worker.serve.dashboard.pages import number
 from fleettrace_worker.serve.dashboard.samples import SAMPLE_KEYS
+from fleettrace_worker.serve.history import History, Totals
 from tests.dashboard_helpers import (
     CALLS,
     HOSTILE,
     HOSTILE_PLAN,
+    POISON,
     TREE_BUDGET,
     TREE_CHILD,
     TREE_OTHER,
@@ -35,6 +39,7 @@ from tests.dashboard_helpers import (
     drop_poison_rule,
     fill_fleet,
     fill_plan_tree,
+    live_call_totals,
     rows,
 )
 from tests.worker_helpers import ROOT, drain, migrated, trace_rows
@@ -114,6 +119,8 @@ def page(browser) -> Iterator[Watched]:
 def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
     page, redis_url, keys, database_url, redis_client
 ) -> None:
+    # A worker ran an hour ago, before any call: the history's sample then is all zero.
+    History(redis_client, keys).record(time.time() - 3630)
     db = fill_fleet(redis_url, keys, database_url)
     with dashboard(redis_url, keys, db) as base:
         # Overview: the live counters, every producer summed; refreshed in place.
@@ -181,6 +188,46 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
                 "WHERE started_at >= now() - interval '1 hour' GROUP BY model",
             )
         }
+
+        # The calls from the live counters: the live totals (read_live) and the SQL sums
+        # of the same calls (the refused one still a dead letter), from the hour's sample.
+        stored = live_call_totals(db, keys.namespace)
+        assert Totals.of(read_live(redis_client, keys)).calls == stored.calls
+        figures = [
+            str(stored.calls),
+            f"{stored.cost_usd:.6f}",
+            str(stored.calls - stored.priced_calls),
+            percent(stored.errors / stored.calls),
+            percent(stored.retried / stored.calls),
+        ]
+        live_rows = page.cells("live-activity")
+        assert live_rows[0][0] == "last 1h"
+        assert live_rows[1][0].startswith("today (since ")
+        assert live_rows[2][0].startswith("last 24h: counted since ")
+        for row in live_rows:
+            assert [row[1], *row[3:]] == figures
+        stamps = page.page.eval_on_selector_all(
+            "#live-activity time", "els => els.map(e => e.getAttribute('datetime'))"
+        )
+        baseline = datetime.fromisoformat(stamps[-1])
+        assert stamps[0] == midnight.astimezone(UTC).isoformat()
+        assert float(live_rows[0][2]) == pytest.approx(
+            stored.calls / ((datetime.now(UTC) - baseline).total_seconds() / 60), abs=0.02
+        )
+        # Latency per model: the llm.latency_ms sketches, within 2 % of the SQL's.
+        latency_rows = {(row[0], row[1]): row[2:] for row in page.cells("live-latency")}
+        for provider, model, n, p50, p95 in rows(
+            db,
+            "SELECT provider, model, count(*), "
+            "percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms), "
+            "percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM llm_traces "
+            "GROUP BY 1, 2",
+        ):
+            shown_row = latency_rows[(provider, model)]
+            assert shown_row[0] == str(n)
+            assert float(shown_row[1]) == pytest.approx(p50, rel=0.02)
+            assert float(shown_row[2]) == pytest.approx(p95, rel=0.02)
+        assert latency_rows[(POISON.provider, "poison")][0] == "1"
 
         # Cost: the table is the SQL sums; unpriced calls are counted, not priced at zero.
         page.open(f"{base}/cost?by=model&range=24h", "cost")

@@ -20,34 +20,15 @@ from fleettrace_worker.serve.dashboard.pages import number
 from fleettrace_worker.serve.history import HISTORY_INTERVAL_S, History, Totals
 from tests.dashboard_helpers import (
     CALLS,
+    POISON,
     dashboard,
     fill_fleet,
     get_json,
+    live_call_totals,
     page_cells,
     request,
     rows,
 )
-from tests.factories import numbered_trace
-
-#: The call fill_fleet records that the database refuses: counted live, not stored.
-POISON = numbered_trace(CALLS, model="poison", cost_usd=0.25)
-
-
-def sql_totals(db: str, namespace: str) -> Totals:
-    """The stored calls' figures, plus the one the database refused."""
-    [(calls, priced, cost, errors, retried)] = rows(
-        db,
-        "SELECT count(*), count(cost_usd), coalesce(sum(cost_usd), 0), count(error), "
-        "count(*) FILTER (WHERE retry_count > 0) FROM llm_traces WHERE namespace = %s",
-        namespace,
-    )
-    return Totals(
-        calls + 1,
-        priced + 1,
-        float(cost) + 0.25,
-        errors + (POISON.error is not None),
-        retried + (POISON.retry_count > 0),
-    )
 
 
 def test_the_overview_counts_the_windows_and_models_from_the_live_counters(
@@ -58,7 +39,7 @@ def test_the_overview_counts_the_windows_and_models_from_the_live_counters(
     assert History(redis_client, keys).record(now - 3600 - 30)
     db = fill_fleet(redis_url, keys, database_url)
     live = Totals.of(read_live(redis_client, keys))
-    stored = sql_totals(db, keys.namespace)
+    stored = live_call_totals(db, keys.namespace)
     assert (live.calls, live.priced_calls, live.errors, live.retried) == (
         stored.calls,
         stored.priced_calls,
