@@ -7,7 +7,7 @@ import pytest
 from fleettrace import MetricKey, MetricSample
 from fleettrace.counters import aggregate
 from fleettrace.metrics import GENAI_DURATION_BUCKETS_MS
-from fleettrace.sketch import fine_stat
+from fleettrace.sketch import GAMMA, fine_stat
 from tests.factories import llm_trace
 
 CALL = {"cost_usd": 0.5}
@@ -243,3 +243,21 @@ def test_billionths_of_a_batch_carry_into_whole_units() -> None:
         (tool, "tool=t|sum.whole"): 3,
         (tool, "tool=t|sum.nanos"): 500_000_001,
     }
+
+
+def test_the_latency_buckets_are_named_as_every_histogram_names_its_own() -> None:
+    # Zero, values on classic bounds and on log-bucket edges, the smallest and the
+    # largest latency: each lands in the fine bucket fine_stat gives its value.
+    edges = [GAMMA**i for i in (-3, 0, 1, 200, 300)]
+    values = [0.0, 1e-12, 10.0, 20.48, 81920.0, 81920.5, 86_400_000.0, *edges]
+    deltas = aggregate([llm_trace(latency_ms=value) for value in values], [])
+    expected: dict[str, int] = {}
+    for value in values:
+        stat = fine_stat(value, GENAI_DURATION_BUCKETS_MS)
+        expected[stat] = expected.get(stat, 0) + 1
+    found = {
+        field.split("|", 1)[1]: n
+        for (key, field), n in deltas.increments.items()
+        if key == LATENCY and "|d=" in field
+    }
+    assert found == expected

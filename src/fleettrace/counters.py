@@ -39,6 +39,7 @@ without the plan label), so they can expire with the plan; see
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -54,7 +55,7 @@ from fleettrace.keys import (
 )
 from fleettrace.metrics import PLAN_LABEL, MetricKey, MetricType
 from fleettrace.model import LLMTrace, MetricSample
-from fleettrace.sketch import SUM_SCALE, fine_stat, sum_parts
+from fleettrace.sketch import SUM_SCALE, bucket_index, fine_stat, fine_stat_of, sum_parts
 
 #: (metric key, hash field) of one statistic of one label set; for the ``plan_*``
 #: mappings (plan id, plan hash field).
@@ -171,7 +172,7 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
     # priced calls; then the priced cost and the latency sketch's buckets.
     per_model: dict[tuple[str, str], list[int]] = {}
     model_cost: dict[tuple[str, str], float] = {}
-    latency_fine: dict[tuple[str, str], dict[str, int]] = {}
+    latency_fine: dict[tuple[str, str], dict[tuple[int | None, int], int]] = {}
     tokens: dict[tuple[str, str, str], list[int]] = {}
     errors: dict[tuple[str, str, str], int] = {}
     plan_cost: dict[str, list[float]] = {}
@@ -187,9 +188,12 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
         acc[2] += 1
         acc[3] += whole
         acc[4] += nanos
-        fine = latency_fine[model_key]
-        stat = fine_stat(latency, _LATENCY_BUCKETS)
-        fine[stat] = fine.get(stat, 0) + 1
+        fine = latency_fine[model_key]  # keyed by bucket, named once per batch below
+        bucket = (
+            bucket_index(latency) if latency > 0 else None,
+            bisect_left(_LATENCY_BUCKETS, latency),
+        )
+        fine[bucket] = fine.get(bucket, 0) + 1
         if values["prompt_tokens"] is None or values["completion_tokens"] is None:
             _count_tokens(tokens, (*model_key, UNKNOWN_TOKEN_TYPE), 0)
         for token_type, name in TOKEN_TYPES:
@@ -228,7 +232,8 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
             deltas._observe(_COST, labels, priced_calls, model_cost[model_key])
         deltas._add(_LATENCY, labels, STAT_COUNT, calls, None)
         deltas._add_exact_sum(_LATENCY, labels, whole, nanos)
-        for stat, count in latency_fine[model_key].items():
+        for (index, position), count in latency_fine[model_key].items():
+            stat = fine_stat_of(index, position, _LATENCY_BUCKETS)
             deltas._add(_LATENCY, labels, stat, count, None)
     for (provider, model, error_type), failed in errors.items():
         labels = encode_labels(
