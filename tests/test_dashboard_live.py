@@ -147,6 +147,9 @@ def test_without_history_the_windows_say_so_and_a_bad_day_start_is_refused(
         status, answer = get_json(f"{base}/api/live/activity")
         html = request(f"{base}/")[2].decode()
         bad = get_json(f"{base}/api/live/activity?day_start=yesterday")
+        unknown = get_json(f"{base}/api/live/activity?namespace={keys.namespace}-none")[0]
+        not_a_name = get_json(f"{base}/api/live/activity?namespace=a%20b")[0]
+        own = get_json(f"{base}/api/live/activity?namespace={keys.namespace}")[1]
     assert status == 200
     for item in answer["items"]:
         assert (item["from"], item["complete"], item["calls"], item["cost_usd"]) == (
@@ -156,6 +159,8 @@ def test_without_history_the_windows_say_so_and_a_bad_day_start_is_refused(
             None,
         )
     assert answer["models"]  # the latency per model needs no history
+    assert own["models"] == answer["models"]  # ?namespace= reads that namespace's keys
+    assert (unknown, not_a_name) == (404, 400)
     labels = [row[0] for row in page_cells(html, "live-activity")]
     assert (
         labels[1]
