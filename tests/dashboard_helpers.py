@@ -9,16 +9,19 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import astuple
 from datetime import UTC, datetime, timedelta
 from html import unescape
 from typing import Any
 
 import psycopg
 import pytest
+import redis
 
 from fleettrace import hooks
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import Keys
+from fleettrace.live import read_live
 from fleettrace.metrics import MetricKey
 from fleettrace_worker.cli.dashboard import probe_routes
 from fleettrace_worker.keys import PERSIST_GROUP
@@ -190,6 +193,46 @@ def live_call_totals(database_url: str, namespace: str) -> Totals:
         errors + (POISON.error is not None),
         retried + (POISON.retry_count > 0),
     )
+
+
+def check_live_rows(
+    shown: list[list[str]], database_url: str, keys: Keys, client: redis.Redis
+) -> Totals:
+    """The Overview's calls from the live counters (``#live-activity``), each window
+    counted from an all-zero sample: every row shows the live totals (``read_live``),
+    which are the SQL sums plus the refused call (calls per minute aside). Returns them."""
+    stored = live_call_totals(database_url, keys.namespace)
+    assert astuple(Totals.of(read_live(client, keys))) == pytest.approx(astuple(stored))
+    figures = [
+        str(stored.calls),
+        f"{stored.cost_usd:.6f}",
+        str(stored.calls - stored.priced_calls),
+        "" if not stored.calls else f"{stored.errors / stored.calls * 100:.1f} %",
+        "" if not stored.calls else f"{stored.retried / stored.calls * 100:.1f} %",
+    ]
+    assert len(shown) == 3
+    for row in shown:
+        assert [row[1], *row[3:]] == figures
+    return stored
+
+
+def check_live_latency(shown: list[list[str]], database_url: str) -> None:
+    """The Overview's latency per model from the live counters (``#live-latency``):
+    each stored provider and model's calls, and p50/p95 within 2 % of the rows'
+    ``percentile_disc``; the refused call's model counts its one call."""
+    found = {(row[0], row[1]): row[2:] for row in shown}
+    for provider, model, n, p50, p95 in rows(
+        database_url,
+        "SELECT provider, model, count(*), "
+        "percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms), "
+        "percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM llm_traces "
+        "GROUP BY 1, 2",
+    ):
+        row = found[(provider, model)]
+        assert row[0] == str(n)
+        assert float(row[1]) == pytest.approx(p50, rel=0.02)
+        assert float(row[2]) == pytest.approx(p95, rel=0.02)
+    assert found[(POISON.provider, POISON.model)][0] == "1"
 
 
 def page_cells(html: str, table_id: str) -> list[list[str]]:

@@ -15,12 +15,13 @@ import redis
 from fleettrace.keys import Keys
 from fleettrace.live import read_live
 from fleettrace.metrics import MetricKey
-from fleettrace_worker.serve.dashboard.overview_page import percent
 from fleettrace_worker.serve.dashboard.pages import number
 from fleettrace_worker.serve.history import HISTORY_INTERVAL_S, History, Totals
 from tests.dashboard_helpers import (
     CALLS,
     POISON,
+    check_live_latency,
+    check_live_rows,
     dashboard,
     fill_fleet,
     get_json,
@@ -112,15 +113,8 @@ def test_the_overview_counts_the_windows_and_models_from_the_live_counters(
         f"today (since {windows['today']['start']}, your time zone): counted since {since}",
         f"last 24h: counted since {since}",
     ]
-    for row in shown:
-        assert row[1:] == [
-            str(stored.calls),
-            row[2],  # calls per minute: depends on the moment read
-            f"{stored.cost_usd:.6f}",
-            str(stored.calls - stored.priced_calls),
-            percent(stored.errors / stored.calls),
-            percent(stored.retried / stored.calls),
-        ]
+    check_live_rows(shown, db, keys, redis_client)
+    check_live_latency(page_cells(html, "live-latency"), db)
     assert {(r[0], r[1]): r[2:] for r in page_cells(html, "live-latency")} == {
         key: _latency_row(m) for key, m in models.items()
     }
