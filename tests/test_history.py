@@ -23,10 +23,10 @@ from tests.emitting import make_emitter
 from tests.factories import llm_trace
 
 
-def _emit(redis_url: str, keys: Keys, first: int, n: int) -> None:
+def _emit(redis_url: str, keys: Keys, first: int, n: int, **settings: object) -> None:
     """``n`` calls: every third unpriced (a model the price table lacks), every fourth
     failed, every fifth retried; the others priced at 0.01 * (i + 1) USD."""
-    emitter = make_emitter(redis_url, keys)
+    emitter = make_emitter(redis_url, keys, **settings)
     for i in range(first, first + n):
         fields: dict[str, object] = {"latency_ms": 10.0 + i}
         if i % 3 == 0:
@@ -83,8 +83,10 @@ def test_windows_are_the_totals_now_less_the_sample_at_their_start(
     }
     assert history.record(now - 3 * 3600)  # nothing counted yet: all zero
     _emit(redis_url, keys, 0, 12)
+    assert Aggregation(redis_client, keys).fold_everything()  # what the worker reads
     assert history.record(now - 1800)
     _emit(redis_url, keys, 12, 8)
+    assert Aggregation(redis_client, keys).fold_everything()
     current = Totals.of(read_live(redis_client, keys))
     _same(current, _expected(0, 20))
 
@@ -124,6 +126,7 @@ def test_one_sample_a_minute_whoever_writes_and_only_the_last_25_hours(
     assert not first.record_due(now + 5)  # the same minute: not even asked again
     assert not second.record(now + 5)  # another worker: the minute has its sample
     _emit(redis_url, keys, 0, 3)
+    assert Aggregation(redis_client, keys).fold_everything()
     assert second.record_due(now + HISTORY_INTERVAL_S)
     stored = redis_client.zrange(keys.aggregate_history, 0, -1, withscores=True)
     assert [score for _, score in stored] == [now - 1, now - 1 + HISTORY_INTERVAL_S]
@@ -147,3 +150,28 @@ def test_the_aggregation_ticks_store_the_minute_sample(
     [window] = windows(redis_client, keys, Totals(), [("old", 10)])
     assert (window.start, window.figures) == (1.0, None)
     assert window.item(time.time())["calls"] is None
+
+
+def test_each_shard_keeps_its_own_history_and_the_windows_sum_the_shards(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    now = time.time()
+    shards = [keys, keys.for_shard(1)]
+    redis_client.sadd(keys.shard_registry, 1)
+    for shard in shards:
+        assert History(redis_client, shard).record(now - 3630)  # before any call
+    _emit(redis_url, keys, 0, 6, shards=2, shard=0)
+    _emit(redis_url, keys, 6, 9, shards=2, shard=1)
+    for shard in shards:  # each shard's worker: its sample holds that shard's calls
+        assert Aggregation(redis_client, shard).fold_everything()
+    latest = [redis_client.zrange(shard.aggregate_history, -1, -1)[0] for shard in shards]
+    assert b'"calls":6,' in latest[0] and b'"calls":9,' in latest[1]
+    current = Totals.of(read_live(redis_client, keys))
+    _same(current, _expected(0, 15))
+    [hour] = windows(redis_client, keys, current, [("1h", now - 3600)])
+    assert hour.complete
+    _same(hour.figures, _expected(0, 15))
+    # A shard without a sample leaves the window without figures, not short of them.
+    redis_client.delete(shards[1].aggregate_history)
+    [hour] = windows(redis_client, keys, current, [("1h", now - 3600)])
+    assert (hour.start, hour.figures) == (None, None)

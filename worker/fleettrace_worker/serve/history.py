@@ -1,22 +1,25 @@
 """A short history of the fleet's cumulative LLM totals, so the live counters (which
 only ever grow) can answer for a window: the last hour, today, the last 24 hours.
 
-Once a minute the worker's aggregation tick reads the fleet-wide totals from the live
-series (:func:`fleettrace.live.read_live`: calls are the count of ``llm.latency_ms``,
+Once a minute the worker's aggregation tick of each shard (:mod:`fleettrace.shards`;
+one in a namespace without shards) reads that shard's totals from the live aggregates
+it keeps, plus the hashes of the layout before per-producer keys, summed as
+:func:`fleettrace.live.read_live` sums them (calls are the count of ``llm.latency_ms``,
 priced calls and cost the count and sum of ``llm.cost_usd``, failed calls the count of
 ``llm.errors_count``, retried calls the count of ``llm.retries_count``, every model
-summed) and stores them as one member of the sorted set ``Keys.aggregate_history``,
-scored by the minute (Unix seconds). One script adds the sample only when the minute
-has none yet (so two workers store one), and drops the samples older than
-``HISTORY_KEEP_S``. Only workers write it.
+summed) and stores them as one member of the shard's sorted set
+``Keys.aggregate_history``, scored by the minute (Unix seconds). One script adds the
+sample only when the minute has none yet (so two workers store one), and drops the
+samples older than ``HISTORY_KEEP_S``. Only workers write it.
 
-A window's figures are the totals now less the sample at its start: the newest
-sample at or before the start, so the window reaches back to that sample's minute.
+A window's figures are the totals now (every shard) less the sum of each shard's
+sample at its start: the newest sample at or before the start, so the window reaches
+back to that sample's minute (the latest of the shards' minutes is ``from``).
 The window is ``complete`` when that sample is less than two minutes before the start
 (one minute without a sample is allowed); otherwise (no worker ran then) it counts
 from that older sample, or, when the history does not reach back to the start (a
 worker started within the window), from the oldest sample, and the answer says from
-when (``from``). With no sample at all there are no figures.
+when (``from``). With no sample at all (of any shard) there are no figures.
 A total lower than the sample's (counters a producer's hashes no longer hold) counts 0.
 """
 
@@ -32,9 +35,11 @@ from typing import Any, Final
 import orjson
 import redis
 
-from fleettrace.keys import Keys
-from fleettrace.live import LiveSeries, read_live
+from fleettrace.keys import Keys, split_live_field
+from fleettrace.live import LiveSeries, key_series
 from fleettrace.metrics import MetricKey
+from fleettrace.producers import merge_fields
+from fleettrace.shards import shard_keys
 
 #: One sample per this many seconds (a minute), kept this long (25 hours).
 HISTORY_INTERVAL_S: Final = 60
@@ -123,10 +128,35 @@ class History:
         """Store the totals now as the sample of this minute, unless it has one."""
         now = time.time() if now is None else now
         minute = int(now // HISTORY_INTERVAL_S * HISTORY_INTERVAL_S)
-        totals = Totals.of(read_live(self.client, self.keys))
+        totals = Totals.of(self._series())
         member = orjson.dumps({"t": minute, **asdict(totals)})
         args: list[int | bytes] = [minute, member, minute - HISTORY_KEEP_S]
         return bool(self._record(keys=[self.keys.aggregate_history], args=args))
+
+    def _series(self) -> list[LiveSeries]:
+        """This shard's series of the four keys: its aggregates and the legacy hashes."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in _TOTAL_KEYS:
+            pipe.hgetall(self.keys.aggregate_live(key.value))
+            pipe.hgetall(self.keys.legacy_live(key.value))
+        found = pipe.execute()
+        series: list[LiveSeries] = []
+        for i, key in enumerate(_TOTAL_KEYS):
+            summed, legacy = found[2 * i], found[2 * i + 1]
+            series += key_series(key, merge_fields([summed, legacy], _stat) if legacy else summed)
+        return series
+
+
+_TOTAL_KEYS: Final = (
+    MetricKey.LLM_LATENCY_MS,
+    MetricKey.LLM_COST_USD,
+    MetricKey.LLM_ERRORS_COUNT,
+    MetricKey.LLM_RETRIES_COUNT,
+)
+
+
+def _stat(name: str) -> str:
+    return split_live_field(name)[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,24 +214,47 @@ def windows(
     current: Totals,
     starts: Sequence[tuple[str, float]],
 ) -> list[Window]:
-    """Each (name, start in Unix seconds) window's figures: ``current`` less the
-    newest sample at or before its start, or the oldest sample when none is."""
+    """Each (name, start in Unix seconds) window's figures: ``current`` (every shard's
+    totals) less the sum over the shards of the newest sample at or before its start,
+    or of the oldest sample when none is."""
+    shards = shard_keys(client, keys, "reading the history of the live counters")
     pipe = client.pipeline(transaction=False)
-    pipe.zrange(keys.aggregate_history, 0, 0, withscores=True)
-    for _, start in starts:
-        pipe.zrevrangebyscore(
-            keys.aggregate_history, math.floor(start), "-inf", start=0, num=1, withscores=True
-        )
-    oldest, *before = pipe.execute()
+    for shard in shards:
+        pipe.zrange(shard.aggregate_history, 0, 0, withscores=True)
+        for _, start in starts:
+            pipe.zrevrangebyscore(
+                shard.aggregate_history, math.floor(start), "-inf", start=0, num=1, withscores=True
+            )
+    found = pipe.execute()
+    step = len(starts) + 1
+    per_shard = [found[i * step : (i + 1) * step] for i in range(len(shards))]
     out = []
-    for (name, start), found in zip(starts, before, strict=True):
-        chosen = found or oldest
-        if not chosen:
+    for index, (name, start) in enumerate(starts):
+        chosen = [(before[1 + index] or before[0]) for before in per_shard]
+        if not all(chosen):
             out.append(Window(name, start, None, False, None))
             continue
-        member, score = chosen[0]
-        complete = bool(found) and start - score < 2 * HISTORY_INTERVAL_S
-        sample = _decode(member)
-        figures = None if sample is None else current.since(sample)
-        out.append(Window(name, start, float(score), complete, figures))
+        samples = [_decode(picked[0][0]) for picked in chosen]
+        scores = [float(picked[0][1]) for picked in chosen]
+        complete = all(
+            before[1 + index] and start - score < 2 * HISTORY_INTERVAL_S
+            for before, score in zip(per_shard, scores, strict=True)
+        )
+        figures = None
+        if all(sample is not None for sample in samples):
+            figures = current.since(_sum(sample for sample in samples if sample is not None))
+        out.append(Window(name, start, max(scores), complete, figures))
     return out
+
+
+def _sum(samples: Iterable[Totals]) -> Totals:
+    total = Totals()
+    for one in samples:
+        total = Totals(
+            total.calls + one.calls,
+            total.priced_calls + one.priced_calls,
+            total.cost_usd + one.cost_usd,
+            total.errors + one.errors,
+            total.retried + one.retried,
+        )
+    return total
