@@ -175,3 +175,14 @@ def test_each_shard_keeps_its_own_history_and_the_windows_sum_the_shards(
     redis_client.delete(shards[1].aggregate_history)
     [hour] = windows(redis_client, keys, current, [("1h", now - 3600)])
     assert (hour.start, hour.figures) == (None, None)
+
+
+def test_counters_of_the_layout_before_per_producer_keys_count_in_the_sample(
+    redis_url: str, keys: Keys, redis_client: redis.Redis
+) -> None:
+    _emit(redis_url, keys, 1, 2)  # two priced calls
+    redis_client.hset(keys.legacy_live("llm.latency_ms"), "provider=a,model=b|count", 3)
+    assert Aggregation(redis_client, keys).fold_everything()
+    [member] = redis_client.zrange(keys.aggregate_history, 0, -1)
+    assert b'"calls":5,"priced_calls":2,' in member  # as read_live sums them
+    assert Totals.of(read_live(redis_client, keys)).calls == 5
