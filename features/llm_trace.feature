@@ -83,6 +83,8 @@ Feature: Every LLM call an agent records is stored, queryable and counted
       | llm.retries_count            | provider=openai, model=gpt-4o                            | 2     | 5    |
       | llm.retries_count            | provider=openai, model=gpt-4o-mini                       | 1     | 1    |
       | llm.errors_count             | provider=openai, model=gpt-4o, error_type=RateLimitError | 1     | 1    |
+      | llm.latency_ms               | provider=openai, model=gpt-4o                            | 3     |      |
+      | llm.latency_ms               | provider=openai, model=gpt-4o-mini                       | 1     |      |
       | plan.decisions_count         | plan=plan-x                                              | 4     | 4    |
       | tool.error_rate              | tool=search, outcome=ok                                  | 2     | 2    |
       | tool.error_rate              | tool=search, outcome=error                               | 1     | 1    |

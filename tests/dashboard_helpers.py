@@ -4,23 +4,29 @@ worker -> PostgreSQL), and a dashboard served on a free loopback port."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import astuple
 from datetime import UTC, datetime, timedelta
+from html import unescape
 from typing import Any
 
 import psycopg
 import pytest
+import redis
 
 from fleettrace import hooks
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import Keys
+from fleettrace.live import read_live
 from fleettrace.metrics import MetricKey
 from fleettrace_worker.cli.dashboard import probe_routes
 from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.serve.dashboard.app import DashboardSettings, build_app
+from fleettrace_worker.serve.history import Totals
 from fleettrace_worker.serve.webserver import HttpServer
 from tests.emitting import make_emitter
 from tests.factories import numbered_trace
@@ -39,6 +45,10 @@ SAMPLED = (
     (MetricKey.INDEX_QUERY_DURATION_MS, {"backend": "pgvector"}, (2.0, 4.0)),
     (MetricKey.SANDBOX_OPERATION_DURATION_MS, {"operation": "exec"}, (100.0, 250.0, 900.0)),
 )
+
+
+#: The call fill_fleet records that the database refuses: counted live, not stored.
+POISON = numbered_trace(CALLS, model="poison", cost_usd=0.25)
 
 
 def fill_fleet(redis_url: str, keys: Keys, database_url: str) -> str:
@@ -62,7 +72,7 @@ def fill_fleet(redis_url: str, keys: Keys, database_url: str) -> str:
         if i == 5:
             fields["plan_id"] = HOSTILE_PLAN
         emitter.record(numbered_trace(i, **fields))
-    emitter.record(numbered_trace(CALLS, model="poison", cost_usd=0.25))
+    emitter.record(POISON)
     for value in (3.0, 8.0, 120.0):
         emitter.observe(MetricKey.TOOL_INVOCATION_DURATION_MS, value, {"tool": HOSTILE})
     for key, labels, values in SAMPLED:
@@ -165,6 +175,74 @@ def drop_poison_rule(database_url: str) -> None:
     """The cause of the dead letter, fixed: replay can now bring it home."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE llm_traces DROP CONSTRAINT no_poison")
+
+
+def live_call_totals(database_url: str, namespace: str) -> Totals:
+    """What the live counters must hold after fill_fleet: the stored calls' figures,
+    plus the call the database refused (still a dead letter)."""
+    [(calls, priced, cost, errors, retried)] = rows(
+        database_url,
+        "SELECT count(*), count(cost_usd), coalesce(sum(cost_usd), 0), count(error), "
+        "count(*) FILTER (WHERE retry_count > 0) FROM llm_traces WHERE namespace = %s",
+        namespace,
+    )
+    return Totals(
+        calls + 1,
+        priced + 1,
+        float(cost) + 0.25,
+        errors + (POISON.error is not None),
+        retried + (POISON.retry_count > 0),
+    )
+
+
+def check_live_rows(
+    shown: list[list[str]], database_url: str, keys: Keys, client: redis.Redis
+) -> Totals:
+    """The Overview's calls from the live counters (``#live-activity``), each window
+    counted from an all-zero sample: every row shows the live totals (``read_live``),
+    which are the SQL sums plus the refused call (calls per minute aside). Returns them."""
+    stored = live_call_totals(database_url, keys.namespace)
+    assert astuple(Totals.of(read_live(client, keys))) == pytest.approx(astuple(stored))
+    figures = [
+        str(stored.calls),
+        f"{stored.cost_usd:.6f}",
+        str(stored.calls - stored.priced_calls),
+        "" if not stored.calls else f"{stored.errors / stored.calls * 100:.1f} %",
+        "" if not stored.calls else f"{stored.retried / stored.calls * 100:.1f} %",
+    ]
+    assert len(shown) == 3
+    for row in shown:
+        assert [row[1], *row[3:]] == figures
+    return stored
+
+
+def check_live_latency(shown: list[list[str]], database_url: str) -> None:
+    """The Overview's latency per model from the live counters (``#live-latency``):
+    each stored provider and model's calls, and p50/p95 within 2 % of the rows'
+    ``percentile_disc``; the refused call's model counts its one call."""
+    found = {(row[0], row[1]): row[2:] for row in shown}
+    for provider, model, n, p50, p95 in rows(
+        database_url,
+        "SELECT provider, model, count(*), "
+        "percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms), "
+        "percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms) FROM llm_traces "
+        "GROUP BY 1, 2",
+    ):
+        row = found[(provider, model)]
+        assert row[0] == str(n)
+        assert float(row[1]) == pytest.approx(p50, rel=0.02)
+        assert float(row[2]) == pytest.approx(p95, rel=0.02)
+    assert found[(POISON.provider, POISON.model)][0] == "1"
+
+
+def page_cells(html: str, table_id: str) -> list[list[str]]:
+    """The text of each body cell of one table of a page."""
+    body = html.split(f'<table id="{table_id}">', 1)[1].split("</table>", 1)[0]
+    body = body.split("<tbody>", 1)[1]
+    return [
+        [unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<td>(.*?)</td>", row)]
+        for row in re.findall(r"<tr>(.*?)</tr>", body)
+    ]
 
 
 def rows(database_url: str, query: str, *args: object) -> list[tuple[Any, ...]]:

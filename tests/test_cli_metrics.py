@@ -281,7 +281,11 @@ def test_one_plan_and_the_top_plans(
     code, out, _ = run(capsys, *where, "--key", "plan.cost_usd")
     assert (code, out) == (0, "7 live plans; use --plan ID or --top N\n")
     code, out, _ = run(capsys, *where, "--json")
-    assert [s["key"] for s in json.loads(out)["items"]] == ["actor.token_usage"] * 2
+    assert sorted(s["key"] for s in json.loads(out)["items"]) == [
+        *["actor.token_usage"] * 2,
+        "llm.cost_usd",
+        "llm.latency_ms",
+    ]
     code, out, _ = run(capsys, *where, "--key", "context.tokens_used")
     assert (code, out) == (0, f"no live counters yet in namespace {keys.namespace!r}\n")
     code, out, _ = run(capsys, *where, "--key", "plan.decisions_count", "--json")

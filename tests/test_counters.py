@@ -6,11 +6,45 @@ import pytest
 
 from fleettrace import MetricKey, MetricSample
 from fleettrace.counters import aggregate
+from fleettrace.metrics import GENAI_DURATION_BUCKETS_MS
+from fleettrace.sketch import GAMMA, fine_stat
 from tests.factories import llm_trace
 
 CALL = {"cost_usd": 0.5}
 TOKENS = "actor.token_usage"
 PM = "provider=openai,model=gpt-4o"
+LATENCY, COST = "llm.latency_ms", "llm.cost_usd"
+
+
+def _of(key: str, mapping: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    return {ref: amount for ref, amount in mapping.items() if ref[0] == key}
+
+
+def test_every_call_counts_its_latency_and_each_priced_call_its_cost_per_model() -> None:
+    deltas = aggregate(
+        [
+            llm_trace(cost_usd=0.25, latency_ms=120.5),
+            llm_trace(cost_usd=0.5, latency_ms=80.25),
+            llm_trace(cost_usd=None, latency_ms=3000.0),
+            llm_trace(provider="acme", model="unknown-model", cost_usd=None, latency_ms=0.0),
+        ],
+        [],
+    )
+    inc, flt = deltas.increments, deltas.float_increments
+    # The latency histogram counts every call, priced or not: its count is the calls.
+    assert inc[(LATENCY, f"{PM}|count")] == 3
+    assert flt[(LATENCY, f"{PM}|sum.whole")] + flt[(LATENCY, f"{PM}|sum.nanos")] / 1e9 == 3200.75
+    acme = "provider=acme,model=unknown-model"
+    assert inc[(LATENCY, f"{acme}|count")] == 1
+    assert inc[(LATENCY, f"{acme}|d=z/10.0")] == 1  # a latency of 0 in the zero bucket
+    fine = {field: n for (key, field), n in inc.items() if key == LATENCY and "|d=" in field}
+    assert sum(fine.values()) == 4
+    assert inc[(LATENCY, f"{PM}|{fine_stat(3000.0, GENAI_DURATION_BUCKETS_MS)}")] == 1
+    # The cost counts the priced calls only: an unpriced call is not a call of cost 0.
+    assert inc[(COST, f"{PM}|count")] == 2
+    assert flt[(COST, f"{PM}|sum")] == 0.75
+    assert (COST, f"{acme}|count") not in inc
+    assert (COST, f"{acme}|sum") not in flt
 
 
 def test_traces_sum_tokens_per_provider_model_and_token_type() -> None:
@@ -22,21 +56,20 @@ def test_traces_sum_tokens_per_provider_model_and_token_type() -> None:
         ],
         [],
     )
-    assert deltas.increments == {
+    assert _of(TOKENS, deltas.increments) == {
         (TOKENS, f"{PM},token_type=prompt|count"): 2,
         (TOKENS, f"{PM},token_type=completion|count"): 2,
         (TOKENS, "provider=openai,model=o1,token_type=prompt|count"): 1,
         (TOKENS, "provider=openai,model=o1,token_type=completion|count"): 1,
     }
-    assert deltas.float_increments == {
+    assert _of(TOKENS, deltas.float_increments) == {
         (TOKENS, f"{PM},token_type=prompt|sum"): 30,
         (TOKENS, f"{PM},token_type=completion|sum"): 3,
         (TOKENS, "provider=openai,model=o1,token_type=prompt|sum"): 5,
         (TOKENS, "provider=openai,model=o1,token_type=completion|sum"): 0,
     }
     assert deltas.values == {}
-    assert deltas.metric_keys() == [TOKENS]
-    assert len(deltas) == 8
+    assert deltas.metric_keys() == [TOKENS, COST, LATENCY]
 
 
 def test_token_details_and_unknown_usage_get_token_types_of_their_own() -> None:
@@ -60,11 +93,11 @@ def test_token_details_and_unknown_usage_get_token_types_of_their_own() -> None:
     )
     counts = {
         ref[1].removeprefix(f"{PM},token_type=").removesuffix("|count"): n
-        for ref, n in deltas.increments.items()
+        for ref, n in _of(TOKENS, deltas.increments).items()
     }
     sums = {
         ref[1].removeprefix(f"{PM},token_type=").removesuffix("|sum"): total
-        for ref, total in deltas.float_increments.items()
+        for ref, total in _of(TOKENS, deltas.float_increments).items()
     }
     assert counts == {
         "prompt": 3,
@@ -125,7 +158,7 @@ def test_retries_errors_and_plan_cost() -> None:
 
 def test_trace_outside_a_plan_adds_no_cost() -> None:
     deltas = aggregate([llm_trace(CALL)], [])
-    assert deltas.metric_keys() == [TOKENS]
+    assert deltas.metric_keys() == [TOKENS, COST, LATENCY]
     assert deltas.plan_ids() == []
 
 
@@ -210,3 +243,21 @@ def test_billionths_of_a_batch_carry_into_whole_units() -> None:
         (tool, "tool=t|sum.whole"): 3,
         (tool, "tool=t|sum.nanos"): 500_000_001,
     }
+
+
+def test_the_latency_buckets_are_named_as_every_histogram_names_its_own() -> None:
+    # Zero, values on classic bounds and on log-bucket edges, the smallest and the
+    # largest latency: each lands in the fine bucket fine_stat gives its value.
+    edges = [GAMMA**i for i in (-3, 0, 1, 200, 300)]
+    values = [0.0, 1e-12, 10.0, 20.48, 81920.0, 81920.5, 86_400_000.0, *edges]
+    deltas = aggregate([llm_trace(latency_ms=value) for value in values], [])
+    expected: dict[str, int] = {}
+    for value in values:
+        stat = fine_stat(value, GENAI_DURATION_BUCKETS_MS)
+        expected[stat] = expected.get(stat, 0) + 1
+    found = {
+        field.split("|", 1)[1]: n
+        for (key, field), n in deltas.increments.items()
+        if key == LATENCY and "|d=" in field
+    }
+    assert found == expected

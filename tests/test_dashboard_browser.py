@@ -10,6 +10,7 @@ the SQL sums and the live counters. Screenshots go to ``artifacts/screenshots/``
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from fleettrace.live import read_live
 from fleettrace.plans import read_plan, total_cost_usd
 from fleettrace_worker.serve.dashboard.pages import number
 from fleettrace_worker.serve.dashboard.samples import SAMPLE_KEYS
+from fleettrace_worker.serve.history import History
 from tests.dashboard_helpers import (
     CALLS,
     HOSTILE,
@@ -31,6 +33,8 @@ from tests.dashboard_helpers import (
     TREE_CHILD,
     TREE_OTHER,
     TREE_ROOT,
+    check_live_latency,
+    check_live_rows,
     dashboard,
     drop_poison_rule,
     fill_fleet,
@@ -114,6 +118,8 @@ def page(browser) -> Iterator[Watched]:
 def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
     page, redis_url, keys, database_url, redis_client
 ) -> None:
+    # A worker ran an hour ago, before any call: the history's sample then is all zero.
+    History(redis_client, keys).record(time.time() - 3630)
     db = fill_fleet(redis_url, keys, database_url)
     with dashboard(redis_url, keys, db) as base:
         # Overview: the live counters, every producer summed; refreshed in place.
@@ -181,6 +187,23 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
                 "WHERE started_at >= now() - interval '1 hour' GROUP BY model",
             )
         }
+
+        # The calls from the live counters: the live totals and the SQL sums; latency per
+        # model within 2 % of the SQL's (every figure counted from the hour's sample).
+        live_rows = page.cells("live-activity")
+        stored = check_live_rows(live_rows, db, keys, redis_client)
+        labels = [row[0] for row in live_rows]
+        assert labels[0] == "last 1h" and labels[2].startswith("last 24h: counted since ")
+        stamps = page.page.eval_on_selector_all(
+            "#live-activity time", "els => els.map(e => e.getAttribute('datetime'))"
+        )
+        assert stamps[0] == midnight.astimezone(UTC).isoformat()
+        assert float(live_rows[0][2]) == pytest.approx(
+            stored.calls
+            / ((datetime.now(UTC) - datetime.fromisoformat(stamps[-1])).total_seconds() / 60),
+            abs=0.02,
+        )
+        check_live_latency(page.cells("live-latency"), db)
 
         # Cost: the table is the SQL sums; unpriced calls are counted, not priced at zero.
         page.open(f"{base}/cost?by=model&range=24h", "cost")

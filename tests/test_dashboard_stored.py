@@ -6,7 +6,6 @@ a free port, with the fleets of tests/dashboard_helpers."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from html import unescape
 
@@ -25,6 +24,7 @@ from tests.dashboard_helpers import (
     fill_fleet,
     fill_plan_tree,
     get_json,
+    page_cells,
     request,
     rows,
 )
@@ -34,16 +34,6 @@ from tests.worker_helpers import migrated
 @pytest.fixture
 def fleet(redis_url: str, keys: Keys, database_url: str) -> str:
     return fill_fleet(redis_url, keys, database_url)
-
-
-def _cells(html: str, table_id: str) -> list[list[str]]:
-    """The text of each body cell of one table of a page."""
-    body = html.split(f'<table id="{table_id}">', 1)[1].split("</table>", 1)[0]
-    body = body.split("<tbody>", 1)[1]
-    return [
-        [unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<td>(.*?)</td>", row)]
-        for row in re.findall(r"<tr>(.*?)</tr>", body)
-    ]
 
 
 def test_today_starts_where_the_reader_says_and_equals_the_sql(
@@ -73,12 +63,12 @@ def test_today_starts_where_the_reader_says_and_equals_the_sql(
         assert today["retry_rate"] == (retried / calls if calls else None)
 
         page = request(f"{base}/?day_start={day_start}")[2].decode()
-        [row] = [r for r in _cells(page, "activity") if r[0].startswith("today")]
+        [row] = [r for r in page_cells(page, "activity") if r[0].startswith("today")]
         assert row[0] == f"today (since {since.isoformat()}, your time zone)"
         assert row[1] == str(calls) and row[4] == str(calls - priced)
         # Without the page's script: from UTC midnight, and the page says so.
         plain = request(f"{base}/")[2].decode()
-        assert any(r[0] == "today (since 00:00 UTC)" for r in _cells(plain, "activity"))
+        assert any(r[0] == "today (since 00:00 UTC)" for r in page_cells(plain, "activity"))
         utc = get_json(f"{base}/api/activity")[1]["items"][1]
         assert utc["from"] == datetime.now(UTC).strftime("%Y-%m-%dT00:00:00+00:00")
 
@@ -129,7 +119,7 @@ def test_the_overview_latency_and_the_sample_durations_equal_the_sql(
     with dashboard(redis_url, keys, fleet) as base:
         page = request(f"{base}/")[2].decode()
         assert "LLM latency by model (last hour, stored calls)" in page
-        shown = {row[0]: row[1:] for row in _cells(page, "overview-latency")}
+        shown = {row[0]: row[1:] for row in page_cells(page, "overview-latency")}
         assert shown == latency
 
         answer = get_json(f"{base}/api/performance/samples?range=1h")[1]
@@ -148,7 +138,7 @@ def test_the_overview_latency_and_the_sample_durations_equal_the_sql(
         assert answer["items"][0]["t"] == first
 
         performance = request(f"{base}/performance?range=1h")[2].decode()
-        table = _cells(performance, "samples-table")
+        table = page_cells(performance, "samples-table")
         assert [row[0] for row in table] == list(SAMPLE_KEYS)
         for key, count, *percentiles in table:
             expected = samples[key]
@@ -176,7 +166,7 @@ def test_the_costliest_plans_show_their_budget_and_the_share_used(
         assert (top[TREE_OTHER]["budget_usd"], top[TREE_OTHER]["share_used"]) == (None, None)
         page = request(f"{base}/")[2].decode()
         assert '<th scope="col">budget (USD)</th><th scope="col">share used</th>' in page
-        shown = {row[0]: row[1:4] for row in _cells(page, "top-plans")}
+        shown = {row[0]: row[1:4] for row in page_cells(page, "top-plans")}
         assert shown[TREE_ROOT] == [
             f"{trip.cost_usd:.6f}",
             f"{TREE_BUDGET:.6f}",

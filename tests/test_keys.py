@@ -108,6 +108,8 @@ def test_one_trace_touches_exactly_these_keys(
         keys.live("actor.token_usage"),
         keys.live("llm.retries_count"),
         keys.live("llm.errors_count"),
+        keys.live("llm.latency_ms"),
+        keys.live("llm.cost_usd"),
         keys.plan("p1"),
         keys.dirty,  # what changed, for the worker's aggregates
     }

@@ -31,7 +31,9 @@ def test_read_live_returns_every_series(
     emitter.observe(MetricKey.INDEX_QUERY_DURATION_MS, 1.0, {"backend": "graph"})
     emitter.observe(MetricKey.CONTEXT_TOKENS_USED, 500)
     emitter.observe(MetricKey.CONTEXT_TOKENS_USED, 450)
-    emitter.record(LLMTrace(provider="openai", model="gpt-4o", prompt_tokens=7, plan_id="p"))
+    emitter.record(
+        LLMTrace(provider="openai", model="gpt-4o", prompt_tokens=7, plan_id="p", latency_ms=1234.5)
+    )
     assert emitter.close()
 
     series = read_live(redis_client, keys)
@@ -48,7 +50,16 @@ def test_read_live_returns_every_series(
         ("context.tokens_used", ()),
         ("index.query_duration_ms", (("backend", "graph"),)),
         ("index.query_duration_ms", (("backend", "text"),)),
+        ("llm.latency_ms", (("provider", "openai"), ("model", "gpt-4o"))),
+        ("llm.cost_usd", (("provider", "openai"), ("model", "gpt-4o"))),
     ]
+    # Every call's latency, the priced call's cost (priced by the emitter's sender).
+    latency, cost = series[5:]
+    assert (latency.count, latency.sum) == (1, 1234.5)
+    assert latency.p50 == latency.p99 == pytest.approx(1234.5, rel=0.02)
+    assert dict(latency.buckets)[1280.0] == 1
+    assert cost.count == 1
+    assert cost.sum == pytest.approx(plan_cost_usd(redis_client, keys, "p")) and cost.sum > 0
     gauge = series[2]
     assert (gauge.count, gauge.value, gauge.buckets, gauge.p50) == (2, 450.0, (), None)
     prompt = series[1]

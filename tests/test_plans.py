@@ -164,7 +164,7 @@ def test_old_layout_fields_count_for_budgets_and_move_into_plan_hashes(
     assert plan_cost_usd(redis_client, keys, "shared") == pytest.approx(1.5)
     assert plan_cost_usd(redis_client, keys, "old-only") == pytest.approx(0.25)
     fleet = {s.key.value for s in read_live(redis_client, keys)}
-    assert fleet == {"actor.token_usage", "tool.error_rate"}
+    assert fleet == {"actor.token_usage", "tool.error_rate", "llm.latency_ms", "llm.cost_usd"}
     assert legacy_plan_fields(redis_client, keys) == 9
 
     assert migrate_legacy_plan_fields(redis_client, keys, ttl_s=500, count=2) == 8

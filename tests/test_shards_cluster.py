@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 
+import orjson
 import pytest
 import redis
 
@@ -19,6 +21,7 @@ from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import Keys
 from fleettrace.live import is_over_budget, read_live
 from fleettrace.metrics import MetricKey
+from fleettrace_worker.serve.history import Totals, windows
 from fleettrace_worker.stream.shards import discover_shards, shard_of
 from tests.cluster import LocalCluster, redis_cluster  # noqa: F401 (the fixture)
 from tests.factories import numbered_trace
@@ -102,6 +105,18 @@ def _assert_live_reads_equal_the_rows(
     assert all(math.isclose(shown[p], stored[p], rel_tol=1e-9) for p in PLANS), (shown, stored)
 
 
+def _assert_history_of_each_shard(client: redis.Redis, keys: Keys) -> None:
+    """Each shard's aggregator (on its master) keeps the shard's history; a window over
+    the cluster is the live totals less the shards' oldest samples."""
+    oldest = [client.zrange(keys.for_shard(s).aggregate_history, 0, 0) for s in range(SHARDS)]
+    assert all(oldest), "a shard without history"
+    current = Totals.of(read_live(client, keys))
+    assert current.calls == 1200
+    [day] = windows(client, keys, current, [("24h", time.time() - 86400)])
+    assert day.figures is not None and not day.complete
+    assert day.figures.calls == 1200 - sum(orjson.loads(o[0])["calls"] for o in oldest)
+
+
 @pytest.mark.slow
 @pytest.mark.redis_version(7, 0)  # the function library on a cluster
 def test_sharded_emitters_spread_over_the_masters_and_one_worker_stores_each_record_once(
@@ -119,6 +134,7 @@ def test_sharded_emitters_spread_over_the_masters_and_one_worker_stores_each_rec
             assert all(line == "accepted=300 sent=300 dropped=0" for line in lines), lines
             _assert_stored_once_and_counted(client, db, keys, 1200)
             _assert_live_reads_equal_the_rows(redis_cluster, client, db, keys)
+            _assert_history_of_each_shard(client, keys)
         on = _stream_masters(redis_cluster, keys)
         assert set(on) == {0, 1, 2}
         assert len(set().union(*on.values())) >= 2  # one fleet's load on several masters

@@ -13,8 +13,12 @@ What a record adds (hash layout in :mod:`fleettrace.keys`):
   unknown adds count +1 (sum +0) to ``unknown`` instead of adding a guess;
   ``llm.retries_count{provider,model}`` count +1 and sum +retry_count when it
   retried; ``llm.errors_count{provider,model,error_type}`` count and sum +1 when it
-  failed; ``plan.cost_usd{plan}`` count +1 and sum +cost
-  when it belongs to a plan and was priced.
+  failed; ``llm.latency_ms{provider,model}`` count +1, its exact sum +latency and
+  the sketch bucket of the latency +1 (as a sample's histogram, below), so its count
+  is the calls; ``llm.cost_usd{provider,model}`` count +1 and sum +cost when it was
+  priced (an unpriced call adds nothing there, never a zero);
+  ``plan.cost_usd{plan}`` count +1 and sum +cost when it belongs to a plan and was
+  priced.
 - a ``MetricSample``: its own key and labels. Counters and histograms: count +1,
   the value added to the exact sum (``sum.whole`` and ``sum.nanos``, integers, see
   :func:`fleettrace.sketch.sum_parts`), and for histograms the fine sketch bucket the
@@ -35,6 +39,7 @@ without the plan label), so they can expire with the plan; see
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -50,7 +55,7 @@ from fleettrace.keys import (
 )
 from fleettrace.metrics import PLAN_LABEL, MetricKey, MetricType
 from fleettrace.model import LLMTrace, MetricSample
-from fleettrace.sketch import SUM_SCALE, fine_stat, sum_parts
+from fleettrace.sketch import SUM_SCALE, bucket_index, fine_stat, fine_stat_of, sum_parts
 
 #: (metric key, hash field) of one statistic of one label set; for the ``plan_*``
 #: mappings (plan id, plan hash field).
@@ -60,6 +65,9 @@ _TOKENS = MetricKey.ACTOR_TOKEN_USAGE.value
 _RETRIES = MetricKey.LLM_RETRIES_COUNT.value
 _ERRORS = MetricKey.LLM_ERRORS_COUNT.value
 _PLAN_COST = MetricKey.PLAN_COST_USD.value
+_LATENCY = MetricKey.LLM_LATENCY_MS.value
+_LATENCY_BUCKETS = MetricKey.LLM_LATENCY_MS.spec.buckets
+_COST = MetricKey.LLM_COST_USD.value
 #: token_type label value per LLMTrace field, in the order they are counted.
 TOKEN_TYPES = (
     ("prompt", "prompt_tokens"),
@@ -132,6 +140,16 @@ class CounterDeltas:
             ints = self.plan_increments
         ints[ref] = ints.get(ref, 0) + amount
 
+    def _add_exact_sum(self, metric_key: str, labels: str, whole: int, nanos: int) -> None:
+        """An exact sum's whole units and billionths (:func:`fleettrace.sketch.sum_parts`),
+        the billionths carried into units so each increment of sum.nanos is under 1e9;
+        a zero part would add a field that says nothing."""
+        carry, nanos = divmod(nanos, SUM_SCALE)
+        for stat, amount in ((STAT_SUM_WHOLE, whole + carry), (STAT_SUM_NANOS, nanos)):
+            if amount:
+                ref = (metric_key, live_field(labels, stat))
+                self.float_increments[ref] = self.float_increments.get(ref, 0) + amount
+
     def _set(self, metric_key: str, labels: str, value: float, plan: str | None) -> None:
         if plan is None:
             self.values[(metric_key, live_field(labels, STAT_VALUE))] = value
@@ -150,7 +168,11 @@ def aggregate(traces: Iterable[LLMTrace], samples: Iterable[MetricSample]) -> Co
 def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
     # Per-record work stays at a few dict updates keyed by plain tuples; label sets are
     # rendered once per distinct key at the end.
+    # Per model: retried calls, retries, calls, latency in whole ms and billionths,
+    # priced calls; then the priced cost and the latency sketch's buckets.
     per_model: dict[tuple[str, str], list[int]] = {}
+    model_cost: dict[tuple[str, str], float] = {}
+    latency_fine: dict[tuple[str, str], dict[tuple[int | None, int], int]] = {}
     tokens: dict[tuple[str, str, str], list[int]] = {}
     errors: dict[tuple[str, str, str], int] = {}
     plan_cost: dict[str, list[float]] = {}
@@ -159,7 +181,19 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
         model_key = (values["provider"], values["model"])
         acc = per_model.get(model_key)
         if acc is None:
-            acc = per_model[model_key] = [0, 0]
+            acc = per_model[model_key] = [0, 0, 0, 0, 0, 0]
+            latency_fine[model_key] = {}
+        latency = values["latency_ms"]
+        whole, nanos = sum_parts(latency)
+        acc[2] += 1
+        acc[3] += whole
+        acc[4] += nanos
+        fine = latency_fine[model_key]  # keyed by bucket, named once per batch below
+        bucket = (
+            bucket_index(latency) if latency > 0 else None,
+            bisect_left(_LATENCY_BUCKETS, latency),
+        )
+        fine[bucket] = fine.get(bucket, 0) + 1
         if values["prompt_tokens"] is None or values["completion_tokens"] is None:
             _count_tokens(tokens, (*model_key, UNKNOWN_TOKEN_TYPE), 0)
         for token_type, name in TOKEN_TYPES:
@@ -175,6 +209,9 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
             errors[error_key] = errors.get(error_key, 0) + 1
         plan_id = values["plan_id"]
         cost = values["cost_usd"]
+        if cost is not None:
+            acc[5] += 1
+            model_cost[model_key] = model_cost.get(model_key, 0.0) + cost
         if plan_id is not None and cost is not None:
             cost_acc = plan_cost.get(plan_id)
             if cost_acc is None:
@@ -187,10 +224,17 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
             (("provider", provider), ("model", model), ("token_type", token_type))
         )
         deltas._observe(_TOKENS, labels, calls, total)
-    for (provider, model), (retried, retries) in per_model.items():
+    for model_key, (retried, retries, calls, whole, nanos, priced_calls) in per_model.items():
+        labels = encode_labels((("provider", model_key[0]), ("model", model_key[1])))
         if retried:
-            labels = encode_labels((("provider", provider), ("model", model)))
             deltas._observe(_RETRIES, labels, retried, retries)
+        if priced_calls:
+            deltas._observe(_COST, labels, priced_calls, model_cost[model_key])
+        deltas._add(_LATENCY, labels, STAT_COUNT, calls, None)
+        deltas._add_exact_sum(_LATENCY, labels, whole, nanos)
+        for (index, position), count in latency_fine[model_key].items():
+            stat = fine_stat_of(index, position, _LATENCY_BUCKETS)
+            deltas._add(_LATENCY, labels, stat, count, None)
     for (provider, model, error_type), failed in errors.items():
         labels = encode_labels(
             (("provider", provider), ("model", model), ("error_type", error_type))
@@ -256,14 +300,7 @@ def _add_samples(deltas: CounterDeltas, samples: Iterable[MetricSample]) -> None
             floats = deltas.plan_float_increments
             ref = (plan, plan_field(metric_key, labels, STAT_SUM))
             floats[ref] = floats.get(ref, 0.0) + acc.float_sum
-        # Whole billionths carried into units, so each increment of sum.nanos is under
-        # 1e9; a zero part would add a field that says nothing.
-        carry, nanos = divmod(acc.nanos, SUM_SCALE)
-        for stat, amount in ((STAT_SUM_WHOLE, acc.whole + carry), (STAT_SUM_NANOS, nanos)):
-            if amount:
-                ref = (metric_key, live_field(labels, stat))
-                exact = deltas.float_increments
-                exact[ref] = exact.get(ref, 0) + amount
+        deltas._add_exact_sum(metric_key, labels, acc.whole, acc.nanos)
         for stat, count in acc.fine.items():
             deltas._add(metric_key, labels, stat, count, plan)
 

@@ -17,7 +17,7 @@ producer's contribution at zero. Layout for namespace ``fleettrace``::
 
     {fleettrace}:p:<producer>:traces            stream  batches of LLMTrace records
     {fleettrace}:p:<producer>:metrics           stream  batches of metric samples
-    {fleettrace}:p:<producer>:live:<metric key> hash    live counters of one of the 15
+    {fleettrace}:p:<producer>:live:<metric key> hash    live counters of one of the 17
                                                         metric keys, except the
                                                         per-plan ones (next line)
     {fleettrace}:p:<producer>:plan:<plan id>    hash    one plan's live counters as
@@ -265,6 +265,12 @@ class Keys:
         """Hash: the fleet's live series built from the aggregates, in one value, and the
         aggregates' version it was built from (fleettrace.snapshot)."""
         return f"{self.prefix}:agg:snapshot"
+
+    @property
+    def aggregate_history(self) -> str:
+        """Sorted set: the fleet's cumulative LLM totals once a minute (score: the
+        minute, Unix seconds), the last 25 hours (fleettrace_worker.serve.history)."""
+        return f"{self.prefix}:agg:history"
 
     def aggregate_live(self, metric_key: str) -> str:
         """One metric key's live hash summed over the producers (clamped at zero each)."""

@@ -1,4 +1,4 @@
-"""The 14 operational metric keys and everything known about each, in one table.
+"""The 17 operational metric keys and everything known about each, in one table.
 
 Each key declares its type, unit and label names; histograms declare their classic
 bucket bounds (Prometheus ``le``; the live quantiles come from finer sketch buckets
@@ -93,6 +93,8 @@ class MetricKey(StrEnum):
     SANDBOX_OPERATION_DURATION_MS = "sandbox.operation_duration_ms"
     LLM_RETRIES_COUNT = "llm.retries_count"
     LLM_ERRORS_COUNT = "llm.errors_count"
+    LLM_LATENCY_MS = "llm.latency_ms"
+    LLM_COST_USD = "llm.cost_usd"
 
     @property
     def spec(self) -> MetricSpec:
@@ -210,6 +212,22 @@ SPECS: Final[dict[MetricKey, MetricSpec]] = {
             "1",
             ("provider", "model", "error_type"),
             "LLM calls that ended in an error, by error type.",
+        ),
+        MetricSpec(
+            "llm.latency_ms",
+            _H,
+            "ms",
+            ("provider", "model"),
+            "Latency of every LLM call (LLMTrace.latency_ms); its count is the calls.",
+            GENAI_DURATION_BUCKETS_MS,
+        ),
+        MetricSpec(
+            "llm.cost_usd",
+            _C,
+            "USD",
+            ("provider", "model"),
+            "Priced cost of LLM calls; its count is the priced calls (unpriced calls "
+            "add nothing: they are the llm.latency_ms count less this count).",
         ),
     )
 }

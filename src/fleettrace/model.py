@@ -223,7 +223,7 @@ LabelValue = Annotated[str, StringConstraints(max_length=MAX_LABEL_CHARS), After
 
 
 class MetricSample(BaseModel):
-    """One observation of one of the 15 metric keys, as stored in history."""
+    """One observation of one of the 17 metric keys, as stored in history."""
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True, defer_build=True)
 

@@ -99,6 +99,16 @@ def fine_stat(value: float, bounds: tuple[float, ...]) -> str:
     return f"{STAT_FINE_PREFIX}z/{le}"
 
 
+def fine_stat_of(index: int | None, position: int, bounds: tuple[float, ...]) -> str:
+    """:func:`fine_stat` of a value ``>= 0`` from its log bucket (:func:`bucket_index`;
+    None for zero) and classic position (``bisect_left(bounds, value)``), so a writer
+    counting many values keys them by these two and names each bucket once."""
+    le = _bound_texts(bounds)[position]
+    if index is None:
+        return f"{STAT_FINE_PREFIX}z/{le}"
+    return f"{STAT_FINE_PREFIX}p{index}/{le}"
+
+
 class FineBucket(NamedTuple):
     """One populated fine bucket: which one (sign, log index, classic bound), and its
     count. A named tuple: a read makes one per populated bucket of every series."""

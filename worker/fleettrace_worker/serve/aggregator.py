@@ -27,7 +27,8 @@ never from stream entries (which a redelivery would count twice):
   (``Keys.aggregate_plan_costs``) and removes the dirty members, atomically.
 
 After each tick the worker rebuilds the snapshot of the live series when a fold
-changed them (:mod:`fleettrace_worker.serve.snapshot`). A dirty member is removed only
+changed them (:mod:`fleettrace_worker.serve.snapshot`), and once a minute stores the
+fleet's LLM totals (:mod:`fleettrace_worker.serve.history`). A dirty member is removed only
 by the script that folds its change in: a worker that dies mid-tick loses nothing. At
 start a worker folds in everything once (every live hash of every known producer, every
 plan hash a SCAN finds; hashes of emitters before the dirty sets too), then marks the
@@ -65,6 +66,7 @@ from fleettrace.metrics import MetricKey
 from fleettrace.producers import known_producers
 from fleettrace.redis_errors import translate_redis_errors
 from fleettrace_worker.keys import AGGREGATE_DIRTY_STEP
+from fleettrace_worker.serve.history import History
 from fleettrace_worker.serve.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -279,8 +281,7 @@ return #gone
 
 _LIVE_KEYS: Final = tuple(key.value for key in MetricKey if not key.spec.per_plan)
 _COST_FIELD: Final = plan_field(MetricKey.PLAN_COST_USD.value, "", STAT_SUM)
-#: Script calls sent per pipeline round trip.
-_CHUNK: Final = 500
+_CHUNK: Final = 500  # script calls sent per pipeline round trip
 
 
 def _text(raw: bytes | str) -> str:
@@ -299,7 +300,7 @@ class Aggregation:
         self._plan = client.register_script(PLAN_LUA)
         self._dirty = client.register_script(DIRTY_LUA)
         self._prune = client.register_script(PRUNE_LUA)
-        self.snapshot = Snapshot(client, keys)
+        self.snapshot, self.history = Snapshot(client, keys), History(client, keys)
 
     def fold_everything(self, stop: threading.Event | None = None) -> bool:
         """Fold every live hash of every known producer and every plan hash a SCAN finds
@@ -356,20 +357,21 @@ class Aggregation:
         return len(live) + sum(len(p) for p in plans.values()) + len(junk)
 
     def _refresh_snapshot(self) -> None:
-        """Without a snapshot readers read the aggregate hashes: still marked fresh."""
+        """Then the minute's history sample; without a snapshot readers read the
+        aggregate hashes (still marked fresh)."""
         try:
             self.snapshot.refresh()
-        except redis.RedisError as error:
-            log.debug("snapshot of the live series not refreshed: %s", error)
+            self.history.record_due()
+        except (FleettraceError, redis.RedisError) as error:
+            log.debug("snapshot or history of the live series not refreshed: %s", error)
 
     def mark_fresh(self) -> None:
         self.client.set(self.keys.aggregate_fresh, str(time.time()), px=AGGREGATE_FRESH_MS)
 
     def prune(self) -> int:
         """Drop the expired plans from the cost ranking (a step at a time)."""
-        now = int(time.time() * 1000)
         keys = [self.keys.aggregate_plan_costs, self.keys.aggregate_plan_expiry]
-        return int(self._prune(keys=keys, args=[now, _CHUNK]))
+        return int(self._prune(keys=keys, args=[int(time.time() * 1000), _CHUNK]))
 
     def _fold_live(self, pairs: Iterable[tuple[str, str]]) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -444,8 +446,7 @@ class Aggregation:
 
 
 def _execute(pipe: Any) -> None:
-    """Send the queued script calls; a call refused (a producer's key of the wrong
-    type, say) is logged and skipped, the others are applied."""
+    """Send the queued calls; one refused (a key of the wrong type) is logged, skipped."""
     for result in pipe.execute(raise_on_error=False):
         if isinstance(result, Exception):
             log.debug("aggregate not updated: %s", result)
@@ -464,9 +465,8 @@ class Aggregator:
         ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.aggregation = Aggregation(client, keys)
-        #: Whether a loop of the worker has reached its servers: until then the loops
-        #: report what is wrong (a refusal stops the worker) and the aggregates wait
-        #: rather than say it twice; once true, a loop stalled later stops nothing.
+        #: Whether a loop of the worker reached its servers: until then the loops report
+        #: what is wrong and the aggregates wait; once true, a later stall stops nothing.
         self.ready = ready
         self._waiting = True
         self.stop = stop

@@ -28,6 +28,7 @@ from fleettrace_worker.keys import GROUPS
 from fleettrace_worker.serve.dashboard import queries
 from fleettrace_worker.serve.dashboard.access import CSRF_HEADER, csrf_problem
 from fleettrace_worker.serve.dashboard.context import Dashboard
+from fleettrace_worker.serve.dashboard.live_activity import live_activity
 from fleettrace_worker.serve.dashboard.queries import QueryError
 from fleettrace_worker.stream.deadletter import replay_dead_letters
 
@@ -96,6 +97,15 @@ def api_routes(board: Dashboard) -> list[BaseRoute]:
             start, _ = queries.parse_day_start(given.get("day_start"))
             items = queries.recent_activity(board.database_url, keys.namespace, day_start=start)
             return queries.listing(items)
+
+        return answer(work)
+
+    def activity_live(request: Request) -> Response:
+        def work() -> dict[str, Any]:
+            given = params(request)
+            keys = board.keys(given.get("namespace"))
+            start, _ = queries.parse_day_start(given.get("day_start"))
+            return live_activity(board.redis, keys, start)
 
         return answer(work)
 
@@ -176,6 +186,7 @@ def api_routes(board: Dashboard) -> list[BaseRoute]:
         Route("/api/live", live),
         Route("/api/overview", overview),
         Route("/api/activity", activity),
+        Route("/api/live/activity", activity_live),
         Route("/api/cost", cost),
         Route("/api/cost.csv", cost_csv),
         Route("/api/cost/series", cost_series),

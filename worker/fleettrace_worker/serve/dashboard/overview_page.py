@@ -1,6 +1,7 @@
-"""The Overview page: the live figures from Redis (spend, the costliest plans, every
-live series, dead letters, the consumer groups, dropped records, the workers) and the
-calls stored lately from PostgreSQL (the last hour, today, the last 24 hours, and the
+"""The Overview page: the live figures from Redis (spend, the costliest plans, the calls
+of the last hour, today and the last 24 hours and the latency per model from the live
+counters, every live series, dead letters, the consumer groups, dropped records, the
+workers) and the calls stored lately from PostgreSQL (the same windows, and the
 latency per model of the last hour), re-read by ``static/app.js`` every few seconds.
 
 "Today" starts at the reader's local midnight: the script sends it as ``day_start``
@@ -9,8 +10,9 @@ latency per model of the last hour), re-read by ``static/app.js`` every few seco
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 from starlette.requests import Request
@@ -21,6 +23,7 @@ from fleettrace.keys import Keys
 from fleettrace_worker.serve.dashboard import queries
 from fleettrace_worker.serve.dashboard.api import unavailable
 from fleettrace_worker.serve.dashboard.context import Dashboard
+from fleettrace_worker.serve.dashboard.live_activity import live_activity
 from fleettrace_worker.serve.dashboard.pages import (
     e,
     guarded,
@@ -77,6 +80,7 @@ def render(board: Dashboard, request: Request) -> HTMLResponse:
             ),
             "top-plans",
         )
+        + _live_calls(board, keys, day_start)
         + table(
             "Live series (every producer summed)",
             ("metric", "labels", "unit", "count", "sum", "value", "p50", "p95", "p99"),
@@ -158,6 +162,67 @@ def _window(item: dict[str, object], zone: str) -> str:
     if zone == "UTC":
         return "today (since 00:00 UTC)"
     return f"today (since {when(str(item['from']))}, your time zone)"
+
+
+def _live_window(item: dict[str, Any], zone: str) -> str:
+    label = _window({**item, "from": item["start"]}, zone)
+    if item["from"] is None:
+        return f"{label}: no history yet (the worker keeps one sample a minute)"
+    if item["complete"]:
+        return label
+    return f"{label}: counted since {when(str(item['from']))}"
+
+
+def _figure(value: object, shown: Callable[[Any], str] = e) -> str:
+    return "" if value is None else shown(value)
+
+
+def _live_calls(board: Dashboard, keys: Keys, day_start: tuple[datetime, str]) -> str:
+    """The windows' calls and the latency per model, from the live counters."""
+    live = live_activity(board.redis, keys, day_start[0])
+    return table(
+        "Calls (live counters)",
+        ("window", "calls", "calls/min", "spend (USD)", "unpriced calls", "errors", "retried"),
+        (
+            (
+                _live_window(a, day_start[1]),
+                _figure(a["calls"]),
+                _figure(a["calls_per_minute"], lambda v: f"{v:.2f}"),
+                _figure(a["cost_usd"], usd),
+                _figure(a["unpriced_calls"]),
+                percent(a["error_rate"]),
+                percent(a["retry_rate"]),
+            )
+            for a in live["items"]
+        ),
+        "live-activity",
+    ) + table(
+        "LLM latency by model (live counters, every call so far)",
+        (
+            "provider",
+            "model",
+            "calls",
+            "p50 (ms)",
+            "p95 (ms)",
+            "p99 (ms)",
+            "spend (USD)",
+            "unpriced calls",
+        ),
+        (
+            (
+                e(m["provider"]),
+                e(m["model"]),
+                e(m["calls"]),
+                number(m["p50_ms"]),
+                number(m["p95_ms"]),
+                number(m["p99_ms"]),
+                "unpriced" if m["cost_usd"] is None else usd(m["cost_usd"]),
+                e(m["unpriced_calls"]),
+            )
+            for m in live["models"]
+        ),
+        "live-latency",
+    )
 
 
 def _stored(board: Dashboard, keys: Keys, day_start: tuple[datetime, str]) -> str:
