@@ -25,8 +25,10 @@ from fleettrace.plans import count_plans, read_plan, top_plans, total_cost_usd
 from fleettrace.shards import choose_shard, configured_shards, known_shards, parse_shard
 from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.process import Worker
+from fleettrace_worker.serve.dashboard.access import CSRF_COOKIE
 from fleettrace_worker.serve.dashboard.queries import overview
 from fleettrace_worker.stream.shards import ShardWalk, discover_shards, shard_of
+from tests.dashboard_helpers import dashboard, get_json, page_cells, request
 from tests.emitting import make_emitter
 from tests.factories import numbered_trace
 from tests.servers import free_port
@@ -262,3 +264,36 @@ def test_only_a_producer_stream_of_a_shard_number_names_a_shard() -> None:
     for shard in ("0", str(MAX_SHARDS), "x"):
         assert shard_of(keys, "{fleet:" + shard + "}:p:a:traces") is None
     assert shard_of(keys, "{fleet:3}:p:a:traces") == 3
+
+
+def test_the_dashboard_lists_and_replays_each_shards_dead_letters(
+    redis_url: str, redis_client: redis.Redis, keys: Keys, database_url: str
+) -> None:
+    db = migrated(database_url)
+    _emit(redis_url, keys, 2, 0, 3)
+    junk = redis_client.xadd(keys.for_shard(2).traces, {"junk": "1"}).decode()
+    drain(redis_url, keys, db)
+    [letter_id] = [
+        i.decode() for i, _ in redis_client.xrange(keys.for_shard(2).dead_letters("persist"))
+    ]
+    with dashboard(redis_url, keys, db) as base:
+        assert get_json(f"{base}/api/dlq?group=persist")[1]["items"] == []
+        [letter] = get_json(f"{base}/api/dlq?group=persist&shard=2")[1]["items"]
+        assert (letter["id"], letter["shard"], letter["entry_id"]) == (letter_id, 2, junk)
+        assert letter["stream"] == keys.for_shard(2).traces
+        status, answer = get_json(f"{base}/api/dlq?shard=x")
+        assert status == 400 and "shard" in answer["error"]
+        # The page: shard 0's sections as before, then shard 2's, each with its own form.
+        page = request(f"{base}/dlq")[2].decode()
+        assert page_cells(page, "dlq-persist") == [[]]  # the row that says "nothing yet"
+        assert "nothing yet" in page.split('id="dlq-persist"')[1].split("</table>")[0]
+        [row] = page_cells(page, "dlq-persist-2")
+        assert letter_id in row and keys.for_shard(2).traces in row
+        assert '<input type="hidden" name="shard" value="2">' in page
+        # Replay goes to the shard asked: not found in shard 0, refused (no record) in 2.
+        csrf = {"Cookie": f"{CSRF_COOKIE}={'c' * 32}", "X-CSRF-Token": "c" * 32}
+        body = json.dumps({"ids": [letter_id]}).encode()
+        url = f"{base}/api/dlq/persist/replay"
+        assert get_json(url, data=body, headers=csrf)[1]["missing"] == [letter_id]
+        report = get_json(f"{url}?shard=2", data=body, headers=csrf)[1]
+        assert [r["id"] for r in report["refused"]] == [letter_id] and report["missing"] == []

@@ -25,7 +25,7 @@ from fleettrace.errors import ConfigurationError, FleettraceError
 from fleettrace.keys import Keys
 from fleettrace_worker.errors import DatabaseUnavailable
 from fleettrace_worker.keys import GROUPS
-from fleettrace_worker.serve.dashboard import queries
+from fleettrace_worker.serve.dashboard import dead_letters, queries
 from fleettrace_worker.serve.dashboard.access import CSRF_HEADER, csrf_problem
 from fleettrace_worker.serve.dashboard.context import Dashboard
 from fleettrace_worker.serve.dashboard.live_activity import live_activity
@@ -156,9 +156,10 @@ def api_routes(board: Dashboard) -> list[BaseRoute]:
         def work() -> dict[str, Any]:
             given = params(request)
             keys = board.keys(given.get("namespace"))
+            keys = keys.for_shard(dead_letters.parse_shard(given.get("shard")))
             group = group_of(given.get("group", "persist"))
             limit = queries.parse_limit(given.get("limit"))
-            items, cursor = queries.dead_letter_items(
+            items, cursor = dead_letters.dead_letter_items(
                 board.redis, keys, group, given.get("cursor") or None, limit
             )
             return queries.listing(items, cursor)
@@ -175,11 +176,13 @@ def api_routes(board: Dashboard) -> list[BaseRoute]:
         try:
             ids = _ids(body)
             group = group_of(request.path_params["group"])
+            shard = dead_letters.parse_shard(request.query_params.get("shard"))
         except QueryError as error:
             return JSONResponse({"error": str(error)}, status_code=error.status)
         namespace = request.query_params.get("namespace")
         return await run_in_threadpool(
-            answer, lambda: replay_report(board, board.keys(namespace), group, ids)
+            answer,
+            lambda: replay_report(board, board.keys(namespace).for_shard(shard), group, ids),
         )
 
     return [

@@ -24,8 +24,9 @@ from starlette.routing import BaseRoute, Route
 
 from fleettrace.errors import FleettraceError
 from fleettrace.keys import Keys
+from fleettrace.shards import shard_keys
 from fleettrace_worker.keys import GROUPS
-from fleettrace_worker.serve.dashboard import queries
+from fleettrace_worker.serve.dashboard import dead_letters, queries
 from fleettrace_worker.serve.dashboard.access import (
     CSRF_FIELD,
     TOKEN_COOKIE,
@@ -225,7 +226,11 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
     def dlq(request: Request) -> HTMLResponse:
         keys = board.keys(request.query_params.get("namespace"))
         token, new = csrf_token(request)
-        sections = "".join(_dlq_group(board, keys, group, token) for group in GROUPS)
+        # Dead letters are each shard's own (docs/scaling.md): a section per shard and group.
+        shards = shard_keys(board.redis, keys, "reading the dead letters")
+        sections = "".join(
+            _dlq_group(board, shard, group, token) for shard in shards for group in GROUPS
+        )
         response = layout(request, "Dead letters", sections, keys=keys, csrf=token)
         if new:
             set_csrf_cookie(response, token)
@@ -247,7 +252,8 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
                 raise QueryError(f"group must be one of {', '.join(GROUPS)}")
             if not ids:
                 raise QueryError("choose at least one dead letter to replay")
-            keys = await run_in_threadpool(board.keys, namespace)
+            shard = dead_letters.parse_shard((form.get("shard") or [""])[0])
+            keys = (await run_in_threadpool(board.keys, namespace)).for_shard(shard)
             report = await run_in_threadpool(replay_report, board, keys, group, ids)
         except QueryError as error:
             return problem(request, "Replay", str(error), error.status)
@@ -273,7 +279,10 @@ def page_routes(board: Dashboard) -> list[BaseRoute]:
 
 
 def _dlq_group(board: Dashboard, keys: Keys, group: str, csrf: str) -> str:
-    items, cursor = queries.dead_letter_items(board.redis, keys, group, None, DLQ_PAGE)
+    items, cursor = dead_letters.dead_letter_items(board.redis, keys, group, None, DLQ_PAGE)
+    # Shard 0 keeps the names it had before shards; another shard's carry its number.
+    name = group if keys.shard == 0 else f"{group}-{keys.shard}"
+    title = group if keys.shard == 0 else f"{group}, shard {keys.shard}"
     rows = [
         (
             f'<input type="checkbox" name="id" value="{e(d["id"])}" '
@@ -290,16 +299,17 @@ def _dlq_group(board: Dashboard, keys: Keys, group: str, csrf: str) -> str:
     ]
     more = f"<p>First {DLQ_PAGE} shown; the API pages through the rest.</p>" if cursor else ""
     return (
-        f'<section class="dlq"><h2>{e(group)}</h2>'
-        f'<form method="post" action="/dlq/replay" class="replay" id="replay-{e(group)}">'
+        f'<section class="dlq"><h2>{e(title)}</h2>'
+        f'<form method="post" action="/dlq/replay" class="replay" id="replay-{e(name)}">'
         f'<input type="hidden" name="{CSRF_FIELD}" value="{e(csrf)}">'
         f'<input type="hidden" name="group" value="{e(group)}">'
+        f'<input type="hidden" name="shard" value="{keys.shard}">'
         f'<input type="hidden" name="namespace" value="{e(keys.namespace)}">'
         + table(
-            f"Dead letters of {group}",
+            f"Dead letters of {title}",
             ("", "id", "time", "stream", "kind", "reason"),
             rows,
-            f"dlq-{group}",
+            f"dlq-{name}",
         )
         + more
         + ("<button>Replay selected</button>" if rows else "")

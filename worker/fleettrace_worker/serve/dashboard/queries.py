@@ -32,7 +32,6 @@ from fleettrace.plans import top_plans, total_cost_usd
 from fleettrace.shards import shard_keys
 from fleettrace_worker.keys import GROUPS
 from fleettrace_worker.serve.dashboard import fleet_health, rollup
-from fleettrace_worker.stream.deadletter import DeadLetter, check_ids
 from fleettrace_worker.stream.groups import inspect_groups
 
 #: The largest page a list endpoint returns, and the default.
@@ -450,40 +449,3 @@ def overview(client: redis.Redis, keys: Keys) -> dict[str, Any]:
         **fleet_health.emitter_figures(client, keys),
         "workers": fleet_health.workers(client, keys),
     }
-
-
-def _entry_time(entry_id: str) -> str:
-    ms = int(entry_id.partition("-")[0])
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
-
-
-def dead_letter_items(
-    client: redis.Redis, keys: Keys, group: str, after: str | None, limit: int
-) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of a group's dead letters, oldest first, from after the id ``after``."""
-    if after is not None:
-        try:
-            check_ids([after])
-        except ConfigurationError:
-            raise QueryError("cursor is not one this server gave out") from None
-    low = "-" if after is None else f"({after}"
-    rows: Any = client.xrange(keys.dead_letters(group), min=low, max="+", count=limit + 1)
-    items = []
-    for raw_id, fields in rows[:limit]:
-        letter = DeadLetter.from_fields(fields)
-        dead_id = raw_id.decode()
-        items.append(
-            {
-                "group": group,
-                "id": dead_id,
-                "time": _entry_time(dead_id),
-                "stream": letter.stream,
-                "entry_id": letter.entry_id,
-                "kind": letter.kind,
-                "consumer": letter.consumer,
-                "reason": letter.reason,
-                "replayable": letter.record is not None or letter.original is not None,
-            }
-        )
-    more = len(rows) > limit
-    return items, items[-1]["id"] if more else None
