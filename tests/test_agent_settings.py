@@ -121,7 +121,7 @@ def test_fleettraces_own_url_variable_wins_and_a_blank_one_counts_as_unset() -> 
 
 def test_every_emitter_knob_has_its_variable() -> None:
     """A knob added to EmitterSettings without a FLEETTRACE_EMITTER_* variable fails
-    here (the connection, cluster and identity fields have variables of their own)."""
+    here (the connection, cluster, shard and identity fields have variables of their own)."""
     own = {
         "redis_url",
         "namespace",
@@ -130,6 +130,8 @@ def test_every_emitter_knob_has_its_variable() -> None:
         "redis_cluster",
         "wait_replicas",
         "wait_timeout_ms",
+        "shards",
+        "shard",
     }
     knobs = {f.name for f in dataclasses.fields(EmitterSettings)} - own
     assert knobs == set(EmitterTuning.model_fields)
