@@ -37,7 +37,7 @@ import time
 from typing import Final
 
 _VERSION_AND_VARIANT: Final = (0x7 << 76) | (0b10 << 62)
-_COUNTER_MASK: Final = (1 << 62) - 1
+COUNTER_MASK: Final = (1 << 62) - 1
 
 
 class _State:
@@ -64,7 +64,7 @@ def uuid7_int() -> int:
     if now_ms > base[0]:
         base = (now_ms, (now_ms << 80) | _VERSION_AND_VARIANT | (state.random_bits(12) << 64))
         state.base = base
-    return base[1] | (state.next_count() & _COUNTER_MASK)
+    return base[1] | (state.next_count() & COUNTER_MASK)
 
 
 def uuid7_hex() -> str:
