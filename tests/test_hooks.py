@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -60,6 +61,10 @@ def test_nested_hooks_stamp_plan_decision_and_actor(
     assert (first.plan_id, first.decision_id, first.actor) == ("plan-1", "d-1", "planner")
     assert (first.prompt_tokens, first.retry_count, first.streaming) == (1000, 2, True)
     assert first.cost_usd == pytest.approx(0.0075)
+    # The id is of the call's end, as its time is: the same millisecond.
+    assert first.trace_id.version == 7
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert first.trace_id.int >> 80 == (first.started_at - epoch) // timedelta(milliseconds=1)
     assert first.latency_ms > 0
     assert (second.plan_id, second.decision_id, second.actor) == (child.plan_id, None, None)
     assert len(child.plan_id) == 32

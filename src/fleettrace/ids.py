@@ -67,6 +67,38 @@ def uuid7_int() -> int:
     return base[1] | (state.next_count() & COUNTER_MASK)
 
 
+#: Where a stamp's count ends and its microseconds begin (:func:`stamp_at`).
+STAMP_SHIFT: Final = 62
+
+
+def stamp_at(wall_s: float) -> int:
+    """A record's time and number in one integer: the Unix time in microseconds of
+    ``wall_s`` above :data:`STAMP_SHIFT` bits of the process's counter (the one
+    :func:`uuid7_int` draws from). The LLM call hooks keep this instead of an id and a
+    time (one integer of 48 bytes, not one of 48 and a float of 32); the record's id
+    and time are made of it off the caller's thread (:func:`uuid7_of_stamp`). The LLM
+    call span computes the same inline from ``time.time_ns()``."""
+    return (round(wall_s * 1_000_000) << STAMP_SHIFT) | (_state.next_count() & COUNTER_MASK)
+
+
+def stamp_us(stamp: int) -> int:
+    """The Unix time in microseconds of a stamp."""
+    return stamp >> STAMP_SHIFT
+
+
+def uuid7_of_stamp(stamp: int) -> int:
+    """The version 7 UUID (as its 128-bit integer) of a stamp: its millisecond, then
+    its fraction of a millisecond in the 12 bits RFC 9562 leaves to the implementation
+    ("increased clock precision", so ids of one millisecond sort by their time), then
+    its count. Unique within a process by the count; across processes as
+    :func:`uuid7_int`'s ids are, by the random start of the counter. From one thread,
+    a later stamp's id is greater unless the clock stepped back in between."""
+    ms, sub_us = divmod(stamp >> STAMP_SHIFT, 1000)
+    return (
+        (ms << 80) | _VERSION_AND_VARIANT | ((sub_us * 4096 // 1000) << 64) | (stamp & COUNTER_MASK)
+    )
+
+
 def uuid7_hex() -> str:
     """A new version 7 UUID as 32 lowercase hex digits (a plan or decision id)."""
     return f"{uuid7_int():032x}"

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from time import perf_counter, time_ns
-from time import time as wall_s
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
@@ -23,7 +22,8 @@ from fleettrace import ids as _ids
 from fleettrace.attributes import current as _attributes
 from fleettrace.capture import SHAPES, Captured, build_llm, shape_of
 from fleettrace.emitter import Emitter, hook_emitter
-from fleettrace.ids import uuid7_int
+from fleettrace.ids import COUNTER_MASK as _COUNTER_MASK
+from fleettrace.ids import STAMP_SHIFT as _STAMP_SHIFT
 from fleettrace.model import LLMTrace
 from fleettrace.plan_scope import error_text as _error_text
 from fleettrace.plan_scope import var as _plan_var
@@ -139,13 +139,6 @@ class LLMCallSpan(Span):
             names = tuple(fields)
             shape = SHAPES.get(names)
             actor = self._actor
-            # uuid7_int(), its usual case (a millisecond that has its bits) read here.
-            state = _ids._state
-            base = state.base
-            if time_ns() // 1_000_000 <= base[0]:
-                id_int = base[1] | (state.next_count() & _ids.COUNTER_MASK)
-            else:
-                id_int = uuid7_int()
             captured = (
                 build_llm,
                 self.provider,
@@ -158,8 +151,8 @@ class LLMCallSpan(Span):
                 ACTOR.get() if actor is None else actor,
                 _attributes.get(),
                 _plan_state.get(),
-                id_int,
-                wall_s(),
+                # ids.stamp_at(time.time()), read here: the id and time in one int.
+                ((time_ns() // 1000) << _STAMP_SHIFT) | (_ids._state.next_count() & _COUNTER_MASK),
                 *fields.values(),
             )
             self._captured = captured
