@@ -289,7 +289,8 @@ def test_values_a_call_record_cannot_hold_are_left_out_and_counted_never_raised(
     unknown (never zero), a bad or unknown field is left out, a detail larger than its
     total drops the details; each is counted by reason, and the rest of the call is
     recorded as given. A call whose model is not a name cannot be recorded: it is
-    dropped and counted, and the caller's block still ends normally."""
+    dropped and counted (as is one whose model is not even hashable), and the
+    caller's block still ends normally."""
     with hooks.llm_call("openai", "gpt-4o") as negative:
         negative.update(prompt_tokens=-1, completion_tokens=7, retry_count=2)
     with hooks.llm_call("openai", "gpt-4o") as odd:
@@ -299,10 +300,13 @@ def test_values_a_call_record_cannot_hold_are_left_out_and_counted_never_raised(
         detailed.update(prompt_tokens=10, completion_tokens=1, reasoning_tokens=2)
     with hooks.llm_call("openai", "") as nameless:
         nameless.update(prompt_tokens=1)
+    with hooks.llm_call("openai", ["gpt-4o"]) as listed:  # type: ignore[arg-type]
+        listed.update(prompt_tokens=1)
     traces, _ = recorded(emitter, redis_client)
     by_id = {t.trace_id: t for t in traces}
     assert len(traces) == 3
     assert nameless.ended and nameless.trace is None
+    assert listed.ended and listed.trace is None
     first = by_id[negative.trace.trace_id]  # type: ignore[union-attr]
     assert (first.prompt_tokens, first.completion_tokens, first.retry_count) == (None, 7, 2)
     assert first.cost_usd is None  # unknown input: unpriced, not free
@@ -320,8 +324,8 @@ def test_values_a_call_record_cannot_hold_are_left_out_and_counted_never_raised(
         "invalid_streaming": 1,
         "detail_over_total": 1,
     }
-    assert (stats.accepted, stats.sent, stats.dropped) == (4, 3, 1)
-    assert int(redis_client.hget(emitter.keys.emitter, EMITTER_DROPPED) or 0) == 1
+    assert (stats.accepted, stats.sent, stats.dropped) == (5, 3, 2)
+    assert int(redis_client.hget(emitter.keys.emitter, EMITTER_DROPPED) or 0) == 2
 
 
 def test_a_call_without_usage_records_unknown_tokens_and_no_cost(
