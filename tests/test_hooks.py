@@ -280,6 +280,13 @@ def test_a_failure_to_record_never_hides_the_blocks_own_exception(
         raise error
     with pytest.raises(fleettrace.EmitterClosed), hooks.tool("grep", emitter=emitter):
         pass
+    with pytest.raises(Boom), hooks.actor("planner", emitter=emitter, tags=["t"]):
+        raise error
+    with pytest.raises(fleettrace.EmitterClosed), hooks.actor("planner", emitter=emitter):
+        pass
+    # The actor's scope ended either way.
+    assert hooks.current_actor() is None
+    assert fleettrace.attributes.current.get().tags == ()
 
 
 def test_values_a_call_record_cannot_hold_are_left_out_and_counted_never_raised(
@@ -376,3 +383,16 @@ def test_record_still_raises_for_a_hand_built_invalid_trace(emitter: Emitter) ->
         emitter.record(
             LLMTrace(provider="openai", model="gpt-4o", completion_tokens=1, reasoning_tokens=2)
         )
+
+
+def test_label_dicts_are_shared_per_name_up_to_a_bound_and_right_past_it() -> None:
+    """Actors and tools share one label dict per name (a buffered sample holds a
+    reference); past the bound of names a span gets a dict of its own, still right."""
+    first = [hooks.actor(f"bound-actor-{i}") for i in range(1_100)]
+    again = [hooks.actor(f"bound-actor-{i}") for i in range(1_100)]
+    assert all(a.labels == {"actor": f"bound-actor-{i}"} for i, a in enumerate(again))
+    assert first[0].labels is again[0].labels
+    assert first[-1].labels == again[-1].labels
+    tools = [hooks.tool(f"bound-tool-{i}") for i in range(1_100)]
+    assert all(t.labels == {"tool": f"bound-tool-{i}"} for i, t in enumerate(tools))
+    assert hooks.tool("bound-tool-0").labels is tools[0].labels

@@ -5,7 +5,10 @@ so the id is made where the hook runs. ``uuid.uuid4()`` costs about 4 µs here (
 system call for 16 random bytes and a ``UUID`` object), more than the rest of the
 hook; :func:`uuid7_int` costs a few hundred nanoseconds and returns the id as the
 128-bit integer a ``uuid.UUID(int=...)`` is made of, which the sender thread turns
-into the record's ``UUID`` later.
+into the record's ``UUID`` later. The LLM call hook does less still: it keeps a
+stamp, its microsecond and the next count in one integer (:func:`stamp_at`), and the
+id and the record's time are both made of it when asked (:func:`uuid7_of_stamp`: the
+same layout, the 12 bits after the version holding the fraction of the millisecond).
 
 Layout (RFC 9562: 48-bit time, then a counter as "monotonic random")::
 
