@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -60,6 +61,10 @@ def test_nested_hooks_stamp_plan_decision_and_actor(
     assert (first.plan_id, first.decision_id, first.actor) == ("plan-1", "d-1", "planner")
     assert (first.prompt_tokens, first.retry_count, first.streaming) == (1000, 2, True)
     assert first.cost_usd == pytest.approx(0.0075)
+    # The id is of the call's end, as its time is: the same millisecond.
+    assert first.trace_id.version == 7
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert first.trace_id.int >> 80 == (first.started_at - epoch) // timedelta(milliseconds=1)
     assert first.latency_ms > 0
     assert (second.plan_id, second.decision_id, second.actor) == (child.plan_id, None, None)
     assert len(child.plan_id) == 32
@@ -275,6 +280,13 @@ def test_a_failure_to_record_never_hides_the_blocks_own_exception(
         raise error
     with pytest.raises(fleettrace.EmitterClosed), hooks.tool("grep", emitter=emitter):
         pass
+    with pytest.raises(Boom), hooks.actor("planner", emitter=emitter, tags=["t"]):
+        raise error
+    with pytest.raises(fleettrace.EmitterClosed), hooks.actor("planner", emitter=emitter):
+        pass
+    # The actor's scope ended either way.
+    assert hooks.current_actor() is None
+    assert fleettrace.attributes.current.get().tags == ()
 
 
 def test_values_a_call_record_cannot_hold_are_left_out_and_counted_never_raised(
@@ -284,7 +296,8 @@ def test_values_a_call_record_cannot_hold_are_left_out_and_counted_never_raised(
     unknown (never zero), a bad or unknown field is left out, a detail larger than its
     total drops the details; each is counted by reason, and the rest of the call is
     recorded as given. A call whose model is not a name cannot be recorded: it is
-    dropped and counted, and the caller's block still ends normally."""
+    dropped and counted (as is one whose model is not even hashable), and the
+    caller's block still ends normally."""
     with hooks.llm_call("openai", "gpt-4o") as negative:
         negative.update(prompt_tokens=-1, completion_tokens=7, retry_count=2)
     with hooks.llm_call("openai", "gpt-4o") as odd:
@@ -294,10 +307,13 @@ def test_values_a_call_record_cannot_hold_are_left_out_and_counted_never_raised(
         detailed.update(prompt_tokens=10, completion_tokens=1, reasoning_tokens=2)
     with hooks.llm_call("openai", "") as nameless:
         nameless.update(prompt_tokens=1)
+    with hooks.llm_call("openai", ["gpt-4o"]) as listed:  # type: ignore[arg-type]
+        listed.update(prompt_tokens=1)
     traces, _ = recorded(emitter, redis_client)
     by_id = {t.trace_id: t for t in traces}
     assert len(traces) == 3
     assert nameless.ended and nameless.trace is None
+    assert listed.ended and listed.trace is None
     first = by_id[negative.trace.trace_id]  # type: ignore[union-attr]
     assert (first.prompt_tokens, first.completion_tokens, first.retry_count) == (None, 7, 2)
     assert first.cost_usd is None  # unknown input: unpriced, not free
@@ -315,8 +331,8 @@ def test_values_a_call_record_cannot_hold_are_left_out_and_counted_never_raised(
         "invalid_streaming": 1,
         "detail_over_total": 1,
     }
-    assert (stats.accepted, stats.sent, stats.dropped) == (4, 3, 1)
-    assert int(redis_client.hget(emitter.keys.emitter, EMITTER_DROPPED) or 0) == 1
+    assert (stats.accepted, stats.sent, stats.dropped) == (5, 3, 2)
+    assert int(redis_client.hget(emitter.keys.emitter, EMITTER_DROPPED) or 0) == 2
 
 
 def test_a_call_without_usage_records_unknown_tokens_and_no_cost(
@@ -367,3 +383,16 @@ def test_record_still_raises_for_a_hand_built_invalid_trace(emitter: Emitter) ->
         emitter.record(
             LLMTrace(provider="openai", model="gpt-4o", completion_tokens=1, reasoning_tokens=2)
         )
+
+
+def test_label_dicts_are_shared_per_name_up_to_a_bound_and_right_past_it() -> None:
+    """Actors and tools share one label dict per name (a buffered sample holds a
+    reference); past the bound of names a span gets a dict of its own, still right."""
+    first = [hooks.actor(f"bound-actor-{i}") for i in range(1_100)]
+    again = [hooks.actor(f"bound-actor-{i}") for i in range(1_100)]
+    assert all(a.labels == {"actor": f"bound-actor-{i}"} for i, a in enumerate(again))
+    assert first[0].labels is again[0].labels
+    assert first[-1].labels == again[-1].labels
+    tools = [hooks.tool(f"bound-tool-{i}") for i in range(1_100)]
+    assert all(t.labels == {"tool": f"bound-tool-{i}"} for i, t in enumerate(tools))
+    assert hooks.tool("bound-tool-0").labels is tools[0].labels

@@ -75,3 +75,24 @@ def test_a_forked_child_never_repeats_its_parents_ids() -> None:
         assert process.exitcode == 0
     every = mine + [i for made in theirs for i in made]
     assert len(set(every)) == len(every) == 20_000
+
+
+def test_a_stamp_keeps_its_microsecond_and_makes_a_version_7_id_of_it() -> None:
+    wall_s = 1_764_855_000.123456
+    stamp = ids.stamp_at(wall_s)
+    assert ids.stamp_us(stamp) == 1_764_855_000_123_456
+    made = uuid.UUID(int=ids.uuid7_of_stamp(stamp))
+    assert made.version == 7
+    assert made.variant == uuid.RFC_4122
+    assert made.int >> 80 == 1_764_855_000_123  # its millisecond
+    assert (made.int >> 64) & 0xFFF == 456 * 4096 // 1000  # the fraction of it
+    assert ids.uuid7_of_stamp(stamp) == ids.uuid7_of_stamp(stamp)  # the same id each time
+
+
+def test_ids_of_later_stamps_sort_after_earlier_ones_and_never_repeat() -> None:
+    now = time.time()
+    stamps = [ids.stamp_at(now + i / 10_000_000) for i in range(20_000)]
+    made = [ids.uuid7_of_stamp(stamp) for stamp in stamps]
+    assert made == sorted(made) and len(set(made)) == len(made)
+    same_time = [ids.uuid7_of_stamp(ids.stamp_at(now)) for _ in range(1_000)]
+    assert same_time == sorted(same_time) and len(set(same_time)) == 1_000

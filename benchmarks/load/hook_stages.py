@@ -2,8 +2,10 @@
 
 On the caller's thread (the median of many single timings, ``perf_counter_ns``
 around each, the clock's own cost subtracted): the span made, entered, updated and
-ended, and within the end the three things it does: make the id, read the scope
-(five context variables) and append the captured tuple to the buffer.
+ended, and within the end the three things it does: take the stamp (id and time),
+read the scope (four context variables: the actor is the span's) and append the
+captured tuple to the buffer; the context variable through which an integration finds
+the open call (set on entry, reset at the end); the tool and actor hooks whole.
 
 On the sender thread (the mean per record over one batch of the captured calls):
 making and validating the records, pricing them, encoding them with their counter
@@ -20,7 +22,10 @@ import gc
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from fleettrace.capture import Captured
 
 from benchmarks.load.records import ACTORS, PLAN_METADATA, PLAN_TAGS, HookWorkload
 
@@ -40,13 +45,13 @@ def stage_profile(redis_url: str, calls: int) -> dict[str, Any]:
     import redis
 
     import fleettrace
-    from fleettrace import attributes, plan_scope
+    from fleettrace import attributes, ids, plan_scope
     from fleettrace.batch_script import load_library
     from fleettrace.batching import encode_calls
     from fleettrace.capture import build_llm
     from fleettrace.emitter import Emitter, EmitterSettings
-    from fleettrace.ids import uuid7_int
-    from fleettrace.spans import ACTOR, DECISION_ID, PLAN_ID
+    from fleettrace.llm_span import _llm_call as current_call
+    from fleettrace.spans import DECISION_ID, PLAN_ID
 
     client = redis.Redis.from_url(redis_url)
     load_library(client)
@@ -56,6 +61,7 @@ def stage_profile(redis_url: str, calls: int) -> dict[str, Any]:
     )
     emitter._sender_running = True  # benchmark only: no sender while capturing
     workload = HookWorkload(calls)
+    plan_state = plan_scope.var()
     gc.collect()
     caller: dict[str, float] = {}
     with (
@@ -88,20 +94,42 @@ def stage_profile(redis_url: str, calls: int) -> dict[str, Any]:
         caller["update(**usage)"] = (
             _median_ns(enter_update_exit) - clock_ns - caller["enter + exit"]
         )
-        caller["  of the exit: id (uuid7_int)"] = _median_ns(uuid7_int) - clock_ns
+        next_count = ids._state.next_count
+
+        def stamp() -> int:
+            return ((time.time_ns() // 1000) << ids.STAMP_SHIFT) | (next_count() & ids.COUNTER_MASK)
+
+        caller["  of the exit: id and time (the stamp)"] = _median_ns(stamp) - clock_ns
 
         def scope() -> None:
             PLAN_ID.get()
             DECISION_ID.get()
-            ACTOR.get()
             attributes.current.get()
-            plan_scope.var().get()
+            plan_state.get()
 
-        caller["  of the exit: scope read (5 context variables)"] = _median_ns(scope) - clock_ns
-        item = emitter._buffer[0]
-        caller["  of the exit: buffer append (capture)"] = (
-            _median_ns(lambda: emitter.capture(item)) - clock_ns
+        caller["  of the exit: scope read (4 context variables)"] = _median_ns(scope) - clock_ns
+        item = cast("Captured", emitter._buffer[0])
+        caller["  of the exit: buffer append (capture_one)"] = (
+            _median_ns(lambda: emitter.capture_one(item)) - clock_ns
         )
+
+        def open_call() -> None:
+            current_call.reset(current_call.set(None))
+
+        caller["  of enter + exit: the open call's ContextVar (set, reset)"] = (
+            _median_ns(open_call) - clock_ns
+        )
+
+        def tool_hook() -> None:
+            with fleettrace.tool("search", emitter=emitter):
+                pass
+
+        def actor_hook() -> None:
+            with fleettrace.actor(ACTORS[1], emitter=emitter):
+                pass
+
+        caller["tool hook (made, entered, ended)"] = _median_ns(tool_hook) - clock_ns
+        caller["actor hook (made, entered, ended)"] = _median_ns(actor_hook) - clock_ns
         emitter._buffer.clear()
         for provider, model, tokens, streaming, _ in workload.calls:
             with agent.llm(provider, model, streaming=streaming) as call:

@@ -33,7 +33,7 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from fleettrace import attributes
-from fleettrace.ids import uuid7_int
+from fleettrace.ids import stamp_us, uuid7_int, uuid7_of_stamp
 from fleettrace.model import MAX_LATENCY_MS, TOKEN_DETAIL_FIELDS, LLMTrace, MetricSample
 from fleettrace.tree_records import AnyRecord, PlanRecord, ToolCall
 
@@ -43,7 +43,7 @@ logger = logging.getLogger("fleettrace.hooks")
 Captured = tuple[Any, ...]
 Builder = Callable[[Captured, list[str]], AnyRecord | None]
 #: How many elements of a captured LLM call come before its field values.
-LLM_FIXED: Final = 13
+LLM_FIXED: Final = 12
 
 _TOTALS: Final = frozenset(("prompt_tokens", "completion_tokens"))
 _REQUIRED: Final = frozenset(("provider", "model"))
@@ -53,6 +53,14 @@ def when(created_s: float) -> datetime:
     """The UTC time of a ``time.time()`` reading (a float: 16 bytes less to buffer than
     ``time_ns()``'s int, and still finer than the microseconds a record keeps)."""
     return datetime.fromtimestamp(created_s, UTC)
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def when_us(unix_us: int) -> datetime:
+    """The UTC time of a Unix time in microseconds (exact: no float between)."""
+    return _EPOCH + timedelta(microseconds=unix_us)
 
 
 #: Field-name tuples of LLM calls seen so far, so that every captured call with the
@@ -79,10 +87,12 @@ def build_llm(item: Captured, rejected: list[str]) -> LLMTrace | None:
     said (as with ``record_llm_call``); attributes merged into the scope's.
 
     The tuple is ``(build_llm, provider, model, field names, latency_ms, error,
-    plan_id, decision_id, actor, attributes, plan state, id, time, *field values)``:
+    plan_id, decision_id, actor, attributes, plan state, stamp, *field values)``:
     the call's fields dict is not kept, its values are part of the tuple and its
     names a tuple shared by every call with the same names (:func:`shape_of`), which
-    is about half the memory of a buffered call."""
+    is about half the memory of a buffered call; its id and time are one integer
+    (:func:`fleettrace.ids.stamp_at`), made into the ``trace_id`` and ``started_at``
+    here."""
     (
         _,
         provider,
@@ -95,8 +105,7 @@ def build_llm(item: Captured, rejected: list[str]) -> LLMTrace | None:
         actor,
         scope,
         state,
-        id_int,
-        created_s,
+        stamp,
     ) = item[:LLM_FIXED]
     fields = dict(zip(names, item[LLM_FIXED:], strict=True))
     fields.setdefault("plan_id", plan_id)
@@ -113,7 +122,10 @@ def build_llm(item: Captured, rejected: list[str]) -> LLMTrace | None:
         fields.setdefault("plan_path", place.ancestors)
     # The id and time the hook took stand in for a bad one given (the caller's and the
     # sender's record must agree on them).
-    own = {"trace_id": uuid.UUID(int=id_int), "started_at": when(created_s)}
+    own = {
+        "trace_id": uuid.UUID(int=uuid7_of_stamp(stamp)),
+        "started_at": when_us(stamp_us(stamp)),
+    }
     for name, value in own.items():
         fields.setdefault(name, value)
     fields["provider"] = provider

@@ -142,6 +142,28 @@ class Emitter(BatchSender):
         elif before < self._max_batch <= len(buffer):
             self._wake_sender()
 
+    def capture_one(self, item: Captured) -> None:
+        """:meth:`capture` of one item, the hooks' usual case: the checks of the
+        unlocked append in one condition, and no tuple of arguments made. Anything
+        else (no sender yet, closed, a byte bound, a full buffer) goes through
+        :meth:`capture`."""
+        buffer = self._buffer
+        before = len(buffer)
+        if (
+            before < self._max_buffer
+            and self._sender_running
+            and not self._closed
+            and not self._byte_bound
+        ):
+            buffer.append(item)
+            if self._sender_idle:
+                self._sender_idle = False
+                self._arrived.set()
+            elif before < self._max_batch <= len(buffer):
+                self._wake_sender()
+        else:
+            self.capture(item)
+
     def _put(self, item: AnyRecord | Captured) -> None:
         """Append one item under the lock, applying the bounds and the overflow policy."""
         with self._lock:
@@ -400,6 +422,9 @@ class UnconfiguredEmitter(Emitter):
     def capture(self, *items: AnyRecord | Captured) -> None:
         self._drop(len(items))
 
+    def capture_one(self, item: Captured) -> None:
+        self._drop(1)
+
     def observe(
         self,
         key: MetricKey | str,
@@ -433,6 +458,9 @@ def hook_emitter(given: Emitter | None = None) -> Emitter:
     global _unconfigured  # noqa: PLW0603 (one per process, like the default emitter)
     if given is not None:
         return given
+    current = _default
+    if current is not None and not current._closed:
+        return current
     try:
         return get_emitter()
     except ConfigurationError as error:

@@ -23,13 +23,16 @@ Hooks record through the process's default emitter (``fleettrace.configure`` /
 
 from __future__ import annotations
 
+import logging
 import math
-import time
 from collections.abc import Mapping, Sequence
+from time import perf_counter
 from time import time as wall_s
+from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar
 
 from fleettrace import attributes, plan_scope
+from fleettrace import emitter as _emitters
 from fleettrace.attributes import Attributes
 from fleettrace.capture import Captured, build_plan, build_sample
 from fleettrace.emitter import Emitter, hook_emitter
@@ -54,6 +57,8 @@ from fleettrace.spans import (
     new_id,
 )
 from fleettrace.tree_records import PlanRecord
+
+logger = logging.getLogger("fleettrace.hooks")
 
 CONTEXT_TIERS: Final = frozenset({"hot", "warm", "cold"})
 INDEX_BACKENDS: Final = frozenset({"text", "vector", "graph"})
@@ -82,6 +87,24 @@ def current_plan_token() -> str | None:
 
 
 _MS: Final = 0.001
+
+#: Label dicts shared by every sample of the same actor, tool or plan total (a
+#: sample's record copies its labels; these are never changed), so a buffered sample
+#: holds a reference rather than a dict of its own. Bounded: a name past the bound
+#: gets a dict of its own.
+_ACTOR_LABELS: dict[str, dict[str, str]] = {}
+_TOTAL_LABELS: Final = {"phase": TOTAL_PHASE}
+#: The phases of every plan that ran none (its record copies them; never changed).
+_NO_PHASES: Final[dict[str, float]] = {}
+_MAX_SHARED_LABELS: Final = 1024
+
+
+def _shared_labels(known: dict[str, dict[str, str]], label: str, name: str) -> dict[str, str]:
+    """``{label: name}``, kept in ``known`` for the next span of ``name``."""
+    labels = {label: name}
+    if len(known) < _MAX_SHARED_LABELS:
+        known[name] = labels
+    return labels
 
 
 class PlanSpan(Span):
@@ -152,7 +175,7 @@ class PlanSpan(Span):
         self._set(plan_scope.var(), self.state)
 
     def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
-        self._observe(MetricKey.PLAN_DURATION_SECONDS, elapsed_s, {"phase": TOTAL_PHASE})
+        self._observe(MetricKey.PLAN_DURATION_SECONDS, elapsed_s, _TOTAL_LABELS)
         if self.state is not None:
             # Made by the sender thread, like every hook's record.
             self._captured = (
@@ -160,7 +183,7 @@ class PlanSpan(Span):
                 self.state,
                 elapsed_s,
                 None if error is None else _error_text(error),
-                dict(self.state.phases_ms),
+                dict(self.state.phases_ms) if self.state.phases_ms else _NO_PHASES,
                 uuid7_int(),
             )
             self.emitter.capture(self._captured)
@@ -197,7 +220,6 @@ class ActorSpan(TimedSpan):
     _unit_s = _MS
     _outcome_key = None
     _on_end = None
-    _started_s = 0.0
 
     def __init__(
         self,
@@ -207,28 +229,55 @@ class ActorSpan(TimedSpan):
     ) -> None:
         # Set here rather than through the parents' __init__ (see ToolSpan).
         self._emitter = emitter
-        self.labels = {"actor": name}
+        labels = _ACTOR_LABELS.get(name)
+        self.labels = _shared_labels(_ACTOR_LABELS, "actor", name) if labels is None else labels
         self._given = given
         self.name = name
 
     def __enter__(self) -> ActorSpan:
-        self._tokens = [(ACTOR, ACTOR.set(self.name))]
+        self._token = ACTOR.set(self.name)
         if self._given is not None:
+            self._tokens = []
             self._set_attributes(self._given, "an actor")
-        self._started_s = time.perf_counter()
+        self._started_s = perf_counter()
         return self
 
-    def _exit(self, elapsed_s: float, error: BaseException | None) -> None:
-        hook_emitter(self._emitter).capture(
-            (
-                build_sample,
-                MetricKey.ACTOR_INVOCATION_DURATION_MS,
-                elapsed_s * 1000,
-                self.labels,
-                PLAN_ID.get(),
-                wall_s(),
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        elapsed_s = perf_counter() - self._started_s
+        try:
+            emitter = self._emitter
+            if emitter is None:
+                # hook_emitter()'s answer when the default emitter is open, read here.
+                emitter = _emitters._default
+                if emitter is None or emitter._closed:
+                    emitter = hook_emitter()
+            emitter.capture_one(
+                (
+                    build_sample,
+                    MetricKey.ACTOR_INVOCATION_DURATION_MS,
+                    elapsed_s * 1000,
+                    self.labels,
+                    PLAN_ID.get(),
+                    wall_s(),
+                )
             )
-        )
+        except Exception:
+            if exc is None:
+                raise
+            # The block's own exception is what the caller must see, unchanged.
+            logger.warning("fleettrace could not record %r", self, exc_info=True)
+        finally:
+            if self._given is not None:
+                tokens = self._tokens
+                while tokens:
+                    var, token = tokens.pop()
+                    var.reset(token)
+            ACTOR.reset(self._token)
 
     def llm(self, provider: str, model: str, **fields: Any) -> LLMCallSpan:
         """An LLM call made by this actor (see :func:`llm_call`)."""

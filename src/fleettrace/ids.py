@@ -5,7 +5,10 @@ so the id is made where the hook runs. ``uuid.uuid4()`` costs about 4 µs here (
 system call for 16 random bytes and a ``UUID`` object), more than the rest of the
 hook; :func:`uuid7_int` costs a few hundred nanoseconds and returns the id as the
 128-bit integer a ``uuid.UUID(int=...)`` is made of, which the sender thread turns
-into the record's ``UUID`` later.
+into the record's ``UUID`` later. The LLM call hook does less still: it keeps a
+stamp, its microsecond and the next count in one integer (:func:`stamp_at`), and the
+id and the record's time are both made of it when asked (:func:`uuid7_of_stamp`: the
+same layout, the 12 bits after the version holding the fraction of the millisecond).
 
 Layout (RFC 9562: 48-bit time, then a counter as "monotonic random")::
 
@@ -37,7 +40,7 @@ import time
 from typing import Final
 
 _VERSION_AND_VARIANT: Final = (0x7 << 76) | (0b10 << 62)
-_COUNTER_MASK: Final = (1 << 62) - 1
+COUNTER_MASK: Final = (1 << 62) - 1
 
 
 class _State:
@@ -64,7 +67,39 @@ def uuid7_int() -> int:
     if now_ms > base[0]:
         base = (now_ms, (now_ms << 80) | _VERSION_AND_VARIANT | (state.random_bits(12) << 64))
         state.base = base
-    return base[1] | (state.next_count() & _COUNTER_MASK)
+    return base[1] | (state.next_count() & COUNTER_MASK)
+
+
+#: Where a stamp's count ends and its microseconds begin (:func:`stamp_at`).
+STAMP_SHIFT: Final = 62
+
+
+def stamp_at(wall_s: float) -> int:
+    """A record's time and number in one integer: the Unix time in microseconds of
+    ``wall_s`` above :data:`STAMP_SHIFT` bits of the process's counter (the one
+    :func:`uuid7_int` draws from). The LLM call hooks keep this instead of an id and a
+    time (one integer of 48 bytes, not one of 48 and a float of 32); the record's id
+    and time are made of it off the caller's thread (:func:`uuid7_of_stamp`). The LLM
+    call span computes the same inline from ``time.time_ns()``."""
+    return (round(wall_s * 1_000_000) << STAMP_SHIFT) | (_state.next_count() & COUNTER_MASK)
+
+
+def stamp_us(stamp: int) -> int:
+    """The Unix time in microseconds of a stamp."""
+    return stamp >> STAMP_SHIFT
+
+
+def uuid7_of_stamp(stamp: int) -> int:
+    """The version 7 UUID (as its 128-bit integer) of a stamp: its millisecond, then
+    its fraction of a millisecond in the 12 bits RFC 9562 leaves to the implementation
+    ("increased clock precision", so ids of one millisecond sort by their time), then
+    its count. Unique within a process by the count; across processes as
+    :func:`uuid7_int`'s ids are, by the random start of the counter. From one thread,
+    a later stamp's id is greater unless the clock stepped back in between."""
+    ms, sub_us = divmod(stamp >> STAMP_SHIFT, 1000)
+    return (
+        (ms << 80) | _VERSION_AND_VARIANT | ((sub_us * 4096 // 1000) << 64) | (stamp & COUNTER_MASK)
+    )
 
 
 def uuid7_hex() -> str:

@@ -15,11 +15,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar, Token
+from time import perf_counter
 from time import time as wall_s
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, Final, ParamSpec, TypeVar, cast
 
 from fleettrace import attributes
+from fleettrace import emitter as _emitters
 from fleettrace.attributes import Attributes
 from fleettrace.capture import build_sample, build_tool
 from fleettrace.emitter import Emitter, hook_emitter
@@ -66,6 +68,10 @@ class Span:
     One instance serves one ``with`` block; as a decorator it copies itself for each
     call, so a decorated function may run concurrently.
     """
+
+    # Slots, so that a subclass that declares its own (the LLM call span) has no
+    # instance dict; the others have one.
+    __slots__ = ("_emitter", "_started_s", "_tokens")
 
     def __init__(self, emitter: Emitter | None = None) -> None:
         self._emitter = emitter
@@ -194,6 +200,26 @@ class TimedSpan(Span):
             self._on_end(self, elapsed_s, error)
 
 
+#: A tool's label dicts (its duration's; its outcome's, ok and error), shared by
+#: every run of the tool (a sample's record copies its labels; these are never
+#: changed), so a buffered sample holds references rather than dicts of its own.
+#: Bounded: a tool past the bound gets dicts of its own.
+_TOOL_LABELS: dict[str, tuple[dict[str, str], dict[str, str], dict[str, str]]] = {}
+_MAX_TOOLS_SHARED: Final = 1024
+_plan_state = plan_state()
+
+
+def _tool_labels(name: str) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    labels = (
+        {"tool": name},
+        {"tool": name, "outcome": "ok"},
+        {"tool": name, "outcome": "error"},
+    )
+    if len(_TOOL_LABELS) < _MAX_TOOLS_SHARED:
+        _TOOL_LABELS[name] = labels
+    return labels
+
+
 class ToolSpan(TimedSpan):
     """A tool run: its duration and outcome samples and its ``ToolCall`` record, all
     captured in one append when the block ends (the sender thread makes them)."""
@@ -204,15 +230,16 @@ class ToolSpan(TimedSpan):
     _unit_s = 0.001
     _outcome_key = MetricKey.TOOL_ERROR_RATE
     _on_end = None
-    _started_s = 0.0
 
     def __init__(self, name: str, emitter: Emitter | None) -> None:
         self._emitter = emitter
-        self.labels = {"tool": name}
+        labels = _TOOL_LABELS.get(name)
+        self._labels = _tool_labels(name) if labels is None else labels
+        self.labels = self._labels[0]
         self.name = name
 
     def __enter__(self) -> ToolSpan:
-        self._started_s = time.perf_counter()
+        self._started_s = perf_counter()
         return self
 
     def __exit__(
@@ -221,16 +248,22 @@ class ToolSpan(TimedSpan):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        elapsed_s = time.perf_counter() - self._started_s
+        elapsed_s = perf_counter() - self._started_s
         try:
             name = self.name
             plan_id = PLAN_ID.get()
             now_s = wall_s()
             if exc is None:
-                error, outcome = None, {"tool": name, "outcome": "ok"}
+                error, outcome = None, self._labels[1]
             else:
-                error, outcome = error_text(exc), {"tool": name, "outcome": "error"}
-            hook_emitter(self._emitter).capture(
+                error, outcome = error_text(exc), self._labels[2]
+            emitter = self._emitter
+            if emitter is None:
+                # hook_emitter()'s answer when the default emitter is open, read here.
+                emitter = _emitters._default
+                if emitter is None or emitter._closed:
+                    emitter = hook_emitter()
+            emitter.capture(
                 (
                     build_sample,
                     MetricKey.TOOL_INVOCATION_DURATION_MS,
@@ -248,7 +281,7 @@ class ToolSpan(TimedSpan):
                     plan_id,
                     DECISION_ID.get(),
                     ACTOR.get(),
-                    plan_state().get(),
+                    _plan_state.get(),
                     now_s,
                 ),
             )

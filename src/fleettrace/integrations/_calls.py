@@ -29,7 +29,7 @@ from fleettrace import attributes, plan_scope
 from fleettrace.attributes import Attributes
 from fleettrace.capture import SHAPES, build_llm, shape_of
 from fleettrace.emitter import Emitter, hook_emitter
-from fleettrace.ids import uuid7_int
+from fleettrace.ids import stamp_at
 from fleettrace.llm_span import LLMCallSpan, current_llm_call
 from fleettrace.model import (
     MAX_ERROR_CHARS,
@@ -225,8 +225,7 @@ class Call:
             self.actor,
             self.scope,
             self.plan_state,
-            uuid7_int(),
-            self.started_wall_s,
+            stamp_at(self.started_wall_s),
             *fields.values(),
         )
         hook_emitter(self.emitter).capture(captured)
