@@ -22,6 +22,7 @@ from fleettrace.emitter import Emitter
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
 from fleettrace_worker.store.settings import PARTITION_DAYS_VARIABLE
+from tests.acl import Secured, _secure
 from tests.emitting import delete_namespace, make_emitter
 from tests.llm_servers import LLMServer, Pipeline
 from tests.servers import PrivatePostgres, PrivateRedis, SuiteServers, redis_program
@@ -174,3 +175,10 @@ def pipeline(
     monkeypatch.setattr("fleettrace.emitter._default", made.emitter)
     yield made
     made.close()
+
+
+@pytest.fixture
+def secured(private_redis: PrivateRedis) -> Iterator[Secured]:
+    setup = _secure(private_redis)
+    yield setup
+    setup.admin.close()

@@ -83,3 +83,15 @@ def add_traces(client: redis.Redis, keys: Keys, traces: Sequence[LLMTrace]) -> s
 def add_samples(client: redis.Redis, keys: Keys, samples: Sequence[MetricSample]) -> str:
     entry_id = client.xadd(keys.metrics, sample_entry(samples))  # type: ignore[arg-type]
     return str(entry_id.decode())
+
+
+def _trace(i: int, plan: str = "", cost: float | None = None) -> LLMTrace:
+    priced = {} if cost is None else {"cost_usd": cost}
+    return llm_trace(
+        plan_id=plan or f"plan-{i % 3}",
+        actor="a",
+        provider="openai",
+        model="gpt-4o",
+        prompt_tokens=i + 1,
+        **priced,  # type: ignore[arg-type]
+    )

@@ -273,3 +273,6 @@ def serving_worker(
         worker.stop.set()
         thread.join(join_s)
     assert result == [0]
+
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
