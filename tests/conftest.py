@@ -21,6 +21,7 @@ from fleettrace.batch_script import load_library
 from fleettrace.emitter import Emitter
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
+from fleettrace_worker.store import migrations
 from fleettrace_worker.store.settings import PARTITION_DAYS_VARIABLE
 from tests.acl import Secured, _secure
 from tests.emitting import delete_namespace, make_emitter
@@ -182,3 +183,10 @@ def secured(private_redis: PrivateRedis) -> Iterator[Secured]:
     setup = _secure(private_redis)
     yield setup
     setup.admin.close()
+
+
+@pytest.fixture
+def migrated(database_url: str) -> str:
+    with psycopg.connect(database_url) as conn:
+        migrations.migrate(conn)
+    return database_url

@@ -95,3 +95,12 @@ def _trace(i: int, plan: str = "", cost: float | None = None) -> LLMTrace:
         prompt_tokens=i + 1,
         **priced,  # type: ignore[arg-type]
     )
+
+
+#: The calls the storage commands' tests store (started now unless a test says when).
+STORED_CALL = {
+    "prompt_tokens": 100,
+    "completion_tokens": 20,
+    "cost_usd": 0.5,
+    "latency_ms": 100.0,
+}

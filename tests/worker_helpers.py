@@ -3,6 +3,7 @@ database, and counts of what landed where."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import subprocess
@@ -20,13 +21,15 @@ import pytest
 import redis
 from psycopg import sql
 
-from fleettrace.keys import Keys
+from fleettrace.keys import Keys, configured_namespace
+from fleettrace.model import LLMTrace
 from fleettrace_worker.cli import main
 from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.keys import PERSIST_GROUP
 from fleettrace_worker.process import Worker
-from fleettrace_worker.store import migrations
+from fleettrace_worker.store import database, migrations
 from fleettrace_worker.store.migrations import migrate
+from fleettrace_worker.store.repository import LLMTraceRepository
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -276,3 +279,32 @@ def serving_worker(
 
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+#: The namespace the commands work within by default, and rows are stored under here.
+NAMESPACE = configured_namespace()
+
+
+def _record(item: dict[str, object]) -> LLMTrace:
+    """The record of one trace of --json output, which also says its namespace."""
+    assert item["namespace"] == NAMESPACE
+    fields = {k: v for k, v in item.items() if k != "namespace"}
+    return LLMTrace.model_validate_json(json.dumps(fields))
+
+
+def _store(url: str, traces: list[LLMTrace]) -> None:
+    with database.create_pool(url) as pool:
+        LLMTraceRepository(pool).store(traces)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_clean_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
