@@ -104,3 +104,7 @@ STORED_CALL = {
     "cost_usd": 0.5,
     "latency_ms": 100.0,
 }
+
+
+#: The calls the forwarding tests forward; each names its plan (or None).
+RUN_CALL = {"prompt_tokens": 10, "completion_tokens": 5, "latency_ms": 20.0}
