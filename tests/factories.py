@@ -47,6 +47,7 @@ from fleettrace.model import (
     LLMTrace,
     MetricSample,
 )
+from fleettrace_worker.store.repository import MetricRow
 
 
 def llm_trace(shape: Mapping[str, Any] | None = None, /, **fields: Any) -> LLMTrace:
@@ -387,3 +388,11 @@ ENVELOPE_BREAKERS = envelope_breakers()
 
 def good_line(values: dict[str, Any]) -> bytes:
     return encode_record(LLMTrace(trace_id=uuid.uuid4(), **values))
+
+
+NOW = datetime.now(UTC)
+
+
+def _samples(count: int, start: int, at: datetime) -> list[MetricRow]:
+    batch = str(uuid.uuid4())
+    return [(batch, i, metric_sample(value=float(start + i), observed_at=at)) for i in range(count)]

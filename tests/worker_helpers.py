@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -308,3 +309,40 @@ def _one_clean_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     return lines[0]
+
+
+@dataclass
+class Fleets:
+    """Two namespaces' rows in one database: ``a`` and ``b`` hold the trace ids of each
+    (newest first), ``legacy`` one row stored before namespaces."""
+
+    url: str
+    a: Keys
+    b: Keys
+    traces_a: list[LLMTrace]
+    traces_b: list[LLMTrace]
+    legacy: LLMTrace
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.out, captured.err
+
+
+def _store_legacy(url: str, trace: LLMTrace) -> None:
+    """A row as stored before schema version 3: no producer, no namespace (the check
+    that refuses such rows now is lifted for the insert and put back, NOT VALID)."""
+    with database.create_pool(url) as pool:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE llm_traces DROP CONSTRAINT llm_traces_with_namespace")
+        LLMTraceRepository(pool).store([trace])
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE llm_traces SET namespace = NULL WHERE trace_id = %s", (trace.trace_id,)
+            )
+            conn.execute(
+                "ALTER TABLE llm_traces ADD CONSTRAINT llm_traces_with_namespace "
+                "CHECK (namespace IS NOT NULL) NOT VALID"
+            )
