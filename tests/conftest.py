@@ -27,6 +27,7 @@ from tests.acl import Secured, _secure
 from tests.emitting import delete_namespace, make_emitter
 from tests.llm_servers import LLMServer, Pipeline
 from tests.servers import PrivatePostgres, PrivateRedis, SuiteServers, redis_program
+from tests.worker_helpers import migrated
 
 #: Set by pytest_configure: the run's servers and their URLs.
 SERVERS: SuiteServers
@@ -185,8 +186,14 @@ def secured(private_redis: PrivateRedis) -> Iterator[Secured]:
     setup.admin.close()
 
 
-@pytest.fixture
-def migrated(database_url: str) -> str:
+@pytest.fixture(name="migrated")
+def migrated_database(database_url: str) -> str:
+    """The fixture ``migrated``: the test's database, migrated."""
     with psycopg.connect(database_url) as conn:
         migrations.migrate(conn)
     return database_url
+
+
+@pytest.fixture
+def db(database_url) -> str:
+    return migrated(database_url)

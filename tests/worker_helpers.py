@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -346,3 +347,14 @@ def _store_legacy(url: str, trace: LLMTrace) -> None:
                 "ALTER TABLE llm_traces ADD CONSTRAINT llm_traces_with_namespace "
                 "CHECK (namespace IS NOT NULL) NOT VALID"
             )
+
+
+def _stop(worker, timeout_s=60) -> tuple[str, str]:
+    if worker.poll() is None:
+        os.kill(worker.pid, signal.SIGTERM)
+    out, err = worker.communicate(timeout=timeout_s)
+    return out, err
+
+
+def _distinct_decisions(db) -> int:
+    return scalar(db, "SELECT count(DISTINCT decision_id) FROM llm_traces")
