@@ -21,10 +21,13 @@ from fleettrace.batch_script import load_library
 from fleettrace.emitter import Emitter
 from fleettrace.errors import ConfigurationError
 from fleettrace.keys import Keys
+from fleettrace_worker.store import migrations
 from fleettrace_worker.store.settings import PARTITION_DAYS_VARIABLE
+from tests.acl import Secured, _secure
 from tests.emitting import delete_namespace, make_emitter
 from tests.llm_servers import LLMServer, Pipeline
 from tests.servers import PrivatePostgres, PrivateRedis, SuiteServers, redis_program
+from tests.worker_helpers import migrated
 
 #: Set by pytest_configure: the run's servers and their URLs.
 SERVERS: SuiteServers
@@ -174,3 +177,23 @@ def pipeline(
     monkeypatch.setattr("fleettrace.emitter._default", made.emitter)
     yield made
     made.close()
+
+
+@pytest.fixture
+def secured(private_redis: PrivateRedis) -> Iterator[Secured]:
+    setup = _secure(private_redis)
+    yield setup
+    setup.admin.close()
+
+
+@pytest.fixture(name="migrated")
+def migrated_database(database_url: str) -> str:
+    """The fixture ``migrated``: the test's database, migrated."""
+    with psycopg.connect(database_url) as conn:
+        migrations.migrate(conn)
+    return database_url
+
+
+@pytest.fixture
+def db(database_url) -> str:
+    return migrated(database_url)

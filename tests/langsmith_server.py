@@ -6,6 +6,9 @@ It answers the endpoints the ``langsmith`` client uses for runs (``GET /info``,
 it already holds (as LangSmith does), checks the ``x-api-key`` header, and can be
 told to misbehave: answer 503 or 429 (with or without Retry-After), sleep past the
 client's timeout, or drop the connection, for a while or for a number of requests.
+
+Below it, what the forwarding tests share: the key the server takes, their fixture
+``server`` (import ``langsmith_server``), their settings and their burst loop.
 """
 
 from __future__ import annotations
@@ -18,9 +21,21 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import pytest
+import redis
+
+from fleettrace.keys import Keys
+from fleettrace.model import LLMTrace
+from fleettrace_worker.forward.langsmith.group import ForwardLoop, loop_settings
+from fleettrace_worker.forward.langsmith.runs import plan_root_id
+from fleettrace_worker.forward.langsmith.settings import LangSmithSettings
+from fleettrace_worker.keys import LANGSMITH_GROUP
+from fleettrace_worker.stream.consumer import Consumer
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -248,3 +263,50 @@ class LangSmithServer:
         """Runs accepted more than once under one id (0 when ids are honoured)."""
         with self.lock:
             return sum(n - 1 for n in self.recorded.accepted.values() if n > 1)
+
+
+API_KEY = "lsv2_pt_0123456789abcdef0123456789abcdef_0123456789"
+
+
+@pytest.fixture(name="server")
+def langsmith_server() -> Iterator[LangSmithServer]:
+    """The server the forwarding tests send to, as their fixture ``server``."""
+    with LangSmithServer(api_key=API_KEY) as srv:
+        yield srv
+
+
+def settings_for(server: LangSmithServer, **overrides: object) -> LangSmithSettings:
+    values: dict[str, object] = {
+        "enabled": True,
+        "endpoint": server.url,
+        "api_key": API_KEY,
+        "project": "fleet",
+        "retry_for_s": 60.0,
+        "backoff_initial_s": 0.05,
+        "backoff_max_s": 0.2,
+        "request_timeout_s": 2.0,
+        "concurrency": 4,
+    }
+    values.update(overrides)
+    return LangSmithSettings(**values)  # type: ignore[arg-type]
+
+
+def make_loop(
+    client: redis.Redis, keys: Keys, settings: LangSmithSettings, *, name: str = "fwd-1"
+) -> ForwardLoop:
+    consumer = Consumer(client, keys, LANGSMITH_GROUP, name, claim_idle_ms=60_000)
+    return ForwardLoop(consumer, settings, loop=loop_settings(settings, burst=True))
+
+
+def pending(client: redis.Redis, keys: Keys) -> int:
+    total = 0
+    for stream in keys.streams:
+        if client.exists(stream):
+            total += int(client.xpending(stream, LANGSMITH_GROUP)["pending"])  # type: ignore[index]
+    return total
+
+
+def expected_ids(records: list[LLMTrace]) -> set[str]:
+    ids = {str(r.trace_id) for r in records}
+    ids |= {str(plan_root_id(r.plan_id, r.started_at.date())) for r in records if r.plan_id}
+    return ids

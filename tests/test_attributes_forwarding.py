@@ -16,9 +16,8 @@ from opentelemetry.semconv._incubating.attributes import session_attributes, use
 from fleettrace.keys import Keys
 from fleettrace_worker.forward.langsmith.runs import llm_run
 from tests.factories import add_traces, llm_trace
-from tests.langsmith_server import LangSmithServer
+from tests.langsmith_server import API_KEY, LangSmithServer, make_loop, settings_for
 from tests.otlp_receiver import OtlpReceiver
-from tests.test_forwarder import API_KEY, make_loop, settings_for
 from tests.test_otlp import attrs
 from tests.test_otlp import make_loop as make_otlp_loop
 from tests.test_otlp import settings_for as otlp_settings_for

@@ -1,66 +1,52 @@
-"""The demo for real: agent processes, a worker, the embedded servers or the machine's,
-and the count that proves every record sent is a row or a dead letter."""
+"""The demo for real: ``fleettrace demo`` as a process with agent processes, a worker,
+the embedded servers or the machine's, and the count that proves every record sent is a
+row or a dead letter."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import random
 import re
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 import redis
-from rich.console import Console
 
-from fleettrace.codec import Kind
-from fleettrace.errors import FleettraceError
-from fleettrace.keys import EMITTER_RECORDS, FIELD_COUNT, Keys
-from fleettrace_worker.cli import demo as demo_cli
+from fleettrace.keys import EMITTER_RECORDS, Keys
 from fleettrace_worker.cli import main
-from fleettrace_worker.context import WorkerSettings
 from fleettrace_worker.demo import agents
-from fleettrace_worker.demo import run as demo_run
-from fleettrace_worker.demo.accounting import (
-    Counters,
-    DeadLetterCounter,
-    LiveFigures,
-    Progress,
-    count_rows,
-    dead_letter_records,
-)
-from fleettrace_worker.demo.run import _run_fleet, _worker, run_demo
-from fleettrace_worker.demo.settings import DemoSettings, new_run_id
 from fleettrace_worker.embedded import EmbeddedPostgres
-from fleettrace_worker.errors import SchemaVersionError
 from fleettrace_worker.keys import PERSIST_GROUP
-from fleettrace_worker.process import Worker
 from fleettrace_worker.store import database
 from fleettrace_worker.store.migrations import migrate
 from fleettrace_worker.store.repository import LLMTraceRepository
-from fleettrace_worker.stream.deadletter import DeadLetter
 from tests.emitting import delete_namespace
 from tests.factories import llm_trace
-from tests.waiting import wait_until
 from tests.worker_helpers import scalar
 
 pytestmark = pytest.mark.timeout(300)
 
+
 URL_VARIABLES = ("FLEETTRACE_REDIS_URL", "REDIS_URL", "FLEETTRACE_DATABASE_URL", "DATABASE_URL")
+
+
 VERDICT = re.compile(
     r"records sent = rows stored \+ dead letters: (\d+) = (\d+) \+ (\d+) \(nothing lost"
 )
+
+
 STORED = re.compile(
     r"rows stored: (\d+) \((\d+) llm_traces \+ (\d+) metric_samples \+ (\d+) tool_calls and plans\)"
 )
+
+
 SENT = re.compile(r"records sent: (\d+) \((\d+) by \d+ agent processes in \d+ plans, (\d+) written")
+
+
 RUN = re.compile(r"Run (demo-[0-9a-f]+):")
 
 
@@ -267,49 +253,6 @@ def test_demo_json_is_the_report_alone_and_agrees_with_the_database(
 
 
 @pytest.mark.slow
-def test_run_demo_with_a_worker_sidecar_stores_everything(
-    redis_url: str, database_url: str, keys: Keys
-) -> None:
-    settings = DemoSettings(
-        redis_url, database_url, keys.namespace, agents=1, seconds=0.5, run_worker=False
-    )
-    with psycopg.connect(database_url) as conn:
-        migrate(conn)
-        conn.commit()
-    sidecar = Worker(
-        WorkerSettings(redis_url, database_url, namespace=keys.namespace, block_ms=100)
-    )
-    thread = threading.Thread(target=sidecar.run, daemon=True)
-    thread.start()
-    shown: list[Progress] = []
-    try:
-        result = run_demo(settings, shown.append)
-    finally:
-        sidecar.stop.set()
-        thread.join(30)
-    assert result.nothing_lost
-    assert result.handwritten == 2
-    assert result.dead_letters == 1
-    assert result.dead_letter_reasons == (
-        "prompt_tokens: Input should be greater than or equal to 0",
-    )
-    assert result.sent == result.stored + 1 > 1
-    assert result.dropped == 0
-    assert [agent.agent for agent in result.agents] == [0]
-    assert result.agents[0].plans >= 1  # as many as fit in half a second
-    assert shown[-1].in_flight == 0
-    assert shown[-1].sent == result.sent
-    assert {row.group["model"] for row in result.costs} <= {
-        "gpt-4o",
-        "gpt-4o-mini",
-        "claude-3-5-sonnet-latest",
-        "claude-3-5-haiku-latest",
-        "acme-reasoner-2",
-    }
-    assert sum(row.calls for row in result.costs) == result.traces_stored
-
-
-@pytest.mark.slow
 def test_records_nobody_stores_make_the_demo_fail(
     redis_url: str, database_url: str, keys: Keys
 ) -> None:
@@ -340,178 +283,6 @@ def test_records_nobody_stores_make_the_demo_fail(
 
 
 @pytest.mark.slow
-def test_an_agent_that_dies_without_reporting_is_an_error(
-    redis_url: str, database_url: str, keys: Keys
-) -> None:
-    settings = DemoSettings("http://not-redis", database_url, keys.namespace, agents=1, plans=1)
-    client = redis.Redis.from_url(redis_url)
-    pool = database.create_pool(database_url)
-    try:
-        migrate(pool)
-        counters = Counters(
-            pool,
-            settings.run_id,
-            LiveFigures(client, keys, settings.run_id),
-            DeadLetterCounter(client, keys),
-        )
-        with pytest.raises(FleettraceError, match=r"ended without a report: agent-0$"):
-            _run_fleet(
-                settings, "http://127.0.0.1:1/v1", counters, lambda progress: None, lambda: None
-            )
-    finally:
-        pool.close()
-        client.close()
-
-
-def test_a_worker_that_fails_is_reported_not_waited_for(
-    redis_url: str, database_url: str, keys: Keys
-) -> None:
-    settings = DemoSettings(redis_url, database_url, keys.namespace)  # schema never migrated
-    seen: list[BaseException] = []
-
-    def failed(check: Callable[[], None]) -> bool:
-        try:
-            check()
-        except SchemaVersionError as error:
-            seen.append(error)
-        return bool(seen)
-
-    with pytest.raises(SchemaVersionError), _worker(settings) as check:
-        wait_until(lambda: failed(check), 30, "the worker's failure to reach the demo")
-    assert seen, "the worker's failure never reached the demo"
-    assert "run `fleettrace migrate`" in str(seen[0])
-
-
-def test_a_worker_that_stopped_early_is_an_error(
-    redis_url: str, database_url: str, keys: Keys
-) -> None:
-    with psycopg.connect(database_url) as conn:
-        migrate(conn)
-        conn.commit()
-    settings = DemoSettings(redis_url, database_url, keys.namespace)
-    with _worker(settings) as check:
-        check()  # running
-    with pytest.raises(FleettraceError, match="the worker stopped"):
-        check()
-
-
-def test_rows_and_dead_letters_are_counted_for_this_run_only(
-    redis_client: redis.Redis, database_url: str, keys: Keys
-) -> None:
-    stream = keys.dead_letters(PERSIST_GROUP)
-    before = DeadLetter.for_entry(keys.traces, "1-0", {FIELD_COUNT: b"7"}, "c", "old")
-    redis_client.xadd(stream, before.to_fields())
-    counter = DeadLetterCounter(redis_client, keys)
-    assert counter.records() == 0
-    whole = DeadLetter.for_entry(keys.traces, "2-0", {FIELD_COUNT: b"5"}, "c", "bad envelope")
-    one = DeadLetter.for_record(
-        keys.traces,
-        "3-0",
-        "c",
-        batch_id="b",
-        kind=Kind.TRACE,
-        position=0,
-        record=b"{}",
-        reason="prompt_tokens: must be >= 0",
-    )
-    redis_client.xadd(stream, whole.to_fields())
-    redis_client.xadd(stream, one.to_fields())
-    assert counter.records() == 6
-
-    pool = database.create_pool(database_url)
-    try:
-        migrate(pool)
-        assert count_rows(pool, new_run_id()) == (0, 0, 0)
-    finally:
-        pool.close()
-
-
-def test_a_dead_letter_stands_for_one_record_or_its_entry_count() -> None:
-    assert (
-        dead_letter_records(DeadLetter.for_entry("s", "1-0", {FIELD_COUNT: b"12"}, "c", "r")) == 12
-    )
-    assert dead_letter_records(DeadLetter.for_entry("s", "1-0", {b"x": b"y"}, "c", "r")) == 1
-    assert dead_letter_records(DeadLetter("r", "s", "1-0", "c")) == 1
-    record = DeadLetter.for_record(
-        "s", "1-0", "c", batch_id="b", kind=Kind.TRACE, position=3, record=b"{}", reason="r"
-    )
-    assert dead_letter_records(record) == 1
-
-
-def test_the_live_figures_count_from_the_start_of_the_run(
-    redis_client: redis.Redis, keys: Keys
-) -> None:
-    redis_client.hset(keys.emitter, EMITTER_RECORDS, 40)
-    figures = LiveFigures(redis_client, keys, "demo-x")
-    redis_client.hincrby(keys.emitter, EMITTER_RECORDS, 2)
-    assert figures.read() == (2, 0.0, 0, 0)
-
-
-def test_the_progress_shows_as_a_live_table_on_a_terminal() -> None:
-    out = io.StringIO()
-    console = Console(file=out, force_terminal=True, width=100)
-    with demo_cli._display(console) as show:
-        show(Progress(2, 120, 30, 80, 6, 1, 0.25, 3, 4))
-    text = out.getvalue()
-    assert "records sent" in text
-    assert "120" in text
-    assert "116 (30 traces, 80 metric samples, 6 tool calls and plan records)" in text
-    assert "in flight" in text
-    assert "$0.2500" in text
-
-
-def test_the_progress_is_a_plain_line_elsewhere() -> None:
-    out = io.StringIO()
-    console = Console(file=out, force_terminal=False, width=200)
-    with demo_cli._display(console) as show:
-        show(Progress(1, 10, 4, 5, 0, 0, 0.5, 0, 0))
-        show(Progress(1, 11, 4, 5, 0, 0, 0.5, 0, 0))  # within the interval: not printed
-    assert out.getvalue().splitlines() == [
-        "agents running 1, sent 10, stored 9, dead letters 0, in flight 1, cost $0.5000"
-    ]
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--agents", "0"], "must be between 1 and 64, got 0"),
-        (["--agents", "x"], "not a whole number: 'x'"),
-        (["--plans", "0"], "must be at least 1, got 0"),
-        (["--seconds", "0"], "must be more than 0 and at most 3600 seconds, got 0"),
-        (["--seconds", "3601"], "must be more than 0 and at most 3600 seconds, got 3601"),
-        (["--seconds", "soon"], "not a number of seconds: 'soon'"),
-    ],
-)
-def test_bad_arguments_exit_2_with_the_reason(
-    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        main(["demo", *args])
-    assert exit_.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-def test_a_bad_namespace_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_url: str, database_url: str
-) -> None:
-    code = main(
-        ["demo", "--redis-url", redis_url, "--database-url", database_url, "--namespace", "a b"]
-    )
-    assert code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("fleettrace demo: namespace 'a b' must be")
-    assert err.count("\n") == 1
-
-
-def test_run_ids_are_unique_namespaces() -> None:
-    ids = {new_run_id() for _ in range(100)}
-    assert len(ids) == 100
-    for run_id in ids:
-        Keys(run_id)
-    assert DemoSettings("r", "d", "n").run_id != DemoSettings("r", "d", "n").run_id
-
-
-@pytest.mark.slow
 def test_ctrl_c_stops_the_fleet_and_the_servers_without_a_traceback(tmp_path: Path) -> None:
     env = {name: value for name, value in os.environ.items() if name not in URL_VARIABLES}
     env["FLEETTRACE_DATA_DIR"] = str(tmp_path / "data")
@@ -539,29 +310,3 @@ def test_ctrl_c_stops_the_fleet_and_the_servers_without_a_traceback(tmp_path: Pa
     assert "KeyboardInterrupt" not in stderr
     assert not (tmp_path / "data" / "redis" / "server.json").exists()  # removed once stopped
     assert not (tmp_path / "data" / "postgres" / "postmaster.pid").exists()
-
-
-def test_sigint_is_left_alone_outside_the_main_thread() -> None:
-    seen: list[object] = []
-
-    def probe() -> None:
-        with demo_run._children_ignore_sigint():
-            seen.append(signal.getsignal(signal.SIGINT))
-
-    thread = threading.Thread(target=probe)
-    thread.start()
-    thread.join(10)
-    assert seen == [signal.getsignal(signal.SIGINT)]
-    with demo_run._children_ignore_sigint():
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    assert signal.getsignal(signal.SIGINT) is seen[0]
-
-
-def test_every_agent_retries_and_fails_some_calls_by_count() -> None:
-    sim = agents.Simulation(random.Random(1))
-    calls = [sim.next_llm_call() for _ in range(32)]
-    retried = [n for n, (retries, _) in enumerate(calls) if retries]
-    failed = [n for n, (_, fails) in enumerate(calls) if fails]
-    assert retried == [1, 9, 17, 25]
-    assert all(1 <= calls[n][0] <= 3 for n in retried)
-    assert failed == [2, 18]
