@@ -130,6 +130,7 @@ BUDGETS_MS: Final = {
     "/api/live": 100,
     "/api/overview": 150,
     "/api/activity": 300,
+    "/api/live/activity": 100,
     "/api/cost?by=model&range=24h": 300,
     "/api/cost?by=model&range=90d": 300,
     "/api/cost?by=tag&range=24h": 300,

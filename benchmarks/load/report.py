@@ -282,7 +282,10 @@ def build(sections: dict[str, Any]) -> list[Row]:
         )
         emitter = memory.get("emitter")
         if emitter:
-            bounded = emitter["buffered_after_3x"] <= emitter["buffer_records"] and emitter[
+            # The bound: the buffer, and the one batch the sender holds beside it while
+            # it cannot send (counted as buffered, EmitterSettings.max_buffer_records).
+            held = emitter["buffer_records"] + emitter["batch_records"]
+            bounded = emitter["buffered_after_3x"] <= held and emitter[
                 "growth_past_bound_mb"
             ] <= max(2.0, 0.05 * emitter["emitter_mb_at_bound"])
             rows.append(
@@ -295,7 +298,8 @@ def build(sections: dict[str, Any]) -> list[Row]:
                     "lower",
                     "no growth past the bound",
                     bounded,
-                    f"{emitter['growth_past_bound_mb']} MB more after 2x the bound recorded",
+                    f"{emitter['growth_past_bound_mb']} MB more after 2x the bound recorded; "
+                    f"{emitter['buffered_after_3x']:,} held (the buffer and one batch in hand)",
                 )
             )
     return rows

@@ -61,6 +61,8 @@ class EmitterSettings:
     #: row committed - record created at 5,000 records/s from about 40 to 8 ms).
     flush_interval_s: float = 0.005
     #: Records held in memory while Redis is slow or away; beyond it ``overflow`` applies.
+    #: While it cannot send, the sender also holds the one batch it took (at most
+    #: ``max_batch_records``, counted as buffered in the stats).
     max_buffer_records: int = 100_000
     #: The same bound in bytes of memory, estimated per record (``CAPTURED_RECORD_BYTES``
     #: for a record a hook made, ``MODEL_RECORD_BYTES`` for one given to ``record()``);
