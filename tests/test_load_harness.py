@@ -107,6 +107,15 @@ def test_producers_put_every_record_and_counter_in_redis(report):
     producer = report["sections"]["producer"]
     assert producer["fleettrace"]["stream_entries"] < producer["fleettrace"]["records"]
     assert producer["baseline"]["stream_entries"] == producer["baseline"]["records"]
+    # Beside fleettrace's rate, its two ceilings: Redis's command time and the sender's
+    # own work per record, each printed as a row.
+    assert producer["fleettrace"]["redis_us_per_record"] > 0
+    assert producer["fleettrace"]["sender_encode_us_per_record"] > 0
+    figures = {row["figure"] for row in report["rows"] if row["section"] == "producer"}
+    assert {
+        "Redis's own time per record (ceiling)",
+        "sender's work per record before Redis (its ceiling)",
+    } <= figures
 
 
 def test_workers_store_every_record_once(report):

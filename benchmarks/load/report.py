@@ -173,6 +173,33 @@ def build(sections: dict[str, Any]) -> list[Row]:
                 _counters_note(producer),
             )
         )
+    for figure, field, note in (
+        (
+            "Redis's own time per record (ceiling)",
+            "redis_us_per_record",
+            "command time of the run's batch calls (INFO commandstats), per record",
+        ),
+        (
+            "sender's work per record before Redis (its ceiling)",
+            "sender_encode_us_per_record",
+            "pricing, counting the live deltas, encoding entry and arguments, redis-py "
+            "packing the call; "
+            "best of 5 batches of the run's mean size, in the producer's process",
+        ),
+    ):
+        us = _get(producer, "fleettrace", field) if producer else None
+        if us:
+            rows.append(
+                Row(
+                    "producer",
+                    figure,
+                    "1/s",
+                    round(1e6 / us),
+                    None,
+                    "higher",
+                    note=f"{us} µs per record: {note}",
+                )
+            )
     rows += worker_rows(sections.get("worker", {}))
     fresh = sections.get("freshness", {})
     if fresh:
