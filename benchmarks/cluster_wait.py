@@ -29,7 +29,8 @@ from fleettrace.model import LLMTrace
 RUNS = 3
 
 
-def _records(count: int) -> list[LLMTrace]:
+def cluster_records(count: int) -> list[LLMTrace]:
+    """The records the cluster benchmarks send: 50 plans, varied tokens and latencies."""
     return [
         LLMTrace(
             model="gpt-4o",
@@ -95,7 +96,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--cluster-url")
     args = parser.parse_args()
-    records = _records(args.records)
+    records = cluster_records(args.records)
     single = redis_url_from_env() or DEFAULT_REDIS_URL
     with _cluster(args.cluster_url) as url:
         print(f"{args.records} records per run, median of {RUNS} runs, records/s")

@@ -264,32 +264,9 @@ def test_the_run_leaves_nothing_behind(report):
 
 
 @pytest.fixture(scope="module")
-def capacity_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
-    """``--quick --only capacity``: the printed table and the JSON written beside it."""
-    output = tmp_path_factory.mktemp("capacity") / "capacity.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.load",
-            "--quick",
-            "--only",
-            "capacity",
-            "--output",
-            str(output),
-            "--redis-url",
-            REDIS_URL,
-            "--pg-url",
-            PG_ADMIN_URL,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout, json.loads(output.read_text())
+def capacity_run(report: dict) -> tuple[str, dict]:
+    """The capacity section of the quick run: its printed table and the JSON."""
+    return report["table"], report
 
 
 def test_the_capacity_section_prints_its_rows(capacity_run):

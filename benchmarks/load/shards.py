@@ -26,12 +26,12 @@ import time
 import uuid
 from typing import Any, Final
 
+from benchmarks.cluster_wait import cluster_records
 from benchmarks.load.context import RunContext
 from benchmarks.load.processes import ROOT
 from benchmarks.load.row import Row, get
 from fleettrace.emitter import Emitter, EmitterSettings
 from fleettrace.keys import Keys
-from fleettrace.model import LLMTrace
 
 EMITTERS: Final = 3
 RUNS: Final = 3
@@ -187,18 +187,7 @@ def shard_rows(section: dict[str, Any]) -> list[Row]:
 
 def _emit(url: str, namespace: str, count: int, start_at: float) -> None:
     """One emitter process of the fleet: prints its start and end times as JSON."""
-    records = [
-        LLMTrace(
-            model="gpt-4o",
-            provider="openai",
-            actor="planner",
-            plan_id=f"plan-{i % 50}",
-            prompt_tokens=100 + i % 50,
-            completion_tokens=20 + i % 9,
-            latency_ms=float(10 + i % 100),
-        )
-        for i in range(count)
-    ]
+    records = cluster_records(count)
     settings = EmitterSettings.from_env(
         redis_url=url, namespace=namespace, redis_cluster=True, max_buffer_records=count + 1
     )
