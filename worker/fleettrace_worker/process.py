@@ -217,9 +217,10 @@ class Worker:
 
     def _first_shards(self) -> list[int]:
         """The shards read from the start: the configured ones, else those a whole walk
-        over every master finds (shard 0 alone when Redis cannot be walked now: the
-        walk goes on at each health tick). Configured shards are added to the set of
-        shards readers sum over."""
+        over every master finds (shard 0 alone when Redis cannot be reached now: the
+        walk goes on at each health tick; a refusal that waiting cannot mend, such as an
+        untrusted certificate, stops the worker with its one line). Configured shards
+        are added to the set of shards readers sum over."""
         if self.settings.shards is not None:
             chosen = sorted(set(self.settings.shards))
             try:  # so that readers sum them even when no worker walks for shards
@@ -231,6 +232,8 @@ class Worker:
         self._shard_walk = ShardWalk(self._redis(), self.keys)
         try:
             self._shard_walk.advance(steps=None)
+        except ConfigurationError:
+            raise  # a TLS, password or rights problem: the worker's one-line refusal
         except FleettraceError as error:
             log.warning("shards not looked for at start: %s", error)
         return sorted(self._shard_walk.found)
