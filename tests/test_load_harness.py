@@ -7,6 +7,7 @@ harness itself is for."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -280,7 +281,7 @@ def test_the_capacity_section_prints_its_rows(capacity_run):
         "PostgreSQL bytes per llm_traces row",
         "COPY into llm_traces shape, primary key only",
     ):
-        assert f"capacity  {figure}" in table
+        assert re.search(rf"^capacity +{re.escape(figure)}  ", table, flags=re.MULTILINE), figure
 
 
 def test_the_capacity_section_counts_every_record_it_measures(capacity_run):
