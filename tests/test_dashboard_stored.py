@@ -28,7 +28,9 @@ from tests.dashboard_helpers import (
     request,
     rows,
 )
-from tests.worker_helpers import migrated
+from tests.emitting import make_emitter
+from tests.factories import numbered_trace
+from tests.worker_helpers import drain, migrated
 
 
 @pytest.fixture
@@ -173,3 +175,38 @@ def test_the_costliest_plans_show_their_budget_and_the_share_used(
             f"{trip.cost_usd / TREE_BUDGET * 100:.1f} %",
         ]
         assert shown[TREE_OTHER][1:] == ["", ""]  # no budget: nothing shown
+
+
+def test_a_model_whose_calls_all_failed_reads_no_throughput_never_a_500(
+    redis_url: str, keys: Keys, database_url: str
+) -> None:
+    # One model answered with tokens; another only failed (no completion tokens), as
+    # the demo's failing provider does; a third's failed call takes time without tokens.
+    calls = [
+        numbered_trace(0, model="answers", completion_tokens=30, latency_ms=500.0),
+        numbered_trace(1, model="answers", completion_tokens=10, latency_ms=1500.0),
+        numbered_trace(2, model="fails", completion_tokens=None, latency_ms=80.0, error="500"),
+        numbered_trace(3, model="mixed", completion_tokens=40, latency_ms=2000.0),
+        numbered_trace(4, model="mixed", completion_tokens=None, latency_ms=6000.0, error="429"),
+    ]
+    db = migrated(database_url)
+    emitter = make_emitter(redis_url, keys)
+    for call in calls:
+        emitter.record(call)
+    assert emitter.flush(30)
+    emitter.close()
+    drain(redis_url, keys, db)
+    with dashboard(redis_url, keys, db) as base:
+        status, _, page = request(f"{base}/")
+        assert status == 200
+        assert [row[0] for row in page_cells(page.decode(), "overview-latency")] == [
+            "answers",
+            "fails",
+            "mixed",
+        ]
+        status, answer = get_json(f"{base}/api/performance?range=1h")
+        assert status == 200
+        # Tokens per second of the calls that produced tokens; none for a model without.
+        per_s = {item["key"]: item["completion_tokens_per_s"] for item in answer["items"]}
+        assert per_s == {"answers": 20.0, "fails": None, "mixed": 20.0}
+        assert request(f"{base}/performance?range=1h")[0] == 200

@@ -77,9 +77,19 @@ class Terminal:
         )
         os.close(slave)
         self._master = master
+        self._closed = False
         self._chunks: list[bytes] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        # Read as it comes, so a full pipe never blocks the demo and a failure can show it.
+        self._errors: list[bytes] = []
+        self._error_reader = threading.Thread(target=self._read_errors, daemon=True)
+        self._error_reader.start()
+
+    def _read_errors(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._errors.append(line)
 
     def _read(self) -> None:
         while True:
@@ -100,11 +110,20 @@ class Terminal:
     def text(self) -> str:
         return ANSI.sub("", b"".join(self._chunks).decode(errors="replace"))
 
+    @property
+    def errors(self) -> str:
+        """What the process wrote to stderr so far."""
+        return b"".join(self._errors).decode(errors="replace")
+
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self._reader.join(10)
+        self._error_reader.join(10)
         os.close(self._master)
 
 
@@ -123,14 +142,14 @@ def test_on_a_terminal_the_demo_keeps_its_dashboard_up_until_ctrl_c(data_dir: Pa
         assert f"fleettrace dashboard --data-dir {data_dir} --namespace {run.group(1)}" in out
 
         status, _, page = request(f"{base}/")
-        assert status == 200
+        assert status == 200, term.errors
         assert run.group(1).encode() in page
         status, overview = get_json(f"{base}/api/overview")
-        assert status == 200
+        assert status == 200, term.errors
         assert overview["namespace"] == run.group(1)
         assert overview["dead_letters"]["persist"] == dead == 1
         status, activity = get_json(f"{base}/api/activity")
-        assert status == 200
+        assert status == 200, term.errors
         assert activity["items"][0]["calls"] >= traces > 0
         # New plans keep arriving: the page moves.
         wait_until(
@@ -143,9 +162,9 @@ def test_on_a_terminal_the_demo_keeps_its_dashboard_up_until_ctrl_c(data_dir: Pa
         assert _alive(redis_pid) and _alive(postgres_pid)
 
         os.killpg(term.proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the group
-        assert term.proc.wait(120) == 0
-        assert term.proc.stderr is not None
-        stderr = term.proc.stderr.read().decode()
+        assert term.proc.wait(120) == 0, term.errors
+        term.close()  # every line of stderr read
+        stderr = term.errors
         assert "Traceback" not in stderr
         assert "KeyboardInterrupt" not in stderr
         wait_until(lambda: "stopped" in term.text, 10, "the last line")

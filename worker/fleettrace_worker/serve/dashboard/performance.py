@@ -45,7 +45,10 @@ def _latency_rows(
     )
     query = sql.SQL(
         "SELECT {bucket}model AS key, count(*) AS calls, {percentiles}, "
-        "sum(completion_tokens) AS completion_tokens, sum(latency_ms) AS latency_ms, "
+        # Throughput of the calls that produced tokens: a failed call's time is not
+        # spent generating, and a model whose calls all failed has none (NULL).
+        "sum(completion_tokens) AS completion_tokens, "
+        "sum(latency_ms) FILTER (WHERE completion_tokens IS NOT NULL) AS latency_ms, "
         "count(error) AS errors FROM llm_traces "
         "WHERE namespace = %(namespace)s AND started_at >= %(start)s AND started_at < %(end)s "
         "GROUP BY {groups} ORDER BY {groups}"
@@ -63,7 +66,8 @@ def latency_table(
     database_url: str, namespace: str, span: queries.TimeRange
 ) -> list[dict[str, Any]]:
     """Per model of ``namespace``'s calls: how many, latency p50/p95/p99, time to first
-    token p50/p95, completion tokens per second of latency, and the share that failed."""
+    token p50/p95, completion tokens per second of the latency of the calls that
+    produced them, and the share that failed."""
     return [
         {
             "key": row["key"],
@@ -75,7 +79,9 @@ def latency_table(
             "ttft_p50_ms": row["ttft_p50_ms"],
             "ttft_p95_ms": row["ttft_p95_ms"],
             "completion_tokens_per_s": (
-                row["completion_tokens"] / (row["latency_ms"] / 1000) if row["latency_ms"] else None
+                row["completion_tokens"] / (row["latency_ms"] / 1000)
+                if row["completion_tokens"] is not None and row["latency_ms"]
+                else None
             ),
             "error_rate": row["errors"] / row["calls"],
         }
