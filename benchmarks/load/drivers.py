@@ -164,10 +164,12 @@ def _encode_us_per_record(emitter: Any, made: list[Any], batch: int) -> float | 
     import redis
 
     from fleettrace.keys import APPLY_FUNCTION
+    from fleettrace.packing import command_packer
 
     records = [made[i % len(made)] for i in range(batch)]
-    # redis-py's packing of the call into bytes too, on a connection that never opens.
-    pack = redis.Connection().pack_command
+    # The packing of the call into bytes too, as the sender's client does it
+    # (fleettrace.connection), on a connection that never opens.
+    pack = redis.Connection(command_packer=command_packer()).pack_command
 
     def encode_and_pack() -> None:
         for call in emitter._encode(list(records)):

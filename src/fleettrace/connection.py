@@ -66,7 +66,9 @@ def connect_redis(
 
     ACL users travel as ``redis://user:password@host``; TLS options as query
     parameters that redis-py understands (``ssl_cert_reqs``, ``ssl_ca_certs``...).
-    The client is lazy: nothing connects until the first command. A TLS file the URL
+    A single server's client packs its commands with hiredis
+    (:mod:`fleettrace.packing`). The client is lazy: nothing connects until the first
+    command. A TLS file the URL
     names that cannot serve is a ``ConfigurationError`` naming it
     (:func:`tls_file_problem`), unless ``check_files`` is False (the emitter, which
     must not raise into agent code, counts it as each send's failure instead).
@@ -98,6 +100,11 @@ def connect_redis(
         # modules) is most of what `import fleettrace` would otherwise cost.
         import redis  # noqa: PLC0415
 
+        from fleettrace.packing import command_packer  # noqa: PLC0415 - loads hiredis
+
+        packer = command_packer()
+        if packer is not None:
+            return redis.Redis.from_url(url, **options, command_packer=packer)
         return redis.Redis.from_url(url, **options)
     except ValueError as error:
         raise ConfigurationError(f"Redis URL {redact_url(url)!r} is not valid: {error}") from None
