@@ -7,7 +7,7 @@ import pytest
 from fleettrace import MetricKey, MetricSample
 from fleettrace.counters import aggregate
 from fleettrace.metrics import GENAI_DURATION_BUCKETS_MS
-from fleettrace.sketch import GAMMA, fine_stat
+from fleettrace.sketch import GAMMA, fine_stat, sum_parts
 from tests.factories import llm_trace
 
 CALL = {"cost_usd": 0.5}
@@ -261,3 +261,17 @@ def test_the_latency_buckets_are_named_as_every_histogram_names_its_own() -> Non
         if key == LATENCY and "|d=" in field
     }
     assert found == expected
+
+
+def test_a_latency_whose_billionths_round_up_to_a_unit_sums_as_sum_parts_says() -> None:
+    values = [0.9999999999, 1.5, 2.0000000004]
+    deltas = aggregate([llm_trace(latency_ms=value) for value in values], [])
+    whole = sum(sum_parts(value)[0] for value in values)
+    nanos = sum(sum_parts(value)[1] for value in values)
+    found = {
+        field.split("|", 1)[1]: n
+        for (key, field), n in deltas.float_increments.items()
+        if key == LATENCY
+    }
+    assert found == {"sum.whole": whole + nanos // 10**9, "sum.nanos": nanos % 10**9}
+    assert found == {"sum.whole": 4, "sum.nanos": 500_000_000}

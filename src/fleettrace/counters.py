@@ -39,6 +39,7 @@ without the plan label), so they can expire with the plan; see
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -55,7 +56,16 @@ from fleettrace.keys import (
 )
 from fleettrace.metrics import PLAN_LABEL, MetricKey, MetricType
 from fleettrace.model import LLMTrace, MetricSample
-from fleettrace.sketch import SUM_SCALE, bucket_index, fine_stat, fine_stat_of, sum_parts
+from fleettrace.sketch import (
+    LOG_GAMMA,
+    MAX_INDEX,
+    MIN_INDEX,
+    MIN_MAGNITUDE,
+    SUM_SCALE,
+    fine_stat,
+    fine_stat_of,
+    sum_parts,
+)
 
 #: (metric key, hash field) of one statistic of one label set; for the ``plan_*``
 #: mappings (plan id, plan hash field).
@@ -78,6 +88,8 @@ TOKEN_TYPES = (
     ("audio_input", "audio_input_tokens"),
     ("audio_output", "audio_output_tokens"),
 )
+#: The detail token types (after prompt and completion), counted only when reported.
+DETAIL_TOKEN_TYPES = TOKEN_TYPES[2:]
 UNKNOWN_TOKEN_TYPE = "unknown"  # noqa: S105 (a label value, not a secret)
 
 
@@ -169,34 +181,47 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
     # Per-record work stays at a few dict updates keyed by plain tuples; label sets are
     # rendered once per distinct key at the end.
     # Per model: retried calls, retries, calls, latency in whole ms and billionths,
-    # priced calls; then the priced cost and the latency sketch's buckets.
+    # priced calls, calls with unknown tokens, then prompt and completion (calls that
+    # reported them, tokens); beside it the priced cost and the latency sketch's buckets.
     per_model: dict[tuple[str, str], list[int]] = {}
     model_cost: dict[tuple[str, str], float] = {}
     latency_fine: dict[tuple[str, str], dict[tuple[int | None, int], int]] = {}
     tokens: dict[tuple[str, str, str], list[int]] = {}
     errors: dict[tuple[str, str, str], int] = {}
     plan_cost: dict[str, list[float]] = {}
+    floor, log, ceil = math.floor, math.log, math.ceil
     for trace in traces:
         values = trace.__dict__
         model_key = (values["provider"], values["model"])
         acc = per_model.get(model_key)
         if acc is None:
-            acc = per_model[model_key] = [0, 0, 0, 0, 0, 0]
+            acc = per_model[model_key] = [0] * 11
             latency_fine[model_key] = {}
         latency = values["latency_ms"]
-        whole, nanos = sum_parts(latency)
+        # sum_parts and bucket_index inlined (a call each per record was a tenth of the
+        # sender's work): billionths may reach SUM_SCALE here, carried once per batch.
+        whole = floor(latency)
         acc[2] += 1
         acc[3] += whole
-        acc[4] += nanos
+        acc[4] += round((latency - whole) * SUM_SCALE)
+        index: int | None = None  # zero's bucket
+        if latency >= MIN_MAGNITUDE:
+            index = min(max(ceil(log(latency) / LOG_GAMMA), MIN_INDEX), MAX_INDEX)
+        elif latency > 0:
+            index = MIN_INDEX
+        bucket = (index, bisect_left(_LATENCY_BUCKETS, latency))
         fine = latency_fine[model_key]  # keyed by bucket, named once per batch below
-        bucket = (
-            bucket_index(latency) if latency > 0 else None,
-            bisect_left(_LATENCY_BUCKETS, latency),
-        )
         fine[bucket] = fine.get(bucket, 0) + 1
-        if values["prompt_tokens"] is None or values["completion_tokens"] is None:
-            _count_tokens(tokens, (*model_key, UNKNOWN_TOKEN_TYPE), 0)
-        for token_type, name in TOKEN_TYPES:
+        prompt, completion = values["prompt_tokens"], values["completion_tokens"]
+        if prompt is None or completion is None:
+            acc[6] += 1
+        if prompt is not None:
+            acc[7] += 1
+            acc[8] += prompt
+        if completion is not None:
+            acc[9] += 1
+            acc[10] += completion
+        for token_type, name in DETAIL_TOKEN_TYPES:
             value = values[name]
             if value is not None:
                 _count_tokens(tokens, (*model_key, token_type), value)
@@ -207,24 +232,32 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
         if values["error"] is not None:
             error_key = (*model_key, trace.error_type or "error")
             errors[error_key] = errors.get(error_key, 0) + 1
-        plan_id = values["plan_id"]
         cost = values["cost_usd"]
         if cost is not None:
             acc[5] += 1
             model_cost[model_key] = model_cost.get(model_key, 0.0) + cost
-        if plan_id is not None and cost is not None:
-            cost_acc = plan_cost.get(plan_id)
-            if cost_acc is None:
-                cost_acc = plan_cost[plan_id] = [0.0, 0.0]
-            cost_acc[0] += 1
-            cost_acc[1] += cost
+            plan_id = values["plan_id"]
+            if plan_id is not None:
+                cost_acc = plan_cost.get(plan_id)
+                if cost_acc is None:
+                    cost_acc = plan_cost[plan_id] = [0.0, 0.0]
+                cost_acc[0] += 1
+                cost_acc[1] += cost
 
+    for (provider, model), acc in per_model.items():
+        for token_type, calls, total in (
+            (UNKNOWN_TOKEN_TYPE, acc[6], 0),
+            ("prompt", acc[7], acc[8]),
+            ("completion", acc[9], acc[10]),
+        ):
+            if calls:
+                tokens[(provider, model, token_type)] = [calls, total]
     for (provider, model, token_type), (calls, total) in tokens.items():
         labels = encode_labels(
             (("provider", provider), ("model", model), ("token_type", token_type))
         )
         deltas._observe(_TOKENS, labels, calls, total)
-    for model_key, (retried, retries, calls, whole, nanos, priced_calls) in per_model.items():
+    for model_key, (retried, retries, calls, whole, nanos, priced_calls, *_) in per_model.items():
         labels = encode_labels((("provider", model_key[0]), ("model", model_key[1])))
         if retried:
             deltas._observe(_RETRIES, labels, retried, retries)
@@ -232,8 +265,8 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
             deltas._observe(_COST, labels, priced_calls, model_cost[model_key])
         deltas._add(_LATENCY, labels, STAT_COUNT, calls, None)
         deltas._add_exact_sum(_LATENCY, labels, whole, nanos)
-        for (index, position), count in latency_fine[model_key].items():
-            stat = fine_stat_of(index, position, _LATENCY_BUCKETS)
+        for (log_index, position), count in latency_fine[model_key].items():
+            stat = fine_stat_of(log_index, position, _LATENCY_BUCKETS)
             deltas._add(_LATENCY, labels, stat, count, None)
     for (provider, model, error_type), failed in errors.items():
         labels = encode_labels(
