@@ -182,8 +182,8 @@ def build(sections: dict[str, Any]) -> list[Row]:
         (
             "sender's work per record before Redis (its ceiling)",
             "sender_encode_us_per_record",
-            "pricing, counting the live deltas, encoding entry and arguments, redis-py "
-            "packing the call; "
+            "pricing, counting the live deltas, encoding entry and arguments, packing "
+            "the call as the sender's client does (fleettrace.packing); "
             "best of 5 batches of the run's mean size, in the producer's process",
         ),
     ):
