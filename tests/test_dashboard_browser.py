@@ -84,6 +84,9 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
     db = fill_fleet(redis_url, keys, database_url)
     with dashboard(redis_url, keys, db) as base:
         # Overview: the live counters, every producer summed; refreshed in place.
+        # The page's figures are read from its first load on: "today" per minute
+        # depends on that moment, at or after this one.
+        before = datetime.now(ZoneInfo(ZONE))
         page.open(f"{base}/", "overview")
         spend = page.page.text_content("#spend")
         assert spend == f"{total_cost_usd(redis_client, keys):.6f}"
@@ -113,7 +116,6 @@ def test_each_page_shows_the_fleet_and_a_dead_letter_goes_home(
             f"{cost:.6f}",
             str(calls - priced),
         ]
-        before = datetime.now(ZoneInfo(ZONE))
         page.page.wait_for_selector("#refreshed:has-text('refreshed')", timeout=15_000)
         page.page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
         # Refreshed, "today" starts at midnight in the browser's zone, shown in it (the
