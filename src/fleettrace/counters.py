@@ -39,7 +39,6 @@ without the plan label), so they can expire with the plan; see
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -56,16 +55,7 @@ from fleettrace.keys import (
 )
 from fleettrace.metrics import PLAN_LABEL, MetricKey, MetricType
 from fleettrace.model import LLMTrace, MetricSample
-from fleettrace.sketch import (
-    LOG_GAMMA,
-    MAX_INDEX,
-    MIN_INDEX,
-    MIN_MAGNITUDE,
-    SUM_SCALE,
-    fine_stat,
-    fine_stat_of,
-    sum_parts,
-)
+from fleettrace.sketch import SUM_SCALE, bucket_index, fine_stat, fine_stat_of, sum_parts
 
 #: (metric key, hash field) of one statistic of one label set; for the ``plan_*``
 #: mappings (plan id, plan hash field).
@@ -189,7 +179,6 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
     tokens: dict[tuple[str, str, str], list[int]] = {}
     errors: dict[tuple[str, str, str], int] = {}
     plan_cost: dict[str, list[float]] = {}
-    floor, log, ceil = math.floor, math.log, math.ceil
     for trace in traces:
         values = trace.__dict__
         model_key = (values["provider"], values["model"])
@@ -198,17 +187,11 @@ def _add_traces(deltas: CounterDeltas, traces: Iterable[LLMTrace]) -> None:
             acc = per_model[model_key] = [0] * 11
             latency_fine[model_key] = {}
         latency = values["latency_ms"]
-        # sum_parts and bucket_index inlined (a call each per record was a tenth of the
-        # sender's work): billionths may reach SUM_SCALE here, carried once per batch.
-        whole = floor(latency)
+        whole, nanos = sum_parts(latency)
         acc[2] += 1
         acc[3] += whole
-        acc[4] += round((latency - whole) * SUM_SCALE)
-        index: int | None = None  # zero's bucket
-        if latency >= MIN_MAGNITUDE:
-            index = min(max(ceil(log(latency) / LOG_GAMMA), MIN_INDEX), MAX_INDEX)
-        elif latency > 0:
-            index = MIN_INDEX
+        acc[4] += nanos
+        index = bucket_index(latency) if latency > 0 else None  # None: zero's bucket
         bucket = (index, bisect_left(_LATENCY_BUCKETS, latency))
         fine = latency_fine[model_key]  # keyed by bucket, named once per batch below
         fine[bucket] = fine.get(bucket, 0) + 1

@@ -56,11 +56,11 @@ PROMISED_RELATIVE_ERROR: Final = 0.02
 #: edges and in the harmonic midpoint cannot reach it.
 RELATIVE_ACCURACY: Final = 0.019
 GAMMA: Final = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
-LOG_GAMMA: Final = math.log(GAMMA)
+_LOG_GAMMA: Final = math.log(GAMMA)
 #: Magnitudes below this collapse into the lowest bucket (1 ns in milliseconds).
 MIN_MAGNITUDE: Final = 1e-9
-MIN_INDEX: Final = math.ceil(math.log(MIN_MAGNITUDE) / LOG_GAMMA)
-MAX_INDEX: Final = math.ceil(math.log(MAX_METRIC_VALUE) / LOG_GAMMA)
+MIN_INDEX: Final = math.ceil(math.log(MIN_MAGNITUDE) / _LOG_GAMMA)
+MAX_INDEX: Final = math.ceil(math.log(MAX_METRIC_VALUE) / _LOG_GAMMA)
 #: The most log buckets of one sign a series can hold (about 60 per factor of ten).
 MAX_BUCKETS_PER_SIGN: Final = MAX_INDEX - MIN_INDEX + 1
 #: Billionths in one unit: the resolution of exact sums.
@@ -73,7 +73,7 @@ def bucket_index(magnitude: float) -> int:
     """The log bucket of a positive magnitude, collapsed into [MIN_INDEX, MAX_INDEX]."""
     if magnitude < MIN_MAGNITUDE:
         return MIN_INDEX
-    return min(max(math.ceil(math.log(magnitude) / LOG_GAMMA), MIN_INDEX), MAX_INDEX)
+    return min(max(math.ceil(math.log(magnitude) / _LOG_GAMMA), MIN_INDEX), MAX_INDEX)
 
 
 def classic_bound(value: float, bounds: tuple[float, ...]) -> float:
